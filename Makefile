@@ -1,0 +1,72 @@
+# edgenode: every target bootstraps the pinned Deno from the npm registry when it is not on PATH.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+DENO_VERSION := 2.9.6
+TOOLS := .tools
+LOCAL_DENO := $(TOOLS)/node_modules/.bin/deno
+# Use a deno on PATH only when it is the pinned version; otherwise the one bootstrapped into .tools/.
+PATH_DENO := $(shell d=$$(command -v deno 2>/dev/null) && "$$d" --version 2>/dev/null | grep -q "^deno $(DENO_VERSION) " && echo "$$d")
+DENO := $(or $(PATH_DENO),$(LOCAL_DENO))
+export NO_COLOR := 1
+# deno compile reads DENORT_BIN from the environment: pass `make build DENORT_BIN=...` through.
+ifdef DENORT_BIN
+export DENORT_BIN
+endif
+
+.PHONY: help deps run test bench build check clean
+
+help:
+	@echo "make run    start edgenode on its embedded default config (status on http://127.0.0.1:8080/status)"
+	@echo "make test   format check, lint, type check and every test"
+	@echo "make bench  run the benchmarks in tests/bench"
+	@echo "make build  compile dist/edgenode (needs the Deno base runtime: see README, DENORT_BIN)"
+	@echo "make check  validate config/*.yaml without starting anything"
+
+$(LOCAL_DENO):
+	@echo "make: deno $(DENO_VERSION) not on PATH; installing it from the npm registry into $(TOOLS)/"
+	@mkdir -p $(TOOLS)
+	@[ -f $(TOOLS)/package.json ] || echo '{ "private": true }' > $(TOOLS)/package.json
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error deno@$(DENO_VERSION)
+	@$(LOCAL_DENO) --version | head -n 1
+
+deps: $(if $(PATH_DENO),,$(LOCAL_DENO))
+	@$(DENO) install --frozen --quiet
+
+run: deps
+	@echo "edgenode: status at http://127.0.0.1:8080/status and /metrics; Ctrl-C stops it"
+	@$(DENO) task --quiet edgenode $(ARGS)
+
+# The examples take their token from the environment; --check binds nothing, so a placeholder is enough.
+check: deps
+	@export EDGENODE_TOKEN=$${EDGENODE_TOKEN:-placeholder-token-for-check}; for f in config/*.yaml; do $(DENO) task --quiet edgenode --check --config "$$f"; done
+
+test: deps
+	$(DENO) fmt --check
+	$(DENO) lint
+	$(DENO) check main.ts lib/ tests/
+	@$(DENO) task --quiet test 2>&1 | tee .test-output.log; \
+	  status=$${PIPESTATUS[0]}; \
+	  sed -n 's/^\(ok\|FAILED\) | \([0-9]*\) passed.*| \([0-9]*\) failed.*/tests: \2 passed, \3 failed/p' .test-output.log; \
+	  rm -f .test-output.log; exit $$status
+
+bench: deps
+	$(DENO) task bench
+
+build: deps
+	@mkdir -p dist
+	@if ! $(DENO) task --quiet build 2> dist/.build.log; then \
+	  cat dist/.build.log >&2; \
+	  if grep -qi "base binary\|denort\|dl.deno.land" dist/.build.log; then \
+	    echo "make build: deno compile could not get the Deno base runtime (denort $(DENO_VERSION)) from its download host." >&2; \
+	    echo "make build: download denort-x86_64-unknown-linux-gnu.zip for v$(DENO_VERSION) where that host is reachable," >&2; \
+	    echo "make build: unzip it here and run: make build DENORT_BIN=/path/to/denort" >&2; \
+	  fi; \
+	  exit 1; \
+	fi
+	@rm -f dist/.build.log
+	@echo "make build: dist/edgenode ($$(du -h dist/edgenode | cut -f1))"
+
+clean:
+	rm -rf dist node_modules .bench

@@ -1,0 +1,98 @@
+/**
+ * The status API every box serves: GET /status (JSON), /metrics (Prometheus text), /healthz, and the mutating routes
+ * behind a bearer token and a body size limit. Built from its dependencies alone, so tests call `app.request()`.
+ */
+import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import type { Clock } from "../core/clock.ts";
+import { isLogLevel, LOG_LEVELS, type Logger } from "../core/logger.ts";
+import type { MetricsRegistry } from "../core/metrics.ts";
+import { requireToken } from "./auth.ts";
+
+export interface AppDeps {
+  readonly name: string;
+  readonly version: string;
+  readonly clock: Clock;
+  /** When the process started, on `clock`. */
+  readonly startedAt: number;
+  readonly metrics: MetricsRegistry;
+  /** Summary of each running role by name. */
+  readonly roles: () => Record<string, unknown>;
+  readonly token: string | null;
+  readonly maxBody: number;
+  readonly logger: Logger;
+}
+
+const MUTATING = ["POST", "PUT", "PATCH", "DELETE"];
+
+export function createApp(deps: AppDeps): Hono {
+  const { clock, metrics, logger } = deps;
+  const http = metrics.set("http");
+  const requests = http.counter("requests_total", "Status API requests answered");
+  const clientErrors = http.counter("client_errors_total", "Status API requests answered with 4xx");
+  const serverErrors = http.counter("server_errors_total", "Status API requests answered with 5xx");
+  const guard = requireToken(deps.token);
+  const limit = bodyLimit({
+    maxSize: deps.maxBody,
+    onError: (c) => c.json({ error: `Request body larger than ${deps.maxBody} bytes` }, 413),
+  });
+
+  const app = new Hono();
+
+  app.use("*", async function countRequests(c, next) {
+    await next();
+    requests.inc();
+    if (c.res.status >= 500) serverErrors.inc();
+    else if (c.res.status >= 400) clientErrors.inc();
+  });
+
+  // Every mutating route, present and future, sits behind the token and the body limit.
+  app.on([...MUTATING], "*", guard, limit);
+
+  app.get("/healthz", (c) => c.text("ok\n"));
+
+  app.get("/status", (c) =>
+    c.json({
+      name: deps.name,
+      version: deps.version,
+      started_at: new Date(deps.startedAt).toISOString(),
+      uptime_seconds: Math.max(0, (clock.now() - deps.startedAt) / 1000),
+      log_level: logger.level,
+      roles: deps.roles(),
+    }));
+
+  app.get("/metrics", (c) => {
+    c.header("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+    return c.body(metrics.render());
+  });
+
+  app.put("/log-level", async (c) => {
+    const body = await readJson(c.req.raw);
+    const level = (body as { level?: unknown } | undefined)?.level;
+    if (typeof level !== "string" || !isLogLevel(level)) {
+      return c.json({ error: `Body must be {"level": one of ${LOG_LEVELS.join(", ")}}` }, 400);
+    }
+    logger.level = level;
+    logger.info("log level changed", { level });
+    return c.json({
+      level,
+      persisted: false,
+      note: "runtime change; a restart returns to the config's log.level",
+    });
+  });
+
+  app.notFound((c) => c.json({ error: `No route ${c.req.method} ${c.req.path}` }, 404));
+  app.onError((error, c) => {
+    logger.error("request failed", { method: c.req.method, path: c.req.path, error: String(error) });
+    return c.json({ error: "Internal error" }, 500);
+  });
+  return app;
+}
+
+async function readJson(request: Request): Promise<unknown> {
+  try {
+    return await request.json();
+  } catch {
+    return undefined;
+  }
+}

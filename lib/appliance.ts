@@ -1,0 +1,94 @@
+/**
+ * Plan -> running appliance: start each role of the plan in order, then the status API; stop in reverse. A part that
+ * fails to start stops everything started before it, so nothing is left half-running.
+ */
+import { createApp } from "./api/app.ts";
+import type { Clock } from "./core/clock.ts";
+import { StartError } from "./core/errors.ts";
+import { Lifecycle, type StopResult } from "./core/lifecycle.ts";
+import type { Logger } from "./core/logger.ts";
+import { MetricsRegistry } from "./core/metrics.ts";
+import type { Registry } from "./core/registry.ts";
+import type { Plan } from "./config/plan.ts";
+import { formatHostPort, type HostPort } from "./net/address.ts";
+import { type HttpServer, serveHttp } from "./net/http.ts";
+import type { RoleDef, RunningRole } from "./roles/role.ts";
+import { VERSION } from "./version.ts";
+
+export interface ApplianceDeps {
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly roles: Registry<RoleDef>;
+  /** The node name when the plan has none (the host name in production). */
+  readonly hostname: () => string;
+  readonly listen?: (handler: (r: Request) => Response | Promise<Response>, addr: HostPort) => HttpServer;
+}
+
+export interface Appliance {
+  readonly name: string;
+  readonly statusAddr: HostPort;
+  readonly metrics: MetricsRegistry;
+  /** Stops everything within the plan's drain deadline (sooner if `force` aborts). Never throws. */
+  stop(force?: AbortSignal): Promise<StopResult[]>;
+}
+
+export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<Appliance> {
+  const { clock, logger, roles } = deps;
+  const listen = deps.listen ?? serveHttp;
+  const name = plan.name ?? deps.hostname();
+  const startedAt = clock.now();
+  const metrics = new MetricsRegistry();
+  metrics.set("build", { name, version: VERSION }).gauge(
+    "info",
+    "Always 1; labels carry name and version",
+    () => 1,
+  );
+  metrics.set("process").gauge(
+    "uptime_seconds",
+    "Seconds since start",
+    () => (clock.now() - startedAt) / 1000,
+  );
+
+  const lifecycle = new Lifecycle(clock);
+  const running = new Map<string, RunningRole>();
+  try {
+    for (const roleName of plan.roles) {
+      const def = roles.get(roleName);
+      const role = await def.start(plan.sections[roleName], {
+        nodeName: name,
+        logger: logger.child(roleName),
+        metrics,
+        clock,
+      });
+      running.set(roleName, role);
+      lifecycle.add(roleName, (deadline) => role.stop(deadline));
+    }
+    const app = createApp({
+      name,
+      version: VERSION,
+      clock,
+      startedAt,
+      metrics,
+      roles: () => Object.fromEntries([...running].map(([n, r]) => [n, r.status()])),
+      token: plan.status.token,
+      maxBody: plan.status.max_body,
+      logger: logger.child("status"),
+    });
+    const server = listen(app.fetch, plan.status.listen);
+    lifecycle.add("status", (deadline) => server.stop(deadline));
+    logger.child("status").info("listening", { addr: formatHostPort(server.addr) });
+    return {
+      name,
+      statusAddr: server.addr,
+      metrics,
+      stop: (force) => lifecycle.stop(plan.shutdown.drain_timeout, force),
+    };
+  } catch (error) {
+    const results = await lifecycle.stop(plan.shutdown.drain_timeout);
+    for (const r of results) {
+      if (r.error) logger.error("stop failed", { part: r.name, error: String(r.error) });
+    }
+    if (error instanceof StartError) throw error;
+    throw new StartError(error instanceof Error ? error.message : String(error), { cause: error });
+  }
+}

@@ -1,0 +1,80 @@
+/**
+ * Config text -> Plan. Pure: the caller reads the file and passes the environment. YAML syntax errors and schema
+ * errors come back together as one ErrorList, each with file:line:col; a plan is returned only when there are none.
+ */
+import { LineCounter, type Node, parseDocument } from "yaml";
+import { ConfigError, ErrorList } from "../core/errors.ts";
+import type { Registry } from "../core/registry.ts";
+import type { RoleDef } from "../roles/role.ts";
+import { configSchema, normaliseRoles, type Plan } from "./plan.ts";
+import { Context, INVALID, MAX_ERRORS } from "./schema.ts";
+
+/** Config files larger than this are refused before parsing. */
+export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+
+export const EMBEDDED_SOURCE = "<embedded default>";
+
+export interface LoadOptions {
+  /** Name used in error positions. */
+  file: string;
+  roles: Registry<RoleDef>;
+  env?: (name: string) => string | undefined;
+}
+
+/** Parses and validates config text; throws ErrorList<ConfigError> listing every problem. */
+export function loadConfig(text: string, options: LoadOptions): Plan {
+  const { file, roles } = options;
+  const env = options.env ?? (() => undefined);
+  const lines = new LineCounter();
+  const doc = parseDocument(text, {
+    lineCounter: lines,
+    prettyErrors: false,
+    uniqueKeys: false,
+    strict: true,
+  });
+  const ctx = new Context(
+    file,
+    lines,
+    env,
+    (alias) => (alias as unknown as { resolve(d: unknown): Node }).resolve(doc) ?? null,
+  );
+
+  for (const problem of [...doc.errors, ...doc.warnings]) {
+    const message = problem.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
+    ctx.error(problem.pos[0], "", `YAML: ${message}`);
+  }
+  // A document that is not valid YAML gives no tree worth checking: report the syntax alone.
+  const checked = doc.errors.length ? INVALID : configSchema(roles).check({
+    node: doc.contents as Node | null,
+    anchor: 0,
+    path: "",
+  }, ctx);
+
+  if (ctx.errors.length || checked === INVALID) {
+    const errors = [...ctx.errors];
+    if (ctx.dropped) {
+      const last = errors[errors.length - 1];
+      errors.push(new ConfigError(`${ctx.dropped} more errors not shown (limit ${MAX_ERRORS})`, last));
+    }
+    throw new ErrorList(errors, `${file}: ${errors.length} error${errors.length === 1 ? "" : "s"} in config`);
+  }
+
+  const { name, roles: roleNames, status, log, shutdown, ...sections } = checked;
+  return deepFreeze({
+    source: file,
+    name,
+    roles: normaliseRoles(roleNames, roles),
+    status,
+    log,
+    shutdown,
+    sections,
+  });
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === "object") {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

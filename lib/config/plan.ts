@@ -1,0 +1,84 @@
+/**
+ * The plan: an immutable description of what this process runs, made once from the config file and the command
+ * line. Runtime changes (a log level, later a server's drain state) live elsewhere and never edit the plan.
+ */
+import { LOG_LEVELS, type LogLevel } from "../core/logger.ts";
+import type { Registry } from "../core/registry.ts";
+import type { HostPort } from "../net/address.ts";
+import type { RoleDef } from "../roles/role.ts";
+import { byteSize, duration, hostPort, list, nullable, obj, oneOf, opt, section, str } from "./schema.ts";
+
+export const NODE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+export const DEFAULT_STATUS: HostPort = Object.freeze({ host: "127.0.0.1", port: 8080 });
+
+export interface Plan {
+  /** The file the plan came from, or `<embedded default>`. */
+  readonly source: string;
+  /** The node name; null means "the host name", resolved at start. */
+  readonly name: string | null;
+  /** Roles to run, in start order, `all` expanded. */
+  readonly roles: readonly string[];
+  readonly status: {
+    readonly listen: HostPort;
+    /** Bearer token for mutating routes; null turns them off. */
+    readonly token: string | null;
+    readonly max_body: number;
+  };
+  readonly log: { readonly level: LogLevel };
+  readonly shutdown: { readonly drain_timeout: number };
+  /** Each role's checked section, by role name (present for every known role, defaults where absent). */
+  readonly sections: Readonly<Record<string, unknown>>;
+}
+
+/** The roles run when neither the config nor the command line names any: those needing no outside peer. */
+export function defaultRoles(roles: Registry<RoleDef>): string[] {
+  return roles.values().filter((r) => !r.needsPeer).map((r) => r.name);
+}
+
+/** Expands `all` and puts roles in registry order (the order they start in). */
+export function normaliseRoles(names: readonly string[], roles: Registry<RoleDef>): string[] {
+  const all = names.includes("all");
+  return roles.names().filter((n) => all || names.includes(n));
+}
+
+/** The schema of a whole config file; role sections come from the role registry. */
+export function configSchema(roles: Registry<RoleDef>) {
+  const roleSections = Object.fromEntries(roles.values().map((r) => [r.name, r.section]));
+  return obj({
+    name: opt(
+      nullable(str({ pattern: NODE_NAME, describe: "a node name (letters, digits, '.', '_', '-')" })),
+      null,
+    ),
+    roles: opt(
+      list(oneOf([...roles.names(), "all"], "a role:"), { min: 1, unique: true }),
+      defaultRoles(roles),
+    ),
+    status: section({
+      listen: opt(hostPort(), DEFAULT_STATUS),
+      token: opt(nullable(str({ min: 16, max: 512, describe: "a token" })), null),
+      max_body: opt(byteSize({ min: 1024, max: 64 * 1024 * 1024 }), 1024 * 1024),
+    }),
+    log: section({ level: opt(oneOf(LOG_LEVELS), "info" as LogLevel) }),
+    shutdown: section({ drain_timeout: opt(duration({ max: 10 * 60_000 }), 10_000) }),
+    ...roleSections,
+  }, "a mapping of settings");
+}
+
+/** What the command line may override. */
+export interface Overrides {
+  readonly roles?: readonly string[];
+  readonly status?: HostPort;
+  readonly name?: string;
+  readonly logLevel?: LogLevel;
+}
+
+/** A new plan with the command line's choices over the config's. */
+export function applyOverrides(plan: Plan, overrides: Overrides, roles: Registry<RoleDef>): Plan {
+  return Object.freeze({
+    ...plan,
+    name: overrides.name ?? plan.name,
+    roles: overrides.roles ? Object.freeze(normaliseRoles(overrides.roles, roles)) : plan.roles,
+    status: overrides.status ? Object.freeze({ ...plan.status, listen: overrides.status }) : plan.status,
+    log: overrides.logLevel ? Object.freeze({ level: overrides.logLevel }) : plan.log,
+  });
+}

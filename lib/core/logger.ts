@@ -1,0 +1,82 @@
+/**
+ * Structured logs: one line per event in logfmt (`ts=… level=info component=status msg="listening" addr=…`), so
+ * that grep, journald and log shippers all read them. The level is shared by a logger and its children and can be
+ * changed at run time.
+ */
+import type { Clock } from "./clock.ts";
+
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+export type LogLevel = typeof LOG_LEVELS[number];
+
+export type LogFields = Record<string, string | number | boolean | null | undefined>;
+
+/** Where finished lines go; the default writes to stderr. */
+export type LogSink = (line: string) => void;
+
+const encoder = new TextEncoder();
+export const stderrSink: LogSink = (line) => Deno.stderr.writeSync(encoder.encode(line + "\n"));
+
+export function isLogLevel(value: string): value is LogLevel {
+  return (LOG_LEVELS as readonly string[]).includes(value);
+}
+
+interface Shared {
+  level: LogLevel;
+  readonly clock: Clock;
+  readonly sink: LogSink;
+}
+
+export class Logger {
+  readonly #shared: Shared;
+  readonly component: string;
+
+  constructor(options: { level: LogLevel; clock: Clock; sink?: LogSink; component?: string });
+  constructor(options: { shared: Shared; component: string });
+  constructor(
+    options: { level?: LogLevel; clock?: Clock; sink?: LogSink; component?: string; shared?: Shared },
+  ) {
+    this.#shared = options.shared ??
+      { level: options.level!, clock: options.clock!, sink: options.sink ?? stderrSink };
+    this.component = options.component ?? "main";
+  }
+
+  /** A logger for a part of the program; it shares this logger's level and sink. */
+  child(component: string): Logger {
+    return new Logger({ shared: this.#shared, component });
+  }
+
+  get level(): LogLevel {
+    return this.#shared.level;
+  }
+
+  set level(level: LogLevel) {
+    this.#shared.level = level;
+  }
+
+  debug(msg: string, fields?: LogFields): void {
+    this.#log("debug", msg, fields);
+  }
+  info(msg: string, fields?: LogFields): void {
+    this.#log("info", msg, fields);
+  }
+  warn(msg: string, fields?: LogFields): void {
+    this.#log("warn", msg, fields);
+  }
+  error(msg: string, fields?: LogFields): void {
+    this.#log("error", msg, fields);
+  }
+
+  #log(level: LogLevel, msg: string, fields: LogFields = {}): void {
+    if (LOG_LEVELS.indexOf(level) < LOG_LEVELS.indexOf(this.#shared.level)) return;
+    const ts = new Date(this.#shared.clock.now()).toISOString();
+    let line = `ts=${ts} level=${level} component=${this.component} msg=${quote(msg)}`;
+    for (const [key, value] of Object.entries(fields)) {
+      if (value !== undefined) line += ` ${key}=${quote(String(value))}`;
+    }
+    this.#shared.sink(line);
+  }
+}
+
+function quote(value: string): string {
+  return /^[^\s"=\\]+$/.test(value) ? value : JSON.stringify(value);
+}

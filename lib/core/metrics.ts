@@ -1,0 +1,138 @@
+/**
+ * The one place numbers are kept. Each component (a relay, a service, an active program, the status server) owns a
+ * `CounterSet` with its identifying labels; /status shows a set's `values()` and /metrics renders every set in the
+ * Prometheus text format, so the two views cannot disagree.
+ */
+
+export type Labels = Readonly<Record<string, string>>;
+type Kind = "counter" | "gauge";
+
+const NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
+
+/** A number that only goes up. */
+export class Counter {
+  value = 0;
+  inc(n = 1): void {
+    this.value += n;
+  }
+}
+
+/** A number that goes up and down, or is read from its owner when rendered. */
+export class Gauge {
+  #value = 0;
+  constructor(private readonly read?: () => number) {}
+  get value(): number {
+    return this.read ? this.read() : this.#value;
+  }
+  set(v: number): void {
+    this.#value = v;
+  }
+  inc(n = 1): void {
+    this.#value += n;
+  }
+  dec(n = 1): void {
+    this.#value -= n;
+  }
+}
+
+interface Series {
+  readonly kind: Kind;
+  readonly name: string;
+  readonly help: string;
+  readonly metric: Counter | Gauge;
+}
+
+/** The counters and gauges of one component. Names are short (`packets_total`); the registry adds the prefix. */
+export class CounterSet {
+  readonly #series = new Map<string, Series>();
+
+  constructor(readonly subsystem: string, readonly labels: Labels) {
+    for (const key of Object.keys(labels)) {
+      if (!NAME.test(key)) throw new Error(`Invalid label name "${key}"`);
+    }
+  }
+
+  /** A counter; its name must end in `_total` as Prometheus expects. */
+  counter(name: string, help: string): Counter {
+    if (!name.endsWith("_total")) throw new Error(`Counter name "${name}" must end in "_total"`);
+    return this.#add("counter", name, help, new Counter()) as Counter;
+  }
+
+  /** A gauge, set by its owner or, with `read`, read from it at render time. */
+  gauge(name: string, help: string, read?: () => number): Gauge {
+    return this.#add("gauge", name, help, new Gauge(read)) as Gauge;
+  }
+
+  /** Current values by short name, `_total` dropped: what /status shows. */
+  values(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const s of this.#series.values()) out[s.name.replace(/_total$/, "")] = s.metric.value;
+    return out;
+  }
+
+  series(): Iterable<Series> {
+    return this.#series.values();
+  }
+
+  #add(kind: Kind, name: string, help: string, metric: Counter | Gauge): Counter | Gauge {
+    if (!NAME.test(name)) throw new Error(`Invalid metric name "${name}"`);
+    if (this.#series.has(name)) throw new Error(`Metric "${name}" is declared twice in "${this.subsystem}"`);
+    this.#series.set(name, { kind, name, help, metric });
+    return metric;
+  }
+}
+
+/** All counter sets of a process, rendered together. */
+export class MetricsRegistry {
+  readonly #sets = new Set<CounterSet>();
+
+  constructor(readonly namespace = "edgenode") {}
+
+  /** A new set for one component; `subsystem` groups metric names (`edgenode_relay_packets_total`). */
+  set(subsystem: string, labels: Labels = {}): CounterSet {
+    if (!NAME.test(subsystem)) throw new Error(`Invalid subsystem name "${subsystem}"`);
+    const set = new CounterSet(subsystem, labels);
+    this.#sets.add(set);
+    return set;
+  }
+
+  /** Forgets a component's numbers (it stopped and its series should disappear). */
+  remove(set: CounterSet): void {
+    this.#sets.delete(set);
+  }
+
+  /** Prometheus text exposition format 0.0.4. */
+  render(): string {
+    const byName = new Map<string, { kind: Kind; help: string; lines: string[] }>();
+    for (const set of this.#sets) {
+      const labels = formatLabels(set.labels);
+      for (const s of set.series()) {
+        const full = `${this.namespace}_${set.subsystem}_${s.name}`;
+        let group = byName.get(full);
+        if (!group) byName.set(full, group = { kind: s.kind, help: s.help, lines: [] });
+        group.lines.push(`${full}${labels} ${formatValue(s.metric.value)}`);
+      }
+    }
+    let out = "";
+    for (const [name, group] of byName) {
+      out += `# HELP ${name} ${group.help.replace(/\\/g, "\\\\").replace(/\n/g, "\\n")}\n`;
+      out += `# TYPE ${name} ${group.kind}\n`;
+      out += group.lines.join("\n") + "\n";
+    }
+    return out;
+  }
+}
+
+function formatLabels(labels: Labels): string {
+  const parts = Object.entries(labels).map(([k, v]) =>
+    `${k}="${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`
+  );
+  return parts.length ? `{${parts.join(",")}}` : "";
+}
+
+function formatValue(v: number): string {
+  if (Number.isNaN(v)) return "NaN";
+  if (v === Infinity) return "+Inf";
+  if (v === -Infinity) return "-Inf";
+  return String(v);
+}

@@ -1,0 +1,45 @@
+/**
+ * The HTTP listener behind the status API: the one place that calls Deno.serve. Start failures become StartError
+ * with the address and the reason; stopping closes the listener at once and waits for requests in flight until the
+ * deadline.
+ */
+import { StartError } from "../core/errors.ts";
+import { formatHostPort, type HostPort } from "./address.ts";
+
+export interface HttpServer {
+  /** The bound address (the real port when 0 was asked for). */
+  readonly addr: HostPort;
+  stop(deadline: AbortSignal): Promise<void>;
+}
+
+export type Handler = (request: Request) => Response | Promise<Response>;
+
+export function serveHttp(handler: Handler, addr: HostPort): HttpServer {
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve({ hostname: addr.host, port: addr.port, onListen: () => {} }, handler);
+  } catch (error) {
+    throw new StartError(`Cannot listen on ${formatHostPort(addr)}: ${describeListenError(error)}`);
+  }
+  const bound = { host: server.addr.hostname, port: server.addr.port };
+  return {
+    addr: bound,
+    async stop(deadline) {
+      const done = server.shutdown();
+      await Promise.race([
+        done,
+        new Promise<void>((resolve) => {
+          if (deadline.aborted) resolve();
+          deadline.addEventListener("abort", () => resolve(), { once: true });
+        }),
+      ]);
+    },
+  };
+}
+
+export function describeListenError(error: unknown): string {
+  if (error instanceof Deno.errors.AddrInUse) return "address already in use";
+  if (error instanceof Deno.errors.AddrNotAvailable) return "address not available on this host";
+  if (error instanceof Deno.errors.PermissionDenied) return "permission denied";
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,34 @@
+/**
+ * The contract every role fulfils. A role declares its config section (a schema, so `--check` validates it without
+ * starting anything) and starts from its checked section; a running role reports a status summary and stops within
+ * a drain deadline.
+ */
+import type { Clock } from "../core/clock.ts";
+import type { Logger } from "../core/logger.ts";
+import type { MetricsRegistry } from "../core/metrics.ts";
+import type { Field } from "../config/schema.ts";
+
+export interface RoleContext {
+  readonly nodeName: string;
+  readonly logger: Logger;
+  readonly metrics: MetricsRegistry;
+  readonly clock: Clock;
+}
+
+export interface RunningRole {
+  /** A JSON summary for /status; counters come from the role's counter sets. */
+  status(): Record<string, unknown>;
+  /** Stop accepting at once, drain until `deadline` aborts, then release everything. */
+  stop(deadline: AbortSignal): Promise<void>;
+}
+
+export interface RoleDef<S = unknown> {
+  readonly name: string;
+  readonly description: string;
+  /** True when the role is useless without servers or peers elsewhere (so the default config leaves it out). */
+  readonly needsPeer: boolean;
+  /** The role's top-level config section, with its defaults. */
+  readonly section: Field<S>;
+  /** Starts the role; throws StartError (after releasing what it took) when it cannot. */
+  start(section: S, ctx: RoleContext): Promise<RunningRole>;
+}

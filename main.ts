@@ -1,0 +1,117 @@
+/**
+ * edgenode: parse the command line, load the config into a plan, start the roles and the status API, and stop on
+ * SIGINT/SIGTERM. This is the only place that touches the process (exit codes, signals, stdout).
+ *
+ * Exit status: 0 stopped cleanly (or --check found no error), 1 config or start failure, 2 usage error.
+ */
+import { startAppliance } from "./lib/appliance.ts";
+import { parseCommandLine, usage } from "./lib/cli/args.ts";
+import { EMBEDDED_SOURCE, loadConfig, MAX_CONFIG_BYTES } from "./lib/config/load.ts";
+import { applyOverrides, type Plan } from "./lib/config/plan.ts";
+import { systemClock } from "./lib/core/clock.ts";
+import { ErrorList, StartError, UsageError } from "./lib/core/errors.ts";
+import { Logger } from "./lib/core/logger.ts";
+import { formatHostPort } from "./lib/net/address.ts";
+import { builtinRoles } from "./lib/roles/mod.ts";
+import { VERSION } from "./lib/version.ts";
+
+const encoder = new TextEncoder();
+const out = (text: string) => Deno.stdout.writeSync(encoder.encode(text));
+const err = (text: string) => Deno.stderr.writeSync(encoder.encode(text));
+
+export async function main(args: readonly string[]): Promise<number> {
+  const roles = builtinRoles();
+  try {
+    const command = parseCommandLine(args, { roles: roles.names(), subcommands: [] });
+    if (command.kind === "help") return out(usage(VERSION, roles.values())), 0;
+    if (command.kind === "version") return out(`edgenode ${VERSION}\n`), 0;
+    if (command.kind === "sub") throw new UsageError(`Unknown command "${command.name}"`);
+    const { options } = command;
+
+    const file = options.config ?? EMBEDDED_SOURCE;
+    const text = options.config === undefined ? "" : await readConfig(options.config);
+    const plan = applyOverrides(
+      loadConfig(text, { file, roles, env: (name) => Deno.env.get(name) }),
+      options,
+      roles,
+    );
+    if (options.check) {
+      out(`${file}: config OK (${describe(plan)})\n`);
+      return 0;
+    }
+    return await run(plan);
+  } catch (error) {
+    if (error instanceof UsageError) return err(`edgenode: ${error.message}\n`), 2;
+    if (error instanceof ErrorList) {
+      err(`${error.format()}\nedgenode: ${error.message}\n`);
+      return 1;
+    }
+    if (error instanceof StartError) return err(`edgenode: ${error.message}\n`), 1;
+    throw error;
+  }
+}
+
+async function readConfig(path: string): Promise<string> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) {
+      throw new UsageError(`Cannot read config "${path}": no such file`);
+    }
+    if (error instanceof Deno.errors.PermissionDenied) {
+      throw new UsageError(`Cannot read config "${path}": permission denied`);
+    }
+    throw error;
+  }
+  if (!info.isFile) throw new UsageError(`Cannot read config "${path}": not a regular file`);
+  if (info.size > MAX_CONFIG_BYTES) {
+    throw new StartError(
+      `Cannot read config "${path}": ${info.size} bytes exceeds the ${MAX_CONFIG_BYTES} byte limit`,
+    );
+  }
+  return await Deno.readTextFile(path);
+}
+
+function describe(plan: Plan): string {
+  return `roles: ${plan.roles.join(", ")}; status on ${formatHostPort(plan.status.listen)}`;
+}
+
+async function run(plan: Plan): Promise<number> {
+  const logger = new Logger({ level: plan.log.level, clock: systemClock });
+  const appliance = await startAppliance(plan, {
+    clock: systemClock,
+    logger,
+    roles: builtinRoles(),
+    hostname: () => Deno.hostname(),
+  });
+  logger.info("running", {
+    name: appliance.name,
+    version: VERSION,
+    config: plan.source,
+    roles: plan.roles.join(","),
+    status: `http://${formatHostPort(appliance.statusAddr)}/status`,
+  });
+
+  // First signal: drain within the deadline. Second signal: cut the drain short.
+  const force = new AbortController();
+  const stopped = Promise.withResolvers<string>();
+  let signals = 0;
+  const onSignal = (signal: Deno.Signal) => () => {
+    if (signals++ === 0) stopped.resolve(signal);
+    else force.abort(new Error(`Second ${signal}`));
+  };
+  const handlers = (["SIGINT", "SIGTERM"] as const).map((s) => [s, onSignal(s)] as const);
+  for (const [s, h] of handlers) Deno.addSignalListener(s, h);
+
+  const signal = await stopped.promise;
+  logger.info("stopping", { signal, drain_timeout_ms: plan.shutdown.drain_timeout });
+  const results = await appliance.stop(force.signal);
+  for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+  const failed = results.filter((r) => r.error);
+  for (const r of failed) logger.error("stop failed", { part: r.name, error: String(r.error) });
+  logger.info("stopped", { parts: results.length, failed: failed.length });
+  return failed.length ? 1 : 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
