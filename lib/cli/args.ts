@@ -108,9 +108,10 @@ function describeParseError(error: unknown): string {
     return `Unknown option "${flag}" (see --help)`;
   }
   if (e.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
-    const flag = /'(--?[^' ]+)/.exec(message)?.[1] ?? "?";
+    // Node names the option as "'-c, --config <value>'"; the long form is the one users know.
+    const flag = /--[a-z-]+/.exec(message)?.[0] ?? "?";
     return message.includes("argument missing")
-      ? `Option ${flag.replace(/^(-\w), (--)/, "$2")} needs a value`
+      ? `Option ${flag} needs a value`
       : `Option ${flag}: ${message}`;
   }
   if (e.code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") {

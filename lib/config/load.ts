@@ -40,7 +40,9 @@ export function loadConfig(text: string, options: LoadOptions): Plan {
   );
 
   for (const problem of [...doc.errors, ...doc.warnings]) {
-    const message = problem.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
+    const message = problem.code === "MULTIPLE_DOCS"
+      ? "A config file holds one document; another starts here"
+      : problem.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
     ctx.error(problem.pos[0], "", `YAML: ${message}`);
   }
   // A document that is not valid YAML gives no tree worth checking: report the syntax alone.

@@ -59,8 +59,14 @@ export interface Schema<T> {
   check(site: Site, ctx: Context): Checked<T>;
 }
 
+/** True for a key written with no value at all (`level:`), as opposed to an explicit `null` or `~`. */
+function isBlank(node: Node | null): boolean {
+  return node === null || (isScalar(node) && node.value === null && !(node as Scalar).source);
+}
+
+/** The node to blame: the value, or its key when the value was left blank. */
 function at(site: Site): Node | number {
-  return site.node ?? site.anchor;
+  return isBlank(site.node) ? site.anchor : site.node!;
 }
 
 function deref(node: Node | null, ctx: Context): Node | null {
@@ -68,7 +74,7 @@ function deref(node: Node | null, ctx: Context): Node | null {
 }
 
 function typeName(node: Node | null): string {
-  if (node === null) return "nothing";
+  if (isBlank(node)) return "nothing";
   if (isMap(node)) return "a mapping";
   if (isSeq(node)) return "a list";
   if (isScalar(node)) {
@@ -108,7 +114,7 @@ export function substituteEnv(
 function scalar(site: Site, ctx: Context, want: string): Checked<{ value: unknown; fromEnv: boolean }> {
   const node = deref(site.node, ctx);
   if (!node || !isScalar(node) || node.value === null) {
-    ctx.error(at(site), site.path, `Expected ${want}, got ${typeName(node)}`);
+    ctx.error(at({ ...site, node }), site.path, `Expected ${want}, got ${typeName(node)}`);
     return INVALID;
   }
   const raw = (node as Scalar).value;
@@ -223,6 +229,16 @@ export function parseDuration(text: string): number | null {
   return m ? Math.round(Number(m[1]) * DURATION_UNITS[m[2]]) : null;
 }
 
+/** The shortest exact text for a duration in milliseconds: `10s`, `1500ms`, `10m`. */
+export function formatDuration(ms: number): string {
+  for (const unit of ["h", "m", "s"]) {
+    if (ms >= DURATION_UNITS[unit] && ms % DURATION_UNITS[unit] === 0) {
+      return `${ms / DURATION_UNITS[unit]}${unit}`;
+    }
+  }
+  return `${ms}ms`;
+}
+
 /** A duration with a unit (`500ms`, `10s`, `2m`, `1h`), checked against bounds given in milliseconds. */
 export function duration(options: { min?: number; max?: number } = {}): Schema<number> {
   const { min = 0, max = 7 * 24 * 3_600_000 } = options;
@@ -239,7 +255,8 @@ export function duration(options: { min?: number; max?: number } = {}): Schema<n
         return INVALID;
       }
       if (ms < min || ms > max) {
-        ctx.error(at(site), site.path, `Duration must be between ${min} ms and ${max} ms, got ${ms} ms`);
+        const range = `${formatDuration(min)}..${formatDuration(max)}`;
+        ctx.error(at(site), site.path, `Duration must be in ${range}, got ${formatDuration(ms)}`);
         return INVALID;
       }
       return ms;
@@ -248,6 +265,16 @@ export function duration(options: { min?: number; max?: number } = {}): Schema<n
 }
 
 const SIZE_UNITS: Record<string, number> = { "": 1, B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 };
+
+/** The shortest exact text for a byte count: `64KiB`, `1MiB`, `1000B`. */
+export function formatSize(bytes: number): string {
+  for (const unit of ["GiB", "MiB", "KiB"]) {
+    if (bytes >= SIZE_UNITS[unit] && bytes % SIZE_UNITS[unit] === 0) {
+      return `${bytes / SIZE_UNITS[unit]}${unit}`;
+    }
+  }
+  return `${bytes}B`;
+}
 
 /** A byte size: an integer, or text with a binary unit (`64KiB`, `1MiB`). */
 export function byteSize(options: { min?: number; max?: number } = {}): Schema<number> {
@@ -269,7 +296,8 @@ export function byteSize(options: { min?: number; max?: number } = {}): Schema<n
         return INVALID;
       }
       if (bytes < min || bytes > max) {
-        ctx.error(at(site), site.path, `Size must be between ${min} and ${max} bytes, got ${bytes}`);
+        const range = `${formatSize(min)}..${formatSize(max)}`;
+        ctx.error(at(site), site.path, `Size must be in ${range}, got ${formatSize(bytes)}`);
         return INVALID;
       }
       return bytes;
@@ -325,8 +353,14 @@ export function list<T>(
         ctx.error(at(site), site.path, `Expected a list, got ${typeName(node)}`);
         return INVALID;
       }
-      if (node.items.length < min || node.items.length > max) {
-        ctx.error(node, site.path, `Expected ${min}..${max} items, got ${node.items.length}`);
+      const n = node.items.length;
+      if (n < min || n > max) {
+        const bound = n < min ? `at least ${min}` : `at most ${max}`;
+        ctx.error(
+          node,
+          site.path,
+          `Expected ${bound} item${(n < min ? min : max) === 1 ? "" : "s"}, got ${n}`,
+        );
         return INVALID;
       }
       const out: T[] = [];

@@ -78,5 +78,7 @@ export class Logger {
 }
 
 function quote(value: string): string {
-  return /^[^\s"=\\]+$/.test(value) ? value : JSON.stringify(value);
+  // Control characters (ESC, NUL) are quoted too, so JSON escaping keeps them out of terminals and parsers.
+  // deno-lint-ignore no-control-regex
+  return /^[^\s"=\\\x00-\x1f\x7f]+$/.test(value) ? value : JSON.stringify(value);
 }

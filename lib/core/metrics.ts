@@ -46,7 +46,12 @@ interface Series {
 export class CounterSet {
   readonly #series = new Map<string, Series>();
 
-  constructor(readonly subsystem: string, readonly labels: Labels) {
+  /** `declare` lets the owning registry refuse a name already used with another kind or help. */
+  constructor(
+    readonly subsystem: string,
+    readonly labels: Labels,
+    private readonly declare: (name: string, kind: Kind, help: string) => void = () => {},
+  ) {
     for (const key of Object.keys(labels)) {
       if (!NAME.test(key)) throw new Error(`Invalid label name "${key}"`);
     }
@@ -77,6 +82,7 @@ export class CounterSet {
   #add(kind: Kind, name: string, help: string, metric: Counter | Gauge): Counter | Gauge {
     if (!NAME.test(name)) throw new Error(`Invalid metric name "${name}"`);
     if (this.#series.has(name)) throw new Error(`Metric "${name}" is declared twice in "${this.subsystem}"`);
+    this.declare(name, kind, help);
     this.#series.set(name, { kind, name, help, metric });
     return metric;
   }
@@ -85,13 +91,33 @@ export class CounterSet {
 /** All counter sets of a process, rendered together. */
 export class MetricsRegistry {
   readonly #sets = new Set<CounterSet>();
+  /** Kind and help of every full metric name ever declared: one name, one meaning. */
+  readonly #names = new Map<string, { kind: Kind; help: string }>();
 
   constructor(readonly namespace = "edgenode") {}
 
-  /** A new set for one component; `subsystem` groups metric names (`edgenode_relay_packets_total`). */
+  /**
+   * A new set for one component; `subsystem` groups metric names (`edgenode_relay_packets_total`) and `labels`
+   * tell components apart, so two live sets may not share both.
+   */
   set(subsystem: string, labels: Labels = {}): CounterSet {
     if (!NAME.test(subsystem)) throw new Error(`Invalid subsystem name "${subsystem}"`);
-    const set = new CounterSet(subsystem, labels);
+    const id = seriesId(subsystem, labels);
+    for (const other of this.#sets) {
+      if (seriesId(other.subsystem, other.labels) === id) {
+        throw new Error(
+          `A counter set "${subsystem}" with labels ${formatLabels(labels) || "{}"} exists already`,
+        );
+      }
+    }
+    const set = new CounterSet(subsystem, labels, (name, kind, help) => {
+      const full = `${this.namespace}_${subsystem}_${name}`;
+      const known = this.#names.get(full);
+      if (!known) this.#names.set(full, { kind, help });
+      else if (known.kind !== kind || known.help !== help) {
+        throw new Error(`Metric "${full}" is declared as ${known.kind} "${known.help}" already`);
+      }
+    });
     this.#sets.add(set);
     return set;
   }
@@ -121,6 +147,11 @@ export class MetricsRegistry {
     }
     return out;
   }
+}
+
+function seriesId(subsystem: string, labels: Labels): string {
+  return subsystem +
+    formatLabels(Object.fromEntries(Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : 1))));
 }
 
 function formatLabels(labels: Labels): string {

@@ -13,7 +13,11 @@ export class Registry<T extends { readonly name: string }> {
   }
 
   register(item: T): this {
-    if (this.#items.has(item.name)) throw new Error(`${this.kind} "${item.name}" is registered twice`);
+    if (this.#items.has(item.name)) {
+      throw new Error(
+        `${this.kind[0].toUpperCase()}${this.kind.slice(1)} "${item.name}" is registered twice`,
+      );
+    }
     this.#items.set(item.name, item);
     return this;
   }
