@@ -79,20 +79,8 @@ function describe(plan: Plan): string {
 
 async function run(plan: Plan): Promise<number> {
   const logger = new Logger({ level: plan.log.level, clock: systemClock });
-  const appliance = await startAppliance(plan, {
-    clock: systemClock,
-    logger,
-    roles: builtinRoles(),
-    hostname: () => Deno.hostname(),
-  });
-  logger.info("running", {
-    name: appliance.name,
-    version: VERSION,
-    config: plan.source,
-    roles: plan.roles.join(","),
-    status: `http://${formatHostPort(appliance.statusAddr)}/status`,
-  });
 
+  // Signals are ours from before the first part starts, so one arriving during start-up still stops what started.
   // First signal: drain within the deadline. Second signal: cut the drain short.
   const force = new AbortController();
   const stopped = Promise.withResolvers<string>();
@@ -103,15 +91,28 @@ async function run(plan: Plan): Promise<number> {
   };
   const handlers = (["SIGINT", "SIGTERM"] as const).map((s) => [s, onSignal(s)] as const);
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);
-
-  const signal = await stopped.promise;
-  logger.info("stopping", { signal, drain_timeout_ms: plan.shutdown.drain_timeout });
-  const results = await appliance.stop(force.signal);
-  for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
-  const failed = results.filter((r) => r.error);
-  for (const r of failed) logger.error("stop failed", { part: r.name, error: String(r.error) });
-  logger.info("stopped", { parts: results.length, failed: failed.length });
-  return failed.length ? 1 : 0;
+  try {
+    const appliance = await startAppliance(plan, {
+      clock: systemClock,
+      logger,
+      roles: builtinRoles(),
+      hostname: () => Deno.hostname(),
+    });
+    logger.info("running", {
+      name: appliance.name,
+      version: VERSION,
+      config: plan.source,
+      roles: plan.roles.join(","),
+      status: `http://${formatHostPort(appliance.statusAddr)}/status`,
+    });
+    const signal = await stopped.promise;
+    logger.info("stopping", { signal, drain_timeout_ms: plan.shutdown.drain_timeout });
+    const failed = (await appliance.stop(force.signal)).filter((r) => r.error).length;
+    logger.info(failed ? "stopped with failures" : "all stopped", { failed });
+    return failed ? 1 : 0;
+  } finally {
+    for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+  }
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

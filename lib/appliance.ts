@@ -81,14 +81,20 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       name,
       statusAddr: server.addr,
       metrics,
-      stop: (force) => lifecycle.stop(plan.shutdown.drain_timeout, force),
+      stop: async (force) => logStops(logger, await lifecycle.stop(plan.shutdown.drain_timeout, force)),
     };
   } catch (error) {
-    const results = await lifecycle.stop(plan.shutdown.drain_timeout);
-    for (const r of results) {
-      if (r.error) logger.error("stop failed", { part: r.name, error: String(r.error) });
-    }
+    logStops(logger, await lifecycle.stop(plan.shutdown.drain_timeout));
     if (error instanceof StartError) throw error;
     throw new StartError(error instanceof Error ? error.message : String(error), { cause: error });
   }
+}
+
+/** One line per part stopped, so an operator sees what was released (after a failed start as after a signal). */
+function logStops(logger: Logger, results: StopResult[]): StopResult[] {
+  for (const r of results) {
+    if (r.error) logger.error("stop failed", { part: r.name, error: String(r.error) });
+    else logger.info("stopped", { part: r.name });
+  }
+  return results;
 }

@@ -24,6 +24,7 @@ export function serveHttp(handler: Handler, addr: HostPort): HttpServer {
   const bound = { host: server.addr.hostname, port: server.addr.port };
   return {
     addr: bound,
+    // Past the deadline we stop waiting; Deno offers no way to cut open connections, and main exits right after.
     async stop(deadline) {
       const done = server.shutdown();
       await Promise.race([
