@@ -62,3 +62,48 @@ export function parseHostPort(text: string): HostPort | string {
 export function formatHostPort(addr: HostPort): string {
   return addr.host.includes(":") ? `[${addr.host}]:${addr.port}` : `${addr.host}:${addr.port}`;
 }
+
+/** The 16 bytes of an IPv6 address given as valid IPv6 text (check with isIPv6 first). */
+export function ipv6Bytes(text: string): Uint8Array {
+  const out = new Uint8Array(16);
+  let head = text;
+  const lastColon = text.lastIndexOf(":");
+  if (text.includes(".")) {
+    const v4 = text.slice(lastColon + 1).split(".").map(Number);
+    out.set(v4, 12);
+    head = text.slice(0, lastColon + 1) + "0:0";
+  }
+  const [left, right] = head.split("::");
+  const groups = (s: string | undefined) => (s ? s.split(":") : []);
+  const l = groups(left);
+  const r = groups(right);
+  const all = [...l, ...Array(8 - l.length - r.length).fill("0"), ...r];
+  all.forEach((g, i) => {
+    if (i >= 6 && text.includes(".")) return;
+    const v = parseInt(g, 16);
+    out[i * 2] = v >> 8;
+    out[i * 2 + 1] = v & 0xff;
+  });
+  return out;
+}
+
+/** Canonical IPv6 text (RFC 5952: lower case, longest zero run as `::`) of 16 bytes. */
+export function ipv6Text(bytes: Uint8Array): string {
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((bytes[i] << 8) | bytes[i + 1]);
+  let bestStart = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) [bestStart, bestLen] = [i, j - i];
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (bestStart < 0) return hex.join(":");
+  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLen).join(":")}`;
+}

@@ -1,0 +1,83 @@
+/**
+ * The libc calls and struct layouts behind the batched UDP fast path (Linux, x86_64 and aarch64, LP64). Kept apart
+ * so the socket code reads as socket code. Opening libc needs --allow-ffi; `openLibc()` returns null where that is
+ * not granted or not Linux, and callers fall back to the portable path.
+ */
+
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const SOCK_DGRAM = 2;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOL_SOCKET = 1;
+export const SO_REUSEADDR = 2;
+export const SO_SNDBUF = 7;
+export const SO_RCVBUF = 8;
+export const SO_RCVTIMEO = 20;
+export const SO_SNDBUFFORCE = 32;
+export const SO_RCVBUFFORCE = 33;
+export const IPPROTO_IPV6 = 41;
+export const IPV6_V6ONLY = 26;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_TRUNC = 0x20;
+export const MSG_WAITFORONE = 0x10000;
+export const SHUT_RD = 0;
+export const EAGAIN = 11;
+export const EINTR = 4;
+export const ECONNREFUSED = 111;
+
+/** struct sizes and offsets (LP64 Linux). */
+export const SOCKADDR_SIZE = 28; // room for sockaddr_in6; sockaddr_in uses the first 16
+export const IOVEC_SIZE = 16; // { void *base; size_t len }
+export const MMSGHDR_SIZE = 64; // struct msghdr (56) + unsigned msg_len + padding
+export const MSG_NAME = 0;
+export const MSG_NAMELEN = 8;
+export const MSG_IOV = 16;
+export const MSG_IOVLEN = 24;
+export const MSG_FLAGS = 48;
+export const MSG_LEN = 56;
+/** Most messages one sendmmsg/recvmmsg call takes (UIO_MAXIOV). */
+export const MAX_MMSG = 1024;
+
+const SYMBOLS = {
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  /** Blocking receive, run off the main thread so the event loop stays free. */
+  recvmmsg_wait: {
+    name: "recvmmsg",
+    parameters: ["i32", "buffer", "u32", "i32", "pointer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  recvmmsg: { parameters: ["i32", "buffer", "u32", "i32", "pointer"], result: "i32" },
+  sendmmsg: { parameters: ["i32", "buffer", "u32", "i32"], result: "i32" },
+  __errno_location: { parameters: [], result: "pointer" },
+} as const;
+
+export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+/** libc's symbols, or null where FFI is not allowed or this is not Linux. The caller keeps the library alive. */
+export function openLibc(): Deno.DynamicLibrary<typeof SYMBOLS> | null {
+  if (Deno.build.os !== "linux") return null;
+  try {
+    if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return null;
+    return Deno.dlopen("libc.so.6", SYMBOLS);
+  } catch {
+    return null;
+  }
+}
+
+/** errno of the last failing libc call made on this thread (valid for the synchronous symbols only). */
+export function errno(libc: Libc): number {
+  const p = libc.__errno_location();
+  return p ? new Deno.UnsafePointerView(p).getInt32() : 0;
+}
+
+/** The address of the byte at `offset` in `buffer`, as a bigint for struct fields. */
+export function addressOf(buffer: Uint8Array, offset = 0): bigint {
+  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer))) + BigInt(offset);
+}

@@ -1,0 +1,97 @@
+/**
+ * Batched UDP sockets: the one interface every UDP data path (relays, reflectors, session inputs and outputs, the
+ * probe) uses, with two implementations that pass one contract suite: the Linux fast path (recvmmsg/sendmmsg
+ * through FFI to libc, lib/net/udp_fast.ts) and the portable path (Deno.listenDatagram, lib/net/udp_portable.ts).
+ *
+ * Packets move in batches: `receive()` resolves with every datagram that arrived together (up to `batch`), and
+ * `send()` hands many datagrams, each to many destinations, to the kernel in one call.
+ */
+import { StartError } from "../core/errors.ts";
+import type { HostPort } from "./address.ts";
+import { openFastUdp } from "./udp_fast.ts";
+import { openPortableUdp } from "./udp_portable.ts";
+
+export type Endpoint = HostPort;
+
+export const UDP_IMPLS = ["auto", "fast", "portable"] as const;
+export type UdpImpl = typeof UDP_IMPLS[number];
+
+export interface UdpOptions {
+  /** Which implementation; `auto` takes the fast path where FFI is allowed on Linux. */
+  readonly impl?: UdpImpl;
+  /** Most datagrams one receive returns (1..1024). */
+  readonly batch?: number;
+  /** Largest datagram received whole; larger ones are counted as truncated (up to 65535). */
+  readonly maxDatagram?: number;
+  /** SO_RCVBUF / SO_SNDBUF asked of the kernel. */
+  readonly bufferBytes?: number;
+}
+
+export const UDP_DEFAULTS = {
+  impl: "auto",
+  batch: 64,
+  maxDatagram: 65535,
+  bufferBytes: 4 * 1024 * 1024,
+} as const;
+
+/** Numbers every socket keeps; relays and reflectors expose them in /status and /metrics. */
+export interface UdpStats {
+  rx_packets: number;
+  rx_bytes: number;
+  tx_packets: number;
+  tx_bytes: number;
+  /** Datagrams longer than maxDatagram: delivered cut, and counted here. */
+  truncated: number;
+  /** Datagrams the kernel would not take (send buffer full). */
+  tx_dropped: number;
+  /** Failed calls other than the above. */
+  errors: number;
+}
+
+export function emptyStats(): UdpStats {
+  return { rx_packets: 0, rx_bytes: 0, tx_packets: 0, tx_bytes: 0, truncated: 0, tx_dropped: 0, errors: 0 };
+}
+
+/** Datagrams from one receive. Views point into the socket's buffers and are valid until its next receive. */
+export interface Batch {
+  readonly count: number;
+  data(i: number): Uint8Array;
+  /** The sender of datagram `i`. */
+  from(i: number): Endpoint;
+  /** True when datagram `i` was longer than maxDatagram and arrived cut. */
+  truncated(i: number): boolean;
+}
+
+/** Destinations prepared once (addresses encoded for the kernel), then used for many sends. */
+export interface Destinations {
+  readonly endpoints: readonly Endpoint[];
+}
+
+export interface UdpSocket {
+  readonly impl: "fast" | "portable";
+  /** The bound address (the real port when 0 was asked for). */
+  readonly local: Endpoint;
+  readonly stats: Readonly<UdpStats>;
+  /** The next batch, or null once the socket is closed. One receive at a time. */
+  receive(): Promise<Batch | null>;
+  destinations(endpoints: readonly Endpoint[]): Destinations;
+  /** Sends every datagram (a batch received on any socket, or arrays) to every destination; never blocks. */
+  send(packets: Batch | readonly Uint8Array[], to: Destinations): void;
+  /** Stops receiving (a pending receive resolves with null) and releases the socket. */
+  close(): Promise<void>;
+}
+
+/** Opens a UDP socket bound to `addr` with the implementation `options.impl` asks for (auto: fast if possible). */
+export function openUdp(addr: Endpoint, options: UdpOptions = {}): UdpSocket {
+  const impl = options.impl ?? UDP_DEFAULTS.impl;
+  if (impl !== "portable") {
+    const fast = openFastUdp(addr, options);
+    if (fast) return fast;
+    if (impl === "fast") {
+      throw new StartError(
+        "Cannot use the fast UDP path: it needs Linux and --allow-ffi (set udp: portable)",
+      );
+    }
+  }
+  return openPortableUdp(addr, options);
+}

@@ -1,0 +1,400 @@
+/**
+ * The Linux fast path for UDP: recvmmsg/sendmmsg through FFI to libc, a batch per system call.
+ *
+ * Memory: every buffer the kernel sees (packet slots, iovecs, mmsghdrs, sockaddrs) lives in a few large slabs owned
+ * by the socket object for its whole life. A typed array whose pointer the kernel holds must never be collected or
+ * moved (see PLATFORM.md: that corrupted the heap), so nothing passed by pointer is a short-lived or small array.
+ *
+ * Receiving first tries a non-blocking recvmmsg on the main thread (no thread hop while packets keep coming) and
+ * only when the queue is empty waits in a blocking recvmmsg run off the main thread.
+ */
+import { StartError } from "../core/errors.ts";
+import { formatHostPort, ipv6Bytes, ipv6Text, isIPv4, isIPv6 } from "./address.ts";
+import {
+  AF_INET,
+  AF_INET6,
+  EAGAIN,
+  errno,
+  IOVEC_SIZE,
+  type Libc,
+  MAX_MMSG,
+  MMSGHDR_SIZE,
+  MSG_DONTWAIT,
+  MSG_FLAGS,
+  MSG_IOV,
+  MSG_IOVLEN,
+  MSG_LEN,
+  MSG_NAME,
+  MSG_NAMELEN,
+  MSG_TRUNC,
+  MSG_WAITFORONE,
+  openLibc,
+  SHUT_RD,
+  SO_RCVBUF,
+  SO_RCVBUFFORCE,
+  SO_RCVTIMEO,
+  SO_SNDBUF,
+  SO_SNDBUFFORCE,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SOCKADDR_SIZE,
+  SOL_SOCKET,
+} from "./libc.ts";
+import {
+  type Batch,
+  type Destinations,
+  emptyStats,
+  type Endpoint,
+  UDP_DEFAULTS,
+  type UdpOptions,
+  type UdpSocket,
+  type UdpStats,
+} from "./udp.ts";
+
+/** Sockaddr slots are 32 bytes apart (a sockaddr_in6 is 28) so every one stays 8-byte aligned. */
+const NAME_STRIDE = 32;
+/** How long a blocking receive waits before looking at the closed flag again. */
+const WAIT_SLICE_MS = 200;
+const TWO32 = 2 ** 32;
+const ERRNO_TEXT: Record<number, string> = {
+  1: "operation not permitted",
+  13: "permission denied",
+  97: "address family not supported",
+  98: "address already in use",
+  99: "address not available on this host",
+};
+
+/** The fast socket, or null where FFI to libc is not available (callers then use the portable path). */
+export function openFastUdp(addr: Endpoint, options: UdpOptions = {}): UdpSocket | null {
+  const lib = openLibc();
+  if (!lib) return null;
+  return new FastUdp(lib, addr, options);
+}
+
+/** Encodes an IP endpoint as a sockaddr at `offset`; returns its length. `v6` maps IPv4 into ::ffff:a.b.c.d. */
+function writeSockaddr(view: DataView, offset: number, ep: Endpoint, v6: boolean): number {
+  new Uint8Array(view.buffer, view.byteOffset + offset, NAME_STRIDE).fill(0);
+  if (!v6) {
+    if (!isIPv4(ep.host)) throw new Error(`Cannot reach "${ep.host}" from an IPv4 socket`);
+    view.setUint16(offset, AF_INET, true);
+    view.setUint16(offset + 2, ep.port, false);
+    ep.host.split(".").forEach((o, i) => view.setUint8(offset + 4 + i, Number(o)));
+    return 16;
+  }
+  view.setUint16(offset, AF_INET6, true);
+  view.setUint16(offset + 2, ep.port, false);
+  const bytes = isIPv4(ep.host) ? ipv6Bytes(`::ffff:${ep.host}`) : ipv6Bytes(ep.host);
+  new Uint8Array(view.buffer, view.byteOffset + offset + 8, 16).set(bytes);
+  return 28;
+}
+
+function readSockaddr(view: DataView, offset: number): Endpoint {
+  const family = view.getUint16(offset, true);
+  const port = view.getUint16(offset + 2, false);
+  if (family === AF_INET) {
+    const a = new Uint8Array(view.buffer, view.byteOffset + offset + 4, 4);
+    return { host: `${a[0]}.${a[1]}.${a[2]}.${a[3]}`, port };
+  }
+  const b = new Uint8Array(view.buffer, view.byteOffset + offset + 8, 16);
+  const mapped = b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
+  return { host: mapped ? `${b[12]}.${b[13]}.${b[14]}.${b[15]}` : ipv6Text(b), port };
+}
+
+/** A pointer-sized field written as two 32-bit halves (user-space addresses fit in 53 bits). */
+function put64(u32: Uint32Array, byteOffset: number, value: number): void {
+  const i = byteOffset >>> 2;
+  u32[i] = value >>> 0;
+  u32[i + 1] = Math.floor(value / TWO32);
+}
+
+function addressOf(buffer: Uint8Array): number {
+  return Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
+}
+
+class FastDestinations implements Destinations {
+  /** Encoded sockaddrs, NAME_STRIDE apart; at least 256 bytes so the slab never lives on the moving JS heap. */
+  readonly names: Uint8Array;
+  readonly lengths: number[] = [];
+  readonly base: number;
+
+  constructor(readonly endpoints: readonly Endpoint[], v6: boolean) {
+    this.names = new Uint8Array(Math.max(256, endpoints.length * NAME_STRIDE));
+    const view = new DataView(this.names.buffer);
+    endpoints.forEach((ep, i) => this.lengths.push(writeSockaddr(view, i * NAME_STRIDE, ep, v6)));
+    this.base = addressOf(this.names);
+  }
+}
+
+class FastBatch implements Batch {
+  count = 0;
+  constructor(private readonly socket: FastUdp) {}
+  data(i: number): Uint8Array {
+    return this.socket.slotData(i);
+  }
+  from(i: number): Endpoint {
+    return this.socket.slotFrom(i);
+  }
+  truncated(i: number): boolean {
+    return this.socket.slotTruncated(i);
+  }
+  /** Address and length of datagram `i`, for sends that point the kernel at it without copying. */
+  address(i: number): number {
+    return this.socket.slotAddress(i);
+  }
+  length(i: number): number {
+    return this.socket.slotLength(i);
+  }
+}
+
+class FastUdp implements UdpSocket {
+  readonly impl = "fast" as const;
+  readonly local: Endpoint;
+  readonly stats: UdpStats = emptyStats();
+  readonly #lib: Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>>;
+  readonly #c: Libc;
+  readonly #fd: number;
+  readonly #v6: boolean;
+  readonly #batchSize: number;
+  readonly #slot: number;
+  readonly #batch = new FastBatch(this);
+  // Receive slab: [slots][iovecs][mmsghdrs][sockaddrs]
+  readonly #rx: Uint8Array;
+  readonly #rxU32: Uint32Array;
+  readonly #rxView: DataView;
+  readonly #rxBase: number;
+  readonly #rxHdr: number;
+  readonly #rxName: number;
+  // Send slab: [mmsghdrs][iovecs][copy area for datagrams given as arrays]
+  readonly #tx: Uint8Array;
+  readonly #txU32: Uint32Array;
+  readonly #txBase: number;
+  readonly #txIov = MAX_MMSG * MMSGHDR_SIZE;
+  readonly #txCopy = MAX_MMSG * (MMSGHDR_SIZE + IOVEC_SIZE);
+  readonly #txCopySize: number;
+  readonly #txLens = new Float64Array(MAX_MMSG);
+  // Scratch for small syscall arguments, inside a slab large enough not to move.
+  readonly #scratch = new Uint8Array(256);
+  #closed = false;
+  #waiting: Promise<number> | null = null;
+
+  constructor(
+    lib: Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>>,
+    addr: Endpoint,
+    options: UdpOptions,
+  ) {
+    this.#lib = lib;
+    this.#c = lib.symbols as unknown as Libc;
+    const c = this.#c;
+    this.#batchSize = Math.min(MAX_MMSG, Math.max(1, options.batch ?? UDP_DEFAULTS.batch));
+    this.#slot = Math.min(65535, Math.max(1, options.maxDatagram ?? UDP_DEFAULTS.maxDatagram));
+    const where = `udp ${formatHostPort(addr)}`;
+    const host = addr.host === "localhost" ? "127.0.0.1" : addr.host;
+    if (!isIPv4(host) && !isIPv6(host)) throw new StartError(`Cannot listen on ${where}: not an IP address`);
+    this.#v6 = isIPv6(host);
+
+    const fd = c.socket(this.#v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw new StartError(`Cannot open ${where}: ${describeErrno(errno(c))}`);
+    this.#fd = fd;
+    const scratch = new DataView(this.#scratch.buffer);
+    const bufferBytes = options.bufferBytes ?? UDP_DEFAULTS.bufferBytes;
+    scratch.setInt32(0, bufferBytes, true);
+    for (const [force, plain] of [[SO_RCVBUFFORCE, SO_RCVBUF], [SO_SNDBUFFORCE, SO_SNDBUF]]) {
+      // The FORCE variants pass the system maximum when we are allowed to; otherwise the kernel caps the request.
+      if (c.setsockopt(fd, SOL_SOCKET, force, this.#scratch, 4) !== 0) {
+        c.setsockopt(fd, SOL_SOCKET, plain, this.#scratch, 4);
+      }
+    }
+    // A blocking receive wakes at least this often to notice close().
+    scratch.setBigInt64(0, 0n, true);
+    scratch.setBigInt64(8, BigInt(WAIT_SLICE_MS * 1000), true);
+    c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, this.#scratch, 16);
+
+    const len = writeSockaddr(scratch, 64, { host, port: addr.port }, this.#v6);
+    if (c.bind(fd, this.#scratch.subarray(64), len) !== 0) {
+      const reason = describeErrno(errno(c));
+      c.close(fd);
+      throw new StartError(`Cannot listen on ${where}: ${reason}`);
+    }
+    scratch.setUint32(128, SOCKADDR_SIZE, true);
+    c.getsockname(fd, this.#scratch.subarray(64), this.#scratch.subarray(128));
+    this.local = readSockaddr(scratch, 64);
+
+    const b = this.#batchSize;
+    this.#rxHdr = b * this.#slot + b * IOVEC_SIZE;
+    this.#rxName = this.#rxHdr + b * MMSGHDR_SIZE;
+    this.#rx = new Uint8Array(this.#rxName + b * NAME_STRIDE);
+    this.#rxU32 = new Uint32Array(this.#rx.buffer);
+    this.#rxView = new DataView(this.#rx.buffer);
+    this.#rxBase = addressOf(this.#rx);
+    const iov = b * this.#slot;
+    for (let i = 0; i < b; i++) {
+      put64(this.#rxU32, iov + i * IOVEC_SIZE, this.#rxBase + i * this.#slot);
+      put64(this.#rxU32, iov + i * IOVEC_SIZE + 8, this.#slot);
+      const h = this.#rxHdr + i * MMSGHDR_SIZE;
+      put64(this.#rxU32, h + MSG_NAME, this.#rxBase + this.#rxName + i * NAME_STRIDE);
+      put64(this.#rxU32, h + MSG_IOV, this.#rxBase + iov + i * IOVEC_SIZE);
+      put64(this.#rxU32, h + MSG_IOVLEN, 1);
+    }
+
+    this.#txCopySize = 256 * 1024;
+    this.#tx = new Uint8Array(this.#txCopy + this.#txCopySize);
+    this.#txU32 = new Uint32Array(this.#tx.buffer);
+    this.#txBase = addressOf(this.#tx);
+  }
+
+  // --- receiving -------------------------------------------------------------------------------------------
+
+  async receive(): Promise<Batch | null> {
+    const c = this.#c;
+    const hdrs = this.#rx.subarray(this.#rxHdr);
+    while (!this.#closed) {
+      this.#resetNames();
+      let n = c.recvmmsg(this.#fd, hdrs, this.#batchSize, MSG_DONTWAIT, null);
+      if (n < 0 && errno(c) !== EAGAIN) this.stats.errors++;
+      if (n <= 0) {
+        this.#resetNames();
+        this.#waiting = c.recvmmsg_wait(this.#fd, hdrs, this.#batchSize, MSG_WAITFORONE, null) as Promise<
+          number
+        >;
+        n = await this.#waiting;
+        this.#waiting = null;
+        if (this.#closed) break;
+      }
+      if (n > 0) return this.#account(n);
+      // n <= 0: the wait slice passed with nothing (or shutdown woke us): look at the closed flag again.
+    }
+    return null;
+  }
+
+  #resetNames(): void {
+    for (let i = 0; i < this.#batchSize; i++) {
+      this.#rxU32[(this.#rxHdr + i * MMSGHDR_SIZE + MSG_NAMELEN) >>> 2] = SOCKADDR_SIZE;
+    }
+  }
+
+  #account(n: number): Batch {
+    let bytes = 0;
+    for (let i = 0; i < n; i++) {
+      bytes += this.slotLength(i);
+      if (this.slotTruncated(i)) this.stats.truncated++;
+    }
+    this.stats.rx_packets += n;
+    this.stats.rx_bytes += bytes;
+    this.#batch.count = n;
+    return this.#batch;
+  }
+
+  slotLength(i: number): number {
+    return Math.min(this.#slot, this.#rxU32[(this.#rxHdr + i * MMSGHDR_SIZE + MSG_LEN) >>> 2]);
+  }
+  slotTruncated(i: number): boolean {
+    return (this.#rxU32[(this.#rxHdr + i * MMSGHDR_SIZE + MSG_FLAGS) >>> 2] & MSG_TRUNC) !== 0;
+  }
+  slotData(i: number): Uint8Array {
+    return this.#rx.subarray(i * this.#slot, i * this.#slot + this.slotLength(i));
+  }
+  slotAddress(i: number): number {
+    return this.#rxBase + i * this.#slot;
+  }
+  slotFrom(i: number): Endpoint {
+    return readSockaddr(this.#rxView, this.#rxName + i * NAME_STRIDE);
+  }
+
+  // --- sending ---------------------------------------------------------------------------------------------
+
+  destinations(endpoints: readonly Endpoint[]): Destinations {
+    return new FastDestinations(endpoints.map((e) => ({ ...e })), this.#v6);
+  }
+
+  send(packets: Batch | readonly Uint8Array[], to: Destinations): void {
+    if (this.#closed) return;
+    const dest = to instanceof FastDestinations ? to : new FastDestinations(to.endpoints, this.#v6);
+    const d = dest.endpoints.length;
+    if (d === 0) return;
+    const zeroCopy = packets instanceof FastBatch;
+    const isBatch = "count" in packets;
+    const count = isBatch ? packets.count : packets.length;
+    const u32 = this.#txU32;
+    let k = 0; // headers filled
+    let v = 0; // iovecs filled
+    let copied = 0; // bytes used in the copy area
+    for (let i = 0; i < count; i++) {
+      let addr: number;
+      let len: number;
+      if (zeroCopy) {
+        addr = packets.address(i);
+        len = packets.length(i);
+      } else {
+        const p = isBatch ? packets.data(i) : packets[i];
+        len = p.length;
+        if (len > 65535) {
+          this.stats.errors++;
+          continue;
+        }
+        if (copied + len > this.#txCopySize || v === MAX_MMSG) [k, v, copied] = [this.#flush(k), 0, 0];
+        this.#tx.set(p, this.#txCopy + copied);
+        addr = this.#txBase + this.#txCopy + copied;
+        copied += len;
+      }
+      if (v === MAX_MMSG) [k, v, copied] = [this.#flush(k), 0, 0];
+      const iov = this.#txIov + v * IOVEC_SIZE;
+      put64(u32, iov, addr);
+      put64(u32, iov + 8, len);
+      v++;
+      for (let j = 0; j < d; j++) {
+        if (k === MAX_MMSG) {
+          k = this.#flush(k);
+          // The iovec of this datagram stays where it is: only headers are reused.
+        }
+        const h = k * MMSGHDR_SIZE;
+        put64(u32, h + MSG_NAME, dest.base + j * NAME_STRIDE);
+        u32[(h + MSG_NAMELEN) >>> 2] = dest.lengths[j];
+        put64(u32, h + MSG_IOV, this.#txBase + iov);
+        put64(u32, h + MSG_IOVLEN, 1);
+        this.#txLens[k] = len;
+        k++;
+      }
+    }
+    this.#flush(k);
+  }
+
+  /** Hands `k` prepared messages to the kernel; returns 0 (headers free again). */
+  #flush(k: number): number {
+    let start = 0;
+    while (start < k) {
+      const sent = this.#c.sendmmsg(
+        this.#fd,
+        this.#tx.subarray(start * MMSGHDR_SIZE),
+        k - start,
+        MSG_DONTWAIT,
+      );
+      const ok = Math.max(0, sent);
+      for (let m = start; m < start + ok; m++) this.stats.tx_bytes += this.#txLens[m];
+      this.stats.tx_packets += ok;
+      start += ok;
+      if (start >= k) break;
+      // Message `start` failed. A full buffer will refuse the rest too; any other error is that message's alone.
+      if (errno(this.#c) === EAGAIN) {
+        this.stats.tx_dropped += k - start;
+        break;
+      }
+      this.stats.errors++;
+      start++;
+    }
+    return 0;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    // Wake a receive blocked in another thread; the fd is closed only after it has returned.
+    this.#c.shutdown(this.#fd, SHUT_RD);
+    if (this.#waiting) await this.#waiting.catch(() => 0);
+    this.#c.close(this.#fd);
+    this.#lib.close();
+  }
+}
+
+function describeErrno(code: number): string {
+  return ERRNO_TEXT[code] ?? `errno ${code}`;
+}

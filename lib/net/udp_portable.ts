@@ -1,0 +1,151 @@
+/**
+ * The portable UDP path on Deno.listenDatagram (needs --unstable-net): one datagram per receive call, so its
+ * batches hold one datagram. It serves where FFI is not allowed or not Linux, and is the baseline the fast path is
+ * measured against.
+ */
+import { StartError } from "../core/errors.ts";
+import { formatHostPort } from "./address.ts";
+import { describeListenError } from "./http.ts";
+import {
+  type Batch,
+  type Destinations,
+  emptyStats,
+  type Endpoint,
+  UDP_DEFAULTS,
+  type UdpOptions,
+  type UdpSocket,
+  type UdpStats,
+} from "./udp.ts";
+
+/** Datagrams waiting to be sent; beyond this, sends are counted as dropped (like a full kernel buffer). */
+const SEND_QUEUE = 8192;
+
+class PortableBatch implements Batch {
+  count = 0;
+  #data: Uint8Array = new Uint8Array(0);
+  #from: Endpoint = { host: "", port: 0 };
+  #truncated = false;
+  set(data: Uint8Array, from: Endpoint, truncated: boolean): this {
+    [this.#data, this.#from, this.#truncated, this.count] = [data, from, truncated, 1];
+    return this;
+  }
+  data(_i: number): Uint8Array {
+    return this.#data;
+  }
+  from(_i: number): Endpoint {
+    return this.#from;
+  }
+  truncated(_i: number): boolean {
+    return this.#truncated;
+  }
+}
+
+class PortableDestinations implements Destinations {
+  readonly addrs: Deno.NetAddr[];
+  constructor(readonly endpoints: readonly Endpoint[]) {
+    this.addrs = endpoints.map((e) => ({ transport: "udp", hostname: e.host, port: e.port }));
+  }
+}
+
+export function openPortableUdp(addr: Endpoint, options: UdpOptions = {}): UdpSocket {
+  let conn: Deno.DatagramConn;
+  try {
+    conn = Deno.listenDatagram({ transport: "udp", hostname: addr.host, port: addr.port });
+  } catch (error) {
+    throw new StartError(`Cannot listen on udp ${formatHostPort(addr)}: ${describeListenError(error)}`);
+  }
+  return new PortableUdp(conn, options);
+}
+
+class PortableUdp implements UdpSocket {
+  readonly impl = "portable" as const;
+  readonly local: Endpoint;
+  readonly stats: UdpStats = emptyStats();
+  readonly #limit: number;
+  // One byte more than the limit shows a datagram that did not fit (Deno cuts silently).
+  readonly #buffer: Uint8Array;
+  readonly #batch = new PortableBatch();
+  readonly #queue: [Uint8Array, Deno.NetAddr][] = [];
+  #head = 0;
+  #draining = false;
+  #closed = false;
+
+  constructor(private readonly conn: Deno.DatagramConn, options: UdpOptions) {
+    const addr = conn.addr as Deno.NetAddr;
+    this.local = { host: addr.hostname, port: addr.port };
+    this.#limit = Math.min(65535, options.maxDatagram ?? UDP_DEFAULTS.maxDatagram);
+    this.#buffer = new Uint8Array(65536);
+  }
+
+  async receive(): Promise<Batch | null> {
+    while (!this.#closed) {
+      let got: [Uint8Array, Deno.Addr];
+      try {
+        got = await this.conn.receive(this.#buffer);
+      } catch (error) {
+        if (this.#closed || error instanceof Deno.errors.BadResource) return null;
+        this.stats.errors++;
+        continue;
+      }
+      const [data, from] = got;
+      const truncated = data.length > this.#limit;
+      const view = truncated ? data.subarray(0, this.#limit) : data;
+      this.stats.rx_packets++;
+      this.stats.rx_bytes += view.length;
+      if (truncated) this.stats.truncated++;
+      const { hostname, port } = from as Deno.NetAddr;
+      return this.#batch.set(view, { host: hostname, port }, truncated);
+    }
+    return null;
+  }
+
+  destinations(endpoints: readonly Endpoint[]): Destinations {
+    return new PortableDestinations(endpoints);
+  }
+
+  send(packets: Batch | readonly Uint8Array[], to: Destinations): void {
+    if (this.#closed) return;
+    const dest = to instanceof PortableDestinations ? to : new PortableDestinations(to.endpoints);
+    const count = "count" in packets ? packets.count : packets.length;
+    for (let i = 0; i < count; i++) {
+      // Deno's send keeps a reference to the bytes until it settles, and the next receive reuses our buffer: one
+      // copy per datagram, shared by all destinations.
+      const data = ("count" in packets ? packets.data(i) : packets[i]).slice();
+      for (const addr of dest.addrs) {
+        if (this.#queue.length - this.#head >= SEND_QUEUE) this.stats.tx_dropped++;
+        else this.#queue.push([data, addr]);
+      }
+    }
+    if (!this.#draining) this.#drain();
+  }
+
+  /**
+   * Sends queued datagrams one at a time: Deno completes concurrent sends in no particular order (seen: reversed),
+   * and a relay must not reorder a stream.
+   */
+  async #drain(): Promise<void> {
+    this.#draining = true;
+    while (this.#head < this.#queue.length && !this.#closed) {
+      const [data, addr] = this.#queue[this.#head++];
+      try {
+        this.stats.tx_bytes += await this.conn.send(data, addr);
+        this.stats.tx_packets++;
+      } catch {
+        if (!this.#closed) this.stats.errors++;
+      }
+      if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
+        this.#queue.splice(0, this.#head);
+        this.#head = 0;
+      }
+    }
+    this.#draining = false;
+  }
+
+  close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.conn.close();
+    }
+    return Promise.resolve();
+  }
+}
