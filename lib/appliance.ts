@@ -62,6 +62,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       });
       running.set(roleName, role);
       lifecycle.add(roleName, (deadline) => role.stop(deadline));
+      logger.info("started", { part: roleName });
     }
     const app = createApp({
       name,

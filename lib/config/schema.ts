@@ -8,7 +8,7 @@
  */
 import { isAlias, isMap, isScalar, isSeq, type LineCounter, type Node, type Pair, type Scalar } from "yaml";
 import { ConfigError, type Position } from "../core/errors.ts";
-import { type HostPort, parseHostPort } from "../net/address.ts";
+import { type HostPort, isIP, parseHostPort } from "../net/address.ts";
 
 /** Returned by a schema whose node was wrong; the error has been recorded in the context. */
 export const INVALID: unique symbol = Symbol("invalid");
@@ -305,9 +305,11 @@ export function byteSize(options: { min?: number; max?: number } = {}): Schema<n
   };
 }
 
-/** `ADDRESS:PORT` with an IPv4 address, `[IPv6]` or a host name. */
-export function hostPort(): Schema<HostPort> {
-  const describe = "ADDRESS:PORT such as 127.0.0.1:8080 or [::1]:8080";
+/** `ADDRESS:PORT` with an IPv4 address, `[IPv6]` or (unless `ipOnly`) a host name. */
+export function hostPort(options: { ipOnly?: boolean } = {}): Schema<HostPort> {
+  const describe = options.ipOnly
+    ? "IP:PORT such as 0.0.0.0:5004 or [::1]:5004"
+    : "ADDRESS:PORT such as 127.0.0.1:8080 or [::1]:8080";
   return {
     describe,
     check(site, ctx) {
@@ -320,6 +322,10 @@ export function hostPort(): Schema<HostPort> {
       const parsed = parseHostPort(s.value);
       if (typeof parsed === "string") {
         ctx.error(at(site), site.path, parsed);
+        return INVALID;
+      }
+      if (options.ipOnly && !isIP(parsed.host)) {
+        ctx.error(at(site), site.path, `Expected an IP address, not the host name "${parsed.host}"`);
         return INVALID;
       }
       return Object.freeze(parsed);
@@ -342,9 +348,15 @@ export function nullable<T>(inner: Schema<T>): Schema<T | null> {
 /** A list of items; `unique` rejects repeats (pointing at both). */
 export function list<T>(
   item: Schema<T>,
-  options: { min?: number; max?: number; unique?: boolean } = {},
+  options: {
+    min?: number;
+    max?: number;
+    unique?: boolean;
+    /** Items must differ in this key (a name, an address): a repeat points at both items. */
+    uniqueBy?: { key: (v: T) => string; what: string };
+  } = {},
 ): Schema<readonly T[]> {
-  const { min = 0, max = 10_000, unique = false } = options;
+  const { min = 0, max = 10_000, unique = false, uniqueBy } = options;
   return {
     describe: `a list of ${item.describe}`,
     check(site, ctx) {
@@ -370,14 +382,18 @@ export function list<T>(
         const c = child as Node | null;
         const v = item.check({ node: c, anchor: node.range?.[0] ?? 0, path: `${site.path}[${i}]` }, ctx);
         if (v === INVALID) return void (ok = false);
-        if (unique) {
-          const key = JSON.stringify(v);
+        if ((unique || uniqueBy) && c) {
+          const key = uniqueBy ? uniqueBy.key(v) : JSON.stringify(v);
           const first = seen.get(key);
-          if (first && c) {
-            ctx.error(c, `${site.path}[${i}]`, `Repeated value ${key}`, ctx.position(first.range?.[0] ?? 0));
+          if (first) {
+            const pos = ctx.position(first.range?.[0] ?? 0);
+            const message = uniqueBy
+              ? `Repeated ${uniqueBy.what} "${key}" (first at line ${pos.line}, column ${pos.col})`
+              : `Repeated value ${key}`;
+            ctx.error(c, `${site.path}[${i}]`, message, pos);
             return void (ok = false);
           }
-          if (c) seen.set(key, c);
+          seen.set(key, c);
         }
         out.push(v);
       });

@@ -10,10 +10,15 @@ type Kind = "counter" | "gauge";
 const NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 
 /** A number that only goes up. */
+/** A number that only goes up: counted here, or read from its owner (a socket's own tallies) when rendered. */
 export class Counter {
-  value = 0;
+  #value = 0;
+  constructor(private readonly read?: () => number) {}
+  get value(): number {
+    return this.read ? this.read() : this.#value;
+  }
   inc(n = 1): void {
-    this.value += n;
+    this.#value += n;
   }
 }
 
@@ -57,10 +62,10 @@ export class CounterSet {
     }
   }
 
-  /** A counter; its name must end in `_total` as Prometheus expects. */
-  counter(name: string, help: string): Counter {
+  /** A counter; its name must end in `_total` as Prometheus expects. With `read`, its owner keeps the tally. */
+  counter(name: string, help: string, read?: () => number): Counter {
     if (!name.endsWith("_total")) throw new Error(`Counter name "${name}" must end in "_total"`);
-    return this.#add("counter", name, help, new Counter()) as Counter;
+    return this.#add("counter", name, help, new Counter(read)) as Counter;
   }
 
   /** A gauge, set by its owner or, with `read`, read from it at render time. */

@@ -58,6 +58,11 @@ export function parseHostPort(text: string): HostPort | string {
   return { host, port };
 }
 
+/** True for an IPv4 or IPv6 literal (what a UDP socket binds or sends to without a resolver). */
+export function isIP(text: string): boolean {
+  return isIPv4(text) || isIPv6(text);
+}
+
 /** `127.0.0.1:80`, `[::1]:80`. */
 export function formatHostPort(addr: HostPort): string {
   return addr.host.includes(":") ? `[${addr.host}]:${addr.port}` : `${addr.host}:${addr.port}`;

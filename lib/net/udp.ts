@@ -65,6 +65,10 @@ export interface Batch {
 /** Destinations prepared once (addresses encoded for the kernel), then used for many sends. */
 export interface Destinations {
   readonly endpoints: readonly Endpoint[];
+  /** Datagrams the kernel took for each endpoint, by index. */
+  readonly sent: Float64Array;
+  /** Datagrams refused for each endpoint (buffer full or an error). */
+  readonly dropped: Float64Array;
 }
 
 export interface UdpSocket {

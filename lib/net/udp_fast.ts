@@ -116,12 +116,16 @@ class FastDestinations implements Destinations {
   readonly names: Uint8Array;
   readonly lengths: number[] = [];
   readonly base: number;
+  readonly sent: Float64Array;
+  readonly dropped: Float64Array;
 
   constructor(readonly endpoints: readonly Endpoint[], v6: boolean) {
     this.names = new Uint8Array(Math.max(256, endpoints.length * NAME_STRIDE));
     const view = new DataView(this.names.buffer);
     endpoints.forEach((ep, i) => this.lengths.push(writeSockaddr(view, i * NAME_STRIDE, ep, v6)));
     this.base = addressOf(this.names);
+    this.sent = new Float64Array(endpoints.length);
+    this.dropped = new Float64Array(endpoints.length);
   }
 }
 
@@ -172,6 +176,9 @@ class FastUdp implements UdpSocket {
   readonly #txCopy = MAX_MMSG * (MMSGHDR_SIZE + IOVEC_SIZE);
   readonly #txCopySize: number;
   readonly #txLens = new Float64Array(MAX_MMSG);
+  /** Destination index of each prepared message, for per-destination counts. */
+  readonly #txDest = new Uint32Array(MAX_MMSG);
+  #txTo: FastDestinations | null = null;
   // Scratch for small syscall arguments, inside a slab large enough not to move.
   readonly #scratch = new Uint8Array(256);
   #closed = false;
@@ -311,6 +318,7 @@ class FastUdp implements UdpSocket {
     const dest = to instanceof FastDestinations ? to : new FastDestinations(to.endpoints, this.#v6);
     const d = dest.endpoints.length;
     if (d === 0) return;
+    this.#txTo = dest;
     const zeroCopy = packets instanceof FastBatch;
     const isBatch = "count" in packets;
     const count = isBatch ? packets.count : packets.length;
@@ -352,6 +360,7 @@ class FastUdp implements UdpSocket {
         put64(u32, h + MSG_IOV, this.#txBase + iov);
         put64(u32, h + MSG_IOVLEN, 1);
         this.#txLens[k] = len;
+        this.#txDest[k] = j;
         k++;
       }
     }
@@ -360,6 +369,7 @@ class FastUdp implements UdpSocket {
 
   /** Hands `k` prepared messages to the kernel; returns 0 (headers free again). */
   #flush(k: number): number {
+    const dest = this.#txTo!;
     let start = 0;
     while (start < k) {
       const sent = this.#c.sendmmsg(
@@ -369,15 +379,20 @@ class FastUdp implements UdpSocket {
         MSG_DONTWAIT,
       );
       const ok = Math.max(0, sent);
-      for (let m = start; m < start + ok; m++) this.stats.tx_bytes += this.#txLens[m];
+      for (let m = start; m < start + ok; m++) {
+        this.stats.tx_bytes += this.#txLens[m];
+        dest.sent[this.#txDest[m]]++;
+      }
       this.stats.tx_packets += ok;
       start += ok;
       if (start >= k) break;
       // Message `start` failed. A full buffer will refuse the rest too; any other error is that message's alone.
       if (errno(this.#c) === EAGAIN) {
+        for (let m = start; m < k; m++) dest.dropped[this.#txDest[m]]++;
         this.stats.tx_dropped += k - start;
         break;
       }
+      dest.dropped[this.#txDest[start]]++;
       this.stats.errors++;
       start++;
     }

@@ -42,8 +42,12 @@ class PortableBatch implements Batch {
 
 class PortableDestinations implements Destinations {
   readonly addrs: Deno.NetAddr[];
+  readonly sent: Float64Array;
+  readonly dropped: Float64Array;
   constructor(readonly endpoints: readonly Endpoint[]) {
     this.addrs = endpoints.map((e) => ({ transport: "udp", hostname: e.host, port: e.port }));
+    this.sent = new Float64Array(endpoints.length);
+    this.dropped = new Float64Array(endpoints.length);
   }
 }
 
@@ -65,7 +69,7 @@ class PortableUdp implements UdpSocket {
   // One byte more than the limit shows a datagram that did not fit (Deno cuts silently).
   readonly #buffer: Uint8Array;
   readonly #batch = new PortableBatch();
-  readonly #queue: [Uint8Array, Deno.NetAddr][] = [];
+  readonly #queue: [Uint8Array, PortableDestinations, number][] = [];
   #head = 0;
   #draining = false;
   #closed = false;
@@ -111,9 +115,12 @@ class PortableUdp implements UdpSocket {
       // Deno's send keeps a reference to the bytes until it settles, and the next receive reuses our buffer: one
       // copy per datagram, shared by all destinations.
       const data = ("count" in packets ? packets.data(i) : packets[i]).slice();
-      for (const addr of dest.addrs) {
-        if (this.#queue.length - this.#head >= SEND_QUEUE) this.stats.tx_dropped++;
-        else this.#queue.push([data, addr]);
+      for (let j = 0; j < dest.addrs.length; j++) {
+        if (this.#queue.length - this.#head < SEND_QUEUE) this.#queue.push([data, dest, j]);
+        else {
+          this.stats.tx_dropped++;
+          dest.dropped[j]++;
+        }
       }
     }
     if (!this.#draining) this.#drain();
@@ -126,12 +133,16 @@ class PortableUdp implements UdpSocket {
   async #drain(): Promise<void> {
     this.#draining = true;
     while (this.#head < this.#queue.length && !this.#closed) {
-      const [data, addr] = this.#queue[this.#head++];
+      const [data, dest, j] = this.#queue[this.#head++];
       try {
-        this.stats.tx_bytes += await this.conn.send(data, addr);
+        this.stats.tx_bytes += await this.conn.send(data, dest.addrs[j]);
         this.stats.tx_packets++;
+        dest.sent[j]++;
       } catch {
-        if (!this.#closed) this.stats.errors++;
+        if (!this.#closed) {
+          this.stats.errors++;
+          dest.dropped[j]++;
+        }
       }
       if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
         this.#queue.splice(0, this.#head);

@@ -5,6 +5,7 @@
  */
 import { Registry } from "../core/registry.ts";
 import { section } from "../config/schema.ts";
+import { relayRole } from "../relay/role.ts";
 import type { RoleDef, RunningRole } from "./role.ts";
 
 function idleRole(name: string, description: string, needsPeer: boolean): RoleDef<unknown> {
@@ -13,8 +14,7 @@ function idleRole(name: string, description: string, needsPeer: boolean): RoleDe
     description,
     needsPeer,
     section: section({}),
-    start(_section, ctx): Promise<RunningRole> {
-      ctx.logger.info("started", { detail: "no data plane configured" });
+    start(): Promise<RunningRole> {
       return Promise.resolve({
         status: () => ({ state: "idle", detail: "no data plane configured" }),
         stop: () => Promise.resolve(),
@@ -28,7 +28,7 @@ export function builtinRoles(): Registry<RoleDef<unknown>> {
   return new Registry<RoleDef<unknown>>("role", [
     idleRole("scheduler", "TCP connection scheduler: virtual services spread over real servers", true),
     idleRole("agent", "load agent beside a real server, answering the scheduler's checks", false),
-    idleRole("relay", "UDP relay and reflector fanning streams out to participants", false),
+    relayRole as RoleDef<unknown>,
     idleRole("node", "programmable streaming node running DiProNN session graphs", false),
   ]);
 }

@@ -132,8 +132,8 @@ const MISTAKES: [string, string, string][] = [
   ],
   [
     "unknown key in a role section",
-    "relay:\n  targets: []\n",
-    `edge.yaml:2:3: relay.targets: Unknown key "targets" in relay (known keys: none)`,
+    "agent:\n  targets: []\n",
+    `edge.yaml:2:3: agent.targets: Unknown key "targets" in agent (known keys: none)`,
   ],
   ["a key that is not text", "1: x\n", "edge.yaml:1:1: Keys must be text, got number 1"],
   [

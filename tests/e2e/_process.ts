@@ -3,6 +3,7 @@
  * stderr line, waits for a log line with a bounded timeout, and always stops the process: SIGTERM, then SIGKILL to
  * its whole process group, then its exit status. Every wait here fails the test rather than hang it.
  */
+import assert from "node:assert/strict";
 
 const ROOT = new URL("../../", import.meta.url);
 
@@ -197,4 +198,24 @@ export async function runToEnd(
 ): Promise<RunResult> {
   await using process = startEdgenode(args, options);
   return await process.waitForExit(options.timeoutMs);
+}
+
+/** A config file in a fresh temp dir, removed on dispose. */
+export async function tempConfig(text: string): Promise<{ path: string } & AsyncDisposable> {
+  const dir = await Deno.makeTempDir({ prefix: "edgenode_e2e_" });
+  const path = `${dir}/edgenode.yaml`;
+  await Deno.writeTextFile(path, text);
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
+}
+
+export async function getJson(url: string): Promise<Record<string, unknown>> {
+  const response = await fetch(url);
+  assert.equal(response.status, 200, `GET ${url}`);
+  return await response.json();
+}
+
+export async function getText(url: string): Promise<string> {
+  const response = await fetch(url);
+  assert.equal(response.status, 200, `GET ${url}`);
+  return await response.text();
 }

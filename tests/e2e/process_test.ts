@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { builtinRoles } from "../../lib/roles/mod.ts";
-import { runToEnd, startEdgenode } from "./_process.ts";
+import { getJson, getText, runToEnd, startEdgenode, tempConfig } from "./_process.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 const VERSION: string = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT))).version;
@@ -13,25 +13,6 @@ const LISTENING = /component=status msg=listening addr=127\.0\.0\.1:(\d+)$/;
 const RUNNING = /component=main msg=running /;
 
 /** A temporary directory holding one config file; removed on dispose. */
-async function tempConfig(text: string): Promise<{ path: string } & AsyncDisposable> {
-  const dir = await Deno.makeTempDir({ prefix: "edgenode_e2e_" });
-  const path = `${dir}/edgenode.yaml`;
-  await Deno.writeTextFile(path, text);
-  return { path, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
-}
-
-async function getJson(url: string): Promise<Record<string, unknown>> {
-  const response = await fetch(url);
-  assert.equal(response.status, 200, `GET ${url}`);
-  return await response.json();
-}
-
-async function getText(url: string): Promise<string> {
-  const response = await fetch(url);
-  assert.equal(response.status, 200, `GET ${url}`);
-  return await response.text();
-}
-
 function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
@@ -139,7 +120,7 @@ Deno.test("edgenode exits 1 with one clear line when the status port is in use",
   assert.ok(errors[0].includes("address already in use") && errors[0].includes(addr), errors[0]);
   assert.equal(lines.at(-1), errors[0], "the error is the last line");
   // The roles that had started were stopped, in reverse order, before the error; nothing was listening or running.
-  const started = lines.flatMap((l) => /component=(\w+) msg=started/.exec(l)?.[1] ?? []);
+  const started = lines.flatMap((l) => /msg=started part=(\w+)/.exec(l)?.[1] ?? []);
   const stopped = lines.flatMap((l) => /msg=stopped part=(\w+)/.exec(l)?.[1] ?? []);
   assert.deepEqual(started, ["agent", "relay", "node"], result.stderr);
   assert.deepEqual(stopped, ["node", "relay", "agent"], result.stderr);
@@ -165,7 +146,7 @@ Deno.test("edgenode --version prints the version", async () => {
 Deno.test("edgenode runs a role given with --role on its section's defaults", async () => {
   await using edgenode = startEdgenode(["--role", "scheduler", "--status", "127.0.0.1:0"]);
   const [, port] = await edgenode.waitForLine(LISTENING);
-  await edgenode.waitForLine(/component=scheduler msg=started/);
+  await edgenode.waitForLine(/msg=started part=scheduler/);
   await edgenode.waitForLine(RUNNING);
   const status = await getJson(`http://127.0.0.1:${port}/status`);
   assert.deepEqual(Object.keys(status.roles as object), ["scheduler"]);

@@ -85,6 +85,8 @@ export function udpContract(name: string, open: Open, other: Open): void {
         relay.send(batch, to);
         forwarded += batch.count;
       }
+      await waitFor(() => to.sent.every((x) => x === n));
+      assert.deepEqual([...to.dropped], [0, 0, 0]);
       for (const sink of sinks) {
         const got = await collect(sink, n);
         assert.deepEqual(
