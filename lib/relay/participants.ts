@@ -1,0 +1,228 @@
+/**
+ * The reflector's participant table and join protocol. Pure apart from the injected clock: messages in, replies
+ * out, so every rule (nonce, keepalive, timeout, limits, deny list) is tested without sockets or sleeping.
+ *
+ * Protocol (text, one message per datagram, sent to the registration port; see README "Reflector join protocol"):
+ *   client  -> "EDGENODE-JOIN" padded to at least 64 bytes
+ *   server  -> "EDGENODE-CHALLENGE <nonce>"            (51 bytes: never more than the JOIN it answers)
+ *   client  -> "EDGENODE-CONFIRM <nonce>"              (joins; repeat it as a keepalive)
+ *   server  -> "EDGENODE-WELCOME <timeout seconds>"    (only to an address that proved it receives)
+ *   client  -> "EDGENODE-LEAVE <nonce>"                (leaves at once)
+ * The nonce is an HMAC of the address, port and a 30-second epoch under a per-process secret: no state is kept
+ * for a JOIN, so forged JOINs from addresses that cannot answer fill nothing.
+ */
+import { createHmac, randomBytes } from "node:crypto";
+import type { Clock } from "../core/clock.ts";
+import { formatHostPort, ipv6Bytes, isIPv4, isIPv6 } from "../net/address.ts";
+import type { Endpoint } from "../net/udp.ts";
+
+export const JOIN_MIN_BYTES = 64;
+const EPOCH_MS = 30_000;
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+export const DENY_CLASSES = ["loopback", "multicast", "unspecified", "broadcast"] as const;
+export type DenyClass = typeof DENY_CLASSES[number];
+
+/** Which deny class an address falls in, or null. IPv4-mapped IPv6 counts as its IPv4 address. */
+export function addressClass(host: string): DenyClass | null {
+  let v4 = isIPv4(host) ? host : null;
+  if (!v4 && isIPv6(host)) {
+    const b = ipv6Bytes(host);
+    if (b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff) {
+      v4 = `${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
+    } else {
+      if (b.every((x) => x === 0)) return "unspecified";
+      if (b.subarray(0, 15).every((x) => x === 0) && b[15] === 1) return "loopback";
+      if (b[0] === 0xff) return "multicast";
+      return null;
+    }
+  }
+  if (!v4) return null;
+  const [a] = v4.split(".").map(Number);
+  if (v4 === "0.0.0.0") return "unspecified";
+  if (v4 === "255.255.255.255") return "broadcast";
+  if (a === 127) return "loopback";
+  if (a >= 224 && a <= 239) return "multicast";
+  return null;
+}
+
+export interface TableOptions {
+  readonly clock: Clock;
+  /** Silence after which a joined participant is dropped. */
+  readonly timeoutMs: number;
+  readonly maxParticipants: number;
+  /** Most participants from one IP address (any port). */
+  readonly maxPerAddress: number;
+  /** Address classes that may join (the rest of DENY_CLASSES are refused). */
+  readonly allow: readonly DenyClass[];
+  /** HMAC key for nonces; a random one per table by default. */
+  readonly secret?: Uint8Array;
+}
+
+export type Origin = "join" | "config" | "api";
+
+export interface Participant {
+  readonly endpoint: Endpoint;
+  readonly origin: Origin;
+  readonly joinedAt: number;
+  lastSeen: number;
+}
+
+/** What the table counts; the reflector publishes these. */
+export interface TableStats {
+  joins: number;
+  challenges: number;
+  confirms: number;
+  leaves: number;
+  expired: number;
+  refused_limit: number;
+  refused_denied: number;
+  bad_nonce: number;
+  malformed: number;
+}
+
+export type Refusal = "denied" | "limit";
+
+export class ParticipantTable {
+  readonly stats: TableStats = {
+    joins: 0,
+    challenges: 0,
+    confirms: 0,
+    leaves: 0,
+    expired: 0,
+    refused_limit: 0,
+    refused_denied: 0,
+    bad_nonce: 0,
+    malformed: 0,
+  };
+  readonly #byKey = new Map<string, Participant>();
+  readonly #secret: Uint8Array;
+  /** Bumped on every change, so a user of `endpoints()` knows when to rebuild what it derived. */
+  version = 0;
+
+  constructor(private readonly options: TableOptions) {
+    this.#secret = options.secret ?? randomBytes(32);
+  }
+
+  get size(): number {
+    return this.#byKey.size;
+  }
+
+  endpoints(): Endpoint[] {
+    return [...this.#byKey.values()].map((p) => p.endpoint);
+  }
+
+  list(): Participant[] {
+    return [...this.#byKey.values()];
+  }
+
+  /** Why `ep` may not be added now, or null when it may. */
+  refusal(ep: Endpoint): Refusal | null {
+    const cls = addressClass(ep.host);
+    if (cls && !this.options.allow.includes(cls)) return "denied";
+    if (this.#byKey.has(formatHostPort(ep))) return null;
+    if (this.#byKey.size >= this.options.maxParticipants) return "limit";
+    let same = 0;
+    for (const p of this.#byKey.values()) if (p.endpoint.host === ep.host) same++;
+    return same >= this.options.maxPerAddress ? "limit" : null;
+  }
+
+  /** Adds a participant that needs no join (from config or the API); returns why not when it cannot. */
+  add(ep: Endpoint, origin: Exclude<Origin, "join">): Refusal | null {
+    const why = this.refusal(ep);
+    if (why) return why;
+    this.#put(ep, origin);
+    return null;
+  }
+
+  remove(ep: Endpoint): boolean {
+    const removed = this.#byKey.delete(formatHostPort(ep));
+    if (removed) this.version++;
+    return removed;
+  }
+
+  /** Handles one datagram from the registration port; returns the reply to send back, if any. */
+  onControl(data: Uint8Array, from: Endpoint): Uint8Array | null {
+    const text = data.length <= 256 ? dec.decode(data) : "";
+    if (text.startsWith("EDGENODE-JOIN")) {
+      if (data.length < JOIN_MIN_BYTES || !/^EDGENODE-JOIN\s*$/.test(text.replace(/\0+$/, ""))) {
+        this.stats.malformed++;
+        return null;
+      }
+      this.stats.joins++;
+      if (this.#refuse(from)) return null;
+      this.stats.challenges++;
+      return enc.encode(`EDGENODE-CHALLENGE ${this.#nonce(from, this.#epoch())}`);
+    }
+    const m = /^EDGENODE-(CONFIRM|LEAVE) ([0-9a-f]{32})$/.exec(text);
+    if (!m) {
+      this.stats.malformed++;
+      return null;
+    }
+    const epoch = this.#epoch();
+    if (m[2] !== this.#nonce(from, epoch) && m[2] !== this.#nonce(from, epoch - 1)) {
+      this.stats.bad_nonce++;
+      return null;
+    }
+    const key = formatHostPort(from);
+    if (m[1] === "LEAVE") {
+      if (this.#byKey.get(key)?.origin === "join" && this.remove(from)) this.stats.leaves++;
+      return null;
+    }
+    const known = this.#byKey.get(key);
+    if (known) known.lastSeen = this.options.clock.now();
+    else {
+      if (this.#refuse(from)) return null;
+      this.#put(from, "join");
+    }
+    this.stats.confirms++;
+    return enc.encode(`EDGENODE-WELCOME ${Math.round(this.options.timeoutMs / 1000)}`);
+  }
+
+  /** Drops joined participants silent for longer than the timeout; config and API ones stay. */
+  expire(): number {
+    const now = this.options.clock.now();
+    let dropped = 0;
+    for (const [key, p] of this.#byKey) {
+      if (p.origin === "join" && now - p.lastSeen > this.options.timeoutMs) {
+        this.#byKey.delete(key);
+        dropped++;
+      }
+    }
+    if (dropped) {
+      this.version++;
+      this.stats.expired += dropped;
+    }
+    return dropped;
+  }
+
+  #refuse(from: Endpoint): boolean {
+    const why = this.refusal(from);
+    if (why === "denied") this.stats.refused_denied++;
+    if (why === "limit") this.stats.refused_limit++;
+    return why !== null;
+  }
+
+  #put(ep: Endpoint, origin: Origin): void {
+    const now = this.options.clock.now();
+    this.#byKey.set(formatHostPort(ep), {
+      endpoint: { host: ep.host, port: ep.port },
+      origin,
+      joinedAt: now,
+      lastSeen: now,
+    });
+    this.version++;
+  }
+
+  #epoch(): number {
+    return Math.floor(this.options.clock.now() / EPOCH_MS);
+  }
+
+  #nonce(ep: Endpoint, epoch: number): string {
+    return createHmac("sha256", this.#secret).update(`${formatHostPort(ep)}|${epoch}`).digest("hex").slice(
+      0,
+      32,
+    );
+  }
+}
