@@ -2,6 +2,7 @@
  * Plan -> running appliance: start each role of the plan in order, then the status API; stop in reverse. A part that
  * fails to start stops everything started before it, so nothing is left half-running.
  */
+import type { Hono } from "hono";
 import { createApp } from "./api/app.ts";
 import type { Clock } from "./core/clock.ts";
 import { StartError } from "./core/errors.ts";
@@ -74,6 +75,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       token: plan.status.token,
       maxBody: plan.status.max_body,
       logger: logger.child("status"),
+      mount: [...running.values()].flatMap((r) => (r.routes ? [(app: Hono) => r.routes!(app)] : [])),
     });
     const server = listen(app.fetch, plan.status.listen);
     lifecycle.add("status", (deadline) => server.stop(deadline));

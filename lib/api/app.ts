@@ -21,6 +21,8 @@ export interface AppDeps {
   readonly token: string | null;
   readonly maxBody: number;
   readonly logger: Logger;
+  /** Routes added by the running roles, mounted after the built-in ones and behind the same guard. */
+  readonly mount?: readonly ((app: Hono) => void)[];
 }
 
 const MUTATING = ["POST", "PUT", "PATCH", "DELETE"];
@@ -80,6 +82,8 @@ export function createApp(deps: AppDeps): Hono {
       note: "runtime change; a restart returns to the config's log.level",
     });
   });
+
+  for (const add of deps.mount ?? []) add(app);
 
   app.notFound((c) => c.json({ error: `No route ${c.req.method} ${c.req.path}` }, 404));
   app.onError((error, c) => {

@@ -6,7 +6,17 @@
  * Environment references `${NAME}` and `${NAME:-default}` in string scalars are replaced before a value is checked,
  * so `port: ${PORT}` and `token: ${EDGENODE_TOKEN}` work; `$$` stands for one `$`.
  */
-import { isAlias, isMap, isScalar, isSeq, type LineCounter, type Node, type Pair, type Scalar } from "yaml";
+import {
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  type LineCounter,
+  type Node,
+  type Pair,
+  type Scalar,
+  type YAMLMap,
+} from "yaml";
 import { ConfigError, type Position } from "../core/errors.ts";
 import { type HostPort, isIP, parseHostPort } from "../net/address.ts";
 
@@ -431,7 +441,14 @@ export interface ObjectSchema<F extends Fields> extends Schema<ObjectOf<F>> {
  * A mapping with known keys. Unknown keys, duplicate keys (pointing at both), non-text keys and missing required keys
  * are errors. An empty value (`relay:`) counts as an empty mapping.
  */
-export function obj<F extends Fields>(fields: F, describe = "a mapping"): ObjectSchema<F> {
+/** A check across the fields of a checked mapping; it reports through `ctx` at nodes it finds in `node`. */
+export type Refine<T> = (value: T, node: YAMLMap | null, ctx: Context, path: string) => void;
+
+export function obj<F extends Fields>(
+  fields: F,
+  describe = "a mapping",
+  refine?: Refine<ObjectOf<F>>,
+): ObjectSchema<F> {
   const known = Object.keys(fields);
   return {
     describe,
@@ -492,7 +509,10 @@ export function obj<F extends Fields>(fields: F, describe = "a mapping"): Object
         if (value === INVALID) ok = false;
         else out[key] = value;
       }
-      return ok ? Object.freeze(out) as ObjectOf<F> : INVALID;
+      if (!ok) return INVALID;
+      const value = Object.freeze(out) as ObjectOf<F>;
+      refine?.(value, isEmpty ? null : node as YAMLMap, ctx, site.path);
+      return value;
     },
   };
 }
@@ -533,7 +553,13 @@ export function defaultsOf<F extends Fields>(fields: F): ObjectOf<F> {
   return Object.freeze(out) as ObjectOf<F>;
 }
 
-/** An optional mapping whose absence means all its defaults. */
-export function section<F extends Fields>(fields: F, doc?: string): Field<ObjectOf<F>> {
-  return opt(obj(fields), defaultsOf(fields), doc);
+/** An optional mapping whose absence means all its defaults (which `refine` does not see: they are known good). */
+export function section<F extends Fields>(fields: F, refine?: Refine<ObjectOf<F>>): Field<ObjectOf<F>> {
+  return opt(obj(fields, "a mapping", refine), defaultsOf(fields));
+}
+
+/** The node at `path` below `node` (for pointing at a field after a mapping was checked), else `node` itself. */
+export function nodeAt(node: YAMLMap | null, path: readonly (string | number)[]): Node | number {
+  const found = node?.getIn(path, true) as Node | undefined;
+  return found ?? node ?? 0;
 }

@@ -6,6 +6,7 @@
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
 import type { MetricsRegistry } from "../core/metrics.ts";
+import type { Hono } from "hono";
 import type { Field } from "../config/schema.ts";
 
 export interface RoleContext {
@@ -20,6 +21,11 @@ export interface RunningRole {
   status(): Record<string, unknown>;
   /** Stop accepting at once, drain until `deadline` aborts, then release everything. */
   stop(deadline: AbortSignal): Promise<void>;
+  /**
+   * Adds the role's routes to the status API. Mutating methods are already behind the bearer token and the body
+   * limit; a route that changes state says in its answer that the change is not persisted.
+   */
+  routes?(app: Hono): void;
 }
 
 export interface RoleDef<S = unknown> {

@@ -33,6 +33,7 @@ relay:
     batch: 32,
     max_datagram: 65535,
     socket_buffer: 8 * 1024 * 1024,
+    reflectors: [],
     relays: [{
       name: "video",
       listen: { host: "0.0.0.0", port: 5004 },
@@ -69,5 +70,63 @@ Deno.test("relay section points a repeated relay name at both relays", () => {
     "    - {name: a, listen: 0.0.0.0:3, targets: [127.0.0.1:4]}\n";
   assert.deepEqual(errorsOf(text), [
     `r.yaml:4:7: relay.relays[1]: Repeated relay name "a" (first at line 3, column 7)`,
+  ]);
+});
+
+Deno.test("relay section reads reflectors with their defaults", () => {
+  const plan = loadConfig(
+    "relay:\n  reflectors:\n    - {name: lecture, data: 0.0.0.0:6000, registration: 0.0.0.0:6002, use_rtp: true}\n",
+    { file: "r.yaml", roles },
+  );
+  assert.deepEqual((plan.sections.relay as { reflectors: unknown[] }).reflectors, [{
+    name: "lecture",
+    data: { host: "0.0.0.0", port: 6000 },
+    registration: { host: "0.0.0.0", port: 6002 },
+    use_rtp: true,
+    timeout: 30_000,
+    max_participants: 100,
+    max_per_address: 4,
+    allow: [],
+    participants: [],
+  }]);
+});
+
+Deno.test("relay section points a port clash at both sockets, RTCP ports included", () => {
+  const text = [
+    "relay:", //                                                                              1
+    "  relays:", //                                                                           2
+    "    - {name: v, listen: 127.0.0.1:6001, targets: [127.0.0.1:9]}", //                      3
+    "  reflectors:", //                                                                       4
+    "    - name: lecture", //                                                                 5
+    "      data: 0.0.0.0:6000", //                                                            6
+    "      registration: 0.0.0.0:7000", //                                                    7
+    "      use_rtp: true", //                                                                 8
+    "    - {name: other, data: 127.0.0.1:7000, registration: 127.0.0.1:0, use_rtp: true}", // 9
+  ].join("\n");
+  assert.deepEqual(errorsOf(text), [
+    `r.yaml:6:13: relay: Port clash: RTCP data port of reflector "lecture" (0.0.0.0:6001) and relay "v" (127.0.0.1:6001), first at line 3, column 25`,
+    `r.yaml:9:27: relay: Port clash: data port of reflector "other" (127.0.0.1:7000) and registration port of reflector "lecture" (0.0.0.0:7000), first at line 7, column 21`,
+    `r.yaml:9:27: relay: Port clash: RTCP data port of reflector "other" (127.0.0.1:7001) and RTCP registration port of reflector "lecture" (0.0.0.0:7001), first at line 7, column 21`,
+    `r.yaml:9:57: relay.reflectors[1].registration: With use_rtp the registration port needs a fixed port below 65535 (RTCP takes port + 1), got 0`,
+  ]);
+});
+
+Deno.test("relay section checks reflector limits, address classes and static participants", () => {
+  const text = [
+    "relay:",
+    "  reflectors:",
+    "    - name: r",
+    "      data: 0.0.0.0:6000",
+    "      registration: 0.0.0.0:6002",
+    "      timeout: 0s",
+    "      max_participants: 0",
+    "      allow: [lan]",
+    "      participants: [127.0.0.1:5000, 127.0.0.1:5000]",
+  ].join("\n");
+  assert.deepEqual(errorsOf(text), [
+    "r.yaml:6:16: relay.reflectors[0].timeout: Duration must be in 1s..1h, got 0ms",
+    "r.yaml:7:25: relay.reflectors[0].max_participants: Expected an integer in 1..10000, got 0",
+    `r.yaml:8:15: relay.reflectors[0].allow[0]: Expected an address class: loopback, multicast, unspecified, broadcast, got "lan"`,
+    `r.yaml:9:38: relay.reflectors[0].participants[1]: Repeated participant "127.0.0.1:5000" (first at line 9, column 22)`,
   ]);
 });

@@ -1,0 +1,226 @@
+/**
+ * The reflector (CESNET's "user-empowered virtual multicast"): a stream arriving on the data port is sent to every
+ * participant, from the registration port, so that a participant behind NAT receives it on the flow it opened when
+ * it joined. With use_rtp the ports go in pairs: RTP on the data and registration ports, RTCP on each port + 1,
+ * sent to each participant's port + 1.
+ */
+import type { Clock, TimerId } from "../core/clock.ts";
+import type { Logger } from "../core/logger.ts";
+import type { CounterSet, MetricsRegistry } from "../core/metrics.ts";
+import { isRtcp, isRtp } from "../media/rtp.ts";
+import { formatHostPort, type HostPort } from "../net/address.ts";
+import type { Batch, Destinations, Endpoint, UdpSocket } from "../net/udp.ts";
+import { type DenyClass, type Origin, ParticipantTable } from "./participants.ts";
+import { publishSocket } from "./relay.ts";
+
+export interface ReflectorSpec {
+  readonly name: string;
+  readonly data: HostPort;
+  readonly registration: HostPort;
+  readonly use_rtp: boolean;
+  readonly timeout: number;
+  readonly max_participants: number;
+  readonly max_per_address: number;
+  readonly allow: readonly DenyClass[];
+  readonly participants: readonly HostPort[];
+}
+
+/** The sockets of one reflector: RTP (or plain) pair, and with use_rtp the RTCP pair on port + 1. */
+export interface ReflectorSockets {
+  readonly data: UdpSocket;
+  readonly registration: UdpSocket;
+  readonly dataRtcp?: UdpSocket;
+  readonly registrationRtcp?: UdpSocket;
+}
+
+interface Path {
+  readonly name: "media" | "rtcp";
+  readonly from: UdpSocket;
+  readonly out: UdpSocket;
+  readonly valid?: (d: Uint8Array) => boolean;
+  /** Added to each participant's port (RTCP goes to port + 1). */
+  readonly portOffset: number;
+  dest: Destinations;
+  version: number;
+  malformed: number;
+}
+
+export class Reflector {
+  readonly table: ParticipantTable;
+  readonly #paths: Path[];
+  readonly #sets: CounterSet[] = [];
+  readonly #loops: Promise<void>[] = [];
+  readonly #clock: Clock;
+  #timer: TimerId | undefined;
+  #closed = false;
+
+  constructor(
+    readonly spec: ReflectorSpec,
+    readonly sockets: ReflectorSockets,
+    private readonly deps: { clock: Clock; metrics: MetricsRegistry; logger: Logger },
+  ) {
+    this.#clock = deps.clock;
+    this.table = new ParticipantTable({
+      clock: deps.clock,
+      timeoutMs: spec.timeout,
+      maxParticipants: spec.max_participants,
+      maxPerAddress: spec.max_per_address,
+      allow: spec.allow,
+    });
+    for (const p of spec.participants) {
+      const why = this.table.add(p, "config");
+      if (why) {
+        deps.logger.warn("static participant refused", {
+          reflector: spec.name,
+          participant: formatHostPort(p),
+          why,
+        });
+      }
+    }
+    const empty = sockets.registration.destinations([]);
+    this.#paths = [{
+      name: "media",
+      from: sockets.data,
+      out: sockets.registration,
+      valid: spec.use_rtp ? isRtp : undefined,
+      portOffset: 0,
+      dest: empty,
+      version: -1,
+      malformed: 0,
+    }];
+    if (sockets.dataRtcp && sockets.registrationRtcp) {
+      this.#paths.push({
+        name: "rtcp",
+        from: sockets.dataRtcp,
+        out: sockets.registrationRtcp,
+        valid: isRtcp,
+        portOffset: 1,
+        dest: empty,
+        version: -1,
+        malformed: 0,
+      });
+    }
+    this.#publish();
+    for (const path of this.#paths) this.#loops.push(this.#forward(path));
+    this.#loops.push(this.#control(sockets.registration));
+    if (sockets.registrationRtcp) this.#loops.push(this.#control(sockets.registrationRtcp));
+    this.#scheduleExpiry();
+  }
+
+  /** Data port -> every participant, from the registration socket. */
+  async #forward(path: Path): Promise<void> {
+    for (;;) {
+      const batch = await path.from.receive();
+      if (!batch) return;
+      if (path.version !== this.table.version) {
+        path.dest = path.out.destinations(
+          this.table.endpoints().map((e) => ({ host: e.host, port: e.port + path.portOffset })),
+        );
+        path.version = this.table.version;
+      }
+      path.out.send(path.valid ? this.#valid(batch, path) : batch, path.dest);
+    }
+  }
+
+  /** The batch itself when every datagram is well formed (no copy), else the well-formed ones. */
+  #valid(batch: Batch, path: Path): Batch | Uint8Array[] {
+    let ok = 0;
+    for (let i = 0; i < batch.count; i++) if (path.valid!(batch.data(i))) ok++;
+    if (ok === batch.count) return batch;
+    path.malformed += batch.count - ok;
+    const good: Uint8Array[] = [];
+    for (let i = 0; i < batch.count; i++) if (path.valid!(batch.data(i))) good.push(batch.data(i));
+    return good;
+  }
+
+  /** Registration port: joins, confirms, keepalives, leaves. Anything else is counted as malformed. */
+  async #control(socket: UdpSocket): Promise<void> {
+    for (;;) {
+      const batch = await socket.receive();
+      if (!batch) return;
+      for (let i = 0; i < batch.count; i++) {
+        const from = batch.from(i);
+        // On the RTCP registration port a participant's receiver reports arrive from its port + 1: they are
+        // counted with the table's malformed control messages unless they are joins of their own.
+        const reply = this.table.onControl(batch.data(i), from);
+        if (reply) socket.send([reply], socket.destinations([from]));
+      }
+    }
+  }
+
+  #scheduleExpiry(): void {
+    if (this.#closed) return;
+    const every = Math.max(100, Math.min(1000, this.spec.timeout / 4));
+    this.#timer = this.#clock.setTimeout(() => {
+      const dropped = this.table.expire();
+      if (dropped) this.deps.logger.info("participants timed out", { reflector: this.spec.name, dropped });
+      this.#scheduleExpiry();
+    }, every);
+  }
+
+  add(ep: Endpoint, origin: Exclude<Origin, "join">) {
+    return this.table.add(ep, origin);
+  }
+
+  remove(ep: Endpoint): boolean {
+    return this.table.remove(ep);
+  }
+
+  #publish(): void {
+    const { metrics } = this.deps;
+    const labels = { reflector: this.spec.name };
+    const set = metrics.set("reflector", labels);
+    const t = this.table.stats;
+    set.gauge("participants", "Participants receiving the stream", () => this.table.size);
+    set.counter("joins_total", "JOIN requests answered or refused", () => t.joins);
+    set.counter("confirms_total", "Nonces echoed correctly (joins and keepalives)", () => t.confirms);
+    set.counter("leaves_total", "Participants that left", () => t.leaves);
+    set.counter("expired_total", "Participants dropped after the timeout", () => t.expired);
+    set.counter("refused_limit_total", "Joins refused by a participant limit", () => t.refused_limit);
+    set.counter("refused_denied_total", "Joins refused by the deny list", () => t.refused_denied);
+    set.counter("bad_nonce_total", "Confirms with a wrong or stale nonce", () => t.bad_nonce);
+    set.counter(
+      "malformed_control_total",
+      "Datagrams on the registration port that are no message",
+      () => t.malformed,
+    );
+    set.counter(
+      "malformed_data_total",
+      "Datagrams on the data ports that are not RTP/RTCP (use_rtp only)",
+      () => this.#paths.reduce((n, p) => n + p.malformed, 0),
+    );
+    this.#sets.push(set);
+    for (const [port, socket] of Object.entries(this.sockets)) {
+      if (socket) this.#sets.push(publishSocket(metrics, "reflector_socket", { ...labels, port }, socket));
+    }
+  }
+
+  status(): Record<string, unknown> {
+    const now = this.#clock.now();
+    return {
+      data: formatHostPort(this.sockets.data.local),
+      registration: formatHostPort(this.sockets.registration.local),
+      use_rtp: this.spec.use_rtp,
+      udp: this.sockets.data.impl,
+      ...this.table.stats,
+      malformed_data: this.#paths.reduce((n, p) => n + p.malformed, 0),
+      sockets: Object.fromEntries(
+        Object.entries(this.sockets).flatMap(([k, s]) => (s ? [[k, { ...s.stats }]] : [])),
+      ),
+      participants: this.table.list().map((p) => ({
+        address: formatHostPort(p.endpoint),
+        origin: p.origin,
+        joined_seconds_ago: Math.round((now - p.joinedAt) / 1000),
+        idle_seconds: Math.round((now - p.lastSeen) / 1000),
+      })),
+    };
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
+    for (const s of Object.values(this.sockets)) await s?.close();
+    await Promise.all(this.#loops);
+    for (const set of this.#sets) this.deps.metrics.remove(set);
+  }
+}

@@ -1,0 +1,196 @@
+/** The reflector over real loopback sockets in this process, with the clock injected for timeouts. */
+import assert from "node:assert/strict";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { MetricsRegistry } from "../../lib/core/metrics.ts";
+import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
+import { JOIN_MIN_BYTES } from "../../lib/relay/participants.ts";
+import { Reflector, type ReflectorSpec } from "../../lib/relay/reflector.ts";
+import { collect } from "../net/udp_contract.ts";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+const LO = { host: "127.0.0.1", port: 0 };
+
+function rtp(seq: number, size = 40): Uint8Array {
+  const d = new Uint8Array(size);
+  d[0] = 0x80;
+  d[1] = 96;
+  d[2] = seq >> 8;
+  d[3] = seq & 0xff;
+  return d;
+}
+
+async function setup(spec: Partial<ReflectorSpec> = {}, rtcp = false) {
+  const clock = new ManualClock(Date.now());
+  const metrics = new MetricsRegistry();
+  const lines: string[] = [];
+  const sockets = {
+    data: openUdp(LO),
+    registration: openUdp(LO),
+    ...(rtcp ? { dataRtcp: openUdp(LO), registrationRtcp: openUdp(LO) } : {}),
+  };
+  const reflector = new Reflector(
+    {
+      name: "r",
+      data: LO,
+      registration: LO,
+      use_rtp: rtcp,
+      timeout: 30_000,
+      max_participants: 100,
+      max_per_address: 4,
+      allow: ["loopback"],
+      participants: [],
+      ...spec,
+    },
+    sockets,
+    { clock, metrics, logger: new Logger({ level: "debug", clock, sink: (l) => lines.push(l) }) },
+  );
+  const source = openUdp(LO);
+  const opened: UdpSocket[] = [source];
+  const client = () => {
+    const s = openUdp(LO);
+    opened.push(s);
+    return s;
+  };
+  return {
+    clock,
+    metrics,
+    reflector,
+    sockets,
+    source,
+    client,
+    /** Sends datagrams to the data port (or its RTCP twin). */
+    feed(packets: Uint8Array[], to = sockets.data) {
+      source.send(packets, source.destinations([to.local]));
+    },
+    async [Symbol.asyncDispose]() {
+      await reflector.close();
+      for (const s of opened) await s.close();
+    },
+  };
+}
+
+/** The whole join from `client`, as any participant program does it. */
+async function join(client: UdpSocket, registration: UdpSocket): Promise<string> {
+  const to = client.destinations([registration.local]);
+  client.send([enc.encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES))], to);
+  const [challenge] = await collect(client, 1);
+  const nonce = dec.decode(challenge.data).split(" ")[1];
+  assert.deepEqual(challenge.from, registration.local, "the challenge comes from the registration port");
+  client.send([enc.encode(`EDGENODE-CONFIRM ${nonce}`)], to);
+  const [welcome] = await collect(client, 1);
+  assert.match(dec.decode(welcome.data), /^EDGENODE-WELCOME \d+$/);
+  return nonce;
+}
+
+Deno.test("Reflector sends the stream to every joined participant, from the registration port", async () => {
+  await using r = await setup();
+  const a = r.client();
+  const b = r.client();
+  await join(a, r.sockets.registration);
+  await join(b, r.sockets.registration);
+  r.feed([rtp(1), rtp(2), rtp(3)]);
+  for (const p of [a, b]) {
+    const got = await collect(p, 3);
+    assert.deepEqual(got.map((g) => g.data[3]), [1, 2, 3]);
+    for (const g of got) assert.deepEqual(g.from, r.sockets.registration.local);
+  }
+  assert.equal(r.reflector.table.size, 2);
+});
+
+Deno.test("Reflector sends nothing to an address that sent a JOIN but never proved it receives", async () => {
+  await using r = await setup();
+  const honest = r.client();
+  const forged = r.client();
+  await join(honest, r.sockets.registration);
+  // A JOIN "from" an address that cannot answer: the challenge goes to it, the CONFIRM never comes.
+  forged.send(
+    [enc.encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES))],
+    forged.destinations([r.sockets.registration.local]),
+  );
+  const [challenge] = await collect(forged, 1);
+  assert.ok(challenge.data.length <= JOIN_MIN_BYTES, "never more than the request to an unproven address");
+  r.feed([rtp(7)]);
+  await collect(honest, 1);
+  const early = await Promise.race([
+    forged.receive(),
+    new Promise((res) => setTimeout(() => res("none"), 200)),
+  ]);
+  assert.equal(early, "none", "the unproven address got no data");
+});
+
+Deno.test("Reflector drops a silent participant after the timeout on its clock", async () => {
+  await using r = await setup({ timeout: 5_000 });
+  const a = r.client();
+  await join(a, r.sockets.registration);
+  r.clock.advance(4_000);
+  assert.equal(r.reflector.table.size, 1);
+  r.clock.advance(2_000);
+  assert.equal(r.reflector.table.size, 0);
+  assert.match(r.metrics.render(), /^edgenode_reflector_expired_total\{reflector="r"\} 1$/m);
+});
+
+Deno.test("Reflector counts and drops malformed datagrams on every port and keeps going", async () => {
+  await using r = await setup({}, true);
+  const a = r.client();
+  await join(a, r.sockets.registration);
+  // Registration ports: noise, a short JOIN, a bad nonce.
+  for (const reg of [r.sockets.registration, r.sockets.registrationRtcp!]) {
+    a.send(
+      [
+        new Uint8Array([1, 2, 3]),
+        enc.encode("EDGENODE-JOIN"),
+        enc.encode(`EDGENODE-CONFIRM ${"f".repeat(32)}`),
+      ],
+      a.destinations([reg.local]),
+    );
+  }
+  // Data ports: one non-RTP datagram among RTP, one non-RTCP among RTCP.
+  r.feed([rtp(1), new Uint8Array([0, 1, 2]), rtp(2)]);
+  const rr = new Uint8Array(8);
+  rr.set([0x80, 201, 0, 1]);
+  r.feed([new Uint8Array(20), rr], r.sockets.dataRtcp!);
+  const media = await collect(a, 2);
+  assert.deepEqual(media.map((g) => g.data[3]), [1, 2]);
+  await new Promise((res) => setTimeout(res, 50));
+  const s = r.reflector.status();
+  assert.equal(s.malformed_data, 2);
+  assert.equal(s.malformed, 4, "noise and short JOIN on both registration ports");
+  assert.equal(s.bad_nonce, 2);
+  assert.equal(r.reflector.table.size, 1, "the participant is still there");
+});
+
+Deno.test("Reflector with use_rtp sends RTCP from registration port + 1 to each participant's port + 1", async () => {
+  await using r = await setup({}, true);
+  // The participant receives RTP on p and RTCP on p + 1, as RTP receivers do.
+  const rtpSock = r.client();
+  const rtcpSock = openUdp({ host: "127.0.0.1", port: rtpSock.local.port + 1 });
+  try {
+    await join(rtpSock, r.sockets.registration);
+    const sr = new Uint8Array(28);
+    sr.set([0x80, 200, 0, 6]);
+    r.feed([sr], r.sockets.dataRtcp!);
+    const [got] = await collect(rtcpSock, 1);
+    assert.equal(got.data[1], 200);
+    assert.deepEqual(got.from, r.sockets.registrationRtcp!.local);
+  } finally {
+    await rtcpSock.close();
+  }
+});
+
+Deno.test("Reflector enforces its participant limit on joins", async () => {
+  await using r = await setup({ max_participants: 1 });
+  await join(r.client(), r.sockets.registration);
+  const late = r.client();
+  late.send(
+    [enc.encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES))],
+    late.destinations([r.sockets.registration.local]),
+  );
+  const answer = await Promise.race([
+    late.receive(),
+    new Promise((res) => setTimeout(() => res("none"), 200)),
+  ]);
+  assert.equal(answer, "none", "a refused JOIN gets no challenge");
+  assert.equal(r.reflector.status().refused_limit, 1);
+});
