@@ -21,7 +21,7 @@ function rtp(seq: number, size = 40): Uint8Array {
   return d;
 }
 
-async function setup(spec: Partial<ReflectorSpec> = {}, rtcp = false) {
+function setup(spec: Partial<ReflectorSpec> = {}, rtcp = false) {
   const clock = new ManualClock(Date.now());
   const metrics = new MetricsRegistry();
   const lines: string[] = [];
@@ -85,7 +85,7 @@ async function join(client: UdpSocket, registration: UdpSocket): Promise<string>
 }
 
 Deno.test("Reflector sends the stream to every joined participant, from the registration port", async () => {
-  await using r = await setup();
+  await using r = setup();
   const a = r.client();
   const b = r.client();
   await join(a, r.sockets.registration);
@@ -100,7 +100,7 @@ Deno.test("Reflector sends the stream to every joined participant, from the regi
 });
 
 Deno.test("Reflector sends nothing to an address that sent a JOIN but never proved it receives", async () => {
-  await using r = await setup();
+  await using r = setup();
   const honest = r.client();
   const forged = r.client();
   await join(honest, r.sockets.registration);
@@ -121,7 +121,7 @@ Deno.test("Reflector sends nothing to an address that sent a JOIN but never prov
 });
 
 Deno.test("Reflector drops a silent participant after the timeout on its clock", async () => {
-  await using r = await setup({ timeout: 5_000 });
+  await using r = setup({ timeout: 5_000 });
   const a = r.client();
   await join(a, r.sockets.registration);
   r.clock.advance(4_000);
@@ -132,7 +132,7 @@ Deno.test("Reflector drops a silent participant after the timeout on its clock",
 });
 
 Deno.test("Reflector counts and drops malformed datagrams on every port and keeps going", async () => {
-  await using r = await setup({}, true);
+  await using r = setup({}, true);
   const a = r.client();
   await join(a, r.sockets.registration);
   // Registration ports: noise, a short JOIN, a bad nonce.
@@ -162,7 +162,7 @@ Deno.test("Reflector counts and drops malformed datagrams on every port and keep
 });
 
 Deno.test("Reflector with use_rtp sends RTCP from registration port + 1 to each participant's port + 1", async () => {
-  await using r = await setup({}, true);
+  await using r = setup({}, true);
   // The participant receives RTP on p and RTCP on p + 1, as RTP receivers do.
   const rtpSock = r.client();
   const rtcpSock = openUdp({ host: "127.0.0.1", port: rtpSock.local.port + 1 });
@@ -180,7 +180,7 @@ Deno.test("Reflector with use_rtp sends RTCP from registration port + 1 to each 
 });
 
 Deno.test("Reflector enforces its participant limit on joins", async () => {
-  await using r = await setup({ max_participants: 1 });
+  await using r = setup({ max_participants: 1 });
   await join(r.client(), r.sockets.registration);
   const late = r.client();
   late.send(
