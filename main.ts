@@ -6,11 +6,13 @@
  */
 import { startAppliance } from "./lib/appliance.ts";
 import { parseCommandLine, usage } from "./lib/cli/args.ts";
+import { runProbe } from "./lib/cli/probe.ts";
 import { EMBEDDED_SOURCE, loadConfig, MAX_CONFIG_BYTES } from "./lib/config/load.ts";
 import { applyOverrides, type Plan } from "./lib/config/plan.ts";
 import { systemClock } from "./lib/core/clock.ts";
 import { ErrorList, StartError, UsageError } from "./lib/core/errors.ts";
 import { Logger } from "./lib/core/logger.ts";
+import { Registry } from "./lib/core/registry.ts";
 import { formatHostPort } from "./lib/net/address.ts";
 import { builtinRoles } from "./lib/roles/mod.ts";
 import { VERSION } from "./lib/version.ts";
@@ -22,10 +24,11 @@ const err = (text: string) => Deno.stderr.writeSync(encoder.encode(text));
 export async function main(args: readonly string[]): Promise<number> {
   const roles = builtinRoles();
   try {
-    const command = parseCommandLine(args, { roles: roles.names(), subcommands: [] });
-    if (command.kind === "help") return out(usage(VERSION, roles.values())), 0;
+    const commands = subcommands();
+    const command = parseCommandLine(args, { roles: roles.names(), subcommands: commands.names() });
+    if (command.kind === "help") return out(usage(VERSION, roles.values(), commands.values())), 0;
     if (command.kind === "version") return out(`edgenode ${VERSION}\n`), 0;
-    if (command.kind === "sub") throw new UsageError(`Unknown command "${command.name}"`);
+    if (command.kind === "sub") return await commands.get(command.name).run(command.args);
     const { options } = command;
 
     const file = options.config ?? EMBEDDED_SOURCE;
@@ -47,8 +50,33 @@ export async function main(args: readonly string[]): Promise<number> {
       return 1;
     }
     if (error instanceof StartError) return err(`edgenode: ${error.message}\n`), 1;
+    if (error instanceof Error && args[0] !== undefined && !args[0].startsWith("-")) {
+      // A sub-command that failed while running (a reflector that never answered): one line, exit 1.
+      return err(`edgenode ${args[0]}: ${error.message}\n`), 1;
+    }
     throw error;
   }
+}
+
+/** Sub-commands by name; each parses its own arguments and returns an exit status. */
+function subcommands() {
+  const stop = new AbortController();
+  const abort = () => stop.abort();
+  return new Registry<{ name: string; description: string; run(args: readonly string[]): Promise<number> }>(
+    "command",
+    [{
+      name: "probe",
+      description: "send or receive measured test streams (probe --help)",
+      async run(args) {
+        Deno.addSignalListener("SIGINT", abort);
+        try {
+          return await runProbe(args, { out, err, tty: Deno.stderr.isTerminal(), signal: stop.signal });
+        } finally {
+          Deno.removeSignalListener("SIGINT", abort);
+        }
+      },
+    }],
+  );
 }
 
 async function readConfig(path: string): Promise<string> {
