@@ -249,29 +249,57 @@ export function formatDuration(ms: number): string {
   return `${ms}ms`;
 }
 
-/** A duration with a unit (`500ms`, `10s`, `2m`, `1h`), checked against bounds given in milliseconds. */
-export function duration(options: { min?: number; max?: number } = {}): Schema<number> {
-  const { min = 0, max = 7 * 24 * 3_600_000 } = options;
-  const describe = "a duration such as 500ms, 10s, 2m or 1h";
+/**
+ * A quantity written with a unit and checked against bounds: the shared shape of durations and sizes. `parse`
+ * turns the scalar into the base unit (null when it is not such text) and `format` writes bounds back in units.
+ */
+function measured(o: {
+  what: string;
+  describe: string;
+  min: number;
+  max: number;
+  parse: (value: unknown) => number | null;
+  format: (n: number) => string;
+  hint?: (value: unknown) => string;
+}): Schema<number> {
   return {
-    describe,
+    describe: o.describe,
     check(site, ctx) {
-      const s = scalar(site, ctx, describe);
+      const s = scalar(site, ctx, o.describe);
       if (s === INVALID) return INVALID;
-      const ms = typeof s.value === "string" ? parseDuration(s.value) : null;
-      if (ms === null) {
-        const hint = typeof s.value === "number" ? " (a unit is required)" : "";
-        ctx.error(at(site), site.path, `Expected ${describe}, got ${typeName(site.node)}${hint}`);
+      const n = o.parse(s.value);
+      if (n === null) {
+        ctx.error(
+          at(site),
+          site.path,
+          `Expected ${o.describe}, got ${typeName(site.node)}${o.hint?.(s.value) ?? ""}`,
+        );
         return INVALID;
       }
-      if (ms < min || ms > max) {
-        const range = `${formatDuration(min)}..${formatDuration(max)}`;
-        ctx.error(at(site), site.path, `Duration must be in ${range}, got ${formatDuration(ms)}`);
+      if (n < o.min || n > o.max) {
+        ctx.error(
+          at(site),
+          site.path,
+          `${o.what} must be in ${o.format(o.min)}..${o.format(o.max)}, got ${o.format(n)}`,
+        );
         return INVALID;
       }
-      return ms;
+      return n;
     },
   };
+}
+
+/** A duration with a unit (`500ms`, `10s`, `2m`, `1h`), checked against bounds given in milliseconds. */
+export function duration(options: { min?: number; max?: number } = {}): Schema<number> {
+  return measured({
+    what: "Duration",
+    describe: "a duration such as 500ms, 10s, 2m or 1h",
+    min: options.min ?? 0,
+    max: options.max ?? 7 * 24 * 3_600_000,
+    parse: (v) => (typeof v === "string" ? parseDuration(v) : null),
+    format: formatDuration,
+    hint: (v) => (typeof v === "number" ? " (a unit is required)" : ""),
+  });
 }
 
 const SIZE_UNITS: Record<string, number> = { "": 1, B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 };
@@ -288,31 +316,18 @@ export function formatSize(bytes: number): string {
 
 /** A byte size: an integer, or text with a binary unit (`64KiB`, `1MiB`). */
 export function byteSize(options: { min?: number; max?: number } = {}): Schema<number> {
-  const { min = 0, max = 2 ** 40 } = options;
-  const describe = "a size such as 65536, 64KiB or 1MiB";
-  return {
-    describe,
-    check(site, ctx) {
-      const s = scalar(site, ctx, describe);
-      if (s === INVALID) return INVALID;
-      let bytes: number | null = null;
-      if (typeof s.value === "number" && Number.isSafeInteger(s.value)) bytes = s.value;
-      if (typeof s.value === "string") {
-        const m = /^([0-9]+)\s*(B|KiB|MiB|GiB)?$/.exec(s.value.trim());
-        if (m) bytes = Number(m[1]) * SIZE_UNITS[m[2] ?? ""];
-      }
-      if (bytes === null) {
-        ctx.error(at(site), site.path, `Expected ${describe}, got ${typeName(site.node)}`);
-        return INVALID;
-      }
-      if (bytes < min || bytes > max) {
-        const range = `${formatSize(min)}..${formatSize(max)}`;
-        ctx.error(at(site), site.path, `Size must be in ${range}, got ${formatSize(bytes)}`);
-        return INVALID;
-      }
-      return bytes;
+  return measured({
+    what: "Size",
+    describe: "a size such as 65536, 64KiB or 1MiB",
+    min: options.min ?? 0,
+    max: options.max ?? 2 ** 40,
+    parse: (v) => {
+      if (typeof v === "number") return Number.isSafeInteger(v) ? v : null;
+      const m = typeof v === "string" ? /^([0-9]+)\s*(B|KiB|MiB|GiB)?$/.exec(v.trim()) : null;
+      return m ? Number(m[1]) * SIZE_UNITS[m[2] ?? ""] : null;
     },
-  };
+    format: formatSize,
+  });
 }
 
 /** `ADDRESS:PORT` with an IPv4 address, `[IPv6]` or (unless `ipOnly`) a host name. */

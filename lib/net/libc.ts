@@ -9,21 +9,16 @@ export const AF_INET6 = 10;
 export const SOCK_DGRAM = 2;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SOL_SOCKET = 1;
-export const SO_REUSEADDR = 2;
 export const SO_SNDBUF = 7;
 export const SO_RCVBUF = 8;
 export const SO_RCVTIMEO = 20;
 export const SO_SNDBUFFORCE = 32;
 export const SO_RCVBUFFORCE = 33;
-export const IPPROTO_IPV6 = 41;
-export const IPV6_V6ONLY = 26;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_TRUNC = 0x20;
 export const MSG_WAITFORONE = 0x10000;
 export const SHUT_RD = 0;
 export const EAGAIN = 11;
-export const EINTR = 4;
-export const ECONNREFUSED = 111;
 
 /** struct sizes and offsets (LP64 Linux). */
 export const SOCKADDR_SIZE = 28; // room for sockaddr_in6; sockaddr_in uses the first 16
@@ -44,7 +39,6 @@ const SYMBOLS = {
   close: { parameters: ["i32"], result: "i32" },
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
-  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   /** Blocking receive, run off the main thread so the event loop stays free. */
   recvmmsg_wait: {
@@ -75,9 +69,4 @@ export function openLibc(): Deno.DynamicLibrary<typeof SYMBOLS> | null {
 export function errno(libc: Libc): number {
   const p = libc.__errno_location();
   return p ? new Deno.UnsafePointerView(p).getInt32() : 0;
-}
-
-/** The address of the byte at `offset` in `buffer`, as a bigint for struct fields. */
-export function addressOf(buffer: Uint8Array, offset = 0): bigint {
-  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer))) + BigInt(offset);
 }

@@ -183,6 +183,8 @@ class FastUdp implements UdpSocket {
   readonly #scratch = new Uint8Array(256);
   #closed = false;
   #waiting: Promise<number> | null = null;
+  /** Receive headers whose msg_namelen needs setting (all of this socket's batch before the first receive). */
+  #dirty: number;
 
   constructor(
     lib: Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>>,
@@ -193,6 +195,7 @@ class FastUdp implements UdpSocket {
     this.#c = lib.symbols as unknown as Libc;
     const c = this.#c;
     this.#batchSize = Math.min(MAX_MMSG, Math.max(1, options.batch ?? UDP_DEFAULTS.batch));
+    this.#dirty = this.#batchSize;
     this.#slot = Math.min(65535, Math.max(1, options.maxDatagram ?? UDP_DEFAULTS.maxDatagram));
     const where = `udp ${formatHostPort(addr)}`;
     const host = addr.host === "localhost" ? "127.0.0.1" : addr.host;
@@ -259,7 +262,6 @@ class FastUdp implements UdpSocket {
       let n = c.recvmmsg(this.#fd, hdrs, this.#batchSize, MSG_DONTWAIT, null);
       if (n < 0 && errno(c) !== EAGAIN) this.stats.errors++;
       if (n <= 0) {
-        this.#resetNames();
         this.#waiting = c.recvmmsg_wait(this.#fd, hdrs, this.#batchSize, MSG_WAITFORONE, null) as Promise<
           number
         >;
@@ -273,13 +275,16 @@ class FastUdp implements UdpSocket {
     return null;
   }
 
+  /** The kernel rewrote msg_namelen only in the headers it filled last time: reset just those. */
   #resetNames(): void {
-    for (let i = 0; i < this.#batchSize; i++) {
+    for (let i = 0; i < this.#dirty; i++) {
       this.#rxU32[(this.#rxHdr + i * MMSGHDR_SIZE + MSG_NAMELEN) >>> 2] = SOCKADDR_SIZE;
     }
+    this.#dirty = 0;
   }
 
   #account(n: number): Batch {
+    this.#dirty = n;
     let bytes = 0;
     for (let i = 0; i < n; i++) {
       bytes += this.slotLength(i);

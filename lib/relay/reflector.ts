@@ -53,6 +53,7 @@ export class Reflector {
   readonly #clock: Clock;
   #timer: TimerId | undefined;
   #closed = false;
+  #participantRtcp = 0;
 
   constructor(
     readonly spec: ReflectorSpec,
@@ -102,8 +103,8 @@ export class Reflector {
     }
     this.#publish();
     for (const path of this.#paths) this.#loops.push(this.#forward(path));
-    this.#loops.push(this.#control(sockets.registration));
-    if (sockets.registrationRtcp) this.#loops.push(this.#control(sockets.registrationRtcp));
+    this.#loops.push(this.#control(sockets.registration, false));
+    if (sockets.registrationRtcp) this.#loops.push(this.#control(sockets.registrationRtcp, true));
     this.#scheduleExpiry();
   }
 
@@ -133,16 +134,23 @@ export class Reflector {
     return good;
   }
 
-  /** Registration port: joins, confirms, keepalives, leaves. Anything else is counted as malformed. */
-  async #control(socket: UdpSocket): Promise<void> {
+  /**
+   * Registration port: joins, confirms, keepalives, leaves. On the RTCP registration port, participants' own RTCP
+   * (receiver reports, sent from their port + 1 as RTP receivers do) is expected: counted apart and dropped.
+   * Anything else is counted as malformed by the table.
+   */
+  async #control(socket: UdpSocket, rtcp: boolean): Promise<void> {
     for (;;) {
       const batch = await socket.receive();
       if (!batch) return;
       for (let i = 0; i < batch.count; i++) {
+        const data = batch.data(i);
+        if (rtcp && isRtcp(data)) {
+          this.#participantRtcp++;
+          continue;
+        }
         const from = batch.from(i);
-        // On the RTCP registration port a participant's receiver reports arrive from its port + 1: they are
-        // counted with the table's malformed control messages unless they are joins of their own.
-        const reply = this.table.onControl(batch.data(i), from);
+        const reply = this.table.onControl(data, from);
         if (reply) socket.send([reply], socket.destinations([from]));
       }
     }
@@ -185,6 +193,11 @@ export class Reflector {
       () => t.malformed,
     );
     set.counter(
+      "participant_rtcp_total",
+      "RTCP reports from participants (counted, not forwarded)",
+      () => this.#participantRtcp,
+    );
+    set.counter(
       "malformed_data_total",
       "Datagrams on the data ports that are not RTP/RTCP (use_rtp only)",
       () => this.#paths.reduce((n, p) => n + p.malformed, 0),
@@ -204,6 +217,7 @@ export class Reflector {
       udp: this.sockets.data.impl,
       ...this.table.stats,
       malformed_data: this.#paths.reduce((n, p) => n + p.malformed, 0),
+      participant_rtcp: this.#participantRtcp,
       sockets: Object.fromEntries(
         Object.entries(this.sockets).flatMap(([k, s]) => (s ? [[k, { ...s.stats }]] : [])),
       ),

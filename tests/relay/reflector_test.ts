@@ -151,6 +151,8 @@ Deno.test("Reflector counts and drops malformed datagrams on every port and keep
   const rr = new Uint8Array(8);
   rr.set([0x80, 201, 0, 1]);
   r.feed([new Uint8Array(20), rr], r.sockets.dataRtcp!);
+  // A receiver report from the participant on the RTCP registration port is expected traffic, not noise.
+  a.send([rr], a.destinations([r.sockets.registrationRtcp!.local]));
   const media = await collect(a, 2);
   assert.deepEqual(media.map((g) => g.data[3]), [1, 2]);
   await new Promise((res) => setTimeout(res, 50));
@@ -158,6 +160,7 @@ Deno.test("Reflector counts and drops malformed datagrams on every port and keep
   assert.equal(s.malformed_data, 2);
   assert.equal(s.malformed, 4, "noise and short JOIN on both registration ports");
   assert.equal(s.bad_nonce, 2);
+  assert.equal(s.participant_rtcp, 1);
   assert.equal(r.reflector.table.size, 1, "the participant is still there");
 });
 
