@@ -12,7 +12,7 @@
  *   make bench            all sizes        deno task bench udp        (same)
  *   BENCH_SIZES=100 BENCH_SECONDS=1 make bench   a quicker look
  */
-import { type Batch, openUdp, type UdpSocket } from "../../lib/net/udp.ts";
+import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
 import { readProbe } from "../../lib/probe/packet.ts";
 import { nowUs } from "../../lib/probe/run.ts";
 import { ProbeStats } from "../../lib/probe/stats.ts";
@@ -109,42 +109,53 @@ const direct: Path = {
   start: (sinks) => Promise.resolve({ to: `${LO}:${sinks[0].local.port}`, stop: () => Promise.resolve() }),
 };
 
-/** The one receive outstanding on each sink: racing a timer must not start a second one on the same socket. */
-const pending = new Map<UdpSocket, Promise<Batch | null>>();
+/**
+ * A receiving socket read by one loop for its whole life (no timers raced against receives, which would both
+ * start a second receive and skew delays); each trial swaps in fresh stats.
+ */
+class Sink {
+  stats = new ProbeStats();
+  lastArrival = 0;
+  readonly done: Promise<void>;
 
-/** Receives on every sink until the sender is done and the sinks stay quiet; one ProbeStats per sink. */
-async function receive(sinks: UdpSocket[], until: Promise<unknown>): Promise<ProbeStats[]> {
-  const stats = sinks.map(() => new ProbeStats());
-  let quietSince = performance.now();
-  let sending = true;
-  until.then(() => (sending = false));
-  const loops = sinks.map(async (sink, k) => {
-    for (;;) {
-      if (!pending.has(sink)) pending.set(sink, sink.receive());
-      const batch = await Promise.race([pending.get(sink)!, sleep(50).then(() => undefined)]);
-      if (batch === undefined) {
-        if (!sending && performance.now() - quietSince > 300) return;
-        continue;
+  constructor(readonly socket: UdpSocket) {
+    this.done = (async () => {
+      for (;;) {
+        const batch = await socket.receive();
+        if (!batch) return;
+        const t = nowUs();
+        this.lastArrival = performance.now();
+        for (let i = 0; i < batch.count; i++) {
+          const d = batch.data(i);
+          const h = readProbe(d);
+          if (h) this.stats.add(h.seq, h.sentUs, t, d.length);
+        }
       }
-      pending.delete(sink);
-      if (batch === null) return;
-      quietSince = performance.now();
-      const t = nowUs();
-      for (let i = 0; i < batch.count; i++) {
-        const h = readProbe(batch.data(i));
-        if (h) stats[k].add(h.seq, h.sentUs, t, batch.data(i).length);
-      }
-    }
-  });
-  await Promise.all(loops);
-  return stats;
+    })();
+  }
+
+  async close(): Promise<void> {
+    await this.socket.close();
+    await this.done;
+  }
+}
+
+/** Resolves once the sender is done and no sink has received anything for 300 ms. */
+async function quiet(sinks: Sink[], sender: Promise<unknown>): Promise<void> {
+  await sender;
+  for (;;) {
+    const last = Math.max(0, ...sinks.map((s) => s.lastArrival));
+    if (performance.now() - last > 300) return;
+    await sleep(50);
+  }
 }
 
 const signed = (n: number) => `${n >= 0 ? "+" : "-"}${Math.abs(n).toFixed(0)}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** One trial: `rate` datagrams/s of `size` bytes for SECONDS; returns worst loss over sinks and the stats. */
-async function trial(to: string, sinks: UdpSocket[], size: number, rate: number) {
+async function trial(to: string, sinks: Sink[], size: number, rate: number) {
+  for (const sink of sinks) sink.stats = new ProbeStats();
   const count = Math.max(1000, Math.round(rate * SECONDS));
   const sender = startEdgenode([
     "probe",
@@ -163,11 +174,11 @@ async function trial(to: string, sinks: UdpSocket[], size: number, rate: number)
     "--quiet",
   ]);
   const done = sender.waitForExit(60_000);
-  const stats = await receive(sinks, done);
+  await quiet(sinks, done);
   const result = await done;
   if (result.code !== 0) throw new Error(`probe send failed: ${result.stderr}`);
   const sent = JSON.parse(result.stdout) as { sent: number; packets_per_s: number };
-  const reports = stats.map((s) => s.report());
+  const reports = sinks.map((s) => s.stats.report());
   const worst = Math.max(...reports.map((r) => ((sent.sent - r.received) / sent.sent) * 100));
   return { loss: worst, offered: sent.packets_per_s, reports };
 }
@@ -176,7 +187,7 @@ async function trial(to: string, sinks: UdpSocket[], size: number, rate: number)
  * Whether `rate` passes: loss <= LOSS_LIMIT in either of two trials. With three processes sharing two cores a
  * single scheduling hiccup can lose a burst; a second chance applies to every path alike.
  */
-async function passes(to: string, sinks: UdpSocket[], size: number, rate: number): Promise<number | null> {
+async function passes(to: string, sinks: Sink[], size: number, rate: number): Promise<number | null> {
   for (let attempt = 0; attempt < 2; attempt++) {
     const t = await trial(to, sinks, size, rate);
     if (t.loss <= LOSS_LIMIT) return t.offered;
@@ -185,7 +196,7 @@ async function passes(to: string, sinks: UdpSocket[], size: number, rate: number
 }
 
 /** Highest offered rate with loss <= LOSS_LIMIT: doubling from 10k/s, then bisection to within 3%. */
-async function maxRate(to: string, sinks: UdpSocket[], size: number): Promise<number> {
+async function maxRate(to: string, sinks: Sink[], size: number): Promise<number> {
   let good = 0;
   let bad = 0;
   for (let rate = 10_000; rate <= 1_280_000; rate *= 2) {
@@ -227,9 +238,9 @@ async function main(): Promise<number> {
   for (const path of paths) {
     const sinks = Array.from(
       { length: path.participants },
-      () => openUdp({ host: LO, port: 0 }, { batch: 256 }),
+      () => new Sink(openUdp({ host: LO, port: 0 }, { batch: 256 })),
     );
-    const running = await path.start(sinks);
+    const running = await path.start(sinks.map((s) => s.socket));
     try {
       for (const size of SIZES) {
         const rate = await maxRate(running.to, sinks, size);
@@ -245,11 +256,7 @@ async function main(): Promise<number> {
       delays.set(path.name, { p50: d.p50, p99: d.p99 });
     } finally {
       await running.stop();
-      for (const s of sinks) {
-        await s.close();
-        await pending.get(s);
-        pending.delete(s);
-      }
+      for (const s of sinks) await s.close();
     }
   }
 
