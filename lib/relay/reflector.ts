@@ -41,6 +41,8 @@ interface Path {
   /** Added to each participant's port (RTCP goes to port + 1). */
   readonly portOffset: number;
   dest: Destinations;
+  /** Participant ("IP:PORT" as joined) -> index in `dest`. */
+  index: Map<string, number>;
   version: number;
   malformed: number;
 }
@@ -54,6 +56,8 @@ export class Reflector {
   #timer: TimerId | undefined;
   #closed = false;
   #participantRtcp = 0;
+  readonly #tallies = new Map<string, { sent: number; dropped: number; set: CounterSet }>();
+  #talliesVersion = -1;
 
   constructor(
     readonly spec: ReflectorSpec,
@@ -86,6 +90,7 @@ export class Reflector {
       valid: spec.use_rtp ? isRtp : undefined,
       portOffset: 0,
       dest: empty,
+      index: new Map(),
       version: -1,
       malformed: 0,
     }];
@@ -97,11 +102,13 @@ export class Reflector {
         valid: isRtcp,
         portOffset: 1,
         dest: empty,
+        index: new Map(),
         version: -1,
         malformed: 0,
       });
     }
     this.#publish();
+    this.#syncParticipants();
     for (const path of this.#paths) this.#loops.push(this.#forward(path));
     this.#loops.push(this.#control(sockets.registration, false));
     if (sockets.registrationRtcp) this.#loops.push(this.#control(sockets.registrationRtcp, true));
@@ -113,13 +120,72 @@ export class Reflector {
     for (;;) {
       const batch = await path.from.receive();
       if (!batch) return;
-      if (path.version !== this.table.version) {
-        path.dest = path.out.destinations(
-          this.table.endpoints().map((e) => ({ host: e.host, port: e.port + path.portOffset })),
-        );
-        path.version = this.table.version;
-      }
+      if (path.version !== this.table.version) this.#rebuild(path);
       path.out.send(path.valid ? this.#valid(batch, path) : batch, path.dest);
+    }
+  }
+
+  /**
+   * New destinations after the participant table changed. What the old ones counted is first added to each
+   * participant's tally, so per-participant counters survive the rebuild; participants that left lose theirs.
+   */
+  #rebuild(path: Path): void {
+    this.#fold(path);
+    const endpoints = this.table.endpoints();
+    path.dest = path.out.destinations(
+      endpoints.map((e) => ({ host: e.host, port: e.port + path.portOffset })),
+    );
+    path.index = new Map(endpoints.map((e, j) => [formatHostPort(e), j]));
+    path.version = this.table.version;
+    this.#syncParticipants();
+  }
+
+  #fold(path: Path): void {
+    for (const [key, j] of path.index) {
+      const tally = this.#tallies.get(key);
+      if (!tally) continue;
+      tally.sent += path.dest.sent[j];
+      tally.dropped += path.dest.dropped[j];
+    }
+  }
+
+  /** Datagrams sent to (and refused for) one participant so far, on every path. */
+  #counts(key: string): { sent: number; dropped: number } {
+    const tally = this.#tallies.get(key);
+    let sent = tally?.sent ?? 0;
+    let dropped = tally?.dropped ?? 0;
+    for (const path of this.#paths) {
+      const j = path.index.get(key);
+      if (j === undefined) continue;
+      sent += path.dest.sent[j];
+      dropped += path.dest.dropped[j];
+    }
+    return { sent, dropped };
+  }
+
+  /** One counter set per participant in the table: created on join, removed on leave. */
+  #syncParticipants(): void {
+    if (this.#talliesVersion === this.table.version) return;
+    this.#talliesVersion = this.table.version;
+    const current = new Set(this.table.endpoints().map(formatHostPort));
+    for (const [key, tally] of this.#tallies) {
+      if (current.has(key)) continue;
+      this.deps.metrics.remove(tally.set);
+      this.#tallies.delete(key);
+    }
+    for (const key of current) {
+      if (this.#tallies.has(key)) continue;
+      const set = this.deps.metrics.set("reflector_participant", {
+        reflector: this.spec.name,
+        participant: key,
+      });
+      set.counter("sent_total", "Datagrams sent to this participant", () => this.#counts(key).sent);
+      set.counter(
+        "dropped_total",
+        "Datagrams to this participant the kernel refused",
+        () => this.#counts(key).dropped,
+      );
+      this.#tallies.set(key, { sent: 0, dropped: 0, set });
     }
   }
 
@@ -152,6 +218,7 @@ export class Reflector {
         const from = batch.from(i);
         const reply = this.table.onControl(data, from);
         if (reply) socket.send([reply], socket.destinations([from]));
+        this.#syncParticipants();
       }
     }
   }
@@ -161,17 +228,22 @@ export class Reflector {
     const every = Math.max(100, Math.min(1000, this.spec.timeout / 4));
     this.#timer = this.#clock.setTimeout(() => {
       const dropped = this.table.expire();
+      this.#syncParticipants();
       if (dropped) this.deps.logger.info("participants timed out", { reflector: this.spec.name, dropped });
       this.#scheduleExpiry();
     }, every);
   }
 
   add(ep: Endpoint, origin: Exclude<Origin, "join">) {
-    return this.table.add(ep, origin);
+    const refused = this.table.add(ep, origin);
+    this.#syncParticipants();
+    return refused;
   }
 
   remove(ep: Endpoint): boolean {
-    return this.table.remove(ep);
+    const removed = this.table.remove(ep);
+    this.#syncParticipants();
+    return removed;
   }
 
   #publish(): void {
@@ -210,6 +282,7 @@ export class Reflector {
 
   status(): Record<string, unknown> {
     const now = this.#clock.now();
+    this.#syncParticipants();
     return {
       data: formatHostPort(this.sockets.data.local),
       registration: formatHostPort(this.sockets.registration.local),
@@ -224,6 +297,7 @@ export class Reflector {
       participants: this.table.list().map((p) => ({
         address: formatHostPort(p.endpoint),
         origin: p.origin,
+        ...this.#counts(formatHostPort(p.endpoint)),
         joined_seconds_ago: Math.round((now - p.joinedAt) / 1000),
         idle_seconds: Math.round((now - p.lastSeen) / 1000),
       })),
@@ -236,5 +310,6 @@ export class Reflector {
     for (const s of Object.values(this.sockets)) await s?.close();
     await Promise.all(this.#loops);
     for (const set of this.#sets) this.deps.metrics.remove(set);
+    for (const tally of this.#tallies.values()) this.deps.metrics.remove(tally.set);
   }
 }

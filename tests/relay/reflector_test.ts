@@ -197,3 +197,40 @@ Deno.test("Reflector enforces its participant limit on joins", async () => {
   assert.equal(answer, "none", "a refused JOIN gets no challenge");
   assert.equal(r.reflector.status().refused_limit, 1);
 });
+
+Deno.test("Reflector counts what each participant was sent, across joins and leaves of others", async () => {
+  await using r = setup();
+  const a = r.client();
+  const b = r.client();
+  const keyA = `127.0.0.1:${a.local.port}`;
+  const keyB = `127.0.0.1:${b.local.port}`;
+  const sentTo = (key: string) =>
+    (r.reflector.status().participants as { address: string; sent: number }[]).find((p) => p.address === key)
+      ?.sent;
+
+  await join(a, r.sockets.registration);
+  r.feed([rtp(1), rtp(2)]);
+  await collect(a, 2);
+  await join(b, r.sockets.registration); // the destinations are rebuilt: A's tally must survive
+  r.feed([rtp(3)]);
+  await collect(a, 1);
+  await collect(b, 1);
+  assert.equal(sentTo(keyA), 3);
+  assert.equal(sentTo(keyB), 1);
+  const metrics = r.metrics.render();
+  assert.match(
+    metrics,
+    new RegExp(`^edgenode_reflector_participant_sent_total\\{reflector="r",participant="${keyA}"\\} 3$`, "m"),
+  );
+  assert.match(
+    metrics,
+    new RegExp(`^edgenode_reflector_participant_sent_total\\{reflector="r",participant="${keyB}"\\} 1$`, "m"),
+  );
+
+  r.reflector.remove({ host: "127.0.0.1", port: b.local.port });
+  assert.doesNotMatch(
+    r.metrics.render(),
+    new RegExp(`participant="${keyB}"`),
+    "a participant that left has no series",
+  );
+});
