@@ -110,11 +110,12 @@ class PortableUdp implements UdpSocket {
   send(packets: Batch | readonly Uint8Array[], to: Destinations): void {
     if (this.#closed) return;
     const dest = to instanceof PortableDestinations ? to : new PortableDestinations(to.endpoints);
-    const count = "count" in packets ? packets.count : packets.length;
+    const batch = "count" in packets ? packets : null;
+    const count = batch ? batch.count : (packets as readonly Uint8Array[]).length;
     for (let i = 0; i < count; i++) {
       // Deno's send keeps a reference to the bytes until it settles, and the next receive reuses our buffer: one
       // copy per datagram, shared by all destinations.
-      const data = ("count" in packets ? packets.data(i) : packets[i]).slice();
+      const data = (batch ? batch.data(i) : (packets as readonly Uint8Array[])[i]).slice();
       for (let j = 0; j < dest.addrs.length; j++) {
         if (this.#queue.length - this.#head < SEND_QUEUE) this.#queue.push([data, dest, j]);
         else {

@@ -9,6 +9,9 @@ const ROOT = new URL("../../", import.meta.url);
 
 /** How long a wait for a log line or an exit may take unless the caller says otherwise. */
 export const DEFAULT_TIMEOUT_MS = 20_000;
+
+/** The status API's start line; group 1 is the port it bound (tests start edgenode with --status 127.0.0.1:0). */
+export const LISTENING = /component=status msg=listening addr=127\.0\.0\.1:(\d+)$/m;
 /** How long dispose lets SIGTERM work before SIGKILL. */
 const KILL_AFTER_MS = 5_000;
 

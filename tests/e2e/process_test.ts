@@ -4,12 +4,11 @@
  */
 import assert from "node:assert/strict";
 import { builtinRoles } from "../../lib/roles/mod.ts";
-import { getJson, getText, runToEnd, startEdgenode, tempConfig } from "./_process.ts";
+import { getJson, getText, LISTENING, runToEnd, startEdgenode, tempConfig } from "./_process.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 const VERSION: string = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT))).version;
 const TOKEN_ENV = { EDGENODE_TOKEN: "x".repeat(20) };
-const LISTENING = /component=status msg=listening addr=127\.0\.0\.1:(\d+)$/;
 const RUNNING = /component=main msg=running /;
 
 /** A temporary directory holding one config file; removed on dispose. */

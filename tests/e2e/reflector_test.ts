@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import type { ProbeReport } from "../../lib/probe/stats.ts";
-import { getJson, startEdgenode, tempConfig } from "./_process.ts";
+import { getJson, LISTENING, startEdgenode, tempConfig } from "./_process.ts";
 
 const TOKEN = "e2e-token-0123456789";
 const N = 3000;
@@ -26,7 +26,7 @@ Deno.test("edgenode reflector delivers a probe stream to joined and API-added pa
   const [, data, registration] = await node.waitForLine(
     /msg="reflector listening" reflector=lecture data=(127\.0\.0\.1:\d+) registration=(127\.0\.0\.1:\d+)/,
   );
-  const [, statusPort] = await node.waitForLine(/component=status msg=listening addr=127\.0\.0\.1:(\d+)/);
+  const [, statusPort] = await node.waitForLine(LISTENING);
   const api = `http://127.0.0.1:${statusPort}/relay/reflectors/lecture/participants`;
 
   const recvArgs = ["--count", String(N), "--duration", "20s", "--idle", "3s", "--json"];

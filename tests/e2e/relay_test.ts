@@ -2,9 +2,7 @@
 import assert from "node:assert/strict";
 import { openUdp } from "../../lib/net/udp.ts";
 import { collect } from "../net/udp_contract.ts";
-import { getJson, getText, startEdgenode, tempConfig } from "./_process.ts";
-
-const LISTENING = /component=status msg=listening addr=127\.0\.0\.1:(\d+)/;
+import { getJson, getText, LISTENING, startEdgenode, tempConfig } from "./_process.ts";
 
 for (const impl of ["fast", "portable"] as const) {
   Deno.test(`edgenode relay (${impl}) delivers every datagram to every target and counts each`, async () => {
