@@ -8,6 +8,7 @@
  * Receiving first tries a non-blocking recvmmsg on the main thread (no thread hop while packets keep coming) and
  * only when the queue is empty waits in a blocking recvmmsg run off the main thread.
  */
+import { RECEIVE_STREAK } from "../core/yield.ts";
 import { StartError } from "../core/errors.ts";
 import { formatHostPort, ipv6Bytes, ipv6Text, isIPv4, isIPv6 } from "./address.ts";
 import {
@@ -160,6 +161,8 @@ class FastUdp implements UdpSocket {
   readonly #v6: boolean;
   readonly #batchSize: number;
   readonly #slot: number;
+  /** Distance between slots: the slot rounded up to 8 bytes, so the headers after the slots stay aligned. */
+  readonly #stride: number;
   readonly #batch = new FastBatch(this);
   // Receive slab: [slots][iovecs][mmsghdrs][sockaddrs]
   readonly #rx: Uint8Array;
@@ -183,6 +186,8 @@ class FastUdp implements UdpSocket {
   readonly #scratch = new Uint8Array(256);
   #closed = false;
   #waiting: Promise<number> | null = null;
+  /** Batches taken without yielding to the event loop. */
+  #streak = 0;
   /** Receive headers whose msg_namelen needs setting (all of this socket's batch before the first receive). */
   #dirty: number;
 
@@ -197,6 +202,7 @@ class FastUdp implements UdpSocket {
     this.#batchSize = Math.min(MAX_MMSG, Math.max(1, options.batch ?? UDP_DEFAULTS.batch));
     this.#dirty = this.#batchSize;
     this.#slot = Math.min(65535, Math.max(1, options.maxDatagram ?? UDP_DEFAULTS.maxDatagram));
+    this.#stride = Math.ceil(this.#slot / 8) * 8;
     const where = `udp ${formatHostPort(addr)}`;
     const host = addr.host === "localhost" ? "127.0.0.1" : addr.host;
     if (!isIPv4(host) && !isIPv6(host)) throw new StartError(`Cannot listen on ${where}: not an IP address`);
@@ -230,15 +236,15 @@ class FastUdp implements UdpSocket {
     this.local = readSockaddr(scratch, 64);
 
     const b = this.#batchSize;
-    this.#rxHdr = b * this.#slot + b * IOVEC_SIZE;
+    this.#rxHdr = b * this.#stride + b * IOVEC_SIZE;
     this.#rxName = this.#rxHdr + b * MMSGHDR_SIZE;
     this.#rx = new Uint8Array(this.#rxName + b * NAME_STRIDE);
     this.#rxU32 = new Uint32Array(this.#rx.buffer);
     this.#rxView = new DataView(this.#rx.buffer);
     this.#rxBase = addressOf(this.#rx);
-    const iov = b * this.#slot;
+    const iov = b * this.#stride;
     for (let i = 0; i < b; i++) {
-      put64(this.#rxU32, iov + i * IOVEC_SIZE, this.#rxBase + i * this.#slot);
+      put64(this.#rxU32, iov + i * IOVEC_SIZE, this.#rxBase + i * this.#stride);
       put64(this.#rxU32, iov + i * IOVEC_SIZE + 8, this.#slot);
       const h = this.#rxHdr + i * MMSGHDR_SIZE;
       put64(this.#rxU32, h + MSG_NAME, this.#rxBase + this.#rxName + i * NAME_STRIDE);
@@ -259,16 +265,22 @@ class FastUdp implements UdpSocket {
     const hdrs = this.#rx.subarray(this.#rxHdr);
     while (!this.#closed) {
       this.#resetNames();
-      let n = c.recvmmsg(this.#fd, hdrs, this.#batchSize, MSG_DONTWAIT, null);
-      if (n < 0 && errno(c) !== EAGAIN) this.stats.errors++;
+      let n = -1;
+      // After RECEIVE_STREAK ready batches, one receive goes through the blocking call on a thread: the event loop
+      // gets its turn (see core/yield.ts) at the cost of one hop.
+      if (this.#streak < RECEIVE_STREAK) {
+        n = c.recvmmsg(this.#fd, hdrs, this.#batchSize, MSG_DONTWAIT, null);
+        if (n < 0 && errno(c) !== EAGAIN) this.stats.errors++;
+      }
       if (n <= 0) {
+        this.#streak = 0;
         this.#waiting = c.recvmmsg_wait(this.#fd, hdrs, this.#batchSize, MSG_WAITFORONE, null) as Promise<
           number
         >;
         n = await this.#waiting;
         this.#waiting = null;
         if (this.#closed) break;
-      }
+      } else this.#streak++;
       if (n > 0) return this.#account(n);
       // n <= 0: the wait slice passed with nothing (or shutdown woke us): look at the closed flag again.
     }
@@ -303,10 +315,10 @@ class FastUdp implements UdpSocket {
     return (this.#rxU32[(this.#rxHdr + i * MMSGHDR_SIZE + MSG_FLAGS) >>> 2] & MSG_TRUNC) !== 0;
   }
   slotData(i: number): Uint8Array {
-    return this.#rx.subarray(i * this.#slot, i * this.#slot + this.slotLength(i));
+    return this.#rx.subarray(i * this.#stride, i * this.#stride + this.slotLength(i));
   }
   slotAddress(i: number): number {
-    return this.#rxBase + i * this.#slot;
+    return this.#rxBase + i * this.#stride;
   }
   slotFrom(i: number): Endpoint {
     return readSockaddr(this.#rxView, this.#rxName + i * NAME_STRIDE);

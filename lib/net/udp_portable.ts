@@ -3,6 +3,7 @@
  * batches hold one datagram. It serves where FFI is not allowed or not Linux, and is the baseline the fast path is
  * measured against.
  */
+import { RECEIVE_STREAK, yieldToEventLoop } from "../core/yield.ts";
 import { StartError } from "../core/errors.ts";
 import { formatHostPort } from "./address.ts";
 import { describeListenError } from "./http.ts";
@@ -81,7 +82,14 @@ class PortableUdp implements UdpSocket {
     this.#buffer = new Uint8Array(65536);
   }
 
+  /** Receives since the event loop last had a turn. */
+  #streak = 0;
+
   async receive(): Promise<Batch | null> {
+    if (++this.#streak >= RECEIVE_STREAK) {
+      this.#streak = 0;
+      await yieldToEventLoop();
+    }
     while (!this.#closed) {
       let got: [Uint8Array, Deno.Addr];
       try {

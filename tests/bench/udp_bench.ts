@@ -11,6 +11,7 @@
  *
  *   make bench            all sizes        deno task bench udp        (same)
  *   BENCH_SIZES=100 BENCH_SECONDS=1 make bench   a quicker look
+ *   BENCH_PATHS="relay fast" make bench          direct, the C relay and the named paths only
  */
 import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
 import { readProbe } from "../../lib/probe/packet.ts";
@@ -221,13 +222,14 @@ async function maxRate(to: string, sinks: Sink[], size: number): Promise<number>
 
 async function main(): Promise<number> {
   const cRelay = await buildCRelay();
+  const only = Deno.env.get("BENCH_PATHS")?.split(",").map((s) => s.trim());
   const paths: Path[] = [
     direct,
     ...(cRelay ? [cRelayPath(cRelay)] : []),
     edgenodePath("relay fast", "fast"),
     edgenodePath("relay portable", "portable"),
     edgenodePath("reflector x10", "fast", 10),
-  ];
+  ].filter((p) => p === direct || p.name === "C relay" || !only || only.includes(p.name));
   if (!cRelay) console.log("note: no C compiler (cc), so no C relay reference in this run");
   console.log(
     `UDP benchmark: loss limit ${LOSS_LIMIT}%, ${SECONDS} s per trial, ${Deno.build.os}, ${navigator.hardwareConcurrency} cores`,

@@ -100,6 +100,48 @@ export function udpContract(name: string, open: Open, other: Open): void {
     }
   });
 
+  test("works with odd batch and datagram sizes", async () => {
+    const a = open(LOOPBACK);
+    const b = open(LOOPBACK, { batch: 3, maxDatagram: 1001 });
+    try {
+      a.send(
+        [new Uint8Array(1001).fill(7), enc.encode("x"), new Uint8Array(1002)],
+        a.destinations([b.local]),
+      );
+      const got = await collect(b, 3);
+      assert.deepEqual(got.map((g) => [g.data.length, g.truncated]), [[1001, false], [1, false], [
+        1001,
+        true,
+      ]]);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
+  test("lets timers and other work run while datagrams keep arriving", async () => {
+    const a = open(LOOPBACK);
+    const b = open(LOOPBACK, { batch: 1 });
+    try {
+      const n = 120;
+      a.send(Array.from({ length: n }, (_, i) => enc.encode(`${i}`)), a.destinations([b.local]));
+      await waitFor(() => a.stats.tx_packets === n);
+      // Every datagram is already queued, so a receiver that never yields would take all of them first.
+      let receivedWhenTimerRan = -1;
+      setTimeout(() => receivedWhenTimerRan = b.stats.rx_packets, 0);
+      const due = performance.now() + 5; // make the timer due before the first receive
+      while (performance.now() < due) { /* spin */ }
+      await collect(b, n);
+      assert.ok(
+        receivedWhenTimerRan >= 0 && receivedWhenTimerRan < n / 2,
+        `the timer ran after ${receivedWhenTimerRan} of ${n} datagrams`,
+      );
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   test("carries the largest IPv4 datagram whole", async () => {
     const a = open(LOOPBACK);
     const b = open(LOOPBACK);
