@@ -14,7 +14,8 @@ export interface Clock {
 
 /** The real clock. */
 export const systemClock: Clock = Object.freeze({
-  now: () => Date.now(),
+  // Wall-clock milliseconds with a fractional part (microseconds), for records that keep arrival times.
+  now: () => performance.timeOrigin + performance.now(),
   // Deno returns a number; the cast only quiets Node's typings, which npm packages pull in.
   setTimeout: (fn: () => void, ms: number) => setTimeout(fn, ms) as unknown as TimerId,
   clearTimeout: (id: TimerId) => clearTimeout(id),

@@ -56,6 +56,8 @@ export function emptyStats(): UdpStats {
 export interface Batch {
   readonly count: number;
   data(i: number): Uint8Array;
+  /** The length of datagram `i` (cheaper than `data(i).length`, which makes a view). */
+  length(i: number): number;
   /** The sender of datagram `i`. */
   from(i: number): Endpoint;
   /** True when datagram `i` was longer than maxDatagram and arrived cut. */

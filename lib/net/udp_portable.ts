@@ -33,6 +33,9 @@ class PortableBatch implements Batch {
   data(_i: number): Uint8Array {
     return this.#data;
   }
+  length(_i: number): number {
+    return this.#data.length;
+  }
   from(_i: number): Endpoint {
     return this.#from;
   }

@@ -15,7 +15,6 @@ import { publishSocket } from "./relay.ts";
 
 export interface ReflectorSpec {
   readonly name: string;
-  readonly data: HostPort;
   readonly registration: HostPort;
   readonly use_rtp: boolean;
   readonly timeout: number;
@@ -25,9 +24,12 @@ export interface ReflectorSpec {
   readonly participants: readonly HostPort[];
 }
 
-/** The sockets of one reflector: RTP (or plain) pair, and with use_rtp the RTCP pair on port + 1. */
+/**
+ * The sockets of one reflector: RTP (or plain) pair, and with use_rtp the RTCP pair on port + 1. Without data
+ * sockets the stream comes from `reflect()` (the reflector active program of a session graph).
+ */
 export interface ReflectorSockets {
-  readonly data: UdpSocket;
+  readonly data?: UdpSocket;
   readonly registration: UdpSocket;
   readonly dataRtcp?: UdpSocket;
   readonly registrationRtcp?: UdpSocket;
@@ -35,7 +37,7 @@ export interface ReflectorSockets {
 
 interface Path {
   readonly name: "media" | "rtcp";
-  readonly from: UdpSocket;
+  readonly from?: UdpSocket;
   readonly out: UdpSocket;
   readonly valid?: (d: Uint8Array) => boolean;
   /** Added to each participant's port (RTCP goes to port + 1). */
@@ -94,7 +96,7 @@ export class Reflector {
       version: -1,
       malformed: 0,
     }];
-    if (sockets.dataRtcp && sockets.registrationRtcp) {
+    if (sockets.registrationRtcp) {
       this.#paths.push({
         name: "rtcp",
         from: sockets.dataRtcp,
@@ -109,20 +111,30 @@ export class Reflector {
     }
     this.#publish();
     this.#syncParticipants();
-    for (const path of this.#paths) this.#loops.push(this.#forward(path));
+    for (const path of this.#paths) if (path.from) this.#loops.push(this.#forward(path.from, path));
     this.#loops.push(this.#control(sockets.registration, false));
     if (sockets.registrationRtcp) this.#loops.push(this.#control(sockets.registrationRtcp, true));
     this.#scheduleExpiry();
   }
 
   /** Data port -> every participant, from the registration socket. */
-  async #forward(path: Path): Promise<void> {
+  async #forward(from: UdpSocket, path: Path): Promise<void> {
     for (;;) {
-      const batch = await path.from.receive();
+      const batch = await from.receive();
       if (!batch) return;
-      if (path.version !== this.table.version) this.#rebuild(path);
-      path.out.send(path.valid ? this.#valid(batch, path) : batch, path.dest);
+      this.#send(batch, path);
     }
+  }
+
+  #send(batch: Batch, path: Path): void {
+    if (path.version !== this.table.version) this.#rebuild(path);
+    path.out.send(path.valid ? this.#valid(batch, path) : batch, path.dest);
+  }
+
+  /** Sends a batch that arrived some other way (from a session graph) to every participant. */
+  reflect(batch: Batch, rtcp: boolean): void {
+    const path = this.#paths[rtcp ? 1 : 0];
+    if (path && !this.#closed) this.#send(batch, path);
   }
 
   /**
@@ -284,10 +296,10 @@ export class Reflector {
     const now = this.#clock.now();
     this.#syncParticipants();
     return {
-      data: formatHostPort(this.sockets.data.local),
+      data: this.sockets.data ? formatHostPort(this.sockets.data.local) : "graph",
       registration: formatHostPort(this.sockets.registration.local),
       use_rtp: this.spec.use_rtp,
-      udp: this.sockets.data.impl,
+      udp: this.sockets.registration.impl,
       ...this.table.stats,
       malformed_data: this.#paths.reduce((n, p) => n + p.malformed, 0),
       participant_rtcp: this.#participantRtcp,

@@ -174,7 +174,7 @@ export const relayRole: RoleDef<RelaySection> = {
       opened.push(s);
       return s;
     };
-    let reflectorSockets: ReflectorSockets[];
+    let reflectorSockets: (ReflectorSockets & { readonly data: UdpSocket })[];
     try {
       for (const r of cfg.relays) open(r.listen);
       reflectorSockets = cfg.reflectors.map((r) => ({
@@ -207,7 +207,7 @@ export const relayRole: RoleDef<RelaySection> = {
         data: formatHostPort(sockets.data.local),
         registration: formatHostPort(sockets.registration.local),
         use_rtp: spec.use_rtp,
-        udp: sockets.data.impl,
+        udp: sockets.registration.impl,
       });
       return [spec.name, new Reflector(spec, sockets, ctx)];
     }));

@@ -5,6 +5,7 @@
  */
 import { Registry } from "../core/registry.ts";
 import { section } from "../config/schema.ts";
+import { nodeRole } from "../node/role.ts";
 import { relayRole } from "../relay/role.ts";
 import type { RoleDef, RunningRole } from "./role.ts";
 
@@ -29,6 +30,6 @@ export function builtinRoles(): Registry<RoleDef<unknown>> {
     idleRole("scheduler", "TCP connection scheduler: virtual services spread over real servers", true),
     idleRole("agent", "load agent beside a real server, answering the scheduler's checks", false),
     relayRole as RoleDef<unknown>,
-    idleRole("node", "programmable streaming node running DiProNN session graphs", false),
+    nodeRole as RoleDef<unknown>,
   ]);
 }

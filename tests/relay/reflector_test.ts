@@ -33,7 +33,6 @@ function setup(spec: Partial<ReflectorSpec> = {}, rtcp = false) {
   const reflector = new Reflector(
     {
       name: "r",
-      data: LO,
       registration: LO,
       use_rtp: rtcp,
       timeout: 30_000,

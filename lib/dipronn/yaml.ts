@@ -1,0 +1,205 @@
+/**
+ * The YAML form of a DiProNN program. It gives the same syntax tree as the text form, so one set of checks and one
+ * session plan serve both:
+ *
+ *   project: synchro_infrastructure.first_tests
+ *   owner: Tom Rebok
+ *   use_RTP: true
+ *   aps:
+ *     - name: Dup_V
+ *       ref: localservice.duplicator
+ *       inputs: [V_in(DIPRONN_INPUT(10000))]
+ *       outputs: [output1(Sync_high.in1), output2(Transcode.in)]
+ *       params: {precision: 0.001}
+ *   vms:
+ *     - {name: my_VM1, ref: my_VM1_image, aps: [...]}
+ *
+ * Port lists are written as in the language (a string, or a list of strings), parsed at their place in the file.
+ */
+import {
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  type Node,
+  parseDocument,
+  type Scalar,
+  type YAMLMap,
+} from "yaml";
+import { suggest } from "../config/schema.ts";
+import type { Attr, Block, Pos, Program, Statement, Value } from "./ast.ts";
+import { ProgramError } from "./ast.ts";
+import { MAX_PROGRAM_BYTES, parseValueList, programErrors } from "./parser.ts";
+
+const TOP_KEYS = ["project", "owner", "notifications", "use_RTP", "aps", "vms"];
+const AP_KEYS = ["name", "ref", "inputs", "outputs", "params"];
+const VM_KEYS = ["name", "ref", "aps"];
+
+export function parseYamlProgram(text: string, file: string): Program {
+  const errors: ProgramError[] = [];
+  if (text.length > MAX_PROGRAM_BYTES) {
+    errors.push(
+      new ProgramError(`Program is larger than ${MAX_PROGRAM_BYTES} bytes`, { file, line: 1, col: 1 }),
+    );
+    throw programErrors(errors);
+  }
+  const lines = new LineCounter();
+  const doc = parseDocument(text, {
+    lineCounter: lines,
+    prettyErrors: false,
+    uniqueKeys: true,
+    strict: true,
+  });
+  const posOf = (offset: number): Pos => {
+    const p = lines.linePos(offset);
+    return { line: p.line, col: p.col };
+  };
+  const where = (node: Node | null | undefined): Pos => posOf(node?.range?.[0] ?? 0);
+  const fail = (message: string, pos: Pos) => errors.push(new ProgramError(message, { file, ...pos }));
+  for (const e of doc.errors) {
+    fail(`YAML: ${e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "")}`, posOf(e.pos[0]));
+  }
+  if (doc.errors.length) throw programErrors(errors);
+
+  const root = doc.contents;
+  if (!isMap(root)) {
+    fail("A program in YAML is a mapping with project, aps and so on", where(root as Node));
+    throw programErrors(errors);
+  }
+
+  /** A scalar as a value of the language: strings stay strings, numbers numbers, booleans names. */
+  const scalar = (node: unknown): Exclude<Value, { kind: "call" }> | null => {
+    if (!isScalar(node)) {
+      fail("Expected a single value here", where(node as Node));
+      return null;
+    }
+    const pos = where(node);
+    const v = (node as Scalar).value;
+    if (typeof v === "number") return { kind: "number", text: String((node as Scalar).source ?? v), pos };
+    if (typeof v === "boolean") return { kind: "name", text: String(v), pos };
+    if (typeof v === "string") return { kind: "string", text: v, pos };
+    fail("Expected a string, a number or true/false", pos);
+    return null;
+  };
+
+  const checkKeys = (map: YAMLMap, known: string[], what: string) => {
+    for (const item of map.items) {
+      const key = String((item.key as Scalar)?.value);
+      if (!known.includes(key)) {
+        fail(`Unknown ${what} key "${key}"${suggest(key, known)}`, where(item.key as Node));
+      }
+    }
+  };
+  const get = (map: YAMLMap, key: string) => map.items.find((i) => (i.key as Scalar)?.value === key);
+
+  /** `inputs:` / `outputs:` as a string or a list of strings in the language's own notation. */
+  const ports = (node: unknown): Value[] => {
+    const items = isSeq(node) ? node.items : [node];
+    const out: Value[] = [];
+    for (const item of items) {
+      if (!isScalar(item) || typeof item.value !== "string") {
+        fail("Expected ports as text, such as in or out(Next.in)", where(item as Node));
+        continue;
+      }
+      const quoted = item.type === "QUOTE_DOUBLE" || item.type === "QUOTE_SINGLE";
+      const at = where(item);
+      out.push(...parseValueList(item.value, file, quoted ? { ...at, col: at.col + 1 } : at, errors));
+    }
+    return out;
+  };
+
+  const header = (map: YAMLMap, what: string): Attr[] => {
+    const out: Attr[] = [];
+    for (const key of ["name", "ref"]) {
+      const pair = get(map, key);
+      if (!pair) continue;
+      const v = scalar(pair.value);
+      if (!v) continue;
+      const value: Value = key === "ref" && v.kind === "string"
+        ? { kind: "name", text: v.text, pos: v.pos }
+        : v;
+      out.push({ kind: "attr", key, values: [value], pos: where(pair.key as Node) });
+    }
+    if (!get(map, "name")) fail(`The ${what} has no name`, where(map));
+    return out;
+  };
+
+  const apBlock = (node: unknown): Block | null => {
+    if (!isMap(node)) {
+      fail("An AP is a mapping with name, ref, inputs, outputs and params", where(node as Node));
+      return null;
+    }
+    checkKeys(node, AP_KEYS, "AP");
+    const body: Statement[] = [];
+    for (const key of ["inputs", "outputs"]) {
+      const pair = get(node, key);
+      if (pair) body.push({ kind: "attr", key, values: ports(pair.value), pos: where(pair.key as Node) });
+    }
+    const params = get(node, "params");
+    if (params && !isMap(params.value)) {
+      fail("params is a mapping of parameter: value", where(params.value as Node));
+    } else if (params) {
+      for (const p of (params.value as YAMLMap).items) {
+        const values = isSeq(p.value) ? p.value.items.map(scalar) : [scalar(p.value)];
+        if (values.some((v) => !v)) continue;
+        body.push({
+          kind: "attr",
+          key: String((p.key as Scalar).value),
+          values: values as Value[],
+          pos: where(p.key as Node),
+        });
+      }
+    }
+    return { kind: "block", type: "AP", header: header(node, "AP"), body, pos: where(node) };
+  };
+
+  const list = (node: unknown, what: string): unknown[] => {
+    if (isSeq(node)) return node.items;
+    fail(`${what} is a list`, where(node as Node));
+    return [];
+  };
+
+  checkKeys(root, TOP_KEYS, "program");
+  let project: Program["project"] = null;
+  const body: Statement[] = [];
+  for (const item of root.items) {
+    const key = String((item.key as Scalar)?.value);
+    const kpos = where(item.key as Node);
+    if (key === "project") {
+      const v = scalar(item.value);
+      if (v) project = { name: v.text, pos: kpos };
+    } else if (key === "owner" || key === "notifications") {
+      const v = scalar(item.value);
+      if (v) {
+        const value: Value = key === "notifications" && v.kind === "string" ? { ...v, kind: "name" } : v;
+        body.push({ kind: "attr", key, values: [value], pos: kpos });
+      }
+    } else if (key === "use_RTP") {
+      const v = (item.value as Scalar)?.value;
+      if (typeof v !== "boolean") fail("use_RTP is true or false", where(item.value as Node));
+      else if (v) body.push({ kind: "flag", name: "use_RTP", pos: kpos });
+    } else if (key === "aps") {
+      for (const ap of list(item.value, "aps")) {
+        const b = apBlock(ap);
+        if (b) body.push(b);
+      }
+    } else if (key === "vms") {
+      for (const vm of list(item.value, "vms")) {
+        if (!isMap(vm)) {
+          fail("A VM is a mapping with name, ref and aps", where(vm as Node));
+          continue;
+        }
+        checkKeys(vm, VM_KEYS, "VM");
+        const members: Statement[] = [];
+        const aps = get(vm, "aps");
+        for (const ap of aps ? list(aps.value, "aps") : []) {
+          const b = apBlock(ap);
+          if (b) members.push(b);
+        }
+        body.push({ kind: "block", type: "VM", header: header(vm, "VM"), body: members, pos: where(vm) });
+      }
+    }
+  }
+  if (errors.length) throw programErrors(errors);
+  return { file, project, body };
+}

@@ -1,0 +1,326 @@
+/**
+ * Session description -> runnable plan, after every check that can be made before anything runs (Click-style: the
+ * wiring first, then each AP's configuration, all errors collected, each at its place): unknown kinds, port counts,
+ * inputs fed by nothing, outputs wired twice where the kind does not allow it, loops, port clashes (with use_RTP a
+ * port takes port and port + 1), parameters a kind does not know or cannot parse, and files two APs would share.
+ */
+import type { Registry } from "../core/registry.ts";
+import { suggest } from "../config/schema.ts";
+import { at, type Pos, ProgramError } from "../dipronn/ast.ts";
+import { firstAt, programErrors } from "../dipronn/parser.ts";
+import { type ApDecl, INPUT, OUTPUT, type SessionSpec } from "../dipronn/session.ts";
+import type { HostPort } from "../net/address.ts";
+import type { ElementKind } from "./element.ts";
+import { ParamProblem } from "./params.ts";
+
+/** Most APs one session may hold. */
+export const MAX_APS = 256;
+
+export type Wire =
+  | { readonly kind: "ap"; readonly node: number; readonly input: number }
+  | { readonly kind: "out"; readonly to: HostPort | null };
+
+export interface PlannedAp {
+  readonly name: string;
+  readonly kind: ElementKind;
+  readonly vm: string | null;
+  readonly params: Record<string, unknown>;
+  /** Ordinary inputs in declared order; `external` is the UDP port that feeds it, if any. */
+  readonly inputs: readonly { readonly name: string; readonly external: number | null }[];
+  readonly outputs: readonly { readonly name: string; readonly wires: readonly Wire[] }[];
+  readonly registration: number | null;
+}
+
+export interface SessionPlan {
+  readonly name: string;
+  readonly owner: string | null;
+  readonly useRtp: boolean;
+  /** In data-flow order: every AP comes after those that feed it. */
+  readonly aps: readonly PlannedAp[];
+  readonly vms: readonly { readonly name: string; readonly ref: string; readonly aps: readonly string[] }[];
+  /** Every UDP port the session binds (with use_RTP, port + 1 as well). */
+  readonly ports: readonly number[];
+}
+
+export interface PlanOptions {
+  readonly kinds: Registry<ElementKind>;
+  /** Ports already held on this node, and by whom ("session X"). */
+  readonly portsInUse?: ReadonlyMap<number, string>;
+}
+
+export function planSession(spec: SessionSpec, options: PlanOptions): SessionPlan {
+  const { kinds } = options;
+  const errors: ProgramError[] = [];
+  const fail = (message: string, pos: Pos, related?: Pos) =>
+    errors.push(
+      new ProgramError(message, at(spec.file, pos), {
+        related: related ? at(spec.file, related) : undefined,
+      }),
+    );
+
+  if (spec.aps.length > MAX_APS) {
+    fail(`A session holds at most ${MAX_APS} APs, not ${spec.aps.length}`, spec.aps[MAX_APS].pos);
+  }
+  if (spec.aps.length === 0) fail("The session has no AP", { line: 1, col: 1 });
+
+  // Kinds and parameters.
+  const kindOf = new Map<string, ElementKind>();
+  const params = new Map<string, Record<string, unknown>>();
+  const claims = new Map<string, { ap: string; pos: Pos }>();
+  for (const ap of spec.aps) {
+    if (!kinds.has(ap.ref)) {
+      fail(
+        `Unknown AP kind "${ap.ref}"${suggest(ap.ref, kinds.names())} (known: ${kinds.names().join(", ")})`,
+        ap.refPos,
+      );
+      continue;
+    }
+    const kind = kinds.get(ap.ref);
+    kindOf.set(ap.name, kind);
+    const values = readParams(ap, kind, fail);
+    if (!values) continue;
+    params.set(ap.name, values);
+    for (const claim of kind.claims?.(values as never) ?? []) {
+      const first = claims.get(claim);
+      if (first) fail(`${ap.name} and ${first.ap} both use ${claim}${firstAt(first.pos)}`, ap.pos, first.pos);
+      else claims.set(claim, { ap: ap.name, pos: ap.pos });
+    }
+  }
+
+  // Ports of each AP against its kind, and who feeds whom.
+  const fedBy = new Map<string, { from: string; pos: Pos }[]>();
+  for (const ap of spec.aps) {
+    for (const out of ap.outputs) {
+      for (const t of out.targets) {
+        if (t.kind !== "ap") continue;
+        const key = `${t.ap}.${t.port}`;
+        fedBy.set(key, [...(fedBy.get(key) ?? []), { from: `${ap.name}.${out.name}`, pos: t.pos }]);
+      }
+    }
+  }
+  for (const ap of spec.aps) {
+    const kind = kindOf.get(ap.name);
+    if (!kind) continue;
+    const rules = kind.ports;
+    const ordinary = ap.inputs.filter((p) => p.name !== rules.registration);
+    if (rules.registration) {
+      const reg = ap.inputs.find((p) => p.name === rules.registration);
+      if (!reg) {
+        fail(`${ap.name} (${kind.name}) needs an input ${rules.registration}(${INPUT}(port))`, ap.pos);
+      } else if (!reg.external) {
+        fail(`${ap.name}.${reg.name} must be written ${reg.name}(${INPUT}(port))`, reg.pos);
+      }
+    }
+    countPorts(ap, "input", ordinary.length, rules.inputs, fail);
+    countPorts(ap, "output", ap.outputs.length, rules.outputs, fail);
+    for (const p of ap.inputs) {
+      const feeders = fedBy.get(`${ap.name}.${p.name}`) ?? [];
+      if (p.external && feeders.length) {
+        fail(
+          `${ap.name}.${p.name} takes ${INPUT}(${p.external.port}) and is also fed by ${feeders[0].from}`,
+          feeders[0].pos,
+          p.pos,
+        );
+      } else if (!p.external && feeders.length === 0) {
+        fail(
+          `Input ${ap.name}.${p.name} is fed by nothing: wire an output to it or give it ${INPUT}(port)`,
+          p.pos,
+        );
+      }
+    }
+    for (const out of ap.outputs) {
+      if (out.targets.length > 1 && !rules.fanout) {
+        fail(
+          `Output ${ap.name}.${out.name} is wired ${out.targets.length} times; ${kind.name} sends each output to one target (use a duplicator)`,
+          out.targets[1].pos,
+          out.targets[0].pos,
+        );
+      }
+      for (const t of out.targets) {
+        if (t.kind !== "out") continue;
+        if (rules.participants && t.to) {
+          fail(
+            `${ap.name}.${out.name} goes to the reflector's participants: write ${out.name}(${OUTPUT})`,
+            t.pos,
+          );
+        } else if (!rules.participants && !t.to) {
+          fail(`${OUTPUT} from ${ap.name}.${out.name} needs an address: ${OUTPUT}("192.0.2.7:5004")`, t.pos);
+        }
+      }
+      if (rules.participants && out.targets.some((t) => t.kind === "ap")) {
+        fail(`${ap.name}.${out.name} can only go to ${OUTPUT} (the reflector's participants)`, out.pos);
+      }
+    }
+  }
+
+  const ports = checkPorts(spec, options.portsInUse ?? new Map(), fail);
+  const order = dataFlowOrder(spec.aps, fail);
+  if (errors.length) throw programErrors(errors);
+
+  const index = new Map(order.map((ap, i) => [ap.name, i]));
+  const aps: PlannedAp[] = order.map((ap) => {
+    const kind = kindOf.get(ap.name)!;
+    const inputs = ap.inputs.filter((p) => p.name !== kind.ports.registration);
+    return {
+      name: ap.name,
+      kind,
+      vm: ap.vm,
+      params: params.get(ap.name)!,
+      inputs: inputs.map((p) => ({ name: p.name, external: p.external?.port ?? null })),
+      registration: ap.inputs.find((p) => p.name === kind.ports.registration)?.external?.port ?? null,
+      outputs: ap.outputs.map((o) => ({
+        name: o.name,
+        wires: o.targets.map((t): Wire => {
+          if (t.kind === "out") return { kind: "out", to: t.to };
+          const target = order[index.get(t.ap)!];
+          const k = kindOf.get(t.ap)!;
+          return {
+            kind: "ap",
+            node: index.get(t.ap)!,
+            input: target.inputs.filter((p) => p.name !== k.ports.registration).findIndex((p) =>
+              p.name === t.port
+            ),
+          };
+        }),
+      })),
+    };
+  });
+  return {
+    name: spec.name,
+    owner: spec.owner,
+    useRtp: spec.useRtp,
+    aps,
+    vms: spec.vms.map((v) => ({ name: v.name, ref: v.ref, aps: v.aps })),
+    ports,
+  };
+}
+
+function readParams(
+  ap: ApDecl,
+  kind: ElementKind,
+  fail: (message: string, pos: Pos) => void,
+): Record<string, unknown> | null {
+  const out: Record<string, unknown> = {};
+  let ok = true;
+  const known = Object.keys(kind.params);
+  for (const a of ap.params) {
+    const param = kind.params[a.key];
+    if (!param) {
+      fail(
+        `${kind.name} has no parameter "${a.key}"${suggest(a.key, known)}${
+          known.length ? ` (its parameters: ${known.join(", ")})` : " (it takes none)"
+        }`,
+        a.pos,
+      );
+      ok = false;
+      continue;
+    }
+    const value = param.parse(a.values);
+    if (value instanceof ParamProblem) {
+      fail(`${ap.name}.${a.key}: ${value.message}`, a.values[0].pos);
+      ok = false;
+    } else out[a.key] = value;
+  }
+  for (const [key, param] of Object.entries(kind.params)) {
+    if (key in out) continue;
+    if (param.default === undefined) {
+      fail(`${ap.name} (${kind.name}) needs ${key} = ... (${param.doc})`, ap.pos);
+      ok = false;
+    } else out[key] = param.default;
+  }
+  return ok ? out : null;
+}
+
+function countPorts(
+  ap: ApDecl,
+  what: "input" | "output",
+  n: number,
+  rule: { min: number; max: number },
+  fail: (message: string, pos: Pos) => void,
+): void {
+  if (n >= rule.min && n <= rule.max) return;
+  const want = rule.min === rule.max
+    ? `${rule.min}`
+    : rule.max === Infinity
+    ? `at least ${rule.min}`
+    : `${rule.min} to ${rule.max}`;
+  fail(
+    `${ap.name} (${ap.ref}) takes ${want} ${what}${rule.max === 1 && rule.min === 1 ? "" : "s"}, not ${n}`,
+    ap.pos,
+  );
+}
+
+/** Every bound port once in the session and not held elsewhere on the node. */
+function checkPorts(
+  spec: SessionSpec,
+  inUse: ReadonlyMap<number, string>,
+  fail: (message: string, pos: Pos, related?: Pos) => void,
+): number[] {
+  const taken = new Map<number, { what: string; pos: Pos }>();
+  for (const ap of spec.aps) {
+    for (const p of ap.inputs) {
+      if (!p.external) continue;
+      const base = p.external.port;
+      const span = spec.useRtp ? [base, base + 1] : [base];
+      if (spec.useRtp && base === 65535) {
+        fail(
+          `${INPUT}(65535) leaves no room for its RTCP port (use_RTP takes port and port + 1)`,
+          p.external.pos,
+        );
+        continue;
+      }
+      const what = `${ap.name}.${p.name}`;
+      for (const port of span) {
+        const first = taken.get(port);
+        const rtp = spec.useRtp ? " (use_RTP takes port and port + 1)" : "";
+        if (first) {
+          fail(
+            `UDP port ${port} of ${what} clashes with ${first.what}${rtp}${firstAt(first.pos)}`,
+            p.external.pos,
+            first.pos,
+          );
+          break;
+        }
+        const other = inUse.get(port);
+        if (other) {
+          fail(`UDP port ${port} of ${what} is already used by ${other}${rtp}`, p.external.pos);
+          break;
+        }
+        taken.set(port, { what, pos: p.external.pos });
+      }
+    }
+  }
+  return [...taken.keys()].sort((a, b) => a - b);
+}
+
+/** APs ordered so that each comes after every AP that feeds it; a loop is an error (packets would circle forever). */
+function dataFlowOrder(aps: readonly ApDecl[], fail: (message: string, pos: Pos) => void): ApDecl[] {
+  const byName = new Map(aps.map((a) => [a.name, a]));
+  const state = new Map<string, "visiting" | "done">();
+  const order: ApDecl[] = [];
+  const reported = new Set<string>();
+  // Depth-first from each AP towards its targets; finishing order reversed is a topological order.
+  const visit = (ap: ApDecl, path: string[]): void => {
+    state.set(ap.name, "visiting");
+    for (const out of ap.outputs) {
+      for (const t of out.targets) {
+        if (t.kind !== "ap") continue;
+        const next = byName.get(t.ap);
+        if (!next) continue;
+        const s = state.get(next.name);
+        if (s === "visiting") {
+          const loop = [...path.slice(path.indexOf(next.name)), next.name];
+          const key = [...loop].sort().join();
+          if (!reported.has(key)) {
+            reported.add(key);
+            fail(`The graph has a loop: ${loop.join(" -> ")}`, t.pos);
+          }
+        } else if (!s) visit(next, [...path, next.name]);
+      }
+    }
+    state.set(ap.name, "done");
+    order.push(ap);
+  };
+  for (const ap of aps) if (!state.has(ap.name)) visit(ap, [ap.name]);
+  return order.reverse();
+}

@@ -1,0 +1,80 @@
+/**
+ * The element contract, in the manner of Click: an active program (AP) kind declares its ports and parameters, and
+ * a running element takes batches of datagrams on numbered inputs and emits them on numbered outputs, synchronously
+ * (push). Datagrams between elements of one node stay in memory: a batch is passed down the graph by reference and
+ * is valid only during the call, so an element that keeps data (the saver's buffer) copies it.
+ *
+ * With `use_RTP` every interconnection carries two flows, RTP and its RTCP (port and port + 1); `rtcp` tells which.
+ */
+import type { Clock } from "../core/clock.ts";
+import type { Logger } from "../core/logger.ts";
+import type { MetricsRegistry } from "../core/metrics.ts";
+import type { Batch, UdpOptions } from "../net/udp.ts";
+import type { Params, ParamValues } from "./params.ts";
+
+export interface PortRules {
+  /** How many ordinary inputs (not counting `registration`). */
+  readonly inputs: { readonly min: number; readonly max: number };
+  readonly outputs: { readonly min: number; readonly max: number };
+  /** An output may go to several targets at once. */
+  readonly fanout?: boolean;
+  /** The name of an input that must be DIPRONN_INPUT(port) and that the element binds itself (the reflector's). */
+  readonly registration?: string;
+  /** Outputs go to participants: they are written `out(DIPRONN_OUTPUT)` with no address. */
+  readonly participants?: boolean;
+}
+
+/** One output of a running element. */
+export interface Output {
+  emit(batch: Batch, rtcp: boolean): void;
+}
+
+export interface ElementContext<P extends Params = Params> {
+  /** The AP's name and its session's. */
+  readonly name: string;
+  readonly session: string;
+  readonly params: ParamValues<P>;
+  readonly outputs: readonly Output[];
+  readonly useRtp: boolean;
+  /** The port of the `registration` input, when the kind has one. */
+  readonly registration: number | null;
+  readonly node: NodeServices;
+}
+
+/** What a node gives its elements. */
+export interface NodeServices {
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly metrics: MetricsRegistry;
+  /** Where savers write and players read; every file name is checked to stay inside. */
+  readonly dataDir: string;
+  /** The address DIPRONN_INPUT ports are bound on. */
+  readonly host: string;
+  readonly udp: UdpOptions;
+}
+
+export interface Element {
+  push(input: number, batch: Batch, rtcp: boolean): void;
+  /** Takes what the element needs (files, sockets); throws StartError when it cannot. */
+  start?(): Promise<void>;
+  /** Flushes and releases everything. Called once, also after a failed start. */
+  stop?(): Promise<void>;
+  /** The element's own figures for /status (port counters are kept by the executor). */
+  status?(): Record<string, unknown>;
+}
+
+export interface ElementKind<P extends Params = Params> {
+  /** The `ref` that names it, such as `localservice.duplicator`. */
+  readonly name: string;
+  readonly description: string;
+  readonly ports: PortRules;
+  readonly params: P;
+  /** Names of things only one AP of a node may hold at once (a file it writes), for the graph check. */
+  claims?(params: ParamValues<P>): string[];
+  create(ctx: ElementContext<P>): Element;
+}
+
+/** Declares a kind with its parameter types inferred. */
+export function defineElement<P extends Params>(kind: ElementKind<P>): ElementKind<P> {
+  return kind;
+}

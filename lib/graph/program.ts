@@ -1,0 +1,37 @@
+/**
+ * Program text (the DiProNN language or its YAML form) -> checked session plan: parse, work out the session, check
+ * it against the AP kinds. Every step collects all its errors; the first step with any stops the way, since later
+ * checks would only repeat them.
+ */
+import type { Registry } from "../core/registry.ts";
+import type { Program } from "../dipronn/ast.ts";
+import { parseProgram } from "../dipronn/parser.ts";
+import { describeSession } from "../dipronn/session.ts";
+import { parseYamlProgram } from "../dipronn/yaml.ts";
+import { planSession, type SessionPlan } from "./check.ts";
+import type { ElementKind } from "./element.ts";
+
+export const PROGRAM_FORMATS = ["dipronn", "yaml"] as const;
+export type ProgramFormat = typeof PROGRAM_FORMATS[number];
+
+/** YAML for .yaml/.yml files, the language otherwise. */
+export function formatOf(file: string): ProgramFormat {
+  return /\.ya?ml$/i.test(file) ? "yaml" : "dipronn";
+}
+
+export function parseAny(text: string, file: string, format: ProgramFormat = formatOf(file)): Program {
+  return format === "yaml" ? parseYamlProgram(text, file) : parseProgram(text, file);
+}
+
+export interface CheckOptions {
+  readonly file: string;
+  readonly format?: ProgramFormat;
+  readonly kinds: Registry<ElementKind>;
+  readonly portsInUse?: ReadonlyMap<number, string>;
+}
+
+/** Throws ErrorList<ProgramError> listing every mistake; returns a plan only when there is none. */
+export function checkProgram(text: string, options: CheckOptions): SessionPlan {
+  const program = parseAny(text, options.file, options.format);
+  return planSession(describeSession(program), options);
+}

@@ -1,0 +1,133 @@
+/**
+ * The node role: runs DiProNN sessions (graphs of active programs). Sessions come from program files named in the
+ * config, started at boot, and from the session API (upload and start, list, stop; mutations behind the token).
+ */
+import type { Hono } from "hono";
+import type { YAMLMap } from "yaml";
+import { ErrorList, StartError, UsageError } from "../core/errors.ts";
+import { type Context, int, list, nodeAt, type ObjectOf, opt, section, str } from "../config/schema.ts";
+import { coreElements } from "../graph/elements/mod.ts";
+import { formatOf, PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
+import { readProgramFile } from "../cli/program.ts";
+import { isIP } from "../net/address.ts";
+import { udpFields, udpOptions } from "../relay/role.ts";
+import type { RoleDef } from "../roles/role.ts";
+import { errorsJson, SessionConflict, SessionTable } from "./sessions.ts";
+
+const nodeFields = {
+  bind: opt(str({ describe: "an IP address to bind DIPRONN_INPUT ports on" }), "0.0.0.0"),
+  data_dir: opt(str({ min: 1, max: 1024, describe: "a directory for savers' and players' files" }), "data"),
+  max_sessions: opt(int({ min: 1, max: 1000 }), 16),
+  sessions: opt(
+    list(str({ min: 1, max: 4096, describe: "a program file" }), { max: 1000, unique: true }),
+    [],
+  ),
+  ...udpFields,
+};
+type NodeSection = ObjectOf<typeof nodeFields>;
+
+function refine(cfg: NodeSection, node: YAMLMap | null, ctx: Context, path: string): void {
+  if (!isIP(cfg.bind)) {
+    ctx.error(nodeAt(node, ["bind"]), `${path}.bind`, `Expected an IP address, got "${cfg.bind}"`);
+  }
+}
+
+export const nodeRole: RoleDef<NodeSection> = {
+  name: "node",
+  description: "programmable streaming node running DiProNN session graphs",
+  needsPeer: false,
+  section: section(nodeFields, refine),
+  async start(cfg, ctx) {
+    const table = new SessionTable(
+      {
+        clock: ctx.clock,
+        logger: ctx.logger,
+        metrics: ctx.metrics,
+        dataDir: cfg.data_dir,
+        host: cfg.bind,
+        udp: udpOptions(cfg),
+      },
+      coreElements(),
+      cfg.max_sessions,
+    );
+    try {
+      for (const file of cfg.sessions) {
+        let text: string;
+        try {
+          text = await readProgramFile(file);
+        } catch (error) {
+          throw new StartError(error instanceof UsageError ? error.message : String(error));
+        }
+        try {
+          await table.add(text, { file });
+        } catch (error) {
+          if (error instanceof ErrorList) {
+            throw new StartError(`Session program ${file} has errors:\n${error.format()}`);
+          }
+          throw error;
+        }
+      }
+    } catch (error) {
+      await table.stopAll();
+      throw error;
+    }
+    return {
+      status: () => ({
+        bind: cfg.bind,
+        data_dir: cfg.data_dir,
+        sessions: Object.fromEntries(table.list().map((s) => [s.plan.name, s.status()])),
+      }),
+      stop: () => table.stopAll(),
+      routes: (app) => sessionRoutes(app, table),
+    };
+  },
+};
+
+function sessionRoutes(app: Hono, table: SessionTable): void {
+  const notFound = (name: string) => ({ error: `No session "${name}"` });
+  app.get("/node/sessions", (c) => c.json(table.list().map((s) => s.status())));
+  app.get("/node/sessions/:name", (c) => {
+    const s = table.get(c.req.param("name"));
+    return s ? c.json(s.status()) : c.json(notFound(c.req.param("name")), 404);
+  });
+  // The body is the program. Its format: ?format=, else the Content-Type (YAML types), else the language.
+  app.post("/node/sessions", async (c) => {
+    const asked = c.req.query("format");
+    if (asked !== undefined && !(PROGRAM_FORMATS as readonly string[]).includes(asked)) {
+      return c.json({ error: `format must be one of ${PROGRAM_FORMATS.join(", ")}` }, 400);
+    }
+    const type = c.req.header("content-type") ?? "";
+    const format: ProgramFormat = (asked as ProgramFormat | undefined) ??
+      (/yaml/i.test(type) ? "yaml" : formatOf(c.req.query("file") ?? ""));
+    const file = c.req.query("file") ?? "<upload>";
+    const text = await c.req.text();
+    try {
+      const session = await table.add(text, { file, format });
+      return c.json({
+        started: session.plan.name,
+        persisted: false,
+        note: NOT_PERSISTED,
+        ...session.status(),
+      }, 201);
+    } catch (error) {
+      if (error instanceof ErrorList) {
+        return c.json(
+          { error: "The program has errors; nothing was started", errors: errorsJson(error) },
+          400,
+        );
+      }
+      if (error instanceof SessionConflict) return c.json({ error: error.message }, 409);
+      if (error instanceof StartError) {
+        return c.json({ error: `${error.message}; nothing was left running` }, 409);
+      }
+      throw error;
+    }
+  });
+  app.delete("/node/sessions/:name", async (c) => {
+    const name = c.req.param("name");
+    if (!(await table.remove(name))) return c.json(notFound(name), 404);
+    return c.json({ stopped: name, persisted: false, note: NOT_PERSISTED });
+  });
+}
+
+const NOT_PERSISTED = "runtime change; a restart runs the sessions listed in node.sessions of the config";
