@@ -93,7 +93,8 @@ export class RunningSession {
       try {
         await ap.element!.start?.();
       } catch (error) {
-        throw error instanceof StartError ? new StartError(`${ap.plan.name}: ${error.message}`) : error;
+        // Whatever stops an element from starting (a file it may not write, a port in use) is a start failure.
+        throw new StartError(`${ap.plan.name}: ${error instanceof Error ? error.message : String(error)}`);
       }
       ap.started = true;
     }

@@ -23,5 +23,7 @@ export function describeFsError(error: unknown): string {
   }
   if (error instanceof Deno.errors.NotFound) return "no such file";
   if (error instanceof Deno.errors.PermissionDenied) return "permission denied";
+  // Deno's own permission refusal (the process was started without --allow-write).
+  if (error instanceof Deno.errors.NotCapable) return "edgenode may not write files here (--allow-write)";
   return error instanceof Error ? error.message : String(error);
 }

@@ -70,7 +70,11 @@ export const saver = defineElement({
 
     return {
       async start() {
-        await Deno.mkdir(node.dataDir, { recursive: true });
+        try {
+          await Deno.mkdir(node.dataDir, { recursive: true });
+        } catch (error) {
+          throw new StartError(`Cannot create the data directory ${node.dataDir}: ${describeFsError(error)}`);
+        }
         if (isSymlink(path)) throw new StartError(`Cannot write ${path}: it is a symbolic link`);
         try {
           file = await Deno.open(path, {
