@@ -78,9 +78,13 @@ const SESSION_NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,127}$/;
 const AP_NAME = /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/;
 const PORT_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 
-/** Works out the session from a parsed program; throws ErrorList<ProgramError> with every mistake. */
-export function describeSession(program: Program): SessionSpec {
-  const errors: ProgramError[] = [];
+/**
+ * Works out the session from a parsed program. Throws ErrorList<ProgramError> with every mistake, unless `found` is
+ * given: then mistakes are added to it and the session as far as it could be read is returned, so that later checks
+ * (kinds, parameters) still report theirs.
+ */
+export function describeSession(program: Program, found?: ProgramError[]): SessionSpec {
+  const errors: ProgramError[] = found ?? [];
   const file = program.file;
   const fail = (message: string, pos: Pos, related?: Pos) =>
     errors.push(
@@ -90,7 +94,10 @@ export function describeSession(program: Program): SessionSpec {
   let name = "";
   if (!program.project) fail("The program has no Project line naming the session", { line: 1, col: 1 });
   else if (!SESSION_NAME.test(program.project.name)) {
-    fail(`Project name "${program.project.name}" is too long`, program.project.pos);
+    fail(
+      `Invalid Project name "${program.project.name}": use letters, digits, "_", "-" and ".", up to 128`,
+      program.project.pos,
+    );
   } else name = program.project.name;
 
   let owner: string | null = null;
@@ -254,7 +261,7 @@ export function describeSession(program: Program): SessionSpec {
   }
 
   checkTargets(aps, fail);
-  if (errors.length) throw programErrors(errors);
+  if (!found && errors.length) throw programErrors(errors);
   return { file, name, owner, notifications, useRtp, aps, vms };
 }
 
@@ -275,7 +282,8 @@ function readInput(v: Value, fail: Fail): InputDecl | null {
       })`,
       (source ?? v).pos,
     );
-    return null;
+    // The port is declared all the same, so that an output wired to it is not reported as well.
+    return { name: v.name, pos: v.pos, external: null };
   }
   const port = udpPort(source, fail);
   return port === null ? null : { name: v.name, pos: v.pos, external: { port, pos: source.pos } };

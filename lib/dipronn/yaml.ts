@@ -34,6 +34,9 @@ import { MAX_PROGRAM_BYTES, parseValueList, programErrors } from "./parser.ts";
 const TOP_KEYS = ["project", "owner", "notifications", "use_RTP", "aps", "vms"];
 const AP_KEYS = ["name", "ref", "inputs", "outputs", "params"];
 const VM_KEYS = ["name", "ref", "aps"];
+/** What the language reads as one name or one number; the YAML form keeps to them so that print gives a program. */
+const NAME = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/;
+const NUMBER = /^-?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?$/;
 
 export function parseYamlProgram(text: string, file: string): Program {
   const errors: ProgramError[] = [];
@@ -75,8 +78,19 @@ export function parseYamlProgram(text: string, file: string): Program {
     }
     const pos = where(node);
     const v = (node as Scalar).value;
-    if (typeof v === "number") return { kind: "number", text: String((node as Scalar).source ?? v), pos };
+    if (typeof v === "number") {
+      // 0x10, .5 and +5 are YAML numbers the language writes as 16, 0.5 and 5; .inf and .nan it cannot write.
+      const source = String((node as Scalar).source ?? v);
+      const text = NUMBER.test(source) ? source : String(v);
+      if (NUMBER.test(text)) return { kind: "number", text, pos };
+      fail(`Expected a finite number, not ${source}`, pos);
+      return null;
+    }
     if (typeof v === "boolean") return { kind: "name", text: String(v), pos };
+    if (typeof v === "string" && v.includes("\n")) {
+      fail("A string in a program is one line", pos);
+      return null;
+    }
     if (typeof v === "string") return { kind: "string", text: v, pos };
     fail("Expected a string, a number or true/false", pos);
     return null;
@@ -115,7 +129,7 @@ export function parseYamlProgram(text: string, file: string): Program {
       if (!pair) continue;
       const v = scalar(pair.value);
       if (!v) continue;
-      const value: Value = key === "ref" && v.kind === "string"
+      const value: Value = key === "ref" && v.kind === "string" && NAME.test(v.text)
         ? { kind: "name", text: v.text, pos: v.pos }
         : v;
       out.push({ kind: "attr", key, values: [value], pos: where(pair.key as Node) });
@@ -171,7 +185,9 @@ export function parseYamlProgram(text: string, file: string): Program {
     } else if (key === "owner" || key === "notifications") {
       const v = scalar(item.value);
       if (v) {
-        const value: Value = key === "notifications" && v.kind === "string" ? { ...v, kind: "name" } : v;
+        const value: Value = key === "notifications" && v.kind === "string" && NAME.test(v.text)
+          ? { ...v, kind: "name" }
+          : v;
         body.push({ kind: "attr", key, values: [value], pos: kpos });
       }
     } else if (key === "use_RTP") {

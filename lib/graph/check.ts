@@ -48,9 +48,19 @@ export interface PlanOptions {
   readonly portsInUse?: ReadonlyMap<number, string>;
 }
 
-export function planSession(spec: SessionSpec, options: PlanOptions): SessionPlan {
+/**
+ * Checks a session and plans it; throws ErrorList<ProgramError> with every mistake. `earlier` are the mistakes
+ * describeSession already found: with any, the checks that follow the wiring are left out (a connection that
+ * could not be read would show up again as "fed by nothing"), the others still run.
+ */
+export function planSession(
+  spec: SessionSpec,
+  options: PlanOptions,
+  earlier: ProgramError[] = [],
+): SessionPlan {
   const { kinds } = options;
-  const errors: ProgramError[] = [];
+  const errors: ProgramError[] = [...earlier];
+  const wiringKnown = earlier.length === 0;
   const fail = (message: string, pos: Pos, related?: Pos) =>
     errors.push(
       new ProgramError(message, at(spec.file, pos), {
@@ -98,7 +108,7 @@ export function planSession(spec: SessionSpec, options: PlanOptions): SessionPla
       }
     }
   }
-  for (const ap of spec.aps) {
+  for (const ap of wiringKnown ? spec.aps : []) {
     const kind = kindOf.get(ap.name);
     if (!kind) continue;
     const rules = kind.ports;
@@ -154,7 +164,7 @@ export function planSession(spec: SessionSpec, options: PlanOptions): SessionPla
   }
 
   const ports = checkPorts(spec, options.portsInUse ?? new Map(), fail);
-  const order = dataFlowOrder(spec.aps, fail);
+  const order = wiringKnown ? dataFlowOrder(spec.aps, fail) : [];
   if (errors.length) throw programErrors(errors);
 
   const index = new Map(order.map((ap, i) => [ap.name, i]));
@@ -222,7 +232,8 @@ function readParams(
     } else out[a.key] = value;
   }
   for (const [key, param] of Object.entries(kind.params)) {
-    if (key in out) continue;
+    // A parameter given with a bad value was reported above; it is not missing as well.
+    if (key in out || ap.params.some((a) => a.key === key)) continue;
     if (param.default === undefined) {
       fail(`${ap.name} (${kind.name}) needs ${key} = ... (${param.doc})`, ap.pos);
       ok = false;

@@ -1,10 +1,10 @@
 /**
  * Program text (the DiProNN language or its YAML form) -> checked session plan: parse, work out the session, check
- * it against the AP kinds. Every step collects all its errors; the first step with any stops the way, since later
- * checks would only repeat them.
+ * it against the AP kinds. Syntax errors stop the way (the tree is not worth checking); after that every check runs
+ * and all errors come back together, except the wiring checks when the wiring itself could not be read.
  */
 import type { Registry } from "../core/registry.ts";
-import type { Program } from "../dipronn/ast.ts";
+import type { Program, ProgramError } from "../dipronn/ast.ts";
 import { parseProgram } from "../dipronn/parser.ts";
 import { describeSession } from "../dipronn/session.ts";
 import { parseYamlProgram } from "../dipronn/yaml.ts";
@@ -33,5 +33,7 @@ export interface CheckOptions {
 /** Throws ErrorList<ProgramError> listing every mistake; returns a plan only when there is none. */
 export function checkProgram(text: string, options: CheckOptions): SessionPlan {
   const program = parseAny(text, options.file, options.format);
-  return planSession(describeSession(program), options);
+  const found: ProgramError[] = [];
+  const spec = describeSession(program, found);
+  return planSession(spec, options, found);
 }

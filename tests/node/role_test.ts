@@ -1,0 +1,193 @@
+/**
+ * The node role's session API through `app.request()`: upload (language or YAML) and start, list, stop; a bad
+ * program is refused with every error and its place, and nothing is started; mutations need the token.
+ */
+import assert from "node:assert/strict";
+import { createApp } from "../../lib/api/app.ts";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { MetricsRegistry } from "../../lib/core/metrics.ts";
+import { nodeRole } from "../../lib/node/role.ts";
+
+const TOKEN = "node-token-0123456789";
+const auth = { authorization: `Bearer ${TOKEN}` };
+
+async function setup(extra: Record<string, unknown> = {}) {
+  const clock = new ManualClock(Date.UTC(2026, 0, 1));
+  const logger = new Logger({ level: "warn", clock, sink: () => {} });
+  const metrics = new MetricsRegistry();
+  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_node_" });
+  const defaults = nodeRole.section.default as Record<string, unknown>;
+  const role = await nodeRole.start(
+    { ...defaults, bind: "127.0.0.1", data_dir: dataDir, ...extra } as never,
+    { nodeName: "n", logger, metrics, clock },
+  );
+  const app = createApp({
+    name: "n",
+    version: "test",
+    clock,
+    startedAt: clock.now(),
+    metrics,
+    roles: () => ({ node: role.status() }),
+    token: TOKEN,
+    maxBody: 1024 * 1024,
+    logger,
+    mount: [role.routes!],
+  });
+  return {
+    app,
+    role,
+    metrics,
+    dataDir,
+    async [Symbol.asyncDispose]() {
+      await role.stop(new AbortController().signal);
+      await Deno.remove(dataDir, { recursive: true });
+    },
+  };
+}
+
+const program = (name: string, port: number) =>
+  `Project ${name};
+{ AP name="In" ref=localservice.forwarder;
+    inputs = in(DIPRONN_INPUT(${port}));
+    outputs = out(Count.in);
+}
+{ AP name="Count" ref=localservice.counter;
+    inputs = in;
+}
+`;
+
+function freePort(): number {
+  const s = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const port = (s.addr as Deno.NetAddr).port;
+  s.close();
+  return port;
+}
+
+Deno.test("node session API starts, lists and stops an uploaded program", async () => {
+  await using env = await setup();
+  const port = freePort();
+  const up = await env.app.request("/node/sessions", {
+    method: "POST",
+    body: program("demo", port),
+    headers: auth,
+  });
+  const body = await up.json();
+  assert.equal(up.status, 201, JSON.stringify(body));
+  assert.equal(body.started, "demo");
+  assert.equal(body.persisted, false);
+  assert.deepEqual(body.ports, [port]);
+
+  const list = await (await env.app.request("/node/sessions")).json();
+  assert.deepEqual(list.map((s: { name: string }) => s.name), ["demo"]);
+  const status = await (await env.app.request("/status")).json();
+  assert.deepEqual(Object.keys(status.roles.node.sessions), ["demo"]);
+  assert.match(env.metrics.render(), /edgenode_session_ap_in_packets_total\{session="demo",ap="In"/);
+
+  const again = await env.app.request("/node/sessions", {
+    method: "POST",
+    body: program("demo", port + 1),
+    headers: auth,
+  });
+  assert.equal(again.status, 409);
+  assert.match((await again.json()).error, /already running/);
+
+  const del = await env.app.request("/node/sessions/demo", { method: "DELETE", headers: auth });
+  assert.equal(del.status, 200);
+  assert.equal((await del.json()).stopped, "demo");
+  assert.equal((await env.app.request("/node/sessions/demo")).status, 404);
+  assert.doesNotMatch(env.metrics.render(), /session="demo"/);
+});
+
+Deno.test("node session API refuses a bad program with every error and starts nothing", async () => {
+  await using env = await setup();
+  const bad = `Project broken;
+{ AP name="A" ref=localservice.forwarder;
+    inputs = in(DIPRONN_INPUT(${freePort()}));
+    outputs = out(Nobody.in);
+}
+{ AP name="B" ref=localservice.sorter;
+    inputs = in;
+}
+`;
+  const res = await env.app.request("/node/sessions?file=broken.dipronn", {
+    method: "POST",
+    body: bad,
+    headers: auth,
+  });
+  assert.equal(res.status, 400);
+  const body = await res.json();
+  assert.match(body.error, /nothing was started/);
+  assert.deepEqual(
+    body.errors.map((e: { text: string }) => e.text.replace(/ \(known: .*\)$/, "")),
+    [
+      'broken.dipronn:4:19: Unknown AP "Nobody" in A.out',
+      'broken.dipronn:6:19: Unknown AP kind "localservice.sorter"',
+    ],
+  );
+  assert.deepEqual(await (await env.app.request("/node/sessions")).json(), []);
+});
+
+Deno.test("node session API takes the YAML form and refuses a port another session holds", async () => {
+  await using env = await setup();
+  const port = freePort();
+  const first = await env.app.request("/node/sessions", {
+    method: "POST",
+    body: program("one", port),
+    headers: auth,
+  });
+  assert.equal(first.status, 201);
+  await first.body?.cancel();
+  const yaml = `project: two
+aps:
+  - name: In
+    ref: localservice.forwarder
+    inputs: in(DIPRONN_INPUT(${port}))
+    outputs: out(Count.in)
+  - {name: Count, ref: localservice.counter, inputs: in}
+`;
+  const res = await env.app.request("/node/sessions", {
+    method: "POST",
+    body: yaml,
+    headers: { ...auth, "content-type": "application/yaml" },
+  });
+  assert.equal(res.status, 400);
+  const [error] = (await res.json()).errors;
+  assert.equal(error.line, 5);
+  assert.match(error.message, new RegExp(`UDP port ${port} of In.in is already used by session one`));
+});
+
+Deno.test("node session API mutations need the token", async () => {
+  await using env = await setup();
+  const post = await env.app.request("/node/sessions", { method: "POST", body: program("x", freePort()) });
+  assert.equal(post.status, 401);
+  const del = await env.app.request("/node/sessions/x", { method: "DELETE" });
+  assert.equal(del.status, 401);
+});
+
+Deno.test("node role starts the sessions named in its config, and refuses to start on a bad one", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const good = `${dir}/good.dipronn`;
+    await Deno.writeTextFile(good, program("boot", freePort()));
+    {
+      await using env = await setup({ sessions: [good] });
+      assert.deepEqual(Object.keys(env.role.status().sessions as object), ["boot"]);
+    }
+    const bad = `${dir}/bad.dipronn`;
+    await Deno.writeTextFile(bad, 'Project bad;\n{ AP name="A" ref=nope; }\n');
+    await assert.rejects(
+      setup({ sessions: [good, bad] }),
+      /Session program .*bad\.dipronn has errors:\n.*bad\.dipronn:2:19: Unknown AP kind "nope"/,
+    );
+    // The good session started before the bad one was stopped again: its port is free.
+    const s = Deno.listenDatagram({
+      transport: "udp",
+      hostname: "127.0.0.1",
+      port: Number(/DIPRONN_INPUT\((\d+)\)/.exec(await Deno.readTextFile(good))![1]),
+    });
+    s.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
