@@ -8,14 +8,19 @@ export type TimerId = number;
 export interface Clock {
   /** Milliseconds since the epoch (wall clock for the system clock). */
   now(): number;
+  /**
+   * Microseconds since the epoch, fine-grained and never going back (for arrival times of datagrams). On the system
+   * clock it is anchored to the wall clock at start-up and then follows the monotonic clock.
+   */
+  nowUs(): number;
   setTimeout(fn: () => void, ms: number): TimerId;
   clearTimeout(id: TimerId): void;
 }
 
 /** The real clock. */
 export const systemClock: Clock = Object.freeze({
-  // Wall-clock milliseconds with a fractional part (microseconds), for records that keep arrival times.
-  now: () => performance.timeOrigin + performance.now(),
+  now: () => Date.now(),
+  nowUs: () => (performance.timeOrigin + performance.now()) * 1000,
   // Deno returns a number; the cast only quiets Node's typings, which npm packages pull in.
   setTimeout: (fn: () => void, ms: number) => setTimeout(fn, ms) as unknown as TimerId,
   clearTimeout: (id: TimerId) => clearTimeout(id),
@@ -33,6 +38,10 @@ export class ManualClock implements Clock {
 
   now(): number {
     return this.#now;
+  }
+
+  nowUs(): number {
+    return this.#now * 1000;
   }
 
   setTimeout(fn: () => void, ms: number): TimerId {

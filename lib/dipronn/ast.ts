@@ -57,6 +57,19 @@ export class ProgramError extends PositionedError {
   override name = "ProgramError";
 }
 
+/** More errors than this are not built, only summarised: a garbage upload costs no more than a short one. */
+export const MAX_ERRORS = 100;
+
+/** Adds an error to `errors` unless the list is already past MAX_ERRORS. */
+export function addError(
+  errors: ProgramError[],
+  message: string,
+  pos: Position,
+  options?: { related?: Position },
+): void {
+  if (errors.length <= MAX_ERRORS) errors.push(new ProgramError(message, pos, options));
+}
+
 export function at(file: string, pos: Pos): Position {
   return { file, line: pos.line, col: pos.col };
 }

@@ -3,7 +3,7 @@
  * with `;` and others with the end of the line (`owner = "Tom Rebok"`). `#` starts a comment that runs to the end
  * of the line. Names may be hierarchical (`localservice.duplicator`, `Sync_high.in1`).
  */
-import { type Pos, ProgramError } from "./ast.ts";
+import { addError, type Pos, type ProgramError } from "./ast.ts";
 
 export type TokenType = "name" | "string" | "number" | "punct" | "newline" | "eof";
 
@@ -26,7 +26,7 @@ export function tokenize(text: string, file: string, errors: ProgramError[]): To
   let line = 1;
   let lineStart = 0;
   const pos = (at: number): Pos => ({ line, col: at - lineStart + 1 });
-  const fail = (message: string, p: Pos) => errors.push(new ProgramError(message, { file, ...p }));
+  const fail = (message: string, p: Pos) => addError(errors, message, { file, ...p });
 
   while (i < text.length) {
     const c = text[i];

@@ -12,15 +12,15 @@
  */
 import { ErrorList } from "../core/errors.ts";
 import type { Attr, Block, Flag, Program, Statement, Value } from "./ast.ts";
-import { type Pos, ProgramError } from "./ast.ts";
+import { addError, MAX_ERRORS, type Pos, ProgramError } from "./ast.ts";
 import { type Token, tokenize } from "./lexer.ts";
 
 /** Programs larger than this are refused before parsing. */
 export const MAX_PROGRAM_BYTES = 1024 * 1024;
+/** `{ VM { AP } }`: the deepest the language goes. */
+const MAX_BLOCK_DEPTH = 2;
 /** Deepest nesting of calls like `a(b(c()))`; the language needs two. */
 const MAX_CALL_DEPTH = 8;
-/** More errors than this are summarised. */
-const MAX_ERRORS = 100;
 
 /** Parses program text; throws ErrorList<ProgramError> with every mistake, in file order. */
 export function parseProgram(text: string, file: string): Program {
@@ -48,17 +48,17 @@ export function parseValueList(text: string, file: string, at: Pos, errors: Prog
     : { line: at.line + p.line - 1, col: p.col });
   const lexical: ProgramError[] = [];
   const tokens = tokenize(text, file, lexical).map((t) => ({ ...t, pos: shift(t.pos) }));
-  for (const e of lexical) errors.push(new ProgramError(e.message, { file, ...shift(e) }));
+  for (const e of lexical) addError(errors, e.message, { file, ...shift(e) });
   return new Parser(tokens, file, errors).valueList();
 }
 
-/** The errors as one ErrorList, the overflow summarised. */
+/** The errors as one ErrorList; past MAX_ERRORS only a line saying there were more. */
 export function programErrors(errors: ProgramError[]): ErrorList<ProgramError> {
   const list = new ErrorList(errors, "Invalid program");
   if (list.errors.length <= MAX_ERRORS) return list;
   const shown = list.errors.slice(0, MAX_ERRORS);
   const last = shown[shown.length - 1];
-  shown.push(new ProgramError(`${list.errors.length - MAX_ERRORS} more errors not shown`, last));
+  shown.push(new ProgramError(`More errors not shown (the first ${MAX_ERRORS} are)`, last));
   return new ErrorList(shown, "Invalid program");
 }
 
@@ -67,6 +67,7 @@ class Skip extends Error {}
 
 class Parser {
   #i = 0;
+  #depth = 0;
 
   constructor(
     private readonly tokens: Token[],
@@ -131,6 +132,20 @@ class Parser {
 
   #block(): Block {
     const open = this.#next();
+    if (this.#depth >= MAX_BLOCK_DEPTH) {
+      this.#fail("Blocks nest two deep at most: a VM holding APs", open.pos);
+      this.#skipBlock(open);
+      throw new Skip();
+    }
+    this.#depth++;
+    try {
+      return this.#blockBody(open);
+    } finally {
+      this.#depth--;
+    }
+  }
+
+  #blockBody(open: Token): Block {
     const type = this.#peek();
     if (type.type !== "name" || (type.text !== "AP" && type.text !== "VM")) {
       this.#fail(`Expected AP or VM after "{", found ${describe(type)}`, type.pos);
@@ -309,11 +324,11 @@ class Parser {
   }
 
   #fail(message: string, pos: Pos, related?: Pos): void {
-    this.errors.push(
-      new ProgramError(message, { file: this.file, ...pos }, {
-        related: related ? { file: this.file, ...related } : undefined,
-      }),
-    );
+    addError(this.errors, message, { file: this.file, ...pos }, {
+      related: related ? { file: this.file, ...related } : undefined,
+    });
+    // Past the limit the rest of the text is not worth reading.
+    if (this.errors.length > MAX_ERRORS) this.#i = this.tokens.length - 1;
   }
 }
 

@@ -7,6 +7,7 @@
 import { type HostPort, isIP, parseHostPort } from "../net/address.ts";
 import { suggest } from "../config/schema.ts";
 import {
+  addError,
   at,
   type Attr,
   type Block,
@@ -87,9 +88,7 @@ export function describeSession(program: Program, found?: ProgramError[]): Sessi
   const errors: ProgramError[] = found ?? [];
   const file = program.file;
   const fail = (message: string, pos: Pos, related?: Pos) =>
-    errors.push(
-      new ProgramError(message, at(file, pos), { related: related ? at(file, related) : undefined }),
-    );
+    addError(errors, message, at(file, pos), { related: related ? at(file, related) : undefined });
 
   let name = "";
   if (!program.project) fail("The program has no Project line naming the session", { line: 1, col: 1 });

@@ -28,7 +28,7 @@ import {
 } from "yaml";
 import { suggest } from "../config/schema.ts";
 import type { Attr, Block, Pos, Program, Statement, Value } from "./ast.ts";
-import { ProgramError } from "./ast.ts";
+import { addError, ProgramError } from "./ast.ts";
 import { MAX_PROGRAM_BYTES, parseValueList, programErrors } from "./parser.ts";
 
 const TOP_KEYS = ["project", "owner", "notifications", "use_RTP", "aps", "vms"];
@@ -58,7 +58,7 @@ export function parseYamlProgram(text: string, file: string): Program {
     return { line: p.line, col: p.col };
   };
   const where = (node: Node | null | undefined): Pos => posOf(node?.range?.[0] ?? 0);
-  const fail = (message: string, pos: Pos) => errors.push(new ProgramError(message, { file, ...pos }));
+  const fail = (message: string, pos: Pos) => addError(errors, message, { file, ...pos });
   for (const e of doc.errors) {
     fail(`YAML: ${e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "")}`, posOf(e.pos[0]));
   }

@@ -6,7 +6,7 @@
  */
 import type { Registry } from "../core/registry.ts";
 import { suggest } from "../config/schema.ts";
-import { at, type Pos, ProgramError } from "../dipronn/ast.ts";
+import { addError, at, type Pos, type ProgramError } from "../dipronn/ast.ts";
 import { firstAt, programErrors } from "../dipronn/parser.ts";
 import { type ApDecl, INPUT, OUTPUT, type SessionSpec } from "../dipronn/session.ts";
 import type { HostPort } from "../net/address.ts";
@@ -40,12 +40,16 @@ export interface SessionPlan {
   readonly vms: readonly { readonly name: string; readonly ref: string; readonly aps: readonly string[] }[];
   /** Every UDP port the session binds (with use_RTP, port + 1 as well). */
   readonly ports: readonly number[];
+  /** What its APs hold alone on the node (files they write). */
+  readonly claims: readonly string[];
 }
 
 export interface PlanOptions {
   readonly kinds: Registry<ElementKind>;
   /** Ports already held on this node, and by whom ("session X"). */
   readonly portsInUse?: ReadonlyMap<number, string>;
+  /** Claims (files written) already held on this node, and by whom. */
+  readonly claimsInUse?: ReadonlyMap<string, string>;
 }
 
 /**
@@ -62,14 +66,12 @@ export function planSession(
   const errors: ProgramError[] = [...earlier];
   const wiringKnown = earlier.length === 0;
   const fail = (message: string, pos: Pos, related?: Pos) =>
-    errors.push(
-      new ProgramError(message, at(spec.file, pos), {
-        related: related ? at(spec.file, related) : undefined,
-      }),
-    );
+    addError(errors, message, at(spec.file, pos), { related: related ? at(spec.file, related) : undefined });
 
   if (spec.aps.length > MAX_APS) {
+    // Nothing else is checked: the limit is what keeps the checks below (and the executor) small.
     fail(`A session holds at most ${MAX_APS} APs, not ${spec.aps.length}`, spec.aps[MAX_APS].pos);
+    throw programErrors(errors);
   }
   if (spec.aps.length === 0) fail("The session has no AP", { line: 1, col: 1 });
 
@@ -92,7 +94,9 @@ export function planSession(
     params.set(ap.name, values);
     for (const claim of kind.claims?.(values as never) ?? []) {
       const first = claims.get(claim);
+      const other = options.claimsInUse?.get(claim);
       if (first) fail(`${ap.name} and ${first.ap} both use ${claim}${firstAt(first.pos)}`, ap.pos, first.pos);
+      else if (other) fail(`${ap.name} uses ${claim}, which ${other} already uses`, ap.pos);
       else claims.set(claim, { ap: ap.name, pos: ap.pos });
     }
   }
@@ -104,7 +108,9 @@ export function planSession(
       for (const t of out.targets) {
         if (t.kind !== "ap") continue;
         const key = `${t.ap}.${t.port}`;
-        fedBy.set(key, [...(fedBy.get(key) ?? []), { from: `${ap.name}.${out.name}`, pos: t.pos }]);
+        let feeders = fedBy.get(key);
+        if (!feeders) fedBy.set(key, feeders = []);
+        feeders.push({ from: `${ap.name}.${out.name}`, pos: t.pos });
       }
     }
   }
@@ -202,6 +208,7 @@ export function planSession(
     aps,
     vms: spec.vms.map((v) => ({ name: v.name, ref: v.ref, aps: v.aps })),
     ports,
+    claims: [...claims.keys()],
   };
 }
 

@@ -39,7 +39,10 @@ export function stringParam(doc: string, dflt?: string): Param<string> {
   };
 }
 
-export function numberParam(doc: string, o: { min?: number; max?: number; default?: number }): Param<number> {
+export function numberParam(
+  doc: string,
+  o: { min?: number; max?: number; default?: number; integer?: boolean },
+): Param<number> {
   return {
     doc,
     default: o.default,
@@ -48,6 +51,9 @@ export function numberParam(doc: string, o: { min?: number; max?: number; defaul
       if (v instanceof ParamProblem) return v;
       const n = v.kind === "number" ? Number(v.text) : NaN;
       if (!Number.isFinite(n)) return new ParamProblem(`expected a number, not ${valueText(v)}`);
+      if (o.integer && !Number.isInteger(n)) {
+        return new ParamProblem(`expected a whole number, not ${valueText(v)}`);
+      }
       if (o.min !== undefined && n < o.min) return new ParamProblem(`must be at least ${o.min}`);
       if (o.max !== undefined && n > o.max) return new ParamProblem(`must be at most ${o.max}`);
       return n;

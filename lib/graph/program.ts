@@ -3,13 +3,11 @@
  * it against the AP kinds. Syntax errors stop the way (the tree is not worth checking); after that every check runs
  * and all errors come back together, except the wiring checks when the wiring itself could not be read.
  */
-import type { Registry } from "../core/registry.ts";
 import type { Program, ProgramError } from "../dipronn/ast.ts";
 import { parseProgram } from "../dipronn/parser.ts";
 import { describeSession } from "../dipronn/session.ts";
 import { parseYamlProgram } from "../dipronn/yaml.ts";
-import { planSession, type SessionPlan } from "./check.ts";
-import type { ElementKind } from "./element.ts";
+import { type PlanOptions, planSession, type SessionPlan } from "./check.ts";
 
 export const PROGRAM_FORMATS = ["dipronn", "yaml"] as const;
 export type ProgramFormat = typeof PROGRAM_FORMATS[number];
@@ -23,11 +21,9 @@ export function parseAny(text: string, file: string, format: ProgramFormat = for
   return format === "yaml" ? parseYamlProgram(text, file) : parseProgram(text, file);
 }
 
-export interface CheckOptions {
+export interface CheckOptions extends PlanOptions {
   readonly file: string;
   readonly format?: ProgramFormat;
-  readonly kinds: Registry<ElementKind>;
-  readonly portsInUse?: ReadonlyMap<number, string>;
 }
 
 /** Throws ErrorList<ProgramError> listing every mistake; returns a plan only when there is none. */

@@ -1,6 +1,6 @@
 /**
- * The sessions a node runs. Adding one is all or nothing: the program is checked (with the ports other sessions
- * hold), then started; a program with errors or a session that cannot start leaves nothing behind. Adds and
+ * The sessions a node runs. Adding one is all or nothing: the program is checked (with the ports and files other
+ * sessions hold), then started; a program with errors or a session that cannot start leaves nothing behind. Adds and
  * removals are serialised, so two uploads cannot both take the same port.
  */
 import type { ErrorList, PositionedError } from "../core/errors.ts";
@@ -17,6 +17,7 @@ export class SessionConflict extends Error {
 export class SessionTable {
   readonly #sessions = new Map<string, RunningSession>();
   #queue: Promise<unknown> = Promise.resolve();
+  #closed = false;
 
   constructor(
     private readonly node: NodeServices,
@@ -27,11 +28,14 @@ export class SessionTable {
   /** Checks and starts a program; throws ErrorList (its mistakes), SessionConflict or StartError. */
   add(text: string, source: { file: string; format?: ProgramFormat }): Promise<RunningSession> {
     return this.#serial(async () => {
+      if (this.#closed) throw new SessionConflict("The node is stopping");
       const portsInUse = new Map<number, string>();
+      const claimsInUse = new Map<string, string>();
       for (const s of this.#sessions.values()) {
         for (const p of s.plan.ports) portsInUse.set(p, `session ${s.plan.name}`);
+        for (const c of s.plan.claims) claimsInUse.set(c, `session ${s.plan.name}`);
       }
-      const plan = checkProgram(text, { ...source, kinds: this.kinds, portsInUse });
+      const plan = checkProgram(text, { ...source, kinds: this.kinds, portsInUse, claimsInUse });
       if (this.#sessions.has(plan.name)) {
         throw new SessionConflict(`A session named ${plan.name} is already running; stop it first`);
       }
@@ -68,9 +72,16 @@ export class SessionTable {
     return [...this.#sessions.values()];
   }
 
-  /** Stops every session, the last started first. */
-  async stopAll(): Promise<void> {
-    for (const name of [...this.#sessions.keys()].reverse()) await this.remove(name);
+  /** Stops every session, the last started first, after any add or remove under way; later adds are refused. */
+  stopAll(): Promise<void> {
+    this.#closed = true;
+    return this.#serial(async () => {
+      for (const [name, session] of [...this.#sessions].reverse()) {
+        this.#sessions.delete(name);
+        await session.stop();
+        this.node.logger.info("session stopped", { session: name });
+      }
+    });
   }
 
   #serial<T>(fn: () => Promise<T>): Promise<T> {

@@ -486,12 +486,12 @@ Deno.test("parseProgram reports every error as file:line:col: message in file or
   });
 });
 
-Deno.test("parseProgram summarises errors beyond a hundred", () => {
-  const text = "Project p;\n" + "@\n".repeat(150);
+Deno.test("parseProgram summarises errors beyond a hundred without building them", () => {
+  const text = "Project p;\n" + "@\n".repeat(150_000);
   assert.throws(() => parseProgram(text, "t.dipronn"), (error: unknown) => {
     assert.ok(error instanceof ErrorList);
     assert.equal(error.errors.length, 101);
-    assert.equal(error.errors[100].message, "50 more errors not shown");
+    assert.equal(error.errors[100].message, "More errors not shown (the first 100 are)");
     return true;
   });
 });
@@ -501,4 +501,16 @@ Deno.test("stripPositions leaves what was written and drops where", () => {
   const b: Program = parseProgram('\n\nProject   p\n\n   owner   =   "x";\n', "b");
   assert.deepEqual(stripPositions(a), stripPositions(b));
   assert.notDeepEqual(stripPositions(a), stripPositions(parseProgram('Project p;\nowner = "y"\n', "a")));
+});
+
+Deno.test("parseProgram refuses blocks nested deeper than a VM holding APs", () => {
+  const text =
+    'Project p;\n{ VM name="v" ref=x;\n  { VM name="w" ref=y;\n    { AP name="a" ref=z; }\n  }\n}\n';
+  assert.throws(() => parseProgram(text, "t.dipronn"), (error: unknown) => {
+    assert.ok(error instanceof ErrorList);
+    assert.deepEqual(error.errors.map((e) => e.format()), [
+      "t.dipronn:4:5: Blocks nest two deep at most: a VM holding APs",
+    ]);
+    return true;
+  });
 });

@@ -335,3 +335,14 @@ Deno.test("checkProgram refuses port counts a kind does not take", () => {
 Deno.test("checkProgram refuses a session with no AP", () => {
   assert.deepEqual(problems("Project p;\n"), [{ at: "1:1", message: "The session has no AP" }]);
 });
+
+Deno.test("planSession wants whole numbers where a count or a port is asked for", () => {
+  const text = `Project p;
+{ AP name="S" ref=localservice.saver; inputs = in(DIPRONN_INPUT(4000)); output_file = "a.pcap"; port = 5004.5; }
+`;
+  assert.throws(() => checkProgram(text, { file: "t.dipronn", kinds: coreElements() }), (error: unknown) => {
+    assert.ok(error instanceof ErrorList);
+    assert.deepEqual(error.errors.map((e) => e.message), ["S.port: expected a whole number, not 5004.5"]);
+    return true;
+  });
+});

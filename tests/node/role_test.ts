@@ -191,3 +191,27 @@ Deno.test("node role starts the sessions named in its config, and refuses to sta
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("node session API refuses a second session writing a file another session writes", async () => {
+  await using env = await setup();
+  const saving = (name: string) =>
+    `Project ${name};
+{ AP name="S" ref=localservice.saver; inputs = in(DIPRONN_INPUT(${freePort()})); output_file = "rec.pcap"; overwrite = true; }
+`;
+  const first = await env.app.request("/node/sessions", {
+    method: "POST",
+    body: saving("one"),
+    headers: auth,
+  });
+  assert.equal(first.status, 201);
+  await first.body?.cancel();
+  const second = await env.app.request("/node/sessions", {
+    method: "POST",
+    body: saving("two"),
+    headers: auth,
+  });
+  assert.equal(second.status, 400);
+  assert.deepEqual((await second.json()).errors.map((e: { text: string }) => e.text), [
+    "<upload>:2:1: S uses file rec.pcap, which session one already uses",
+  ]);
+});

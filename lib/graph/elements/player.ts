@@ -15,6 +15,10 @@ import { dataPath, describeFsError } from "./files.ts";
 const CHUNK = 256 * 1024;
 /** Records closer together than this go out in one batch. */
 const SLACK_MS = 1;
+/** Long gaps are waited in steps (a timer cannot take more than 2^31 ms), so the player stays responsive. */
+const MAX_WAIT_MS = 60_000;
+/** The shortest time one pass of a loop takes. */
+const MIN_PASS_MS = 10;
 
 export const player = defineElement({
   name: "localservice.player",
@@ -32,6 +36,8 @@ export const player = defineElement({
     const stopped = new AbortController();
     let file: Deno.FsFile | null = null;
     let running: Promise<void> = Promise.resolve();
+    // Pacing follows the monotonic clock, in milliseconds with a fraction.
+    const ms = () => node.clock.nowUs() / 1000;
 
     /** Resolves after `ms` on the node's clock, or at once when stopped. */
     const wait = (ms: number) =>
@@ -55,7 +61,8 @@ export const player = defineElement({
         let next = 0;
         let eof = false;
         let first: number | null = null;
-        const t0 = node.clock.now();
+        const t0 = ms();
+        const playedBefore = tally.played;
         tally.state = "playing";
         while (!stopped.signal.aborted) {
           if (next >= queue.length && !eof) {
@@ -67,13 +74,13 @@ export const player = defineElement({
           if (next >= queue.length) break;
           first ??= queue[next].timeUs;
           const due = t0 + (queue[next].timeUs - first) / 1000 / params.speed;
-          const wait_ms = due - node.clock.now();
+          const wait_ms = due - ms();
           if (wait_ms > SLACK_MS) {
-            await wait(wait_ms);
+            await wait(Math.min(wait_ms, MAX_WAIT_MS));
             continue;
           }
           // Everything already due goes out together, RTP and RTCP apart.
-          const now = node.clock.now();
+          const now = ms();
           const media: PcapRecord[] = [];
           const rtcp: PcapRecord[] = [];
           while (
@@ -89,7 +96,11 @@ export const player = defineElement({
           }
         }
         tally.skipped = reader.stats.skipped;
-        if (!params.loop || stopped.signal.aborted) break;
+        // A file with nothing to play ends the player even in a loop; a pass shorter than MIN_PASS_MS (records all
+        // at one time) waits out the rest, so a loop never turns into a flood.
+        if (!params.loop || stopped.signal.aborted || tally.played === playedBefore) break;
+        const rest = MIN_PASS_MS - (ms() - t0);
+        if (rest > 0) await wait(rest);
         tally.loops++;
       }
       tally.state = stopped.signal.aborted ? "stopped" : "finished";
@@ -100,8 +111,12 @@ export const player = defineElement({
         try {
           file = await Deno.open(path, { read: true });
           const head = new Uint8Array(24);
-          const n = await file.read(head);
-          new PcapReader().push(head.subarray(0, n ?? 0));
+          const n = (await file.read(head)) ?? 0;
+          const check = new PcapReader();
+          check.push(head.subarray(0, n));
+          if (n < head.length || check.finish().truncated) {
+            throw new PcapFormatError("Cannot read capture: the file is shorter than a pcap header", 0);
+          }
         } catch (error) {
           file?.close();
           file = null;

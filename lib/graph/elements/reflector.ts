@@ -39,11 +39,17 @@ export const reflectorElement = defineElement({
       max: 3600,
       default: 30,
     }),
-    max_participants: numberParam("participants at most", { min: 1, max: 10_000, default: 100 }),
+    max_participants: numberParam("participants at most", {
+      min: 1,
+      max: 10_000,
+      default: 100,
+      integer: true,
+    }),
     max_per_address: numberParam("participants from one IP address at most", {
       min: 1,
       max: 10_000,
       default: 4,
+      integer: true,
     }),
     allow: allowParam,
   },

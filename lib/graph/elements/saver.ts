@@ -33,11 +33,13 @@ export const saver = defineElement({
       min: 4096,
       max: 2 ** 50,
       default: 1024 ** 3,
+      integer: true,
     }),
     port: numberParam("UDP destination port written in the synthetic headers (RTCP: port + 1)", {
       min: 1,
       max: 65534,
       default: 5004,
+      integer: true,
     }),
   },
   claims: (p) => [`file ${p.output_file}`],
@@ -94,7 +96,7 @@ export const saver = defineElement({
         timer = node.clock.setTimeout(tick, FLUSH_MS);
       },
       push(_input, batch, rtcp) {
-        const at = node.clock.now() * 1000;
+        const at = node.clock.nowUs();
         const dst = rtcp ? toRtcp : to;
         for (let i = 0; i < batch.count; i++) {
           const from = batch.from(i);
