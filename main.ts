@@ -12,6 +12,7 @@ import { EMBEDDED_SOURCE, loadConfig, MAX_CONFIG_BYTES } from "./lib/config/load
 import { applyOverrides, type Plan } from "./lib/config/plan.ts";
 import { systemClock } from "./lib/core/clock.ts";
 import { ErrorList, StartError, UsageError } from "./lib/core/errors.ts";
+import { readTextFileLimited } from "./lib/core/files.ts";
 import { Logger } from "./lib/core/logger.ts";
 import { Registry } from "./lib/core/registry.ts";
 import { formatHostPort } from "./lib/net/address.ts";
@@ -84,26 +85,8 @@ function subcommands() {
   );
 }
 
-async function readConfig(path: string): Promise<string> {
-  let info: Deno.FileInfo;
-  try {
-    info = await Deno.stat(path);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) {
-      throw new UsageError(`Cannot read config "${path}": no such file`);
-    }
-    if (error instanceof Deno.errors.PermissionDenied) {
-      throw new UsageError(`Cannot read config "${path}": permission denied`);
-    }
-    throw error;
-  }
-  if (!info.isFile) throw new UsageError(`Cannot read config "${path}": not a regular file`);
-  if (info.size > MAX_CONFIG_BYTES) {
-    throw new StartError(
-      `Cannot read config "${path}": ${info.size} bytes exceeds the ${MAX_CONFIG_BYTES} byte limit`,
-    );
-  }
-  return await Deno.readTextFile(path);
+function readConfig(path: string): Promise<string> {
+  return readTextFileLimited(path, MAX_CONFIG_BYTES, "config");
 }
 
 function describe(plan: Plan): string {

@@ -5,6 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import { ErrorList, UsageError } from "../core/errors.ts";
+import { readTextFileLimited } from "../core/files.ts";
 import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
 import { printProgram } from "../dipronn/printer.ts";
 import { coreElements } from "../graph/elements/mod.ts";
@@ -74,23 +75,7 @@ export async function runProgramCommand(args: readonly string[], io: ProgramIo):
   }
 }
 
-/** Reads a program file for the command line: missing or oversized files are usage errors. */
-export async function readProgramFile(path: string): Promise<string> {
-  let info: Deno.FileInfo;
-  try {
-    info = await Deno.stat(path);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) {
-      throw new UsageError(`Cannot read program "${path}": no such file`);
-    }
-    if (error instanceof Deno.errors.PermissionDenied) {
-      throw new UsageError(`Cannot read program "${path}": permission denied`);
-    }
-    throw error;
-  }
-  if (!info.isFile) throw new UsageError(`Cannot read program "${path}": not a regular file`);
-  if (info.size > MAX_PROGRAM_BYTES) {
-    throw new UsageError(`Cannot read program "${path}": ${info.size} bytes exceeds ${MAX_PROGRAM_BYTES}`);
-  }
-  return await Deno.readTextFile(path);
+/** Reads a program file: missing, unreadable or oversized files are usage errors. */
+export function readProgramFile(path: string): Promise<string> {
+  return readTextFileLimited(path, MAX_PROGRAM_BYTES, "program");
 }

@@ -154,6 +154,12 @@ export function planSession(
       }
       for (const t of out.targets) {
         if (t.kind !== "out") continue;
+        if (spec.useRtp && t.to?.port === 65535) {
+          fail(
+            `${OUTPUT} port 65535 leaves no room for its RTCP port (use_RTP sends to port and port + 1)`,
+            t.pos,
+          );
+        }
         if (rules.participants && t.to) {
           fail(
             `${ap.name}.${out.name} goes to the reflector's participants: write ${out.name}(${OUTPUT})`,

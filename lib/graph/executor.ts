@@ -145,9 +145,11 @@ export class RunningSession {
       if (w.kind === "ap") return (batch, rtcp) => this.#deliver(this.#aps[w.node], w.input, batch, rtcp);
       if (!w.to) return () => {}; // a reflector's participants: the element sends itself
       const socket = this.#outSocket(isIPv6(w.to.host) ? "v6" : "v4");
+      // RTCP goes to port + 1 only with use_RTP (the check keeps that port in range).
+      const rtp = socket.destinations([w.to]);
       const dest: Destinations[] = [
-        socket.destinations([w.to]),
-        socket.destinations([{ ...w.to, port: w.to.port + 1 }]),
+        rtp,
+        this.plan.useRtp ? socket.destinations([{ ...w.to, port: w.to.port + 1 }]) : rtp,
       ];
       return (batch, rtcp) => socket.send(batch, dest[rtcp ? 1 : 0]);
     });

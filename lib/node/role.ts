@@ -5,10 +5,11 @@
 import type { Hono } from "hono";
 import type { YAMLMap } from "yaml";
 import { ErrorList, StartError, UsageError } from "../core/errors.ts";
+import { readTextFileLimited } from "../core/files.ts";
+import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
 import { type Context, int, list, nodeAt, type ObjectOf, opt, section, str } from "../config/schema.ts";
 import { coreElements } from "../graph/elements/mod.ts";
 import { formatOf, PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
-import { readProgramFile } from "../cli/program.ts";
 import { isIP } from "../net/address.ts";
 import { udpFields, udpOptions } from "../relay/role.ts";
 import type { RoleDef } from "../roles/role.ts";
@@ -54,7 +55,7 @@ export const nodeRole: RoleDef<NodeSection> = {
       for (const file of cfg.sessions) {
         let text: string;
         try {
-          text = await readProgramFile(file);
+          text = await readTextFileLimited(file, MAX_PROGRAM_BYTES, "program");
         } catch (error) {
           throw new StartError(error instanceof UsageError ? error.message : String(error));
         }

@@ -346,3 +346,18 @@ Deno.test("planSession wants whole numbers where a count or a port is asked for"
     return true;
   });
 });
+
+Deno.test("planSession keeps an output's RTCP port in range under use_RTP", () => {
+  const text = `Project p;
+use_RTP;
+{ AP name="F" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(4000)); outputs = out(DIPRONN_OUTPUT("127.0.0.1:65535")); }
+`;
+  assert.throws(() => checkProgram(text, { file: "t.dipronn", kinds: coreElements() }), (error: unknown) => {
+    assert.ok(error instanceof ErrorList);
+    assert.match(
+      error.format(),
+      /^t\.dipronn:3:91: DIPRONN_OUTPUT port 65535 leaves no room for its RTCP port/,
+    );
+    return true;
+  });
+});

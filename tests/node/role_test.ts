@@ -21,7 +21,10 @@ async function setup(extra: Record<string, unknown> = {}) {
   const role = await nodeRole.start(
     { ...defaults, bind: "127.0.0.1", data_dir: dataDir, ...extra } as never,
     { nodeName: "n", logger, metrics, clock },
-  );
+  ).catch(async (error) => {
+    await Deno.remove(dataDir, { recursive: true });
+    throw error;
+  });
   const app = createApp({
     name: "n",
     version: "test",

@@ -1,0 +1,134 @@
+/**
+ * Session graph benchmark, all paths in one run on one machine. For each datagram size it finds the highest offered
+ * rate with loss <= 0.1% (a doubling search, then bisection) through:
+ *   relay          the edgenode relay role (relay.relays, fast UDP path): the reference
+ *   chain N        an edgenode node session whose program is N `localservice.forwarder` APs in a row, from
+ *                  DIPRONN_INPUT(port) to DIPRONN_OUTPUT(sink), for N = 1, 4 and 8 (fast UDP path)
+ * and the p50/p99 delay each adds at 10k datagrams/s (minus the direct path: sender straight to the receiver). The
+ * sender is `edgenode probe send` in its own process; receivers run here on the fast sockets. Prints figures and
+ * ratios to the relay; exits non-zero only when it could not run.
+ *
+ *   deno task bench graph                          100 and 1450 B
+ *   BENCH_SIZES=100 BENCH_SECONDS=1 deno task bench graph   a quicker look
+ */
+import { startEdgenode, tempConfig } from "../e2e/_process.ts";
+import {
+  benchSeconds,
+  benchSizes,
+  DELAY_RATE,
+  direct,
+  freePort,
+  LO,
+  LOSS_LIMIT,
+  measure,
+  type Measured,
+  type Path,
+  relayRolePath,
+  signed,
+} from "./_udp_rate.ts";
+
+const SIZES = benchSizes("100,1450");
+const SECONDS = benchSeconds();
+const CHAINS = [1, 4, 8];
+
+/** A program of `length` forwarders in a row, F1 fed by DIPRONN_INPUT(`input`), the last sending to `sink`. */
+function chainProgram(length: number, ports: { input: number; sink: number }): string {
+  const lines = [`Project bench_chain_${length};`];
+  for (let i = 1; i <= length; i++) {
+    const input = i === 1 ? `in(DIPRONN_INPUT(${ports.input}))` : "in";
+    const output = i === length ? `DIPRONN_OUTPUT("${LO}:${ports.sink}")` : `F${i + 1}.in`;
+    lines.push(
+      `{ AP name="F${i}" ref=localservice.forwarder;`,
+      `    inputs = ${input};`,
+      `    outputs = out(${output});`,
+      "}",
+    );
+  }
+  return lines.join("\n") + "\n";
+}
+
+function chainPath(length: number): Path {
+  return {
+    name: `chain ${length}`,
+    participants: 1,
+    async start(sinks) {
+      const dir = await Deno.makeTempDir({ prefix: "edgenode_graph_bench_" });
+      const held: AsyncDisposable[] = [{
+        [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+      }];
+      const input = freePort();
+      try {
+        const program = `${dir}/chain.dipronn`;
+        await Deno.writeTextFile(program, chainProgram(length, { input, sink: sinks[0].local.port }));
+        const config = await tempConfig([
+          "roles: [node]",
+          "log:\n  level: warn",
+          "node:",
+          `  bind: ${LO}`,
+          `  data_dir: ${dir}`,
+          "  udp: fast",
+          `  sessions: [${program}]`,
+          "",
+        ].join("\n"));
+        held.unshift(config);
+        const node = startEdgenode(["--config", config.path, "--status", `${LO}:0`, "--log-level", "info"]);
+        held.unshift(node);
+        await node.waitForLine(
+          new RegExp(`msg="session started" session=bench_chain_${length} aps=${length} `),
+        );
+      } catch (error) {
+        for (const h of held) await h[Symbol.asyncDispose]();
+        throw error;
+      }
+      const stop = async () => {
+        for (const h of held) await h[Symbol.asyncDispose]();
+      };
+      return { to: `${LO}:${input}`, stop };
+    },
+  };
+}
+
+async function main(): Promise<number> {
+  const relay = relayRolePath("relay", "fast");
+  const paths = [relay, ...CHAINS.map(chainPath)];
+  console.log(
+    `Graph benchmark: loss limit ${LOSS_LIMIT}%, ${SECONDS} s per trial, ${Deno.build.os}, ${navigator.hardwareConcurrency} cores`,
+  );
+
+  // The direct path only gives the delay baseline; its rate is udp_bench's business.
+  const base = (await measure(direct, { sizes: [], seconds: SECONDS })).delay;
+  const results = new Map<string, Measured>();
+  for (const path of paths) results.set(path.name, await measure(path, { sizes: SIZES, seconds: SECONDS }));
+
+  const rate = (path: Path, size: number) => results.get(path.name)!.rates.get(size)!;
+  console.log(`\nHighest rate with loss <= ${LOSS_LIMIT}% (datagrams/s)`);
+  console.log(["path", ...SIZES.map((s) => `${s} B`), ...SIZES.map((s) => `${s} B vs relay`)].join(" | "));
+  for (const path of paths) {
+    console.log([
+      path.name,
+      ...SIZES.map((s) => Math.round(rate(path, s)).toString()),
+      ...SIZES.map((s) => (rate(path, s) / rate(relay, s)).toFixed(2)),
+    ].join(" | "));
+  }
+
+  console.log(
+    `\nDelay added at ${DELAY_RATE} datagrams/s of 100 B (one-way, microseconds, minus the direct path)`,
+  );
+  console.log(`direct: p50 ${base.p50.toFixed(0)} us, p99 ${base.p99.toFixed(0)} us (absolute)`);
+  for (const path of paths) {
+    const d = results.get(path.name)!.delay;
+    // The absolute figures too: one scheduling stall in the direct trial moves its p99, and every difference with it.
+    console.log(
+      `${path.name}: p50 ${signed(d.p50 - base.p50)} us, p99 ${signed(d.p99 - base.p99)} us ` +
+        `(absolute: p50 ${d.p50.toFixed(0)} us, p99 ${d.p99.toFixed(0)} us)`,
+    );
+  }
+  return 0;
+}
+
+try {
+  Deno.exit(await main());
+} catch (error) {
+  console.error(`graph_bench could not run: ${error instanceof Error ? error.stack : error}`);
+  Deno.exit(1);
+}
