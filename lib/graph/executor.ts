@@ -1,8 +1,9 @@
 /**
  * Runs a checked session plan on this node: creates every element, wires outputs to inputs in memory, binds the
  * DIPRONN_INPUT ports on the UDP data plane and sends DIPRONN_OUTPUT traffic from one socket per address family.
- * Start is all or nothing: elements start sinks first, the input sockets open last, and any failure stops what had
- * started, in reverse, before the error is passed on. Per-AP and per-port counters feed /status and /metrics.
+ * Start is all or nothing: elements start sinks first and the input sockets open last; on any failure the session is
+ * stopped as a whole (inputs closed, every created element stopped) before the error is passed on. Per-AP and
+ * per-port counters feed /status and /metrics.
  */
 import { StartError } from "../core/errors.ts";
 import type { CounterSet } from "../core/metrics.ts";
@@ -21,7 +22,6 @@ interface PortCount {
 interface Running {
   readonly plan: PlannedAp;
   element: Element | null;
-  started: boolean;
   readonly inputs: PortCount[];
   readonly outputs: PortCount[];
   /** Exceptions the element threw while handling a batch (the batch is dropped, the session goes on). */
@@ -54,7 +54,6 @@ export class RunningSession {
     this.#aps = plan.aps.map((p) => ({
       plan: p,
       element: null,
-      started: false,
       inputs: p.inputs.map((i) => ({ name: i.name, packets: 0, bytes: 0 })),
       outputs: p.outputs.map((o) => ({ name: o.name, packets: 0, bytes: 0 })),
       errors: 0,
@@ -96,7 +95,6 @@ export class RunningSession {
         // Whatever stops an element from starting (a file it may not write, a port in use) is a start failure.
         throw new StartError(`${ap.plan.name}: ${error instanceof Error ? error.message : String(error)}`);
       }
-      ap.started = true;
     }
     for (const ap of this.#aps) {
       ap.plan.inputs.forEach((input, i) => {
