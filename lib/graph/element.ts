@@ -2,7 +2,8 @@
  * The element contract, in the manner of Click: an active program (AP) kind declares its ports and parameters, and
  * a running element takes batches of datagrams on numbered inputs and emits them on numbered outputs, synchronously
  * (push). Datagrams between elements of one node stay in memory: a batch is passed down the graph by reference and
- * is valid only during the call, so an element that keeps data (the saver's buffer) copies it.
+ * is valid only during the call, so an element that keeps data (the saver's buffer) copies it. An element never
+ * changes a batch it was given: the executor counts a received batch's bytes once for every port it passes.
  *
  * With `use_RTP` every interconnection carries two flows, RTP and its RTCP (port and port + 1); `rtcp` tells which.
  */

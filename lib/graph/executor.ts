@@ -48,6 +48,9 @@ export class RunningSession {
   readonly #outSockets = new Map<"v4" | "v6", UdpSocket>();
   readonly #sets: CounterSet[] = [];
   #stopped = false;
+  /** The batch being delivered from an input socket, and its bytes (see #receive). */
+  #received: Batch | null = null;
+  #receivedBytes = 0;
 
   private constructor(readonly plan: SessionPlan, private readonly node: NodeServices) {
     this.startedAt = node.clock.now();
@@ -115,14 +118,22 @@ export class RunningSession {
     for (;;) {
       const batch = await socket.receive();
       if (!batch) return;
+      // The received batch travels the graph unchanged: its bytes are summed once here, not at every port.
+      this.#received = batch;
+      this.#receivedBytes = countBytes(batch);
       this.#deliver(ap, input, batch, rtcp);
+      this.#received = null;
     }
+  }
+
+  #bytes(batch: Batch): number {
+    return batch === this.#received ? this.#receivedBytes : countBytes(batch);
   }
 
   #deliver(ap: Running, input: number, batch: Batch, rtcp: boolean): void {
     const port = ap.inputs[input];
     port.packets += batch.count;
-    port.bytes += countBytes(batch);
+    port.bytes += this.#bytes(batch);
     try {
       ap.element!.push(input, batch, rtcp);
     } catch (error) {
@@ -154,7 +165,7 @@ export class RunningSession {
     return {
       emit: (batch, rtcp) => {
         port.packets += batch.count;
-        port.bytes += countBytes(batch);
+        port.bytes += this.#bytes(batch);
         for (const d of deliveries) d(batch, rtcp);
       },
     };
