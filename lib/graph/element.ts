@@ -64,12 +64,25 @@ export interface Element {
   status?(): Record<string, unknown>;
 }
 
+/**
+ * What an element of a kind reaches outside memory. A VM group's worker is granted what its kinds declare and
+ * nothing else (see vm_group.ts), so a kind that leaves this out cannot open a socket or a file in a VM.
+ */
+export interface KindNeeds {
+  /** Sockets of its own: binding a port, sending to addresses (the reflector). */
+  readonly net?: boolean;
+  /** Files in the node's data directory only: "read" (the player) or "write", which includes reading (the saver). */
+  readonly files?: "read" | "write";
+}
+
 export interface ElementKind<P extends Params = Params> {
   /** The `ref` that names it, such as `localservice.duplicator`. */
   readonly name: string;
   readonly description: string;
   readonly ports: PortRules;
   readonly params: P;
+  /** Absent: it needs nothing but memory (a forwarder, a duplicator, a counter). */
+  readonly needs?: KindNeeds;
   /** Names of things only one AP of a node may hold at once (a file it writes), for the graph check. */
   claims?(params: ParamValues<P>): string[];
   create(ctx: ElementContext<P>): Element;

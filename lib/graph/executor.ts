@@ -1,32 +1,48 @@
 /**
- * Runs a checked session plan on this node: creates every element, wires outputs to inputs in memory, binds the
- * DIPRONN_INPUT ports on the UDP data plane and sends DIPRONN_OUTPUT traffic from one socket per address family.
- * Start is all or nothing: elements start sinks first and the input sockets open last; on any failure the session is
- * stopped as a whole (inputs closed, every created element stopped) before the error is passed on. Per-AP and
- * per-port counters feed /status and /metrics.
+ * Runs a checked session plan on this node. The main isolate is DiProNN's distribution/aggregation unit: it binds
+ * the DIPRONN_INPUT ports on the UDP data plane, sends DIPRONN_OUTPUT traffic from one socket per address family,
+ * and runs every AP outside a VM group in an ApHost, where a batch goes from AP to AP by a call in memory.
+ *
+ * Each `{ VM ... }` group runs in an isolated execution context: one Deno Worker (a V8 isolate on its own thread),
+ * granted only what its kinds declare (vm_group.ts). The worker wires the group's own APs in memory the same way.
+ * A batch that crosses into or out of a group is packed into one buffer and transferred (vm_codec.ts). A batch
+ * leaving a group goes back to the main isolate. Main routes it on: to its own APs, to another group, or out of a
+ * socket. So one isolate owns every socket of the session except those an AP binds itself (a reflector's
+ * registration port, in its group's worker). VM APs are counted in their worker and reported in snapshots (every
+ * 250 ms and at stop), so /status and /metrics show every AP.
+ *
+ * Start is all or nothing. The VM groups start first, in parallel; each reports `started` or the AP that could not
+ * start. Then main's elements start, sinks first. Then the input sockets open. Batches a group emits before all of
+ * this is done are held until then. On any failure the session is stopped as a whole (inputs closed, every element
+ * stopped, every worker ended) before the error is passed on. Stop closes the inputs, then stops every AP in
+ * data-flow order, asking the worker for a group's APs one by one. What an upstream AP emitted reaches its targets
+ * before they stop (messages keep their order), and savers flush.
  */
+import { type Clock, systemClock } from "../core/clock.ts";
 import { StartError } from "../core/errors.ts";
 import type { CounterSet } from "../core/metrics.ts";
 import { formatHostPort, isIPv6 } from "../net/address.ts";
-import { type Batch, type Destinations, openUdp, type UdpSocket } from "../net/udp.ts";
-import type { Element, NodeServices, Output } from "./element.ts";
-import type { PlannedAp, SessionPlan } from "./check.ts";
+import { type Destinations, openUdp, type UdpSocket } from "../net/udp.ts";
+import { ApHost, type Delivery } from "./ap_host.ts";
+import type { SessionPlan, Wire } from "./check.ts";
+import type { NodeServices } from "./element.ts";
+import type { Decoded } from "./vm_codec.ts";
+import { VmGroup } from "./vm_group.ts";
+import type { SnapshotMessage } from "./vm_protocol.ts";
 
-/** Counters of one port; in and out alike. */
-interface PortCount {
-  readonly name: string;
-  packets: number;
-  bytes: number;
+export interface ExecutorOptions {
+  /** The module VM groups' workers run; tests give one that also knows test kinds. Default: ./vm_worker.ts. */
+  readonly workerUrl?: URL;
+  /** The clock of the workers' deadlines: real time by default, as the workers run on it. */
+  readonly vmClock?: Clock;
+  /** How long a worker may take to start its APs, and to stop them. */
+  readonly vmStartMs?: number;
+  readonly vmStopMs?: number;
+  /** How often a worker reports its counters. */
+  readonly snapshotMs?: number;
 }
 
-interface Running {
-  readonly plan: PlannedAp;
-  element: Element | null;
-  readonly inputs: PortCount[];
-  readonly outputs: PortCount[];
-  /** Exceptions the element threw while handling a batch (the batch is dropped, the session goes on). */
-  errors: number;
-}
+export const VM_DEFAULTS = { startMs: 10_000, stopMs: 5_000, snapshotMs: 250 } as const;
 
 interface InputSocket {
   readonly socket: UdpSocket;
@@ -35,37 +51,64 @@ interface InputSocket {
   loop?: Promise<void>;
 }
 
-function countBytes(batch: Batch): number {
-  let bytes = 0;
-  for (let i = 0; i < batch.count; i++) bytes += batch.length(i);
-  return bytes;
-}
-
 export class RunningSession {
   readonly startedAt: number;
-  readonly #aps: Running[];
+  readonly #host: ApHost;
+  readonly #groups: VmGroup[] = [];
+  /** The group that runs each AP (by index), or null for the main isolate. */
+  readonly #groupOf: (VmGroup | null)[];
+  /** For each AP of a group and each of its outputs: where a batch goes that the group sent out. */
+  readonly #forwards: (Delivery | null)[][] = [];
+  /** The element status of each AP of a group, from its last snapshot. */
+  readonly #vmStatus = new Map<number, Record<string, unknown>>();
   readonly #inputs: InputSocket[] = [];
   readonly #outSockets = new Map<"v4" | "v6", UdpSocket>();
   readonly #sets: CounterSet[] = [];
   #stopped = false;
-  /** The batch being delivered from an input socket, and its bytes (see #receive). */
-  #received: Batch | null = null;
-  #receivedBytes = 0;
+  /** Batches groups emitted before the whole session was started, delivered once it is. */
+  #held: Decoded[] | null = [];
 
-  private constructor(readonly plan: SessionPlan, private readonly node: NodeServices) {
+  private constructor(
+    readonly plan: SessionPlan,
+    private readonly node: NodeServices,
+    options: ExecutorOptions,
+  ) {
     this.startedAt = node.clock.now();
-    this.#aps = plan.aps.map((p) => ({
-      plan: p,
-      element: null,
-      inputs: p.inputs.map((i) => ({ name: i.name, packets: 0, bytes: 0 })),
-      outputs: p.outputs.map((o) => ({ name: o.name, packets: 0, bytes: 0 })),
-      errors: 0,
-    }));
+    this.#groupOf = plan.aps.map(() => null);
+    for (const vm of plan.vms) {
+      const aps = plan.aps.flatMap((ap, i) => (ap.vm === vm.name ? [i] : []));
+      if (aps.length === 0) continue;
+      const group: VmGroup = new VmGroup({
+        plan,
+        name: vm.name,
+        aps,
+        node,
+        workerUrl: options.workerUrl ?? new URL("./vm_worker.ts", import.meta.url),
+        clock: options.vmClock ?? systemClock,
+        startMs: options.vmStartMs ?? VM_DEFAULTS.startMs,
+        stopMs: options.vmStopMs ?? VM_DEFAULTS.stopMs,
+        snapshotMs: options.snapshotMs ?? VM_DEFAULTS.snapshotMs,
+        onBatch: (decoded) => this.#fromGroup(group, decoded),
+        onSnapshot: (snapshot) => this.#snapshot(snapshot),
+      });
+      this.#groups.push(group);
+      for (const i of aps) this.#groupOf[i] = group;
+    }
+    this.#host = new ApHost({
+      plan,
+      node,
+      aps: plan.aps.flatMap((_, i) => (this.#groupOf[i] ? [] : [i])),
+      outward: (_ap, _j, wires) => this.#route(wires),
+    });
   }
 
   /** Starts every part of the session or, when one cannot start, none: throws StartError naming the AP. */
-  static async start(plan: SessionPlan, node: NodeServices): Promise<RunningSession> {
-    const session = new RunningSession(plan, node);
+  static async start(
+    plan: SessionPlan,
+    node: NodeServices,
+    options: ExecutorOptions = {},
+  ): Promise<RunningSession> {
+    const session = new RunningSession(plan, node, options);
     try {
       await session.#start();
     } catch (error) {
@@ -79,80 +122,62 @@ export class RunningSession {
 
   async #start(): Promise<void> {
     const { node, plan } = this;
-    for (const ap of this.#aps) {
-      ap.element = ap.plan.kind.create({
-        name: ap.plan.name,
-        session: plan.name,
-        params: ap.plan.params as never,
-        outputs: ap.plan.outputs.map((_, j) => this.#output(ap, j)),
-        useRtp: plan.useRtp,
-        registration: ap.plan.registration,
-        node,
-      });
-    }
-    // Sinks first, so that nothing emits into an element that is not ready.
-    for (const ap of [...this.#aps].reverse()) {
-      try {
-        await ap.element!.start?.();
-      } catch (error) {
-        // Whatever stops an element from starting (a file it may not write, a port in use) is a start failure.
-        throw new StartError(`${ap.plan.name}: ${error instanceof Error ? error.message : String(error)}`);
-      }
-    }
-    for (const ap of this.#aps) {
-      ap.plan.inputs.forEach((input, i) => {
+    this.#host.create();
+    plan.aps.forEach((ap, i) => {
+      const group = this.#groupOf[i];
+      // The wires a group cannot reach itself: APs outside it and DIPRONN_OUTPUT addresses.
+      this.#forwards[i] = group
+        ? ap.outputs.map((o) =>
+          this.#route(
+            o.wires.filter((w) => w.kind === "ap" ? this.#groupOf[w.node] !== group : w.to !== null),
+          )
+        )
+        : [];
+    });
+    const started = await Promise.allSettled(this.#groups.map((g) => g.start()));
+    const failed = started.find((r) => r.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+    await this.#host.start();
+    const held = this.#held ?? [];
+    this.#held = null;
+    for (const d of held) this.#forward(d);
+    for (const [i, ap] of plan.aps.entries()) {
+      ap.inputs.forEach((input, k) => {
         if (input.external === null) return;
         const ports = plan.useRtp ? [input.external, input.external + 1] : [input.external];
-        ports.forEach((port, k) => {
+        ports.forEach((port, f) => {
           const socket = openUdp({ host: node.host, port }, node.udp);
-          const entry: InputSocket = { socket, ap: ap.plan.name, port: input.name };
+          const entry: InputSocket = { socket, ap: ap.name, port: input.name };
           this.#inputs.push(entry);
-          entry.loop = this.#receive(socket, ap, i, k === 1);
+          entry.loop = this.#receive(socket, i, k, f === 1);
         });
       });
     }
     this.#publish();
   }
 
-  async #receive(socket: UdpSocket, ap: Running, input: number, rtcp: boolean): Promise<void> {
+  async #receive(socket: UdpSocket, ap: number, input: number, rtcp: boolean): Promise<void> {
+    const group = this.#groupOf[ap];
     for (;;) {
       const batch = await socket.receive();
       if (!batch) return;
+      if (group) group.post({ kind: "deliver", ap, port: input, rtcp }, batch);
       // The received batch travels the graph unchanged: its bytes are summed once here, not at every port.
-      this.#received = batch;
-      this.#receivedBytes = countBytes(batch);
-      this.#deliver(ap, input, batch, rtcp);
-      this.#received = null;
+      else this.#host.receive(ap, input, batch, rtcp);
     }
   }
 
-  #bytes(batch: Batch): number {
-    return batch === this.#received ? this.#receivedBytes : countBytes(batch);
-  }
-
-  #deliver(ap: Running, input: number, batch: Batch, rtcp: boolean): void {
-    const port = ap.inputs[input];
-    port.packets += batch.count;
-    port.bytes += this.#bytes(batch);
-    try {
-      ap.element!.push(input, batch, rtcp);
-    } catch (error) {
-      if (ap.errors++ === 0) {
-        this.node.logger.error("active program failed on a batch", {
-          session: this.plan.name,
-          ap: ap.plan.name,
-          error: error instanceof Error ? error.message : String(error),
-        });
+  /** One delivery for `wires` that start in this isolate or were sent out by a group. */
+  #route(wires: readonly Wire[]): Delivery | null {
+    const parts = wires.flatMap((w): Delivery[] => {
+      if (w.kind === "ap") {
+        const group = this.#groupOf[w.node];
+        if (group) {
+          return [(batch, rtcp) => group.post({ kind: "deliver", ap: w.node, port: w.input, rtcp }, batch)];
+        }
+        return [(batch, rtcp) => this.#host.deliver(w.node, w.input, batch, rtcp)];
       }
-    }
-  }
-
-  /** Output `j` of `ap`: counts, then hands the batch to each wire. */
-  #output(ap: Running, j: number): Output {
-    const port = ap.outputs[j];
-    const deliveries = ap.plan.outputs[j].wires.map((w): (batch: Batch, rtcp: boolean) => void => {
-      if (w.kind === "ap") return (batch, rtcp) => this.#deliver(this.#aps[w.node], w.input, batch, rtcp);
-      if (!w.to) return () => {}; // a reflector's participants: the element sends itself
+      if (!w.to) return []; // a reflector's participants: the element sends itself
       const socket = this.#outSocket(isIPv6(w.to.host) ? "v6" : "v4");
       // RTCP goes to port + 1 only with use_RTP (the check keeps that port in range).
       const rtp = socket.destinations([w.to]);
@@ -160,15 +185,48 @@ export class RunningSession {
         rtp,
         this.plan.useRtp ? socket.destinations([{ ...w.to, port: w.to.port + 1 }]) : rtp,
       ];
-      return (batch, rtcp) => socket.send(batch, dest[rtcp ? 1 : 0]);
+      return [(batch, rtcp) => socket.send(batch, dest[rtcp ? 1 : 0])];
     });
-    return {
-      emit: (batch, rtcp) => {
-        port.packets += batch.count;
-        port.bytes += this.#bytes(batch);
-        for (const d of deliveries) d(batch, rtcp);
-      },
+    if (parts.length === 0) return null;
+    if (parts.length === 1) return parts[0];
+    return (batch, rtcp) => {
+      for (const p of parts) p(batch, rtcp);
     };
+  }
+
+  /** A batch a group sent out: held until the session has started, then routed like any other. */
+  #fromGroup(group: VmGroup, decoded: Decoded): void {
+    const { to } = decoded;
+    if (
+      to.kind !== "emitted" || this.#groupOf[to.ap] !== group ||
+      to.port >= this.plan.aps[to.ap].outputs.length
+    ) {
+      this.node.logger.error("VM group sent a batch for an AP it does not run", {
+        session: this.plan.name,
+        vm: group.name,
+        ap: to.ap,
+      });
+      return;
+    }
+    if (this.#held) this.#held.push(decoded);
+    else this.#forward(decoded);
+  }
+
+  #forward({ to, batch, bytes }: Decoded): void {
+    const deliver = this.#forwards[to.ap][to.port];
+    if (deliver) this.#host.entering(batch, bytes, () => deliver(batch, to.rtcp));
+  }
+
+  /** A group's counters: they replace what this isolate showed for its APs. */
+  #snapshot(snapshot: SnapshotMessage): void {
+    for (const s of snapshot.aps) {
+      const state = this.#host.states[s.ap];
+      if (!state || !this.#groupOf[s.ap]) continue;
+      s.inputs.forEach(([packets, bytes], k) => Object.assign(state.inputs[k] ?? {}, { packets, bytes }));
+      s.outputs.forEach(([packets, bytes], j) => Object.assign(state.outputs[j] ?? {}, { packets, bytes }));
+      state.errors = s.errors;
+      this.#vmStatus.set(s.ap, s.status);
+    }
   }
 
   #outSocket(family: "v4" | "v6"): UdpSocket {
@@ -182,7 +240,7 @@ export class RunningSession {
 
   #publish(): void {
     const { metrics } = this.node;
-    for (const ap of this.#aps) {
+    for (const ap of this.#host.states) {
       const labels = { session: this.plan.name, ap: ap.plan.name, kind: ap.plan.kind.name };
       const set = metrics.set("session_ap", labels);
       set.counter("in_packets_total", "Datagrams into the AP, all inputs", () => sum(ap.inputs, "packets"));
@@ -204,23 +262,39 @@ export class RunningSession {
         }
       }
     }
+    for (const group of this.#groups) {
+      const set = metrics.set("session_vm", { session: this.plan.name, vm: group.name });
+      set.gauge("up", "1 while the VM group's worker runs", () => (group.state === "running" ? 1 : 0));
+      set.counter(
+        "dropped_total",
+        "Datagrams lost crossing into or out of the VM group (link full, worker gone)",
+        () => group.droppedHere + group.droppedInside,
+      );
+      this.#sets.push(set);
+    }
+  }
+
+  /** Counters of every VM group as of now (a snapshot is asked of each worker); for callers that cannot wait. */
+  async refresh(): Promise<void> {
+    await Promise.all(this.#groups.map((g) => g.refresh()));
   }
 
   status(): Record<string, unknown> {
+    const groups = new Map(this.#groups.map((g) => [g.name, g]));
     return {
       name: this.plan.name,
       owner: this.plan.owner,
       use_rtp: this.plan.useRtp,
       uptime_seconds: Math.round((this.node.clock.now() - this.startedAt) / 1000),
       ports: this.plan.ports,
-      vms: this.plan.vms,
-      aps: this.#aps.map((ap) => ({
+      vms: this.plan.vms.map((vm) => ({ ...vm, ...(groups.get(vm.name)?.status() ?? { state: "empty" }) })),
+      aps: this.#host.states.map((ap, i) => ({
         name: ap.plan.name,
         kind: ap.plan.kind.name,
         vm: ap.plan.vm,
-        inputs: ap.inputs.map((p, i) => ({
+        inputs: ap.inputs.map((p, k) => ({
           ...p,
-          from: ap.plan.inputs[i].external === null ? null : `DIPRONN_INPUT(${ap.plan.inputs[i].external})`,
+          from: ap.plan.inputs[k].external === null ? null : `DIPRONN_INPUT(${ap.plan.inputs[k].external})`,
         })),
         outputs: ap.outputs.map((p, j) => ({
           ...p,
@@ -233,7 +307,7 @@ export class RunningSession {
           ),
         })),
         errors: ap.errors,
-        ...(ap.element?.status?.() ?? {}),
+        ...(this.#groupOf[i] ? this.#vmStatus.get(i) ?? {} : this.#host.elementStatus(i)),
       })),
       sockets: this.#inputs.map((i) => ({
         ap: i.ap,
@@ -245,30 +319,28 @@ export class RunningSession {
     };
   }
 
-  /** Inputs close first, then elements stop in data-flow order, so that what is in flight reaches the sinks. */
+  /**
+   * Inputs close first, then every AP stops in data-flow order (a group's APs in its worker, one by one), so that
+   * what is in flight reaches the sinks; then the workers end, after a final snapshot.
+   */
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
     for (const i of this.#inputs) await i.socket.close();
     await Promise.all(this.#inputs.map((i) => i.loop));
-    for (const ap of this.#aps) {
-      if (!ap.element) continue;
-      try {
-        await ap.element.stop?.();
-      } catch (error) {
-        this.node.logger.error("active program did not stop cleanly", {
-          session: this.plan.name,
-          ap: ap.plan.name,
-          error: error instanceof Error ? error.message : String(error),
-        });
-      }
+    if (this.#held) this.#held = []; // a failed start: nothing held is delivered
+    for (let i = 0; i < this.plan.aps.length; i++) {
+      const group = this.#groupOf[i];
+      if (group) await group.stopAp(i);
+      else await this.#host.stop(i);
     }
+    await Promise.all(this.#groups.map((g) => g.close()));
     for (const s of this.#outSockets.values()) await s.close();
     for (const set of this.#sets) this.node.metrics.remove(set);
   }
 }
 
-function sum(ports: PortCount[], key: "packets" | "bytes"): number {
+function sum(ports: { packets: number; bytes: number }[], key: "packets" | "bytes"): number {
   let n = 0;
   for (const p of ports) n += p[key];
   return n;

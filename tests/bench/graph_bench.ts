@@ -4,6 +4,8 @@
  *   relay          the edgenode relay role (relay.relays, fast UDP path): the reference
  *   chain N        an edgenode node session whose program is N `localservice.forwarder` APs in a row, from
  *                  DIPRONN_INPUT(port) to DIPRONN_OUTPUT(sink), for N = 1, 4 and 8 (fast UDP path)
+ *   vm chain 4     the same 4 forwarders inside one `{ VM ... }` group: every batch crosses into the group's worker
+ *                  isolate and back (two transferred buffers per batch)
  * and the p50/p99 delay each adds at 10k datagrams/s (minus the direct path: sender straight to the receiver). The
  * sender is `edgenode probe send` in its own process; receivers run here on the fast sockets. Prints figures and
  * ratios to the relay; exits non-zero only when it could not run.
@@ -31,9 +33,13 @@ const SIZES = benchSizes("100,1450");
 const SECONDS = benchSeconds();
 const CHAINS = [1, 4, 8];
 
-/** A program of `length` forwarders in a row, F1 fed by DIPRONN_INPUT(`input`), the last sending to `sink`. */
-function chainProgram(length: number, ports: { input: number; sink: number }): string {
+/**
+ * A program of `length` forwarders in a row, F1 fed by DIPRONN_INPUT(`input`), the last sending to `sink`; with
+ * `vm`, all of them in one VM group.
+ */
+function chainProgram(length: number, ports: { input: number; sink: number }, vm = false): string {
   const lines = [`Project bench_chain_${length};`];
+  if (vm) lines.push(`{ VM name="bench_vm" ref=bench_image;`);
   for (let i = 1; i <= length; i++) {
     const input = i === 1 ? `in(DIPRONN_INPUT(${ports.input}))` : "in";
     const output = i === length ? `DIPRONN_OUTPUT("${LO}:${ports.sink}")` : `F${i + 1}.in`;
@@ -44,12 +50,13 @@ function chainProgram(length: number, ports: { input: number; sink: number }): s
       "}",
     );
   }
+  if (vm) lines.push("}");
   return lines.join("\n") + "\n";
 }
 
-function chainPath(length: number): Path {
+function chainPath(length: number, vm = false): Path {
   return {
-    name: `chain ${length}`,
+    name: `${vm ? "vm " : ""}chain ${length}`,
     participants: 1,
     async start(sinks) {
       const dir = await Deno.makeTempDir({ prefix: "edgenode_graph_bench_" });
@@ -59,7 +66,7 @@ function chainPath(length: number): Path {
       const input = freePort();
       try {
         const program = `${dir}/chain.dipronn`;
-        await Deno.writeTextFile(program, chainProgram(length, { input, sink: sinks[0].local.port }));
+        await Deno.writeTextFile(program, chainProgram(length, { input, sink: sinks[0].local.port }, vm));
         const config = await tempConfig([
           "roles: [node]",
           "log:\n  level: warn",
@@ -90,7 +97,7 @@ function chainPath(length: number): Path {
 
 async function main(): Promise<number> {
   const relay = relayRolePath("relay", "fast");
-  const paths = [relay, ...CHAINS.map(chainPath)];
+  const paths = [relay, ...CHAINS.map((n) => chainPath(n)), chainPath(4, true)];
   console.log(
     `Graph benchmark: loss limit ${LOSS_LIMIT}%, ${SECONDS} s per trial, ${Deno.build.os}, ${navigator.hardwareConcurrency} cores`,
   );

@@ -2,8 +2,10 @@
  * A DiProNN session end to end on one node, as the report's behaviour tests ran it (footnote 5): the Appendix A
  * program with the transcoder and syncers replaced by forwarders, uploaded through the session API, carries a video
  * and an audio RTP stream (with their RTCP, use_RTP) from DIPRONN_INPUT(10000)/(10002) to two savers and two
- * reflectors. Two participants join each reflector with the join protocol. Every datagram sent must reach every
- * participant and both files, and the per-AP counters must say so.
+ * reflectors. The two reflectors are in the VM group my_VM1, so they run in a worker isolate of their own: their
+ * registration ports are bound there and their data crosses from the main isolate. Two participants join each
+ * reflector with the join protocol. Every datagram sent must reach every participant and both files, and the per-AP
+ * counters must say so.
  */
 import assert from "node:assert/strict";
 import { readPcap } from "../../lib/media/pcap.ts";
@@ -108,9 +110,9 @@ class Participant {
   }
 }
 
-async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
+async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;
-  while (!ok()) {
+  while (!(await ok())) {
     if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -178,11 +180,29 @@ Deno.test("edgenode node runs the Appendix A session: every datagram reaches eve
       assert.equal(p.rtcp, 2 * R);
     }
 
-    // Per-AP counters: datagrams in = RTP + RTCP of the streams each AP carries.
-    const status = await (await fetch(`${api}/synchro_infrastructure.first_tests`)).json();
-    const ap = (name: string) => status.aps.find((a: { name: string }) => a.name === name);
-    const inTotal = (name: string) =>
-      ap(name).inputs.reduce((n: number, p: { packets: number }) => n + p.packets, 0);
+    // Per-AP counters: datagrams in = RTP + RTCP of the streams each AP carries. The reflectors run in my_VM1's
+    // worker, whose counters reach /status in snapshots (every 250 ms): poll until they caught up, within a bound.
+    type ApJson = {
+      name: string;
+      vm: string | null;
+      inputs: { packets: number }[];
+      records?: number;
+      reflector?: { participants: unknown[] };
+    };
+    let status: { aps: ApJson[]; vms: Record<string, unknown>[] } = { aps: [], vms: [] };
+    const ap = (name: string) => status.aps.find((a) => a.name === name)!;
+    const inTotal = (name: string) => ap(name).inputs.reduce((n, p) => n + p.packets, 0);
+    await until("the VM group's counters in /status", async () => {
+      status = await (await fetch(`${api}/synchro_infrastructure.first_tests`)).json();
+      return ["Reflector_high", "Reflector_low"].every((name) => inTotal(name) === 2 * (N + R));
+    });
+    assert.equal(status.vms.length, 1);
+    assert.equal(status.vms[0].name, "my_VM1");
+    assert.equal(status.vms[0].state, "running");
+    assert.equal(status.vms[0].isolate, "worker");
+    assert.deepEqual(status.vms[0].permissions, { net: true, ffi: false, read: false, write: false });
+    assert.equal(ap("Reflector_high").vm, "my_VM1");
+    assert.equal(ap("Saver_high").vm, null);
     assert.equal(inTotal("Dup_V"), N + R);
     assert.equal(inTotal("Dup_A"), N + R);
     for (const name of ["Sync_high", "Sync_low", "Dup_high", "Dup_low", "Saver_high", "Saver_low"]) {
@@ -190,7 +210,8 @@ Deno.test("edgenode node runs the Appendix A session: every datagram reaches eve
     }
     assert.equal(inTotal("Transcode"), N + R);
     assert.equal(ap("Saver_high").records, 2 * (N + R));
-    assert.equal(ap("Reflector_high").reflector.participants.length, 2);
+    assert.equal(ap("Reflector_high").reflector?.participants.length, 2);
+    assert.equal(ap("Reflector_low").reflector?.participants.length, 2);
 
     // Stopping the session flushes the savers; both files hold every datagram.
     const stop = await fetch(`${api}/synchro_infrastructure.first_tests`, {

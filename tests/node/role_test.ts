@@ -218,3 +218,51 @@ Deno.test("node session API refuses a second session writing a file another sess
     "<upload>:2:1: S uses file rec.pcap, which session one already uses",
   ]);
 });
+
+Deno.test("node session API runs a VM group in a worker and refuses one that cannot start, leaving nothing", async () => {
+  await using env = await setup();
+  const [input, registration] = [freePort(), freePort()];
+  const vmProgram = (name: string, reg: number) =>
+    `Project ${name};
+{ AP name="In" ref=localservice.duplicator; inputs = in(DIPRONN_INPUT(${input})); outputs = a(Count.in), b(Reflect.in); }
+{ VM name="vm1" ref=vm1_image;
+    { AP name="Count" ref=localservice.counter; inputs = in; }
+    { AP name="Reflect" ref=reflector; inputs = in, participant_registration(DIPRONN_INPUT(${reg})); outputs = out(DIPRONN_OUTPUT), }
+}
+`;
+  const busy = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  try {
+    const refused = await env.app.request("/node/sessions", {
+      method: "POST",
+      body: vmProgram("broken_vm", (busy.addr as Deno.NetAddr).port),
+      headers: auth,
+    });
+    assert.equal(refused.status, 409);
+    assert.match(
+      (await refused.json()).error,
+      /^Cannot start session broken_vm: Reflect: .*\(in VM vm1\); nothing was left running$/,
+    );
+  } finally {
+    busy.close();
+  }
+  assert.deepEqual(await (await env.app.request("/node/sessions")).json(), []);
+  // The failed session's input port is free again: a session can take it.
+  const ok = await env.app.request("/node/sessions", {
+    method: "POST",
+    body: vmProgram("good_vm", registration),
+    headers: auth,
+  });
+  const body = await ok.json();
+  assert.equal(ok.status, 201, JSON.stringify(body));
+  assert.deepEqual(
+    body.vms.map((v: { name: string; state: string; isolate: string }) => [v.name, v.state, v.isolate]),
+    [["vm1", "running", "worker"]],
+  );
+  assert.deepEqual(
+    body.aps.map((a: { name: string; vm: string | null }) => [a.name, a.vm]),
+    [["In", null], ["Reflect", "vm1"], ["Count", "vm1"]],
+  );
+  const del = await env.app.request("/node/sessions/good_vm", { method: "DELETE", headers: auth });
+  assert.equal(del.status, 200);
+  await del.body?.cancel();
+});

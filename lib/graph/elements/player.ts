@@ -23,6 +23,7 @@ const MIN_PASS_MS = 10;
 export const player = defineElement({
   name: "localservice.player",
   description: "Replays a recorded pcap file at its original pacing (speed, loop)",
+  needs: { files: "read" },
   ports: { inputs: { min: 0, max: 0 }, outputs: { min: 1, max: 1 } },
   params: {
     input_file: fileNameParam("the file to play, in the node's data directory"),

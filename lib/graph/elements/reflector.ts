@@ -27,6 +27,7 @@ const allowParam: Param<DenyClass[]> = {
 export const reflectorElement = defineElement({
   name: "reflector",
   description: "Sends its input to every participant that joined on its registration port",
+  needs: { net: true },
   ports: {
     inputs: { min: 1, max: 1 },
     outputs: { min: 1, max: 1 },

@@ -25,6 +25,7 @@ const FLUSH_MS = 1000;
 export const saver = defineElement({
   name: "localservice.saver",
   description: "Records every datagram with its arrival time in a pcap file in the data directory",
+  needs: { files: "write" },
   ports: { inputs: { min: 1, max: 1 }, outputs: { min: 0, max: 0 } },
   params: {
     output_file: fileNameParam("the file to write, in the node's data directory"),

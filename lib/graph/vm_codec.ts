@@ -1,0 +1,220 @@
+/**
+ * A batch that crosses between the main isolate and a VM group's worker travels as one ArrayBuffer, posted with the
+ * buffer transferred (no copy on postMessage): the datagrams are copied once, into the buffer, where they leave their
+ * socket or element. The buffer says where the batch goes and carries each datagram's length, its truncated flag and
+ * its sender; senders are written once per message in a small table (a batch usually comes from one or a few).
+ *
+ * Layout, little-endian:
+ *
+ *     0  u8   format version (1)
+ *     1  u8   flags: 1 rtcp flow, 2 emitted (else: to be delivered), 4 wide sender index
+ *     2  u16  port: the input (delivered) or output (emitted) of the AP
+ *     4  u32  ap: its index in the session plan
+ *     8  u32  count of datagrams
+ *    12  u32  count of senders
+ *    16  senders, each: u8 family (4, 6, or 0 for a name), u8 name length, u16 port, 4 / 16 / length bytes
+ *        datagrams, each: u32 length (bit 31: truncated), u16 sender index (u32 when wide)
+ *        the datagrams' bytes, one after the other
+ */
+import { ipv6Bytes, ipv6Text, isIPv4, isIPv6 } from "../net/address.ts";
+import type { Batch, Endpoint } from "../net/udp.ts";
+
+const VERSION = 1;
+const FLAG_RTCP = 1;
+const FLAG_EMITTED = 2;
+const FLAG_WIDE = 4;
+const HEADER = 16;
+const TRUNCATED = 0x8000_0000;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Where a crossing batch goes. */
+export interface Crossing {
+  /** "deliver": to input `port` of AP `ap`. "emitted": it left output `port` of AP `ap` (the receiver routes it). */
+  readonly kind: "deliver" | "emitted";
+  readonly ap: number;
+  readonly port: number;
+  readonly rtcp: boolean;
+}
+
+export class VmCodecError extends Error {
+  override name = "VmCodecError";
+}
+
+/** Packs `batch` and where it goes into a new ArrayBuffer, to be posted with the buffer in the transfer list. */
+export function encodeBatch(to: Crossing, batch: Batch): ArrayBuffer {
+  const count = batch.count;
+  // Distinct senders: a batch from one socket has one or a few, and consecutive datagrams share the object.
+  const senders: Endpoint[] = [];
+  const addresses: Uint8Array[] = [];
+  const index = new Map<string, number>();
+  const senderOf = new Uint32Array(count);
+  let last: Endpoint | null = null;
+  let lastIndex = 0;
+  let senderBytes = 0;
+  let dataBytes = 0;
+  for (let i = 0; i < count; i++) {
+    dataBytes += batch.length(i);
+    const from = batch.from(i);
+    if (from !== last) {
+      const key = `${from.host}|${from.port}`;
+      let k = index.get(key);
+      if (k === undefined) {
+        k = senders.length;
+        index.set(key, k);
+        senders.push(from);
+        addresses.push(addressBytes(from.host));
+        senderBytes += 4 + addresses[k].length;
+      }
+      [last, lastIndex] = [from, k];
+    }
+    senderOf[i] = lastIndex;
+  }
+  const wide = senders.length > 0xffff;
+  const entry = wide ? 8 : 6;
+  const size = HEADER + senderBytes + count * entry + dataBytes;
+  const buffer = new ArrayBuffer(size);
+  const view = new DataView(buffer);
+  const bytes = new Uint8Array(buffer);
+  view.setUint8(0, VERSION);
+  view.setUint8(
+    1,
+    (to.rtcp ? FLAG_RTCP : 0) | (to.kind === "emitted" ? FLAG_EMITTED : 0) | (wide ? FLAG_WIDE : 0),
+  );
+  view.setUint16(2, to.port, true);
+  view.setUint32(4, to.ap, true);
+  view.setUint32(8, count, true);
+  view.setUint32(12, senders.length, true);
+  let off = HEADER;
+  senders.forEach((s, k) => {
+    const addr = addresses[k];
+    view.setUint8(off, isIPv4(s.host) ? 4 : isIPv6(s.host) ? 6 : 0);
+    view.setUint8(off + 1, addr.length);
+    view.setUint16(off + 2, s.port, true);
+    bytes.set(addr, off + 4);
+    off += 4 + addr.length;
+  });
+  let data = off + count * entry;
+  for (let i = 0; i < count; i++) {
+    const d = batch.data(i);
+    view.setUint32(off, d.length | (batch.truncated(i) ? TRUNCATED : 0), true);
+    if (wide) view.setUint32(off + 4, senderOf[i], true);
+    else view.setUint16(off + 4, senderOf[i], true);
+    off += entry;
+    bytes.set(d, data);
+    data += d.length;
+  }
+  return buffer;
+}
+
+/** The bytes a host is written as: 4 for IPv4, 16 for IPv6, its UTF-8 text (up to 255 bytes) for a name. */
+function addressBytes(host: string): Uint8Array {
+  if (isIPv4(host)) return new Uint8Array(host.split(".").map(Number));
+  if (isIPv6(host)) return ipv6Bytes(host);
+  const name = encoder.encode(host);
+  if (name.length > 255) throw new VmCodecError(`Cannot encode sender "${host.slice(0, 40)}...": too long`);
+  return name;
+}
+
+/** A batch read from a crossing buffer; its views point into the buffer, which the receiver now owns. */
+export class DecodedBatch implements Batch {
+  readonly #bytes: Uint8Array;
+  readonly #senders: Endpoint[];
+  /** Per datagram: offset of its bytes, length, sender index, truncated (0/1). */
+  readonly #offsets: Uint32Array;
+  readonly #lengths: Uint32Array;
+  readonly #from: Uint32Array;
+  readonly #truncated: Uint8Array;
+
+  constructor(bytes: Uint8Array, senders: Endpoint[], count: number) {
+    this.#bytes = bytes;
+    this.#senders = senders;
+    this.#offsets = new Uint32Array(count);
+    this.#lengths = new Uint32Array(count);
+    this.#from = new Uint32Array(count);
+    this.#truncated = new Uint8Array(count);
+  }
+
+  get count(): number {
+    return this.#offsets.length;
+  }
+  data(i: number): Uint8Array {
+    return this.#bytes.subarray(this.#offsets[i], this.#offsets[i] + this.#lengths[i]);
+  }
+  length(i: number): number {
+    return this.#lengths[i];
+  }
+  from(i: number): Endpoint {
+    return this.#senders[this.#from[i]];
+  }
+  truncated(i: number): boolean {
+    return this.#truncated[i] === 1;
+  }
+
+  /** Fills datagram `i` (for decodeBatch). */
+  static set(b: DecodedBatch, i: number, at: number, length: number, from: number, truncated: boolean): void {
+    b.#offsets[i] = at;
+    b.#lengths[i] = length;
+    b.#from[i] = from;
+    b.#truncated[i] = truncated ? 1 : 0;
+  }
+}
+
+export interface Decoded {
+  readonly to: Crossing;
+  readonly batch: DecodedBatch;
+  /** The datagrams' bytes, summed (what port counters add). */
+  readonly bytes: number;
+}
+
+/** Reads a buffer made by encodeBatch; throws VmCodecError when it is not one. */
+export function decodeBatch(buffer: ArrayBuffer): Decoded {
+  const bytes = new Uint8Array(buffer);
+  const view = new DataView(buffer);
+  const fail = (why: string): never => {
+    throw new VmCodecError(`Cannot decode a crossing batch: ${why}`);
+  };
+  if (buffer.byteLength < HEADER) fail(`${buffer.byteLength} bytes is shorter than the header`);
+  if (view.getUint8(0) !== VERSION) fail(`format version ${view.getUint8(0)}, expected ${VERSION}`);
+  const flags = view.getUint8(1);
+  const to: Crossing = {
+    kind: flags & FLAG_EMITTED ? "emitted" : "deliver",
+    ap: view.getUint32(4, true),
+    port: view.getUint16(2, true),
+    rtcp: (flags & FLAG_RTCP) !== 0,
+  };
+  const count = view.getUint32(8, true);
+  const senderCount = view.getUint32(12, true);
+  const entry = flags & FLAG_WIDE ? 8 : 6;
+  let off = HEADER;
+  const senders: Endpoint[] = [];
+  for (let k = 0; k < senderCount; k++) {
+    if (off + 4 > bytes.length) fail("the sender table runs past the end");
+    const family = view.getUint8(off);
+    const len = view.getUint8(off + 1);
+    const port = view.getUint16(off + 2, true);
+    if (off + 4 + len > bytes.length) fail("the sender table runs past the end");
+    const addr = bytes.subarray(off + 4, off + 4 + len);
+    let host: string;
+    if (family === 4 && len === 4) host = `${addr[0]}.${addr[1]}.${addr[2]}.${addr[3]}`;
+    else if (family === 6 && len === 16) host = ipv6Text(addr);
+    else if (family === 0) host = decoder.decode(addr);
+    else host = fail(`sender ${k} has family ${family} and ${len} address bytes`);
+    senders.push({ host, port });
+    off += 4 + len;
+  }
+  if (off + count * entry > bytes.length) fail(`${count} datagram entries run past the end`);
+  const batch = new DecodedBatch(bytes, senders, count);
+  let data = off + count * entry;
+  for (let i = 0; i < count; i++, off += entry) {
+    const word = view.getUint32(off, true);
+    const length = word & 0x7fff_ffff;
+    const from = entry === 8 ? view.getUint32(off + 4, true) : view.getUint16(off + 4, true);
+    if (from >= senders.length) fail(`datagram ${i} names sender ${from} of ${senders.length}`);
+    if (data + length > bytes.length) fail(`datagram ${i} runs past the end`);
+    DecodedBatch.set(batch, i, data, length, from, (word & TRUNCATED) !== 0);
+    data += length;
+  }
+  if (data !== bytes.length) fail(`${bytes.length - data} bytes left over`);
+  return { to, batch, bytes: data - off };
+}
