@@ -15,12 +15,26 @@ ifdef DENORT_BIN
 export DENORT_BIN
 endif
 
-.PHONY: help deps run test bench build check clean
+# Real peers from Debian: the scheduler's streaming test runs VLC (RTSP server) and ffprobe; the TCP benchmark runs
+# nginx, HAProxy and wrk. Installed with apt-get (as root, else through sudo) when missing.
+TEST_PACKAGES := vlc-bin vlc-plugin-base ffmpeg
+BENCH_PACKAGES := nginx-light haproxy wrk
+define apt_install
+	@pkgs=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || pkgs="$$pkgs $$p"; done; \
+	if [ -n "$$pkgs" ]; then \
+	  echo "make: installing Debian packages:$$pkgs"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs; \
+	fi
+endef
+
+.PHONY: help deps test-peers bench-peers run test bench build check clean
 
 help:
 	@echo "make run    start edgenode on its embedded default config (status on http://127.0.0.1:8080/status)"
-	@echo "make test   format check, lint, type check and every test"
-	@echo "make bench  run the benchmarks in tests/bench"
+	@echo "make test   format check, lint, type check and every test (installs VLC and ffmpeg from Debian if missing)"
+	@echo "make bench  run the benchmarks in tests/bench (installs nginx, HAProxy and wrk from Debian if missing)"
 	@echo "make build  compile dist/edgenode (needs the Deno base runtime: see README, DENORT_BIN)"
 	@echo "make check  validate config/*.yaml without starting anything"
 
@@ -42,7 +56,13 @@ run: deps
 check: deps
 	@export EDGENODE_TOKEN=$${EDGENODE_TOKEN:-placeholder-token-for-check}; for f in config/*.yaml; do $(DENO) task --quiet edgenode --check --config "$$f"; done
 
-test: deps
+test-peers:
+	$(call apt_install,$(TEST_PACKAGES))
+
+bench-peers:
+	$(call apt_install,$(BENCH_PACKAGES))
+
+test: deps test-peers
 	$(DENO) fmt --check
 	$(DENO) lint
 	$(DENO) check main.ts lib/ tests/
@@ -51,7 +71,7 @@ test: deps
 	  sed -n 's/^\(ok\|FAILED\) | \([0-9]*\) passed.*| \([0-9]*\) failed.*/tests: \2 passed, \3 failed/p' .test-output.log; \
 	  rm -f .test-output.log; exit $$status
 
-bench: deps
+bench: deps bench-peers
 	$(DENO) task bench
 
 build: deps

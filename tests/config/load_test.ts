@@ -133,7 +133,9 @@ const MISTAKES: [string, string, string][] = [
   [
     "unknown key in a role section",
     "agent:\n  targets: []\n",
-    `edge.yaml:2:3: agent.targets: Unknown key "targets" in agent (known keys: none)`,
+    'edge.yaml:2:3: agent.targets: Unknown key "targets" in agent (known keys: listen, source, port, ' +
+    "max_connections, command, command_timeout, on_failure, state, maxconn, min_weight, cache, max_clients, " +
+    "timeout)",
   ],
   ["a key that is not text", "1: x\n", "edge.yaml:1:1: Keys must be text, got number 1"],
   [

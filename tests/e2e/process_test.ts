@@ -22,7 +22,15 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
     const marginMs = 5_000;
     const name = `e2e-${signal.toLowerCase()}`;
     await using config = await tempConfig(
-      [`name: ${name}`, "roles: [agent, relay]", "shutdown:", "  drain_timeout: 2s", ""].join("\n"),
+      [
+        `name: ${name}`,
+        "roles: [agent, relay]",
+        "agent:",
+        "  listen: 127.0.0.1:0",
+        "shutdown:",
+        "  drain_timeout: 2s",
+        "",
+      ].join("\n"),
     );
     await using edgenode = startEdgenode(["--config", config.path, "--status", "127.0.0.1:0"]);
 
@@ -149,7 +157,9 @@ Deno.test("edgenode runs a role given with --role on its section's defaults", as
   await edgenode.waitForLine(RUNNING);
   const status = await getJson(`http://127.0.0.1:${port}/status`);
   assert.deepEqual(Object.keys(status.roles as object), ["scheduler"]);
-  assert.equal((status.roles as Record<string, { state: string }>).scheduler.state, "idle");
+  // No services on the defaults: the role runs and says so.
+  assert.equal((status.roles as Record<string, { state: string }>).scheduler.state, "running");
+  assert.deepEqual((status.roles as Record<string, { services: object }>).scheduler.services, {});
 
   edgenode.kill("SIGTERM");
   const result = await edgenode.waitForExit();

@@ -1,0 +1,247 @@
+/**
+ * The agent role: runs beside a real server and answers HAProxy-style agent checks over TCP with one reply
+ * line (`75% ready`), so edgenode schedulers and HAProxy alike weight the server by its spare capacity. The
+ * reading comes from the load average, memory, connections to a port, or a command's own reply; it is taken
+ * at most once per `cache` interval. The administrative state (ready, drain, maint) starts from the config
+ * and can be changed over the status API; that change lasts until restart.
+ */
+import type { Hono } from "hono";
+import type { YAMLMap } from "yaml";
+import {
+  type Context,
+  duration,
+  hostPort,
+  int,
+  list,
+  nodeAt,
+  nullable,
+  type ObjectOf,
+  oneOf,
+  opt,
+  section,
+  str,
+} from "../config/schema.ts";
+import { StartError } from "../core/errors.ts";
+import { formatHostPort } from "../net/address.ts";
+import type { RoleContext, RoleDef, RunningRole } from "../roles/role.ts";
+import {
+  AGENT_ADMIN_STATES,
+  type AgentAdmin,
+  formatAgentReply,
+  MAX_AGENT_MAXCONN,
+} from "../scheduler/agent_reply.ts";
+import { Cached } from "./cache.ts";
+import { type LoadReaders, systemReaders } from "./load.ts";
+import {
+  AGENT_SOURCES,
+  composeReply,
+  FAILURE_POLICIES,
+  measure,
+  type Measurement,
+  type SourceSpec,
+} from "./sources.ts";
+import { type AgentServer, serveAgent } from "./server.ts";
+
+/** The port agents conventionally listen on (HAProxy examples and other agents use it). */
+export const AGENT_DEFAULT_PORT = 9777;
+
+const agentFields = {
+  listen: opt(hostPort({ ipOnly: true }), Object.freeze({ host: "0.0.0.0", port: AGENT_DEFAULT_PORT })),
+  source: opt(oneOf(AGENT_SOURCES, "a source:"), "loadavg"),
+  port: opt(nullable(int({ min: 1, max: 65535 })), null),
+  max_connections: opt(int({ min: 1, max: 10_000_000 }), 1000),
+  command: opt(list(str({ min: 1, max: 4096, describe: "a command word" }), { max: 256 }), []),
+  command_timeout: opt(duration({ min: 10, max: 60_000 }), 2000),
+  on_failure: opt(oneOf(FAILURE_POLICIES), "keep"),
+  state: opt(oneOf(AGENT_ADMIN_STATES), "ready"),
+  maxconn: opt(nullable(int({ min: 0, max: MAX_AGENT_MAXCONN })), null),
+  min_weight: opt(int({ min: 0, max: 100 }), 1),
+  cache: opt(duration({ min: 100, max: 60_000 }), 1000),
+  max_clients: opt(int({ min: 1, max: 10_000 }), 64),
+  timeout: opt(duration({ min: 100, max: 60_000 }), 2000),
+};
+
+export type AgentSection = ObjectOf<typeof agentFields>;
+
+/** A source's own settings must be there when it is chosen. */
+function refine(cfg: AgentSection, node: YAMLMap | null, ctx: Context, path: string): void {
+  if (cfg.source === "connections" && cfg.port === null) {
+    ctx.error(
+      nodeAt(node, ["source"]),
+      `${path}.port`,
+      'The connections source needs "port": the local port whose connections count',
+    );
+  }
+  if (cfg.source === "command" && cfg.command.length === 0) {
+    ctx.error(
+      nodeAt(node, ["source"]),
+      `${path}.command`,
+      'The command source needs "command": the program and its arguments, such as [/usr/bin/load, -q]',
+    );
+  }
+}
+
+/** What the role needs besides its section: the readers are the machine's unless a test gives its own. */
+export interface AgentDeps {
+  readonly readers?: LoadReaders;
+}
+
+/** The running agent: its status, its runtime state and its stop; `agentRole.start` wraps this. */
+export interface RunningAgent extends RunningRole {
+  /** The administrative state now answered. */
+  readonly admin: AgentAdmin;
+  /** Changes the administrative state until restart; returns the previous one. */
+  setAdmin(state: AgentAdmin): AgentAdmin;
+  /** The reply a check would get now (computing the reading if it is stale). */
+  reply(): Promise<string>;
+}
+
+const NOT_PERSISTED = "runtime change; a restart returns to agent.state in the config";
+
+export async function startAgent(
+  cfg: AgentSection,
+  ctx: RoleContext,
+  deps: AgentDeps = {},
+): Promise<RunningAgent> {
+  const { clock } = ctx;
+  const logger = ctx.logger.child("agent");
+  const readers = deps.readers ?? systemReaders(clock);
+  const spec: SourceSpec = {
+    source: cfg.source,
+    port: cfg.port,
+    maxConnections: cfg.max_connections,
+    command: cfg.command,
+    commandTimeoutMs: cfg.command_timeout,
+    minWeight: cfg.min_weight,
+  };
+  let admin: AgentAdmin = cfg.state;
+  let lastReply: string | null = null;
+  let failures = 0;
+  let lastError: string | null = null;
+
+  const cache = new Cached<Measurement>(async () => {
+    const m = await measure(spec, readers);
+    if (!m.ok) {
+      failures++;
+      // Log a failure when it starts or changes, not at every reading.
+      if (m.error !== lastError) logger.warn("agent reading failed", { source: cfg.source, error: m.error });
+      lastError = m.error;
+    } else {
+      if (lastError !== null) logger.info("agent reading recovered", { source: cfg.source });
+      lastError = null;
+      if (m.problems.length) {
+        logger.debug("agent command reply had problems", { problems: m.problems.join("; ") });
+      }
+    }
+    return m;
+  }, { clock, ttlMs: cfg.cache, maxWaitMs: Math.floor(cfg.timeout / 2) });
+
+  // The first reading is taken before listening: a source that cannot work on this machine stops the start,
+  // and the first checks find a value ready. A command may fail for a while and come good: that only warns.
+  const first = await cache.get();
+  if (!first.ok && cfg.source !== "command") {
+    throw new StartError(`Cannot start agent: source ${cfg.source}: ${first.error}`);
+  }
+
+  const reply = async () => {
+    const line = formatAgentReply(
+      composeReply(await cache.get(), { admin, maxconn: cfg.maxconn, onFailure: cfg.on_failure }),
+    );
+    lastReply = line.trimEnd();
+    return line;
+  };
+
+  // Counters read the server's tallies, so the set is made first and the server's stats are looked up late.
+  const set = ctx.metrics.set("agent");
+  let server: AgentServer;
+  try {
+    server = serveAgent({
+      listen: cfg.listen,
+      maxClients: cfg.max_clients,
+      timeoutMs: cfg.timeout,
+      clock,
+      logger,
+      reply,
+    });
+  } catch (error) {
+    ctx.metrics.remove(set);
+    throw error;
+  }
+  const s = server.stats;
+  const listen = formatHostPort(server.addr);
+  logger.info("agent listening", { listen, source: cfg.source, state: admin });
+  set.counter("connections_total", "Agent check connections accepted", () => s.accepted);
+  set.counter("replies_total", "Agent replies written", () => s.replies);
+  set.counter("errors_total", "Agent check connections that ended without a reply", () => s.errors);
+  set.counter(
+    "refused_total",
+    "Agent check connections closed unanswered: too many at once",
+    () => s.refused,
+  );
+  set.counter("readings_total", "Load readings taken", () => cache.computations);
+  set.counter("reading_failures_total", "Load readings that failed", () => failures);
+  set.gauge("active_connections", "Agent check connections being answered", () => s.active);
+  set.gauge("weight_percent", "Weight percentage of the last reading (NaN when it had none)", () => {
+    const m = cache.peek()?.value;
+    return m?.ok && m.fields.weightPercent !== undefined ? m.fields.weightPercent : NaN;
+  });
+
+  const status = () => {
+    const last = cache.peek();
+    return {
+      state: "running",
+      listen,
+      source: cfg.source,
+      admin,
+      admin_persisted: admin === cfg.state,
+      last_reply: lastReply,
+      last_computed: last ? new Date(last.at).toISOString() : null,
+      last_error: lastError,
+      last_request: s.lastRequest,
+      counters: set.values(),
+    };
+  };
+
+  const agent: RunningAgent = {
+    get admin() {
+      return admin;
+    },
+    setAdmin(state) {
+      const previous = admin;
+      admin = state;
+      if (state !== previous) {
+        logger.info("agent state changed", { from: previous, to: state, persisted: false });
+      }
+      return previous;
+    },
+    reply,
+    status,
+    async stop(drain) {
+      await server.close(drain);
+      ctx.metrics.remove(set);
+    },
+    routes: (app: Hono) => agentRoutes(app, agent, status),
+  };
+  return agent;
+}
+
+function agentRoutes(app: Hono, agent: RunningAgent, status: () => Record<string, unknown>): void {
+  app.get("/agent", (c) => c.json(status()));
+  app.post("/agent/state", async (c) => {
+    const body = await c.req.json().catch(() => undefined) as { state?: unknown } | undefined;
+    const state = body?.state;
+    if (typeof state !== "string" || !(AGENT_ADMIN_STATES as readonly string[]).includes(state)) {
+      return c.json({ error: `Body must be {"state": one of ${AGENT_ADMIN_STATES.join(", ")}}` }, 400);
+    }
+    const previous = agent.setAdmin(state as AgentAdmin);
+    return c.json({ state, previous, persisted: false, note: NOT_PERSISTED });
+  });
+}
+
+export const agentRole: RoleDef<AgentSection> = {
+  name: "agent",
+  description: "load agent beside a real server, answering the scheduler's checks",
+  needsPeer: false,
+  section: section(agentFields, refine),
+  start: (cfg, ctx) => startAgent(cfg, ctx),
+};

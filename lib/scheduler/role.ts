@@ -1,0 +1,194 @@
+/**
+ * The scheduler role: Central Dispatch on one box. Virtual services from the config (and from a Central Dispatch
+ * `agent-rules` file) are bound before any starts; one that cannot bind closes those before it. The status API gets
+ * the services' state and counters, the operator's drain / maint / ready / weight per server (runtime only), and
+ * the load-aware redirect route that answers with the chosen server as a 302 or a player metafile.
+ */
+import type { Hono } from "hono";
+import { StartError, UsageError } from "../core/errors.ts";
+import { readTextFileLimited } from "../core/files.ts";
+import { formatHostPort } from "../net/address.ts";
+import type { RoleDef } from "../roles/role.ts";
+import { ADMIN_STATES, type AdminState, type SchedulerSection, schedulerSection } from "./config.ts";
+import { builtinPickers } from "./pickers/mod.ts";
+import { BufferPool } from "./pipe.ts";
+import { metafile } from "./redirect.ts";
+import { MAX_RULES_FILE_BYTES, parseRules } from "./rules.ts";
+import { Service, type ServicePlan } from "./service.ts";
+
+/** Buffers kept for reuse beyond those in use (two per connection). */
+const POOL_SPARE = 256;
+
+export async function servicePlans(cfg: SchedulerSection): Promise<ServicePlan[]> {
+  const plans: ServicePlan[] = cfg.services.map(({ name, listen, servers, ...settings }) => ({
+    name,
+    listen,
+    servers,
+    settings,
+    origin: "config",
+  }));
+  if (cfg.rules === null) return plans;
+  let text: string;
+  try {
+    text = await readTextFileLimited(cfg.rules, MAX_RULES_FILE_BYTES, "agent-rules file");
+  } catch (error) {
+    throw new StartError(error instanceof UsageError ? error.message : String(error));
+  }
+  const { rules, errors } = parseRules(text, cfg.rules);
+  if (errors.length) {
+    throw new StartError(
+      `Agent-rules file ${cfg.rules} has errors (nothing was imported):\n${
+        errors.map((e) => e.format()).join("\n")
+      }`,
+    );
+  }
+  const taken = new Map(plans.map((p) => [formatHostPort(p.listen), p.name]));
+  for (const rule of rules) {
+    const listen = { host: rule.vip, port: rule.vport };
+    const key = formatHostPort(listen);
+    const where = `${rule.pos.file}:${rule.pos.line}:${rule.pos.col}`;
+    if (taken.has(key)) {
+      throw new StartError(`${where}: ${key} is already the address of service "${taken.get(key)}"`);
+    }
+    const name = `${rule.protocol.toLowerCase()}-${key.replace(/[^A-Za-z0-9.]+/g, "-").replace(/-+$/, "")}`;
+    taken.set(key, name);
+    plans.push({
+      name,
+      listen,
+      servers: rule.servers.map((s) => ({
+        address: { host: s.host, low: rule.serverPort, high: rule.serverPort },
+        weight: 1,
+        agent: null,
+        maxconn: 0,
+        state: "ready" as AdminState,
+      })),
+      settings: cfg.rules_service,
+      origin: `rules ${where}`,
+    });
+  }
+  return plans;
+}
+
+export const schedulerRole: RoleDef<SchedulerSection> = {
+  name: "scheduler",
+  description: "TCP connection scheduler: virtual services spread over real servers",
+  needsPeer: true,
+  section: schedulerSection,
+  async start(cfg, ctx) {
+    const plans = await servicePlans(cfg);
+    const buffers = new BufferPool({ bufferBytes: cfg.buffer, capacity: POOL_SPARE });
+    const pickers = builtinPickers();
+    const services = plans.map((plan) =>
+      new Service(plan, { clock: ctx.clock, logger: ctx.logger, metrics: ctx.metrics, pickers, buffers })
+    );
+    const bound: Service[] = [];
+    try {
+      for (const s of services) {
+        s.listen();
+        bound.push(s);
+      }
+    } catch (error) {
+      const now = new AbortController();
+      now.abort();
+      for (const s of bound) await s.stop(now.signal);
+      throw error;
+    }
+    for (const s of services) {
+      s.start();
+      ctx.logger.info("service listening", {
+        service: s.name,
+        listen: formatHostPort(s.address),
+        servers: s.servers.length,
+        picker: s.plan.settings.picker,
+      });
+    }
+    if (!services.length) {
+      ctx.logger.info("no services", { hint: "add scheduler.services or scheduler.rules to the config" });
+    }
+    const byName = new Map(services.map((s) => [s.name, s]));
+    return {
+      status: () => ({
+        state: "running",
+        services: Object.fromEntries(services.map((s) => [s.name, s.status()])),
+      }),
+      async stop(deadline) {
+        await Promise.all(services.map((s) => s.stop(deadline)));
+      },
+      routes: (app) => schedulerRoutes(app, byName),
+    };
+  },
+};
+
+/** What a redirect may put into a URL and a metafile: nothing that could end a line or a header. */
+const SAFE_PATH = /^[A-Za-z0-9._~\/-]{1,512}$/;
+
+const NOT_PERSISTED = "runtime change; a restart returns to the state and weight in the config";
+
+function schedulerRoutes(app: Hono, services: Map<string, Service>): void {
+  const noService = (name: string) => ({
+    error: `No service "${name}" (known: ${[...services.keys()].join(", ") || "none"})`,
+  });
+  app.get(
+    "/scheduler/services",
+    (c) => c.json(Object.fromEntries([...services].map(([n, s]) => [n, s.status()]))),
+  );
+  app.get("/scheduler/services/:service", (c) => {
+    const s = services.get(c.req.param("service"));
+    return s ? c.json(s.status()) : c.json(noService(c.req.param("service")), 404);
+  });
+  app.post("/scheduler/services/:service/servers/:server", async (c) => {
+    const s = services.get(c.req.param("service"));
+    if (!s) return c.json(noService(c.req.param("service")), 404);
+    const key = c.req.param("server");
+    const server = s.servers.find((v) => v.key === key);
+    if (!server) {
+      return c.json({
+        error: `No server "${key}" in service "${s.name}" (known: ${s.servers.map((v) => v.key).join(", ")})`,
+      }, 404);
+    }
+    const body = await c.req.json().catch(() => undefined) as
+      | { state?: unknown; weight?: unknown }
+      | undefined;
+    const usage = `Body must be {"state": one of ${
+      ADMIN_STATES.join(", ")
+    }} and/or {"weight": an integer 0..256}`;
+    if (!body || typeof body !== "object" || (body.state === undefined && body.weight === undefined)) {
+      return c.json({ error: usage }, 400);
+    }
+    const { state, weight } = body;
+    if (state !== undefined && !ADMIN_STATES.includes(state as AdminState)) {
+      return c.json({ error: usage }, 400);
+    }
+    if (
+      weight !== undefined &&
+      !(Number.isInteger(weight) && (weight as number) >= 0 && (weight as number) <= 256)
+    ) {
+      return c.json({ error: usage }, 400);
+    }
+    if (weight !== undefined) server.configuredWeight = weight as number;
+    if (state !== undefined) server.setAdmin(state as AdminState);
+    s.changed();
+    return c.json({ ...server.status(), service: s.name, persisted: false, note: NOT_PERSISTED });
+  });
+  // The redirect route: GET /redirect/<service>/<path>; a .ram, .m3u or .sdp path gets that metafile. The path
+  // pattern takes line breaks too (`.` would not), so that such a path gets the 400 below rather than a bare 404.
+  app.get("/redirect/:service/:path{[\\s\\S]+}", (c) => {
+    const s = services.get(c.req.param("service"));
+    if (!s) return c.json(noService(c.req.param("service")), 404);
+    const path = `/${c.req.param("path")}`;
+    if (!SAFE_PATH.test(path)) {
+      return c.json(
+        { error: "The stream path may hold letters, digits and . _ ~ / - only (at most 512)" },
+        400,
+      );
+    }
+    const remote = (c.env as { remoteAddr?: Deno.NetAddr } | undefined)?.remoteAddr;
+    const server = s.redirect(remote?.hostname ?? "0.0.0.0");
+    if (!server) return c.json({ error: `No server of service "${s.name}" can take a client now` }, 503);
+    const answer = metafile(s.plan.settings.redirect, server.addr, path, s.name);
+    c.header("Cache-Control", "no-store");
+    if (answer.kind === "redirect") return c.redirect(answer.url, 302);
+    c.header("Content-Type", answer.contentType);
+    return c.body(answer.body);
+  });
+}

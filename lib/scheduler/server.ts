@@ -1,0 +1,189 @@
+/**
+ * One real server of a service and everything the scheduler knows about it: the plan (address, weight, maxconn),
+ * the live status from health checks and its agent, the operator's runtime changes, and its connection counts.
+ * Pure and clock-free: checks, agent replies and connects report here, and the server says whether it changed state.
+ *
+ * States follow HAProxy's split. The operational state (up/down) comes from health checks (rise/fall) and from the
+ * agent's `down`/`up`; the administrative state (ready/drain/maint) comes from config or the API, and separately from
+ * the agent: the stricter of the two applies. `drain` takes no new connections but keeps those open; `maint` and a
+ * server going down also close the open ones (their `signal` aborts).
+ */
+import type { HostPort } from "../net/address.ts";
+import type { AgentReply } from "./agent_reply.ts";
+import type { AdminState, PlannedServer, ServerSpec } from "./config.ts";
+
+const ADMIN_RANK: Record<AdminState, number> = { ready: 0, drain: 1, maint: 2 };
+
+export interface Observation {
+  readonly at: number;
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+export type Transition = "down" | "up" | null;
+
+export class Server {
+  readonly addr: HostPort;
+  readonly key: string;
+  readonly spec: ServerSpec;
+  /** Operator's administrative state and weight; they start from config and are not persisted. */
+  admin: AdminState;
+  configuredWeight: number;
+  /** What the agent last said (null: nothing, or no agent). */
+  agentAdmin: AdminState | null = null;
+  agentPercent: number | null = null;
+  agentMaxconn: number | null = null;
+  agentDown = false;
+  /** From health checks and failed connects. A server starts up: the first check or connect corrects it. */
+  healthUp = true;
+  #failures = 0;
+  #successes = 0;
+  /** Connections open now, ever, and connects that failed. */
+  active = 0;
+  total = 0;
+  failedConnects = 0;
+  lastCheck: Observation | null = null;
+  lastAgent: (Observation & { readonly reply: string | null; readonly problems: readonly string[] }) | null =
+    null;
+  /** When the server last changed between up and down. */
+  changedAt: number;
+  #abort = new AbortController();
+
+  constructor(planned: PlannedServer, readonly rise: number, readonly fall: number, now: number) {
+    this.addr = planned.addr;
+    this.key = planned.key;
+    this.spec = planned.spec;
+    this.admin = planned.spec.state;
+    this.configuredWeight = planned.spec.weight;
+    this.changedAt = now;
+  }
+
+  get up(): boolean {
+    return this.healthUp && !this.agentDown;
+  }
+
+  /** The stricter of the operator's and the agent's administrative state. */
+  get effectiveAdmin(): AdminState {
+    const agent = this.agentAdmin ?? "ready";
+    return ADMIN_RANK[agent] > ADMIN_RANK[this.admin] ? agent : this.admin;
+  }
+
+  /** The weight pickers see: the configured weight scaled by the agent's percentage, 0 unless ready and up. */
+  get weight(): number {
+    if (!this.up || this.effectiveAdmin !== "ready") return 0;
+    return this.configuredWeight * (this.agentPercent ?? 100) / 100;
+  }
+
+  /** Idle capacity the agent reports (0..100), 100 without one. */
+  get capacity(): number {
+    return Math.min(100, this.agentPercent ?? 100);
+  }
+
+  get maxconn(): number {
+    return this.agentMaxconn ?? this.spec.maxconn;
+  }
+
+  /** Would take a new connection if it had room. */
+  get available(): boolean {
+    return this.weight > 0;
+  }
+
+  get hasRoom(): boolean {
+    return this.maxconn === 0 || this.active < this.maxconn;
+  }
+
+  /** Aborts when the server goes down or into maintenance: its connections close. */
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+
+  get state(): string {
+    if (!this.up) return "down";
+    return this.effectiveAdmin === "ready" ? "up" : this.effectiveAdmin;
+  }
+
+  /** A health check's result (a failed client connect counts as a failed check). */
+  observe(ok: boolean, detail: string, now: number): Transition {
+    this.lastCheck = { at: now, ok, detail };
+    const wasUp = this.up;
+    if (ok) {
+      this.#failures = 0;
+      if (!this.healthUp && ++this.#successes >= this.rise) this.healthUp = true;
+    } else {
+      this.#successes = 0;
+      if (this.healthUp && ++this.#failures >= this.fall) this.healthUp = false;
+    }
+    return this.#transition(wasUp, now);
+  }
+
+  connectFailed(detail: string, now: number): Transition {
+    this.failedConnects++;
+    return this.observe(false, `client connect failed: ${detail}`, now);
+  }
+
+  /** Applies an agent reply the way HAProxy does; an unreachable agent (reply null) changes nothing. */
+  agentReport(reply: AgentReply | null, raw: string | null, error: string | null, now: number): Transition {
+    this.lastAgent = {
+      at: now,
+      ok: error === null,
+      detail: error ?? raw?.trim() ?? "",
+      reply: raw,
+      problems: reply?.problems ?? [],
+    };
+    if (!reply) return null;
+    const wasUp = this.up;
+    const wasMaint = this.#inMaint();
+    if (reply.weightPercent !== undefined) this.agentPercent = reply.weightPercent;
+    if (reply.maxconn !== undefined) this.agentMaxconn = reply.maxconn;
+    if (reply.admin !== undefined) this.agentAdmin = reply.admin;
+    if (reply.op !== undefined) this.agentDown = reply.op !== "up";
+    const t = this.#transition(wasUp, now);
+    if (!wasMaint && this.#inMaint()) this.#closeAll();
+    return t;
+  }
+
+  /** The operator's change; maint closes the open connections, drain keeps them. */
+  setAdmin(state: AdminState): void {
+    const wasMaint = this.#inMaint();
+    this.admin = state;
+    if (!wasMaint && this.#inMaint()) this.#closeAll();
+  }
+
+  #inMaint(): boolean {
+    return this.effectiveAdmin === "maint";
+  }
+
+  #transition(wasUp: boolean, now: number): Transition {
+    if (wasUp === this.up) return null;
+    this.changedAt = now;
+    if (!this.up) {
+      this.#closeAll();
+      return "down";
+    }
+    return "up";
+  }
+
+  #closeAll(): void {
+    this.#abort.abort(new Error(`Server ${this.key} is ${this.state}`));
+    this.#abort = new AbortController();
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      server: this.key,
+      state: this.state,
+      admin: this.admin,
+      agent_admin: this.agentAdmin,
+      weight: this.configuredWeight,
+      effective_weight: Math.round(this.weight * 100) / 100,
+      load_percent: this.agentPercent === null ? null : Math.max(0, 100 - this.agentPercent),
+      maxconn: this.maxconn,
+      active: this.active,
+      total: this.total,
+      failed_connects: this.failedConnects,
+      changed_at: new Date(this.changedAt).toISOString(),
+      last_check: this.lastCheck && { ...this.lastCheck, at: new Date(this.lastCheck.at).toISOString() },
+      last_agent: this.lastAgent && { ...this.lastAgent, at: new Date(this.lastAgent.at).toISOString() },
+    };
+  }
+}

@@ -1,0 +1,420 @@
+/**
+ * One virtual service: a listener on VIP:vport, its pool of real servers, a picker, live status (checks and agents),
+ * limits and the proxy that joins each client to its server.
+ *
+ * A client's connection goes through: the service's and its address's connection limits; persistence (the server
+ * it had last, while that server can take it); the picker among servers that are up, ready, of weight > 0 and below
+ * maxconn; the connect, where a failure counts against the server and the next server is tried (`retries`), so a
+ * client sees no failure while any server is healthy; when every available server is at maxconn the client waits
+ * in a bounded queue until a slot frees or `queue_timeout` passes. Then the bytes are spliced both ways until either
+ * side ends, the idle timeout passes, or the server goes down or into maintenance (its connections close at once).
+ */
+import type { Clock, TimerId } from "../core/clock.ts";
+import type { Logger } from "../core/logger.ts";
+import type { CounterSet, MetricsRegistry } from "../core/metrics.ts";
+import type { Registry } from "../core/registry.ts";
+import { formatHostPort, type HostPort } from "../net/address.ts";
+import { closeQuietly, connectTcp, listenTcp, type TcpListener } from "../net/tcp.ts";
+import { expandServers, type ServiceSettings } from "./config.ts";
+import { type Exchange, Monitor } from "./monitor.ts";
+import { PersistenceTable } from "./persistence.ts";
+import type { Picker, PickerKind } from "./pickers/picker.ts";
+import { type BufferPool, pipe } from "./pipe.ts";
+import { proxyHeader } from "./proxy_protocol.ts";
+import { Server } from "./server.ts";
+import type { ServerSpec } from "./config.ts";
+
+/** What a service is built from: a config entry or an imported agent-rules line. */
+export interface ServicePlan {
+  readonly name: string;
+  readonly listen: HostPort;
+  readonly servers: readonly ServerSpec[];
+  readonly settings: ServiceSettings;
+  /** Where it came from, for /status ("config" or "rules file:line"). */
+  readonly origin: string;
+}
+
+export interface ServiceDeps {
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly metrics: MetricsRegistry;
+  readonly pickers: Registry<PickerKind>;
+  readonly buffers: BufferPool;
+  /** Replaces the network exchange of health checks and agent polls (tests). */
+  readonly exchange?: Exchange;
+}
+
+/** Most client addresses a persistence table remembers. */
+const PERSISTENCE_MAX = 100_000;
+
+interface Waiter {
+  readonly wake: () => void;
+  readonly timer: TimerId;
+}
+
+export class Service {
+  readonly servers: Server[];
+  readonly #byKey: Map<string, Server>;
+  readonly #picker: Picker;
+  readonly #persistence: PersistenceTable | null;
+  readonly #monitor: Monitor;
+  readonly #perClient = new Map<string, number>();
+  readonly #queue: Waiter[] = [];
+  readonly #clients = new Set<Deno.Conn>();
+  readonly #tasks = new Set<Promise<void>>();
+  readonly #sets: CounterSet[] = [];
+  #listener: TcpListener | null = null;
+  #acceptLoop: Promise<void> | null = null;
+  #stopping = false;
+  /** Client connections open now (queued ones included). */
+  open = 0;
+  readonly counts = {
+    accepted: 0,
+    refused_limit: 0,
+    refused_client_limit: 0,
+    no_server: 0,
+    queue_full: 0,
+    queue_timeouts: 0,
+    queued: 0,
+    retries: 0,
+    redirects: 0,
+    closed_by_server_down: 0,
+    idle_timeouts: 0,
+    bytes_in: 0,
+    bytes_out: 0,
+  };
+
+  constructor(readonly plan: ServicePlan, private readonly deps: ServiceDeps) {
+    const { settings } = plan;
+    const now = deps.clock.now();
+    this.servers = expandServers(plan.servers).map((p) =>
+      new Server(p, settings.check.rise, settings.check.fall, now)
+    );
+    this.#byKey = new Map(this.servers.map((s) => [s.key, s]));
+    this.#picker = deps.pickers.get(settings.picker).create();
+    this.#persistence = settings.persistence > 0
+      ? new PersistenceTable(deps.clock, { timeoutMs: settings.persistence, maxEntries: PERSISTENCE_MAX })
+      : null;
+    this.#monitor = new Monitor(this.servers, settings, {
+      clock: deps.clock,
+      logger: deps.logger,
+      service: plan.name,
+      exchange: deps.exchange,
+      onChange: (server, t) => {
+        if (t === "down") this.#persistence?.forget(server.key);
+        else this.#wakeQueue();
+      },
+      onAgentReply: () => this.#wakeQueue(),
+    });
+  }
+
+  get name(): string {
+    return this.plan.name;
+  }
+
+  /** The bound address (the real port when 0 was asked for). */
+  get address(): HostPort {
+    return this.#listener?.addr ?? this.plan.listen;
+  }
+
+  /** Binds the listener (StartError when it cannot); nothing else starts before every service has bound. */
+  listen(reusePort = false): void {
+    this.#listener = listenTcp(this.plan.listen, { reusePort });
+  }
+
+  /** Starts checks, agent polls and accepting. */
+  start(): void {
+    this.#publish();
+    this.#monitor.start();
+    this.#acceptLoop = this.#accept();
+  }
+
+  async #accept(): Promise<void> {
+    const listener = this.#listener!;
+    for (;;) {
+      let conn: Deno.TcpConn | null;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        // Out of descriptors and the like: say so, pause briefly, keep serving.
+        this.deps.logger.error("accept failed", { service: this.name, error: String(error) });
+        await new Promise<void>((r) => this.deps.clock.setTimeout(r, 100));
+        continue;
+      }
+      if (!conn) return;
+      const task = this.#handle(conn);
+      this.#tasks.add(task);
+      task.finally(() => this.#tasks.delete(task));
+    }
+  }
+
+  async #handle(client: Deno.TcpConn): Promise<void> {
+    const { settings } = this.plan;
+    const ip = (client.remoteAddr as Deno.NetAddr).hostname;
+    this.counts.accepted++;
+    if (this.open >= settings.max_connections) {
+      this.counts.refused_limit++;
+      return closeQuietly(client);
+    }
+    const mine = this.#perClient.get(ip) ?? 0;
+    if (settings.max_per_client > 0 && mine >= settings.max_per_client) {
+      this.counts.refused_client_limit++;
+      return closeQuietly(client);
+    }
+    this.open++;
+    this.#perClient.set(ip, mine + 1);
+    this.#clients.add(client);
+    try {
+      const found = await this.#connect(ip);
+      if (!found) return;
+      const { server, conn } = found;
+      try {
+        await this.#splice(client, server, conn);
+      } finally {
+        server.active--;
+        this.#wakeQueue();
+      }
+    } finally {
+      this.#clients.delete(client);
+      closeQuietly(client);
+      this.open--;
+      const left = (this.#perClient.get(ip) ?? 1) - 1;
+      if (left > 0) this.#perClient.set(ip, left);
+      else this.#perClient.delete(ip);
+    }
+  }
+
+  /** A connected server for client `ip`, or null when none could be had (the reason is counted). */
+  async #connect(ip: string): Promise<{ server: Server; conn: Deno.TcpConn } | null> {
+    const { settings } = this.plan;
+    const tried = new Set<Server>();
+    let waitUntil = 0;
+    for (;;) {
+      if (this.#stopping) return null;
+      // Clients already waiting go first: a newcomer queues behind them instead of taking a slot freed for them.
+      const behind = waitUntil === 0 && this.#queue.length > 0;
+      const server = behind ? null : this.pick(ip, tried);
+      if (!server) {
+        // Only a pool whose available servers are all full is worth waiting for.
+        if (!behind && !this.servers.some((s) => s.available && !s.hasRoom && !tried.has(s))) {
+          this.counts.no_server++;
+          return null;
+        }
+        const now = this.deps.clock.now();
+        const first = waitUntil === 0;
+        if (first) waitUntil = now + settings.queue_timeout;
+        if (!(await this.#wait(waitUntil - now, first))) return null;
+        continue;
+      }
+      server.active++;
+      server.total++;
+      try {
+        const conn = await connectTcp(server.addr, {
+          timeoutMs: settings.connect_timeout,
+          clock: this.deps.clock,
+        });
+        this.#persistence?.set(ip, server.key);
+        return { server, conn };
+      } catch (error) {
+        server.active--;
+        server.total--;
+        tried.add(server);
+        const transition = server.connectFailed(
+          error instanceof Error ? error.message : String(error),
+          this.deps.clock.now(),
+        );
+        if (transition === "down") {
+          this.deps.logger.warn("server down", {
+            service: this.name,
+            server: server.key,
+            detail: "connect failed",
+          });
+          this.#persistence?.forget(server.key);
+        }
+        if (tried.size > settings.retries) {
+          this.counts.no_server++;
+          return null;
+        }
+        this.counts.retries++;
+      }
+    }
+  }
+
+  /**
+   * The server for a new connection from `ip`: its persistent server when that one can take it, else the picker's
+   * choice among servers that are available, have room and were not `tried`.
+   */
+  pick(ip: string, tried: ReadonlySet<Server> = new Set()): Server | null {
+    const eligible = (s: Server) => s.available && s.hasRoom && !tried.has(s);
+    const sticky = this.#persistence?.get(ip);
+    if (sticky !== undefined) {
+      const s = this.#byKey.get(sticky);
+      if (s && eligible(s)) return s;
+    }
+    const i = this.#picker.pick(this.servers, (i) => eligible(this.servers[i]), ip);
+    return i < 0 ? null : this.servers[i];
+  }
+
+  /** The server a redirect sends `ip` to (no connection is made; persistence is kept). */
+  redirect(ip: string): Server | null {
+    const server = this.pick(ip);
+    if (server) {
+      this.counts.redirects++;
+      this.#persistence?.set(ip, server.key);
+    }
+    return server;
+  }
+
+  async #splice(client: Deno.TcpConn, server: Server, conn: Deno.TcpConn): Promise<void> {
+    const { settings } = this.plan;
+    if (settings.proxy_protocol !== "none") {
+      const local = client.localAddr as Deno.NetAddr;
+      const remote = client.remoteAddr as Deno.NetAddr;
+      const header = proxyHeader(
+        settings.proxy_protocol === "v1" ? 1 : 2,
+        { host: remote.hostname, port: remote.port },
+        { host: local.hostname, port: local.port },
+      );
+      try {
+        let off = 0;
+        while (off < header.length) off += await conn.write(header.subarray(off));
+      } catch {
+        closeQuietly(conn);
+        return;
+      }
+    }
+    const outcome = await pipe(client, conn, {
+      clock: this.deps.clock,
+      idleMs: settings.idle_timeout,
+      signal: server.signal,
+      pool: this.deps.buffers,
+    });
+    this.counts.bytes_in += outcome.up;
+    this.counts.bytes_out += outcome.down;
+    if (outcome.reason === "aborted") this.counts.closed_by_server_down++;
+    if (outcome.reason === "idle") this.counts.idle_timeouts++;
+  }
+
+  /**
+   * Waits in the queue for a slot; false when the queue is full, the wait timed out or the service stops. `first`:
+   * the client's first wait, counted in `queued` once it is in the queue (a client refused for a full queue is not).
+   */
+  #wait(ms: number, first: boolean): Promise<boolean> {
+    if (ms <= 0) {
+      this.counts.queue_timeouts++;
+      return Promise.resolve(false);
+    }
+    if (this.#queue.length >= this.plan.settings.queue) {
+      this.counts.queue_full++;
+      return Promise.resolve(false);
+    }
+    return new Promise<boolean>((resolve) => {
+      const waiter: Waiter = {
+        wake: () => {
+          this.deps.clock.clearTimeout(waiter.timer);
+          resolve(!this.#stopping);
+        },
+        timer: this.deps.clock.setTimeout(() => {
+          const i = this.#queue.indexOf(waiter);
+          if (i >= 0) this.#queue.splice(i, 1);
+          this.counts.queue_timeouts++;
+          resolve(false);
+        }, ms),
+      };
+      this.#queue.push(waiter);
+      if (first) this.counts.queued++;
+    });
+  }
+
+  /** Lets the first queued clients try again: one per server with room. */
+  #wakeQueue(): void {
+    let room = 0;
+    for (const s of this.servers) {
+      if (!s.available) continue;
+      room += s.maxconn === 0 ? this.#queue.length : Math.max(0, s.maxconn - s.active);
+    }
+    while (room-- > 0 && this.#queue.length) this.#queue.shift()!.wake();
+  }
+
+  /** Admin change from the API; waking the queue when a server becomes ready. */
+  changed(): void {
+    this.#wakeQueue();
+  }
+
+  #publish(): void {
+    const { metrics } = this.deps;
+    const set = metrics.set("scheduler_service", { service: this.name });
+    set.gauge("open_connections", "Client connections open now, queued included", () => this.open);
+    set.gauge("queue_length", "Clients waiting for a server with room", () => this.#queue.length);
+    for (const [key, help] of COUNT_HELP) {
+      set.counter(`${key}_total`, help, () => this.counts[key]);
+    }
+    this.#sets.push(set);
+    for (const s of this.servers) {
+      const ss = metrics.set("scheduler_server", { service: this.name, server: s.key });
+      ss.gauge("up", "1 when the server takes connections (up and ready), else 0", () => s.available ? 1 : 0);
+      ss.gauge("effective_weight", "Configured weight scaled by the agent's percentage", () => s.weight);
+      ss.gauge("active_connections", "Connections open to the server now", () => s.active);
+      ss.counter("connections_total", "Connections made to the server", () => s.total);
+      ss.counter(
+        "failed_connects_total",
+        "Client connects to the server that failed",
+        () => s.failedConnects,
+      );
+      this.#sets.push(ss);
+    }
+  }
+
+  status(): Record<string, unknown> {
+    const { settings } = this.plan;
+    return {
+      listen: formatHostPort(this.address),
+      origin: this.plan.origin,
+      picker: settings.picker,
+      persistence_ms: settings.persistence,
+      proxy_protocol: settings.proxy_protocol,
+      open: this.open,
+      queue_length: this.#queue.length,
+      persistence_entries: this.#persistence?.size ?? 0,
+      checks: this.#monitor.checks,
+      agent_polls: this.#monitor.agentPolls,
+      ...this.counts,
+      servers: this.servers.map((s) => s.status()),
+    };
+  }
+
+  /**
+   * Stops accepting and checking at once; open connections may finish until `deadline` aborts, then they are cut.
+   */
+  async stop(deadline: AbortSignal): Promise<void> {
+    this.#stopping = true;
+    this.#listener?.close();
+    this.#monitor.stop();
+    await this.#acceptLoop;
+    for (const w of this.#queue.splice(0)) w.wake();
+    const cut = () => {
+      for (const c of this.#clients) closeQuietly(c);
+    };
+    if (deadline.aborted) cut();
+    else deadline.addEventListener("abort", cut, { once: true });
+    await Promise.all(this.#tasks);
+    deadline.removeEventListener("abort", cut);
+    for (const set of this.#sets) this.deps.metrics.remove(set);
+  }
+}
+
+const COUNT_HELP: [keyof Service["counts"], string][] = [
+  ["accepted", "Client connections accepted"],
+  ["refused_limit", "Clients closed because the service was at max_connections"],
+  ["refused_client_limit", "Clients closed because their address was at max_per_client"],
+  ["no_server", "Clients closed because no server could take them"],
+  ["queue_full", "Clients closed because the queue was full"],
+  ["queue_timeouts", "Clients closed after waiting queue_timeout for a server"],
+  ["queued", "Clients that waited in the queue"],
+  ["retries", "Connects retried on another server after one failed"],
+  ["redirects", "Servers chosen for the redirect route"],
+  ["closed_by_server_down", "Connections closed because their server went down or into maintenance"],
+  ["idle_timeouts", "Connections closed after idle_timeout without a byte"],
+  ["bytes_in", "Bytes from clients to servers (finished connections)"],
+  ["bytes_out", "Bytes from servers to clients (finished connections)"],
+];

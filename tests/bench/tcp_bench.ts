@@ -1,0 +1,260 @@
+/**
+ * TCP scheduler benchmark, all paths in one run against one nginx backend, driven by wrk:
+ *   direct     wrk -> nginx
+ *   haproxy    wrk -> HAProxy (mode tcp, `nbthread` = BENCH_WORKERS) -> nginx
+ *   edgenode   wrk -> edgenode scheduler (BENCH_WORKERS workers) -> nginx
+ * for three loads: keepalive requests/s (small response), new connections/s (`Connection: close`), and bulk MB/s
+ * (a 1 MiB response over keepalive). Prints each figure and its ratio to HAProxy; exits non-zero only when a peer
+ * (nginx, haproxy, wrk) is missing or a path could not start.
+ *
+ *   make bench                         every benchmark       deno task bench tcp     this one
+ *   BENCH_SECONDS=5 BENCH_CONNECTIONS=50 BENCH_WORKERS=1 deno task bench tcp
+ */
+import { startEdgenode, tempConfig } from "../e2e/_process.ts";
+
+const LO = "127.0.0.1";
+const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? "5");
+const CONNECTIONS = Number(Deno.env.get("BENCH_CONNECTIONS") ?? "50");
+const WORKERS = Number(Deno.env.get("BENCH_WORKERS") ?? "1");
+/** wrk's own threads: one, so that it takes one core at most and leaves the other to the path under test. */
+const WRK_THREADS = Number(Deno.env.get("BENCH_WRK_THREADS") ?? "1");
+
+function which(name: string): string | null {
+  for (const dir of ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"]) {
+    try {
+      Deno.statSync(`${dir}/${name}`);
+      return `${dir}/${name}`;
+    } catch { /* next */ }
+  }
+  return null;
+}
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: LO, port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+async function waitForPort(port: number, what: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      (await Deno.connect({ hostname: LO, port })).close();
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new Error(`${what} did not listen on ${LO}:${port}`);
+}
+
+interface Running {
+  port: number;
+  stop(): Promise<void>;
+}
+
+async function startNginx(dir: string): Promise<Running> {
+  const port = freePort();
+  await Deno.writeFile(`${dir}/bulk.bin`, new Uint8Array(1 << 20).fill(120));
+  const conf = `${dir}/nginx.conf`;
+  await Deno.writeTextFile(
+    conf,
+    `daemon off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_requests 1000000;
+  sendfile on;
+  server {
+    listen ${LO}:${port} backlog=4096;
+    location = / { return 200 "hello\\n"; }
+    location = /bulk { alias ${dir}/bulk.bin; }
+  }
+}
+`,
+  );
+  const child = new Deno.Command(which("nginx")!, {
+    args: ["-c", conf, "-p", dir],
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  await waitForPort(port, "nginx");
+  return { port, stop: () => kill(child) };
+}
+
+async function startHaproxy(dir: string, backend: number): Promise<Running> {
+  const port = freePort();
+  const conf = `${dir}/haproxy.cfg`;
+  await Deno.writeTextFile(
+    conf,
+    `global
+  nbthread ${WORKERS}
+  maxconn 8000
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+frontend bench
+  bind ${LO}:${port}
+  default_backend nginx
+backend nginx
+  balance leastconn
+  server n1 ${LO}:${backend}
+`,
+  );
+  const child = new Deno.Command(which("haproxy")!, {
+    args: ["-f", conf, "-db"],
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  await waitForPort(port, "haproxy");
+  return { port, stop: () => kill(child) };
+}
+
+async function startScheduler(backend: number): Promise<Running> {
+  const port = freePort();
+  const config = await tempConfig([
+    "roles: [scheduler]",
+    "log:\n  level: warn",
+    "scheduler:",
+    ...(WORKERS > 1 ? [`  workers: ${WORKERS}`] : []),
+    "  services:",
+    `    - name: bench`,
+    `      listen: ${LO}:${port}`,
+    "      picker: leastconn",
+    `      servers: [{ address: "${LO}:${backend}" }]`,
+    "",
+  ].join("\n"));
+  const node = startEdgenode(["--config", config.path, "--status", `${LO}:0`, "--log-level", "info"]);
+  await node.waitForLine(/msg="service listening" service=bench/);
+  await waitForPort(port, "edgenode");
+  return {
+    port,
+    async stop() {
+      await node[Symbol.asyncDispose]();
+      await config[Symbol.asyncDispose]();
+    },
+  };
+}
+
+async function kill(child: Deno.ChildProcess): Promise<void> {
+  try {
+    child.kill("SIGTERM");
+  } catch { /* gone */ }
+  await child.status;
+}
+
+interface Load {
+  name: string;
+  path: string;
+  headers: string[];
+  /** The figure wrk's output gives for it. */
+  unit: "req/s" | "MB/s";
+}
+
+const LOADS: Load[] = [
+  { name: "keepalive", path: "/", headers: [], unit: "req/s" },
+  { name: "new conns", path: "/", headers: ["Connection: close"], unit: "req/s" },
+  { name: "bulk 1 MiB", path: "/bulk", headers: [], unit: "MB/s" },
+];
+
+/** Runs wrk and returns requests/s or MB/s (from its Transfer/sec), and the count of socket errors. */
+async function wrk(port: number, load: Load, seconds = SECONDS): Promise<{ value: number; errors: number }> {
+  const args = [
+    `-t${WRK_THREADS}`,
+    `-c${CONNECTIONS}`,
+    `-d${seconds}s`,
+    ...load.headers.flatMap((h) => ["-H", h]),
+    `http://${LO}:${port}${load.path}`,
+  ];
+  const out = await new Deno.Command(which("wrk")!, { args, stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  if (out.code !== 0) throw new Error(`wrk failed: ${new TextDecoder().decode(out.stderr)}`);
+  const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
+  const nonOk = /Non-2xx or 3xx responses: (\d+)/.exec(text);
+  const errorCount = (errors ? errors.slice(1).reduce((n, v) => n + Number(v), 0) : 0) +
+    (nonOk ? Number(nonOk[1]) : 0);
+  if (load.unit === "req/s") {
+    return { value: Number(/Requests\/sec:\s+([0-9.]+)/.exec(text)?.[1] ?? 0), errors: errorCount };
+  }
+  const m = /Transfer\/sec:\s+([0-9.]+)(KB|MB|GB)/.exec(text);
+  const scale = { KB: 1 / 1024, MB: 1, GB: 1024 }[m?.[2] ?? "MB"]!;
+  return { value: Number(m?.[1] ?? 0) * scale, errors: errorCount };
+}
+
+async function main(): Promise<number> {
+  const missing = ["nginx", "haproxy", "wrk"].filter((n) => !which(n));
+  if (missing.length) {
+    console.error(
+      `tcp_bench: cannot run without ${missing.join(", ")} (apt-get install nginx-light haproxy wrk)`,
+    );
+    return 1;
+  }
+  const dir = await Deno.makeTempDir({ prefix: "edgenode-tcp-bench-" });
+  // nginx's workers drop root for an unprivileged user, who must be able to read the bulk file.
+  await Deno.chmod(dir, 0o755);
+  const started: Running[] = [];
+  try {
+    const nginx = await startNginx(dir);
+    started.push(nginx);
+    const haproxy = await startHaproxy(dir, nginx.port);
+    started.push(haproxy);
+    const edgenode = await startScheduler(nginx.port);
+    started.push(edgenode);
+    const paths = [
+      { name: "direct", port: nginx.port },
+      { name: `haproxy (${WORKERS} thr)`, port: haproxy.port },
+      { name: `edgenode (${WORKERS} wkr)`, port: edgenode.port },
+    ];
+    console.log(
+      `wrk -t${WRK_THREADS} -c${CONNECTIONS} -d${SECONDS}s, nginx backend; ratio = edgenode / HAProxy (goal >= 1.0)`,
+    );
+    const rows: string[][] = [];
+    for (const load of LOADS) {
+      const figures: number[] = [];
+      const errors: number[] = [];
+      for (const p of paths) {
+        await wrk(p.port, load, 1); // warm-up: connection pools, JIT, buffer pools
+        const r = await wrk(p.port, load);
+        figures.push(r.value);
+        errors.push(r.errors);
+      }
+      rows.push([
+        `${load.name} (${load.unit})`,
+        ...figures.map((f, i) => `${fmt(f)}${errors[i] ? ` [${errors[i]} err]` : ""}`),
+        (figures[2] / figures[1]).toFixed(2),
+        (figures[2] / figures[0]).toFixed(2),
+      ]);
+    }
+    table(["load", ...paths.map((p) => p.name), "vs haproxy", "vs direct"], rows);
+    return 0;
+  } catch (error) {
+    console.error(`tcp_bench: could not run: ${error instanceof Error ? error.message : error}`);
+    return 1;
+  } finally {
+    for (const s of started.reverse()) await s.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function fmt(n: number): string {
+  return n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(1);
+}
+
+function table(head: string[], rows: string[][]): void {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i])).join("  ");
+  console.log(line(head));
+  for (const r of rows) console.log(line(r));
+}
+
+Deno.exit(await main());
