@@ -96,6 +96,8 @@ export class CounterSet {
 /** All counter sets of a process, rendered together. */
 export class MetricsRegistry {
   readonly #sets = new Set<CounterSet>();
+  /** Each live set's identity (subsystem and labels), so that adding one is not a scan of every other. */
+  readonly #ids = new IdIndex();
   /** Kind and help of every full metric name ever declared: one name, one meaning. */
   readonly #names = new Map<string, { kind: Kind; help: string }>();
 
@@ -108,12 +110,10 @@ export class MetricsRegistry {
   set(subsystem: string, labels: Labels = {}): CounterSet {
     if (!NAME.test(subsystem)) throw new Error(`Invalid subsystem name "${subsystem}"`);
     const id = seriesId(subsystem, labels);
-    for (const other of this.#sets) {
-      if (seriesId(other.subsystem, other.labels) === id) {
-        throw new Error(
-          `A counter set "${subsystem}" with labels ${formatLabels(labels) || "{}"} exists already`,
-        );
-      }
+    if (this.#ids.has(id)) {
+      throw new Error(
+        `A counter set "${subsystem}" with labels ${formatLabels(labels) || "{}"} exists already`,
+      );
     }
     const set = new CounterSet(subsystem, labels, (name, kind, help) => {
       const full = `${this.namespace}_${subsystem}_${name}`;
@@ -124,12 +124,14 @@ export class MetricsRegistry {
       }
     });
     this.#sets.add(set);
+    this.#ids.set(set, id);
     return set;
   }
 
   /** Forgets a component's numbers (it stopped and its series should disappear). */
   remove(set: CounterSet): void {
     this.#sets.delete(set);
+    this.#ids.delete(set);
   }
 
   /** Prometheus text exposition format 0.0.4. */
@@ -171,4 +173,23 @@ function formatValue(v: number): string {
   if (v === Infinity) return "+Inf";
   if (v === -Infinity) return "-Inf";
   return String(v);
+}
+
+/** Set -> identity, and the identities in use (a set removed twice, or never added, changes nothing). */
+class IdIndex {
+  readonly #bySet = new Map<CounterSet, string>();
+  readonly #inUse = new Set<string>();
+  has(id: string): boolean {
+    return this.#inUse.has(id);
+  }
+  set(set: CounterSet, id: string): void {
+    this.#bySet.set(set, id);
+    this.#inUse.add(id);
+  }
+  delete(set: CounterSet): void {
+    const id = this.#bySet.get(set);
+    if (id === undefined) return;
+    this.#bySet.delete(set);
+    this.#inUse.delete(id);
+  }
 }

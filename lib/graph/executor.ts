@@ -13,30 +13,37 @@
  *
  * Start is all or nothing. The VM groups start first, in parallel; each reports `started` or the AP that could not
  * start. Then main's elements start, sinks first. Then the input sockets open. Batches a group emits before all of
- * this is done are held until then. On any failure the session is stopped as a whole (inputs closed, every element
- * stopped, every worker ended) before the error is passed on. Stop closes the inputs, then stops every AP in
- * data-flow order, asking the worker for a group's APs one by one. What an upstream AP emitted reaches its targets
- * before they stop (messages keep their order), and savers flush.
+ * this is done are held until then, up to LINK_LIMIT_BYTES for the session; beyond that they are dropped and
+ * counted. On any failure the session is stopped as a whole (inputs closed, every element stopped, every worker
+ * ended, what groups still emit discarded) before the error is passed on. Stop closes the inputs, then stops every
+ * AP in data-flow order, asking the worker for a group's APs one by one. What an upstream AP emitted reaches its
+ * targets before they stop (messages keep their order), and savers flush.
+ *
+ * `edgenode_session_vm_dropped_total` counts the datagrams lost crossing a group's boundary, by `direction`: "in"
+ * for those that did not reach the group's worker (its link full, or the worker not running), "out" for those an AP
+ * of the group emitted that were not routed on (the link full, too much held during start, a failed start). A
+ * port's count on either side of the boundary differs by exactly these.
  */
 import { type Clock, systemClock } from "../core/clock.ts";
 import { StartError } from "../core/errors.ts";
 import type { CounterSet } from "../core/metrics.ts";
 import { formatHostPort, isIPv6 } from "../net/address.ts";
 import { type Destinations, openUdp, type UdpSocket } from "../net/udp.ts";
-import { ApHost, type Delivery } from "./ap_host.ts";
+import { ApHost, type Delivery, type PortCount } from "./ap_host.ts";
 import type { SessionPlan, Wire } from "./check.ts";
 import type { NodeServices } from "./element.ts";
 import type { Decoded } from "./vm_codec.ts";
 import { VmGroup } from "./vm_group.ts";
-import type { SnapshotMessage } from "./vm_protocol.ts";
+import { LINK_LIMIT_BYTES, type SnapshotMessage } from "./vm_protocol.ts";
 
 export interface ExecutorOptions {
   /** The module VM groups' workers run; tests give one that also knows test kinds. Default: ./vm_worker.ts. */
   readonly workerUrl?: URL;
   /** The clock of the workers' deadlines: real time by default, as the workers run on it. */
   readonly vmClock?: Clock;
-  /** How long a worker may take to start its APs, and to stop them. */
+  /** How long a worker may take to start its APs. */
   readonly vmStartMs?: number;
+  /** How long a worker may take to answer each request: stop one AP, close, take a snapshot for `refresh()`. */
   readonly vmStopMs?: number;
   /** How often a worker reports its counters. */
   readonly snapshotMs?: number;
@@ -65,8 +72,12 @@ export class RunningSession {
   readonly #outSockets = new Map<"v4" | "v6", UdpSocket>();
   readonly #sets: CounterSet[] = [];
   #stopped = false;
-  /** Batches groups emitted before the whole session was started, delivered once it is. */
+  /** Batches groups emitted before the whole session was started, delivered once it is; null once it is. */
   #held: Decoded[] | null = [];
+  /** Their buffers' bytes: the main isolate acknowledges them on arrival, so this bound is what holds them back. */
+  #heldBytes = 0;
+  /** The start failed: what groups emit while the session is taken down is dropped. */
+  #discard = false;
 
   private constructor(
     readonly plan: SessionPlan,
@@ -89,7 +100,7 @@ export class RunningSession {
         stopMs: options.vmStopMs ?? VM_DEFAULTS.stopMs,
         snapshotMs: options.snapshotMs ?? VM_DEFAULTS.snapshotMs,
         onBatch: (decoded) => this.#fromGroup(group, decoded),
-        onSnapshot: (snapshot) => this.#snapshot(snapshot),
+        onSnapshot: (snapshot) => this.#snapshot(group, snapshot),
       });
       this.#groups.push(group);
       for (const i of aps) this.#groupOf[i] = group;
@@ -140,6 +151,7 @@ export class RunningSession {
     await this.#host.start();
     const held = this.#held ?? [];
     this.#held = null;
+    this.#heldBytes = 0;
     for (const d of held) this.#forward(d);
     for (const [i, ap] of plan.aps.entries()) {
       ap.inputs.forEach((input, k) => {
@@ -208,8 +220,11 @@ export class RunningSession {
       });
       return;
     }
-    if (this.#held) this.#held.push(decoded);
-    else this.#forward(decoded);
+    if (this.#discard) return group.dropOut(decoded.batch.count);
+    if (!this.#held) return this.#forward(decoded);
+    if (this.#heldBytes + decoded.size > LINK_LIMIT_BYTES) return group.dropOut(decoded.batch.count);
+    this.#heldBytes += decoded.size;
+    this.#held.push(decoded);
   }
 
   #forward({ to, batch, bytes }: Decoded): void {
@@ -217,15 +232,23 @@ export class RunningSession {
     if (deliver) this.#host.entering(batch, bytes, () => deliver(batch, to.rtcp));
   }
 
-  /** A group's counters: they replace what this isolate showed for its APs. */
-  #snapshot(snapshot: SnapshotMessage): void {
+  /**
+   * A group's counters: they replace what this isolate showed for its APs. Only for the group's own APs and ports,
+   * and only numbers: a worker's report is not trusted.
+   */
+  #snapshot(group: VmGroup, snapshot: SnapshotMessage): void {
     for (const s of snapshot.aps) {
+      if (this.#groupOf[s.ap] !== group) continue;
       const state = this.#host.states[s.ap];
-      if (!state || !this.#groupOf[s.ap]) continue;
-      s.inputs.forEach(([packets, bytes], k) => Object.assign(state.inputs[k] ?? {}, { packets, bytes }));
-      s.outputs.forEach(([packets, bytes], j) => Object.assign(state.outputs[j] ?? {}, { packets, bytes }));
-      state.errors = s.errors;
-      this.#vmStatus.set(s.ap, s.status);
+      const copy = (ports: PortCount[], counts: readonly (readonly [number, number])[]) =>
+        ports.forEach((p, k) => {
+          const [packets, bytes] = counts[k] ?? [];
+          if (typeof packets === "number" && typeof bytes === "number") Object.assign(p, { packets, bytes });
+        });
+      copy(state.inputs, s.inputs);
+      copy(state.outputs, s.outputs);
+      if (typeof s.errors === "number") state.errors = s.errors;
+      if (typeof s.status === "object" && s.status !== null) this.#vmStatus.set(s.ap, s.status);
     }
   }
 
@@ -263,14 +286,19 @@ export class RunningSession {
       }
     }
     for (const group of this.#groups) {
-      const set = metrics.set("session_vm", { session: this.plan.name, vm: group.name });
+      const labels = { session: this.plan.name, vm: group.name };
+      const set = metrics.set("session_vm", labels);
       set.gauge("up", "1 while the VM group's worker runs", () => (group.state === "running" ? 1 : 0));
-      set.counter(
-        "dropped_total",
-        "Datagrams lost crossing into or out of the VM group (link full, worker gone)",
-        () => group.droppedHere + group.droppedInside,
-      );
       this.#sets.push(set);
+      for (const direction of ["in", "out"] as const) {
+        const dropped = metrics.set("session_vm", { ...labels, direction });
+        dropped.counter(
+          "dropped_total",
+          "Datagrams lost crossing into or out of the VM group (link full, worker gone)",
+          () => direction === "in" ? group.droppedIn : group.droppedOut,
+        );
+        this.#sets.push(dropped);
+      }
     }
   }
 
@@ -288,27 +316,31 @@ export class RunningSession {
       uptime_seconds: Math.round((this.node.clock.now() - this.startedAt) / 1000),
       ports: this.plan.ports,
       vms: this.plan.vms.map((vm) => ({ ...vm, ...(groups.get(vm.name)?.status() ?? { state: "empty" }) })),
-      aps: this.#host.states.map((ap, i) => ({
-        name: ap.plan.name,
-        kind: ap.plan.kind.name,
-        vm: ap.plan.vm,
-        inputs: ap.inputs.map((p, k) => ({
-          ...p,
-          from: ap.plan.inputs[k].external === null ? null : `DIPRONN_INPUT(${ap.plan.inputs[k].external})`,
-        })),
-        outputs: ap.outputs.map((p, j) => ({
-          ...p,
-          to: ap.plan.outputs[j].wires.map((w) =>
-            w.kind === "ap"
-              ? `${this.plan.aps[w.node].name}.${this.plan.aps[w.node].inputs[w.input].name}`
-              : w.to
-              ? `DIPRONN_OUTPUT(${formatHostPort(w.to)})`
-              : "DIPRONN_OUTPUT"
-          ),
-        })),
-        errors: ap.errors,
-        ...(this.#groupOf[i] ? this.#vmStatus.get(i) ?? {} : this.#host.elementStatus(i)),
-      })),
+      aps: this.#host.states.map((ap, i) => {
+        const known = {
+          name: ap.plan.name,
+          kind: ap.plan.kind.name,
+          vm: ap.plan.vm,
+          inputs: ap.inputs.map((p, k) => ({
+            ...p,
+            from: ap.plan.inputs[k].external === null ? null : `DIPRONN_INPUT(${ap.plan.inputs[k].external})`,
+          })),
+          outputs: ap.outputs.map((p, j) => ({
+            ...p,
+            to: ap.plan.outputs[j].wires.map((w) =>
+              w.kind === "ap"
+                ? `${this.plan.aps[w.node].name}.${this.plan.aps[w.node].inputs[w.input].name}`
+                : w.to
+                ? `DIPRONN_OUTPUT(${formatHostPort(w.to)})`
+                : "DIPRONN_OUTPUT"
+            ),
+          })),
+          errors: ap.errors,
+        };
+        const own = this.#groupOf[i] ? this.#vmStatus.get(i) ?? {} : this.#host.elementStatus(i);
+        // The element's own figures come after what the session knows of its AP and cannot replace it.
+        return { ...known, ...own, ...known };
+      }),
       sockets: this.#inputs.map((i) => ({
         ap: i.ap,
         port: i.port,
@@ -328,7 +360,12 @@ export class RunningSession {
     this.#stopped = true;
     for (const i of this.#inputs) await i.socket.close();
     await Promise.all(this.#inputs.map((i) => i.loop));
-    if (this.#held) this.#held = []; // a failed start: nothing held is delivered
+    if (this.#held) {
+      // A failed start: nothing held is delivered, nor what groups emit from now on.
+      this.#discard = true;
+      for (const d of this.#held) this.#groupOf[d.to.ap]?.dropOut(d.batch.count);
+      this.#held = null;
+    }
     for (let i = 0; i < this.plan.aps.length; i++) {
       const group = this.#groupOf[i];
       if (group) await group.stopAp(i);

@@ -165,6 +165,8 @@ export interface Decoded {
   readonly batch: DecodedBatch;
   /** The datagrams' bytes, summed (what port counters add). */
   readonly bytes: number;
+  /** The whole buffer's bytes: what holding the batch costs. */
+  readonly size: number;
 }
 
 /** Reads a buffer made by encodeBatch; throws VmCodecError when it is not one. */
@@ -216,5 +218,5 @@ export function decodeBatch(buffer: ArrayBuffer): Decoded {
     data += length;
   }
   if (data !== bytes.length) fail(`${bytes.length - data} bytes left over`);
-  return { to, batch, bytes: data - off };
+  return { to, batch, bytes: data - off, size: bytes.length };
 }

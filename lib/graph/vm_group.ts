@@ -1,25 +1,30 @@
 /**
  * The main isolate's side of a VM group: one Deno Worker (its own V8 isolate and thread) that runs the group's APs
- * (lib/graph/vm_runtime.ts). The worker is granted what the group's kinds declare in `needs` and nothing more.
- * Batches go in and come out as transferred buffers (vm_codec.ts). Start is answered with `started` or the
- * error of the AP that could not start. Stop goes AP by AP, as the main isolate walks the session in data-flow
- * order, and ends with a final snapshot. A worker that does not answer in time is terminated. A worker that dies of
- * an uncaught error is logged and marked failed, and the rest of the session goes on.
+ * (lib/graph/vm_runtime.ts). The worker is granted what the group's kinds declare in `needs` and nothing more, and
+ * never FFI: its sockets take the portable UDP path. Batches go in and come out as transferred buffers
+ * (vm_codec.ts). Start is answered with `started` or the error of the AP that could not start. Stop goes AP by AP,
+ * as the main isolate walks the session in data-flow order, and ends with a final snapshot; each request has its own
+ * deadline, and a worker that does not answer one in time is terminated. A worker that dies of an uncaught error is
+ * logged and marked failed, and the rest of the session goes on. What a worker reports (counters, statuses, metric
+ * sets, log lines) is data from code the node does not trust: it is checked before it is shown.
+ *
+ * Datagrams lost on the way are counted by direction: `droppedIn` did not reach the worker (the link was full, or
+ * the worker was not running); `droppedOut` left an AP of the group and did not reach the main isolate's routing
+ * (the worker's link was full, or the main isolate held too much during start, or the start had failed).
  */
 import type { Clock, TimerId } from "../core/clock.ts";
 import { StartError } from "../core/errors.ts";
 import { isLogLevel } from "../core/logger.ts";
-import type { CounterSet } from "../core/metrics.ts";
 import type { Batch, UdpOptions } from "../net/udp.ts";
 import { message } from "./ap_host.ts";
 import type { SessionPlan } from "./check.ts";
 import type { ElementKind, NodeServices } from "./element.ts";
 import { type Crossing, decodeBatch, type Decoded, encodeBatch } from "./vm_codec.ts";
+import { MetricMirror } from "./vm_metrics.ts";
 import {
   BatchLink,
   describePlan,
   type FromWorker,
-  type MetricSnapshot,
   type SnapshotMessage,
   type StartMessage,
   type ToWorker,
@@ -30,14 +35,16 @@ export type VmState = "starting" | "running" | "stopping" | "stopped" | "failed"
 /** What a group's worker may do, worked out from its kinds' `needs`. */
 export interface VmAccess {
   readonly permissions: Deno.PermissionOptionsObject;
-  /** The UDP path its elements use: the fast one only where it was granted FFI. */
+  /** The UDP path its elements use: always the portable one. */
   readonly udp: UdpOptions;
 }
 
 /**
  * Nothing, plus: `net` when a kind binds or sends itself (the reflector); the data directory only, for reading or
- * writing, when a kind keeps files there (player, saver). FFI gives native code the whole process, so a worker gets
- * it only when a kind needs net and the operator set `udp: fast`; otherwise its sockets take the portable path.
+ * writing, when a kind keeps files there (player, saver). Never FFI, whatever `udp` the node uses: FFI gives native
+ * code the whole process, and a worker that is terminated (crashed, too slow) would leave the fast path's raw socket
+ * descriptors open, with a recvmmsg still writing into the dead isolate's buffers. Deno closes a terminated worker's
+ * own resources, so the portable path frees its ports.
  */
 export function vmAccess(kinds: readonly ElementKind[], node: NodeServices): VmAccess {
   const net = kinds.some((k) => k.needs?.net);
@@ -46,11 +53,10 @@ export function vmAccess(kinds: readonly ElementKind[], node: NodeServices): VmA
     : kinds.some((k) => k.needs?.files === "read")
     ? "read"
     : null;
-  const ffi = net && node.udp.impl === "fast";
   return {
     permissions: {
       env: false,
-      ffi,
+      ffi: false,
       import: false,
       net,
       read: files ? [node.dataDir] : false,
@@ -58,7 +64,7 @@ export function vmAccess(kinds: readonly ElementKind[], node: NodeServices): VmA
       sys: false,
       write: files === "write" ? [node.dataDir] : false,
     },
-    udp: { ...node.udp, impl: ffi ? "fast" : "portable" },
+    udp: { ...node.udp, impl: "portable" },
   };
 }
 
@@ -72,6 +78,7 @@ export interface VmGroupOptions {
   /** Real time: the worker runs on it, so its deadlines do too. */
   readonly clock: Clock;
   readonly startMs: number;
+  /** How long the worker may take to answer one request: stop an AP, close, take a snapshot. */
   readonly stopMs: number;
   readonly snapshotMs: number;
   /** A batch the group emitted for wires outside it; the main isolate routes it. */
@@ -83,27 +90,48 @@ export class VmGroup {
   state: VmState = "starting";
   error: string | null = null;
   readonly access: VmAccess;
-  /** Datagrams the worker could not post to the main isolate (from its last snapshot). */
-  droppedInside = 0;
   /** Datagrams for the group that were not posted: the link was full, or the worker was not running. */
-  droppedHere = 0;
+  droppedIn = 0;
+  /** Datagrams the worker could not post to the main isolate (from its last snapshot). */
+  #droppedOutInside = 0;
+  /** Datagrams the group sent that the main isolate dropped (see `dropOut`). */
+  #droppedOutHere = 0;
   #worker: Worker | null = null;
   readonly #link: BatchLink;
   readonly #waiters = new Map<string, (() => void)[]>();
   #starting: { resolve: () => void; reject: (error: Error) => void } | null = null;
-  #timer: TimerId | undefined;
+  #startTimer: TimerId | undefined;
+  #requests = 0;
   #lastSnapshot: number | null = null;
-  readonly #mirrors = new Map<string, { set: CounterSet; values: Map<string, number> }>();
-  /** Sets the node's registry refused (a name clash): reported once, not shown. */
-  readonly #refused = new Set<string>();
+  readonly #mirror: MetricMirror;
 
   constructor(private readonly options: VmGroupOptions) {
     this.access = vmAccess(options.aps.map((i) => options.plan.aps[i].kind), options.node);
     this.#link = new BatchLink((m, transfer) => this.#worker?.postMessage(m, transfer ?? []));
+    this.#mirror = new MetricMirror(options.node.metrics, {
+      labels: { session: options.plan.name, vm: options.name },
+      onRefused: (subsystem, why) =>
+        options.node.logger.warn("VM group metric set not shown", {
+          session: options.plan.name,
+          vm: options.name,
+          subsystem,
+          error: why,
+        }),
+    });
   }
 
   get name(): string {
     return this.options.name;
+  }
+
+  /** Datagrams that left an AP of the group and were lost before the main isolate routed them. */
+  get droppedOut(): number {
+    return this.#droppedOutInside + this.#droppedOutHere;
+  }
+
+  /** Counts datagrams the group sent that the main isolate dropped (too much held during start, a failed start). */
+  dropOut(datagrams: number): void {
+    this.#droppedOutHere += datagrams;
   }
 
   /** Starts the worker and its elements; throws StartError naming the AP (or the worker) that could not start. */
@@ -122,7 +150,14 @@ export class VmGroup {
       return Promise.reject(new StartError(`VM ${options.name}: cannot start its worker: ${this.error}`));
     }
     const worker = this.#worker;
-    worker.onmessage = (event: MessageEvent<FromWorker>) => this.#receive(event.data);
+    worker.onmessage = (event: MessageEvent<FromWorker>) => {
+      try {
+        this.#receive(event.data);
+      } catch (error) {
+        // A message of a shape the protocol does not have: the worker is not to be trusted any more.
+        this.#fail(`it sent a message that cannot be read: ${message(error)}`);
+      }
+    };
     worker.onerror = (event) => {
       // Handled here: an uncaught error in a worker would otherwise end the whole process.
       event.preventDefault();
@@ -140,7 +175,7 @@ export class VmGroup {
     };
     return new Promise<void>((resolve, reject) => {
       this.#starting = { resolve, reject };
-      this.#timer = options.clock.setTimeout(
+      this.#startTimer = options.clock.setTimeout(
         () => this.#fail(`it did not start within ${options.startMs} ms`),
         options.startMs,
       );
@@ -151,38 +186,35 @@ export class VmGroup {
   /** Sends a batch into the group (encoded and transferred); counted as dropped when it cannot go. */
   post(to: Crossing, batch: Batch): void {
     if (this.state !== "running" && this.state !== "stopping") {
-      this.droppedHere += batch.count;
+      this.droppedIn += batch.count;
       return;
     }
-    if (!this.#link.send(encodeBatch(to, batch), batch.count)) this.droppedHere += batch.count;
+    if (!this.#link.send(encodeBatch(to, batch), batch.count)) this.droppedIn += batch.count;
   }
 
   /** Stops the element of AP `ap` in the worker; resolves when it did, or when the worker is gone. */
   stopAp(ap: number): Promise<void> {
-    if (!this.#beginStop()) return Promise.resolve();
-    const done = this.#wait(`stopped ${ap}`);
-    this.#post({ type: "stop", ap });
-    return done;
+    if (!this.#stopping()) return Promise.resolve();
+    return this.#ask(`stopped ${ap}`, { type: "stop", ap }, () => this.#terminate());
   }
 
-  /** Takes a fresh snapshot (tests, and callers that want counters as of now). */
+  /**
+   * Takes a fresh snapshot (tests, and callers that want counters as of now): resolves on the answer to this
+   * request, or after the deadline with the counters as they were.
+   */
   refresh(): Promise<void> {
     if (this.state !== "running" && this.state !== "stopping") return Promise.resolve();
-    const done = this.#wait("snapshot");
-    this.#post({ type: "snapshot" });
-    return done;
+    const id = ++this.#requests;
+    const key = `snapshot ${id}`;
+    return this.#ask(key, { type: "snapshot", id }, () => this.#wake(key));
   }
 
   /** Stops what still runs in the worker, takes its final snapshot and ends it (terminated after the deadline). */
   async close(): Promise<void> {
-    if (this.#worker && this.#beginStop()) {
-      const done = this.#wait("closed");
-      this.#post({ type: "close" });
-      await done;
+    if (this.#worker && this.#stopping()) {
+      await this.#ask("closed", { type: "close" }, () => this.#terminate());
     }
     this.#end(this.state === "failed" ? "failed" : "stopped");
-    for (const m of this.#mirrors.values()) this.options.node.metrics.remove(m.set);
-    this.#mirrors.clear();
   }
 
   status(): Record<string, unknown> {
@@ -193,31 +225,44 @@ export class VmGroup {
       isolate: "worker",
       permissions: { net: p.net, ffi: p.ffi, read: p.read, write: p.write },
       udp: this.access.udp.impl,
-      dropped_in: this.droppedHere,
-      dropped_out: this.droppedInside,
+      dropped_in: this.droppedIn,
+      dropped_out: this.droppedOut,
       in_flight_bytes: this.#link.inFlight,
+      metric_sets_refused: this.#mirror.refused,
       snapshot_age_ms: this.#lastSnapshot === null
         ? null
         : Math.max(0, this.options.clock.now() - this.#lastSnapshot),
     };
   }
 
-  /** True when there is a running worker to ask; arms the stop deadline on the first call. */
-  #beginStop(): boolean {
+  /** True when there is a running worker to ask. */
+  #stopping(): boolean {
     if (this.state !== "running" && this.state !== "stopping") return false;
-    if (this.state === "running") {
-      this.state = "stopping";
-      this.#timer = this.options.clock.setTimeout(() => {
-        this.options.node.logger.warn("VM group did not stop in time; its worker was terminated", {
-          session: this.options.plan.name,
-          vm: this.options.name,
-          deadline_ms: this.options.stopMs,
-        });
-        this.error = `terminated after the ${this.options.stopMs} ms stop deadline`;
-        this.#end("stopped");
-      }, this.options.stopMs);
-    }
+    this.state = "stopping";
     return true;
+  }
+
+  /**
+   * Posts a request and resolves when `key` is answered, the worker ends, or the deadline passes (then `late` runs).
+   * Each request has its own deadline: a healthy worker is given its time for every AP it stops.
+   */
+  #ask(key: string, m: ToWorker, late: () => void): Promise<void> {
+    const { clock, stopMs } = this.options;
+    const done = this.#wait(key);
+    const timer = clock.setTimeout(late, stopMs);
+    this.#post(m);
+    return done.finally(() => clock.clearTimeout(timer));
+  }
+
+  /** The worker did not answer a stop request in time. */
+  #terminate(): void {
+    this.options.node.logger.warn("VM group did not stop in time; its worker was terminated", {
+      session: this.options.plan.name,
+      vm: this.options.name,
+      deadline_ms: this.options.stopMs,
+    });
+    this.error = `terminated after the ${this.options.stopMs} ms stop deadline`;
+    this.#end("stopped");
   }
 
   #post(m: ToWorker): void {
@@ -239,9 +284,10 @@ export class VmGroup {
   }
 
   #receive(m: FromWorker): void {
+    // Messages queued before the worker was ended are not read.
+    if (this.state === "stopped" || this.state === "failed") return;
     if (m instanceof ArrayBuffer) {
       this.#link.took(m.byteLength);
-      if (this.state !== "running" && this.state !== "stopping" && this.state !== "starting") return;
       let decoded: Decoded;
       try {
         decoded = decodeBatch(m);
@@ -258,29 +304,29 @@ export class VmGroup {
     }
     switch (m.type) {
       case "started":
-        this.#clearTimer();
+        this.#clearStartTimer();
         this.state = "running";
         this.#starting?.resolve();
         this.#starting = null;
         return;
       case "failed": {
-        this.error = m.message;
+        this.error = String(m.message);
         const starting = this.#starting;
         this.#starting = null;
         this.#end("failed");
-        starting?.reject(new StartError(`${m.message} (in VM ${this.options.name})`));
+        starting?.reject(new StartError(`${this.error} (in VM ${this.options.name})`));
         return;
       }
       case "snapshot":
         this.#lastSnapshot = this.options.clock.now();
-        this.droppedInside = m.dropped;
-        this.#mirror(m.metrics);
+        if (typeof m.dropped === "number") this.#droppedOutInside = m.dropped;
+        this.#mirror.update(m.metrics);
         this.options.onSnapshot(m);
-        this.#wake("snapshot");
+        if (typeof m.id === "number") this.#wake(`snapshot ${m.id}`);
         return;
       case "log": {
         const level = isLogLevel(m.level) ? m.level : "error";
-        this.options.node.logger[level](m.msg, {
+        this.options.node.logger[level](String(m.msg), {
           ...m.fields,
           session: this.options.plan.name,
           vm: this.options.name,
@@ -311,58 +357,18 @@ export class VmGroup {
     starting?.reject(new StartError(`VM ${this.options.name} failed: ${why}`));
   }
 
-  /** Ends the worker and releases everyone waiting on it. */
+  /** Ends the worker, takes its metric sets away and releases everyone waiting on it. */
   #end(state: "stopped" | "failed"): void {
-    this.#clearTimer();
+    this.#clearStartTimer();
     if (this.state !== "failed") this.state = state;
     this.#worker?.terminate();
     this.#worker = null;
+    this.#mirror.clear();
     for (const key of [...this.#waiters.keys()]) this.#wake(key);
   }
 
-  #clearTimer(): void {
-    if (this.#timer !== undefined) this.options.clock.clearTimeout(this.#timer);
-    this.#timer = undefined;
-  }
-
-  /** The worker's own metric sets (a reflector's sockets and participants) as sets of the node's registry. */
-  #mirror(metrics: readonly MetricSnapshot[]): void {
-    const registry = this.options.node.metrics;
-    const seen = new Set<string>();
-    for (const m of metrics) {
-      const key = JSON.stringify([m.subsystem, m.labels]);
-      if (this.#refused.has(key)) continue;
-      seen.add(key);
-      let mirror = this.#mirrors.get(key);
-      if (!mirror) {
-        const values = new Map<string, number>();
-        let set: CounterSet | null = null;
-        try {
-          set = registry.set(m.subsystem, m.labels);
-          for (const s of m.series) {
-            const read = () => values.get(s.name) ?? 0;
-            if (s.kind === "counter") set.counter(s.name, s.help, read);
-            else set.gauge(s.name, s.help, read);
-          }
-        } catch (error) {
-          if (set) registry.remove(set);
-          this.#refused.add(key);
-          this.options.node.logger.warn("VM group metric set not shown", {
-            session: this.options.plan.name,
-            vm: this.options.name,
-            subsystem: m.subsystem,
-            error: message(error),
-          });
-          continue;
-        }
-        this.#mirrors.set(key, mirror = { set, values });
-      }
-      for (const s of m.series) mirror.values.set(s.name, s.value);
-    }
-    for (const [key, mirror] of this.#mirrors) {
-      if (seen.has(key)) continue;
-      registry.remove(mirror.set);
-      this.#mirrors.delete(key);
-    }
+  #clearStartTimer(): void {
+    if (this.#startTimer !== undefined) this.options.clock.clearTimeout(this.#startTimer);
+    this.#startTimer = undefined;
   }
 }

@@ -48,7 +48,8 @@ export type ToWorker =
   | { readonly type: "ack"; readonly bytes: number }
   /** Stop the element of one AP (the main isolate goes through the session in data-flow order). */
   | { readonly type: "stop"; readonly ap: number }
-  | { readonly type: "snapshot" }
+  /** Counters as of now; the answer carries `id` back. */
+  | { readonly type: "snapshot"; readonly id: number }
   /** Stop whatever still runs, send a final snapshot, then `closed`. */
   | { readonly type: "close" };
 
@@ -80,6 +81,8 @@ export interface SnapshotMessage {
   /** Datagrams the worker could not post to the main isolate (the link was full). */
   readonly dropped: number;
   readonly final: boolean;
+  /** The request this answers; null for the periodic ones and the final one. */
+  readonly id: number | null;
 }
 
 export type FromWorker =
@@ -107,8 +110,15 @@ export class ReportingRegistry extends MetricsRegistry {
     this.#live.delete(set);
   }
 
+  /** Every live set by value; a set whose value cannot be read is left out rather than fail the snapshot. */
   snapshot(): MetricSnapshot[] {
-    return [...this.#live].map(metricSnapshot);
+    return [...this.#live].flatMap((set) => {
+      try {
+        return [metricSnapshot(set)];
+      } catch {
+        return [];
+      }
+    });
   }
 }
 

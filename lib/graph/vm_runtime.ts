@@ -69,7 +69,7 @@ export function serveVmGroup(
   /** Set once every element started: the main isolate sends no batch before `started`. */
   let ready = false;
 
-  const snapshot = (final: boolean): SnapshotMessage => ({
+  const snapshot = (final: boolean, id: number | null = null): SnapshotMessage => ({
     type: "snapshot",
     aps: aps.map((ap) => {
       const s = host!.states[ap];
@@ -78,12 +78,13 @@ export function serveVmGroup(
         inputs: s.inputs.map((p) => [p.packets, p.bytes] as const),
         outputs: s.outputs.map((p) => [p.packets, p.bytes] as const),
         errors: s.errors,
-        status: cloneable(host!.elementStatus(ap)),
+        status: elementStatus(host!, ap),
       };
     }),
     metrics: metrics?.snapshot() ?? [],
     dropped: link.dropped,
     final,
+    id,
   });
 
   const start = async (m: StartMessage) => {
@@ -160,22 +161,35 @@ export function serveVmGroup(
         await host?.stop(m.ap);
         return send({ type: "stopped", ap: m.ap });
       case "snapshot":
-        return host ? send(snapshot(false)) : undefined;
+        return host ? send(snapshot(false, m.id)) : undefined;
       case "close":
-        if (timer !== undefined) systemClock.clearTimeout(timer);
-        await host?.stopAll();
-        if (host) send(snapshot(true));
-        send({ type: "closed" });
-        return scope.close();
+        // Whatever fails on the way, the main isolate hears `closed` and the worker ends.
+        try {
+          if (timer !== undefined) systemClock.clearTimeout(timer);
+          await host?.stopAll();
+          if (host) send(snapshot(true));
+        } finally {
+          send({ type: "closed" });
+          scope.close();
+        }
+        return;
     }
   };
 }
 
-/** An element's status as plain data: what structured cloning cannot carry (a function) is left out, as JSON would. */
-function cloneable(status: Record<string, unknown>): Record<string, unknown> {
+/**
+ * An element's status as plain data: what structured cloning cannot carry (a function) is left out, as JSON would.
+ * A status that throws or cannot be carried at all is reported as such, so one element cannot stop the snapshot.
+ */
+function elementStatus(host: ApHost, ap: number): Record<string, unknown> {
   try {
-    return structuredClone(status);
-  } catch {
-    return JSON.parse(JSON.stringify(status));
+    const status = host.elementStatus(ap);
+    try {
+      return structuredClone(status);
+    } catch {
+      return JSON.parse(JSON.stringify(status));
+    }
+  } catch (error) {
+    return { status_error: message(error) };
   }
 }

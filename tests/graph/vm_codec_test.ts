@@ -137,9 +137,9 @@ Deno.test("decodeBatch refuses a buffer that is not a whole crossing batch", () 
     { kind: "deliver", ap: 0, port: 0, rtcp: false },
     new ArrayBatch([bytes(50, 1), bytes(50, 2)], [{ host: "192.0.2.1", port: 1 }, { host: "::1", port: 2 }]),
   );
-  const cut = (n: number) => good.slice(0, n);
-  for (const n of [0, 10, 16, 20, 30, good.byteLength - 1]) {
-    assert.throws(() => decodeBatch(cut(n)), VmCodecError, `cut at ${n}`);
+  // Cut at every byte: each shorter buffer is refused with VmCodecError (never another error, never a batch).
+  for (let n = 0; n < good.byteLength; n++) {
+    assert.throws(() => decodeBatch(good.slice(0, n)), VmCodecError, `cut at ${n}`);
   }
   const longer = new Uint8Array(good.byteLength + 1);
   longer.set(new Uint8Array(good));

@@ -1,10 +1,13 @@
 /**
  * VM groups in their own isolates, with real workers (tests/graph/_vm_worker.ts: the core kinds plus the test kinds
- * of _vm_kinds.ts). A worker runs on real time, so these tests wait for what crosses isolates, always within a
- * bounded time, and ask for fresh counters with `refresh()` rather than waiting for the next snapshot.
+ * of _vm_kinds.ts; _vm_fake_worker.ts plays an untrusted worker). A worker runs on real time, so these tests wait for
+ * what crosses isolates, always within a bounded time, and ask for fresh counters with `refresh()` rather than
+ * waiting for the next snapshot. The deadlines the main isolate keeps run on a ManualClock where a test is about
+ * them. Every test checks at its end that each worker it started was terminated (Deno's sanitizers do not see
+ * workers).
  */
 import assert from "node:assert/strict";
-import { systemClock } from "../../lib/core/clock.ts";
+import { ManualClock, systemClock } from "../../lib/core/clock.ts";
 import { StartError } from "../../lib/core/errors.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
@@ -13,12 +16,31 @@ import { coreElements } from "../../lib/graph/elements/mod.ts";
 import { type ExecutorOptions, RunningSession } from "../../lib/graph/executor.ts";
 import { checkProgram } from "../../lib/graph/program.ts";
 import { vmAccess } from "../../lib/graph/vm_group.ts";
+import { LINK_LIMIT_BYTES } from "../../lib/graph/vm_protocol.ts";
 import { pcapFileHeader, pcapRecordSize, readPcap, writePcapRecord } from "../../lib/media/pcap.ts";
 import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
-import { MARK, withTestKinds } from "./_vm_kinds.ts";
+import { BURST_BATCHES, BURST_DATAGRAM_BYTES, BURST_DATAGRAMS, MARK, withTestKinds } from "./_vm_kinds.ts";
 
 const LO = "127.0.0.1";
 const WORKER = new URL("./_vm_worker.ts", import.meta.url);
+const FAKE_WORKER = new URL("./_vm_fake_worker.ts", import.meta.url);
+
+/** Counts the workers started until `restore()`, and which of them were terminated since. */
+function trackWorkers() {
+  const Original = globalThis.Worker;
+  const live = new Set<Worker>();
+  globalThis.Worker = class extends Original {
+    constructor(...args: ConstructorParameters<typeof Worker>) {
+      super(...args);
+      live.add(this);
+    }
+    override terminate(): void {
+      live.delete(this);
+      super.terminate();
+    }
+  };
+  return { live, restore: () => void (globalThis.Worker = Original) };
+}
 
 async function services() {
   const dataDir = await Deno.makeTempDir({ prefix: "edgenode_vm_" });
@@ -31,10 +53,24 @@ async function services() {
     host: LO,
     udp: {},
   };
-  return { node, logs, dataDir, [Symbol.asyncDispose]: () => Deno.remove(dataDir, { recursive: true }) };
+  const workers = trackWorkers();
+  return {
+    node,
+    logs,
+    dataDir,
+    async [Symbol.asyncDispose]() {
+      workers.restore();
+      await Deno.remove(dataDir, { recursive: true });
+      assert.equal(workers.live.size, 0, "every worker the test started was terminated");
+    },
+  };
 }
 
-function start(text: string, node: NodeServices, options: ExecutorOptions = {}) {
+function start(
+  text: string,
+  node: NodeServices,
+  options: ExecutorOptions = {},
+) {
   const plan = checkProgram(text, { file: "vm.dipronn", kinds: withTestKinds(coreElements()) });
   return RunningSession.start(plan, node, { workerUrl: WORKER, ...options });
 }
@@ -72,6 +108,15 @@ function freePort(): number {
 function assertFree(port: number): void {
   const s = Deno.listenDatagram({ transport: "udp", hostname: LO, port });
   s.close();
+}
+
+function canBind(port: number): boolean {
+  try {
+    assertFree(port);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function numbered(seq: number): Uint8Array {
@@ -190,10 +235,11 @@ Deno.test("RunningSession passes every datagram in order through forwarders in t
   assert.doesNotMatch(env.node.metrics.render(), /session="chain"/, "no series left behind");
 });
 
-Deno.test("a saver in a VM group writes only in the data directory, and stop flushes it", async () => {
+Deno.test("a saver in a VM group writes only in the data directory, and stop flushes it and reports it", async () => {
   await using env = await services();
   const input = freePort();
   const N = 500;
+  // No periodic snapshot comes during the test: what /status shows of the saver after stop is from the final one.
   const session = await start(
     `Project rec;
 { AP name="In" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(${input})); outputs = out(Save.in); }
@@ -202,13 +248,13 @@ Deno.test("a saver in a VM group writes only in the data directory, and stop flu
 }
 `,
     env.node,
+    { snapshotMs: 3_600_000 },
   );
   try {
+    assert.equal(ap(session, "Save").records, 0, "the snapshot taken at start");
     await send(input, N);
-    await until("the saver to record every datagram", async () => {
-      await session.refresh();
-      return ap(session, "Save").records === N;
-    });
+    // Counted in the main isolate as they are posted; messages keep their order, so the saver has them before stop.
+    await until("every datagram to be posted to the VM", () => ap(session, "In").outputs[0].packets === N);
     assert.deepEqual(vm(session, "recorder").permissions, {
       net: false,
       ffi: false,
@@ -218,10 +264,13 @@ Deno.test("a saver in a VM group writes only in the data directory, and stop flu
   } finally {
     await session.stop();
   }
-  // Written at stop (the saver's buffer was not due for a flush): the final snapshot came after it.
+  // Written at stop (the saver's buffer was not due for a flush), and reported by the final snapshot only.
   const saved = readPcap(await Deno.readFile(`${env.dataDir}/rec.pcap`));
   assert.equal(saved.records.length, N);
   assert.equal(ap(session, "Save").records, N);
+  assert.equal(ap(session, "Save").bytes, (await Deno.stat(`${env.dataDir}/rec.pcap`)).size);
+  assert.equal(vm(session, "recorder").state, "stopped");
+  assert.equal(vm(session, "recorder").error, undefined);
 });
 
 Deno.test("a VM group's worker gets only what its kinds need", async () => {
@@ -243,26 +292,37 @@ Deno.test("a VM group's worker gets only what its kinds need", async () => {
 `,
     env.node,
   );
+  // Deno reports a permission a worker was not given as "prompt", never "denied"; under --no-prompt (every task
+  // passes it) that means any use fails at once with NotCapable, which each probe also tries.
+  const tries = ["try_write_outside", "try_net", "try_ffi", "try_env", "try_run"];
   try {
     await session.refresh();
     const access = (name: string) => ap(session, name).access as Record<string, string>;
     assert.equal(access("Main").read_file, "read", "the main isolate holds the process's permissions");
     assert.equal(access("Main").read_any, "granted");
+    for (const what of [...tries, "try_write_data_dir"]) {
+      assert.equal(access("Main")[what], "done", `main: ${what}`);
+    }
 
     // Only forwarders and the probe: nothing at all.
     assert.equal(access("Plain").read_file, "NotCapable");
     for (
       const what of ["read_any", "read_data_dir", "write_any", "write_data_dir", "net", "ffi", "env", "run"]
     ) {
-      assert.notEqual(access("Plain")[what], "granted", `plain VM: ${what}`);
+      assert.equal(access("Plain")[what], "prompt", `plain VM: ${what}`);
+    }
+    for (const what of [...tries, "try_write_data_dir"]) {
+      assert.equal(access("Plain")[what], "NotCapable", `plain VM: ${what}`);
     }
     // Beside a saver: the data directory, and nothing outside it.
     assert.equal(access("Saving").read_file, "NotCapable");
     assert.equal(access("Saving").read_data_dir, "granted");
     assert.equal(access("Saving").write_data_dir, "granted");
+    assert.equal(access("Saving").try_write_data_dir, "done");
     for (const what of ["read_any", "write_any", "net", "ffi", "env", "run"]) {
-      assert.notEqual(access("Saving")[what], "granted", `saving VM: ${what}`);
+      assert.equal(access("Saving")[what], "prompt", `saving VM: ${what}`);
     }
+    for (const what of tries) assert.equal(access("Saving")[what], "NotCapable", `saving VM: ${what}`);
     assert.deepEqual(vm(session, "plain").permissions, { net: false, ffi: false, read: false, write: false });
   } finally {
     await session.stop();
@@ -270,7 +330,7 @@ Deno.test("a VM group's worker gets only what its kinds need", async () => {
   }
 });
 
-Deno.test("vmAccess grants net to reflectors, FFI only under udp fast, files only in the data directory", () => {
+Deno.test("vmAccess grants net to reflectors, never FFI, files only in the data directory", () => {
   const kinds = coreElements();
   const k = (...names: string[]) => names.map((n) => kinds.get(n) as ElementKind);
   const node = (impl?: "auto" | "fast" | "portable") =>
@@ -297,8 +357,9 @@ Deno.test("vmAccess grants net to reflectors, FFI only under udp fast, files onl
     false,
     "portable",
   ]);
+  // A terminated worker would leave the fast path's raw sockets open: workers take the portable path, always.
   const fast = vmAccess(k("reflector"), node("fast"));
-  assert.deepEqual([fast.permissions.net, fast.permissions.ffi, fast.udp.impl], [true, true, "fast"]);
+  assert.deepEqual([fast.permissions.net, fast.permissions.ffi, fast.udp.impl], [true, false, "portable"]);
   assert.equal(vmAccess(k("localservice.forwarder"), node("fast")).permissions.ffi, false);
 });
 
@@ -372,8 +433,20 @@ Deno.test("an AP that crashes its VM group's isolate leaves the rest of the sess
       6,
       "the duplicator still sends towards the failed group",
     );
-    assert.ok((vm(session, "fragile").dropped_in as number) >= 5, "what could not cross is counted");
-    assert.match(env.node.metrics.render(), /edgenode_session_vm_up\{session="crash",vm="fragile"\} 0/);
+    const droppedIn = vm(session, "fragile").dropped_in as number;
+    assert.ok(droppedIn >= 5, "what could not cross is counted");
+    const metrics = env.node.metrics.render();
+    assert.match(metrics, /edgenode_session_vm_up\{session="crash",vm="fragile"\} 0/);
+    assert.match(
+      metrics,
+      new RegExp(
+        `edgenode_session_vm_dropped_total\\{session="crash",vm="fragile",direction="in"\\} ${droppedIn}\n`,
+      ),
+    );
+    assert.match(
+      metrics,
+      /edgenode_session_vm_dropped_total\{session="crash",vm="fragile",direction="out"\} 0\n/,
+    );
   } finally {
     await session.stop();
   }
@@ -444,7 +517,7 @@ Deno.test("RunningSession.stop terminates a VM group's worker that does not stop
   assert.ok(env.logs.some((l) => l.includes("VM group did not stop in time") && l.includes("vm=slow")));
 });
 
-Deno.test("a reflector in a VM group takes the fast UDP path when the node asks for it, and reaches its participants", async () => {
+Deno.test("a reflector in a VM group takes the portable UDP path even under udp fast, and reaches its participants", async () => {
   await using env = await services();
   const node: NodeServices = { ...env.node, udp: { impl: "fast" } };
   const [input, registration] = [freePort(), freePort()];
@@ -459,8 +532,9 @@ Deno.test("a reflector in a VM group takes the fast UDP path when the node asks 
   );
   const participant = openUdp({ host: LO, port: 0 });
   try {
-    assert.equal(vm(session, "edge").udp, "fast");
-    assert.equal((vm(session, "edge").permissions as { ffi: boolean }).ffi, true);
+    assert.equal(vm(session, "edge").udp, "portable");
+    assert.equal((vm(session, "edge").permissions as { ffi: boolean }).ffi, false);
+    assert.equal((ap(session, "R").reflector as { udp: string }).udp, "portable");
     // The join protocol: JOIN, answer the CHALLENGE, then WELCOME.
     const enc = new TextEncoder();
     const reg = participant.destinations([{ host: LO, port: registration }]);
@@ -488,7 +562,7 @@ Deno.test("a reflector in a VM group takes the fast UDP path when the node asks 
     assert.deepEqual(got, Array.from({ length: N }, (_, i) => i));
     await until("the reflector's counters in the node's /metrics", async () => {
       await session.refresh();
-      return /edgenode_reflector_participant_sent_total\{reflector="fast\/R",participant="127\.0\.0\.1:\d+"\} 300/
+      return /edgenode_reflector_participant_sent_total\{reflector="fast\/R",participant="127\.0\.0\.1:\d+",session="fast",vm="edge"\} 300/
         .test(env.node.metrics.render());
     });
     await participant.close();
@@ -538,4 +612,275 @@ Deno.test("an AP in a VM group that throws on batches is counted and logged as i
   } finally {
     await session.stop();
   }
+});
+
+for (const end of ["crashes", "is terminated at stop"] as const) {
+  Deno.test(`a reflector in a VM group frees its registration port when the group ${end}, under udp fast too`, async () => {
+    await using env = await services();
+    const node: NodeServices = { ...env.node, udp: { impl: "fast" } };
+    const clock = new ManualClock();
+    const [input, registration] = [freePort(), freePort()];
+    // "crashes": X crashes the worker on its first batch. "is terminated": Stuck, upstream of the reflector, never
+    // stops, so the reflector is never asked to close its sockets; only ending the worker frees them.
+    const name = end === "crashes" ? "crashing" : "stuck";
+    const session = await start(
+      end === "crashes"
+        ? `Project ${name};
+{ AP name="D" ref=localservice.duplicator; inputs = in(DIPRONN_INPUT(${input})); outputs = a(R.in), b(X.in); }
+{ VM name="edge" ref=img;
+    { AP name="R" ref=reflector; inputs = in, participant_registration(DIPRONN_INPUT(${registration})); outputs = out(DIPRONN_OUTPUT), }
+    { AP name="X" ref=test.crash; inputs = in; }
+}
+`
+        : `Project ${name};
+{ AP name="In" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(${input})); outputs = out(Stuck.in); }
+{ VM name="edge" ref=img;
+    { AP name="Stuck" ref=test.stuck; inputs = in; outputs = out(R.in); }
+    { AP name="R" ref=reflector; inputs = in, participant_registration(DIPRONN_INPUT(${registration})); outputs = out(DIPRONN_OUTPUT), }
+}
+`,
+      node,
+      { vmClock: clock, vmStopMs: 1_000 },
+    );
+    const shown = new RegExp(
+      `edgenode_reflector_participants\\{reflector="${name}/R",session="${name}",vm="edge"\\} 0`,
+    );
+    try {
+      assert.equal(vm(session, "edge").udp, "portable");
+      assert.equal(canBind(registration), false, "the reflector holds its registration port");
+      assert.match(env.node.metrics.render(), shown);
+      if (end === "crashes") {
+        await send(input, 1);
+        await until("the VM group to fail", () => vm(session, "edge").state === "failed");
+        assert.doesNotMatch(
+          env.node.metrics.render(),
+          /reflector="crashing\/R"/,
+          "its metric sets went with it",
+        );
+        await until("the registration port to be free", () => canBind(registration));
+      }
+    } finally {
+      const stopping = session.stop();
+      if (end !== "crashes") {
+        await until("the stop request to Stuck", () => clock.pending === 1);
+        clock.advance(1_000);
+      }
+      await stopping;
+    }
+    if (end !== "crashes") {
+      assert.match(vm(session, "edge").error ?? "", /terminated after the 1000 ms stop deadline/);
+      await until("the registration port to be free", () => canBind(registration));
+    }
+    assert.doesNotMatch(env.node.metrics.render(), /edgenode_reflector/);
+  });
+}
+
+Deno.test("batches a VM group emits while the session starts are held up to the link limit, the rest counted as dropped out", async () => {
+  await using env = await services();
+  const session = await start(
+    `Project burst;
+{ VM name="source" ref=img;
+    { AP name="B" ref=test.burst; outputs = out(C.in); }
+}
+{ AP name="C" ref=localservice.counter; inputs = in; }
+`,
+    env.node,
+  );
+  try {
+    // Everything here was settled before start returned: the batches, and the worker's snapshot, came before its
+    // `started`, and what was held was delivered before start returned.
+    const emitted = BURST_BATCHES * BURST_DATAGRAMS;
+    assert.equal(ap(session, "B").outputs[0].packets, emitted);
+    const delivered = (ap(session, "C").counted as { packets: number }).packets;
+    const dropped = vm(session, "source").dropped_out as number;
+    assert.ok(delivered > 0, "what fit was delivered");
+    assert.ok(
+      delivered * BURST_DATAGRAM_BYTES <= LINK_LIMIT_BYTES,
+      `held no more than the limit: ${delivered}`,
+    );
+    assert.equal(delivered + dropped, emitted, "every datagram delivered or counted");
+    assert.equal(vm(session, "source").dropped_in, 0);
+    assert.match(
+      env.node.metrics.render(),
+      new RegExp(
+        `edgenode_session_vm_dropped_total\\{session="burst",vm="source",direction="out"\\} ${dropped}\n`,
+      ),
+    );
+  } finally {
+    await session.stop();
+  }
+});
+
+Deno.test("an element status that throws or cannot be carried does not stop its VM group's snapshots", async () => {
+  await using env = await services();
+  const session = await start(
+    `Project status;
+{ AP name="In" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(${freePort()})); outputs = out(T.in); }
+{ VM name="vm" ref=img;
+    { AP name="T" ref=test.badstatus; fault = "throw"; inputs = in; outputs = out(C.in); }
+    { AP name="C" ref=test.badstatus; fault = "cycle"; inputs = in; }
+}
+`,
+    env.node,
+  );
+  try {
+    await session.refresh();
+    assert.equal(ap(session, "T").status_error, "test status refuses to report");
+    assert.match(String(ap(session, "C").status_error), /circular/i);
+    assert.equal(vm(session, "vm").state, "running");
+  } finally {
+    await session.stop();
+  }
+  // The final snapshot was taken too, and the worker answered `closed` in time.
+  assert.equal(vm(session, "vm").state, "stopped");
+  assert.equal(vm(session, "vm").error, undefined);
+});
+
+Deno.test("VM group refresh ends on the answer to its own request only, or at its deadline", async () => {
+  await using env = await services();
+  const clock = new ManualClock();
+  // The fake worker answers no snapshot request: each of its snapshots looks like a periodic one.
+  const session = await start(
+    `Project fake;
+{ AP name="In" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(${freePort()})); outputs = out(F.in); }
+{ VM name="vm" ref=img;
+    { AP name="F" ref=localservice.counter; inputs = in; }
+}
+`,
+    env.node,
+    { workerUrl: FAKE_WORKER, vmClock: clock, vmStopMs: 500 },
+  );
+  try {
+    assert.equal(ap(session, "F").snapshots, 1);
+    let done = false;
+    const refreshed = session.refresh().then(() => done = true);
+    await until("the worker's snapshot after the request", () => ap(session, "F").snapshots === 2);
+    clock.advance(499);
+    await Promise.resolve();
+    assert.equal(done, false, "a snapshot that does not answer the request does not end it");
+    clock.advance(1);
+    await refreshed;
+  } finally {
+    await session.stop();
+  }
+  assert.equal(vm(session, "vm").state, "stopped");
+});
+
+Deno.test("a VM group's report changes only its own APs and ports, and no metric set a VM may not publish", async () => {
+  await using env = await services();
+  // The fake worker's start snapshot claims 999 for every AP of the session and renames its own AP.
+  const session = await start(
+    `Project fake;
+{ AP name="In" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(${freePort()})); outputs = out(F.in); }
+{ VM name="vm" ref=img;
+    { AP name="F" ref=localservice.counter; inputs = in; }
+}
+`,
+    env.node,
+    { workerUrl: FAKE_WORKER },
+  );
+  try {
+    assert.deepEqual(aps(session).map((a) => [a.name, a.vm]), [["In", null], ["F", "vm"]]);
+    const main = ap(session, "In");
+    assert.deepEqual([main.inputs[0].packets, main.outputs[0].packets, main.errors], [0, 0, 0]);
+    const own = ap(session, "F");
+    assert.deepEqual([own.inputs[0].packets, own.errors, own.snapshots], [999, 999, 1]);
+    assert.equal(vm(session, "vm").metric_sets_refused, 2);
+    const metrics = env.node.metrics.render();
+    assert.doesNotMatch(metrics, /victim|reflector/);
+    assert.match(
+      metrics,
+      /edgenode_session_ap_in_packets_total\{session="fake",ap="In",kind="localservice.forwarder"\} 0\n/,
+    );
+    assert.equal(env.logs.filter((l) => l.includes('msg="VM group metric set not shown"')).length, 1);
+  } finally {
+    await session.stop();
+  }
+});
+
+Deno.test("a VM group's metric sets carry its session and group whatever the worker said", async () => {
+  await using env = await services();
+  const session = await start(
+    `Project mine;
+{ AP name="In" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(${freePort()})); outputs = out(M.in); }
+{ VM name="vm" ref=img;
+    { AP name="M" ref=test.metrics; inputs = in; }
+}
+`,
+    env.node,
+  );
+  try {
+    const metrics = env.node.metrics.render();
+    assert.match(
+      metrics,
+      /edgenode_reflector_participants\{reflector="victim\/R",session="mine",vm="vm"\} 7\n/,
+    );
+    assert.doesNotMatch(metrics, /session="victim"/, "not the session_ap set, not the claimed session");
+    assert.equal(vm(session, "vm").metric_sets_refused, 1);
+  } finally {
+    await session.stop();
+  }
+  assert.doesNotMatch(env.node.metrics.render(), /victim/);
+});
+
+Deno.test("each request to a VM group has its own stop deadline: a slow AP elsewhere does not end a healthy worker", async () => {
+  await using env = await services();
+  // The main isolate's elements and the VM deadlines run on one ManualClock: Slow's stop moves it on by twice the
+  // deadline, between the stop requests for A and for Save.
+  const clock = new ManualClock();
+  const node: NodeServices = { ...env.node, clock };
+  const input = freePort();
+  const N = 100;
+  // Stopped in data-flow order: In, A (in the VM), Slow (here), Save (in the VM again).
+  const session = await start(
+    `Project paced;
+{ AP name="In" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(${input})); outputs = out(A.in); }
+{ VM name="vm" ref=img;
+    { AP name="A" ref=localservice.forwarder; inputs = in; outputs = out(Slow.in); }
+    { AP name="Save" ref=localservice.saver; inputs = in; output_file = "paced.pcap"; }
+}
+{ AP name="Slow" ref=test.slowstop; ms = 2000; inputs = in; outputs = out(Save.in); }
+`,
+    node,
+    { vmClock: clock, vmStopMs: 1_000 },
+  );
+  try {
+    await send(input, N);
+    await until("every datagram through Slow", () => ap(session, "Slow").outputs[0].packets === N);
+  } finally {
+    await session.stop();
+  }
+  assert.equal(vm(session, "vm").error, undefined, "not terminated");
+  assert.equal(vm(session, "vm").state, "stopped");
+  const saved = readPcap(await Deno.readFile(`${env.dataDir}/paced.pcap`));
+  assert.equal(saved.records.length, N, "the saver after the slow AP flushed at stop");
+});
+
+Deno.test("RunningSession.start gives up on a VM group that does not start within its deadline", async () => {
+  await using env = await services();
+  const clock = new ManualClock();
+  const input = freePort();
+  const starting = start(
+    `Project late;
+{ AP name="In" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(${input})); outputs = out(N.in); }
+{ VM name="slow" ref=img;
+    { AP name="N" ref=test.nostart; inputs = in; }
+}
+`,
+    env.node,
+    { vmClock: clock, vmStartMs: 1_000 },
+  );
+  clock.advance(999);
+  assert.equal(clock.pending, 1, "still waiting");
+  clock.advance(1);
+  await assert.rejects(starting, (e: Error) => {
+    assert.ok(e instanceof StartError);
+    assert.equal(e.message, "Cannot start session late: VM slow failed: it did not start within 1000 ms");
+    return true;
+  });
+  assert.ok(
+    env.logs.some((l) => l.includes('msg="VM group failed; its APs no longer run"') && l.includes("vm=slow")),
+  );
+  assertFree(input);
+  assert.equal(env.node.metrics.render().includes("session_"), false, "no counters left behind");
 });
