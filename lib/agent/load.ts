@@ -41,33 +41,9 @@ export function systemReaders(clock: Clock): LoadReaders {
           Math.floor(m.available / 1024)
         } kB\n`;
       }
-      if (path.startsWith("/proc/")) {
-        // cat fails the same way for a file the kernel does not offer and one it may not read: both are absent.
-        const out = await runCommand(
-          ["cat", "--", path],
-          { timeoutMs: 5000, maxBytes: MAX_FILE_BYTES },
-          clock,
-        );
-        return "error" in out ? null : out.stdout;
-      }
-      try {
-        // /proc files report size 0, so the limit is applied while reading rather than from stat.
-        using file = await Deno.open(path, { read: true });
-        const chunks: Uint8Array[] = [];
-        let size = 0;
-        const buf = new Uint8Array(64 * 1024);
-        for (;;) {
-          const n = await file.read(buf);
-          if (n === null) break;
-          size += n;
-          if (size > MAX_FILE_BYTES) throw new Error(`more than ${MAX_FILE_BYTES} bytes`);
-          chunks.push(buf.slice(0, n));
-        }
-        return new TextDecoder().decode(concat(chunks, size));
-      } catch (error) {
-        if (error instanceof Deno.errors.NotFound) return null;
-        throw new Error(`Cannot read ${path}: ${describe(error)}`);
-      }
+      // cat fails the same way for a file the kernel does not offer and one it may not read: both are absent.
+      const out = await runCommand(["cat", "--", path], { timeoutMs: 5000, maxBytes: MAX_FILE_BYTES }, clock);
+      return "error" in out ? null : out.stdout;
     },
     cpuCount: () => Math.max(1, navigator.hardwareConcurrency || 1),
     run: (argv, options) => runCommand(argv, options, clock),

@@ -8,7 +8,7 @@ import type { Clock, TimerId } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
 import type { HostPort } from "../net/address.ts";
 import { type ExchangeOptions, type ExchangeResult, tcpExchange } from "../net/tcp_check.ts";
-import { parseAgentReply } from "./agent_reply.ts";
+import { MAX_AGENT_REPLY, parseAgentReply } from "./agent_reply.ts";
 import type { ServiceSettings } from "./config.ts";
 import type { Server, Transition } from "./server.ts";
 
@@ -25,8 +25,8 @@ export interface MonitorDeps {
   readonly exchange?: Exchange;
 }
 
-/** Most bytes read from an agent: a reply is one short line. */
-const AGENT_REPLY_MAX = 512;
+/** Most bytes read from an agent: one more than the longest reply the parser takes, so it sees an overlong one. */
+const AGENT_REPLY_MAX = MAX_AGENT_REPLY + 1;
 
 export class Monitor {
   readonly #timers = new Set<TimerId>();

@@ -1,21 +1,20 @@
 /**
  * TCP scheduler benchmark, all paths in one run against one nginx backend, driven by wrk:
  *   direct     wrk -> nginx
- *   haproxy    wrk -> HAProxy (mode tcp, `nbthread` = BENCH_WORKERS) -> nginx
- *   edgenode   wrk -> edgenode scheduler (BENCH_WORKERS workers) -> nginx
+ *   haproxy    wrk -> HAProxy (mode tcp, one thread) -> nginx
+ *   edgenode   wrk -> edgenode scheduler (one process, one event loop) -> nginx
  * for three loads: keepalive requests/s (small response), new connections/s (`Connection: close`), and bulk MB/s
  * (a 1 MiB response over keepalive). Prints each figure and its ratio to HAProxy; exits non-zero only when a peer
  * (nginx, haproxy, wrk) is missing or a path could not start.
  *
  *   make bench                         every benchmark       deno task bench tcp     this one
- *   BENCH_SECONDS=5 BENCH_CONNECTIONS=50 BENCH_WORKERS=1 deno task bench tcp
+ *   BENCH_SECONDS=5 BENCH_CONNECTIONS=50 deno task bench tcp
  */
 import { startEdgenode, tempConfig } from "../e2e/_process.ts";
 
 const LO = "127.0.0.1";
 const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? "5");
 const CONNECTIONS = Number(Deno.env.get("BENCH_CONNECTIONS") ?? "50");
-const WORKERS = Number(Deno.env.get("BENCH_WORKERS") ?? "1");
 /** wrk's own threads: one, so that it takes one core at most and leaves the other to the path under test. */
 const WRK_THREADS = Number(Deno.env.get("BENCH_WRK_THREADS") ?? "1");
 
@@ -96,7 +95,7 @@ async function startHaproxy(dir: string, backend: number): Promise<Running> {
   await Deno.writeTextFile(
     conf,
     `global
-  nbthread ${WORKERS}
+  nbthread 1
   maxconn 8000
 defaults
   mode tcp
@@ -126,7 +125,6 @@ async function startScheduler(backend: number): Promise<Running> {
     "roles: [scheduler]",
     "log:\n  level: warn",
     "scheduler:",
-    ...(WORKERS > 1 ? [`  workers: ${WORKERS}`] : []),
     "  services:",
     `    - name: bench`,
     `      listen: ${LO}:${port}`,
@@ -212,8 +210,8 @@ async function main(): Promise<number> {
     started.push(edgenode);
     const paths = [
       { name: "direct", port: nginx.port },
-      { name: `haproxy (${WORKERS} thr)`, port: haproxy.port },
-      { name: `edgenode (${WORKERS} wkr)`, port: edgenode.port },
+      { name: "haproxy", port: haproxy.port },
+      { name: "edgenode", port: edgenode.port },
     ];
     console.log(
       `wrk -t${WRK_THREADS} -c${CONNECTIONS} -d${SECONDS}s, nginx backend; ratio = edgenode / HAProxy (goal >= 1.0)`,

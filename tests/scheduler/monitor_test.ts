@@ -17,6 +17,7 @@ import {
   type ServerSpec,
   type ServiceSettings,
 } from "../../lib/scheduler/config.ts";
+import { MAX_AGENT_REPLY } from "../../lib/scheduler/agent_reply.ts";
 import { Monitor } from "../../lib/scheduler/monitor.ts";
 import { Server, type Transition } from "../../lib/scheduler/server.ts";
 import { AgentStub, Backend, until } from "../e2e/_backends.ts";
@@ -180,7 +181,7 @@ Deno.test("Monitor applies agent replies as HAProxy would: weight, maxconn, drai
   const poll = env.script.calls.find((c) => c.to === agent)!.options;
   assert.equal(poll.read, true);
   assert.equal(poll.timeoutMs, 200);
-  assert.ok(poll.maxBytes! <= 1024, "an agent's reply is read with a small bound");
+  assert.ok(poll.maxBytes! <= MAX_AGENT_REPLY + 1, "an agent's reply is read with a small bound");
 
   assert.equal((await reply("drain\n")).state, "drain");
   assert.equal(server.available, false);
