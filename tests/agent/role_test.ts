@@ -4,9 +4,9 @@
  * source with real commands, and start failures that say what failed.
  */
 import assert from "node:assert/strict";
+import { roleApp } from "../api/_role_app.ts";
 import { agentRole, type AgentSection, type RunningAgent, startAgent } from "../../lib/agent/role.ts";
 import type { LoadReaders } from "../../lib/agent/load.ts";
-import { createApp } from "../../lib/api/app.ts";
 import { loadConfig } from "../../lib/config/load.ts";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { ErrorList, StartError } from "../../lib/core/errors.ts";
@@ -43,18 +43,7 @@ async function start(cfg: AgentSection, readers?: LoadReaders) {
   const logger = new Logger({ level: "error", clock, sink: () => {} });
   const metrics = new MetricsRegistry();
   const agent = await startAgent(cfg, { nodeName: "n", logger, metrics, clock }, { readers });
-  const app = createApp({
-    name: "n",
-    version: "test",
-    clock,
-    startedAt: clock.now(),
-    metrics,
-    roles: () => ({ agent: agent.status() }),
-    token: TOKEN,
-    maxBody: 1024 * 1024,
-    logger,
-    mount: [agent.routes!],
-  });
+  const app = roleApp("agent", agent, { clock, metrics, logger, token: TOKEN });
   return {
     agent,
     app,

@@ -3,7 +3,7 @@
  * program is refused with every error and its place, and nothing is started; mutations need the token.
  */
 import assert from "node:assert/strict";
-import { createApp } from "../../lib/api/app.ts";
+import { roleApp } from "../api/_role_app.ts";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
@@ -25,18 +25,7 @@ async function setup(extra: Record<string, unknown> = {}) {
     await Deno.remove(dataDir, { recursive: true });
     throw error;
   });
-  const app = createApp({
-    name: "n",
-    version: "test",
-    clock,
-    startedAt: clock.now(),
-    metrics,
-    roles: () => ({ node: role.status() }),
-    token: TOKEN,
-    maxBody: 1024 * 1024,
-    logger,
-    mount: [role.routes!],
-  });
+  const app = roleApp("node", role, { clock, metrics, logger, token: TOKEN });
   return {
     app,
     role,

@@ -4,7 +4,7 @@
  * whose reports decide which server a player is sent to.
  */
 import assert from "node:assert/strict";
-import { createApp } from "../../lib/api/app.ts";
+import { roleApp } from "../api/_role_app.ts";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
@@ -102,18 +102,7 @@ async function startRole(services: ServiceSpec[]) {
   const metrics = new MetricsRegistry();
   const section = { ...(schedulerSection.default as SchedulerSection), services };
   const role = await schedulerRole.start(section, { nodeName: "s", logger, metrics, clock });
-  const app = createApp({
-    name: "s",
-    version: "test",
-    clock,
-    startedAt: clock.now(),
-    metrics,
-    roles: () => ({ scheduler: role.status() }),
-    token: TOKEN,
-    maxBody: 1024 * 1024,
-    logger,
-    mount: [role.routes!],
-  });
+  const app = roleApp("scheduler", role, { clock, metrics, logger, token: TOKEN });
   return {
     app,
     clock,
