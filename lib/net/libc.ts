@@ -19,6 +19,7 @@ export const MSG_TRUNC = 0x20;
 export const MSG_WAITFORONE = 0x10000;
 export const SHUT_RD = 0;
 export const EAGAIN = 11;
+export const EINTR = 4;
 
 /** struct sizes and offsets (LP64 Linux). */
 export const SOCKADDR_SIZE = 28; // room for sockaddr_in6; sockaddr_in uses the first 16

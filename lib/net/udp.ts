@@ -52,6 +52,36 @@ export function emptyStats(): UdpStats {
   return { rx_packets: 0, rx_bytes: 0, tx_packets: 0, tx_bytes: 0, truncated: 0, tx_dropped: 0, errors: 0 };
 }
 
+const STAT_KEYS = Object.keys(emptyStats()) as (keyof UdpStats)[];
+
+/** UdpStats over shared memory: one thread counts, others read (a torn read is off by one datagram at most). */
+class SharedStats {
+  constructor(readonly buffer: SharedArrayBuffer, readonly cells = new Float64Array(buffer)) {}
+}
+STAT_KEYS.forEach((key, i) =>
+  Object.defineProperty(SharedStats.prototype, key, {
+    get(this: SharedStats) {
+      return this.cells[i];
+    },
+    set(this: SharedStats, value: number) {
+      this.cells[i] = value;
+    },
+    enumerable: true,
+  })
+);
+
+/** Stats in `buffer` (a new one when not given), to be handed to another thread with `.buffer`. */
+export function sharedStats(
+  buffer = new SharedArrayBuffer(STAT_KEYS.length * 8),
+): UdpStats & { readonly buffer: SharedArrayBuffer } {
+  return new SharedStats(buffer) as unknown as UdpStats & { readonly buffer: SharedArrayBuffer };
+}
+
+/** A plain copy of `stats` (for status documents: shared stats keep their numbers on the prototype). */
+export function statsOf(stats: Readonly<UdpStats>): UdpStats {
+  return Object.fromEntries(STAT_KEYS.map((k) => [k, stats[k]])) as unknown as UdpStats;
+}
+
 /** Datagrams from one receive. Views point into the socket's buffers and are valid until its next receive. */
 export interface Batch {
   readonly count: number;

@@ -15,6 +15,7 @@ import {
   AF_INET,
   AF_INET6,
   EAGAIN,
+  EINTR,
   errno,
   IOVEC_SIZE,
   type Libc,
@@ -66,10 +67,31 @@ const ERRNO_TEXT: Record<number, string> = {
 };
 
 /** The fast socket, or null where FFI to libc is not available (callers then use the portable path). */
-export function openFastUdp(addr: Endpoint, options: UdpOptions = {}): UdpSocket | null {
+export function openFastUdp(addr: Endpoint, options: UdpOptions = {}): FastUdp | null {
   const lib = openLibc();
   if (!lib) return null;
-  return new FastUdp(lib, addr, options);
+  return new FastUdp(lib, { bind: addr }, options);
+}
+
+/** What a thread needs to work a fast socket another thread opened and still owns (see `FastUdp.descriptor`). */
+export interface FastDescriptor {
+  readonly fd: number;
+  readonly local: Endpoint;
+  readonly v6: boolean;
+}
+
+/**
+ * A second FastUdp over a socket opened elsewhere in this process (a worker thread working the socket the main
+ * thread opened), with its own buffers and `stats`. Closing it leaves the socket open: its opener closes it.
+ */
+export function adoptFastUdp(
+  descriptor: FastDescriptor,
+  options: UdpOptions = {},
+  stats?: UdpStats,
+): FastUdp | null {
+  const lib = openLibc();
+  if (!lib) return null;
+  return new FastUdp(lib, { adopt: descriptor }, options, stats);
 }
 
 /** Encodes an IP endpoint as a sockaddr at `offset`; returns its length. `v6` maps IPv4 into ::ffff:a.b.c.d. */
@@ -120,13 +142,17 @@ class FastDestinations implements Destinations {
   readonly sent: Float64Array;
   readonly dropped: Float64Array;
 
-  constructor(readonly endpoints: readonly Endpoint[], v6: boolean) {
+  constructor(
+    readonly endpoints: readonly Endpoint[],
+    v6: boolean,
+    counters?: { sent: Float64Array; dropped: Float64Array },
+  ) {
     this.names = new Uint8Array(Math.max(256, endpoints.length * NAME_STRIDE));
     const view = new DataView(this.names.buffer);
     endpoints.forEach((ep, i) => this.lengths.push(writeSockaddr(view, i * NAME_STRIDE, ep, v6)));
     this.base = addressOf(this.names);
-    this.sent = new Float64Array(endpoints.length);
-    this.dropped = new Float64Array(endpoints.length);
+    this.sent = counters?.sent ?? new Float64Array(endpoints.length);
+    this.dropped = counters?.dropped ?? new Float64Array(endpoints.length);
   }
 }
 
@@ -151,10 +177,10 @@ class FastBatch implements Batch {
   }
 }
 
-class FastUdp implements UdpSocket {
+export class FastUdp implements UdpSocket {
   readonly impl = "fast" as const;
   readonly local: Endpoint;
-  readonly stats: UdpStats = emptyStats();
+  readonly stats: UdpStats;
   readonly #lib: Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>>;
   readonly #c: Libc;
   readonly #fd: number;
@@ -169,6 +195,8 @@ class FastUdp implements UdpSocket {
   readonly #rxU32: Uint32Array;
   readonly #rxView: DataView;
   readonly #rxBase: number;
+  /** The receive headers, as the view recvmmsg is given (made once: a view per call costs as much as the call). */
+  readonly #rxHdrs: Uint8Array;
   readonly #rxHdr: number;
   readonly #rxName: number;
   // Send slab: [mmsghdrs][iovecs][copy area for datagrams given as arrays]
@@ -191,49 +219,29 @@ class FastUdp implements UdpSocket {
   /** Receive headers whose msg_namelen needs setting (all of this socket's batch before the first receive). */
   #dirty: number;
 
+  /** False for an adopted socket: its opener closes the descriptor. */
+  readonly #owner: boolean;
+
   constructor(
     lib: Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>>,
-    addr: Endpoint,
+    source: { bind: Endpoint } | { adopt: FastDescriptor },
     options: UdpOptions,
+    stats: UdpStats = emptyStats(),
   ) {
     this.#lib = lib;
     this.#c = lib.symbols as unknown as Libc;
-    const c = this.#c;
+    this.stats = stats;
     this.#batchSize = Math.min(MAX_MMSG, Math.max(1, options.batch ?? UDP_DEFAULTS.batch));
     this.#dirty = this.#batchSize;
     this.#slot = Math.min(65535, Math.max(1, options.maxDatagram ?? UDP_DEFAULTS.maxDatagram));
     this.#stride = Math.ceil(this.#slot / 8) * 8;
-    const where = `udp ${formatHostPort(addr)}`;
-    const host = addr.host === "localhost" ? "127.0.0.1" : addr.host;
-    if (!isIPv4(host) && !isIPv6(host)) throw new StartError(`Cannot listen on ${where}: not an IP address`);
-    this.#v6 = isIPv6(host);
-
-    const fd = c.socket(this.#v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw new StartError(`Cannot open ${where}: ${describeErrno(errno(c))}`);
-    this.#fd = fd;
-    const scratch = new DataView(this.#scratch.buffer);
-    const bufferBytes = options.bufferBytes ?? UDP_DEFAULTS.bufferBytes;
-    scratch.setInt32(0, bufferBytes, true);
-    for (const [force, plain] of [[SO_RCVBUFFORCE, SO_RCVBUF], [SO_SNDBUFFORCE, SO_SNDBUF]]) {
-      // The FORCE variants pass the system maximum when we are allowed to; otherwise the kernel caps the request.
-      if (c.setsockopt(fd, SOL_SOCKET, force, this.#scratch, 4) !== 0) {
-        c.setsockopt(fd, SOL_SOCKET, plain, this.#scratch, 4);
-      }
+    if ("adopt" in source) {
+      ({ fd: this.#fd, local: this.local, v6: this.#v6 } = source.adopt);
+      this.#owner = false;
+    } else {
+      this.#owner = true;
+      [this.#fd, this.#v6, this.local] = this.#open(source.bind, options);
     }
-    // A blocking receive wakes at least this often to notice close().
-    scratch.setBigInt64(0, 0n, true);
-    scratch.setBigInt64(8, BigInt(WAIT_SLICE_MS * 1000), true);
-    c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, this.#scratch, 16);
-
-    const len = writeSockaddr(scratch, 64, { host, port: addr.port }, this.#v6);
-    if (c.bind(fd, this.#scratch.subarray(64), len) !== 0) {
-      const reason = describeErrno(errno(c));
-      c.close(fd);
-      throw new StartError(`Cannot listen on ${where}: ${reason}`);
-    }
-    scratch.setUint32(128, SOCKADDR_SIZE, true);
-    c.getsockname(fd, this.#scratch.subarray(64), this.#scratch.subarray(128));
-    this.local = readSockaddr(scratch, 64);
 
     const b = this.#batchSize;
     this.#rxHdr = b * this.#stride + b * IOVEC_SIZE;
@@ -242,6 +250,7 @@ class FastUdp implements UdpSocket {
     this.#rxU32 = new Uint32Array(this.#rx.buffer);
     this.#rxView = new DataView(this.#rx.buffer);
     this.#rxBase = addressOf(this.#rx);
+    this.#rxHdrs = this.#rx.subarray(this.#rxHdr);
     const iov = b * this.#stride;
     for (let i = 0; i < b; i++) {
       put64(this.#rxU32, iov + i * IOVEC_SIZE, this.#rxBase + i * this.#stride);
@@ -258,11 +267,51 @@ class FastUdp implements UdpSocket {
     this.#txBase = addressOf(this.#tx);
   }
 
+  /** Opens, sizes and binds the socket; returns its descriptor, family and bound address. */
+  #open(addr: Endpoint, options: UdpOptions): [number, boolean, Endpoint] {
+    const c = this.#c;
+    const where = `udp ${formatHostPort(addr)}`;
+    const host = addr.host === "localhost" ? "127.0.0.1" : addr.host;
+    if (!isIPv4(host) && !isIPv6(host)) throw new StartError(`Cannot listen on ${where}: not an IP address`);
+    const v6 = isIPv6(host);
+
+    const fd = c.socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw new StartError(`Cannot open ${where}: ${describeErrno(errno(c))}`);
+    const scratch = new DataView(this.#scratch.buffer);
+    const bufferBytes = options.bufferBytes ?? UDP_DEFAULTS.bufferBytes;
+    scratch.setInt32(0, bufferBytes, true);
+    for (const [force, plain] of [[SO_RCVBUFFORCE, SO_RCVBUF], [SO_SNDBUFFORCE, SO_SNDBUF]]) {
+      // The FORCE variants pass the system maximum when we are allowed to; otherwise the kernel caps the request.
+      if (c.setsockopt(fd, SOL_SOCKET, force, this.#scratch, 4) !== 0) {
+        c.setsockopt(fd, SOL_SOCKET, plain, this.#scratch, 4);
+      }
+    }
+    // A blocking receive wakes at least this often to notice close().
+    scratch.setBigInt64(0, 0n, true);
+    scratch.setBigInt64(8, BigInt(WAIT_SLICE_MS * 1000), true);
+    c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, this.#scratch, 16);
+
+    const len = writeSockaddr(scratch, 64, { host, port: addr.port }, v6);
+    if (c.bind(fd, this.#scratch.subarray(64), len) !== 0) {
+      const reason = describeErrno(errno(c));
+      c.close(fd);
+      throw new StartError(`Cannot listen on ${where}: ${reason}`);
+    }
+    scratch.setUint32(128, SOCKADDR_SIZE, true);
+    c.getsockname(fd, this.#scratch.subarray(64), this.#scratch.subarray(128));
+    return [fd, v6, readSockaddr(scratch, 64)];
+  }
+
+  /** What `adoptFastUdp` needs to work this socket from another thread. */
+  get descriptor(): FastDescriptor {
+    return { fd: this.#fd, local: { ...this.local }, v6: this.#v6 };
+  }
+
   // --- receiving -------------------------------------------------------------------------------------------
 
   async receive(): Promise<Batch | null> {
     const c = this.#c;
-    const hdrs = this.#rx.subarray(this.#rxHdr);
+    const hdrs = this.#rxHdrs;
     while (!this.#closed) {
       this.#resetNames();
       let n = -1;
@@ -285,6 +334,39 @@ class FastUdp implements UdpSocket {
       // n <= 0: the wait slice passed with nothing (or shutdown woke us): look at the closed flag again.
     }
     return null;
+  }
+
+  /**
+   * The next batch, waiting in the kernel on this thread (a worker's: it blocks the thread) for at most the wait
+   * slice; an empty batch when the slice passed, null once closed or stopped. `stop` is a cell another thread sets
+   * to non-zero before it calls `interrupt()`: the receive it wakes (which the kernel reports as one empty datagram)
+   * then returns null instead of counting it.
+   */
+  receiveBlocking(stop?: Int32Array): Batch | null {
+    if (this.#closed) return null;
+    this.#resetNames();
+    const n = this.#c.recvmmsg(this.#fd, this.#rxHdrs, this.#batchSize, MSG_WAITFORONE, null);
+    if (stop && Atomics.load(stop, 0) !== 0) return null;
+    if (n > 0) return this.#account(n);
+    if (n < 0 && errno(this.#c) !== EAGAIN && errno(this.#c) !== EINTR) this.stats.errors++;
+    this.#batch.count = 0;
+    return this.#batch;
+  }
+
+  /**
+   * How long a blocking receive waits before it returns with nothing (0: until data or `interrupt()`). The socket
+   * opens with 200 ms, so a receive on a thread of the event loop notices close().
+   */
+  setWaitSlice(ms: number): void {
+    const scratch = new DataView(this.#scratch.buffer);
+    scratch.setBigInt64(0, BigInt(Math.floor(ms / 1000)), true);
+    scratch.setBigInt64(8, BigInt((ms % 1000) * 1000), true);
+    this.#c.setsockopt(this.#fd, SOL_SOCKET, SO_RCVTIMEO, this.#scratch, 16);
+  }
+
+  /** Wakes every receive waiting on this socket, in any thread; later receives return at once with nothing. */
+  interrupt(): void {
+    if (!this.#closed) this.#c.shutdown(this.#fd, SHUT_RD);
   }
 
   /** The kernel rewrote msg_namelen only in the headers it filled last time: reset just those. */
@@ -326,8 +408,12 @@ class FastUdp implements UdpSocket {
 
   // --- sending ---------------------------------------------------------------------------------------------
 
-  destinations(endpoints: readonly Endpoint[]): Destinations {
-    return new FastDestinations(endpoints.map((e) => ({ ...e })), this.#v6);
+  /** `counters` (sent, dropped), when given, are where the per-destination counts go (shared with another thread). */
+  destinations(
+    endpoints: readonly Endpoint[],
+    counters?: { sent: Float64Array; dropped: Float64Array },
+  ): Destinations {
+    return new FastDestinations(endpoints.map((e) => ({ ...e })), this.#v6, counters);
   }
 
   send(packets: Batch | readonly Uint8Array[], to: Destinations): void {
@@ -391,7 +477,7 @@ class FastUdp implements UdpSocket {
     while (start < k) {
       const sent = this.#c.sendmmsg(
         this.#fd,
-        this.#tx.subarray(start * MMSGHDR_SIZE),
+        start === 0 ? this.#tx : this.#tx.subarray(start * MMSGHDR_SIZE),
         k - start,
         MSG_DONTWAIT,
       );
@@ -419,6 +505,11 @@ class FastUdp implements UdpSocket {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    if (!this.#owner) {
+      // An adopted socket: the opener wakes and closes it; this thread only lets go of libc.
+      this.#lib.close();
+      return;
+    }
     // Wake a receive blocked in another thread; the fd is closed only after it has returned.
     this.#c.shutdown(this.#fd, SHUT_RD);
     if (this.#waiting) await this.#waiting.catch(() => 0);

@@ -288,7 +288,9 @@ export class Reflector {
     );
     this.#sets.push(set);
     for (const [port, socket] of Object.entries(this.sockets)) {
-      if (socket) this.#sets.push(publishSocket(metrics, "reflector_socket", { ...labels, port }, socket));
+      if (socket) {
+        this.#sets.push(publishSocket(metrics, "reflector_socket", { ...labels, port }, socket.stats));
+      }
     }
   }
 

@@ -1,11 +1,23 @@
 /**
  * A relay: datagrams arriving on one address are sent on to a fixed list of targets, a batch at a time, from the
- * same socket. Counters live in the socket (totals) and in its Destinations (per target); the relay only publishes
- * them.
+ * same socket. On the fast path the relay runs on a thread of its own (lib/relay/relay_thread.ts) that waits in
+ * recvmmsg as a C relay does, with no event loop between the kernel and the next batch; on the portable path, or when
+ * the thread cannot start, it runs on the main thread's event loop. Counters live in the socket (totals) and in its
+ * Destinations (per target), in shared memory when a thread does the counting; the relay only publishes them.
  */
+import type { Logger } from "../core/logger.ts";
 import type { MetricsRegistry } from "../core/metrics.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
-import type { Destinations, UdpSocket } from "../net/udp.ts";
+import {
+  type Destinations,
+  sharedStats,
+  statsOf,
+  type UdpOptions,
+  type UdpSocket,
+  type UdpStats,
+} from "../net/udp.ts";
+import { FastUdp } from "../net/udp_fast.ts";
+import type { RelayThreadReport, RelayThreadStart } from "./relay_thread.ts";
 
 export interface RelaySpec {
   readonly name: string;
@@ -13,15 +25,18 @@ export interface RelaySpec {
   readonly targets: readonly HostPort[];
 }
 
+/** How long a relay thread has to start, and to stop once asked. */
+const THREAD_START_MS = 10_000;
+const THREAD_STOP_MS = 2_000;
+
 /** Publishes a socket's tallies as counters of one component. */
 export function publishSocket(
   metrics: MetricsRegistry,
   subsystem: string,
   labels: Record<string, string>,
-  socket: UdpSocket,
+  s: Readonly<UdpStats>,
 ) {
   const set = metrics.set(subsystem, labels);
-  const s = socket.stats;
   set.counter("rx_packets_total", "Datagrams received", () => s.rx_packets);
   set.counter("rx_bytes_total", "Bytes received", () => s.rx_bytes);
   set.counter("tx_packets_total", "Datagrams sent", () => s.tx_packets);
@@ -32,17 +47,149 @@ export function publishSocket(
   return set;
 }
 
+/** The thread that moves one relay's datagrams, and the shared memory it counts into. */
+class RelayThread {
+  readonly stats = sharedStats();
+  readonly to: Destinations;
+  readonly #control = new Int32Array(new SharedArrayBuffer(4));
+  readonly #worker: Worker;
+  readonly #stopped: Promise<void>;
+  /** Resolves when the loop runs; rejects when the thread could not start it. */
+  readonly started: Promise<void>;
+  error: string | null = null;
+
+  private constructor(readonly socket: FastUdp, spec: RelaySpec, options: UdpOptions) {
+    const n = spec.targets.length;
+    const sent = new SharedArrayBuffer(n * 8);
+    const dropped = new SharedArrayBuffer(n * 8);
+    this.to = { endpoints: spec.targets, sent: new Float64Array(sent), dropped: new Float64Array(dropped) };
+    this.#worker = new Worker(new URL("./relay_thread.ts", import.meta.url), {
+      type: "module",
+      name: `relay ${spec.name}`,
+    });
+    let ready!: () => void;
+    let failed!: (error: string) => void;
+    this.started = new Promise<void>((resolve, reject) => {
+      ready = resolve;
+      failed = (e) => reject(new Error(e));
+    });
+    this.started.catch(() => {});
+    let stopped!: () => void;
+    this.#stopped = new Promise<void>((resolve) => stopped = resolve);
+    this.#worker.onmessage = (event: MessageEvent<RelayThreadReport>) => {
+      const r = event.data;
+      if ("ready" in r) ready();
+      else if ("stopped" in r) stopped();
+      else {
+        this.error = r.error;
+        failed(r.error);
+        stopped();
+      }
+    };
+    this.#worker.onerror = (event: ErrorEvent) => {
+      event.preventDefault();
+      this.error = event.message;
+      failed(event.message);
+      stopped();
+    };
+    const start: RelayThreadStart = {
+      descriptor: socket.descriptor,
+      options: { batch: options.batch, maxDatagram: options.maxDatagram },
+      targets: spec.targets,
+      stats: this.stats.buffer,
+      sent,
+      dropped,
+      control: this.#control.buffer as SharedArrayBuffer,
+    };
+    this.#worker.postMessage(start);
+  }
+
+  /** A running thread, or a rejection saying why it could not start (nothing is left running then). */
+  static async start(socket: FastUdp, spec: RelaySpec, options: UdpOptions): Promise<RelayThread> {
+    const thread = new RelayThread(socket, spec, options);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer in ${THREAD_START_MS} ms`)), THREAD_START_MS);
+    });
+    try {
+      await Promise.race([thread.started, late]);
+      return thread;
+    } catch (error) {
+      await thread.stop();
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Asks the loop to stop, wakes it, and waits for it, terminating it after THREAD_STOP_MS. True when it stopped
+   * by itself.
+   */
+  async stop(): Promise<boolean> {
+    Atomics.store(this.#control, 0, 1);
+    this.socket.interrupt();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<false>((r) => timer = setTimeout(() => r(false), THREAD_STOP_MS));
+    const byItself = await Promise.race([this.#stopped.then(() => true), late]);
+    clearTimeout(timer);
+    this.#worker.terminate();
+    return byItself;
+  }
+}
+
+export interface RelayOptions {
+  /** Run the fast path on a thread of its own (default true). */
+  readonly thread?: boolean;
+  /** batch and maxDatagram, for the thread's own buffers. */
+  readonly udp?: UdpOptions;
+  readonly logger?: Logger;
+}
+
 export class Relay {
   readonly #to: Destinations;
+  readonly #stats: Readonly<UdpStats>;
+  readonly #thread: RelayThread | null;
   readonly #done: Promise<void>;
   readonly #metrics: MetricsRegistry;
+  readonly #logger?: Logger;
   readonly #sets;
 
-  constructor(readonly spec: RelaySpec, private readonly socket: UdpSocket, metrics: MetricsRegistry) {
-    this.#to = socket.destinations(spec.targets);
+  /** Starts relaying `socket` (on a thread of its own where it can); resolves once datagrams move. */
+  static async start(
+    spec: RelaySpec,
+    socket: UdpSocket,
+    metrics: MetricsRegistry,
+    options: RelayOptions = {},
+  ): Promise<Relay> {
+    let thread: RelayThread | null = null;
+    if (socket instanceof FastUdp && options.thread !== false) {
+      try {
+        thread = await RelayThread.start(socket, spec, options.udp ?? {});
+      } catch (error) {
+        options.logger?.warn("relay thread did not start; relaying on the main thread", {
+          relay: spec.name,
+          error: error instanceof Error ? error.message : String(error),
+        });
+      }
+    }
+    return new Relay(spec, socket, metrics, thread, options.logger);
+  }
+
+  private constructor(
+    readonly spec: RelaySpec,
+    private readonly socket: UdpSocket,
+    metrics: MetricsRegistry,
+    thread: RelayThread | null,
+    logger?: Logger,
+  ) {
+    this.#thread = thread;
+    this.#logger = logger;
+    this.#to = thread ? thread.to : socket.destinations(spec.targets);
+    this.#stats = thread ? thread.stats : socket.stats;
     this.#metrics = metrics;
     this.#sets = [
-      publishSocket(metrics, "relay", { relay: spec.name }, socket),
+      publishSocket(metrics, "relay", { relay: spec.name }, this.#stats),
       ...spec.targets.map((t, j) => {
         const set = metrics.set("relay_target", { relay: spec.name, target: formatHostPort(t) });
         set.counter("sent_total", "Datagrams sent to this target", () => this.#to.sent[j]);
@@ -54,7 +201,7 @@ export class Relay {
         return set;
       }),
     ];
-    this.#done = this.#run();
+    this.#done = thread ? Promise.resolve() : this.#run();
   }
 
   async #run(): Promise<void> {
@@ -65,11 +212,20 @@ export class Relay {
     }
   }
 
+  /** Whether a thread of its own moves this relay's datagrams. */
+  get threaded(): boolean {
+    return this.#thread !== null;
+  }
+
   status(): Record<string, unknown> {
+    const error = this.#thread?.error;
     return {
+      state: error ? "failed" : "running",
+      ...(error ? { error } : {}),
       listen: formatHostPort(this.socket.local),
       udp: this.socket.impl,
-      ...this.socket.stats,
+      thread: this.threaded,
+      ...statsOf(this.#stats),
       targets: this.spec.targets.map((t, j) => ({
         target: formatHostPort(t),
         sent: this.#to.sent[j],
@@ -79,6 +235,9 @@ export class Relay {
   }
 
   async close(): Promise<void> {
+    if (this.#thread && !await this.#thread.stop() && !this.#thread.error) {
+      this.#logger?.warn("relay thread did not stop when asked; terminated", { relay: this.spec.name });
+    }
     await this.socket.close();
     await this.#done;
     for (const set of this.#sets) this.#metrics.remove(set);

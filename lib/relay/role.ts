@@ -80,6 +80,7 @@ const reflectorItem = obj({
 
 const relayFields = {
   ...udpFields,
+  thread: opt(bool(), true),
   relays: opt(list(relayItem, { max: 256, uniqueBy: { key: (r) => r.name, what: "relay name" } }), []),
   reflectors: opt(
     list(reflectorItem, { max: 256, uniqueBy: { key: (r) => r.name, what: "reflector name" } }),
@@ -191,15 +192,22 @@ export const relayRole: RoleDef<RelaySection> = {
       for (const s of opened) await s.close();
       throw error;
     }
-    const relays = cfg.relays.map((spec, i) => {
+    const relays: Relay[] = [];
+    for (const [i, spec] of cfg.relays.entries()) {
+      const relay = await Relay.start(spec, opened[i], ctx.metrics, {
+        thread: cfg.thread,
+        udp: options,
+        logger: ctx.logger,
+      });
+      relays.push(relay);
       ctx.logger.info("relay listening", {
         relay: spec.name,
         listen: formatHostPort(opened[i].local),
         targets: spec.targets.length,
         udp: opened[i].impl,
+        thread: relay.threaded,
       });
-      return new Relay(spec, opened[i], ctx.metrics);
-    });
+    }
     const reflectors = new Map(cfg.reflectors.map((spec, i) => {
       const sockets = reflectorSockets[i];
       ctx.logger.info("reflector listening", {

@@ -49,6 +49,7 @@ for (const impl of ["fast", "portable"] as const) {
         (status.roles as Record<string, { relays: Record<string, Record<string, unknown>> }>).relay
           .relays.video;
       assert.equal(relay.udp, impl);
+      assert.equal(relay.thread, impl === "fast", "the fast path runs on a thread of its own");
       assert.equal(relay.rx_packets, n);
       assert.deepEqual(
         (relay.targets as { sent: number }[]).map((t) => t.sent),

@@ -33,6 +33,7 @@ relay:
     batch: 32,
     max_datagram: 65535,
     socket_buffer: 8 * 1024 * 1024,
+    thread: true,
     reflectors: [],
     relays: [{
       name: "video",
