@@ -136,6 +136,10 @@ function pathFromConfigFolder(): Schema<string> {
   };
 }
 
+/** What carries a service's connections (lib/scheduler/transport.ts). */
+export const TRANSPORTS = ["auto", "fast", "portable"] as const;
+export type TransportChoice = typeof TRANSPORTS[number];
+
 const schedulerFields = {
   services: opt(
     list(serviceItem, { max: 256, uniqueBy: { key: (s) => s.name, what: "service name" } }),
@@ -147,6 +151,8 @@ const schedulerFields = {
   rules_service: opt(obj(serviceFields), defaultsOf(serviceFields)),
   /** Proxy buffer per direction of a connection, in bytes. */
   buffer: opt(int({ min: 4096, max: 1 << 20 }), 64 * 1024),
+  /** What carries connections: fast (epoll through FFI, Linux), portable (Deno sockets), auto. */
+  io: opt(oneOf(TRANSPORTS), "auto" as TransportChoice),
 };
 export type SchedulerSection = ObjectOf<typeof schedulerFields>;
 

@@ -12,6 +12,7 @@ import type { RoleDef } from "../roles/role.ts";
 import { ADMIN_STATES, type AdminState, type SchedulerSection, schedulerSection } from "./config.ts";
 import { builtinPickers } from "./pickers/mod.ts";
 import { BufferPool } from "./pipe.ts";
+import { openTransport } from "./transport.ts";
 import { metafile } from "./redirect.ts";
 import { MAX_RULES_FILE_BYTES, parseRules } from "./rules.ts";
 import { Service, type ServicePlan } from "./service.ts";
@@ -78,8 +79,16 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
     const plans = await servicePlans(cfg);
     const buffers = new BufferPool({ bufferBytes: cfg.buffer, capacity: POOL_SPARE });
     const pickers = builtinPickers();
+    const transport = openTransport(cfg.io);
     const services = plans.map((plan) =>
-      new Service(plan, { clock: ctx.clock, logger: ctx.logger, metrics: ctx.metrics, pickers, buffers })
+      new Service(plan, {
+        clock: ctx.clock,
+        logger: ctx.logger,
+        metrics: ctx.metrics,
+        pickers,
+        buffers,
+        transport,
+      })
     );
     const bound: Service[] = [];
     try {
@@ -100,6 +109,7 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
         listen: formatHostPort(s.address),
         servers: s.servers.length,
         picker: s.plan.settings.picker,
+        io: transport.kind,
       });
     }
     if (!services.length) {
@@ -109,6 +119,7 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
     return {
       status: () => ({
         state: "running",
+        io: transport.kind,
         services: Object.fromEntries(services.map((s) => [s.name, s.status()])),
       }),
       async stop(deadline) {

@@ -14,15 +14,15 @@ import type { Logger } from "../core/logger.ts";
 import type { CounterSet, MetricsRegistry } from "../core/metrics.ts";
 import type { Registry } from "../core/registry.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
-import { closeQuietly, connectTcp, listenTcp, type TcpListener } from "../net/tcp.ts";
 import { expandServers, type ServiceSettings } from "./config.ts";
 import { type Exchange, Monitor } from "./monitor.ts";
 import { PersistenceTable } from "./persistence.ts";
 import type { Picker, PickerKind } from "./pickers/picker.ts";
-import { type BufferPool, pipe } from "./pipe.ts";
+import type { BufferPool } from "./pipe.ts";
 import { proxyHeader } from "./proxy_protocol.ts";
 import { Server } from "./server.ts";
 import type { ServerSpec } from "./config.ts";
+import type { Conn, Transport, TransportListener } from "./transport.ts";
 
 /** What a service is built from: a config entry or an imported agent-rules line. */
 export interface ServicePlan {
@@ -40,6 +40,8 @@ export interface ServiceDeps {
   readonly metrics: MetricsRegistry;
   readonly pickers: Registry<PickerKind>;
   readonly buffers: BufferPool;
+  /** What carries the connections (lib/scheduler/transport.ts). */
+  readonly transport: Transport;
   /** Replaces the network exchange of health checks and agent polls (tests). */
   readonly exchange?: Exchange;
 }
@@ -60,10 +62,10 @@ export class Service {
   readonly #monitor: Monitor;
   readonly #perClient = new Map<string, number>();
   readonly #queue: Waiter[] = [];
-  readonly #clients = new Set<Deno.Conn>();
+  readonly #clients = new Set<Conn>();
   readonly #tasks = new Set<Promise<void>>();
   readonly #sets: CounterSet[] = [];
-  #listener: TcpListener | null = null;
+  #listener: TransportListener | null = null;
   #acceptLoop: Promise<void> | null = null;
   #stopping = false;
   /** Client connections open now (queued ones included). */
@@ -119,7 +121,7 @@ export class Service {
 
   /** Binds the listener (StartError when it cannot); nothing else starts before every service has bound. */
   listen(reusePort = false): void {
-    this.#listener = listenTcp(this.plan.listen, { reusePort });
+    this.#listener = this.deps.transport.listen(this.plan.listen, reusePort);
   }
 
   /** Starts checks, agent polls and accepting. */
@@ -132,7 +134,7 @@ export class Service {
   async #accept(): Promise<void> {
     const listener = this.#listener!;
     for (;;) {
-      let conn: Deno.TcpConn | null;
+      let conn: Conn | null;
       try {
         conn = await listener.accept();
       } catch (error) {
@@ -148,18 +150,18 @@ export class Service {
     }
   }
 
-  async #handle(client: Deno.TcpConn): Promise<void> {
+  async #handle(client: Conn): Promise<void> {
     const { settings } = this.plan;
-    const ip = (client.remoteAddr as Deno.NetAddr).hostname;
+    const ip = client.remote.host;
     this.counts.accepted++;
     if (this.open >= settings.max_connections) {
       this.counts.refused_limit++;
-      return closeQuietly(client);
+      return client.close();
     }
     const mine = this.#perClient.get(ip) ?? 0;
     if (settings.max_per_client > 0 && mine >= settings.max_per_client) {
       this.counts.refused_client_limit++;
-      return closeQuietly(client);
+      return client.close();
     }
     this.open++;
     this.#perClient.set(ip, mine + 1);
@@ -176,7 +178,7 @@ export class Service {
       }
     } finally {
       this.#clients.delete(client);
-      closeQuietly(client);
+      client.close();
       this.open--;
       const left = (this.#perClient.get(ip) ?? 1) - 1;
       if (left > 0) this.#perClient.set(ip, left);
@@ -185,7 +187,7 @@ export class Service {
   }
 
   /** A connected server for client `ip`, or null when none could be had (the reason is counted). */
-  async #connect(ip: string): Promise<{ server: Server; conn: Deno.TcpConn } | null> {
+  async #connect(ip: string): Promise<{ server: Server; conn: Conn } | null> {
     const { settings } = this.plan;
     const tried = new Set<Server>();
     let waitUntil = 0;
@@ -209,10 +211,11 @@ export class Service {
       server.active++;
       server.total++;
       try {
-        const conn = await connectTcp(server.addr, {
-          timeoutMs: settings.connect_timeout,
-          clock: this.deps.clock,
-        });
+        const conn = await this.deps.transport.connect(
+          server.addr,
+          settings.connect_timeout,
+          this.deps.clock,
+        );
         this.#persistence?.set(ip, server.key);
         return { server, conn };
       } catch (error) {
@@ -265,25 +268,19 @@ export class Service {
     return server;
   }
 
-  async #splice(client: Deno.TcpConn, server: Server, conn: Deno.TcpConn): Promise<void> {
+  async #splice(client: Conn, server: Server, conn: Conn): Promise<void> {
     const { settings } = this.plan;
+    const { transport } = this.deps;
     if (settings.proxy_protocol !== "none") {
-      const local = client.localAddr as Deno.NetAddr;
-      const remote = client.remoteAddr as Deno.NetAddr;
-      const header = proxyHeader(
-        settings.proxy_protocol === "v1" ? 1 : 2,
-        { host: remote.hostname, port: remote.port },
-        { host: local.hostname, port: local.port },
-      );
+      const header = proxyHeader(settings.proxy_protocol === "v1" ? 1 : 2, client.remote, client.local);
       try {
-        let off = 0;
-        while (off < header.length) off += await conn.write(header.subarray(off));
+        await transport.writeAll(conn, header);
       } catch {
-        closeQuietly(conn);
+        conn.close();
         return;
       }
     }
-    const outcome = await pipe(client, conn, {
+    const outcome = await transport.splice(client, conn, {
       clock: this.deps.clock,
       idleMs: settings.idle_timeout,
       signal: server.signal,
@@ -393,7 +390,7 @@ export class Service {
     await this.#acceptLoop;
     for (const w of this.#queue.splice(0)) w.wake();
     const cut = () => {
-      for (const c of this.#clients) closeQuietly(c);
+      for (const c of this.#clients) c.close();
     };
     if (deadline.aborted) cut();
     else deadline.addEventListener("abort", cut, { once: true });

@@ -19,6 +19,7 @@ import {
   type ServiceSettings,
 } from "../../lib/scheduler/config.ts";
 import { builtinPickers } from "../../lib/scheduler/pickers/mod.ts";
+import { openTransport, type Transport } from "../../lib/scheduler/transport.ts";
 import { BufferPool } from "../../lib/scheduler/pipe.ts";
 import { Service } from "../../lib/scheduler/service.ts";
 import { Backend, Client, fetchName, ProxyBackend, until } from "../e2e/_backends.ts";
@@ -37,6 +38,17 @@ function server(port: number, over: Partial<ServerSpec> = {}): ServerSpec {
     state: "ready" as AdminState,
     ...over,
   };
+}
+
+/** Every test runs over both transports (lib/scheduler/transport.ts); `io` is the one of the test running now. */
+let io: Transport = openTransport("portable");
+function ioTest(name: string, fn: () => Promise<void>): void {
+  for (const kind of ["fast", "portable"] as const) {
+    Deno.test(`${name} [${kind}]`, () => {
+      io = openTransport(kind);
+      return fn();
+    });
+  }
 }
 
 /** A port nothing listens on. */
@@ -74,6 +86,7 @@ function startService(servers: ServerSpec[], over: Settings = {}) {
       metrics,
       pickers: builtinPickers(),
       buffers: new BufferPool({ capacity: 8 }),
+      transport: io,
       exchange,
     },
   );
@@ -119,104 +132,113 @@ async function clientsOn(port: number, name: string, count: number): Promise<Cli
   return kept;
 }
 
-Deno.test("Service retries a refused connect on the next server: no client fails while one server is up", async () => {
-  await using a = new Backend("A");
-  const dead = closedPort();
-  await using env = startService([server(dead), server(a.port)], { check: { fall: 2 }, retries: 3 });
-  const names = [];
-  for (let i = 0; i < 10; i++) names.push(await fetchName(env.port));
-  assert.deepEqual(names, Array(10).fill("A"));
-  const [deadServer] = env.svc.servers;
-  assert.equal(deadServer.state, "down", "two failed connects in a row (fall 2) took it down");
-  assert.equal(deadServer.failedConnects, 2, "once down it is not tried any more");
-  assert.match(deadServer.lastCheck!.detail, /client connect failed: .*connection refused/);
-  assert.equal(env.svc.counts.retries, 2);
-  assert.equal(env.svc.counts.no_server, 0);
-  assert.equal(env.svc.counts.accepted, 10);
-  const metrics = env.metrics.render();
-  assert.match(metrics, /^edgenode_scheduler_service_accepted_total\{service="svc"\} 10$/m);
-  assert.match(metrics, /^edgenode_scheduler_service_retries_total\{service="svc"\} 2$/m);
-  assert.match(
-    metrics,
-    new RegExp(
-      `^edgenode_scheduler_server_failed_connects_total\\{service="svc",server="${LO}:${dead}"\\} 2$`,
-      "m",
-    ),
-  );
-  assert.match(
-    metrics,
-    new RegExp(
-      `^edgenode_scheduler_server_connections_total\\{service="svc",server="${LO}:${a.port}"\\} 10$`,
-      "m",
-    ),
-  );
-  assert.match(
-    metrics,
-    new RegExp(`^edgenode_scheduler_server_up\\{service="svc",server="${LO}:${dead}"\\} 0$`, "m"),
-  );
-});
+ioTest(
+  "Service retries a refused connect on the next server: no client fails while one server is up",
+  async () => {
+    await using a = new Backend("A");
+    const dead = closedPort();
+    await using env = startService([server(dead), server(a.port)], { check: { fall: 2 }, retries: 3 });
+    const names = [];
+    for (let i = 0; i < 10; i++) names.push(await fetchName(env.port));
+    assert.deepEqual(names, Array(10).fill("A"));
+    const [deadServer] = env.svc.servers;
+    assert.equal(deadServer.state, "down", "two failed connects in a row (fall 2) took it down");
+    assert.equal(deadServer.failedConnects, 2, "once down it is not tried any more");
+    assert.match(deadServer.lastCheck!.detail, /client connect failed: .*connection refused/);
+    assert.equal(env.svc.counts.retries, 2);
+    assert.equal(env.svc.counts.no_server, 0);
+    assert.equal(env.svc.counts.accepted, 10);
+    const metrics = env.metrics.render();
+    assert.match(metrics, /^edgenode_scheduler_service_accepted_total\{service="svc"\} 10$/m);
+    assert.match(metrics, /^edgenode_scheduler_service_retries_total\{service="svc"\} 2$/m);
+    assert.match(
+      metrics,
+      new RegExp(
+        `^edgenode_scheduler_server_failed_connects_total\\{service="svc",server="${LO}:${dead}"\\} 2$`,
+        "m",
+      ),
+    );
+    assert.match(
+      metrics,
+      new RegExp(
+        `^edgenode_scheduler_server_connections_total\\{service="svc",server="${LO}:${a.port}"\\} 10$`,
+        "m",
+      ),
+    );
+    assert.match(
+      metrics,
+      new RegExp(`^edgenode_scheduler_server_up\\{service="svc",server="${LO}:${dead}"\\} 0$`, "m"),
+    );
+  },
+);
 
-Deno.test("Service closes a server's open connections as soon as its checks take it down, and only those", async () => {
-  await using a = new Backend("A");
-  await using b = new Backend("B");
-  await using env = startService([server(a.port), server(b.port)], { check: { interval: 1000, fall: 1 } });
-  const onA = await clientsOn(env.port, "A", 2);
-  const onB = await clientsOn(env.port, "B", 2);
-  try {
-    const ended = onB.map((c) => c.ended());
-    env.answers.set(`${LO}:${b.port}`, { ok: false, error: "no answer" });
-    await env.tick(0); // A's check
-    await env.tick(500); // B's check, half an interval later: it fails, fall 1
-    assert.equal(env.svc.servers[1].state, "down");
-    assert.equal(await settlesWithin(Promise.all(ended), 1000), true, "B's clients are closed at once");
-    await until("B's side of those connections to be closed too", () => b.open === 0);
-    for (const c of onA) {
-      await c.write("still there?\n");
-      assert.equal(await c.readLine(), "still there?", "A's clients are untouched");
+ioTest(
+  "Service closes a server's open connections as soon as its checks take it down, and only those",
+  async () => {
+    await using a = new Backend("A");
+    await using b = new Backend("B");
+    await using env = startService([server(a.port), server(b.port)], { check: { interval: 1000, fall: 1 } });
+    const onA = await clientsOn(env.port, "A", 2);
+    const onB = await clientsOn(env.port, "B", 2);
+    try {
+      const ended = onB.map((c) => c.ended());
+      env.answers.set(`${LO}:${b.port}`, { ok: false, error: "no answer" });
+      await env.tick(0); // A's check
+      await env.tick(500); // B's check, half an interval later: it fails, fall 1
+      assert.equal(env.svc.servers[1].state, "down");
+      assert.equal(await settlesWithin(Promise.all(ended), 1000), true, "B's clients are closed at once");
+      await until("B's side of those connections to be closed too", () => b.open === 0);
+      for (const c of onA) {
+        await c.write("still there?\n");
+        assert.equal(await c.readLine(), "still there?", "A's clients are untouched");
+      }
+      await until("the closes to be counted", () => env.svc.counts.closed_by_server_down === 2);
+      for (let i = 0; i < 4; i++) assert.equal(await fetchName(env.port), "A", "new clients go to A only");
+    } finally {
+      for (const c of [...onA, ...onB]) c[Symbol.dispose]();
     }
-    await until("the closes to be counted", () => env.svc.counts.closed_by_server_down === 2);
-    for (let i = 0; i < 4; i++) assert.equal(await fetchName(env.port), "A", "new clients go to A only");
-  } finally {
-    for (const c of [...onA, ...onB]) c[Symbol.dispose]();
-  }
-});
+  },
+);
 
-Deno.test("Service follows its agents: drain keeps open connections, maint closes them, ready takes clients again", async () => {
-  await using a = new Backend("A");
-  await using b = new Backend("B");
-  const agent = `${LO}:9`;
-  await using env = startService(
-    [server(a.port, { agent: { host: LO, port: 9 } }), server(b.port)],
-    { agent_interval: 500, check: { interval: 60_000 } },
-  );
-  const [old] = await clientsOn(env.port, "A", 1);
-  try {
-    env.answers.set(agent, { ok: true, reply: "drain\n" });
-    await env.tick(0);
-    assert.equal(env.svc.servers[0].state, "drain");
-    for (let i = 0; i < 4; i++) {
-      assert.equal(await fetchName(env.port), "B", "no new client to a draining server");
+ioTest(
+  "Service follows its agents: drain keeps open connections, maint closes them, ready takes clients again",
+  async () => {
+    await using a = new Backend("A");
+    await using b = new Backend("B");
+    const agent = `${LO}:9`;
+    await using env = startService(
+      [server(a.port, { agent: { host: LO, port: 9 } }), server(b.port)],
+      { agent_interval: 500, check: { interval: 60_000 } },
+    );
+    const [old] = await clientsOn(env.port, "A", 1);
+    try {
+      env.answers.set(agent, { ok: true, reply: "drain\n" });
+      await env.tick(0);
+      assert.equal(env.svc.servers[0].state, "drain");
+      for (let i = 0; i < 4; i++) {
+        assert.equal(await fetchName(env.port), "B", "no new client to a draining server");
+      }
+      await old.write("ping\n");
+      assert.equal(await old.readLine(), "ping", "the open connection goes on");
+
+      const ended = old.ended();
+      env.answers.set(agent, { ok: true, reply: "maint\n" });
+      await env.tick(500);
+      assert.equal(env.svc.servers[0].state, "maint");
+      assert.equal(await settlesWithin(ended, 1000), true, "maint closes the open connection at once");
+
+      env.answers.set(agent, { ok: true, reply: "ready\n" });
+      await env.tick(500);
+      const names = new Set<string | null>();
+      for (let i = 0; i < 4; i++) names.add(await fetchName(env.port));
+      assert.deepEqual(names, new Set(["A", "B"]));
+    } finally {
+      old[Symbol.dispose]();
     }
-    await old.write("ping\n");
-    assert.equal(await old.readLine(), "ping", "the open connection goes on");
+  },
+);
 
-    const ended = old.ended();
-    env.answers.set(agent, { ok: true, reply: "maint\n" });
-    await env.tick(500);
-    assert.equal(env.svc.servers[0].state, "maint");
-    assert.equal(await settlesWithin(ended, 1000), true, "maint closes the open connection at once");
-
-    env.answers.set(agent, { ok: true, reply: "ready\n" });
-    await env.tick(500);
-    const names = new Set<string | null>();
-    for (let i = 0; i < 4; i++) names.add(await fetchName(env.port));
-    assert.deepEqual(names, new Set(["A", "B"]));
-  } finally {
-    old[Symbol.dispose]();
-  }
-});
-
-Deno.test("Service agent maxconn:1 holds a second client in the queue until the first leaves", async () => {
+ioTest("Service agent maxconn:1 holds a second client in the queue until the first leaves", async () => {
   await using a = new Backend("A");
   await using env = startService([server(a.port, { agent: { host: LO, port: 9 } })], { agent_interval: 500 });
   env.answers.set(`${LO}:9`, { ok: true, reply: "maxconn:1\n" });
@@ -231,41 +253,47 @@ Deno.test("Service agent maxconn:1 holds a second client in the queue until the 
   assert.equal(await line, "A", "served once the first left");
 });
 
-Deno.test("Service queue: with maxconn 1 and queue 1 the 2nd client waits, the 3rd is closed, a wait times out", async () => {
-  await using a = new Backend("A");
-  await using env = startService([server(a.port, { maxconn: 1 })], { queue: 1, queue_timeout: 1000 });
-  using first = await Client.connect(env.port);
-  assert.equal(await first.readLine(), "A");
+ioTest(
+  "Service queue: with maxconn 1 and queue 1 the 2nd client waits, the 3rd is closed, a wait times out",
+  async () => {
+    await using a = new Backend("A");
+    await using env = startService([server(a.port, { maxconn: 1 })], { queue: 1, queue_timeout: 1000 });
+    using first = await Client.connect(env.port);
+    assert.equal(await first.readLine(), "A");
 
-  using second = await Client.connect(env.port);
-  await until("the second client to wait", () => env.svc.status().queue_length === 1);
-  const secondLine = second.readLine();
+    using second = await Client.connect(env.port);
+    await until("the second client to wait", () => env.svc.status().queue_length === 1);
+    const secondLine = second.readLine();
 
-  using third = await Client.connect(env.port);
-  assert.equal(
-    await settlesWithin(third.ended(), 1000),
-    true,
-    "the third is closed at once: the queue is full",
-  );
-  assert.equal(env.svc.counts.queue_full, 1);
+    using third = await Client.connect(env.port);
+    assert.equal(
+      await settlesWithin(third.ended(), 1000),
+      true,
+      "the third is closed at once: the queue is full",
+    );
+    assert.equal(env.svc.counts.queue_full, 1);
 
-  first[Symbol.dispose]();
-  assert.equal(await secondLine, "A", "the waiting client is served when the first leaves");
-  assert.equal(env.svc.counts.queued, 1);
+    first[Symbol.dispose]();
+    assert.equal(await secondLine, "A", "the waiting client is served when the first leaves");
+    assert.equal(env.svc.counts.queued, 1);
 
-  using fourth = await Client.connect(env.port);
-  await until("the fourth client to wait", () => env.svc.status().queue_length === 1);
-  const fourthEnded = fourth.ended();
-  await env.tick(999);
-  assert.equal(await settlesWithin(fourthEnded, 50), false, "still waiting 1 ms before queue_timeout");
-  await env.tick(1);
-  assert.equal(await settlesWithin(fourthEnded, 1000), true, "closed once queue_timeout passed");
-  assert.equal(env.svc.counts.queue_timeouts, 1);
-  assert.equal(env.svc.status().queue_length, 0);
-  assert.equal(env.svc.counts.no_server, 0);
-  assert.match(env.metrics.render(), /^edgenode_scheduler_service_queue_timeouts_total\{service="svc"\} 1$/m);
-  assert.match(env.metrics.render(), /^edgenode_scheduler_service_queue_full_total\{service="svc"\} 1$/m);
-});
+    using fourth = await Client.connect(env.port);
+    await until("the fourth client to wait", () => env.svc.status().queue_length === 1);
+    const fourthEnded = fourth.ended();
+    await env.tick(999);
+    assert.equal(await settlesWithin(fourthEnded, 50), false, "still waiting 1 ms before queue_timeout");
+    await env.tick(1);
+    assert.equal(await settlesWithin(fourthEnded, 1000), true, "closed once queue_timeout passed");
+    assert.equal(env.svc.counts.queue_timeouts, 1);
+    assert.equal(env.svc.status().queue_length, 0);
+    assert.equal(env.svc.counts.no_server, 0);
+    assert.match(
+      env.metrics.render(),
+      /^edgenode_scheduler_service_queue_timeouts_total\{service="svc"\} 1$/m,
+    );
+    assert.match(env.metrics.render(), /^edgenode_scheduler_service_queue_full_total\{service="svc"\} 1$/m);
+  },
+);
 
 /**
  * A listener that never accepts, its accept queue filled so that the kernel drops the next SYN: a connect to it
@@ -298,28 +326,31 @@ async function blackhole(): Promise<{ port: number } & AsyncDisposable> {
   }
 }
 
-Deno.test("Service gives up a connect after connect_timeout, counts it against the server and tries the next", async () => {
-  await using hole = await blackhole();
-  await using a = new Backend("A");
-  await using env = startService([server(hole.port), server(a.port)], { connect_timeout: 500 });
-  using client = await Client.connect(env.port);
-  const [stuck] = env.svc.servers;
-  await until("the connect to the silent server", () => stuck.active === 1);
-  const line = client.readLine();
-  await env.tick(499);
-  assert.equal(await settlesWithin(line, 50), false, "still connecting 1 ms before connect_timeout");
-  await env.tick(1);
-  assert.equal(await line, "A");
-  assert.equal(stuck.failedConnects, 1);
-  assert.match(
-    stuck.lastCheck!.detail,
-    new RegExp(`client connect failed: Cannot connect to ${LO}:${hole.port}: timed out`),
-  );
-  assert.equal(env.svc.counts.retries, 1);
-  assert.equal(stuck.active, 0);
-});
+ioTest(
+  "Service gives up a connect after connect_timeout, counts it against the server and tries the next",
+  async () => {
+    await using hole = await blackhole();
+    await using a = new Backend("A");
+    await using env = startService([server(hole.port), server(a.port)], { connect_timeout: 500 });
+    using client = await Client.connect(env.port);
+    const [stuck] = env.svc.servers;
+    await until("the connect to the silent server", () => stuck.active === 1);
+    const line = client.readLine();
+    await env.tick(499);
+    assert.equal(await settlesWithin(line, 50), false, "still connecting 1 ms before connect_timeout");
+    await env.tick(1);
+    assert.equal(await line, "A");
+    assert.equal(stuck.failedConnects, 1);
+    assert.match(
+      stuck.lastCheck!.detail,
+      new RegExp(`client connect failed: Cannot connect to ${LO}:${hole.port}: timed out`),
+    );
+    assert.equal(env.svc.counts.retries, 1);
+    assert.equal(stuck.active, 0);
+  },
+);
 
-Deno.test("Service closes a connection after idle_timeout without a byte and counts it", async () => {
+ioTest("Service closes a connection after idle_timeout without a byte and counts it", async () => {
   await using a = new Backend("A");
   await using env = startService([server(a.port)], { idle_timeout: 1000 });
   using client = await Client.connect(env.port);
@@ -333,59 +364,65 @@ Deno.test("Service closes a connection after idle_timeout without a byte and cou
   assert.equal(env.svc.open, 0);
 });
 
-Deno.test("Service persistence keeps a client address on its server until the entry expires or the server goes down", async () => {
-  const ports = [closedPort(), closedPort(), closedPort()];
-  await using env = startService(ports.map((p) => server(p)), {
-    persistence: 10_000,
-    check: { interval: 60_000, fall: 1 },
-  });
-  const { svc } = env;
-  const first = svc.redirect("10.0.0.1")!.key;
-  for (let i = 0; i < 5; i++) assert.equal(svc.redirect("10.0.0.1")!.key, first, "sticks");
-  const other = svc.redirect("10.0.0.2")!.key;
-  assert.notEqual(other, first, "round-robin alone moves on for another address");
-  assert.equal(svc.status().persistence_entries, 2);
+ioTest(
+  "Service persistence keeps a client address on its server until the entry expires or the server goes down",
+  async () => {
+    const ports = [closedPort(), closedPort(), closedPort()];
+    await using env = startService(ports.map((p) => server(p)), {
+      persistence: 10_000,
+      check: { interval: 60_000, fall: 1 },
+    });
+    const { svc } = env;
+    const first = svc.redirect("10.0.0.1")!.key;
+    for (let i = 0; i < 5; i++) assert.equal(svc.redirect("10.0.0.1")!.key, first, "sticks");
+    const other = svc.redirect("10.0.0.2")!.key;
+    assert.notEqual(other, first, "round-robin alone moves on for another address");
+    assert.equal(svc.status().persistence_entries, 2);
 
-  await env.tick(10_001);
-  assert.equal(svc.status().persistence_entries, 0, "entries expire after the persistence time");
+    await env.tick(10_001);
+    assert.equal(svc.status().persistence_entries, 0, "entries expire after the persistence time");
 
-  const again = svc.redirect("10.0.0.1")!;
-  env.answers.set(again.key, { ok: false, error: "refused" });
-  // The checks of three servers are spread over the 60 s interval: one tick of 60 s runs each once.
-  await env.tick(60_000);
-  assert.equal(again.state, "down");
-  const moved = svc.redirect("10.0.0.1")!.key;
-  assert.notEqual(moved, again.key, "a server that went down loses its clients");
-  for (let i = 0; i < 3; i++) {
-    assert.equal(svc.redirect("10.0.0.1")!.key, moved, "and they stick to the new one");
-  }
-});
+    const again = svc.redirect("10.0.0.1")!;
+    env.answers.set(again.key, { ok: false, error: "refused" });
+    // The checks of three servers are spread over the 60 s interval: one tick of 60 s runs each once.
+    await env.tick(60_000);
+    assert.equal(again.state, "down");
+    const moved = svc.redirect("10.0.0.1")!.key;
+    assert.notEqual(moved, again.key, "a server that went down loses its clients");
+    for (let i = 0; i < 3; i++) {
+      assert.equal(svc.redirect("10.0.0.1")!.key, moved, "and they stick to the new one");
+    }
+  },
+);
 
-Deno.test("Service sourcehash keeps each address on one server and moves only the clients of a server that goes down", async () => {
-  const ports = [closedPort(), closedPort(), closedPort()];
-  await using env = startService(ports.map((p) => server(p)), {
-    picker: "sourcehash",
-    check: { interval: 60_000, fall: 1 },
-  });
-  const { svc } = env;
-  const clients = Array.from({ length: 60 }, (_, i) => `192.0.2.${i + 1}`);
-  const home = new Map(clients.map((ip) => [ip, svc.pick(ip)!.key]));
-  for (const ip of clients) {
-    assert.equal(svc.pick(ip)!.key, home.get(ip), `${ip} always gets the same server`);
-  }
-  assert.equal(new Set(home.values()).size, 3, "the addresses spread over every server");
+ioTest(
+  "Service sourcehash keeps each address on one server and moves only the clients of a server that goes down",
+  async () => {
+    const ports = [closedPort(), closedPort(), closedPort()];
+    await using env = startService(ports.map((p) => server(p)), {
+      picker: "sourcehash",
+      check: { interval: 60_000, fall: 1 },
+    });
+    const { svc } = env;
+    const clients = Array.from({ length: 60 }, (_, i) => `192.0.2.${i + 1}`);
+    const home = new Map(clients.map((ip) => [ip, svc.pick(ip)!.key]));
+    for (const ip of clients) {
+      assert.equal(svc.pick(ip)!.key, home.get(ip), `${ip} always gets the same server`);
+    }
+    assert.equal(new Set(home.values()).size, 3, "the addresses spread over every server");
 
-  const gone = `${LO}:${ports[0]}`;
-  env.answers.set(gone, { ok: false, error: "refused" });
-  await env.tick(60_000);
-  for (const ip of clients) {
-    const now = svc.pick(ip)!.key;
-    if (home.get(ip) === gone) assert.notEqual(now, gone);
-    else assert.equal(now, home.get(ip), `${ip} stays where it was`);
-  }
-});
+    const gone = `${LO}:${ports[0]}`;
+    env.answers.set(gone, { ok: false, error: "refused" });
+    await env.tick(60_000);
+    for (const ip of clients) {
+      const now = svc.pick(ip)!.key;
+      if (home.get(ip) === gone) assert.notEqual(now, gone);
+      else assert.equal(now, home.get(ip), `${ip} stays where it was`);
+    }
+  },
+);
 
-Deno.test("Service closes a client over max_per_client at once and takes it again once one leaves", async () => {
+ioTest("Service closes a client over max_per_client at once and takes it again once one leaves", async () => {
   await using a = new Backend("A");
   await using env = startService([server(a.port)], { max_per_client: 2 });
   using c1 = await Client.connect(env.port);
@@ -400,7 +437,7 @@ Deno.test("Service closes a client over max_per_client at once and takes it agai
   assert.equal(await fetchName(env.port), "A");
 });
 
-Deno.test("Service closes a client over max_connections at once", async () => {
+ioTest("Service closes a client over max_connections at once", async () => {
   await using a = new Backend("A");
   await using env = startService([server(a.port)], { max_connections: 1 });
   using c1 = await Client.connect(env.port);
@@ -411,35 +448,41 @@ Deno.test("Service closes a client over max_connections at once", async () => {
 });
 
 for (const version of ["v1", "v2"] as const) {
-  Deno.test(`Service sends a PROXY protocol ${version} header with the client's real address to the server`, async () => {
-    await using backend = new ProxyBackend();
-    await using env = startService([server(backend.port)], { proxy_protocol: version });
-    using client = await Client.connect(env.port);
-    assert.equal(await client.readLine(), `${LO} ${client.localPort}`);
-    const [header] = backend.headers;
-    assert.equal(header.version, version === "v1" ? 1 : 2);
-    assert.equal(header.command, "proxy");
-    assert.equal(header.protocol, "tcp4");
-    assert.deepEqual(header.source, { host: LO, port: client.localPort });
-    assert.deepEqual(header.destination, { host: LO, port: env.port }, "the VIP the client connected to");
-  });
+  ioTest(
+    `Service sends a PROXY protocol ${version} header with the client's real address to the server`,
+    async () => {
+      await using backend = new ProxyBackend();
+      await using env = startService([server(backend.port)], { proxy_protocol: version });
+      using client = await Client.connect(env.port);
+      assert.equal(await client.readLine(), `${LO} ${client.localPort}`);
+      const [header] = backend.headers;
+      assert.equal(header.version, version === "v1" ? 1 : 2);
+      assert.equal(header.command, "proxy");
+      assert.equal(header.protocol, "tcp4");
+      assert.deepEqual(header.source, { host: LO, port: client.localPort });
+      assert.deepEqual(header.destination, { host: LO, port: env.port }, "the VIP the client connected to");
+    },
+  );
 }
 
-Deno.test("Service lets a waiting client in as soon as an agent report makes room (maxconn:1 -> maxconn:2)", async () => {
-  await using a = new Backend("A");
-  await using env = startService([server(a.port, { agent: { host: LO, port: 9 } })], {
-    agent_interval: 500,
-    queue_timeout: 60_000,
-  });
-  env.answers.set(`${LO}:9`, { ok: true, reply: "maxconn:1\n" });
-  await env.tick(0);
-  using first = await Client.connect(env.port);
-  assert.equal(await first.readLine(), "A");
-  using second = await Client.connect(env.port);
-  await until("the second client to wait", () => env.svc.status().queue_length === 1);
-  const line = second.readLine();
-  env.answers.set(`${LO}:9`, { ok: true, reply: "maxconn:2\n" });
-  await env.tick(500);
-  assert.equal(await settlesWithin(line, 1000), true, "served while the first is still connected");
-  assert.equal(await line, "A");
-});
+ioTest(
+  "Service lets a waiting client in as soon as an agent report makes room (maxconn:1 -> maxconn:2)",
+  async () => {
+    await using a = new Backend("A");
+    await using env = startService([server(a.port, { agent: { host: LO, port: 9 } })], {
+      agent_interval: 500,
+      queue_timeout: 60_000,
+    });
+    env.answers.set(`${LO}:9`, { ok: true, reply: "maxconn:1\n" });
+    await env.tick(0);
+    using first = await Client.connect(env.port);
+    assert.equal(await first.readLine(), "A");
+    using second = await Client.connect(env.port);
+    await until("the second client to wait", () => env.svc.status().queue_length === 1);
+    const line = second.readLine();
+    env.answers.set(`${LO}:9`, { ok: true, reply: "maxconn:2\n" });
+    await env.tick(500);
+    assert.equal(await settlesWithin(line, 1000), true, "served while the first is still connected");
+    assert.equal(await line, "A");
+  },
+);

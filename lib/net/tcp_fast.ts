@@ -1,0 +1,640 @@
+/**
+ * The Linux fast path for proxied TCP: nonblocking sockets in one epoll set, driven through FFI to libc, as HAProxy
+ * drives its own. A connection's bytes move by recv and send from one shared buffer, called straight from the
+ * readiness event: no promise, no read op and no timer per chunk, which is what Deno's own sockets cost per request.
+ *
+ * The engine (one per isolate) waits in a nonblocking epoll_wait(0) on the event loop's thread while events keep
+ * coming, and only when there are none, or after EVENT_STREAK rounds, in a blocking epoll_wait run off the main
+ * thread, so timers, health checks and the status API get their turn (the same pattern as the UDP fast path).
+ *
+ * Memory: the event array, the shared data buffer and the scratch for sockaddrs and options are slabs owned by the
+ * engine for its whole life (see PLATFORM.md: a typed array whose pointer the kernel holds must not be collected or
+ * moved). Pending bytes that a slow peer could not take yet are copied into pooled buffers owned by their connection.
+ *
+ * Descriptors: a closed fd number can come back from the next accept in the same round of events, so every
+ * registration carries a generation and an event for an older generation is ignored.
+ */
+import type { Clock, TimerId } from "../core/clock.ts";
+import { systemClock } from "../core/clock.ts";
+import { StartError } from "../core/errors.ts";
+import { yieldToEventLoop } from "../core/yield.ts";
+import { formatHostPort, type HostPort, ipv6Bytes, ipv6Text, isIPv4, isIPv6 } from "./address.ts";
+import type { BufferPool, PipeEndReason, PipeResult } from "../scheduler/pipe.ts";
+import { PIPE_DEFAULTS } from "../scheduler/pipe.ts";
+
+const AF_INET = 2;
+const AF_INET6 = 10;
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_SOCKET = 1;
+const SO_REUSEADDR = 2;
+const SO_ERROR = 4;
+const SO_REUSEPORT = 15;
+const IPPROTO_TCP = 6;
+const TCP_NODELAY = 1;
+const MSG_DONTWAIT = 0x40;
+const MSG_NOSIGNAL = 0x4000;
+const SHUT_WR = 1;
+const EPOLLIN = 0x1;
+const EPOLLOUT = 0x4;
+const EPOLLERR = 0x8;
+const EPOLLHUP = 0x10;
+const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_MOD = 3;
+const EFD_NONBLOCK = 0o4000;
+const EFD_CLOEXEC = 0o2000000;
+const EINTR = 4;
+const EAGAIN = 11;
+const EINPROGRESS = 115;
+const ECONNABORTED = 103;
+/** struct epoll_event is packed on x86_64 ({u32 events; u64 data} in 12 bytes), natural elsewhere (16). */
+const EVENT_SIZE = Deno.build.arch === "x86_64" ? 12 : 16;
+/** Where the 64-bit data (fd, then generation) starts in an epoll_event. */
+const DATA_AT = EVENT_SIZE === 12 ? 4 : 8;
+const MAX_EVENTS = 256;
+/** Rounds of ready events taken on the event loop's thread before one wait goes through the blocking call. */
+const EVENT_STREAK = 16;
+/** How long the blocking wait sleeps when nothing happens (it is also woken through an eventfd). */
+const WAIT_MS = 1000;
+/** Most connections taken per readiness event of a listener, and reads per readiness event of a connection. */
+const ACCEPT_BURST = 64;
+const READ_BURST = 4;
+const LISTEN_BACKLOG = 4096;
+/** How long accepting pauses after a failure other than "no client waiting" (out of descriptors). */
+const ACCEPT_PAUSE_MS = 100;
+
+const SYMBOLS = {
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  accept4: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // ssize_t results read as i32: every length asked for fits, and -1 stays -1.
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "i32" },
+  epoll_create1: { parameters: ["i32"], result: "i32" },
+  epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
+  epoll_wait_blocking: {
+    name: "epoll_wait",
+    parameters: ["i32", "buffer", "i32", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  strerror: { parameters: ["i32"], result: "pointer" },
+  __errno_location: { parameters: [], result: "pointer" },
+} as const;
+
+type TcpLibc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+/** A size_t argument: Deno takes a number for it (its typings say bigint, which would cost an allocation). */
+const usize = (n: number) => n as unknown as bigint;
+
+type Handler = (events: number) => void;
+
+/** A connection of the fast path: a nonblocking descriptor the engine watches. Closing twice is harmless. */
+export class FastConn {
+  #closed = false;
+  #local: HostPort | null = null;
+  /** Told when the connection is closed from outside while a splice owns it (the service stopping). */
+  owner: (() => void) | null = null;
+  constructor(readonly engine: TcpEngine, readonly fd: number, readonly remote: HostPort) {}
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The local address (asked of the kernel once, when first wanted: only PROXY headers need it). */
+  get local(): HostPort {
+    return this.#local ??= this.engine.localAddress(this.fd);
+  }
+
+  /** Sends all of `bytes` now or fails: for a few bytes (a PROXY header) on a connection just made. */
+  writeNow(bytes: Uint8Array): void {
+    this.engine.sendNow(this.fd, bytes);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const owner = this.owner;
+    this.owner = null;
+    this.engine.release(this.fd);
+    owner?.();
+  }
+}
+
+export interface FastListener {
+  readonly addr: HostPort;
+  /** The next connection, or null once closed. */
+  accept(): Promise<FastConn | null>;
+  close(): void;
+}
+
+export interface SpliceOptions {
+  readonly pool?: BufferPool;
+  readonly idleMs?: number;
+  readonly clock?: Clock;
+  readonly signal?: AbortSignal;
+}
+
+/** One direction of a splice: bytes read from `src` are sent to `dst`; what `dst` could not take waits in `held`. */
+interface Direction {
+  readonly src: FastConn;
+  readonly dst: FastConn;
+  held: Uint8Array | null;
+  off: number;
+  end: number;
+  eof: boolean;
+  bytes: number;
+}
+
+/** The engine behind every fast TCP socket of this isolate; `TcpEngine.get()` makes it on first use. */
+export class TcpEngine {
+  static #instance: TcpEngine | null | undefined;
+
+  /** The engine, or null where FFI to libc is not allowed or this is not Linux. */
+  static get(): TcpEngine | null {
+    if (TcpEngine.#instance !== undefined) return TcpEngine.#instance;
+    TcpEngine.#instance = null;
+    if (Deno.build.os !== "linux") return null;
+    try {
+      if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return null;
+      TcpEngine.#instance = new TcpEngine(Deno.dlopen("libc.so.6", SYMBOLS));
+    } catch {
+      TcpEngine.#instance = null;
+    }
+    return TcpEngine.#instance;
+  }
+
+  readonly c: TcpLibc;
+  readonly #epfd: number;
+  readonly #wakeFd: number;
+  readonly #events = new Uint8Array(Math.max(4096, MAX_EVENTS * EVENT_SIZE));
+  readonly #eventView = new DataView(this.#events.buffer);
+  /** The shared buffer every read goes into (as large as the largest `buffer` setting); sent on at once. */
+  readonly #data = new Uint8Array(1 << 20);
+  /** Scratch for epoll_event, sockaddrs, lengths and option values (large, so it never moves). */
+  readonly #scratch = new Uint8Array(4096);
+  readonly #sv = new DataView(this.#scratch.buffer);
+  readonly #ev = this.#scratch.subarray(0, 16);
+  readonly #addr = this.#scratch.subarray(64, 192);
+  readonly #addrLen = this.#scratch.subarray(192, 200);
+  readonly #opt = this.#scratch.subarray(256, 264);
+  readonly #optLen = this.#scratch.subarray(264, 272);
+  readonly #handlers: (Handler | undefined)[] = [];
+  readonly #generations: number[] = [];
+  #interest: number[] = [];
+  /** Descriptors the engine watches; its loop runs while there is any. */
+  #watched = 0;
+  #loop: Promise<void> | null = null;
+  #waiting = false;
+
+  private constructor(lib: Deno.DynamicLibrary<typeof SYMBOLS>) {
+    this.c = lib.symbols;
+    this.#epfd = this.c.epoll_create1(SOCK_CLOEXEC);
+    this.#wakeFd = this.c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (this.#epfd < 0 || this.#wakeFd < 0) throw new Error(`epoll: ${this.describe(this.errno())}`);
+    this.#ctl(EPOLL_CTL_ADD, this.#wakeFd, EPOLLIN, 0);
+  }
+
+  errno(): number {
+    const p = this.c.__errno_location();
+    return p ? new Deno.UnsafePointerView(p).getInt32() : 0;
+  }
+
+  describe(code: number): string {
+    const p = this.c.strerror(code);
+    return p ? Deno.UnsafePointerView.getCString(p).toLowerCase() : `errno ${code}`;
+  }
+
+  // --- registration and the loop ---------------------------------------------------------------------------
+
+  #ctl(op: number, fd: number, events: number, generation: number): number {
+    this.#sv.setUint32(0, events, true);
+    this.#sv.setUint32(DATA_AT, fd, true);
+    this.#sv.setUint32(DATA_AT + 4, generation, true);
+    return this.c.epoll_ctl(this.#epfd, op, fd, this.#ev);
+  }
+
+  /** Starts watching `fd` for `events`, calling `handler` with what happened. */
+  watch(fd: number, events: number, handler: Handler): void {
+    const generation = ((this.#generations[fd] ?? 0) + 1) >>> 0;
+    this.#generations[fd] = generation;
+    this.#handlers[fd] = handler;
+    this.#interest[fd] = events;
+    this.#ctl(EPOLL_CTL_ADD, fd, events, generation);
+    this.#watched++;
+    this.#loop ??= this.#run();
+  }
+
+  /** Changes what `fd` is watched for (nothing when it is already that). */
+  interest(fd: number, events: number): void {
+    if (this.#interest[fd] === events || this.#handlers[fd] === undefined) return;
+    this.#interest[fd] = events;
+    this.#ctl(EPOLL_CTL_MOD, fd, events, this.#generations[fd]);
+  }
+
+  /** Stops watching and closes `fd` (closing takes it out of the epoll set: no separate call). */
+  release(fd: number): void {
+    if (this.#handlers[fd] !== undefined) {
+      this.#handlers[fd] = undefined;
+      this.#watched--;
+      if (this.#watched === 0 && this.#waiting) this.#wake();
+    }
+    this.c.close(fd);
+  }
+
+  #wake(): void {
+    this.#sv.setBigUint64(16, 1n, true);
+    this.c.write(this.#wakeFd, this.#scratch.subarray(16, 24), usize(8));
+  }
+
+  /** Resolves once nothing is watched any more and the loop has ended (tests and shutdown wait for it). */
+  async idle(): Promise<void> {
+    while (this.#loop) await this.#loop;
+  }
+
+  async #run(): Promise<void> {
+    const c = this.c;
+    let streak = 0;
+    try {
+      while (this.#watched > 0) {
+        // What the last round's handlers resolved (an accepted client, a finished connect) runs now, so the
+        // sockets it opens are in the set before the next look: a flush of microtasks, not a thread hop.
+        await null;
+        let n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
+        if (n > 0 && ++streak >= EVENT_STREAK) {
+          // Busy for a while: timers, health checks and the status API get a turn.
+          streak = 0;
+          await yieldToEventLoop();
+        } else if (n <= 0) {
+          streak = 0;
+          this.#waiting = true;
+          n = await c.epoll_wait_blocking(this.#epfd, this.#events, MAX_EVENTS, WAIT_MS);
+          this.#waiting = false;
+        }
+        for (let i = 0; i < n; i++) {
+          const at = i * EVENT_SIZE;
+          const events = this.#eventView.getUint32(at, true);
+          const fd = this.#eventView.getUint32(at + DATA_AT, true);
+          if (fd === this.#wakeFd) {
+            c.read(this.#wakeFd, this.#scratch.subarray(24, 32), usize(8));
+            continue;
+          }
+          const handler = this.#handlers[fd];
+          if (handler && this.#generations[fd] === this.#eventView.getUint32(at + DATA_AT + 4, true)) {
+            handler(events);
+          }
+        }
+      }
+    } finally {
+      this.#loop = null;
+    }
+  }
+
+  // --- addresses ---------------------------------------------------------------------------------------------
+
+  /** Writes `addr` into the scratch sockaddr; returns [family, length]. */
+  #sockaddr(addr: HostPort): [number, number] {
+    this.#addr.fill(0);
+    const at = 64;
+    if (isIPv4(addr.host)) {
+      this.#sv.setUint16(at, AF_INET, true);
+      this.#sv.setUint16(at + 2, addr.port, false);
+      addr.host.split(".").forEach((o, i) => this.#sv.setUint8(at + 4 + i, Number(o)));
+      return [AF_INET, 16];
+    }
+    this.#sv.setUint16(at, AF_INET6, true);
+    this.#sv.setUint16(at + 2, addr.port, false);
+    this.#addr.set(ipv6Bytes(addr.host), 8);
+    return [AF_INET6, 28];
+  }
+
+  #readSockaddr(): HostPort {
+    const at = 64;
+    const family = this.#sv.getUint16(at, true);
+    const port = this.#sv.getUint16(at + 2, false);
+    const a = this.#addr;
+    if (family === AF_INET) return { host: `${a[4]}.${a[5]}.${a[6]}.${a[7]}`, port };
+    const b = a.subarray(8, 24);
+    const mapped = b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
+    return { host: mapped ? `${b[12]}.${b[13]}.${b[14]}.${b[15]}` : ipv6Text(b), port };
+  }
+
+  /** Sends all of `bytes` (at most 2 KiB) at once, from the scratch slab, or throws. */
+  sendNow(fd: number, bytes: Uint8Array): void {
+    if (bytes.length > 2048) throw new Error("sendNow takes at most 2048 bytes");
+    const area = this.#scratch.subarray(1024, 1024 + bytes.length);
+    area.set(bytes);
+    const n = this.c.send(fd, area, usize(bytes.length), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n !== bytes.length) {
+      throw new Error(n < 0 ? this.describe(this.errno()) : "the socket took only part");
+    }
+  }
+
+  /** The pending error of a socket (SO_ERROR), as text. */
+  #socketError(fd: number): string {
+    this.#sv.setUint32(264, 4, true);
+    this.c.getsockopt(fd, SOL_SOCKET, SO_ERROR, this.#opt, this.#optLen);
+    const code = this.#sv.getInt32(256, true);
+    return code ? this.describe(code) : "connection failed";
+  }
+
+  localAddress(fd: number): HostPort {
+    this.#sv.setUint32(192, 128, true);
+    this.c.getsockname(fd, this.#addr, this.#addrLen);
+    return this.#readSockaddr();
+  }
+
+  #setInt(fd: number, level: number, name: number, value: number): number {
+    this.#sv.setInt32(256, value, true);
+    return this.c.setsockopt(fd, level, name, this.#opt, 4);
+  }
+
+  // --- listening and connecting -----------------------------------------------------------------------------
+
+  /** Listens on `addr` (SO_REUSEPORT when asked); failures throw StartError naming the address. */
+  listen(addr: HostPort, reusePort = false): FastListener {
+    const where = `tcp ${formatHostPort(addr)}`;
+    if (!isIPv4(addr.host) && !isIPv6(addr.host)) {
+      throw new StartError(`Cannot listen on ${where}: not an IP address`);
+    }
+    const c = this.c;
+    const [family, len] = this.#sockaddr(addr);
+    const fd = c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw new StartError(`Cannot listen on ${where}: ${this.describe(this.errno())}`);
+    this.#setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+    if (reusePort) this.#setInt(fd, SOL_SOCKET, SO_REUSEPORT, 1);
+    this.#sockaddr(addr);
+    if (c.bind(fd, this.#addr, len) !== 0 || c.listen(fd, LISTEN_BACKLOG) !== 0) {
+      const reason = this.describe(this.errno());
+      c.close(fd);
+      throw new StartError(`Cannot listen on ${where}: ${reason}`);
+    }
+    const bound = this.localAddress(fd);
+    const waiters: ((conn: FastConn | null) => void)[] = [];
+    let closed = false;
+    // Up to ACCEPT_BURST connections wait here for accept(); beyond that the listener is not watched, and clients
+    // wait in the kernel's queue.
+    const ready: FastConn[] = [];
+    let registered = false;
+    let paused = false;
+    const want = () => {
+      if (registered && !closed && !paused) this.interest(fd, ready.length < ACCEPT_BURST ? EPOLLIN : 0);
+    };
+    const onReady = () => {
+      while (ready.length < ACCEPT_BURST) {
+        this.#sv.setUint32(192, 128, true);
+        const cfd = c.accept4(fd, this.#addr, this.#addrLen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+          const e = this.errno();
+          if (e === EINTR || e === ECONNABORTED) continue;
+          if (e !== EAGAIN) {
+            // Out of descriptors or memory: the queue stays readable, so pause instead of spinning on it.
+            paused = true;
+            this.interest(fd, 0);
+            setTimeout(() => {
+              paused = false;
+              want();
+            }, ACCEPT_PAUSE_MS);
+          }
+          break;
+        }
+        this.#setInt(cfd, IPPROTO_TCP, TCP_NODELAY, 1);
+        const conn = new FastConn(this, cfd, this.#readSockaddr());
+        const waiter = waiters.shift();
+        if (waiter) waiter(conn);
+        else ready.push(conn);
+      }
+      want();
+    };
+    return {
+      addr: bound,
+      accept: (): Promise<FastConn | null> => {
+        if (closed) return Promise.resolve(null);
+        const conn = ready.shift();
+        if (conn) {
+          want();
+          return Promise.resolve(conn);
+        }
+        const p = new Promise<FastConn | null>((resolve) => waiters.push(resolve));
+        if (!registered) {
+          registered = true;
+          this.watch(fd, EPOLLIN, onReady);
+        }
+        return p;
+      },
+      close: () => {
+        if (closed) return;
+        closed = true;
+        this.release(fd);
+        for (const conn of ready.splice(0)) conn.close();
+        for (const w of waiters.splice(0)) w(null);
+      },
+    };
+  }
+
+  /**
+   * Connects to `addr` without blocking; rejects with an Error whose message is the kernel's reason ("connection
+   * refused") or "timed out" after `timeoutMs` on `clock`.
+   */
+  connect(addr: HostPort, timeoutMs = 0, clock: Clock = systemClock): Promise<FastConn> {
+    const c = this.c;
+    const [family, len] = this.#sockaddr(addr);
+    const fd = c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const failure = (reason: string) => new Error(`Cannot connect to ${formatHostPort(addr)}: ${reason}`);
+    if (fd < 0) return Promise.reject(failure(this.describe(this.errno())));
+    this.#setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+    this.#sockaddr(addr);
+    if (c.connect(fd, this.#addr, len) === 0) return Promise.resolve(new FastConn(this, fd, addr));
+    const e = this.errno();
+    if (e !== EINPROGRESS) {
+      c.close(fd);
+      return Promise.reject(failure(this.describe(e)));
+    }
+    return new Promise((resolve, reject) => {
+      let timer: TimerId | undefined;
+      const conn = new FastConn(this, fd, addr);
+      this.watch(fd, EPOLLOUT, () => {
+        if (timer !== undefined) clock.clearTimeout(timer);
+        this.#sv.setUint32(264, 4, true);
+        c.getsockopt(fd, SOL_SOCKET, SO_ERROR, this.#opt, this.#optLen);
+        const error = this.#sv.getInt32(256, true);
+        if (error === 0) {
+          this.interest(fd, 0);
+          resolve(conn);
+        } else {
+          conn.close();
+          reject(failure(this.describe(error)));
+        }
+      });
+      if (timeoutMs > 0) {
+        timer = clock.setTimeout(() => {
+          conn.close();
+          reject(failure("timed out"));
+        }, timeoutMs);
+      }
+    });
+  }
+
+  // --- splicing -----------------------------------------------------------------------------------------------
+
+  /**
+   * Relays between `a` (client) and `b` (server) until both directions end, then closes both; never rejects.
+   * The same contract as lib/scheduler/pipe.ts: one side's EOF half-closes the other and the reverse direction runs
+   * on; a failure on either side, the idle timeout or the signal closes both.
+   */
+  splice(a: FastConn, b: FastConn, options: SpliceOptions = {}): Promise<PipeResult> {
+    const { pool, idleMs = 0, clock = systemClock, signal } = options;
+    const c = this.c;
+    const data = this.#data;
+    // A read takes at most one pool buffer's worth, so whatever the far side cannot take yet fits in one.
+    const size = Math.min(data.length, pool?.bufferBytes ?? PIPE_DEFAULTS.bufferBytes);
+    const up: Direction = { src: a, dst: b, held: null, off: 0, end: 0, eof: false, bytes: 0 };
+    const down: Direction = { src: b, dst: a, held: null, off: 0, end: 0, eof: false, bytes: 0 };
+    let last = clock.now();
+    let timer: TimerId | undefined;
+    let done = false;
+    let settle!: (r: PipeResult) => void;
+    const result = new Promise<PipeResult>((resolve) => settle = resolve);
+
+    const finish = (reason: PipeEndReason, error?: unknown, side?: "a" | "b") => {
+      if (done) return;
+      done = true;
+      if (timer !== undefined) clock.clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      a.owner = b.owner = null;
+      a.close();
+      b.close();
+      for (const d of [up, down]) {
+        if (d.held) pool?.give(d.held);
+        d.held = null;
+      }
+      settle({
+        up: up.bytes,
+        down: down.bytes,
+        reason,
+        ...(error !== undefined ? { error } : {}),
+        ...(side ? { side } : {}),
+      });
+    };
+    const fail = (side: "a" | "b") => finish("error", new Error(this.describe(this.errno())), side);
+    const sideOf = (conn: FastConn) => (conn === a ? "a" : "b");
+
+    /** What each descriptor waits for: input while its direction flows, output while bytes wait for it. */
+    const update = () => {
+      if (done) return;
+      this.interest(a.fd, (up.eof || up.held ? 0 : EPOLLIN) | (down.held ? EPOLLOUT : 0));
+      this.interest(b.fd, (down.eof || down.held ? 0 : EPOLLIN) | (up.held ? EPOLLOUT : 0));
+    };
+
+    const read = (d: Direction) => {
+      for (let k = 0; k < READ_BURST; k++) {
+        const n = c.recv(d.src.fd, data, usize(size), 0);
+        if (n > 0) {
+          last = clock.now();
+          let sent = c.send(d.dst.fd, data, usize(n), MSG_NOSIGNAL | MSG_DONTWAIT);
+          if (sent < 0) {
+            if (this.errno() !== EAGAIN) return fail(sideOf(d.dst));
+            sent = 0;
+          }
+          d.bytes += sent;
+          if (sent < n) {
+            d.held = pool ? pool.take() : new Uint8Array(size);
+            d.held.set(data.subarray(sent, n));
+            d.off = 0;
+            d.end = n - sent;
+            return;
+          }
+          if (n < size) return;
+        } else if (n === 0) {
+          d.eof = true;
+          // A failure here means the far side is gone already: its own events end the other direction.
+          c.shutdown(d.dst.fd, SHUT_WR);
+          if ((d === up ? down : up).eof) finish("eof");
+          return;
+        } else {
+          const e = this.errno();
+          if (e === EAGAIN) return;
+          if (e === EINTR) continue;
+          return finish("error", new Error(this.describe(e)), sideOf(d.src));
+        }
+      }
+    };
+
+    const flush = (d: Direction) => {
+      const held = d.held!;
+      const n = c.send(
+        d.dst.fd,
+        held.subarray(d.off, d.end),
+        usize(d.end - d.off),
+        MSG_NOSIGNAL | MSG_DONTWAIT,
+      );
+      if (n < 0) {
+        if (this.errno() !== EAGAIN) fail(sideOf(d.dst));
+        return;
+      }
+      d.bytes += n;
+      d.off += n;
+      last = clock.now();
+      if (d.off === d.end) {
+        pool?.give(held);
+        d.held = null;
+      }
+    };
+
+    const onEvent = (conn: FastConn, events: number) => {
+      if (done) return;
+      const out = conn === a ? up : down; // conn is the source
+      const back = conn === a ? down : up; // conn is the destination
+      if (events & EPOLLERR) return finish("error", new Error(this.#socketError(conn.fd)), sideOf(conn));
+      if (events & EPOLLOUT && back.held) flush(back);
+      if (done) return;
+      if (events & (EPOLLIN | EPOLLHUP) && !out.eof && !out.held) read(out);
+      if (done) return;
+      // Hung up both ways with its input already read to the end: nothing can flow to or from it any more.
+      if (events & EPOLLHUP && out.eof) return finish(back.eof ? "eof" : "error", undefined, sideOf(conn));
+      update();
+    };
+
+    const onAbort = () => finish("aborted", signal!.reason);
+    if (signal?.aborted) {
+      onAbort();
+      return result;
+    }
+    signal?.addEventListener("abort", onAbort, { once: true });
+    a.owner = b.owner = () => finish("aborted", new Error("closed"));
+    this.#adopt(a, (ev) => onEvent(a, ev), EPOLLIN);
+    this.#adopt(b, (ev) => onEvent(b, ev), EPOLLIN);
+    if (idleMs > 0) {
+      const checkIdle = () => {
+        timer = undefined;
+        if (done) return;
+        const quiet = clock.now() - last;
+        if (quiet >= idleMs) finish("idle");
+        else timer = clock.setTimeout(checkIdle, idleMs - quiet);
+      };
+      timer = clock.setTimeout(checkIdle, idleMs);
+    }
+    return result;
+  }
+
+  /** Hands `conn`'s events to `handler` from now on (watching it when it is not yet). */
+  #adopt(conn: FastConn, handler: Handler, events: number): void {
+    if (this.#handlers[conn.fd] === undefined) this.watch(conn.fd, events, handler);
+    else {
+      this.#handlers[conn.fd] = handler;
+      this.interest(conn.fd, events);
+    }
+  }
+}
