@@ -57,6 +57,13 @@ const MAX_EVENTS = 256;
 const EVENT_STREAK = 16;
 /** How long the blocking wait sleeps when nothing happens (it is also woken through an eventfd). */
 const WAIT_MS = 1000;
+/**
+ * How long a wait on the event loop's own thread may last: timers (not I/O) are late by at most this. Quieter than
+ * that, the engine parks in the event loop and waits on another thread.
+ */
+const BUSY_WAIT_MS = 2;
+/** Microtask turns given to running promise chains before the engine decides that nothing is ready. */
+const MICROTASK_ROUNDS = 16;
 /** Most connections taken per readiness event of a listener, and reads per readiness event of a connection. */
 const ACCEPT_BURST = 64;
 const READ_BURST = 4;
@@ -100,6 +107,7 @@ type TcpLibc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 const usize = (n: number) => n as unknown as bigint;
 
 type Handler = (events: number) => void;
+const IGNORE: Handler = () => {};
 
 /** A connection of the fast path: a nonblocking descriptor the engine watches. Closing twice is harmless. */
 export class FastConn {
@@ -158,6 +166,50 @@ interface Direction {
   bytes: number;
 }
 
+/**
+ * The descriptor of the epoll set this thread's event loop waits in, or -1. Found by opening a Deno socket, letting
+ * the event loop register it (on its first pending receive), and looking for the epoll set whose fdinfo lists it (a
+ * set lists the descriptors it watches as "tfd: N"); worker threads have sets of their own, which do not list it.
+ */
+async function findReactor(): Promise<number> {
+  /** Every open descriptor with what it points at (listing /proc/self/fd opens one more, which is gone after). */
+  const links = () => {
+    const out = new Map<number, string>();
+    for (const entry of Deno.readDirSync("/proc/self/fd")) {
+      try {
+        out.set(Number(entry.name), Deno.readLinkSync(`/proc/self/fd/${entry.name}`));
+      } catch {
+        // the listing's own descriptor, closed by now
+      }
+    }
+    return out;
+  };
+  try {
+    const sockets = new Set([...links().values()].filter((l) => l.startsWith("socket:")));
+    const probe = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+    const pending = probe.receive().catch(() => null);
+    try {
+      const added = [...links()].filter(([, l]) => l.startsWith("socket:") && !sockets.has(l)).map(([fd]) =>
+        fd
+      );
+      for (let attempt = 0; attempt < 5 && added.length; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        for (const [fd, link] of links()) {
+          if (link !== "anon_inode:[eventpoll]") continue;
+          const info = Deno.readTextFileSync(`/proc/self/fdinfo/${fd}`);
+          if (added.some((a) => new RegExp(`^tfd:\\s+${a}\\s`, "m").test(info))) return fd;
+        }
+      }
+    } finally {
+      probe.close();
+      await pending;
+    }
+  } catch {
+    // No /proc, or not allowed to read it: the engine waits on another thread when quiet.
+  }
+  return -1;
+}
+
 /** The engine behind every fast TCP socket of this isolate; `TcpEngine.get()` makes it on first use. */
 export class TcpEngine {
   static #instance: TcpEngine | null | undefined;
@@ -198,6 +250,9 @@ export class TcpEngine {
   #watched = 0;
   #loop: Promise<void> | null = null;
   #waiting = false;
+  /** The epoll set of this thread's event loop (Deno's reactor), inside ours; -1 when it could not be found. */
+  #reactorFd = -1;
+  readonly #reactorFound: Promise<void>;
 
   private constructor(lib: Deno.DynamicLibrary<typeof SYMBOLS>) {
     this.c = lib.symbols;
@@ -205,6 +260,19 @@ export class TcpEngine {
     this.#wakeFd = this.c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (this.#epfd < 0 || this.#wakeFd < 0) throw new Error(`epoll: ${this.describe(this.errno())}`);
     this.#ctl(EPOLL_CTL_ADD, this.#wakeFd, EPOLLIN, 0);
+    this.#reactorFound = findReactor().then((fd) => {
+      if (fd >= 0 && this.#ctl(EPOLL_CTL_ADD, fd, EPOLLIN, 0) === 0) this.#reactorFd = fd;
+    });
+  }
+
+  /** Resolves once the event loop's epoll set has been looked for (and, if found, joined). */
+  get ready(): Promise<void> {
+    return this.#reactorFound;
+  }
+
+  /** Whether the engine waits on the event loop's thread when busy (false: it always waits on another thread). */
+  get waitsOnEventLoopThread(): boolean {
+    return this.#reactorFd >= 0;
   }
 
   errno(): number {
@@ -267,22 +335,38 @@ export class TcpEngine {
   async #run(): Promise<void> {
     const c = this.c;
     let streak = 0;
+    /** 1 when the last round found the event loop's own reactor with work for it. */
+    let reactorBusy = 0;
     try {
       while (this.#watched > 0) {
         // What the last round's handlers resolved (an accepted client, a finished connect) runs now, so the
         // sockets it opens are in the set before the next look: a flush of microtasks, not a thread hop.
         await null;
-        let n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
+        let n = reactorBusy ? 0 : c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
+        // Nothing ready: first let promise chains that are still running (a client accepted, its server being
+        // chosen and connected) finish their steps, each of which may open or ready a socket.
+        for (let k = 0; k < MICROTASK_ROUNDS && n === 0 && !reactorBusy; k++) {
+          await null;
+          n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
+        }
+        if (n === 0 && this.#reactorFd >= 0 && reactorBusy === 0) {
+          // Wait here, on the event loop's thread, for our sockets or for the event loop's own I/O (the reactor's
+          // epoll is in our set): no thread hop between an event and its handler.
+          n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, BUSY_WAIT_MS);
+        }
         if (n > 0 && ++streak >= EVENT_STREAK) {
           // Busy for a while: timers, health checks and the status API get a turn.
           streak = 0;
           await yieldToEventLoop();
         } else if (n <= 0) {
+          // Quiet (or the event loop's I/O needs the thread): park in the event loop, wait on another thread.
           streak = 0;
+          reactorBusy = 0;
           this.#waiting = true;
           n = await c.epoll_wait_blocking(this.#epfd, this.#events, MAX_EVENTS, WAIT_MS);
           this.#waiting = false;
         }
+        let reactor = false;
         for (let i = 0; i < n; i++) {
           const at = i * EVENT_SIZE;
           const events = this.#eventView.getUint32(at, true);
@@ -291,11 +375,18 @@ export class TcpEngine {
             c.read(this.#wakeFd, this.#scratch.subarray(24, 32), usize(8));
             continue;
           }
+          if (fd === this.#reactorFd) {
+            reactor = true;
+            continue;
+          }
           const handler = this.#handlers[fd];
           if (handler && this.#generations[fd] === this.#eventView.getUint32(at + DATA_AT + 4, true)) {
             handler(events);
           }
         }
+        // The event loop has I/O of its own (the status API, checks, a worker's message): the next round that finds
+        // nothing of ours parks in the event loop, which serves it.
+        reactorBusy = reactor ? 1 : 0;
       }
     } finally {
       this.#loop = null;
@@ -465,17 +556,17 @@ export class TcpEngine {
     return new Promise((resolve, reject) => {
       let timer: TimerId | undefined;
       const conn = new FastConn(this, fd, addr);
-      this.watch(fd, EPOLLOUT, () => {
+      this.watch(fd, EPOLLOUT, (events) => {
         if (timer !== undefined) clock.clearTimeout(timer);
-        this.#sv.setUint32(264, 4, true);
-        c.getsockopt(fd, SOL_SOCKET, SO_ERROR, this.#opt, this.#optLen);
-        const error = this.#sv.getInt32(256, true);
-        if (error === 0) {
-          this.interest(fd, 0);
+        if (!(events & (EPOLLERR | EPOLLHUP))) {
+          // Writable and no error: connected. Its interest changes when a splice adopts it (until then, one
+          // level-triggered EPOLLOUT may repeat, with no handler work).
+          this.#handlers[fd] = IGNORE;
           resolve(conn);
         } else {
+          const reason = this.#socketError(fd);
           conn.close();
-          reject(failure(this.describe(error)));
+          reject(failure(reason));
         }
       });
       if (timeoutMs > 0) {
@@ -559,9 +650,10 @@ export class TcpEngine {
           if (n < size) return;
         } else if (n === 0) {
           d.eof = true;
+          // Both ways at EOF: closing sends the FIN, no shutdown needed.
+          if ((d === up ? down : up).eof) return finish("eof");
           // A failure here means the far side is gone already: its own events end the other direction.
           c.shutdown(d.dst.fd, SHUT_WR);
-          if ((d === up ? down : up).eof) finish("eof");
           return;
         } else {
           const e = this.errno();

@@ -2,7 +2,8 @@
  * TCP scheduler benchmark, all paths in one run against one nginx backend, driven by wrk:
  *   direct     wrk -> nginx
  *   haproxy    wrk -> HAProxy (mode tcp, one thread) -> nginx
- *   edgenode   wrk -> edgenode scheduler (one process, one event loop) -> nginx
+ *   edgenode   wrk -> edgenode scheduler, io: fast (one process, epoll through FFI on the event loop's thread) -> nginx
+ *   portable   wrk -> edgenode scheduler, io: portable (Deno's own sockets, a read/write loop per direction) -> nginx
  * for three loads: keepalive requests/s (small response), new connections/s (`Connection: close`), and bulk MB/s
  * (a 1 MiB response over keepalive). Prints each figure and its ratio to HAProxy; exits non-zero only when a peer
  * (nginx, haproxy, wrk) is missing or a path could not start.
@@ -119,12 +120,13 @@ backend nginx
   return { port, stop: () => kill(child) };
 }
 
-async function startScheduler(backend: number): Promise<Running> {
+async function startScheduler(backend: number, io: "fast" | "portable"): Promise<Running> {
   const port = freePort();
   const config = await tempConfig([
     "roles: [scheduler]",
     "log:\n  level: warn",
     "scheduler:",
+    `  io: ${io}`,
     "  services:",
     `    - name: bench`,
     `      listen: ${LO}:${port}`,
@@ -206,12 +208,15 @@ async function main(): Promise<number> {
     started.push(nginx);
     const haproxy = await startHaproxy(dir, nginx.port);
     started.push(haproxy);
-    const edgenode = await startScheduler(nginx.port);
+    const edgenode = await startScheduler(nginx.port, "fast");
     started.push(edgenode);
+    const portable = await startScheduler(nginx.port, "portable");
+    started.push(portable);
     const paths = [
       { name: "direct", port: nginx.port },
       { name: "haproxy", port: haproxy.port },
       { name: "edgenode", port: edgenode.port },
+      { name: "portable", port: portable.port },
     ];
     console.log(
       `wrk -t${WRK_THREADS} -c${CONNECTIONS} -d${SECONDS}s, nginx backend; ratio = edgenode / HAProxy (goal >= 1.0)`,
@@ -230,10 +235,11 @@ async function main(): Promise<number> {
         `${load.name} (${load.unit})`,
         ...figures.map((f, i) => `${fmt(f)}${errors[i] ? ` [${errors[i]} err]` : ""}`),
         (figures[2] / figures[1]).toFixed(2),
+        (figures[3] / figures[1]).toFixed(2),
         (figures[2] / figures[0]).toFixed(2),
       ]);
     }
-    table(["load", ...paths.map((p) => p.name), "vs haproxy", "vs direct"], rows);
+    table(["load", ...paths.map((p) => p.name), "vs haproxy", "portable vs haproxy", "vs direct"], rows);
     return 0;
   } catch (error) {
     console.error(`tcp_bench: could not run: ${error instanceof Error ? error.message : error}`);
