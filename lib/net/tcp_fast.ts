@@ -167,37 +167,44 @@ interface Direction {
 }
 
 /**
+ * What this process's descriptors point at, and the descriptors each of its epoll sets watches ("tfd: N" in fdinfo).
+ * Deno lets a program read /proc/self only with --allow-all, so a shell reads it (the agent reads /proc the same way).
+ */
+async function descriptors(): Promise<{ links: Map<number, string>; watched: Map<number, number[]> }> {
+  const script = `cd /proc/${Deno.pid} || exit 1
+for f in fd/*; do echo "L \${f#fd/} $(readlink "$f")"; done
+for f in fdinfo/*; do grep -q '^tfd' "$f" 2>/dev/null && sed -n "s|^tfd: *\\([0-9]*\\).*|W \${f#fdinfo/} \\1|p" "$f"; done`;
+  const out = await new Deno.Command("sh", { args: ["-c", script], stdout: "piped", stderr: "null" })
+    .output();
+  const links = new Map<number, string>();
+  const watched = new Map<number, number[]>();
+  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
+    const [kind, a, b] = line.split(" ");
+    if (kind === "L" && b) links.set(Number(a), b);
+    if (kind === "W" && b) watched.set(Number(a), [...(watched.get(Number(a)) ?? []), Number(b)]);
+  }
+  return { links, watched };
+}
+
+/**
  * The descriptor of the epoll set this thread's event loop waits in, or -1. Found by opening a Deno socket, letting
- * the event loop register it (on its first pending receive), and looking for the epoll set whose fdinfo lists it (a
- * set lists the descriptors it watches as "tfd: N"); worker threads have sets of their own, which do not list it.
+ * the event loop register it (on its first pending receive), and looking for the epoll set that watches it; worker
+ * threads have sets of their own, which do not.
  */
 async function findReactor(): Promise<number> {
-  /** Every open descriptor with what it points at (listing /proc/self/fd opens one more, which is gone after). */
-  const links = () => {
-    const out = new Map<number, string>();
-    for (const entry of Deno.readDirSync("/proc/self/fd")) {
-      try {
-        out.set(Number(entry.name), Deno.readLinkSync(`/proc/self/fd/${entry.name}`));
-      } catch {
-        // the listing's own descriptor, closed by now
-      }
-    }
-    return out;
-  };
   try {
-    const sockets = new Set([...links().values()].filter((l) => l.startsWith("socket:")));
+    const before = new Set([...(await descriptors()).links.values()].filter((l) => l.startsWith("socket:")));
     const probe = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
     const pending = probe.receive().catch(() => null);
     try {
-      const added = [...links()].filter(([, l]) => l.startsWith("socket:") && !sockets.has(l)).map(([fd]) =>
-        fd
-      );
-      for (let attempt = 0; attempt < 5 && added.length; attempt++) {
-        await new Promise((resolve) => setTimeout(resolve, 5));
-        for (const [fd, link] of links()) {
-          if (link !== "anon_inode:[eventpoll]") continue;
-          const info = Deno.readTextFileSync(`/proc/self/fdinfo/${fd}`);
-          if (added.some((a) => new RegExp(`^tfd:\\s+${a}\\s`, "m").test(info))) return fd;
+      for (let attempt = 0; attempt < 10; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        const { links, watched } = await descriptors();
+        const added = [...links].filter(([, l]) => l.startsWith("socket:") && !before.has(l)).map(([fd]) =>
+          fd
+        );
+        for (const [fd, fds] of watched) {
+          if (links.get(fd) === "anon_inode:[eventpoll]" && added.some((a) => fds.includes(a))) return fd;
         }
       }
     } finally {
@@ -205,7 +212,7 @@ async function findReactor(): Promise<number> {
       await pending;
     }
   } catch {
-    // No /proc, or not allowed to read it: the engine waits on another thread when quiet.
+    // No /proc, no shell, or not allowed to run one: the engine waits on another thread when quiet.
   }
   return -1;
 }

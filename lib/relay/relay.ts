@@ -58,7 +58,12 @@ class RelayThread {
   readonly started: Promise<void>;
   error: string | null = null;
 
-  private constructor(readonly socket: FastUdp, spec: RelaySpec, options: UdpOptions) {
+  private constructor(
+    readonly socket: FastUdp,
+    spec: RelaySpec,
+    options: UdpOptions,
+    logger?: Logger,
+  ) {
     const n = spec.targets.length;
     const sent = new SharedArrayBuffer(n * 8);
     const dropped = new SharedArrayBuffer(n * 8);
@@ -82,6 +87,7 @@ class RelayThread {
       else if ("stopped" in r) stopped();
       else {
         this.error = r.error;
+        logger?.error("relay thread failed", { relay: spec.name, error: r.error });
         failed(r.error);
         stopped();
       }
@@ -89,6 +95,7 @@ class RelayThread {
     this.#worker.onerror = (event: ErrorEvent) => {
       event.preventDefault();
       this.error = event.message;
+      logger?.error("relay thread failed", { relay: spec.name, error: event.message });
       failed(event.message);
       stopped();
     };
@@ -105,8 +112,13 @@ class RelayThread {
   }
 
   /** A running thread, or a rejection saying why it could not start (nothing is left running then). */
-  static async start(socket: FastUdp, spec: RelaySpec, options: UdpOptions): Promise<RelayThread> {
-    const thread = new RelayThread(socket, spec, options);
+  static async start(
+    socket: FastUdp,
+    spec: RelaySpec,
+    options: UdpOptions,
+    logger?: Logger,
+  ): Promise<RelayThread> {
+    const thread = new RelayThread(socket, spec, options, logger);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`no answer in ${THREAD_START_MS} ms`)), THREAD_START_MS);
@@ -165,7 +177,7 @@ export class Relay {
     let thread: RelayThread | null = null;
     if (socket instanceof FastUdp && options.thread !== false) {
       try {
-        thread = await RelayThread.start(socket, spec, options.udp ?? {});
+        thread = await RelayThread.start(socket, spec, options.udp ?? {}, options.logger);
       } catch (error) {
         options.logger?.warn("relay thread did not start; relaying on the main thread", {
           relay: spec.name,
