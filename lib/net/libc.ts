@@ -4,6 +4,8 @@
  * not granted or not Linux, and callers fall back to the portable path.
  */
 
+import { type HostPort, ipv6Bytes, ipv6Text, isIPv4 } from "./address.ts";
+
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const SOCK_DGRAM = 2;
@@ -67,7 +69,39 @@ export function openLibc(): Deno.DynamicLibrary<typeof SYMBOLS> | null {
 }
 
 /** errno of the last failing libc call made on this thread (valid for the synchronous symbols only). */
-export function errno(libc: Libc): number {
+export function errno(libc: { __errno_location(): Deno.PointerValue }): number {
   const p = libc.__errno_location();
   return p ? new Deno.UnsafePointerView(p).getInt32() : 0;
+}
+
+/** Sockaddr slots are 32 bytes apart (a sockaddr_in6 is 28) so every one stays 8-byte aligned. */
+export const NAME_STRIDE = 32;
+
+/** Encodes an IP endpoint as a sockaddr at `offset`; returns its length. `v6` maps IPv4 into ::ffff:a.b.c.d. */
+export function writeSockaddr(view: DataView, offset: number, ep: HostPort, v6: boolean): number {
+  new Uint8Array(view.buffer, view.byteOffset + offset, NAME_STRIDE).fill(0);
+  if (!v6) {
+    if (!isIPv4(ep.host)) throw new Error(`Cannot reach "${ep.host}" from an IPv4 socket`);
+    view.setUint16(offset, AF_INET, true);
+    view.setUint16(offset + 2, ep.port, false);
+    ep.host.split(".").forEach((o, i) => view.setUint8(offset + 4 + i, Number(o)));
+    return 16;
+  }
+  view.setUint16(offset, AF_INET6, true);
+  view.setUint16(offset + 2, ep.port, false);
+  const bytes = isIPv4(ep.host) ? ipv6Bytes(`::ffff:${ep.host}`) : ipv6Bytes(ep.host);
+  new Uint8Array(view.buffer, view.byteOffset + offset + 8, 16).set(bytes);
+  return 28;
+}
+
+export function readSockaddr(view: DataView, offset: number): HostPort {
+  const family = view.getUint16(offset, true);
+  const port = view.getUint16(offset + 2, false);
+  if (family === AF_INET) {
+    const a = new Uint8Array(view.buffer, view.byteOffset + offset + 4, 4);
+    return { host: `${a[0]}.${a[1]}.${a[2]}.${a[3]}`, port };
+  }
+  const b = new Uint8Array(view.buffer, view.byteOffset + offset + 8, 16);
+  const mapped = b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
+  return { host: mapped ? `${b[12]}.${b[13]}.${b[14]}.${b[15]}` : ipv6Text(b), port };
 }

@@ -18,12 +18,11 @@ import type { Clock, TimerId } from "../core/clock.ts";
 import { systemClock } from "../core/clock.ts";
 import { StartError } from "../core/errors.ts";
 import { yieldToEventLoop } from "../core/yield.ts";
-import { formatHostPort, type HostPort, ipv6Bytes, ipv6Text, isIPv4, isIPv6 } from "./address.ts";
+import { formatHostPort, type HostPort, isIPv4, isIPv6 } from "./address.ts";
+import { AF_INET, AF_INET6, errno, readSockaddr, writeSockaddr } from "./libc.ts";
 import type { BufferPool, PipeEndReason, PipeResult } from "../scheduler/pipe.ts";
 import { PIPE_DEFAULTS } from "../scheduler/pipe.ts";
 
-const AF_INET = 2;
-const AF_INET6 = 10;
 const SOCK_STREAM = 1;
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
@@ -283,8 +282,7 @@ export class TcpEngine {
   }
 
   errno(): number {
-    const p = this.c.__errno_location();
-    return p ? new Deno.UnsafePointerView(p).getInt32() : 0;
+    return errno(this.c);
   }
 
   describe(code: number): string {
@@ -404,29 +402,12 @@ export class TcpEngine {
 
   /** Writes `addr` into the scratch sockaddr; returns [family, length]. */
   #sockaddr(addr: HostPort): [number, number] {
-    this.#addr.fill(0);
-    const at = 64;
-    if (isIPv4(addr.host)) {
-      this.#sv.setUint16(at, AF_INET, true);
-      this.#sv.setUint16(at + 2, addr.port, false);
-      addr.host.split(".").forEach((o, i) => this.#sv.setUint8(at + 4 + i, Number(o)));
-      return [AF_INET, 16];
-    }
-    this.#sv.setUint16(at, AF_INET6, true);
-    this.#sv.setUint16(at + 2, addr.port, false);
-    this.#addr.set(ipv6Bytes(addr.host), 8);
-    return [AF_INET6, 28];
+    const v6 = !isIPv4(addr.host);
+    return [v6 ? AF_INET6 : AF_INET, writeSockaddr(this.#sv, 64, addr, v6)];
   }
 
   #readSockaddr(): HostPort {
-    const at = 64;
-    const family = this.#sv.getUint16(at, true);
-    const port = this.#sv.getUint16(at + 2, false);
-    const a = this.#addr;
-    if (family === AF_INET) return { host: `${a[4]}.${a[5]}.${a[6]}.${a[7]}`, port };
-    const b = a.subarray(8, 24);
-    const mapped = b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
-    return { host: mapped ? `${b[12]}.${b[13]}.${b[14]}.${b[15]}` : ipv6Text(b), port };
+    return readSockaddr(this.#sv, 64);
   }
 
   /** Sends all of `bytes` (at most 2 KiB) at once, from the scratch slab, or throws. */

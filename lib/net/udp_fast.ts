@@ -10,7 +10,7 @@
  */
 import { RECEIVE_STREAK } from "../core/yield.ts";
 import { StartError } from "../core/errors.ts";
-import { formatHostPort, ipv6Bytes, ipv6Text, isIPv4, isIPv6 } from "./address.ts";
+import { formatHostPort, isIPv4, isIPv6 } from "./address.ts";
 import {
   AF_INET,
   AF_INET6,
@@ -30,7 +30,9 @@ import {
   MSG_NAMELEN,
   MSG_TRUNC,
   MSG_WAITFORONE,
+  NAME_STRIDE,
   openLibc,
+  readSockaddr,
   SHUT_RD,
   SO_RCVBUF,
   SO_RCVBUFFORCE,
@@ -41,6 +43,7 @@ import {
   SOCK_DGRAM,
   SOCKADDR_SIZE,
   SOL_SOCKET,
+  writeSockaddr,
 } from "./libc.ts";
 import {
   type Batch,
@@ -53,8 +56,6 @@ import {
   type UdpStats,
 } from "./udp.ts";
 
-/** Sockaddr slots are 32 bytes apart (a sockaddr_in6 is 28) so every one stays 8-byte aligned. */
-const NAME_STRIDE = 32;
 /** How long a blocking receive waits before looking at the closed flag again. */
 const WAIT_SLICE_MS = 200;
 const TWO32 = 2 ** 32;
@@ -92,35 +93,6 @@ export function adoptFastUdp(
   const lib = openLibc();
   if (!lib) return null;
   return new FastUdp(lib, { adopt: descriptor }, options, stats);
-}
-
-/** Encodes an IP endpoint as a sockaddr at `offset`; returns its length. `v6` maps IPv4 into ::ffff:a.b.c.d. */
-function writeSockaddr(view: DataView, offset: number, ep: Endpoint, v6: boolean): number {
-  new Uint8Array(view.buffer, view.byteOffset + offset, NAME_STRIDE).fill(0);
-  if (!v6) {
-    if (!isIPv4(ep.host)) throw new Error(`Cannot reach "${ep.host}" from an IPv4 socket`);
-    view.setUint16(offset, AF_INET, true);
-    view.setUint16(offset + 2, ep.port, false);
-    ep.host.split(".").forEach((o, i) => view.setUint8(offset + 4 + i, Number(o)));
-    return 16;
-  }
-  view.setUint16(offset, AF_INET6, true);
-  view.setUint16(offset + 2, ep.port, false);
-  const bytes = isIPv4(ep.host) ? ipv6Bytes(`::ffff:${ep.host}`) : ipv6Bytes(ep.host);
-  new Uint8Array(view.buffer, view.byteOffset + offset + 8, 16).set(bytes);
-  return 28;
-}
-
-function readSockaddr(view: DataView, offset: number): Endpoint {
-  const family = view.getUint16(offset, true);
-  const port = view.getUint16(offset + 2, false);
-  if (family === AF_INET) {
-    const a = new Uint8Array(view.buffer, view.byteOffset + offset + 4, 4);
-    return { host: `${a[0]}.${a[1]}.${a[2]}.${a[3]}`, port };
-  }
-  const b = new Uint8Array(view.buffer, view.byteOffset + offset + 8, 16);
-  const mapped = b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
-  return { host: mapped ? `${b[12]}.${b[13]}.${b[14]}.${b[15]}` : ipv6Text(b), port };
 }
 
 /** A pointer-sized field written as two 32-bit halves (user-space addresses fit in 53 bits). */
