@@ -19,20 +19,28 @@ import { systemClock } from "../core/clock.ts";
 import { StartError } from "../core/errors.ts";
 import { yieldToEventLoop } from "../core/yield.ts";
 import { formatHostPort, type HostPort, isIPv4, isIPv6 } from "./address.ts";
-import { AF_INET, AF_INET6, errno, readSockaddr, writeSockaddr } from "./libc.ts";
-import type { BufferPool, PipeEndReason, PipeResult } from "../scheduler/pipe.ts";
+import {
+  AF_INET,
+  AF_INET6,
+  EAGAIN,
+  EINTR,
+  errno,
+  MSG_DONTWAIT,
+  readSockaddr,
+  SOCK_CLOEXEC,
+  SOL_SOCKET,
+  writeSockaddr,
+} from "./libc.ts";
+import type { PipeEndReason, PipeOptions, PipeResult } from "../scheduler/pipe.ts";
 import { PIPE_DEFAULTS } from "../scheduler/pipe.ts";
 
 const SOCK_STREAM = 1;
 const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;
 const SO_ERROR = 4;
 const SO_REUSEPORT = 15;
 const IPPROTO_TCP = 6;
 const TCP_NODELAY = 1;
-const MSG_DONTWAIT = 0x40;
 const MSG_NOSIGNAL = 0x4000;
 const SHUT_WR = 1;
 const EPOLLIN = 0x1;
@@ -43,8 +51,6 @@ const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_MOD = 3;
 const EFD_NONBLOCK = 0o4000;
 const EFD_CLOEXEC = 0o2000000;
-const EINTR = 4;
-const EAGAIN = 11;
 const EINPROGRESS = 115;
 const ECONNABORTED = 103;
 /** struct epoll_event is packed on x86_64 ({u32 events; u64 data} in 12 bytes), natural elsewhere (16). */
@@ -147,12 +153,8 @@ export interface FastListener {
   close(): void;
 }
 
-export interface SpliceOptions {
-  readonly pool?: BufferPool;
-  readonly idleMs?: number;
-  readonly clock?: Clock;
-  readonly signal?: AbortSignal;
-}
+/** A splice takes what the portable pipe takes, but for live counters (it reports its totals at the end). */
+export type SpliceOptions = Omit<PipeOptions, "counters">;
 
 /** One direction of a splice: bytes read from `src` are sent to `dst`; what `dst` could not take waits in `held`. */
 interface Direction {
