@@ -1,11 +1,28 @@
 /**
- * Runs edgenode as a real process (`deno task --quiet edgenode ARGS`, with the deno that runs the tests), keeps every
+ * Runs edgenode as a real process (the `deno run` command line of deno.json's `edgenode` task, with the deno that runs
+ * the tests, started directly so that signals reach edgenode itself and not a `deno task` wrapper), keeps every
  * stderr line, waits for a log line with a bounded timeout, and always stops the process: SIGTERM, then SIGKILL to
  * its whole process group, then its exit status. Every wait here fails the test rather than hang it.
  */
 import assert from "node:assert/strict";
+import denoJson from "../../deno.json" with { type: "json" };
 
 const ROOT = new URL("../../", import.meta.url);
+
+/**
+ * The `deno run ...` arguments of the `edgenode` task, without the leading `deno`. `deno task` would sit between the
+ * test and edgenode and report its own exit status for a signal it forwards (seen: 130 after a SIGINT that edgenode
+ * handled and answered with exit 0), so tests start the command it names themselves.
+ */
+const RUN_ARGS: readonly string[] = (() => {
+  const words = denoJson.tasks.edgenode.trim().split(/\s+/);
+  if (words[0] !== "deno" || words[1] !== "run") {
+    throw new Error(
+      `deno.json: the edgenode task must be a plain "deno run ..." command, got: ${words.join(" ")}`,
+    );
+  }
+  return words.slice(1);
+})();
 
 /** How long a wait for a log line or an exit may take unless the caller says otherwise. */
 export const DEFAULT_TIMEOUT_MS = 20_000;
@@ -44,13 +61,13 @@ export class EdgenodeProcess implements AsyncDisposable {
   constructor(args: readonly string[], options: StartOptions = {}) {
     this.args = args;
     this.#child = new Deno.Command(Deno.execPath(), {
-      args: ["task", "--quiet", "edgenode", ...args],
+      args: [...RUN_ARGS, ...args],
       cwd: ROOT,
       env: { ...options.env, NO_COLOR: "1" },
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-      // Its own process group, so that SIGKILL reaches both `deno task` and the `deno run` it starts.
+      // Its own process group, so that SIGKILL also reaches anything edgenode started (health-check commands).
       detached: true,
     }).spawn();
     this.#child.status.then((status) => this.#exited = status);
@@ -88,7 +105,7 @@ export class EdgenodeProcess implements AsyncDisposable {
     return promise.finally(() => clearTimeout(timer));
   }
 
-  /** Sends `signal` to edgenode (`deno task` passes it on to the program). */
+  /** Sends `signal` to edgenode. */
   kill(signal: Deno.Signal = "SIGTERM"): void {
     this.#child.kill(signal);
   }
@@ -124,7 +141,7 @@ export class EdgenodeProcess implements AsyncDisposable {
       if (!await within(this.#child.status, KILL_AFTER_MS)) this.#killGroup();
     }
     await this.#child.status;
-    // A `deno run` outliving its `deno task` would hold the pipes open: end it too rather than wait forever.
+    // A child of edgenode outliving it would hold the pipes open: end it too rather than wait forever.
     const output = Promise.allSettled([this.#stdoutDone, this.#stderrDone]);
     if (!await within(output, KILL_AFTER_MS)) this.#killGroup();
     await output;
