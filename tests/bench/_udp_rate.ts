@@ -13,6 +13,8 @@ export const LOSS_LIMIT = 0.1; // percent
 export const LO = "127.0.0.1";
 /** The rate at which each path's added delay is taken (with 100-byte datagrams). */
 export const DELAY_RATE = 10_000;
+/** The rate at which a path's CPU time per datagram is taken: below every relay's highest rate here but the portable. */
+export const CPU_RATE = 50_000;
 
 /** Sizes from BENCH_SIZES ("100,1450"), else `fallback`. */
 export function benchSizes(fallback: string): number[] {
@@ -26,15 +28,21 @@ export function benchSeconds(): number {
 
 export interface Path {
   name: string;
-  /** Starts the path towards `sinks`; returns the address the sender aims at and a stop function. */
-  start(sinks: UdpSocket[]): Promise<{ to: string; stop(): Promise<void> }>;
+  /**
+   * Starts the path towards `sinks`; returns the address the sender aims at, a stop function, and the process that
+   * does the relaying when there is one (its CPU time is read from /proc).
+   */
+  start(sinks: UdpSocket[]): Promise<{ to: string; stop(): Promise<void>; pid?: number }>;
   participants: number;
+  /** Whether to take this path's CPU time per datagram at CPU_RATE (the paths it can carry without loss). */
+  cpu?: boolean;
 }
 
 /** The edgenode relay role: a relay to one sink, or with `participants` > 1 a reflector sending to each. */
 export const relayRolePath = (name: string, udp: "fast" | "portable", participants = 1): Path => ({
   name,
   participants,
+  cpu: udp === "fast" && participants === 1,
   async start(sinks) {
     const reflector = participants > 1;
     const config = await tempConfig([
@@ -55,7 +63,7 @@ export const relayRolePath = (name: string, udp: "fast" | "portable", participan
         ? /msg="reflector listening" reflector=bench data=(\S+)/
         : /msg="relay listening" relay=bench listen=(\S+)/,
     );
-    return { to, stop: () => stopAll(node, config) };
+    return { to, stop: () => stopAll(node, config), pid: node.pid };
   },
 });
 
@@ -129,6 +137,22 @@ async function quiet(sinks: readonly Sink[], sender: Promise<unknown>): Promise<
 export const signed = (n: number) => `${n >= 0 ? "+" : "-"}${Math.abs(n).toFixed(0)}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * CPU time `pid` has used so far, in nanoseconds, summed over its threads (/proc/PID/task/* /schedstat, field 1).
+ * Read through `cat`, which needs only --allow-run; a thread that ended takes its time with it, and relay threads
+ * live as long as the relay.
+ */
+export async function cpuNs(pid: number): Promise<number> {
+  const out = await new Deno.Command("sh", {
+    args: ["-c", `cat /proc/${pid}/task/*/schedstat`],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  if (!out.success || !text) throw new Error(`cannot read the CPU time of process ${pid} from /proc`);
+  return text.split("\n").reduce((sum, line) => sum + Number(line.split(" ")[0]), 0);
+}
+
 /** One trial: `rate` datagrams/s of `size` bytes for `rig.seconds`; returns worst loss over sinks and the stats. */
 export async function trial(rig: Rig, load: { size: number; rate: number }) {
   const { to, sinks, seconds } = rig;
@@ -201,6 +225,8 @@ export interface Measured {
   readonly rates: Map<number, number>;
   /** One-way delay at DELAY_RATE datagrams/s of 100 B, microseconds, as measured (not minus anything). */
   readonly delay: { p50: number; p99: number };
+  /** CPU time of the relaying process per datagram delivered at CPU_RATE, microseconds, by size (paths with `cpu`). */
+  readonly cpu: Map<number, number>;
 }
 
 /**
@@ -225,9 +251,24 @@ export async function measure(path: Path, options: { sizes: readonly number[]; s
         }/s`,
       );
     }
+    const cpu = new Map<number, number>();
+    if (path.cpu && running.pid !== undefined) {
+      for (const size of options.sizes) {
+        const before = await cpuNs(running.pid);
+        const c = await trial(rig, { size, rate: CPU_RATE });
+        const used = await cpuNs(running.pid) - before;
+        const perDatagram = used / 1000 / Math.max(1, c.reports[0].received);
+        cpu.set(size, perDatagram);
+        console.log(
+          `  ${path.name.padEnd(15)} ${String(size).padStart(5)} B  ${
+            perDatagram.toFixed(2).padStart(8)
+          } us CPU per datagram at ${CPU_RATE}/s (loss ${c.loss.toFixed(2)}%)`,
+        );
+      }
+    }
     const t = await trial(rig, { size: 100, rate: DELAY_RATE });
     const d = t.reports[0].delay_us!;
-    const measured: Measured = { rates, delay: { p50: d.p50, p99: d.p99 } };
+    const measured: Measured = { rates, delay: { p50: d.p50, p99: d.p99 }, cpu };
     return measured;
   } finally {
     await running.stop();

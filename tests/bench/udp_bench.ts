@@ -6,7 +6,9 @@
  *   relay fast     edgenode relay role, FFI fast path
  *   relay portable edgenode relay role, Deno.listenDatagram
  *   reflector x10  edgenode reflector sending to 10 participants (rate per participant)
- * and the p50/p99 delay each path adds at 10k datagrams/s. The sender is `edgenode probe send` in its own process;
+ * the p50/p99 delay each path adds at 10k datagrams/s, and the CPU time the C relay and the fast relay spend per
+ * datagram at a fixed 50k/s (a steadier measure of their cost than the highest rate, which moves with whatever else
+ * the two cores run). The sender is `edgenode probe send` in its own process;
  * receivers run here on the fast sockets. Prints figures and ratios; exits non-zero only when it could not run.
  *
  *   make bench            all sizes        deno task bench udp        (same)
@@ -18,6 +20,7 @@ import { openUdp } from "../../lib/net/udp.ts";
 import {
   benchSeconds,
   benchSizes,
+  CPU_RATE,
   DELAY_RATE,
   direct,
   LO,
@@ -50,6 +53,7 @@ function cRelayPath(binary: string): Path {
   return {
     name: "C relay",
     participants: 1,
+    cpu: true,
     async start(sinks) {
       const probe = openUdp({ host: LO, port: 0 });
       const port = probe.local.port;
@@ -63,6 +67,7 @@ function cRelayPath(binary: string): Path {
       await reader.read(); // "c_relay listening"
       return {
         to: `${LO}:${port}`,
+        pid: child.pid,
         async stop() {
           child.kill("SIGKILL");
           await child.status;
@@ -93,6 +98,7 @@ async function main(): Promise<number> {
   // spell. Every path runs once per round, in the reverse order of the round before, and keeps its best figures.
   const rates = new Map<string, number>();
   const delays = new Map<string, { p50: number; p99: number }>();
+  const cpu = new Map<string, number>();
   for (let round = 1; round <= ROUNDS; round++) {
     if (ROUNDS > 1) console.log(`round ${round} of ${ROUNDS}`);
     for (const path of round % 2 ? paths : [...paths].reverse()) {
@@ -100,6 +106,10 @@ async function main(): Promise<number> {
       for (const [size, rate] of measured.rates) {
         const key = `${path.name}|${size}`;
         rates.set(key, Math.max(rate, rates.get(key) ?? 0));
+      }
+      for (const [size, us] of measured.cpu) {
+        const key = `${path.name}|${size}`;
+        cpu.set(key, Math.min(us, cpu.get(key) ?? Infinity));
       }
       const best = delays.get(path.name);
       if (!best || measured.delay.p50 < best.p50) delays.set(path.name, measured.delay);
@@ -122,6 +132,25 @@ async function main(): Promise<number> {
       }
     }
     console.log(row.join(" | "));
+  }
+  const cpuPaths = paths.filter((p) => SIZES.every((s) => cpu.has(`${p.name}|${s}`)));
+  if (cpuPaths.length) {
+    console.log(
+      `\nCPU time of the relaying process (all its threads) per datagram at ${CPU_RATE}/s (microseconds; lowest over rounds)`,
+    );
+    const head = ["path", ...SIZES.map((s) => `${s} B`)];
+    if (cRelay) head.push(...SIZES.map((s) => `${s} B speed vs C`));
+    console.log(head.join(" | "));
+    for (const path of cpuPaths) {
+      const row = [path.name, ...SIZES.map((s) => cpu.get(`${path.name}|${s}`)!.toFixed(2))];
+      // Speed per CPU second relative to the C relay: C's cost over this path's cost.
+      if (cRelay) {
+        for (const s of SIZES) {
+          row.push((cpu.get(`C relay|${s}`)! / cpu.get(`${path.name}|${s}`)!).toFixed(2));
+        }
+      }
+      console.log(row.join(" | "));
+    }
   }
   console.log(
     `\nDelay added at ${DELAY_RATE} datagrams/s of 100 B (one-way, microseconds, minus the direct path)`,

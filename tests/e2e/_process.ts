@@ -75,13 +75,14 @@ export class EdgenodeProcess implements AsyncDisposable {
     this.#stderrDone = this.#readStderr();
   }
 
-  get pid(): number {
-    return this.#child.pid;
-  }
-
   /** Every stderr line read so far. */
   get stderrLines(): readonly string[] {
     return this.#stderrLines;
+  }
+
+  /** The process id of edgenode itself (no wrapper sits between), for a benchmark that reads its CPU time. */
+  get pid(): number {
+    return this.#child.pid;
   }
 
   /** The exit status once the process has ended. */
