@@ -9,9 +9,20 @@ import type { Logger } from "../core/logger.ts";
 import type { CounterSet, MetricsRegistry } from "../core/metrics.ts";
 import { isRtcp, isRtp } from "../media/rtp.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
-import type { Batch, Destinations, Endpoint, UdpSocket } from "../net/udp.ts";
+import {
+  type Batch,
+  type Destinations,
+  type Endpoint,
+  statsOf,
+  type UdpOptions,
+  type UdpSocket,
+  type UdpStats,
+} from "../net/udp.ts";
+import { FastUdp } from "../net/udp_fast.ts";
 import { type DenyClass, type Origin, ParticipantTable } from "./participants.ts";
-import { publishSocket } from "./relay.ts";
+import { publishSocket, RelayThread } from "./relay.ts";
+import { wellFormed } from "./relay_thread.ts";
+import { SharedTargets } from "./shared_targets.ts";
 
 export interface ReflectorSpec {
   readonly name: string;
@@ -35,18 +46,93 @@ export interface ReflectorSockets {
   readonly registrationRtcp?: UdpSocket;
 }
 
+type PathName = "media" | "rtcp";
+
+/**
+ * Where one path's datagrams go: every participant (at port + the path's offset), with what was sent to each. On
+ * the main thread (`LocalFanout`) or from a thread of its own (`ThreadFanout`).
+ */
+interface Fanout {
+  /** The participants from now on, by key ("IP:PORT" as joined) and the address to send to. */
+  update(participants: ReadonlyMap<string, Endpoint>): void;
+  /** What participant `key` was sent during its current stay on this path. */
+  counts(key: string): { sent: number; dropped: number } | undefined;
+  /** Datagrams that were not RTP (RTCP) on a use_rtp path. */
+  readonly malformed: number;
+}
+
+/** A path on the main thread: Destinations rebuilt on each change, what staying participants were sent carried over. */
+class LocalFanout implements Fanout {
+  malformed = 0;
+  #dest: Destinations;
+  #index = new Map<string, number>();
+  #carried = new Map<string, { sent: number; dropped: number }>();
+
+  constructor(readonly out: UdpSocket, readonly valid?: (d: Uint8Array) => boolean) {
+    this.#dest = out.destinations([]);
+  }
+
+  update(participants: ReadonlyMap<string, Endpoint>): void {
+    const carried = new Map<string, { sent: number; dropped: number }>();
+    for (const key of participants.keys()) {
+      const c = this.counts(key);
+      if (c) carried.set(key, c);
+    }
+    this.#carried = carried;
+    this.#dest = this.out.destinations([...participants.values()]);
+    this.#index = new Map([...participants.keys()].map((key, j) => [key, j]));
+  }
+
+  counts(key: string): { sent: number; dropped: number } | undefined {
+    const j = this.#index.get(key);
+    if (j === undefined) return undefined;
+    const c = this.#carried.get(key);
+    return { sent: (c?.sent ?? 0) + this.#dest.sent[j], dropped: (c?.dropped ?? 0) + this.#dest.dropped[j] };
+  }
+
+  send(batch: Batch): void {
+    const packets = this.valid ? wellFormed(batch, this.valid, (n) => this.malformed += n) : batch;
+    this.out.send(packets, this.#dest);
+  }
+}
+
+/** A path moved by a thread of its own (lib/relay/relay_thread.ts), reading the participants from shared memory. */
+class ThreadFanout implements Fanout {
+  constructor(readonly thread: RelayThread, readonly targets: SharedTargets) {}
+
+  update(participants: ReadonlyMap<string, Endpoint>): void {
+    this.targets.set(participants);
+  }
+
+  counts(key: string): { sent: number; dropped: number } | undefined {
+    return this.targets.counts(key);
+  }
+
+  get malformed(): number {
+    return this.thread.malformed;
+  }
+}
+
 interface Path {
-  readonly name: "media" | "rtcp";
+  readonly name: PathName;
   readonly from?: UdpSocket;
   readonly out: UdpSocket;
-  readonly valid?: (d: Uint8Array) => boolean;
   /** Added to each participant's port (RTCP goes to port + 1). */
   readonly portOffset: number;
-  dest: Destinations;
-  /** Participant ("IP:PORT" as joined) -> index in `dest`. */
-  index: Map<string, number>;
-  version: number;
-  malformed: number;
+  readonly fanout: LocalFanout | ThreadFanout;
+}
+
+export interface ReflectorOptions {
+  /** Move each path that has a data socket on the fast path on a thread of its own (default true). */
+  readonly thread?: boolean;
+  /** batch and maxDatagram, for the threads' own buffers. */
+  readonly udp?: UdpOptions;
+}
+
+interface Deps {
+  clock: Clock;
+  metrics: MetricsRegistry;
+  logger: Logger;
 }
 
 export class Reflector {
@@ -58,13 +144,54 @@ export class Reflector {
   #timer: TimerId | undefined;
   #closed = false;
   #participantRtcp = 0;
-  readonly #tallies = new Map<string, { sent: number; dropped: number; set: CounterSet }>();
-  #talliesVersion = -1;
+  /** The metrics of each participant in the table, by key. */
+  readonly #participantSets = new Map<string, CounterSet>();
+  #tableVersion = -1;
 
+  /**
+   * Starts a reflector whose data paths run on threads of their own where they can (fast sockets, `thread` not
+   * false); a path whose thread does not start runs on the event loop, with a warning.
+   */
+  static async start(
+    spec: ReflectorSpec,
+    sockets: ReflectorSockets,
+    deps: Deps,
+    options: ReflectorOptions = {},
+  ): Promise<Reflector> {
+    const threads = new Map<PathName, ThreadFanout>();
+    const pairs: [PathName, UdpSocket | undefined, UdpSocket | undefined][] = [
+      ["media", sockets.data, sockets.registration],
+      ["rtcp", sockets.dataRtcp, sockets.registrationRtcp],
+    ];
+    for (const [name, from, out] of pairs) {
+      if (options.thread === false || !(from instanceof FastUdp) || !(out instanceof FastUdp)) continue;
+      const targets = new SharedTargets(spec.max_participants);
+      try {
+        const valid = spec.use_rtp ? (name === "media" ? "rtp" : "rtcp") : undefined;
+        const thread = await RelayThread.start(
+          from,
+          { labels: { reflector: spec.name, path: name }, to: { shared: targets.memory }, out, valid },
+          options.udp ?? {},
+          deps.logger,
+        );
+        threads.set(name, new ThreadFanout(thread, targets));
+      } catch (error) {
+        deps.logger.warn("reflector thread did not start; reflecting on the main thread", {
+          reflector: spec.name,
+          path: name,
+          error: error instanceof Error ? error.message : String(error),
+        });
+      }
+    }
+    return new Reflector(spec, sockets, deps, threads);
+  }
+
+  /** A reflector on the event loop (`Reflector.start` puts its data paths on threads). */
   constructor(
     readonly spec: ReflectorSpec,
     readonly sockets: ReflectorSockets,
-    private readonly deps: { clock: Clock; metrics: MetricsRegistry; logger: Logger },
+    private readonly deps: Deps,
+    threads: ReadonlyMap<PathName, ThreadFanout> = new Map(),
   ) {
     this.#clock = deps.clock;
     this.table = new ParticipantTable({
@@ -84,109 +211,86 @@ export class Reflector {
         });
       }
     }
-    const empty = sockets.registration.destinations([]);
     this.#paths = [{
       name: "media",
       from: sockets.data,
       out: sockets.registration,
-      valid: spec.use_rtp ? isRtp : undefined,
       portOffset: 0,
-      dest: empty,
-      index: new Map(),
-      version: -1,
-      malformed: 0,
+      fanout: threads.get("media") ?? new LocalFanout(sockets.registration, spec.use_rtp ? isRtp : undefined),
     }];
     if (sockets.registrationRtcp) {
       this.#paths.push({
         name: "rtcp",
         from: sockets.dataRtcp,
         out: sockets.registrationRtcp,
-        valid: isRtcp,
         portOffset: 1,
-        dest: empty,
-        index: new Map(),
-        version: -1,
-        malformed: 0,
+        fanout: threads.get("rtcp") ?? new LocalFanout(sockets.registrationRtcp, isRtcp),
       });
     }
     this.#publish();
     this.#syncParticipants();
-    for (const path of this.#paths) if (path.from) this.#loops.push(this.#forward(path.from, path));
+    for (const path of this.#paths) {
+      const fanout = path.fanout;
+      if (path.from && fanout instanceof LocalFanout) this.#loops.push(this.#forward(path.from, fanout));
+    }
     this.#loops.push(this.#control(sockets.registration, false));
     if (sockets.registrationRtcp) this.#loops.push(this.#control(sockets.registrationRtcp, true));
     this.#scheduleExpiry();
   }
 
-  /** Data port -> every participant, from the registration socket. */
-  async #forward(from: UdpSocket, path: Path): Promise<void> {
+  /** Data port -> every participant, from the registration socket, on the event loop. */
+  async #forward(from: UdpSocket, fanout: LocalFanout): Promise<void> {
     for (;;) {
       const batch = await from.receive();
       if (!batch) return;
-      this.#send(batch, path);
+      fanout.send(batch);
     }
-  }
-
-  #send(batch: Batch, path: Path): void {
-    if (path.version !== this.table.version) this.#rebuild(path);
-    path.out.send(path.valid ? this.#valid(batch, path) : batch, path.dest);
   }
 
   /** Sends a batch that arrived some other way (from a session graph) to every participant. */
   reflect(batch: Batch, rtcp: boolean): void {
-    const path = this.#paths[rtcp ? 1 : 0];
-    if (path && !this.#closed) this.#send(batch, path);
+    const fanout = this.#paths[rtcp ? 1 : 0]?.fanout;
+    if (fanout instanceof LocalFanout && !this.#closed) fanout.send(batch);
   }
 
-  /**
-   * New destinations after the participant table changed. What the old ones counted is first added to each
-   * participant's tally, so per-participant counters survive the rebuild; participants that left lose theirs.
-   */
-  #rebuild(path: Path): void {
-    this.#fold(path);
-    const endpoints = this.table.endpoints();
-    path.dest = path.out.destinations(
-      endpoints.map((e) => ({ host: e.host, port: e.port + path.portOffset })),
-    );
-    path.index = new Map(endpoints.map((e, j) => [formatHostPort(e), j]));
-    path.version = this.table.version;
-    this.#syncParticipants();
+  /** Whether a thread of its own moves each path's datagrams, by path ("media", and "rtcp" with use_rtp). */
+  get threads(): Record<string, boolean> {
+    return Object.fromEntries(this.#paths.map((p) => [p.name, p.fanout instanceof ThreadFanout]));
   }
 
-  #fold(path: Path): void {
-    for (const [key, j] of path.index) {
-      const tally = this.#tallies.get(key);
-      if (!tally) continue;
-      tally.sent += path.dest.sent[j];
-      tally.dropped += path.dest.dropped[j];
-    }
-  }
-
-  /** Datagrams sent to (and refused for) one participant so far, on every path. */
+  /** Datagrams sent to (and refused for) one participant during its stay, on every path. */
   #counts(key: string): { sent: number; dropped: number } {
-    const tally = this.#tallies.get(key);
-    let sent = tally?.sent ?? 0;
-    let dropped = tally?.dropped ?? 0;
+    let sent = 0;
+    let dropped = 0;
     for (const path of this.#paths) {
-      const j = path.index.get(key);
-      if (j === undefined) continue;
-      sent += path.dest.sent[j];
-      dropped += path.dest.dropped[j];
+      const c = path.fanout.counts(key);
+      sent += c?.sent ?? 0;
+      dropped += c?.dropped ?? 0;
     }
     return { sent, dropped };
   }
 
-  /** One counter set per participant in the table: created on join, removed on leave. */
+  /**
+   * After the table changed: every path sends to the new participant list, and each participant in the table has
+   * its metrics (created on join, removed on leave).
+   */
   #syncParticipants(): void {
-    if (this.#talliesVersion === this.table.version) return;
-    this.#talliesVersion = this.table.version;
-    const current = new Set(this.table.endpoints().map(formatHostPort));
-    for (const [key, tally] of this.#tallies) {
+    if (this.#tableVersion === this.table.version) return;
+    this.#tableVersion = this.table.version;
+    const endpoints = this.table.endpoints();
+    for (const path of this.#paths) {
+      path.fanout.update(
+        new Map(endpoints.map((e) => [formatHostPort(e), { host: e.host, port: e.port + path.portOffset }])),
+      );
+    }
+    const current = new Set(endpoints.map(formatHostPort));
+    for (const [key, set] of this.#participantSets) {
       if (current.has(key)) continue;
-      this.deps.metrics.remove(tally.set);
-      this.#tallies.delete(key);
+      this.deps.metrics.remove(set);
+      this.#participantSets.delete(key);
     }
     for (const key of current) {
-      if (this.#tallies.has(key)) continue;
+      if (this.#participantSets.has(key)) continue;
       const set = this.deps.metrics.set("reflector_participant", {
         reflector: this.spec.name,
         participant: key,
@@ -197,19 +301,30 @@ export class Reflector {
         "Datagrams to this participant the kernel refused",
         () => this.#counts(key).dropped,
       );
-      this.#tallies.set(key, { sent: 0, dropped: 0, set });
+      this.#participantSets.set(key, set);
     }
   }
 
-  /** The batch itself when every datagram is well formed (no copy), else the well-formed ones. */
-  #valid(batch: Batch, path: Path): Batch | Uint8Array[] {
-    let ok = 0;
-    for (let i = 0; i < batch.count; i++) if (path.valid!(batch.data(i))) ok++;
-    if (ok === batch.count) return batch;
-    path.malformed += batch.count - ok;
-    const good: Uint8Array[] = [];
-    for (let i = 0; i < batch.count; i++) if (path.valid!(batch.data(i))) good.push(batch.data(i));
-    return good;
+  /** Each socket's counters: a thread's shared ones added to what this thread counted itself. */
+  #socketStats(): [string, Readonly<UdpStats>][] {
+    const threadOf = (name: PathName) => {
+      const f = this.#paths.find((p) => p.name === name)?.fanout;
+      return f instanceof ThreadFanout ? f.thread : null;
+    };
+    const media = threadOf("media");
+    const rtcp = threadOf("rtcp");
+    const s = this.sockets;
+    const out: [string, Readonly<UdpStats>][] = [];
+    if (s.data) out.push(["data", media ? media.stats : s.data.stats]);
+    out.push(["registration", media ? sumStats(s.registration.stats, media.outStats) : s.registration.stats]);
+    if (s.dataRtcp) out.push(["dataRtcp", rtcp ? rtcp.stats : s.dataRtcp.stats]);
+    if (s.registrationRtcp) {
+      out.push([
+        "registrationRtcp",
+        rtcp ? sumStats(s.registrationRtcp.stats, rtcp.outStats) : s.registrationRtcp.stats,
+      ]);
+    }
+    return out;
   }
 
   /**
@@ -284,14 +399,16 @@ export class Reflector {
     set.counter(
       "malformed_data_total",
       "Datagrams on the data ports that are not RTP/RTCP (use_rtp only)",
-      () => this.#paths.reduce((n, p) => n + p.malformed, 0),
+      () => this.#malformedData(),
     );
     this.#sets.push(set);
-    for (const [port, socket] of Object.entries(this.sockets)) {
-      if (socket) {
-        this.#sets.push(publishSocket(metrics, "reflector_socket", { ...labels, port }, socket.stats));
-      }
+    for (const [port, stats] of this.#socketStats()) {
+      this.#sets.push(publishSocket(metrics, "reflector_socket", { ...labels, port }, stats));
     }
+  }
+
+  #malformedData(): number {
+    return this.#paths.reduce((n, p) => n + p.fanout.malformed, 0);
   }
 
   status(): Record<string, unknown> {
@@ -302,12 +419,12 @@ export class Reflector {
       registration: formatHostPort(this.sockets.registration.local),
       use_rtp: this.spec.use_rtp,
       udp: this.sockets.registration.impl,
+      threads: this.threads,
+      ...this.#threadErrors(),
       ...this.table.stats,
-      malformed_data: this.#paths.reduce((n, p) => n + p.malformed, 0),
+      malformed_data: this.#malformedData(),
       participant_rtcp: this.#participantRtcp,
-      sockets: Object.fromEntries(
-        Object.entries(this.sockets).flatMap(([k, s]) => (s ? [[k, { ...s.stats }]] : [])),
-      ),
+      sockets: Object.fromEntries(this.#socketStats().map(([k, stats]) => [k, statsOf(stats)])),
       participants: this.table.list().map((p) => ({
         address: formatHostPort(p.endpoint),
         origin: p.origin,
@@ -318,12 +435,41 @@ export class Reflector {
     };
   }
 
+  /** `state: failed` and the error when a path's thread failed after it started (it moves nothing more then). */
+  #threadErrors(): Record<string, string> {
+    const errors = this.#paths.flatMap((p) =>
+      p.fanout instanceof ThreadFanout && p.fanout.thread.error ? [`${p.name}: ${p.fanout.thread.error}`] : []
+    );
+    return {
+      state: errors.length ? "failed" : "running",
+      ...(errors.length ? { error: errors.join("; ") } : {}),
+    };
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
+    for (const path of this.#paths) {
+      const fanout = path.fanout;
+      if (fanout instanceof ThreadFanout && !await fanout.thread.stop() && !fanout.thread.error) {
+        this.deps.logger.warn("reflector thread did not stop when asked; terminated", {
+          reflector: this.spec.name,
+          path: path.name,
+        });
+      }
+    }
     for (const s of Object.values(this.sockets)) await s?.close();
     await Promise.all(this.#loops);
     for (const set of this.#sets) this.deps.metrics.remove(set);
-    for (const tally of this.#tallies.values()) this.deps.metrics.remove(tally.set);
+    for (const set of this.#participantSets.values()) this.deps.metrics.remove(set);
   }
+}
+
+/** Counters of one socket that two threads count into: each reads as the sum of both. */
+function sumStats(a: Readonly<UdpStats>, b: Readonly<UdpStats>): Readonly<UdpStats> {
+  const sum = {} as UdpStats;
+  for (const key of Object.keys(statsOf(a)) as (keyof UdpStats)[]) {
+    Object.defineProperty(sum, key, { get: () => a[key] + b[key], enumerable: true });
+  }
+  return sum;
 }

@@ -47,10 +47,25 @@ export function publishSocket(
   return set;
 }
 
-/** The thread that moves one relay's datagrams, and the shared memory it counts into. */
-class RelayThread {
+/** What a forwarding thread carries besides its receiving socket (see RelayThreadStart). */
+export interface ThreadPath {
+  /** Who it works for, in log lines: `{ relay: NAME }`, `{ reflector: NAME, path: "media" }`. */
+  readonly labels: Record<string, string>;
+  readonly to: RelayThreadStart["to"];
+  /** Another socket to send from. */
+  readonly out?: FastUdp;
+  readonly valid?: "rtp" | "rtcp";
+}
+
+/**
+ * The thread that moves one relay's (or one reflector path's) datagrams, and the shared memory it counts into:
+ * `stats` for the receiving socket (and the sending one when it is the same), `outStats` for another sending socket,
+ * `malformed` for datagrams a `valid` check refused.
+ */
+export class RelayThread {
   readonly stats = sharedStats();
-  readonly to: Destinations;
+  readonly outStats = sharedStats();
+  readonly #malformed = new Float64Array(new SharedArrayBuffer(8));
   readonly #control = new Int32Array(new SharedArrayBuffer(4));
   readonly #worker: Worker;
   readonly #stopped: Promise<void>;
@@ -60,18 +75,12 @@ class RelayThread {
 
   private constructor(
     readonly socket: FastUdp,
-    spec: RelaySpec,
+    path: ThreadPath,
     options: UdpOptions,
     logger?: Logger,
   ) {
-    const n = spec.targets.length;
-    const sent = new SharedArrayBuffer(n * 8);
-    const dropped = new SharedArrayBuffer(n * 8);
-    this.to = { endpoints: spec.targets, sent: new Float64Array(sent), dropped: new Float64Array(dropped) };
-    this.#worker = new Worker(new URL("./relay_thread.ts", import.meta.url), {
-      type: "module",
-      name: `relay ${spec.name}`,
-    });
+    const name = Object.values(path.labels).join(" ");
+    this.#worker = new Worker(new URL("./relay_thread.ts", import.meta.url), { type: "module", name });
     let ready!: () => void;
     let failed!: (error: string) => void;
     this.started = new Promise<void>((resolve, reject) => {
@@ -81,44 +90,49 @@ class RelayThread {
     this.started.catch(() => {});
     let stopped!: () => void;
     this.#stopped = new Promise<void>((resolve) => stopped = resolve);
+    const fail = (error: string) => {
+      this.error = error;
+      logger?.error("relay thread failed", { ...path.labels, error });
+      failed(error);
+      stopped();
+    };
     this.#worker.onmessage = (event: MessageEvent<RelayThreadReport>) => {
       const r = event.data;
       if ("ready" in r) ready();
       else if ("stopped" in r) stopped();
-      else {
-        this.error = r.error;
-        logger?.error("relay thread failed", { relay: spec.name, error: r.error });
-        failed(r.error);
-        stopped();
-      }
+      else fail(r.error);
     };
     this.#worker.onerror = (event: ErrorEvent) => {
       event.preventDefault();
-      this.error = event.message;
-      logger?.error("relay thread failed", { relay: spec.name, error: event.message });
-      failed(event.message);
-      stopped();
+      fail(event.message);
     };
     const start: RelayThreadStart = {
       descriptor: socket.descriptor,
       options: { batch: options.batch, maxDatagram: options.maxDatagram },
-      targets: spec.targets,
       stats: this.stats.buffer,
-      sent,
-      dropped,
       control: this.#control.buffer as SharedArrayBuffer,
+      to: path.to,
+      ...(path.out ? { out: { descriptor: path.out.descriptor, stats: this.outStats.buffer } } : {}),
+      ...(path.valid
+        ? { valid: { kind: path.valid, malformed: this.#malformed.buffer as SharedArrayBuffer } }
+        : {}),
     };
     this.#worker.postMessage(start);
+  }
+
+  /** Datagrams the `valid` check refused. */
+  get malformed(): number {
+    return this.#malformed[0];
   }
 
   /** A running thread, or a rejection saying why it could not start (nothing is left running then). */
   static async start(
     socket: FastUdp,
-    spec: RelaySpec,
+    path: ThreadPath,
     options: UdpOptions,
     logger?: Logger,
   ): Promise<RelayThread> {
-    const thread = new RelayThread(socket, spec, options, logger);
+    const thread = new RelayThread(socket, path, options, logger);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`no answer in ${THREAD_START_MS} ms`)), THREAD_START_MS);
@@ -175,9 +189,19 @@ export class Relay {
     options: RelayOptions = {},
   ): Promise<Relay> {
     let thread: RelayThread | null = null;
+    let to: Destinations | null = null;
     if (socket instanceof FastUdp && options.thread !== false) {
+      const n = spec.targets.length;
+      const sent = new SharedArrayBuffer(n * 8);
+      const dropped = new SharedArrayBuffer(n * 8);
+      to = { endpoints: spec.targets, sent: new Float64Array(sent), dropped: new Float64Array(dropped) };
       try {
-        thread = await RelayThread.start(socket, spec, options.udp ?? {}, options.logger);
+        thread = await RelayThread.start(
+          socket,
+          { labels: { relay: spec.name }, to: { targets: spec.targets, sent, dropped } },
+          options.udp ?? {},
+          options.logger,
+        );
       } catch (error) {
         options.logger?.warn("relay thread did not start; relaying on the main thread", {
           relay: spec.name,
@@ -185,19 +209,20 @@ export class Relay {
         });
       }
     }
-    return new Relay(spec, socket, metrics, thread, options.logger);
+    return new Relay(spec, socket, metrics, thread ? { thread, to: to! } : null, options.logger);
   }
 
   private constructor(
     readonly spec: RelaySpec,
     private readonly socket: UdpSocket,
     metrics: MetricsRegistry,
-    thread: RelayThread | null,
+    threaded: { thread: RelayThread; to: Destinations } | null,
     logger?: Logger,
   ) {
+    const thread = threaded?.thread ?? null;
     this.#thread = thread;
     this.#logger = logger;
-    this.#to = thread ? thread.to : socket.destinations(spec.targets);
+    this.#to = threaded ? threaded.to : socket.destinations(spec.targets);
     this.#stats = thread ? thread.stats : socket.stats;
     this.#metrics = metrics;
     this.#sets = [

@@ -1,43 +1,78 @@
 /// <reference lib="deno.worker" />
 /**
- * One relay's data path on a thread of its own, as a C relay runs it: wait in recvmmsg, send the batch with
- * sendmmsg, again. The main thread opened the socket and owns it; this thread adopts it with buffers of its own and
- * counts into memory the main thread reads (lib/relay/relay.ts). The loop never returns to this thread's event loop,
- * so it is stopped through shared memory: the main thread sets the stop cell and interrupts the socket, the loop sees
- * the cell, lets go of the socket and says "stopped".
+ * A forwarding data path on a thread of its own, as a C relay runs it: wait in recvmmsg, send the batch with
+ * sendmmsg, again. It carries a relay (its socket to fixed targets) and a reflector's path (its data socket to the
+ * participants, sent from the registration socket, the list read from shared memory: lib/relay/shared_targets.ts).
+ * The main thread opened the sockets and owns them; this thread adopts them with buffers of its own and counts into
+ * memory the main thread reads (lib/relay/relay.ts). The loop never returns to this thread's event loop, so it is
+ * stopped through shared memory: the main thread sets the stop cell and interrupts the receiving socket, the loop
+ * sees the cell, lets go of the sockets and says "stopped".
  */
+import { isRtcp, isRtp } from "../media/rtp.ts";
 import { adoptFastUdp, type FastDescriptor } from "../net/udp_fast.ts";
-import { type Endpoint, sharedStats, type UdpOptions } from "../net/udp.ts";
+import { type Batch, type Endpoint, sharedStats, type UdpOptions } from "../net/udp.ts";
+import { type SharedTargetsMemory, SharedTargetsReader } from "./shared_targets.ts";
 
 export interface RelayThreadStart {
+  /** The socket datagrams arrive on. */
   readonly descriptor: FastDescriptor;
   readonly options: UdpOptions;
-  readonly targets: readonly Endpoint[];
-  /** UdpStats cells (see sharedStats). */
+  /** UdpStats cells (see sharedStats) of the receiving socket (and of the sending one when it is the same). */
   readonly stats: SharedArrayBuffer;
-  /** Float64 per target: datagrams sent, then datagrams dropped. */
-  readonly sent: SharedArrayBuffer;
-  readonly dropped: SharedArrayBuffer;
   /** Int32 cell 0: set to 1 to stop. */
   readonly control: SharedArrayBuffer;
+  /** Where datagrams go: fixed targets with a Float64 per target (sent, dropped), or a shared participant list. */
+  readonly to:
+    | {
+      readonly targets: readonly Endpoint[];
+      readonly sent: SharedArrayBuffer;
+      readonly dropped: SharedArrayBuffer;
+    }
+    | { readonly shared: SharedTargetsMemory };
+  /** Another socket to send from (a reflector's registration socket), with stats cells of its own. */
+  readonly out?: { readonly descriptor: FastDescriptor; readonly stats: SharedArrayBuffer };
+  /** Only well-formed RTP (or RTCP) datagrams go on; the others are counted in `malformed` (Float64 cell 0). */
+  readonly valid?: { readonly kind: "rtp" | "rtcp"; readonly malformed: SharedArrayBuffer };
 }
 
 export type RelayThreadReport = { readonly ready: true } | { readonly stopped: true } | {
   readonly error: string;
 };
 
+/** The batch itself when every datagram passes `ok` (no copy), else the ones that do; `bad` counts the others. */
+export function wellFormed(
+  batch: Batch,
+  ok: (d: Uint8Array) => boolean,
+  bad: (n: number) => void,
+): Batch | Uint8Array[] {
+  let good = 0;
+  for (let i = 0; i < batch.count; i++) if (ok(batch.data(i))) good++;
+  if (good === batch.count) return batch;
+  bad(batch.count - good);
+  const kept: Uint8Array[] = [];
+  for (let i = 0; i < batch.count; i++) if (ok(batch.data(i))) kept.push(batch.data(i));
+  return kept;
+}
+
 self.onmessage = (event: MessageEvent<RelayThreadStart>) => {
   const m = event.data;
   const report = (r: RelayThreadReport) => self.postMessage(r);
   const socket = adoptFastUdp(m.descriptor, m.options, sharedStats(m.stats));
-  if (!socket) {
+  const out = m.out ? adoptFastUdp(m.out.descriptor, m.options, sharedStats(m.out.stats)) : socket;
+  if (!socket || !out) {
     report({ error: "FFI to libc is not available in the relay thread" });
     return;
   }
-  const to = socket.destinations(m.targets, {
-    sent: new Float64Array(m.sent),
-    dropped: new Float64Array(m.dropped),
-  });
+  const reader = "shared" in m.to ? new SharedTargetsReader(m.to.shared) : null;
+  let to = "targets" in m.to
+    ? out.destinations(m.to.targets, {
+      sent: new Float64Array(m.to.sent),
+      dropped: new Float64Array(m.to.dropped),
+    })
+    : out.destinations([]);
+  const ok = m.valid ? (m.valid.kind === "rtp" ? isRtp : isRtcp) : null;
+  const malformed = m.valid ? new Float64Array(m.valid.malformed) : null;
+  const bad = (n: number) => malformed![0] += n;
   const control = new Int32Array(m.control);
   // Wait in the kernel until data comes: stop() interrupts the socket, so no timer needs arming at every wait.
   socket.setWaitSlice(0);
@@ -45,8 +80,15 @@ self.onmessage = (event: MessageEvent<RelayThreadStart>) => {
   for (;;) {
     const batch = socket.receiveBlocking(control);
     if (!batch) break;
-    if (batch.count) socket.send(batch, to);
+    if (!batch.count) continue;
+    if (reader) {
+      const list = reader.changed();
+      if (list) to = out.destinations(list);
+    }
+    out.send(ok ? wellFormed(batch, ok, bad) : batch, to);
+    reader?.credit(to.sent, to.dropped);
   }
+  if (out !== socket) void out.close();
   void socket.close();
   report({ stopped: true });
   self.close();

@@ -208,17 +208,20 @@ export const relayRole: RoleDef<RelaySection> = {
         thread: relay.threaded,
       });
     }
-    const reflectors = new Map(cfg.reflectors.map((spec, i) => {
+    const reflectors = new Map<string, Reflector>();
+    for (const [i, spec] of cfg.reflectors.entries()) {
       const sockets = reflectorSockets[i];
+      const reflector = await Reflector.start(spec, sockets, ctx, { thread: cfg.thread, udp: options });
+      reflectors.set(spec.name, reflector);
       ctx.logger.info("reflector listening", {
         reflector: spec.name,
         data: formatHostPort(sockets.data.local),
         registration: formatHostPort(sockets.registration.local),
         use_rtp: spec.use_rtp,
         udp: sockets.registration.impl,
+        thread: Object.values(reflector.threads).every(Boolean),
       });
-      return [spec.name, new Reflector(spec, sockets, ctx)];
-    }));
+    }
     if (!relays.length && !reflectors.size) {
       ctx.logger.info("nothing to relay", { hint: "add relay.relays or relay.reflectors to the config" });
     }

@@ -78,6 +78,15 @@ Deno.test("edgenode reflector delivers a probe stream to joined and API-added pa
     .reflectors.lecture;
   assert.equal(reflector.confirms as number >= 2, true);
   assert.equal((reflector.sockets as { data: { rx_packets: number } }).data.rx_packets, N);
+  assert.deepEqual(reflector.threads, { media: true }, "the data path runs on a thread of its own");
+  const sent = (reflector.participants as { sent: number }[]).map((p) => p.sent);
+  assert.deepEqual(sent, sent.map(() => N), "each participant was sent the whole stream");
+  assert.equal(
+    (reflector.sockets as { registration: { tx_packets: number } }).registration.tx_packets >=
+      N * sent.length,
+    true,
+    "data to participants leaves from the registration socket and is counted there",
+  );
 
   const del = await fetch(`${api}/127.0.0.1:${addedPort}`, {
     method: "DELETE",

@@ -6,6 +6,7 @@ import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
 import { JOIN_MIN_BYTES } from "../../lib/relay/participants.ts";
 import { Reflector, type ReflectorSpec } from "../../lib/relay/reflector.ts";
+import { until } from "../e2e/_backends.ts";
 import { collect } from "../net/udp_contract.ts";
 
 const enc = new TextEncoder();
@@ -21,7 +22,8 @@ function rtp(seq: number, size = 40): Uint8Array {
   return d;
 }
 
-function setup(spec: Partial<ReflectorSpec> = {}, rtcp = false) {
+/** A reflector on loopback sockets; `thread`: its data paths on threads of their own (as the relay role starts it). */
+async function open(spec: Partial<ReflectorSpec>, rtcp: boolean, thread: boolean) {
   const clock = new ManualClock(Date.now());
   const metrics = new MetricsRegistry();
   const lines: string[] = [];
@@ -30,21 +32,25 @@ function setup(spec: Partial<ReflectorSpec> = {}, rtcp = false) {
     registration: openUdp(LO),
     ...(rtcp ? { dataRtcp: openUdp(LO), registrationRtcp: openUdp(LO) } : {}),
   };
-  const reflector = new Reflector(
-    {
-      name: "r",
-      registration: LO,
-      use_rtp: rtcp,
-      timeout: 30_000,
-      max_participants: 100,
-      max_per_address: 4,
-      allow: ["loopback"],
-      participants: [],
-      ...spec,
-    },
-    sockets,
-    { clock, metrics, logger: new Logger({ level: "debug", clock, sink: (l) => lines.push(l) }) },
-  );
+  const reflector =
+    await (thread
+      ? Reflector.start
+      : (...a: ConstructorParameters<typeof Reflector>) => Promise.resolve(new Reflector(...a)))(
+        {
+          name: "r",
+          registration: LO,
+          use_rtp: rtcp,
+          timeout: 30_000,
+          max_participants: 100,
+          max_per_address: 4,
+          allow: ["loopback"],
+          participants: [],
+          ...spec,
+        },
+        sockets,
+        { clock, metrics, logger: new Logger({ level: "debug", clock, sink: (l) => lines.push(l) }) },
+      );
+  assert.equal(reflector.threads.media, thread, "the media path runs where asked");
   const source = openUdp(LO);
   const opened: UdpSocket[] = [source];
   const client = () => {
@@ -83,153 +89,168 @@ async function join(client: UdpSocket, registration: UdpSocket): Promise<string>
   return nonce;
 }
 
-Deno.test("Reflector sends the stream to every joined participant, from the registration port", async () => {
-  await using r = setup();
-  const a = r.client();
-  const b = r.client();
-  await join(a, r.sockets.registration);
-  await join(b, r.sockets.registration);
-  r.feed([rtp(1), rtp(2), rtp(3)]);
-  for (const p of [a, b]) {
-    const got = await collect(p, 3);
-    assert.deepEqual(got.map((g) => g.data[3]), [1, 2, 3]);
-    for (const g of got) assert.deepEqual(g.from, r.sockets.registration.local);
-  }
-  assert.equal(r.reflector.table.size, 2);
-});
+for (const thread of [false, true]) {
+  const on = thread ? " (data paths on threads)" : "";
+  const setup = (spec: Partial<ReflectorSpec> = {}, rtcp = false) => open(spec, rtcp, thread);
 
-Deno.test("Reflector sends nothing to an address that sent a JOIN but never proved it receives", async () => {
-  await using r = setup();
-  const honest = r.client();
-  const forged = r.client();
-  await join(honest, r.sockets.registration);
-  // A JOIN "from" an address that cannot answer: the challenge goes to it, the CONFIRM never comes.
-  forged.send(
-    [enc.encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES))],
-    forged.destinations([r.sockets.registration.local]),
-  );
-  const [challenge] = await collect(forged, 1);
-  assert.ok(challenge.data.length <= JOIN_MIN_BYTES, "never more than the request to an unproven address");
-  r.feed([rtp(7)]);
-  await collect(honest, 1);
-  const early = await Promise.race([
-    forged.receive(),
-    new Promise((res) => setTimeout(() => res("none"), 200)),
-  ]);
-  assert.equal(early, "none", "the unproven address got no data");
-});
+  Deno.test(`Reflector sends the stream to every joined participant, from the registration port${on}`, async () => {
+    await using r = await setup();
+    const a = r.client();
+    const b = r.client();
+    await join(a, r.sockets.registration);
+    await join(b, r.sockets.registration);
+    r.feed([rtp(1), rtp(2), rtp(3)]);
+    for (const p of [a, b]) {
+      const got = await collect(p, 3);
+      assert.deepEqual(got.map((g) => g.data[3]), [1, 2, 3]);
+      for (const g of got) assert.deepEqual(g.from, r.sockets.registration.local);
+    }
+    assert.equal(r.reflector.table.size, 2);
+  });
 
-Deno.test("Reflector drops a silent participant after the timeout on its clock", async () => {
-  await using r = setup({ timeout: 5_000 });
-  const a = r.client();
-  await join(a, r.sockets.registration);
-  r.clock.advance(4_000);
-  assert.equal(r.reflector.table.size, 1);
-  r.clock.advance(2_000);
-  assert.equal(r.reflector.table.size, 0);
-  assert.match(r.metrics.render(), /^edgenode_reflector_expired_total\{reflector="r"\} 1$/m);
-});
-
-Deno.test("Reflector counts and drops malformed datagrams on every port and keeps going", async () => {
-  await using r = setup({}, true);
-  const a = r.client();
-  await join(a, r.sockets.registration);
-  // Registration ports: noise, a short JOIN, a bad nonce.
-  for (const reg of [r.sockets.registration, r.sockets.registrationRtcp!]) {
-    a.send(
-      [
-        new Uint8Array([1, 2, 3]),
-        enc.encode("EDGENODE-JOIN"),
-        enc.encode(`EDGENODE-CONFIRM ${"f".repeat(32)}`),
-      ],
-      a.destinations([reg.local]),
+  Deno.test(`Reflector sends nothing to an address that sent a JOIN but never proved it receives${on}`, async () => {
+    await using r = await setup();
+    const honest = r.client();
+    const forged = r.client();
+    await join(honest, r.sockets.registration);
+    // A JOIN "from" an address that cannot answer: the challenge goes to it, the CONFIRM never comes.
+    forged.send(
+      [enc.encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES))],
+      forged.destinations([r.sockets.registration.local]),
     );
-  }
-  // Data ports: one non-RTP datagram among RTP, one non-RTCP among RTCP.
-  r.feed([rtp(1), new Uint8Array([0, 1, 2]), rtp(2)]);
-  const rr = new Uint8Array(8);
-  rr.set([0x80, 201, 0, 1]);
-  r.feed([new Uint8Array(20), rr], r.sockets.dataRtcp!);
-  // A receiver report from the participant on the RTCP registration port is expected traffic, not noise.
-  a.send([rr], a.destinations([r.sockets.registrationRtcp!.local]));
-  const media = await collect(a, 2);
-  assert.deepEqual(media.map((g) => g.data[3]), [1, 2]);
-  await new Promise((res) => setTimeout(res, 50));
-  const s = r.reflector.status();
-  assert.equal(s.malformed_data, 2);
-  assert.equal(s.malformed, 4, "noise and short JOIN on both registration ports");
-  assert.equal(s.bad_nonce, 2);
-  assert.equal(s.participant_rtcp, 1);
-  assert.equal(r.reflector.table.size, 1, "the participant is still there");
-});
+    const [challenge] = await collect(forged, 1);
+    assert.ok(challenge.data.length <= JOIN_MIN_BYTES, "never more than the request to an unproven address");
+    r.feed([rtp(7)]);
+    await collect(honest, 1);
+    const early = await Promise.race([
+      forged.receive(),
+      new Promise((res) => setTimeout(() => res("none"), 200)),
+    ]);
+    assert.equal(early, "none", "the unproven address got no data");
+  });
 
-Deno.test("Reflector with use_rtp sends RTCP from registration port + 1 to each participant's port + 1", async () => {
-  await using r = setup({}, true);
-  // The participant receives RTP on p and RTCP on p + 1, as RTP receivers do.
-  const rtpSock = r.client();
-  const rtcpSock = openUdp({ host: "127.0.0.1", port: rtpSock.local.port + 1 });
-  try {
-    await join(rtpSock, r.sockets.registration);
-    const sr = new Uint8Array(28);
-    sr.set([0x80, 200, 0, 6]);
-    r.feed([sr], r.sockets.dataRtcp!);
-    const [got] = await collect(rtcpSock, 1);
-    assert.equal(got.data[1], 200);
-    assert.deepEqual(got.from, r.sockets.registrationRtcp!.local);
-  } finally {
-    await rtcpSock.close();
-  }
-});
+  Deno.test(`Reflector drops a silent participant after the timeout on its clock${on}`, async () => {
+    await using r = await setup({ timeout: 5_000 });
+    const a = r.client();
+    await join(a, r.sockets.registration);
+    r.clock.advance(4_000);
+    assert.equal(r.reflector.table.size, 1);
+    r.clock.advance(2_000);
+    assert.equal(r.reflector.table.size, 0);
+    assert.match(r.metrics.render(), /^edgenode_reflector_expired_total\{reflector="r"\} 1$/m);
+  });
 
-Deno.test("Reflector enforces its participant limit on joins", async () => {
-  await using r = setup({ max_participants: 1 });
-  await join(r.client(), r.sockets.registration);
-  const late = r.client();
-  late.send(
-    [enc.encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES))],
-    late.destinations([r.sockets.registration.local]),
-  );
-  const answer = await Promise.race([
-    late.receive(),
-    new Promise((res) => setTimeout(() => res("none"), 200)),
-  ]);
-  assert.equal(answer, "none", "a refused JOIN gets no challenge");
-  assert.equal(r.reflector.status().refused_limit, 1);
-});
+  Deno.test(`Reflector counts and drops malformed datagrams on every port and keeps going${on}`, async () => {
+    await using r = await setup({}, true);
+    const a = r.client();
+    await join(a, r.sockets.registration);
+    // Registration ports: noise, a short JOIN, a bad nonce.
+    for (const reg of [r.sockets.registration, r.sockets.registrationRtcp!]) {
+      a.send(
+        [
+          new Uint8Array([1, 2, 3]),
+          enc.encode("EDGENODE-JOIN"),
+          enc.encode(`EDGENODE-CONFIRM ${"f".repeat(32)}`),
+        ],
+        a.destinations([reg.local]),
+      );
+    }
+    // Data ports: one non-RTP datagram among RTP, one non-RTCP among RTCP.
+    r.feed([rtp(1), new Uint8Array([0, 1, 2]), rtp(2)]);
+    const rr = new Uint8Array(8);
+    rr.set([0x80, 201, 0, 1]);
+    r.feed([new Uint8Array(20), rr], r.sockets.dataRtcp!);
+    // A receiver report from the participant on the RTCP registration port is expected traffic, not noise.
+    a.send([rr], a.destinations([r.sockets.registrationRtcp!.local]));
+    const media = await collect(a, 2);
+    assert.deepEqual(media.map((g) => g.data[3]), [1, 2]);
+    // A thread counts after it has sent, so the count may trail the datagrams a moment.
+    const s = await until("2 malformed data datagrams counted", () => {
+      const s = r.reflector.status();
+      return s.malformed_data === 2 && s.malformed === 4 && s.participant_rtcp === 1 ? s : null;
+    });
+    assert.equal(s.malformed_data, 2);
+    assert.equal(s.malformed, 4, "noise and short JOIN on both registration ports");
+    assert.equal(s.bad_nonce, 2);
+    assert.equal(s.participant_rtcp, 1);
+    assert.equal(r.reflector.table.size, 1, "the participant is still there");
+  });
 
-Deno.test("Reflector counts what each participant was sent, across joins and leaves of others", async () => {
-  await using r = setup();
-  const a = r.client();
-  const b = r.client();
-  const keyA = `127.0.0.1:${a.local.port}`;
-  const keyB = `127.0.0.1:${b.local.port}`;
-  const sentTo = (key: string) =>
-    (r.reflector.status().participants as { address: string; sent: number }[]).find((p) => p.address === key)
-      ?.sent;
+  Deno.test(`Reflector with use_rtp sends RTCP from registration port + 1 to each participant's port + 1${on}`, async () => {
+    await using r = await setup({}, true);
+    // The participant receives RTP on p and RTCP on p + 1, as RTP receivers do.
+    const rtpSock = r.client();
+    const rtcpSock = openUdp({ host: "127.0.0.1", port: rtpSock.local.port + 1 });
+    try {
+      await join(rtpSock, r.sockets.registration);
+      const sr = new Uint8Array(28);
+      sr.set([0x80, 200, 0, 6]);
+      r.feed([sr], r.sockets.dataRtcp!);
+      const [got] = await collect(rtcpSock, 1);
+      assert.equal(got.data[1], 200);
+      assert.deepEqual(got.from, r.sockets.registrationRtcp!.local);
+    } finally {
+      await rtcpSock.close();
+    }
+  });
 
-  await join(a, r.sockets.registration);
-  r.feed([rtp(1), rtp(2)]);
-  await collect(a, 2);
-  await join(b, r.sockets.registration); // the destinations are rebuilt: A's tally must survive
-  r.feed([rtp(3)]);
-  await collect(a, 1);
-  await collect(b, 1);
-  assert.equal(sentTo(keyA), 3);
-  assert.equal(sentTo(keyB), 1);
-  const metrics = r.metrics.render();
-  assert.match(
-    metrics,
-    new RegExp(`^edgenode_reflector_participant_sent_total\\{reflector="r",participant="${keyA}"\\} 3$`, "m"),
-  );
-  assert.match(
-    metrics,
-    new RegExp(`^edgenode_reflector_participant_sent_total\\{reflector="r",participant="${keyB}"\\} 1$`, "m"),
-  );
+  Deno.test(`Reflector enforces its participant limit on joins${on}`, async () => {
+    await using r = await setup({ max_participants: 1 });
+    await join(r.client(), r.sockets.registration);
+    const late = r.client();
+    late.send(
+      [enc.encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES))],
+      late.destinations([r.sockets.registration.local]),
+    );
+    const answer = await Promise.race([
+      late.receive(),
+      new Promise((res) => setTimeout(() => res("none"), 200)),
+    ]);
+    assert.equal(answer, "none", "a refused JOIN gets no challenge");
+    assert.equal(r.reflector.status().refused_limit, 1);
+  });
 
-  r.reflector.remove({ host: "127.0.0.1", port: b.local.port });
-  assert.doesNotMatch(
-    r.metrics.render(),
-    new RegExp(`participant="${keyB}"`),
-    "a participant that left has no series",
-  );
-});
+  Deno.test(`Reflector counts what each participant was sent, across joins and leaves of others${on}`, async () => {
+    await using r = await setup();
+    const a = r.client();
+    const b = r.client();
+    const keyA = `127.0.0.1:${a.local.port}`;
+    const keyB = `127.0.0.1:${b.local.port}`;
+    const sentTo = (key: string) =>
+      (r.reflector.status().participants as { address: string; sent: number }[]).find((p) =>
+        p.address === key
+      )
+        ?.sent;
+
+    await join(a, r.sockets.registration);
+    r.feed([rtp(1), rtp(2)]);
+    await collect(a, 2);
+    await join(b, r.sockets.registration); // the destinations are rebuilt: A's tally must survive
+    r.feed([rtp(3)]);
+    await collect(a, 1);
+    await collect(b, 1);
+    await until("the counts of both participants", () => sentTo(keyA) === 3 && sentTo(keyB) === 1);
+    const metrics = r.metrics.render();
+    assert.match(
+      metrics,
+      new RegExp(
+        `^edgenode_reflector_participant_sent_total\\{reflector="r",participant="${keyA}"\\} 3$`,
+        "m",
+      ),
+    );
+    assert.match(
+      metrics,
+      new RegExp(
+        `^edgenode_reflector_participant_sent_total\\{reflector="r",participant="${keyB}"\\} 1$`,
+        "m",
+      ),
+    );
+
+    r.reflector.remove({ host: "127.0.0.1", port: b.local.port });
+    assert.doesNotMatch(
+      r.metrics.render(),
+      new RegExp(`participant="${keyB}"`),
+      "a participant that left has no series",
+    );
+  });
+}
