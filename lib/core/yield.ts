@@ -15,5 +15,37 @@ export function yieldToEventLoop(): Promise<void> {
   });
 }
 
+/**
+ * Turns through one channel, for a loop that gives many: cheaper than a fresh channel each time. `close()` it when
+ * the loop ends, since an open channel keeps the process alive.
+ */
+export class EventLoopTurns {
+  readonly #channel = new MessageChannel();
+  #done: (() => void) | null = null;
+
+  constructor() {
+    this.#channel.port1.onmessage = () => {
+      const done = this.#done;
+      this.#done = null;
+      done?.();
+    };
+  }
+
+  /** Resolves once the event loop has had a turn (one turn at a time). */
+  give(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#done = resolve;
+      this.#channel.port2.postMessage(null);
+    });
+  }
+
+  close(): void {
+    this.#channel.port1.close();
+    this.#channel.port2.close();
+    this.#done?.();
+    this.#done = null;
+  }
+}
+
 /** How many ready batches a receive loop takes before it gives the event loop a turn. */
 export const RECEIVE_STREAK = 32;

@@ -14,10 +14,11 @@
  * Descriptors: a closed fd number can come back from the next accept in the same round of events, so every
  * registration carries a generation and an event for an older generation is ignored.
  */
-import type { Clock, TimerId } from "../core/clock.ts";
+import type { Clock } from "../core/clock.ts";
 import { systemClock } from "../core/clock.ts";
+import { type Deadline, Deadlines } from "../core/deadlines.ts";
 import { StartError } from "../core/errors.ts";
-import { yieldToEventLoop } from "../core/yield.ts";
+import { EventLoopTurns } from "../core/yield.ts";
 import { formatHostPort, type HostPort, isIPv4, isIPv6 } from "./address.ts";
 import {
   AF_INET,
@@ -110,6 +111,26 @@ type TcpLibc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
 /** A size_t argument: Deno takes a number for it (its typings say bigint, which would cost an allocation). */
 const usize = (n: number) => n as unknown as bigint;
+
+/**
+ * Splices waiting on each abort signal (a server's): one event listener per signal, not an add and a remove of one
+ * per connection (EventTarget's bookkeeping is costly next to a Set's).
+ */
+const abortWaiters = new WeakMap<AbortSignal, Set<() => void>>();
+
+function onAbortOf(signal: AbortSignal, fn: () => void): Set<() => void> {
+  let waiters = abortWaiters.get(signal);
+  if (!waiters) {
+    const set = waiters = new Set();
+    abortWaiters.set(signal, set);
+    signal.addEventListener("abort", () => {
+      for (const f of [...set]) f();
+      set.clear();
+    }, { once: true });
+  }
+  waiters.add(fn);
+  return waiters;
+}
 
 type Handler = (events: number) => void;
 const IGNORE: Handler = () => {};
@@ -251,6 +272,8 @@ export class TcpEngine {
   readonly #addrLen = this.#scratch.subarray(192, 200);
   readonly #opt = this.#scratch.subarray(256, 264);
   readonly #optLen = this.#scratch.subarray(264, 272);
+  /** Encoded sockaddrs of the addresses connected to (servers' addresses are long-lived objects). */
+  readonly #encoded = new WeakMap<HostPort, { family: number; len: number; bytes: Uint8Array }>();
   readonly #handlers: (Handler | undefined)[] = [];
   readonly #generations: number[] = [];
   #interest: number[] = [];
@@ -339,6 +362,9 @@ export class TcpEngine {
     while (this.#loop) await this.#loop;
   }
 
+  /** Turns given to the event loop while the loop runs (closed when it ends: an open channel keeps a process alive). */
+  #turns: EventLoopTurns | null = null;
+
   async #run(): Promise<void> {
     const c = this.c;
     let streak = 0;
@@ -364,7 +390,7 @@ export class TcpEngine {
         if (n > 0 && ++streak >= EVENT_STREAK) {
           // Busy for a while: timers, health checks and the status API get a turn.
           streak = 0;
-          await yieldToEventLoop();
+          await (this.#turns ??= new EventLoopTurns()).give();
         } else if (n <= 0) {
           // Quiet (or the event loop's I/O needs the thread): park in the event loop, wait on another thread.
           streak = 0;
@@ -397,6 +423,8 @@ export class TcpEngine {
       }
     } finally {
       this.#loop = null;
+      this.#turns?.close();
+      this.#turns = null;
     }
   }
 
@@ -531,12 +559,19 @@ export class TcpEngine {
    */
   connect(addr: HostPort, timeoutMs = 0, clock: Clock = systemClock): Promise<FastConn> {
     const c = this.c;
-    const [family, len] = this.#sockaddr(addr);
+    // A server's address is the same object for every connection: its sockaddr is encoded once.
+    let sa = this.#encoded.get(addr);
+    if (!sa) {
+      const [family, len] = this.#sockaddr(addr);
+      sa = { family, len, bytes: this.#addr.slice(0, len) };
+      this.#encoded.set(addr, sa);
+    }
+    const { family, len } = sa;
     const fd = c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     const failure = (reason: string) => new Error(`Cannot connect to ${formatHostPort(addr)}: ${reason}`);
     if (fd < 0) return Promise.reject(failure(this.describe(this.errno())));
     this.#setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
-    this.#sockaddr(addr);
+    this.#addr.set(sa.bytes);
     if (c.connect(fd, this.#addr, len) === 0) return Promise.resolve(new FastConn(this, fd, addr));
     const e = this.errno();
     if (e !== EINPROGRESS) {
@@ -544,10 +579,11 @@ export class TcpEngine {
       return Promise.reject(failure(this.describe(e)));
     }
     return new Promise((resolve, reject) => {
-      let timer: TimerId | undefined;
+      let timer: Deadline | undefined;
+      const deadlines = Deadlines.of(clock);
       const conn = new FastConn(this, fd, addr);
       this.watch(fd, EPOLLOUT, (events) => {
-        if (timer !== undefined) clock.clearTimeout(timer);
+        if (timer !== undefined) deadlines.cancel(timer);
         if (!(events & (EPOLLERR | EPOLLHUP))) {
           // Writable and no error: connected. Its interest changes when a splice adopts it (until then, one
           // level-triggered EPOLLOUT may repeat, with no handler work).
@@ -560,10 +596,10 @@ export class TcpEngine {
         }
       });
       if (timeoutMs > 0) {
-        timer = clock.setTimeout(() => {
+        timer = deadlines.add(timeoutMs, () => {
           conn.close();
           reject(failure("timed out"));
-        }, timeoutMs);
+        });
       }
     });
   }
@@ -584,16 +620,18 @@ export class TcpEngine {
     const up: Direction = { src: a, dst: b, held: null, off: 0, end: 0, eof: false, bytes: 0 };
     const down: Direction = { src: b, dst: a, held: null, off: 0, end: 0, eof: false, bytes: 0 };
     let last = clock.now();
-    let timer: TimerId | undefined;
+    let timer: Deadline | undefined;
+    const deadlines = Deadlines.of(clock);
     let done = false;
+    let aborts: Set<() => void> | undefined;
     let settle!: (r: PipeResult) => void;
     const result = new Promise<PipeResult>((resolve) => settle = resolve);
 
     const finish = (reason: PipeEndReason, error?: unknown, side?: "a" | "b") => {
       if (done) return;
       done = true;
-      if (timer !== undefined) clock.clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
+      if (timer !== undefined) deadlines.cancel(timer);
+      aborts?.delete(onAbort);
       a.owner = b.owner = null;
       a.close();
       b.close();
@@ -694,7 +732,7 @@ export class TcpEngine {
       onAbort();
       return result;
     }
-    signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal) aborts = onAbortOf(signal, onAbort);
     a.owner = b.owner = () => finish("aborted", new Error("closed"));
     this.#adopt(a, (ev) => onEvent(a, ev), EPOLLIN);
     this.#adopt(b, (ev) => onEvent(b, ev), EPOLLIN);
@@ -704,9 +742,9 @@ export class TcpEngine {
         if (done) return;
         const quiet = clock.now() - last;
         if (quiet >= idleMs) finish("idle");
-        else timer = clock.setTimeout(checkIdle, idleMs - quiet);
+        else timer = deadlines.add(idleMs - quiet, checkIdle);
       };
-      timer = clock.setTimeout(checkIdle, idleMs);
+      timer = deadlines.add(idleMs, checkIdle);
     }
     return result;
   }
