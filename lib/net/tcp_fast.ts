@@ -465,6 +465,13 @@ export class TcpEngine {
     return this.#readSockaddr();
   }
 
+  /** Whether Nagle's algorithm is off on `conn` (TCP_NODELAY): small writes leave at once. */
+  noDelay(conn: FastConn): boolean {
+    this.#sv.setUint32(264, 4, true);
+    return this.c.getsockopt(conn.fd, IPPROTO_TCP, TCP_NODELAY, this.#opt, this.#optLen) === 0 &&
+      this.#sv.getInt32(256, true) !== 0;
+  }
+
   #setInt(fd: number, level: number, name: number, value: number): number {
     this.#sv.setInt32(256, value, true);
     return this.c.setsockopt(fd, level, name, this.#opt, 4);
@@ -484,6 +491,8 @@ export class TcpEngine {
     if (fd < 0) throw new StartError(`Cannot listen on ${where}: ${this.describe(this.errno())}`);
     this.#setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
     if (reusePort) this.#setInt(fd, SOL_SOCKET, SO_REUSEPORT, 1);
+    // Linux hands this to every accepted socket: one call per listener instead of one per connection.
+    this.#setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
     this.#sockaddr(addr);
     if (c.bind(fd, this.#addr, len) !== 0 || c.listen(fd, LISTEN_BACKLOG) !== 0) {
       const reason = this.describe(this.errno());
@@ -519,7 +528,6 @@ export class TcpEngine {
           }
           break;
         }
-        this.#setInt(cfd, IPPROTO_TCP, TCP_NODELAY, 1);
         const conn = new FastConn(this, cfd, this.#readSockaddr());
         const waiter = waiters.shift();
         if (waiter) waiter(conn);

@@ -135,6 +135,15 @@ Deno.test("fast splice ends idle after idleMs on the injected clock", async () =
   server.close();
 });
 
+Deno.test("fast listener and connect turn Nagle off on both sides of a splice (small replies leave at once)", async () => {
+  const { client, server, a, b, done } = await spliced();
+  assert.equal(a.engine.noDelay(a), true, "accepted: inherited from the listener");
+  assert.equal(b.engine.noDelay(b), true, "connected");
+  client.close();
+  server.close();
+  await done;
+});
+
 Deno.test("fast connect names the address and the kernel's reason; a port in use is a StartError", async () => {
   const e = engine();
   const probe = Deno.listen({ hostname: LO, port: 0 });
