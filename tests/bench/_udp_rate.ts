@@ -8,6 +8,7 @@ import { readProbe } from "../../lib/probe/packet.ts";
 import { nowUs } from "../../lib/probe/run.ts";
 import { ProbeStats } from "../../lib/probe/stats.ts";
 import { type EdgenodeProcess, startEdgenode, tempConfig } from "../e2e/_process.ts";
+import { threadCpuNs } from "./_cpu.ts";
 
 export const LOSS_LIMIT = 0.1; // percent
 export const LO = "127.0.0.1";
@@ -137,22 +138,6 @@ async function quiet(sinks: readonly Sink[], sender: Promise<unknown>): Promise<
 export const signed = (n: number) => `${n >= 0 ? "+" : "-"}${Math.abs(n).toFixed(0)}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/**
- * CPU time `pid` has used so far, in nanoseconds, summed over its threads (/proc/PID/task/* /schedstat, field 1).
- * Read through `cat`, which needs only --allow-run; a thread that ended takes its time with it, and relay threads
- * live as long as the relay.
- */
-export async function cpuNs(pid: number): Promise<number> {
-  const out = await new Deno.Command("sh", {
-    args: ["-c", `cat /proc/${pid}/task/*/schedstat`],
-    stdout: "piped",
-    stderr: "null",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout).trim();
-  if (!out.success || !text) throw new Error(`cannot read the CPU time of process ${pid} from /proc`);
-  return text.split("\n").reduce((sum, line) => sum + Number(line.split(" ")[0]), 0);
-}
-
 /** One trial: `rate` datagrams/s of `size` bytes for `rig.seconds`; returns worst loss over sinks and the stats. */
 export async function trial(rig: Rig, load: { size: number; rate: number }) {
   const { to, sinks, seconds } = rig;
@@ -254,9 +239,9 @@ export async function measure(path: Path, options: { sizes: readonly number[]; s
     const cpu = new Map<number, number>();
     if (path.cpu && running.pid !== undefined) {
       for (const size of options.sizes) {
-        const before = await cpuNs(running.pid);
+        const before = await threadCpuNs(running.pid);
         const c = await trial(rig, { size, rate: CPU_RATE });
-        const used = await cpuNs(running.pid) - before;
+        const used = await threadCpuNs(running.pid) - before;
         const perDatagram = used / 1000 / Math.max(1, c.reports[0].received);
         cpu.set(size, perDatagram);
         console.log(

@@ -12,6 +12,7 @@
  *   BENCH_SECONDS=5 BENCH_CONNECTIONS=50 BENCH_ROUNDS=3 deno task bench tcp   (the defaults)
  */
 import { startEdgenode, tempConfig } from "../e2e/_process.ts";
+import { processCpuNs } from "./_cpu.ts";
 
 const LO = "127.0.0.1";
 const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? "5");
@@ -53,6 +54,8 @@ async function waitForPort(port: number, what: string): Promise<void> {
 interface Running {
   port: number;
   stop(): Promise<void>;
+  /** The proxy's process, whose CPU time per request is measured (not for nginx). */
+  pid?: number;
 }
 
 async function startNginx(dir: string): Promise<Running> {
@@ -119,7 +122,7 @@ backend nginx
     stderr: "inherit",
   }).spawn();
   await waitForPort(port, "haproxy");
-  return { port, stop: () => kill(child) };
+  return { port, stop: () => kill(child), pid: child.pid };
 }
 
 async function startScheduler(backend: number, io: "fast" | "portable"): Promise<Running> {
@@ -141,6 +144,7 @@ async function startScheduler(backend: number, io: "fast" | "portable"): Promise
   await waitForPort(port, "edgenode");
   return {
     port,
+    pid: node.pid,
     async stop() {
       await node[Symbol.asyncDispose]();
       await config[Symbol.asyncDispose]();
@@ -169,8 +173,15 @@ const LOADS: Load[] = [
   { name: "bulk 1 MiB", path: "/bulk", headers: [], unit: "MB/s" },
 ];
 
-/** Runs wrk and returns requests/s or MB/s (from its Transfer/sec), and the count of socket errors. */
-async function wrk(port: number, load: Load, seconds = SECONDS): Promise<{ value: number; errors: number }> {
+/**
+ * Runs wrk and returns requests/s or MB/s (from its Transfer/sec), the requests done, and the count of socket
+ * errors.
+ */
+async function wrk(
+  port: number,
+  load: Load,
+  seconds = SECONDS,
+): Promise<{ value: number; requests: number; errors: number }> {
   const args = [
     `-t${WRK_THREADS}`,
     `-c${CONNECTIONS}`,
@@ -185,12 +196,13 @@ async function wrk(port: number, load: Load, seconds = SECONDS): Promise<{ value
   const nonOk = /Non-2xx or 3xx responses: (\d+)/.exec(text);
   const errorCount = (errors ? errors.slice(1).reduce((n, v) => n + Number(v), 0) : 0) +
     (nonOk ? Number(nonOk[1]) : 0);
+  const requests = Number(/(\d+) requests in /.exec(text)?.[1] ?? 0);
   if (load.unit === "req/s") {
-    return { value: Number(/Requests\/sec:\s+([0-9.]+)/.exec(text)?.[1] ?? 0), errors: errorCount };
+    return { value: Number(/Requests\/sec:\s+([0-9.]+)/.exec(text)?.[1] ?? 0), requests, errors: errorCount };
   }
   const m = /Transfer\/sec:\s+([0-9.]+)(KB|MB|GB)/.exec(text);
   const scale = { KB: 1 / 1024, MB: 1, GB: 1024 }[m?.[2] ?? "MB"]!;
-  return { value: Number(m?.[1] ?? 0) * scale, errors: errorCount };
+  return { value: Number(m?.[1] ?? 0) * scale, requests, errors: errorCount };
 }
 
 async function main(): Promise<number> {
@@ -215,10 +227,10 @@ async function main(): Promise<number> {
     const portable = await startScheduler(nginx.port, "portable");
     started.push(portable);
     const paths = [
-      { name: "direct", port: nginx.port },
-      { name: "haproxy", port: haproxy.port },
-      { name: "edgenode", port: edgenode.port },
-      { name: "portable", port: portable.port },
+      { name: "direct", port: nginx.port, pid: undefined },
+      { name: "haproxy", port: haproxy.port, pid: haproxy.pid },
+      { name: "edgenode", port: edgenode.port, pid: edgenode.pid },
+      { name: "portable", port: portable.port, pid: portable.pid },
     ];
     console.log(
       `wrk -t${WRK_THREADS} -c${CONNECTIONS} -d${SECONDS}s, nginx backend; ratio = edgenode / HAProxy (goal >= 1.0)`,
@@ -227,6 +239,9 @@ async function main(): Promise<number> {
     // order of the round before, and keeps its best figure; each round's ratios are printed too.
     const best = LOADS.map(() => paths.map(() => 0));
     const errors = LOADS.map(() => paths.map(() => 0));
+    // CPU time of each proxy's process per request, lowest over the rounds: steadier than the rates, which move
+    // with whatever else the two cores run at the time.
+    const cpu = LOADS.map(() => paths.map(() => Infinity));
     for (let round = 1; round <= ROUNDS; round++) {
       const ratios: string[] = [];
       for (const [l, load] of LOADS.entries()) {
@@ -234,7 +249,12 @@ async function main(): Promise<number> {
         const figures = paths.map(() => 0);
         for (const i of order) {
           if (round === 1) await wrk(paths[i].port, load, 1); // warm-up: connection pools, JIT, buffer pools
+          const pid = paths[i].pid;
+          const before = pid === undefined ? 0 : await processCpuNs(pid);
           const r = await wrk(paths[i].port, load);
+          if (pid !== undefined && r.requests > 0) {
+            cpu[l][i] = Math.min(cpu[l][i], (await processCpuNs(pid) - before) / 1000 / r.requests);
+          }
           figures[i] = r.value;
           best[l][i] = Math.max(best[l][i], r.value);
           errors[l][i] += r.errors;
@@ -254,7 +274,19 @@ async function main(): Promise<number> {
       ];
     });
     console.log(`best of ${ROUNDS} round(s):`);
+    const us = (x: number) => (x === Infinity ? "-" : x.toFixed(1));
+    const cpuRows = LOADS.map((load, l) => [
+      load.name,
+      ...[1, 2, 3].map((i) => us(cpu[l][i])),
+      (cpu[l][1] / cpu[l][2]).toFixed(2),
+      (cpu[l][1] / cpu[l][3]).toFixed(2),
+    ]);
     table(["load", ...paths.map((p) => p.name), "vs haproxy", "portable vs haproxy", "vs direct"], rows);
+    console.log(
+      "\nCPU time of the proxy's process per request (microseconds, lowest over rounds); " +
+        "speed per CPU second = HAProxy's time / edgenode's",
+    );
+    table(["load", "haproxy", "edgenode", "portable", "speed vs haproxy", "portable speed"], cpuRows);
     return 0;
   } catch (error) {
     console.error(`tcp_bench: could not run: ${error instanceof Error ? error.message : error}`);
