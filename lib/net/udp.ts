@@ -82,6 +82,15 @@ export function statsOf(stats: Readonly<UdpStats>): UdpStats {
   return Object.fromEntries(STAT_KEYS.map((k) => [k, stats[k]])) as unknown as UdpStats;
 }
 
+/** Counters of one socket that two threads count into: each reads as the sum of both. */
+export function sumStats(a: Readonly<UdpStats>, b: Readonly<UdpStats>): Readonly<UdpStats> {
+  const sum = {} as UdpStats;
+  for (const key of STAT_KEYS) {
+    Object.defineProperty(sum, key, { get: () => a[key] + b[key], enumerable: true });
+  }
+  return sum;
+}
+
 /** Datagrams from one receive. Views point into the socket's buffers and are valid until its next receive. */
 export interface Batch {
   readonly count: number;
@@ -130,4 +139,19 @@ export function openUdp(addr: Endpoint, options: UdpOptions = {}): UdpSocket {
     }
   }
   return openPortableUdp(addr, options);
+}
+
+/** The batch itself when every datagram passes `ok` (no copy), else the ones that do; `bad` counts the others. */
+export function wellFormed(
+  batch: Batch,
+  ok: (d: Uint8Array) => boolean,
+  bad: (n: number) => void,
+): Batch | Uint8Array[] {
+  let good = 0;
+  for (let i = 0; i < batch.count; i++) if (ok(batch.data(i))) good++;
+  if (good === batch.count) return batch;
+  bad(batch.count - good);
+  const kept: Uint8Array[] = [];
+  for (let i = 0; i < batch.count; i++) if (ok(batch.data(i))) kept.push(batch.data(i));
+  return kept;
 }

@@ -14,14 +14,15 @@ import {
   type Destinations,
   type Endpoint,
   statsOf,
+  sumStats,
   type UdpOptions,
   type UdpSocket,
   type UdpStats,
+  wellFormed,
 } from "../net/udp.ts";
 import { FastUdp } from "../net/udp_fast.ts";
 import { type DenyClass, type Origin, ParticipantTable } from "./participants.ts";
 import { publishSocket, RelayThread } from "./relay.ts";
-import { wellFormed } from "./relay_thread.ts";
 import { SharedTargets } from "./shared_targets.ts";
 
 export interface ReflectorSpec {
@@ -463,13 +464,4 @@ export class Reflector {
     for (const set of this.#sets) this.deps.metrics.remove(set);
     for (const set of this.#participantSets.values()) this.deps.metrics.remove(set);
   }
-}
-
-/** Counters of one socket that two threads count into: each reads as the sum of both. */
-function sumStats(a: Readonly<UdpStats>, b: Readonly<UdpStats>): Readonly<UdpStats> {
-  const sum = {} as UdpStats;
-  for (const key of Object.keys(statsOf(a)) as (keyof UdpStats)[]) {
-    Object.defineProperty(sum, key, { get: () => a[key] + b[key], enumerable: true });
-  }
-  return sum;
 }

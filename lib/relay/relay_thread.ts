@@ -10,7 +10,7 @@
  */
 import { isRtcp, isRtp } from "../media/rtp.ts";
 import { adoptFastUdp, type FastDescriptor } from "../net/udp_fast.ts";
-import { type Batch, type Endpoint, sharedStats, type UdpOptions } from "../net/udp.ts";
+import { type Endpoint, sharedStats, type UdpOptions, wellFormed } from "../net/udp.ts";
 import { type SharedTargetsMemory, SharedTargetsReader } from "./shared_targets.ts";
 
 export interface RelayThreadStart {
@@ -38,21 +38,6 @@ export interface RelayThreadStart {
 export type RelayThreadReport = { readonly ready: true } | { readonly stopped: true } | {
   readonly error: string;
 };
-
-/** The batch itself when every datagram passes `ok` (no copy), else the ones that do; `bad` counts the others. */
-export function wellFormed(
-  batch: Batch,
-  ok: (d: Uint8Array) => boolean,
-  bad: (n: number) => void,
-): Batch | Uint8Array[] {
-  let good = 0;
-  for (let i = 0; i < batch.count; i++) if (ok(batch.data(i))) good++;
-  if (good === batch.count) return batch;
-  bad(batch.count - good);
-  const kept: Uint8Array[] = [];
-  for (let i = 0; i < batch.count; i++) if (ok(batch.data(i))) kept.push(batch.data(i));
-  return kept;
-}
 
 self.onmessage = (event: MessageEvent<RelayThreadStart>) => {
   const m = event.data;
