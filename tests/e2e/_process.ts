@@ -196,8 +196,8 @@ export class EdgenodeProcess implements AsyncDisposable {
   }
 }
 
-/** True if `promise` settles within `ms`; never rejects. */
-async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
+/** True if `promise` settles within `ms`; never rejects, and leaves no timer behind. */
+export async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
   try {

@@ -10,7 +10,7 @@
  * through util-linux's `setpriv`.
  */
 import assert from "node:assert/strict";
-import { getJson, LISTENING, startEdgenode, tempConfig } from "./_process.ts";
+import { getJson, LISTENING, startEdgenode, tempConfig, within } from "./_process.ts";
 
 const SKIP_ENV = "EDGENODE_SKIP_STREAMING";
 const LOOPBACK = "127.0.0.1";
@@ -372,17 +372,6 @@ async function until(check: () => Promise<boolean>, timeoutMs: number, what: str
   while (!await check()) {
     if (Date.now() > deadline) throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
     await delay(100);
-  }
-}
-
-/** True if `promise` settles within `ms`; never rejects, and leaves no timer behind. */
-async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
-  try {
-    return await Promise.race([promise.then(() => true, () => true), timeout]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 
