@@ -63,7 +63,9 @@ export class Service {
   readonly #perClient = new Map<string, number>();
   readonly #queue: Waiter[] = [];
   readonly #clients = new Set<Conn>();
-  readonly #tasks = new Set<Promise<void>>();
+  /** Client connections being handled, and who waits for them all to end (stop). */
+  #handling = 0;
+  #allHandled: (() => void) | null = null;
   readonly #sets: CounterSet[] = [];
   #listener: TransportListener | null = null;
   #acceptLoop: Promise<void> | null = null;
@@ -144,52 +146,81 @@ export class Service {
         continue;
       }
       if (!conn) return;
-      const task = this.#handle(conn);
-      this.#tasks.add(task);
-      task.finally(() => this.#tasks.delete(task));
+      this.#handling++;
+      void this.#handle(conn);
     }
   }
 
+  /**
+   * One client from accept to close. One async frame for the whole path (the splice is awaited here, not in a
+   * function of its own): every frame and promise per connection is garbage the collector copies while
+   * connections are in flight.
+   */
   async #handle(client: Conn): Promise<void> {
     const { settings } = this.plan;
     const ip = client.remote.host;
     this.counts.accepted++;
-    if (this.open >= settings.max_connections) {
-      this.counts.refused_limit++;
-      return client.close();
-    }
-    const mine = this.#perClient.get(ip) ?? 0;
-    if (settings.max_per_client > 0 && mine >= settings.max_per_client) {
-      this.counts.refused_client_limit++;
-      return client.close();
-    }
-    this.open++;
-    this.#perClient.set(ip, mine + 1);
-    this.#clients.add(client);
+    let admitted = false;
     try {
+      if (this.open >= settings.max_connections) {
+        this.counts.refused_limit++;
+        return;
+      }
+      const mine = this.#perClient.get(ip) ?? 0;
+      if (settings.max_per_client > 0 && mine >= settings.max_per_client) {
+        this.counts.refused_client_limit++;
+        return;
+      }
+      admitted = true;
+      this.open++;
+      this.#perClient.set(ip, mine + 1);
+      this.#clients.add(client);
       const found = await this.#connect(ip);
       if (!found) return;
       const { server, conn } = found;
       try {
-        await this.#splice(client, server, conn);
+        const { transport } = this.deps;
+        if (settings.proxy_protocol !== "none") {
+          const header = proxyHeader(settings.proxy_protocol === "v1" ? 1 : 2, client.remote, client.local);
+          try {
+            await transport.writeAll(conn, header);
+          } catch {
+            conn.close();
+            return;
+          }
+        }
+        const outcome = await transport.splice(client, conn, {
+          clock: this.deps.clock,
+          idleMs: settings.idle_timeout,
+          signal: server.signal,
+          pool: this.deps.buffers,
+        });
+        this.counts.bytes_in += outcome.up;
+        this.counts.bytes_out += outcome.down;
+        if (outcome.reason === "aborted") this.counts.closed_by_server_down++;
+        if (outcome.reason === "idle") this.counts.idle_timeouts++;
       } finally {
         server.active--;
         this.#wakeQueue();
       }
     } finally {
-      this.#clients.delete(client);
       client.close();
-      this.open--;
-      const left = (this.#perClient.get(ip) ?? 1) - 1;
-      if (left > 0) this.#perClient.set(ip, left);
-      else this.#perClient.delete(ip);
+      if (admitted) {
+        this.#clients.delete(client);
+        this.open--;
+        const left = (this.#perClient.get(ip) ?? 1) - 1;
+        if (left > 0) this.#perClient.set(ip, left);
+        else this.#perClient.delete(ip);
+      }
+      if (--this.#handling === 0) this.#allHandled?.();
     }
   }
 
   /** A connected server for client `ip`, or null when none could be had (the reason is counted). */
   async #connect(ip: string): Promise<{ server: Server; conn: Conn } | null> {
     const { settings } = this.plan;
-    const tried = new Set<Server>();
+    /** Servers whose connect failed for this client (made at the first failure). */
+    let tried: Set<Server> | null = null;
     let waitUntil = 0;
     for (;;) {
       if (this.#stopping) return null;
@@ -198,7 +229,7 @@ export class Service {
       const server = behind ? null : this.pick(ip, tried);
       if (!server) {
         // Only a pool whose available servers are all full is worth waiting for.
-        if (!behind && !this.servers.some((s) => s.available && !s.hasRoom && !tried.has(s))) {
+        if (!behind && !this.servers.some((s) => s.available && !s.hasRoom && !tried?.has(s))) {
           this.counts.no_server++;
           return null;
         }
@@ -221,7 +252,7 @@ export class Service {
       } catch (error) {
         server.active--;
         server.total--;
-        tried.add(server);
+        (tried ??= new Set()).add(server);
         const transition = server.connectFailed(
           error instanceof Error ? error.message : String(error),
           this.deps.clock.now(),
@@ -247,8 +278,8 @@ export class Service {
    * The server for a new connection from `ip`: its persistent server when that one can take it, else the picker's
    * choice among servers that are available, have room and were not `tried`.
    */
-  pick(ip: string, tried: ReadonlySet<Server> = new Set()): Server | null {
-    const eligible = (s: Server) => s.available && s.hasRoom && !tried.has(s);
+  pick(ip: string, tried: ReadonlySet<Server> | null = null): Server | null {
+    const eligible = (s: Server) => s.available && s.hasRoom && !tried?.has(s);
     const sticky = this.#persistence?.get(ip);
     if (sticky !== undefined) {
       const s = this.#byKey.get(sticky);
@@ -266,30 +297,6 @@ export class Service {
       this.#persistence?.set(ip, server.key);
     }
     return server;
-  }
-
-  async #splice(client: Conn, server: Server, conn: Conn): Promise<void> {
-    const { settings } = this.plan;
-    const { transport } = this.deps;
-    if (settings.proxy_protocol !== "none") {
-      const header = proxyHeader(settings.proxy_protocol === "v1" ? 1 : 2, client.remote, client.local);
-      try {
-        await transport.writeAll(conn, header);
-      } catch {
-        conn.close();
-        return;
-      }
-    }
-    const outcome = await transport.splice(client, conn, {
-      clock: this.deps.clock,
-      idleMs: settings.idle_timeout,
-      signal: server.signal,
-      pool: this.deps.buffers,
-    });
-    this.counts.bytes_in += outcome.up;
-    this.counts.bytes_out += outcome.down;
-    if (outcome.reason === "aborted") this.counts.closed_by_server_down++;
-    if (outcome.reason === "idle") this.counts.idle_timeouts++;
   }
 
   /**
@@ -394,7 +401,8 @@ export class Service {
     };
     if (deadline.aborted) cut();
     else deadline.addEventListener("abort", cut, { once: true });
-    await Promise.all(this.#tasks);
+    if (this.#handling > 0) await new Promise<void>((resolve) => this.#allHandled = resolve);
+    this.#allHandled = null;
     deadline.removeEventListener("abort", cut);
     for (const set of this.#sets) this.deps.metrics.remove(set);
   }
