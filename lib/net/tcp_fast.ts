@@ -681,7 +681,6 @@ class Splice implements Sink, Stoppable {
   readonly #clock: Clock;
   readonly #deadlines: Deadlines;
   readonly #idleMs: number;
-  readonly #signal: AbortSignal | undefined;
   /** Bytes a read takes at most: one pool buffer's worth, so whatever the far side cannot take yet fits in one. */
   readonly #size: number;
   readonly #want: bigint;
@@ -703,7 +702,6 @@ class Splice implements Sink, Stoppable {
     this.#clock = clock;
     this.#deadlines = Deadlines.of(clock);
     this.#idleMs = idleMs;
-    this.#signal = signal;
     this.#size = Math.min(engine.data.length, pool?.bufferBytes ?? PIPE_DEFAULTS.bufferBytes);
     this.#want = usize(this.#size);
     this.#last = clock.now();
