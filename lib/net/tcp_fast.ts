@@ -243,6 +243,11 @@ async function findReactor(): Promise<number> {
   return -1;
 }
 
+/** Why a connect to `addr` failed, as the service shows it (the kernel's reason, or "timed out"). */
+function connectFailure(addr: HostPort, reason: string): Error {
+  return new Error(`Cannot connect to ${formatHostPort(addr)}: ${reason}`);
+}
+
 /** A connect in progress: its descriptor's first EPOLLOUT says how it went. */
 class Connecting implements Sink {
   #timer: Deadline | undefined;
@@ -251,14 +256,13 @@ class Connecting implements Sink {
     readonly conn: FastConn,
     readonly resolve: (conn: FastConn) => void,
     readonly reject: (error: Error) => void,
-    readonly failure: (reason: string) => Error,
   ) {}
 
   expireIn(deadlines: Deadlines, ms: number): void {
     this.#deadlines = deadlines;
     this.#timer = deadlines.add(ms, () => {
       this.conn.close();
-      this.reject(this.failure("timed out"));
+      this.reject(connectFailure(this.conn.remote, "timed out"));
     });
   }
 
@@ -273,7 +277,7 @@ class Connecting implements Sink {
     } else {
       const reason = engine.socketError(fd);
       this.conn.close();
-      this.reject(this.failure(reason));
+      this.reject(connectFailure(this.conn.remote, reason));
     }
   }
 }
@@ -629,18 +633,17 @@ export class TcpEngine {
     }
     const { family, len } = sa;
     const fd = c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    const failure = (reason: string) => new Error(`Cannot connect to ${formatHostPort(addr)}: ${reason}`);
-    if (fd < 0) return Promise.reject(failure(this.describe(this.errno())));
+    if (fd < 0) return Promise.reject(connectFailure(addr, this.describe(this.errno())));
     this.#setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
     this.#addr.set(sa.bytes);
     if (c.connect(fd, this.#addr, len) === 0) return Promise.resolve(new FastConn(this, fd, addr));
     const e = this.errno();
     if (e !== EINPROGRESS) {
       c.close(fd);
-      return Promise.reject(failure(this.describe(e)));
+      return Promise.reject(connectFailure(addr, this.describe(e)));
     }
     return new Promise((resolve, reject) => {
-      const pending = new Connecting(new FastConn(this, fd, addr), resolve, reject, failure);
+      const pending = new Connecting(new FastConn(this, fd, addr), resolve, reject);
       this.watch(fd, EPOLLOUT, pending);
       if (timeoutMs > 0) pending.expireIn(Deadlines.of(clock), timeoutMs);
     });
