@@ -74,6 +74,11 @@ export function errno(libc: { __errno_location(): Deno.PointerValue }): number {
   return p ? new Deno.UnsafePointerView(p).getInt32() : 0;
 }
 
+/** This thread's errno, to read again after every failure (the location is the thread's for its whole life). */
+export function errnoView(libc: { __errno_location(): Deno.PointerValue }): Deno.UnsafePointerView {
+  return new Deno.UnsafePointerView(libc.__errno_location()!);
+}
+
 /** Sockaddr slots are 32 bytes apart (a sockaddr_in6 is 28) so every one stays 8-byte aligned. */
 export const NAME_STRIDE = 32;
 

@@ -25,7 +25,7 @@ import {
   AF_INET6,
   EAGAIN,
   EINTR,
-  errno,
+  errnoView,
   MSG_DONTWAIT,
   readSockaddr,
   SOCK_CLOEXEC,
@@ -186,6 +186,11 @@ export interface FastListener {
   readonly addr: HostPort;
   /** The next connection, or null once closed. */
   accept(): Promise<FastConn | null>;
+  /**
+   * Hands every connection to `accepted` as it is taken from the kernel, with no promise per connection (instead of
+   * `accept`, not beside it); resolves once closed.
+   */
+  serve(accepted: (conn: FastConn) => void, failed?: (error: Error) => void): Promise<void>;
   close(): void;
 }
 
@@ -248,21 +253,28 @@ function connectFailure(addr: HostPort, reason: string): Error {
   return new Error(`Cannot connect to ${formatHostPort(addr)}: ${reason}`);
 }
 
+/** Who is told how a connect went (an object, not a pair of closures per connect). */
+export interface ConnectTarget {
+  connected(conn: FastConn): void;
+  connectFailed(error: Error): void;
+}
+
+/** Who is told that a splice has ended, with its totals. */
+export interface SpliceTarget {
+  spliced(result: PipeResult): void;
+}
+
 /** A connect in progress: its descriptor's first EPOLLOUT says how it went. */
 class Connecting implements Sink {
   #timer: Deadline | undefined;
   #deadlines: Deadlines | undefined;
-  constructor(
-    readonly conn: FastConn,
-    readonly resolve: (conn: FastConn) => void,
-    readonly reject: (error: Error) => void,
-  ) {}
+  constructor(readonly conn: FastConn, readonly target: ConnectTarget) {}
 
   expireIn(deadlines: Deadlines, ms: number): void {
     this.#deadlines = deadlines;
     this.#timer = deadlines.add(ms, () => {
       this.conn.close();
-      this.reject(connectFailure(this.conn.remote, "timed out"));
+      this.target.connectFailed(connectFailure(this.conn.remote, "timed out"));
     });
   }
 
@@ -273,11 +285,11 @@ class Connecting implements Sink {
       // Writable and no error: connected. Its interest changes when a splice adopts it (until then, one
       // level-triggered EPOLLOUT may repeat, with no handler work).
       engine.handle(fd, IGNORE);
-      this.resolve(this.conn);
+      this.target.connected(this.conn);
     } else {
       const reason = engine.socketError(fd);
       this.conn.close();
-      this.reject(connectFailure(this.conn.remote, reason));
+      this.target.connectFailed(connectFailure(this.conn.remote, reason));
     }
   }
 }
@@ -349,9 +361,14 @@ export class TcpEngine {
     return this.#reactorFd >= 0;
   }
 
+  /**
+   * errno of the last failing call. Where it lives is fixed for the thread, and an engine never leaves its isolate's
+   * thread: the location is asked for once, not per failure.
+   */
   errno(): number {
-    return errno(this.c);
+    return (this.#errno ??= errnoView(this.c)).getInt32();
   }
+  #errno: Deno.UnsafePointerView | undefined;
 
   describe(code: number): string {
     const p = this.c.strerror(code);
@@ -558,6 +575,9 @@ export class TcpEngine {
     }
     const bound = this.localAddress(fd);
     const waiters: ((conn: FastConn | null) => void)[] = [];
+    let serving: ((conn: FastConn) => void) | null = null;
+    let failing: ((error: Error) => void) | undefined;
+    let served: (() => void) | null = null;
     let closed = false;
     // Up to ACCEPT_BURST connections wait here for accept(); beyond that the listener is not watched, and clients
     // wait in the kernel's queue.
@@ -568,7 +588,9 @@ export class TcpEngine {
       if (registered && !closed && !paused) this.interest(fd, ready.length < ACCEPT_BURST ? EPOLLIN : 0);
     };
     const onReady = () => {
-      while (ready.length < ACCEPT_BURST) {
+      // At most ACCEPT_BURST per event, so one busy listener cannot hold up every other socket's events (the listener
+      // is level-triggered: what is left is reported again next round).
+      for (let k = 0; k < ACCEPT_BURST && ready.length < ACCEPT_BURST; k++) {
         this.#sv.setUint32(192, 128, true);
         const cfd = c.accept4(fd, this.#addr, this.#addrLen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
@@ -576,6 +598,7 @@ export class TcpEngine {
           if (e === EINTR || e === ECONNABORTED) continue;
           if (e !== EAGAIN) {
             // Out of descriptors or memory: the queue stays readable, so pause instead of spinning on it.
+            failing?.(new Error(`accept on ${where}: ${this.describe(e)}`));
             paused = true;
             this.interest(fd, 0);
             setTimeout(() => {
@@ -586,11 +609,20 @@ export class TcpEngine {
           break;
         }
         const conn = new FastConn(this, cfd, this.#readSockaddr());
+        if (serving) {
+          serving(conn);
+          continue;
+        }
         const waiter = waiters.shift();
         if (waiter) waiter(conn);
         else ready.push(conn);
       }
       want();
+    };
+    const register = () => {
+      if (registered) return;
+      registered = true;
+      this.watch(fd, EPOLLIN, { ready: onReady });
     };
     return {
       addr: bound,
@@ -602,10 +634,16 @@ export class TcpEngine {
           return Promise.resolve(conn);
         }
         const p = new Promise<FastConn | null>((resolve) => waiters.push(resolve));
-        if (!registered) {
-          registered = true;
-          this.watch(fd, EPOLLIN, { ready: onReady });
-        }
+        register();
+        return p;
+      },
+      serve: (accepted: (conn: FastConn) => void, failed?: (error: Error) => void): Promise<void> => {
+        if (closed) return Promise.resolve();
+        serving = accepted;
+        failing = failed;
+        for (const conn of ready.splice(0)) accepted(conn);
+        const p = new Promise<void>((resolve) => served = resolve);
+        register();
         return p;
       },
       close: () => {
@@ -614,6 +652,7 @@ export class TcpEngine {
         this.release(fd);
         for (const conn of ready.splice(0)) conn.close();
         for (const w of waiters.splice(0)) w(null);
+        served?.();
       },
     };
   }
@@ -623,6 +662,16 @@ export class TcpEngine {
    * refused") or "timed out" after `timeoutMs` on `clock`.
    */
   connect(addr: HostPort, timeoutMs = 0, clock: Clock = systemClock): Promise<FastConn> {
+    return new Promise((resolve, reject) =>
+      this.connectTo(addr, timeoutMs, clock, { connected: resolve, connectFailed: reject })
+    );
+  }
+
+  /**
+   * `connect` for a caller that keeps no promise per connection: tells `target` how it went, at once when the kernel
+   * can say at once (a failure before any packet left), else from the descriptor's first readiness.
+   */
+  connectTo(addr: HostPort, timeoutMs: number, clock: Clock, target: ConnectTarget): void {
     const c = this.c;
     // A server's address is the same object for every connection: its sockaddr is encoded once.
     let sa = this.#encoded.get(addr);
@@ -633,20 +682,18 @@ export class TcpEngine {
     }
     const { family, len } = sa;
     const fd = c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return Promise.reject(connectFailure(addr, this.describe(this.errno())));
+    if (fd < 0) return target.connectFailed(connectFailure(addr, this.describe(this.errno())));
     this.#setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
     this.#addr.set(sa.bytes);
-    if (c.connect(fd, this.#addr, len) === 0) return Promise.resolve(new FastConn(this, fd, addr));
+    if (c.connect(fd, this.#addr, len) === 0) return target.connected(new FastConn(this, fd, addr));
     const e = this.errno();
     if (e !== EINPROGRESS) {
       c.close(fd);
-      return Promise.reject(connectFailure(addr, this.describe(e)));
+      return target.connectFailed(connectFailure(addr, this.describe(e)));
     }
-    return new Promise((resolve, reject) => {
-      const pending = new Connecting(new FastConn(this, fd, addr), resolve, reject);
-      this.watch(fd, EPOLLOUT, pending);
-      if (timeoutMs > 0) pending.expireIn(Deadlines.of(clock), timeoutMs);
-    });
+    const pending = new Connecting(new FastConn(this, fd, addr), target);
+    this.watch(fd, EPOLLOUT, pending);
+    if (timeoutMs > 0) pending.expireIn(Deadlines.of(clock), timeoutMs);
   }
 
   // --- splicing -----------------------------------------------------------------------------------------------
@@ -657,7 +704,12 @@ export class TcpEngine {
    * on; a failure on either side, the idle timeout or the signal closes both.
    */
   splice(a: FastConn, b: FastConn, options: SpliceOptions = {}): Promise<PipeResult> {
-    return new Splice(this, a, b, options).result;
+    return new Promise((resolve) => this.spliceTo(a, b, options, { spliced: resolve }));
+  }
+
+  /** `splice` for a caller that keeps no promise per connection: `target` is told the result at the end. */
+  spliceTo(a: FastConn, b: FastConn, options: SpliceOptions, target: SpliceTarget): void {
+    new Splice(this, a, b, options, target);
   }
 }
 
@@ -673,7 +725,6 @@ class Direction {
 
 /** The relaying of one client connection `a` and its server connection `b` (TcpEngine.splice). */
 class Splice implements Sink, Stoppable {
-  readonly result: Promise<PipeResult>;
   readonly #engine: TcpEngine;
   readonly #c: TcpLibc;
   readonly #a: FastConn;
@@ -691,9 +742,14 @@ class Splice implements Sink, Stoppable {
   #timer: Deadline | undefined;
   #done = false;
   #aborts: Set<Stoppable> | undefined;
-  #settle!: (r: PipeResult) => void;
 
-  constructor(engine: TcpEngine, a: FastConn, b: FastConn, options: SpliceOptions) {
+  constructor(
+    engine: TcpEngine,
+    a: FastConn,
+    b: FastConn,
+    options: SpliceOptions,
+    readonly target: SpliceTarget,
+  ) {
     const { pool, idleMs = 0, clock = systemClock, signal } = options;
     this.#engine = engine;
     this.#c = engine.c;
@@ -708,7 +764,6 @@ class Splice implements Sink, Stoppable {
     this.#size = Math.min(engine.data.length, pool?.bufferBytes ?? PIPE_DEFAULTS.bufferBytes);
     this.#want = usize(this.#size);
     this.#last = clock.now();
-    this.result = new Promise<PipeResult>((resolve) => this.#settle = resolve);
     if (signal?.aborted) {
       this.stop(signal.reason);
       return;
@@ -747,7 +802,7 @@ class Splice implements Sink, Stoppable {
       d.held = null;
     }
     const up = this.#up.bytes, down = this.#down.bytes;
-    this.#settle(
+    this.target.spliced(
       error === undefined && !side
         ? { up, down, reason }
         : { up, down, reason, ...(error !== undefined ? { error } : {}), ...(side ? { side } : {}) },

@@ -18,11 +18,11 @@ import { expandServers, type ServiceSettings } from "./config.ts";
 import { type Exchange, Monitor } from "./monitor.ts";
 import { PersistenceTable } from "./persistence.ts";
 import type { Picker, PickerKind } from "./pickers/picker.ts";
-import type { BufferPool } from "./pipe.ts";
+import type { BufferPool, PipeResult } from "./pipe.ts";
 import { proxyHeader } from "./proxy_protocol.ts";
 import { Server } from "./server.ts";
 import type { ServerSpec } from "./config.ts";
-import type { Conn, Transport, TransportListener } from "./transport.ts";
+import type { Conn, ConnectTarget, SpliceTarget, Transport, TransportListener } from "./transport.ts";
 
 /** What a service is built from: a config entry or an imported agent-rules line. */
 export interface ServicePlan {
@@ -54,6 +54,37 @@ interface Waiter {
   readonly timer: TimerId;
 }
 
+/** What a Flow's transport callbacks go to: the service's steps, bound once per service. */
+interface FlowDriver {
+  connected(flow: Flow, conn: Conn): void;
+  connectFailed(flow: Flow, error: Error): void;
+  spliced(flow: Flow, result: PipeResult): void;
+}
+
+/** One client's way through a service: the target of its connect and its splice (see Service.#admit). */
+class Flow implements ConnectTarget, SpliceTarget {
+  readonly ip: string;
+  admitted = false;
+  /** The server connected to, or being connected to. */
+  server: Server | null = null;
+  /** Servers whose connect failed for this client (made at the first failure). */
+  tried: Set<Server> | null = null;
+  /** When waiting in the queue must end (0 until the client first waits). */
+  waitUntil = 0;
+  constructor(readonly driver: FlowDriver, readonly client: Conn) {
+    this.ip = client.remote.host;
+  }
+  connected(conn: Conn): void {
+    this.driver.connected(this, conn);
+  }
+  connectFailed(error: Error): void {
+    this.driver.connectFailed(this, error);
+  }
+  spliced(result: PipeResult): void {
+    this.driver.spliced(this, result);
+  }
+}
+
 export class Service {
   readonly servers: Server[];
   readonly #byKey: Map<string, Server>;
@@ -68,7 +99,7 @@ export class Service {
   #allHandled: (() => void) | null = null;
   readonly #sets: CounterSet[] = [];
   #listener: TransportListener | null = null;
-  #acceptLoop: Promise<void> | null = null;
+  #serving: Promise<void> | null = null;
   #stopping = false;
   /** Client connections open now (queued ones included). */
   open = 0;
@@ -130,148 +161,148 @@ export class Service {
   start(): void {
     this.#publish();
     this.#monitor.start();
-    this.#acceptLoop = this.#accept();
-  }
-
-  async #accept(): Promise<void> {
-    const listener = this.#listener!;
-    for (;;) {
-      let conn: Conn | null;
-      try {
-        conn = await listener.accept();
-      } catch (error) {
+    this.#serving = this.#listener!.serve(
+      (conn) => this.#admit(conn),
+      async (error) => {
         // Out of descriptors and the like: say so, pause briefly, keep serving.
         this.deps.logger.error("accept failed", { service: this.name, error: String(error) });
         await new Promise<void>((r) => this.deps.clock.setTimeout(r, 100));
-        continue;
-      }
-      if (!conn) return;
-      this.#handling++;
-      void this.#handle(conn);
-    }
+      },
+    );
   }
 
   /**
-   * One client from accept to close. One async frame for the whole path (the splice is awaited here, not in a
-   * function of its own): every frame and promise per connection is garbage the collector copies while
-   * connections are in flight.
+   * A client from accept to close is a Flow driven by the transport's callbacks: admitted here, then a server is
+   * picked and connected (#next, #connected, #connectFailed), the bytes are spliced (#spliced), and the flow ends
+   * (#end). No promise, closure or async frame per client on that path: every one is garbage the collector copies
+   * while connections are in flight. Only the rare steps (waiting in the queue, a PROXY header) await.
    */
-  async #handle(client: Conn): Promise<void> {
+  #admit(client: Conn): void {
     const { settings } = this.plan;
-    const ip = client.remote.host;
+    this.#handling++;
     this.counts.accepted++;
-    let admitted = false;
-    try {
-      if (this.open >= settings.max_connections) {
-        this.counts.refused_limit++;
-        return;
-      }
-      const mine = this.#perClient.get(ip) ?? 0;
-      if (settings.max_per_client > 0 && mine >= settings.max_per_client) {
-        this.counts.refused_client_limit++;
-        return;
-      }
-      admitted = true;
-      this.open++;
-      this.#perClient.set(ip, mine + 1);
-      this.#clients.add(client);
-      const found = await this.#connect(ip);
-      if (!found) return;
-      const { server, conn } = found;
-      try {
-        const { transport } = this.deps;
-        if (settings.proxy_protocol !== "none") {
-          const header = proxyHeader(settings.proxy_protocol === "v1" ? 1 : 2, client.remote, client.local);
-          try {
-            await transport.writeAll(conn, header);
-          } catch {
-            conn.close();
-            return;
-          }
-        }
-        const outcome = await transport.splice(client, conn, {
-          clock: this.deps.clock,
-          idleMs: settings.idle_timeout,
-          signal: server.signal,
-          pool: this.deps.buffers,
-        });
-        this.counts.bytes_in += outcome.up;
-        this.counts.bytes_out += outcome.down;
-        if (outcome.reason === "aborted") this.counts.closed_by_server_down++;
-        if (outcome.reason === "idle") this.counts.idle_timeouts++;
-      } finally {
-        server.active--;
-        this.#wakeQueue();
-      }
-    } finally {
-      client.close();
-      if (admitted) {
-        this.#clients.delete(client);
-        this.open--;
-        const left = (this.#perClient.get(ip) ?? 1) - 1;
-        if (left > 0) this.#perClient.set(ip, left);
-        else this.#perClient.delete(ip);
-      }
-      if (--this.#handling === 0) this.#allHandled?.();
+    const flow = new Flow(this.#driver, client);
+    if (this.open >= settings.max_connections) {
+      this.counts.refused_limit++;
+      return this.#end(flow);
     }
+    const ip = flow.ip;
+    const mine = this.#perClient.get(ip) ?? 0;
+    if (settings.max_per_client > 0 && mine >= settings.max_per_client) {
+      this.counts.refused_client_limit++;
+      return this.#end(flow);
+    }
+    flow.admitted = true;
+    this.open++;
+    this.#perClient.set(ip, mine + 1);
+    this.#clients.add(client);
+    this.#next(flow);
   }
 
-  /** A connected server for client `ip`, or null when none could be had (the reason is counted). */
-  async #connect(ip: string): Promise<{ server: Server; conn: Conn } | null> {
-    const { settings } = this.plan;
-    /** Servers whose connect failed for this client (made at the first failure). */
-    let tried: Set<Server> | null = null;
-    let waitUntil = 0;
-    for (;;) {
-      if (this.#stopping) return null;
-      // Clients already waiting go first: a newcomer queues behind them instead of taking a slot freed for them.
-      const behind = waitUntil === 0 && this.#queue.length > 0;
-      const server = behind ? null : this.pick(ip, tried);
-      if (!server) {
-        // Only a pool whose available servers are all full is worth waiting for.
-        if (!behind && !this.servers.some((s) => s.available && !s.hasRoom && !tried?.has(s))) {
-          this.counts.no_server++;
-          return null;
-        }
-        const now = this.deps.clock.now();
-        const first = waitUntil === 0;
-        if (first) waitUntil = now + settings.queue_timeout;
-        if (!(await this.#wait(waitUntil - now, first))) return null;
-        continue;
+  /** What a Flow tells the service (made once per service: the flows share it). */
+  readonly #driver: FlowDriver = {
+    connected: (flow, conn) => this.#connected(flow, conn),
+    connectFailed: (flow, error) => this.#connectFailed(flow, error),
+    spliced: (flow, result) => this.#spliced(flow, result),
+  };
+
+  /** Picks a server for `flow` and connects to it, or queues it, or ends it when none can be had (counted). */
+  #next(flow: Flow): void {
+    if (this.#stopping) return this.#end(flow);
+    // Clients already waiting go first: a newcomer queues behind them instead of taking a slot freed for them.
+    const behind = flow.waitUntil === 0 && this.#queue.length > 0;
+    const server = behind ? null : this.pick(flow.ip, flow.tried);
+    if (!server) {
+      // Only a pool whose available servers are all full is worth waiting for.
+      if (!behind && !this.servers.some((s) => s.available && !s.hasRoom && !flow.tried?.has(s))) {
+        this.counts.no_server++;
+        return this.#end(flow);
       }
-      server.active++;
-      server.total++;
-      try {
-        const conn = await this.deps.transport.connect(
-          server.addr,
-          settings.connect_timeout,
-          this.deps.clock,
-        );
-        this.#persistence?.set(ip, server.key);
-        return { server, conn };
-      } catch (error) {
-        server.active--;
-        server.total--;
-        (tried ??= new Set()).add(server);
-        const transition = server.connectFailed(
-          error instanceof Error ? error.message : String(error),
-          this.deps.clock.now(),
-        );
-        if (transition === "down") {
-          this.deps.logger.warn("server down", {
-            service: this.name,
-            server: server.key,
-            detail: "connect failed",
-          });
-          this.#persistence?.forget(server.key);
-        }
-        if (tried.size > settings.retries) {
-          this.counts.no_server++;
-          return null;
-        }
-        this.counts.retries++;
-      }
+      const now = this.deps.clock.now();
+      const first = flow.waitUntil === 0;
+      if (first) flow.waitUntil = now + this.plan.settings.queue_timeout;
+      this.#wait(flow.waitUntil - now, first).then((ok) => ok ? this.#next(flow) : this.#end(flow));
+      return;
     }
+    server.active++;
+    server.total++;
+    flow.server = server;
+    this.deps.transport.connect(server.addr, this.plan.settings.connect_timeout, this.deps.clock, flow);
+  }
+
+  #connectFailed(flow: Flow, error: Error): void {
+    const server = flow.server!;
+    flow.server = null;
+    server.active--;
+    server.total--;
+    (flow.tried ??= new Set()).add(server);
+    const transition = server.connectFailed(error.message, this.deps.clock.now());
+    if (transition === "down") {
+      this.deps.logger.warn("server down", {
+        service: this.name,
+        server: server.key,
+        detail: "connect failed",
+      });
+      this.#persistence?.forget(server.key);
+    }
+    if (flow.tried.size > this.plan.settings.retries) {
+      this.counts.no_server++;
+      return this.#end(flow);
+    }
+    this.counts.retries++;
+    this.#next(flow);
+  }
+
+  #connected(flow: Flow, conn: Conn): void {
+    const { settings } = this.plan;
+    const { client, server } = flow;
+    this.#persistence?.set(flow.ip, server!.key);
+    if (settings.proxy_protocol === "none") return this.#splice(flow, conn);
+    const header = proxyHeader(settings.proxy_protocol === "v1" ? 1 : 2, client.remote, client.local);
+    this.deps.transport.writeAll(conn, header).then(
+      () => this.#splice(flow, conn),
+      () => {
+        conn.close();
+        this.#serverDone(flow);
+      },
+    );
+  }
+
+  #splice(flow: Flow, conn: Conn): void {
+    this.deps.transport.splice(flow.client, conn, {
+      clock: this.deps.clock,
+      idleMs: this.plan.settings.idle_timeout,
+      signal: flow.server!.signal,
+      pool: this.deps.buffers,
+    }, flow);
+  }
+
+  #spliced(flow: Flow, outcome: PipeResult): void {
+    this.counts.bytes_in += outcome.up;
+    this.counts.bytes_out += outcome.down;
+    if (outcome.reason === "aborted") this.counts.closed_by_server_down++;
+    if (outcome.reason === "idle") this.counts.idle_timeouts++;
+    this.#serverDone(flow);
+  }
+
+  /** The flow's server connection has ended: its slot is free for the queue. */
+  #serverDone(flow: Flow): void {
+    flow.server!.active--;
+    this.#wakeQueue();
+    this.#end(flow);
+  }
+
+  #end(flow: Flow): void {
+    const { client, ip } = flow;
+    client.close();
+    if (flow.admitted) {
+      this.#clients.delete(client);
+      this.open--;
+      const left = (this.#perClient.get(ip) ?? 1) - 1;
+      if (left > 0) this.#perClient.set(ip, left);
+      else this.#perClient.delete(ip);
+    }
+    if (--this.#handling === 0) this.#allHandled?.();
   }
 
   /**
@@ -394,7 +425,7 @@ export class Service {
     this.#stopping = true;
     this.#listener?.close();
     this.#monitor.stop();
-    await this.#acceptLoop;
+    await this.#serving;
     for (const w of this.#queue.splice(0)) w.wake();
     const cut = () => {
       for (const c of this.#clients) c.close();

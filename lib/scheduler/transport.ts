@@ -24,21 +24,39 @@ export interface Conn {
 
 export interface TransportListener {
   readonly addr: HostPort;
-  /** The next client, or null once closed. */
-  accept(): Promise<Conn | null>;
+  /**
+   * Hands every client to `accepted` until closed, then resolves. A failure to accept (out of descriptors) is given
+   * to `failed`, and accepting goes on once the promise it returns resolves.
+   */
+  serve(accepted: (conn: Conn) => void, failed: (error: unknown) => Promise<void>): Promise<void>;
   close(): void;
 }
 
+/** Who is told how a connect went. */
+export interface ConnectTarget {
+  connected(conn: Conn): void;
+  /** The Error's message says why; it is shown as the server's last failure. */
+  connectFailed(error: Error): void;
+}
+
+/** Who is told that a splice has ended. */
+export interface SpliceTarget {
+  spliced(result: PipeResult): void;
+}
+
+/**
+ * A transport's calls tell a target object rather than return a promise: a service makes one object per client, and
+ * no promise, closure or async frame per step (the fast transport calls back from its readiness events).
+ */
 export interface Transport {
   readonly kind: "fast" | "portable";
   /** Failures throw StartError naming the address. */
   listen(addr: HostPort, reusePort: boolean): TransportListener;
-  /** Rejects with an Error saying why (its message is shown as the server's last failure). */
-  connect(addr: HostPort, timeoutMs: number, clock: Clock): Promise<Conn>;
+  connect(addr: HostPort, timeoutMs: number, clock: Clock, target: ConnectTarget): void;
   /** Sends a few bytes (a PROXY header) before any relaying; rejects when they could not all be sent. */
   writeAll(conn: Conn, bytes: Uint8Array): Promise<void>;
-  /** Relays both ways until both end; closes both; never rejects. */
-  splice(client: Conn, server: Conn, options: PipeOptions): Promise<PipeResult>;
+  /** Relays both ways until both end; closes both; tells `target` the totals. */
+  splice(client: Conn, server: Conn, options: PipeOptions, target: SpliceTarget): void;
 }
 
 /** The transport `choice` names (auto: fast where it can). */
@@ -56,8 +74,16 @@ export function openTransport(choice: TransportChoice): Transport {
 function fastTransport(engine: TcpEngine): Transport {
   return {
     kind: "fast",
-    listen: (addr, reusePort) => engine.listen(addr, reusePort),
-    connect: (addr, timeoutMs, clock) => engine.connect(addr, timeoutMs, clock),
+    listen(addr, reusePort) {
+      const listener = engine.listen(addr, reusePort);
+      return {
+        addr: listener.addr,
+        // The engine pauses by itself after a failed accept; the failure is only told.
+        serve: (accepted, failed) => listener.serve(accepted, (error) => void failed(error)),
+        close: () => listener.close(),
+      };
+    },
+    connect: (addr, timeoutMs, clock, target) => engine.connectTo(addr, timeoutMs, clock, target),
     writeAll(conn, bytes) {
       try {
         (conn as FastConn).writeNow(bytes);
@@ -66,7 +92,8 @@ function fastTransport(engine: TcpEngine): Transport {
         return Promise.reject(error);
       }
     },
-    splice: (client, server, options) => engine.splice(client as FastConn, server as FastConn, options),
+    splice: (client, server, options, target) =>
+      engine.spliceTo(client as FastConn, server as FastConn, options, target),
   };
 }
 
@@ -91,21 +118,36 @@ const portableTransport: Transport = {
     const listener = listenTcp(addr, { reusePort });
     return {
       addr: listener.addr,
-      async accept() {
-        const conn = await listener.accept();
-        return conn ? new PortableConn(conn) : null;
+      async serve(accepted, failed) {
+        for (;;) {
+          let conn: Deno.TcpConn | null;
+          try {
+            conn = await listener.accept();
+          } catch (error) {
+            await failed(error);
+            continue;
+          }
+          if (!conn) return;
+          accepted(new PortableConn(conn));
+        }
       },
       close: () => listener.close(),
     };
   },
-  async connect(addr, timeoutMs, clock) {
-    return new PortableConn(await connectTcp(addr, { timeoutMs, clock }));
+  connect(addr, timeoutMs, clock, target) {
+    connectTcp(addr, { timeoutMs, clock }).then(
+      (conn) => target.connected(new PortableConn(conn)),
+      (error) => target.connectFailed(error instanceof Error ? error : new Error(String(error))),
+    );
   },
   async writeAll(conn, bytes) {
     const c = (conn as PortableConn).conn;
     let off = 0;
     while (off < bytes.length) off += await c.write(bytes.subarray(off));
   },
-  splice: (client, server, options) =>
-    pipe((client as PortableConn).conn, (server as PortableConn).conn, options),
+  splice(client, server, options, target) {
+    pipe((client as PortableConn).conn, (server as PortableConn).conn, options).then((r) =>
+      target.spliced(r)
+    );
+  },
 };
