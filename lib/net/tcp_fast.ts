@@ -48,6 +48,14 @@ const EPOLLIN = 0x1;
 const EPOLLOUT = 0x4;
 const EPOLLERR = 0x8;
 const EPOLLHUP = 0x10;
+const EPOLLRDHUP = 0x2000;
+const EPOLLET = 0x80000000;
+/**
+ * What a connection's descriptor is watched for, once, for its whole life: edge-triggered input, output and the
+ * peer's FIN. A level-triggered set would need its interest changed as a connection's state changes (an epoll_ctl
+ * call each time); edge-triggered, a reader that has not drained its input remembers so itself (Direction.pending).
+ */
+const STREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_MOD = 3;
 const EFD_NONBLOCK = 0o4000;
@@ -148,15 +156,24 @@ function onAbortOf(signal: AbortSignal, waiter: Stoppable): Set<Stoppable> {
 interface Sink {
   ready(fd: number, events: number): void;
 }
-const IGNORE: Sink = { ready() {} };
 
 /** A connection of the fast path: a nonblocking descriptor the engine watches. Closing twice is harmless. */
-export class FastConn {
+export class FastConn implements Sink {
   #closed = false;
   #local: HostPort | null = null;
   /** Told when the connection is closed from outside while a splice owns it (the service stopping). */
   owner: Stoppable | null = null;
+  /**
+   * Readiness seen between a connect's end and a splice taking the connection (edge-triggered events are reported
+   * once: the splice reads them from here).
+   */
+  events = 0;
   constructor(readonly engine: TcpEngine, readonly fd: number, readonly remote: HostPort) {}
+
+  /** Keeps the readiness the engine reports while no splice owns the connection yet. */
+  ready(_fd: number, events: number): void {
+    this.events |= events;
+  }
 
   get closed(): boolean {
     return this.#closed;
@@ -282,9 +299,9 @@ class Connecting implements Sink {
     if (this.#timer !== undefined) this.#deadlines!.cancel(this.#timer);
     const engine = this.conn.engine;
     if (!(events & (EPOLLERR | EPOLLHUP))) {
-      // Writable and no error: connected. Its interest changes when a splice adopts it (until then, one
-      // level-triggered EPOLLOUT may repeat, with no handler work).
-      engine.handle(fd, IGNORE);
+      // Writable and no error: connected. Until a splice takes it, the connection keeps what is reported.
+      engine.handle(fd, this.conn);
+      this.conn.events = events;
       this.target.connected(this.conn);
     } else {
       const reason = engine.socketError(fd);
@@ -334,6 +351,15 @@ export class TcpEngine {
   #interest: number[] = [];
   /** Descriptors the engine watches; its loop runs while there is any. */
   #watched = 0;
+  /**
+   * Sinks to call again next round for a descriptor with input left unread (a reader stops after READ_BURST reads
+   * so that one busy connection cannot hold up the rest; edge-triggered, the kernel would not report it again).
+   * Two pairs of arrays used in turn, so a round allocates nothing.
+   */
+  #again: Sink[] = [];
+  #againFds: number[] = [];
+  #running: Sink[] = [];
+  #runningFds: number[] = [];
   #loop: Promise<void> | null = null;
   #waiting = false;
   /** The epoll set of this thread's event loop (Deno's reactor), inside ours; -1 when it could not be found. */
@@ -409,6 +435,22 @@ export class TcpEngine {
     }
   }
 
+  /** Calls `sink.ready(fd, EPOLLIN)` next round: `fd` has input left that no new event will report. */
+  again(fd: number, sink: Sink): void {
+    this.#again.push(sink);
+    this.#againFds.push(fd);
+  }
+
+  #rerun(): void {
+    const sinks = this.#again, fds = this.#againFds;
+    this.#again = this.#running;
+    this.#againFds = this.#runningFds;
+    for (let i = 0; i < sinks.length; i++) sinks[i].ready(fds[i], EPOLLIN);
+    sinks.length = fds.length = 0;
+    this.#running = sinks;
+    this.#runningFds = fds;
+  }
+
   /** Changes what `fd` is watched for (nothing when it is already that). */
   interest(fd: number, events: number): void {
     if (this.#interest[fd] === events || this.#handlers[fd] === undefined) return;
@@ -449,23 +491,25 @@ export class TcpEngine {
         // What the last round's handlers resolved (an accepted client, a finished connect) runs now, so the
         // sockets it opens are in the set before the next look: a flush of microtasks, not a thread hop.
         await null;
+        // Input left unread last round: this round must not wait.
+        const rerun = this.#again.length > 0;
         let n = reactorBusy ? 0 : c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
         // Nothing ready: first let promise chains that are still running (a client accepted, its server being
         // chosen and connected) finish their steps, each of which may open or ready a socket.
-        for (let k = 0; k < MICROTASK_ROUNDS && n === 0 && !reactorBusy; k++) {
+        for (let k = 0; k < MICROTASK_ROUNDS && n === 0 && !reactorBusy && !rerun; k++) {
           await null;
           n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
         }
-        if (n === 0 && this.#reactorFd >= 0 && reactorBusy === 0) {
+        if (n === 0 && this.#reactorFd >= 0 && reactorBusy === 0 && !rerun) {
           // Wait here, on the event loop's thread, for our sockets or for the event loop's own I/O (the reactor's
           // epoll is in our set): no thread hop between an event and its handler.
           n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, BUSY_WAIT_MS);
         }
-        if (n > 0 && ++streak >= EVENT_STREAK) {
+        if ((n > 0 || rerun) && ++streak >= EVENT_STREAK) {
           // Busy for a while: timers, health checks and the status API get a turn.
           streak = 0;
           await (this.#turns ??= new EventLoopTurns()).give();
-        } else if (n <= 0) {
+        } else if (n <= 0 && !rerun) {
           // Quiet (or the event loop's I/O needs the thread): park in the event loop, wait on another thread.
           streak = 0;
           reactorBusy = 0;
@@ -491,6 +535,7 @@ export class TcpEngine {
             handler.ready(fd, events);
           }
         }
+        if (rerun) this.#rerun();
         // The event loop has I/O of its own (the status API, checks, a worker's message): the next round that finds
         // nothing of ours parks in the event loop, which serves it.
         reactorBusy = reactor ? 1 : 0;
@@ -692,7 +737,7 @@ export class TcpEngine {
       return target.connectFailed(connectFailure(addr, this.describe(e)));
     }
     const pending = new Connecting(new FastConn(this, fd, addr), target);
-    this.watch(fd, EPOLLOUT, pending);
+    this.watch(fd, STREAM_EVENTS, pending);
     if (timeoutMs > 0) pending.expireIn(Deadlines.of(clock), timeoutMs);
   }
 
@@ -720,6 +765,13 @@ class Direction {
   end = 0;
   eof = false;
   bytes = 0;
+  /** `src` may have input not read yet: it was reported, and no read has found it empty since. */
+  pending = false;
+  /**
+   * `src`'s peer has sent its FIN (EPOLLRDHUP): a short read no longer means its input is drained, since the end
+   * may sit behind the bytes just read, and no new event would tell.
+   */
+  finSeen = false;
   constructor(readonly src: FastConn, readonly dst: FastConn) {}
 }
 
@@ -770,9 +822,12 @@ class Splice implements Sink, Stoppable {
     }
     if (signal) this.#aborts = onAbortOf(signal, this);
     a.owner = b.owner = this;
-    engine.adopt(a.fd, this, EPOLLIN);
-    engine.adopt(b.fd, this, EPOLLIN);
+    engine.adopt(a.fd, this, STREAM_EVENTS);
+    engine.adopt(b.fd, this, STREAM_EVENTS);
     if (idleMs > 0) this.#timer = this.#deadlines.add(idleMs, () => this.#checkIdle());
+    // What was reported before the splice took them is not reported again (edge-triggered).
+    if (a.events & ~EPOLLOUT) this.ready(a.fd, a.events);
+    if (b.events & ~EPOLLOUT && !this.#done) this.ready(b.fd, b.events);
   }
 
   /** Ends the splice from outside (its server's signal, or one of its connections closed). */
@@ -817,13 +872,11 @@ class Splice implements Sink, Stoppable {
     return conn === this.#a ? "a" : "b";
   }
 
-  /** What each descriptor waits for: input while its direction flows, output while bytes wait for it. */
-  #update(): void {
-    const up = this.#up, down = this.#down, engine = this.#engine;
-    engine.interest(this.#a.fd, (up.eof || up.held ? 0 : EPOLLIN) | (down.held ? EPOLLOUT : 0));
-    engine.interest(this.#b.fd, (down.eof || down.held ? 0 : EPOLLIN) | (up.held ? EPOLLOUT : 0));
-  }
-
+  /**
+   * Reads `d.src` and sends on to `d.dst` until the input is drained (a short read, unless a FIN was seen; or
+   * EAGAIN), the far side cannot take more (the rest is held until it can) or READ_BURST reads were made (the engine
+   * calls again next round).
+   */
   #read(d: Direction): void {
     const c = this.#c, data = this.#engine.data, size = this.#size;
     for (let k = 0; k < READ_BURST; k++) {
@@ -837,14 +890,19 @@ class Splice implements Sink, Stoppable {
         }
         d.bytes += sent;
         if (sent < n) {
+          // Reading resumes once dst's EPOLLOUT has let `held` go (`pending` stays set).
           const held = d.held = this.#pool ? this.#pool.take() : new Uint8Array(size);
           held.set(data.subarray(sent, n));
           d.off = 0;
           d.end = n - sent;
           return;
         }
-        if (n < size) return;
+        if (n < size && !d.finSeen) {
+          d.pending = false;
+          return;
+        }
       } else if (n === 0) {
+        d.pending = false;
         d.eof = true;
         // Both ways at EOF: closing sends the FIN, no shutdown needed.
         if ((d === this.#up ? this.#down : this.#up).eof) return this.#finish("eof");
@@ -853,11 +911,15 @@ class Splice implements Sink, Stoppable {
         return;
       } else {
         const e = this.#engine.errno();
-        if (e === EAGAIN) return;
+        if (e === EAGAIN) {
+          d.pending = false;
+          return;
+        }
         if (e === EINTR) continue;
         return this.#finish("error", new Error(this.#engine.describe(e)), this.#sideOf(d.src));
       }
     }
+    this.#engine.again(d.src.fd, this);
   }
 
   #flush(d: Direction): void {
@@ -889,14 +951,20 @@ class Splice implements Sink, Stoppable {
     if (events & EPOLLERR) {
       return this.#finish("error", new Error(this.#engine.socketError(fd)), this.#sideOf(conn));
     }
-    if (events & EPOLLOUT && back.held) this.#flush(back);
-    if (this.#done) return;
-    if (events & (EPOLLIN | EPOLLHUP) && !out.eof && !out.held) this.#read(out);
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) out.pending = true;
+    if (events & (EPOLLRDHUP | EPOLLHUP)) out.finSeen = true;
+    if (events & EPOLLOUT && back.held) {
+      this.#flush(back);
+      if (this.#done) return;
+      // Room again: what the source had left is read now (no new event would say it is there).
+      if (!back.held && back.pending && !back.eof) this.#read(back);
+      if (this.#done) return;
+    }
+    if (out.pending && !out.eof && !out.held) this.#read(out);
     if (this.#done) return;
     // Hung up both ways with its input already read to the end: nothing can flow to or from it any more.
     if (events & EPOLLHUP && out.eof) {
       return this.#finish(back.eof ? "eof" : "error", undefined, this.#sideOf(conn));
     }
-    this.#update();
   }
 }

@@ -90,6 +90,29 @@ Deno.test("fast splice half-closes: the client shuts its sending side and still 
   client.close();
 });
 
+Deno.test("fast splice delivers what a server said and its end before the splice took the connection (server speaks first)", async () => {
+  const e = engine();
+  const front = e.listen({ host: LO, port: 0 });
+  const back = listenTcp({ host: LO, port: 0 });
+  const [client, a] = await Promise.all([connectTcp(front.addr), front.accept()]);
+  const [b, server] = await Promise.all([e.connect(back.addr), back.accept()]);
+  front.close();
+  back.close();
+  // A greeting and the server's FIN arrive while the connection is not yet spliced: the engine reports each
+  // only once, so the connection keeps what it saw for the splice.
+  await writeAll(server!, new TextEncoder().encode("220 ready"));
+  await server!.closeWrite();
+  for (let i = 0; i < 200 && !(b.events & 0x2000); i++) await yieldToEventLoop();
+  assert.ok(b.events & 0x2000, "the FIN was reported before the splice");
+  const done = e.splice(a!, b);
+  assert.equal(new TextDecoder().decode(await readAll(client)), "220 ready", "the greeting, then the end");
+  await client.closeWrite();
+  assert.equal((await readAll(server!)).length, 0, "the server sees the client's end");
+  assert.equal((await done).reason, "eof");
+  client.close();
+  server!.close();
+});
+
 Deno.test("fast splice ends when the server goes away with the client's bytes unread, and the client sees the end", async () => {
   const { client, server, done } = await spliced();
   await writeAll(client, new Uint8Array(10));
