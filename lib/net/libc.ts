@@ -102,11 +102,26 @@ export function writeSockaddr(view: DataView, offset: number, ep: HostPort, v6: 
 export function readSockaddr(view: DataView, offset: number): HostPort {
   const family = view.getUint16(offset, true);
   const port = view.getUint16(offset + 2, false);
-  if (family === AF_INET) {
-    const a = new Uint8Array(view.buffer, view.byteOffset + offset + 4, 4);
-    return { host: `${a[0]}.${a[1]}.${a[2]}.${a[3]}`, port };
-  }
+  if (family === AF_INET) return { host: ipv4Text(view.getUint32(offset + 4, false)), port };
   const b = new Uint8Array(view.buffer, view.byteOffset + offset + 8, 16);
   const mapped = b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
-  return { host: mapped ? `${b[12]}.${b[13]}.${b[14]}.${b[15]}` : ipv6Text(b), port };
+  return { host: mapped ? ipv4Text(view.getUint32(offset + 20, false)) : ipv6Text(b), port };
+}
+
+/**
+ * The text of recently read IPv4 addresses, in a direct-mapped table: an address that comes back (a client's next
+ * connection, a stream's next datagram) costs a lookup, not four numbers made into a string and a new string to hash.
+ */
+const V4_SLOTS = 256;
+const v4Keys = new Uint32Array(V4_SLOTS);
+const v4Texts: (string | undefined)[] = new Array(V4_SLOTS).fill(undefined);
+
+function ipv4Text(addr: number): string {
+  const i = (addr ^ (addr >>> 8) ^ (addr >>> 16)) & (V4_SLOTS - 1);
+  const known = v4Texts[i];
+  if (known !== undefined && v4Keys[i] === addr) return known;
+  const text = `${addr >>> 24}.${(addr >>> 16) & 255}.${(addr >>> 8) & 255}.${addr & 255}`;
+  v4Keys[i] = addr;
+  v4Texts[i] = text;
+  return text;
 }

@@ -65,6 +65,8 @@ interface FlowDriver {
 class Flow implements ConnectTarget, SpliceTarget {
   readonly ip: string;
   admitted = false;
+  /** Counted in the service's connections per client address (only where max_per_client limits them). */
+  counted = false;
   /** The server connected to, or being connected to. */
   server: Server | null = null;
   /** Servers whose connect failed for this client (made at the first failure). */
@@ -186,15 +188,18 @@ export class Service {
       this.counts.refused_limit++;
       return this.#end(flow);
     }
-    const ip = flow.ip;
-    const mine = this.#perClient.get(ip) ?? 0;
-    if (settings.max_per_client > 0 && mine >= settings.max_per_client) {
-      this.counts.refused_client_limit++;
-      return this.#end(flow);
+    // Connections per client address are counted only where they are limited.
+    if (settings.max_per_client > 0) {
+      const mine = this.#perClient.get(flow.ip) ?? 0;
+      if (mine >= settings.max_per_client) {
+        this.counts.refused_client_limit++;
+        return this.#end(flow);
+      }
+      this.#perClient.set(flow.ip, mine + 1);
+      flow.counted = true;
     }
     flow.admitted = true;
     this.open++;
-    this.#perClient.set(ip, mine + 1);
     this.#clients.add(client);
     this.#next(flow);
   }
@@ -298,6 +303,8 @@ export class Service {
     if (flow.admitted) {
       this.#clients.delete(client);
       this.open--;
+    }
+    if (flow.counted) {
       const left = (this.#perClient.get(ip) ?? 1) - 1;
       if (left > 0) this.#perClient.set(ip, left);
       else this.#perClient.delete(ip);
