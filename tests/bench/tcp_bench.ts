@@ -4,6 +4,8 @@
  *   haproxy    wrk -> HAProxy (mode tcp, one thread) -> nginx
  *   edgenode   wrk -> edgenode scheduler, io: fast (one process, epoll through FFI on the event loop's thread) -> nginx
  *   portable   wrk -> edgenode scheduler, io: portable (Deno's own sockets, a read/write loop per direction) -> nginx
+ *   haproxy 2t wrk -> HAProxy with two threads -> nginx: whether a second core helps at all on this machine (if
+ *              it does not help HAProxy, several edgenode workers on one port would not help either)
  * for three loads: keepalive requests/s (small response), new connections/s (`Connection: close`), and bulk MB/s
  * (a 1 MiB response over keepalive). Prints each figure and its ratio to HAProxy; exits non-zero only when a peer
  * (nginx, haproxy, wrk) is missing or a path could not start.
@@ -95,13 +97,13 @@ http {
   return { port, stop: () => kill(child) };
 }
 
-async function startHaproxy(dir: string, backend: number): Promise<Running> {
+async function startHaproxy(dir: string, backend: number, threads: number): Promise<Running> {
   const port = freePort();
-  const conf = `${dir}/haproxy.cfg`;
+  const conf = `${dir}/haproxy-${threads}.cfg`;
   await Deno.writeTextFile(
     conf,
     `global
-  nbthread 1
+  nbthread ${threads}
   maxconn 8000
 defaults
   mode tcp
@@ -220,8 +222,10 @@ async function main(): Promise<number> {
   try {
     const nginx = await startNginx(dir);
     started.push(nginx);
-    const haproxy = await startHaproxy(dir, nginx.port);
+    const haproxy = await startHaproxy(dir, nginx.port, 1);
     started.push(haproxy);
+    const haproxy2 = await startHaproxy(dir, nginx.port, 2);
+    started.push(haproxy2);
     const edgenode = await startScheduler(nginx.port, "fast");
     started.push(edgenode);
     const portable = await startScheduler(nginx.port, "portable");
@@ -231,6 +235,7 @@ async function main(): Promise<number> {
       { name: "haproxy", port: haproxy.port, pid: haproxy.pid },
       { name: "edgenode", port: edgenode.port, pid: edgenode.pid },
       { name: "portable", port: portable.port, pid: portable.pid },
+      { name: "haproxy 2t", port: haproxy2.port, pid: haproxy2.pid },
     ];
     console.log(
       `wrk -t${WRK_THREADS} -c${CONNECTIONS} -d${SECONDS}s, nginx backend; ratio = edgenode / HAProxy (goal >= 1.0)`,
@@ -271,6 +276,7 @@ async function main(): Promise<number> {
         (figures[2] / figures[1]).toFixed(2),
         (figures[3] / figures[1]).toFixed(2),
         (figures[2] / figures[0]).toFixed(2),
+        (figures[4] / figures[1]).toFixed(2),
       ];
     });
     console.log(`best of ${ROUNDS} round(s):`);
@@ -281,7 +287,14 @@ async function main(): Promise<number> {
       (cpu[l][1] / cpu[l][2]).toFixed(2),
       (cpu[l][1] / cpu[l][3]).toFixed(2),
     ]);
-    table(["load", ...paths.map((p) => p.name), "vs haproxy", "portable vs haproxy", "vs direct"], rows);
+    table(
+      ["load", ...paths.map((p) => p.name), "vs haproxy", "portable vs haproxy", "vs direct", "2t vs 1t"],
+      rows,
+    );
+    console.log(
+      "2t vs 1t: HAProxy with two threads / one thread. At or below 1.0, a second core does not help on this " +
+        "machine (wrk and nginx use it), and edgenode runs one worker per port.",
+    );
     console.log(
       "\nCPU time of the proxy's process per request (microseconds, lowest over rounds); " +
         "speed per CPU second = HAProxy's time / edgenode's",
