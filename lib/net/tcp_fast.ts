@@ -824,6 +824,12 @@ class Splice implements Sink, Stoppable {
       this.stop(signal.reason);
       return;
     }
+    // Closed while its server was being connected (the service stopping): its descriptor number may be another
+    // connection's by now, so it must not be watched.
+    if (a.closed || b.closed) {
+      this.stop(new Error("closed"));
+      return;
+    }
     if (signal) this.#aborts = onAbortOf(signal, this);
     a.owner = b.owner = this;
     engine.adopt(a.fd, this, STREAM_EVENTS);

@@ -140,6 +140,24 @@ Deno.test("fast splice closes both sides on abort, and when the service closes o
   }
 });
 
+Deno.test("fast splice given a connection closed already ends at once and closes the other (the service stopping mid-connect)", async () => {
+  const e = engine();
+  const front = e.listen({ host: LO, port: 0 });
+  const back = listenTcp({ host: LO, port: 0 });
+  const [client, a] = await Promise.all([connectTcp(front.addr), front.accept()]);
+  const [b, server] = await Promise.all([e.connect(back.addr), back.accept()]);
+  front.close();
+  back.close();
+  a!.close();
+  const result = await e.splice(a!, b);
+  assert.equal(result.reason, "aborted");
+  assert.equal(b.closed, true, "the server's connection is closed too");
+  assert.equal((await readAll(server!)).length, 0, "and the server sees it end");
+  assert.equal((await readAll(client)).length, 0);
+  client.close();
+  server!.close();
+});
+
 Deno.test("fast splice ends idle after idleMs on the injected clock", async () => {
   const clock = new ManualClock(0);
   const { client, server, done } = await spliced({ idleMs: 1000, clock });
