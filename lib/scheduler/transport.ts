@@ -9,8 +9,8 @@ import type { Clock } from "../core/clock.ts";
 import { StartError } from "../core/errors.ts";
 import type { HostPort } from "../net/address.ts";
 import { closeQuietly, connectTcp, listenTcp } from "../net/tcp.ts";
-import { type FastConn, TcpEngine } from "../net/tcp_fast.ts";
-import { pipe, type PipeOptions, type PipeResult } from "./pipe.ts";
+import { type FastConn, type SpliceTarget, TcpEngine } from "../net/tcp_fast.ts";
+import { pipe, type PipeOptions } from "./pipe.ts";
 
 export type { TransportChoice } from "./config.ts";
 import type { TransportChoice } from "./config.ts";
@@ -39,10 +39,8 @@ export interface ConnectTarget {
   connectFailed(error: Error): void;
 }
 
-/** Who is told that a splice has ended. */
-export interface SpliceTarget {
-  spliced(result: PipeResult): void;
-}
+/** Who is told that a splice has ended (the fast engine's own interface: both transports tell the same thing). */
+export type { SpliceTarget } from "../net/tcp_fast.ts";
 
 /**
  * A transport's calls tell a target object rather than return a promise: a service makes one object per client, and
