@@ -19,8 +19,8 @@ function engine(): TcpEngine {
   return e;
 }
 
-/** client -> [engine listener | splice | engine connect] -> server; the test holds both Deno ends. */
-async function spliced(options: Parameters<TcpEngine["splice"]>[2] = {}) {
+/** client -> [engine listener, engine connect] -> server, not spliced yet; the test holds both Deno ends. */
+async function connected() {
   const e = engine();
   const front = e.listen({ host: LO, port: 0 });
   const back = listenTcp({ host: LO, port: 0 });
@@ -28,8 +28,13 @@ async function spliced(options: Parameters<TcpEngine["splice"]>[2] = {}) {
   const [b, server] = await Promise.all([e.connect(back.addr), back.accept()]);
   front.close();
   back.close();
-  const done = e.splice(a!, b, options);
-  return { client, server: server!, a: a!, b, done };
+  return { e, client, server: server!, a: a!, b };
+}
+
+/** client -> [engine listener | splice | engine connect] -> server. */
+async function spliced(options: Parameters<TcpEngine["splice"]>[2] = {}) {
+  const c = await connected();
+  return { ...c, done: c.e.splice(c.a, c.b, options) };
 }
 
 async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
@@ -91,26 +96,20 @@ Deno.test("fast splice half-closes: the client shuts its sending side and still 
 });
 
 Deno.test("fast splice delivers what a server said and its end before the splice took the connection (server speaks first)", async () => {
-  const e = engine();
-  const front = e.listen({ host: LO, port: 0 });
-  const back = listenTcp({ host: LO, port: 0 });
-  const [client, a] = await Promise.all([connectTcp(front.addr), front.accept()]);
-  const [b, server] = await Promise.all([e.connect(back.addr), back.accept()]);
-  front.close();
-  back.close();
+  const { e, client, server, a, b } = await connected();
   // A greeting and the server's FIN arrive while the connection is not yet spliced: the engine reports each
   // only once, so the connection keeps what it saw for the splice.
-  await writeAll(server!, new TextEncoder().encode("220 ready"));
-  await server!.closeWrite();
+  await writeAll(server, new TextEncoder().encode("220 ready"));
+  await server.closeWrite();
   for (let i = 0; i < 200 && !(b.events & 0x2000); i++) await yieldToEventLoop();
   assert.ok(b.events & 0x2000, "the FIN was reported before the splice");
-  const done = e.splice(a!, b);
+  const done = e.splice(a, b);
   assert.equal(new TextDecoder().decode(await readAll(client)), "220 ready", "the greeting, then the end");
   await client.closeWrite();
-  assert.equal((await readAll(server!)).length, 0, "the server sees the client's end");
+  assert.equal((await readAll(server)).length, 0, "the server sees the client's end");
   assert.equal((await done).reason, "eof");
   client.close();
-  server!.close();
+  server.close();
 });
 
 Deno.test("fast splice ends when the server goes away with the client's bytes unread, and the client sees the end", async () => {
@@ -141,21 +140,15 @@ Deno.test("fast splice closes both sides on abort, and when the service closes o
 });
 
 Deno.test("fast splice given a connection closed already ends at once and closes the other (the service stopping mid-connect)", async () => {
-  const e = engine();
-  const front = e.listen({ host: LO, port: 0 });
-  const back = listenTcp({ host: LO, port: 0 });
-  const [client, a] = await Promise.all([connectTcp(front.addr), front.accept()]);
-  const [b, server] = await Promise.all([e.connect(back.addr), back.accept()]);
-  front.close();
-  back.close();
-  a!.close();
-  const result = await e.splice(a!, b);
+  const { e, client, server, a, b } = await connected();
+  a.close();
+  const result = await e.splice(a, b);
   assert.equal(result.reason, "aborted");
   assert.equal(b.closed, true, "the server's connection is closed too");
-  assert.equal((await readAll(server!)).length, 0, "and the server sees it end");
+  assert.equal((await readAll(server)).length, 0, "and the server sees it end");
   assert.equal((await readAll(client)).length, 0);
   client.close();
-  server!.close();
+  server.close();
 });
 
 Deno.test("fast splice ends idle after idleMs on the injected clock", async () => {
