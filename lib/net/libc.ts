@@ -22,6 +22,13 @@ export const MSG_WAITFORONE = 0x10000;
 export const SHUT_RD = 0;
 export const EAGAIN = 11;
 export const EINTR = 4;
+export const EIO = 5;
+export const EMSGSIZE = 90;
+/** UDP generic segmentation offload (Linux 4.18+): one send carries a run of datagrams of one size. */
+export const SOL_UDP = 17;
+export const UDP_SEGMENT = 103;
+/** The most datagrams one UDP_SEGMENT send may carry on every kernel that has it (64 before 6.x raised it). */
+export const GSO_MAX_SEGMENTS = 64;
 
 /** struct sizes and offsets (LP64 Linux). */
 export const SOCKADDR_SIZE = 28; // room for sockaddr_in6; sockaddr_in uses the first 16
@@ -31,8 +38,17 @@ export const MSG_NAME = 0;
 export const MSG_NAMELEN = 8;
 export const MSG_IOV = 16;
 export const MSG_IOVLEN = 24;
+export const MSG_CONTROL = 32;
+export const MSG_CONTROLLEN = 40;
 export const MSG_FLAGS = 48;
 export const MSG_LEN = 56;
+/** A control message carrying one u16 (UDP_SEGMENT's size): cmsghdr { size_t len; int level; int type } + data. */
+export const CMSG_U16_LEN = 18;
+export const CMSG_U16_SPACE = 24;
+export const CMSG_LEN = 0;
+export const CMSG_LEVEL = 8;
+export const CMSG_TYPE = 12;
+export const CMSG_DATA = 16;
 /** Most messages one sendmmsg/recvmmsg call takes (UIO_MAXIOV). */
 export const MAX_MMSG = 1024;
 
@@ -42,6 +58,7 @@ const SYMBOLS = {
   close: { parameters: ["i32"], result: "i32" },
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   /** Blocking receive, run off the main thread so the event loop stays free. */
   recvmmsg_wait: {

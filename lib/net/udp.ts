@@ -25,6 +25,11 @@ export interface UdpOptions {
   readonly maxDatagram?: number;
   /** SO_RCVBUF / SO_SNDBUF asked of the kernel. */
   readonly bufferBytes?: number;
+  /**
+   * Send runs of same-size datagrams to one destination as one message the kernel segments (UDP GSO, Linux 4.18+;
+   * fast path only; default true where the kernel has it).
+   */
+  readonly gso?: boolean;
 }
 
 export const UDP_DEFAULTS = {
@@ -32,6 +37,7 @@ export const UDP_DEFAULTS = {
   batch: 64,
   maxDatagram: 65535,
   bufferBytes: 4 * 1024 * 1024,
+  gso: true,
 } as const;
 
 /** Numbers every socket keeps; relays and reflectors expose them in /status and /metrics. */

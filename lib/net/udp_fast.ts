@@ -14,13 +14,24 @@ import { formatHostPort, isIPv4, isIPv6 } from "./address.ts";
 import {
   AF_INET,
   AF_INET6,
+  CMSG_DATA,
+  CMSG_LEN,
+  CMSG_LEVEL,
+  CMSG_TYPE,
+  CMSG_U16_LEN,
+  CMSG_U16_SPACE,
   EAGAIN,
   EINTR,
+  EMSGSIZE,
   errno,
+  errnoView,
+  GSO_MAX_SEGMENTS,
   IOVEC_SIZE,
   type Libc,
   MAX_MMSG,
   MMSGHDR_SIZE,
+  MSG_CONTROL,
+  MSG_CONTROLLEN,
   MSG_DONTWAIT,
   MSG_FLAGS,
   MSG_IOV,
@@ -43,6 +54,8 @@ import {
   SOCK_DGRAM,
   SOCKADDR_SIZE,
   SOL_SOCKET,
+  SOL_UDP,
+  UDP_SEGMENT,
   writeSockaddr,
 } from "./libc.ts";
 import {
@@ -59,6 +72,8 @@ import {
 /** How long a blocking receive waits before looking at the closed flag again. */
 const WAIT_SLICE_MS = 200;
 const TWO32 = 2 ** 32;
+/** Most payload bytes in one GSO message: under the 64 KiB an IP packet can carry, with either header. */
+const GSO_MAX_BYTES = 65_000;
 const ERRNO_TEXT: Record<number, string> = {
   1: "operation not permitted",
   13: "permission denied",
@@ -171,16 +186,26 @@ export class FastUdp implements UdpSocket {
   readonly #rxHdrs: Uint8Array;
   readonly #rxHdr: number;
   readonly #rxName: number;
-  // Send slab: [mmsghdrs][iovecs][copy area for datagrams given as arrays]
+  // Send slab: [mmsghdrs][iovecs][a UDP_SEGMENT control message per header][copy area for datagrams given as arrays]
   readonly #tx: Uint8Array;
   readonly #txU32: Uint32Array;
   readonly #txBase: number;
   readonly #txIov = MAX_MMSG * MMSGHDR_SIZE;
-  readonly #txCopy = MAX_MMSG * (MMSGHDR_SIZE + IOVEC_SIZE);
+  readonly #txCtl = MAX_MMSG * (MMSGHDR_SIZE + IOVEC_SIZE);
+  readonly #txCopy = MAX_MMSG * (MMSGHDR_SIZE + IOVEC_SIZE + CMSG_U16_SPACE);
   readonly #txCopySize: number;
+  /** The segment size in each header's control message, as u16s over the slab. */
+  readonly #txGsoSize: Uint16Array;
+  /** Length of each laid-out datagram (iovec). */
+  readonly #txIovLens = new Uint32Array(MAX_MMSG);
+  /** Bytes, datagrams and destination index of each prepared message, for the counts. */
   readonly #txLens = new Float64Array(MAX_MMSG);
-  /** Destination index of each prepared message, for per-destination counts. */
+  readonly #txSegs = new Uint32Array(MAX_MMSG);
   readonly #txDest = new Uint32Array(MAX_MMSG);
+  /** Largest datagram sent in GSO runs; 0 where the kernel cannot (or config says not to). */
+  #gsoMax: number;
+  /** errno of this thread (the one that made the socket object, which is the one that sends). */
+  readonly #errno: Deno.UnsafePointerView;
   #txTo: FastDestinations | null = null;
   // Scratch for small syscall arguments, inside a slab large enough not to move.
   readonly #scratch = new Uint8Array(256);
@@ -237,6 +262,29 @@ export class FastUdp implements UdpSocket {
     this.#tx = new Uint8Array(this.#txCopy + this.#txCopySize);
     this.#txU32 = new Uint32Array(this.#tx.buffer);
     this.#txBase = addressOf(this.#tx);
+    this.#txGsoSize = new Uint16Array(this.#tx.buffer, this.#txCtl, (MAX_MMSG * CMSG_U16_SPACE) >>> 1);
+    const ctl = new DataView(this.#tx.buffer, this.#txCtl);
+    for (let k = 0; k < MAX_MMSG; k++) {
+      put64(this.#txU32, k * MMSGHDR_SIZE + MSG_CONTROL, this.#txBase + this.#txCtl + k * CMSG_U16_SPACE);
+      ctl.setUint32(k * CMSG_U16_SPACE + CMSG_LEN, CMSG_U16_LEN, true);
+      ctl.setInt32(k * CMSG_U16_SPACE + CMSG_LEVEL, SOL_UDP, true);
+      ctl.setInt32(k * CMSG_U16_SPACE + CMSG_TYPE, UDP_SEGMENT, true);
+    }
+    this.#errno = errnoView(this.#c);
+    this.#gsoMax = options.gso !== false && this.#canSegment() ? 65535 : 0;
+  }
+
+  /** Whether this kernel segments UDP sends (it knows the UDP_SEGMENT option). */
+  #canSegment(): boolean {
+    const scratch = new DataView(this.#scratch.buffer);
+    scratch.setUint32(128, 4, true);
+    return this.#c.getsockopt(this.#fd, SOL_UDP, UDP_SEGMENT, this.#scratch, this.#scratch.subarray(128)) ===
+      0;
+  }
+
+  /** Whether sends currently go as GSO runs (false once the kernel refused one for a reason other than size). */
+  get gso(): boolean {
+    return this.#gsoMax > 0;
   }
 
   /** Opens, sizes and binds the socket; returns its descriptor, family and bound address. */
@@ -391,55 +439,87 @@ export class FastUdp implements UdpSocket {
   send(packets: Batch | readonly Uint8Array[], to: Destinations): void {
     if (this.#closed) return;
     const dest = to instanceof FastDestinations ? to : new FastDestinations(to.endpoints, this.#v6);
-    const d = dest.endpoints.length;
-    if (d === 0) return;
+    if (dest.endpoints.length === 0) return;
     this.#txTo = dest;
     const zeroCopy = packets instanceof FastBatch;
     const isBatch = "count" in packets;
     const count = isBatch ? packets.count : packets.length;
     const u32 = this.#txU32;
-    let k = 0; // headers filled
-    let v = 0; // iovecs filled
-    let copied = 0; // bytes used in the copy area
-    for (let i = 0; i < count; i++) {
-      let addr: number;
-      let len: number;
-      if (zeroCopy) {
-        addr = packets.address(i);
-        len = packets.length(i);
-      } else {
-        const p = isBatch ? packets.data(i) : packets[i];
-        len = p.length;
-        if (len > 65535) {
-          this.stats.errors++;
-          continue;
+    const lens = this.#txIovLens;
+    // A chunk at a time: up to MAX_MMSG datagrams laid out as iovecs (copied into the copy area when given as
+    // arrays), then the messages that send them to every destination.
+    let i = 0;
+    while (i < count) {
+      let v = 0; // iovecs filled
+      let copied = 0; // bytes used in the copy area
+      for (; i < count && v < MAX_MMSG; i++) {
+        let addr: number;
+        let len: number;
+        if (zeroCopy) {
+          addr = packets.address(i);
+          len = packets.length(i);
+        } else {
+          const p = isBatch ? packets.data(i) : packets[i];
+          len = p.length;
+          if (len > 65535) {
+            this.stats.errors++;
+            continue;
+          }
+          if (copied + len > this.#txCopySize) break;
+          this.#tx.set(p, this.#txCopy + copied);
+          addr = this.#txBase + this.#txCopy + copied;
+          copied += len;
         }
-        if (copied + len > this.#txCopySize || v === MAX_MMSG) [k, v, copied] = [this.#flush(k), 0, 0];
-        this.#tx.set(p, this.#txCopy + copied);
-        addr = this.#txBase + this.#txCopy + copied;
-        copied += len;
+        const iov = this.#txIov + v * IOVEC_SIZE;
+        put64(u32, iov, addr);
+        put64(u32, iov + 8, len);
+        lens[v++] = len;
       }
-      if (v === MAX_MMSG) [k, v, copied] = [this.#flush(k), 0, 0];
-      const iov = this.#txIov + v * IOVEC_SIZE;
-      put64(u32, iov, addr);
-      put64(u32, iov + 8, len);
-      v++;
-      for (let j = 0; j < d; j++) {
-        if (k === MAX_MMSG) {
-          k = this.#flush(k);
-          // The iovec of this datagram stays where it is: only headers are reused.
+      this.#flush(this.#messages(v, dest));
+    }
+  }
+
+  /**
+   * Fills the headers that send the `v` laid-out datagrams to every destination of `dest`, a destination at a time
+   * (each destination gets them in order), flushing whenever the headers run out; returns how many are left to
+   * flush. With GSO a run of datagrams of one size (and one shorter datagram after it) goes as one message the
+   * kernel cuts into datagrams late: one route lookup and one trip down the stack for the run.
+   */
+  #messages(v: number, dest: FastDestinations): number {
+    const u32 = this.#txU32;
+    const lens = this.#txIovLens;
+    const gsoMax = this.#gsoMax;
+    let k = 0;
+    for (let j = 0; j < dest.endpoints.length; j++) {
+      for (let s = 0; s < v;) {
+        const len = lens[s];
+        let r = 1;
+        let bytes = len;
+        if (len > 0 && len <= gsoMax) {
+          const most = Math.min(GSO_MAX_SEGMENTS, Math.floor(GSO_MAX_BYTES / len), v - s);
+          while (r < most && lens[s + r] === len) r++;
+          // The kernel lets the last datagram of a run be shorter (a frame's last packet often is).
+          if (r < most && lens[s + r] > 0 && lens[s + r] < len) r++;
+          bytes = len * (r - 1) + lens[s + r - 1];
         }
+        if (k === MAX_MMSG) k = this.#flush(k);
         const h = k * MMSGHDR_SIZE;
         put64(u32, h + MSG_NAME, dest.base + j * NAME_STRIDE);
         u32[(h + MSG_NAMELEN) >>> 2] = dest.lengths[j];
-        put64(u32, h + MSG_IOV, this.#txBase + iov);
-        put64(u32, h + MSG_IOVLEN, 1);
-        this.#txLens[k] = len;
+        put64(u32, h + MSG_IOV, this.#txBase + this.#txIov + s * IOVEC_SIZE);
+        u32[(h + MSG_IOVLEN) >>> 2] = r;
+        if (r > 1) {
+          u32[(h + MSG_CONTROLLEN) >>> 2] = CMSG_U16_SPACE;
+          this.#txGsoSize[k * (CMSG_U16_SPACE >>> 1) + (CMSG_DATA >>> 1)] = len;
+        } else u32[(h + MSG_CONTROLLEN) >>> 2] = 0;
+        this.#txLens[k] = bytes;
+        this.#txSegs[k] = r;
         this.#txDest[k] = j;
         k++;
+        s += r;
       }
     }
-    this.#flush(k);
+    return k;
   }
 
   /** Hands `k` prepared messages to the kernel; returns 0 (headers free again). */
@@ -453,25 +533,62 @@ export class FastUdp implements UdpSocket {
         k - start,
         MSG_DONTWAIT,
       );
-      const ok = Math.max(0, sent);
-      for (let m = start; m < start + ok; m++) {
-        this.stats.tx_bytes += this.#txLens[m];
-        dest.sent[this.#txDest[m]]++;
-      }
-      this.stats.tx_packets += ok;
-      start += ok;
+      for (let m = start; m < start + Math.max(0, sent); m++) this.#sent(m, dest);
+      start += Math.max(0, sent);
       if (start >= k) break;
       // Message `start` failed. A full buffer will refuse the rest too; any other error is that message's alone.
-      if (errno(this.#c) === EAGAIN) {
-        for (let m = start; m < k; m++) dest.dropped[this.#txDest[m]]++;
-        this.stats.tx_dropped += k - start;
+      const e = this.#errno.getInt32();
+      if (e === EAGAIN) {
+        for (let m = start; m < k; m++) {
+          dest.dropped[this.#txDest[m]] += this.#txSegs[m];
+          this.stats.tx_dropped += this.#txSegs[m];
+        }
         break;
       }
-      dest.dropped[this.#txDest[start]]++;
-      this.stats.errors++;
+      if (this.#txSegs[start] > 1) this.#unsegment(start, e, dest);
+      else {
+        dest.dropped[this.#txDest[start]]++;
+        this.stats.errors++;
+      }
       start++;
     }
     return 0;
+  }
+
+  #sent(m: number, dest: FastDestinations): void {
+    this.stats.tx_packets += this.#txSegs[m];
+    this.stats.tx_bytes += this.#txLens[m];
+    dest.sent[this.#txDest[m]] += this.#txSegs[m];
+  }
+
+  /**
+   * A GSO message the kernel refused for a reason of its own (`e`): a datagram larger than the path's MTU
+   * (EMSGSIZE: later runs of that size or larger go unsegmented), or a socket or route that cannot segment (EIO,
+   * EINVAL: GSO stays off for this socket). The message's datagrams then go one by one, so none is lost for it.
+   */
+  #unsegment(m: number, e: number, dest: FastDestinations): void {
+    const size = this.#txGsoSize[m * (CMSG_U16_SPACE >>> 1) + (CMSG_DATA >>> 1)];
+    this.#gsoMax = e === EMSGSIZE ? Math.min(this.#gsoMax, size - 1) : 0;
+    const u32 = this.#txU32;
+    const h = m * MMSGHDR_SIZE;
+    const header = this.#tx.subarray(h, h + MMSGHDR_SIZE);
+    const iov = (h + MSG_IOV) >>> 2;
+    const first = u32[iov] + u32[iov + 1] * TWO32;
+    u32[(h + MSG_IOVLEN) >>> 2] = 1;
+    u32[(h + MSG_CONTROLLEN) >>> 2] = 0;
+    for (let t = 0; t < this.#txSegs[m]; t++) {
+      const at = first + t * IOVEC_SIZE;
+      put64(u32, h + MSG_IOV, at);
+      if (this.#c.sendmmsg(this.#fd, header, 1, MSG_DONTWAIT) === 1) {
+        this.stats.tx_packets++;
+        this.stats.tx_bytes += u32[(at - this.#txBase + 8) >>> 2];
+        dest.sent[this.#txDest[m]]++;
+      } else {
+        if (this.#errno.getInt32() === EAGAIN) this.stats.tx_dropped++;
+        else this.stats.errors++;
+        dest.dropped[this.#txDest[m]]++;
+      }
+    }
   }
 
   async close(): Promise<void> {

@@ -126,7 +126,7 @@ interface Path {
 export interface ReflectorOptions {
   /** Move each path that has a data socket on the fast path on a thread of its own (default true). */
   readonly thread?: boolean;
-  /** batch and maxDatagram, for the threads' own buffers. */
+  /** batch, maxDatagram and gso, for the threads' own socket objects. */
   readonly udp?: UdpOptions;
 }
 

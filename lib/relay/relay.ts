@@ -108,7 +108,7 @@ export class RelayThread {
     };
     const start: RelayThreadStart = {
       descriptor: socket.descriptor,
-      options: { batch: options.batch, maxDatagram: options.maxDatagram },
+      options: { batch: options.batch, maxDatagram: options.maxDatagram, gso: options.gso },
       stats: this.stats.buffer,
       control: this.#control.buffer as SharedArrayBuffer,
       to: path.to,
@@ -167,7 +167,7 @@ export class RelayThread {
 export interface RelayOptions {
   /** Run the fast path on a thread of its own (default true). */
   readonly thread?: boolean;
-  /** batch and maxDatagram, for the thread's own buffers. */
+  /** batch, maxDatagram and gso, for the thread's own socket object. */
   readonly udp?: UdpOptions;
   readonly logger?: Logger;
 }

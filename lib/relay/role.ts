@@ -51,10 +51,17 @@ export const udpFields = {
     byteSize({ min: 64 * 1024, max: 256 * 1024 * 1024 }),
     UDP_DEFAULTS.bufferBytes as number,
   ),
+  gso: opt(bool(), UDP_DEFAULTS.gso as boolean),
 };
 
 export function udpOptions(s: ObjectOf<typeof udpFields>): UdpOptions {
-  return { impl: s.udp, batch: s.batch, maxDatagram: s.max_datagram, bufferBytes: s.socket_buffer };
+  return {
+    impl: s.udp,
+    batch: s.batch,
+    maxDatagram: s.max_datagram,
+    bufferBytes: s.socket_buffer,
+    gso: s.gso,
+  };
 }
 
 const relayItem = obj({

@@ -3,17 +3,18 @@
  * offered rate with loss <= 0.1% (a doubling search, then bisection) through:
  *   direct         probe sender -> receiver, no relay
  *   C relay        a recvmmsg/sendmmsg relay in C (tests/bench/c_relay.c), the native reference
+ *   C relay GSO    the same, sending runs of one size as UDP GSO messages as the edgenode fast path does
  *   relay fast     edgenode relay role, FFI fast path
  *   relay portable edgenode relay role, Deno.listenDatagram
  *   reflector x10  edgenode reflector sending to 10 participants (rate per participant)
- * the p50/p99 delay each path adds at 10k datagrams/s, and the CPU time the C relay and the fast relay spend per
+ * the p50/p99 delay each path adds at 10k datagrams/s, and the CPU time the C relays and the fast relay spend per
  * datagram at a fixed 50k/s (a steadier measure of their cost than the highest rate, which moves with whatever else
  * the two cores run). The sender is `edgenode probe send` in its own process;
  * receivers run here on the fast sockets. Prints figures and ratios; exits non-zero only when it could not run.
  *
  *   make bench            all sizes        deno task bench udp        (same)
  *   BENCH_SIZES=100 BENCH_SECONDS=1 make bench   a quicker look
- *   BENCH_PATHS="relay fast" make bench          direct, the C relay and the named paths only
+ *   BENCH_PATHS="relay fast" make bench          direct, the C relays and the named paths only
  *   BENCH_ROUNDS=3 make bench                    every path three times (alternating order), best figures kept
  */
 import { openUdp } from "../../lib/net/udp.ts";
@@ -49,9 +50,9 @@ async function buildCRelay(): Promise<string | null> {
   }
 }
 
-function cRelayPath(binary: string): Path {
+function cRelayPath(binary: string, gso: boolean): Path {
   return {
-    name: "C relay",
+    name: gso ? "C relay GSO" : "C relay",
     participants: 1,
     cpu: true,
     async start(sinks) {
@@ -59,7 +60,7 @@ function cRelayPath(binary: string): Path {
       const port = probe.local.port;
       await probe.close();
       const child = new Deno.Command(binary, {
-        args: [String(port), String(sinks[0].local.port)],
+        args: [String(port), String(sinks[0].local.port), ...(gso ? ["gso"] : [])],
         stderr: "piped",
         stdout: "null",
       }).spawn();
@@ -84,11 +85,11 @@ async function main(): Promise<number> {
   const only = Deno.env.get("BENCH_PATHS")?.split(",").map((s) => s.trim());
   const paths: Path[] = [
     direct,
-    ...(cRelay ? [cRelayPath(cRelay)] : []),
+    ...(cRelay ? [cRelayPath(cRelay, false), cRelayPath(cRelay, true)] : []),
     relayRolePath("relay fast", "fast"),
     relayRolePath("relay portable", "portable"),
     relayRolePath("reflector x10", "fast", 10),
-  ].filter((p) => p === direct || p.name === "C relay" || !only || only.includes(p.name));
+  ].filter((p) => p === direct || p.name.startsWith("C relay") || !only || only.includes(p.name));
   if (!cRelay) console.log("note: no C compiler (cc), so no C relay reference in this run");
   console.log(
     `UDP benchmark: loss limit ${LOSS_LIMIT}%, ${SECONDS} s per trial, best of ${ROUNDS} round(s), ${Deno.build.os}, ${navigator.hardwareConcurrency} cores`,
@@ -120,15 +121,19 @@ async function main(): Promise<number> {
     `\nHighest rate with loss <= ${LOSS_LIMIT}% (datagrams/s; reflector: to each of 10 participants)`,
   );
   const header = ["path", ...SIZES.map((s) => `${s} B`), ...SIZES.map((s) => `${s} B vs direct`)];
-  if (cRelay) header.push(...SIZES.map((s) => `${s} B vs C`));
+  if (cRelay) {
+    header.push(...SIZES.map((s) => `${s} B vs C`), ...SIZES.map((s) => `${s} B vs C GSO`));
+  }
   console.log(header.join(" | "));
   for (const path of paths) {
     const row = [path.name];
     for (const s of SIZES) row.push(Math.round(rates.get(`${path.name}|${s}`)!).toString());
     for (const s of SIZES) row.push((rates.get(`${path.name}|${s}`)! / rates.get(`direct|${s}`)!).toFixed(2));
     if (cRelay) {
-      for (const s of SIZES) {
-        row.push((rates.get(`${path.name}|${s}`)! / rates.get(`C relay|${s}`)!).toFixed(2));
+      for (const c of ["C relay", "C relay GSO"]) {
+        for (const s of SIZES) {
+          row.push((rates.get(`${path.name}|${s}`)! / rates.get(`${c}|${s}`)!).toFixed(2));
+        }
       }
     }
     console.log(row.join(" | "));
@@ -139,14 +144,16 @@ async function main(): Promise<number> {
       `\nCPU time of the relaying process (all its threads) per datagram at ${CPU_RATE}/s (microseconds; lowest over rounds)`,
     );
     const head = ["path", ...SIZES.map((s) => `${s} B`)];
-    if (cRelay) head.push(...SIZES.map((s) => `${s} B speed vs C`));
+    if (cRelay) {
+      head.push(...SIZES.map((s) => `${s} B speed vs C`), ...SIZES.map((s) => `${s} B speed vs C GSO`));
+    }
     console.log(head.join(" | "));
     for (const path of cpuPaths) {
       const row = [path.name, ...SIZES.map((s) => cpu.get(`${path.name}|${s}`)!.toFixed(2))];
       // Speed per CPU second relative to the C relay: C's cost over this path's cost.
       if (cRelay) {
-        for (const s of SIZES) {
-          row.push((cpu.get(`C relay|${s}`)! / cpu.get(`${path.name}|${s}`)!).toFixed(2));
+        for (const c of ["C relay", "C relay GSO"]) {
+          for (const s of SIZES) row.push((cpu.get(`${c}|${s}`)! / cpu.get(`${path.name}|${s}`)!).toFixed(2));
         }
       }
       console.log(row.join(" | "));

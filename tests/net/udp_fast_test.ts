@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { emptyStats, openUdp, sharedStats, statsOf } from "../../lib/net/udp.ts";
 import { adoptFastUdp, openFastUdp } from "../../lib/net/udp_fast.ts";
+import { openLibc, SOL_SOCKET } from "../../lib/net/libc.ts";
 import { openPortableUdp } from "../../lib/net/udp_portable.ts";
 import { collect, udpContract } from "./udp_contract.ts";
 
@@ -92,4 +93,71 @@ Deno.test("shared UDP stats: one set of cells seen through two views, copied pla
   a.tx_dropped++;
   assert.equal(b.rx_packets, 3);
   assert.deepEqual(statsOf(b), { ...emptyStats(), rx_packets: 3, tx_dropped: 1 });
+});
+
+/**
+ * Datagrams whose sizes make GSO runs of every shape: more of one size than a run may carry, a run ending in a
+ * shorter datagram, single ones between runs, an empty one, and large ones of which only one fits a run.
+ */
+function gsoShapes(): Uint8Array[] {
+  const sizes = [
+    ...Array(150).fill(100),
+    ...[40, 40, 40, 30],
+    7,
+    0,
+    ...[1400, 1400, 1400],
+    ...[40_000, 40_000, 39_000],
+    ...Array(5).fill(512),
+  ];
+  return sizes.map((size, seq) => {
+    const d = new Uint8Array(size);
+    if (size >= 2) new DataView(d.buffer).setUint16(0, seq);
+    d.fill(seq & 0xff, 2);
+    return d;
+  });
+}
+
+async function sendShapes(options: { gso: boolean; refuse?: boolean }) {
+  const sender = openFast({ host: "127.0.0.1", port: 0 }, { gso: options.gso });
+  const sinks = [0, 1, 2].map(() => openFast({ host: "127.0.0.1", port: 0 }, { batch: 256 }));
+  try {
+    if (options.refuse) refuseSegmentation(sender.descriptor.fd);
+    const packets = gsoShapes();
+    const to = sender.destinations(sinks.map((s) => s.local));
+    sender.send(packets, to);
+    for (const sink of sinks) {
+      const got = await collect(sink, packets.length);
+      assert.deepEqual(got.map((g) => g.data), packets, "every datagram whole and in order");
+    }
+    const bytes = packets.reduce((n, p) => n + p.length, 0);
+    assert.deepEqual([...to.sent], [packets.length, packets.length, packets.length]);
+    assert.deepEqual([...to.dropped], [0, 0, 0]);
+    assert.equal(sender.stats.tx_packets, packets.length * 3);
+    assert.equal(sender.stats.tx_bytes, bytes * 3);
+    assert.equal(sender.stats.errors, 0);
+    return sender.gso;
+  } finally {
+    await sender.close();
+    for (const s of sinks) await s.close();
+  }
+}
+
+/** Makes the kernel refuse every GSO send of this socket (it does for a socket without UDP checksums). */
+function refuseSegmentation(fd: number): void {
+  const libc = openLibc();
+  assert.ok(libc);
+  const one = new Uint8Array(256);
+  new DataView(one.buffer).setInt32(0, 1, true);
+  const SO_NO_CHECK = 11;
+  assert.equal(libc.symbols.setsockopt(fd, SOL_SOCKET, SO_NO_CHECK, one, 4), 0);
+  libc.close();
+}
+
+Deno.test("fast socket sends runs of one size as GSO messages; receivers get every datagram whole, in order", async () => {
+  assert.equal(await sendShapes({ gso: true }), true, "this kernel segments UDP (Linux 4.18+)");
+  assert.equal(await sendShapes({ gso: false }), false, "gso: false sends datagram by datagram");
+});
+
+Deno.test("a GSO send the kernel refuses goes datagram by datagram, losing nothing; GSO then stays off", async () => {
+  assert.equal(await sendShapes({ gso: true, refuse: true }), false);
 });

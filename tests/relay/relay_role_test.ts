@@ -21,6 +21,7 @@ relay:
   udp: portable
   batch: 32
   socket_buffer: 8MiB
+  gso: false
   relays:
     - name: video
       listen: 0.0.0.0:5004
@@ -33,6 +34,7 @@ relay:
     batch: 32,
     max_datagram: 65535,
     socket_buffer: 8 * 1024 * 1024,
+    gso: false,
     thread: true,
     reflectors: [],
     relays: [{
