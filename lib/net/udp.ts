@@ -120,6 +120,8 @@ export interface Destinations {
 
 export interface UdpSocket {
   readonly impl: "fast" | "portable";
+  /** Whether sends go as GSO runs (the fast path, where the kernel can and `gso` is not false). */
+  readonly gso: boolean;
   /** The bound address (the real port when 0 was asked for). */
   readonly local: Endpoint;
   readonly stats: Readonly<UdpStats>;

@@ -99,15 +99,18 @@ export interface FastDescriptor {
 /**
  * A second FastUdp over a socket opened elsewhere in this process (a worker thread working the socket the main
  * thread opened), with its own buffers and `stats`. Closing it leaves the socket open: its opener closes it.
+ * With `sources: false` its receives do not ask the kernel who sent each datagram (a relay that never looks saves
+ * the copy); `from()` of its batches then throws.
  */
 export function adoptFastUdp(
   descriptor: FastDescriptor,
   options: UdpOptions = {},
   stats?: UdpStats,
+  sources = true,
 ): FastUdp | null {
   const lib = openLibc();
   if (!lib) return null;
-  return new FastUdp(lib, { adopt: descriptor }, options, stats);
+  return new FastUdp(lib, { adopt: descriptor, sources }, options, stats);
 }
 
 /** A pointer-sized field written as two 32-bit halves (user-space addresses fit in 53 bits). */
@@ -215,13 +218,15 @@ export class FastUdp implements UdpSocket {
   #streak = 0;
   /** Receive headers whose msg_namelen needs setting (all of this socket's batch before the first receive). */
   #dirty: number;
+  /** Whether receives ask for each datagram's source address. */
+  readonly #sources: boolean;
 
   /** False for an adopted socket: its opener closes the descriptor. */
   readonly #owner: boolean;
 
   constructor(
     lib: Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>>,
-    source: { bind: Endpoint } | { adopt: FastDescriptor },
+    source: { bind: Endpoint } | { adopt: FastDescriptor; sources?: boolean },
     options: UdpOptions,
     stats: UdpStats = emptyStats(),
   ) {
@@ -229,7 +234,8 @@ export class FastUdp implements UdpSocket {
     this.#c = lib.symbols as unknown as Libc;
     this.stats = stats;
     this.#batchSize = Math.min(MAX_MMSG, Math.max(1, options.batch ?? UDP_DEFAULTS.batch));
-    this.#dirty = this.#batchSize;
+    this.#sources = !("adopt" in source) || source.sources !== false;
+    this.#dirty = this.#sources ? this.#batchSize : 0;
     this.#slot = Math.min(65535, Math.max(1, options.maxDatagram ?? UDP_DEFAULTS.maxDatagram));
     this.#stride = Math.ceil(this.#slot / 8) * 8;
     if ("adopt" in source) {
@@ -253,7 +259,7 @@ export class FastUdp implements UdpSocket {
       put64(this.#rxU32, iov + i * IOVEC_SIZE, this.#rxBase + i * this.#stride);
       put64(this.#rxU32, iov + i * IOVEC_SIZE + 8, this.#slot);
       const h = this.#rxHdr + i * MMSGHDR_SIZE;
-      put64(this.#rxU32, h + MSG_NAME, this.#rxBase + this.#rxName + i * NAME_STRIDE);
+      if (this.#sources) put64(this.#rxU32, h + MSG_NAME, this.#rxBase + this.#rxName + i * NAME_STRIDE);
       put64(this.#rxU32, h + MSG_IOV, this.#rxBase + iov + i * IOVEC_SIZE);
       put64(this.#rxU32, h + MSG_IOVLEN, 1);
     }
@@ -398,7 +404,7 @@ export class FastUdp implements UdpSocket {
   }
 
   #account(n: number): Batch {
-    this.#dirty = n;
+    if (this.#sources) this.#dirty = n;
     let bytes = 0;
     for (let i = 0; i < n; i++) {
       bytes += this.slotLength(i);
@@ -423,6 +429,7 @@ export class FastUdp implements UdpSocket {
     return this.#rxBase + i * this.#stride;
   }
   slotFrom(i: number): Endpoint {
+    if (!this.#sources) throw new Error("this socket does not read source addresses");
     return readSockaddr(this.#rxView, this.#rxName + i * NAME_STRIDE);
   }
 

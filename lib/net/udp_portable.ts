@@ -67,6 +67,7 @@ export function openPortableUdp(addr: Endpoint, options: UdpOptions = {}): UdpSo
 
 class PortableUdp implements UdpSocket {
   readonly impl = "portable" as const;
+  readonly gso = false;
   readonly local: Endpoint;
   readonly stats: UdpStats = emptyStats();
   readonly #limit: number;

@@ -420,6 +420,7 @@ export class Reflector {
       registration: formatHostPort(this.sockets.registration.local),
       use_rtp: this.spec.use_rtp,
       udp: this.sockets.registration.impl,
+      gso: this.sockets.registration.gso,
       threads: this.threads,
       ...this.#threadErrors(),
       ...this.table.stats,

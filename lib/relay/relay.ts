@@ -261,6 +261,7 @@ export class Relay {
       ...(error ? { error } : {}),
       listen: formatHostPort(this.socket.local),
       udp: this.socket.impl,
+      gso: this.socket.gso,
       thread: this.threaded,
       ...statsOf(this.#stats),
       targets: this.spec.targets.map((t, j) => ({

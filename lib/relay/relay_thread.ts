@@ -42,7 +42,8 @@ export type RelayThreadReport = { readonly ready: true } | { readonly stopped: t
 self.onmessage = (event: MessageEvent<RelayThreadStart>) => {
   const m = event.data;
   const report = (r: RelayThreadReport) => self.postMessage(r);
-  const socket = adoptFastUdp(m.descriptor, m.options, sharedStats(m.stats));
+  // Nothing here looks at who sent a datagram: the kernel need not say.
+  const socket = adoptFastUdp(m.descriptor, m.options, sharedStats(m.stats), false);
   const out = m.out ? adoptFastUdp(m.out.descriptor, m.options, sharedStats(m.out.stats)) : socket;
   if (!socket || !out) {
     report({ error: "FFI to libc is not available in the relay thread" });

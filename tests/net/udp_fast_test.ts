@@ -161,3 +161,24 @@ Deno.test("fast socket sends runs of one size as GSO messages; receivers get eve
 Deno.test("a GSO send the kernel refuses goes datagram by datagram, losing nothing; GSO then stays off", async () => {
   assert.equal(await sendShapes({ gso: true, refuse: true }), false);
 });
+
+Deno.test("an adopted fast socket that does not read sources still receives whole datagrams, and says so if asked who sent them", async () => {
+  const sender = openFast({ host: "127.0.0.1", port: 0 });
+  const opener = openFast({ host: "127.0.0.1", port: 0 });
+  const adopted = adoptFastUdp(opener.descriptor, {}, undefined, false);
+  assert.ok(adopted);
+  try {
+    const to = sender.destinations([opener.local]);
+    for (const text of ["one", "two"]) {
+      sender.send([new TextEncoder().encode(text)], to);
+      const batch = adopted.receiveBlocking();
+      assert.equal(batch?.count, 1);
+      assert.equal(new TextDecoder().decode(batch!.data(0)), text);
+      assert.throws(() => batch!.from(0), /does not read source addresses/);
+    }
+  } finally {
+    await adopted.close();
+    await opener.close();
+    await sender.close();
+  }
+});
