@@ -22,7 +22,6 @@ export const MSG_WAITFORONE = 0x10000;
 export const SHUT_RD = 0;
 export const EAGAIN = 11;
 export const EINTR = 4;
-export const EIO = 5;
 export const EMSGSIZE = 90;
 /** UDP generic segmentation offload (Linux 4.18+): one send carries a run of datagrams of one size. */
 export const SOL_UDP = 17;
