@@ -201,6 +201,11 @@ export class FastUdp implements UdpSocket {
   readonly #txGsoSize: Uint16Array;
   /** Length of each laid-out datagram (iovec). */
   readonly #txIovLens = new Uint32Array(MAX_MMSG);
+  /** The runs the laid-out datagrams form (the same for every destination): first iovec, datagrams, bytes, size. */
+  readonly #runAt = new Uint32Array(MAX_MMSG);
+  readonly #runSegs = new Uint32Array(MAX_MMSG);
+  readonly #runBytes = new Float64Array(MAX_MMSG);
+  readonly #runSize = new Uint32Array(MAX_MMSG);
   /** Bytes, datagrams and destination index of each prepared message, for the counts. */
   readonly #txLens = new Float64Array(MAX_MMSG);
   readonly #txSegs = new Uint32Array(MAX_MMSG);
@@ -345,7 +350,7 @@ export class FastUdp implements UdpSocket {
       // gets its turn (see core/yield.ts) at the cost of one hop.
       if (this.#streak < RECEIVE_STREAK) {
         n = c.recvmmsg(this.#fd, hdrs, this.#batchSize, MSG_DONTWAIT, null);
-        if (n < 0 && errno(c) !== EAGAIN) this.stats.errors++;
+        if (n < 0 && this.#errno.getInt32() !== EAGAIN) this.stats.errors++;
       }
       if (n <= 0) {
         this.#streak = 0;
@@ -374,7 +379,10 @@ export class FastUdp implements UdpSocket {
     const n = this.#c.recvmmsg(this.#fd, this.#rxHdrs, this.#batchSize, MSG_WAITFORONE, null);
     if (stop && Atomics.load(stop, 0) !== 0) return null;
     if (n > 0) return this.#account(n);
-    if (n < 0 && errno(this.#c) !== EAGAIN && errno(this.#c) !== EINTR) this.stats.errors++;
+    if (n < 0) {
+      const e = this.#errno.getInt32();
+      if (e !== EAGAIN && e !== EINTR) this.stats.errors++;
+    }
     this.#batch.count = 0;
     return this.#batch;
   }
@@ -482,48 +490,63 @@ export class FastUdp implements UdpSocket {
         put64(u32, iov + 8, len);
         lens[v++] = len;
       }
-      this.#flush(this.#messages(v, dest));
+      this.#flush(this.#messages(this.#runs(v), dest));
     }
   }
 
   /**
-   * Fills the headers that send the `v` laid-out datagrams to every destination of `dest`, a destination at a time
-   * (each destination gets them in order), flushing whenever the headers run out; returns how many are left to
-   * flush. With GSO a run of datagrams of one size (and one shorter datagram after it) goes as one message the
-   * kernel cuts into datagrams late: one route lookup and one trip down the stack for the run.
+   * Cuts the `v` laid-out datagrams into runs; returns how many. With GSO a run of datagrams of one size (and one
+   * shorter datagram after it) goes as one message the kernel cuts into datagrams late: one route lookup and one
+   * trip down the stack for the run. Without, every datagram is a run of its own.
    */
-  #messages(v: number, dest: FastDestinations): number {
-    const u32 = this.#txU32;
+  #runs(v: number): number {
     const lens = this.#txIovLens;
     const gsoMax = this.#gsoMax;
+    let runs = 0;
+    for (let s = 0; s < v; runs++) {
+      const len = lens[s];
+      let r = 1;
+      let bytes = len;
+      if (len > 0 && len <= gsoMax) {
+        const most = Math.min(GSO_MAX_SEGMENTS, Math.floor(GSO_MAX_BYTES / len), v - s);
+        while (r < most && lens[s + r] === len) r++;
+        // The kernel lets the last datagram of a run be shorter (a frame's last packet often is).
+        if (r < most && lens[s + r] > 0 && lens[s + r] < len) r++;
+        bytes = len * (r - 1) + lens[s + r - 1];
+      }
+      this.#runAt[runs] = s;
+      this.#runSegs[runs] = r;
+      this.#runBytes[runs] = bytes;
+      this.#runSize[runs] = len;
+      s += r;
+    }
+    return runs;
+  }
+
+  /**
+   * Fills the headers that send every run to every destination of `dest`, a destination at a time (each gets the
+   * datagrams in order), flushing whenever the headers run out; returns how many are left to flush.
+   */
+  #messages(runs: number, dest: FastDestinations): number {
+    const u32 = this.#txU32;
     let k = 0;
     for (let j = 0; j < dest.endpoints.length; j++) {
-      for (let s = 0; s < v;) {
-        const len = lens[s];
-        let r = 1;
-        let bytes = len;
-        if (len > 0 && len <= gsoMax) {
-          const most = Math.min(GSO_MAX_SEGMENTS, Math.floor(GSO_MAX_BYTES / len), v - s);
-          while (r < most && lens[s + r] === len) r++;
-          // The kernel lets the last datagram of a run be shorter (a frame's last packet often is).
-          if (r < most && lens[s + r] > 0 && lens[s + r] < len) r++;
-          bytes = len * (r - 1) + lens[s + r - 1];
-        }
+      for (let n = 0; n < runs; n++) {
         if (k === MAX_MMSG) k = this.#flush(k);
         const h = k * MMSGHDR_SIZE;
+        const r = this.#runSegs[n];
         put64(u32, h + MSG_NAME, dest.base + j * NAME_STRIDE);
         u32[(h + MSG_NAMELEN) >>> 2] = dest.lengths[j];
-        put64(u32, h + MSG_IOV, this.#txBase + this.#txIov + s * IOVEC_SIZE);
+        put64(u32, h + MSG_IOV, this.#txBase + this.#txIov + this.#runAt[n] * IOVEC_SIZE);
         u32[(h + MSG_IOVLEN) >>> 2] = r;
         if (r > 1) {
           u32[(h + MSG_CONTROLLEN) >>> 2] = CMSG_U16_SPACE;
-          this.#txGsoSize[k * (CMSG_U16_SPACE >>> 1) + (CMSG_DATA >>> 1)] = len;
+          this.#txGsoSize[k * (CMSG_U16_SPACE >>> 1) + (CMSG_DATA >>> 1)] = this.#runSize[n];
         } else u32[(h + MSG_CONTROLLEN) >>> 2] = 0;
-        this.#txLens[k] = bytes;
+        this.#txLens[k] = this.#runBytes[n];
         this.#txSegs[k] = r;
         this.#txDest[k] = j;
         k++;
-        s += r;
       }
     }
     return k;
