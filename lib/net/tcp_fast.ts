@@ -219,45 +219,41 @@ export interface FastListener {
 export type SpliceOptions = Omit<PipeOptions, "counters">;
 
 /**
- * What this process's descriptors point at, and the descriptors each of its epoll sets watches ("tfd: N" in fdinfo).
+ * The epoll sets of this process that watch the UDP socket bound to 127.0.0.1:`port`: the socket's inode from
+ * /proc/net/udp, the descriptor that links to it, then every descriptor whose fdinfo has it as a target ("tfd: N").
  * Deno lets a program read /proc/self only with --allow-all, so a shell reads it (the agent reads /proc the same way).
  */
-async function descriptors(): Promise<{ links: Map<number, string>; watched: Map<number, number[]> }> {
+async function watchersOfUdpPort(port: number): Promise<number[]> {
+  const hex = port.toString(16).toUpperCase().padStart(4, "0");
   const script = `cd /proc/${Deno.pid} || exit 1
-for f in fd/*; do echo "L \${f#fd/} $(readlink "$f")"; done
-for f in fdinfo/*; do grep -q '^tfd' "$f" 2>/dev/null && sed -n "s|^tfd: *\\([0-9]*\\).*|W \${f#fdinfo/} \\1|p" "$f"; done`;
+inode=$(awk '$2 == "0100007F:${hex}" { print $10; exit }' net/udp)
+[ -n "$inode" ] || exit 0
+sock=
+for f in fd/*; do [ "$(readlink "$f")" = "socket:[$inode]" ] && sock=\${f#fd/}; done
+[ -n "$sock" ] || exit 0
+for f in fdinfo/*; do grep -q "^tfd: *$sock " "$f" 2>/dev/null && echo "\${f#fdinfo/}"; done
+exit 0`;
   const out = await new Deno.Command("sh", { args: ["-c", script], stdout: "piped", stderr: "null" })
     .output();
-  const links = new Map<number, string>();
-  const watched = new Map<number, number[]>();
-  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
-    const [kind, a, b] = line.split(" ");
-    if (kind === "L" && b) links.set(Number(a), b);
-    if (kind === "W" && b) watched.set(Number(a), [...(watched.get(Number(a)) ?? []), Number(b)]);
-  }
-  return { links, watched };
+  return new TextDecoder().decode(out.stdout).split("\n").filter((l) => /^\d+$/.test(l)).map(Number);
 }
 
 /**
  * The descriptor of the epoll set this thread's event loop waits in, or -1. Found by opening a Deno socket, letting
- * the event loop register it (on its first pending receive), and looking for the epoll set that watches it; worker
- * threads have sets of their own, which do not.
+ * the event loop register it (on its first pending receive), and looking for the epoll set that watches that very
+ * socket. Worker threads have sets of their own, which do not; nor does `own` (the engine's set), which may be
+ * watching sockets opened meanwhile (a listener made right after the engine).
  */
-async function findReactor(): Promise<number> {
+async function findReactor(own: number): Promise<number> {
   try {
-    const before = new Set([...(await descriptors()).links.values()].filter((l) => l.startsWith("socket:")));
     const probe = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+    const port = (probe.addr as Deno.NetAddr).port;
     const pending = probe.receive().catch(() => null);
     try {
       for (let attempt = 0; attempt < 10; attempt++) {
         await new Promise((resolve) => setTimeout(resolve, 10));
-        const { links, watched } = await descriptors();
-        const added = [...links].filter(([, l]) => l.startsWith("socket:") && !before.has(l)).map(([fd]) =>
-          fd
-        );
-        for (const [fd, fds] of watched) {
-          if (links.get(fd) === "anon_inode:[eventpoll]" && added.some((a) => fds.includes(a))) return fd;
-        }
+        const found = (await watchersOfUdpPort(port)).filter((fd) => fd !== own);
+        if (found.length) return found[0];
       }
     } finally {
       probe.close();
@@ -376,7 +372,7 @@ export class TcpEngine {
     this.#wakeFd = this.c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (this.#epfd < 0 || this.#wakeFd < 0) throw new Error(`epoll: ${this.describe(this.errno())}`);
     this.#ctl(EPOLL_CTL_ADD, this.#wakeFd, EPOLLIN, 0);
-    this.#reactorFound = findReactor().then((fd) => {
+    this.#reactorFound = findReactor(this.#epfd).then((fd) => {
       if (fd >= 0 && this.#ctl(EPOLL_CTL_ADD, fd, EPOLLIN, 0) === 0) this.#reactorFd = fd;
     });
   }

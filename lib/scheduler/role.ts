@@ -102,6 +102,8 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
       for (const s of bound) await s.stop(now.signal);
       throw error;
     }
+    // Where the fast engine waits is settled before anything is served (it is in /status from the start).
+    await transport.ready;
     for (const s of services) {
       s.start();
       ctx.logger.info("service listening", {
@@ -120,6 +122,7 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
       status: () => ({
         state: "running",
         io: transport.kind,
+        ...(transport.waits ? { io_wait: transport.waits } : {}),
         services: Object.fromEntries(services.map((s) => [s.name, s.status()])),
       }),
       async stop(deadline) {

@@ -48,6 +48,14 @@ export type { SpliceTarget } from "../net/tcp_fast.ts";
  */
 export interface Transport {
   readonly kind: "fast" | "portable";
+  /**
+   * Where the fast engine waits for readiness when quiet (shown in /status): on the event loop's own thread (its
+   * epoll set joined, no thread hop per wake-up) or on a helper thread (the event loop's set was not found). Null for
+   * the portable transport, whose sockets are Deno's own.
+   */
+  readonly waits: "event loop thread" | "helper thread" | null;
+  /** Resolves once `waits` is settled (the fast engine has looked for the event loop's epoll set). */
+  readonly ready: Promise<void>;
   /** Failures throw StartError naming the address. */
   listen(addr: HostPort, reusePort: boolean): TransportListener;
   connect(addr: HostPort, timeoutMs: number, clock: Clock, target: ConnectTarget): void;
@@ -72,6 +80,10 @@ export function openTransport(choice: TransportChoice): Transport {
 function fastTransport(engine: TcpEngine): Transport {
   return {
     kind: "fast",
+    get waits() {
+      return engine.waitsOnEventLoopThread ? "event loop thread" as const : "helper thread" as const;
+    },
+    ready: engine.ready,
     listen(addr, reusePort) {
       const listener = engine.listen(addr, reusePort);
       return {
@@ -112,6 +124,8 @@ class PortableConn implements Conn {
 
 const portableTransport: Transport = {
   kind: "portable",
+  waits: null,
+  ready: Promise.resolve(),
   listen(addr, reusePort) {
     const listener = listenTcp(addr, { reusePort });
     return {

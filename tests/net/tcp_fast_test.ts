@@ -205,3 +205,26 @@ Deno.test("fast engine waits on the event loop's own thread (it found the event 
   await e.ready;
   assert.equal(e.waitsOnEventLoopThread, true);
 });
+
+Deno.test("a fresh engine finds the event loop's epoll set even while its own set watches new sockets", async () => {
+  // Its own process, so the engine is made at the start, as in edgenode; the permissions are edgenode's.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--no-prompt",
+      "--allow-net",
+      "--allow-read",
+      "--allow-run",
+      "--allow-ffi",
+      "--unstable-net",
+      new URL("../fixtures/net/engine_busy_start.ts", import.meta.url).pathname,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const result = JSON.parse(text);
+  assert.ok(result.sockets > 0, "sockets were opened while the engine looked");
+  assert.equal(result.waitsOnEventLoopThread, true);
+});
