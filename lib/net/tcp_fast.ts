@@ -3,9 +3,10 @@
  * drives its own. A connection's bytes move by recv and send from one shared buffer, called straight from the
  * readiness event: no promise, no read op and no timer per chunk, which is what Deno's own sockets cost per request.
  *
- * The engine (one per isolate) waits in a nonblocking epoll_wait(0) on the event loop's thread while events keep
- * coming, and only when there are none, or after EVENT_STREAK rounds, in a blocking epoll_wait run off the main
- * thread, so timers, health checks and the status API get their turn (the same pattern as the UDP fast path).
+ * The engine (one per isolate) waits on the event loop's thread, in an epoll set that also holds the event loop's
+ * own (so either wakes it), while anything comes within BUSY_WAIT_MS; quieter than that, in a blocking epoll_wait
+ * run off the main thread while the event loop parks. While events keep coming, the event loop gets a turn when it
+ * has I/O of its own and at least every TURN_MS, so timers, health checks and the status API run.
  *
  * Memory: the event array, the shared data buffer and the scratch for sockaddrs and options are slabs owned by the
  * engine for its whole life (see PLATFORM.md: a typed array whose pointer the kernel holds must not be collected or
@@ -18,7 +19,7 @@ import type { Clock } from "../core/clock.ts";
 import { systemClock } from "../core/clock.ts";
 import { type Deadline, Deadlines } from "../core/deadlines.ts";
 import { StartError } from "../core/errors.ts";
-import { EventLoopTurns } from "../core/yield.ts";
+import { yieldToEventLoop } from "../core/yield.ts";
 import { formatHostPort, type HostPort, isIPv4, isIPv6 } from "./address.ts";
 import {
   AF_INET,
@@ -67,8 +68,11 @@ const EVENT_SIZE = Deno.build.arch === "x86_64" ? 12 : 16;
 /** Where the 64-bit data (fd, then generation) starts in an epoll_event. */
 const DATA_AT = EVENT_SIZE === 12 ? 4 : 8;
 const MAX_EVENTS = 256;
-/** Rounds of ready events taken on the event loop's thread before one wait goes through the blocking call. */
-const EVENT_STREAK = 16;
+/**
+ * Longest the event loop waits for a turn while events keep coming: under full load, timers (checks, timeouts) run
+ * at most this late. The event loop's own I/O (the status API) gets a turn in the round it is seen.
+ */
+const TURN_MS = 10;
 /** How long the blocking wait sleeps when nothing happens (it is also woken through an eventfd). */
 const WAIT_MS = 1000;
 /**
@@ -478,14 +482,16 @@ export class TcpEngine {
     while (this.#loop) await this.#loop;
   }
 
-  /** Turns given to the event loop while the loop runs (closed when it ends: an open channel keeps a process alive). */
-  #turns: EventLoopTurns | null = null;
+  /**
+   * When the current round began (Date.now, read once per round): splices on the system clock stamp their activity
+   * with it instead of reading the clock per read.
+   */
+  now = Date.now();
 
   async #run(): Promise<void> {
     const c = this.c;
-    let streak = 0;
-    /** 1 when the last round found the event loop's own reactor with work for it. */
-    let reactorBusy = 0;
+    /** When the event loop last had a turn. */
+    let turnAt = this.now;
     try {
       while (this.#watched > 0) {
         // What the last round's handlers resolved (an accepted client, a finished connect) runs now, so the
@@ -493,30 +499,26 @@ export class TcpEngine {
         await null;
         // Input left unread last round: this round must not wait.
         const rerun = this.#again.length > 0;
-        let n = reactorBusy ? 0 : c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
+        let n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
         // Nothing ready: first let promise chains that are still running (a PROXY header written, a queued client
         // let in) finish their steps, which may open or ready a socket.
-        for (let k = 0; k < MICROTASK_ROUNDS && n === 0 && !reactorBusy && !rerun; k++) {
+        for (let k = 0; k < MICROTASK_ROUNDS && n === 0 && !rerun; k++) {
           await null;
           n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
         }
-        if (n === 0 && this.#reactorFd >= 0 && reactorBusy === 0 && !rerun) {
+        if (n === 0 && this.#reactorFd >= 0 && !rerun) {
           // Wait here, on the event loop's thread, for our sockets or for the event loop's own I/O (the reactor's
           // epoll is in our set): no thread hop between an event and its handler.
           n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, BUSY_WAIT_MS);
         }
-        if ((n > 0 || rerun) && ++streak >= EVENT_STREAK) {
-          // Busy for a while: timers, health checks and the status API get a turn.
-          streak = 0;
-          await (this.#turns ??= new EventLoopTurns()).give();
-        } else if (n <= 0 && !rerun) {
-          // Quiet (or the event loop's I/O needs the thread): park in the event loop, wait on another thread.
-          streak = 0;
-          reactorBusy = 0;
+        if (n <= 0 && !rerun) {
+          // Quiet: park in the event loop (timers run), wait on another thread.
           this.#waiting = true;
           n = await c.epoll_wait_blocking(this.#epfd, this.#events, MAX_EVENTS, WAIT_MS);
           this.#waiting = false;
+          turnAt = Date.now();
         }
+        const now = this.now = Date.now();
         let reactor = false;
         for (let i = 0; i < n; i++) {
           const at = i * EVENT_SIZE;
@@ -536,14 +538,15 @@ export class TcpEngine {
           }
         }
         if (rerun) this.#rerun();
-        // The event loop has I/O of its own (the status API, checks, a worker's message): the next round that finds
-        // nothing of ours parks in the event loop, which serves it.
-        reactorBusy = reactor ? 1 : 0;
+        // The event loop has I/O of its own (the status API, a check, a worker's message), or has waited TURN_MS
+        // while ours kept coming: it gets a turn now.
+        if (reactor || now - turnAt >= TURN_MS) {
+          await yieldToEventLoop();
+          turnAt = now;
+        }
       }
     } finally {
       this.#loop = null;
-      this.#turns?.close();
-      this.#turns = null;
     }
   }
 
@@ -785,6 +788,8 @@ class Splice implements Sink, Stoppable {
   readonly #down: Direction;
   readonly #pool: SpliceOptions["pool"];
   readonly #clock: Clock;
+  /** On the system clock, activity is stamped with the engine's round time (one clock read per round, not per read). */
+  readonly #coarse: boolean;
   readonly #deadlines: Deadlines;
   readonly #idleMs: number;
   /** Bytes a read takes at most: one pool buffer's worth, so whatever the far side cannot take yet fits in one. */
@@ -811,6 +816,7 @@ class Splice implements Sink, Stoppable {
     this.#down = new Direction(b, a);
     this.#pool = pool;
     this.#clock = clock;
+    this.#coarse = clock === systemClock;
     this.#deadlines = Deadlines.of(clock);
     this.#idleMs = idleMs;
     this.#size = Math.min(engine.data.length, pool?.bufferBytes ?? PIPE_DEFAULTS.bufferBytes);
@@ -888,7 +894,7 @@ class Splice implements Sink, Stoppable {
     for (let k = 0; k < READ_BURST; k++) {
       const n = c.recv(d.src.fd, data, this.#want, 0);
       if (n > 0) {
-        this.#last = this.#clock.now();
+        this.#last = this.#coarse ? this.#engine.now : this.#clock.now();
         let sent = c.send(d.dst.fd, data, usize(n), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (sent < 0) {
           if (this.#engine.errno() !== EAGAIN) return this.#fail(d.dst);
@@ -942,7 +948,7 @@ class Splice implements Sink, Stoppable {
     }
     d.bytes += n;
     d.off += n;
-    this.#last = this.#clock.now();
+    this.#last = this.#coarse ? this.#engine.now : this.#clock.now();
     if (d.off === d.end) {
       this.#pool?.give(held);
       d.held = null;
