@@ -511,14 +511,15 @@ export class TcpEngine {
           // epoll is in our set): no thread hop between an event and its handler.
           n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, BUSY_WAIT_MS);
         }
-        if (n <= 0 && !rerun) {
+        const parked = n <= 0 && !rerun;
+        if (parked) {
           // Quiet: park in the event loop (timers run), wait on another thread.
           this.#waiting = true;
           n = await c.epoll_wait_blocking(this.#epfd, this.#events, MAX_EVENTS, WAIT_MS);
           this.#waiting = false;
-          turnAt = Date.now();
         }
         const now = this.now = Date.now();
+        if (parked) turnAt = now;
         let reactor = false;
         for (let i = 0; i < n; i++) {
           const at = i * EVENT_SIZE;
