@@ -119,12 +119,9 @@ scheduler:
     const all = await services(statusPort);
     // The fast engine found the event loop's epoll set while the services' checks were opening sockets of its own:
     // it waits there, with no thread hop per wake-up.
-    const role =
-      ((await getJson(`http://${LO}:${statusPort}/status`)).roles as { scheduler: object }).scheduler;
-    assert.deepEqual(
-      { io: (role as { io: string }).io, io_wait: (role as { io_wait: string }).io_wait },
-      { io: "fast", io_wait: "event loop thread" },
-    );
+    const status = await getJson(`http://${LO}:${statusPort}/status`);
+    const role = (status.roles as { scheduler: { io: string; io_wait: string } }).scheduler;
+    assert.deepEqual({ io: role.io, io_wait: role.io_wait }, { io: "fast", io_wait: "event loop thread" });
 
     // Round-robin: 300 clients, 100 each, in strict turns.
     const rr = listenPort(all, "rr");
