@@ -27,6 +27,8 @@ import type { YAMLMap } from "yaml";
 
 /** Most servers one service may hold once port ranges are expanded. */
 export const MAX_SERVERS = 256;
+/** The largest weight a server can have, configured, set over the API or scaled by its agent (HAProxy's limit). */
+export const MAX_WEIGHT = 256;
 export const PICKERS = ["roundrobin", "weighted", "leastconn", "leastload", "sourcehash"] as const;
 export const ADMIN_STATES = ["ready", "drain", "maint"] as const;
 export type AdminState = typeof ADMIN_STATES[number];
@@ -68,7 +70,7 @@ function serverAddress(): Schema<ServerAddress> {
 
 const serverItem = obj({
   address: req(serverAddress()),
-  weight: opt(int({ min: 0, max: 256 }), 1),
+  weight: opt(int({ min: 0, max: MAX_WEIGHT }), 1),
   /** Where the server's load agent answers (HAProxy agent-check format); null: no agent. */
   agent: opt(nullable(hostPort({ ipOnly: true })), null),
   /** Connections at once; beyond it clients wait in the service's queue. 0: no limit. */

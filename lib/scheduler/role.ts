@@ -9,7 +9,13 @@ import { StartError, UsageError } from "../core/errors.ts";
 import { readTextFileLimited } from "../core/files.ts";
 import { formatHostPort } from "../net/address.ts";
 import type { RoleDef } from "../roles/role.ts";
-import { ADMIN_STATES, type AdminState, type SchedulerSection, schedulerSection } from "./config.ts";
+import {
+  ADMIN_STATES,
+  type AdminState,
+  MAX_WEIGHT,
+  type SchedulerSection,
+  schedulerSection,
+} from "./config.ts";
 import { builtinPickers } from "./pickers/mod.ts";
 import { BufferPool } from "./pipe.ts";
 import { openTransport } from "./transport.ts";
@@ -165,7 +171,7 @@ function schedulerRoutes(app: Hono, services: Map<string, Service>): void {
       | undefined;
     const usage = `Body must be {"state": one of ${
       ADMIN_STATES.join(", ")
-    }} and/or {"weight": an integer 0..256}`;
+    }} and/or {"weight": an integer 0..${MAX_WEIGHT}}`;
     if (!body || typeof body !== "object" || (body.state === undefined && body.weight === undefined)) {
       return c.json({ error: usage }, 400);
     }
@@ -175,7 +181,7 @@ function schedulerRoutes(app: Hono, services: Map<string, Service>): void {
     }
     if (
       weight !== undefined &&
-      !(Number.isInteger(weight) && (weight as number) >= 0 && (weight as number) <= 256)
+      !(Number.isInteger(weight) && (weight as number) >= 0 && (weight as number) <= MAX_WEIGHT)
     ) {
       return c.json({ error: usage }, 400);
     }

@@ -10,9 +10,9 @@
  */
 import type { HostPort } from "../net/address.ts";
 import type { AgentReply } from "./agent_reply.ts";
-import type { AdminState, PlannedServer, ServerSpec } from "./config.ts";
+import { type AdminState, MAX_WEIGHT, type PlannedServer, type ServerSpec } from "./config.ts";
 
-const ADMIN_RANK: Record<AdminState, number> = { ready: 0, drain: 1, maint: 2 };
+export const ADMIN_RANK: Record<AdminState, number> = { ready: 0, drain: 1, maint: 2 };
 
 export interface Observation {
   readonly at: number;
@@ -68,10 +68,18 @@ export class Server {
     return ADMIN_RANK[agent] > ADMIN_RANK[this.admin] ? agent : this.admin;
   }
 
-  /** The weight pickers see: the configured weight scaled by the agent's percentage, 0 unless ready and up. */
+  /**
+   * The weight pickers see: the configured weight scaled by the agent's percentage and capped at HAProxy's 256, 0
+   * unless ready and up. Unlike HAProxy, the fraction is kept: HAProxy truncates to an integer, so a server of its
+   * default weight 1 reporting anything under 100% would get weight 0 and no new clients.
+   */
   get weight(): number {
-    if (!this.up || this.effectiveAdmin !== "ready") return 0;
-    return this.configuredWeight * (this.agentPercent ?? 100) / 100;
+    return this.up && this.effectiveAdmin === "ready" ? this.scaledWeight : 0;
+  }
+
+  /** The configured weight scaled by the agent's percentage, whatever the state (HAProxy's `weight` column). */
+  get scaledWeight(): number {
+    return Math.min(MAX_WEIGHT, this.configuredWeight * (this.agentPercent ?? 100) / 100);
   }
 
   /** Idle capacity the agent reports (0..100), 100 without one. */
@@ -175,6 +183,7 @@ export class Server {
       admin: this.admin,
       agent_admin: this.agentAdmin,
       weight: this.configuredWeight,
+      scaled_weight: Math.round(this.scaledWeight * 100) / 100,
       effective_weight: Math.round(this.weight * 100) / 100,
       load_percent: this.agentPercent === null ? null : Math.max(0, 100 - this.agentPercent),
       maxconn: this.maxconn,

@@ -101,6 +101,16 @@ Deno.test("Server counts a failed client connect as a failed check", () => {
   assert.equal(s.failedConnects, 2);
 });
 
+Deno.test("Server caps an agent-scaled weight at 256 as HAProxy does, and keeps it while draining", () => {
+  const s = server({ weight: 10 });
+  agent(s, "30000%");
+  assert.equal(s.weight, 256, "10 x 25600% stops at 256");
+  agent(s, "50% drain");
+  assert.equal(s.weight, 0, "a draining server takes no new clients");
+  assert.equal(s.scaledWeight, 5);
+  assert.equal(s.status().scaled_weight, 5, "shown as HAProxy shows a draining server's weight");
+});
+
 Deno.test("Server applies an agent's percentage to its configured weight: 50% halves it", () => {
   const s = server({ weight: 10 });
   assert.equal(agent(s, "50%"), null);
