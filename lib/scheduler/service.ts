@@ -20,7 +20,7 @@ import { PersistenceTable } from "./persistence.ts";
 import type { Picker, PickerKind } from "./pickers/picker.ts";
 import type { BufferPool, PipeResult } from "./pipe.ts";
 import { proxyHeader } from "./proxy_protocol.ts";
-import { Server } from "./server.ts";
+import { ADMIN_RANK, Server } from "./server.ts";
 import type { ServerSpec } from "./config.ts";
 import type { Conn, ConnectTarget, SpliceTarget, Transport, TransportListener } from "./transport.ts";
 
@@ -395,7 +395,39 @@ export class Service {
     for (const s of this.servers) {
       const ss = metrics.set("scheduler_server", { service: this.name, server: s.key });
       ss.gauge("up", "1 when the server takes connections (up and ready), else 0", () => s.available ? 1 : 0);
+      ss.gauge("healthy", "1 when health checks and the agent say up, else 0", () => s.up ? 1 : 0);
+      ss.gauge(
+        "admin_state",
+        "Administrative state, the stricter of the operator's and the agent's: 0 ready, 1 drain, 2 maint",
+        () => ADMIN_RANK[s.effectiveAdmin],
+      );
+      ss.gauge("weight", "Weight from the config or the API", () => s.configuredWeight);
       ss.gauge("effective_weight", "Configured weight scaled by the agent's percentage", () => s.weight);
+      ss.gauge(
+        "maxconn",
+        "Connections at once (the agent's maxconn, else the config's); 0: no limit",
+        () => s.maxconn,
+      );
+      ss.gauge(
+        "load_percent",
+        "Load the agent reported (100 - its weight percentage, at least 0); NaN before any report",
+        () => s.agentPercent === null ? NaN : Math.max(0, 100 - s.agentPercent),
+      );
+      ss.gauge(
+        "last_check_ok",
+        "1 when the last health check (or client connect) succeeded, 0 when it failed; NaN before any",
+        () => s.lastCheck === null ? NaN : s.lastCheck.ok ? 1 : 0,
+      );
+      ss.gauge(
+        "last_check_timestamp_seconds",
+        "When the last health check ended (Unix time); NaN before any",
+        () => s.lastCheck === null ? NaN : s.lastCheck.at / 1000,
+      );
+      ss.gauge(
+        "agent_ok",
+        "1 when the agent answered its last poll, 0 when it could not be reached; NaN without a poll yet",
+        () => s.lastAgent === null ? NaN : s.lastAgent.ok ? 1 : 0,
+      );
       ss.gauge("active_connections", "Connections open to the server now", () => s.active);
       ss.counter("connections_total", "Connections made to the server", () => s.total);
       ss.counter(
