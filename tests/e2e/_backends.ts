@@ -8,7 +8,10 @@
  * `listening PORT` once it listens.
  */
 import assert from "node:assert/strict";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { connectTcp, TcpConnectError } from "../../lib/net/tcp.ts";
 import { type ParsedProxyHeader, parseProxyHeader } from "../../lib/scheduler/proxy_protocol.ts";
+import { within } from "./_process.ts";
 
 const LOOPBACK = "127.0.0.1";
 const encoder = new TextEncoder();
@@ -120,6 +123,37 @@ export class Backend implements AsyncDisposable {
     } finally {
       clearInterval(timer);
     }
+  }
+}
+
+/**
+ * A listener that never accepts, its accept queue filled so that the kernel drops the next SYN: a connect to it
+ * hangs, the way a connect to a dead host does. Returns its port and a dispose that frees everything.
+ */
+export async function blackhole(): Promise<{ port: number } & AsyncDisposable> {
+  const listener = Deno.listen({ hostname: LOOPBACK, port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const made: Deno.TcpConn[] = [];
+  const dispose = () => {
+    for (const c of made) c.close();
+    listener.close();
+  };
+  try {
+    for (let i = 0; i < 5000; i++) {
+      const clock = new ManualClock();
+      const attempt = connectTcp({ host: LOOPBACK, port }, { timeoutMs: 1000, clock });
+      if (!(await within(attempt, 20))) clock.advance(1000);
+      try {
+        made.push(await attempt);
+      } catch (error) {
+        assert.ok(error instanceof TcpConnectError && error.kind === "timeout");
+        return { port, [Symbol.asyncDispose]: () => Promise.resolve(dispose()) };
+      }
+    }
+    throw new Error("The accept queue never filled");
+  } catch (error) {
+    dispose();
+    throw error;
   }
 }
 

@@ -15,55 +15,18 @@ import {
   spread,
   until,
 } from "./_backends.ts";
-import { getJson, getText, LISTENING, runToEnd, startEdgenode, tempConfig } from "./_process.ts";
-
-const LO = "127.0.0.1";
-const TOKEN = "e2e-scheduler-token-0123456789";
-
-interface ServerStatus {
-  server: string;
-  state: string;
-  active: number;
-  total: number;
-  failed_connects: number;
-  changed_at: string;
-  load_percent: number | null;
-  last_agent: { ok: boolean } | null;
-}
-
-interface ServiceStatus {
-  listen: string;
-  origin: string;
-  servers: ServerStatus[];
-  [counter: string]: unknown;
-}
-
-async function services(statusPort: number): Promise<Record<string, ServiceStatus>> {
-  const status = await getJson(`http://${LO}:${statusPort}/status`);
-  return (status.roles as { scheduler: { services: Record<string, ServiceStatus> } }).scheduler.services;
-}
-
-async function serverStatus(statusPort: number, service: string, key: string): Promise<ServerStatus> {
-  const found = (await services(statusPort))[service].servers.find((s) => s.server === key);
-  assert.ok(found, `server ${key} in ${service}`);
-  return found;
-}
-
-/** The port a service bound (it was asked for port 0): what /status shows as its `listen`. */
-function listenPort(all: Record<string, ServiceStatus>, service: string): number {
-  return Number(/:(\d+)$/.exec(all[service].listen)![1]);
-}
-
-/** Starts edgenode with `config` and returns it with its status port. */
-async function startScheduler(config: { path: string }) {
-  const edgenode = startEdgenode(["--config", config.path, "--status", `${LO}:0`]);
-  const [, statusPort] = await edgenode.waitForLine(LISTENING);
-  return { edgenode, statusPort: Number(statusPort) };
-}
-
-function counts(map: Map<string | null, number>): Record<string, number> {
-  return Object.fromEntries([...map].map(([k, v]) => [String(k), v]));
-}
+import { getJson, getText, runToEnd, tempConfig } from "./_process.ts";
+import {
+  clientsOn,
+  counts,
+  listenPort,
+  LO,
+  metricLine,
+  serverStatus,
+  services,
+  startScheduler,
+  TOKEN,
+} from "./_scheduler.ts";
 
 Deno.test("edgenode scheduler spreads clients by round-robin and least load, keeps affinity, skips a dead port of a range", async () => {
   await using a = new Backend("A");
@@ -190,20 +153,22 @@ scheduler:
 
     // /metrics has the same numbers, per service and per server.
     const metrics = await getText(`http://${LO}:${statusPort}/metrics`);
-    const line = (text: string) => new RegExp(`^${text.replace(/[{}.]/g, "\\$&")}$`, "m");
-    assert.match(metrics, line(`edgenode_scheduler_service_accepted_total{service="rr"} 300`));
+    assert.match(metrics, metricLine(`edgenode_scheduler_service_accepted_total{service="rr"} 300`));
     for (const s of [a, b, c]) {
       assert.match(
         metrics,
-        line(`edgenode_scheduler_server_connections_total{service="rr",server="${s.address}"} 100`),
+        metricLine(`edgenode_scheduler_server_connections_total{service="rr",server="${s.address}"} 100`),
       );
     }
-    assert.match(metrics, line(`edgenode_scheduler_server_up{service="range",server="${LO}:${base + 2}"} 0`));
     assert.match(
       metrics,
-      line(`edgenode_scheduler_server_effective_weight{service="ll",server="${y.address}"} 0.9`),
+      metricLine(`edgenode_scheduler_server_up{service="range",server="${LO}:${base + 2}"} 0`),
     );
-    assert.match(metrics, line(`edgenode_scheduler_service_open_connections{service="rr"} 0`));
+    assert.match(
+      metrics,
+      metricLine(`edgenode_scheduler_server_effective_weight{service="ll",server="${y.address}"} 0.9`),
+    );
+    assert.match(metrics, metricLine(`edgenode_scheduler_service_open_connections{service="rr"} 0`));
     assert.match(metrics, /^# TYPE edgenode_scheduler_service_queue_full_total counter$/m);
 
     edgenode.kill("SIGTERM");
@@ -243,18 +208,6 @@ function hammer(port: number, concurrency: number) {
       await Promise.all(loops);
     },
   };
-}
-
-/** Opens clients through `port` until `count` of them are on backend `name`; the others are closed. */
-async function clientsOn(port: number, name: string, count: number): Promise<Client[]> {
-  const kept: Client[] = [];
-  for (let i = 0; i < 40 && kept.length < count; i++) {
-    const client = await Client.connect(port);
-    if ((await client.readLine()) === name) kept.push(client);
-    else client[Symbol.dispose]();
-  }
-  assert.equal(kept.length, count, `${count} clients on ${name}`);
-  return kept;
 }
 
 Deno.test("edgenode scheduler survives a killed server, re-enables it, drains it over the API and cuts a frozen one", async () => {

@@ -10,7 +10,7 @@
  * through util-linux's `setpriv`.
  */
 import assert from "node:assert/strict";
-import { getJson, LISTENING, startEdgenode, tempConfig, within } from "./_process.ts";
+import { getJson, LISTENING, requireTools, startEdgenode, tempConfig, within } from "./_process.ts";
 
 const SKIP_ENV = "EDGENODE_SKIP_STREAMING";
 const LOOPBACK = "127.0.0.1";
@@ -55,7 +55,12 @@ Deno.test({
     try {
       // Root or not, from the owner of what this process just made (Deno.uid() would need --allow-sys).
       const asRoot = (await Deno.stat(dir)).uid === 0;
-      await requireTools(["ffmpeg", "ffprobe", "cvlc", ...(asRoot ? ["setpriv"] : [])]);
+      await requireTools(
+        "the streaming test",
+        ["ffmpeg", "ffprobe", "cvlc", ...(asRoot ? ["setpriv"] : [])],
+        "the Debian packages vlc-bin vlc-plugin-base ffmpeg (.ci/run does; setpriv comes with util-linux), " +
+          `or set ${SKIP_ENV}=1 to skip this test`,
+      );
       // VLC (as nobody) must reach the clip; its HOME takes the config and cache it writes.
       await Deno.chmod(dir, 0o755);
       const clip = `${dir}/clip.ts`;
@@ -193,29 +198,6 @@ Deno.test({
     }
   },
 });
-
-async function requireTools(names: readonly string[]): Promise<void> {
-  const dirs = (Deno.env.get("PATH") ?? "").split(":").filter(Boolean);
-  const missing: string[] = [];
-  for (const name of names) {
-    let found = false;
-    for (const dir of dirs) {
-      const info = await Deno.stat(`${dir}/${name}`).catch(() => null);
-      if (info?.isFile && (info.mode ?? 0o111) & 0o111) {
-        found = true;
-        break;
-      }
-    }
-    if (!found) missing.push(name);
-  }
-  if (missing.length) {
-    assert.fail(
-      `Cannot run the streaming test: ${missing.join(", ")} not found on PATH. Install the Debian packages ` +
-        `vlc-bin vlc-plugin-base ffmpeg (.ci/run does; setpriv comes with util-linux), or set ${SKIP_ENV}=1 ` +
-        "to skip this test.",
-    );
-  }
-}
 
 /** A 10 s MPEG-TS clip (test pattern, 440 Hz tone); VLC loops it, so the client may join at any time. */
 async function makeClip(path: string): Promise<void> {

@@ -10,7 +10,6 @@ import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { yieldToEventLoop } from "../../lib/core/yield.ts";
 import type { HostPort } from "../../lib/net/address.ts";
 import type { ExchangeOptions, ExchangeResult } from "../../lib/net/tcp_check.ts";
-import { connectTcp, TcpConnectError } from "../../lib/net/tcp.ts";
 import {
   type AdminState,
   type SchedulerSection,
@@ -22,7 +21,7 @@ import { builtinPickers } from "../../lib/scheduler/pickers/mod.ts";
 import { openTransport, type Transport } from "../../lib/scheduler/transport.ts";
 import { BufferPool } from "../../lib/scheduler/pipe.ts";
 import { Service } from "../../lib/scheduler/service.ts";
-import { Backend, Client, fetchName, ProxyBackend, until } from "../e2e/_backends.ts";
+import { Backend, blackhole, Client, fetchName, ProxyBackend, until } from "../e2e/_backends.ts";
 
 const LO = "127.0.0.1";
 const DEFAULTS: ServiceSettings = (schedulerSection.default as SchedulerSection).rules_service;
@@ -294,37 +293,6 @@ ioTest(
     assert.match(env.metrics.render(), /^edgenode_scheduler_service_queue_full_total\{service="svc"\} 1$/m);
   },
 );
-
-/**
- * A listener that never accepts, its accept queue filled so that the kernel drops the next SYN: a connect to it
- * hangs, the way a connect to a dead host does. Returns its port and a dispose that frees everything.
- */
-async function blackhole(): Promise<{ port: number } & AsyncDisposable> {
-  const listener = Deno.listen({ hostname: LO, port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  const made: Deno.TcpConn[] = [];
-  const dispose = () => {
-    for (const c of made) c.close();
-    listener.close();
-  };
-  try {
-    for (let i = 0; i < 5000; i++) {
-      const clock = new ManualClock();
-      const attempt = connectTcp({ host: LO, port }, { timeoutMs: 1000, clock });
-      if (!(await settlesWithin(attempt, 20))) clock.advance(1000);
-      try {
-        made.push(await attempt);
-      } catch (error) {
-        assert.ok(error instanceof TcpConnectError && error.kind === "timeout");
-        return { port, [Symbol.asyncDispose]: () => Promise.resolve(dispose()) };
-      }
-    }
-    throw new Error("The accept queue never filled");
-  } catch (error) {
-    dispose();
-    throw error;
-  }
-}
 
 ioTest(
   "Service gives up a connect after connect_timeout, counts it against the server and tries the next",
