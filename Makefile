@@ -17,7 +17,7 @@ endif
 
 # Real peers from Debian: the scheduler's streaming test runs VLC (RTSP server) and ffprobe; the TCP benchmark runs
 # nginx, HAProxy and wrk. Installed with apt-get (as root, else through sudo) when missing.
-TEST_PACKAGES := vlc-bin vlc-plugin-base ffmpeg
+TEST_PACKAGES := vlc-bin vlc-plugin-base ffmpeg haproxy
 BENCH_PACKAGES := nginx-light haproxy wrk
 define apt_install
 	@pkgs=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || pkgs="$$pkgs $$p"; done; \
@@ -33,7 +33,7 @@ endef
 
 help:
 	@echo "make run    start edgenode on its embedded default config (status on http://127.0.0.1:8080/status)"
-	@echo "make test   format check, lint, type check and every test (installs VLC and ffmpeg from Debian if missing)"
+	@echo "make test   format check, lint, type check and every test (installs VLC, ffmpeg and HAProxy from Debian if missing)"
 	@echo "make bench  run the benchmarks in tests/bench (installs nginx, HAProxy and wrk from Debian if missing)"
 	@echo "make build  compile dist/edgenode (needs the Deno base runtime: see README, DENORT_BIN)"
 	@echo "make check  validate config/*.yaml without starting anything"
