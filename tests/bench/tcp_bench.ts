@@ -11,7 +11,7 @@
  * (nginx, haproxy, wrk) is missing or a path could not start.
  *
  *   make bench                         every benchmark       deno task bench tcp     this one
- *   BENCH_SECONDS=5 BENCH_CONNECTIONS=50 BENCH_ROUNDS=3 deno task bench tcp   (the defaults)
+ *   BENCH_SECONDS=5 BENCH_CONNECTIONS=50 BENCH_ROUNDS=5 deno task bench tcp   (the defaults)
  */
 import { startEdgenode, tempConfig } from "../e2e/_process.ts";
 import { processCpuNs } from "./_cpu.ts";
@@ -19,8 +19,8 @@ import { processCpuNs } from "./_cpu.ts";
 const LO = "127.0.0.1";
 const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? "5");
 const CONNECTIONS = Number(Deno.env.get("BENCH_CONNECTIONS") ?? "50");
-/** Rounds (BENCH_ROUNDS, default 3): each figure is the path's best over the rounds. */
-const ROUNDS = Math.max(1, Number(Deno.env.get("BENCH_ROUNDS") ?? "3"));
+/** Rounds (BENCH_ROUNDS, default 5): each figure is the path's best over the rounds. */
+const ROUNDS = Math.max(1, Number(Deno.env.get("BENCH_ROUNDS") ?? "5"));
 /** wrk's own threads: one, so that it takes one core at most and leaves the other to the path under test. */
 const WRK_THREADS = Number(Deno.env.get("BENCH_WRK_THREADS") ?? "1");
 
@@ -247,6 +247,9 @@ async function main(): Promise<number> {
     // CPU time of each proxy's process per request, lowest over the rounds: steadier than the rates, which move
     // with whatever else the two cores run at the time.
     const cpu = LOADS.map(() => paths.map(() => Infinity));
+    // Each round's edgenode / HAProxy ratio per load: the two run back to back, so a slow spell of the machine
+    // tends to hit both; their median is the steadier summary beside the ratio of the bests.
+    const paired = LOADS.map(() => [] as number[]);
     for (let round = 1; round <= ROUNDS; round++) {
       const ratios: string[] = [];
       for (const [l, load] of LOADS.entries()) {
@@ -264,6 +267,7 @@ async function main(): Promise<number> {
           best[l][i] = Math.max(best[l][i], r.value);
           errors[l][i] += r.errors;
         }
+        paired[l].push(figures[2] / figures[1]);
         ratios.push(`${load.name} ${(figures[2] / figures[1]).toFixed(2)}`);
       }
       console.log(`round ${round} of ${ROUNDS}: edgenode / HAProxy ${ratios.join(", ")}`);
@@ -292,6 +296,13 @@ async function main(): Promise<number> {
       rows,
     );
     console.log(
+      `edgenode / HAProxy, median of the ${ROUNDS} per-round ratios (lowest-highest): ` +
+        LOADS.map((load, l) => {
+          const r = [...paired[l]].sort((x, y) => x - y);
+          return `${load.name} ${median(r).toFixed(2)} (${r[0].toFixed(2)}-${r[r.length - 1].toFixed(2)})`;
+        }).join(", "),
+    );
+    console.log(
       "2t vs 1t: HAProxy with two threads / one thread. At or below 1.0, a second core does not help on this " +
         "machine (wrk and nginx use it), and edgenode runs one worker per port.",
     );
@@ -308,6 +319,12 @@ async function main(): Promise<number> {
     for (const s of started.reverse()) await s.stop();
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/** The middle of sorted `xs` (the mean of the two middle ones for an even count). */
+function median(xs: number[]): number {
+  const m = xs.length >> 1;
+  return xs.length % 2 ? xs[m] : (xs[m - 1] + xs[m]) / 2;
 }
 
 function fmt(n: number): string {
