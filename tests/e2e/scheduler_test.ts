@@ -115,6 +115,16 @@ scheduler:
     const sdp = await redirect("ll/live/cam1.sdp");
     assert.equal(sdp.headers.get("content-type"), "application/sdp");
     assert.match(await sdp.text(), new RegExp(`^a=control:rtsp://${y.address}/live/cam1\r$`, "m"));
+    for (
+      const [ext, type, body] of [
+        ["ram", "audio/x-pn-realaudio", `rtsp://${y.address}/live/cam1\n`],
+        ["m3u", "audio/x-mpegurl", `#EXTM3U\nrtsp://${y.address}/live/cam1\n`],
+      ]
+    ) {
+      const meta = await redirect(`ll/live/cam1.${ext}`);
+      assert.equal(meta.headers.get("content-type"), type);
+      assert.equal(await meta.text(), body);
+    }
     const unsafe = await redirect("ll/live%0d%0acam1");
     assert.equal(unsafe.status, 400);
     await unsafe.body?.cancel();
