@@ -268,7 +268,9 @@ export async function requireTools(
   }
   const missing = names.filter((name) => !(name in found));
   if (missing.length) {
-    assert.fail(`Cannot run ${what}: ${missing.join(", ")} not found on PATH. Install ${install}.`);
+    assert.fail(
+      `Cannot run ${what}: ${missing.join(", ")} not found on PATH or in /usr/sbin. Install ${install}.`,
+    );
   }
   return found;
 }

@@ -22,6 +22,7 @@ import { openTransport, type Transport } from "../../lib/scheduler/transport.ts"
 import { BufferPool } from "../../lib/scheduler/pipe.ts";
 import { Service } from "../../lib/scheduler/service.ts";
 import { Backend, blackhole, Client, fetchName, ProxyBackend, until } from "../e2e/_backends.ts";
+import { clientsOn } from "../e2e/_scheduler.ts";
 
 const LO = "127.0.0.1";
 const DEFAULTS: ServiceSettings = (schedulerSection.default as SchedulerSection).rules_service;
@@ -117,18 +118,6 @@ async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boo
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** Clients connected through `port` until `count` of them landed on backend `name`; the others are closed. */
-async function clientsOn(port: number, name: string, count: number): Promise<Client[]> {
-  const kept: Client[] = [];
-  for (let i = 0; i < 50 && kept.length < count; i++) {
-    const c = await Client.connect(port);
-    if ((await c.readLine()) === name) kept.push(c);
-    else c[Symbol.dispose]();
-  }
-  assert.equal(kept.length, count, `${count} clients on ${name}`);
-  return kept;
 }
 
 ioTest(
