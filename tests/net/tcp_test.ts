@@ -3,6 +3,7 @@ import { ManualClock } from "../../lib/core/clock.ts";
 import { StartError } from "../../lib/core/errors.ts";
 import { yieldToEventLoop } from "../../lib/core/yield.ts";
 import { classifyTcpError, closeQuietly, connectTcp, listenTcp, TcpConnectError } from "../../lib/net/tcp.ts";
+import { blackhole } from "../e2e/_backends.ts";
 
 const LO = "127.0.0.1";
 
@@ -11,29 +12,6 @@ async function settledWithin<T>(p: Promise<T>, turns: number): Promise<boolean> 
   p.then(() => (settled = true), () => (settled = true));
   for (let i = 0; i < turns && !settled; i++) await yieldToEventLoop();
   return settled;
-}
-
-/**
- * Fills the accept queue of a listener that never accepts, so that the kernel drops the next SYN and a connect
- * hangs. Each attempt runs on a ManualClock: one still pending after a few event-loop turns is given up on with
- * `advance`, and a timeout means the queue is full (a merely slow connect would time out the same way, which is
- * just as good). Returns the connections made, for the caller to close.
- */
-async function fillAcceptQueue(port: number): Promise<Deno.TcpConn[]> {
-  const made: Deno.TcpConn[] = [];
-  for (let i = 0; i < 5000; i++) {
-    const clock = new ManualClock();
-    const attempt = connectTcp({ host: LO, port }, { timeoutMs: 1000, clock });
-    if (!(await settledWithin(attempt, 50))) clock.advance(1000);
-    try {
-      made.push(await attempt);
-    } catch (error) {
-      assert.ok(error instanceof TcpConnectError);
-      assert.equal(error.kind, "timeout");
-      return made;
-    }
-  }
-  throw new Error("The accept queue never filled");
 }
 
 Deno.test("listenTcp binds port 0 to a real port and accept returns connections connectTcp made", async () => {
@@ -103,37 +81,33 @@ Deno.test("connectTcp to a port nobody listens on fails with kind refused", asyn
 });
 
 Deno.test("connectTcp gives up after timeoutMs on the clock, and the caller's abort is kind aborted", async () => {
-  const listener = listenTcp({ host: LO, port: 0 });
-  const queued = await fillAcceptQueue(listener.addr.port);
-  try {
-    // The queue is full: this SYN is dropped and the connect hangs until the clock says otherwise.
-    const clock = new ManualClock();
-    const hanging = connectTcp(listener.addr, { timeoutMs: 2000, clock });
-    assert.equal(await settledWithin(hanging, 20), false);
-    clock.advance(1999);
-    assert.equal(await settledWithin(hanging, 20), false);
-    clock.advance(1);
-    await assert.rejects(hanging, (e: unknown) => e instanceof TcpConnectError && e.kind === "timeout");
-    assert.equal(clock.pending, 0);
+  // A listener that never accepts, its accept queue full.
+  await using hole = await blackhole();
+  const addr = { host: LO, port: hole.port };
+  // The queue is full: this SYN is dropped and the connect hangs until the clock says otherwise.
+  const clock = new ManualClock();
+  const hanging = connectTcp(addr, { timeoutMs: 2000, clock });
+  assert.equal(await settledWithin(hanging, 20), false);
+  clock.advance(1999);
+  assert.equal(await settledWithin(hanging, 20), false);
+  clock.advance(1);
+  await assert.rejects(hanging, (e: unknown) => e instanceof TcpConnectError && e.kind === "timeout");
+  assert.equal(clock.pending, 0);
 
-    const controller = new AbortController();
-    const aborted = connectTcp(listener.addr, { timeoutMs: 2000, clock, signal: controller.signal });
-    controller.abort(new Error("server went down"));
-    await assert.rejects(aborted, (e: unknown) => {
-      assert.ok(e instanceof TcpConnectError);
-      assert.equal(e.kind, "aborted");
-      assert.match(e.message, /: aborted$/);
-      return true;
-    });
-    assert.equal(clock.pending, 0);
-    await assert.rejects(
-      connectTcp(listener.addr, { signal: AbortSignal.abort() }),
-      (e: unknown) => e instanceof TcpConnectError && e.kind === "aborted",
-    );
-  } finally {
-    queued.forEach(closeQuietly);
-    listener.close();
-  }
+  const controller = new AbortController();
+  const aborted = connectTcp(addr, { timeoutMs: 2000, clock, signal: controller.signal });
+  controller.abort(new Error("server went down"));
+  await assert.rejects(aborted, (e: unknown) => {
+    assert.ok(e instanceof TcpConnectError);
+    assert.equal(e.kind, "aborted");
+    assert.match(e.message, /: aborted$/);
+    return true;
+  });
+  assert.equal(clock.pending, 0);
+  await assert.rejects(
+    connectTcp(addr, { signal: AbortSignal.abort() }),
+    (e: unknown) => e instanceof TcpConnectError && e.kind === "aborted",
+  );
 });
 
 Deno.test("connectTcp leaves an established connection alone when its timeout would have passed", async () => {
