@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { Client } from "./_backends.ts";
-import { getJson, LISTENING, startEdgenode } from "./_process.ts";
+import { getJson, getText, LISTENING, startEdgenode } from "./_process.ts";
 
 export const LO = "127.0.0.1";
 /** The status API token the tests' configs set. */
@@ -77,8 +77,15 @@ export async function setServer(
 }
 
 /** A regular expression for one whole line of /metrics. */
-export function metricLine(text: string): RegExp {
+function metricLine(text: string): RegExp {
   return new RegExp(`^${text.replace(/[{}.]/g, "\\$&")}$`, "m");
+}
+
+/** Fetches /metrics and asserts that each of `lines` stands in it as a whole line; returns the text. */
+export async function assertMetrics(statusPort: number, lines: readonly string[]): Promise<string> {
+  const text = await getText(`http://${LO}:${statusPort}/metrics`);
+  for (const line of lines) assert.match(text, metricLine(line));
+  return text;
 }
 
 /** Opens clients through `port` until `count` of them are on backend `name`; the others are closed. */

@@ -5,12 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { AgentStub, Backend, Client, spread, until } from "./_backends.ts";
-import { getJson, getText, LISTENING, requireTools, startEdgenode, tempConfig } from "./_process.ts";
+import { getJson, LISTENING, requireTools, startEdgenode, tempConfig } from "./_process.ts";
 import {
+  assertMetrics,
   counts,
   listenPort,
   LO,
-  metricLine,
   type ServerStatus,
   serverStatus,
   services,
@@ -119,16 +119,11 @@ scheduler:
     const maintAt = performance.now();
     await once(p.address, "maint", (s) => s.state === "maint");
     assert.ok((await ended) - maintAt < 1000, "P's client was closed as P went into maintenance");
-    let metrics = await getText(`http://${LO}:${statusPort}/metrics`);
-    assert.match(
-      metrics,
-      metricLine(`edgenode_scheduler_server_admin_state{service="w",server="${p.address}"} 2`),
-    );
-    assert.match(metrics, metricLine(`edgenode_scheduler_server_up{service="w",server="${p.address}"} 0`));
-    assert.match(
-      metrics,
-      metricLine(`edgenode_scheduler_server_healthy{service="w",server="${p.address}"} 1`),
-    );
+    await assertMetrics(statusPort, [
+      `edgenode_scheduler_server_admin_state{service="w",server="${p.address}"} 2`,
+      `edgenode_scheduler_server_up{service="w",server="${p.address}"} 0`,
+      `edgenode_scheduler_server_healthy{service="w",server="${p.address}"} 1`,
+    ]);
 
     // down takes it out as a failed check would; up and ready with 100% bring it back at its full weight.
     stub.reply = "down #disk full";
@@ -150,19 +145,11 @@ scheduler:
     assert.equal(silent.state, "up");
     assert.equal(silent.effective_weight, 10);
     assert.deepEqual(counts(await spread(port, 4)), { P: 2, Q: 2 });
-    metrics = await getText(`http://${LO}:${statusPort}/metrics`);
-    assert.match(
-      metrics,
-      metricLine(`edgenode_scheduler_server_agent_ok{service="w",server="${p.address}"} 0`),
-    );
-    assert.match(
-      metrics,
-      metricLine(`edgenode_scheduler_server_maxconn{service="w",server="${q.address}"} 7`),
-    );
-    assert.match(
-      metrics,
-      metricLine(`edgenode_scheduler_server_load_percent{service="w",server="${q.address}"} 0`),
-    );
+    await assertMetrics(statusPort, [
+      `edgenode_scheduler_server_agent_ok{service="w",server="${p.address}"} 0`,
+      `edgenode_scheduler_server_maxconn{service="w",server="${q.address}"} 7`,
+      `edgenode_scheduler_server_load_percent{service="w",server="${q.address}"} 0`,
+    ]);
 
     for (const client of held.splice(0)) client[Symbol.dispose]();
     edgenode.kill("SIGTERM");

@@ -6,13 +6,13 @@
  */
 import assert from "node:assert/strict";
 import { Backend, blackhole, Client, spread, until } from "./_backends.ts";
-import { getText, tempConfig } from "./_process.ts";
+import { tempConfig } from "./_process.ts";
 import {
+  assertMetrics,
   clientsOn,
   counts,
   listenPort,
   LO,
-  metricLine,
   serverStatus,
   services,
   setServer,
@@ -66,9 +66,10 @@ scheduler:
     { queued: after.queued, queue_timeouts: after.queue_timeouts, queue_length: after.queue_length },
     { queued: 2, queue_timeouts: 1, queue_length: 0 },
   );
-  const metrics = await getText(`http://${LO}:${statusPort}/metrics`);
-  assert.match(metrics, metricLine(`edgenode_scheduler_service_queue_timeouts_total{service="q"} 1`));
-  assert.match(metrics, metricLine(`edgenode_scheduler_server_maxconn{service="q",server="${s.address}"} 1`));
+  await assertMetrics(statusPort, [
+    `edgenode_scheduler_service_queue_timeouts_total{service="q"} 1`,
+    `edgenode_scheduler_server_maxconn{service="q",server="${s.address}"} 1`,
+  ]);
 
   second[Symbol.dispose]();
   edgenode.kill("SIGTERM");
@@ -173,12 +174,10 @@ scheduler:
   assert.ok((await ended) - answeredAt < 1000, "A's open connection was closed");
   assert.deepEqual(counts(await spread(port, 4)), { B: 4 });
   assert.equal((await serverStatus(statusPort, "m", a.address)).state, "maint");
-  const metrics = await getText(`http://${LO}:${statusPort}/metrics`);
-  assert.match(
-    metrics,
-    metricLine(`edgenode_scheduler_server_admin_state{service="m",server="${a.address}"} 2`),
-  );
-  assert.match(metrics, metricLine(`edgenode_scheduler_server_up{service="m",server="${a.address}"} 0`));
+  await assertMetrics(statusPort, [
+    `edgenode_scheduler_server_admin_state{service="m",server="${a.address}"} 2`,
+    `edgenode_scheduler_server_up{service="m",server="${a.address}"} 0`,
+  ]);
 
   // A weight change and back to ready: A takes its turns again.
   const ready = await setServer(statusPort, "m", a.address, { state: "ready", weight: 3 });

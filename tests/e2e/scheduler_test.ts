@@ -15,13 +15,13 @@ import {
   spread,
   until,
 } from "./_backends.ts";
-import { getJson, getText, runToEnd, tempConfig } from "./_process.ts";
+import { getJson, runToEnd, tempConfig } from "./_process.ts";
 import {
+  assertMetrics,
   clientsOn,
   counts,
   listenPort,
   LO,
-  metricLine,
   serverStatus,
   services,
   startScheduler,
@@ -162,23 +162,15 @@ scheduler:
     }
 
     // /metrics has the same numbers, per service and per server.
-    const metrics = await getText(`http://${LO}:${statusPort}/metrics`);
-    assert.match(metrics, metricLine(`edgenode_scheduler_service_accepted_total{service="rr"} 300`));
-    for (const s of [a, b, c]) {
-      assert.match(
-        metrics,
-        metricLine(`edgenode_scheduler_server_connections_total{service="rr",server="${s.address}"} 100`),
-      );
-    }
-    assert.match(
-      metrics,
-      metricLine(`edgenode_scheduler_server_up{service="range",server="${LO}:${base + 2}"} 0`),
-    );
-    assert.match(
-      metrics,
-      metricLine(`edgenode_scheduler_server_effective_weight{service="ll",server="${y.address}"} 0.9`),
-    );
-    assert.match(metrics, metricLine(`edgenode_scheduler_service_open_connections{service="rr"} 0`));
+    const metrics = await assertMetrics(statusPort, [
+      `edgenode_scheduler_service_accepted_total{service="rr"} 300`,
+      ...[a, b, c].map((s) =>
+        `edgenode_scheduler_server_connections_total{service="rr",server="${s.address}"} 100`
+      ),
+      `edgenode_scheduler_server_up{service="range",server="${LO}:${base + 2}"} 0`,
+      `edgenode_scheduler_server_effective_weight{service="ll",server="${y.address}"} 0.9`,
+      `edgenode_scheduler_service_open_connections{service="rr"} 0`,
+    ]);
     assert.match(metrics, /^# TYPE edgenode_scheduler_service_queue_full_total counter$/m);
 
     edgenode.kill("SIGTERM");
