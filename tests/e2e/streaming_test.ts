@@ -10,6 +10,7 @@
  * through util-linux's `setpriv`.
  */
 import assert from "node:assert/strict";
+import { type Child, startChild, tail } from "./_child.ts";
 import { getJson, LISTENING, requireTools, startEdgenode, tempConfig, within } from "./_process.ts";
 
 const SKIP_ENV = "EDGENODE_SKIP_STREAMING";
@@ -21,7 +22,6 @@ const PLAY_SECONDS = 3;
 const VLC_READY_MS = 10_000;
 const CLIENT_TIMEOUT_MS = 20_000;
 const TOOL_TIMEOUT_MS = 15_000;
-const STOP_GRACE_MS = 3_000;
 
 interface ServerStatus {
   server: string;
@@ -242,87 +242,6 @@ function freeTcpPort(): number {
   return port;
 }
 
-interface ChildResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** A tool run in its own process group, so that stopping it reaches whatever it started. */
-class Child implements AsyncDisposable {
-  readonly #child: Deno.ChildProcess;
-  readonly #output: Promise<[string, string]>;
-  #exited = false;
-
-  constructor(readonly label: string, argv: readonly string[], env: Record<string, string> = {}) {
-    this.#child = new Deno.Command(argv[0], {
-      args: argv.slice(1),
-      env,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      detached: true,
-    }).spawn();
-    this.#child.status.then(() => this.#exited = true);
-    this.#output = Promise.all([
-      new Response(this.#child.stdout).text(),
-      new Response(this.#child.stderr).text(),
-    ]);
-  }
-
-  get exited(): boolean {
-    return this.#exited;
-  }
-
-  /** Its exit and output; past `timeoutMs` the process group is killed and the wait fails. */
-  async exit(timeoutMs: number): Promise<ChildResult> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<"timeout">((resolve) =>
-      timer = setTimeout(() => resolve("timeout"), timeoutMs)
-    );
-    try {
-      const done = await Promise.race([Promise.all([this.#child.status, this.#output]), timeout]);
-      if (done === "timeout") {
-        this.#killGroup("SIGKILL");
-        const [, stderr] = await this.#output;
-        throw new Error(`${this.label} did not finish within ${timeoutMs} ms; stderr:\n${tail(stderr)}`);
-      }
-      const [status, [stdout, stderr]] = done;
-      return { code: status.code, stdout, stderr };
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /** What it has written to stderr, once it has ended. */
-  async stderr(): Promise<string> {
-    return (await this.#output)[1];
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.#exited) {
-      this.#killGroup("SIGTERM");
-      if (!await within(this.#child.status, STOP_GRACE_MS)) this.#killGroup("SIGKILL");
-    }
-    await this.#child.status;
-    // Anything left in the group holds the pipes open: end it rather than wait for it.
-    if (!await within(this.#output, STOP_GRACE_MS)) this.#killGroup("SIGKILL");
-    await this.#output;
-  }
-
-  #killGroup(signal: Deno.Signal): void {
-    try {
-      Deno.kill(-this.#child.pid, signal);
-    } catch {
-      // The group is already gone.
-    }
-  }
-}
-
-function startChild(label: string, argv: readonly string[], env: Record<string, string> = {}): Child {
-  return new Child(label, argv, env);
-}
-
 /** Waits until `port` accepts a TCP connection; fails at once if `child` (the server) has ended. */
 async function waitForTcp(child: Child, port: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -359,9 +278,4 @@ async function until(check: () => Promise<boolean>, timeoutMs: number, what: str
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** The end of a tool's stderr, where its error is. */
-function tail(text: string, lines = 40): string {
-  return text.trimEnd().split("\n").slice(-lines).join("\n");
 }
