@@ -1,0 +1,50 @@
+import assert from "node:assert/strict";
+import { clockRateOf, STATIC_CLOCK_RATES } from "../../lib/media/clock_rates.ts";
+
+Deno.test("STATIC_CLOCK_RATES holds RFC 3551's static payload types", () => {
+  const expected: [number, number][] = [
+    [0, 8000],
+    [3, 8000],
+    [4, 8000],
+    [5, 8000],
+    [6, 16000],
+    [7, 8000],
+    [8, 8000],
+    [9, 8000],
+    [10, 44100],
+    [11, 44100],
+    [12, 8000],
+    [13, 8000],
+    [14, 90000],
+    [15, 8000],
+    [16, 11025],
+    [17, 22050],
+    [18, 8000],
+    [25, 90000],
+    [26, 90000],
+    [28, 90000],
+    [31, 90000],
+    [32, 90000],
+    [33, 90000],
+    [34, 90000],
+  ];
+  assert.deepEqual([...STATIC_CLOCK_RATES].sort((a, b) => a[0] - b[0]), expected);
+});
+
+Deno.test("clockRateOf knows dynamic types only from learned rates", () => {
+  assert.equal(clockRateOf(96), null);
+  assert.equal(clockRateOf(127), null);
+  assert.equal(clockRateOf(50), null);
+  const learned = new Map([[96, 16000], [97, 90000], [98, -1]]);
+  assert.equal(clockRateOf(96, learned), 16000);
+  assert.equal(clockRateOf(97, learned), 90000);
+  assert.equal(clockRateOf(98, learned), null);
+  assert.equal(clockRateOf(32, learned), 90000);
+});
+
+Deno.test("clockRateOf lets a learned rate remap a static type and rejects non payload types", () => {
+  assert.equal(clockRateOf(11, new Map([[11, 16000]])), 16000);
+  assert.equal(clockRateOf(128), null);
+  assert.equal(clockRateOf(-1), null);
+  assert.equal(clockRateOf(0.5), null);
+});

@@ -1,0 +1,174 @@
+import assert from "node:assert/strict";
+import { ntpToUnixUs } from "../../lib/media/ntp.ts";
+import {
+  CnameGroups,
+  parseRtcp,
+  type RtcpCompound,
+  shiftSenderReports,
+  writeSenderReport,
+} from "../../lib/media/rtcp.ts";
+import { isRtcp } from "../../lib/media/rtp.ts";
+import {
+  APP_PART,
+  BYE_PART_PADDED,
+  bytes,
+  COMPOUND,
+  COMPOUND_BOUNDARIES,
+  RR_PART,
+  SDES_PART,
+  SR_PART,
+  u32,
+} from "./_samples.ts";
+
+const EXPECTED: RtcpCompound = {
+  senderReports: [{
+    ssrc: 0xf0000001,
+    ntpUs: ntpToUnixUs(0xe8000000, 0x80000000),
+    rtpTimestamp: 0x90000000,
+    packets: 7,
+    octets: 1000,
+  }],
+  receiverReportSsrcs: [0xa0000002],
+  cnames: [{ ssrc: 0xf0000001, cname: "cam@brno" }, { ssrc: 5, cname: "mic" }],
+  byes: [0xf0000001, 5],
+};
+
+/** The parts of `c` that a compound made of a prefix of its parts shows, in order. */
+function isPrefixOf(a: RtcpCompound, b: RtcpCompound): boolean {
+  const prefix = <T>(x: T[], y: T[]) =>
+    x.length <= y.length && x.every((v, i) => JSON.stringify(v) === JSON.stringify(y[i]));
+  return prefix(a.senderReports, b.senderReports) && prefix(a.receiverReportSsrcs, b.receiverReportSsrcs) &&
+    prefix(a.cnames, b.cnames) && prefix(a.byes, b.byes);
+}
+
+Deno.test("parseRtcp reads SR, RR, SDES CNAMEs and BYE, skips APP and padding", () => {
+  assert.deepEqual(parseRtcp(COMPOUND), EXPECTED);
+  assert.equal(EXPECTED.senderReports[0].ntpUs, (0xe8000000 - 2208988800) * 1e6 + 500_000);
+});
+
+Deno.test("parseRtcp reads each part alone", () => {
+  assert.equal(parseRtcp(SR_PART)!.senderReports.length, 1);
+  assert.deepEqual(parseRtcp(RR_PART)!.receiverReportSsrcs, [0xa0000002]);
+  assert.deepEqual(parseRtcp(SDES_PART)!.cnames.map((c) => c.cname), ["cam@brno", "mic"]);
+  assert.deepEqual(parseRtcp(APP_PART), { senderReports: [], receiverReportSsrcs: [], cnames: [], byes: [] });
+  assert.deepEqual(parseRtcp(BYE_PART_PADDED)!.byes, [0xf0000001, 5]);
+});
+
+Deno.test("parseRtcp returns null for padding before the last part", () => {
+  const padded = RR_PART.slice();
+  padded[0] |= 0x20;
+  assert.equal(parseRtcp(bytes([...padded], [...APP_PART])), null);
+});
+
+Deno.test("parseRtcp returns null for bodies that do not fit their parts", () => {
+  // SR claiming one report block but only 28 bytes long.
+  assert.equal(parseRtcp(bytes(0x81, 200, 0, 6, Array(24).fill(0))), null);
+  // RR claiming a block it does not have.
+  assert.equal(parseRtcp(bytes(0x81, 201, 0, 1, u32(1))), null);
+  // SDES whose item runs past the part.
+  assert.equal(parseRtcp(bytes(0x81, 202, 0, 2, u32(1), [1, 9, 65, 66])), null);
+  // SDES chunk without its null item.
+  assert.equal(parseRtcp(bytes(0x81, 202, 0, 2, u32(1), [1, 2, 65, 66])), null);
+  // BYE whose reason runs past the part.
+  assert.equal(parseRtcp(bytes(0x81, 203, 0, 2, u32(1), [9, 65, 0, 0])), null);
+  // Not RTCP: an RTP packet type, version 1, trailing bytes, empty.
+  assert.equal(parseRtcp(bytes(0x80, 96, 0, 1, u32(1))), null);
+  assert.equal(parseRtcp(bytes(0x40, 201, 0, 1, u32(1))), null);
+  assert.equal(parseRtcp(bytes([...RR_PART], [0, 0, 0, 0])), null);
+  assert.equal(parseRtcp(new Uint8Array(0)), null);
+  // Padding count of 0 or into the header.
+  assert.equal(parseRtcp(bytes(0xa0, 201, 0, 1, u32(0))), null);
+  assert.equal(parseRtcp(bytes(0xa0, 201, 0, 1, [0, 0, 0, 8])), null);
+});
+
+Deno.test("parseRtcp on every truncation gives null, or a prefix of the compound at a part boundary", () => {
+  const whole = parseRtcp(COMPOUND)!;
+  for (const sample of [COMPOUND, SR_PART, SDES_PART, BYE_PART_PADDED]) {
+    for (let k = 0; k < sample.length; k++) {
+      const c = parseRtcp(sample.subarray(0, k));
+      if (sample === COMPOUND && COMPOUND_BOUNDARIES.includes(k)) {
+        assert.ok(c !== null && isPrefixOf(c, whole), `prefix ${k} is a compound`);
+      } else {
+        assert.equal(c, null, `prefix ${k} of ${sample.length}`);
+      }
+    }
+  }
+});
+
+Deno.test("parseRtcp never throws on any single-byte corruption and agrees with isRtcp", () => {
+  for (let i = 0; i < COMPOUND.length; i++) {
+    for (let v = 0; v < 256; v++) {
+      const d = COMPOUND.slice();
+      d[i] = v;
+      const c = parseRtcp(d);
+      // Whatever parseRtcp accepts, the looser isRtcp accepts too.
+      if (c !== null) assert.ok(isRtcp(d));
+    }
+  }
+});
+
+Deno.test("writeSenderReport writes an SR and CNAME that parseRtcp reads back", () => {
+  const sr = {
+    ssrc: 0xffffffff,
+    ntpUs: Date.UTC(2026, 0, 1) * 1000 + 123_456,
+    rtpTimestamp: 0x80000000,
+    packets: 2 ** 32 - 1,
+    octets: 5,
+  };
+  const d = writeSenderReport({ ...sr, cname: "video@node" });
+  assert.equal(d.length % 4, 0);
+  const c = parseRtcp(d)!;
+  assert.equal(c.senderReports.length, 1);
+  const got = c.senderReports[0];
+  assert.ok(Math.abs(got.ntpUs - sr.ntpUs) < 1);
+  assert.deepEqual({ ...got, ntpUs: 0 }, { ...sr, ntpUs: 0 });
+  assert.deepEqual(c.cnames, [{ ssrc: 0xffffffff, cname: "video@node" }]);
+  assert.equal(writeSenderReport(sr).length, 28);
+  // Every CNAME length pads to a whole word, up to the 255-byte item limit.
+  for (let n = 0; n < 300; n += 1) {
+    const parsed = parseRtcp(writeSenderReport({ ...sr, cname: "é".repeat(n) }));
+    assert.ok(parsed, `cname of ${n} chars`);
+    assert.ok(new TextEncoder().encode(parsed.cnames[0].cname).length <= 255);
+  }
+});
+
+Deno.test("shiftSenderReports moves SR NTP times by the delta and leaves the rest as it was", () => {
+  for (const delta of [1_000_000, -2_500_000.5, 123, 86_400_000_000]) {
+    const shifted = shiftSenderReports(COMPOUND, delta)!;
+    const c = parseRtcp(shifted)!;
+    assert.ok(Math.abs(c.senderReports[0].ntpUs - EXPECTED.senderReports[0].ntpUs - delta) < 0.001);
+    assert.deepEqual({ ...c, senderReports: [] }, { ...EXPECTED, senderReports: [] });
+    assert.deepEqual(shifted.subarray(16), COMPOUND.subarray(16));
+  }
+  assert.equal(shiftSenderReports(COMPOUND.subarray(0, 10), 5), null);
+  // The input is not changed.
+  assert.deepEqual(parseRtcp(COMPOUND), EXPECTED);
+});
+
+Deno.test("CnameGroups groups SSRCs by CNAME and follows a changed CNAME", () => {
+  const g = new CnameGroups();
+  g.add(1, "a");
+  g.add(2, "b");
+  g.add(0xffffffff, "a");
+  assert.deepEqual(g.groups(), new Map([["a", [1, 0xffffffff]], ["b", [2]]]));
+  assert.equal(g.cnameOf(-1), "a");
+  g.add(2, "a");
+  assert.deepEqual(g.groups(), new Map([["a", [1, 0xffffffff, 2]]]));
+  g.delete(1);
+  assert.equal(g.cnameOf(1), undefined);
+});
+
+Deno.test("CnameGroups forgets the SSRC heard of least recently past its bound", () => {
+  const g = new CnameGroups({ maxSsrcs: 3 });
+  g.add(1, "a");
+  g.add(2, "a");
+  g.add(3, "b");
+  g.add(1, "a"); // heard again: now the most recent
+  g.add(4, "b");
+  assert.equal(g.size, 3);
+  assert.equal(g.cnameOf(2), undefined);
+  assert.deepEqual(g.groups(), new Map([["b", [3, 4]], ["a", [1]]]));
+  const big = new CnameGroups();
+  for (let i = 0; i < 5000; i++) big.add(i, `c${i % 10}`);
+  assert.equal(big.size, 1024);
+});
