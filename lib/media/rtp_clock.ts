@@ -3,7 +3,9 @@
  * with the sender's wall clock (NTP). Mapping through the last report alone carries every report's jitter straight
  * into the output and ignores that a sender's media clock drifts from its nominal rate (100 ppm is 0.36 s an hour);
  * so, as WebRTC's RtpToNtpEstimator does, the mapping is a least-squares line of NTP time over the unwrapped RTP
- * timestamps of the last `maxReports` reports, which follows drift and averages jitter.
+ * timestamps of the last `maxReports` reports, which follows drift and averages jitter. One extra over WebRTC: the
+ * fit is repeated without its worst report when that one alone is far off the line (a trimmed least squares), so a
+ * single jittery report moves the mapping by microseconds, not by a fifth of its jitter.
  *
  * Rules for a new report (documented here because the syncer's behaviour on a restarted source depends on them):
  * - Before any report there is no mapping; with one report, or while the fitted rate is more than 10% off nominal
@@ -24,6 +26,13 @@ export const MAX_ERROR_US = 100_000;
 export const MAX_RATE_DEVIATION = 0.1;
 /** Reports closer together than this measure a rate too roughly to judge it. */
 export const MIN_RATE_SPAN_US = 500_000;
+
+/** The fit leaves out its worst report only with at least this many, so the rest still average jitter. */
+export const TRIM_MIN_REPORTS = 5;
+/** ... and only when that report is off the line by more than this (smaller jitter is averaged, not trimmed) ... */
+export const TRIM_FLOOR_US = 2_000;
+/** ... and by more than this many times the median report, so that uniformly jittery reports are all kept. */
+export const TRIM_MEDIAN_FACTOR = 4;
 
 const TWO_32 = 0x1_0000_0000;
 
@@ -150,36 +159,60 @@ export class RtpClockEstimator {
 
   /**
    * Least squares of NTP µs over timestamp, centred on the means so that sums of 10^13-sized squares keep their
-   * precision. The line is anchored at the means; a fit off nominal by more than 10% falls back to nominal.
+   * precision, then once more without the worst report when it is a clear outlier (see TRIM_*): at the edge of the
+   * window one report has a leverage of about 0.2 on a prediction 5 s ahead, so 5 ms of jitter on the latest report
+   * would move the mapping by 1 ms, the syncer's whole precision. A fit off nominal by more than 10% (reports too
+   * close together) falls back to the nominal rate through the latest report.
    */
   #fit(): void {
     const reports = this.#reports;
-    const n = reports.length;
-    const latest = reports[n - 1];
-    const nominalSlope = 1e6 / this.#nominal;
+    const latest = reports[reports.length - 1];
     this.#x0 = latest.ts;
     this.#y0 = latest.ntpUs;
-    this.#slope = nominalSlope;
-    if (n < 2) return;
+    this.#slope = 1e6 / this.#nominal;
+    let line = this.#line(-1);
+    if (!line) return;
+    if (reports.length >= TRIM_MIN_REPORTS) {
+      const residuals = reports.map((r) => Math.abs(r.ntpUs - line!.y0 - line!.slope * (r.ts - line!.x0)));
+      let worst = 0;
+      for (let i = 1; i < residuals.length; i++) if (residuals[i] > residuals[worst]) worst = i;
+      const median = residuals.toSorted((a, b) => a - b)[residuals.length >> 1];
+      if (residuals[worst] > Math.max(TRIM_FLOOR_US, TRIM_MEDIAN_FACTOR * median)) {
+        line = this.#line(worst) ?? line;
+      }
+    }
+    this.#x0 = line.x0;
+    this.#y0 = line.y0;
+    this.#slope = line.slope;
+  }
+
+  /** The least-squares line over the reports but the one at `skip`, or null when it is undefined or implausible. */
+  #line(skip: number): { x0: number; y0: number; slope: number } | null {
+    const reports = this.#reports;
+    const n = reports.length - (skip >= 0 ? 1 : 0);
+    if (n < 2) return null;
+    // Relative to the latest report, so that the sums hold small numbers.
+    const bx = reports[reports.length - 1].ts;
+    const by = reports[reports.length - 1].ntpUs;
     let mx = 0;
     let my = 0;
-    for (const r of reports) {
-      mx += r.ts - latest.ts;
-      my += r.ntpUs - latest.ntpUs;
+    for (let i = 0; i < reports.length; i++) {
+      if (i === skip) continue;
+      mx += reports[i].ts - bx;
+      my += reports[i].ntpUs - by;
     }
     mx /= n;
     my /= n;
     let sxy = 0;
     let sxx = 0;
-    for (const r of reports) {
-      const dx = r.ts - latest.ts - mx;
-      sxy += dx * (r.ntpUs - latest.ntpUs - my);
+    for (let i = 0; i < reports.length; i++) {
+      if (i === skip) continue;
+      const dx = reports[i].ts - bx - mx;
+      sxy += dx * (reports[i].ntpUs - by - my);
       sxx += dx * dx;
     }
     const slope = sxy / sxx;
-    if (!(sxx > 0) || Math.abs(nominalSlope / slope - 1) > MAX_RATE_DEVIATION) return;
-    this.#x0 = latest.ts + mx;
-    this.#y0 = latest.ntpUs + my;
-    this.#slope = slope;
+    if (!(sxx > 0) || Math.abs((1e6 / this.#nominal) / slope - 1) > MAX_RATE_DEVIATION) return null;
+    return { x0: bx + mx, y0: by + my, slope };
   }
 }

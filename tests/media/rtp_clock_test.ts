@@ -64,9 +64,9 @@ Deno.test("RtpClockEstimator follows a 100 ppm drift over 20 reports at 5 s inte
 });
 
 Deno.test("RtpClockEstimator moves the prediction by less than 1 ms for +-5 ms jitter on one report", () => {
-  for (const jitter of [5000, -5000]) {
+  for (const jitter of [5000, -5000, 1500]) {
     for (const which of [0, 10, 19]) {
-      const s = sender();
+      const s = sender(100);
       const clean = new RtpClockEstimator({ clockRate: RATE });
       const jittered = new RtpClockEstimator({ clockRate: RATE });
       for (let i = 0; i < 20; i++) {
@@ -74,12 +74,39 @@ Deno.test("RtpClockEstimator moves the prediction by less than 1 ms for +-5 ms j
         clean.addReport(ntp, s.tsAt(ntp));
         assert.ok(jittered.addReport(ntp + (i === which ? jitter : 0), s.tsAt(ntp)));
       }
-      // At the latest report, where the syncer maps packets from.
-      const ts = s.tsAt(T0 + 19 * SR_INTERVAL_US);
-      const moved = Math.abs(jittered.captureUs(ts)! - clean.captureUs(ts)!);
-      assert.ok(moved < 1000, `jitter ${jitter} on report ${which} moved ${moved} µs`);
+      // From the latest report to just before the next one: the span the syncer maps packets over.
+      for (const dt of [0, 2_500_000, 4_960_000]) {
+        const ts = s.tsAt(T0 + 19 * SR_INTERVAL_US + dt);
+        const moved = Math.abs(jittered.captureUs(ts)! - clean.captureUs(ts)!);
+        assert.ok(moved < 1000, `jitter ${jitter} on report ${which} moved ${moved} µs at +${dt} µs`);
+      }
     }
   }
+});
+
+Deno.test("RtpClockEstimator averages jitter on every report to half the error of the last report alone", () => {
+  let seed = 7;
+  const random = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+  const s = sender(100);
+  const e = new RtpClockEstimator({ clockRate: RATE });
+  let fitSq = 0;
+  let lastSq = 0;
+  let n = 0;
+  for (let i = 0; i < 200; i++) {
+    const ntp = T0 + i * SR_INTERVAL_US;
+    const reported = ntp + (random() * 2 - 1) * 5000;
+    e.addReport(reported, s.tsAt(ntp));
+    if (i < 20) continue;
+    for (let dt = 0; dt < SR_INTERVAL_US; dt += 250_000) {
+      const ts = s.tsAt(ntp + dt);
+      fitSq += (e.captureUs(ts)! - (ntp + dt)) ** 2;
+      lastSq += (reported + ((ts - s.tsAt(ntp)) * 1e6) / RATE - (ntp + dt)) ** 2;
+      n++;
+    }
+  }
+  const fitRms = Math.sqrt(fitSq / n);
+  const lastRms = Math.sqrt(lastSq / n);
+  assert.ok(fitRms < 0.6 * lastRms, `fit ${fitRms} µs rms, last report ${lastRms} µs rms`);
 });
 
 Deno.test("RtpClockEstimator follows the 32-bit RTP timestamp across its wrap between reports", () => {
@@ -112,6 +139,14 @@ Deno.test("RtpClockEstimator rejects an outlier and keeps its mapping", () => {
   // Back on the line: accepted again.
   assert.ok(e.addReport(T0 + 7 * SR_INTERVAL_US, s.tsAt(T0 + 7 * SR_INTERVAL_US)));
   assert.equal(e.reportCount, 6);
+});
+
+Deno.test("RtpClockEstimator rejects a rate 15% off nominal that stays within the NTP tolerance", () => {
+  const e = new RtpClockEstimator({ clockRate: RATE });
+  assert.ok(e.addReport(T0, 0));
+  // 0.6 s later at 1.15 x 90 kHz: 90 ms off the nominal mapping, under MAX_ERROR_US, but the rate gives it away.
+  assert.equal(e.addReport(T0 + 600_000, Math.round(0.6 * RATE * 1.15)), false);
+  assert.equal(e.addReport(T0 + 600_000, Math.round(0.6 * RATE * 1.05)), true);
 });
 
 Deno.test("RtpClockEstimator rejects repeated and backwards reports", () => {
