@@ -172,3 +172,24 @@ Deno.test("CnameGroups forgets the SSRC heard of least recently past its bound",
   for (let i = 0; i < 5000; i++) big.add(i, `c${i % 10}`);
   assert.equal(big.size, 1024);
 });
+
+Deno.test("parseRtcp and shiftSenderReports never throw on random RTCP-looking datagrams", () => {
+  let seed = 3;
+  const random = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+  let parsed = 0;
+  for (let i = 0; i < 20_000; i++) {
+    const d = new Uint8Array(Math.floor(random() * 64));
+    for (let k = 0; k < d.length; k++) d[k] = random() * 256;
+    // Mostly version 2, RTCP types and small lengths, so that the part parsers are reached.
+    for (let off = 0; off + 4 <= d.length; off += 4 * (1 + (d[off + 3] & 3))) {
+      d[off] = 0x80 | (d[off] & 0x3f);
+      d[off + 1] = 200 + (d[off + 1] % 6);
+      d[off + 2] = 0;
+      d[off + 3] &= 3;
+    }
+    const c = parseRtcp(d);
+    if (c) parsed++;
+    assert.equal(shiftSenderReports(d, 1000) === null, c === null);
+  }
+  assert.ok(parsed > 100, `${parsed} random datagrams parsed`);
+});

@@ -109,3 +109,15 @@ Deno.test("writeRtpHeader writes a header parseRtp reads back", () => {
   assert.deepEqual(parseRtp(buf.subarray(4)), { ...h, headerLength: 12, payloadLength: 4 });
   assert.deepEqual(buf.subarray(0, 4), new Uint8Array(4));
 });
+
+Deno.test("parseRtp never throws on random datagrams", () => {
+  let seed = 5;
+  const random = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+  for (let i = 0; i < 20_000; i++) {
+    const d = new Uint8Array(Math.floor(random() * 48));
+    for (let k = 0; k < d.length; k++) d[k] = random() * 256;
+    if (d.length > 0) d[0] = 0x80 | (d[0] & 0x3f);
+    const h = parseRtp(d);
+    if (h) assert.ok(h.payloadLength >= 0 && h.headerLength + h.payloadLength <= d.length);
+  }
+});
