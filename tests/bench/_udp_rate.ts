@@ -9,6 +9,7 @@ import { nowUs } from "../../lib/probe/run.ts";
 import { ProbeStats } from "../../lib/probe/stats.ts";
 import { type EdgenodeProcess, startEdgenode, tempConfig } from "../e2e/_process.ts";
 import { threadCpuNs } from "./_cpu.ts";
+import { benchFull, benchNumber } from "./_mode.ts";
 
 export const LOSS_LIMIT = 0.1; // percent
 export const LO = "127.0.0.1";
@@ -17,14 +18,19 @@ export const DELAY_RATE = 10_000;
 /** The rate at which a path's CPU time per datagram is taken: below every relay's highest rate here but the portable. */
 export const CPU_RATE = 50_000;
 
-/** Sizes from BENCH_SIZES ("100,1450"), else `fallback`. */
-export function benchSizes(fallback: string): number[] {
-  return (Deno.env.get("BENCH_SIZES") ?? fallback).split(",").map(Number);
+/** Sizes from BENCH_SIZES ("100,1450"), else `quick` or `full` by the mode (tests/bench/_mode.ts). */
+export function benchSizes(quick: string, full = quick): number[] {
+  return (Deno.env.get("BENCH_SIZES") ?? (benchFull() ? full : quick)).split(",").map(Number);
 }
 
-/** Seconds per trial from BENCH_SECONDS, else 1.5. */
+/** Seconds per trial from BENCH_SECONDS, else 1 (quick) or 1.5 (full). */
 export function benchSeconds(): number {
-  return Number(Deno.env.get("BENCH_SECONDS") ?? "1.5");
+  return benchNumber("BENCH_SECONDS", 1, 1.5);
+}
+
+/** Bisection steps after the doubling search (BENCH_BISECT): 3 quick (within about 6%), 5 full (within 3%). */
+export function benchBisect(): number {
+  return benchNumber("BENCH_BISECT", 3, 5);
 }
 
 export interface Path {
@@ -181,7 +187,7 @@ async function passes(rig: Rig, load: { size: number; rate: number }): Promise<n
   return null;
 }
 
-/** Highest offered rate with loss <= LOSS_LIMIT: doubling from 10k/s, then bisection to within 3%. */
+/** Highest offered rate with loss <= LOSS_LIMIT: doubling from 10k/s, then bisection (benchBisect() steps). */
 export async function maxRate(rig: Rig, size: number): Promise<number> {
   let good = 0;
   let bad = 0;
@@ -196,7 +202,7 @@ export async function maxRate(rig: Rig, size: number): Promise<number> {
   if (!bad) return good;
   let lo = good;
   let hi = bad;
-  for (let i = 0; i < 5 && hi - lo > hi * 0.03; i++) {
+  for (let i = 0, steps = benchBisect(); i < steps && hi - lo > hi * 0.03; i++) {
     const mid = Math.round((lo + hi) / 2);
     const offered = await passes(rig, { size, rate: mid });
     if (offered !== null) lo = Math.max(lo, offered);

@@ -10,10 +10,14 @@
  * sender is `edgenode probe send` in its own process; receivers run here on the fast sockets. Prints figures and
  * ratios to the relay; exits non-zero only when it could not run.
  *
- *   deno task bench graph                          100 and 1450 B
- *   BENCH_SIZES=100 BENCH_SECONDS=1 deno task bench graph   a quicker look
+ * Figures: highest loss-free datagrams/s per path and size with the ratio to the relay; delay added at 10k/s.
+ *
+ *   make bench / deno task bench graph   quick: 100 and 1450 B, chains 1 and 8 and vm chain 4, 1 s trials (~3 min)
+ *   BENCH_FULL=1 deno task bench graph   full: chains 1, 4 and 8 too, 1.5 s trials, 5 bisection steps (~6 min)
+ *   BENCH_SIZES=100 BENCH_SECONDS=1 deno task bench graph   any part of either, by hand
  */
 import { startEdgenode, tempConfig } from "../e2e/_process.ts";
+import { announce, benchFull } from "./_mode.ts";
 import {
   benchSeconds,
   benchSizes,
@@ -31,7 +35,7 @@ import {
 
 const SIZES = benchSizes("100,1450");
 const SECONDS = benchSeconds();
-const CHAINS = [1, 4, 8];
+const CHAINS = benchFull() ? [1, 4, 8] : [1, 8];
 
 /**
  * A program of `length` forwarders in a row, F1 fed by DIPRONN_INPUT(`input`), the last sending to `sink`; with
@@ -96,6 +100,10 @@ function chainPath(length: number, vm = false): Path {
 }
 
 async function main(): Promise<number> {
+  announce(
+    "graph_bench",
+    "loss-free datagrams/s per path and size with the ratio to the relay, delay at 10k/s",
+  );
   const relay = relayRolePath("relay", "fast");
   const paths = [relay, ...CHAINS.map((n) => chainPath(n)), chainPath(4, true)];
   console.log(

@@ -8,13 +8,18 @@
  * Rounds are interleaved across paths and the median is kept. Prints figures and ratios; exits non-zero only when
  * it could not run.
  *
- *   make bench                             (all benchmarks)   deno task bench pipe   (this one)
- *   BENCH_MB=128 BENCH_ROUNDS=1 deno task bench pipe         a quicker look
+ * Figures: bulk MB/s and echo round trips/s per path (median of the rounds) with ratios to direct and to the
+ * 64 KiB pipe; every round's bulk figure; the 64 KiB pipe against pipeTo.
+ *
+ *   make bench / deno task bench pipe   quick: 128 MiB, 1 round (~1 min)
+ *   BENCH_FULL=1 deno task bench pipe   full: 512 MiB, 3 rounds (~3 min)
+ *   BENCH_MB=128 BENCH_ROUNDS=1 deno task bench pipe         any part of either, by hand
  *   BENCH_BUFFERS=16,64,128 deno task bench pipe            other buffer sizes (KiB)
  */
 import { type HostPort } from "../../lib/net/address.ts";
 import { connectTcp, listenTcp } from "../../lib/net/tcp.ts";
 import { BufferPool, pipe } from "../../lib/scheduler/pipe.ts";
+import { announce, benchNumber } from "./_mode.ts";
 
 const LO = "127.0.0.1";
 const KiB = 1024;
@@ -187,8 +192,12 @@ function median(xs: number[]): number {
 }
 
 async function main(): Promise<number> {
-  const totalBytes = Number(Deno.env.get("BENCH_MB") ?? "512") * MiB;
-  const rounds = Number(Deno.env.get("BENCH_ROUNDS") ?? "3");
+  announce(
+    "pipe_bench",
+    "bulk MB/s and echo round trips/s per path, ratios to direct and to the 64 KiB pipe",
+  );
+  const totalBytes = benchNumber("BENCH_MB", 128, 512) * MiB;
+  const rounds = benchNumber("BENCH_ROUNDS", 1, 3);
   const buffers = (Deno.env.get("BENCH_BUFFERS") ?? "16,32,64").split(",").map(Number);
   if (!buffers.includes(64)) buffers.push(64); // the reference row
   const server = startServer();

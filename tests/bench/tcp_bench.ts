@@ -10,17 +10,22 @@
  * (a 1 MiB response over keepalive). Prints each figure and its ratio to HAProxy; exits non-zero only when a peer
  * (nginx, haproxy, wrk) is missing or a path could not start.
  *
- *   make bench                         every benchmark       deno task bench tcp     this one
- *   BENCH_SECONDS=5 BENCH_CONNECTIONS=50 BENCH_ROUNDS=5 deno task bench tcp   (the defaults)
+ * Figures: per load and path the best req/s or MB/s over the rounds, with ratios (vs HAProxy, portable vs HAProxy,
+ * vs direct, HAProxy 2t vs 1t); each round's edgenode / HAProxy ratio and their median; CPU us per request.
+ *
+ *   make bench / deno task bench tcp   quick: 2 rounds of 3 s (~2 min)
+ *   BENCH_FULL=1 deno task bench tcp   full: 5 rounds of 5 s (~7 min)
+ *   BENCH_SECONDS=5 BENCH_CONNECTIONS=50 BENCH_ROUNDS=5 deno task bench tcp   any part of either, by hand
  */
 import { startEdgenode, tempConfig } from "../e2e/_process.ts";
 import { processCpuNs } from "./_cpu.ts";
+import { announce, benchNumber } from "./_mode.ts";
 
 const LO = "127.0.0.1";
-const SECONDS = Number(Deno.env.get("BENCH_SECONDS") ?? "5");
+const SECONDS = benchNumber("BENCH_SECONDS", 3, 5);
 const CONNECTIONS = Number(Deno.env.get("BENCH_CONNECTIONS") ?? "50");
-/** Rounds (BENCH_ROUNDS, default 5): each figure is the path's best over the rounds. */
-const ROUNDS = Math.max(1, Number(Deno.env.get("BENCH_ROUNDS") ?? "5"));
+/** Rounds (BENCH_ROUNDS; quick 2, full 5): each figure is the path's best over the rounds. */
+const ROUNDS = Math.max(1, benchNumber("BENCH_ROUNDS", 2, 5));
 /** wrk's own threads: one, so that it takes one core at most and leaves the other to the path under test. */
 const WRK_THREADS = Number(Deno.env.get("BENCH_WRK_THREADS") ?? "1");
 
@@ -208,6 +213,10 @@ async function wrk(
 }
 
 async function main(): Promise<number> {
+  announce(
+    "tcp_bench",
+    "keepalive req/s, new conns/s and bulk MB/s per path, ratios to HAProxy, CPU us per request",
+  );
   const missing = ["nginx", "haproxy", "wrk"].filter((n) => !which(n));
   if (missing.length) {
     console.error(

@@ -12,12 +12,16 @@
  * the two cores run). The sender is `edgenode probe send` in its own process;
  * receivers run here on the fast sockets. Prints figures and ratios; exits non-zero only when it could not run.
  *
- *   make bench            all sizes        deno task bench udp        (same)
- *   BENCH_SIZES=100 BENCH_SECONDS=1 make bench   a quicker look
+ * Figures: highest loss-free datagrams/s per path and size, with ratios to direct and to both C relays; CPU
+ * microseconds per datagram at 50k/s (C relays, relay fast) with speed ratios to C; delay added at 10k/s.
+ *
+ *   make bench / deno task bench udp   quick: 100 and 1450 B, 1 s trials, 3 bisection steps, 1 round (~5 min)
+ *   BENCH_FULL=1 deno task bench udp   full: 100, 500, 1000 and 1450 B, 1.5 s trials, 5 steps, 2 rounds (~26 min)
+ *   BENCH_SIZES=100 BENCH_SECONDS=1 BENCH_ROUNDS=1 BENCH_BISECT=2   any part of either, by hand
  *   BENCH_PATHS="relay fast" make bench          direct, the C relays and the named paths only
- *   BENCH_ROUNDS=3 make bench                    every path three times (alternating order), best figures kept
  */
 import { openUdp } from "../../lib/net/udp.ts";
+import { announce, benchNumber } from "./_mode.ts";
 import {
   benchSeconds,
   benchSizes,
@@ -32,10 +36,10 @@ import {
   signed,
 } from "./_udp_rate.ts";
 
-const SIZES = benchSizes("100,500,1000,1450");
+const SIZES = benchSizes("100,1450", "100,500,1000,1450");
 const SECONDS = benchSeconds();
-/** Rounds (BENCH_ROUNDS, default 2): each path's figures are its best over the rounds. */
-const ROUNDS = Math.max(1, Number(Deno.env.get("BENCH_ROUNDS") ?? "2"));
+/** Rounds (BENCH_ROUNDS; quick 1, full 2): each path's figures are its best over the rounds. */
+const ROUNDS = Math.max(1, benchNumber("BENCH_ROUNDS", 1, 2));
 
 async function buildCRelay(): Promise<string | null> {
   const out = new URL("../../.bench/c_relay", import.meta.url).pathname;
@@ -81,6 +85,10 @@ function cRelayPath(binary: string, gso: boolean): Path {
 }
 
 async function main(): Promise<number> {
+  announce(
+    "udp_bench",
+    "loss-free datagrams/s per path and size (vs direct, vs C relays), CPU us per datagram at 50k/s, delay at 10k/s",
+  );
   const cRelay = await buildCRelay();
   const only = Deno.env.get("BENCH_PATHS")?.split(",").map((s) => s.trim());
   const paths: Path[] = [
