@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { PROBE_HEADER, readProbe, writeProbe } from "../../lib/probe/packet.ts";
+import { percentile, Reservoir } from "../../lib/probe/reservoir.ts";
 import { ProbeStats } from "../../lib/probe/stats.ts";
 
 Deno.test("writeProbe and readProbe round-trip a header; other bytes are not a probe", () => {
@@ -39,4 +40,29 @@ Deno.test("ProbeStats reports nothing measured before any datagram", () => {
   assert.equal(r.received, 0);
   assert.equal(r.lost, 0);
   assert.equal(r.delay_us, null);
+});
+
+Deno.test("ProbeStats keeps the sequence numbers of each stream apart and sums them in the report", () => {
+  const s = new ProbeStats();
+  // Streams 1 and 2 both send 0..4; stream 2 loses 3.
+  for (let seq = 0; seq < 5; seq++) {
+    s.add(seq, 0, 10, 100, 1);
+    if (seq !== 3) s.add(seq, 0, 10, 100, 2);
+  }
+  const r = s.report();
+  assert.equal(r.received, 9);
+  assert.equal(r.duplicates, 0);
+  assert.equal(r.expected, 10);
+  assert.equal(r.lost, 1);
+});
+
+Deno.test("Reservoir keeps a bounded uniform sample and sorts it", () => {
+  const r = new Reservoir(4, () => 0.99);
+  for (const v of [5, 1, 4, 2]) r.add(v);
+  assert.deepEqual([...r.sorted()], [1, 2, 4, 5]);
+  assert.deepEqual([...r.sorted(Math.abs)], [1, 2, 4, 5]);
+  for (let i = 0; i < 100; i++) r.add(-1000); // random 0.99: j >= capacity, never kept
+  assert.equal(r.seen, 104);
+  assert.equal(r.sorted().length, 4);
+  assert.equal(percentile(r.sorted(), 50), 4);
 });
