@@ -7,7 +7,15 @@ import { parseDuration } from "../config/schema.ts";
 import { UsageError } from "../core/errors.ts";
 import { type HostPort, isIP, parseHostPort } from "../net/address.ts";
 import { UDP_IMPLS, type UdpImpl } from "../net/udp.ts";
-import { probeRecv, probeSend, type RecvOptions, type SendOptions } from "../probe/run.ts";
+import { RTP_PROBE_MIN } from "../probe/rtp.ts";
+import type { RtpReport } from "../probe/rtp_streams.ts";
+import {
+  probeRecv,
+  probeSend,
+  type RecvOptions,
+  type RtpSendOptions,
+  type SendOptions,
+} from "../probe/run.ts";
 import type { ProbeReport } from "../probe/stats.ts";
 
 export type ProbeCommand =
@@ -18,12 +26,22 @@ export type ProbeCommand =
 export const PROBE_USAGE =
   `Usage: edgenode probe send --to IP:PORT [--size BYTES] [--rate PPS | --ramp FROM:TO]
                           [--duration 5s] [--count N] [--stream ID] [--udp auto|fast|portable] [--json] [--quiet]
+                          [--rtp [--pt 96] [--ssrc N] [--clock-rate 90000] [--sr 1s|off]
+                                 [--cname edgenode-probe] [--capture-delay 0s]]
        edgenode probe recv (--listen IP:PORT | --join IP:PORT) [--duration 30s] [--count N] [--idle 2s]
-                          [--udp auto|fast|portable] [--json] [--quiet]
+                          [--rtp] [--clock-rate PT=HZ[,PT=HZ...]] [--udp auto|fast|portable] [--json] [--quiet]
 
 send  paces numbered, timestamped datagrams (default 100 bytes at 1000/s for 5 s); --ramp raises the rate
       linearly from FROM to TO datagrams/s over the duration.
+      --rtp sends them as RTP (version 2; --size counts the 12-byte RTP header, at least 32) with payload type
+      --pt, SSRC --ssrc (random by default), timestamps at --clock-rate Hz, and an RTCP sender report with SDES
+      --cname to port + 1 every --sr. --capture-delay D makes timestamps and sender reports say every packet was
+      captured D before it was sent (a camera that delivers late).
 recv  measures them: loss, reordering, duplicates, one-way delay percentiles (sender on the same host), throughput.
+      RTP is recognised by itself: the probe's own inside it, and any other RTP stream by its sequence numbers,
+      per SSRC; RTCP is received on the listen port + 1 (--rtp: fail if that port is taken). For the streams of
+      one CNAME it reports the A/V skew from their sender reports. --clock-rate names the rates of dynamic
+      payload types (others are inferred from two sender reports).
       --join makes it a participant of the reflector whose registration port is IP:PORT.
       It stops after --duration, after --count datagrams, or when nothing came for --idle after the first.
 `;
@@ -40,6 +58,13 @@ const OPTIONS = {
   idle: { type: "string" },
   stream: { type: "string" },
   udp: { type: "string" },
+  rtp: { type: "boolean" },
+  pt: { type: "string" },
+  ssrc: { type: "string" },
+  "clock-rate": { type: "string" },
+  sr: { type: "string" },
+  cname: { type: "string" },
+  "capture-delay": { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
@@ -73,6 +98,13 @@ export function parseProbeArgs(args: readonly string[]): ProbeCommand {
   if (mode === "send") {
     for (const n of ["listen", "join", "idle"]) flag(n, []);
     if (!values.to) throw new UsageError("probe send: --to IP:PORT is required");
+    if (!values.rtp) {
+      for (const n of RTP_SEND_FLAGS) {
+        if ((values as Record<string, unknown>)[n] !== undefined) {
+          throw new UsageError(`probe send: --${n} needs --rtp`);
+        }
+      }
+    }
     if (values.rate !== undefined && values.ramp !== undefined) {
       throw new UsageError("probe send: give --rate or --ramp, not both");
     }
@@ -88,21 +120,46 @@ export function parseProbeArgs(args: readonly string[]): ProbeCommand {
       }
       rate = [Number(m[1]), Number(m[2])];
     }
+    const to = address(mode, "to", values.to);
+    const size = values.size === undefined ? 100 : integer(mode, "size", values.size, 20, 65507);
+    const rtp = values.rtp ? rtpSendOptions(values) : undefined;
+    if (rtp && size < RTP_PROBE_MIN) {
+      throw new UsageError(
+        `probe send: --size must be at least ${RTP_PROBE_MIN} with --rtp (12 bytes of RTP header and ${
+          RTP_PROBE_MIN - 12
+        } of probe header), got "${values.size}"`,
+      );
+    }
+    if (rtp && rtp.srIntervalMs > 0 && to.port === 65535) {
+      throw new UsageError("probe send: --to port 65535 leaves no port + 1 for RTCP (or give --sr off)");
+    }
     return {
       mode,
       ...common,
       options: {
-        to: address(mode, "to", values.to),
-        size: values.size === undefined ? 100 : integer(mode, "size", values.size, 20, 65507),
+        to,
+        size,
         rate,
         durationMs: values.duration === undefined ? 5000 : duration(mode, values.duration),
         count,
         stream: values.stream === undefined ? 1 : integer(mode, "stream", values.stream, 0, 2 ** 32 - 1),
         impl,
+        ...(rtp ? { rtp } : {}),
       },
     };
   }
-  for (const n of ["to", "size", "rate", "ramp", "stream"]) flag(n, []);
+  for (
+    const n of [
+      "to",
+      "size",
+      "rate",
+      "ramp",
+      "stream",
+      ...RTP_SEND_FLAGS.filter((n) => n !== "clock-rate"),
+    ]
+  ) {
+    flag(n, []);
+  }
   if (!values.listen === !values.join) {
     throw new UsageError("probe recv: give --listen IP:PORT or --join IP:PORT");
   }
@@ -119,8 +176,84 @@ export function parseProbeArgs(args: readonly string[]): ProbeCommand {
       count,
       idleMs: values.idle === undefined ? 2000 : duration(mode, values.idle),
       impl,
+      ...(values.rtp ? { rtp: true } : {}),
+      ...(values["clock-rate"] !== undefined ? { clockRates: clockRates(values["clock-rate"]) } : {}),
     },
   };
+}
+
+/** Flags that only mean something for an RTP sender. */
+const RTP_SEND_FLAGS = ["pt", "ssrc", "clock-rate", "sr", "cname", "capture-delay"] as const;
+
+function rtpSendOptions(values: Partial<Record<string, string | boolean>>): RtpSendOptions {
+  const text = (name: string) => values[name] as string | undefined;
+  const pt = text("pt") === undefined ? 96 : integer("send", "pt", text("pt")!, 0, 127);
+  if (pt >= 72 && pt <= 76) {
+    throw new UsageError(
+      `probe send: --pt must not be 72..76 (they look like RTCP packet types, RFC 5761), got "${pt}"`,
+    );
+  }
+  const ssrcText = text("ssrc");
+  let ssrc: number | undefined;
+  if (ssrcText !== undefined) {
+    ssrc = /^0x[0-9a-f]{1,8}$/i.test(ssrcText) ? Number(ssrcText) : NaN;
+    if (Number.isNaN(ssrc)) ssrc = integer("send", "ssrc", ssrcText, 0, 2 ** 32 - 1);
+  }
+  const cname = text("cname") ?? "edgenode-probe";
+  const cnameBytes = new TextEncoder().encode(cname).length;
+  if (cnameBytes < 1 || cnameBytes > 255) {
+    throw new UsageError(`probe send: --cname must be 1..255 bytes of UTF-8, got ${cnameBytes} bytes`);
+  }
+  return {
+    payloadType: pt,
+    ...(ssrc !== undefined ? { ssrc } : {}),
+    clockRate: text("clock-rate") === undefined
+      ? 90000
+      : integer("send", "clock-rate", text("clock-rate")!, 1000, 10_000_000),
+    srIntervalMs: srInterval(text("sr")),
+    cname,
+    captureDelayMs: captureDelay(text("capture-delay")),
+  };
+}
+
+/** `--sr`: a duration, or 0 / off for no sender reports. */
+function srInterval(text: string | undefined): number {
+  if (text === undefined) return 1000;
+  if (text === "0" || text === "off") return 0;
+  const ms = parseDuration(text);
+  if (ms === null || ms < 10) {
+    throw new UsageError(`probe send: --sr must be a duration of at least 10ms, or 0 / off, got "${text}"`);
+  }
+  return ms;
+}
+
+/** `--capture-delay`: a duration, 0 allowed, at most a day. */
+function captureDelay(text: string | undefined): number {
+  if (text === undefined || text === "0") return 0;
+  const ms = parseDuration(text);
+  if (ms === null || ms > 86_400_000) {
+    throw new UsageError(
+      `probe send: --capture-delay must be a duration such as 1s (at most 24h), got "${text}"`,
+    );
+  }
+  return ms;
+}
+
+/** `--clock-rate` of recv: PT=HZ pairs for dynamic payload types, comma-separated. */
+function clockRates(text: string): Map<number, number> {
+  const rates = new Map<number, number>();
+  for (const part of text.split(",")) {
+    const m = /^(\d+)=(\d+)$/.exec(part.trim());
+    const pt = m ? Number(m[1]) : -1;
+    const hz = m ? Number(m[2]) : 0;
+    if (!m || pt > 127 || hz < 1000 || hz > 10_000_000) {
+      throw new UsageError(
+        `probe recv: --clock-rate must be PT=HZ[,PT=HZ...] (PT 0..127, HZ 1000..10000000), got "${part}"`,
+      );
+    }
+    rates.set(pt, hz);
+  }
+  return rates;
 }
 
 function integer(mode: string, name: string, text: string, min: number, max: number): number {
@@ -173,7 +306,47 @@ export function formatRecvReport(r: ProbeReport): string {
     ],
     ["not probe", `${r.foreign}`],
   ];
-  return rows.map(([k, v]) => `${k.padEnd(11)} ${v}`).join("\n") + "\n";
+  const table = rows.map(([k, v]) => `${k.padEnd(11)} ${v}`).join("\n") + "\n";
+  return r.rtp ? table + formatRtpReport(r.rtp) : table;
+}
+
+const hex = (ssrc: number) => `0x${ssrc.toString(16).padStart(8, "0")}`;
+
+/** The RTP part of the report: one block per CNAME, a line per stream and per skew pair. */
+export function formatRtpReport(r: RtpReport): string {
+  const streams = r.groups.reduce((n, g) => n + g.streams.length, 0);
+  const lines = [
+    `${
+      "rtp".padEnd(11)
+    } ${streams} streams, ${r.rtcp_packets} RTCP datagrams (${r.rtcp_malformed} malformed)${
+      r.untracked ? `, ${r.untracked} untracked` : ""
+    }`,
+  ];
+  for (const g of r.groups) {
+    lines.push(`  cname ${g.cname === null ? "(none yet)" : JSON.stringify(g.cname)}`);
+    for (const s of g.streams) {
+      lines.push(
+        `    ssrc ${hex(s.ssrc)}  pt ${s.payload_type ?? "-"}  ${
+          s.clock_rate ?? "?"
+        } Hz  ${s.packets} packets  ${s.bytes} bytes  ${s.lost} lost  ${s.sender_reports} SRs${
+          s.probe ? "  probe" : ""
+        }`,
+      );
+    }
+    for (const k of g.skew) {
+      const a = k.abs_us;
+      lines.push(
+        `    skew ${hex(k.stream)} vs ${hex(k.reference)}: ${
+          a
+            ? `|skew| p50 ${a.p50.toFixed(0)} us, p99 ${a.p99.toFixed(0)} us, max ${
+              a.max.toFixed(0)
+            } us, median ${k.median_us! >= 0 ? "+" : ""}${k.median_us!.toFixed(0)} us`
+            : "no samples (no sender reports yet?)"
+        } (${k.samples} samples)`,
+      );
+    }
+  }
+  return lines.join("\n") + "\n";
 }
 
 export interface ProbeIO {
@@ -199,7 +372,9 @@ export async function runProbe(args: readonly string[], io: ProbeIO): Promise<nu
         ? JSON.stringify(report) + "\n"
         : `sent        ${report.sent} datagrams in ${report.duration_s.toFixed(2)} s: ${
           report.packets_per_s.toFixed(0)
-        }/s, ${report.mbit_per_s.toFixed(2)} Mbit/s, ${report.tx_dropped} refused by the kernel\n`,
+        }/s, ${report.mbit_per_s.toFixed(2)} Mbit/s, ${report.tx_dropped} refused by the kernel${
+          report.rtp ? `; RTP SSRC ${hex(report.rtp.ssrc)}, ${report.rtp.sender_reports} sender reports` : ""
+        }\n`,
     );
     return 0;
   }
@@ -207,7 +382,10 @@ export async function runProbe(args: readonly string[], io: ProbeIO): Promise<nu
     ...command.options,
     progress,
     signal: io.signal,
-    ready: (local) => progress?.(`probe recv: listening on ${local.host}:${local.port}`),
+    ready: (local, rtcp) =>
+      progress?.(
+        `probe recv: listening on ${local.host}:${local.port}${rtcp ? ` (RTCP on ${rtcp.port})` : ""}`,
+      ),
   });
   done();
   io.out(command.json ? JSON.stringify(report) + "\n" : formatRecvReport(report));

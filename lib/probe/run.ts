@@ -1,13 +1,17 @@
 /**
  * The probe's two ends, the seed report's "behaviour tests": a paced sender of numbered, timestamped datagrams
- * (fixed rate or a linear ramp) and a receiver that measures them, optionally as a participant of a reflector.
- * Both run on the batched UDP sockets; time comes from the injected clock and `nowUs`.
+ * (fixed rate or a linear ramp), plain or as RTP with sender reports, and a receiver that measures them (and any
+ * RTP stream, with the A/V skew between streams of one CNAME), optionally as a participant of a reflector.
+ * Both run on the batched UDP sockets; time comes from `nowUs`.
  */
-import { UsageError } from "../core/errors.ts";
+import { StartError, UsageError } from "../core/errors.ts";
+import { isRtcp } from "../media/rtp.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
-import { openUdp, type UdpImpl } from "../net/udp.ts";
+import { openUdp, type UdpImpl, type UdpSocket } from "../net/udp.ts";
 import { JOIN_MIN_BYTES } from "../relay/participants.ts";
 import { PROBE_HEADER, readProbe, writeProbe } from "./packet.ts";
+import { readRtpProbe, RTP_PROBE_MIN, RtpProbeWriter } from "./rtp.ts";
+import { RtpStreams } from "./rtp_streams.ts";
 import { type ProbeReport, ProbeStats } from "./stats.ts";
 
 /** Microseconds since the epoch with sub-millisecond resolution; sender and receiver on one host agree. */
@@ -26,8 +30,22 @@ export interface SendOptions {
   readonly count: number;
   readonly stream: number;
   readonly impl: UdpImpl;
+  /** Send RTP (with sender reports to port + 1) instead of plain datagrams. */
+  readonly rtp?: RtpSendOptions;
   readonly progress?: (line: string) => void;
   readonly signal?: AbortSignal;
+}
+
+export interface RtpSendOptions {
+  readonly payloadType: number;
+  /** Random when not given (RFC 3550). */
+  readonly ssrc?: number;
+  readonly clockRate: number;
+  /** Interval between sender reports (0: none). */
+  readonly srIntervalMs: number;
+  readonly cname: string;
+  /** Timestamps and sender reports say each packet was captured this long before it was sent. */
+  readonly captureDelayMs: number;
 }
 
 export interface SendReport {
@@ -36,7 +54,11 @@ export interface SendReport {
   duration_s: number;
   packets_per_s: number;
   mbit_per_s: number;
+  /** With RTP: the SSRC used and the sender reports sent. */
+  rtp?: { ssrc: number; sender_reports: number };
 }
+
+const random32 = () => crypto.getRandomValues(new Uint32Array(1))[0];
 
 /** Datagrams due by `t` ms into a ramp from r0 to r1 datagrams/s over `d` ms (the integral of the rate). */
 export function dueBy(t: number, r0: number, r1: number, d: number): number {
@@ -45,26 +67,55 @@ export function dueBy(t: number, r0: number, r1: number, d: number): number {
 }
 
 export async function probeSend(o: SendOptions): Promise<SendReport> {
-  if (o.size < PROBE_HEADER || o.size > 65507) {
-    throw new UsageError(`Size must be ${PROBE_HEADER}..65507 bytes`);
+  const min = o.rtp ? RTP_PROBE_MIN : PROBE_HEADER;
+  if (o.size < min || o.size > 65507) {
+    throw new UsageError(`Size must be ${min}..65507 bytes${o.rtp ? " with RTP" : ""}`);
   }
+  if (o.rtp && o.to.port >= 65535) throw new UsageError("Cannot send RTCP: the port after --to must exist");
   const socket = openUdp({ host: o.to.host.includes(":") ? "::" : "0.0.0.0", port: 0 }, { impl: o.impl });
   const dest = socket.destinations([o.to]);
   const slab = new Uint8Array(o.size * 1024);
   const packets = Array.from({ length: 1024 }, (_, i) => slab.subarray(i * o.size, (i + 1) * o.size));
   const start = performance.now();
+  const writer = o.rtp
+    ? new RtpProbeWriter({
+      payloadType: o.rtp.payloadType,
+      ssrc: o.rtp.ssrc ?? random32(),
+      clockRate: o.rtp.clockRate,
+      stream: o.stream,
+      cname: o.rtp.cname,
+      captureDelayUs: o.rtp.captureDelayMs * 1000,
+      sequenceBase: random32() & 0xffff,
+      timestampBase: random32(),
+      startUs: nowUs(),
+    })
+    : null;
+  // RTCP goes from the media socket to port + 1, where RTP receivers and use_RTP reflectors expect it.
+  const srEvery = o.rtp?.srIntervalMs ?? 0;
+  const rtcpDest = writer && srEvery > 0
+    ? socket.destinations([{ host: o.to.host, port: o.to.port + 1 }])
+    : null;
+  let nextSr = 0;
+  let senderReports = 0;
   let sent = 0;
   let lastProgress = start;
   try {
     for (;;) {
       const elapsed = performance.now() - start;
       if (elapsed >= o.durationMs || (o.count && sent >= o.count) || o.signal?.aborted) break;
+      if (rtcpDest && elapsed >= nextSr) {
+        // The first report goes before the first packet, so a receiver can time packets from the start.
+        socket.send([writer!.senderReport(nowUs())], rtcpDest);
+        senderReports++;
+        nextSr = elapsed + srEvery;
+      }
       let due = dueBy(elapsed, o.rate[0], o.rate[1], o.durationMs);
       if (o.count) due = Math.min(due, o.count);
       if (due > sent) {
         const n = Math.min(due - sent, 1024);
         const t = nowUs();
-        for (let i = 0; i < n; i++) writeProbe(packets[i], sent + i, o.stream, t);
+        if (writer) { for (let i = 0; i < n; i++) writer.write(packets[i], sent + i, t); }
+        else for (let i = 0; i < n; i++) writeProbe(packets[i], sent + i, o.stream, t);
         socket.send(n === 1024 ? packets : packets.slice(0, n), dest);
         sent += n;
         if (n === 1024) continue; // behind schedule: catch up before yielding
@@ -79,7 +130,9 @@ export async function probeSend(o: SendOptions): Promise<SendReport> {
       await sleep(1);
     }
     // Let the portable path's send queue drain before reporting.
-    while (socket.stats.tx_packets + socket.stats.tx_dropped + socket.stats.errors < sent) await sleep(1);
+    while (socket.stats.tx_packets + socket.stats.tx_dropped + socket.stats.errors < sent + senderReports) {
+      await sleep(1);
+    }
   } finally {
     await socket.close();
   }
@@ -90,33 +143,71 @@ export async function probeSend(o: SendOptions): Promise<SendReport> {
     duration_s: secs,
     packets_per_s: sent / secs,
     mbit_per_s: (sent * o.size * 8) / secs / 1e6,
+    ...(writer ? { rtp: { ssrc: writer.config.ssrc, sender_reports: senderReports } } : {}),
   };
 }
 
 export interface RecvOptions {
-  /** Where to listen; with `join`, port 0 is usual. */
+  /** Where to listen; with `join`, port 0 is usual. RTCP is received on the next port. */
   readonly listen: HostPort;
   /** A reflector's registration address to join as a participant. */
   readonly join?: HostPort;
   readonly durationMs: number;
-  /** Stop after this many probe datagrams (0: no limit). */
+  /** Stop after this many datagrams measured, probe or RTP (0: no limit). */
   readonly count: number;
   /** Stop when nothing arrived for this long after the first datagram. */
   readonly idleMs: number;
   readonly impl: UdpImpl;
+  /** Require the RTCP port (listen port + 1); without it, RTCP is received there only if the port is free. */
+  readonly rtp?: boolean;
+  /** Clock rates of dynamic RTP payload types (PT -> Hz); others are inferred from sender reports. */
+  readonly clockRates?: ReadonlyMap<number, number>;
   readonly progress?: (line: string) => void;
   readonly signal?: AbortSignal;
-  /** Called once listening (and joined), with the bound address. */
-  readonly ready?: (local: HostPort) => void;
+  /** Called once listening (and joined), with the bound address and the RTCP one (null when none). */
+  readonly ready?: (local: HostPort, rtcp: HostPort | null) => void;
 }
 
 /**
- * Receives and measures probe datagrams. With `join`, it is a reflector participant: the one receive loop answers
- * the reflector's CHALLENGE with CONFIRM, and a JOIN is repeated every third of the announced timeout as keepalive.
+ * Opens the media socket at `listen` and, where it can, the RTCP socket at the next port: with port 0, a pair of
+ * free ports is searched for (as an RTP receiver's pair, which a use_RTP reflector sends RTCP to at port + 1).
+ * `required`: fail when there is no RTCP socket.
+ */
+function openPair(listen: HostPort, impl: UdpImpl, required: boolean): [UdpSocket, UdpSocket | null] {
+  const open = (port: number, batch: number) => openUdp({ host: listen.host, port }, { impl, batch });
+  let lastError: unknown;
+  for (let attempt = 0; attempt < (listen.port === 0 ? 50 : 1); attempt++) {
+    const media = open(listen.port, 256);
+    if (media.local.port < 65535) {
+      try {
+        return [media, open(media.local.port + 1, 64)];
+      } catch (error) {
+        lastError = error;
+      }
+    }
+    if (listen.port !== 0) {
+      if (!required) return [media, null];
+      media.close();
+      break;
+    }
+    media.close();
+  }
+  const why = lastError instanceof Error ? lastError.message : "no port after it";
+  if (required) {
+    throw new StartError(`Cannot listen for RTCP on the port after ${formatHostPort(listen)}: ${why}`);
+  }
+  return [open(listen.port, 256), null];
+}
+
+/**
+ * Receives and measures probe datagrams, plain or inside RTP, and any RTP stream with its sender reports. With
+ * `join`, it is a reflector participant: the one receive loop answers the reflector's CHALLENGE with CONFIRM, and a
+ * JOIN is repeated every third of the announced timeout as keepalive.
  */
 export async function probeRecv(o: RecvOptions): Promise<ProbeReport> {
-  const socket = openUdp(o.listen, { impl: o.impl, batch: 256 });
+  const [socket, rtcpSocket] = openPair(o.listen, o.impl, o.rtp ?? false);
   const stats = new ProbeStats();
+  const streams = new RtpStreams({ clockRates: o.clockRates });
   const reg = o.join ? socket.destinations([o.join]) : null;
   const join = enc.encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES));
   let joined = !o.join;
@@ -125,22 +216,35 @@ export async function probeRecv(o: RecvOptions): Promise<ProbeReport> {
   let keepalive: ReturnType<typeof setInterval> | undefined;
   const start = performance.now();
   let ticks = 0;
+  /** Datagrams measured: probe datagrams, plain or RTP, and RTP packets of other senders. */
+  let measured = 0;
+  const stop = () => {
+    socket.close();
+    rtcpSocket?.close();
+  };
   if (reg) socket.send([join], reg);
-  else o.ready?.(socket.local);
+  else o.ready?.(socket.local, rtcpSocket?.local ?? null);
 
   const ticker = setInterval(() => {
     const now = performance.now();
     if (!joined) {
       if (now - start > 5000) {
         failure = new Error(`Cannot join the reflector at ${formatHostPort(o.join!)}: no answer within 5 s`);
-        socket.close();
+        stop();
       } else socket.send([join], reg!);
       return;
     }
-    const idle = stats.received > 0 && now - last > o.idleMs;
-    if (now - start >= o.durationMs || idle || o.signal?.aborted) socket.close();
-    else if (++ticks % 4 === 0) o.progress?.(progressLine(stats.report()));
+    const idle = measured > 0 && now - last > o.idleMs;
+    if (now - start >= o.durationMs || idle || o.signal?.aborted) stop();
+    else if (++ticks % 4 === 0) o.progress?.(progressLine(stats.report(), streams.size));
   }, 250);
+  const rtcpLoop = (async () => {
+    for (;;) {
+      const batch = await rtcpSocket?.receive();
+      if (!batch) return;
+      for (let i = 0; i < batch.count; i++) streams.addRtcp(batch.data(i));
+    }
+  })();
   try {
     for (;;) {
       const batch = await socket.receive();
@@ -151,7 +255,21 @@ export async function probeRecv(o: RecvOptions): Promise<ProbeReport> {
         const d = batch.data(i);
         const h = readProbe(d);
         if (h) {
-          stats.add(h.seq, h.sentUs, arrival, d.length);
+          stats.add(h.seq, h.sentUs, arrival, d.length, h.stream);
+          measured++;
+          continue;
+        }
+        // RTCP multiplexed on the media port (RFC 5761) is taken as if it came to port + 1.
+        if (isRtcp(d)) {
+          streams.addRtcp(d);
+          continue;
+        }
+        const r = readRtpProbe(d);
+        if (r) {
+          streams.add(r.rtp, d.length, arrival, r.probe !== null);
+          // Keyed apart from plain stream ids: SSRCs live above 2^32.
+          if (r.probe) stats.add(r.probe.seq, r.probe.sentUs, arrival, d.length, 2 ** 32 + r.rtp.ssrc);
+          measured++;
           continue;
         }
         const text = reg && d.length <= 64 ? dec.decode(d) : "";
@@ -162,22 +280,26 @@ export async function probeRecv(o: RecvOptions): Promise<ProbeReport> {
           joined = true;
           const every = Math.max(1000, (Number(welcome[1]) * 1000) / 3);
           keepalive = setInterval(() => socket.send([join], reg!), every);
-          o.ready?.(socket.local);
+          o.ready?.(socket.local, rtcpSocket?.local ?? null);
         } else if (!welcome) stats.foreign();
       }
-      if (o.count && stats.received >= o.count) break;
+      if (o.count && measured >= o.count) break;
     }
   } finally {
     clearInterval(ticker);
     clearInterval(keepalive);
     await socket.close();
+    await rtcpSocket?.close();
+    await rtcpLoop;
   }
   if (failure) throw failure;
-  return stats.report();
+  const report = stats.report();
+  const rtp = streams.report();
+  return rtp.groups.length || rtp.rtcp_packets || rtp.rtcp_malformed ? { ...report, rtp } : report;
 }
 
-function progressLine(r: ProbeReport): string {
+function progressLine(r: ProbeReport, rtpStreams: number): string {
   return `probe recv: ${r.received} received, ${r.loss_percent.toFixed(3)}% lost, ${
     Math.round(r.packets_per_s)
-  }/s`;
+  }/s${rtpStreams ? `, ${rtpStreams} RTP streams` : ""}`;
 }
