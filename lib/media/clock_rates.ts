@@ -1,7 +1,8 @@
 /**
  * RTP timestamps count in the media clock of the payload type. The static types of RFC 3551 have fixed rates; the
- * dynamic ones (96..127) mean nothing without an SDP rtpmap or the program's own parameter, so they are never guessed:
- * an unknown rate must make the caller fall back to another sync method (and say so), not align at a wrong rate.
+ * dynamic ones (96..127) mean nothing without an SDP rtpmap, the program's own parameter, or a rate measured on the
+ * stream itself and snapped to a common one (snapClockRate); until then the rate is unknown, and the caller falls
+ * back to another sync method (and says so) rather than align at a wrong rate.
  */
 
 /** RFC 3551 tables 4 and 5: static payload type -> clock rate in Hz (G722 is 8000 by the RFC's own erratum). */
@@ -42,4 +43,39 @@ export function clockRateOf(pt: number, learned?: ReadonlyMap<number, number>): 
   const l = learned?.get(pt);
   if (l !== undefined && Number.isFinite(l) && l > 0) return l;
   return STATIC_CLOCK_RATES.get(pt) ?? null;
+}
+
+/** Clock rates in use by audio and video payload formats, to which a measured rate is snapped. */
+export const COMMON_CLOCK_RATES: readonly number[] = [
+  8000,
+  11025,
+  12000,
+  16000,
+  22050,
+  24000,
+  32000,
+  44100,
+  48000,
+  88200,
+  90000,
+  96000,
+];
+/** A measured rate must be this close (relative) to a common rate to be taken for it. */
+export const SNAP_TOLERANCE = 0.02;
+
+/**
+ * The common clock rate that a measured one stands for, or null when none is within SNAP_TOLERANCE. A dynamic payload
+ * type whose rate no SDP gives can still be read from its own stream: two sender reports (or RTP timestamps against
+ * arrival over a second or more) measure the rate to far better than the 9% that separates the nearest common rates
+ * (11025 and 12000), so snapping names it exactly; anything else is left unknown rather than guessed.
+ */
+export function snapClockRate(measuredHz: number): number | null {
+  if (!Number.isFinite(measuredHz) || measuredHz <= 0) return null;
+  let best: number | null = null;
+  let bestError = SNAP_TOLERANCE;
+  for (const rate of COMMON_CLOCK_RATES) {
+    const error = Math.abs(measuredHz / rate - 1);
+    if (error <= bestError) [best, bestError] = [rate, error];
+  }
+  return best;
 }

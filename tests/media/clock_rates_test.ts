@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { clockRateOf, STATIC_CLOCK_RATES } from "../../lib/media/clock_rates.ts";
+import { clockRateOf, snapClockRate, STATIC_CLOCK_RATES } from "../../lib/media/clock_rates.ts";
 
 Deno.test("STATIC_CLOCK_RATES holds RFC 3551's static payload types", () => {
   const expected: [number, number][] = [
@@ -47,4 +47,16 @@ Deno.test("clockRateOf lets a learned rate remap a static type and rejects non p
   assert.equal(clockRateOf(128), null);
   assert.equal(clockRateOf(-1), null);
   assert.equal(clockRateOf(0.5), null);
+});
+
+Deno.test("snapClockRate names the common rate a measured one stands for, and nothing far from all of them", () => {
+  assert.equal(snapClockRate(16_000), 16_000);
+  assert.equal(snapClockRate(15_871), 16_000); // 0.8% slow: jitter over a short measurement
+  assert.equal(snapClockRate(90_090), 90_000);
+  assert.equal(snapClockRate(44_150), 44_100);
+  assert.equal(snapClockRate(11_900), 12_000);
+  assert.equal(snapClockRate(13_000), null);
+  assert.equal(snapClockRate(0), null);
+  assert.equal(snapClockRate(-8000), null);
+  assert.equal(snapClockRate(Number.NaN), null);
 });
