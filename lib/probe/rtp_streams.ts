@@ -7,7 +7,7 @@
  * Clock rates: static payload types have theirs (RFC 3551); dynamic ones take the receiver's `--clock-rate
  * PT=HZ`, or else are inferred from two sender reports (RTP ticks over NTP time, snapped to a usual rate).
  */
-import { clockRateOf } from "../media/clock_rates.ts";
+import { clockRateOf, snapClockRate } from "../media/clock_rates.ts";
 import { parseRtcp } from "../media/rtcp.ts";
 import { RtpClockEstimator } from "../media/rtp_clock.ts";
 import type { RtpHeader } from "../media/rtp.ts";
@@ -20,8 +20,6 @@ export const MAX_RTP_STREAMS = 64;
 const MAX_PENDING_REPORTS = 8;
 /** Two sender reports at least this far apart (µs) tell a clock rate. */
 const MIN_RATE_SPAN_US = 200_000;
-/** Rates an inferred one snaps to when within 1%. */
-const USUAL_RATES = [8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 90000];
 
 export interface RtpStreamReport {
   ssrc: number;
@@ -241,9 +239,8 @@ function streamReport(s: Stream): RtpStreamReport {
   };
 }
 
-/** A clock rate from ticks per second: a usual rate when within 1%, else rounded; null when implausible. */
+/** A clock rate from ticks per second: a common rate when close to one (snapClockRate), else rounded; null when implausible. */
 export function inferRate(ticksPerSecond: number): number | null {
   if (!(ticksPerSecond >= 1000 && ticksPerSecond <= 1_000_000)) return null;
-  for (const r of USUAL_RATES) if (Math.abs(ticksPerSecond - r) <= r * 0.01) return r;
-  return Math.round(ticksPerSecond);
+  return snapClockRate(ticksPerSecond) ?? Math.round(ticksPerSecond);
 }
