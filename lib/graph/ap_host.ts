@@ -93,6 +93,7 @@ export class ApHost {
           name: plan.name,
           session: this.#plan.name,
           params: plan.params as never,
+          inputs: plan.inputs.map((input) => input.name),
           outputs: plan.outputs.map((_, j) => this.#output(i, j)),
           useRtp: this.#plan.useRtp,
           registration: plan.registration,

@@ -35,6 +35,8 @@ export interface ElementContext<P extends Params = Params> {
   readonly name: string;
   readonly session: string;
   readonly params: ParamValues<P>;
+  /** The names of its ordinary inputs, in declared order (input `i` of `push` is `inputs[i]`). */
+  readonly inputs: readonly string[];
   readonly outputs: readonly Output[];
   readonly useRtp: boolean;
   /** The port of the `registration` input, when the kind has one. */

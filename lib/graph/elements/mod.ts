@@ -10,6 +10,7 @@ import { forwarder } from "./forwarder.ts";
 import { player } from "./player.ts";
 import { reflectorElement } from "./reflector.ts";
 import { saver } from "./saver.ts";
+import { syncer } from "./syncer.ts";
 
 export function coreElements(): Registry<ElementKind> {
   return new Registry<ElementKind>("AP kind", [
@@ -19,5 +20,6 @@ export function coreElements(): Registry<ElementKind> {
     player,
     counter,
     reflectorElement,
+    syncer,
   ] as ElementKind[]);
 }

@@ -1,0 +1,223 @@
+/**
+ * `localservice.syncer`: releases the RTP streams of its inputs in step. Every datagram leaves at its capture time
+ * (from its stream's RTCP sender reports, or the input's configured offset until reports come) plus one delay D
+ * shared by all inputs, chosen from the latest-arriving input plus a margin and changed only smoothly: streams
+ * captured together leave together within `precision`, however late one of them arrives (the report's camera, 1 s).
+ * The timing rules are in lib/media/sync.ts; this shell copies datagrams in, runs one precise timer for the earliest
+ * due time (never one per datagram) and publishes the figures.
+ */
+import type { CounterSet } from "../../core/metrics.ts";
+import { PreciseTimer } from "../../core/precise_timer.ts";
+import { Synchronizer } from "../../media/sync.ts";
+import type { Endpoint } from "../../net/udp.ts";
+import { ArrayBatch } from "../batch.ts";
+import { defineElement } from "../element.ts";
+import { numberParam, type Param, ParamProblem } from "../params.ts";
+
+/** Most offsets one may give (one per input). */
+const MAX_INPUTS = 16;
+
+const offsetsParam: Param<number[]> = {
+  doc: "per input, seconds it arrives after capture, used until its sender reports come (`offsets = 1.0, 0`)",
+  default: [],
+  parse(values) {
+    if (values.length > MAX_INPUTS) {
+      return new ParamProblem(`expected at most ${MAX_INPUTS} offsets, one per input`);
+    }
+    const out: number[] = [];
+    for (const v of values) {
+      const n = v.kind === "number" ? Number(v.text) : NaN;
+      if (!Number.isFinite(n) || Math.abs(n) > 60) {
+        return new ParamProblem("expected offsets in seconds between -60 and 60, separated by commas");
+      }
+      out.push(n);
+    }
+    return out;
+  },
+};
+
+const RATE = /^(\d{1,3}):(\d{1,8})$/;
+
+const clockRatesParam: Param<ReadonlyMap<number, number>> = {
+  doc: 'clock rates of dynamic payload types, as "type:Hz" strings (`clock_rates = "96:90000", "97:16000"`)',
+  default: new Map(),
+  parse(values) {
+    const out = new Map<number, number>();
+    for (const v of values) {
+      const m = v.kind === "string" ? RATE.exec(v.text) : null;
+      const pt = m ? Number(m[1]) : NaN;
+      const hz = m ? Number(m[2]) : NaN;
+      if (!(pt <= 127) || !(hz >= 1)) {
+        return new ParamProblem(
+          'expected "type:Hz" strings with a payload type 0..127 and a rate in Hz, like "96:90000"',
+        );
+      }
+      out.set(pt, hz);
+    }
+    return out;
+  },
+};
+
+export const syncer = defineElement({
+  name: "localservice.syncer",
+  description:
+    "Releases RTP streams in step: each datagram at its capture time (RTCP sender reports) plus one delay",
+  ports: { inputs: { min: 1, max: MAX_INPUTS }, outputs: { min: 1, max: 1 } },
+  params: {
+    precision: numberParam("seconds within which datagrams captured together leave together", {
+      min: 0.0001,
+      max: 1,
+      default: 0.001,
+    }),
+    max_delay: numberParam("seconds a datagram may wait at most; one that would wait longer is dropped", {
+      min: 0.01,
+      max: 60,
+      default: 3,
+    }),
+    margin: numberParam("seconds of delay beyond the latest input's lateness, for its jitter", {
+      min: 0,
+      max: 5,
+      default: 0.02,
+    }),
+    offsets: offsetsParam,
+    max_bytes: numberParam("bytes the held datagrams may take; beyond it they are dropped", {
+      min: 1024 * 1024,
+      max: 2 ** 34,
+      default: 64 * 1024 * 1024,
+      integer: true,
+    }),
+    clock_rates: clockRatesParam,
+  },
+  create({ name, session, params, inputs, outputs, node }) {
+    if (params.offsets.length > inputs.length) {
+      throw new Error(
+        `Cannot align by offsets: ${params.offsets.length} offsets for ${inputs.length} inputs (${
+          inputs.join(", ")
+        })`,
+      );
+    }
+    const [out] = outputs;
+    const { clock } = node;
+    const precisionUs = params.precision * 1e6;
+    const sync = new Synchronizer<Endpoint>({
+      inputs: inputs.length,
+      precisionUs,
+      maxDelayUs: params.max_delay * 1e6,
+      marginUs: params.margin * 1e6,
+      offsetsUs: params.offsets.map((s) => s * 1e6),
+      maxBytes: params.max_bytes,
+      clockRates: params.clock_rates,
+    });
+    const emit = (data: Uint8Array[], from: Endpoint[], rtcp: boolean) =>
+      out.emit(new ArrayBatch(data, from), rtcp);
+    // The timer fires at most a quarter of the precision early; everything due within half of it leaves together.
+    const tolerance = precisionUs / 4;
+    const timer = new PreciseTimer(clock, () => tick(), { toleranceUs: tolerance });
+    const sets: CounterSet[] = [];
+    let stopped = false;
+
+    const schedule = (now: number) => {
+      const due = stopped ? null : sync.nextDueUs(now);
+      if (due === null) return timer.cancel();
+      const armed = timer.armedUs;
+      if (armed === null || due < armed - tolerance) timer.arm(Math.max(due, now + tolerance));
+    };
+    const tick = () => {
+      const now = clock.nowUs();
+      sync.release(now, emit);
+      schedule(now);
+    };
+
+    const publish = () => {
+      const labels = { session, ap: name };
+      const set = node.metrics.set("syncer", labels);
+      set.gauge("delay_seconds", "The common delay D: capture to release", () => (sync.delayUs ?? NaN) / 1e6);
+      set.gauge("buffered_bytes", "Bytes of datagrams held", () => sync.held.bytes);
+      set.gauge("buffered_packets", "Datagrams held", () => sync.held.packets);
+      set.gauge("memory_bytes", "Memory holding the datagrams (whole slab chunks)", () => sync.held.memory);
+      set.counter(
+        "late_total",
+        "Datagrams that arrived after their due time (D raised, or dropped)",
+        () => sync.totals().late,
+      );
+      set.counter(
+        "malformed_total",
+        "Datagrams that were neither RTP nor RTCP, dropped",
+        () => sync.totals().malformed,
+      );
+      set.counter(
+        "release_late_total",
+        "Datagrams released later than precision after their due time",
+        () => sync.releaseLate,
+      );
+      sets.push(set);
+      for (const [reason, key] of [["max_delay", "dropped_max_delay"], ["cap", "dropped_cap"]] as const) {
+        const d = node.metrics.set("syncer", { ...labels, reason });
+        d.counter(
+          "dropped_total",
+          "Datagrams dropped: too late or too early for max_delay, or over max_bytes",
+          () => sync.totals()[key],
+        );
+        sets.push(d);
+      }
+      inputs.forEach((input, i) => {
+        const s = node.metrics.set("syncer_input", { ...labels, input });
+        s.gauge(
+          "offset_seconds",
+          "How late the input arrives after capture: highest arrival - capture of the last 10 s (NaN when silent)",
+          () => (sync.latenessUs(i, clock.nowUs()) ?? NaN) / 1e6,
+        );
+        const counts = () => sync.counts(i);
+        s.counter("packets_in_total", "RTP datagrams into the input", () => counts().packets_in);
+        s.counter("packets_out_total", "RTP datagrams of the input released", () => counts().packets_out);
+        s.counter(
+          "late_total",
+          "Datagrams of the input that arrived after their due time",
+          () => counts().late,
+        );
+        s.counter(
+          "reports_total",
+          "Sender reports taken into the input's clock mappings",
+          () => counts().reports,
+        );
+        sets.push(s);
+      });
+    };
+
+    return {
+      start() {
+        publish();
+        return Promise.resolve();
+      },
+      push(input, batch, rtcp) {
+        if (stopped) return;
+        const now = clock.nowUs();
+        for (let i = 0; i < batch.count; i++) sync.push(input, batch.data(i), rtcp, now, batch.from(i));
+        const due = sync.nextDueUs(now);
+        if (due !== null && due <= now + tolerance) tick();
+        else schedule(now);
+      },
+      stop() {
+        stopped = true;
+        timer.cancel();
+        // What is held goes on now, so the sinks (stopped after this) get the last seconds.
+        sync.flush(emit);
+        for (const s of sets) node.metrics.remove(s);
+        return Promise.resolve();
+      },
+      status() {
+        const now = clock.nowUs();
+        const s = sync.status(now);
+        return {
+          syncer: {
+            ...s,
+            precision_ms: params.precision * 1000,
+            max_delay_ms: params.max_delay * 1000,
+            margin_ms: params.margin * 1000,
+            inputs: s.inputs.map((x, i) => ({ name: inputs[i], ...x })),
+          },
+        };
+      },
+    };
+  },
+});
