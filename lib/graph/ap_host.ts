@@ -8,7 +8,7 @@
 import { StartError } from "../core/errors.ts";
 import type { Batch } from "../net/udp.ts";
 import type { PlannedAp, SessionPlan, Wire } from "./check.ts";
-import type { Element, NodeServices, Output } from "./element.ts";
+import type { EdgeLink, Element, NodeServices, Output } from "./element.ts";
 
 /** Counters of one port; in and out alike. */
 export interface PortCount {
@@ -39,6 +39,11 @@ export interface ApHostOptions {
    * nothing has to be done. Asked once per output that has such wires, when the elements are created.
    */
   outward(ap: number, j: number, wires: readonly Wire[]): Delivery | null;
+  /**
+   * For a split AP (a kind with `edge`, in a VM group), which half this host runs and its link to the other;
+   * undefined for an AP that runs whole.
+   */
+  half?(ap: number): { readonly side: "main" | "worker"; readonly link: EdgeLink } | undefined;
 }
 
 export function countBytes(batch: Batch): number {
@@ -65,6 +70,7 @@ export class ApHost {
   readonly #plan: SessionPlan;
   readonly #node: NodeServices;
   readonly #outward: ApHostOptions["outward"];
+  readonly #half: ApHostOptions["half"];
   /** The batch that entered this isolate and its bytes, summed once (see `entering`). */
   readonly #stopped = new Set<number>();
   #entered: Batch | null = null;
@@ -74,6 +80,7 @@ export class ApHost {
     this.#plan = options.plan;
     this.#node = options.node;
     this.#outward = options.outward;
+    this.#half = options.half;
     this.#hosted = [...options.aps].sort((a, b) => a - b);
     this.#runs = new Set(this.#hosted);
     this.states = options.plan.aps.map(newApState);
@@ -89,7 +96,8 @@ export class ApHost {
       const state = this.states[i];
       const plan = state.plan;
       try {
-        state.element = plan.kind.create({
+        const half = this.#half?.(i);
+        const ctx = {
           name: plan.name,
           session: this.#plan.name,
           params: plan.params as never,
@@ -98,7 +106,10 @@ export class ApHost {
           useRtp: this.#plan.useRtp,
           registration: plan.registration,
           node: this.#node,
-        });
+        };
+        state.element = half?.side === "main"
+          ? plan.kind.edge!({ ...ctx, edge: half.link })
+          : plan.kind.create(half ? { ...ctx, edge: half.link } : ctx);
       } catch (error) {
         throw new StartError(`${plan.name}: ${message(error)}`);
       }
@@ -202,7 +213,8 @@ export class ApHost {
     const deliveries: Delivery[] = [];
     const away: Wire[] = [];
     for (const w of wires) {
-      if (w.kind === "ap" && this.#runs.has(w.node)) {
+      // The worker's half of a split AP takes no data: its data path is the main isolate's half.
+      if (w.kind === "ap" && this.#runs.has(w.node) && this.#half?.(w.node)?.side !== "worker") {
         deliveries.push((batch, rtcp) => this.deliver(w.node, w.input, batch, rtcp));
       } else if (w.kind === "ap" || w.to) away.push(w);
       // else: a reflector's participants; the element sends to them itself.

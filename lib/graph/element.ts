@@ -42,6 +42,20 @@ export interface ElementContext<P extends Params = Params> {
   /** The port of the `registration` input, when the kind has one. */
   readonly registration: number | null;
   readonly node: NodeServices;
+  /** For a split AP in a VM group (see `ElementKind.edge`): the link between its two halves. */
+  readonly edge?: EdgeLink;
+}
+
+/**
+ * The two halves of a split AP talk by messages of plain data (structured clone) over this link; each half gets one.
+ * What comes from the worker's half is data from code the node does not trust: the main half checks it.
+ */
+export interface EdgeLink {
+  /** The VM group the AP belongs to. */
+  readonly vm: string;
+  post(message: unknown): void;
+  /** Set by the half: called with each message from the other one. */
+  onMessage: ((message: unknown) => void) | null;
 }
 
 /** What a node gives its elements. */
@@ -54,6 +68,11 @@ export interface NodeServices {
   /** The address DIPRONN_INPUT ports are bound on. */
   readonly host: string;
   readonly udp: UdpOptions;
+  /**
+   * Node-wide objects that the elements of one kind share, under a key the kind owns (the transcoder's pool of
+   * ffmpeg processes). Absent: nothing is shared between elements.
+   */
+  readonly shared?: Map<string, unknown>;
 }
 
 export interface Element {
@@ -75,6 +94,8 @@ export interface KindNeeds {
   readonly net?: boolean;
   /** Files in the node's data directory only: "read" (the player) or "write", which includes reading (the saver). */
   readonly files?: "read" | "write";
+  /** It starts child processes (the transcoder's ffmpeg): never granted in a VM, so the graph check refuses it there. */
+  readonly process?: boolean;
 }
 
 export interface ElementKind<P extends Params = Params> {
@@ -85,6 +106,13 @@ export interface ElementKind<P extends Params = Params> {
   readonly params: P;
   /** Absent: it needs nothing but memory (a forwarder, a duplicator, a counter). */
   readonly needs?: KindNeeds;
+  /**
+   * The main isolate's half of an AP of this kind in a VM group: the main isolate keeps every socket, so a kind
+   * with sockets of its own splits there. This half holds the sockets and the data path (batches for the AP are
+   * delivered to it, in the main isolate, and counted there); `create`, given `edge` in its context, makes the
+   * worker's half, which keeps the logic. Without it, an AP in a VM group runs whole in the group's worker.
+   */
+  edge?(ctx: ElementContext<P> & { readonly edge: EdgeLink }): Element;
   /** Names of things only one AP of a node may hold at once (a file it writes), for the graph check. */
   claims?(params: ParamValues<P>): string[];
   create(ctx: ElementContext<P>): Element;

@@ -7,9 +7,13 @@
  * granted only what its kinds declare (vm_group.ts). The worker wires the group's own APs in memory the same way.
  * A batch that crosses into or out of a group is packed into one buffer and transferred (vm_codec.ts). A batch
  * leaving a group goes back to the main isolate. Main routes it on: to its own APs, to another group, or out of a
- * socket. So one isolate owns every socket of the session except those an AP binds itself (a reflector's
- * registration port, in its group's worker). VM APs are counted in their worker and reported in snapshots (every
- * 250 ms and at stop), so /status and /metrics show every AP.
+ * socket. So one isolate owns every socket of the session, also those of an AP in a group whose kind has sockets
+ * of its own (the reflector): such an AP is split (ElementKind.edge). Its half in the main isolate binds its ports
+ * on the node's UDP path (the fast one) and takes its data, delivered and counted here without crossing; its half in
+ * the worker keeps the logic (the reflector's participant table and join protocol), and the two exchange `edge`
+ * messages. The worker needs no network access for it, and a batch for a reflector never crosses. Other VM APs are
+ * counted in their worker and reported in snapshots (every 250 ms and at stop), so /status and /metrics show every
+ * AP.
  *
  * Start is all or nothing. The VM groups start first, in parallel; each reports `started` or the AP that could not
  * start. Then main's elements start, sinks first. Then the input sockets open. Batches a group emits before all of
@@ -31,7 +35,7 @@ import { formatHostPort, isIPv6 } from "../net/address.ts";
 import { type Destinations, openUdp, type UdpSocket } from "../net/udp.ts";
 import { ApHost, type Delivery, type PortCount } from "./ap_host.ts";
 import type { SessionPlan, Wire } from "./check.ts";
-import type { NodeServices } from "./element.ts";
+import type { EdgeLink, NodeServices } from "./element.ts";
 import type { Decoded } from "./vm_codec.ts";
 import { VmGroup } from "./vm_group.ts";
 import { LINK_LIMIT_BYTES, type SnapshotMessage } from "./vm_protocol.ts";
@@ -64,6 +68,8 @@ export class RunningSession {
   readonly #groups: VmGroup[] = [];
   /** The group that runs each AP (by index), or null for the main isolate. */
   readonly #groupOf: (VmGroup | null)[];
+  /** The main isolate's halves of split APs in groups (ElementKind.edge): their links, by AP. */
+  readonly #links = new Map<number, EdgeLink>();
   /** For each AP of a group and each of its outputs: where a batch goes that the group sent out. */
   readonly #forwards: (Delivery | null)[][] = [];
   /** The element status of each AP of a group, from its last snapshot. */
@@ -101,15 +107,35 @@ export class RunningSession {
         snapshotMs: options.snapshotMs ?? VM_DEFAULTS.snapshotMs,
         onBatch: (decoded) => this.#fromGroup(group, decoded),
         onSnapshot: (snapshot) => this.#snapshot(group, snapshot),
+        onEdge: (ap, message) => {
+          if (this.#groupOf[ap] === group) this.#links.get(ap)?.onMessage?.(message);
+        },
+        onFailed: () => {
+          // The logic is gone: the main isolate's halves of the group's APs stop (ports freed, figures gone).
+          for (const ap of aps) if (this.#links.has(ap)) void this.#host.stop(ap);
+        },
       });
       this.#groups.push(group);
-      for (const i of aps) this.#groupOf[i] = group;
+      for (const i of aps) {
+        this.#groupOf[i] = group;
+        if (plan.aps[i].kind.edge) {
+          this.#links.set(i, {
+            vm: vm.name,
+            post: (message) => void group.postEdge(i, message),
+            onMessage: null,
+          });
+        }
+      }
     }
     this.#host = new ApHost({
       plan,
       node,
-      aps: plan.aps.flatMap((_, i) => (this.#groupOf[i] ? [] : [i])),
+      aps: plan.aps.flatMap((_, i) => (this.#groupOf[i] && !this.#links.has(i) ? [] : [i])),
       outward: (_ap, _j, wires) => this.#route(wires),
+      half: (ap) => {
+        const link = this.#links.get(ap);
+        return link ? { side: "main", link } : undefined;
+      },
     });
   }
 
@@ -136,11 +162,14 @@ export class RunningSession {
     this.#host.create();
     plan.aps.forEach((ap, i) => {
       const group = this.#groupOf[i];
-      // The wires a group cannot reach itself: APs outside it and DIPRONN_OUTPUT addresses.
+      // The wires a group cannot reach itself: APs outside it, the data paths of split APs (here), and
+      // DIPRONN_OUTPUT addresses.
       this.#forwards[i] = group
         ? ap.outputs.map((o) =>
           this.#route(
-            o.wires.filter((w) => w.kind === "ap" ? this.#groupOf[w.node] !== group : w.to !== null),
+            o.wires.filter((w) =>
+              w.kind === "ap" ? this.#groupOf[w.node] !== group || this.#links.has(w.node) : w.to !== null
+            ),
           )
         )
         : [];
@@ -173,7 +202,7 @@ export class RunningSession {
     for (;;) {
       const batch = await socket.receive();
       if (!batch) return;
-      if (group) group.post({ kind: "deliver", ap, port: input, rtcp }, batch);
+      if (group && !this.#links.has(ap)) group.post({ kind: "deliver", ap, port: input, rtcp }, batch);
       // The received batch travels the graph unchanged: its bytes are summed once here, not at every port.
       else this.#host.receive(ap, input, batch, rtcp);
     }
@@ -183,7 +212,7 @@ export class RunningSession {
   #route(wires: readonly Wire[]): Delivery | null {
     const parts = wires.flatMap((w): Delivery[] => {
       if (w.kind === "ap") {
-        const group = this.#groupOf[w.node];
+        const group = this.#links.has(w.node) ? null : this.#groupOf[w.node];
         if (group) {
           return [(batch, rtcp) => group.post({ kind: "deliver", ap: w.node, port: w.input, rtcp }, batch)];
         }
@@ -238,7 +267,8 @@ export class RunningSession {
    */
   #snapshot(group: VmGroup, snapshot: SnapshotMessage): void {
     for (const s of snapshot.aps) {
-      if (this.#groupOf[s.ap] !== group) continue;
+      // A split AP is counted here, where its data goes.
+      if (this.#groupOf[s.ap] !== group || this.#links.has(s.ap)) continue;
       const state = this.#host.states[s.ap];
       const copy = (ports: PortCount[], counts: readonly (readonly [number, number])[]) =>
         ports.forEach((p, k) => {
@@ -337,7 +367,9 @@ export class RunningSession {
           })),
           errors: ap.errors,
         };
-        const own = this.#groupOf[i] ? this.#vmStatus.get(i) ?? {} : this.#host.elementStatus(i);
+        const own = this.#groupOf[i] && !this.#links.has(i)
+          ? this.#vmStatus.get(i) ?? {}
+          : this.#host.elementStatus(i);
         // The element's own figures come after what the session knows of its AP and cannot replace it.
         return { ...known, ...own, ...known };
       }),
@@ -368,6 +400,8 @@ export class RunningSession {
     }
     for (let i = 0; i < this.plan.aps.length; i++) {
       const group = this.#groupOf[i];
+      // A split AP: its sockets first, then its logic.
+      if (this.#links.has(i)) await this.#host.stop(i);
       if (group) await group.stopAp(i);
       else await this.#host.stop(i);
     }

@@ -2,7 +2,8 @@
  * The main isolate's side of a VM group: one Deno Worker (its own V8 isolate and thread) that runs the group's APs
  * (lib/graph/vm_runtime.ts). The worker is granted what the group's kinds declare in `needs` and nothing more, and
  * never FFI: its sockets take the portable UDP path. Batches go in and come out as transferred buffers
- * (vm_codec.ts). Start is answered with `started` or the error of the AP that could not start. Stop goes AP by AP,
+ * (vm_codec.ts). An AP whose kind has sockets of its own is split (ElementKind.edge): the main isolate keeps its
+ * sockets and its data path, the worker its logic, and the two halves exchange `edge` messages. Start is answered with `started` or the error of the AP that could not start. Stop goes AP by AP,
  * as the main isolate walks the session in data-flow order, and ends with a final snapshot; each request has its own
  * deadline, and a worker that does not answer one in time is terminated. A worker that dies of an uncaught error is
  * logged and marked failed, and the rest of the session goes on. What a worker reports (counters, statuses, metric
@@ -40,14 +41,15 @@ export interface VmAccess {
 }
 
 /**
- * Nothing, plus: `net` when a kind binds or sends itself (the reflector); the data directory only, for reading or
+ * Nothing, plus: `net` when a kind binds or sends itself and does not leave its sockets to the main isolate (none of
+ * the core kinds: the reflector is split, see ElementKind.edge); the data directory only, for reading or
  * writing, when a kind keeps files there (player, saver). Never FFI, whatever `udp` the node uses: FFI gives native
  * code the whole process, and a worker that is terminated (crashed, too slow) would leave the fast path's raw socket
  * descriptors open, with a recvmmsg still writing into the dead isolate's buffers. Deno closes a terminated worker's
  * own resources, so the portable path frees its ports.
  */
 export function vmAccess(kinds: readonly ElementKind[], node: NodeServices): VmAccess {
-  const net = kinds.some((k) => k.needs?.net);
+  const net = kinds.some((k) => k.needs?.net && !k.edge);
   const files = kinds.some((k) => k.needs?.files === "write")
     ? "write"
     : kinds.some((k) => k.needs?.files === "read")
@@ -84,6 +86,10 @@ export interface VmGroupOptions {
   /** A batch the group emitted for wires outside it; the main isolate routes it. */
   onBatch(decoded: Decoded): void;
   onSnapshot(snapshot: SnapshotMessage): void;
+  /** A message from the worker's half of split AP `ap` (unchecked: the receiver checks `ap` and the message). */
+  onEdge?(ap: number, message: unknown): void;
+  /** The worker died or did not start: the group's APs no longer run (the main isolate's halves stop too). */
+  onFailed?(): void;
 }
 
 export class VmGroup {
@@ -190,6 +196,13 @@ export class VmGroup {
       return;
     }
     if (!this.#link.send(encodeBatch(to, batch), batch.count)) this.droppedIn += batch.count;
+  }
+
+  /** A message to the worker's half of split AP `ap`; dropped unless the worker runs. */
+  postEdge(ap: number, message: unknown): boolean {
+    if (this.state !== "running" && this.state !== "stopping") return false;
+    this.#post({ type: "edge", ap, message });
+    return true;
   }
 
   /** Stops the element of AP `ap` in the worker; resolves when it did, or when the worker is gone. */
@@ -339,6 +352,8 @@ export class VmGroup {
         return this.#wake(`stopped ${m.ap}`);
       case "closed":
         return this.#wake("closed");
+      case "edge":
+        return this.options.onEdge?.(m.ap, m.message);
     }
   }
 
@@ -354,6 +369,7 @@ export class VmGroup {
       error: why,
     });
     this.#end("failed");
+    this.options.onFailed?.();
     starting?.reject(new StartError(`VM ${this.options.name} failed: ${why}`));
   }
 

@@ -51,7 +51,15 @@ export type ToWorker =
   /** Counters as of now; the answer carries `id` back. */
   | { readonly type: "snapshot"; readonly id: number }
   /** Stop whatever still runs, send a final snapshot, then `closed`. */
-  | { readonly type: "close" };
+  | { readonly type: "close" }
+  | EdgeMessage;
+
+/** Between the two halves of a split AP (ElementKind.edge): the main isolate's half and the worker's. */
+export interface EdgeMessage {
+  readonly type: "edge";
+  readonly ap: number;
+  readonly message: unknown;
+}
 
 /** Counters of one AP: [packets, bytes] per input and per output. */
 export interface ApSnapshot {
@@ -93,7 +101,8 @@ export type FromWorker =
   | { readonly type: "log"; readonly level: LogLevel; readonly msg: string; readonly fields: LogFields }
   | { readonly type: "ack"; readonly bytes: number }
   | { readonly type: "stopped"; readonly ap: number }
-  | { readonly type: "closed" };
+  | { readonly type: "closed" }
+  | EdgeMessage;
 
 /** A registry that knows its live sets, so a worker can report them to the main isolate by value. */
 export class ReportingRegistry extends MetricsRegistry {

@@ -9,7 +9,7 @@ import { systemClock, type TimerId } from "../core/clock.ts";
 import { LOG_LEVELS, type LogFields, Logger, type LogLevel } from "../core/logger.ts";
 import type { Registry } from "../core/registry.ts";
 import { ApHost, message } from "./ap_host.ts";
-import type { ElementKind, NodeServices } from "./element.ts";
+import type { EdgeLink, ElementKind, NodeServices } from "./element.ts";
 import { decodeBatch, encodeBatch } from "./vm_codec.ts";
 import {
   BatchLink,
@@ -68,6 +68,8 @@ export function serveVmGroup(
   let logger: Logger | null = null;
   /** Set once every element started: the main isolate sends no batch before `started`. */
   let ready = false;
+  /** The worker's halves of split APs (ElementKind.edge), by AP. */
+  const links = new Map<number, EdgeLink>();
 
   const snapshot = (final: boolean, id: number | null = null): SnapshotMessage => ({
     type: "snapshot",
@@ -101,12 +103,20 @@ export function serveVmGroup(
         host: m.node.host,
         udp: m.node.udp,
       };
+      for (const ap of aps) {
+        if (!plan.aps[ap].kind.edge) continue;
+        links.set(ap, { vm: m.vm, post: (message) => send({ type: "edge", ap, message }), onMessage: null });
+      }
       host = new ApHost({
         plan,
         node,
         aps,
         outward: (ap, j) => (batch, rtcp) => {
           link.send(encodeBatch({ kind: "emitted", ap, port: j, rtcp }, batch), batch.count);
+        },
+        half: (ap) => {
+          const l = links.get(ap);
+          return l ? { side: "worker", link: l } : undefined;
         },
       });
       host.create();
@@ -162,6 +172,9 @@ export function serveVmGroup(
         return send({ type: "stopped", ap: m.ap });
       case "snapshot":
         return host ? send(snapshot(false, m.id)) : undefined;
+      case "edge":
+        if (ready) links.get(m.ap)?.onMessage?.(m.message);
+        return;
       case "close":
         // Whatever fails on the way, the main isolate hears `closed` and the worker ends.
         try {

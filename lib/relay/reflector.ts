@@ -3,12 +3,18 @@
  * participant, from the registration port, so that a participant behind NAT receives it on the flow it opened when
  * it joined. With use_rtp the ports go in pairs: RTP on the data and registration ports, RTCP on each port + 1,
  * sent to each participant's port + 1.
+ *
+ * Who the participants are is decided by the participant table and its join protocol (participants.ts). Normally
+ * the table is here. A reflector AP in a VM group is split (lib/graph/elements/reflector.ts): the main isolate
+ * keeps its sockets and sends the stream, on the fast path, and the group's worker keeps the table. Then the
+ * reflector hands control datagrams to `RemoteMembership.control` and is told the outcome: `reply` sends the
+ * table's answers, `mirror` gives the participant list, the table's counters and the participants' details.
  */
 import type { Clock, TimerId } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
-import type { CounterSet, MetricsRegistry } from "../core/metrics.ts";
+import type { CounterSet, Labels, MetricsRegistry } from "../core/metrics.ts";
 import { isRtcp, isRtp } from "../media/rtp.ts";
-import { formatHostPort, type HostPort } from "../net/address.ts";
+import { formatHostPort, type HostPort, isIPv4, isIPv6 } from "../net/address.ts";
 import {
   type Batch,
   type Destinations,
@@ -21,7 +27,14 @@ import {
   wellFormed,
 } from "../net/udp.ts";
 import { FastUdp } from "../net/udp_fast.ts";
-import { type DenyClass, type Origin, ParticipantTable } from "./participants.ts";
+import {
+  addressClass,
+  type DenyClass,
+  type Origin,
+  type Participant,
+  ParticipantTable,
+  type TableStats,
+} from "./participants.ts";
 import { publishSocket, RelayThread } from "./relay.ts";
 import { SharedTargets } from "./shared_targets.ts";
 
@@ -134,10 +147,88 @@ interface Deps {
   clock: Clock;
   metrics: MetricsRegistry;
   logger: Logger;
+  /** Added to the labels of every metric set (a VM group's reflector: its session and group, as before). */
+  labels?: Labels;
+}
+
+/** Where control datagrams go when the participant table is kept elsewhere (a VM group's worker). */
+export interface RemoteMembership {
+  /** Control datagrams from the registration socket (`rtcp`: its RTCP one); the answers come by `reply`. */
+  control(batch: Batch, rtcp: boolean): void;
+}
+
+/** The table's figures, as the reflector shows them (participant RTCP reports are counted with them). */
+export type MembershipStats = TableStats & { participant_rtcp: number };
+
+/** What the remote table reports: who receives, its counters, and for /status when each joined and was last seen. */
+export interface MembershipReport {
+  readonly stats: MembershipStats;
+  readonly participants: readonly Participant[];
+}
+
+const STAT_NAMES = [
+  "joins",
+  "challenges",
+  "confirms",
+  "leaves",
+  "expired",
+  "refused_limit",
+  "refused_denied",
+  "bad_nonce",
+  "malformed",
+  "participant_rtcp",
+] as const;
+
+export function emptyMembershipStats(): MembershipStats {
+  return Object.fromEntries(STAT_NAMES.map((k) => [k, 0])) as unknown as MembershipStats;
+}
+
+/**
+ * A report from a worker, checked as data from code the node does not trust: numbers only, IP endpoints only, no
+ * address the deny list refuses (unless allowed), at most `max` participants. Null when it is not a report at all.
+ */
+export function checkMembershipReport(
+  value: unknown,
+  limits: { max: number; allow: readonly DenyClass[] },
+): MembershipReport | null {
+  if (typeof value !== "object" || value === null) return null;
+  const v = value as { stats?: unknown; participants?: unknown };
+  if (typeof v.stats !== "object" || v.stats === null || !Array.isArray(v.participants)) return null;
+  const stats = emptyMembershipStats();
+  for (const k of STAT_NAMES) {
+    const n = (v.stats as Record<string, unknown>)[k];
+    if (typeof n === "number" && Number.isFinite(n)) stats[k] = n;
+  }
+  const participants: Participant[] = [];
+  const seen = new Set<string>();
+  for (const p of v.participants.slice(0, limits.max) as unknown[]) {
+    const e = (p as { endpoint?: { host?: unknown; port?: unknown } } | null)?.endpoint;
+    const { origin, joinedAt, lastSeen } = (p ?? {}) as Record<string, unknown>;
+    if (!e || typeof e.host !== "string" || !(isIPv4(e.host) || isIPv6(e.host))) continue;
+    if (typeof e.port !== "number" || !Number.isInteger(e.port) || e.port < 1 || e.port > 65534) continue;
+    const cls = addressClass(e.host);
+    if (cls && !limits.allow.includes(cls)) continue;
+    const endpoint = { host: e.host, port: e.port };
+    const key = formatHostPort(endpoint);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    participants.push({
+      endpoint,
+      origin: origin === "config" || origin === "api" ? origin : "join",
+      joinedAt: typeof joinedAt === "number" ? joinedAt : 0,
+      lastSeen: typeof lastSeen === "number" ? lastSeen : 0,
+    });
+  }
+  return { stats, participants };
 }
 
 export class Reflector {
+  /** The table, when it is kept here (not for a VM group's reflector: see `mirror`). */
   readonly table: ParticipantTable;
+  readonly #remote: RemoteMembership | null;
+  /** The remote table's last report, and a version bumped when its participant list changes. */
+  #report: MembershipReport = { stats: emptyMembershipStats(), participants: [] };
+  #reportVersion = 0;
   readonly #paths: Path[];
   readonly #sets: CounterSet[] = [];
   readonly #loops: Promise<void>[] = [];
@@ -187,14 +278,19 @@ export class Reflector {
     return new Reflector(spec, sockets, deps, threads);
   }
 
-  /** A reflector on the event loop (`Reflector.start` puts its data paths on threads). */
+  /**
+   * A reflector on the event loop (`Reflector.start` puts its data paths on threads); with `remote`, its table is
+   * kept elsewhere (see the module doc).
+   */
   constructor(
     readonly spec: ReflectorSpec,
     readonly sockets: ReflectorSockets,
     private readonly deps: Deps,
     threads: ReadonlyMap<PathName, ThreadFanout> = new Map(),
+    remote: RemoteMembership | null = null,
   ) {
     this.#clock = deps.clock;
+    this.#remote = remote;
     this.table = new ParticipantTable({
       clock: deps.clock,
       timeoutMs: spec.timeout,
@@ -236,7 +332,38 @@ export class Reflector {
     }
     this.#loops.push(this.#control(sockets.registration, false));
     if (sockets.registrationRtcp) this.#loops.push(this.#control(sockets.registrationRtcp, true));
-    this.#scheduleExpiry();
+    if (!remote) this.#scheduleExpiry();
+  }
+
+  /** The remote table's report (checked by the caller): the participants to send to from now on, and figures. */
+  mirror(report: MembershipReport): void {
+    const before = this.#report.participants.map((p) => formatHostPort(p.endpoint)).join(",");
+    const after = report.participants.map((p) => formatHostPort(p.endpoint)).join(",");
+    this.#report = report;
+    if (before !== after) this.#reportVersion++;
+    this.#syncParticipants();
+  }
+
+  /** Sends the remote table's answer to a control datagram, from the registration socket it came in on. */
+  reply(data: Uint8Array, to: Endpoint, rtcp: boolean): void {
+    const socket = rtcp ? this.sockets.registrationRtcp : this.sockets.registration;
+    if (socket && !this.#closed) socket.send([data], socket.destinations([to]));
+  }
+
+  /** Who receives, what the table counted, and since when: here or as the remote table last reported. */
+  #view(): { version: number; participants: readonly Participant[]; stats: MembershipStats } {
+    if (this.#remote) {
+      return {
+        version: this.#reportVersion,
+        participants: this.#report.participants,
+        stats: this.#report.stats,
+      };
+    }
+    return {
+      version: this.table.version,
+      participants: this.table.list(),
+      stats: { ...this.table.stats, participant_rtcp: this.#participantRtcp },
+    };
   }
 
   /** Data port -> every participant, from the registration socket, on the event loop. */
@@ -276,9 +403,10 @@ export class Reflector {
    * its metrics (created on join, removed on leave).
    */
   #syncParticipants(): void {
-    if (this.#tableVersion === this.table.version) return;
-    this.#tableVersion = this.table.version;
-    const endpoints = this.table.endpoints();
+    const view = this.#view();
+    if (this.#tableVersion === view.version) return;
+    this.#tableVersion = view.version;
+    const endpoints = view.participants.map((p) => p.endpoint);
     for (const path of this.#paths) {
       path.fanout.update(
         new Map(endpoints.map((e) => [formatHostPort(e), { host: e.host, port: e.port + path.portOffset }])),
@@ -295,6 +423,7 @@ export class Reflector {
       const set = this.deps.metrics.set("reflector_participant", {
         reflector: this.spec.name,
         participant: key,
+        ...this.deps.labels,
       });
       set.counter("sent_total", "Datagrams sent to this participant", () => this.#counts(key).sent);
       set.counter(
@@ -337,6 +466,10 @@ export class Reflector {
     for (;;) {
       const batch = await socket.receive();
       if (!batch) return;
+      if (this.#remote) {
+        if (!this.#closed) this.#remote.control(batch, rtcp);
+        continue;
+      }
       for (let i = 0; i < batch.count; i++) {
         const data = batch.data(i);
         if (rtcp && isRtcp(data)) {
@@ -376,26 +509,26 @@ export class Reflector {
 
   #publish(): void {
     const { metrics } = this.deps;
-    const labels = { reflector: this.spec.name };
+    const labels = { reflector: this.spec.name, ...this.deps.labels };
     const set = metrics.set("reflector", labels);
-    const t = this.table.stats;
-    set.gauge("participants", "Participants receiving the stream", () => this.table.size);
-    set.counter("joins_total", "JOIN requests answered or refused", () => t.joins);
-    set.counter("confirms_total", "Nonces echoed correctly (joins and keepalives)", () => t.confirms);
-    set.counter("leaves_total", "Participants that left", () => t.leaves);
-    set.counter("expired_total", "Participants dropped after the timeout", () => t.expired);
-    set.counter("refused_limit_total", "Joins refused by a participant limit", () => t.refused_limit);
-    set.counter("refused_denied_total", "Joins refused by the deny list", () => t.refused_denied);
-    set.counter("bad_nonce_total", "Confirms with a wrong or stale nonce", () => t.bad_nonce);
+    const t = () => this.#view().stats;
+    set.gauge("participants", "Participants receiving the stream", () => this.#view().participants.length);
+    set.counter("joins_total", "JOIN requests answered or refused", () => t().joins);
+    set.counter("confirms_total", "Nonces echoed correctly (joins and keepalives)", () => t().confirms);
+    set.counter("leaves_total", "Participants that left", () => t().leaves);
+    set.counter("expired_total", "Participants dropped after the timeout", () => t().expired);
+    set.counter("refused_limit_total", "Joins refused by a participant limit", () => t().refused_limit);
+    set.counter("refused_denied_total", "Joins refused by the deny list", () => t().refused_denied);
+    set.counter("bad_nonce_total", "Confirms with a wrong or stale nonce", () => t().bad_nonce);
     set.counter(
       "malformed_control_total",
       "Datagrams on the registration port that are no message",
-      () => t.malformed,
+      () => t().malformed,
     );
     set.counter(
       "participant_rtcp_total",
       "RTCP reports from participants (counted, not forwarded)",
-      () => this.#participantRtcp,
+      () => t().participant_rtcp,
     );
     set.counter(
       "malformed_data_total",
@@ -404,7 +537,14 @@ export class Reflector {
     );
     this.#sets.push(set);
     for (const [port, stats] of this.#socketStats()) {
-      this.#sets.push(publishSocket(metrics, "reflector_socket", { ...labels, port }, stats));
+      this.#sets.push(
+        publishSocket(
+          metrics,
+          "reflector_socket",
+          { reflector: this.spec.name, port, ...this.deps.labels },
+          stats,
+        ),
+      );
     }
   }
 
@@ -415,6 +555,8 @@ export class Reflector {
   status(): Record<string, unknown> {
     const now = this.#clock.now();
     this.#syncParticipants();
+    const { stats, participants } = this.#view();
+    const { participant_rtcp, ...table } = stats;
     return {
       data: this.sockets.data ? formatHostPort(this.sockets.data.local) : "graph",
       registration: formatHostPort(this.sockets.registration.local),
@@ -423,11 +565,11 @@ export class Reflector {
       gso: this.sockets.registration.gso,
       threads: this.threads,
       ...this.#threadErrors(),
-      ...this.table.stats,
+      ...table,
       malformed_data: this.#malformedData(),
-      participant_rtcp: this.#participantRtcp,
+      participant_rtcp,
       sockets: Object.fromEntries(this.#socketStats().map(([k, stats]) => [k, statsOf(stats)])),
-      participants: this.table.list().map((p) => ({
+      participants: participants.map((p) => ({
         address: formatHostPort(p.endpoint),
         origin: p.origin,
         ...this.#counts(formatHostPort(p.endpoint)),
@@ -449,8 +591,13 @@ export class Reflector {
   }
 
   async close(): Promise<void> {
+    if (this.#closed) return;
     this.#closed = true;
     if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
+    // Its figures go at once: a VM group's reflector is closed when its group fails, and shows nothing after.
+    for (const set of this.#sets) this.deps.metrics.remove(set);
+    for (const set of this.#participantSets.values()) this.deps.metrics.remove(set);
+    this.#participantSets.clear();
     for (const path of this.#paths) {
       const fanout = path.fanout;
       if (fanout instanceof ThreadFanout && !await fanout.thread.stop() && !fanout.thread.error) {
@@ -462,7 +609,5 @@ export class Reflector {
     }
     for (const s of Object.values(this.sockets)) await s?.close();
     await Promise.all(this.#loops);
-    for (const set of this.#sets) this.deps.metrics.remove(set);
-    for (const set of this.#participantSets.values()) this.deps.metrics.remove(set);
   }
 }

@@ -30,6 +30,8 @@
  *   make bench / deno task bench session   quick: 100 and 1450 B, 1 s trials, 3 bisection steps (~5 min)
  *   BENCH_FULL=1 deno task bench session   full: 100, 500, 1000 and 1450 B, 1.5 s trials, 5 steps (~12 min)
  *   BENCH_SIZES=1450 BENCH_PATHS="appendix A" deno task bench session     one size, one path (and the relay)
+ *   BENCH_SYNCERS=forwarders deno task bench session    syncers as forwarders (as a node without the syncer)
+ *   BENCH_VERBOSE=1 deno task bench session             each failed rate's worst loss and where
  */
 import { coreElements } from "../../lib/graph/elements/mod.ts";
 import { PcapReader } from "../../lib/media/pcap.ts";
@@ -578,7 +580,8 @@ async function main(): Promise<number> {
     "loss-free input datagrams/s and Mb/s of the Appendix A graph and the relay per video size, their ratios, " +
       `and the graph at 1450 B against the Brno node's ${BRNO_MBPS} Mb/s and the ${GOAL_MBPS} Mb/s goal`,
   );
-  const syncer = coreElements().has("localservice.syncer");
+  // BENCH_SYNCERS=forwarders: the syncers as forwarders too (to compare with a node that has no syncer).
+  const syncer = coreElements().has("localservice.syncer") && Deno.env.get("BENCH_SYNCERS") !== "forwarders";
   const only = Deno.env.get("BENCH_PATHS")?.split(",").map((s) => s.trim());
   const paths = [relayPath("relay", 1), relayPath("reflector x4", 4), appendixPath(syncer)]
     .filter((p) => p.name === "relay" || !only || only.includes(p.name));

@@ -330,7 +330,7 @@ Deno.test("a VM group's worker gets only what its kinds need", async () => {
   }
 });
 
-Deno.test("vmAccess grants net to reflectors, never FFI, files only in the data directory", () => {
+Deno.test("vmAccess grants net to no core kind (a reflector's sockets stay in the main isolate), never FFI, files only in the data directory", () => {
   const kinds = coreElements();
   const k = (...names: string[]) => names.map((n) => kinds.get(n) as ElementKind);
   const node = (impl?: "auto" | "fast" | "portable") =>
@@ -353,12 +353,18 @@ Deno.test("vmAccess grants net to reflectors, never FFI, files only in the data 
   ]]);
   const reflector = vmAccess(k("reflector"), node("auto"));
   assert.deepEqual([reflector.permissions.net, reflector.permissions.ffi, reflector.udp.impl], [
-    true,
+    false,
     false,
     "portable",
   ]);
-  // A terminated worker would leave the fast path's raw sockets open: workers take the portable path, always.
-  const fast = vmAccess(k("reflector"), node("fast"));
+  // A kind that binds sockets itself and does not split gets net; a terminated worker would leave the fast path's
+  // raw sockets open, so workers take the portable path, always.
+  const binds = {
+    ...kinds.get("localservice.forwarder"),
+    name: "test.binds",
+    needs: { net: true },
+  } as ElementKind;
+  const fast = vmAccess([binds], node("fast"));
   assert.deepEqual([fast.permissions.net, fast.permissions.ffi, fast.udp.impl], [true, false, "portable"]);
   assert.equal(vmAccess(k("localservice.forwarder"), node("fast")).permissions.ffi, false);
 });
@@ -517,7 +523,7 @@ Deno.test("RunningSession.stop terminates a VM group's worker that does not stop
   assert.ok(env.logs.some((l) => l.includes("VM group did not stop in time") && l.includes("vm=slow")));
 });
 
-Deno.test("a reflector in a VM group takes the portable UDP path even under udp fast, and reaches its participants", async () => {
+Deno.test("a reflector in a VM group keeps its sockets in the main isolate, on the fast path under udp fast, and reaches its participants", async () => {
   await using env = await services();
   const node: NodeServices = { ...env.node, udp: { impl: "fast" } };
   const [input, registration] = [freePort(), freePort()];
@@ -532,9 +538,11 @@ Deno.test("a reflector in a VM group takes the portable UDP path even under udp 
   );
   const participant = openUdp({ host: LO, port: 0 });
   try {
-    assert.equal(vm(session, "edge").udp, "portable");
-    assert.equal((vm(session, "edge").permissions as { ffi: boolean }).ffi, false);
-    assert.equal((ap(session, "R").reflector as { udp: string }).udp, "portable");
+    assert.equal(vm(session, "edge").udp, "portable", "what the worker would open itself");
+    const permissions = vm(session, "edge").permissions as { ffi: boolean; net: boolean };
+    assert.deepEqual([permissions.ffi, permissions.net], [false, false], "the worker has no sockets");
+    assert.equal((ap(session, "R").reflector as { udp: string }).udp, "fast");
+    assert.equal((ap(session, "R").reflector as { table: string }).table, "in VM edge");
     // The join protocol: JOIN, answer the CHALLENGE, then WELCOME.
     const enc = new TextEncoder();
     const reg = participant.destinations([{ host: LO, port: registration }]);
@@ -560,6 +568,10 @@ Deno.test("a reflector in a VM group takes the portable UDP path even under udp 
     await send(input, N);
     await until("the participant to receive every datagram", () => got.length >= N);
     assert.deepEqual(got, Array.from({ length: N }, (_, i) => i));
+    // The data went to the reflector's sockets in this isolate, counted here, and never crossed into the worker.
+    assert.equal(ap(session, "R").inputs[0].packets, N);
+    assert.equal(vm(session, "edge").dropped_in, 0);
+    assert.equal(vm(session, "edge").in_flight_bytes, 0);
     await until("the reflector's counters in the node's /metrics", async () => {
       await session.refresh();
       return /edgenode_reflector_participant_sent_total\{reflector="fast\/R",participant="127\.0\.0\.1:\d+",session="fast",vm="edge"\} 300/
@@ -576,6 +588,50 @@ Deno.test("a reflector in a VM group takes the portable UDP path even under udp 
     /reflector="fast\/R"/,
     "the worker's metric sets went with it",
   );
+});
+
+Deno.test("a reflector in a VM group keeps its join rules: a join beyond max_participants is refused and counted", async () => {
+  await using env = await services();
+  const registration = freePort();
+  const session = await start(
+    `Project limits;
+{ AP name="In" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(${freePort()})); outputs = out(R.in); }
+{ VM name="edge" ref=img;
+    { AP name="R" ref=reflector; allow = loopback; max_participants = 1; inputs = in, participant_registration(DIPRONN_INPUT(${registration})); outputs = out(DIPRONN_OUTPUT), }
+}
+`,
+    env.node,
+  );
+  const sockets = [openUdp({ host: LO, port: 0 }), openUdp({ host: LO, port: 0 })];
+  const enc = new TextEncoder();
+  const join = async (s: UdpSocket) => {
+    const reg = s.destinations([{ host: LO, port: registration }]);
+    s.send([enc.encode("EDGENODE-JOIN".padEnd(64))], reg);
+    const challenge = /^EDGENODE-CHALLENGE ([0-9a-f]{32})$/.exec(
+      new TextDecoder().decode((await s.receive())!.data(0)),
+    );
+    assert.ok(challenge, "a CHALLENGE");
+    s.send([enc.encode(`EDGENODE-CONFIRM ${challenge[1]}`)], reg);
+  };
+  try {
+    await join(sockets[0]);
+    assert.match(new TextDecoder().decode((await sockets[0].receive())!.data(0)), /^EDGENODE-WELCOME 30$/);
+    // The second JOIN is refused by the limit before any CHALLENGE: nothing comes back.
+    sockets[1].send(
+      [enc.encode("EDGENODE-JOIN".padEnd(64))],
+      sockets[1].destinations([{ host: LO, port: registration }]),
+    );
+    const reflector = () => ap(session, "R").reflector as { refused_limit: number; participants: unknown[] };
+    await until("the refusal in the reflector's status", () => reflector().refused_limit === 1);
+    assert.equal(reflector().participants.length, 1);
+    assert.match(
+      env.node.metrics.render(),
+      /edgenode_reflector_refused_limit_total\{reflector="limits\/R",session="limits",vm="edge"\} 1\n/,
+    );
+  } finally {
+    for (const s of sockets) await s.close();
+    await session.stop();
+  }
 });
 
 Deno.test("an AP in a VM group that throws on batches is counted and logged as in the main isolate", async () => {

@@ -5,7 +5,7 @@ import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
 import { JOIN_MIN_BYTES } from "../../lib/relay/participants.ts";
-import { Reflector, type ReflectorSpec } from "../../lib/relay/reflector.ts";
+import { checkMembershipReport, Reflector, type ReflectorSpec } from "../../lib/relay/reflector.ts";
 import { until } from "../e2e/_backends.ts";
 import { collect } from "../net/udp_contract.ts";
 
@@ -254,3 +254,39 @@ for (const thread of [false, true]) {
     );
   });
 }
+
+Deno.test("checkMembershipReport keeps numbers, IP endpoints the deny list allows and at most the limit", () => {
+  const p = (host: unknown, port: unknown) => ({
+    endpoint: { host, port },
+    origin: "join",
+    joinedAt: 1,
+    lastSeen: 2,
+  });
+  const report = checkMembershipReport({
+    stats: { joins: 3, confirms: "many", participant_rtcp: 2 },
+    participants: [
+      p("192.0.2.1", 4000),
+      p("192.0.2.1", 4000),
+      p("127.0.0.1", 4000),
+      p("example.org", 4000),
+      p("192.0.2.2", 70000),
+      null,
+      p("2001:db8::1", 5000),
+      p("192.0.2.3", 6000),
+    ],
+  }, { max: 7, allow: [] });
+  assert.ok(report);
+  assert.equal(report.stats.joins, 3);
+  assert.equal(report.stats.confirms, 0);
+  assert.equal(report.stats.participant_rtcp, 2);
+  assert.deepEqual(report.participants.map((x) => `${x.endpoint.host} ${x.endpoint.port}`), [
+    "192.0.2.1 4000",
+    "2001:db8::1 5000",
+  ]);
+  assert.equal(checkMembershipReport("nonsense", { max: 1, allow: [] }), null);
+  const loopback = checkMembershipReport({ stats: {}, participants: [p("127.0.0.1", 4000)] }, {
+    max: 1,
+    allow: ["loopback"],
+  });
+  assert.equal(loopback?.participants.length, 1);
+});

@@ -2,12 +2,43 @@
  * `reflector`: the reflector of the relay role as an active program. Its data comes from the graph (`in`), its
  * participants join on `participant_registration(DIPRONN_INPUT(port))` with the join protocol of the README, and
  * `out(DIPRONN_OUTPUT)` stands for them: data leaves from the registration socket, as in the relay role.
+ *
+ * In a VM group it is split (ElementKind.edge), since the main isolate keeps every socket. The main isolate's half
+ * binds the registration ports on the node's UDP path (the fast one, with GSO sends), takes the data and sends it
+ * to the participants; it hands what arrives on the registration ports to the worker's half, which keeps the
+ * participant table (join, challenge, confirm, limits, deny list, timeouts) and answers with the replies to send
+ * and the table as it now is. The main half checks that answer (data from the worker is not trusted) and shows
+ * the reflector in /status and /metrics as a whole reflector shows itself, labelled with its session and VM.
  */
-import { DENY_CLASSES, type DenyClass } from "../../relay/participants.ts";
-import { Reflector } from "../../relay/reflector.ts";
-import { openUdp, type UdpSocket } from "../../net/udp.ts";
-import { defineElement } from "../element.ts";
+import { StartError } from "../../core/errors.ts";
+import { isRtcp } from "../../media/rtp.ts";
+import { isIPv4, isIPv6 } from "../../net/address.ts";
+import { type Batch, openUdp, type UdpSocket } from "../../net/udp.ts";
+import { DENY_CLASSES, type DenyClass, ParticipantTable } from "../../relay/participants.ts";
+import { checkMembershipReport, type MembershipReport, Reflector } from "../../relay/reflector.ts";
+import type { TimerId } from "../../core/clock.ts";
+import { defineElement, type EdgeLink, type Element, type ElementContext } from "../element.ts";
 import { numberParam, type Param, ParamProblem } from "../params.ts";
+
+/** Control messages posted to the worker's half and not yet answered, at most; more are dropped and counted. */
+const CONTROL_IN_FLIGHT = 64;
+/** The longest control datagram handed on (the protocol's longest message is 64 bytes and more). */
+const CONTROL_MAX_BYTES = 256;
+
+/** Main half -> worker half: control datagrams from a registration socket. */
+interface ControlMessage {
+  readonly rtcp: boolean;
+  readonly datagrams: readonly { readonly host: string; readonly port: number; readonly data: Uint8Array }[];
+}
+
+/** Worker half -> main half: the replies to send, and the table as it now is. */
+interface AnswerMessage {
+  /** Whether this answers a ControlMessage (else the table changed by itself: a timeout). */
+  readonly answer: boolean;
+  readonly rtcp: boolean;
+  readonly replies: readonly { readonly host: string; readonly port: number; readonly data: Uint8Array }[];
+  readonly report: MembershipReport;
+}
 
 const allowParam: Param<DenyClass[]> = {
   doc: `address classes to accept as participants despite the deny list: ${DENY_CLASSES.join(", ")}`,
@@ -24,6 +55,28 @@ const allowParam: Param<DenyClass[]> = {
   },
 };
 
+const params = {
+  timeout: numberParam("seconds of silence after which a participant is dropped", {
+    min: 1,
+    max: 3600,
+    default: 30,
+  }),
+  max_participants: numberParam("participants at most", {
+    min: 1,
+    max: 10_000,
+    default: 100,
+    integer: true,
+  }),
+  max_per_address: numberParam("participants from one IP address at most", {
+    min: 1,
+    max: 10_000,
+    default: 4,
+    integer: true,
+  }),
+  allow: allowParam,
+};
+type Ctx = ElementContext<typeof params>;
+
 export const reflectorElement = defineElement({
   name: "reflector",
   description: "Sends its input to every participant that joined on its registration port",
@@ -34,63 +87,195 @@ export const reflectorElement = defineElement({
     registration: "participant_registration",
     participants: true,
   },
-  params: {
-    timeout: numberParam("seconds of silence after which a participant is dropped", {
-      min: 1,
-      max: 3600,
-      default: 30,
-    }),
-    max_participants: numberParam("participants at most", {
-      min: 1,
-      max: 10_000,
-      default: 100,
-      integer: true,
-    }),
-    max_per_address: numberParam("participants from one IP address at most", {
-      min: 1,
-      max: 10_000,
-      default: 4,
-      integer: true,
-    }),
-    allow: allowParam,
-  },
-  create({ name, session, params, useRtp, registration, node }) {
-    let reflector: Reflector | null = null;
-    const opened: UdpSocket[] = [];
-    return {
-      start() {
-        const open = (port: number) => {
+  params,
+  create: (ctx) => (ctx.edge ? tableHalf(ctx, ctx.edge) : socketSide(ctx, null)),
+  edge: (ctx) => socketSide(ctx, ctx.edge),
+});
+
+/**
+ * The reflector with its sockets: whole (`link` null: the table is here too), or the main isolate's half of a
+ * reflector in a VM group, whose table is the worker's half at the other end of `link`.
+ */
+function socketSide(ctx: Ctx, link: EdgeLink | null): Element {
+  const { name, session, params, useRtp, registration, node } = ctx;
+  let reflector: Reflector | null = null;
+  const opened: UdpSocket[] = [];
+  let inFlight = 0;
+  let controlDropped = 0;
+  let badAnswers = 0;
+
+  const control = (batch: Batch, rtcp: boolean) => {
+    if (inFlight >= CONTROL_IN_FLIGHT) {
+      controlDropped += batch.count;
+      return;
+    }
+    const datagrams: ControlMessage["datagrams"][number][] = [];
+    for (let i = 0; i < batch.count; i++) {
+      const from = batch.from(i);
+      // Copies: the batch's views are valid only during this call.
+      datagrams.push({
+        host: from.host,
+        port: from.port,
+        data: batch.data(i).slice(0, CONTROL_MAX_BYTES + 1),
+      });
+    }
+    inFlight++;
+    const message: ControlMessage = { rtcp, datagrams };
+    link!.post(message);
+  };
+
+  const answer = (value: unknown) => {
+    const m = value as Partial<AnswerMessage> | null;
+    if (m?.answer === true) inFlight = Math.max(0, inFlight - 1);
+    if (!reflector) return; // the worker's half started first and said so: nothing to show yet
+    const report = checkMembershipReport(m?.report, { max: params.max_participants, allow: params.allow });
+    if (!report || !Array.isArray(m?.replies)) {
+      badAnswers++;
+      return;
+    }
+    for (const r of m.replies.slice(0, CONTROL_MAX_BYTES) as unknown[]) {
+      const { host, port, data } = (r ?? {}) as { host?: unknown; port?: unknown; data?: unknown };
+      const ok = typeof host === "string" && (isIPv4(host) || isIPv6(host)) && typeof port === "number" &&
+        Number.isInteger(port) && port > 0 && port < 65536 && data instanceof Uint8Array &&
+        data.length <= CONTROL_MAX_BYTES;
+      if (ok) reflector.reply(data, { host, port }, m.rtcp === true);
+      else badAnswers++;
+    }
+    reflector.mirror(report);
+  };
+  if (link) link.onMessage = answer;
+
+  return {
+    start() {
+      const open = (port: number) => {
+        try {
           const s = openUdp({ host: node.host, port }, node.udp);
           opened.push(s);
           return s;
-        };
-        const reg = open(registration!);
-        const regRtcp = useRtp ? open(registration! + 1) : undefined;
-        reflector = new Reflector(
-          {
-            name: `${session}/${name}`,
-            registration: reg.local,
-            use_rtp: useRtp,
-            timeout: params.timeout * 1000,
-            max_participants: params.max_participants,
-            max_per_address: params.max_per_address,
-            allow: params.allow,
-            participants: [],
-          },
-          { registration: reg, registrationRtcp: regRtcp },
-          node,
-        );
-        node.logger.info("reflector listening", { session, ap: name, registration: registration ?? 0 });
-        return Promise.resolve();
-      },
-      push(_input, batch, rtcp) {
-        reflector?.reflect(batch, rtcp);
-      },
-      async stop() {
-        if (reflector) await reflector.close();
-        else for (const s of opened) await s.close();
-      },
-      status: () => (reflector ? { reflector: reflector.status() } : {}),
+        } catch (error) {
+          const why = error instanceof Error ? error.message : String(error);
+          // Named as the whole AP was when it bound in its worker: the start failed in its VM.
+          throw new StartError(link ? `${why} (in VM ${link.vm})` : why);
+        }
+      };
+      const reg = open(registration!);
+      const regRtcp = useRtp ? open(registration! + 1) : undefined;
+      reflector = new Reflector(
+        {
+          name: `${session}/${name}`,
+          registration: reg.local,
+          use_rtp: useRtp,
+          timeout: params.timeout * 1000,
+          max_participants: params.max_participants,
+          max_per_address: params.max_per_address,
+          allow: params.allow,
+          participants: [],
+        },
+        { registration: reg, registrationRtcp: regRtcp },
+        link ? { ...node, labels: { session, vm: link.vm } } : node,
+        new Map(),
+        link ? { control } : null,
+      );
+      node.logger.info("reflector listening", {
+        session,
+        ap: name,
+        registration: registration ?? 0,
+        ...(link ? { vm: link.vm, table: "in its VM's worker" } : {}),
+      });
+      return Promise.resolve();
+    },
+    push(_input, batch, rtcp) {
+      reflector?.reflect(batch, rtcp);
+    },
+    async stop() {
+      if (link) link.onMessage = null;
+      if (reflector) await reflector.close();
+      else for (const s of opened) await s.close();
+    },
+    status: () => {
+      if (!reflector) return {};
+      const split = link
+        ? { table: `in VM ${link.vm}`, control_dropped: controlDropped, bad_answers: badAnswers }
+        : {};
+      return { reflector: { ...reflector.status(), ...split } };
+    },
+  };
+}
+
+/**
+ * The worker's half of a reflector in a VM group: the participant table and its join protocol, answering the
+ * control datagrams the main isolate's half hands on, and dropping silent participants, as a whole reflector does.
+ */
+function tableHalf(ctx: Ctx, link: EdgeLink): Element {
+  const { name, session, params, node } = ctx;
+  const table = new ParticipantTable({
+    clock: node.clock,
+    timeoutMs: params.timeout * 1000,
+    maxParticipants: params.max_participants,
+    maxPerAddress: params.max_per_address,
+    allow: params.allow,
+  });
+  let participantRtcp = 0;
+  let timer: TimerId | undefined;
+  let stopped = false;
+
+  const post = (answer: boolean, rtcp: boolean, replies: AnswerMessage["replies"]) => {
+    const message: AnswerMessage = {
+      answer,
+      rtcp,
+      replies,
+      report: { stats: { ...table.stats, participant_rtcp: participantRtcp }, participants: table.list() },
     };
-  },
-});
+    link.post(message);
+  };
+
+  const expire = () => {
+    if (stopped) return;
+    const dropped = table.expire();
+    if (dropped) {
+      node.logger.info("participants timed out", { reflector: `${session}/${name}`, dropped });
+      post(false, false, []);
+    }
+    timer = node.clock.setTimeout(expire, Math.max(100, Math.min(1000, (params.timeout * 1000) / 4)));
+  };
+
+  link.onMessage = (value) => {
+    const m = value as Partial<ControlMessage> | null;
+    const rtcp = m?.rtcp === true;
+    const replies: { host: string; port: number; data: Uint8Array }[] = [];
+    for (const d of Array.isArray(m?.datagrams) ? m.datagrams : []) {
+      if (!(d?.data instanceof Uint8Array) || typeof d.host !== "string" || typeof d.port !== "number") {
+        continue;
+      }
+      // On the RTCP registration port, participants' own RTCP is expected: counted, not a message.
+      if (rtcp && isRtcp(d.data)) {
+        participantRtcp++;
+        continue;
+      }
+      const from = { host: d.host, port: d.port };
+      const reply = table.onControl(d.data, from);
+      if (reply) replies.push({ ...from, data: reply });
+    }
+    post(true, rtcp, replies);
+  };
+
+  return {
+    start() {
+      post(false, false, []);
+      timer = node.clock.setTimeout(expire, Math.max(100, Math.min(1000, (params.timeout * 1000) / 4)));
+      return Promise.resolve();
+    },
+    push() {
+      // The data path is the main isolate's half: nothing is delivered here.
+    },
+    stop() {
+      stopped = true;
+      if (timer !== undefined) node.clock.clearTimeout(timer);
+      link.onMessage = null;
+      return Promise.resolve();
+    },
+    status: () => ({
+      table: { ...table.stats, participant_rtcp: participantRtcp, participants: table.size },
+    }),
+  };
+}
