@@ -29,7 +29,7 @@
  */
 import { RtpClockEstimator } from "./rtp_clock.ts";
 import { parseRtcp } from "./rtcp.ts";
-import { clockRateOf } from "./clock_rates.ts";
+import { clockRateOf, snapClockRate } from "./clock_rates.ts";
 import { isRtcp, isRtp, rtpPayloadType, rtpSequence, rtpSsrc, rtpTimestamp } from "./rtp.ts";
 import { Unwrapper } from "./unwrap.ts";
 import { PacketSlab, type SlabChunk } from "./sync_slab.ts";
@@ -47,6 +47,11 @@ export const MAX_STREAMS_PER_INPUT = 8;
 const RESTART_AFTER = 8;
 /** Reports kept for an SSRC whose clock rate is not known yet (its first RTP datagram tells it). */
 const PENDING_REPORTS = 4;
+/**
+ * A dynamic payload type without a configured rate: its rate is measured (timestamps against arrival over this long,
+ * or two sender reports this far apart) and snapped to a common one; ±20 ms of jitter is then 1 %, within the snap.
+ */
+const LEARN_US = 2_000_000;
 
 export interface SyncConfig {
   /** How many inputs (1..16). */
@@ -78,7 +83,7 @@ export interface InputCounts {
   dropped_max_delay: number;
   dropped_cap: number;
   malformed: number;
-  /** RTP of a payload type whose clock rate is unknown (configure it in `clock_rates`). */
+  /** RTP dropped while its clock rate was unknown: measured first (LEARN_US), or never (set `clock_rates`). */
   unknown_clock_rate: number;
   /** Datagrams of an SSRC beyond MAX_STREAMS_PER_INPUT. */
   too_many_ssrcs: number;
@@ -92,6 +97,8 @@ export interface InputCounts {
 export interface InputStatus extends InputCounts {
   readonly alignment: Alignment;
   readonly ssrcs: number[];
+  /** Per SSRC: Hz, null while it is measured. */
+  readonly clock_rates: (number | null)[];
   /** The configured offset, ms. */
   readonly offset_ms: number;
   /** Highest lateness (arrival - capture) over the window, ms; null when nothing arrived in it. */
@@ -195,6 +202,8 @@ class Stream<T> {
   clockRate: number | null = null;
   estimator: RtpClockEstimator | null = null;
   pending: { ntpUs: number; rtp: number }[] = [];
+  /** The first datagram of a stream whose rate is being measured: arrival µs and unwrapped timestamp. */
+  learnFrom: { us: number; ts: number } | null = null;
   /** Offset alignment: the lowest arrival - timestamp time (µs), and when it was last moved. */
   base: number | null = null;
   baseAt = 0;
@@ -379,6 +388,7 @@ export class Synchronizer<T = unknown> {
             ? "sender_reports"
             : "offset",
           ssrcs: streams.map((s) => s.ssrc),
+          clock_rates: streams.map((s) => s.clockRate),
           offset_ms: inp.offsetUs / 1000,
           lateness_ms: w ? ms(w[0]) : null,
           ...inp.counts,
@@ -423,14 +433,13 @@ export class Synchronizer<T = unknown> {
       return;
     }
     if (stream.clockRate === null) {
-      const rate = clockRateOf(rtpPayloadType(data), this.#cfg.clockRates);
+      const rate = clockRateOf(rtpPayloadType(data), this.#cfg.clockRates) ??
+        this.#measureRate(stream, data, nowUs);
       if (rate === null) {
         c.unknown_clock_rate++;
         return;
       }
-      stream.clockRate = rate;
-      for (const r of stream.pending) this.#report(inp, stream, r.ntpUs, r.rtp);
-      stream.pending = [];
+      this.#setRate(inp, stream, rate);
     }
     stream.lastSeenUs = nowUs;
     const key = stream.seq.unwrap(rtpSequence(data));
@@ -473,12 +482,34 @@ export class Synchronizer<T = unknown> {
       if (stream.clockRate === null) {
         stream.pending.push({ ntpUs: sr.ntpUs, rtp: sr.rtpTimestamp });
         if (stream.pending.length > PENDING_REPORTS) stream.pending.shift();
+        const [a, b] = [stream.pending[0], stream.pending.at(-1)!];
+        if (b.ntpUs - a.ntpUs >= LEARN_US) {
+          const rate = snapClockRate((((b.rtp - a.rtp) >>> 0) * 1e6) / (b.ntpUs - a.ntpUs));
+          if (rate !== null) this.#setRate(inp, stream, rate);
+        }
       } else this.#report(inp, stream, sr.ntpUs, sr.rtpTimestamp);
     }
     const sr = compound.senderReports[0];
     const eff = sr ? sr.ntpUs : nowUs - (inp.lastLateness ?? 0);
     if (!this.#admit(inp, eff, nowUs, false)) return;
     this.#hold(inp, inp.rtcp, inp.rtcpOrder++, eff, data, flow, from);
+  }
+
+  /** A dynamic payload type's rate from its timestamps against arrival, once LEARN_US have passed; else null. */
+  #measureRate(stream: Stream<T>, data: Uint8Array, nowUs: number): number | null {
+    const ts = stream.ts.unwrap(rtpTimestamp(data));
+    if (!stream.learnFrom) {
+      stream.learnFrom = { us: nowUs, ts };
+      return null;
+    }
+    const span = nowUs - stream.learnFrom.us;
+    return span < LEARN_US ? null : snapClockRate(((ts - stream.learnFrom.ts) * 1e6) / span);
+  }
+
+  #setRate(inp: Input<T>, stream: Stream<T>, rate: number): void {
+    stream.clockRate = rate;
+    for (const r of stream.pending) this.#report(inp, stream, r.ntpUs, r.rtp);
+    stream.pending = [];
   }
 
   #report(inp: Input<T>, stream: Stream<T>, ntpUs: number, rtp: number): void {

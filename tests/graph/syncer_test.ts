@@ -10,7 +10,11 @@ import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { ArrayBatch } from "../../lib/graph/batch.ts";
 import type { Element, NodeServices } from "../../lib/graph/element.ts";
 import { syncer } from "../../lib/graph/elements/syncer.ts";
-import { rtpSequence, rtpSsrc } from "../../lib/media/rtp.ts";
+import { coreElements } from "../../lib/graph/elements/mod.ts";
+import { RunningSession } from "../../lib/graph/executor.ts";
+import { checkProgram } from "../../lib/graph/program.ts";
+import { pcapFileHeader, pcapRecordSize, readPcap, writePcapRecord } from "../../lib/media/pcap.ts";
+import { isRtcp, rtpSequence, rtpSsrc } from "../../lib/media/rtp.ts";
 import {
   AUDIO_SSRC,
   EPOCH_MS,
@@ -33,6 +37,7 @@ interface InputStatus {
   name: string;
   alignment: string;
   ssrcs: number[];
+  clock_rates: (number | null)[];
   lateness_ms: number | null;
   packets_in: number;
   packets_out: number;
@@ -350,8 +355,8 @@ Deno.test("syncer drops and counts one datagram delayed beyond max_delay", () =>
   assert.ok(Math.abs(st.delay_ms! - 1040) < 1, "D not disturbed");
 });
 
-Deno.test("syncer counts malformed datagrams and unknown payload types and goes on", () => {
-  const s = makeSyncer({ clock_rates: new Map() });
+Deno.test("syncer counts malformed datagrams and goes on", () => {
+  const s = makeSyncer();
   const sent = twoStreams({ seconds: 4 });
   const junk = [new Uint8Array(0), new Uint8Array([1, 2, 3]), new Uint8Array(40).fill(0xff)];
   for (const j of junk) {
@@ -362,10 +367,21 @@ Deno.test("syncer counts malformed datagrams and unknown payload types and goes 
   const st = s.status();
   assert.equal(st.inputs[0].malformed, 3);
   assert.equal(st.inputs[1].malformed, 3);
-  // Payload type 97 has no clock rate without `clock_rates`: counted, not guessed.
-  assert.equal(st.inputs[1].unknown_clock_rate, st.inputs[1].packets_in);
   assert.equal(st.inputs[0].packets_out, st.inputs[0].packets_in, "the video went on");
+  assert.equal(st.inputs[1].packets_out, st.inputs[1].packets_in, "the audio went on");
   assert.match(s.metrics.render(), /edgenode_syncer_malformed_total\{session="t",ap="Sync_high"\} 6/);
+});
+
+Deno.test("syncer measures the clock rate of a dynamic payload type nobody configured, then aligns it", () => {
+  const s = makeSyncer({ clock_rates: new Map() });
+  const sent = twoStreams({ seconds: 20, jitter: 0.02, seed: 4 });
+  drive(s, sent);
+  const st = s.status();
+  assert.deepEqual(st.inputs[1].clock_rates, [16000]);
+  // Dropped while 2 s of timestamps against arrival were measured (and counted), not aligned at a guessed rate.
+  assert.ok(st.inputs[1].unknown_clock_rate >= 95 && st.inputs[1].unknown_clock_rate <= 105);
+  const a = analyse(sent, s.released, 5);
+  assert.ok(a.pairError <= 1000, `worst pair ${a.pairError} µs`);
 });
 
 Deno.test("syncer shows D, per-input offset, late and dropped in /metrics, and removes them on stop", async () => {
@@ -396,4 +412,92 @@ Deno.test("syncer's output waits for every input, then at most max_delay for a s
   drive(s, sent.filter((p) => p.arrivalMs >= EPOCH_MS + 1000));
   assert.equal(s.status().state, "running");
   assert.equal(s.status().inputs[1].packets_out, s.status().inputs[1].packets_in);
+});
+
+/** A capture of `sent` as a player replays it, opened by an RTCP receiver report at the epoch (same start). */
+function captureOf(sent: Sent[]): Uint8Array {
+  const rr = new Uint8Array([0x80, 201, 0, 1, 0, 0, 0, 9]);
+  const records = [
+    { timeUs: EPOCH_MS * 1000, data: rr },
+    ...sent.map((p) => ({ timeUs: p.arrivalMs * 1000, data: p.data })),
+  ];
+  const header = pcapFileHeader();
+  const out = new Uint8Array(
+    header.length + records.reduce((n, r) => n + pcapRecordSize(r.data.length, false), 0),
+  );
+  out.set(header);
+  let off = header.length;
+  for (const r of records) {
+    off = writePcapRecord(out, off, {
+      timeUs: r.timeUs,
+      from: FROM,
+      to: { host: "192.0.2.2", port: 5004 },
+      data: r.data,
+    });
+  }
+  return out;
+}
+
+Deno.test("syncer runs in a session: two players through Sync_high to a saver come out aligned", async () => {
+  const clock = new ManualClock(EPOCH_MS);
+  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_syncer_" });
+  const node: NodeServices = {
+    clock,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    metrics: new MetricsRegistry(),
+    dataDir,
+    host: "127.0.0.1",
+    udp: {},
+  };
+  try {
+    const sent = twoStreams({ seconds: 8 });
+    await Deno.writeFile(`${dataDir}/video.pcap`, captureOf(sent.filter((p) => p.input === 0)));
+    await Deno.writeFile(`${dataDir}/audio.pcap`, captureOf(sent.filter((p) => p.input === 1)));
+    const program = `Project lecture;
+use_RTP;
+{ AP name="PV" ref=localservice.player; outputs = out(Sync_high.in1); input_file = "video.pcap"; }
+{ AP name="PA" ref=localservice.player; outputs = out(Sync_high.in2); input_file = "audio.pcap"; }
+{ AP name="Sync_high" ref=localservice.syncer;
+    inputs = in1, in2;
+    outputs = out(Saver_high.in);
+    precision = 0.001;  # 1ms
+    clock_rates = "97:16000";
+}
+{ AP name="Saver_high" ref=localservice.saver; inputs = in; output_file = "stream_high.dump"; }
+`;
+    const session = await RunningSession.start(
+      checkProgram(program, { file: "lecture.dipronn", kinds: coreElements() }),
+      node,
+    );
+    try {
+      // The players read their files as they go: a real timer's turn (file I/O done) between steps of the clock.
+      for (let t = 0; t < 9_000; t += 10) {
+        clock.advance(10);
+        await new Promise((r) => setTimeout(r, 0));
+      }
+      const status = session.status().aps as { name: string; syncer?: Status }[];
+      const sync = status.find((a) => a.name === "Sync_high")!.syncer!;
+      assert.deepEqual(sync.inputs.map((i) => i.alignment), ["sender_reports", "sender_reports"]);
+      // Arrivals come in steps of the clock (10 ms), so the video may seem up to 10 ms later than it is.
+      assert.ok(sync.delay_ms! >= 1040 && sync.delay_ms! <= 1051, `D ${sync.delay_ms} ms`);
+      assert.match(
+        node.metrics.render(),
+        /edgenode_syncer_delay_seconds\{session="lecture",ap="Sync_high"\} 1\.0/,
+      );
+    } finally {
+      await session.stop();
+    }
+    const saved = readPcap(await Deno.readFile(`${dataDir}/stream_high.dump`)).records;
+    const released = saved.map((r) => ({ atUs: r.timeUs, data: r.data, rtcp: isRtcp(r.data) }));
+    const a = analyse(sent, released, 2);
+    assert.ok(a.pairs > 6 * 20, `pairs ${a.pairs}`);
+    assert.ok(a.pairError <= 1000, `worst pair ${a.pairError} µs`);
+    assert.equal(
+      released.filter((r) => !r.rtcp).length,
+      sent.filter((p) => !p.rtcp).length,
+      "all media saved",
+    );
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
 });
