@@ -67,7 +67,9 @@ class Stream {
   clock: RtpClockEstimator | null = null;
   /** [ntpUs, rtpTimestamp] of reports that came before the clock rate was known. */
   pending: [number, number][] = [];
-  /** The latest packet with a capture time: its offset (arrival - capture) and arrival, µs. */
+  /** The RTP timestamp of the latest packet: a packet with the same one belongs to the same capture instant. */
+  lastTimestamp = -1;
+  /** The latest capture instant's first packet: its offset (arrival - capture) and arrival, µs. */
   lastOffset = 0;
   lastArrival = -Infinity;
   /** Skew against each reference this stream was paired with, by reference SSRC. */
@@ -117,6 +119,9 @@ export class RtpStreams {
     s.bytes += bytes;
     if (probe) s.probe = true;
     s.sequence.add(h.sequence);
+    // Only the first packet of a capture instant times it (see skew.ts): the rest of a frame is its serialization.
+    if (h.timestamp === s.lastTimestamp) return;
+    s.lastTimestamp = h.timestamp;
     const capture = s.clock?.captureUs(h.timestamp) ?? null;
     if (capture === null) return;
     const offset = arrivalUs - capture;

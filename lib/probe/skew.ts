@@ -5,6 +5,9 @@
  * - offset of a packet = arrival_us - capture_us, where capture_us comes from its SSRC's sender reports (the
  *   NTP <-> RTP mapping of lib/media/rtp_clock.ts). Streams captured together and delivered together have equal
  *   offsets, whatever their RTP timestamp bases and clock rates.
+ * - Only the first packet of each capture instant (the first to arrive with a new RTP timestamp) is timed. The
+ *   packets of one video frame share its capture time and follow each other at the pace of the links (a 125 kB frame
+ *   of 25 Mb/s video takes 1 ms at 1 Gb/s): when the frame begins to arrive is its timing, the rest is serialization.
  * - Within one CNAME the reference stream is the one with the lowest clock rate (audio's 8..48 kHz is below
  *   video's 90 kHz), ties going to the SSRC seen first (see `chooseReference`). Every other stream of the CNAME is
  *   paired with it.

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { writeRtpHeader } from "../../lib/media/rtp.ts";
+import { parseRtp, writeRtpHeader } from "../../lib/media/rtp.ts";
 import { writeSenderReport } from "../../lib/media/rtcp.ts";
 import { readRtpProbe, type RtpProbeConfig, RtpProbeWriter } from "../../lib/probe/rtp.ts";
 import { inferRate, MAX_RTP_STREAMS, type RtpReport, RtpStreams } from "../../lib/probe/rtp_streams.ts";
@@ -208,4 +208,33 @@ Deno.test("chooseReference takes the lowest clock rate, then the stream seen fir
     abs_us: { p50: 200, p99: 300, max: 300 },
     median_us: 100,
   });
+});
+
+Deno.test("RtpStreams times a video frame by its first packet: the rest of the frame is its serialization", () => {
+  const streams = new RtpStreams();
+  const srAt = (ssrc: number, rtpTimestamp: number) =>
+    streams.addRtcp(
+      writeSenderReport({ ssrc, ntpUs: T0, rtpTimestamp, packets: 0, octets: 0, cname: "lecture" }),
+    );
+  srAt(AUDIO, 0);
+  srAt(VIDEO, 0);
+  const packet = (ssrc: number, pt: number, seq: number, ts: number) => {
+    const d = new Uint8Array(100);
+    writeRtpHeader(d, 0, { marker: false, payloadType: pt, sequence: seq, timestamp: ts, ssrc });
+    return d;
+  };
+  for (let frame = 0; frame < 50; frame++) {
+    const capture = T0 + frame * 40_000;
+    // Audio (PCMU, 8 kHz) and the frame's first packet arrive 300 µs after capture; the frame's other 89 packets
+    // follow 10 µs apart, as a 125 kB frame leaves a fast link.
+    const audioPacket = packet(AUDIO, 0, frame, frame * 320);
+    streams.add(parseRtp(audioPacket)!, 100, capture + 300, false);
+    for (let k = 0; k < 90; k++) {
+      const d = packet(VIDEO, 32, frame * 90 + k, frame * 3600);
+      streams.add(parseRtp(d)!, 1400, capture + 300 + k * 10, false);
+    }
+  }
+  const skew = skewOf(streams.report());
+  assert.equal(skew.samples, 50);
+  assert.equal(skew.abs_us?.max, 0);
 });
