@@ -89,6 +89,13 @@ export function planSession(
     }
     const kind = kinds.get(ap.ref);
     kindOf.set(ap.name, kind);
+    if (ap.vm && kind.needs?.process) {
+      // A VM group's worker is never granted --allow-run (vm_group.ts), so the AP could not start there.
+      fail(
+        `${ap.name} (${kind.name}) starts a process, which a VM may not: move it out of VM ${ap.vm}`,
+        ap.refPos,
+      );
+    }
     const values = readParams(ap, kind, fail);
     if (!values) continue;
     params.set(ap.name, values);

@@ -47,6 +47,7 @@ export const nodeRole: RoleDef<NodeSection> = {
         dataDir: cfg.data_dir,
         host: cfg.bind,
         udp: udpOptions(cfg),
+        shared: new Map(),
       },
       coreElements(),
       cfg.max_sessions,

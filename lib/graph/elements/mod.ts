@@ -11,6 +11,7 @@ import { player } from "./player.ts";
 import { reflectorElement } from "./reflector.ts";
 import { saver } from "./saver.ts";
 import { syncer } from "./syncer.ts";
+import { transcoder } from "./transcoder.ts";
 
 export function coreElements(): Registry<ElementKind> {
   return new Registry<ElementKind>("AP kind", [
@@ -21,5 +22,6 @@ export function coreElements(): Registry<ElementKind> {
     counter,
     reflectorElement,
     syncer,
+    transcoder,
   ] as ElementKind[]);
 }
