@@ -15,9 +15,10 @@ ifdef DENORT_BIN
 export DENORT_BIN
 endif
 
-# Real peers from Debian: the scheduler's streaming test runs VLC (RTSP server) and ffprobe; the TCP benchmark runs
-# nginx, HAProxy and wrk. Installed with apt-get (as root, else through sudo) when missing.
-TEST_PACKAGES := vlc-bin vlc-plugin-base ffmpeg haproxy
+# Real peers from Debian: the scheduler's streaming test runs VLC (RTSP server) and ffprobe; the presentation test and
+# demo run ffmpeg (sources, the transcoder) with a DejaVu font for the burnt-in clock; the TCP benchmark runs nginx,
+# HAProxy and wrk. Installed with apt-get (as root, else through sudo) when missing.
+TEST_PACKAGES := vlc-bin vlc-plugin-base ffmpeg fonts-dejavu-core haproxy
 BENCH_PACKAGES := nginx-light haproxy wrk
 define apt_install
 	@pkgs=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || pkgs="$$pkgs $$p"; done; \
@@ -29,12 +30,13 @@ define apt_install
 	fi
 endef
 
-.PHONY: help deps test-peers bench-peers run test bench build check clean
+.PHONY: help deps test-peers bench-peers run test bench demo build check clean
 
 help:
 	@echo "make run    start edgenode on its embedded default config (status on http://127.0.0.1:8080/status)"
 	@echo "make test   format check, lint, type check and every test (installs VLC, ffmpeg and HAProxy from Debian if missing)"
 	@echo "make bench  run the benchmarks in tests/bench (installs nginx, HAProxy and wrk from Debian if missing)"
+	@echo "make demo   the report's lecture (Appendix A) on one node with ffmpeg sources; prints what arrived, saves frames"
 	@echo "make build  compile dist/edgenode (needs the Deno base runtime: see README, DENORT_BIN)"
 	@echo "make check  validate config/*.yaml without starting anything"
 
@@ -73,6 +75,10 @@ test: deps test-peers
 
 bench: deps bench-peers
 	$(DENO) task bench
+
+# The report's scenario on one node: DEMO_SECONDS of sources, results and PNG frames in DEMO_OUT (default demo-out/).
+demo: deps test-peers
+	$(DENO) run --allow-all --unstable-net --unstable-worker-options tests/demo/presentation.ts $(ARGS)
 
 build: deps
 	@mkdir -p dist

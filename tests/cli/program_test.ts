@@ -28,6 +28,9 @@ const FILES = {
   "appendix_a.yaml": fixture("appendix_a.yaml"),
   "yaml.txt": fixture("appendix_a.yaml"),
   "one_error.dipronn": 'Project p;\n{ AP name="A" ref=localservice.counter; inputs = in; }\n',
+  "misspelt.dipronn": fixture("appendix_a.dipronn")
+    .replace("localservice.transcoder", "localservice.transcodr")
+    .replaceAll("localservice.syncer", "localservice.sincer"),
   "broken.dipronn": "Project p;\nowner = @\n}\n",
 };
 
@@ -50,20 +53,30 @@ Deno.test("runProgramCommand check reads a .yaml file as YAML", async () => {
   );
 });
 
+Deno.test("runProgramCommand check passes the report's Appendix A program as written", async () => {
+  const { io, out, err } = memoryIo(FILES);
+  assert.equal(await runProgramCommand(["check", "appendix_a.dipronn"], io), 0);
+  assert.deepEqual(out, [
+    "appendix_a.dipronn: program OK (session synchro_infrastructure.first_tests: 11 APs, " +
+    "UDP ports 10000, 10001, 10002, 10003, 12345, 12346, 12354, 12355, use_RTP)\n",
+  ]);
+  assert.deepEqual(err, []);
+});
+
 Deno.test("runProgramCommand check prints every error on its own line and exits 1", async () => {
   const { io, out, err } = memoryIo(FILES);
-  assert.equal(await runProgramCommand(["check", "appendix_a.dipronn"], io), 1);
+  assert.equal(await runProgramCommand(["check", "misspelt.dipronn"], io), 1);
   assert.deepEqual(out, []);
   const printed = err.join("").split("\n");
   assert.equal(printed.pop(), "", "the output ends with a newline");
   assert.equal(printed.length, 4);
   assert.match(
     printed[0],
-    /^appendix_a\.dipronn:20:27: Unknown AP kind "localservice\.transcoder" \(known: /,
+    /^misspelt\.dipronn:20:27: Unknown AP kind "localservice\.transcodr" \(did you mean "localservice\.transcoder"\?\) \(known: /,
   );
-  assert.match(printed[1], /^appendix_a\.dipronn:27:27: Unknown AP kind "localservice\.syncer"/);
-  assert.match(printed[2], /^appendix_a\.dipronn:32:26: Unknown AP kind "localservice\.syncer"/);
-  assert.equal(printed[3], "appendix_a.dipronn: 3 errors");
+  assert.match(printed[1], /^misspelt\.dipronn:27:27: Unknown AP kind "localservice\.sincer"/);
+  assert.match(printed[2], /^misspelt\.dipronn:32:26: Unknown AP kind "localservice\.sincer"/);
+  assert.equal(printed[3], "misspelt.dipronn: 3 errors");
 });
 
 Deno.test("runProgramCommand check counts a single error as one", async () => {

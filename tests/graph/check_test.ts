@@ -49,14 +49,26 @@ function wiring(p: SessionPlan): string[] {
 }
 
 const KNOWN = "localservice.duplicator, localservice.forwarder, localservice.saver, localservice.player, " +
-  "localservice.counter, reflector";
+  "localservice.counter, reflector, localservice.syncer, localservice.transcoder";
 
-Deno.test("checkProgram refuses the unmodified Appendix for its transcoder and two syncers only", () => {
-  assert.deepEqual(problems(fixture("appendix_a.dipronn")), [
-    { at: "20:27", message: `Unknown AP kind "localservice.transcoder" (known: ${KNOWN})` },
-    { at: "27:27", message: `Unknown AP kind "localservice.syncer" (known: ${KNOWN})` },
-    { at: "32:26", message: `Unknown AP kind "localservice.syncer" (known: ${KNOWN})` },
-  ]);
+Deno.test("checkProgram plans the unmodified Appendix with its transcoder and two syncers", () => {
+  const p = plan(fixture("appendix_a.dipronn"));
+  const kind = (name: string) => p.aps.find((ap) => ap.name === name)!.kind.name;
+  assert.equal(kind("Transcode"), "localservice.transcoder");
+  assert.equal(kind("Sync_high"), "localservice.syncer");
+  assert.equal(kind("Sync_low"), "localservice.syncer");
+  const transcode = p.aps.find((ap) => ap.name === "Transcode")!;
+  assert.equal(transcode.params.output_format, "mp4v");
+  assert.equal(p.aps.find((ap) => ap.name === "Sync_high")!.params.precision, 0.001);
+});
+
+Deno.test("checkProgram checks the shipped presentation program: the Appendix as written", () => {
+  const shipped = Deno.readTextFileSync(
+    new URL("../../config/sessions/presentation.dipronn", import.meta.url),
+  );
+  assert.equal(plan(shipped).aps.length, 11);
+  const body = (text: string) => text.slice(text.indexOf("Project "));
+  assert.equal(body(shipped), body(fixture("appendix_a.dipronn")));
 });
 
 Deno.test("checkProgram suggests a known kind for a misspelt ref", () => {
