@@ -14,6 +14,9 @@
  * 90 kHz clock) of the size and rate under test to the video port, and an RTP audio stream (payload type 11, L16,
  * 50 datagrams/s of 12 + 1280 B, the report's 512 kb/s) to the audio port, each with an RTCP sender report (SDES
  * CNAME "bench") every 500 ms to port + 1; timestamps and reports say each packet was captured when it was sent. The
+ * audio clock is type 11's own 44.1 kHz (RFC 3551): a syncer reads a static type's rate from that table, so
+ * timestamps at another rate would contradict the reports and drive its delay to seconds (a dynamic type would be
+ * dropped for the 2 s the syncer takes to measure its rate, with every trial's new SSRC). The
  * relay paths get the same datagrams, all on their one port. Each trial has new SSRCs, so nothing late from an
  * earlier trial counts.
  *
@@ -32,6 +35,9 @@
  *   BENCH_SIZES=1450 BENCH_PATHS="appendix A" deno task bench session     one size, one path (and the relay)
  *   BENCH_SYNCERS=forwarders deno task bench session    syncers as forwarders (as a node without the syncer)
  *   BENCH_VERBOSE=1 deno task bench session             each failed rate's worst loss and where
+ *   BENCH_RATE=80000 BENCH_TRIALS=3 deno task bench session   no search: trials at this video rate, each printed
+ *                                                       (to profile the node, whose pid the path's note names:
+ *                                                       DENO_V8_FLAGS=--perf-basic-prof and `perf record -p`)
  */
 import { coreElements } from "../../lib/graph/elements/mod.ts";
 import { PcapReader } from "../../lib/media/pcap.ts";
@@ -40,6 +46,7 @@ import { writeRtpHeader } from "../../lib/media/rtp.ts";
 import { type HostPort, parseHostPort } from "../../lib/net/address.ts";
 import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
 import { type EdgenodeProcess, LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
+import { processCpuNs } from "./_cpu.ts";
 import { announce, benchNumber } from "./_mode.ts";
 import { benchSeconds, benchSizes, LO, LOSS_LIMIT } from "./_udp_rate.ts";
 
@@ -151,7 +158,7 @@ async function runSender(a: SendArgs): Promise<Sent> {
   ];
   const startUs = nowUs();
   const v = new Stream({ ssrc: a.videoSsrc, pt: 32, clockRate: 90_000, size: a.size, startUs });
-  const au = new Stream({ ssrc: a.audioSsrc, pt: 11, clockRate: 16_000, size: AUDIO_SIZE, startUs }, 16);
+  const au = new Stream({ ssrc: a.audioSsrc, pt: 11, clockRate: 44_100, size: AUDIO_SIZE, startUs }, 16);
   const start = performance.now();
   const ms = a.seconds * 1000;
   let nextSr = 0;
@@ -312,6 +319,10 @@ interface Running {
   readonly files: readonly SavedFile[];
   /** What this path says about itself, printed once (the graph's syncers and its reflectors' sockets). */
   readonly note?: string;
+  /** The node's process id (BENCH_RATE prints the node's CPU time per datagram). */
+  readonly pid?: number;
+  /** The syncers' figures (BENCH_RATE with BENCH_VERBOSE), when the path has any. */
+  syncers?(): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -458,7 +469,21 @@ function appendixPath(syncer: boolean): Path {
           files: ["stream_high.dump", "stream_low.dump"].map((f) => new SavedFile(`${dir}/data/${f}`)),
           note: `${
             kinds.join(", ")
-          }; reflectors in VM my_VM1, their sockets: udp ${reflector?.udp}, gso ${reflector?.gso}`,
+          }; reflectors in VM my_VM1, their sockets: udp ${reflector?.udp}, gso ${reflector?.gso}; node pid ${node.pid}`,
+          pid: node.pid,
+          async syncers() {
+            const s = await (await fetch(`http://${LO}:${statusPort}/node/sessions/${SESSION}`)).json();
+            return (s.aps as { name: string; syncer?: Record<string, unknown> }[])
+              .filter((a) => a.syncer)
+              .map((a) => {
+                const { inputs, ...rest } = a.syncer!;
+                const ins = (inputs as Record<string, unknown>[]).map((i) =>
+                  `${i.name} in ${i.packets_in} out ${i.packets_out} late ${i.late} lateness ${i.lateness_ms} ms drop ${i.dropped_max_delay}+${i.dropped_cap}`
+                );
+                return `    ${a.name}: ${JSON.stringify(rest)} ${ins.join("; ")}`;
+              })
+              .join("\n");
+          },
           stop,
         };
       } catch (error) {
@@ -592,10 +617,29 @@ async function main(): Promise<number> {
       }, ${Deno.build.os}, ${navigator.hardwareConcurrency} cores`,
   );
   const results = new Map<string, Trial | null>();
+  const fixed = benchNumber("BENCH_RATE", 0, 0);
   for (const path of paths) {
     const run = await path.start();
     try {
       if (run.note) console.log(`  ${path.name}: ${run.note}`);
+      if (fixed > 0) {
+        for (const size of SIZES) {
+          for (let i = 0; i < benchNumber("BENCH_TRIALS", 1, 1); i++) {
+            const cpu0 = run.pid ? await processCpuNs(run.pid) : 0;
+            const t = await trial(run, size, fixed);
+            const cpu = run.pid ? (await processCpuNs(run.pid) - cpu0) / 1e3 / (t.rate * SECONDS) : NaN;
+            console.log(
+              `  ${path.name.padEnd(13)} ${String(size).padStart(5)} B  ${Math.round(t.rate)}/s  ${
+                t.mbps.toFixed(0)
+              } Mb/s  loss ${t.loss.toFixed(3)}% (worst at ${t.where})${
+                run.pid ? `, node CPU ${cpu.toFixed(2)} µs per datagram in` : ""
+              }`,
+            );
+            if (Deno.env.get("BENCH_VERBOSE") && run.syncers) console.log(await run.syncers());
+          }
+        }
+        continue;
+      }
       for (const size of SIZES) {
         const t = await maxRate(run, size);
         results.set(`${path.name}|${size}`, t);
@@ -609,6 +653,7 @@ async function main(): Promise<number> {
       await run.stop();
     }
   }
+  if (fixed > 0) return 0;
 
   const r = (path: string, size: number) => results.get(`${path}|${size}`) ?? null;
   const ratio = (a: Trial | null, b: Trial | null) => (a && b ? (a.rate / b.rate).toFixed(2) : "-");
