@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { ManualClock, systemClock } from "../../lib/core/clock.ts";
-import { PreciseTimer } from "../../lib/core/precise_timer.ts";
+import { PreciseTimer, Sleeper } from "../../lib/core/precise_timer.ts";
 
 Deno.test("PreciseTimer fires once at its time on a manual clock, fractions of a ms included", () => {
   const clock = new ManualClock(1000);
@@ -35,4 +35,54 @@ Deno.test("PreciseTimer on the system clock fires within half a millisecond, mos
   const within = errors.filter((e) => e <= 500).length;
   // A shared machine may schedule the process out now and then; setTimeout alone is late by 1.1 ms every time.
   assert.ok(within >= 20, `${within} of 40 within 0.5 ms`);
+});
+
+Deno.test("PreciseTimer with a Sleeper fires within half a millisecond, mostly, and never early", async () => {
+  const sleeper = Sleeper.open();
+  assert.ok(sleeper, "the tests run with --allow-ffi on Linux: a Sleeper opens");
+  try {
+    const errors: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      const at = systemClock.nowUs() + 500 + (i % 7) * 300;
+      await new Promise<void>((resolve) => {
+        new PreciseTimer(systemClock, () => {
+          errors.push(systemClock.nowUs() - at);
+          resolve();
+        }, { sleeper }).arm(at);
+      });
+    }
+    assert.ok(errors.every((e) => e >= -50), `never early beyond the tolerance: ${Math.min(...errors)} µs`);
+    const within = errors.filter((e) => e <= 500).length;
+    assert.ok(within >= 20, `${within} of 40 within 0.5 ms`);
+  } finally {
+    await sleeper.close();
+  }
+});
+
+Deno.test("PreciseTimer with a Sleeper: re-armed earlier during a sleep fires at the earlier time; cancelled, never", async () => {
+  const sleeper = Sleeper.open()!;
+  try {
+    const fired: number[] = [];
+    const t = new PreciseTimer(systemClock, () => fired.push(systemClock.nowUs()), { sleeper });
+    const late = systemClock.nowUs() + 2000;
+    t.arm(late);
+    assert.equal(sleeper.pending, 1, "the last 2 ms are slept");
+    const early = systemClock.nowUs() + 600;
+    t.arm(early);
+    while (fired.length === 0) await new Promise((r) => setTimeout(r, 0));
+    assert.equal(fired.length, 1);
+    assert.ok(
+      fired[0] >= early - 50 && fired[0] < late - 50,
+      `fired at the earlier time (${fired[0] - early} µs)`,
+    );
+    // Armed and cancelled while a sleep is in flight: the sleep ends without firing.
+    t.arm(systemClock.nowUs() + 1500);
+    t.cancel();
+    await new Promise((r) => setTimeout(r, 5));
+    assert.equal(fired.length, 1);
+    assert.equal(t.armedUs, null);
+  } finally {
+    await sleeper.close();
+  }
+  assert.equal(sleeper.pending, 0, "close waits for the sleeps in flight");
 });
