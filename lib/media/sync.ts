@@ -52,6 +52,9 @@ const PENDING_REPORTS = 4;
  * or two sender reports this far apart) and snapped to a common one; ±20 ms of jitter is then 1 %, within the snap.
  */
 const LEARN_US = 2_000_000;
+/** Sizes of a queue's ring: its first, and the size beyond which an emptied ring goes back to the first. */
+const MIN_RING = 64;
+const SHRINK_RING = 4096;
 
 export interface SyncConfig {
   /** How many inputs (1..16). */
@@ -120,70 +123,190 @@ export interface SyncStatus {
   readonly inputs: InputStatus[];
 }
 
-interface Held<T> {
-  /** Unwrapped sequence number (RTP) or arrival order (RTCP): the order within its queue. */
-  readonly key: number;
-  /** Effective capture time, µs: the datagram leaves at eff + D. */
-  readonly eff: number;
-  readonly chunk: SlabChunk;
-  readonly off: number;
-  readonly len: number;
-  /** The flow it came on and leaves on. */
-  readonly rtcp: boolean;
-  readonly from: T;
-}
-
-/** Held datagrams in key order; arrivals are in order or nearly, so insertion searches from the tail. */
+/**
+ * Held datagrams in key order (unwrapped sequence number for RTP, arrival order for RTCP), with for each: its
+ * effective capture time (it leaves at eff + D), where its copy lies in the slab, the flow it came on and leaves on
+ * (RTCP or not) and its sender. Arrivals are in order or nearly, so insertion searches from the tail.
+ *
+ * Kept as parallel arrays in a ring rather than one object per datagram: a syncer holds every datagram for D (a
+ * fifth of a second at 80k datagrams/s is 16k of them), long enough for the garbage collector to copy each such
+ * object between young spaces and then promote it; that work grew with D and slowed the node most when it was
+ * already behind. The ring grows by doubling and shrinks back when it empties.
+ */
 class HeldQueue<T> {
-  #items: Held<T>[] = [];
+  #cap = 0;
   #head = 0;
+  #size = 0;
+  #key = new Float64Array(0);
+  #eff = new Float64Array(0);
+  #off = new Int32Array(0);
+  #len = new Int32Array(0);
+  #rtcp = new Uint8Array(0);
+  #chunk: (SlabChunk | undefined)[] = [];
+  #from: (T | undefined)[] = [];
+
+  constructor() {
+    this.#resize(MIN_RING);
+  }
+
   get length(): number {
-    return this.#items.length - this.#head;
+    return this.#size;
   }
-  peek(): Held<T> | undefined {
-    return this.#items[this.#head];
+  /** The first datagram's effective capture time; Infinity when empty. */
+  get headEff(): number {
+    return this.#size ? this.#eff[this.#head] : Infinity;
   }
-  /** The item that will precede one of key `key`, if any is held. */
-  before(key: number): Held<T> | undefined {
-    for (let i = this.#items.length - 1; i >= this.#head; i--) {
-      if (this.#items[i].key <= key) return this.#items[i];
+  get headKey(): number {
+    return this.#key[this.#head];
+  }
+  get headChunk(): SlabChunk {
+    return this.#chunk[this.#head]!;
+  }
+  get headOff(): number {
+    return this.#off[this.#head];
+  }
+  get headLen(): number {
+    return this.#len[this.#head];
+  }
+  get headRtcp(): boolean {
+    return this.#rtcp[this.#head] === 1;
+  }
+  get headFrom(): T {
+    return this.#from[this.#head]!;
+  }
+  /** The first datagram's bytes (a view into the slab, valid until it is freed and its space reused). */
+  headData(): Uint8Array {
+    const o = this.#off[this.#head];
+    return this.#chunk[this.#head]!.bytes.subarray(o, o + this.#len[this.#head]);
+  }
+
+  /** The effective capture time of the datagram that will precede one of key `key`, or null if none is held. */
+  effBefore(key: number): number | null {
+    const mask = this.#cap - 1;
+    for (let i = this.#size - 1; i >= 0; i--) {
+      const j = (this.#head + i) & mask;
+      if (this.#key[j] <= key) return this.#eff[j];
     }
-    return undefined;
+    return null;
   }
-  insert(h: Held<T>): void {
-    let i = this.#items.length;
-    while (i > this.#head && this.#items[i - 1].key > h.key) i--;
-    if (i === this.#items.length) this.#items.push(h);
-    else this.#items.splice(i, 0, h);
-  }
-  shift(): Held<T> {
-    const h = this.#items[this.#head++];
-    if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
-      this.#items = this.#items.slice(this.#head);
-      this.#head = 0;
+
+  insert(key: number, eff: number, chunk: SlabChunk, off: number, len: number, rtcp: boolean, from: T): void {
+    if (this.#size === this.#cap) this.#resize(this.#cap * 2);
+    const mask = this.#cap - 1;
+    let i = this.#size;
+    // Later keys move one place towards the tail (reordered datagrams are rare and land near it).
+    while (i > 0) {
+      const prev = (this.#head + i - 1) & mask;
+      if (this.#key[prev] <= key) break;
+      this.#move(prev, (this.#head + i) & mask);
+      i--;
     }
-    return h;
+    const j = (this.#head + i) & mask;
+    this.#key[j] = key;
+    this.#eff[j] = eff;
+    this.#chunk[j] = chunk;
+    this.#off[j] = off;
+    this.#len[j] = len;
+    this.#rtcp[j] = rtcp ? 1 : 0;
+    this.#from[j] = from;
+    this.#size++;
+  }
+
+  /** Drops the first datagram (the caller has read what it needs of it). */
+  shift(): void {
+    const h = this.#head;
+    this.#chunk[h] = undefined;
+    this.#from[h] = undefined;
+    this.#head = (h + 1) & (this.#cap - 1);
+    this.#size--;
+    // A burst that made the ring large does not keep it large.
+    if (this.#size === 0 && this.#cap > SHRINK_RING) this.#resize(MIN_RING);
+  }
+
+  #move(from: number, to: number): void {
+    this.#key[to] = this.#key[from];
+    this.#eff[to] = this.#eff[from];
+    this.#chunk[to] = this.#chunk[from];
+    this.#off[to] = this.#off[from];
+    this.#len[to] = this.#len[from];
+    this.#rtcp[to] = this.#rtcp[from];
+    this.#from[to] = this.#from[from];
+  }
+
+  /** Copies the held datagrams, in order, into arrays of `cap` (a power of two, at least the size). */
+  #resize(cap: number): void {
+    const old = { key: this.#key, eff: this.#eff, off: this.#off, len: this.#len, rtcp: this.#rtcp };
+    const [chunks, froms] = [this.#chunk, this.#from];
+    const oldMask = this.#cap - 1;
+    this.#key = new Float64Array(cap);
+    this.#eff = new Float64Array(cap);
+    this.#off = new Int32Array(cap);
+    this.#len = new Int32Array(cap);
+    this.#rtcp = new Uint8Array(cap);
+    this.#chunk = new Array(cap).fill(undefined);
+    this.#from = new Array(cap).fill(undefined);
+    for (let i = 0; i < this.#size; i++) {
+      const j = (this.#head + i) & oldMask;
+      this.#key[i] = old.key[j];
+      this.#eff[i] = old.eff[j];
+      this.#off[i] = old.off[j];
+      this.#len[i] = old.len[j];
+      this.#rtcp[i] = old.rtcp[j];
+      this.#chunk[i] = chunks[j];
+      this.#from[i] = froms[j];
+    }
+    this.#cap = cap;
+    this.#head = 0;
   }
 }
 
-/** Highest and lowest of samples over the last WINDOW_US, in whole buckets. */
+/**
+ * Highest and lowest of samples over the last WINDOW_US, in whole buckets. Read for every datagram, so the window's
+ * extremes are kept up to date as samples come and recomputed from the buckets only when a bucket ends.
+ */
 class Extremes {
   readonly #max: number[] = [];
   readonly #min: number[] = [];
   readonly #bucket: number[] = [];
   readonly #n = Math.ceil(WINDOW_US / WINDOW_BUCKET_US);
+  /** The bucket the cached extremes are for, and those extremes (-Infinity / Infinity: no sample). */
+  #at = NaN;
+  #wmax = -Infinity;
+  #wmin = Infinity;
   add(v: number, nowUs: number): void {
     const b = Math.floor(nowUs / WINDOW_BUCKET_US);
     const i = b % this.#n;
-    if (this.#bucket[i] !== b) [this.#bucket[i], this.#max[i], this.#min[i]] = [b, v, v];
-    else {
+    if (this.#bucket[i] !== b) {
+      this.#bucket[i] = b;
+      this.#max[i] = v;
+      this.#min[i] = v;
+    } else {
       if (v > this.#max[i]) this.#max[i] = v;
       if (v < this.#min[i]) this.#min[i] = v;
     }
+    if (b === this.#at) {
+      if (v > this.#wmax) this.#wmax = v;
+      if (v < this.#wmin) this.#wmin = v;
+    } else this.#at = NaN;
+  }
+  /** The highest sample over the window, -Infinity when it holds none. */
+  max(nowUs: number): number {
+    this.#refresh(nowUs);
+    return this.#wmax;
+  }
+  /** The lowest sample over the window, Infinity when it holds none. */
+  min(nowUs: number): number {
+    this.#refresh(nowUs);
+    return this.#wmin;
   }
   /** [max, min] over the window, or null when it holds no sample. */
   get(nowUs: number): [number, number] | null {
+    this.#refresh(nowUs);
+    return this.#wmax === -Infinity ? null : [this.#wmax, this.#wmin];
+  }
+  #refresh(nowUs: number): void {
     const b = Math.floor(nowUs / WINDOW_BUCKET_US);
+    if (b === this.#at) return;
     let max = -Infinity;
     let min = Infinity;
     for (let i = 0; i < this.#n; i++) {
@@ -191,7 +314,9 @@ class Extremes {
       if (this.#max[i] > max) max = this.#max[i];
       if (this.#min[i] < min) min = this.#min[i];
     }
-    return max === -Infinity ? null : [max, min];
+    this.#at = b;
+    this.#wmax = max;
+    this.#wmin = min;
   }
 }
 
@@ -207,8 +332,9 @@ class Stream<T> {
   /** Offset alignment: the lowest arrival - timestamp time (µs), and when it was last moved. */
   base: number | null = null;
   baseAt = 0;
-  /** The last datagram that left, for the order of those that come after it. */
-  lastOut: { key: number; eff: number } | null = null;
+  /** The last datagram that left (key, effective capture time), for the order of those that come after it. */
+  lastOutKey = -Infinity;
+  lastOutEff = -Infinity;
   lastSeenUs = 0;
   /** Lateness of the last datagram kept, µs. */
   lastLateness: number | null = null;
@@ -300,8 +426,8 @@ export class Synchronizer<T = unknown> {
     if (this.#delay === null) return this.#firstUs! + this.#cfg.maxDelayUs;
     let eff = Infinity;
     for (const inp of this.#inputs) {
-      for (const s of inp.streams.values()) eff = Math.min(eff, s.queue.peek()?.eff ?? Infinity);
-      eff = Math.min(eff, inp.rtcp.peek()?.eff ?? Infinity);
+      for (const s of inp.streams.values()) eff = Math.min(eff, s.queue.headEff);
+      eff = Math.min(eff, inp.rtcp.headEff);
     }
     if (eff === Infinity) return null;
     const d = this.#delay;
@@ -327,43 +453,73 @@ export class Synchronizer<T = unknown> {
 
   /** Releases what has an effective capture time up to `limit`; `nowUs` null: a flush, not timed. */
   #releaseUpTo(limit: number, nowUs: number | null, emit: SyncEmit<T>): number {
+    // One batch per flow with every input's due datagrams: a few large sends downstream, not many small ones.
+    const data: Uint8Array[] = [];
+    const from: T[] = [];
+    let rtcpData: Uint8Array[] | null = null;
+    let rtcpFrom: T[] | null = null;
     const d = this.#delay ?? 0;
-    const out: Held<T>[] = [];
+    // Due before this (effective capture time): released more than `precision` late.
+    const lateBefore = nowUs === null ? -Infinity : nowUs - d - this.#cfg.precisionUs;
+    let first = Infinity;
+    let late = 0;
+    // Slab space is freed after the emits: the views point into it until they return.
+    const freed: SlabChunk[] = [];
+    const freedLen: number[] = [];
     for (const inp of this.#inputs) {
       for (const s of inp.streams.values()) {
-        let h: Held<T> | undefined;
-        while ((h = s.queue.peek()) && h.eff <= limit) {
-          out.push(s.queue.shift());
-          s.lastOut = { key: h.key, eff: h.eff };
-          inp.counts.packets_out++;
+        const q = s.queue;
+        let eff = q.headEff;
+        // headEff is Infinity when empty, which a flush's limit (Infinity) would take as due.
+        if (q.length === 0 || eff > limit) continue;
+        const n0 = data.length;
+        do {
+          data.push(q.headData());
+          from.push(q.headFrom);
+          freed.push(q.headChunk);
+          freedLen.push(q.headLen);
+          if (eff < first) first = eff;
+          if (eff < lateBefore) late++;
+          s.lastOutKey = q.headKey;
+          s.lastOutEff = eff;
+          q.shift();
+        } while (q.length !== 0 && (eff = q.headEff) <= limit);
+        inp.counts.packets_out += data.length - n0;
+      }
+      const q = inp.rtcp;
+      let eff = q.headEff;
+      while (q.length !== 0 && eff <= limit) {
+        // RTCP leaves on the flow it came on (RTCP multiplexed with RTP came on the media flow).
+        if (q.headRtcp) {
+          (rtcpData ??= []).push(q.headData());
+          (rtcpFrom ??= []).push(q.headFrom);
+        } else {
+          data.push(q.headData());
+          from.push(q.headFrom);
         }
-      }
-      let h: Held<T> | undefined;
-      while ((h = inp.rtcp.peek()) && h.eff <= limit) {
-        out.push(inp.rtcp.shift());
+        freed.push(q.headChunk);
+        freedLen.push(q.headLen);
+        if (eff < first) first = eff;
+        if (eff < lateBefore) late++;
         inp.counts.rtcp_out++;
+        q.shift();
+        eff = q.headEff;
       }
     }
-    if (!out.length) return 0;
-    for (const flow of [false, true]) {
-      const data: Uint8Array[] = [];
-      const from: T[] = [];
-      for (const h of out) {
-        if (h.rtcp !== flow) continue;
-        data.push(h.chunk.bytes.subarray(h.off, h.off + h.len));
-        from.push(h.from);
-      }
-      if (data.length) emit(data, from, flow);
+    const count = freed.length;
+    if (count === 0) return 0;
+    if (nowUs !== null) {
+      this.#releaseLate += late;
+      const error = nowUs - (first + d);
+      if (error > this.#releaseErrorMax) this.#releaseErrorMax = error;
     }
-    for (const h of out) {
-      if (nowUs !== null) {
-        const error = nowUs - (h.eff + d);
-        if (error > this.#cfg.precisionUs) this.#releaseLate++;
-        if (error > this.#releaseErrorMax) this.#releaseErrorMax = error;
-      }
-      this.#slab.free(h.chunk, h.len);
+    try {
+      if (data.length) emit(data, from, false);
+      if (rtcpData) emit(rtcpData, rtcpFrom!, true);
+    } finally {
+      for (let i = 0; i < count; i++) this.#slab.free(freed[i], freedLen[i]);
     }
-    return out.length;
+    return count;
   }
 
   status(nowUs: number): SyncStatus {
@@ -460,9 +616,8 @@ export class Synchronizer<T = unknown> {
       }
     } else stream.oddRun = 0;
     // Never before the datagram that precedes it in sequence order (B-frames, reordering).
-    const pred = stream.queue.before(key) ??
-      (stream.lastOut && stream.lastOut.key <= key ? stream.lastOut : null);
-    const eff = pred && pred.eff > capture && pred.eff - capture < this.#cfg.maxDelayUs ? pred.eff : capture;
+    const predEff = stream.queue.effBefore(key) ?? (stream.lastOutKey <= key ? stream.lastOutEff : -Infinity);
+    const eff = predEff > capture && predEff - capture < this.#cfg.maxDelayUs ? predEff : capture;
     if (!this.#admit(inp, eff, nowUs, true)) return;
     stream.lastLateness = nowUs - eff;
     this.#hold(inp, stream.queue, key, eff, data, false, from);
@@ -594,8 +749,8 @@ export class Synchronizer<T = unknown> {
   #lowest(nowUs: number, also: number): number {
     let low = also;
     for (const inp of this.#inputs) {
-      const w = inp.lateness.get(nowUs);
-      if (w && w[1] < low) low = w[1];
+      const min = inp.lateness.min(nowUs);
+      if (min < low) low = min;
     }
     return low;
   }
@@ -614,7 +769,7 @@ export class Synchronizer<T = unknown> {
       inp.counts.dropped_cap++;
       return;
     }
-    queue.insert({ key, eff, chunk: at.chunk, off: at.off, len: data.length, rtcp, from });
+    queue.insert(key, eff, at.chunk, at.off, data.length, rtcp, from);
   }
 
   /** What D should be: the highest recent lateness plus the margin, within max_delay of the lowest. */
@@ -622,10 +777,10 @@ export class Synchronizer<T = unknown> {
     let max = -Infinity;
     let min = Infinity;
     for (const inp of this.#inputs) {
-      const w = inp.lateness.get(nowUs);
-      if (!w) continue;
-      if (w[0] > max) max = w[0];
-      if (w[1] < min) min = w[1];
+      const hi = inp.lateness.max(nowUs);
+      const lo = inp.lateness.min(nowUs);
+      if (hi > max) max = hi;
+      if (lo < min) min = lo;
     }
     if (max === -Infinity) return null;
     return Math.min(max + this.#cfg.marginUs, min + this.#cfg.maxDelayUs);
@@ -633,12 +788,14 @@ export class Synchronizer<T = unknown> {
 
   /** Ends the warm-up when it is time, and moves D towards its target by at most the slew. */
   #update(nowUs: number): void {
+    // Called for every datagram; those of one batch share their time, and D moves with time only.
+    if (nowUs === this.#lastUpdate && this.#delay !== null) return;
     const dt = Math.max(0, nowUs - this.#lastUpdate);
     this.#lastUpdate = nowUs;
     const target = this.#target(nowUs);
     if (this.#delay === null) {
       if (this.#firstUs === null) return;
-      const heard = target !== null && this.#inputs.every((inp) => inp.lateness.get(nowUs) !== null);
+      const heard = target !== null && this.#inputs.every((inp) => inp.lateness.max(nowUs) !== -Infinity);
       if (heard || nowUs >= this.#firstUs + this.#cfg.maxDelayUs) this.#delay = target ?? this.#cfg.marginUs;
       return;
     }
