@@ -173,8 +173,13 @@ export interface RecvOptions {
  * free ports is searched for (as an RTP receiver's pair, which a use_RTP reflector sends RTCP to at port + 1).
  * `required`: fail when there is no RTCP socket.
  */
+/** SO_RCVBUF asked for `recv` (granted beyond the kernel's rmem_max only to root, through SO_RCVBUFFORCE). */
+const RECV_BUFFER_BYTES = 16 * 1024 * 1024;
+
 function openPair(listen: HostPort, impl: UdpImpl, required: boolean): [UdpSocket, UdpSocket | null] {
-  const open = (port: number, batch: number) => openUdp({ host: listen.host, port }, { impl, batch });
+  // A measuring tool must not be where datagrams are lost: a receive buffer that holds a burst of seconds of video.
+  const open = (port: number, batch: number) =>
+    openUdp({ host: listen.host, port }, { impl, batch, bufferBytes: RECV_BUFFER_BYTES });
   let lastError: unknown;
   for (let attempt = 0; attempt < (listen.port === 0 ? 50 : 1); attempt++) {
     const media = open(listen.port, 256);
