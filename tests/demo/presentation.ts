@@ -70,7 +70,10 @@ for (
 }
 
 await Deno.writeTextFile(`${out}/session.json`, JSON.stringify(run.session, null, 2));
-await Deno.writeTextFile(`${out}/participants.json`, JSON.stringify({ high: run.high, low: run.low }, null, 2));
+await Deno.writeTextFile(
+  `${out}/participants.json`,
+  JSON.stringify({ high: run.high, low: run.low }, null, 2),
+);
 console.log(`\nActive programs (datagrams in -> out; the whole status in ${out}/session.json)`);
 for (const ap of run.session.aps as Record<string, unknown>[]) {
   const sum = (ports: unknown) => (ports as { packets: number }[]).reduce((n, p) => n + p.packets, 0);
