@@ -2,7 +2,8 @@
  * `make demo`: the seed report's lecture (section 4.2, Appendix A) on one node, with ffmpeg as the camera (1 s late)
  * and the audio grabber, one participant per reflector, for DEMO_SECONDS (default 20). Prints what arrived where,
  * the A/V skew each participant measured, what the syncers and the transcoder did, the saved files, and writes one
- * frame of each twinstream as PNG (the burnt-in clocks differ by the transcoding delay, as in the report's Figure 6).
+ * frame of each twinstream as PNG (the burnt-in clocks differ by the transcoding delay, as in the report's Figure 6:
+ * each twinstream leaves its syncer at capture + its own D, so the clocks differ by D_low - D_high).
  *
  *   make demo                                  results and frames in demo-out/
  *   DEMO_SECONDS=60 DEMO_OUT=/tmp/lecture make demo
@@ -102,5 +103,15 @@ for (const ap of run.session.aps as Record<string, unknown>[]) {
 console.log("\nSaved files");
 for (const f of await savedFiles(dataDir)) console.log(`  ${f}`);
 
-console.log("\nFrames (the burnt-in clock; the low-quality one shows the transcoding delay)");
+const delayOf = (name: string) =>
+  Number(
+    ((run.session.aps as Record<string, unknown>[]).find((a) => a.name === name)?.syncer as
+      | { delay_ms?: number }
+      | undefined)?.delay_ms,
+  );
+console.log(
+  `\nFrames (burnt-in clocks; they differ by D_low - D_high = ${
+    (delayOf("Sync_low") - delayOf("Sync_high")).toFixed(1)
+  } ms, the transcoding delay, give or take a keyframe interval)`,
+);
 for (const f of await saveFrames(dataDir, `${out}`, run)) console.log(`  ${f}`);
