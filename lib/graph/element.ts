@@ -53,7 +53,8 @@ export interface ElementContext<P extends Params = Params> {
 export interface EdgeLink {
   /** The VM group the AP belongs to. */
   readonly vm: string;
-  post(message: unknown): void;
+  /** False when the message could not be sent (the other half is not running): it will have no answer. */
+  post(message: unknown): boolean;
   /** Set by the half: called with each message from the other one. */
   onMessage: ((message: unknown) => void) | null;
 }

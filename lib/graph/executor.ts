@@ -121,7 +121,7 @@ export class RunningSession {
         if (plan.aps[i].kind.edge) {
           this.#links.set(i, {
             vm: vm.name,
-            post: (message) => void group.postEdge(i, message),
+            post: (message) => group.postEdge(i, message),
             onMessage: null,
           });
         }

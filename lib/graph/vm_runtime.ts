@@ -105,7 +105,11 @@ export function serveVmGroup(
       };
       for (const ap of aps) {
         if (!plan.aps[ap].kind.edge) continue;
-        links.set(ap, { vm: m.vm, post: (message) => send({ type: "edge", ap, message }), onMessage: null });
+        links.set(ap, {
+          vm: m.vm,
+          post: (message) => (send({ type: "edge", ap, message }), true),
+          onMessage: null,
+        });
       }
       host = new ApHost({
         plan,

@@ -22,6 +22,11 @@ import { numberParam, type Param, ParamProblem } from "../params.ts";
 
 /** Control messages posted to the worker's half and not yet answered, at most; more are dropped and counted. */
 const CONTROL_IN_FLIGHT = 64;
+/**
+ * A control message unanswered this long is taken as lost (the worker dropped it before its half was ready, or
+ * ended), so that lost messages cannot fill CONTROL_IN_FLIGHT for good and shut the join path.
+ */
+const CONTROL_ANSWER_MS = 2000;
 /** The longest control datagram handed on (the protocol's longest message is 64 bytes and more). */
 const CONTROL_MAX_BYTES = 256;
 
@@ -100,12 +105,19 @@ function socketSide(ctx: Ctx, link: EdgeLink | null): Element {
   const { name, session, params, useRtp, registration, node } = ctx;
   let reflector: Reflector | null = null;
   const opened: UdpSocket[] = [];
-  let inFlight = 0;
+  /** When each unanswered control message was sent (ms): answers come back in order, oldest first. */
+  const inFlight: number[] = [];
   let controlDropped = 0;
+  let controlLost = 0;
   let badAnswers = 0;
 
   const control = (batch: Batch, rtcp: boolean) => {
-    if (inFlight >= CONTROL_IN_FLIGHT) {
+    const now = node.clock.now();
+    while (inFlight.length && now - inFlight[0] > CONTROL_ANSWER_MS) {
+      inFlight.shift();
+      controlLost++;
+    }
+    if (inFlight.length >= CONTROL_IN_FLIGHT) {
       controlDropped += batch.count;
       return;
     }
@@ -119,14 +131,14 @@ function socketSide(ctx: Ctx, link: EdgeLink | null): Element {
         data: batch.data(i).slice(0, CONTROL_MAX_BYTES + 1),
       });
     }
-    inFlight++;
     const message: ControlMessage = { rtcp, datagrams };
-    link!.post(message);
+    if (link!.post(message)) inFlight.push(now);
+    else controlDropped += batch.count;
   };
 
   const answer = (value: unknown) => {
     const m = value as Partial<AnswerMessage> | null;
-    if (m?.answer === true) inFlight = Math.max(0, inFlight - 1);
+    if (m?.answer === true) inFlight.shift();
     if (!reflector) return; // the worker's half started first and said so: nothing to show yet
     const report = checkMembershipReport(m?.report, { max: params.max_participants, allow: params.allow });
     if (!report || !Array.isArray(m?.replies)) {
@@ -195,7 +207,12 @@ function socketSide(ctx: Ctx, link: EdgeLink | null): Element {
     status: () => {
       if (!reflector) return {};
       const split = link
-        ? { table: `in VM ${link.vm}`, control_dropped: controlDropped, bad_answers: badAnswers }
+        ? {
+          table: `in VM ${link.vm}`,
+          control_dropped: controlDropped,
+          control_lost: controlLost,
+          bad_answers: badAnswers,
+        }
         : {};
       return { reflector: { ...reflector.status(), ...split } };
     },

@@ -1,0 +1,79 @@
+/**
+ * The main isolate's half of a reflector split across a VM group (lib/graph/elements/reflector.ts), with a fake link
+ * to the worker: control datagrams the worker never answers (it dropped them before its half was ready, or ended)
+ * must not shut the join path for good.
+ */
+import assert from "node:assert/strict";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { MetricsRegistry } from "../../lib/core/metrics.ts";
+import type { EdgeLink, NodeServices } from "../../lib/graph/element.ts";
+import { reflectorElement } from "../../lib/graph/elements/reflector.ts";
+import { openUdp } from "../../lib/net/udp.ts";
+
+const LO = "127.0.0.1";
+
+function freePort(): number {
+  const s = Deno.listenDatagram({ hostname: LO, port: 0, transport: "udp" });
+  const { port } = s.addr as Deno.NetAddr;
+  s.close();
+  return port;
+}
+
+Deno.test("reflector's socket half takes joins again once unanswered control messages are given up as lost", async () => {
+  const clock = new ManualClock(1_000_000);
+  const node: NodeServices = {
+    clock,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    metrics: new MetricsRegistry(),
+    dataDir: "/nonexistent",
+    host: LO,
+    udp: {},
+  };
+  const posted: unknown[] = [];
+  let running = true;
+  // A worker that never answers; while "not running" the link refuses messages outright.
+  const link: EdgeLink = { vm: "vm", post: (m) => running && posted.push(m) > 0, onMessage: null };
+  const registration = freePort();
+  const element = reflectorElement.edge!({
+    name: "R",
+    session: "s",
+    params: { timeout: 30, max_participants: 100, max_per_address: 4, allow: ["loopback"] },
+    inputs: ["in"],
+    outputs: [],
+    useRtp: false,
+    registration,
+    node,
+    edge: link,
+  });
+  await element.start!();
+  const sender = openUdp({ host: LO, port: 0 });
+  const reg = sender.destinations([{ host: LO, port: registration }]);
+  const join = new TextEncoder().encode("EDGENODE-JOIN".padEnd(64));
+  const status = () => element.status!() as { reflector: { control_dropped: number; control_lost: number } };
+  const until = async (what: string, ok: () => boolean) => {
+    for (let i = 0; i < 500 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(ok(), `timed out waiting for ${what}`);
+  };
+  try {
+    // 64 unanswered messages fill what may be in flight; the next ones are dropped and counted.
+    for (let i = 0; i < 70; i++) {
+      sender.send([join], reg);
+      await until(`join ${i} handled`, () => posted.length + status().reflector.control_dropped === i + 1);
+    }
+    assert.equal(posted.length, 64);
+    assert.equal(status().reflector.control_dropped, 6);
+    // Past the answer deadline they count as lost, and a join goes through to the worker again.
+    clock.advance(2001);
+    sender.send([join], reg);
+    await until("a join posted after the deadline", () => posted.length === 65);
+    assert.equal(status().reflector.control_lost, 64);
+    // A link that cannot post (the worker not running) counts the datagram dropped and keeps nothing in flight.
+    running = false;
+    sender.send([join], reg);
+    await until("a refused post counted", () => status().reflector.control_dropped === 7);
+  } finally {
+    await sender.close();
+    await element.stop!();
+  }
+});
