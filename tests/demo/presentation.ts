@@ -112,6 +112,6 @@ const delayOf = (name: string) =>
 console.log(
   `\nFrames (burnt-in clocks; they differ by D_low - D_high = ${
     (delayOf("Sync_low") - delayOf("Sync_high")).toFixed(1)
-  } ms, the transcoding delay, give or take a keyframe interval)`,
+  } ms: each twinstream leaves its syncer at capture + its own D; give or take the keyframe interval)`,
 );
 for (const f of await saveFrames(dataDir, `${out}`, run)) console.log(`  ${f}`);
