@@ -3,8 +3,9 @@
  * again after a delay that doubles with each quick failure up to a cap (and falls back to the first delay once a run
  * lasted `resetAfterMs`). Every child is reaped (its exit status awaited) before the next one starts and before
  * `stop()` resolves; stop sends SIGTERM, then SIGKILL after a grace period. The last lines the child wrote to stderr
- * are kept in a ring of bounded size for /status. A child that cannot even be spawned (the program is missing) is
- * `failed` at once: waiting will not install it. Time comes from the injected clock, processes from the injected
+ * are kept in a ring of bounded size for /status. A child that cannot even be spawned because the program is missing
+ * or not executable (NotFound, PermissionDenied) is `failed` at once: waiting will not install it; any other spawn
+ * error (a busy port, a full disk) goes to backoff like a crash. Time comes from the injected clock, processes from the injected
  * `spawn`, so the policy is tested without real processes or sleeping.
  */
 import type { Clock, TimerId } from "./clock.ts";
@@ -42,7 +43,7 @@ export const DEFAULT_BACKOFF: BackoffPolicy = {
 
 export interface SupervisorOptions {
   readonly clock: Clock;
-  /** Starts one run; may throw (a missing program): the supervisor then fails. */
+  /** Starts one run; may throw: a missing program (NotFound, PermissionDenied) fails the supervisor, else backoff. */
   spawn(run: number): Child | Promise<Child>;
   readonly backoff?: Partial<BackoffPolicy>;
   /** Stderr lines kept (default 40); each line is cut at maxLineChars (default 500). */
@@ -97,6 +98,8 @@ export class Supervisor {
   #startedAt = 0;
   #stopping = false;
   #stopped: Promise<void> | null = null;
+  /** The run being started (awaiting spawn): stop() waits for it, so its child is reaped before stop resolves. */
+  #starting: Promise<void> = Promise.resolve();
 
   constructor(o: SupervisorOptions) {
     this.#o = o;
@@ -113,7 +116,7 @@ export class Supervisor {
   /** Starts the first run (once). */
   start(): void {
     if (this.state !== "idle" || this.#stopping) return;
-    void this.#run();
+    this.#starting = this.#run();
   }
 
   /** Sends `signal` to the current child (tests, an operator's restart); the supervisor treats the end as a crash. */
@@ -133,6 +136,8 @@ export class Supervisor {
     this.#stopping = true;
     if (this.#timer !== undefined) this.#o.clock.clearTimeout(this.#timer);
     this.#stopped = (async () => {
+      // A run still spawning sees #stopping when spawn returns, kills its child and reaps it.
+      await this.#starting;
       const child = this.#child;
       if (child) {
         try {
@@ -173,12 +178,19 @@ export class Supervisor {
     try {
       child = await this.#o.spawn(run);
     } catch (error) {
-      this.state = "failed";
       this.error = `Cannot start the child process: ${
         error instanceof Error ? error.message : String(error)
       }`;
+      if (error instanceof Deno.errors.NotFound || error instanceof Deno.errors.PermissionDenied) {
+        this.state = "failed";
+        return;
+      }
+      if (this.#stopping) return;
+      this.crashes++;
+      this.#backoff();
       return;
     }
+    this.error = null;
     if (this.#stopping) {
       // stop() came while spawning: end this one too.
       try {
@@ -212,14 +224,19 @@ export class Supervisor {
       this.crashes++;
       const ranMs = this.#o.clock.now() - this.#startedAt;
       if (ranMs >= this.#policy.resetAfterMs) this.#delay = this.#policy.initialMs;
-      this.nextDelayMs = this.#delay;
-      this.#delay = Math.min(this.#policy.maxMs, this.#delay * this.#policy.factor);
-      this.state = "backoff";
-      this.#timer = this.#o.clock.setTimeout(() => {
-        this.#timer = undefined;
-        void this.#run();
-      }, this.nextDelayMs);
+      this.#backoff();
     })();
+  }
+
+  /** Waits the current delay (doubling it for next time), then starts the next run. */
+  #backoff(): void {
+    this.nextDelayMs = this.#delay;
+    this.#delay = Math.min(this.#policy.maxMs, this.#delay * this.#policy.factor);
+    this.state = "backoff";
+    this.#timer = this.#o.clock.setTimeout(() => {
+      this.#timer = undefined;
+      this.#starting = this.#run();
+    }, this.nextDelayMs);
   }
 
   async #lines(stream: ReadableStream<Uint8Array>, each: (line: string) => void): Promise<void> {

@@ -116,3 +116,57 @@ Deno.test("Supervisor fails at once when the program cannot be spawned", async (
   assert.equal(sup.state, "failed");
   assert.match(sup.error!, /^Cannot start the child process: ffmpeg: not found/);
 });
+
+Deno.test("Supervisor stop during a spawn resolves only after that child is killed and reaped", async () => {
+  const clock = new ManualClock(0);
+  const child = new FakeChild();
+  let reaped = false;
+  void child.status.then(() => reaped = true);
+  let spawned!: (c: Child) => void;
+  const sup = new Supervisor({ clock, spawn: () => new Promise<Child>((r) => spawned = r) });
+  sup.start();
+  await turns();
+  let done = false;
+  const stopped = sup.stop().then(() => done = true);
+  await turns();
+  assert.equal(done, false, "stop waits for the spawn in flight");
+  spawned(child);
+  await stopped;
+  assert.deepEqual(child.signals, ["SIGKILL"]);
+  assert.ok(reaped, "the child's status was awaited before stop resolved");
+  assert.equal(sup.state, "stopped");
+  assert.equal(sup.runs, 1);
+});
+
+Deno.test("Supervisor retries after a passing spawn error and fails only on a missing program", async () => {
+  const clock = new ManualClock(0);
+  const errors = [new Error("no free port"), new Deno.errors.PermissionDenied("ffmpeg: not executable")];
+  const children: FakeChild[] = [];
+  const sup = new Supervisor({
+    clock,
+    backoff: { initialMs: 100 },
+    spawn: (run) => {
+      if (run === 1) throw errors[0];
+      if (run === 3) throw errors[1];
+      const c = new FakeChild();
+      children.push(c);
+      return c;
+    },
+  });
+  sup.start();
+  await turns();
+  assert.equal(sup.state, "backoff");
+  assert.match(sup.error!, /^Cannot start the child process: no free port/);
+  clock.advance(100);
+  await turns();
+  assert.equal(sup.state, "running");
+  assert.equal(sup.error, null);
+  children[0].exit({ code: 1, signal: null });
+  await turns();
+  clock.advance(sup.nextDelayMs);
+  await turns();
+  assert.equal(sup.state, "failed");
+  assert.match(sup.error!, /not executable/);
+  assert.equal(clock.pending, 0, "no retry after a permanent failure");
+  await sup.stop();
+});
