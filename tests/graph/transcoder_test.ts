@@ -6,12 +6,15 @@
  * per test run (ffmpeg testsrc), and one run serves every test of the file that needs ffmpeg.
  */
 import assert from "node:assert/strict";
-import { systemClock } from "../../lib/core/clock.ts";
+import { ManualClock, systemClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import type { NodeServices } from "../../lib/graph/element.ts";
 import { coreElements } from "../../lib/graph/elements/mod.ts";
-import type { TranscoderPool } from "../../lib/graph/elements/transcoder_job.ts";
+import type { Child, ChildExit } from "../../lib/core/supervisor.ts";
+import { ArrayBatch } from "../../lib/graph/batch.ts";
+import { SWITCH_PACKETS, SWITCH_SILENCE_MS, transcoder } from "../../lib/graph/elements/transcoder.ts";
+import { type JobDefaults, TranscodeJob, TranscoderPool } from "../../lib/graph/elements/transcoder_job.ts";
 import { RunningSession } from "../../lib/graph/executor.ts";
 import { checkProgram } from "../../lib/graph/program.ts";
 import { extractRtp } from "../../lib/media/extract.ts";
@@ -25,7 +28,13 @@ import {
 } from "../../lib/media/ffmpeg.ts";
 import { parseRtcp, writeSenderReport } from "../../lib/media/rtcp.ts";
 import { RtpClockEstimator } from "../../lib/media/rtp_clock.ts";
-import { parseRtp, setRtpSequence, setRtpSsrc, setRtpTimestamp } from "../../lib/media/rtp.ts";
+import {
+  parseRtp,
+  setRtpSequence,
+  setRtpSsrc,
+  setRtpTimestamp,
+  writeRtpHeader,
+} from "../../lib/media/rtp.ts";
 import { fmtpParameter, parseSdp } from "../../lib/media/sdp.ts";
 import { requireTools } from "../e2e/_process.ts";
 
@@ -490,4 +499,177 @@ Deno.test("outputBase recovers the RTP muxer's base from a sender report", () =>
   // ffmpeg: rtp = base + round((ntp - start) * 0.09), ntp in whole µs (here 1.234567 s later).
   const sr = { ntpUs: start + 1_234_567 + 0.0004, rtpTimestamp: (base + Math.round(1_234_567 * 0.09)) >>> 0 };
   assert.equal(outputBase(sr, start), base);
+});
+
+/** A child that runs until killed (stands in for ffmpeg where only the element's input handling is tested). */
+class FakeFfmpeg implements Child {
+  static next = 1000;
+  readonly pid = FakeFfmpeg.next++;
+  readonly status: Promise<ChildExit>;
+  readonly stdout = null;
+  readonly stderr = null;
+  readonly signals: string[] = [];
+  #exit!: (e: ChildExit) => void;
+  constructor() {
+    this.status = new Promise((r) => this.#exit = r);
+  }
+  kill(signal: Deno.Signal) {
+    this.signals.push(signal);
+    this.#exit({ code: 255, signal });
+  }
+}
+
+/** A transcoder element on a node with a manual clock whose pool spawns FakeFfmpeg. */
+function fakeTranscoder(defaults: JobDefaults = {}) {
+  const clock = new ManualClock(1_700_000_000_000);
+  const children: FakeFfmpeg[] = [];
+  const pool = new TranscoderPool({
+    spawn: () => {
+      const c = new FakeFfmpeg();
+      children.push(c);
+      return c;
+    },
+    ...defaults,
+  });
+  const node: NodeServices = {
+    clock,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    metrics: new MetricsRegistry(),
+    dataDir: "/nonexistent",
+    host: LO,
+    udp: {},
+    shared: new Map([["localservice.transcoder", pool]]),
+  };
+  const el = transcoder.create({
+    name: "T",
+    session: "s",
+    params: {
+      output_format: "mp4v",
+      bitrate: parseBitrate("variable(256)") as Bitrate,
+      scale: 1,
+      gop: 25,
+      input_rtpmap: null,
+      input_fmtp: "",
+    },
+    inputs: ["in"],
+    outputs: [{ emit: () => {} }],
+    useRtp: true,
+    registration: null,
+    node,
+  });
+  let seq = 0;
+  const push = (ssrc: number, n: number, payloadType = 32) => {
+    const items: Uint8Array[] = [];
+    for (let i = 0; i < n; i++) {
+      const d = new Uint8Array(40);
+      writeRtpHeader(d, 0, { marker: true, payloadType, sequence: seq++, timestamp: seq * TICKS, ssrc });
+      items.push(d);
+    }
+    el.push(0, new ArrayBatch(items, items.map(() => ({ host: LO, port: 5000 }))), false);
+  };
+  const job = () => pool.jobs()[0];
+  /** Waits (real time: the job makes a directory) until the current job's ffmpeg runs or the job failed. */
+  const settled = async () => {
+    for (let i = 0; i < 200; i++) {
+      const j = job();
+      if (j && (j.supervisor.state === "running" || j.state === "failed")) return j;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    throw new Error("the job did not start");
+  };
+  const status = () => el.status!() as { transcoder: Record<string, unknown>; [k: string]: unknown };
+  return { clock, children, pool, el, push, job, settled, status };
+}
+
+Deno.test("transcoder ignores stray datagrams of another stream: ffmpeg is not restarted", async () => {
+  const t = fakeTranscoder();
+  await t.el.start!();
+  t.push(SSRC, 5);
+  const job = await t.settled();
+  const pid = job.supervisor.pid;
+  assert.ok(pid !== null);
+  t.push(0xbad, 1); // a stray of another SSRC
+  t.push(SSRC, 3);
+  t.push(0xbad2, 2, 99); // a stray of an unsupported (dynamic, undescribed) payload type
+  t.push(SSRC, 1, 33); // the same SSRC with another payload type
+  t.clock.advance(100);
+  t.push(0xbad, SWITCH_PACKETS * 2); // many of one other stream, but the input is not silent
+  t.push(SSRC, 2);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(t.job(), job, "the same job");
+  assert.equal(t.pool.size, 1);
+  assert.equal(job.supervisor.pid, pid, "the same ffmpeg");
+  assert.equal(job.supervisor.runs, 1, "no restart");
+  assert.equal(t.children.length, 1);
+  assert.deepEqual(t.children[0].signals, []);
+  const s = t.status();
+  assert.equal(s.ignored_other_stream, 1 + 2 + 1 + SWITCH_PACKETS * 2);
+  assert.equal(s.input_changes, 0);
+  assert.equal(s.unsupported_input, 0);
+  assert.equal(job.tally.in_packets, 5 + 3 + 2);
+  assert.equal((s.transcoder.input as { ssrc: number }).ssrc, SSRC);
+  await t.el.stop!();
+  assert.deepEqual(t.children[0].signals, ["SIGTERM"]);
+  assert.equal(t.clock.pending, 0, "no timer left (the open watch is cleared)");
+});
+
+Deno.test("transcoder moves to a new stream once its input has been silent (a source restart)", async () => {
+  const t = fakeTranscoder();
+  await t.el.start!();
+  t.push(SSRC, 5);
+  const first = await t.settled();
+  t.clock.advance(SWITCH_SILENCE_MS - 1);
+  t.push(0xbeef, SWITCH_PACKETS);
+  assert.equal(t.job(), first, "not silent long enough yet");
+  t.clock.advance(1);
+  t.push(0xbeef, 1);
+  const second = await t.settled();
+  assert.notEqual(second, first);
+  assert.equal(second.input.ssrc, 0xbeef);
+  assert.equal(t.pool.size, 1);
+  assert.equal(t.children.length, 2);
+  const s = t.status();
+  assert.equal(s.input_changes, 1);
+  assert.equal(s.ignored_other_stream, SWITCH_PACKETS);
+  await t.el.stop!();
+  assert.deepEqual(t.children.map((c) => c.signals), [["SIGTERM"], ["SIGTERM"]], "both ffmpegs were stopped");
+  assert.equal(first.state, "stopped");
+  assert.equal(t.clock.pending, 0);
+});
+
+Deno.test("transcoder job whose start fails reports failed with the error and starts no ffmpeg", async () => {
+  const t = fakeTranscoder({ tempDir: "/nonexistent/edgenode" });
+  await t.el.start!();
+  t.push(SSRC, 3);
+  const job = await t.settled();
+  const s = t.status().transcoder;
+  assert.equal(s.state, "failed");
+  assert.match(String(s.error), /^Cannot start the transcoder: /);
+  assert.equal(t.children.length, 0);
+  await t.el.stop!();
+  assert.equal(job.state, "failed");
+  assert.equal(t.clock.pending, 0);
+});
+
+Deno.test("TranscodeJob stopped while it starts never spawns ffmpeg and leaves nothing behind", async () => {
+  const clock = new ManualClock(0);
+  let spawned = 0;
+  const job = new TranscodeJob({
+    spec: { format: "mp4v", bitrate: parseBitrate("variable(256)") as Bitrate, scale: 1, gop: 25 },
+    input: { ssrc: SSRC, payloadType: 32, rtpmap: { encoding: "MPV", clockRate: 90000, channels: 1 } },
+    clock,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    udp: {},
+    spawn: () => {
+      spawned++;
+      return new FakeFfmpeg();
+    },
+  });
+  const starting = job.start();
+  await job.stop();
+  await starting;
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(spawned, 0);
+  assert.equal(job.state, "stopped");
+  assert.equal(clock.pending, 0);
 });

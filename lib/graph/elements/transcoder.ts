@@ -6,6 +6,11 @@
  * (transcoder_job.ts): restarted with a doubling, capped delay; its state, progress and last stderr lines are in
  * /status. Transcoders of a node with the same input SSRC and parameters share one ffmpeg.
  *
+ * The first RTP packet names the input (SSRC and payload type). Packets of any other stream are then ignored and
+ * counted (`ignored_other_stream`): a stray datagram must not restart ffmpeg. The transcoder moves to another stream
+ * only as a source restarts: the current one silent for SWITCH_SILENCE_MS and the new one seen SWITCH_PACKETS times
+ * in a row (an unsupported current input needs no silence: no ffmpeg runs for it).
+ *
  * The input encoding comes from the payload type: a static one (32 MPEG-1/2 video, 33 MPEG-2 TS, 26 JPEG, 34 H.263)
  * needs nothing; a dynamic one (96..127) needs `input_rtpmap` (the SDP rtpmap value, "96 H264/90000"), and
  * `input_fmtp` where the codec needs out-of-band configuration. It must not run in a VM group (it starts a process).
@@ -31,6 +36,10 @@ const POOL_KEY = "localservice.transcoder";
 /** Input RTCP packets kept until the first RTP packet names the input (its SSRC). */
 const EARLY_RTCP = 8;
 const EARLY_FROM = { host: "127.0.0.1", port: 0 };
+/** How long the current input must be silent before another stream may replace it. */
+export const SWITCH_SILENCE_MS = 2000;
+/** Packets of one new stream, in a row, that make it replace a silent input. */
+export const SWITCH_PACKETS = 8;
 
 /** A quoted-string parameter read by `parse` (which returns a ParamProblem when the text is not a value). */
 function parsed<T>(
@@ -110,13 +119,30 @@ export const transcoder = defineElement({
     const out = outputs[0];
     const pool = poolOf(node);
     const sub: Subscriber = { emit: (batch, rtcp) => out.emit(batch, rtcp) };
-    const tally = { not_rtp: 0, unsupported_input: 0, input_changes: 0, early_rtcp_dropped: 0 };
+    const tally = {
+      not_rtp: 0,
+      unsupported_input: 0,
+      input_changes: 0,
+      ignored_other_stream: 0,
+      early_rtcp_dropped: 0,
+    };
     let job: TranscodeJob | null = null;
     let key = "";
     let problem: string | null = null;
+    /** The input the element is on (with or without a job): its SSRC and payload type, when it was last heard. */
+    let current: { ssrc: number; pt: number; lastAt: number } | null = null;
+    /** Another stream heard while on `current`: a candidate to replace it. */
+    let candidate: { ssrc: number; pt: number; count: number } | null = null;
     let early: Uint8Array[] = [];
     let metrics: CounterSet | null = null;
-    const releases: Promise<void>[] = [];
+    const releases = new Set<Promise<void>>();
+    const release = () => {
+      const p = pool.release(key, sub).catch((error) =>
+        node.logger.error("transcoder cannot stop ffmpeg", { session, ap: name, error: String(error) })
+      );
+      releases.add(p);
+      void p.finally(() => releases.delete(p));
+    };
 
     const describe = (ssrc: number, pt: number): JobInput | string => {
       const given = params.input_rtpmap;
@@ -134,9 +160,11 @@ export const transcoder = defineElement({
 
     const attach = (ssrc: number, pt: number) => {
       const input = describe(ssrc, pt);
+      if (current) tally.input_changes++;
+      current = { ssrc, pt, lastAt: node.clock.now() };
+      candidate = null;
       if (job) {
-        tally.input_changes++;
-        releases.push(pool.release(key, sub));
+        release();
         job = null;
       }
       if (typeof input === "string") {
@@ -152,7 +180,14 @@ export const transcoder = defineElement({
       };
       key = JSON.stringify([ssrc, pt, input.rtpmap, input.fmtp ?? "", spec]);
       job = pool.acquire(key, sub, () => {
-        const j = new TranscodeJob({ spec, input, clock: node.clock, logger: node.logger, udp: node.udp });
+        const j = new TranscodeJob({
+          ...pool.jobDefaults,
+          spec,
+          input,
+          clock: node.clock,
+          logger: node.logger,
+          udp: node.udp,
+        });
         j.start().catch((error) =>
           node.logger.error("transcoder cannot start ffmpeg", { session, ap: name, error: String(error) })
         );
@@ -200,23 +235,39 @@ export const transcoder = defineElement({
           }
           return;
         }
+        const now = node.clock.now();
         for (let i = 0; i < batch.count; i++) {
           const h = parseRtp(batch.data(i));
           if (!h) {
             tally.not_rtp++;
             continue;
           }
-          if (!job || job.input.ssrc !== h.ssrc || job.input.payloadType !== h.payloadType) {
-            if (problem === null || !job) attach(h.ssrc, h.payloadType);
+          if (current && current.ssrc === h.ssrc && current.pt === h.payloadType) {
+            current.lastAt = now;
+            candidate = null;
+            if (!job) tally.unsupported_input++;
+            continue;
           }
-          break;
+          if (!current) {
+            attach(h.ssrc, h.payloadType);
+            if (!job) tally.unsupported_input++;
+            continue;
+          }
+          // Another stream: a stray datagram, or the source restarted with a new SSRC (or payload type).
+          if (candidate && candidate.ssrc === h.ssrc && candidate.pt === h.payloadType) candidate.count++;
+          else candidate = { ssrc: h.ssrc, pt: h.payloadType, count: 1 };
+          // Without a job (the current input is unsupported) there is no ffmpeg to keep: no silence is asked.
+          if (candidate.count >= SWITCH_PACKETS && (!job || now - current.lastAt >= SWITCH_SILENCE_MS)) {
+            attach(h.ssrc, h.payloadType);
+            if (!job) tally.unsupported_input++;
+          } else tally.ignored_other_stream++;
         }
+        // The job takes its own input's packets from the batch and counts the others.
         if (job) job.pushRtp(sub, batch);
-        else if (problem) tally.unsupported_input += batch.count;
       },
       async stop() {
         if (metrics) node.metrics.remove(metrics);
-        if (job) releases.push(pool.release(key, sub));
+        if (job) release();
         job = null;
         await Promise.all(releases);
       },

@@ -11,7 +11,7 @@
  * (RtpClockEstimator), with the input's CNAME, so a frame's capture time by the output's reports is the capture time
  * of the input frame it came from. A restarted ffmpeg changes none of this for receivers.
  */
-import type { Clock } from "../../core/clock.ts";
+import type { Clock, TimerId } from "../../core/clock.ts";
 import type { Logger } from "../../core/logger.ts";
 import { type Child, spawnCommand, Supervisor } from "../../core/supervisor.ts";
 import { ffmpegArgs, type Progress, ProgressReader, type TranscodeSpec } from "../../media/ffmpeg.ts";
@@ -47,7 +47,12 @@ export interface JobOptions {
   readonly backoff?: { initialMs?: number; maxMs?: number };
   /** Tests: how a child is started (default: spawnCommand). */
   readonly spawn?: (command: string, args: readonly string[]) => Child;
+  /** Where the job's directory (its SDP files) is made (default: the system's temp directory). */
+  readonly tempDir?: string;
 }
+
+/** What a pool gives every job it makes (tests: a fake ffmpeg). */
+export type JobDefaults = Pick<JobOptions, "ffmpeg" | "spawn" | "backoff" | "tempDir">;
 
 /** Who takes the output: each transcoder element sharing the job. */
 export interface Subscriber {
@@ -63,7 +68,8 @@ export class TranscodeJob {
     in_packets: 0,
     in_sent: 0,
     in_held_back: 0,
-    in_other_ssrc: 0,
+    /** Packets of another SSRC or payload type than the input's (not sent to ffmpeg). */
+    in_other_stream: 0,
     in_malformed: 0,
     in_sender_reports: 0,
     out_packets: 0,
@@ -97,6 +103,10 @@ export class TranscodeJob {
   #lastRawOutTs = -1;
   #stopped = false;
   #starting: Promise<void> | null = null;
+  /** Why start() failed (the temp dir or a socket could not be had): the job is `failed`. */
+  #startError: string | null = null;
+  /** The current run's wait for ffmpeg to open its input. */
+  #openTimer: TimerId | undefined;
   /** When the current run began to wait for output, and when its first output came: restart figures. */
   #runStartedAt = 0;
   lastStartToOutputMs: number | null = null;
@@ -122,6 +132,7 @@ export class TranscodeJob {
       },
       onExit: (run, exit, expected) => {
         this.#feeding = false;
+        this.#clearOpenTimer();
         if (!expected) {
           o.logger.warn("ffmpeg ended; restarting after a delay", {
             run,
@@ -139,6 +150,7 @@ export class TranscodeJob {
   }
 
   get state(): JobState {
+    if (this.#startError !== null) return "failed";
     const s = this.#supervisor.state;
     if (s === "running") return this.#runOutput ? "running" : this.#feeding ? "waiting_keyframe" : "starting";
     if (s === "idle") return "starting";
@@ -157,19 +169,39 @@ export class TranscodeJob {
 
   async #start(): Promise<void> {
     if (this.#stopped) return;
-    this.#dir = await Deno.makeTempDir({ prefix: "edgenode_transcoder_" });
-    this.#feed = openUdp({ host: LO, port: 0 }, this.#o.udp);
-    [this.#outRtp, this.#outRtcp] = openPair(this.#o.udp);
+    try {
+      this.#dir = await Deno.makeTempDir({ dir: this.#o.tempDir, prefix: "edgenode_transcoder_" });
+      // stop() came while the directory was made: it removes the directory once this returns.
+      if (this.#stopped) return;
+      this.#feed = openUdp({ host: LO, port: 0 }, this.#o.udp);
+      [this.#outRtp, this.#outRtcp] = openPair(this.#o.udp);
+    } catch (error) {
+      this.#startError = `Cannot start the transcoder: ${
+        error instanceof Error ? error.message : String(error)
+      }`;
+      await this.#release();
+      throw error;
+    }
     this.#loops.push(this.#receive(this.#outRtp, (b) => this.#fromFfmpeg(b)));
     this.#loops.push(this.#receive(this.#outRtcp, (b) => this.#fromFfmpegRtcp(b)));
     this.#supervisor.start();
+  }
+
+  /** Closes the job's sockets and removes its directory (after a failed start, or on stop). */
+  async #release(): Promise<void> {
+    for (const s of [this.#feed, this.#outRtp, this.#outRtcp]) await s?.close();
+    await Promise.all(this.#loops);
+    this.#feed = this.#outRtp = this.#outRtcp = null;
+    const dir = this.#dir;
+    this.#dir = null;
+    if (dir) await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 
   /** RTP of the input, from the subscriber that feeds (the first one). */
   pushRtp(from: Subscriber, batch: Batch): void {
     if (!this.#isFeeder(from)) return;
     const send: Uint8Array[] = [];
-    const ssrc = this.#o.input.ssrc;
+    const { ssrc, payloadType: pt } = this.#o.input;
     for (let i = 0; i < batch.count; i++) {
       const d = batch.data(i);
       const h = parseRtp(d);
@@ -177,8 +209,8 @@ export class TranscodeJob {
         this.tally.in_malformed++;
         continue;
       }
-      if (h.ssrc !== ssrc) {
-        this.tally.in_other_ssrc++;
+      if (h.ssrc !== ssrc || h.payloadType !== pt) {
+        this.tally.in_other_stream++;
         continue;
       }
       this.tally.in_packets++;
@@ -220,9 +252,8 @@ export class TranscodeJob {
     this.#stopped = true;
     await this.#starting?.catch(() => {});
     await this.#supervisor.stop();
-    for (const s of [this.#feed, this.#outRtp, this.#outRtcp]) await s?.close();
-    await Promise.all(this.#loops);
-    if (this.#dir) await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+    this.#clearOpenTimer();
+    await this.#release();
   }
 
   status(): Record<string, unknown> {
@@ -230,6 +261,7 @@ export class TranscodeJob {
     const p = this.progress;
     return {
       state: this.state,
+      ...(this.#startError ? { error: this.#startError } : {}),
       shared_by: this.subscribers.size,
       input: {
         ssrc: this.#o.input.ssrc,
@@ -319,11 +351,18 @@ export class TranscodeJob {
   }
 
   #watchOpen(run: number): void {
-    this.#o.clock.setTimeout(() => {
+    this.#clearOpenTimer();
+    this.#openTimer = this.#o.clock.setTimeout(() => {
+      this.#openTimer = undefined;
       if (this.#run !== run || this.#feeding || this.#stopped || this.#supervisor.state !== "running") return;
       this.#o.logger.warn("ffmpeg did not open its input in time; restarting it", { port: this.#inputPort });
       this.#supervisor.kill("SIGKILL");
     }, OPEN_WAIT_MS);
+  }
+
+  #clearOpenTimer(): void {
+    if (this.#openTimer !== undefined) this.#o.clock.clearTimeout(this.#openTimer);
+    this.#openTimer = undefined;
   }
 
   async #receive(socket: UdpSocket, each: (b: Batch) => void): Promise<void> {
@@ -394,20 +433,20 @@ export class TranscodeJob {
       this.tally.out_bytes += h.payloadLength;
       out.push(d);
     }
-    if (!out.length) return;
+    if (!out.length || !this.#outRtp) return;
     if (!this.#runOutput) {
       this.#runOutput = true;
       this.lastStartToOutputMs = this.#o.clock.now() - this.#runStartedAt;
       this.#sendReport();
     }
-    const from = this.#outRtp!.local;
+    const from = this.#outRtp.local;
     const batch = new ArrayBatch(out, out.map(() => from));
     for (const s of this.subscribers) s.emit(batch, false);
   }
 
   /** A sender report of the output: the input's mapping at the latest output frame. */
   #sendReport(): void {
-    if (this.#lastOutTs === null) return;
+    if (this.#lastOutTs === null || !this.#outRtcp) return;
     const ntpUs = this.#clock.captureUs(this.#lastOutTs);
     if (ntpUs === null) return;
     const sr = writeSenderReport({
@@ -419,7 +458,7 @@ export class TranscodeJob {
       cname: this.cname ?? undefined,
     });
     this.tally.sender_reports++;
-    const batch = new ArrayBatch([sr], [this.#outRtcp!.local]);
+    const batch = new ArrayBatch([sr], [this.#outRtcp.local]);
     for (const s of this.subscribers) s.emit(batch, true);
   }
 
@@ -449,6 +488,8 @@ function openPair(udp: UdpOptions): [UdpSocket, UdpSocket] {
 /** Transcoding jobs by input and parameters, shared by the transcoders of a node. */
 export class TranscoderPool {
   readonly #jobs = new Map<string, TranscodeJob>();
+
+  constructor(readonly jobDefaults: JobDefaults = {}) {}
 
   get size(): number {
     return this.#jobs.size;
