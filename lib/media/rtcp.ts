@@ -7,6 +7,7 @@
  */
 
 import { ntpToUnixUs, unixUsToNtp } from "./ntp.ts";
+import { readU32, writeU32 } from "./rtp.ts";
 
 export interface SenderReport {
   ssrc: number;
@@ -80,24 +81,24 @@ function parsePart(
     case SR: {
       if (end - off < 28 + count * REPORT_BLOCK) return false;
       out.senderReports.push({
-        ssrc: u32(d, off + 4),
-        ntpUs: ntpToUnixUs(u32(d, off + 8), u32(d, off + 12)),
-        rtpTimestamp: u32(d, off + 16),
-        packets: u32(d, off + 20),
-        octets: u32(d, off + 24),
+        ssrc: readU32(d, off + 4),
+        ntpUs: ntpToUnixUs(readU32(d, off + 8), readU32(d, off + 12)),
+        rtpTimestamp: readU32(d, off + 16),
+        packets: readU32(d, off + 20),
+        octets: readU32(d, off + 24),
       });
       return true;
     }
     case RR:
       if (end - off < 8 + count * REPORT_BLOCK) return false;
-      out.receiverReportSsrcs.push(u32(d, off + 4));
+      out.receiverReportSsrcs.push(readU32(d, off + 4));
       return true;
     case SDES:
       return parseSdes(d, count, off + 4, end, out);
     case BYE: {
       let p = off + 4;
       if (end - p < count * 4) return false;
-      for (let i = 0; i < count; i++, p += 4) out.byes.push(u32(d, p));
+      for (let i = 0; i < count; i++, p += 4) out.byes.push(readU32(d, p));
       // An optional reason: a length byte and text, which must fit too.
       if (p < end && p + 1 + d[p] > end) return false;
       return true;
@@ -115,7 +116,7 @@ function parseSdes(d: Uint8Array, count: number, p: number, end: number, out: Rt
   const decoder = new TextDecoder();
   for (let i = 0; i < count; i++) {
     if (end - p < 4) return false;
-    const ssrc = u32(d, p);
+    const ssrc = readU32(d, p);
     p += 4;
     for (;;) {
       if (p >= end) return false;
@@ -146,19 +147,19 @@ export function writeSenderReport(o: SenderReport & { cname?: string }): Uint8Ar
   buf[0] = 0x80;
   buf[1] = SR;
   buf[3] = 6;
-  putU32(buf, 4, o.ssrc);
+  writeU32(buf, 4, o.ssrc);
   const [s, f] = unixUsToNtp(o.ntpUs);
-  putU32(buf, 8, s);
-  putU32(buf, 12, f);
-  putU32(buf, 16, o.rtpTimestamp);
-  putU32(buf, 20, o.packets);
-  putU32(buf, 24, o.octets);
+  writeU32(buf, 8, s);
+  writeU32(buf, 12, f);
+  writeU32(buf, 16, o.rtpTimestamp);
+  writeU32(buf, 20, o.packets);
+  writeU32(buf, 24, o.octets);
   if (cname) {
     buf[28] = 0x81;
     buf[29] = SDES;
     buf[30] = ((sdesLength / 4 - 1) >> 8) & 0xff;
     buf[31] = (sdesLength / 4 - 1) & 0xff;
-    putU32(buf, 32, o.ssrc);
+    writeU32(buf, 32, o.ssrc);
     buf[36] = SDES_CNAME;
     buf[37] = cname.length;
     buf.set(cname, 38);
@@ -178,10 +179,10 @@ export function shiftSenderReports(d: Uint8Array, deltaUs: number): Uint8Array |
   let off = 0;
   while (off < out.length) {
     if (out[off + 1] === SR) {
-      const fraction = u32(out, off + 12) + delta;
+      const fraction = readU32(out, off + 12) + delta;
       const carry = Math.floor(fraction / 0x1_0000_0000);
-      putU32(out, off + 8, u32(out, off + 8) + carry);
-      putU32(out, off + 12, fraction - carry * 0x1_0000_0000);
+      writeU32(out, off + 8, readU32(out, off + 8) + carry);
+      writeU32(out, off + 12, fraction - carry * 0x1_0000_0000);
     }
     off += (((out[off + 2] << 8) | out[off + 3]) + 1) * 4;
   }
@@ -240,16 +241,4 @@ function truncateUtf8(s: string, max: number): Uint8Array {
   let n = max;
   while (n > 0 && (bytes[n] & 0xc0) === 0x80) n--;
   return bytes.subarray(0, n);
-}
-
-function u32(d: Uint8Array, off: number): number {
-  return ((d[off] << 24) | (d[off + 1] << 16) | (d[off + 2] << 8) | d[off + 3]) >>> 0;
-}
-
-function putU32(d: Uint8Array, off: number, v: number): void {
-  const u = v >>> 0;
-  d[off] = u >>> 24;
-  d[off + 1] = (u >>> 16) & 0xff;
-  d[off + 2] = (u >>> 8) & 0xff;
-  d[off + 3] = u & 0xff;
 }

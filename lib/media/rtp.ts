@@ -125,12 +125,12 @@ export function writeRtpHeader(
 }
 
 /** A big-endian unsigned 32-bit value; `>>> 0` keeps values above 2^31 positive. */
-function readU32(d: Uint8Array, off: number): number {
+export function readU32(d: Uint8Array, off: number): number {
   return ((d[off] << 24) | (d[off + 1] << 16) | (d[off + 2] << 8) | d[off + 3]) >>> 0;
 }
 
 /** Writes the low 32 bits of `v` big-endian; negative and extended values wrap as on the wire. */
-function writeU32(d: Uint8Array, off: number, v: number): void {
+export function writeU32(d: Uint8Array, off: number, v: number): void {
   // ToUint32 reduces any integer below 2^53 exactly modulo 2^32, negatives included.
   const u = v >>> 0;
   d[off] = u >>> 24;
