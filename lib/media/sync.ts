@@ -17,6 +17,9 @@
  * others; what waited meanwhile then leaves at once). A datagram that arrives after its due time raises D at once
  * to its lateness plus the margin: datagrams already released cannot be recalled, so the output of every input
  * pauses together for the difference and stays aligned, and the one that came late leaves `margin` after arrival.
+ * Only a stream heard in the warm-up, or one that has brought ESTABLISHED_AFTER datagrams, may raise D so; a late
+ * datagram of a newer one (a stray, or a forged SSRC) is dropped. Streams are made by RTP only; sender reports of
+ * an SSRC not seen yet wait, a few per SSRC for a few SSRCs.
  * Otherwise D follows the target (highest lateness of the last WINDOW_US, plus the margin) by at most `slew` per
  * second either way, so the output speeds up or slows down by that fraction and never jumps. D is bounded so that
  * no datagram waits longer than `max_delay`: at most the lowest lateness of any input plus `max_delay`. A datagram
@@ -52,9 +55,25 @@ const PENDING_REPORTS = 4;
  * or two sender reports this far apart) and snapped to a common one; ±20 ms of jitter is then 1 %, within the snap.
  */
 const LEARN_US = 2_000_000;
-/** Sizes of a queue's ring: its first, and the size beyond which an emptied ring goes back to the first. */
+/** The smallest size of a queue's ring (it doubles when full and halves when a quarter full). */
 const MIN_RING = 64;
-const SHRINK_RING = 4096;
+/**
+ * Bytes one slot of a queue's ring takes: key and eff 8 each, off and len 4 each, rtcp 1, and the chunk and sender
+ * references 8 each. Counted against max_bytes with the slab, so tiny datagrams cannot hold more than the cap.
+ */
+export const RING_SLOT_BYTES = 41;
+/**
+ * How far back in a stream's held datagrams an arrival may go: a datagram that would go before more than this many
+ * held ones of its stream is dropped (`dropped_reorder`). Network reordering moves a datagram a few places; without
+ * a bound, a run of falling sequence numbers would make every arrival walk the whole queue.
+ */
+export const MAX_REORDER = 256;
+/**
+ * Datagrams a stream must have brought before one of them arriving late may raise D: one forged datagram of a new
+ * SSRC must not hold every output for minutes. A late datagram of a newer stream is dropped (`dropped_late`).
+ * Streams heard during the warm-up (they set the first D) may raise D from the start.
+ */
+export const ESTABLISHED_AFTER = 50;
 
 export interface SyncConfig {
   /** How many inputs (1..16). */
@@ -85,6 +104,10 @@ export interface InputCounts {
   late: number;
   dropped_max_delay: number;
   dropped_cap: number;
+  /** Late datagrams of a stream too new to raise D (fewer than ESTABLISHED_AFTER datagrams so far). */
+  dropped_late: number;
+  /** Datagrams that would go before more than MAX_REORDER held ones of their stream. */
+  dropped_reorder: number;
   malformed: number;
   /** RTP dropped while its clock rate was unknown: measured first (LEARN_US), or never (set `clock_rates`). */
   unknown_clock_rate: number;
@@ -126,12 +149,14 @@ export interface SyncStatus {
 /**
  * Held datagrams in key order (unwrapped sequence number for RTP, arrival order for RTCP), with for each: its
  * effective capture time (it leaves at eff + D), where its copy lies in the slab, the flow it came on and leaves on
- * (RTCP or not) and its sender. Arrivals are in order or nearly, so insertion searches from the tail.
+ * (RTCP or not) and its sender. Arrivals are in order or nearly, so insertion searches from the tail, at most
+ * MAX_REORDER places.
  *
  * Kept as parallel arrays in a ring rather than one object per datagram: a syncer holds every datagram for D (a
  * fifth of a second at 80k datagrams/s is 16k of them), long enough for the garbage collector to copy each such
  * object between young spaces and then promote it; that work grew with D and slowed the node most when it was
- * already behind. The ring grows by doubling and shrinks back when it empties.
+ * already behind. The ring grows by doubling and halves when a quarter full; `rings.bytes` (shared by a syncer's
+ * queues) follows the memory of the rings.
  */
 class HeldQueue<T> {
   #cap = 0;
@@ -145,12 +170,16 @@ class HeldQueue<T> {
   #chunk: (SlabChunk | undefined)[] = [];
   #from: (T | undefined)[] = [];
 
-  constructor() {
+  constructor(readonly rings: { bytes: number }) {
     this.#resize(MIN_RING);
   }
 
   get length(): number {
     return this.#size;
+  }
+  /** Bytes the ring would grow by for one more datagram (0 while it has room). */
+  get growBytes(): number {
+    return this.#size === this.#cap ? this.#cap * RING_SLOT_BYTES : 0;
   }
   /** The first datagram's effective capture time; Infinity when empty. */
   get headEff(): number {
@@ -180,28 +209,39 @@ class HeldQueue<T> {
     return this.#chunk[this.#head]!.bytes.subarray(o, o + this.#len[this.#head]);
   }
 
-  /** The effective capture time of the datagram that will precede one of key `key`, or null if none is held. */
-  effBefore(key: number): number | null {
+  /**
+   * Where a datagram of key `key` goes (0: first, length: last), after those of lower or equal keys; -1 when more
+   * than MAX_REORDER held datagrams would have to move for it.
+   */
+  position(key: number): number {
     const mask = this.#cap - 1;
-    for (let i = this.#size - 1; i >= 0; i--) {
-      const j = (this.#head + i) & mask;
-      if (this.#key[j] <= key) return this.#eff[j];
+    for (let i = this.#size; i > 0; i--) {
+      if (this.#key[(this.#head + i - 1) & mask] <= key) return i;
+      if (this.#size - i + 1 > MAX_REORDER) return -1;
     }
-    return null;
+    return 0;
   }
 
-  insert(key: number, eff: number, chunk: SlabChunk, off: number, len: number, rtcp: boolean, from: T): void {
+  /** The effective capture time of the datagram at position `i` (0: the first). */
+  effAt(i: number): number {
+    return this.#eff[(this.#head + i) & (this.#cap - 1)];
+  }
+
+  /** Puts a datagram at position `at` (from `position`); later ones move one place towards the tail. */
+  insertAt(
+    at: number,
+    key: number,
+    eff: number,
+    chunk: SlabChunk,
+    off: number,
+    len: number,
+    rtcp: boolean,
+    from: T,
+  ): void {
     if (this.#size === this.#cap) this.#resize(this.#cap * 2);
     const mask = this.#cap - 1;
-    let i = this.#size;
-    // Later keys move one place towards the tail (reordered datagrams are rare and land near it).
-    while (i > 0) {
-      const prev = (this.#head + i - 1) & mask;
-      if (this.#key[prev] <= key) break;
-      this.#move(prev, (this.#head + i) & mask);
-      i--;
-    }
-    const j = (this.#head + i) & mask;
+    for (let i = this.#size; i > at; i--) this.#move((this.#head + i - 1) & mask, (this.#head + i) & mask);
+    const j = (this.#head + at) & mask;
     this.#key[j] = key;
     this.#eff[j] = eff;
     this.#chunk[j] = chunk;
@@ -219,8 +259,8 @@ class HeldQueue<T> {
     this.#from[h] = undefined;
     this.#head = (h + 1) & (this.#cap - 1);
     this.#size--;
-    // A burst that made the ring large does not keep it large.
-    if (this.#size === 0 && this.#cap > SHRINK_RING) this.#resize(MIN_RING);
+    // A burst that made the ring large does not keep it large (halving at a quarter: no resize back and forth).
+    if (this.#cap > MIN_RING && this.#size <= this.#cap / 4) this.#resize(this.#cap / 2);
   }
 
   #move(from: number, to: number): void {
@@ -255,6 +295,7 @@ class HeldQueue<T> {
       this.#chunk[i] = chunks[j];
       this.#from[i] = froms[j];
     }
+    this.rings.bytes += (cap - this.#cap) * RING_SLOT_BYTES;
     this.#cap = cap;
     this.#head = 0;
   }
@@ -321,7 +362,7 @@ class Extremes {
 }
 
 class Stream<T> {
-  readonly queue = new HeldQueue<T>();
+  readonly queue: HeldQueue<T>;
   readonly seq = new Unwrapper(16);
   readonly ts = new Unwrapper(32);
   clockRate: number | null = null;
@@ -340,7 +381,13 @@ class Stream<T> {
   lastLateness: number | null = null;
   /** Consecutive datagrams whose capture time looked impossible. */
   oddRun = 0;
-  constructor(readonly ssrc: number) {}
+  /** Datagrams that came with a known clock rate (ESTABLISHED_AFTER of them let a late one raise D). */
+  seen = 0;
+  /** May a late datagram of this stream raise D. */
+  established = false;
+  constructor(readonly ssrc: number, rings: { bytes: number }) {
+    this.queue = new HeldQueue<T>(rings);
+  }
 
   get aligned(): Alignment {
     return this.estimator && this.estimator.reportCount > 0 ? "sender_reports" : "offset";
@@ -349,7 +396,9 @@ class Stream<T> {
 
 class Input<T> {
   readonly streams = new Map<number, Stream<T>>();
-  readonly rtcp = new HeldQueue<T>();
+  readonly rtcp: HeldQueue<T>;
+  /** Sender reports of SSRCs no RTP has come for yet (streams are made by RTP only), a few SSRCs at most. */
+  readonly pendingReports = new Map<number, { ntpUs: number; rtp: number }[]>();
   readonly lateness = new Extremes();
   /** The latest lateness of a datagram, µs, for the timing of RTCP without reports. */
   lastLateness: number | null = null;
@@ -362,6 +411,8 @@ class Input<T> {
     late: 0,
     dropped_max_delay: 0,
     dropped_cap: 0,
+    dropped_late: 0,
+    dropped_reorder: 0,
     malformed: 0,
     unknown_clock_rate: 0,
     too_many_ssrcs: 0,
@@ -369,7 +420,9 @@ class Input<T> {
     reports_rejected: 0,
     restarts: 0,
   };
-  constructor(readonly offsetUs: number) {}
+  constructor(readonly offsetUs: number, readonly rings: { bytes: number }) {
+    this.rtcp = new HeldQueue<T>(rings);
+  }
 }
 
 /** The syncer's state: what it holds, the delay, the counters. `T` is what travels with a datagram (its sender). */
@@ -383,13 +436,18 @@ export class Synchronizer<T = unknown> {
   #lastUpdate = 0;
   #releaseLate = 0;
   #releaseErrorMax = 0;
+  /** Memory of every queue's ring, counted against max_bytes with the slab. */
+  readonly #rings = { bytes: 0 };
 
   constructor(cfg: SyncConfig) {
     if (!(cfg.inputs >= 1)) {
       throw new RangeError(`Cannot synchronise ${cfg.inputs} inputs: at least one is needed`);
     }
     this.#cfg = cfg;
-    this.#inputs = Array.from({ length: cfg.inputs }, (_, i) => new Input<T>(cfg.offsetsUs[i] ?? 0));
+    this.#inputs = Array.from(
+      { length: cfg.inputs },
+      (_, i) => new Input<T>(cfg.offsetsUs[i] ?? 0, this.#rings),
+    );
     this.#slab = new PacketSlab({ maxBytes: cfg.maxBytes, chunkBytes: cfg.chunkBytes });
     this.#slew = (cfg.slewUsPerS ?? DEFAULT_SLEW_US_PER_S) / 1e6;
   }
@@ -399,9 +457,13 @@ export class Synchronizer<T = unknown> {
     return this.#delay;
   }
 
-  /** Bytes and datagrams held, and the memory holding them. */
+  /** Bytes and datagrams held, and the memory holding them (slab chunks and queue rings). */
   get held(): { packets: number; bytes: number; memory: number } {
-    return { packets: this.#slab.livePackets, bytes: this.#slab.liveBytes, memory: this.#slab.memoryBytes };
+    return { packets: this.#slab.livePackets, bytes: this.#slab.liveBytes, memory: this.#memoryBytes };
+  }
+
+  get #memoryBytes(): number {
+    return this.#slab.memoryBytes + this.#rings.bytes;
   }
 
   /**
@@ -530,7 +592,7 @@ export class Synchronizer<T = unknown> {
       target_ms: ms(this.#target(nowUs)),
       buffered_packets: this.#slab.livePackets,
       buffered_bytes: this.#slab.liveBytes,
-      memory_bytes: this.#slab.memoryBytes,
+      memory_bytes: this.#memoryBytes,
       max_bytes: this.#cfg.maxBytes,
       release_late: this.#releaseLate,
       release_error_max_ms: Math.round(this.#releaseErrorMax) / 1000,
@@ -589,7 +651,7 @@ export class Synchronizer<T = unknown> {
       return;
     }
     if (stream.clockRate === null) {
-      const rate = clockRateOf(rtpPayloadType(data), this.#cfg.clockRates) ??
+      const rate = clockRateOf(rtpPayloadType(data), this.#cfg.clockRates) ?? this.#rateByReports(stream) ??
         this.#measureRate(stream, data, nowUs);
       if (rate === null) {
         c.unknown_clock_rate++;
@@ -598,7 +660,13 @@ export class Synchronizer<T = unknown> {
       this.#setRate(inp, stream, rate);
     }
     stream.lastSeenUs = nowUs;
+    if (++stream.seen > ESTABLISHED_AFTER) stream.established = true;
     const key = stream.seq.unwrap(rtpSequence(data));
+    const at = stream.queue.position(key);
+    if (at < 0) {
+      c.dropped_reorder++;
+      return;
+    }
     let capture = this.#capture(inp, stream, rtpTimestamp(data), nowUs);
     // Aligned by offset, a capture time off by more than max_delay from the stream's usual, again and again: the
     // source restarted with a new timestamp base; its base is found afresh instead of creeping up for hours. (By
@@ -616,11 +684,13 @@ export class Synchronizer<T = unknown> {
       }
     } else stream.oddRun = 0;
     // Never before the datagram that precedes it in sequence order (B-frames, reordering).
-    const predEff = stream.queue.effBefore(key) ?? (stream.lastOutKey <= key ? stream.lastOutEff : -Infinity);
+    const predEff = at > 0
+      ? stream.queue.effAt(at - 1)
+      : (stream.lastOutKey <= key ? stream.lastOutEff : -Infinity);
     const eff = predEff > capture && predEff - capture < this.#cfg.maxDelayUs ? predEff : capture;
-    if (!this.#admit(inp, eff, nowUs, true)) return;
+    if (!this.#admit(inp, eff, nowUs, true, stream.established)) return;
     stream.lastLateness = nowUs - eff;
-    this.#hold(inp, stream.queue, key, eff, data, false, from);
+    this.#hold(inp, stream.queue, at, key, eff, data, false, from);
   }
 
   #pushRtcp(inp: Input<T>, data: Uint8Array, flow: boolean, nowUs: number, from: T): void {
@@ -632,22 +702,37 @@ export class Synchronizer<T = unknown> {
     }
     c.rtcp_in++;
     for (const sr of compound.senderReports) {
-      const stream = this.#stream(inp, sr.ssrc, nowUs);
-      if (!stream) continue;
-      if (stream.clockRate === null) {
-        stream.pending.push({ ntpUs: sr.ntpUs, rtp: sr.rtpTimestamp });
-        if (stream.pending.length > PENDING_REPORTS) stream.pending.shift();
-        const [a, b] = [stream.pending[0], stream.pending.at(-1)!];
-        if (b.ntpUs - a.ntpUs >= LEARN_US) {
-          const rate = snapClockRate((((b.rtp - a.rtp) >>> 0) * 1e6) / (b.ntpUs - a.ntpUs));
-          if (rate !== null) this.#setRate(inp, stream, rate);
+      const report = { ntpUs: sr.ntpUs, rtp: sr.rtpTimestamp };
+      const stream = inp.streams.get(sr.ssrc);
+      if (!stream) {
+        // Kept for the stream its RTP will make; an SSRC that never sends RTP costs a few entries, then none.
+        let list = inp.pendingReports.get(sr.ssrc);
+        if (!list) {
+          if (inp.pendingReports.size >= MAX_STREAMS_PER_INPUT) {
+            inp.pendingReports.delete(inp.pendingReports.keys().next().value!);
+          }
+          inp.pendingReports.set(sr.ssrc, list = []);
         }
+        list.push(report);
+        if (list.length > PENDING_REPORTS) list.shift();
+      } else if (stream.clockRate === null) {
+        stream.pending.push(report);
+        if (stream.pending.length > PENDING_REPORTS) stream.pending.shift();
+        const rate = this.#rateByReports(stream);
+        if (rate !== null) this.#setRate(inp, stream, rate);
       } else this.#report(inp, stream, sr.ntpUs, sr.rtpTimestamp);
     }
     const sr = compound.senderReports[0];
     const eff = sr ? sr.ntpUs : nowUs - (inp.lastLateness ?? 0);
-    if (!this.#admit(inp, eff, nowUs, false)) return;
-    this.#hold(inp, inp.rtcp, inp.rtcpOrder++, eff, data, flow, from);
+    if (!this.#admit(inp, eff, nowUs, false, false)) return;
+    this.#hold(inp, inp.rtcp, inp.rtcp.length, inp.rtcpOrder++, eff, data, flow, from);
+  }
+
+  /** A rate from the stream's pending sender reports, once they span LEARN_US; else null. */
+  #rateByReports(stream: Stream<T>): number | null {
+    const [a, b] = [stream.pending[0], stream.pending.at(-1)];
+    if (!a || !b || b.ntpUs - a.ntpUs < LEARN_US) return null;
+    return snapClockRate((((b.rtp - a.rtp) >>> 0) * 1e6) / (b.ntpUs - a.ntpUs));
   }
 
   /** A dynamic payload type's rate from its timestamps against arrival, once LEARN_US have passed; else null. */
@@ -685,8 +770,11 @@ export class Synchronizer<T = unknown> {
       if (!oldest) return null;
       inp.streams.delete(oldest.ssrc);
     }
-    s = new Stream<T>(ssrc);
+    s = new Stream<T>(ssrc, this.#rings);
     s.lastSeenUs = nowUs;
+    s.established = this.#delay === null;
+    s.pending = inp.pendingReports.get(ssrc) ?? [];
+    inp.pendingReports.delete(ssrc);
     inp.streams.set(ssrc, s);
     return s;
   }
@@ -705,10 +793,10 @@ export class Synchronizer<T = unknown> {
 
   /**
    * Decides whether a datagram of effective capture time `eff`, arriving now, is kept: a late one raises D (as far
-   * as max_delay allows), one that cannot be made in time or would wait too long is dropped. Media lateness feeds
-   * the input's window.
+   * as max_delay allows) if `mayRaise` (its stream is established), one that cannot be made in time or would wait
+   * too long is dropped. Media lateness feeds the input's window.
    */
-  #admit(inp: Input<T>, eff: number, nowUs: number, media: boolean): boolean {
+  #admit(inp: Input<T>, eff: number, nowUs: number, media: boolean, mayRaise: boolean): boolean {
     const lateness = nowUs - eff;
     const c = inp.counts;
     if (this.#delay === null) {
@@ -729,6 +817,10 @@ export class Synchronizer<T = unknown> {
       // Beyond reach even at the highest D allowed: dropped without disturbing the others.
       if (eff + raised < nowUs) {
         c.dropped_max_delay++;
+        return false;
+      }
+      if (!mayRaise) {
+        c.dropped_late++;
         return false;
       }
       this.#delay = raised;
@@ -758,18 +850,24 @@ export class Synchronizer<T = unknown> {
   #hold(
     inp: Input<T>,
     queue: HeldQueue<T>,
+    at: number,
     key: number,
     eff: number,
     data: Uint8Array,
     rtcp: boolean,
     from: T,
   ): void {
-    const at = this.#slab.copy(data);
-    if (!at) {
+    // The rings count against the cap with the slab: with them (and this one's growth) the slab may take no more.
+    const grow = queue.growBytes;
+    const rings = this.#rings.bytes + grow;
+    const slot = grow > 0 && this.#slab.memoryBytes + rings > this.#cfg.maxBytes
+      ? null
+      : this.#slab.copy(data, rings);
+    if (!slot) {
       inp.counts.dropped_cap++;
       return;
     }
-    queue.insert(key, eff, at.chunk, at.off, data.length, rtcp, from);
+    queue.insertAt(at, key, eff, slot.chunk, slot.off, data.length, rtcp, from);
   }
 
   /** What D should be: the highest recent lateness plus the margin, within max_delay of the lowest. */

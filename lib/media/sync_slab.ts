@@ -2,7 +2,8 @@
  * Where a syncer keeps the datagrams it holds. A batch is valid only during the call that gave it, so held datagrams
  * are copied; one allocation per datagram would hand the garbage collector tens of thousands of small buffers a
  * second, so they are copied into large chunks instead. A chunk is reused when its last datagram has left. The cap
- * counts whole chunks, which is the memory really held: a chunk pinned by one long-held datagram counts in full.
+ * counts whole chunks, which is the memory really held: a chunk pinned by one long-held datagram counts in full,
+ * plus what the caller reserves for its own per-datagram bookkeeping (`copy`'s `reservedBytes`).
  */
 
 /** One slab chunk; `live` datagrams in it have not left yet. */
@@ -21,6 +22,7 @@ const MAX_DATAGRAM = 65_535;
 export class PacketSlab {
   readonly chunkBytes: number;
   readonly maxChunks: number;
+  readonly maxBytes: number;
   /** Datagrams and bytes held now. */
   livePackets = 0;
   liveBytes = 0;
@@ -33,6 +35,7 @@ export class PacketSlab {
   constructor(o: { maxBytes: number; chunkBytes?: number; spareChunks?: number }) {
     this.chunkBytes = Math.max(MAX_DATAGRAM, Math.floor(o.chunkBytes ?? 256 * 1024));
     this.maxChunks = Math.max(1, Math.floor(o.maxBytes / this.chunkBytes));
+    this.maxBytes = o.maxBytes;
     this.#keepSpare = o.spareChunks ?? 2;
   }
 
@@ -41,14 +44,18 @@ export class PacketSlab {
     return this.#allocated * this.chunkBytes;
   }
 
-  /** Copies `data` into the slab; null when the cap leaves no room (the caller drops and counts it). */
-  copy(data: Uint8Array): { chunk: SlabChunk; off: number } | null {
+  /**
+   * Copies `data` into the slab; null when the cap leaves no room (the caller drops and counts it). A new chunk is
+   * taken only while it and `reservedBytes` (memory the caller holds for its datagrams) fit under the cap, except the
+   * first: every slab can hold a datagram.
+   */
+  copy(data: Uint8Array, reservedBytes = 0): { chunk: SlabChunk; off: number } | null {
     const len = data.length;
     let chunk = this.#current;
     if (!chunk || chunk.used + len > chunk.bytes.length) {
       this.#current = null;
       if (chunk && chunk.live === 0) this.#recycle(chunk);
-      chunk = this.#take();
+      chunk = this.#take(reservedBytes);
       if (!chunk) return null;
       this.#current = chunk;
     }
@@ -71,13 +78,16 @@ export class PacketSlab {
     else this.#recycle(chunk);
   }
 
-  #take(): SlabChunk | null {
+  #take(reservedBytes: number): SlabChunk | null {
     const spare = this.#spare.pop();
     if (spare) {
       spare.used = 0;
       return spare;
     }
     if (this.#allocated >= this.maxChunks) return null;
+    if (this.#allocated > 0 && (this.#allocated + 1) * this.chunkBytes + reservedBytes > this.maxBytes) {
+      return null;
+    }
     this.#allocated++;
     return new SlabChunk(this.chunkBytes);
   }

@@ -27,3 +27,12 @@ Deno.test("PacketSlab gives back emptied chunks beyond its spares", () => {
   assert.equal(slab.memoryBytes, 2 * 65_536);
   assert.equal(slab.livePackets, 0);
 });
+
+Deno.test("PacketSlab takes no new chunk when the caller's reserved bytes leave no room for it", () => {
+  const slab = new PacketSlab({ maxBytes: 4 * 65_536, chunkBytes: 65_536 });
+  const d = new Uint8Array(60_000);
+  assert.ok(slab.copy(d, 3 * 65_536), "the first chunk always");
+  assert.equal(slab.copy(d, 3 * 65_536), null, "a second chunk and the reserve would pass the cap");
+  assert.ok(slab.copy(d, 2 * 65_536));
+  assert.equal(slab.memoryBytes, 2 * 65_536);
+});

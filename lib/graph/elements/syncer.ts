@@ -139,7 +139,11 @@ export const syncer = defineElement({
       set.gauge("delay_seconds", "The common delay D: capture to release", () => (sync.delayUs ?? NaN) / 1e6);
       set.gauge("buffered_bytes", "Bytes of datagrams held", () => sync.held.bytes);
       set.gauge("buffered_packets", "Datagrams held", () => sync.held.packets);
-      set.gauge("memory_bytes", "Memory holding the datagrams (whole slab chunks)", () => sync.held.memory);
+      set.gauge(
+        "memory_bytes",
+        "Memory holding the datagrams (whole slab chunks and queue rings)",
+        () => sync.held.memory,
+      );
       set.counter(
         "late_total",
         "Datagrams that arrived after their due time (D raised, or dropped)",
@@ -156,11 +160,17 @@ export const syncer = defineElement({
         () => sync.releaseLate,
       );
       sets.push(set);
-      for (const [reason, key] of [["max_delay", "dropped_max_delay"], ["cap", "dropped_cap"]] as const) {
+      const reasons = [
+        ["max_delay", "dropped_max_delay"],
+        ["cap", "dropped_cap"],
+        ["late", "dropped_late"],
+        ["reorder", "dropped_reorder"],
+      ] as const;
+      for (const [reason, key] of reasons) {
         const d = node.metrics.set("syncer", { ...labels, reason });
         d.counter(
           "dropped_total",
-          "Datagrams dropped: too late or too early for max_delay, or over max_bytes",
+          "Datagrams dropped: too late or too early for max_delay, over max_bytes, late of a new stream, reordered too far",
           () => sync.totals()[key],
         );
         sets.push(d);
