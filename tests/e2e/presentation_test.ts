@@ -40,7 +40,7 @@ function lecture(report: ParticipantReport, label: string): RtpGroupReport {
 Deno.test({
   name:
     "node runs the report's Appendix A lecture with real ffmpeg: twinstreams in sync, transcoder restarted",
-  sanitizeResources: false,
+
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "edgenode_presentation_" });
     try {
