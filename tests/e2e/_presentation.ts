@@ -82,21 +82,16 @@ export async function requirePresentationTools(): Promise<void> {
   }
 }
 
+/** ffmpeg reading a generated source (lavfi) in real time: the start of both sources' command lines. */
+const LIVE_SOURCE = ["ffmpeg", "-hide_banner", "-nostats", "-loglevel", "error", "-re", "-f", "lavfi", "-i"];
+
 /** ffmpeg as the camera: live test pattern with the stream clock burnt in, MPEG-2 video at 25 Mb/s over RTP. */
 export function cameraArgs(o: { size: string; lateMs: number; seconds: number; port: number }): string[] {
   const clock =
     `drawtext=fontfile=${FONT}:text='%{pts\\:hms}':fontsize=64:fontcolor=white:box=1:boxcolor=black` +
     ":x=32:y=32";
   return [
-    "ffmpeg",
-    "-hide_banner",
-    "-nostats",
-    "-loglevel",
-    "error",
-    "-re",
-    "-f",
-    "lavfi",
-    "-i",
+    ...LIVE_SOURCE,
     `testsrc2=size=${o.size}:rate=25,${clock}`,
     "-t",
     String(o.seconds),
@@ -130,15 +125,7 @@ export function cameraArgs(o: { size: string; lateMs: number; seconds: number; p
 /** ffmpeg as the audio grabber: a tone as L16, 16 kHz stereo (512 kb/s) over RTP. */
 export function microphoneArgs(o: { seconds: number; port: number }): string[] {
   return [
-    "ffmpeg",
-    "-hide_banner",
-    "-nostats",
-    "-loglevel",
-    "error",
-    "-re",
-    "-f",
-    "lavfi",
-    "-i",
+    ...LIVE_SOURCE,
     "sine=frequency=440:sample_rate=16000",
     "-t",
     String(o.seconds),

@@ -6,6 +6,7 @@
  */
 import { writeSenderReport } from "../../lib/media/rtcp.ts";
 import { writeRtpHeader } from "../../lib/media/rtp.ts";
+import { random } from "../_support/random.ts";
 
 export const EPOCH_MS = 1_700_000_000_000;
 export const VIDEO_SSRC = 0x1111_1111;
@@ -55,18 +56,6 @@ export interface Sent {
   /** The true capture time, µs; for RTCP, the report's time. */
   captureUs: number;
   stream: "video" | "audio";
-}
-
-/** A small seeded generator (mulberry32). */
-export function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Everything the node receives, in arrival order: video on input 0, audio on input 1. */

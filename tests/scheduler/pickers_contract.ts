@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import type { PickerKind, ServerView } from "../../lib/scheduler/pickers/mod.ts";
+import { random } from "../_support/random.ts";
 
 export interface MutableServer {
   key: string;
@@ -23,17 +24,7 @@ export function makeServers(n: number, first = 0): MutableServer[] {
   }));
 }
 
-/** A small seeded PRNG (mulberry32), so a failing case repeats. */
-export function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { random };
 
 /** Client address number `n`. */
 export function clientAddress(n: number): string {
