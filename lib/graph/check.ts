@@ -99,6 +99,10 @@ export function planSession(
     const values = readParams(ap, kind, fail);
     if (!values) continue;
     params.set(ap.name, values);
+    const inputs = ap.inputs.filter((p) => p.name !== kind.ports.registration).length;
+    for (const problem of kind.check?.(values as never, { inputs, useRtp: spec.useRtp }) ?? []) {
+      fail(`${ap.name} (${kind.name}): ${problem}`, ap.refPos);
+    }
     for (const claim of kind.claims?.(values as never) ?? []) {
       const first = claims.get(claim);
       const other = options.claimsInUse?.get(claim);

@@ -116,6 +116,11 @@ export interface ElementKind<P extends Params = Params> {
   edge?(ctx: ElementContext<P> & { readonly edge: EdgeLink }): Element;
   /** Names of things only one AP of a node may hold at once (a file it writes), for the graph check. */
   claims?(params: ParamValues<P>): string[];
+  /**
+   * Problems of the AP's parameters against its place in the session (how many inputs it has, whether the session
+   * uses RTP), found by the graph check like every other mistake, with the AP's position.
+   */
+  check?(params: ParamValues<P>, place: { readonly inputs: number; readonly useRtp: boolean }): string[];
   create(ctx: ElementContext<P>): Element;
 }
 

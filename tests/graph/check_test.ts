@@ -373,3 +373,17 @@ use_RTP;
     return true;
   });
 });
+
+Deno.test("checkProgram finds a syncer's offsets beyond its inputs and a transcoder without use_RTP at their ref", () => {
+  const text = lines(
+    "Project p;",
+    '{ AP name="S" ref=localservice.syncer; inputs = in1(DIPRONN_INPUT(5000)), in2(DIPRONN_INPUT(5002));',
+    "    outputs = out(T.in); offsets = 1, 0, 0.5; }",
+    '{ AP name="T" ref=localservice.transcoder; inputs = in; outputs = out(DIPRONN_OUTPUT("192.0.2.7:5004"));',
+    '    output_format = "mp4v"; }',
+  );
+  assert.deepEqual(problems(text), [
+    { at: "2:19", message: "S (localservice.syncer): 3 offsets for 2 inputs: give one per input" },
+    { at: "4:19", message: "T (localservice.transcoder): needs use_RTP: its timing travels in RTCP" },
+  ]);
+});

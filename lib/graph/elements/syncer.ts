@@ -89,6 +89,10 @@ export const syncer = defineElement({
     }),
     clock_rates: clockRatesParam,
   },
+  check: (params, { inputs }) =>
+    params.offsets.length > inputs
+      ? [`${params.offsets.length} offsets for ${inputs} inputs: give one per input`]
+      : [],
   create({ name, session, params, inputs, outputs, node }) {
     if (params.offsets.length > inputs.length) {
       throw new Error(

@@ -115,6 +115,7 @@ export const transcoder = defineElement({
     input_rtpmap: { ...rtpmapParam, default: null },
     input_fmtp: { ...fmtpParam, default: "" },
   },
+  check: (_params, { useRtp }) => (useRtp ? [] : ["needs use_RTP: its timing travels in RTCP"]),
   create({ name, session, params, outputs, useRtp, node }) {
     const out = outputs[0];
     const pool = poolOf(node);
