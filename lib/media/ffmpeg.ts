@@ -53,13 +53,6 @@ export function scaledSize(w: number, h: number, scale: number): { width: number
   return { width: even(w), height: even(h) };
 }
 
-/** The encoding an output format has in RTP (what the output SDP's rtpmap says). */
-export const RTP_ENCODING: Readonly<Record<OutputFormat, string>> = {
-  mp4v: "MP4V-ES",
-  mp2v: "MPV",
-  h264: "H264",
-};
-
 /** Input encodings (rtpmap names) the transcoder takes: video ffmpeg decodes from RTP without an SDP's help. */
 export const INPUT_ENCODINGS: ReadonlySet<string> = new Set(["MPV", "MP2T", "H264", "H265", "MP4V-ES"]);
 

@@ -149,6 +149,30 @@ export function openUdp(addr: Endpoint, options: UdpOptions = {}): UdpSocket {
   return openPortableUdp(addr, options);
 }
 
+/**
+ * Two sockets on `host` on consecutive free ports, p and p + 1 (RTP and its RTCP); with `even`, p is even as RFC 3550
+ * recommends. Ports are tried as the kernel hands them out, 50 times at most; throws StartError when none fit.
+ */
+export function openUdpPair(
+  host: string,
+  options: UdpOptions & { readonly even?: boolean; readonly secondBatch?: number } = {},
+): [UdpSocket, UdpSocket] {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const a = openUdp({ host, port: 0 }, options);
+    const port = a.local.port;
+    if (port < 65535 && (!options.even || port % 2 === 0)) {
+      try {
+        return [
+          a,
+          openUdp({ host, port: port + 1 }, { ...options, batch: options.secondBatch ?? options.batch }),
+        ];
+      } catch { /* taken: try another */ }
+    }
+    void a.close();
+  }
+  throw new StartError(`Cannot find two free consecutive UDP ports on ${host}`);
+}
+
 /** The batch itself when every datagram passes `ok` (no copy), else the ones that do; `bad` counts the others. */
 export function wellFormed(
   batch: Batch,

@@ -7,7 +7,7 @@
 import { StartError, UsageError } from "../core/errors.ts";
 import { isRtcp } from "../media/rtp.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
-import { openUdp, type UdpImpl, type UdpSocket } from "../net/udp.ts";
+import { openUdp, openUdpPair, type UdpImpl, type UdpSocket } from "../net/udp.ts";
 import { JOIN_MIN_BYTES } from "../relay/participants.ts";
 import { PROBE_HEADER, readProbe, writeProbe } from "./packet.ts";
 import { readRtpProbe, RTP_PROBE_MIN, RtpProbeWriter } from "./rtp.ts";
@@ -181,7 +181,13 @@ function openPair(listen: HostPort, impl: UdpImpl, required: boolean): [UdpSocke
   const open = (port: number, batch: number) =>
     openUdp({ host: listen.host, port }, { impl, batch, bufferBytes: RECV_BUFFER_BYTES });
   let lastError: unknown;
-  for (let attempt = 0; attempt < (listen.port === 0 ? 50 : 1); attempt++) {
+  if (listen.port === 0) {
+    try {
+      return openUdpPair(listen.host, { impl, batch: 256, secondBatch: 64, bufferBytes: RECV_BUFFER_BYTES });
+    } catch (error) {
+      lastError = error;
+    }
+  } else {
     const media = open(listen.port, 256);
     if (media.local.port < 65535) {
       try {
@@ -190,11 +196,7 @@ function openPair(listen: HostPort, impl: UdpImpl, required: boolean): [UdpSocke
         lastError = error;
       }
     }
-    if (listen.port !== 0) {
-      if (!required) return [media, null];
-      media.close();
-      break;
-    }
+    if (!required) return [media, null];
     media.close();
   }
   const why = lastError instanceof Error ? lastError.message : "no port after it";

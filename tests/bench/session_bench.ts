@@ -44,7 +44,7 @@ import { PcapReader } from "../../lib/media/pcap.ts";
 import { writeSenderReport } from "../../lib/media/rtcp.ts";
 import { writeRtpHeader } from "../../lib/media/rtp.ts";
 import { type HostPort, parseHostPort } from "../../lib/net/address.ts";
-import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
+import { openUdp, openUdpPair, type UdpSocket } from "../../lib/net/udp.ts";
 import { type EdgenodeProcess, LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
 import { processCpuNs } from "./_cpu.ts";
 import { announce, benchNumber } from "./_mode.ts";
@@ -211,15 +211,7 @@ class Receiver {
 
   /** A socket on port p and one on p + 1 (where reflectors send RTCP with use_RTP). */
   static open(): Receiver {
-    for (let attempt = 0; attempt < 50; attempt++) {
-      const a = openUdp({ host: LO, port: 0 }, { impl: "fast", batch: 256 });
-      try {
-        return new Receiver(a, openUdp({ host: LO, port: a.local.port + 1 }, { impl: "fast", batch: 64 }));
-      } catch {
-        a.close();
-      }
-    }
-    throw new Error("Cannot find a free pair of UDP ports");
+    return new Receiver(...openUdpPair(LO, { impl: "fast", batch: 256, secondBatch: 64 }));
   }
 
   /** JOIN, CONFIRM the CHALLENGE, wait for WELCOME. */

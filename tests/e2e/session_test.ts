@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { readPcap } from "../../lib/media/pcap.ts";
-import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
+import { openUdp, openUdpPair, type UdpSocket } from "../../lib/net/udp.ts";
 import { LISTENING, startEdgenode, tempConfig } from "./_process.ts";
 
 const TOKEN = "e2e-token-0123456789";
@@ -50,15 +50,7 @@ class Participant {
   private constructor(readonly rtp: UdpSocket, readonly rtcpSocket: UdpSocket) {}
 
   static open(): Participant {
-    for (let attempt = 0; attempt < 50; attempt++) {
-      const a = openUdp({ host: LO, port: 0 });
-      try {
-        return new Participant(a, openUdp({ host: LO, port: a.local.port + 1 }));
-      } catch {
-        a.close();
-      }
-    }
-    throw new Error("no free pair of ports");
+    return new Participant(...openUdpPair(LO));
   }
 
   /** JOIN, answer the CHALLENGE, wait for WELCOME (then count what arrives). */

@@ -8,7 +8,7 @@ import { ManualClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import type { HostPort } from "../../lib/net/address.ts";
-import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
+import { openUdpPair, type UdpSocket } from "../../lib/net/udp.ts";
 import { Reflector } from "../../lib/relay/reflector.ts";
 import { probeRecv, probeSend, type RtpSendOptions } from "../../lib/probe/run.ts";
 
@@ -16,15 +16,7 @@ const LO = "127.0.0.1";
 
 /** Two sockets on adjacent ports (RTP, RTCP), as a use_RTP reflector's data and registration ports are. */
 function pair(): [UdpSocket, UdpSocket] {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const a = openUdp({ host: LO, port: 0 });
-    try {
-      return [a, openUdp({ host: LO, port: a.local.port + 1 })];
-    } catch {
-      a.close();
-    }
-  }
-  throw new Error("no free pair of ports");
+  return openUdpPair(LO);
 }
 
 Deno.test("probeRecv --join gets probeSend RTP and sender reports through a use_RTP reflector and measures skew", async () => {

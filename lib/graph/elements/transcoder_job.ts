@@ -20,7 +20,7 @@ import { parseRtcp, writeSenderReport } from "../../media/rtcp.ts";
 import { RtpClockEstimator } from "../../media/rtp_clock.ts";
 import { parseRtp, setRtpSequence, setRtpSsrc, setRtpTimestamp } from "../../media/rtp.ts";
 import { parseSdp, type RtpMap, writeSdp } from "../../media/sdp.ts";
-import { type Batch, openUdp, type UdpOptions, type UdpSocket } from "../../net/udp.ts";
+import { type Batch, openUdp, openUdpPair, type UdpOptions, type UdpSocket } from "../../net/udp.ts";
 import { ArrayBatch } from "../batch.ts";
 
 /** Output packets held while ffmpeg's first sender report (its base) is on its way. */
@@ -472,17 +472,7 @@ export class TranscodeJob {
 
 /** An even port and the one after it, both bound on loopback (RTP and RTCP). */
 function openPair(udp: UdpOptions): [UdpSocket, UdpSocket] {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const a = openUdp({ host: LO, port: 0 }, udp);
-    const port = a.local.port;
-    if (port % 2 === 0 && port < 65535) {
-      try {
-        return [a, openUdp({ host: LO, port: port + 1 }, udp)];
-      } catch { /* taken: try another */ }
-    }
-    void a.close();
-  }
-  throw new Error("Cannot find a free pair of loopback UDP ports");
+  return openUdpPair(LO, { ...udp, even: true });
 }
 
 /** Transcoding jobs by input and parameters, shared by the transcoders of a node. */
