@@ -6,6 +6,11 @@
  */
 import assert from "node:assert/strict";
 import denoJson from "../../deno.json" with { type: "json" };
+import { within } from "../_support/until.ts";
+
+// Moved to tests/_support (unit tests use them too); re-exported for the e2e tests that import them from here.
+export { within } from "../_support/until.ts";
+export { requireTools } from "../_support/tools.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 
@@ -196,17 +201,6 @@ export class EdgenodeProcess implements AsyncDisposable {
   }
 }
 
-/** True if `promise` settles within `ms`; never rejects, and leaves no timer behind. */
-export async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
-  try {
-    return await Promise.race([promise.then(() => true, () => true), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** Starts `edgenode ARGS`; pair it with `await using` so that it is stopped whatever happens. */
 export function startEdgenode(args: readonly string[], options: StartOptions = {}): EdgenodeProcess {
   return new EdgenodeProcess(args, options);
@@ -239,38 +233,4 @@ export async function getText(url: string): Promise<string> {
   const response = await fetch(url);
   assert.equal(response.status, 200, `GET ${url}`);
   return await response.text();
-}
-
-/**
- * The full path of each of `names`, from PATH or the sbin folders (where Debian puts haproxy, and which a CI's PATH
- * may lack); fails naming what is missing and what to install (`install`).
- */
-export async function requireTools(
-  what: string,
-  names: readonly string[],
-  install: string,
-): Promise<Record<string, string>> {
-  const dirs = [
-    ...(Deno.env.get("PATH") ?? "").split(":").filter(Boolean),
-    "/usr/local/sbin",
-    "/usr/sbin",
-    "/sbin",
-  ];
-  const found: Record<string, string> = {};
-  for (const name of names) {
-    for (const dir of dirs) {
-      const info = await Deno.stat(`${dir}/${name}`).catch(() => null);
-      if (info?.isFile && (info.mode ?? 0o111) & 0o111) {
-        found[name] = `${dir}/${name}`;
-        break;
-      }
-    }
-  }
-  const missing = names.filter((name) => !(name in found));
-  if (missing.length) {
-    assert.fail(
-      `Cannot run ${what}: ${missing.join(", ")} not found on PATH or in /usr/sbin. Install ${install}.`,
-    );
-  }
-  return found;
 }
