@@ -21,8 +21,6 @@ export const SO_TIMESTAMPNS = 35;
 export const SCM_TIMESTAMPNS = 35;
 /** A control message carrying one timespec (two i64): cmsghdr (16) + 16. */
 export const CMSG_TIMESPEC_SPACE = 32;
-/** setpriority(2): which = a process. */
-export const PRIO_PROCESS = 0;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_TRUNC = 0x20;
 export const MSG_WAITFORONE = 0x10000;
@@ -76,7 +74,6 @@ const SYMBOLS = {
   recvmmsg: { parameters: ["i32", "buffer", "u32", "i32", "pointer"], result: "i32" },
   sendmmsg: { parameters: ["i32", "buffer", "u32", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
-  setpriority: { parameters: ["i32", "u32", "i32"], result: "i32" },
 } as const;
 
 export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
