@@ -15,10 +15,11 @@ import type { ElementKind, NodeServices } from "../../lib/graph/element.ts";
 import { coreElements } from "../../lib/graph/elements/mod.ts";
 import { type ExecutorOptions, RunningSession } from "../../lib/graph/executor.ts";
 import { checkProgram } from "../../lib/graph/program.ts";
-import { vmAccess } from "../../lib/graph/vm_group.ts";
-import { LINK_LIMIT_BYTES } from "../../lib/graph/vm_protocol.ts";
+import { vmAccess } from "../../lib/graph/vm/group.ts";
+import { LINK_LIMIT_BYTES } from "../../lib/graph/vm/protocol.ts";
 import { pcapFileHeader, pcapRecordSize, readPcap, writePcapRecord } from "../../lib/media/pcap.ts";
 import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
+import { until } from "../_support/until.ts";
 import { BURST_BATCHES, BURST_DATAGRAM_BYTES, BURST_DATAGRAMS, MARK, withTestKinds } from "./_vm_kinds.ts";
 
 const LO = "127.0.0.1";
@@ -73,14 +74,6 @@ function start(
 ) {
   const plan = checkProgram(text, { file: "vm.dipronn", kinds: withTestKinds(coreElements()) });
   return RunningSession.start(plan, node, { workerUrl: WORKER, ...options });
-}
-
-async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 type PortStatus = { name: string; packets: number; bytes: number };
