@@ -5,7 +5,7 @@
  * depends on the kind of AP (its ports, its parameters) is checked against the element registry in lib/graph.
  */
 import { type HostPort, isIP, parseHostPort } from "../net/address.ts";
-import { suggest } from "../config/schema.ts";
+import { suggest } from "../core/suggest.ts";
 import {
   addError,
   at,

@@ -26,7 +26,7 @@ import {
   type Scalar,
   type YAMLMap,
 } from "yaml";
-import { suggest } from "../config/schema.ts";
+import { suggest } from "../core/suggest.ts";
 import type { Attr, Block, Pos, Program, Statement, Value } from "./ast.ts";
 import { addError, ProgramError } from "./ast.ts";
 import { MAX_PROGRAM_BYTES, parseValueList, programErrors } from "./parser.ts";

@@ -5,7 +5,7 @@
  * port takes port and port + 1), parameters a kind does not know or cannot parse, and files two APs would share.
  */
 import type { Registry } from "../core/registry.ts";
-import { suggest } from "../config/schema.ts";
+import { suggest } from "../core/suggest.ts";
 import { addError, at, type Pos, type ProgramError } from "../dipronn/ast.ts";
 import { firstAt, programErrors } from "../dipronn/parser.ts";
 import { type ApDecl, INPUT, OUTPUT, type SessionSpec } from "../dipronn/session.ts";
@@ -90,7 +90,7 @@ export function planSession(
     const kind = kinds.get(ap.ref);
     kindOf.set(ap.name, kind);
     if (ap.vm && kind.needs?.process) {
-      // A VM group's worker is never granted --allow-run (vm_group.ts), so the AP could not start there.
+      // A VM group's worker is never granted --allow-run (vm/group.ts), so the AP could not start there.
       fail(
         `${ap.name} (${kind.name}) starts a process, which a VM may not: move it out of VM ${ap.vm}`,
         ap.refPos,
