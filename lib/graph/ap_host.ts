@@ -5,7 +5,7 @@
  * handed to its owner's `outward`, once per output. The main isolate runs one host for the APs outside any VM group,
  * and each VM group's worker runs one for the group's APs, so both count and wire the same way.
  */
-import { StartError } from "../core/errors.ts";
+import { errorMessage, StartError } from "../core/errors.ts";
 import type { Batch } from "../net/udp.ts";
 import type { PlannedAp, SessionPlan, Wire } from "./check.ts";
 import type { EdgeLink, Element, NodeServices, Output } from "./element.ts";
@@ -111,7 +111,7 @@ export class ApHost {
           ? plan.kind.edge!({ ...ctx, edge: half.link })
           : plan.kind.create(half ? { ...ctx, edge: half.link } : ctx);
       } catch (error) {
-        throw new StartError(`${plan.name}: ${message(error)}`);
+        throw new StartError(`${plan.name}: ${errorMessage(error)}`);
       }
     }
   }
@@ -124,7 +124,7 @@ export class ApHost {
         await state.element?.start?.();
       } catch (error) {
         // Whatever stops an element from starting (a file it may not write, a port in use) is a start failure.
-        throw new StartError(`${state.plan.name}: ${message(error)}`);
+        throw new StartError(`${state.plan.name}: ${errorMessage(error)}`);
       }
     }
   }
@@ -170,7 +170,7 @@ export class ApHost {
         this.#node.logger.error("active program failed on a batch", {
           session: this.#plan.name,
           ap: state.plan.name,
-          error: message(error),
+          error: errorMessage(error),
         });
       }
     }
@@ -187,7 +187,7 @@ export class ApHost {
       this.#node.logger.error("active program did not stop cleanly", {
         session: this.#plan.name,
         ap: state.plan.name,
-        error: message(error),
+        error: errorMessage(error),
       });
     }
   }
@@ -229,8 +229,4 @@ export class ApHost {
       },
     };
   }
-}
-
-export function message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -88,7 +88,7 @@ export interface Element {
 
 /**
  * What an element of a kind reaches outside memory. A VM group's worker is granted what its kinds declare and
- * nothing else (see vm_group.ts), so a kind that leaves this out cannot open a socket or a file in a VM.
+ * nothing else (see vm/group.ts), so a kind that leaves this out cannot open a socket or a file in a VM.
  */
 export interface KindNeeds {
   /** Sockets of its own: binding a port, sending to addresses (the reflector). */

@@ -4,8 +4,8 @@
  * and runs every AP outside a VM group in an ApHost, where a batch goes from AP to AP by a call in memory.
  *
  * Each `{ VM ... }` group runs in an isolated execution context: one Deno Worker (a V8 isolate on its own thread),
- * granted only what its kinds declare (vm_group.ts). The worker wires the group's own APs in memory the same way.
- * A batch that crosses into or out of a group is packed into one buffer and transferred (vm_codec.ts). A batch
+ * granted only what its kinds declare (vm/group.ts). The worker wires the group's own APs in memory the same way.
+ * A batch that crosses into or out of a group is packed into one buffer and transferred (vm/codec.ts). A batch
  * leaving a group goes back to the main isolate. Main routes it on: to its own APs, to another group, or out of a
  * socket. So one isolate owns every socket of the session, also those of an AP in a group whose kind has sockets
  * of its own (the reflector): such an AP is split (ElementKind.edge). Its half in the main isolate binds its ports
@@ -36,12 +36,12 @@ import { type Destinations, openUdp, type UdpSocket } from "../net/udp.ts";
 import { ApHost, type Delivery, type PortCount } from "./ap_host.ts";
 import type { SessionPlan, Wire } from "./check.ts";
 import type { EdgeLink, NodeServices } from "./element.ts";
-import type { Decoded } from "./vm_codec.ts";
-import { VmGroup } from "./vm_group.ts";
-import { LINK_LIMIT_BYTES, type SnapshotMessage } from "./vm_protocol.ts";
+import type { Decoded } from "./vm/codec.ts";
+import { VmGroup } from "./vm/group.ts";
+import { LINK_LIMIT_BYTES, type SnapshotMessage } from "./vm/protocol.ts";
 
 export interface ExecutorOptions {
-  /** The module VM groups' workers run; tests give one that also knows test kinds. Default: ./vm_worker.ts. */
+  /** The module VM groups' workers run; tests give one that also knows test kinds. Default: ./vm/worker.ts. */
   readonly workerUrl?: URL;
   /** The clock of the workers' deadlines: real time by default, as the workers run on it. */
   readonly vmClock?: Clock;
@@ -100,7 +100,7 @@ export class RunningSession {
         name: vm.name,
         aps,
         node,
-        workerUrl: options.workerUrl ?? new URL("./vm_worker.ts", import.meta.url),
+        workerUrl: options.workerUrl ?? new URL("./vm/worker.ts", import.meta.url),
         clock: options.vmClock ?? systemClock,
         startMs: options.vmStartMs ?? VM_DEFAULTS.startMs,
         stopMs: options.vmStopMs ?? VM_DEFAULTS.stopMs,

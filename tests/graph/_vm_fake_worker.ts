@@ -3,7 +3,7 @@
  * its snapshots are never answers (no request id), and each claims counters for every AP of the plan, a status
  * that would rename its own APs, and metric sets it may not show. It runs no element.
  */
-import type { SnapshotMessage, StartMessage, ToWorker } from "../../lib/graph/vm_protocol.ts";
+import type { SnapshotMessage, StartMessage, ToWorker } from "../../lib/graph/vm/protocol.ts";
 
 const scope = globalThis as unknown as {
   postMessage(message: unknown): void;

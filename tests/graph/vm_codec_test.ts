@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { ArrayBatch } from "../../lib/graph/batch.ts";
-import { type Crossing, decodeBatch, encodeBatch, VmCodecError } from "../../lib/graph/vm_codec.ts";
+import { type Crossing, decodeBatch, encodeBatch, VmCodecError } from "../../lib/graph/vm/codec.ts";
 import type { Batch, Endpoint } from "../../lib/net/udp.ts";
 
 function bytes(n: number, seed: number): Uint8Array {

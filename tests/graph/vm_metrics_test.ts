@@ -5,8 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
-import { MetricMirror } from "../../lib/graph/vm_metrics.ts";
-import type { MetricSnapshot } from "../../lib/graph/vm_protocol.ts";
+import { MetricMirror } from "../../lib/graph/vm/metrics.ts";
+import type { MetricSnapshot } from "../../lib/graph/vm/protocol.ts";
 
 function participant(n: number, sent = n): MetricSnapshot {
   return {

@@ -4,7 +4,7 @@
  * receiving side acknowledges in steps of bytes or messages.
  */
 import assert from "node:assert/strict";
-import { BatchLink, LINK_LIMIT_BYTES } from "../../lib/graph/vm_protocol.ts";
+import { BatchLink, LINK_LIMIT_BYTES } from "../../lib/graph/vm/protocol.ts";
 
 function fakeLink(limit?: number) {
   const posted: (ArrayBuffer | { type: "ack"; bytes: number })[] = [];

@@ -1,5 +1,5 @@
 /** Files of savers and players: always inside the node's data directory, never through a symbolic link. */
-import { StartError } from "../../core/errors.ts";
+import { errorMessage, StartError } from "../../core/errors.ts";
 
 export function dataPath(dataDir: string, name: string): string {
   // The name was checked by fileNameParam (no "/", no ".."); this is the second lock on the door.
@@ -25,5 +25,5 @@ export function describeFsError(error: unknown): string {
   if (error instanceof Deno.errors.PermissionDenied) return "permission denied";
   // Deno's own permission refusal (the process was started without --allow-write).
   if (error instanceof Deno.errors.NotCapable) return "edgenode may not write files here (--allow-write)";
-  return error instanceof Error ? error.message : String(error);
+  return errorMessage(error);
 }

@@ -5,12 +5,13 @@
  * Counters, the elements' own status and the worker's metric sets go to the main isolate in snapshots; log lines are
  * posted to the main logger. The worker runs on the real clock: a test's manual clock does not cross isolates.
  */
-import { systemClock, type TimerId } from "../core/clock.ts";
-import { LOG_LEVELS, type LogFields, Logger, type LogLevel } from "../core/logger.ts";
-import type { Registry } from "../core/registry.ts";
-import { ApHost, message } from "./ap_host.ts";
-import type { EdgeLink, ElementKind, NodeServices } from "./element.ts";
-import { decodeBatch, encodeBatch } from "./vm_codec.ts";
+import { errorMessage } from "../../core/errors.ts";
+import { systemClock, type TimerId } from "../../core/clock.ts";
+import { LOG_LEVELS, type LogFields, Logger, type LogLevel } from "../../core/logger.ts";
+import type { Registry } from "../../core/registry.ts";
+import { ApHost } from "../ap_host.ts";
+import type { EdgeLink, ElementKind, NodeServices } from "../element.ts";
+import { decodeBatch, encodeBatch } from "./codec.ts";
 import {
   BatchLink,
   type FromWorker,
@@ -19,7 +20,7 @@ import {
   type SnapshotMessage,
   type StartMessage,
   type ToWorker,
-} from "./vm_protocol.ts";
+} from "./protocol.ts";
 
 /** The parts of a worker's global scope used here. */
 export interface WorkerScope {
@@ -128,7 +129,7 @@ export function serveVmGroup(
     } catch (error) {
       // What started is stopped here; the main isolate then ends the worker.
       await host?.stopAll();
-      send({ type: "failed", message: message(error) });
+      send({ type: "failed", message: errorMessage(error) });
       return;
     }
     ready = true;
@@ -138,7 +139,7 @@ export function serveVmGroup(
       try {
         send(snapshot(false));
       } catch (error) {
-        logger?.error("VM group cannot report its counters", { error: message(error) });
+        logger?.error("VM group cannot report its counters", { error: errorMessage(error) });
       }
       timer = systemClock.setTimeout(tick, m.snapshotMs);
     };
@@ -152,7 +153,7 @@ export function serveVmGroup(
     try {
       decoded = decodeBatch(buffer);
     } catch (error) {
-      logger?.error("VM group got a batch it cannot read", { error: message(error) });
+      logger?.error("VM group got a batch it cannot read", { error: errorMessage(error) });
       return;
     }
     const { to, batch, bytes } = decoded;
@@ -207,6 +208,6 @@ function elementStatus(host: ApHost, ap: number): Record<string, unknown> {
       return JSON.parse(JSON.stringify(status));
     }
   } catch (error) {
-    return { status_error: message(error) };
+    return { status_error: errorMessage(error) };
   }
 }

@@ -16,8 +16,8 @@
  *        datagrams, each: u32 length (bit 31: truncated), u16 sender index (u32 when wide)
  *        the datagrams' bytes, one after the other
  */
-import { ipv6Bytes, ipv6Text, isIPv4, isIPv6 } from "../net/address.ts";
-import type { Batch, Endpoint } from "../net/udp.ts";
+import { ipv6Bytes, ipv6Text, isIPv4, isIPv6 } from "../../net/address.ts";
+import type { Batch, Endpoint } from "../../net/udp.ts";
 
 const VERSION = 1;
 const FLAG_RTCP = 1;

@@ -1,15 +1,15 @@
 /**
- * The messages between the main isolate and a VM group's worker. Batches are bare ArrayBuffers made by vm_codec.ts
+ * The messages between the main isolate and a VM group's worker. Batches are bare ArrayBuffers made by codec.ts
  * and posted with the buffer transferred; everything else is a small structured-cloned object with a `type`.
  * Batches in each direction are bounded: what is posted and not yet taken may not exceed LINK_LIMIT_BYTES (more is
  * dropped and counted, as a full socket buffer would), and the receiver acknowledges what it took in steps.
  */
-import type { LogFields, LogLevel } from "../core/logger.ts";
-import { type CounterSet, type Labels, MetricsRegistry } from "../core/metrics.ts";
-import type { Registry } from "../core/registry.ts";
-import type { UdpOptions } from "../net/udp.ts";
-import type { PlannedAp, SessionPlan } from "./check.ts";
-import type { ElementKind } from "./element.ts";
+import type { LogFields, LogLevel } from "../../core/logger.ts";
+import { type CounterSet, type Labels, MetricsRegistry } from "../../core/metrics.ts";
+import type { Registry } from "../../core/registry.ts";
+import type { UdpOptions } from "../../net/udp.ts";
+import type { PlannedAp, SessionPlan } from "../check.ts";
+import type { ElementKind } from "../element.ts";
 
 /** Most bytes of batches posted and not yet taken, each way. */
 export const LINK_LIMIT_BYTES = 32 * 1024 * 1024;

@@ -6,9 +6,9 @@
  * subsystem, a malformed one, one beyond the cap, one the registry refuses) is not shown; `refused` says how many of
  * the last report were, and the first refusal is told.
  */
-import type { CounterSet, Labels, MetricsRegistry } from "../core/metrics.ts";
-import { message } from "./ap_host.ts";
-import type { MetricSnapshot } from "./vm_protocol.ts";
+import { errorMessage } from "../../core/errors.ts";
+import type { CounterSet, Labels, MetricsRegistry } from "../../core/metrics.ts";
+import type { MetricSnapshot } from "./protocol.ts";
 
 /** The subsystems of the sets the core kinds publish in a VM: the reflector's. */
 export const MIRRORED_SUBSYSTEMS: ReadonlySet<string> = new Set([
@@ -89,7 +89,7 @@ export class MetricMirror {
         } catch (error) {
           if (set) this.registry.remove(set);
           this.#clashes.add(key);
-          refuse(m.subsystem, message(error));
+          refuse(m.subsystem, errorMessage(error));
           continue;
         }
         this.#shown.set(key, shown = { set, values });

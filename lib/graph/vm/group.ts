@@ -1,8 +1,8 @@
 /**
  * The main isolate's side of a VM group: one Deno Worker (its own V8 isolate and thread) that runs the group's APs
- * (lib/graph/vm_runtime.ts). The worker is granted what the group's kinds declare in `needs` and nothing more, and
+ * (lib/graph/vm/runtime.ts). The worker is granted what the group's kinds declare in `needs` and nothing more, and
  * never FFI: its sockets take the portable UDP path. Batches go in and come out as transferred buffers
- * (vm_codec.ts). An AP whose kind has sockets of its own is split (ElementKind.edge): the main isolate keeps its
+ * (codec.ts). An AP whose kind has sockets of its own is split (ElementKind.edge): the main isolate keeps its
  * sockets and its data path, the worker its logic, and the two halves exchange `edge` messages. Start is answered with `started` or the error of the AP that could not start. Stop goes AP by AP,
  * as the main isolate walks the session in data-flow order, and ends with a final snapshot; each request has its own
  * deadline, and a worker that does not answer one in time is terminated. A worker that dies of an uncaught error is
@@ -13,15 +13,14 @@
  * the worker was not running); `droppedOut` left an AP of the group and did not reach the main isolate's routing
  * (the worker's link was full, or the main isolate held too much during start, or the start had failed).
  */
-import type { Clock, TimerId } from "../core/clock.ts";
-import { StartError } from "../core/errors.ts";
-import { isLogLevel } from "../core/logger.ts";
-import type { Batch, UdpOptions } from "../net/udp.ts";
-import { message } from "./ap_host.ts";
-import type { SessionPlan } from "./check.ts";
-import type { ElementKind, NodeServices } from "./element.ts";
-import { type Crossing, decodeBatch, type Decoded, encodeBatch } from "./vm_codec.ts";
-import { MetricMirror } from "./vm_metrics.ts";
+import type { Clock, TimerId } from "../../core/clock.ts";
+import { errorMessage, StartError } from "../../core/errors.ts";
+import { isLogLevel } from "../../core/logger.ts";
+import type { Batch, UdpOptions } from "../../net/udp.ts";
+import type { SessionPlan } from "../check.ts";
+import type { ElementKind, NodeServices } from "../element.ts";
+import { type Crossing, decodeBatch, type Decoded, encodeBatch } from "./codec.ts";
+import { MetricMirror } from "./metrics.ts";
 import {
   BatchLink,
   describePlan,
@@ -29,7 +28,7 @@ import {
   type SnapshotMessage,
   type StartMessage,
   type ToWorker,
-} from "./vm_protocol.ts";
+} from "./protocol.ts";
 
 export type VmState = "starting" | "running" | "stopping" | "stopped" | "failed";
 
@@ -152,7 +151,7 @@ export class VmGroup {
     } catch (error) {
       // Asking for more than the process holds (a node run without --allow-net) lands here.
       this.state = "failed";
-      this.error = message(error);
+      this.error = errorMessage(error);
       return Promise.reject(new StartError(`VM ${options.name}: cannot start its worker: ${this.error}`));
     }
     const worker = this.#worker;
@@ -161,7 +160,7 @@ export class VmGroup {
         this.#receive(event.data);
       } catch (error) {
         // A message of a shape the protocol does not have: the worker is not to be trusted any more.
-        this.#fail(`it sent a message that cannot be read: ${message(error)}`);
+        this.#fail(`it sent a message that cannot be read: ${errorMessage(error)}`);
       }
     };
     worker.onerror = (event) => {
@@ -308,7 +307,7 @@ export class VmGroup {
         this.options.node.logger.error("VM group sent a batch that cannot be read", {
           session: this.options.plan.name,
           vm: this.options.name,
-          error: message(error),
+          error: errorMessage(error),
         });
         return;
       }
