@@ -7,6 +7,7 @@ import { type AgentServerOptions, serveAgent } from "../../lib/agent/server.ts";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { StartError } from "../../lib/core/errors.ts";
 import { Logger } from "../../lib/core/logger.ts";
+import { until } from "../_support/until.ts";
 
 function options(over: Partial<AgentServerOptions> = {}): AgentServerOptions {
   const clock = new ManualClock();
@@ -31,12 +32,6 @@ async function readAll(conn: Deno.TcpConn): Promise<string> {
     if (n === null) return chunks.join("");
     chunks.push(decoder.decode(buf.subarray(0, n)));
   }
-}
-
-/** Waits for socket events on the server side, which no clock can tick; bounded so a bug fails, not hangs. */
-async function until(what: string, cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 400 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
-  assert.ok(cond(), `timed out waiting for ${what}`);
 }
 
 const never = new AbortController().signal;

@@ -11,7 +11,9 @@
  */
 import assert from "node:assert/strict";
 import { type Child, startChild, tail } from "./_child.ts";
-import { getJson, LISTENING, requireTools, startEdgenode, tempConfig, within } from "./_process.ts";
+import { requireTools } from "../_support/tools.ts";
+import { until, within } from "../_support/until.ts";
+import { getJson, LISTENING, startEdgenode, tempConfig } from "./_process.ts";
 
 const SKIP_ENV = "EDGENODE_SKIP_STREAMING";
 const LOOPBACK = "127.0.0.1";
@@ -98,7 +100,7 @@ Deno.test({
       const [, statusPort] = await edgenode.waitForLine(LISTENING);
       const service = () => serviceStatus(Number(statusPort));
       // The first health check has reached VLC: the scheduler sees the server as a live one, not just by default.
-      await until(async () => (await service()).servers[0].last_check?.ok === true, 5_000, "a good check");
+      await until("a good check", async () => (await service()).servers[0].last_check?.ok === true, 5_000);
 
       // The client, through the VIP, with RTP over UDP only (no fallback to RTP interleaved in the RTSP connection).
       await using client = startChild("ffprobe", [
@@ -162,14 +164,10 @@ Deno.test({
       }
 
       // The scheduler's account, once the connection has finished (its bytes are counted then).
-      await until(
-        async () => {
-          const s = await service();
-          return s.open === 0 && s.servers[0].active === 0 && s.bytes_out > 0;
-        },
-        5_000,
-        "the RTSP connection to finish",
-      );
+      await until("the RTSP connection to finish", async () => {
+        const s = await service();
+        return s.open === 0 && s.servers[0].active === 0 && s.bytes_out > 0;
+      }, 5_000);
       const s = await service();
       assert.equal(s.accepted, 1);
       assert.deepEqual(
@@ -244,38 +242,27 @@ function freeTcpPort(): number {
 
 /** Waits until `port` accepts a TCP connection; fails at once if `child` (the server) has ended. */
 async function waitForTcp(child: Child, port: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (child.exited) {
-      throw new Error(
-        `${child.label} ended before port ${port} answered; stderr:\n${tail(await child.stderr())}`,
-      );
-    }
-    try {
-      (await Deno.connect({ hostname: LOOPBACK, port })).close();
-      return;
-    } catch {
-      if (Date.now() > deadline) {
-        throw new Error(`${child.label} did not answer on ${LOOPBACK}:${port} within ${timeoutMs} ms`);
+  await until(
+    `${child.label} to answer on ${LOOPBACK}:${port}`,
+    async () => {
+      if (child.exited) {
+        throw new Error(
+          `${child.label} ended before port ${port} answered; stderr:\n${tail(await child.stderr())}`,
+        );
       }
-      await delay(100);
-    }
-  }
+      try {
+        (await Deno.connect({ hostname: LOOPBACK, port })).close();
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    timeoutMs,
+    100,
+  );
 }
 
 async function serviceStatus(statusPort: number): Promise<ServiceStatus> {
   const status = await getJson(`http://${LOOPBACK}:${statusPort}/status`);
   return (status.roles as { scheduler: { services: Record<string, ServiceStatus> } }).scheduler.services.rtsp;
-}
-
-async function until(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!await check()) {
-    if (Date.now() > deadline) throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
-    await delay(100);
-  }
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
