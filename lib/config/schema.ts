@@ -20,6 +20,7 @@ import {
 import { ConfigError, type Position } from "../core/errors.ts";
 import { suggest } from "../core/suggest.ts";
 import { type HostPort, isIP, parseHostPort } from "../net/address.ts";
+import { AllowListError, SourceAllowList } from "../net/allow.ts";
 
 /** Returned by a schema whose node was wrong; the error has been recorded in the context. */
 export const INVALID: unique symbol = Symbol("invalid");
@@ -357,6 +358,29 @@ export function hostPort(options: { ipOnly?: boolean } = {}): Schema<HostPort> {
       return Object.freeze(parsed);
     },
   };
+}
+
+/**
+ * `allow_sources`: source prefixes a data port lets in (lib/net/allow.ts); the default, an empty list, allows any
+ * source. Each entry is checked where it stands; build the list with `SourceAllowList.parse(value)`.
+ */
+export function allowSources(): Field<readonly string[]> {
+  const prefix: Schema<string> = {
+    describe: "a source prefix such as 10.0.0.0/8, 2001:db8::/32 or 192.0.2.7",
+    check(site, ctx) {
+      const v = str({ describe: prefix.describe, min: 1, max: 64 }).check(site, ctx);
+      if (v === INVALID) return INVALID;
+      try {
+        SourceAllowList.parse([v]);
+      } catch (error) {
+        if (!(error instanceof AllowListError)) throw error;
+        ctx.error(at(site), site.path, error.message);
+        return INVALID;
+      }
+      return v;
+    },
+  };
+  return opt(list(prefix, { max: 1000, unique: true }), [], "source prefixes let in; empty: any source");
 }
 
 /** A value that may also be written as `null` (or left empty), giving null. */
