@@ -76,7 +76,8 @@ Deno.test("PreciseTimer with a Sleeper: re-armed earlier during a sleep fires at
     // Armed and cancelled while a sleep is in flight: the sleep ends without firing.
     t.arm(systemClock.nowUs() + 1500);
     t.cancel();
-    await new Promise((r) => setTimeout(r, 5));
+    // Every sleep in flight has ended (close waits for them, and their wake-up runs first): none fired.
+    await sleeper.close();
     assert.equal(fired.length, 1);
     assert.equal(t.armedUs, null);
   } finally {
