@@ -30,6 +30,11 @@ export interface UdpOptions {
    * fast path only; default true where the kernel has it).
    */
   readonly gso?: boolean;
+  /**
+   * Ask the kernel for each datagram's arrival time (SO_TIMESTAMPNS), read with `Batch.arrivalUs` (fast path only):
+   * a measuring receiver then times datagrams when they arrived, not when its thread got to them.
+   */
+  readonly timestamps?: boolean;
 }
 
 export const UDP_DEFAULTS = {
@@ -107,6 +112,11 @@ export interface Batch {
   from(i: number): Endpoint;
   /** True when datagram `i` was longer than maxDatagram and arrived cut. */
   truncated(i: number): boolean;
+  /**
+   * When datagram `i` reached the kernel, in µs since the Unix epoch (CLOCK_REALTIME); NaN when the socket was not
+   * opened with `timestamps` or the kernel gave no time. Absent where the implementation cannot tell.
+   */
+  arrivalUs?(i: number): number;
 }
 
 /** Destinations prepared once (addresses encoded for the kernel), then used for many sends. */

@@ -17,6 +17,7 @@ import {
   CMSG_DATA,
   CMSG_LEN,
   CMSG_LEVEL,
+  CMSG_TIMESPEC_SPACE,
   CMSG_TYPE,
   CMSG_U16_LEN,
   CMSG_U16_SPACE,
@@ -44,12 +45,14 @@ import {
   NAME_STRIDE,
   openLibc,
   readSockaddr,
+  SCM_TIMESTAMPNS,
   SHUT_RD,
   SO_RCVBUF,
   SO_RCVBUFFORCE,
   SO_RCVTIMEO,
   SO_SNDBUF,
   SO_SNDBUFFORCE,
+  SO_TIMESTAMPNS,
   SOCK_CLOEXEC,
   SOCK_DGRAM,
   SOCKADDR_SIZE,
@@ -165,6 +168,9 @@ class FastBatch implements Batch {
   length(i: number): number {
     return this.socket.slotLength(i);
   }
+  arrivalUs(i: number): number {
+    return this.socket.slotArrivalUs(i);
+  }
 }
 
 export class FastUdp implements UdpSocket {
@@ -180,7 +186,7 @@ export class FastUdp implements UdpSocket {
   /** Distance between slots: the slot rounded up to 8 bytes, so the headers after the slots stay aligned. */
   readonly #stride: number;
   readonly #batch = new FastBatch(this);
-  // Receive slab: [slots][iovecs][mmsghdrs][sockaddrs]
+  // Receive slab: [slots][iovecs][mmsghdrs][sockaddrs][timestamp control messages, when asked for]
   readonly #rx: Uint8Array;
   readonly #rxU32: Uint32Array;
   readonly #rxView: DataView;
@@ -189,6 +195,8 @@ export class FastUdp implements UdpSocket {
   readonly #rxHdrs: Uint8Array;
   readonly #rxHdr: number;
   readonly #rxName: number;
+  /** Where the control message of each receive header is (its arrival time), or -1 without `timestamps`. */
+  readonly #rxCtl: number;
   // Send slab: [mmsghdrs][iovecs][a UDP_SEGMENT control message per header][copy area for datagrams given as arrays]
   readonly #tx: Uint8Array;
   readonly #txU32: Uint32Array;
@@ -221,7 +229,7 @@ export class FastUdp implements UdpSocket {
   #waiting: Promise<number> | null = null;
   /** Batches taken without yielding to the event loop. */
   #streak = 0;
-  /** Receive headers whose msg_namelen needs setting (all of this socket's batch before the first receive). */
+  /** Receive headers whose msg_namelen/msg_controllen need setting (all of the batch before the first receive). */
   #dirty: number;
   /** Whether receives ask for each datagram's source address. */
   readonly #sources: boolean;
@@ -240,7 +248,8 @@ export class FastUdp implements UdpSocket {
     this.stats = stats;
     this.#batchSize = Math.min(MAX_MMSG, Math.max(1, options.batch ?? UDP_DEFAULTS.batch));
     this.#sources = !("adopt" in source) || source.sources !== false;
-    this.#dirty = this.#sources ? this.#batchSize : 0;
+    const stamps = options.timestamps === true;
+    this.#dirty = this.#sources || stamps ? this.#batchSize : 0;
     this.#slot = Math.min(65535, Math.max(1, options.maxDatagram ?? UDP_DEFAULTS.maxDatagram));
     this.#stride = Math.ceil(this.#slot / 8) * 8;
     if ("adopt" in source) {
@@ -254,7 +263,8 @@ export class FastUdp implements UdpSocket {
     const b = this.#batchSize;
     this.#rxHdr = b * this.#stride + b * IOVEC_SIZE;
     this.#rxName = this.#rxHdr + b * MMSGHDR_SIZE;
-    this.#rx = new Uint8Array(this.#rxName + b * NAME_STRIDE);
+    this.#rxCtl = stamps ? this.#rxName + b * NAME_STRIDE : -1;
+    this.#rx = new Uint8Array(this.#rxName + b * NAME_STRIDE + (stamps ? b * CMSG_TIMESPEC_SPACE : 0));
     this.#rxU32 = new Uint32Array(this.#rx.buffer);
     this.#rxView = new DataView(this.#rx.buffer);
     this.#rxBase = addressOf(this.#rx);
@@ -267,6 +277,11 @@ export class FastUdp implements UdpSocket {
       if (this.#sources) put64(this.#rxU32, h + MSG_NAME, this.#rxBase + this.#rxName + i * NAME_STRIDE);
       put64(this.#rxU32, h + MSG_IOV, this.#rxBase + iov + i * IOVEC_SIZE);
       put64(this.#rxU32, h + MSG_IOVLEN, 1);
+      if (stamps) put64(this.#rxU32, h + MSG_CONTROL, this.#rxBase + this.#rxCtl + i * CMSG_TIMESPEC_SPACE);
+    }
+    if (stamps) {
+      new DataView(this.#scratch.buffer).setInt32(0, 1, true);
+      if (this.#c.setsockopt(this.#fd, SOL_SOCKET, SO_TIMESTAMPNS, this.#scratch, 4) !== 0) this.#rxCtl = -1;
     }
 
     this.#txCopySize = 256 * 1024;
@@ -403,16 +418,20 @@ export class FastUdp implements UdpSocket {
     if (!this.#closed) this.#c.shutdown(this.#fd, SHUT_RD);
   }
 
-  /** The kernel rewrote msg_namelen only in the headers it filled last time: reset just those. */
+  /** The kernel rewrote msg_namelen and msg_controllen only in the headers it filled last time: reset just those. */
   #resetNames(): void {
+    const names = this.#sources ? SOCKADDR_SIZE : 0;
+    const control = this.#rxCtl >= 0 ? CMSG_TIMESPEC_SPACE : 0;
     for (let i = 0; i < this.#dirty; i++) {
-      this.#rxU32[(this.#rxHdr + i * MMSGHDR_SIZE + MSG_NAMELEN) >>> 2] = SOCKADDR_SIZE;
+      const h = this.#rxHdr + i * MMSGHDR_SIZE;
+      this.#rxU32[(h + MSG_NAMELEN) >>> 2] = names;
+      this.#rxU32[(h + MSG_CONTROLLEN) >>> 2] = control;
     }
     this.#dirty = 0;
   }
 
   #account(n: number): Batch {
-    if (this.#sources) this.#dirty = n;
+    if (this.#sources || this.#rxCtl >= 0) this.#dirty = n;
     let bytes = 0;
     for (let i = 0; i < n; i++) {
       bytes += this.slotLength(i);
@@ -435,6 +454,21 @@ export class FastUdp implements UdpSocket {
   }
   slotAddress(i: number): number {
     return this.#rxBase + i * this.#stride;
+  }
+  slotArrivalUs(i: number): number {
+    if (this.#rxCtl < 0) return NaN;
+    const h = this.#rxHdr + i * MMSGHDR_SIZE;
+    if (this.#rxU32[(h + MSG_CONTROLLEN) >>> 2] < CMSG_TIMESPEC_SPACE) return NaN;
+    const c = this.#rxCtl + i * CMSG_TIMESPEC_SPACE;
+    const v = this.#rxView;
+    if (
+      v.getInt32(c + CMSG_LEVEL, true) !== SOL_SOCKET || v.getInt32(c + CMSG_TYPE, true) !== SCM_TIMESTAMPNS
+    ) {
+      return NaN;
+    }
+    // struct timespec { i64 tv_sec; i64 tv_nsec }: seconds fit in 53 bits for the next few million years.
+    const sec = v.getUint32(c + CMSG_DATA, true) + v.getUint32(c + CMSG_DATA + 4, true) * TWO32;
+    return sec * 1e6 + v.getUint32(c + CMSG_DATA + 8, true) / 1e3;
   }
   slotFrom(i: number): Endpoint {
     if (!this.#sources) throw new Error("this socket does not read source addresses");

@@ -178,12 +178,20 @@ const RECV_BUFFER_BYTES = 16 * 1024 * 1024;
 
 function openPair(listen: HostPort, impl: UdpImpl, required: boolean): [UdpSocket, UdpSocket | null] {
   // A measuring tool must not be where datagrams are lost: a receive buffer that holds a burst of seconds of video.
+  // Kernel arrival times: a datagram is timed when it arrived, not when this process got to it (it may share its
+  // cores with the senders).
   const open = (port: number, batch: number) =>
-    openUdp({ host: listen.host, port }, { impl, batch, bufferBytes: RECV_BUFFER_BYTES });
+    openUdp({ host: listen.host, port }, { impl, batch, bufferBytes: RECV_BUFFER_BYTES, timestamps: true });
   let lastError: unknown;
   if (listen.port === 0) {
     try {
-      return openUdpPair(listen.host, { impl, batch: 256, secondBatch: 64, bufferBytes: RECV_BUFFER_BYTES });
+      return openUdpPair(listen.host, {
+        impl,
+        batch: 256,
+        secondBatch: 64,
+        bufferBytes: RECV_BUFFER_BYTES,
+        timestamps: true,
+      });
     } catch (error) {
       lastError = error;
     }
@@ -256,10 +264,12 @@ export async function probeRecv(o: RecvOptions): Promise<ProbeReport> {
     for (;;) {
       const batch = await socket.receive();
       if (!batch) break;
-      const arrival = nowUs();
+      const received = nowUs();
       last = performance.now();
       for (let i = 0; i < batch.count; i++) {
         const d = batch.data(i);
+        const kernel = batch.arrivalUs?.(i) ?? NaN;
+        const arrival = kernel === kernel ? kernel : received;
         const h = readProbe(d);
         if (h) {
           stats.add(h.seq, h.sentUs, arrival, d.length, h.stream);

@@ -182,3 +182,35 @@ Deno.test("an adopted fast socket that does not read sources still receives whol
     await sender.close();
   }
 });
+
+Deno.test("a fast socket opened with timestamps gives each datagram the time the kernel received it", async () => {
+  const now = () => (performance.timeOrigin + performance.now()) * 1000;
+  const a = openFast({ host: "127.0.0.1", port: 0 });
+  const b = openFast({ host: "127.0.0.1", port: 0 }, { timestamps: true });
+  const plain = openFast({ host: "127.0.0.1", port: 0 });
+  try {
+    const to = a.destinations([b.local, plain.local]);
+    const before = now();
+    a.send([new Uint8Array([1])], to);
+    const between = now();
+    a.send([new Uint8Array([2])], to);
+    const after = now();
+    const got: number[] = [];
+    while (got.length < 2) {
+      const batch = await b.receive();
+      assert.ok(batch);
+      for (let i = 0; i < batch.count; i++) got[batch.data(i)[0] - 1] = batch.arrivalUs!(i);
+    }
+    // Both were received before this process looked: each carries its own time, in the order they were sent.
+    // (CLOCK_REALTIME against this process's clock: 1 ms allowed for the two clocks' reading of the same instant.)
+    assert.ok(got[0] >= before - 1000 && got[0] <= between + 1000, `${before} <= ${got[0]} <= ${between}`);
+    assert.ok(got[1] >= got[0] && got[1] <= after + 1000, `${got[0]} <= ${got[1]} <= ${after}`);
+    const untimed = await plain.receive();
+    assert.ok(untimed);
+    assert.ok(Number.isNaN(untimed.arrivalUs!(0)), "a socket opened without timestamps has none");
+  } finally {
+    await a.close();
+    await b.close();
+    await plain.close();
+  }
+});
