@@ -8,6 +8,7 @@
  * error (a busy port, a full disk) goes to backoff like a crash. Time comes from the injected clock, processes from the injected
  * `spawn`, so the policy is tested without real processes or sleeping.
  */
+import { setNice } from "./priority.ts";
 import type { Clock, TimerId } from "./clock.ts";
 
 export type SupervisorState = "idle" | "starting" | "running" | "backoff" | "failed" | "stopped";
@@ -23,6 +24,8 @@ export interface Child {
   readonly status: Promise<ChildExit>;
   readonly stdout: ReadableStream<Uint8Array> | null;
   readonly stderr: ReadableStream<Uint8Array> | null;
+  /** The nice value it was given (absent: left as inherited). */
+  readonly nice?: number;
   kill(signal: Deno.Signal): void;
 }
 
@@ -263,16 +266,21 @@ export class Supervisor {
   }
 }
 
-/** Spawns `command args` with stdin closed and both outputs piped (the real `spawn` for a Supervisor). */
-export function spawnCommand(command: string, args: readonly string[]): Child {
+/**
+ * Spawns `command args` with stdin closed and both outputs piped (the real `spawn` for a Supervisor); with `nice`,
+ * at that lower priority (where the platform allows: see core/priority.ts).
+ */
+export function spawnCommand(command: string, args: readonly string[], o: { nice?: number } = {}): Child {
   const child = new Deno.Command(command, {
     args: [...args],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+  const niced = o.nice ? setNice(child.pid, o.nice) : false;
   return {
     pid: child.pid,
+    ...(niced ? { nice: o.nice } : {}),
     status: child.status.then((s) => ({ code: s.code, signal: s.signal })),
     stdout: child.stdout,
     stderr: child.stderr,

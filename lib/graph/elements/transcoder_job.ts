@@ -14,6 +14,7 @@
 import type { Clock, TimerId } from "../../core/clock.ts";
 import type { Logger } from "../../core/logger.ts";
 import { type Child, spawnCommand, Supervisor } from "../../core/supervisor.ts";
+import { CHILD_NICE } from "../../core/priority.ts";
 import { ffmpegArgs, type Progress, ProgressReader, type TranscodeSpec } from "../../media/ffmpeg.ts";
 import { Retimer } from "../../media/retime.ts";
 import { parseRtcp, writeSenderReport } from "../../media/rtcp.ts";
@@ -49,10 +50,15 @@ export interface JobOptions {
   readonly spawn?: (command: string, args: readonly string[]) => Child;
   /** Where the job's directory (its SDP files) is made (default: the system's temp directory). */
   readonly tempDir?: string;
+  /**
+   * ffmpeg's nice value, with the default spawn: transcoding yields the cores to the packet path (default
+   * CHILD_NICE; 0 leaves it).
+   */
+  readonly nice?: number;
 }
 
 /** What a pool gives every job it makes (tests: a fake ffmpeg). */
-export type JobDefaults = Pick<JobOptions, "ffmpeg" | "spawn" | "backoff" | "tempDir">;
+export type JobDefaults = Pick<JobOptions, "ffmpeg" | "spawn" | "backoff" | "tempDir" | "nice">;
 
 /** Who takes the output: each transcoder element sharing the job. */
 export interface Subscriber {
@@ -92,6 +98,8 @@ export class TranscodeJob {
   #outRtcp: UdpSocket | null = null;
   #loops: Promise<void>[] = [];
   #inputPort = 0;
+  /** The nice value ffmpeg runs at (0: not lowered). */
+  #niced = 0;
   #feedTo: ReturnType<UdpSocket["destinations"]> | null = null;
   /** The input port is bound by the current run: packets go to ffmpeg. */
   #feeding = false;
@@ -119,7 +127,9 @@ export class TranscodeJob {
     this.#seq = rnd[1] & 0x7fff;
     this.#retimer = new Retimer(o.input.rtpmap.clockRate);
     this.#clock = new RtpClockEstimator({ clockRate: o.input.rtpmap.clockRate });
-    const spawn = o.spawn ?? spawnCommand;
+    const nice = o.nice ?? CHILD_NICE;
+    const spawn = o.spawn ??
+      ((command: string, args: readonly string[]) => spawnCommand(command, args, { nice }));
     const progress = new ProgressReader();
     this.#supervisor = new Supervisor({
       clock: o.clock,
@@ -271,7 +281,12 @@ export class TranscodeJob {
         cname: this.cname,
       },
       output: { ssrc: this.outputSsrc, sdp: this.outputSdp },
-      ffmpeg: { ...sup, input_port: this.#inputPort, first_output_after_start_ms: this.lastStartToOutputMs },
+      ffmpeg: {
+        ...sup,
+        nice: this.#niced,
+        input_port: this.#inputPort,
+        first_output_after_start_ms: this.lastStartToOutputMs,
+      },
       progress: p
         ? {
           frame: p.frame,
@@ -333,6 +348,7 @@ export class TranscodeJob {
       startRealtimeUs,
     });
     const child = spawn(this.#o.ffmpeg ?? "ffmpeg", args);
+    this.#niced = child.nice ?? 0;
     this.#feedTo = this.#feed!.destinations([{ host: LO, port: this.#inputPort }]);
     this.#runStartedAt = this.#o.clock.now();
     this.#watchOpen(run);
