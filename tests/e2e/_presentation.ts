@@ -83,7 +83,11 @@ export async function requirePresentationTools(): Promise<void> {
 }
 
 /** ffmpeg reading a generated source (lavfi) in real time: the start of both sources' command lines. */
-const LIVE_SOURCE = ["ffmpeg", "-hide_banner", "-nostats", "-loglevel", "error", "-re", "-f", "lavfi", "-i"];
+const LIVE_SOURCE = [
+  // The sources stand for a camera and a microphone on other hosts: on this one they yield the cores to the node.
+  ...["nice", "-n", "10"],
+  ...["ffmpeg", "-hide_banner", "-nostats", "-loglevel", "error", "-re", "-f", "lavfi", "-i"],
+];
 
 /** ffmpeg as the camera: live test pattern with the stream clock burnt in, MPEG-2 video at 25 Mb/s over RTP. */
 export function cameraArgs(o: { size: string; lateMs: number; seconds: number; port: number }): string[] {

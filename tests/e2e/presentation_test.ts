@@ -56,6 +56,7 @@ Deno.test({
         const [skew] = group.skew;
         assert.ok(skew.samples > 100, `${label}: ${JSON.stringify(skew)}`);
         const text = `${label} A/V skew: ${JSON.stringify(skew)}`;
+        console.log(text);
         assert.ok(skew.abs_us && skew.abs_us.p50 <= SKEW_P50_US, text);
         assert.ok(skew.abs_us.p99 <= SKEW_P99_US, text);
       }
