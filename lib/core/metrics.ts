@@ -5,11 +5,10 @@
  */
 
 export type Labels = Readonly<Record<string, string>>;
-type Kind = "counter" | "gauge";
+export type Kind = "counter" | "gauge";
 
 const NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 
-/** A number that only goes up. */
 /** A number that only goes up: counted here, or read from its owner (a socket's own tallies) when rendered. */
 export class Counter {
   #value = 0;
@@ -93,6 +92,48 @@ export class CounterSet {
   }
 }
 
+/**
+ * One series of a component, declared once: /metrics shows it as `NAME_total` (a counter) or `NAME` (a gauge),
+ * /status as `NAME`. `read` takes it from the component's figures; by default the figure of the same name.
+ */
+export interface Declared<S> {
+  readonly help: string;
+  /** Default "counter". */
+  readonly kind?: Kind;
+  readonly read?: (figures: S) => number;
+}
+
+/** A component's series by their /status names, in the order /status lists them. */
+export type Declarations<S> = Readonly<Record<string, Declared<S>>>;
+
+/**
+ * Declares a component's series once (typically as a module constant beside the component), so that its /status
+ * figures and its /metrics series cannot disagree or drift apart: publish them with `MetricsRegistry.publish` and
+ * show them with `CounterSet.values()` or, without a registry, `figuresOf`.
+ */
+export function declareSeries<S>(declarations: Declarations<S>): Declarations<S> {
+  for (const [name, d] of Object.entries(declarations)) {
+    if (!NAME.test(name) || name.endsWith("_total")) {
+      throw new Error(`Invalid series name "${name}" (a counter's "_total" is added when it is published)`);
+    }
+    if (d.kind !== undefined && d.kind !== "counter" && d.kind !== "gauge") {
+      throw new Error(`Series "${name}" has an unknown kind "${d.kind}"`);
+    }
+  }
+  return Object.freeze({ ...declarations });
+}
+
+function reader<S>(name: string, d: Declared<S>): (figures: S) => number {
+  return d.read ?? ((figures) => (figures as Record<string, number>)[name]);
+}
+
+/** The declared figures, read from `figures`, by their /status names. */
+export function figuresOf<S>(declarations: Declarations<S>, figures: S): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, d] of Object.entries(declarations)) out[name] = reader(name, d)(figures);
+  return out;
+}
+
 /** All counter sets of a process, rendered together. */
 export class MetricsRegistry {
   readonly #sets = new Set<CounterSet>();
@@ -125,6 +166,25 @@ export class MetricsRegistry {
     });
     this.#sets.add(set);
     this.#ids.set(set, id);
+    return set;
+  }
+
+  /**
+   * A new set holding every declared series, read at render time from `figures()` (a function, so that the
+   * component may swap what it reads: a thread's shared counters, a remote table's last report).
+   */
+  publish<S>(subsystem: string, labels: Labels, declarations: Declarations<S>, figures: () => S): CounterSet {
+    const set = this.set(subsystem, labels);
+    try {
+      for (const [name, d] of Object.entries(declarations)) {
+        const read = reader(name, d);
+        if ((d.kind ?? "counter") === "counter") set.counter(`${name}_total`, d.help, () => read(figures()));
+        else set.gauge(name, d.help, () => read(figures()));
+      }
+    } catch (error) {
+      this.remove(set);
+      throw error;
+    }
     return set;
   }
 

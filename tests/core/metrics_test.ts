@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { MetricsRegistry } from "../../lib/core/metrics.ts";
+import { declareSeries, figuresOf, MetricsRegistry } from "../../lib/core/metrics.ts";
 
 Deno.test("MetricsRegistry.render writes HELP and TYPE once per name for sets that share it", () => {
   const registry = new MetricsRegistry();
@@ -166,4 +166,59 @@ Deno.test("MetricsRegistry refuses a second live set with the same subsystem and
   );
   registry.remove(first);
   registry.set("http", { a: "1", b: "2" });
+});
+
+Deno.test("MetricsRegistry.publish shows declared series in /metrics and the same figures in values()", () => {
+  const registry = new MetricsRegistry();
+  const figures = { rx: 3, queued: 2, cut: 1 };
+  const declared = declareSeries<typeof figures>({
+    rx: { help: "Datagrams received" },
+    queued: { help: "Datagrams waiting", kind: "gauge" },
+    truncated: { help: "Datagrams cut", read: (f) => f.cut },
+  });
+  const set = registry.publish("relay", { relay: "a" }, declared, () => figures);
+  figures.rx = 5;
+  assert.deepEqual(set.values(), { rx: 5, queued: 2, truncated: 1 });
+  assert.deepEqual(figuresOf(declared, figures), set.values());
+  assert.equal(
+    registry.render(),
+    [
+      "# HELP edgenode_relay_rx_total Datagrams received",
+      "# TYPE edgenode_relay_rx_total counter",
+      'edgenode_relay_rx_total{relay="a"} 5',
+      "# HELP edgenode_relay_queued Datagrams waiting",
+      "# TYPE edgenode_relay_queued gauge",
+      'edgenode_relay_queued{relay="a"} 2',
+      "# HELP edgenode_relay_truncated_total Datagrams cut",
+      "# TYPE edgenode_relay_truncated_total counter",
+      'edgenode_relay_truncated_total{relay="a"} 1',
+      "",
+    ].join("\n"),
+  );
+});
+
+Deno.test("declareSeries refuses a name that would read differently in /status and /metrics", () => {
+  assert.throws(() => declareSeries({ rx_total: { help: "x" } }), /Invalid series name "rx_total"/);
+  assert.throws(() => declareSeries({ "rx-packets": { help: "x" } }), /Invalid series name/);
+});
+
+Deno.test("MetricsRegistry.publish leaves no set behind when a declaration clashes", () => {
+  const registry = new MetricsRegistry();
+  registry.set("relay", { relay: "a" }).gauge("rx", "Other meaning");
+  assert.throws(
+    () =>
+      registry.publish(
+        "relay",
+        { relay: "b" },
+        declareSeries({ rx: { help: "Other", kind: "gauge" } }),
+        () => ({}),
+      ),
+    /declared as gauge "Other meaning"/,
+  );
+  registry.publish(
+    "relay",
+    { relay: "b" },
+    declareSeries({ rx: { help: "Other meaning", kind: "gauge" } }),
+    () => ({ rx: 1 }),
+  );
 });
