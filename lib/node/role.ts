@@ -11,7 +11,7 @@ import { type Context, int, list, nodeAt, type ObjectOf, opt, section, str } fro
 import { coreElements } from "../graph/elements/mod.ts";
 import { formatOf, PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
 import { isIP } from "../net/address.ts";
-import { udpFields, udpOptions } from "../relay/role.ts";
+import { udpFields, udpOptions } from "../net/udp_fields.ts";
 import type { RoleDef } from "../roles/role.ts";
 import { errorsJson, SessionConflict, SessionTable } from "./sessions.ts";
 

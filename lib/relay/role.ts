@@ -7,7 +7,6 @@
 import type { Hono } from "hono";
 import {
   bool,
-  byteSize,
   type Context,
   defaultsOf,
   duration,
@@ -23,14 +22,8 @@ import {
   str,
 } from "../config/schema.ts";
 import { formatHostPort, type HostPort, isIP, parseHostPort } from "../net/address.ts";
-import {
-  openUdp,
-  UDP_DEFAULTS,
-  UDP_IMPLS,
-  type UdpImpl,
-  type UdpOptions,
-  type UdpSocket,
-} from "../net/udp.ts";
+import { openUdp, type UdpSocket } from "../net/udp.ts";
+import { udpFields, udpOptions } from "../net/udp_fields.ts";
 import type { RoleDef } from "../roles/role.ts";
 import { DENY_CLASSES } from "./participants.ts";
 import { Reflector, type ReflectorSockets } from "./reflector.ts";
@@ -41,28 +34,6 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const ipPort = hostPort({ ipOnly: true });
 const name = (what: string) =>
   str({ pattern: NAME, describe: `a ${what} name (letters, digits, '.', '_', '-')` });
-
-/** The UDP data-plane settings every role that moves datagrams shares. */
-export const udpFields = {
-  udp: opt(oneOf(UDP_IMPLS), UDP_DEFAULTS.impl as UdpImpl),
-  batch: opt(int({ min: 1, max: 1024 }), UDP_DEFAULTS.batch as number),
-  max_datagram: opt(int({ min: 512, max: 65535 }), UDP_DEFAULTS.maxDatagram as number),
-  socket_buffer: opt(
-    byteSize({ min: 64 * 1024, max: 256 * 1024 * 1024 }),
-    UDP_DEFAULTS.bufferBytes as number,
-  ),
-  gso: opt(bool(), UDP_DEFAULTS.gso as boolean),
-};
-
-export function udpOptions(s: ObjectOf<typeof udpFields>): UdpOptions {
-  return {
-    impl: s.udp,
-    batch: s.batch,
-    maxDatagram: s.max_datagram,
-    bufferBytes: s.socket_buffer,
-    gso: s.gso,
-  };
-}
 
 const relayItem = obj({
   name: req(name("relay")),
