@@ -147,18 +147,27 @@ export function parseYamlProgram(text: string, file: string): Program {
     const body: Statement[] = [];
     for (const key of ["inputs", "outputs"]) {
       const pair = get(node, key);
-      if (pair) body.push({ kind: "attr", key, values: ports(pair.value), pos: where(pair.key as Node) });
+      const values = pair ? ports(pair.value) : [];
+      // An empty list is as if the key were absent: the language has no way to write `outputs =` with nothing.
+      if (pair && values.length) body.push({ kind: "attr", key, values, pos: where(pair.key as Node) });
     }
     const params = get(node, "params");
     if (params && !isMap(params.value)) {
       fail("params is a mapping of parameter: value", where(params.value as Node));
     } else if (params) {
       for (const p of (params.value as YAMLMap).items) {
+        // The tree must be one the language can write (print gives a program): a name, then at least one value.
+        const key = String((p.key as Scalar)?.value);
+        if (!NAME.test(key)) {
+          fail(`Parameter "${key}" is not a name (letters, digits, _ and dots)`, where(p.key as Node));
+          continue;
+        }
         const values = isSeq(p.value) ? p.value.items.map(scalar) : [scalar(p.value)];
-        if (values.some((v) => !v)) continue;
+        if (!values.length) fail(`Parameter ${key} has no value`, where(p.value as Node));
+        if (!values.length || values.some((v) => !v)) continue;
         body.push({
           kind: "attr",
-          key: String((p.key as Scalar).value),
+          key,
           values: values as Value[],
           pos: where(p.key as Node),
         });
@@ -181,7 +190,9 @@ export function parseYamlProgram(text: string, file: string): Program {
     const kpos = where(item.key as Node);
     if (key === "project") {
       const v = scalar(item.value);
-      if (v) project = { name: v.text, pos: kpos };
+      if (v && !NAME.test(v.text)) {
+        fail(`project is a name such as lecture.first_tests, not ${v.text}`, v.pos);
+      } else if (v) project = { name: v.text, pos: kpos };
     } else if (key === "owner" || key === "notifications") {
       const v = scalar(item.value);
       if (v) {
