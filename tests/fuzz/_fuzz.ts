@@ -64,3 +64,16 @@ export function nearBytes(seeds: fc.Arbitrary<Uint8Array>, maxLength = 512): fc.
   });
   return fc.oneof(fc.uint8Array({ maxLength }), mutated, cut, tail, seeds);
 }
+
+/**
+ * Any text up to `maxLength` UTF-16 units: ASCII with control characters, and random bytes decoded as UTF-8
+ * (replacement characters, astral planes). Cheaper than fast-check's "binary" unit, which costs milliseconds a case.
+ */
+export function anyText(maxLength: number): fc.Arbitrary<string> {
+  const decoder = new TextDecoder();
+  return fc.oneof(
+    fc.string({ maxLength, unit: "binary-ascii" }),
+    fc.uint8Array({ maxLength }).map((b) => decoder.decode(b).slice(0, maxLength)),
+    fc.string({ maxLength: Math.min(maxLength, 20), unit: "grapheme" }),
+  );
+}

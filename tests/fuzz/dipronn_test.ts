@@ -18,7 +18,7 @@ import { parseProgram } from "../../lib/dipronn/parser.ts";
 import { printProgram } from "../../lib/dipronn/printer.ts";
 import { parseYamlProgram } from "../../lib/dipronn/yaml.ts";
 import { stringify } from "yaml";
-import { onlyThrows, params } from "./_fuzz.ts";
+import { anyText, onlyThrows, params } from "./_fuzz.ts";
 
 const AT = { line: 0, col: 0 };
 const FILE = "fuzz.dipronn";
@@ -28,7 +28,7 @@ const number = fc.oneof(
   fc.integer().map(String),
   fc.double({ noNaN: true, noDefaultInfinity: true }).map(String),
 );
-const text = fc.string({ maxLength: 12, unit: "binary" }).filter((s) => !s.includes("\n"));
+const text = anyText(12).filter((s) => !s.includes("\n"));
 
 const value: fc.Arbitrary<Value> = fc.letrec<{ value: Value }>((tie) => ({
   value: fc.oneof(
@@ -108,10 +108,10 @@ function parsed(source: string): Program | undefined {
 
 Deno.test("parseProgram gives a program or an ErrorList for any text", () => {
   fc.assert(
-    fc.property(fc.oneof(fc.string({ maxLength: 200, unit: "binary" }), soup), (source) => {
+    fc.property(fc.oneof(anyText(200), soup), (source) => {
       parsed(source);
     }),
-    params(3000),
+    params(2000),
   );
 });
 
@@ -121,7 +121,7 @@ Deno.test("printProgram writes text that parseProgram reads back to the same tre
       const back = parseProgram(printProgram(p), FILE);
       assert.deepEqual(stripPositions(back), stripPositions(p));
     }),
-    params(3000),
+    params(2000),
   );
 });
 
@@ -133,7 +133,7 @@ Deno.test("parseProgram then printProgram is a fixed point on any text that pars
       const printed = printProgram(p);
       assert.deepEqual(stripPositions(parseProgram(printed, FILE)), stripPositions(p));
     }),
-    params(3000),
+    params(2000),
   );
 });
 
@@ -177,12 +177,12 @@ function valueWritten(v: Value): string {
 Deno.test("parseYamlProgram gives a program or an ErrorList for any text", () => {
   fc.assert(
     fc.property(
-      fc.oneof(fc.string({ maxLength: 200, unit: "binary" }), yamlProgram.map((y) => stringify(y))),
+      fc.oneof(anyText(200), yamlProgram.map((y) => stringify(y))),
       (source) => {
         onlyThrows(() => parseYamlProgram(source, "fuzz.yaml"), ErrorList);
       },
     ),
-    params(2000),
+    params(1200),
   );
 });
 
@@ -196,6 +196,6 @@ Deno.test("parseYamlProgram gives trees that printProgram writes as a text progr
       assert.ok(back, `the YAML form's tree printed as a program that does not parse:\n${printed}`);
       assert.deepEqual(stripPositions(back), stripPositions(p));
     }),
-    params(2000),
+    params(1200),
   );
 });
