@@ -14,6 +14,7 @@
  *
  * Shared by tests/e2e/presentation_test.ts (which asserts) and tests/demo/presentation.ts (`make demo`, which prints).
  */
+import { setNice } from "../../lib/core/priority.ts";
 import { extractRtp } from "../../lib/media/extract.ts";
 import { readPcap } from "../../lib/media/pcap.ts";
 import { parseRtp } from "../../lib/media/rtp.ts";
@@ -82,10 +83,13 @@ export async function requirePresentationTools(): Promise<void> {
   }
 }
 
+/** The nice value of everything that stands for another host: sources and participants. */
+const SOURCE_NICE = 10;
+
 /** ffmpeg reading a generated source (lavfi) in real time: the start of both sources' command lines. */
 const LIVE_SOURCE = [
   // The sources stand for a camera and a microphone on other hosts: on this one they yield the cores to the node.
-  ...["nice", "-n", "10"],
+  ...["nice", "-n", String(SOURCE_NICE)],
   ...["ffmpeg", "-hide_banner", "-nostats", "-loglevel", "error", "-re", "-f", "lavfi", "-i"],
 ];
 
@@ -226,6 +230,9 @@ export async function runPresentation(o: PresentationOptions): Promise<Presentat
     ]); // deno-fmt-ignore
   await using high = participant(PORTS.high);
   await using low = participant(PORTS.low);
+  // Participants stand for viewers on other hosts: they time arrivals by the kernel's clock (SO_TIMESTAMPNS) and
+  // yield the cores to the node here, as the sources do.
+  for (const p of [high, low]) setNice(p.pid, SOURCE_NICE);
   const joined = async () => {
     const s = await api(base, sessionPath);
     return ["Reflector_high", "Reflector_low"].every((n) =>

@@ -44,6 +44,20 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "edgenode_presentation_" });
     try {
       const run = await runPresentation({ seconds: SECONDS, dataDir: dir, killTranscoderAt: KILL_AT });
+      // The node's side of the timing, printed for whoever reads a failure: how late the syncers released.
+      for (const name of ["Sync_high", "Sync_low"]) {
+        const sync = (run.session.aps as Record<string, unknown>[]).find((a) => a.name === name)!
+          .syncer as Record<string, unknown>;
+        const inputs = (sync.inputs as Record<string, unknown>[]).map((i) => ({
+          late: i.late,
+          lateness_ms: i.lateness_ms,
+        }));
+        console.log(
+          `${name}: D ${sync.delay_ms} ms, released late ${sync.release_late} (worst ${sync.release_error_max_ms} ms), inputs ${
+            JSON.stringify(inputs)
+          }`,
+        );
+      }
 
       // Both twinstreams: one video and one audio stream of the lecture, in sync within the issue's bound.
       for (const [label, report] of [["high", run.high], ["low", run.low]] as const) {
