@@ -383,6 +383,23 @@ export function allowSources(): Field<readonly string[]> {
   return opt(list(prefix, { max: 1000, unique: true }), [], "source prefixes let in; empty: any source");
 }
 
+/**
+ * An absolute path: a relative one would change meaning with the directory the process happens to start in (a
+ * service manager's is `/`).
+ */
+export function absolutePath(describe = "an absolute path"): Schema<string> {
+  const text = str({ min: 1, max: 4096, describe });
+  return {
+    describe,
+    check(site, ctx) {
+      const value = text.check(site, ctx);
+      if (value === INVALID || value.startsWith("/")) return value;
+      ctx.error(at(site), site.path, `Expected ${describe}, got "${value}" (write it from /)`);
+      return INVALID;
+    },
+  };
+}
+
 /** A value that may also be written as `null` (or left empty), giving null. */
 export function nullable<T>(inner: Schema<T>): Schema<T | null> {
   return {

@@ -3,13 +3,22 @@
  * wiring first, then each AP's configuration, all errors collected, each at its place): unknown kinds, port counts,
  * inputs fed by nothing, outputs wired twice where the kind does not allow it, loops, port clashes (with use_RTP a
  * port takes port and port + 1), parameters a kind does not know or cannot parse, and files two APs would share.
+ * A graph without such mistakes is then held to the node's budgets (budgets.ts). An output wired twice to the same
+ * target keeps one wire: a datagram is never sent twice to one place by one output.
  */
 import type { Registry } from "../core/registry.ts";
 import { suggest } from "../core/suggest.ts";
 import { addError, at, type Pos, type ProgramError } from "../dipronn/ast.ts";
 import { firstAt, programErrors } from "../dipronn/parser.ts";
-import { type ApDecl, INPUT, OUTPUT, type SessionSpec } from "../dipronn/session.ts";
-import type { HostPort } from "../net/address.ts";
+import { type ApDecl, INPUT, OUTPUT, type SessionSpec, type Target } from "../dipronn/session.ts";
+import { formatHostPort, type HostPort } from "../net/address.ts";
+import {
+  type BudgetGraph,
+  checkBudgets,
+  DEFAULT_BUDGETS,
+  type NodeContext,
+  type SessionUsage,
+} from "./budgets.ts";
 import type { ElementKind } from "./element.ts";
 import { ParamProblem } from "./params.ts";
 
@@ -42,6 +51,8 @@ export interface SessionPlan {
   readonly ports: readonly number[];
   /** What its APs hold alone on the node (files they write). */
   readonly claims: readonly string[];
+  /** What it holds against the node's budgets. */
+  readonly usage: SessionUsage;
 }
 
 export interface PlanOptions {
@@ -50,7 +61,15 @@ export interface PlanOptions {
   readonly portsInUse?: ReadonlyMap<number, string>;
   /** Claims (files written) already held on this node, and by whom. */
   readonly claimsInUse?: ReadonlyMap<string, string>;
+  /**
+   * The node's budgets and what its running sessions hold. Absent: the default budgets, with output to loopback
+   * allowed, as a plan made away from a node (a test, a tool) has no node to loop back into.
+   */
+  readonly node?: NodeContext;
 }
+
+/** Checked without a node: default budgets, loopback output allowed. */
+const NO_NODE: NodeContext = { budgets: { ...DEFAULT_BUDGETS, allowLoopbackOutput: true } };
 
 /**
  * Checks a session and plans it; throws ErrorList<ProgramError> with every mistake. `earlier` are the mistakes
@@ -191,6 +210,35 @@ export function planSession(
   if (errors.length) throw programErrors(errors);
 
   const index = new Map(order.map((ap, i) => [ap.name, i]));
+  const targetsOf = (out: ApDecl["outputs"][number]) => withoutRepeats(out.targets);
+  const graph: BudgetGraph = {
+    aps: order.map((ap) => {
+      const kind = kindOf.get(ap.name)!;
+      return {
+        name: ap.name,
+        pos: ap.pos,
+        vm: ap.vm,
+        entries: ap.inputs.flatMap((p) =>
+          p.external && p.name !== kind.ports.registration
+            ? [{ name: p.name, port: p.external.port, pos: p.external.pos }]
+            : []
+        ),
+        source: ap.inputs.length === 0,
+        outputs: ap.outputs.map((o) =>
+          targetsOf(o).map((t) => t.kind === "ap" ? { ap: index.get(t.ap)! } : { to: t.to, pos: t.pos })
+        ),
+        diskBytes: kind.diskBytes?.(params.get(ap.name)! as never) ?? 0,
+      };
+    }),
+  };
+  const usage = checkBudgets(spec, graph, {
+    node: options.node ?? NO_NODE,
+    ports,
+    ownPorts: new Set(options.portsInUse?.keys() ?? []),
+    fail,
+  });
+  if (errors.length) throw programErrors(errors);
+
   const aps: PlannedAp[] = order.map((ap) => {
     const kind = kindOf.get(ap.name)!;
     const inputs = ap.inputs.filter((p) => p.name !== kind.ports.registration);
@@ -203,7 +251,7 @@ export function planSession(
       registration: ap.inputs.find((p) => p.name === kind.ports.registration)?.external?.port ?? null,
       outputs: ap.outputs.map((o) => ({
         name: o.name,
-        wires: o.targets.map((t): Wire => {
+        wires: targetsOf(o).map((t): Wire => {
           if (t.kind === "out") return { kind: "out", to: t.to };
           const target = order[index.get(t.ap)!];
           const k = kindOf.get(t.ap)!;
@@ -226,7 +274,19 @@ export function planSession(
     vms: spec.vms.map((v) => ({ name: v.name, ref: v.ref, aps: v.aps })),
     ports,
     claims: [...claims.keys()],
+    usage,
   };
+}
+
+/** The targets of one output, each once (in the order first written). */
+function withoutRepeats(targets: readonly Target[]): Target[] {
+  const seen = new Set<string>();
+  return targets.filter((t) => {
+    const key = t.kind === "ap" ? `ap ${t.ap}.${t.port}` : `out ${t.to ? formatHostPort(t.to) : ""}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
 }
 
 function readParams(

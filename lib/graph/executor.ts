@@ -32,8 +32,10 @@ import { type Clock, systemClock } from "../core/clock.ts";
 import { StartError } from "../core/errors.ts";
 import type { CounterSet } from "../core/metrics.ts";
 import { formatHostPort, isIPv6 } from "../net/address.ts";
-import { type Destinations, openUdp, type UdpSocket } from "../net/udp.ts";
+import { SourceAllowList } from "../net/allow.ts";
+import { type Batch, type Destinations, openUdp, type UdpSocket } from "../net/udp.ts";
 import { ApHost, type Delivery, type PortCount } from "./ap_host.ts";
+import { SelectedBatch } from "./batch.ts";
 import type { SessionPlan, Wire } from "./check.ts";
 import type { EdgeLink, NodeServices } from "./element.ts";
 import type { Decoded } from "./vm/codec.ts";
@@ -51,6 +53,8 @@ export interface ExecutorOptions {
   readonly vmStopMs?: number;
   /** How often a worker reports its counters. */
   readonly snapshotMs?: number;
+  /** Sources DIPRONN_INPUT ports let in (node.allow_sources); others are dropped and counted. Default: any. */
+  readonly allowSources?: SourceAllowList;
 }
 
 export const VM_DEFAULTS = { startMs: 10_000, stopMs: 5_000, snapshotMs: 250 } as const;
@@ -59,6 +63,8 @@ interface InputSocket {
   readonly socket: UdpSocket;
   readonly ap: string;
   readonly port: string;
+  /** Datagrams from sources the allow-list does not let in. */
+  droppedSource: number;
   loop?: Promise<void>;
 }
 
@@ -84,12 +90,14 @@ export class RunningSession {
   #heldBytes = 0;
   /** The start failed: what groups emit while the session is taken down is dropped. */
   #discard = false;
+  readonly #allow: SourceAllowList;
 
   private constructor(
     readonly plan: SessionPlan,
     private readonly node: NodeServices,
     options: ExecutorOptions,
   ) {
+    this.#allow = options.allowSources ?? SourceAllowList.ANY;
     this.startedAt = node.clock.now();
     this.#groupOf = plan.aps.map(() => null);
     for (const vm of plan.vms) {
@@ -188,20 +196,31 @@ export class RunningSession {
         const ports = plan.useRtp ? [input.external, input.external + 1] : [input.external];
         ports.forEach((port, f) => {
           const socket = openUdp({ host: node.host, port }, node.udp);
-          const entry: InputSocket = { socket, ap: ap.name, port: input.name };
+          const entry: InputSocket = { socket, ap: ap.name, port: input.name, droppedSource: 0 };
           this.#inputs.push(entry);
-          entry.loop = this.#receive(socket, i, k, f === 1);
+          entry.loop = this.#receive(entry, i, k, f === 1);
         });
       });
     }
     this.#publish();
   }
 
-  async #receive(socket: UdpSocket, ap: number, input: number, rtcp: boolean): Promise<void> {
+  async #receive(entry: InputSocket, ap: number, input: number, rtcp: boolean): Promise<void> {
+    const { socket } = entry;
     const group = this.#groupOf[ap];
+    const allow = this.#allow === SourceAllowList.ANY ? null : this.#allow;
+    let picked = new Int32Array(0);
     for (;;) {
-      const batch = await socket.receive();
+      let batch: Batch | null = await socket.receive();
       if (!batch) return;
+      if (allow) {
+        if (picked.length < batch.count) picked = new Int32Array(batch.count);
+        let n = 0;
+        for (let i = 0; i < batch.count; i++) if (allow.allows(batch.from(i).host)) picked[n++] = i;
+        entry.droppedSource += batch.count - n;
+        if (n === 0) continue;
+        if (n < batch.count) batch = new SelectedBatch(batch, picked, n);
+      }
       if (group && !this.#links.has(ap)) group.post({ kind: "deliver", ap, port: input, rtcp }, batch);
       // The received batch travels the graph unchanged: its bytes are summed once here, not at every port.
       else this.#host.receive(ap, input, batch, rtcp);
@@ -379,6 +398,7 @@ export class RunningSession {
         listen: formatHostPort(i.socket.local),
         udp: i.socket.impl,
         ...i.socket.stats,
+        dropped_source: i.droppedSource,
       })),
     };
   }

@@ -44,6 +44,7 @@ export const saver = defineElement({
     }),
   },
   claims: (p) => [`file ${p.output_file}`],
+  diskBytes: (p) => p.max_bytes,
   create({ params, node }) {
     const path = dataPath(node.dataDir, params.output_file);
     const buffer = new Uint8Array(BUFFER_BYTES);
