@@ -8,6 +8,7 @@ import { UsageError } from "../core/errors.ts";
 import { type HostPort, isIP, parseHostPort } from "../net/address.ts";
 import { UDP_IMPLS, type UdpImpl } from "../net/udp.ts";
 import { RTP_PROBE_MIN } from "../probe/rtp.ts";
+import { CLOCK_RATE_SYNTAX, parseClockRate } from "../media/clock_rates.ts";
 import type { RtpReport } from "../probe/rtp_streams.ts";
 import {
   probeRecv,
@@ -29,7 +30,7 @@ export const PROBE_USAGE =
                           [--rtp [--pt 96] [--ssrc N] [--clock-rate 90000] [--sr 1s|off]
                                  [--cname edgenode-probe] [--capture-delay 0s]]
        edgenode probe recv (--listen IP:PORT | --join IP:PORT) [--duration 30s] [--count N] [--idle 2s]
-                          [--rtp] [--clock-rate PT=HZ[,PT=HZ...]] [--udp auto|fast|portable] [--json] [--quiet]
+                          [--rtp] [--clock-rate PT:HZ[,PT:HZ...]] [--udp auto|fast|portable] [--json] [--quiet]
 
 send  paces numbered, timestamped datagrams (default 100 bytes at 1000/s for 5 s); --ramp raises the rate
       linearly from FROM to TO datagrams/s over the duration.
@@ -239,19 +240,17 @@ function captureDelay(text: string | undefined): number {
   return ms;
 }
 
-/** `--clock-rate` of recv: PT=HZ pairs for dynamic payload types, comma-separated. */
+/** `--clock-rate` of recv: PT:HZ pairs for dynamic payload types, comma-separated. */
 function clockRates(text: string): Map<number, number> {
   const rates = new Map<number, number>();
   for (const part of text.split(",")) {
-    const m = /^(\d+)=(\d+)$/.exec(part.trim());
-    const pt = m ? Number(m[1]) : -1;
-    const hz = m ? Number(m[2]) : 0;
-    if (!m || pt > 127 || hz < 1000 || hz > 10_000_000) {
+    const rate = parseClockRate(part);
+    if (!rate) {
       throw new UsageError(
-        `probe recv: --clock-rate must be PT=HZ[,PT=HZ...] (PT 0..127, HZ 1000..10000000), got "${part}"`,
+        `probe recv: --clock-rate must be ${CLOCK_RATE_SYNTAX}, comma-separated; got "${part}"`,
       );
     }
-    rates.set(pt, hz);
+    rates.set(rate.payloadType, rate.hz);
   }
   return rates;
 }

@@ -33,6 +33,17 @@ export const STATIC_CLOCK_RATES: ReadonlyMap<number, number> = new Map([
   [34, 90000], // H263
 ]);
 
+/** How a program or a command line names the clock rate of a payload type: `PT:HZ`, e.g. `96:90000`. */
+export const CLOCK_RATE_SYNTAX = "PT:HZ (payload type 0..127, rate 1000..10000000 Hz), like 96:90000";
+
+/** Reads one `PT:HZ` pair (see CLOCK_RATE_SYNTAX); null when it is not one. */
+export function parseClockRate(text: string): { payloadType: number; hz: number } | null {
+  const m = /^(\d{1,3}):(\d{1,8})$/.exec(text.trim());
+  if (!m) return null;
+  const [payloadType, hz] = [Number(m[1]), Number(m[2])];
+  return payloadType <= 127 && hz >= 1000 && hz <= 10_000_000 ? { payloadType, hz } : null;
+}
+
 /**
  * The clock rate of payload type `pt`, or null when it is unknown. A rate in `learned` (from an SDP or the program)
  * wins, because a session description is free to remap even a static type; a learned rate that is not a positive

@@ -128,7 +128,7 @@ Deno.test("parseProbeArgs reads recv --rtp and the clock rates of dynamic payloa
     "127.0.0.1:5004",
     "--rtp",
     "--clock-rate",
-    "96=90000, 97=16000",
+    "96:90000, 97:16000",
   ]);
   assert.ok(r.mode === "recv");
   assert.equal(r.options.rtp, true);
@@ -160,8 +160,8 @@ Deno.test("parseProbeArgs rejects bad RTP options with one line each", () => {
     [["send", "--to", "127.0.0.1:65535", "--rtp"], /port 65535 leaves no port \+ 1 for RTCP/],
     [["recv", "--listen", "127.0.0.1:1", "--pt", "96"], /--pt does not apply to recv/],
     [["recv", "--listen", "127.0.0.1:1", "--capture-delay", "1s"], /--capture-delay does not apply to recv/],
-    [["recv", "--listen", "127.0.0.1:1", "--clock-rate", "90000"], /--clock-rate must be PT=HZ.*got "90000"/],
-    [["recv", "--listen", "127.0.0.1:1", "--clock-rate", "200=8000"], /--clock-rate must be PT=HZ/],
+    [["recv", "--listen", "127.0.0.1:1", "--clock-rate", "90000"], /--clock-rate must be PT:HZ.*got "90000"/],
+    [["recv", "--listen", "127.0.0.1:1", "--clock-rate", "200:8000"], /--clock-rate must be PT:HZ/],
   ];
   for (const [args, message] of bad) {
     assert.throws(

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { clockRateOf, snapClockRate, STATIC_CLOCK_RATES } from "../../lib/media/clock_rates.ts";
+import {
+  clockRateOf,
+  parseClockRate,
+  snapClockRate,
+  STATIC_CLOCK_RATES,
+} from "../../lib/media/clock_rates.ts";
+import { STATIC_RTPMAPS } from "../../lib/media/sdp.ts";
 
 Deno.test("STATIC_CLOCK_RATES holds RFC 3551's static payload types", () => {
   const expected: [number, number][] = [
@@ -59,4 +65,18 @@ Deno.test("snapClockRate names the common rate a measured one stands for, and no
   assert.equal(snapClockRate(0), null);
   assert.equal(snapClockRate(-8000), null);
   assert.equal(snapClockRate(Number.NaN), null);
+});
+
+Deno.test("parseClockRate reads the one PT:HZ syntax the syncer and the probe share", () => {
+  assert.deepEqual(parseClockRate("96:90000"), { payloadType: 96, hz: 90000 });
+  assert.deepEqual(parseClockRate(" 127:16000 "), { payloadType: 127, hz: 16000 });
+  for (const bad of ["96=90000", "128:8000", "96:999", "96:10000001", "96:", ":8000", "96:9e4", ""]) {
+    assert.equal(parseClockRate(bad), null, bad);
+  }
+});
+
+Deno.test("STATIC_RTPMAPS agree with RFC 3551's static clock rates", () => {
+  for (const [pt, map] of STATIC_RTPMAPS) {
+    assert.equal(map.clockRate, STATIC_CLOCK_RATES.get(pt), `type ${pt}`);
+  }
 });

@@ -10,6 +10,7 @@ import type { CounterSet } from "../../core/metrics.ts";
 import { systemClock } from "../../core/clock.ts";
 import { PreciseTimer, Sleeper } from "../../core/precise_timer.ts";
 import { Synchronizer } from "../../media/sync.ts";
+import { CLOCK_RATE_SYNTAX, parseClockRate } from "../../media/clock_rates.ts";
 import type { Endpoint } from "../../net/udp.ts";
 import { ArrayBatch } from "../batch.ts";
 import { defineElement } from "../element.ts";
@@ -37,23 +38,15 @@ const offsetsParam: Param<number[]> = {
   },
 };
 
-const RATE = /^(\d{1,3}):(\d{1,8})$/;
-
 const clockRatesParam: Param<ReadonlyMap<number, number>> = {
   doc: 'clock rates of dynamic payload types, as "type:Hz" strings (`clock_rates = "96:90000", "97:16000"`)',
   default: new Map(),
   parse(values) {
     const out = new Map<number, number>();
     for (const v of values) {
-      const m = v.kind === "string" ? RATE.exec(v.text) : null;
-      const pt = m ? Number(m[1]) : NaN;
-      const hz = m ? Number(m[2]) : NaN;
-      if (!(pt <= 127) || !(hz >= 1)) {
-        return new ParamProblem(
-          'expected "type:Hz" strings with a payload type 0..127 and a rate in Hz, like "96:90000"',
-        );
-      }
-      out.set(pt, hz);
+      const rate = v.kind === "string" ? parseClockRate(v.text) : null;
+      if (!rate) return new ParamProblem(`expected strings ${CLOCK_RATE_SYNTAX}`);
+      out.set(rate.payloadType, rate.hz);
     }
     return out;
   },
