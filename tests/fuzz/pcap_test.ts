@@ -11,6 +11,7 @@ import {
   pcapFileHeader,
   PcapFormatError,
   PcapReader,
+  type PcapRecord,
   pcapRecordSize,
   readPcap,
   writePcapRecord,
@@ -28,7 +29,7 @@ const record = fc.record({
   data: fc.uint8Array({ maxLength: 80 }),
 });
 
-function capture(records: readonly fc.RecordValue<typeof record>[]): Uint8Array {
+function capture(records: readonly PcapRecord[]): Uint8Array {
   const size = records.reduce(
     (n, r) => n + pcapRecordSize(r.data.length, r.from.host.includes(":") || r.to.host.includes(":")),
     24,
