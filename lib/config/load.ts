@@ -8,6 +8,7 @@ import type { Registry } from "../core/registry.ts";
 import type { RoleDef } from "../roles/role.ts";
 import { configSchema, normaliseRoles, type Plan } from "./plan.ts";
 import { Context, INVALID, MAX_ERRORS } from "./schema.ts";
+import { checkYamlText, checkYamlTree, CONFIG_YAML_LIMITS, textPos } from "./yaml_limits.ts";
 
 /** Config files larger than this are refused before parsing. */
 export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
@@ -25,6 +26,14 @@ export interface LoadOptions {
 export function loadConfig(text: string, options: LoadOptions): Plan {
   const { file, roles } = options;
   const env = options.env ?? (() => undefined);
+  const tooLarge = checkYamlText(text, CONFIG_YAML_LIMITS, "config");
+  if (tooLarge) {
+    const { line, col } = textPos(text, tooLarge.offset);
+    throw new ErrorList(
+      [new ConfigError(tooLarge.message, { file, line, col })],
+      `${file}: 1 error in config`,
+    );
+  }
   const lines = new LineCounter();
   const doc = parseDocument(text, {
     lineCounter: lines,
@@ -45,8 +54,13 @@ export function loadConfig(text: string, options: LoadOptions): Plan {
       : problem.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
     ctx.error(problem.pos[0], "", `YAML: ${message}`);
   }
+  // Before the schema resolves aliases (each a walk of the whole document) and walks every mapping.
+  const tooBig = doc.errors.length
+    ? null
+    : checkYamlTree(doc.contents as Node | null, CONFIG_YAML_LIMITS, "config");
+  if (tooBig) ctx.error(tooBig.offset, "", tooBig.message);
   // A document that is not valid YAML gives no tree worth checking: report the syntax alone.
-  const checked = doc.errors.length ? INVALID : configSchema(roles).check({
+  const checked = doc.errors.length || tooBig ? INVALID : configSchema(roles).check({
     node: doc.contents as Node | null,
     anchor: 0,
     path: "",

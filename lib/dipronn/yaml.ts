@@ -30,6 +30,7 @@ import { suggest } from "../core/suggest.ts";
 import type { Attr, Block, Pos, Program, Statement, Value } from "./ast.ts";
 import { addError, ProgramError } from "./ast.ts";
 import { MAX_PROGRAM_BYTES, parseValueList, programErrors } from "./parser.ts";
+import { checkYamlText, checkYamlTree, PROGRAM_YAML_LIMITS, textPos } from "../config/yaml_limits.ts";
 
 const TOP_KEYS = ["project", "owner", "notifications", "use_RTP", "aps", "vms"];
 const AP_KEYS = ["name", "ref", "inputs", "outputs", "params"];
@@ -46,11 +47,18 @@ export function parseYamlProgram(text: string, file: string): Program {
     );
     throw programErrors(errors);
   }
+  const fail = (message: string, pos: Pos) => addError(errors, message, { file, ...pos });
+  const tooLarge = checkYamlText(text, PROGRAM_YAML_LIMITS, "program");
+  if (tooLarge) {
+    fail(tooLarge.message, textPos(text, tooLarge.offset));
+    throw programErrors(errors);
+  }
   const lines = new LineCounter();
+  // Keys are checked for repeats below, after the size limits: the library's own check is quadratic.
   const doc = parseDocument(text, {
     lineCounter: lines,
     prettyErrors: false,
-    uniqueKeys: true,
+    uniqueKeys: false,
     strict: true,
   });
   const posOf = (offset: number): Pos => {
@@ -58,11 +66,18 @@ export function parseYamlProgram(text: string, file: string): Program {
     return { line: p.line, col: p.col };
   };
   const where = (node: Node | null | undefined): Pos => posOf(node?.range?.[0] ?? 0);
-  const fail = (message: string, pos: Pos) => addError(errors, message, { file, ...pos });
   for (const e of doc.errors) {
     fail(`YAML: ${e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "")}`, posOf(e.pos[0]));
   }
   if (doc.errors.length) throw programErrors(errors);
+  const tooBig = checkYamlTree(
+    doc.contents as Node | null,
+    PROGRAM_YAML_LIMITS,
+    "program",
+    (key) => fail("YAML: Map keys must be unique", where(key)),
+  );
+  if (tooBig) fail(tooBig.message, posOf(tooBig.offset));
+  if (errors.length) throw programErrors(errors);
 
   const root = doc.contents;
   if (!isMap(root)) {
