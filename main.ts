@@ -6,6 +6,7 @@
  */
 import { startAppliance } from "./lib/appliance.ts";
 import { parseCommandLine, usage } from "./lib/cli/args.ts";
+import { checkNamedFiles } from "./lib/cli/check_files.ts";
 import { runProbe } from "./lib/cli/probe.ts";
 import { readProgramFile, runProgramCommand } from "./lib/cli/program.ts";
 import { EMBEDDED_SOURCE, loadConfig, MAX_CONFIG_BYTES } from "./lib/config/load.ts";
@@ -41,6 +42,10 @@ export async function main(args: readonly string[]): Promise<number> {
       roles,
     );
     if (options.check) {
+      const problems = await checkNamedFiles(plan);
+      if (problems.length) {
+        throw new ErrorList(problems, `${file}: ${problems.length} error(s) in the files it names`);
+      }
       out(`${file}: config OK (${describe(plan)})\n`);
       return 0;
     }
