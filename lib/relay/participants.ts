@@ -13,7 +13,7 @@
  */
 import { createHmac, randomBytes } from "node:crypto";
 import type { Clock } from "../core/clock.ts";
-import { formatHostPort, ipv6Bytes, isIPv4, isIPv6 } from "../net/address.ts";
+import { formatHostPort, ipv6Bytes, ipv6Text, isIPv4, isIPv6 } from "../net/address.ts";
 import type { Endpoint } from "../net/udp.ts";
 
 export const JOIN_MIN_BYTES = 64;
@@ -47,6 +47,26 @@ export function addressClass(host: string): DenyClass | null {
   return null;
 }
 
+/**
+ * The address a participant limit counts: an IPv4 address (IPv4-mapped IPv6 as its IPv4 address), or the /64 an
+ * IPv6 address lies in, since one subscriber is routinely given a whole /64 and picks addresses in it at will.
+ */
+export function limitKey(host: string): string {
+  if (!isIPv6(host)) return host;
+  const b = ipv6Bytes(host);
+  if (b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff) {
+    return `${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
+  }
+  const head = new Uint8Array(16);
+  head.set(b.subarray(0, 8));
+  return `${ipv6Text(head)}/64`;
+}
+
+/** Nonce-checked messages (CONFIRM, LEAVE) taken from one address (/64) per second, by default. */
+export const CONFIRM_RATE = 10;
+/** Most addresses the confirm rate keeps count of in one second; beyond it new addresses wait for the next. */
+const RATE_KEYS = 10_000;
+
 export interface TableOptions {
   readonly clock: Clock;
   /** Silence after which a joined participant is dropped. */
@@ -58,6 +78,10 @@ export interface TableOptions {
   readonly allow: readonly DenyClass[];
   /** HMAC key for nonces; a random one per table by default. */
   readonly secret?: Uint8Array;
+  /** Only IPv4 participants (the reflector's sockets are IPv4 and cannot send to IPv6). */
+  readonly ipv4Only?: boolean;
+  /** Nonce-checked messages taken from one address (/64) per second (default CONFIRM_RATE). */
+  readonly confirmRate?: number;
 }
 
 export type Origin = "join" | "config" | "api";
@@ -80,9 +104,12 @@ export interface TableStats {
   refused_denied: number;
   bad_nonce: number;
   malformed: number;
+  /** CONFIRM and LEAVE messages over the per-address rate, dropped unchecked. */
+  rate_limited: number;
 }
 
-export type Refusal = "denied" | "limit";
+/** Why a participant may not be added: a deny class, a limit, or an address family its sockets cannot reach. */
+export type Refusal = "denied" | "limit" | "family";
 
 export class ParticipantTable {
   readonly stats: TableStats = {
@@ -95,9 +122,13 @@ export class ParticipantTable {
     refused_denied: 0,
     bad_nonce: 0,
     malformed: 0,
+    rate_limited: 0,
   };
   readonly #byKey = new Map<string, Participant>();
   readonly #secret: Uint8Array;
+  /** Nonce-checked messages per address in the current second. */
+  #rate = new Map<string, number>();
+  #rateSecond = -1;
   /** Bumped on every change, so a user of `endpoints()` knows when to rebuild what it derived. */
   version = 0;
 
@@ -119,12 +150,14 @@ export class ParticipantTable {
 
   /** Why `ep` may not be added now, or null when it may. */
   refusal(ep: Endpoint): Refusal | null {
+    if (this.options.ipv4Only && !isIPv4(ep.host)) return "family";
     const cls = addressClass(ep.host);
     if (cls && !this.options.allow.includes(cls)) return "denied";
     if (this.#byKey.has(formatHostPort(ep))) return null;
     if (this.#byKey.size >= this.options.maxParticipants) return "limit";
+    const key = limitKey(ep.host);
     let same = 0;
-    for (const p of this.#byKey.values()) if (p.endpoint.host === ep.host) same++;
+    for (const p of this.#byKey.values()) if (limitKey(p.endpoint.host) === key) same++;
     return same >= this.options.maxPerAddress ? "limit" : null;
   }
 
@@ -158,6 +191,10 @@ export class ParticipantTable {
     const m = /^EDGENODE-(CONFIRM|LEAVE) ([0-9a-f]{32})$/.exec(text);
     if (!m) {
       this.stats.malformed++;
+      return null;
+    }
+    if (!this.#takeRate(from.host)) {
+      this.stats.rate_limited++;
       return null;
     }
     const epoch = this.#epoch();
@@ -197,9 +234,24 @@ export class ParticipantTable {
     return dropped;
   }
 
+  /** Whether one more nonce-checked message from `host` fits this second's rate (fixed one-second windows). */
+  #takeRate(host: string): boolean {
+    const second = Math.floor(this.options.clock.now() / 1000);
+    if (second !== this.#rateSecond) {
+      this.#rateSecond = second;
+      this.#rate = new Map();
+    }
+    const key = limitKey(host);
+    const n = this.#rate.get(key) ?? 0;
+    if (n >= (this.options.confirmRate ?? CONFIRM_RATE)) return false;
+    if (n === 0 && this.#rate.size >= RATE_KEYS) return false;
+    this.#rate.set(key, n + 1);
+    return true;
+  }
+
   #refuse(from: Endpoint): boolean {
     const why = this.refusal(from);
-    if (why === "denied") this.stats.refused_denied++;
+    if (why === "denied" || why === "family") this.stats.refused_denied++;
     if (why === "limit") this.stats.refused_limit++;
     return why !== null;
   }

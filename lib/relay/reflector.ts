@@ -12,19 +12,23 @@
  */
 import type { Clock, TimerId } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
-import type { CounterSet, Labels, MetricsRegistry } from "../core/metrics.ts";
+import {
+  type CounterSet,
+  declareSeries,
+  figuresOf,
+  type Labels,
+  type MetricsRegistry,
+} from "../core/metrics.ts";
 import { isRtcp, isRtp } from "../media/rtp.ts";
 import { formatHostPort, type HostPort, isIPv4, isIPv6 } from "../net/address.ts";
+import { SourceAllowList } from "../net/allow.ts";
 import {
   type Batch,
   type Destinations,
   type Endpoint,
-  statsOf,
   sumStats,
-  type UdpOptions,
   type UdpSocket,
   type UdpStats,
-  wellFormed,
 } from "../net/udp.ts";
 import { FastUdp } from "../net/udp_fast.ts";
 import {
@@ -33,9 +37,17 @@ import {
   type Origin,
   type Participant,
   ParticipantTable,
+  type Refusal,
   type TableStats,
 } from "./participants.ts";
-import { publishSocket, RelayThread } from "./relay.ts";
+import { admit, DROP, DROP_CELLS } from "./admit.ts";
+import {
+  type DropFigures,
+  dropFigures,
+  RelayThread,
+  type RelayThreadOptions,
+  SOCKET_SERIES,
+} from "./relay.ts";
 import { SharedTargets } from "./shared_targets.ts";
 
 export interface ReflectorSpec {
@@ -47,6 +59,10 @@ export interface ReflectorSpec {
   readonly max_per_address: number;
   readonly allow: readonly DenyClass[];
   readonly participants: readonly HostPort[];
+  /** Source prefixes let in on the data ports (lib/net/allow.ts); empty or absent: any source. */
+  readonly allow_sources?: readonly string[];
+  /** Nonce-checked messages taken from one address (/64) per second (participants.ts CONFIRM_RATE by default). */
+  readonly confirm_rate?: number;
 }
 
 /**
@@ -71,18 +87,21 @@ interface Fanout {
   update(participants: ReadonlyMap<string, Endpoint>): void;
   /** What participant `key` was sent during its current stay on this path. */
   counts(key: string): { sent: number; dropped: number } | undefined;
-  /** Datagrams that were not RTP (RTCP) on a use_rtp path. */
-  readonly malformed: number;
+  /** What the path did not send on, by reason (lib/relay/admit.ts DROP). */
+  readonly drops: Float64Array;
 }
 
 /** A path on the main thread: Destinations rebuilt on each change, what staying participants were sent carried over. */
 class LocalFanout implements Fanout {
-  malformed = 0;
+  readonly drops = new Float64Array(DROP_CELLS);
   #dest: Destinations;
   #index = new Map<string, number>();
   #carried = new Map<string, { sent: number; dropped: number }>();
 
-  constructor(readonly out: UdpSocket, readonly valid?: (d: Uint8Array) => boolean) {
+  constructor(
+    readonly out: UdpSocket,
+    readonly rules: { allow: SourceAllowList; valid?: (d: Uint8Array) => boolean },
+  ) {
     this.#dest = out.destinations([]);
   }
 
@@ -104,9 +123,9 @@ class LocalFanout implements Fanout {
     return { sent: (c?.sent ?? 0) + this.#dest.sent[j], dropped: (c?.dropped ?? 0) + this.#dest.dropped[j] };
   }
 
-  send(batch: Batch): void {
-    const packets = this.valid ? wellFormed(batch, this.valid, (n) => this.malformed += n) : batch;
-    this.out.send(packets, this.#dest);
+  /** Sends what `admit` lets through; `rules` may be looser for a batch a session graph already checked. */
+  send(batch: Batch, rules = this.rules): void {
+    this.out.send(admit(batch, rules, this.drops), this.#dest);
   }
 }
 
@@ -122,8 +141,8 @@ class ThreadFanout implements Fanout {
     return this.targets.counts(key);
   }
 
-  get malformed(): number {
-    return this.thread.malformed;
+  get drops(): Float64Array {
+    return this.thread.drops;
   }
 }
 
@@ -136,11 +155,9 @@ interface Path {
   readonly fanout: LocalFanout | ThreadFanout;
 }
 
-export interface ReflectorOptions {
+export interface ReflectorOptions extends Omit<RelayThreadOptions, "logger"> {
   /** Move each path that has a data socket on the fast path on a thread of its own (default true). */
   readonly thread?: boolean;
-  /** batch, maxDatagram and gso, for the threads' own socket objects. */
-  readonly udp?: UdpOptions;
 }
 
 interface Deps {
@@ -176,8 +193,42 @@ const STAT_NAMES = [
   "refused_denied",
   "bad_nonce",
   "malformed",
+  "rate_limited",
   "participant_rtcp",
 ] as const;
+
+/** A reflector's figures: its table's (or the remote table's), and what its data paths did not send on. */
+type ReflectorFigures = MembershipStats & DropFigures & {
+  participants: number;
+  malformed_data: number;
+  control_errors: number;
+};
+
+/**
+ * A reflector's series, declared once for /status and /metrics. Per-participant figures are in /status only: a
+ * label per participant would grow /metrics with every join (and be set by outsiders).
+ */
+const REFLECTOR_SERIES = declareSeries<ReflectorFigures>({
+  participants: { help: "Participants receiving the stream", kind: "gauge" },
+  joins: { help: "JOIN requests answered or refused" },
+  challenges: { help: "Challenges sent in answer to a JOIN" },
+  confirms: { help: "Nonces echoed correctly (joins and keepalives)" },
+  leaves: { help: "Participants that left" },
+  expired: { help: "Participants dropped after the timeout" },
+  refused_limit: { help: "Joins refused by a participant limit" },
+  refused_denied: { help: "Joins refused by the deny list" },
+  bad_nonce: { help: "Confirms with a wrong or stale nonce" },
+  malformed_control: {
+    help: "Datagrams on the registration port that are no message",
+    read: (f) => f.malformed,
+  },
+  rate_limited: { help: "CONFIRM and LEAVE messages over the per-address rate, dropped unchecked" },
+  participant_rtcp: { help: "RTCP reports from participants (counted, not forwarded)" },
+  malformed_data: { help: "Datagrams on the data ports that are not RTP/RTCP (use_rtp only)" },
+  dropped_empty: { help: "Empty datagrams on the data ports, not sent on" },
+  dropped_denied: { help: "Datagrams on the data ports from a source outside allow_sources, not sent on" },
+  control_errors: { help: "Control datagrams whose handling failed (logged; the reflector goes on)" },
+});
 
 export function emptyMembershipStats(): MembershipStats {
   return Object.fromEntries(STAT_NAMES.map((k) => [k, 0])) as unknown as MembershipStats;
@@ -189,7 +240,7 @@ export function emptyMembershipStats(): MembershipStats {
  */
 export function checkMembershipReport(
   value: unknown,
-  limits: { max: number; allow: readonly DenyClass[] },
+  limits: { max: number; allow: readonly DenyClass[]; ipv4Only?: boolean },
 ): MembershipReport | null {
   if (typeof value !== "object" || value === null) return null;
   const v = value as { stats?: unknown; participants?: unknown };
@@ -204,7 +255,9 @@ export function checkMembershipReport(
   for (const p of v.participants.slice(0, limits.max) as unknown[]) {
     const e = (p as { endpoint?: { host?: unknown; port?: unknown } } | null)?.endpoint;
     const { origin, joinedAt, lastSeen } = (p ?? {}) as Record<string, unknown>;
-    if (!e || typeof e.host !== "string" || !(isIPv4(e.host) || isIPv6(e.host))) continue;
+    if (!e || typeof e.host !== "string" || !(isIPv4(e.host) || (!limits.ipv4Only && isIPv6(e.host)))) {
+      continue;
+    }
     if (typeof e.port !== "number" || !Number.isInteger(e.port) || e.port < 1 || e.port > 65534) continue;
     const cls = addressClass(e.host);
     if (cls && !limits.allow.includes(cls)) continue;
@@ -233,11 +286,13 @@ export class Reflector {
   readonly #sets: CounterSet[] = [];
   readonly #loops: Promise<void>[] = [];
   readonly #clock: Clock;
+  readonly #allow: SourceAllowList;
+  /** Whether the sockets are IPv4 ones, which cannot send to an IPv6 participant. */
+  readonly #ipv4Only: boolean;
   #timer: TimerId | undefined;
   #closed = false;
   #participantRtcp = 0;
-  /** The metrics of each participant in the table, by key. */
-  readonly #participantSets = new Map<string, CounterSet>();
+  #controlErrors = 0;
   #tableVersion = -1;
 
   /**
@@ -250,6 +305,7 @@ export class Reflector {
     deps: Deps,
     options: ReflectorOptions = {},
   ): Promise<Reflector> {
+    const allow = SourceAllowList.parse(spec.allow_sources ?? []);
     const threads = new Map<PathName, ThreadFanout>();
     const pairs: [PathName, UdpSocket | undefined, UdpSocket | undefined][] = [
       ["media", sockets.data, sockets.registration],
@@ -262,9 +318,8 @@ export class Reflector {
         const valid = spec.use_rtp ? (name === "media" ? "rtp" : "rtcp") : undefined;
         const thread = await RelayThread.start(
           from,
-          { labels: { reflector: spec.name, path: name }, to: { shared: targets.memory }, out, valid },
-          options.udp ?? {},
-          deps.logger,
+          { labels: { reflector: spec.name, path: name }, to: { shared: targets.memory }, out, valid, allow },
+          { ...options, logger: deps.logger },
         );
         threads.set(name, new ThreadFanout(thread, targets));
       } catch (error) {
@@ -291,12 +346,16 @@ export class Reflector {
   ) {
     this.#clock = deps.clock;
     this.#remote = remote;
+    this.#allow = SourceAllowList.parse(spec.allow_sources ?? []);
+    this.#ipv4Only = isIPv4(sockets.registration.local.host);
     this.table = new ParticipantTable({
       clock: deps.clock,
       timeoutMs: spec.timeout,
       maxParticipants: spec.max_participants,
       maxPerAddress: spec.max_per_address,
       allow: spec.allow,
+      ipv4Only: this.#ipv4Only,
+      confirmRate: spec.confirm_rate,
     });
     for (const p of spec.participants) {
       const why = this.table.add(p, "config");
@@ -308,12 +367,14 @@ export class Reflector {
         });
       }
     }
+    const allow = this.#allow;
     this.#paths = [{
       name: "media",
       from: sockets.data,
       out: sockets.registration,
       portOffset: 0,
-      fanout: threads.get("media") ?? new LocalFanout(sockets.registration, spec.use_rtp ? isRtp : undefined),
+      fanout: threads.get("media") ??
+        new LocalFanout(sockets.registration, { allow, ...(spec.use_rtp ? { valid: isRtp } : {}) }),
     }];
     if (sockets.registrationRtcp) {
       this.#paths.push({
@@ -321,18 +382,31 @@ export class Reflector {
         from: sockets.dataRtcp,
         out: sockets.registrationRtcp,
         portOffset: 1,
-        fanout: threads.get("rtcp") ?? new LocalFanout(sockets.registrationRtcp, isRtcp),
+        fanout: threads.get("rtcp") ?? new LocalFanout(sockets.registrationRtcp, { allow, valid: isRtcp }),
       });
     }
     this.#publish();
     this.#syncParticipants();
     for (const path of this.#paths) {
       const fanout = path.fanout;
-      if (path.from && fanout instanceof LocalFanout) this.#loops.push(this.#forward(path.from, fanout));
+      if (path.from && fanout instanceof LocalFanout) this.#keep(path.name, this.#forward(path.from, fanout));
     }
-    this.#loops.push(this.#control(sockets.registration, false));
-    if (sockets.registrationRtcp) this.#loops.push(this.#control(sockets.registrationRtcp, true));
+    this.#keep("registration", this.#control(sockets.registration, false));
+    if (sockets.registrationRtcp) {
+      this.#keep("registrationRtcp", this.#control(sockets.registrationRtcp, true));
+    }
     if (!remote) this.#scheduleExpiry();
+  }
+
+  /** Keeps a loop to wait for at close; one that fails (its socket failed) says so in the log, not by a throw. */
+  #keep(name: string, loop: Promise<void>): void {
+    this.#loops.push(loop.catch((error) => {
+      this.deps.logger.error("reflector loop ended", {
+        reflector: this.spec.name,
+        loop: name,
+        error: error instanceof Error ? error.message : String(error),
+      });
+    }));
   }
 
   /** The remote table's report (checked by the caller): the participants to send to from now on, and figures. */
@@ -347,7 +421,13 @@ export class Reflector {
   /** Sends the remote table's answer to a control datagram, from the registration socket it came in on. */
   reply(data: Uint8Array, to: Endpoint, rtcp: boolean): void {
     const socket = rtcp ? this.sockets.registrationRtcp : this.sockets.registration;
-    if (socket && !this.#closed) socket.send([data], socket.destinations([to]));
+    if (!socket || this.#closed || !this.#reachable(to.host)) return;
+    socket.send([data], socket.destinations([to]));
+  }
+
+  /** Whether this reflector's sockets can send to `host` (an IPv4 socket cannot send to IPv6). */
+  #reachable(host: string): boolean {
+    return !this.#ipv4Only || isIPv4(host);
   }
 
   /** Who receives, what the table counted, and since when: here or as the remote table last reported. */
@@ -366,6 +446,19 @@ export class Reflector {
     };
   }
 
+  #figures(): ReflectorFigures {
+    const view = this.#view();
+    const drops = new Float64Array(DROP_CELLS);
+    for (const p of this.#paths) for (let c = 0; c < DROP_CELLS; c++) drops[c] += p.fanout.drops[c];
+    return {
+      ...view.stats,
+      ...dropFigures(drops),
+      participants: view.participants.length,
+      malformed_data: drops[DROP.malformed],
+      control_errors: this.#controlErrors,
+    };
+  }
+
   /** Data port -> every participant, from the registration socket, on the event loop. */
   async #forward(from: UdpSocket, fanout: LocalFanout): Promise<void> {
     for (;;) {
@@ -375,10 +468,15 @@ export class Reflector {
     }
   }
 
-  /** Sends a batch that arrived some other way (from a session graph) to every participant. */
+  /**
+   * Sends a batch that arrived some other way (from a session graph) to every participant. Its sources were
+   * checked where it entered the graph (DIPRONN_INPUT), so only emptiness and well-formedness are checked here.
+   */
   reflect(batch: Batch, rtcp: boolean): void {
     const fanout = this.#paths[rtcp ? 1 : 0]?.fanout;
-    if (fanout instanceof LocalFanout && !this.#closed) fanout.send(batch);
+    if (fanout instanceof LocalFanout && !this.#closed) {
+      fanout.send(batch, { ...fanout.rules, allow: SourceAllowList.ANY });
+    }
   }
 
   /** Whether a thread of its own moves each path's datagrams, by path ("media", and "rtcp" with use_rtp). */
@@ -399,39 +497,19 @@ export class Reflector {
   }
 
   /**
-   * After the table changed: every path sends to the new participant list, and each participant in the table has
-   * its metrics (created on join, removed on leave).
+   * After the table changed: every path sends to the new participant list. An address the sockets cannot send to
+   * never gets here through the table (it refuses them) nor through a remote report (checked); it is left out all
+   * the same, since a throw here would end the loop or timer that called.
    */
   #syncParticipants(): void {
     const view = this.#view();
     if (this.#tableVersion === view.version) return;
     this.#tableVersion = view.version;
-    const endpoints = view.participants.map((p) => p.endpoint);
+    const endpoints = view.participants.map((p) => p.endpoint).filter((e) => this.#reachable(e.host));
     for (const path of this.#paths) {
       path.fanout.update(
         new Map(endpoints.map((e) => [formatHostPort(e), { host: e.host, port: e.port + path.portOffset }])),
       );
-    }
-    const current = new Set(endpoints.map(formatHostPort));
-    for (const [key, set] of this.#participantSets) {
-      if (current.has(key)) continue;
-      this.deps.metrics.remove(set);
-      this.#participantSets.delete(key);
-    }
-    for (const key of current) {
-      if (this.#participantSets.has(key)) continue;
-      const set = this.deps.metrics.set("reflector_participant", {
-        reflector: this.spec.name,
-        participant: key,
-        ...this.deps.labels,
-      });
-      set.counter("sent_total", "Datagrams sent to this participant", () => this.#counts(key).sent);
-      set.counter(
-        "dropped_total",
-        "Datagrams to this participant the kernel refused",
-        () => this.#counts(key).dropped,
-      );
-      this.#participantSets.set(key, set);
     }
   }
 
@@ -460,27 +538,42 @@ export class Reflector {
   /**
    * Registration port: joins, confirms, keepalives, leaves. On the RTCP registration port, participants' own RTCP
    * (receiver reports, sent from their port + 1 as RTP receivers do) is expected: counted apart and dropped.
-   * Anything else is counted as malformed by the table.
+   * Anything else is counted as malformed by the table. A datagram whose handling throws is counted and logged,
+   * and the loop goes on: nothing an outsider sends may end it (or, unhandled, the process).
    */
   async #control(socket: UdpSocket, rtcp: boolean): Promise<void> {
     for (;;) {
       const batch = await socket.receive();
       if (!batch) return;
       if (this.#remote) {
-        if (!this.#closed) this.#remote.control(batch, rtcp);
+        if (!this.#closed) this.#guard(() => this.#remote!.control(batch, rtcp));
         continue;
       }
       for (let i = 0; i < batch.count; i++) {
-        const data = batch.data(i);
-        if (rtcp && isRtcp(data)) {
-          this.#participantRtcp++;
-          continue;
-        }
-        const from = batch.from(i);
-        const reply = this.table.onControl(data, from);
-        if (reply) socket.send([reply], socket.destinations([from]));
-        this.#syncParticipants();
+        this.#guard(() => {
+          const data = batch.data(i);
+          if (rtcp && isRtcp(data)) {
+            this.#participantRtcp++;
+            return;
+          }
+          const from = batch.from(i);
+          const reply = this.table.onControl(data, from);
+          if (reply && this.#reachable(from.host)) socket.send([reply], socket.destinations([from]));
+          this.#syncParticipants();
+        });
       }
+    }
+  }
+
+  #guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (error) {
+      this.#controlErrors++;
+      this.deps.logger.error("reflector control failed", {
+        reflector: this.spec.name,
+        error: error instanceof Error ? error.message : String(error),
+      });
     }
   }
 
@@ -488,17 +581,28 @@ export class Reflector {
     if (this.#closed) return;
     const every = Math.max(100, Math.min(1000, this.spec.timeout / 4));
     this.#timer = this.#clock.setTimeout(() => {
-      const dropped = this.table.expire();
-      this.#syncParticipants();
-      if (dropped) this.deps.logger.info("participants timed out", { reflector: this.spec.name, dropped });
+      this.#guard(() => {
+        const dropped = this.table.expire();
+        this.#syncParticipants();
+        if (dropped) this.deps.logger.info("participants timed out", { reflector: this.spec.name, dropped });
+      });
       this.#scheduleExpiry();
     }, every);
   }
 
-  add(ep: Endpoint, origin: Exclude<Origin, "join">) {
+  /**
+   * Adds a participant (from config or the API); returns why not when it may not be added: `family` when the
+   * reflector's sockets cannot send to its address family.
+   */
+  add(ep: Endpoint, origin: Exclude<Origin, "join">): Refusal | null {
     const refused = this.table.add(ep, origin);
     this.#syncParticipants();
     return refused;
+  }
+
+  /** The address family this reflector's sockets send to, for messages. */
+  get family(): "IPv4" | "IPv6" {
+    return this.#ipv4Only ? "IPv4" : "IPv6";
   }
 
   remove(ep: Endpoint): boolean {
@@ -510,53 +614,16 @@ export class Reflector {
   #publish(): void {
     const { metrics } = this.deps;
     const labels = { reflector: this.spec.name, ...this.deps.labels };
-    const set = metrics.set("reflector", labels);
-    const t = () => this.#view().stats;
-    set.gauge("participants", "Participants receiving the stream", () => this.#view().participants.length);
-    set.counter("joins_total", "JOIN requests answered or refused", () => t().joins);
-    set.counter("confirms_total", "Nonces echoed correctly (joins and keepalives)", () => t().confirms);
-    set.counter("leaves_total", "Participants that left", () => t().leaves);
-    set.counter("expired_total", "Participants dropped after the timeout", () => t().expired);
-    set.counter("refused_limit_total", "Joins refused by a participant limit", () => t().refused_limit);
-    set.counter("refused_denied_total", "Joins refused by the deny list", () => t().refused_denied);
-    set.counter("bad_nonce_total", "Confirms with a wrong or stale nonce", () => t().bad_nonce);
-    set.counter(
-      "malformed_control_total",
-      "Datagrams on the registration port that are no message",
-      () => t().malformed,
-    );
-    set.counter(
-      "participant_rtcp_total",
-      "RTCP reports from participants (counted, not forwarded)",
-      () => t().participant_rtcp,
-    );
-    set.counter(
-      "malformed_data_total",
-      "Datagrams on the data ports that are not RTP/RTCP (use_rtp only)",
-      () => this.#malformedData(),
-    );
-    this.#sets.push(set);
+    this.#sets.push(metrics.publish("reflector", labels, REFLECTOR_SERIES, () => this.#figures()));
     for (const [port, stats] of this.#socketStats()) {
-      this.#sets.push(
-        publishSocket(
-          metrics,
-          "reflector_socket",
-          { reflector: this.spec.name, port, ...this.deps.labels },
-          stats,
-        ),
-      );
+      this.#sets.push(metrics.publish("reflector_socket", { ...labels, port }, SOCKET_SERIES, () => stats));
     }
-  }
-
-  #malformedData(): number {
-    return this.#paths.reduce((n, p) => n + p.fanout.malformed, 0);
   }
 
   status(): Record<string, unknown> {
     const now = this.#clock.now();
     this.#syncParticipants();
-    const { stats, participants } = this.#view();
-    const { participant_rtcp, ...table } = stats;
+    const { participants } = this.#view();
     return {
       data: this.sockets.data ? formatHostPort(this.sockets.data.local) : "graph",
       registration: formatHostPort(this.sockets.registration.local),
@@ -564,11 +631,13 @@ export class Reflector {
       udp: this.sockets.registration.impl,
       gso: this.sockets.registration.gso,
       threads: this.threads,
+      allow_sources: this.#allow.allowsAll ? "any" : this.#allow.prefixes,
       ...this.#threadErrors(),
-      ...table,
-      malformed_data: this.#malformedData(),
-      participant_rtcp,
-      sockets: Object.fromEntries(this.#socketStats().map(([k, stats]) => [k, statsOf(stats)])),
+      ...figuresOf(REFLECTOR_SERIES, this.#figures()),
+      sockets: Object.fromEntries(
+        this.#socketStats().map(([k, stats]) => [k, figuresOf(SOCKET_SERIES, stats)]),
+      ),
+      // The count is `participants` in /metrics; here it is the list, with each one's figures.
       participants: participants.map((p) => ({
         address: formatHostPort(p.endpoint),
         origin: p.origin,
@@ -596,8 +665,6 @@ export class Reflector {
     if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
     // Its figures go at once: a VM group's reflector is closed when its group fails, and shows nothing after.
     for (const set of this.#sets) this.deps.metrics.remove(set);
-    for (const set of this.#participantSets.values()) this.deps.metrics.remove(set);
-    this.#participantSets.clear();
     for (const path of this.#paths) {
       const fanout = path.fanout;
       if (fanout instanceof ThreadFanout && !await fanout.thread.stop() && !fanout.thread.error) {

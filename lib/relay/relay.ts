@@ -6,8 +6,9 @@
  * Destinations (per target), in shared memory when a thread does the counting; the relay only publishes them.
  */
 import type { Logger } from "../core/logger.ts";
-import type { MetricsRegistry } from "../core/metrics.ts";
+import { declareSeries, figuresOf, type MetricsRegistry } from "../core/metrics.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
+import { SourceAllowList } from "../net/allow.ts";
 import {
   type Destinations,
   sharedStats,
@@ -17,35 +18,52 @@ import {
   type UdpStats,
 } from "../net/udp.ts";
 import { FastUdp } from "../net/udp_fast.ts";
+import { admit, DROP, DROP_CELLS } from "./admit.ts";
 import type { RelayThreadReport, RelayThreadStart } from "./relay_thread.ts";
 
 export interface RelaySpec {
   readonly name: string;
   readonly listen: HostPort;
   readonly targets: readonly HostPort[];
+  /** Source prefixes let in (lib/net/allow.ts); empty or absent: any source. */
+  readonly allow_sources?: readonly string[];
 }
 
 /** How long a relay thread has to start, and to stop once asked. */
 const THREAD_START_MS = 10_000;
 const THREAD_STOP_MS = 2_000;
 
-/** Publishes a socket's tallies as counters of one component. */
-export function publishSocket(
-  metrics: MetricsRegistry,
-  subsystem: string,
-  labels: Record<string, string>,
-  s: Readonly<UdpStats>,
-) {
-  const set = metrics.set(subsystem, labels);
-  set.counter("rx_packets_total", "Datagrams received", () => s.rx_packets);
-  set.counter("rx_bytes_total", "Bytes received", () => s.rx_bytes);
-  set.counter("tx_packets_total", "Datagrams sent", () => s.tx_packets);
-  set.counter("tx_bytes_total", "Bytes sent", () => s.tx_bytes);
-  set.counter("truncated_total", "Datagrams longer than max_datagram, delivered cut", () => s.truncated);
-  set.counter("tx_dropped_total", "Datagrams the kernel would not take", () => s.tx_dropped);
-  set.counter("errors_total", "Failed socket calls", () => s.errors);
-  return set;
+/** A socket's tallies, as every relay and reflector socket shows them in /status and /metrics. */
+export const SOCKET_SERIES = declareSeries<Readonly<UdpStats>>({
+  rx_packets: { help: "Datagrams received" },
+  rx_bytes: { help: "Bytes received" },
+  tx_packets: { help: "Datagrams sent" },
+  tx_bytes: { help: "Bytes sent" },
+  truncated: { help: "Datagrams longer than max_datagram, delivered cut" },
+  tx_dropped: { help: "Datagrams the kernel would not take" },
+  errors: { help: "Failed socket calls" },
+});
+
+/** What a relay's path refused to send on (lib/relay/admit.ts), by reason. */
+export interface DropFigures {
+  readonly dropped_empty: number;
+  readonly dropped_denied: number;
 }
+
+export function dropFigures(drops: Float64Array): DropFigures {
+  return { dropped_empty: drops[DROP.empty], dropped_denied: drops[DROP.denied] };
+}
+
+const RELAY_SERIES = declareSeries<Readonly<UdpStats> & DropFigures>({
+  ...SOCKET_SERIES,
+  dropped_empty: { help: "Empty datagrams received and not sent on" },
+  dropped_denied: { help: "Datagrams from a source outside allow_sources, not sent on" },
+});
+
+const TARGET_SERIES = declareSeries<{ sent: number; dropped: number }>({
+  sent: { help: "Datagrams sent to this target" },
+  dropped: { help: "Datagrams to this target the kernel refused" },
+});
 
 /** What a forwarding thread carries besides its receiving socket (see RelayThreadStart). */
 export interface ThreadPath {
@@ -55,20 +73,41 @@ export interface ThreadPath {
   /** Another socket to send from. */
   readonly out?: FastUdp;
   readonly valid?: "rtp" | "rtcp";
+  /** Source prefixes let in (empty: any source). */
+  readonly allow?: SourceAllowList;
+}
+
+/** How a forwarding thread is started. */
+export interface RelayThreadOptions {
+  /** batch, maxDatagram and gso, for the thread's own socket object. */
+  readonly udp?: UdpOptions;
+  readonly logger?: Logger;
+  /** A stand-in for lib/relay/relay_thread.ts (tests of threads that fail to start). */
+  readonly module?: URL;
+  /** How long the thread has to say it runs (default THREAD_START_MS). */
+  readonly startMs?: number;
 }
 
 /**
  * The thread that moves one relay's (or one reflector path's) datagrams, and the shared memory it counts into:
  * `stats` for the receiving socket (and the sending one when it is the same), `outStats` for another sending socket,
- * `malformed` for datagrams a `valid` check refused.
+ * `drops` for datagrams it did not send on (lib/relay/admit.ts).
+ *
+ * Only a thread known to be in its loop is woken by shutting the socket for reading (`FastUdp.interrupt`): a socket
+ * shut so cannot be read again, and returns empty datagrams at once forever. A thread that failed before its loop
+ * needs no waking, and one that did not answer in time is terminated without it, so a path that falls back to the
+ * event loop after a failed start still has a socket to read. (Such a late thread, should it still reach its loop,
+ * sees the stop cell after its first receive: that one batch is lost.)
  */
 export class RelayThread {
   readonly stats = sharedStats();
   readonly outStats = sharedStats();
-  readonly #malformed = new Float64Array(new SharedArrayBuffer(8));
+  readonly drops = new Float64Array(new SharedArrayBuffer(DROP_CELLS * 8));
   readonly #control = new Int32Array(new SharedArrayBuffer(4));
   readonly #worker: Worker;
   readonly #stopped: Promise<void>;
+  /** "starting" until the thread says it runs (or fails), "running", then "ended" once its loop is over. */
+  #phase: "starting" | "running" | "ended" = "starting";
   /** Resolves when the loop runs; rejects when the thread could not start it. */
   readonly started: Promise<void>;
   error: string | null = null;
@@ -76,11 +115,13 @@ export class RelayThread {
   private constructor(
     readonly socket: FastUdp,
     path: ThreadPath,
-    options: UdpOptions,
-    logger?: Logger,
+    options: RelayThreadOptions,
   ) {
     const name = Object.values(path.labels).join(" ");
-    this.#worker = new Worker(new URL("./relay_thread.ts", import.meta.url), { type: "module", name });
+    this.#worker = new Worker(options.module ?? new URL("./relay_thread.ts", import.meta.url), {
+      type: "module",
+      name,
+    });
     let ready!: () => void;
     let failed!: (error: string) => void;
     this.started = new Promise<void>((resolve, reject) => {
@@ -92,50 +133,56 @@ export class RelayThread {
     this.#stopped = new Promise<void>((resolve) => stopped = resolve);
     const fail = (error: string) => {
       this.error = error;
-      logger?.error("relay thread failed", { ...path.labels, error });
+      this.#phase = "ended";
+      options.logger?.error("relay thread failed", { ...path.labels, error });
       failed(error);
       stopped();
     };
     this.#worker.onmessage = (event: MessageEvent<RelayThreadReport>) => {
       const r = event.data;
-      if ("ready" in r) ready();
-      else if ("stopped" in r) stopped();
-      else fail(r.error);
+      if ("ready" in r) {
+        if (this.#phase === "starting") this.#phase = "running";
+        ready();
+      } else if ("stopped" in r) {
+        this.#phase = "ended";
+        stopped();
+      } else fail(r.error);
     };
     this.#worker.onerror = (event: ErrorEvent) => {
       event.preventDefault();
       fail(event.message);
     };
+    const udp = options.udp ?? {};
     const start: RelayThreadStart = {
       descriptor: socket.descriptor,
-      options: { batch: options.batch, maxDatagram: options.maxDatagram, gso: options.gso },
+      options: { batch: udp.batch, maxDatagram: udp.maxDatagram, gso: udp.gso },
       stats: this.stats.buffer,
       control: this.#control.buffer as SharedArrayBuffer,
       to: path.to,
       ...(path.out ? { out: { descriptor: path.out.descriptor, stats: this.outStats.buffer } } : {}),
-      ...(path.valid
-        ? { valid: { kind: path.valid, malformed: this.#malformed.buffer as SharedArrayBuffer } }
-        : {}),
+      ...(path.valid ? { valid: path.valid } : {}),
+      allow: path.allow?.prefixes ?? [],
+      drops: this.drops.buffer as SharedArrayBuffer,
     };
     this.#worker.postMessage(start);
   }
 
   /** Datagrams the `valid` check refused. */
   get malformed(): number {
-    return this.#malformed[0];
+    return this.drops[DROP.malformed];
   }
 
   /** A running thread, or a rejection saying why it could not start (nothing is left running then). */
   static async start(
     socket: FastUdp,
     path: ThreadPath,
-    options: UdpOptions,
-    logger?: Logger,
+    options: RelayThreadOptions = {},
   ): Promise<RelayThread> {
-    const thread = new RelayThread(socket, path, options, logger);
+    const thread = new RelayThread(socket, path, options);
+    const ms = options.startMs ?? THREAD_START_MS;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer in ${THREAD_START_MS} ms`)), THREAD_START_MS);
+      timer = setTimeout(() => reject(new Error(`no answer in ${ms} ms`)), ms);
     });
     try {
       await Promise.race([thread.started, late]);
@@ -149,11 +196,15 @@ export class RelayThread {
   }
 
   /**
-   * Asks the loop to stop, wakes it, and waits for it, terminating it after THREAD_STOP_MS. True when it stopped
-   * by itself.
+   * Asks the loop to stop, wakes it when it runs, and waits for it, terminating it after THREAD_STOP_MS. True when
+   * it stopped by itself (or had ended already).
    */
   async stop(): Promise<boolean> {
     Atomics.store(this.#control, 0, 1);
+    if (this.#phase !== "running") {
+      this.#worker.terminate();
+      return this.#phase === "ended";
+    }
     this.socket.interrupt();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<false>((r) => timer = setTimeout(() => r(false), THREAD_STOP_MS));
@@ -164,22 +215,23 @@ export class RelayThread {
   }
 }
 
-export interface RelayOptions {
+export interface RelayOptions extends RelayThreadOptions {
   /** Run the fast path on a thread of its own (default true). */
   readonly thread?: boolean;
-  /** batch, maxDatagram and gso, for the thread's own socket object. */
-  readonly udp?: UdpOptions;
-  readonly logger?: Logger;
 }
 
 export class Relay {
   readonly #to: Destinations;
   readonly #stats: Readonly<UdpStats>;
+  readonly #drops: Float64Array;
+  readonly #allow: SourceAllowList;
   readonly #thread: RelayThread | null;
   readonly #done: Promise<void>;
   readonly #metrics: MetricsRegistry;
   readonly #logger?: Logger;
-  readonly #sets;
+  readonly #set;
+  readonly #targetSets;
+  #failed: string | null = null;
 
   /** Starts relaying `socket` (on a thread of its own where it can); resolves once datagrams move. */
   static async start(
@@ -188,6 +240,7 @@ export class Relay {
     metrics: MetricsRegistry,
     options: RelayOptions = {},
   ): Promise<Relay> {
+    const allow = SourceAllowList.parse(spec.allow_sources ?? []);
     let thread: RelayThread | null = null;
     let to: Destinations | null = null;
     if (socket instanceof FastUdp && options.thread !== false) {
@@ -198,9 +251,8 @@ export class Relay {
       try {
         thread = await RelayThread.start(
           socket,
-          { labels: { relay: spec.name }, to: { targets: spec.targets, sent, dropped } },
-          options.udp ?? {},
-          options.logger,
+          { labels: { relay: spec.name }, to: { targets: spec.targets, sent, dropped }, allow },
+          options,
         );
       } catch (error) {
         options.logger?.warn("relay thread did not start; relaying on the main thread", {
@@ -209,43 +261,60 @@ export class Relay {
         });
       }
     }
-    return new Relay(spec, socket, metrics, thread ? { thread, to: to! } : null, options.logger);
+    return new Relay(
+      spec,
+      socket,
+      metrics,
+      { allow, threaded: thread ? { thread, to: to! } : null },
+      options.logger,
+    );
   }
 
   private constructor(
     readonly spec: RelaySpec,
     private readonly socket: UdpSocket,
     metrics: MetricsRegistry,
-    threaded: { thread: RelayThread; to: Destinations } | null,
+    how: { allow: SourceAllowList; threaded: { thread: RelayThread; to: Destinations } | null },
     logger?: Logger,
   ) {
-    const thread = threaded?.thread ?? null;
+    const thread = how.threaded?.thread ?? null;
     this.#thread = thread;
+    this.#allow = how.allow;
     this.#logger = logger;
-    this.#to = threaded ? threaded.to : socket.destinations(spec.targets);
+    this.#to = how.threaded ? how.threaded.to : socket.destinations(spec.targets);
     this.#stats = thread ? thread.stats : socket.stats;
+    this.#drops = thread ? thread.drops : new Float64Array(DROP_CELLS);
     this.#metrics = metrics;
-    this.#sets = [
-      publishSocket(metrics, "relay", { relay: spec.name }, this.#stats),
-      ...spec.targets.map((t, j) => {
-        const set = metrics.set("relay_target", { relay: spec.name, target: formatHostPort(t) });
-        set.counter("sent_total", "Datagrams sent to this target", () => this.#to.sent[j]);
-        set.counter(
-          "dropped_total",
-          "Datagrams to this target the kernel refused",
-          () => this.#to.dropped[j],
-        );
-        return set;
-      }),
-    ];
-    this.#done = thread ? Promise.resolve() : this.#run();
+    this.#set = metrics.publish("relay", { relay: spec.name }, RELAY_SERIES, () => this.#figures());
+    this.#targetSets = spec.targets.map((t, j) =>
+      metrics.publish(
+        "relay_target",
+        { relay: spec.name, target: formatHostPort(t) },
+        TARGET_SERIES,
+        () => this.#target(j),
+      )
+    );
+    // A receive that fails (the socket failed) ends the loop with a log line, never with an unhandled rejection.
+    this.#done = thread ? Promise.resolve() : this.#run().catch((error) => {
+      this.#failed = error instanceof Error ? error.message : String(error);
+      logger?.error("relay loop ended", { relay: spec.name, error: this.#failed });
+    });
+  }
+
+  #figures(): Readonly<UdpStats> & DropFigures {
+    return { ...statsOf(this.#stats), ...dropFigures(this.#drops) };
+  }
+
+  #target(j: number): { sent: number; dropped: number } {
+    return { sent: this.#to.sent[j], dropped: this.#to.dropped[j] };
   }
 
   async #run(): Promise<void> {
+    const rules = { allow: this.#allow };
     for (;;) {
       const batch = await this.socket.receive();
       if (!batch) return;
-      this.socket.send(batch, this.#to);
+      this.socket.send(admit(batch, rules, this.#drops), this.#to);
     }
   }
 
@@ -255,7 +324,7 @@ export class Relay {
   }
 
   status(): Record<string, unknown> {
-    const error = this.#thread?.error;
+    const error = this.#thread?.error ?? this.#failed;
     return {
       state: error ? "failed" : "running",
       ...(error ? { error } : {}),
@@ -263,11 +332,11 @@ export class Relay {
       udp: this.socket.impl,
       gso: this.socket.gso,
       thread: this.threaded,
-      ...statsOf(this.#stats),
+      allow_sources: this.#allow.allowsAll ? "any" : this.#allow.prefixes,
+      ...this.#set.values(),
       targets: this.spec.targets.map((t, j) => ({
         target: formatHostPort(t),
-        sent: this.#to.sent[j],
-        dropped: this.#to.dropped[j],
+        ...figuresOf(TARGET_SERIES, this.#target(j)),
       })),
     };
   }
@@ -278,6 +347,6 @@ export class Relay {
     }
     await this.socket.close();
     await this.#done;
-    for (const set of this.#sets) this.#metrics.remove(set);
+    for (const set of [this.#set, ...this.#targetSets]) this.#metrics.remove(set);
   }
 }

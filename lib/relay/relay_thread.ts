@@ -10,7 +10,9 @@
  */
 import { isRtcp, isRtp } from "../media/rtp.ts";
 import { adoptFastUdp, type FastDescriptor } from "../net/udp_fast.ts";
-import { type Endpoint, sharedStats, type UdpOptions, wellFormed } from "../net/udp.ts";
+import { SourceAllowList } from "../net/allow.ts";
+import { type Endpoint, sharedStats, type UdpOptions } from "../net/udp.ts";
+import { admit } from "./admit.ts";
 import { type SharedTargetsMemory, SharedTargetsReader } from "./shared_targets.ts";
 
 export interface RelayThreadStart {
@@ -31,8 +33,12 @@ export interface RelayThreadStart {
     | { readonly shared: SharedTargetsMemory };
   /** Another socket to send from (a reflector's registration socket), with stats cells of its own. */
   readonly out?: { readonly descriptor: FastDescriptor; readonly stats: SharedArrayBuffer };
-  /** Only well-formed RTP (or RTCP) datagrams go on; the others are counted in `malformed` (Float64 cell 0). */
-  readonly valid?: { readonly kind: "rtp" | "rtcp"; readonly malformed: SharedArrayBuffer };
+  /** Only well-formed RTP (or RTCP) datagrams go on. */
+  readonly valid?: "rtp" | "rtcp";
+  /** Only datagrams from these source prefixes go on (empty: any source). */
+  readonly allow: readonly string[];
+  /** Float64 cells (lib/relay/admit.ts DROP) counting what was not sent on: malformed, empty, denied. */
+  readonly drops: SharedArrayBuffer;
 }
 
 export type RelayThreadReport = { readonly ready: true } | { readonly stopped: true } | {
@@ -42,8 +48,9 @@ export type RelayThreadReport = { readonly ready: true } | { readonly stopped: t
 self.onmessage = (event: MessageEvent<RelayThreadStart>) => {
   const m = event.data;
   const report = (r: RelayThreadReport) => self.postMessage(r);
-  // Nothing here looks at who sent a datagram: the kernel need not say.
-  const socket = adoptFastUdp(m.descriptor, m.options, sharedStats(m.stats), false);
+  const allow = SourceAllowList.parse(m.allow);
+  // Without an allow-list nothing here looks at who sent a datagram: the kernel need not say.
+  const socket = adoptFastUdp(m.descriptor, m.options, sharedStats(m.stats), !allow.allowsAll);
   const out = m.out ? adoptFastUdp(m.out.descriptor, m.options, sharedStats(m.out.stats)) : socket;
   if (!socket || !out) {
     report({ error: "FFI to libc is not available in the relay thread" });
@@ -56,9 +63,8 @@ self.onmessage = (event: MessageEvent<RelayThreadStart>) => {
       dropped: new Float64Array(m.to.dropped),
     })
     : out.destinations([]);
-  const ok = m.valid ? (m.valid.kind === "rtp" ? isRtp : isRtcp) : null;
-  const malformed = m.valid ? new Float64Array(m.valid.malformed) : null;
-  const bad = (n: number) => malformed![0] += n;
+  const rules = { allow, valid: m.valid ? (m.valid === "rtp" ? isRtp : isRtcp) : null };
+  const drops = new Float64Array(m.drops);
   const control = new Int32Array(m.control);
   // Wait in the kernel until data comes: stop() interrupts the socket, so no timer needs arming at every wait.
   socket.setWaitSlice(0);
@@ -71,7 +77,7 @@ self.onmessage = (event: MessageEvent<RelayThreadStart>) => {
       const list = reader.changed();
       if (list) to = out.destinations(list);
     }
-    out.send(ok ? wellFormed(batch, ok, bad) : batch, to);
+    out.send(admit(batch, rules, drops), to);
     reader?.credit(to.sent, to.dropped);
   }
   if (out !== socket) void out.close();

@@ -6,6 +6,7 @@
  */
 import type { Hono } from "hono";
 import {
+  allowSources,
   bool,
   type Context,
   defaultsOf,
@@ -21,11 +22,11 @@ import {
   req,
   str,
 } from "../config/schema.ts";
-import { formatHostPort, type HostPort, isIP, parseHostPort } from "../net/address.ts";
+import { formatHostPort, type HostPort, isIP, isIPv4, parseHostPort } from "../net/address.ts";
 import { openUdp, type UdpSocket } from "../net/udp.ts";
 import { udpFields, udpOptions } from "../net/udp_fields.ts";
 import type { RoleDef } from "../roles/role.ts";
-import { DENY_CLASSES } from "./participants.ts";
+import { CONFIRM_RATE, DENY_CLASSES } from "./participants.ts";
 import { Reflector, type ReflectorSockets } from "./reflector.ts";
 import { Relay } from "./relay.ts";
 import type { YAMLMap } from "yaml";
@@ -39,6 +40,7 @@ const relayItem = obj({
   name: req(name("relay")),
   listen: req(ipPort),
   targets: req(list(ipPort, { min: 1, max: 1000, uniqueBy: { key: formatHostPort, what: "target" } })),
+  allow_sources: allowSources(),
 });
 
 const reflectorItem = obj({
@@ -54,6 +56,9 @@ const reflectorItem = obj({
     list(ipPort, { max: 10_000, uniqueBy: { key: formatHostPort, what: "participant" } }),
     [],
   ),
+  /** Source prefixes let in on the data ports (the registration port takes joins from anywhere). */
+  allow_sources: allowSources(),
+  confirm_rate: opt(int({ min: 1, max: 10_000 }), CONFIRM_RATE),
 });
 
 const relayFields = {
@@ -100,6 +105,20 @@ const WILDCARD = new Set(["0.0.0.0", "::"]);
 
 /** Two sockets on one port clash when their addresses are equal or either is a wildcard. */
 function checkPorts(cfg: RelaySection, node: YAMLMap | null, ctx: Context, path: string): void {
+  cfg.reflectors.forEach((r, i) => {
+    // Participants are sent to from the registration socket: an IPv4 one cannot reach an IPv6 address.
+    if (!isIPv4(r.registration.host)) return;
+    r.participants.forEach((p, j) => {
+      if (isIPv4(p.host)) return;
+      ctx.error(
+        nodeAt(node, ["reflectors", i, "participants", j]),
+        `${path}.reflectors[${i}].participants[${j}]`,
+        `Participant ${formatHostPort(p)} is IPv6, but the registration port ${
+          formatHostPort(r.registration)
+        } is IPv4 and cannot send to it`,
+      );
+    });
+  });
   cfg.reflectors.forEach((r, i) => {
     if (!r.use_rtp) return;
     for (const key of ["data", "registration"] as const) {
@@ -244,6 +263,15 @@ function participantRoutes(app: Hono, reflectors: Map<string, Reflector>): void 
       return c.json({ error: `Expected an IP address, not the host name "${addr.host}"` }, 400);
     }
     const why = r.add(addr, "api");
+    if (why === "family") {
+      return c.json({
+        error: `Participant ${formatHostPort(addr)} refused: reflector "${
+          c.req.param("name")
+        }" sends from ${r.family} sockets, which cannot reach an ${
+          isIPv4(addr.host) ? "IPv4" : "IPv6"
+        } address`,
+      }, 400);
+    }
     if (why) return c.json({ error: `Participant ${formatHostPort(addr)} refused: ${why}` }, 409);
     return c.json({ added: formatHostPort(addr), persisted: false, note: NOT_PERSISTED }, 201);
   });

@@ -3,6 +3,7 @@ import { ManualClock } from "../../lib/core/clock.ts";
 import {
   addressClass,
   JOIN_MIN_BYTES,
+  limitKey,
   ParticipantTable,
   type TableOptions,
 } from "../../lib/relay/participants.ts";
@@ -198,4 +199,52 @@ Deno.test("addressClass classifies special addresses", () => {
   assert.equal(addressClass("192.0.2.1"), null);
   assert.equal(addressClass("2001:db8::1"), null);
   assert.equal(addressClass("::ffff:224.0.0.1"), "multicast");
+});
+
+Deno.test("limitKey takes an IPv6 address as its /64 and an IPv4-mapped one as IPv4", () => {
+  assert.equal(limitKey("192.0.2.1"), "192.0.2.1");
+  assert.equal(limitKey("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+  assert.equal(limitKey("2001:db8:1:2:ffff:1:2:3"), "2001:db8:1:2::/64");
+  assert.equal(limitKey("::ffff:192.0.2.1"), "192.0.2.1");
+});
+
+Deno.test("ParticipantTable counts every address of an IPv6 /64 against max_per_address as one", () => {
+  const { t } = table({ maxPerAddress: 2 });
+  assert.equal(t.add({ host: "2001:db8::1", port: 5000 }, "api"), null);
+  assert.equal(t.add({ host: "2001:db8::2", port: 5000 }, "api"), null);
+  assert.equal(t.add({ host: "2001:db8::ffff:3", port: 5000 }, "api"), "limit", "a third address of the /64");
+  assert.equal(
+    t.add({ host: "2001:db8:0:1::1", port: 5000 }, "api"),
+    null,
+    "the next /64 is another address",
+  );
+  joinFully(t, { host: "2001:db8:0:1::2", port: 6000 });
+  const challenge = t.onControl(join(), { host: "2001:db8:0:1::3", port: 6000 });
+  assert.equal(challenge, null, "a join from a full /64 is refused");
+  assert.equal(t.stats.refused_limit, 1, "the refused join (an API refusal is answered, not counted)");
+});
+
+Deno.test("ParticipantTable takes at most confirmRate nonce-checked messages per address a second", () => {
+  const { t, clock } = table({ confirmRate: 3 });
+  const nonce = joinFully(t); // 1 confirm
+  const confirm = enc.encode(`EDGENODE-CONFIRM ${nonce}`);
+  assert.ok(t.onControl(confirm, A));
+  assert.ok(t.onControl(confirm, { ...A, port: 9 }) === null, "another port of A: a bad nonce, but counted");
+  assert.equal(t.onControl(confirm, A), null, "the fourth this second");
+  assert.equal(t.stats.rate_limited, 1);
+  assert.equal(t.stats.confirms, 2);
+  assert.ok(t.onControl(confirm, B) === null && t.stats.bad_nonce === 2, "B has a rate of its own");
+  clock.advance(1000);
+  assert.match(text(t.onControl(confirm, A)) ?? "", /^EDGENODE-WELCOME/, "a new second");
+  assert.equal(t.stats.rate_limited, 1);
+});
+
+Deno.test("ParticipantTable of IPv4 sockets refuses an IPv6 participant as of the wrong family", () => {
+  const { t } = table({ ipv4Only: true });
+  assert.equal(t.add({ host: "2001:db8::1", port: 5000 }, "api"), "family");
+  assert.equal(t.add({ host: "::ffff:192.0.2.1", port: 5000 }, "api"), "family");
+  assert.equal(t.add(A, "api"), null);
+  assert.equal(t.size, 1);
+  const { t: any } = table();
+  assert.equal(any.add({ host: "2001:db8::1", port: 5000 }, "api"), null);
 });

@@ -2,6 +2,14 @@ import assert from "node:assert/strict";
 import { loadConfig } from "../../lib/config/load.ts";
 import { ErrorList } from "../../lib/core/errors.ts";
 import { builtinRoles } from "../../lib/roles/mod.ts";
+import { Hono } from "hono";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { MetricsRegistry } from "../../lib/core/metrics.ts";
+import { openUdp } from "../../lib/net/udp.ts";
+import { JOIN_MIN_BYTES } from "../../lib/relay/participants.ts";
+import { relayRole } from "../../lib/relay/role.ts";
+import { collect } from "../net/udp_contract.ts";
 
 const roles = builtinRoles();
 function errorsOf(text: string): string[] {
@@ -41,6 +49,7 @@ relay:
       name: "video",
       listen: { host: "0.0.0.0", port: 5004 },
       targets: [{ host: "127.0.0.1", port: 6004 }, { host: "::1", port: 6004 }],
+      allow_sources: [],
     }],
   });
 });
@@ -91,6 +100,8 @@ Deno.test("relay section reads reflectors with their defaults", () => {
     max_per_address: 4,
     allow: [],
     participants: [],
+    allow_sources: [],
+    confirm_rate: 10,
   }]);
 });
 
@@ -132,4 +143,85 @@ Deno.test("relay section checks reflector limits, address classes and static par
     `r.yaml:8:15: relay.reflectors[0].allow[0]: Expected an address class: loopback, multicast, unspecified, broadcast, got "lan"`,
     `r.yaml:9:38: relay.reflectors[0].participants[1]: Repeated participant "127.0.0.1:5000" (first at line 9, column 22)`,
   ]);
+});
+
+Deno.test("relay section reads allow_sources, and reports a bad prefix and an IPv6 participant of an IPv4 reflector", () => {
+  const text = [
+    "relay:", //                                                                              1
+    "  relays:", //                                                                           2
+    "    - name: a", //                                                                       3
+    "      listen: 0.0.0.0:5004", //                                                          4
+    "      targets: [127.0.0.1:6004]", //                                                     5
+    "      allow_sources: [10.0.0.0/8, 10.1.2.3/8, example.org]", //                          6
+  ].join("\n");
+  assert.deepEqual(errorsOf(text), [
+    `r.yaml:6:35: relay.relays[0].allow_sources[1]: Cannot read source prefix "10.1.2.3/8": host bits are set below /8 (did you mean 10.0.0.0/8?)`,
+    `r.yaml:6:47: relay.relays[0].allow_sources[2]: Cannot read source prefix "example.org": not an IPv4 or IPv6 address (forms: 10.0.0.0/8, 2001:db8::/32, ::1)`,
+  ]);
+  const reflector = [
+    "relay:",
+    "  reflectors:",
+    "    - name: r",
+    "      data: 0.0.0.0:6000",
+    "      registration: 0.0.0.0:6002",
+    '      participants: [192.0.2.1:7000, "[2001:db8::1]:7000"]',
+  ].join("\n");
+  assert.deepEqual(errorsOf(reflector), [
+    `r.yaml:6:38: relay.reflectors[0].participants[1]: Participant [2001:db8::1]:7000 is IPv6, but the registration port 0.0.0.0:6002 is IPv4 and cannot send to it`,
+  ]);
+  const plan = loadConfig(
+    "relay:\n  relays:\n    - {name: a, listen: 0.0.0.0:1, targets: [127.0.0.1:2], allow_sources: [192.0.2.0/24, ::1]}\n",
+    { file: "r.yaml", roles },
+  );
+  assert.deepEqual(
+    (plan.sections.relay as { relays: { allow_sources: string[] }[] }).relays[0].allow_sources,
+    ["192.0.2.0/24", "::1"],
+  );
+});
+
+Deno.test("relay role refuses an IPv6 participant of an IPv4 reflector over the API with a 400, and goes on", async () => {
+  const plan = loadConfig(
+    "relay:\n  reflectors:\n    - {name: r, data: 127.0.0.1:0, registration: 127.0.0.1:0, allow: [loopback]}\n",
+    { file: "r.yaml", roles },
+  );
+  const clock = new ManualClock(Date.now());
+  const lines: string[] = [];
+  const running = await relayRole.start(plan.sections.relay as Parameters<typeof relayRole.start>[0], {
+    nodeName: "n",
+    logger: new Logger({ level: "debug", clock, sink: (l) => lines.push(l) }),
+    metrics: new MetricsRegistry(),
+    clock,
+  });
+  const client = openUdp({ host: "127.0.0.1", port: 0 });
+  try {
+    const app = new Hono();
+    running.routes!(app);
+    const post = (address: string) =>
+      app.request("/relay/reflectors/r/participants", {
+        method: "POST",
+        body: JSON.stringify({ address }),
+      });
+    const refused = await post("[2001:db8::1]:5000");
+    assert.equal(refused.status, 400);
+    assert.match(
+      (await refused.json()).error,
+      /^Participant \[2001:db8::1\]:5000 refused: reflector "r" sends from IPv4 sockets, which cannot reach an IPv6 address$/,
+    );
+    assert.equal((await post("127.0.0.1:5000")).status, 201);
+    // The reflector's loops go on: a JOIN is still answered.
+    const status = running.status() as { reflectors: { r: { registration: string } } };
+    const port = Number(status.reflectors.r.registration.split(":")[1]);
+    client.send(
+      [new TextEncoder().encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES))],
+      client.destinations([{ host: "127.0.0.1", port }]),
+    );
+    const [challenge] = await collect(client, 1);
+    assert.match(new TextDecoder().decode(challenge.data), /^EDGENODE-CHALLENGE /);
+    const listed = await (await app.request("/relay/reflectors/r/participants")).json();
+    assert.deepEqual(listed.map((p: { address: string }) => p.address), ["127.0.0.1:5000"]);
+  } finally {
+    await client.close();
+    await running.stop(AbortSignal.abort());
+  }
+  assert.deepEqual(lines.filter((l) => l.includes("level=error")), []);
 });

@@ -140,7 +140,11 @@ function socketSide(ctx: Ctx, link: EdgeLink | null): Element {
     const m = value as Partial<AnswerMessage> | null;
     if (m?.answer === true) inFlight.shift();
     if (!reflector) return; // the worker's half started first and said so: nothing to show yet
-    const report = checkMembershipReport(m?.report, { max: params.max_participants, allow: params.allow });
+    const report = checkMembershipReport(m?.report, {
+      max: params.max_participants,
+      allow: params.allow,
+      ipv4Only: isIPv4(node.host),
+    });
     if (!report || !Array.isArray(m?.replies)) {
       badAnswers++;
       return;
@@ -231,6 +235,8 @@ function tableHalf(ctx: Ctx, link: EdgeLink): Element {
     maxParticipants: params.max_participants,
     maxPerAddress: params.max_per_address,
     allow: params.allow,
+    // The main isolate's half sends from sockets bound on the node's address: IPv4 ones reach IPv4 only.
+    ipv4Only: isIPv4(node.host),
   });
   let participantRtcp = 0;
   let timer: TimerId | undefined;
