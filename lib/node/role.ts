@@ -13,17 +13,17 @@ import { formatOf, PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.
 import { isIP } from "../net/address.ts";
 import { udpFields, udpOptions } from "../net/udp_fields.ts";
 import type { RoleDef } from "../roles/role.ts";
-import { errorsJson, SessionConflict, SessionTable } from "./sessions.ts";
+import { errorsJson, SessionConflict, sessionFields, sessionOptions, SessionTable } from "./sessions.ts";
 
 const nodeFields = {
   bind: opt(str({ describe: "an IP address to bind DIPRONN_INPUT ports on" }), "0.0.0.0"),
-  data_dir: opt(str({ min: 1, max: 1024, describe: "a directory for savers' and players' files" }), "data"),
   max_sessions: opt(int({ min: 1, max: 1000 }), 16),
   sessions: opt(
     list(str({ min: 1, max: 4096, describe: "a program file" }), { max: 1000, unique: true }),
     [],
   ),
   ...udpFields,
+  ...sessionFields,
 };
 type NodeSection = ObjectOf<typeof nodeFields>;
 
@@ -50,7 +50,7 @@ export const nodeRole: RoleDef<NodeSection> = {
         shared: new Map(),
       },
       coreElements(),
-      cfg.max_sessions,
+      sessionOptions(cfg),
     );
     try {
       for (const file of cfg.sessions) {

@@ -78,6 +78,7 @@ function chainPath(length: number, vm = false): Path {
           `  bind: ${LO}`,
           `  data_dir: ${dir}`,
           "  udp: fast",
+          "  allow_loopback_output: true", // the sink listens on loopback
           `  sessions: [${program}]`,
           "",
         ].join("\n"));
