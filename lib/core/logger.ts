@@ -24,6 +24,9 @@ interface Shared {
   level: LogLevel;
   readonly clock: Clock;
   readonly sink: LogSink;
+  /** Lines the sink threw on (a closed stderr, a full pipe), and how many of them the log has told of. */
+  lost: number;
+  told: number;
 }
 
 export class Logger {
@@ -36,13 +39,18 @@ export class Logger {
     options: { level?: LogLevel; clock?: Clock; sink?: LogSink; component?: string; shared?: Shared },
   ) {
     this.#shared = options.shared ??
-      { level: options.level!, clock: options.clock!, sink: options.sink ?? stderrSink };
+      { level: options.level!, clock: options.clock!, sink: options.sink ?? stderrSink, lost: 0, told: 0 };
     this.component = options.component ?? "main";
   }
 
   /** A logger for a part of the program; it shares this logger's level and sink. */
   child(component: string): Logger {
     return new Logger({ shared: this.#shared, component });
+  }
+
+  /** Lines the sink could not take (it threw); they are counted, never thrown at the code that logged. */
+  get lost(): number {
+    return this.#shared.lost;
   }
 
   get level(): LogLevel {
@@ -73,7 +81,19 @@ export class Logger {
     for (const [key, value] of Object.entries(fields)) {
       if (value !== undefined) line += ` ${key}=${quote(String(value))}`;
     }
-    this.#shared.sink(line);
+    const shared = this.#shared;
+    // Logging is never why a part fails: a sink that throws (stderr closed, EPIPE, EAGAIN) loses the line, and
+    // the next line that gets through says how many were lost.
+    try {
+      if (shared.lost > shared.told) {
+        const lost = shared.lost - shared.told;
+        shared.sink(`ts=${ts} level=warn component=logger msg="log lines lost" lost=${lost}`);
+        shared.told += lost;
+      }
+      shared.sink(line);
+    } catch {
+      shared.lost++;
+    }
   }
 }
 

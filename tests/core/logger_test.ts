@@ -94,3 +94,28 @@ Deno.test("Logger quotes control characters so a value cannot write raw escapes"
   assert.equal(lines[0].includes("\x00"), false);
   assert.match(lines[0], /name="\\u001b\[31mred" nul="a\\u0000b"$/);
 });
+
+Deno.test("Logger never throws when its sink does, counts the lost lines and says so when the sink is back", () => {
+  const clock = new ManualClock(START);
+  const lines: string[] = [];
+  let broken = true;
+  const logger = new Logger({
+    level: "info",
+    clock,
+    sink: (line) => {
+      if (broken) throw new Deno.errors.BrokenPipe("Broken pipe (os error 32)");
+      lines.push(line);
+    },
+  });
+  logger.info("one");
+  logger.child("relay").error("two");
+  assert.equal(logger.lost, 2);
+  broken = false;
+  logger.info("three");
+  assert.deepEqual(lines, [
+    'ts=2024-05-06T07:08:09.010Z level=warn component=logger msg="log lines lost" lost=2',
+    "ts=2024-05-06T07:08:09.010Z level=info component=main msg=three",
+  ]);
+  logger.info("four");
+  assert.equal(lines.length, 3, "the loss is told once");
+});
