@@ -14,6 +14,7 @@ import { applyOverrides, type Plan } from "./lib/config/plan.ts";
 import { systemClock } from "./lib/core/clock.ts";
 import { ErrorList, StartError, UsageError } from "./lib/core/errors.ts";
 import { readTextFileLimited } from "./lib/core/files.ts";
+import { guardProcess } from "./lib/core/guard.ts";
 import { Logger } from "./lib/core/logger.ts";
 import { Registry } from "./lib/core/registry.ts";
 import { formatHostPort } from "./lib/net/address.ts";
@@ -100,6 +101,8 @@ function describe(plan: Plan): string {
 
 async function run(plan: Plan): Promise<number> {
   const logger = new Logger({ level: plan.log.level, clock: systemClock });
+  // An error no part caught (in a timer, a loop, an unawaited promise) is logged; the node stays up.
+  using _guard = guardProcess(logger);
 
   // Signals are ours from before the first part starts, so one arriving during start-up still stops what started.
   // First signal: drain within the deadline. Second signal: cut the drain short.
