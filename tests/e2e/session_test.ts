@@ -227,3 +227,57 @@ Deno.test("edgenode node runs the Appendix A session: every datagram reaches eve
     for (const p of [...high, ...low]) await p.close();
   }
 });
+
+Deno.test("the session API refuses a program over the node's budgets, naming the budget, the excess and the place", async () => {
+  await using config = await tempConfig("");
+  const dataDir = config.path.replace(/[^/]+$/, "data");
+  await Deno.writeTextFile(
+    config.path,
+    [
+      "roles: [node]",
+      "status:",
+      `  token: ${TOKEN}`,
+      "node:",
+      `  bind: ${LO}`,
+      `  data_dir: ${dataDir}`,
+      "  max_sends_per_datagram: 3",
+      "",
+    ].join("\n"),
+  );
+  await using node = startEdgenode(["--config", config.path, "--status", `${LO}:0`]);
+  const [, statusPort] = await node.waitForLine(LISTENING);
+  const api = `http://${LO}:${statusPort}/node/sessions`;
+  const upload = async (file: string, body: string) => {
+    const response = await fetch(`${api}?file=${file}`, {
+      method: "POST",
+      body,
+      headers: { authorization: `Bearer ${TOKEN}` },
+    });
+    return { status: response.status, json: await response.json() };
+  };
+  const fan = [
+    "Project fan;",
+    `{ AP name="D" ref=localservice.duplicator; inputs = in(DIPRONN_INPUT(7000));`,
+    `  outputs = a(DIPRONN_OUTPUT("192.0.2.1:5004")), b(DIPRONN_OUTPUT("192.0.2.2:5004")),`,
+    `            c(DIPRONN_OUTPUT("192.0.2.3:5004")); }`,
+  ].join("\n");
+  const refused = await upload("fan.dipronn", fan);
+  assert.equal(refused.status, 400, JSON.stringify(refused.json));
+  assert.deepEqual(refused.json.errors.map((e: { text: string }) => e.text), [
+    "fan.dipronn:2:56: Budget sends per datagram: a datagram into D.in (DIPRONN_INPUT(7000)) leads to 4 sends " +
+    "(deliveries to APs and DIPRONN_OUTPUT datagrams), 1 over the node's 3 (node.max_sends_per_datagram); " +
+    "duplicators multiply",
+  ]);
+  // The default node refuses DIPRONN_OUTPUT to itself.
+  const loop = await upload(
+    "loop.dipronn",
+    fan.replace("192.0.2.1:5004", `${LO}:5004`).replace(/, b\(.*\n.*; \}/, "; }"),
+  );
+  assert.equal(loop.status, 400, JSON.stringify(loop.json));
+  assert.match(
+    loop.json.errors[0].text,
+    /^loop\.dipronn:3:15: DIPRONN_OUTPUT\("127\.0\.0\.1:5004"\) from D goes to the node itself/,
+  );
+  const list = await fetch(api);
+  assert.deepEqual(await list.json(), []);
+});
