@@ -90,3 +90,45 @@ export function snapClockRate(measuredHz: number): number | null {
   }
   return best;
 }
+
+/** The least span of arrivals a rate is named from, µs: a few audio packets, a few video frames. */
+export const LEARN_MIN_US = 200_000;
+/** The span after which the rate is named from the average alone (for jittery arrivals), µs. */
+export const LEARN_MAX_US = 2_000_000;
+
+/**
+ * Names the clock rate of a stream from its RTP timestamps against arrival, as soon as the arrivals allow. For each
+ * common rate R, the residual arrival - timestamp / R stays within the network's jitter at the true rate and drifts
+ * by span x |1 - true / R| at any other. A rate is named once, after LEARN_MIN_US, its residuals spread less than a
+ * quarter of any other rate's and less than 0.5 % of the span (so the true rate is within 0.5 % of it): on a quiet
+ * path (loopback, a LAN) that is after LEARN_MIN_US. With jitter too large for that, the average rate over
+ * LEARN_MAX_US is snapped (snapClockRate), and a rate snapping names nothing stays unknown. Fixed size: two numbers per
+ * common rate.
+ */
+export class ClockRateLearner {
+  readonly #min = new Float64Array(COMMON_CLOCK_RATES.length).fill(Infinity);
+  readonly #max = new Float64Array(COMMON_CLOCK_RATES.length).fill(-Infinity);
+  #firstUs = NaN;
+  #firstTs = 0;
+
+  /** Takes one datagram's arrival (µs) and unwrapped timestamp; returns the rate once it is named, else null. */
+  add(arrivalUs: number, ts: number): number | null {
+    if (this.#firstUs !== this.#firstUs) [this.#firstUs, this.#firstTs] = [arrivalUs, ts];
+    const elapsed = arrivalUs - this.#firstUs;
+    const ticks = ts - this.#firstTs;
+    let best = -1;
+    let bestSpread = Infinity;
+    let second = Infinity;
+    for (let k = 0; k < COMMON_CLOCK_RATES.length; k++) {
+      const residual = elapsed - (ticks * 1e6) / COMMON_CLOCK_RATES[k];
+      if (residual < this.#min[k]) this.#min[k] = residual;
+      if (residual > this.#max[k]) this.#max[k] = residual;
+      const spread = this.#max[k] - this.#min[k];
+      if (spread < bestSpread) [second, bestSpread, best] = [bestSpread, spread, k];
+      else if (spread < second) second = spread;
+    }
+    if (elapsed < LEARN_MIN_US) return null;
+    if (bestSpread * 4 <= second && bestSpread <= elapsed * 0.005) return COMMON_CLOCK_RATES[best];
+    return elapsed >= LEARN_MAX_US ? snapClockRate((ticks * 1e6) / elapsed) : null;
+  }
+}

@@ -32,7 +32,7 @@
  */
 import { RtpClockEstimator } from "./rtp_clock.ts";
 import { parseRtcp } from "./rtcp.ts";
-import { clockRateOf, snapClockRate } from "./clock_rates.ts";
+import { ClockRateLearner, clockRateOf, LEARN_MAX_US, snapClockRate } from "./clock_rates.ts";
 import { isRtcp, isRtp, rtpPayloadType, rtpSequence, rtpSsrc, rtpTimestamp } from "./rtp.ts";
 import { Unwrapper } from "./unwrap.ts";
 import { PacketSlab, type SlabChunk } from "./sync_slab.ts";
@@ -51,10 +51,13 @@ const RESTART_AFTER = 8;
 /** Reports kept for an SSRC whose clock rate is not known yet (its first RTP datagram tells it). */
 const PENDING_REPORTS = 4;
 /**
- * A dynamic payload type without a configured rate: its rate is measured (timestamps against arrival over this long,
- * or two sender reports this far apart) and snapped to a common one; ±20 ms of jitter is then 1 %, within the snap.
+ * A dynamic payload type without a configured rate: its rate is named from its timestamps against arrival
+ * (ClockRateLearner: from LEARN_MIN_US on a quiet path, by LEARN_MAX_US at ±20 ms of jitter) or from two sender
+ * reports LEARN_MAX_US apart. Meanwhile its datagrams wait, a share of max_bytes at most (1 / LEARN_HOLD_SHARE), and
+ * are placed as if just arrived once the rate is known: a stream is not cut at its start for want of its rate.
  */
-const LEARN_US = 2_000_000;
+const LEARN_US = LEARN_MAX_US;
+const LEARN_HOLD_SHARE = 8;
 /** The smallest size of a queue's ring (it doubles when full and halves when a quarter full). */
 const MIN_RING = 64;
 /**
@@ -109,7 +112,10 @@ export interface InputCounts {
   /** Datagrams that would go before more than MAX_REORDER held ones of their stream. */
   dropped_reorder: number;
   malformed: number;
-  /** RTP dropped while its clock rate was unknown: measured first (LEARN_US), or never (set `clock_rates`). */
+  /**
+   * RTP dropped for want of its clock rate: never named (set `clock_rates`), beyond the share of max_bytes that may
+   * wait meanwhile, or named too late for a datagram that waited to leave on time.
+   */
   unknown_clock_rate: number;
   /** Datagrams of an SSRC beyond MAX_STREAMS_PER_INPUT. */
   too_many_ssrcs: number;
@@ -368,8 +374,12 @@ class Stream<T> {
   clockRate: number | null = null;
   estimator: RtpClockEstimator | null = null;
   pending: { ntpUs: number; rtp: number }[] = [];
-  /** The first datagram of a stream whose rate is being measured: arrival µs and unwrapped timestamp. */
-  learnFrom: { us: number; ts: number } | null = null;
+  /** Names the rate of a dynamic payload type without one configured (null once named, or never needed). */
+  learner: ClockRateLearner | null = null;
+  /** Datagrams that came while the rate was measured (copies), with their arrival; placed once it is known. */
+  learning: { data: Uint8Array; arrivalUs: number; from: T }[] = [];
+  /** When the rate began to be measured, µs. */
+  learnSinceUs = 0;
   /** Offset alignment: the lowest arrival - timestamp time (µs), and when it was last moved. */
   base: number | null = null;
   baseAt = 0;
@@ -438,6 +448,8 @@ export class Synchronizer<T = unknown> {
   #releaseErrorMax = 0;
   /** Memory of every queue's ring, counted against max_bytes with the slab. */
   readonly #rings = { bytes: 0 };
+  /** Bytes of datagrams waiting for their stream's clock rate. */
+  #learningBytes = 0;
 
   constructor(cfg: SyncConfig) {
     if (!(cfg.inputs >= 1)) {
@@ -463,7 +475,7 @@ export class Synchronizer<T = unknown> {
   }
 
   get #memoryBytes(): number {
-    return this.#slab.memoryBytes + this.#rings.bytes;
+    return this.#slab.memoryBytes + this.#rings.bytes + this.#learningBytes;
   }
 
   /**
@@ -486,11 +498,7 @@ export class Synchronizer<T = unknown> {
   nextDueUs(nowUs: number): number | null {
     if (this.#slab.livePackets === 0) return null;
     if (this.#delay === null) return this.#firstUs! + this.#cfg.maxDelayUs;
-    let eff = Infinity;
-    for (const inp of this.#inputs) {
-      for (const s of inp.streams.values()) eff = Math.min(eff, s.queue.headEff);
-      eff = Math.min(eff, inp.rtcp.headEff);
-    }
+    const eff = this.#earliestEff();
     if (eff === Infinity) return null;
     const d = this.#delay;
     const target = this.#target(nowUs);
@@ -499,6 +507,16 @@ export class Synchronizer<T = unknown> {
       return Math.max((eff + d + this.#slew * nowUs) / (1 + this.#slew), eff + target);
     }
     return eff + d;
+  }
+
+  /** The earliest effective capture time held (Infinity: none). */
+  #earliestEff(): number {
+    let eff = Infinity;
+    for (const inp of this.#inputs) {
+      for (const s of inp.streams.values()) eff = Math.min(eff, s.queue.headEff);
+      eff = Math.min(eff, inp.rtcp.headEff);
+    }
+    return eff;
   }
 
   /** Hands on everything due by `nowUs` + precision/2, media and RTCP apart; returns how many datagrams left. */
@@ -510,6 +528,14 @@ export class Synchronizer<T = unknown> {
 
   /** Hands on everything held at once, in order (the syncer stops: what it holds reaches the sinks). */
   flush(emit: SyncEmit<T>): number {
+    // What still waits for its clock rate has no capture time to leave in order by: counted, not sent.
+    for (const inp of this.#inputs) {
+      for (const stream of inp.streams.values()) {
+        inp.counts.unknown_clock_rate += stream.learning.length;
+        for (const w of stream.learning) this.#learningBytes -= w.data.length;
+        stream.learning = [];
+      }
+    }
     return this.#releaseUpTo(Infinity, null, emit);
   }
 
@@ -654,11 +680,46 @@ export class Synchronizer<T = unknown> {
       const rate = clockRateOf(rtpPayloadType(data), this.#cfg.clockRates) ?? this.#rateByReports(stream) ??
         this.#measureRate(stream, data, nowUs);
       if (rate === null) {
-        c.unknown_clock_rate++;
+        this.#wait(inp, stream, data, nowUs, from);
         return;
       }
-      this.#setRate(inp, stream, rate);
+      this.#setRate(inp, stream, rate, nowUs);
     }
+    this.#place(inp, stream, data, nowUs, nowUs, from, false);
+  }
+
+  /** Keeps a copy of a datagram whose stream's rate is being measured, within its share of max_bytes. */
+  #wait(inp: Input<T>, stream: Stream<T>, data: Uint8Array, nowUs: number, from: T): void {
+    // A rate not named by LEARN_US never will be from arrivals: nothing waits any more (reports may name it later).
+    if (nowUs - stream.learnSinceUs > LEARN_US) {
+      inp.counts.unknown_clock_rate += 1 + stream.learning.length;
+      for (const w of stream.learning) this.#learningBytes -= w.data.length;
+      stream.learning = [];
+      return;
+    }
+    if (this.#learningBytes + data.length > this.#cfg.maxBytes / LEARN_HOLD_SHARE) {
+      inp.counts.unknown_clock_rate++;
+      return;
+    }
+    stream.learning.push({ data: data.slice(), arrivalUs: nowUs, from });
+    this.#learningBytes += data.length;
+  }
+
+  /**
+   * Places one RTP datagram of a stream whose rate is known in its queue. `arrivalUs` is when it came (its lateness),
+   * `nowUs` the time now; they differ for a datagram that waited for its stream's rate (`waited`), which leaves on
+   * time or not at all: it never raises D.
+   */
+  #place(
+    inp: Input<T>,
+    stream: Stream<T>,
+    data: Uint8Array,
+    arrivalUs: number,
+    nowUs: number,
+    from: T,
+    waited: boolean,
+  ): void {
+    const c = inp.counts;
     stream.lastSeenUs = nowUs;
     if (++stream.seen > ESTABLISHED_AFTER) stream.established = true;
     const key = stream.seq.unwrap(rtpSequence(data));
@@ -667,20 +728,20 @@ export class Synchronizer<T = unknown> {
       c.dropped_reorder++;
       return;
     }
-    let capture = this.#capture(inp, stream, rtpTimestamp(data), nowUs);
+    let capture = this.#capture(inp, stream, rtpTimestamp(data), arrivalUs);
     // Aligned by offset, a capture time off by more than max_delay from the stream's usual, again and again: the
     // source restarted with a new timestamp base; its base is found afresh instead of creeping up for hours. (By
     // sender reports, the estimator itself follows a restart after two reports; until then the stream is dropped.)
     const usual = stream.lastLateness;
     if (
       stream.aligned === "offset" && usual !== null &&
-      Math.abs(nowUs - capture - usual) > this.#cfg.maxDelayUs
+      Math.abs(arrivalUs - capture - usual) > this.#cfg.maxDelayUs
     ) {
       if (++stream.oddRun >= RESTART_AFTER) {
         stream.oddRun = 0;
         stream.base = null;
         c.restarts++;
-        capture = this.#capture(inp, stream, rtpTimestamp(data), nowUs);
+        capture = this.#capture(inp, stream, rtpTimestamp(data), arrivalUs);
       }
     } else stream.oddRun = 0;
     // Never before the datagram that precedes it in sequence order (B-frames, reordering).
@@ -688,8 +749,12 @@ export class Synchronizer<T = unknown> {
       ? stream.queue.effAt(at - 1)
       : (stream.lastOutKey <= key ? stream.lastOutEff : -Infinity);
     const eff = predEff > capture && predEff - capture < this.#cfg.maxDelayUs ? predEff : capture;
-    if (!this.#admit(inp, eff, nowUs, true, stream.established)) return;
-    stream.lastLateness = nowUs - eff;
+    if (waited && this.#delay !== null && eff + this.#delay < nowUs) {
+      c.unknown_clock_rate++;
+      return;
+    }
+    if (!this.#admit(inp, eff, arrivalUs, nowUs, true, stream.established && !waited)) return;
+    stream.lastLateness = arrivalUs - eff;
     this.#hold(inp, stream.queue, at, key, eff, data, false, from);
   }
 
@@ -719,12 +784,12 @@ export class Synchronizer<T = unknown> {
         stream.pending.push(report);
         if (stream.pending.length > PENDING_REPORTS) stream.pending.shift();
         const rate = this.#rateByReports(stream);
-        if (rate !== null) this.#setRate(inp, stream, rate);
+        if (rate !== null) this.#setRate(inp, stream, rate, nowUs);
       } else this.#report(inp, stream, sr.ntpUs, sr.rtpTimestamp);
     }
     const sr = compound.senderReports[0];
     const eff = sr ? sr.ntpUs : nowUs - (inp.lastLateness ?? 0);
-    if (!this.#admit(inp, eff, nowUs, false, false)) return;
+    if (!this.#admit(inp, eff, nowUs, nowUs, false, false)) return;
     this.#hold(inp, inp.rtcp, inp.rtcp.length, inp.rtcpOrder++, eff, data, flow, from);
   }
 
@@ -735,21 +800,27 @@ export class Synchronizer<T = unknown> {
     return snapClockRate((((b.rtp - a.rtp) >>> 0) * 1e6) / (b.ntpUs - a.ntpUs));
   }
 
-  /** A dynamic payload type's rate from its timestamps against arrival, once LEARN_US have passed; else null. */
+  /** A dynamic payload type's rate from its timestamps against arrival (ClockRateLearner); null until named. */
   #measureRate(stream: Stream<T>, data: Uint8Array, nowUs: number): number | null {
-    const ts = stream.ts.unwrap(rtpTimestamp(data));
-    if (!stream.learnFrom) {
-      stream.learnFrom = { us: nowUs, ts };
-      return null;
+    if (!stream.learner) {
+      stream.learner = new ClockRateLearner();
+      stream.learnSinceUs = nowUs;
     }
-    const span = nowUs - stream.learnFrom.us;
-    return span < LEARN_US ? null : snapClockRate(((ts - stream.learnFrom.ts) * 1e6) / span);
+    return stream.learner.add(nowUs, stream.ts.unwrap(rtpTimestamp(data)));
   }
 
-  #setRate(inp: Input<T>, stream: Stream<T>, rate: number): void {
+  /** The stream's rate is known: its reports are read, and what waited for the rate is placed. */
+  #setRate(inp: Input<T>, stream: Stream<T>, rate: number, nowUs: number): void {
     stream.clockRate = rate;
+    stream.learner = null;
     for (const r of stream.pending) this.#report(inp, stream, r.ntpUs, r.rtp);
     stream.pending = [];
+    const waited = stream.learning;
+    stream.learning = [];
+    for (const w of waited) {
+      this.#learningBytes -= w.data.length;
+      this.#place(inp, stream, w.data, w.arrivalUs, nowUs, w.from, true);
+    }
   }
 
   #report(inp: Input<T>, stream: Stream<T>, ntpUs: number, rtp: number): void {
@@ -796,8 +867,15 @@ export class Synchronizer<T = unknown> {
    * as max_delay allows) if `mayRaise` (its stream is established), one that cannot be made in time or would wait
    * too long is dropped. Media lateness feeds the input's window.
    */
-  #admit(inp: Input<T>, eff: number, nowUs: number, media: boolean, mayRaise: boolean): boolean {
-    const lateness = nowUs - eff;
+  #admit(
+    inp: Input<T>,
+    eff: number,
+    arrivalUs: number,
+    nowUs: number,
+    media: boolean,
+    mayRaise: boolean,
+  ): boolean {
+    const lateness = arrivalUs - eff;
     const c = inp.counts;
     if (this.#delay === null) {
       // Warming up: kept, unless it is later than max_delay already.
@@ -894,7 +972,14 @@ export class Synchronizer<T = unknown> {
     if (this.#delay === null) {
       if (this.#firstUs === null) return;
       const heard = target !== null && this.#inputs.every((inp) => inp.lateness.max(nowUs) !== -Infinity);
-      if (heard || nowUs >= this.#firstUs + this.#cfg.maxDelayUs) this.#delay = target ?? this.#cfg.marginUs;
+      if (heard) {
+        // Nothing that waited for the warm-up leaves late: D starts at least at what the earliest held datagram has
+        // waited already (as long as max_delay allows), then slews to the target.
+        const earliest = this.#earliestEff();
+        const waited = earliest === Infinity ? 0 : nowUs - earliest + this.#cfg.precisionUs;
+        const bound = this.#lowest(nowUs, Infinity) + this.#cfg.maxDelayUs;
+        this.#delay = Math.max(target, Math.min(waited, bound));
+      } else if (nowUs >= this.#firstUs + this.#cfg.maxDelayUs) this.#delay = target ?? this.#cfg.marginUs;
       return;
     }
     if (target === null) return;

@@ -1,11 +1,15 @@
 import assert from "node:assert/strict";
 import {
+  ClockRateLearner,
   clockRateOf,
+  LEARN_MAX_US,
+  LEARN_MIN_US,
   parseClockRate,
   snapClockRate,
   STATIC_CLOCK_RATES,
 } from "../../lib/media/clock_rates.ts";
 import { STATIC_RTPMAPS } from "../../lib/media/sdp.ts";
+import { random as seededRandom } from "../_support/random.ts";
 
 Deno.test("STATIC_CLOCK_RATES holds RFC 3551's static payload types", () => {
   const expected: [number, number][] = [
@@ -79,4 +83,52 @@ Deno.test("STATIC_RTPMAPS agree with RFC 3551's static clock rates", () => {
   for (const [pt, map] of STATIC_RTPMAPS) {
     assert.equal(map.clockRate, STATIC_CLOCK_RATES.get(pt), `type ${pt}`);
   }
+});
+
+/**
+ * Feeds a learner a stream of `rate` Hz: a packet every `everyUs` (each `ticksPer` timestamp ticks apart, `burst`
+ * packets sharing a timestamp like a video frame's), arriving with uniform jitter of ±`jitterUs`. Returns the rate it
+ * named and when (µs after the first packet), or null.
+ */
+function learn(
+  o: { rate: number; everyUs: number; jitterUs: number; burst?: number; seed?: number; untilUs?: number },
+): { rate: number; atUs: number } | null {
+  const random = seededRandom(o.seed ?? 1);
+  const learner = new ClockRateLearner();
+  const t0 = 1_700_000_000_000_000;
+  for (let i = 0; i * o.everyUs <= (o.untilUs ?? 2 * LEARN_MAX_US); i++) {
+    const sent = i * o.everyUs;
+    const ts = 12345 +
+      Math.round((Math.floor(i / (o.burst ?? 1)) * (o.burst ?? 1) * o.everyUs * o.rate) / 1e6);
+    const rate = learner.add(t0 + sent + (random() * 2 - 1) * o.jitterUs, ts);
+    if (rate !== null) return { rate, atUs: sent };
+  }
+  return null;
+}
+
+Deno.test("ClockRateLearner names the rate of a quiet stream after LEARN_MIN_US", () => {
+  for (const rate of [8000, 16000, 44100, 48000, 90000]) {
+    const got = learn({ rate, everyUs: 20_000, jitterUs: 300 });
+    assert.equal(got?.rate, rate);
+    assert.ok(got!.atUs <= LEARN_MIN_US + 20_000, `${rate}: named after ${got!.atUs} µs`);
+  }
+  // Video: 25 frames/s of 40 packets sent within 2 ms that share their frame's timestamp.
+  const video = learn({ rate: 90000, everyUs: 50, jitterUs: 100, burst: 40 });
+  assert.equal(video?.rate, 90000);
+});
+
+Deno.test("ClockRateLearner waits out jitter rather than guess, and names the rate by LEARN_MAX_US", () => {
+  for (let seed = 1; seed <= 20; seed++) {
+    for (const rate of [16000, 44100, 48000]) {
+      const got = learn({ rate, everyUs: 21_875, jitterUs: 20_000, seed });
+      assert.equal(got?.rate, rate, `seed ${seed}`);
+      assert.ok(got!.atUs <= LEARN_MAX_US + 100_000, `seed ${seed}: named after ${got!.atUs} µs`);
+    }
+  }
+});
+
+Deno.test("ClockRateLearner leaves a rate that is not a common one unknown", () => {
+  assert.equal(learn({ rate: 30_000, everyUs: 20_000, jitterUs: 300 }), null);
+  // A stream whose timestamp never moves (a still picture) names nothing either.
+  assert.equal(learn({ rate: 0, everyUs: 20_000, jitterUs: 300 }), null);
 });

@@ -124,3 +124,36 @@ Deno.test("Synchronizer memory stays under max_bytes with 12-byte datagrams, que
   assert.equal(s.flush(drop), held);
   assert.equal(s.held.packets, 0);
 });
+
+/** A 12-byte RTP datagram of dynamic payload type 96 (no rate configured). */
+function rtp96(seq: number, ts: number, ssrc: number): Uint8Array {
+  const d = rtp(seq, ts, ssrc);
+  d[1] = 96;
+  return d;
+}
+
+Deno.test("Synchronizer: datagrams waiting for their clock rate keep to their share of max_bytes and go when it is not found", () => {
+  const cap = 1024 * 1024;
+  const s = sync({ maxBytes: cap });
+  let maxMemory = 0;
+  // 30 kHz is no common rate: it is never named from arrivals. 10k datagrams a second for 3 s.
+  for (let i = 0; i < 30_000; i++) {
+    s.push(0, rtp96(i, i * 3, 0x96), false, T0 + i * 100, null);
+    maxMemory = Math.max(maxMemory, s.held.memory);
+  }
+  const c = s.counts(0);
+  // Its share (an eighth), and the empty queue rings every stream has.
+  const rings = 8 * 1024;
+  assert.ok(maxMemory <= cap / 8 + rings, `waiting took ${maxMemory} bytes`);
+  assert.equal(c.unknown_clock_rate, 30_000, "every one counted, none sent at a guessed rate");
+  assert.ok(s.held.memory <= rings, "given up after LEARN_MAX_US: nothing waits any more");
+  assert.deepEqual(s.status(T0 + 3_000_000).inputs[0].clock_rates, [null]);
+});
+
+Deno.test("Synchronizer: a stream still waiting for its rate when the syncer stops is counted, not lost silently", () => {
+  const s = sync();
+  for (let i = 0; i < 5; i++) s.push(0, rtp96(i, i * 320, 0x97), false, T0 + i * 20_000, null);
+  assert.equal(s.flush(drop), 0);
+  assert.equal(s.counts(0).unknown_clock_rate, 5);
+  assert.ok(s.held.memory <= 8 * 1024, `${s.held.memory} bytes after the flush: the empty rings only`);
+});
