@@ -22,6 +22,7 @@ import {
   str,
 } from "../config/schema.ts";
 import { StartError } from "../core/errors.ts";
+import { declareSeries } from "../core/metrics.ts";
 import { formatHostPort } from "../net/address.ts";
 import type { RoleContext, RoleDef, RunningRole } from "../roles/role.ts";
 import {
@@ -85,6 +86,30 @@ function refine(cfg: AgentSection, node: YAMLMap | null, ctx: Context, path: str
 export interface AgentDeps {
   readonly readers?: LoadReaders;
 }
+
+/** What the agent counts, by its /status names. */
+interface AgentFigures {
+  connections: number;
+  replies: number;
+  errors: number;
+  refused: number;
+  readings: number;
+  reading_failures: number;
+  active_connections: number;
+  weight_percent: number;
+}
+
+/** The agent's series, declared once: /metrics renders them and /status shows them under `counters`. */
+const AGENT_SERIES = declareSeries<AgentFigures>({
+  connections: { help: "Agent check connections accepted" },
+  replies: { help: "Agent replies written" },
+  errors: { help: "Agent check connections that ended without a reply" },
+  refused: { help: "Agent check connections closed unanswered: too many at once" },
+  readings: { help: "Load readings taken" },
+  reading_failures: { help: "Load readings that failed" },
+  active_connections: { help: "Agent check connections being answered", kind: "gauge" },
+  weight_percent: { help: "Weight percentage of the last reading (NaN when it had none)", kind: "gauge" },
+});
 
 /** The running agent: its status, its runtime state and its stop; `agentRole.start` wraps this. */
 export interface RunningAgent extends RunningRole {
@@ -151,9 +176,23 @@ export async function startAgent(
     return line;
   };
 
-  // Counters read the server's tallies, so the set is made first and the server's stats are looked up late.
-  const set = ctx.metrics.set("agent");
-  let server: AgentServer;
+  // The series are published before the server starts and read its tallies late (a name clash throws first).
+  let server: AgentServer | null = null;
+  const figures = (): AgentFigures => {
+    const s = server?.stats;
+    const m = cache.peek()?.value;
+    return {
+      connections: s?.accepted ?? 0,
+      replies: s?.replies ?? 0,
+      errors: s?.errors ?? 0,
+      refused: s?.refused ?? 0,
+      readings: cache.computations,
+      reading_failures: failures,
+      active_connections: s?.active ?? 0,
+      weight_percent: m?.ok && m.fields.weightPercent !== undefined ? m.fields.weightPercent : NaN,
+    };
+  };
+  const set = ctx.metrics.publish("agent", {}, AGENT_SERIES, figures);
   try {
     server = serveAgent({
       listen: cfg.listen,
@@ -167,24 +206,10 @@ export async function startAgent(
     ctx.metrics.remove(set);
     throw error;
   }
-  const s = server.stats;
-  const listen = formatHostPort(server.addr);
+  const running = server;
+  const s = running.stats;
+  const listen = formatHostPort(running.addr);
   logger.info("agent listening", { listen, source: cfg.source, state: admin });
-  set.counter("connections_total", "Agent check connections accepted", () => s.accepted);
-  set.counter("replies_total", "Agent replies written", () => s.replies);
-  set.counter("errors_total", "Agent check connections that ended without a reply", () => s.errors);
-  set.counter(
-    "refused_total",
-    "Agent check connections closed unanswered: too many at once",
-    () => s.refused,
-  );
-  set.counter("readings_total", "Load readings taken", () => cache.computations);
-  set.counter("reading_failures_total", "Load readings that failed", () => failures);
-  set.gauge("active_connections", "Agent check connections being answered", () => s.active);
-  set.gauge("weight_percent", "Weight percentage of the last reading (NaN when it had none)", () => {
-    const m = cache.peek()?.value;
-    return m?.ok && m.fields.weightPercent !== undefined ? m.fields.weightPercent : NaN;
-  });
 
   const status = () => {
     const last = cache.peek();
@@ -217,7 +242,7 @@ export async function startAgent(
     reply,
     status,
     async stop(drain) {
-      await server.close(drain);
+      await running.close(drain);
       ctx.metrics.remove(set);
     },
     routes: (app: Hono) => agentRoutes(app, agent, status),

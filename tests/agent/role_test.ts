@@ -157,6 +157,28 @@ Deno.test("agent takes its reading once per cache interval however many checks c
   assert.equal((a.agent.status().counters as Record<string, number>).readings, 2);
 });
 
+Deno.test("agent shows in /status the same figures its /metrics series render", async () => {
+  const { readers } = fixedLoad();
+  await using a = await start(section(), readers);
+  await check(a.port);
+  const counters = a.agent.status().counters as Record<string, number>;
+  assert.deepEqual(Object.keys(counters), [
+    "connections",
+    "replies",
+    "errors",
+    "refused",
+    "readings",
+    "reading_failures",
+    "active_connections",
+    "weight_percent",
+  ]);
+  const text = a.metrics.render();
+  for (const [name, value] of Object.entries(counters)) {
+    const series = name === "active_connections" || name === "weight_percent" ? name : `${name}_total`;
+    assert.match(text, new RegExp(`^edgenode_agent_${series} ${value}$`, "m"), name);
+  }
+});
+
 Deno.test("agent state route changes the reply at once and says it is not persisted", async () => {
   const { readers } = fixedLoad();
   await using a = await start(section(), readers);
