@@ -8,6 +8,8 @@ import { ErrorList, StartError, UsageError } from "../core/errors.ts";
 import { readTextFileLimited } from "../core/files.ts";
 import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
 import { type Context, int, list, nodeAt, type ObjectOf, opt, section, str } from "../config/schema.ts";
+import type { Registry } from "../core/registry.ts";
+import type { ElementKind } from "../graph/element.ts";
 import { coreElements } from "../graph/elements/mod.ts";
 import { formatOf, PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
 import { isIP } from "../net/address.ts";
@@ -33,57 +35,98 @@ function refine(cfg: NodeSection, node: YAMLMap | null, ctx: Context, path: stri
   }
 }
 
-export const nodeRole: RoleDef<NodeSection> = {
-  name: "node",
-  description: "programmable streaming node running DiProNN session graphs",
-  needsPeer: false,
-  section: section(nodeFields, refine),
-  async start(cfg, ctx) {
-    const table = new SessionTable(
-      {
-        clock: ctx.clock,
-        logger: ctx.logger,
-        metrics: ctx.metrics,
-        dataDir: cfg.data_dir,
-        host: cfg.bind,
-        udp: udpOptions(cfg),
-        shared: new Map(),
-      },
-      coreElements(),
-      sessionOptions(cfg),
-    );
-    try {
-      for (const file of cfg.sessions) {
-        let text: string;
-        try {
-          text = await readTextFileLimited(file, MAX_PROGRAM_BYTES, "program");
-        } catch (error) {
-          throw new StartError(error instanceof UsageError ? error.message : String(error));
-        }
-        try {
-          await table.add(text, { file });
-        } catch (error) {
-          if (error instanceof ErrorList) {
-            throw new StartError(`Session program ${file} has errors:\n${error.format()}`);
+/** What a node role is built from; tests give AP kinds of their own. */
+export interface NodeRoleOptions {
+  /** The AP kinds sessions may use (default: the core kinds). */
+  readonly elements?: () => Registry<ElementKind>;
+}
+
+/** The node role, with the AP kinds `options.elements` gives. */
+export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSection> {
+  const elements = options.elements ?? coreElements;
+  return {
+    name: "node",
+    description: "programmable streaming node running DiProNN session graphs",
+    needsPeer: false,
+    section: section(nodeFields, refine),
+    async start(cfg, ctx) {
+      const table = new SessionTable(
+        {
+          clock: ctx.clock,
+          logger: ctx.logger,
+          metrics: ctx.metrics,
+          dataDir: cfg.data_dir,
+          host: cfg.bind,
+          udp: udpOptions(cfg),
+          shared: new Map(),
+        },
+        elements(),
+        sessionOptions(cfg),
+      );
+      try {
+        for (const file of cfg.sessions) {
+          let text: string;
+          try {
+            text = await readTextFileLimited(file, MAX_PROGRAM_BYTES, "program");
+          } catch (error) {
+            throw new StartError(error instanceof UsageError ? error.message : String(error));
           }
-          throw error;
+          try {
+            await table.add(text, { file });
+          } catch (error) {
+            if (error instanceof ErrorList) {
+              throw new StartError(`Session program ${file} has errors:\n${error.format()}`);
+            }
+            throw error;
+          }
         }
+      } catch (error) {
+        await table.stopAll();
+        throw error;
       }
-    } catch (error) {
-      await table.stopAll();
-      throw error;
-    }
-    return {
-      status: () => ({
-        bind: cfg.bind,
-        data_dir: cfg.data_dir,
-        sessions: Object.fromEntries(table.list().map((s) => [s.plan.name, s.status()])),
-      }),
-      stop: () => table.stopAll(),
-      routes: (app) => sessionRoutes(app, table),
-    };
-  },
-};
+      return {
+        status: () => ({
+          bind: cfg.bind,
+          data_dir: cfg.data_dir,
+          sessions: Object.fromEntries(table.list().map((s) => [s.plan.name, s.status()])),
+        }),
+        stop: (deadline) => stopWithin(table, deadline),
+        routes: (app) => sessionRoutes(app, table),
+      };
+    },
+  };
+}
+
+export const nodeRole: RoleDef<NodeSection> = defineNodeRole();
+
+/**
+ * Stops every session (no new ones are taken from the first moment) in order, inputs first so that what is in
+ * flight reaches the sinks, until `deadline` aborts: the drain timeout, or a second signal. Sessions still stopping
+ * then are left to end with the process (its workers and sockets go with it), and the stop fails saying so, as a
+ * part that could not let go of everything must.
+ */
+async function stopWithin(table: SessionTable, deadline: AbortSignal): Promise<void> {
+  const names = table.list().map((s) => s.plan.name);
+  const all = table.stopAll();
+  all.catch(() => {}); // awaited below; a failure after the deadline has nobody left to tell
+  let onAbort!: () => void;
+  const cut = new Promise<false>((resolve) => onAbort = () => resolve(false));
+  if (deadline.aborted) onAbort();
+  else deadline.addEventListener("abort", onAbort, { once: true });
+  try {
+    if (await Promise.race([all.then(() => true), cut])) return;
+  } finally {
+    deadline.removeEventListener("abort", onAbort);
+  }
+  // stopAll takes each session off the table as it begins to stop it: the ones still listed have not begun.
+  const waiting = names.filter((n) => table.get(n) !== undefined);
+  const running = Math.min(names.length, waiting.length + 1);
+  throw new Error(
+    `Cannot stop every session within the drain deadline: ${running} of ${names.length} still stopping${
+      waiting.length ? ` (not begun: ${waiting.join(", ")})` : ""
+    }; they end with the process`,
+  );
+}
 
 function sessionRoutes(app: Hono, table: SessionTable): void {
   const notFound = (name: string) => ({ error: `No session "${name}"` });

@@ -7,7 +7,11 @@ import { roleApp } from "../api/_role_app.ts";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
-import { nodeRole } from "../../lib/node/role.ts";
+import { Registry } from "../../lib/core/registry.ts";
+import { defineElement, type ElementKind } from "../../lib/graph/element.ts";
+import { coreElements } from "../../lib/graph/elements/mod.ts";
+import { defineNodeRole, nodeRole } from "../../lib/node/role.ts";
+import { within } from "../_support/until.ts";
 
 const TOKEN = "node-token-0123456789";
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -254,4 +258,70 @@ Deno.test("node session API runs a VM group in a worker and refuses one that can
   const del = await env.app.request("/node/sessions/good_vm", { method: "DELETE", headers: auth });
   assert.equal(del.status, 200);
   await del.body?.cancel();
+});
+
+/** An AP kind whose stop never finishes (a worker that hangs, a file system that does not answer). */
+const stuck = defineElement({
+  name: "test.stuck",
+  description: "Never finishes stopping",
+  ports: { inputs: { min: 1, max: 1 }, outputs: { min: 0, max: 0 } },
+  params: {},
+  create: () => ({
+    push() {},
+    stop: () => new Promise<void>(() => {}),
+  }),
+});
+
+Deno.test("node role stops at the drain deadline (or a second signal) even when a session cannot stop", async () => {
+  const clock = new ManualClock(Date.UTC(2026, 0, 1));
+  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_node_" });
+  try {
+    const role = defineNodeRole({
+      elements: () =>
+        new Registry<ElementKind>("AP kind", [...coreElements().values(), stuck as ElementKind]),
+    });
+    const defaults = role.section.default as Record<string, unknown>;
+    const running = await role.start(
+      {
+        ...defaults,
+        bind: "127.0.0.1",
+        data_dir: dataDir,
+      } as never,
+      {
+        nodeName: "n",
+        logger: new Logger({ level: "warn", clock, sink: () => {} }),
+        metrics: new MetricsRegistry(),
+        clock,
+      },
+    );
+    const app = roleApp("node", running, {
+      clock,
+      metrics: new MetricsRegistry(),
+      logger: new Logger({ level: "warn", clock, sink: () => {} }),
+      token: TOKEN,
+    });
+    for (const [name, ref] of [["ok", "localservice.counter"], ["hung", "test.stuck"]]) {
+      const res = await app.request("/node/sessions", {
+        method: "POST",
+        headers: auth,
+        body: `Project ${name};
+{ AP name="In" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(${freePort()})); outputs = out(S.in); }
+{ AP name="S" ref=${ref}; inputs = in; }
+`,
+      });
+      assert.equal(res.status, 201, await res.text());
+    }
+    const drain = new AbortController();
+    const stopping = running.stop(drain.signal);
+    const outcome = stopping.then(() => "stopped", (e: Error) => e.message);
+    // The first session to stop (the last started) hangs: the deadline, not the session, ends the stop.
+    drain.abort(new Error("Second SIGTERM"));
+    assert.equal(await within(outcome, 5_000), true, "the stop ends at the deadline");
+    assert.equal(
+      await outcome,
+      "Cannot stop every session within the drain deadline: 2 of 2 still stopping (not begun: ok); they end with the process",
+    );
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
 });
