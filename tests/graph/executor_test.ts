@@ -14,6 +14,7 @@ import { RunningSession } from "../../lib/graph/executor.ts";
 import { checkProgram } from "../../lib/graph/program.ts";
 import { pcapFileHeader, pcapRecordSize, readPcap, writePcapRecord } from "../../lib/media/pcap.ts";
 import { openUdp } from "../../lib/net/udp.ts";
+import { until } from "../_support/until.ts";
 
 const LO = "127.0.0.1";
 
@@ -165,11 +166,12 @@ Deno.test("saver flushes at least once a second, so a crash loses at most the la
   try {
     tx.send([rtp(1), rtp(2)], tx.destinations([{ host: LO, port }]));
     await settle(() => ap(session, "S").records === 2);
-    const before = (await Deno.stat(`${env.dataDir}/x.pcap`)).size;
+    const size = async () => (await Deno.stat(`${env.dataDir}/x.pcap`)).size;
+    // The header is written at start; the records wait for the flush (the writer runs off the packet path).
+    await until("the file header", async () => (await size()) === 24);
+    assert.equal(await size(), 24, "only the file header before the flush");
     env.clock.advance(1000);
-    const after = (await Deno.stat(`${env.dataDir}/x.pcap`)).size;
-    assert.equal(before, 24, "only the file header before the flush");
-    assert.equal(after, 24 + 2 * pcapRecordSize(20, false));
+    await until("the flush", async () => (await size()) === 24 + 2 * pcapRecordSize(20, false));
   } finally {
     await tx.close();
     await session.stop();

@@ -2,7 +2,7 @@
  * `localservice.player`: replays a pcap file from the data directory (a saver's, or any capture of UDP) to its
  * output at the pacing it was recorded with, optionally faster or slower and in a loop — the report's player. The
  * file is read in chunks as it plays, so a recording of gigabytes needs no more memory than a few chunks. With
- * use_RTP, RTCP datagrams in the file go out on the RTCP flow.
+ * use_RTP, RTCP datagrams in the file go out on the RTCP flow. The file is opened without following a symbolic link.
  */
 import { StartError } from "../../core/errors.ts";
 import { isRtcp } from "../../media/rtp.ts";
@@ -10,7 +10,7 @@ import { PcapFormatError, PcapReader, type PcapRecord } from "../../media/pcap.t
 import { ArrayBatch } from "../batch.ts";
 import { defineElement } from "../element.ts";
 import { boolParam, fileNameParam, numberParam } from "../params.ts";
-import { dataPath, describeFsError } from "./files.ts";
+import { dataPath, describeFsError, openNoFollow } from "./files.ts";
 
 const CHUNK = 256 * 1024;
 /** Records closer together than this go out in one batch. */
@@ -110,7 +110,7 @@ export const player = defineElement({
     return {
       async start() {
         try {
-          file = await Deno.open(path, { read: true });
+          file = await openNoFollow(path, { read: true });
           const head = new Uint8Array(24);
           const n = (await file.read(head)) ?? 0;
           const check = new PcapReader();
