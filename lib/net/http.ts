@@ -3,7 +3,7 @@
  * with the address and the reason; stopping closes the listener at once and waits for requests in flight until the
  * deadline.
  */
-import { StartError } from "../core/errors.ts";
+import { errorMessage, StartError } from "../core/errors.ts";
 import { formatHostPort, type HostPort } from "./address.ts";
 
 export interface HttpServer {
@@ -42,5 +42,5 @@ export function describeListenError(error: unknown): string {
   if (error instanceof Deno.errors.AddrInUse) return "address already in use";
   if (error instanceof Deno.errors.AddrNotAvailable) return "address not available on this host";
   if (error instanceof Deno.errors.PermissionDenied) return "permission denied";
-  return error instanceof Error ? error.message : String(error);
+  return errorMessage(error);
 }
