@@ -23,6 +23,7 @@ import { parseRtp, setRtpSequence, setRtpSsrc, setRtpTimestamp } from "../../med
 import { parseSdp, type RtpMap, writeSdp } from "../../media/sdp.ts";
 import { type Batch, openUdp, openUdpPair, type UdpOptions, type UdpSocket } from "../../net/udp.ts";
 import { ArrayBatch } from "../batch.ts";
+import { errorMessage } from "../../core/errors.ts";
 
 /** Output packets held while ffmpeg's first sender report (its base) is on its way. */
 const HOLD_LIMIT = 512;
@@ -186,9 +187,7 @@ export class TranscodeJob {
       this.#feed = openUdp({ host: LO, port: 0 }, this.#o.udp);
       [this.#outRtp, this.#outRtcp] = openPair(this.#o.udp);
     } catch (error) {
-      this.#startError = `Cannot start the transcoder: ${
-        error instanceof Error ? error.message : String(error)
-      }`;
+      this.#startError = `Cannot start the transcoder: ${errorMessage(error)}`;
       await this.#release();
       throw error;
     }
