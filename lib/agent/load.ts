@@ -4,6 +4,7 @@
  * that.
  */
 import { type Clock, deadline } from "../core/clock.ts";
+import { errorMessage } from "../core/errors.ts";
 
 /** What running a command gave: its standard output, or why there is none. */
 export type CommandOutput = { readonly stdout: string } | { readonly error: string };
@@ -125,5 +126,5 @@ function describe(error: unknown): string {
   if (error instanceof Deno.errors.PermissionDenied || error instanceof Deno.errors.NotCapable) {
     return "permission denied (edgenode needs --allow-run for commands and /proc tables, --allow-sys=loadavg,systemMemoryInfo)";
   }
-  return error instanceof Error ? error.message : String(error);
+  return errorMessage(error);
 }
