@@ -12,6 +12,7 @@ import {
   parseAgentReply,
 } from "../scheduler/agent_reply.ts";
 import type { LoadReaders } from "./load.ts";
+import { errorMessage } from "../core/errors.ts";
 
 export const AGENT_SOURCES = ["loadavg", "memory", "connections", "command"] as const;
 export type AgentSource = typeof AGENT_SOURCES[number];
@@ -98,7 +99,7 @@ export async function measure(spec: SourceSpec, readers: LoadReaders): Promise<M
     const idle = await idlePercent(spec, readers);
     return { ok: true, fields: { weightPercent: Math.max(spec.minWeight, idle) }, problems: [] };
   } catch (error) {
-    return { ok: false, error: error instanceof Error ? error.message : String(error) };
+    return { ok: false, error: errorMessage(error) };
   }
 }
 
