@@ -5,7 +5,7 @@
 import type { Hono } from "hono";
 import { createApp } from "./api/app.ts";
 import type { Clock } from "./core/clock.ts";
-import { StartError } from "./core/errors.ts";
+import { errorMessage, StartError } from "./core/errors.ts";
 import { Lifecycle, type StopResult } from "./core/lifecycle.ts";
 import type { Logger } from "./core/logger.ts";
 import { MetricsRegistry } from "./core/metrics.ts";
@@ -89,7 +89,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
   } catch (error) {
     logStops(logger, await lifecycle.stop(plan.shutdown.drain_timeout));
     if (error instanceof StartError) throw error;
-    throw new StartError(error instanceof Error ? error.message : String(error), { cause: error });
+    throw new StartError(errorMessage(error), { cause: error });
   }
 }
 
