@@ -20,6 +20,7 @@ import {
 import { FastUdp } from "../net/udp_fast.ts";
 import { admit, DROP, DROP_CELLS } from "./admit.ts";
 import type { RelayThreadReport, RelayThreadStart } from "./relay_thread.ts";
+import { errorMessage } from "../core/errors.ts";
 
 export interface RelaySpec {
   readonly name: string;
@@ -257,7 +258,7 @@ export class Relay {
       } catch (error) {
         options.logger?.warn("relay thread did not start; relaying on the main thread", {
           relay: spec.name,
-          error: error instanceof Error ? error.message : String(error),
+          error: errorMessage(error),
         });
       }
     }
@@ -296,7 +297,7 @@ export class Relay {
     );
     // A receive that fails (the socket failed) ends the loop with a log line, never with an unhandled rejection.
     this.#done = thread ? Promise.resolve() : this.#run().catch((error) => {
-      this.#failed = error instanceof Error ? error.message : String(error);
+      this.#failed = errorMessage(error);
       logger?.error("relay loop ended", { relay: spec.name, error: this.#failed });
     });
   }
