@@ -10,6 +10,7 @@
  */
 import { setNice } from "./priority.ts";
 import type { Clock, TimerId } from "./clock.ts";
+import { errorMessage } from "./errors.ts";
 
 export type SupervisorState = "idle" | "starting" | "running" | "backoff" | "failed" | "stopped";
 
@@ -181,9 +182,7 @@ export class Supervisor {
     try {
       child = await this.#o.spawn(run);
     } catch (error) {
-      this.error = `Cannot start the child process: ${
-        error instanceof Error ? error.message : String(error)
-      }`;
+      this.error = `Cannot start the child process: ${errorMessage(error)}`;
       if (error instanceof Deno.errors.NotFound || error instanceof Deno.errors.PermissionDenied) {
         this.state = "failed";
         return;
