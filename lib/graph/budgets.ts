@@ -7,8 +7,9 @@
  *   every path of the graph; a duplicator multiplies by its outputs, and duplicators in a row multiply again. The
  *   count assumes each AP passes a datagram to every one of its outputs (exact for duplicators and forwarders, an
  *   upper bound for the others); a reflector's output counts once (its own participant limit bounds the rest).
- * - Sockets (every UDP port bound, with use_RTP port + 1 too, and one sending socket per address family) and VM
- *   groups (one worker thread each), per session and per node (what running sessions already hold counts).
+ * - Sockets (every UDP port bound, with use_RTP port + 1 too, one sending socket per address family, and those a
+ *   kind declares it opens itself, ElementKind.sockets) and VM groups (one worker thread each), per session and per
+ *   node (what running sessions already hold counts).
  * - Savers' bytes: the sum of every saver's `max_bytes` on the node stays under a quota.
  * - DIPRONN_OUTPUT to a loopback or unspecified address, to the node's own bind address, or to a UDP port a
  *   session of the node holds, only when the node allows it (it makes traffic circle inside the node).
@@ -86,6 +87,8 @@ export interface BudgetGraph {
       readonly (readonly ({ readonly ap: number } | { readonly to: HostPort | null; readonly pos: Pos })[])[];
     /** Bytes it may write to disk (a saver's max_bytes). */
     readonly diskBytes: number;
+    /** Sockets of its own beyond its DIPRONN_INPUT ports (ElementKind.sockets). */
+    readonly sockets: number;
   }[];
 }
 
@@ -174,7 +177,7 @@ export function checkBudgets(
   }
 
   // Sockets: bound ports in the order the program declares them, then the sending sockets.
-  const sockets = options.ports.length + families.size;
+  const sockets = options.ports.length + families.size + graph.aps.reduce((n, ap) => n + ap.sockets, 0);
   const socketPos = (k: number): Pos => {
     // The k-th bound port (0-based) points at its DIPRONN_INPUT; beyond them, at the first DIPRONN_OUTPUT.
     let seen = 0;

@@ -228,6 +228,7 @@ export function planSession(
           targetsOf(o).map((t) => t.kind === "ap" ? { ap: index.get(t.ap)! } : { to: t.to, pos: t.pos })
         ),
         diskBytes: kind.diskBytes?.(params.get(ap.name)! as never) ?? 0,
+        sockets: kind.sockets?.(params.get(ap.name)! as never) ?? 0,
       };
     }),
   };

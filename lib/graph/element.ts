@@ -114,6 +114,11 @@ export interface ElementKind<P extends Params = Params> {
    * worker's half, which keeps the logic. Without it, an AP in a VM group runs whole in the group's worker.
    */
   edge?(ctx: ElementContext<P> & { readonly edge: EdgeLink }): Element;
+  /**
+   * UDP sockets an AP of this kind opens beyond its DIPRONN_INPUT ports (the transcoder's towards ffmpeg), counted
+   * against the node's socket budgets. Absent: none.
+   */
+  sockets?(params: ParamValues<P>): number;
   /** The most bytes an AP of this kind may write to disk (a saver's max_bytes), against the node's quota. */
   diskBytes?(params: ParamValues<P>): number;
   /** Names of things only one AP of a node may hold at once (a file it writes), for the graph check. */

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ErrorList } from "../../lib/core/errors.ts";
 import { DEFAULT_BUDGETS, type NodeContext, type SessionBudgets } from "../../lib/graph/budgets.ts";
+import { defineElement, type ElementKind } from "../../lib/graph/element.ts";
 import { coreElements } from "../../lib/graph/elements/mod.ts";
 import { checkProgram } from "../../lib/graph/program.ts";
 
@@ -164,4 +165,22 @@ Deno.test("checkProgram refuses savers beyond the node's quota, at the saver tha
     "t.dipronn:4:1: Budget saver bytes per node: the session's savers may write 2 MiB (their max_bytes) and " +
     "running sessions' 512 KiB, 512 KiB over the node's 2 MiB (node.saver_quota); lower max_bytes",
   ]);
+});
+
+Deno.test("checkProgram counts the sockets a kind declares it opens itself", () => {
+  const kinds = coreElements();
+  const own = defineElement({
+    name: "test.own_sockets",
+    description: "opens two sockets of its own",
+    ports: { inputs: { min: 1, max: 1 }, outputs: { min: 0, max: 0 } },
+    params: {},
+    sockets: () => 2,
+    create: () => ({ push() {} }),
+  });
+  kinds.register(own as ElementKind);
+  const text = lines(
+    "Project own;",
+    `{ AP name="O" ref=test.own_sockets; inputs = in(DIPRONN_INPUT(7000)); }`,
+  );
+  assert.equal(checkProgram(text, { file: "t.dipronn", kinds }).usage.sockets, 3);
 });
