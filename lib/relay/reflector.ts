@@ -123,9 +123,9 @@ class LocalFanout implements Fanout {
     return { sent: (c?.sent ?? 0) + this.#dest.sent[j], dropped: (c?.dropped ?? 0) + this.#dest.dropped[j] };
   }
 
-  /** Sends what `admit` lets through; `rules` may be looser for a batch a session graph already checked. */
-  send(batch: Batch, rules = this.rules): void {
-    this.out.send(admit(batch, rules, this.drops), this.#dest);
+  /** Sends what `admit` lets through. */
+  send(batch: Batch): void {
+    this.out.send(admit(batch, this.rules, this.drops), this.#dest);
   }
 }
 
@@ -469,14 +469,12 @@ export class Reflector {
   }
 
   /**
-   * Sends a batch that arrived some other way (from a session graph) to every participant. Its sources were
-   * checked where it entered the graph (DIPRONN_INPUT), so only emptiness and well-formedness are checked here.
+   * Sends a batch that arrived some other way (from a session graph, its senders kept) to every participant, as
+   * the data port would: no empty datagram, only allowed sources (the AP's `allow_sources`), well-formed ones.
    */
   reflect(batch: Batch, rtcp: boolean): void {
     const fanout = this.#paths[rtcp ? 1 : 0]?.fanout;
-    if (fanout instanceof LocalFanout && !this.#closed) {
-      fanout.send(batch, { ...fanout.rules, allow: SourceAllowList.ANY });
-    }
+    if (fanout instanceof LocalFanout && !this.#closed) fanout.send(batch);
   }
 
   /** Whether a thread of its own moves each path's datagrams, by path ("media", and "rtcp" with use_rtp). */

@@ -10,6 +10,7 @@ import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import type { EdgeLink, NodeServices } from "../../lib/graph/element.ts";
 import { reflectorElement } from "../../lib/graph/elements/reflector.ts";
 import { openUdp } from "../../lib/net/udp.ts";
+import { until } from "../_support/until.ts";
 
 const LO = "127.0.0.1";
 
@@ -38,7 +39,13 @@ Deno.test("reflector's socket half takes joins again once unanswered control mes
   const element = reflectorElement.edge!({
     name: "R",
     session: "s",
-    params: { timeout: 30, max_participants: 100, max_per_address: 4, allow: ["loopback"] },
+    params: {
+      timeout: 30,
+      max_participants: 100,
+      max_per_address: 4,
+      allow: ["loopback"],
+      allow_sources: [],
+    },
     inputs: ["in"],
     outputs: [],
     useRtp: false,
@@ -51,10 +58,6 @@ Deno.test("reflector's socket half takes joins again once unanswered control mes
   const reg = sender.destinations([{ host: LO, port: registration }]);
   const join = new TextEncoder().encode("EDGENODE-JOIN".padEnd(64));
   const status = () => element.status!() as { reflector: { control_dropped: number; control_lost: number } };
-  const until = async (what: string, ok: () => boolean) => {
-    for (let i = 0; i < 500 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
-    assert.ok(ok(), `timed out waiting for ${what}`);
-  };
   try {
     // 64 unanswered messages fill what may be in flight; the next ones are dropped and counted.
     for (let i = 0; i < 70; i++) {

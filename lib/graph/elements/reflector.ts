@@ -13,6 +13,7 @@
 import { StartError } from "../../core/errors.ts";
 import { isRtcp } from "../../media/rtp.ts";
 import { isIPv4, isIPv6 } from "../../net/address.ts";
+import { AllowListError, SourceAllowList } from "../../net/allow.ts";
 import { type Batch, openUdp, type UdpSocket } from "../../net/udp.ts";
 import { DENY_CLASSES, type DenyClass, ParticipantTable } from "../../relay/participants.ts";
 import { checkMembershipReport, type MembershipReport, Reflector } from "../../relay/reflector.ts";
@@ -60,6 +61,33 @@ const allowParam: Param<DenyClass[]> = {
   },
 };
 
+/**
+ * `allow_sources = "10.0.0.0/8", "2001:db8::/32"`: the senders whose datagrams the reflector sends on (those that
+ * reach it through the graph keep their sender); by default any. node.allow_sources filters at DIPRONN_INPUT
+ * already, for the whole node; this narrows one reflector further.
+ */
+const allowSourcesParam: Param<readonly string[]> = {
+  doc:
+    'source prefixes whose datagrams are reflected ("10.0.0.0/8", "2001:db8::/32", "192.0.2.7"); default any',
+  default: [],
+  parse(values) {
+    const out: string[] = [];
+    for (const v of values) {
+      if (v.kind !== "string") {
+        return new ParamProblem(`expected quoted source prefixes such as "10.0.0.0/8"`);
+      }
+      out.push(v.text);
+    }
+    try {
+      SourceAllowList.parse(out);
+    } catch (error) {
+      if (error instanceof AllowListError) return new ParamProblem(error.message);
+      throw error;
+    }
+    return out;
+  },
+};
+
 const params = {
   timeout: numberParam("seconds of silence after which a participant is dropped", {
     min: 1,
@@ -79,6 +107,7 @@ const params = {
     integer: true,
   }),
   allow: allowParam,
+  allow_sources: allowSourcesParam,
 };
 type Ctx = ElementContext<typeof params>;
 
@@ -186,6 +215,7 @@ function socketSide(ctx: Ctx, link: EdgeLink | null): Element {
           max_per_address: params.max_per_address,
           allow: params.allow,
           participants: [],
+          allow_sources: params.allow_sources,
         },
         { registration: reg, registrationRtcp: regRtcp },
         link ? { ...node, labels: { session, vm: link.vm } } : node,
