@@ -57,6 +57,11 @@ const PENDING_REPORTS = 4;
  * are placed as if just arrived once the rate is known: a stream is not cut at its start for want of its rate.
  */
 const LEARN_US = LEARN_MAX_US;
+/**
+ * How far above its target D may start so that what was held while the last input was awaited leaves on time (a rate
+ * measured on a quiet path takes 0.2 s). More would linger: D comes down at the slew, 5 ms a second.
+ */
+const WARMUP_EXTRA_US = 250_000;
 const LEARN_HOLD_SHARE = 8;
 /** The smallest size of a queue's ring (it doubles when full and halves when a quarter full). */
 const MIN_RING = 64;
@@ -973,11 +978,14 @@ export class Synchronizer<T = unknown> {
       if (this.#firstUs === null) return;
       const heard = target !== null && this.#inputs.every((inp) => inp.lateness.max(nowUs) !== -Infinity);
       if (heard) {
-        // Nothing that waited for the warm-up leaves late: D starts at least at what the earliest held datagram has
-        // waited already (as long as max_delay allows), then slews to the target.
+        // What waited for the warm-up leaves on time: D starts at what the earliest held datagram has waited
+        // already, up to WARMUP_EXTRA_US above the target (and within max_delay), then slews to the target.
         const earliest = this.#earliestEff();
         const waited = earliest === Infinity ? 0 : nowUs - earliest + this.#cfg.precisionUs;
-        const bound = this.#lowest(nowUs, Infinity) + this.#cfg.maxDelayUs;
+        const bound = Math.min(
+          target + WARMUP_EXTRA_US,
+          this.#lowest(nowUs, Infinity) + this.#cfg.maxDelayUs,
+        );
         this.#delay = Math.max(target, Math.min(waited, bound));
       } else if (nowUs >= this.#firstUs + this.#cfg.maxDelayUs) this.#delay = target ?? this.#cfg.marginUs;
       return;

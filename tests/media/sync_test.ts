@@ -157,3 +157,30 @@ Deno.test("Synchronizer: a stream still waiting for its rate when the syncer sto
   assert.equal(s.counts(0).unknown_clock_rate, 5);
   assert.ok(s.held.memory <= 8 * 1024, `${s.held.memory} bytes after the flush: the empty rings only`);
 });
+
+Deno.test("Synchronizer: what was held while the last input was awaited leaves on time, within 250 ms of waiting", () => {
+  for (const [startsAfterUs, late] of [[200_000, false], [1_000_000, true]] as const) {
+    const s = sync({ inputs: 2 });
+    const out: number[] = [];
+    let sent = 0;
+    // PCMU (8 kHz) on both inputs, 20 ms packets, no lateness; input 1 begins startsAfterUs after input 0.
+    for (let t = 0; t <= 3_000_000; t += 1000) {
+      const now = T0 + t;
+      if (t % 20_000 === 0) {
+        s.push(0, rtp(t / 20_000, t * 0.008, 0xa0), false, now, null);
+        if (t >= startsAfterUs) s.push(1, rtp(t / 20_000, t * 0.008, 0xa1), false, now, null);
+      }
+      sent = s.release(now, (d) => out.push(...d.map(() => now)));
+    }
+    assert.ok(out.length > 100 && sent >= 0);
+    const st = s.status(T0 + 3_000_000);
+    if (late) {
+      assert.ok(st.release_late > 0, "a second of waiting is more than D may start above its target");
+      assert.ok(st.delay_ms! <= 20 + 250 + 1, `D ${st.delay_ms} ms`);
+    } else {
+      assert.equal(st.release_late, 0, `D ${st.delay_ms} ms`);
+      // It started above the 200 ms waited and comes down at 5 ms a second.
+      assert.ok(st.delay_ms! >= 180, `D ${st.delay_ms} ms`);
+    }
+  }
+});
