@@ -203,6 +203,7 @@ export const relayRole: RoleDef<RelaySection> = {
         targets: spec.targets.length,
         udp: opened[i].impl,
         thread: relay.threaded,
+        allow_sources: spec.allow_sources.join(",") || "any",
       });
     }
     const reflectors = new Map<string, Reflector>();
@@ -217,6 +218,7 @@ export const relayRole: RoleDef<RelaySection> = {
         use_rtp: spec.use_rtp,
         udp: sockets.registration.impl,
         thread: Object.values(reflector.threads).every(Boolean),
+        allow_sources: spec.allow_sources.join(",") || "any",
       });
     }
     if (!relays.length && !reflectors.size) {
