@@ -5,6 +5,7 @@
  * depends on the kind of AP (its ports, its parameters) is checked against the element registry in lib/graph.
  */
 import { type HostPort, isIP, parseHostPort } from "../net/address.ts";
+import { AllowListError, SourceAllowList } from "../net/allow.ts";
 import { suggest } from "../core/suggest.ts";
 import {
   addError,
@@ -26,7 +27,8 @@ export const OUTPUT = "DIPRONN_OUTPUT";
 export interface InputDecl {
   readonly name: string;
   readonly pos: Pos;
-  readonly external: { readonly port: number; readonly pos: Pos } | null;
+  /** `allow`: source prefixes the port lets in (`DIPRONN_INPUT(10000, "10.0.0.0/8")`); empty: any. */
+  readonly external: { readonly port: number; readonly pos: Pos; readonly allow: readonly string[] } | null;
 }
 
 /** Where an output goes: another AP's input, or out of the node (to an address, or for a reflector its participants). */
@@ -284,8 +286,22 @@ function readInput(v: Value, fail: Fail): InputDecl | null {
     // The port is declared all the same, so that an output wired to it is not reported as well.
     return { name: v.name, pos: v.pos, external: null };
   }
-  const port = udpPort(source, fail);
-  return port === null ? null : { name: v.name, pos: v.pos, external: { port, pos: source.pos } };
+  const port = udpPort({ ...source, args: source.args.slice(0, 1) }, fail);
+  const allow: string[] = [];
+  for (const a of source.args.slice(1)) {
+    if (a.kind !== "string") {
+      fail(`${INPUT}(port, "prefix", ...) takes source prefixes as strings, such as "10.0.0.0/8"`, a.pos);
+      continue;
+    }
+    try {
+      SourceAllowList.parse([a.text]);
+      allow.push(a.text);
+    } catch (error) {
+      if (!(error instanceof AllowListError)) throw error;
+      fail(error.message, a.pos);
+    }
+  }
+  return port === null ? null : { name: v.name, pos: v.pos, external: { port, pos: source.pos, allow } };
 }
 
 function udpPort(call: Value & { kind: "call" }, fail: Fail): number | null {

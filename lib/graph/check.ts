@@ -34,8 +34,15 @@ export interface PlannedAp {
   readonly kind: ElementKind;
   readonly vm: string | null;
   readonly params: Record<string, unknown>;
-  /** Ordinary inputs in declared order; `external` is the UDP port that feeds it, if any. */
-  readonly inputs: readonly { readonly name: string; readonly external: number | null }[];
+  /**
+   * Ordinary inputs in declared order; `external` is the UDP port that feeds it, if any, and `allow` the source
+   * prefixes that port lets in (empty: any).
+   */
+  readonly inputs: readonly {
+    readonly name: string;
+    readonly external: number | null;
+    readonly allow: readonly string[];
+  }[];
   readonly outputs: readonly { readonly name: string; readonly wires: readonly Wire[] }[];
   readonly registration: number | null;
 }
@@ -248,7 +255,11 @@ export function planSession(
       kind,
       vm: ap.vm,
       params: params.get(ap.name)!,
-      inputs: inputs.map((p) => ({ name: p.name, external: p.external?.port ?? null })),
+      inputs: inputs.map((p) => ({
+        name: p.name,
+        external: p.external?.port ?? null,
+        allow: p.external?.allow ?? [],
+      })),
       registration: ap.inputs.find((p) => p.name === kind.ports.registration)?.external?.port ?? null,
       outputs: ap.outputs.map((o) => ({
         name: o.name,

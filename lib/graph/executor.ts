@@ -198,17 +198,29 @@ export class RunningSession {
           const socket = openUdp({ host: node.host, port }, node.udp);
           const entry: InputSocket = { socket, ap: ap.name, port: input.name, droppedSource: 0 };
           this.#inputs.push(entry);
-          entry.loop = this.#receive(entry, i, k, f === 1);
+          entry.loop = this.#receive(entry, i, k, f === 1, SourceAllowList.parse(input.allow));
         });
       });
     }
     this.#publish();
   }
 
-  async #receive(entry: InputSocket, ap: number, input: number, rtcp: boolean): Promise<void> {
+  /** `own`: the input's own allow-list, which narrows the node's. */
+  async #receive(
+    entry: InputSocket,
+    ap: number,
+    input: number,
+    rtcp: boolean,
+    own: SourceAllowList,
+  ): Promise<void> {
     const { socket } = entry;
     const group = this.#groupOf[ap];
-    const allow = this.#allow === SourceAllowList.ANY ? null : this.#allow;
+    const lists = [this.#allow, own].filter((l) => l !== SourceAllowList.ANY);
+    const allow = lists.length === 0
+      ? null
+      : lists.length === 1
+      ? lists[0]
+      : { allows: (host: string) => lists[0].allows(host) && lists[1].allows(host) };
     let picked = new Int32Array(0);
     for (;;) {
       let batch: Batch | null = await socket.receive();

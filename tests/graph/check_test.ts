@@ -129,10 +129,10 @@ Deno.test("checkProgram plans the Appendix with forwarders in data-flow order", 
   assert.equal(reflector.registration, 12354);
   assert.deepEqual(
     reflector.inputs,
-    [{ name: "in", external: null }],
+    [{ name: "in", external: null, allow: [] }],
     "the registration input is not a data input",
   );
-  assert.deepEqual(byName.get("Dup_V")!.inputs, [{ name: "V_in", external: 10000 }]);
+  assert.deepEqual(byName.get("Dup_V")!.inputs, [{ name: "V_in", external: 10000, allow: [] }]);
   assert.deepEqual(byName.get("Saver_high")!.params, {
     output_file: "stream_high.dump",
     overwrite: false,

@@ -101,3 +101,32 @@ Deno.test("SessionTable drops datagrams from sources node.allow_sources leaves o
   await tx.close();
   await Deno.remove(services.dataDir, { recursive: true });
 });
+
+Deno.test("SessionTable lets an input's own allow-list narrow the node's", async () => {
+  const services = await node();
+  const tx = openUdp({ host: LO, port: 0 });
+  const table = new SessionTable(services, coreElements(), { maxSessions: 1 });
+  try {
+    const port = freePort();
+    const text = counting("own", port).replace(
+      `DIPRONN_INPUT(${port})`,
+      `DIPRONN_INPUT(${port}, "192.0.2.0/24")`,
+    );
+    const session = await table.add(text, { file: "own.dipronn" });
+    const data = new Uint8Array(12);
+    tx.send(
+      { count: 1, data: () => data, length: () => 12, from: () => tx.local, truncated: () => false },
+      tx.destinations([{ host: LO, port }]),
+    );
+    const dropped = () =>
+      (session.status() as { sockets: { dropped_source: number }[] }).sockets[0].dropped_source;
+    await until("the datagram from loopback to be dropped", () => dropped() === 1);
+    const counted =
+      (session.status() as { aps: { counted?: { packets: number } }[] }).aps[1].counted!.packets;
+    assert.equal(counted, 0);
+  } finally {
+    await table.stopAll();
+    await tx.close();
+    await Deno.remove(services.dataDir, { recursive: true });
+  }
+});
