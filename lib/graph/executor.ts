@@ -384,7 +384,13 @@ export class RunningSession {
           vm: ap.plan.vm,
           inputs: ap.inputs.map((p, k) => ({
             ...p,
-            from: ap.plan.inputs[k].external === null ? null : `DIPRONN_INPUT(${ap.plan.inputs[k].external})`,
+            from: ap.plan.inputs[k].external === null
+              ? null
+              : `DIPRONN_INPUT(${
+                [ap.plan.inputs[k].external, ...ap.plan.inputs[k].allow.map((a) => JSON.stringify(a))].join(
+                  ", ",
+                )
+              })`,
           })),
           outputs: ap.outputs.map((p, j) => ({
             ...p,

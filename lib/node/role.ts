@@ -88,6 +88,7 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
         status: () => ({
           bind: cfg.bind,
           data_dir: cfg.data_dir,
+          budgets: table.budgets(),
           sessions: Object.fromEntries(table.list().map((s) => [s.plan.name, s.status()])),
         }),
         stop: (deadline) => stopWithin(table, deadline),

@@ -154,6 +154,18 @@ export class SessionTable {
     });
   }
 
+  /** What running sessions hold against the node-wide budgets, for the node's status. */
+  budgets(): Record<string, { used: number; max: number }> {
+    const used = { sockets: 0, vms: 0, saverBytes: 0 };
+    for (const s of this.#sessions.values()) add(used, s.plan.usage);
+    const b = this.#budgets;
+    return {
+      sockets: { used: used.sockets, max: b.maxSockets },
+      vms: { used: used.vms, max: b.maxVms },
+      saver_bytes: { used: used.saverBytes, max: b.saverQuotaBytes },
+    };
+  }
+
   get(name: string): RunningSession | undefined {
     return this.#sessions.get(name);
   }

@@ -62,6 +62,7 @@ Deno.test("SessionTable counts the sockets running sessions hold against the nod
       /^b\.dipronn:2:\d+: Budget sockets per node: the session needs 2 UDP sockets and running sessions hold 1, 1 over the node's 2 \(node\.max_sockets\)$/,
     );
     assert.deepEqual(table.list().map((s) => s.plan.name), ["a"]);
+    assert.deepEqual(table.budgets().sockets, { used: 1, max: 2 });
     await table.remove("a");
     await table.add(counting("b", freePort(), freePort()), { file: "b.dipronn" });
   } finally {
