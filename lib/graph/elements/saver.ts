@@ -116,7 +116,12 @@ export function saverKind(io: SaverIo = denoIo) {
         kick();
       };
       const kick = () => {
-        writing ??= drain().finally(() => (writing = null));
+        if (writing) return;
+        writing = drain().finally(() => {
+          writing = null;
+          // A chunk sealed while the writer was finishing has had no writer yet.
+          if (queue.length && file && tally.state !== "stopped") kick();
+        });
       };
       const drain = async () => {
         while (queue.length && file && tally.state !== "stopped") {
