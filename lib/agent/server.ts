@@ -1,5 +1,5 @@
 /**
- * The agent's TCP server: sockets come from lib/net/tcp.ts, this file only reads and writes them. Each
+ * The agent's TCP server: sockets come from lib/net/tcp/socket.ts, this file only reads and writes them. Each
  * accepted connection gets one reply line and is closed: the reply is written at once (a checker's
  * `agent-send` text is read alongside but never waited for), then the write side is shut so the checker sees
  * the end, and what the checker still sends is read until it closes. Closing with unread input would make the
@@ -10,7 +10,7 @@ import { type Clock, deadline } from "../core/clock.ts";
 import { StartError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import type { HostPort } from "../net/address.ts";
-import { closeQuietly, listenTcp, type TcpListener } from "../net/tcp.ts";
+import { closeQuietly, listenTcp, type TcpListener } from "../net/tcp/socket.ts";
 
 /** The part of a checker's request kept for /status; the rest is read and dropped. */
 export const MAX_REQUEST_KEPT = 256;

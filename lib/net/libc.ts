@@ -1,7 +1,8 @@
 /**
- * The libc calls and struct layouts behind the batched UDP fast path (Linux, x86_64 and aarch64, LP64). Kept apart
- * so the socket code reads as socket code. Opening libc needs --allow-ffi; `openLibc()` returns null where that is
- * not granted or not Linux, and callers fall back to the portable path.
+ * The libc calls and struct layouts behind both fast paths, UDP (lib/net/udp_fast.ts) and TCP (lib/net/tcp/fast/):
+ * one symbol table, one set of constants (Linux, x86_64 and aarch64, LP64). Kept apart so the socket code reads as
+ * socket code. Opening libc needs --allow-ffi; `openLibc()` returns null where that is not granted or not Linux, and
+ * callers fall back to the portable path.
  */
 
 import { type HostPort, ipv6Bytes, ipv6Text, isIPv4 } from "./address.ts";
@@ -25,9 +26,43 @@ export const MSG_DONTWAIT = 0x40;
 export const MSG_TRUNC = 0x20;
 export const MSG_WAITFORONE = 0x10000;
 export const SHUT_RD = 0;
+export const SHUT_WR = 1;
 export const EAGAIN = 11;
 export const EINTR = 4;
 export const EMSGSIZE = 90;
+
+// TCP and epoll (the TCP fast path).
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
+export const SO_REUSEADDR = 2;
+export const SO_ERROR = 4;
+export const SO_REUSEPORT = 15;
+export const IPPROTO_TCP = 6;
+export const TCP_NODELAY = 1;
+export const MSG_NOSIGNAL = 0x4000;
+export const EPOLLIN = 0x1;
+export const EPOLLOUT = 0x4;
+export const EPOLLERR = 0x8;
+export const EPOLLHUP = 0x10;
+export const EPOLLRDHUP = 0x2000;
+export const EPOLLET = 0x80000000;
+export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_MOD = 3;
+export const EFD_NONBLOCK = 0o4000;
+export const EFD_CLOEXEC = 0o2000000;
+export const EINPROGRESS = 115;
+export const ECONNABORTED = 103;
+/** Local shortages (out of descriptors, buffers or memory): this host's trouble, not a peer's. */
+export const EMFILE = 24;
+export const ENFILE = 23;
+export const ENOBUFS = 105;
+export const ENOMEM = 12;
+/** connect(2) found no free local port (the ephemeral range in use): a local shortage too. */
+export const EADDRNOTAVAIL = 99;
+/** struct epoll_event is packed on x86_64 ({u32 events; u64 data} in 12 bytes), natural elsewhere (16). */
+export const EPOLL_EVENT_SIZE = Deno.build.arch === "x86_64" ? 12 : 16;
+/** Where the 64-bit data starts in an epoll_event. */
+export const EPOLL_DATA_AT = EPOLL_EVENT_SIZE === 12 ? 4 : 8;
 /** UDP generic segmentation offload (Linux 4.18+): one send carries a run of datagrams of one size. */
 export const SOL_UDP = 17;
 export const UDP_SEGMENT = 103;
@@ -74,12 +109,33 @@ const SYMBOLS = {
   recvmmsg: { parameters: ["i32", "buffer", "u32", "i32", "pointer"], result: "i32" },
   sendmmsg: { parameters: ["i32", "buffer", "u32", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
+  // TCP and epoll. ssize_t results read as i32: every length asked for fits, and -1 stays -1.
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  accept4: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "i32" },
+  epoll_create1: { parameters: ["i32"], result: "i32" },
+  epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
+  /** The same call run off the main thread: the reactor's wait when quiet, while the event loop parks. */
+  epoll_wait_blocking: {
+    name: "epoll_wait",
+    parameters: ["i32", "buffer", "i32", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  strerror: { parameters: ["i32"], result: "pointer" },
 } as const;
 
 export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+export type LibcLibrary = Deno.DynamicLibrary<typeof SYMBOLS>;
 
 /** libc's symbols, or null where FFI is not allowed or this is not Linux. The caller keeps the library alive. */
-export function openLibc(): Deno.DynamicLibrary<typeof SYMBOLS> | null {
+export function openLibc(): LibcLibrary | null {
   if (Deno.build.os !== "linux") return null;
   try {
     if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return null;
@@ -98,6 +154,12 @@ export function errno(libc: { __errno_location(): Deno.PointerValue }): number {
 /** This thread's errno, to read again after every failure (the location is the thread's for its whole life). */
 export function errnoView(libc: { __errno_location(): Deno.PointerValue }): Deno.UnsafePointerView {
   return new Deno.UnsafePointerView(libc.__errno_location()!);
+}
+
+/** The kernel's text for an errno (strerror), lower case: "connection refused". */
+export function describeErrno(libc: { strerror(code: number): Deno.PointerValue }, code: number): string {
+  const p = libc.strerror(code);
+  return p ? Deno.UnsafePointerView.getCString(p).toLowerCase() : `errno ${code}`;
 }
 
 /** Sockaddr slots are 32 bytes apart (a sockaddr_in6 is 28) so every one stays 8-byte aligned. */

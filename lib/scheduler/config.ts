@@ -23,6 +23,7 @@ import {
   str,
 } from "../config/schema.ts";
 import { formatHostPort, type HostPort, isIP, parseHostPort } from "../net/address.ts";
+import { type TransportChoice, TRANSPORTS } from "../net/tcp/transport.ts";
 import type { YAMLMap } from "yaml";
 
 /** Most servers one service may hold once port ranges are expanded. */
@@ -138,9 +139,7 @@ function pathFromConfigFolder(): Schema<string> {
   };
 }
 
-/** What carries a service's connections (lib/scheduler/transport.ts). */
-export const TRANSPORTS = ["auto", "fast", "portable"] as const;
-export type TransportChoice = typeof TRANSPORTS[number];
+export { type TransportChoice, TRANSPORTS } from "../net/tcp/transport.ts";
 
 const schedulerFields = {
   services: opt(

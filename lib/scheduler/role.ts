@@ -17,8 +17,8 @@ import {
   schedulerSection,
 } from "./config.ts";
 import { builtinPickers } from "./pickers/mod.ts";
-import { BufferPool } from "./pipe.ts";
-import { openTransport } from "./transport.ts";
+import { BufferPool } from "../net/tcp/pool.ts";
+import { openTransport } from "../net/tcp/open.ts";
 import { metafile } from "./redirect.ts";
 import { MAX_RULES_FILE_BYTES, parseRules } from "./rules.ts";
 import { Service, type ServicePlan } from "./service.ts";

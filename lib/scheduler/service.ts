@@ -18,11 +18,18 @@ import { expandServers, type ServiceSettings } from "./config.ts";
 import { type Exchange, Monitor } from "./monitor.ts";
 import { PersistenceTable } from "./persistence.ts";
 import type { Picker, PickerKind } from "./pickers/picker.ts";
-import type { BufferPool, PipeResult } from "./pipe.ts";
+import type { BufferPool } from "../net/tcp/pool.ts";
 import { proxyHeader } from "./proxy_protocol.ts";
 import { ADMIN_RANK, Server } from "./server.ts";
 import type { ServerSpec } from "./config.ts";
-import type { Conn, ConnectTarget, SpliceTarget, Transport, TransportListener } from "./transport.ts";
+import type {
+  Conn,
+  ConnectTarget,
+  SpliceResult,
+  SpliceTarget,
+  Transport,
+  TransportListener,
+} from "../net/tcp/transport.ts";
 
 /** What a service is built from: a config entry or an imported agent-rules line. */
 export interface ServicePlan {
@@ -40,7 +47,7 @@ export interface ServiceDeps {
   readonly metrics: MetricsRegistry;
   readonly pickers: Registry<PickerKind>;
   readonly buffers: BufferPool;
-  /** What carries the connections (lib/scheduler/transport.ts). */
+  /** What carries the connections (lib/net/tcp/transport.ts). */
   readonly transport: Transport;
   /** Replaces the network exchange of health checks and agent polls (tests). */
   readonly exchange?: Exchange;
@@ -58,7 +65,7 @@ interface Waiter {
 interface FlowDriver {
   connected(flow: Flow, conn: Conn): void;
   connectFailed(flow: Flow, error: Error): void;
-  spliced(flow: Flow, result: PipeResult): void;
+  spliced(flow: Flow, result: SpliceResult): void;
 }
 
 /** One client's way through a service: the target of its connect and its splice (see Service.#admit). */
@@ -82,7 +89,7 @@ class Flow implements ConnectTarget, SpliceTarget {
   connectFailed(error: Error): void {
     this.driver.connectFailed(this, error);
   }
-  spliced(result: PipeResult): void {
+  spliced(result: SpliceResult): void {
     this.driver.spliced(this, result);
   }
 }
@@ -156,7 +163,7 @@ export class Service {
 
   /** Binds the listener (StartError when it cannot); nothing else starts before every service has bound. */
   listen(reusePort = false): void {
-    this.#listener = this.deps.transport.listen(this.plan.listen, reusePort);
+    this.#listener = this.deps.transport.listen(this.plan.listen, { reusePort });
   }
 
   /** Starts checks, agent polls and accepting. */
@@ -282,7 +289,7 @@ export class Service {
     }, flow);
   }
 
-  #spliced(flow: Flow, outcome: PipeResult): void {
+  #spliced(flow: Flow, outcome: SpliceResult): void {
     this.counts.bytes_in += outcome.up;
     this.counts.bytes_out += outcome.down;
     if (outcome.reason === "aborted") this.counts.closed_by_server_down++;

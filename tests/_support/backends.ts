@@ -11,7 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { ManualClock } from "../../lib/core/clock.ts";
-import { connectTcp, TcpConnectError } from "../../lib/net/tcp.ts";
+import { connectTcp, TcpConnectError } from "../../lib/net/tcp/socket.ts";
 import { type ParsedProxyHeader, parseProxyHeader } from "../../lib/scheduler/proxy_protocol.ts";
 import { within } from "./until.ts";
 

@@ -1,7 +1,7 @@
 /**
  * TCP pipe benchmark, all paths in one run on one machine: a load process (this one: a server that streams or
  * echoes, and its clients) talks to itself over loopback either directly or through a proxy process that relays
- * each connection with lib/scheduler/pipe.ts (buffers of 16, 32 and 64 KiB from a pool) or, as the reference the
+ * each connection with lib/net/tcp/pipe.ts (buffers of 16, 32 and 64 KiB from a pool) or, as the reference the
  * read/write loop replaced, with `readable.pipeTo(writable)` both ways. Two figures per path:
  *   bulk MB/s   4 connections each downloading BENCH_MB/4 MiB at once
  *   echo rt/s   32 connections doing 1 KiB request/response round trips
@@ -17,8 +17,9 @@
  *   BENCH_BUFFERS=16,64,128 deno task bench pipe            other buffer sizes (KiB)
  */
 import { type HostPort } from "../../lib/net/address.ts";
-import { connectTcp, listenTcp } from "../../lib/net/tcp.ts";
-import { BufferPool, pipe } from "../../lib/scheduler/pipe.ts";
+import { connectTcp, listenTcp } from "../../lib/net/tcp/socket.ts";
+import { pipe } from "../../lib/net/tcp/pipe.ts";
+import { BufferPool } from "../../lib/net/tcp/pool.ts";
 import { announce, benchNumber } from "./_mode.ts";
 
 const LO = "127.0.0.1";

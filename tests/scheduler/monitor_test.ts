@@ -8,7 +8,7 @@ import { ManualClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { yieldToEventLoop } from "../../lib/core/yield.ts";
 import type { HostPort } from "../../lib/net/address.ts";
-import { type ExchangeOptions, type ExchangeResult, tcpExchange } from "../../lib/net/tcp_check.ts";
+import { type ExchangeOptions, type ExchangeResult, tcpExchange } from "../../lib/net/tcp/exchange.ts";
 import {
   type AdminState,
   expandServers,
@@ -20,7 +20,8 @@ import {
 import { MAX_AGENT_REPLY } from "../../lib/scheduler/agent_reply.ts";
 import { Monitor } from "../../lib/scheduler/monitor.ts";
 import { Server, type Transition } from "../../lib/scheduler/server.ts";
-import { AgentStub, Backend, until } from "../e2e/_backends.ts";
+import { AgentStub, Backend } from "../_support/backends.ts";
+import { until } from "../_support/until.ts";
 
 const DEFAULTS: ServiceSettings = (schedulerSection.default as SchedulerSection).rules_service;
 

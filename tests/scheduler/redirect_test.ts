@@ -16,7 +16,8 @@ import {
 } from "../../lib/scheduler/config.ts";
 import { metafile, serverUrl } from "../../lib/scheduler/redirect.ts";
 import { schedulerRole } from "../../lib/scheduler/role.ts";
-import { AgentStub, until } from "../e2e/_backends.ts";
+import { AgentStub } from "../_support/backends.ts";
+import { until } from "../_support/until.ts";
 
 const LO = "127.0.0.1";
 const TOKEN = "scheduler-token-0123456789";

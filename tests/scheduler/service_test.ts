@@ -9,7 +9,7 @@ import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { yieldToEventLoop } from "../../lib/core/yield.ts";
 import type { HostPort } from "../../lib/net/address.ts";
-import type { ExchangeOptions, ExchangeResult } from "../../lib/net/tcp_check.ts";
+import type { ExchangeOptions, ExchangeResult } from "../../lib/net/tcp/exchange.ts";
 import {
   type AdminState,
   type SchedulerSection,
@@ -18,11 +18,12 @@ import {
   type ServiceSettings,
 } from "../../lib/scheduler/config.ts";
 import { builtinPickers } from "../../lib/scheduler/pickers/mod.ts";
-import { openTransport, type Transport } from "../../lib/scheduler/transport.ts";
-import { BufferPool } from "../../lib/scheduler/pipe.ts";
+import { openTransport } from "../../lib/net/tcp/open.ts";
+import type { Transport } from "../../lib/net/tcp/transport.ts";
+import { BufferPool } from "../../lib/net/tcp/pool.ts";
 import { Service } from "../../lib/scheduler/service.ts";
-import { Backend, blackhole, Client, fetchName, ProxyBackend, until } from "../e2e/_backends.ts";
-import { clientsOn } from "../e2e/_scheduler.ts";
+import { Backend, blackhole, Client, clientsOn, fetchName, ProxyBackend } from "../_support/backends.ts";
+import { until } from "../_support/until.ts";
 
 const LO = "127.0.0.1";
 const DEFAULTS: ServiceSettings = (schedulerSection.default as SchedulerSection).rules_service;
@@ -40,7 +41,7 @@ function server(port: number, over: Partial<ServerSpec> = {}): ServerSpec {
   };
 }
 
-/** Every test runs over both transports (lib/scheduler/transport.ts); `io` is the one of the test running now. */
+/** Every test runs over both transports (lib/net/tcp/transport.ts); `io` is the one of the test running now. */
 let io: Transport = openTransport("portable");
 function ioTest(name: string, fn: () => Promise<void>): void {
   for (const kind of ["fast", "portable"] as const) {

@@ -1,9 +1,15 @@
 import assert from "node:assert/strict";
-import { ManualClock } from "../../lib/core/clock.ts";
-import { StartError } from "../../lib/core/errors.ts";
-import { yieldToEventLoop } from "../../lib/core/yield.ts";
-import { classifyTcpError, closeQuietly, connectTcp, listenTcp, TcpConnectError } from "../../lib/net/tcp.ts";
-import { blackhole } from "../e2e/_backends.ts";
+import { ManualClock } from "../../../lib/core/clock.ts";
+import { StartError } from "../../../lib/core/errors.ts";
+import { yieldToEventLoop } from "../../../lib/core/yield.ts";
+import {
+  classifyTcpError,
+  closeQuietly,
+  connectTcp,
+  listenTcp,
+  TcpConnectError,
+} from "../../../lib/net/tcp/socket.ts";
+import { blackhole } from "../../_support/backends.ts";
 
 const LO = "127.0.0.1";
 

@@ -3,9 +3,9 @@
  * bounded reply until the peer closes (or until `expect` is seen), and always close. Every failure comes back as a
  * message, never as a throw, because a failed check is a result.
  */
-import type { Clock } from "../core/clock.ts";
-import { formatHostPort, type HostPort } from "./address.ts";
-import { closeQuietly, connectTcp, TcpConnectError } from "./tcp.ts";
+import type { Clock } from "../../core/clock.ts";
+import { formatHostPort, type HostPort } from "../address.ts";
+import { closeQuietly, connectTcp, TcpConnectError } from "./socket.ts";
 
 export interface ExchangeOptions {
   /** Whole exchange: connect, send and read. */

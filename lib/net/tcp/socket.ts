@@ -1,13 +1,16 @@
 /**
- * TCP listeners and outgoing connections: the one file of the scheduler that calls Deno.listen and Deno.connect.
+ * TCP listeners and outgoing connections on Deno's own sockets: the one file that calls Deno.listen and Deno.connect
+ * for TCP (the portable transport, health checks, agent polls, the agent's server).
  * Connections come back with TCP_NODELAY set (a proxy must not add Nagle's delay to what it relays), connects take a
  * timeout on the injected clock and the caller's AbortSignal, and every socket error is sorted into a few kinds the
- * scheduler acts on (a refused or timed-out connect counts against a server; a reset from a client is routine).
+ * scheduler acts on (a refused or timed-out connect counts against a server; a reset from a client is routine; this
+ * host running out of descriptors counts against nobody).
  */
-import { type Clock, deadline, systemClock } from "../core/clock.ts";
-import { StartError } from "../core/errors.ts";
-import { formatHostPort, type HostPort } from "./address.ts";
-import { describeListenError } from "./http.ts";
+import { type Clock, deadline, systemClock } from "../../core/clock.ts";
+import { StartError } from "../../core/errors.ts";
+import { formatHostPort, type HostPort } from "../address.ts";
+import { describeListenError } from "../http.ts";
+import { shortageOf } from "./errors.ts";
 
 /** What went wrong on a socket, in the terms the scheduler acts on. */
 export type TcpErrorKind =
@@ -23,6 +26,8 @@ export type TcpErrorKind =
   | "aborted"
   /** The socket was closed here while the operation was pending (our own close, not the peer's). */
   | "closed"
+  /** This host ran out of descriptors, buffers, memory or local ports (./errors.ts): nobody else's fault. */
+  | "local"
   | "other";
 
 /** Sorts an error thrown by a Deno socket call into a TcpErrorKind. */
@@ -36,6 +41,7 @@ export function classifyTcpError(error: unknown): TcpErrorKind {
     error instanceof e.ConnectionAborted || error instanceof e.NotConnected
   ) return "reset";
   if (error instanceof e.BadResource || error instanceof e.Interrupted) return "closed";
+  if (shortageOf(error)) return "local";
   const code = (error as { code?: unknown } | null)?.code;
   if (code === "EHOSTUNREACH" || code === "ENETUNREACH" || code === "EHOSTDOWN") return "unreachable";
   if (code === "ETIMEDOUT") return "timeout";

@@ -1,14 +1,9 @@
 import assert from "node:assert/strict";
-import { type Clock, ManualClock } from "../../lib/core/clock.ts";
-import { yieldToEventLoop } from "../../lib/core/yield.ts";
-import { classifyTcpError, connectTcp, listenTcp } from "../../lib/net/tcp.ts";
-import {
-  BufferPool,
-  pipe,
-  type PipeConn,
-  type PipeCounters,
-  type PipeOptions,
-} from "../../lib/scheduler/pipe.ts";
+import { type Clock, ManualClock } from "../../../lib/core/clock.ts";
+import { yieldToEventLoop } from "../../../lib/core/yield.ts";
+import { classifyTcpError, connectTcp, listenTcp } from "../../../lib/net/tcp/socket.ts";
+import { BufferPool } from "../../../lib/net/tcp/pool.ts";
+import { pipe, type PipeConn, type PipeCounters, type PipeOptions } from "../../../lib/net/tcp/pipe.ts";
 
 const LO = "127.0.0.1";
 const MiB = 1024 * 1024;

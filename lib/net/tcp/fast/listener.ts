@@ -1,0 +1,117 @@
+/** A listening socket of the fast TCP path: accepts straight from its readiness event, a burst at a time. */
+import { StartError } from "../../../core/errors.ts";
+import { formatHostPort, type HostPort, isIPv4, isIPv6 } from "../../address.ts";
+import {
+  EAGAIN,
+  ECONNABORTED,
+  EINTR,
+  EPOLLIN,
+  IPPROTO_TCP,
+  SO_REUSEADDR,
+  SO_REUSEPORT,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOL_SOCKET,
+  TCP_NODELAY,
+} from "../../libc.ts";
+import { LocalShortage, shortageOfErrno } from "../errors.ts";
+import type { ListenOptions, TransportListener } from "../transport.ts";
+import { FastConn } from "./conn.ts";
+import type { Reactor, Sink } from "./reactor.ts";
+
+/** Most connections taken per readiness event of a listener (the rest are reported again next round). */
+const ACCEPT_BURST = 64;
+const LISTEN_BACKLOG = 4096;
+
+class FastListener implements TransportListener, Sink {
+  #accepted: ((conn: FastConn) => void) | null = null;
+  #failed: ((error: Error) => Promise<void>) | null = null;
+  #served: (() => void) | null = null;
+  #closed = false;
+  #paused = false;
+  #registered = false;
+
+  constructor(
+    readonly reactor: Reactor,
+    readonly fd: number,
+    readonly addr: HostPort,
+    readonly where: string,
+  ) {}
+
+  serve(accepted: (conn: FastConn) => void, failed: (error: Error) => Promise<void>): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#accepted = accepted;
+    this.#failed = failed;
+    const p = new Promise<void>((resolve) => this.#served = resolve);
+    if (!this.#registered) {
+      this.#registered = true;
+      // Level-triggered: what one burst leaves in the queue is reported again next round.
+      this.reactor.watch(this.fd, EPOLLIN, this);
+    }
+    return p;
+  }
+
+  ready(): void {
+    const r = this.reactor, c = r.c, accepted = this.#accepted!;
+    // At most ACCEPT_BURST per event, so one busy listener cannot hold up every other socket's events.
+    for (let k = 0; k < ACCEPT_BURST && !this.#closed; k++) {
+      r.resetAddrLen();
+      const cfd = c.accept4(this.fd, r.addr, r.addrLen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (cfd < 0) {
+        const e = r.errno();
+        if (e === EINTR || e === ECONNABORTED) continue;
+        if (e !== EAGAIN) this.#pause(e);
+        return;
+      }
+      accepted(new FastConn(r, cfd, r.readAddr()));
+    }
+  }
+
+  /**
+   * Out of descriptors or memory: the queue stays readable, so the listener is not watched (no spinning on it) until
+   * the promise of whoever is told resolves (the scheduler pauses on its own clock).
+   */
+  #pause(errno: number): void {
+    if (this.#paused) return;
+    this.#paused = true;
+    this.reactor.interest(this.fd, 0);
+    const shortage = shortageOfErrno(errno);
+    const message = `Cannot accept on ${this.where}: ${this.reactor.describe(errno)}`;
+    const error = shortage ? new LocalShortage(message, "accept", shortage) : new Error(message);
+    this.#failed!(error).then(() => {
+      this.#paused = false;
+      if (!this.#closed) this.reactor.interest(this.fd, EPOLLIN);
+    });
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.reactor.release(this.fd);
+    this.#served?.();
+  }
+}
+
+/** Listens on `addr` (SO_REUSEPORT when asked); failures throw StartError naming the address. */
+export function listenFast(reactor: Reactor, addr: HostPort, options: ListenOptions = {}): TransportListener {
+  const where = `tcp ${formatHostPort(addr)}`;
+  if (!isIPv4(addr.host) && !isIPv6(addr.host)) {
+    throw new StartError(`Cannot listen on ${where}: not an IP address`);
+  }
+  const c = reactor.c;
+  const [family, len] = reactor.writeAddr(addr);
+  const fd = c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new StartError(`Cannot listen on ${where}: ${reactor.describe(reactor.errno())}`);
+  reactor.setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+  if (options.reusePort) reactor.setInt(fd, SOL_SOCKET, SO_REUSEPORT, 1);
+  // Linux hands this to every accepted socket: one call per listener instead of one per connection.
+  reactor.setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  reactor.writeAddr(addr);
+  if (c.bind(fd, reactor.addr, len) !== 0 || c.listen(fd, LISTEN_BACKLOG) !== 0) {
+    const reason = reactor.describe(reactor.errno());
+    c.close(fd);
+    throw new StartError(`Cannot listen on ${where}: ${reason}`);
+  }
+  return new FastListener(reactor, fd, reactor.localAddress(fd), where);
+}

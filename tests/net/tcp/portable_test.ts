@@ -1,0 +1,4 @@
+import { portableTransport } from "../../../lib/net/tcp/portable.ts";
+import { tcpContract } from "./contract.ts";
+
+tcpContract("portable", () => portableTransport);
