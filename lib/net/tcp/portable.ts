@@ -7,6 +7,7 @@ import { LocalShortage, shortageOf } from "./errors.ts";
 import { pipe } from "./pipe.ts";
 import { closeQuietly, connectTcp, listenTcp, TcpConnectError } from "./socket.ts";
 import type { Conn, Transport } from "./transport.ts";
+import { errorMessage } from "../../core/errors.ts";
 
 /** A Deno connection with the addresses a service needs. */
 class PortableConn implements Conn {
@@ -29,7 +30,7 @@ function sorted(error: unknown, op: "accept" | "connect", where: string): Error 
   const shortage = shortageOf(cause);
   const message = error instanceof TcpConnectError
     ? error.message
-    : `Cannot ${op} on ${where}: ${error instanceof Error ? error.message : String(error)}`;
+    : `Cannot ${op} on ${where}: ${errorMessage(error)}`;
   if (shortage) return new LocalShortage(message, op, shortage, { cause: error });
   return error instanceof Error ? error : new Error(message);
 }
