@@ -7,7 +7,7 @@
  * host running out of descriptors counts against nobody).
  */
 import { type Clock, deadline, systemClock } from "../../core/clock.ts";
-import { StartError } from "../../core/errors.ts";
+import { errorMessage, StartError } from "../../core/errors.ts";
 import { formatHostPort, type HostPort } from "../address.ts";
 import { describeListenError } from "../http.ts";
 import { shortageOf } from "./errors.ts";
@@ -70,7 +70,7 @@ function describeConnectFailure(kind: TcpErrorKind, cause: unknown): string {
     case "aborted":
       return "aborted";
     default:
-      return cause instanceof Error ? cause.message : String(cause);
+      return errorMessage(cause);
   }
 }
 
