@@ -6,6 +6,7 @@
 import type { Clock } from "../../core/clock.ts";
 import { formatHostPort, type HostPort } from "../address.ts";
 import { closeQuietly, connectTcp, TcpConnectError } from "./socket.ts";
+import { errorMessage } from "../../core/errors.ts";
 
 export interface ExchangeOptions {
   /** Whole exchange: connect, send and read. */
@@ -62,7 +63,7 @@ export async function tcpExchange(addr: HostPort, options: ExchangeOptions): Pro
   } catch (error) {
     if (timedOut) return { ok: false, error: `${where}: no answer within ${timeoutMs} ms` };
     if (error instanceof TcpConnectError) return { ok: false, error: error.message };
-    return { ok: false, error: `${where}: ${error instanceof Error ? error.message : String(error)}` };
+    return { ok: false, error: `${where}: ${errorMessage(error)}` };
   } finally {
     clock.clearTimeout(timer);
     if (conn) closeQuietly(conn);
