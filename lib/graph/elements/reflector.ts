@@ -10,7 +10,7 @@
  * and the table as it now is. The main half checks that answer (data from the worker is not trusted) and shows
  * the reflector in /status and /metrics as a whole reflector shows itself, labelled with its session and VM.
  */
-import { StartError } from "../../core/errors.ts";
+import { errorMessage, StartError } from "../../core/errors.ts";
 import { isRtcp } from "../../media/rtp.ts";
 import { isIPv4, isIPv6 } from "../../net/address.ts";
 import { AllowListError, SourceAllowList } from "../../net/allow.ts";
@@ -198,7 +198,7 @@ function socketSide(ctx: Ctx, link: EdgeLink | null): Element {
           opened.push(s);
           return s;
         } catch (error) {
-          const why = error instanceof Error ? error.message : String(error);
+          const why = errorMessage(error);
           // Named as the whole AP was when it bound in its worker: the start failed in its VM.
           throw new StartError(link ? `${why} (in VM ${link.vm})` : why);
         }
