@@ -7,7 +7,7 @@
  * `maxClients` are closed unanswered; each connection has a deadline.
  */
 import { type Clock, deadline } from "../core/clock.ts";
-import { StartError } from "../core/errors.ts";
+import { errorMessage, StartError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import type { HostPort } from "../net/address.ts";
 import { closeQuietly, listenTcp, type TcpListener } from "../net/tcp/socket.ts";
@@ -59,7 +59,7 @@ export function serveAgent(options: AgentServerOptions): AgentServer {
     listener = listenTcp(options.listen);
   } catch (error) {
     // "Cannot listen on tcp ADDR: reason" becomes "Cannot start agent: cannot listen on tcp ADDR: reason".
-    const why = error instanceof Error ? error.message : String(error);
+    const why = errorMessage(error);
     throw new StartError(`Cannot start agent: ${why[0].toLowerCase()}${why.slice(1)}`);
   }
   const { clock, logger } = options;
@@ -219,5 +219,5 @@ function once(fn: () => void): () => void {
 }
 
 function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  return errorMessage(error);
 }
