@@ -49,6 +49,7 @@ import {
   SOCKET_SERIES,
 } from "./relay.ts";
 import { SharedTargets } from "./shared_targets.ts";
+import { errorMessage } from "../core/errors.ts";
 
 export interface ReflectorSpec {
   readonly name: string;
@@ -326,7 +327,7 @@ export class Reflector {
         deps.logger.warn("reflector thread did not start; reflecting on the main thread", {
           reflector: spec.name,
           path: name,
-          error: error instanceof Error ? error.message : String(error),
+          error: errorMessage(error),
         });
       }
     }
@@ -404,7 +405,7 @@ export class Reflector {
       this.deps.logger.error("reflector loop ended", {
         reflector: this.spec.name,
         loop: name,
-        error: error instanceof Error ? error.message : String(error),
+        error: errorMessage(error),
       });
     }));
   }
@@ -570,7 +571,7 @@ export class Reflector {
       this.#controlErrors++;
       this.deps.logger.error("reflector control failed", {
         reflector: this.spec.name,
-        error: error instanceof Error ? error.message : String(error),
+        error: errorMessage(error),
       });
     }
   }
