@@ -2,8 +2,10 @@
  * The probe's two ends, the seed report's "behaviour tests": a paced sender of numbered, timestamped datagrams
  * (fixed rate or a linear ramp), plain or as RTP with sender reports, and a receiver that measures them (and any
  * RTP stream, with the A/V skew between streams of one CNAME), optionally as a participant of a reflector.
- * Both run on the batched UDP sockets; time comes from `nowUs`.
+ * Both run on the batched UDP sockets; time comes from the clock they are given (the system clock by default), and
+ * a receiver times datagrams by the kernel's arrival stamps where the socket has them.
  */
+import { type Clock, systemClock } from "../core/clock.ts";
 import { StartError, UsageError } from "../core/errors.ts";
 import { isRtcp } from "../media/rtp.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
@@ -15,8 +17,19 @@ import { RtpStreams } from "./rtp_streams.ts";
 import { type ProbeReport, ProbeStats } from "./stats.ts";
 
 /** Microseconds since the epoch with sub-millisecond resolution; sender and receiver on one host agree. */
-export const nowUs = (): number => (performance.timeOrigin + performance.now()) * 1000;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+export const nowUs = (): number => systemClock.nowUs();
+const sleep = (clock: Clock, ms: number) => new Promise<void>((r) => clock.setTimeout(r, ms));
+
+/** Calls `fn` every `ms` on `clock` until the returned function is called. */
+function every(clock: Clock, ms: number, fn: () => void): () => void {
+  let id = 0;
+  const tick = () => {
+    id = clock.setTimeout(tick, ms);
+    fn();
+  };
+  id = clock.setTimeout(tick, ms);
+  return () => clock.clearTimeout(id);
+}
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
@@ -34,6 +47,8 @@ export interface SendOptions {
   readonly rtp?: RtpSendOptions;
   readonly progress?: (line: string) => void;
   readonly signal?: AbortSignal;
+  /** Time (tests: a ManualClock); the system clock by default. */
+  readonly clock?: Clock;
 }
 
 export interface RtpSendOptions {
@@ -76,7 +91,9 @@ export async function probeSend(o: SendOptions): Promise<SendReport> {
   const dest = socket.destinations([o.to]);
   const slab = new Uint8Array(o.size * 1024);
   const packets = Array.from({ length: 1024 }, (_, i) => slab.subarray(i * o.size, (i + 1) * o.size));
-  const start = performance.now();
+  const clock = o.clock ?? systemClock;
+  const ms = () => clock.nowUs() / 1000;
+  const start = ms();
   const writer = o.rtp
     ? new RtpProbeWriter({
       payloadType: o.rtp.payloadType,
@@ -87,7 +104,7 @@ export async function probeSend(o: SendOptions): Promise<SendReport> {
       captureDelayUs: o.rtp.captureDelayMs * 1000,
       sequenceBase: random32() & 0xffff,
       timestampBase: random32(),
-      startUs: nowUs(),
+      startUs: clock.nowUs(),
     })
     : null;
   // RTCP goes from the media socket to port + 1, where RTP receivers and use_RTP reflectors expect it.
@@ -101,11 +118,13 @@ export async function probeSend(o: SendOptions): Promise<SendReport> {
   let lastProgress = start;
   try {
     for (;;) {
-      const elapsed = performance.now() - start;
-      if (elapsed >= o.durationMs || (o.count && sent >= o.count) || o.signal?.aborted) break;
+      const elapsed = Math.min(ms() - start, o.durationMs);
+      // The last datagram is due at the end of the duration: it is sent before the loop ends.
+      const over = elapsed >= o.durationMs && dueBy(elapsed, o.rate[0], o.rate[1], o.durationMs) <= sent;
+      if (over || (o.count && sent >= o.count) || o.signal?.aborted) break;
       if (rtcpDest && elapsed >= nextSr) {
         // The first report goes before the first packet, so a receiver can time packets from the start.
-        socket.send([writer!.senderReport(nowUs())], rtcpDest);
+        socket.send([writer!.senderReport(clock.nowUs())], rtcpDest);
         senderReports++;
         nextSr = elapsed + srEvery;
       }
@@ -113,30 +132,31 @@ export async function probeSend(o: SendOptions): Promise<SendReport> {
       if (o.count) due = Math.min(due, o.count);
       if (due > sent) {
         const n = Math.min(due - sent, 1024);
-        const t = nowUs();
+        const t = clock.nowUs();
         if (writer) { for (let i = 0; i < n; i++) writer.write(packets[i], sent + i, t); }
         else for (let i = 0; i < n; i++) writeProbe(packets[i], sent + i, o.stream, t);
         socket.send(n === 1024 ? packets : packets.slice(0, n), dest);
         sent += n;
         if (n === 1024) continue; // behind schedule: catch up before yielding
       }
-      if (o.progress && performance.now() - lastProgress >= 1000) {
-        lastProgress = performance.now();
+      if (o.progress && ms() - lastProgress >= 1000) {
+        lastProgress = ms();
         const secs = (lastProgress - start) / 1000;
         o.progress(
           `probe send: ${sent} sent, ${Math.round(sent / secs)}/s, ${socket.stats.tx_dropped} refused`,
         );
       }
-      await sleep(1);
+      await sleep(clock, 1);
     }
-    // Let the portable path's send queue drain before reporting.
+    // Let the portable path's send queue drain before reporting (a queue, not time: the system clock's turn).
     while (socket.stats.tx_packets + socket.stats.tx_dropped + socket.stats.errors < sent + senderReports) {
-      await sleep(1);
+      await sleep(systemClock, 1);
     }
   } finally {
     await socket.close();
   }
-  const secs = Math.max(1e-6, (performance.now() - start) / 1000);
+  // The schedule's own length: the loop notices its end at its next turn, up to a timer's slack later.
+  const secs = Math.max(1e-6, Math.min(ms() - start, o.durationMs) / 1000);
   return {
     sent,
     tx_dropped: socket.stats.tx_dropped,
@@ -166,6 +186,8 @@ export interface RecvOptions {
   readonly signal?: AbortSignal;
   /** Called once listening (and joined), with the bound address and the RTCP one (null when none). */
   readonly ready?: (local: HostPort, rtcp: HostPort | null) => void;
+  /** Time (tests: a ManualClock); the system clock by default. Arrivals are the kernel's times where it gives them. */
+  readonly clock?: Clock;
 }
 
 /**
@@ -227,9 +249,11 @@ export async function probeRecv(o: RecvOptions): Promise<ProbeReport> {
   const join = enc.encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES));
   let joined = !o.join;
   let failure: Error | null = null;
-  let last = performance.now();
-  let keepalive: ReturnType<typeof setInterval> | undefined;
-  const start = performance.now();
+  const clock = o.clock ?? systemClock;
+  const ms = () => clock.nowUs() / 1000;
+  let last = ms();
+  let stopKeepalive = () => {};
+  const start = ms();
   let ticks = 0;
   /** Datagrams measured: probe datagrams, plain or RTP, and RTP packets of other senders. */
   let measured = 0;
@@ -240,8 +264,8 @@ export async function probeRecv(o: RecvOptions): Promise<ProbeReport> {
   if (reg) socket.send([join], reg);
   else o.ready?.(socket.local, rtcpSocket?.local ?? null);
 
-  const ticker = setInterval(() => {
-    const now = performance.now();
+  const stopTicker = every(clock, 250, () => {
+    const now = ms();
     if (!joined) {
       if (now - start > 5000) {
         failure = new Error(`Cannot join the reflector at ${formatHostPort(o.join!)}: no answer within 5 s`);
@@ -252,7 +276,7 @@ export async function probeRecv(o: RecvOptions): Promise<ProbeReport> {
     const idle = measured > 0 && now - last > o.idleMs;
     if (now - start >= o.durationMs || idle || o.signal?.aborted) stop();
     else if (++ticks % 4 === 0) o.progress?.(progressLine(stats.report(), streams.size));
-  }, 250);
+  });
   const rtcpLoop = (async () => {
     for (;;) {
       const batch = await rtcpSocket?.receive();
@@ -264,8 +288,8 @@ export async function probeRecv(o: RecvOptions): Promise<ProbeReport> {
     for (;;) {
       const batch = await socket.receive();
       if (!batch) break;
-      const received = nowUs();
-      last = performance.now();
+      const received = clock.nowUs();
+      last = received / 1000;
       for (let i = 0; i < batch.count; i++) {
         const d = batch.data(i);
         const kernel = batch.arrivalUs?.(i) ?? NaN;
@@ -295,16 +319,16 @@ export async function probeRecv(o: RecvOptions): Promise<ProbeReport> {
         if (challenge) socket.send([enc.encode(`EDGENODE-CONFIRM ${challenge[1]}`)], reg!);
         else if (welcome && !joined) {
           joined = true;
-          const every = Math.max(1000, (Number(welcome[1]) * 1000) / 3);
-          keepalive = setInterval(() => socket.send([join], reg!), every);
+          const period = Math.max(1000, (Number(welcome[1]) * 1000) / 3);
+          stopKeepalive = every(clock, period, () => socket.send([join], reg!));
           o.ready?.(socket.local, rtcpSocket?.local ?? null);
         } else if (!welcome) stats.foreign();
       }
       if (o.count && measured >= o.count) break;
     }
   } finally {
-    clearInterval(ticker);
-    clearInterval(keepalive);
+    stopTicker();
+    stopKeepalive();
     await socket.close();
     await rtcpSocket?.close();
     await rtcpLoop;
