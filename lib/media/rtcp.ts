@@ -43,7 +43,8 @@ const REPORT_BLOCK = 24;
  * bodies fit their lengths. The first part need not be an SR or RR: reduced-size RTCP (RFC 5506) sends others alone.
  */
 export function parseRtcp(d: Uint8Array): RtcpCompound | null {
-  if (d.length < 4) return null;
+  // A compound begins with an SR or RR: at least a header and an SSRC, 8 bytes (isRtcp asks the same).
+  if (d.length < 8) return null;
   const out: RtcpCompound = { senderReports: [], receiverReportSsrcs: [], cnames: [], byes: [] };
   let off = 0;
   while (off < d.length) {
