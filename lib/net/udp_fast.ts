@@ -376,7 +376,7 @@ export class FastUdp implements UdpSocket {
         this.#waiting = null;
         if (this.#closed) break;
       } else this.#streak++;
-      if (n > 0) return this.#account(n);
+      if (n > 0) return this.#shutForReading() ? null : this.#account(n);
       // n <= 0: the wait slice passed with nothing (or shutdown woke us): look at the closed flag again.
     }
     return null;
@@ -393,7 +393,7 @@ export class FastUdp implements UdpSocket {
     this.#resetNames();
     const n = this.#c.recvmmsg(this.#fd, this.#rxHdrs, this.#batchSize, MSG_WAITFORONE, null);
     if (stop && Atomics.load(stop, 0) !== 0) return null;
-    if (n > 0) return this.#account(n);
+    if (n > 0) return this.#shutForReading() ? null : this.#account(n);
     if (n < 0) {
       const e = this.#errno.getInt32();
       if (e !== EAGAIN && e !== EINTR) this.stats.errors++;
@@ -416,6 +416,15 @@ export class FastUdp implements UdpSocket {
   /** Wakes every receive waiting on this socket, in any thread; later receives return at once with nothing. */
   interrupt(): void {
     if (!this.#closed) this.#c.shutdown(this.#fd, SHUT_RD);
+  }
+
+  /**
+   * Whether this wake is the socket shut for reading (interrupt(), in any thread): the kernel then reports an empty
+   * datagram from no address, again at every receive. A real datagram, empty or not, always has a sender. (A socket
+   * that does not read sources cannot tell; its callers drop empty datagrams.)
+   */
+  #shutForReading(): boolean {
+    return this.#sources && this.slotLength(0) === 0 && this.#rxU32[(this.#rxHdr + MSG_NAMELEN) >>> 2] === 0;
   }
 
   /** The kernel rewrote msg_namelen and msg_controllen only in the headers it filled last time: reset just those. */

@@ -214,3 +214,24 @@ Deno.test("a fast socket opened with timestamps gives each datagram the time the
     await plain.close();
   }
 });
+
+Deno.test("a fast socket shut for reading receives null, not an endless run of empty datagrams", async () => {
+  const s = openFast({ host: "127.0.0.1", port: 0 });
+  const peer = openFast({ host: "127.0.0.1", port: 0 });
+  try {
+    // A real empty datagram still arrives as one, from its sender.
+    peer.send([new Uint8Array(0)], peer.destinations([s.local]));
+    const empty = await s.receive();
+    assert.equal(empty?.count, 1);
+    assert.equal(empty!.length(0), 0);
+    assert.equal(empty!.from(0).port, peer.local.port);
+    s.interrupt();
+    assert.equal(await s.receive(), null);
+    assert.equal(await s.receive(), null, "and again");
+    assert.equal(s.receiveBlocking(), null, "without a stop cell too");
+    assert.equal(s.stats.rx_packets, 1, "the wake-ups are not counted as datagrams");
+  } finally {
+    await s.close();
+    await peer.close();
+  }
+});
