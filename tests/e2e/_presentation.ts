@@ -14,6 +14,7 @@
  *
  * Shared by tests/e2e/presentation_test.ts (which asserts) and tests/demo/presentation.ts (`make demo`, which prints).
  */
+import { until } from "../_support/until.ts";
 import { setNice } from "../../lib/core/priority.ts";
 import { extractRtp } from "../../lib/media/extract.ts";
 import { readPcap } from "../../lib/media/pcap.ts";
@@ -167,14 +168,6 @@ function apOf(session: Record<string, unknown>, name: string): ApStatus {
   const ap = (session.aps as ApStatus[]).find((a) => a.name === name);
   if (!ap) throw new Error(`The session has no AP ${name}`);
   return ap;
-}
-
-async function until(what: string, ok: () => Promise<boolean>, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > end) throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 async function participantReport(p: EdgenodeProcess, label: string): Promise<ParticipantReport> {

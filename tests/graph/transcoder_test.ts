@@ -36,7 +36,8 @@ import {
   writeRtpHeader,
 } from "../../lib/media/rtp.ts";
 import { fmtpParameter, parseSdp } from "../../lib/media/sdp.ts";
-import { requireTools } from "../e2e/_process.ts";
+import { requireTools } from "../_support/tools.ts";
+import { until } from "../_support/until.ts";
 
 const LO = "127.0.0.1";
 const FPS = 25;
@@ -590,7 +591,11 @@ Deno.test("transcoder ignores stray datagrams of another stream: ffmpeg is not r
   t.clock.advance(100);
   t.push(0xbad, SWITCH_PACKETS * 2); // many of one other stream, but the input is not silent
   t.push(SSRC, 2);
-  await new Promise((r) => setTimeout(r, 20));
+  const strays = 1 + 2 + 1 + SWITCH_PACKETS * 2;
+  await until(
+    "every datagram handled",
+    () => t.status().ignored_other_stream === strays && job.tally.in_packets === 10,
+  );
   assert.equal(t.job(), job, "the same job");
   assert.equal(t.pool.size, 1);
   assert.equal(job.supervisor.pid, pid, "the same ffmpeg");
@@ -663,7 +668,7 @@ Deno.test("TranscodeJob stopped while it starts never spawns ffmpeg and leaves n
   const starting = job.start();
   await job.stop();
   await starting;
-  await new Promise((r) => setTimeout(r, 20));
+  // stop() resolves only once the run it interrupted has ended: nothing can spawn after it.
   assert.equal(spawned, 0);
   assert.equal(job.state, "stopped");
   assert.equal(clock.pending, 0);

@@ -2,6 +2,7 @@
  * The contract every UdpSocket implementation passes (run by udp_fast_test.ts and udp_portable_test.ts), in the
  * manner of Hono's shared router cases: one suite, several implementations.
  */
+import { until } from "../_support/until.ts";
 import assert from "node:assert/strict";
 import { StartError } from "../../lib/core/errors.ts";
 import type { Batch, Endpoint, UdpOptions, UdpSocket } from "../../lib/net/udp.ts";
@@ -57,7 +58,7 @@ export function udpContract(name: string, open: Open, other: Open): void {
       const got = await collect(b, words.length);
       assert.deepEqual(got.map((g) => dec.decode(g.data)), words);
       for (const g of got) assert.deepEqual(g.from, a.local);
-      await waitFor(() => a.stats.tx_packets === 4);
+      await until("4 sends accepted", () => a.stats.tx_packets === 4, 2000, 1);
       assert.equal(a.stats.tx_bytes, 11);
       assert.equal(b.stats.rx_packets, 4);
       assert.equal(b.stats.rx_bytes, 11);
@@ -85,7 +86,7 @@ export function udpContract(name: string, open: Open, other: Open): void {
         relay.send(batch, to);
         forwarded += batch.count;
       }
-      await waitFor(() => to.sent.every((x) => x === n));
+      await until("every destination counted", () => to.sent.every((x) => x === n), 2000, 1);
       assert.deepEqual([...to.dropped], [0, 0, 0]);
       for (const sink of sinks) {
         const got = await collect(sink, n);
@@ -125,7 +126,7 @@ export function udpContract(name: string, open: Open, other: Open): void {
     try {
       const n = 120;
       a.send(Array.from({ length: n }, (_, i) => enc.encode(`${i}`)), a.destinations([b.local]));
-      await waitFor(() => a.stats.tx_packets === n);
+      await until(`${n} sends accepted`, () => a.stats.tx_packets === n, 2000, 1);
       // Every datagram is already queued, so a receiver that never yields would take all of them first.
       let receivedWhenTimerRan = -1;
       setTimeout(() => receivedWhenTimerRan = b.stats.rx_packets, 0);
@@ -231,13 +232,4 @@ export function udpContract(name: string, open: Open, other: Open): void {
       await a.close();
     }
   });
-}
-
-/** Waits (bounded) for a counter that is updated when the kernel accepts a send. */
-async function waitFor(condition: () => boolean, ms = 2000): Promise<void> {
-  const until = Date.now() + ms;
-  while (!condition()) {
-    assert.ok(Date.now() < until, "condition not met in time");
-    await new Promise((r) => setTimeout(r, 1));
-  }
 }
