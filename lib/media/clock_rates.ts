@@ -92,22 +92,29 @@ export function snapClockRate(measuredHz: number): number | null {
 }
 
 /** The least span of arrivals a rate is named from, µs: a few audio packets, a few video frames. */
-export const LEARN_MIN_US = 200_000;
+export const LEARN_MIN_US = 300_000;
 /** The span after which the rate is named from the average alone (for jittery arrivals), µs. */
 export const LEARN_MAX_US = 2_000_000;
+/** Arrivals are compared by the lowest residual in windows of this length, µs. */
+const LEARN_WINDOW_US = 100_000;
 
 /**
  * Names the clock rate of a stream from its RTP timestamps against arrival, as soon as the arrivals allow. For each
- * common rate R, the residual arrival - timestamp / R stays within the network's jitter at the true rate and drifts
- * by span x |1 - true / R| at any other. A rate is named once, after LEARN_MIN_US, its residuals spread less than a
- * quarter of any other rate's and less than 0.5 % of the span (so the true rate is within 0.5 % of it): on a quiet
+ * common rate R, the residual arrival - timestamp / R keeps a steady floor at the true rate (the path's least delay)
+ * and drifts by span x |1 - true / R| at any other. Senders send in bursts (ffmpeg sends an audio frame's packets
+ * together, their timestamps 20 ms apart), so each residual varies by the burst; its lowest value over a window (the
+ * last packet of a burst) does not. A rate is named once, after LEARN_MIN_US, the floor of the latest windows is
+ * within 0.5 % of the span of the first window's, and every other rate's floor moved four times as far: on a quiet
  * path (loopback, a LAN) that is after LEARN_MIN_US. With jitter too large for that, the average rate over
- * LEARN_MAX_US is snapped (snapClockRate), and a rate snapping names nothing stays unknown. Fixed size: two numbers per
- * common rate.
+ * LEARN_MAX_US is snapped (snapClockRate), and a rate snapping names nothing stays unknown. Fixed size: four numbers
+ * per common rate.
  */
 export class ClockRateLearner {
-  readonly #min = new Float64Array(COMMON_CLOCK_RATES.length).fill(Infinity);
-  readonly #max = new Float64Array(COMMON_CLOCK_RATES.length).fill(-Infinity);
+  /** Per common rate: the lowest residual of the first window, of the window before the current one, of this one. */
+  readonly #first = new Float64Array(COMMON_CLOCK_RATES.length).fill(Infinity);
+  readonly #previous = new Float64Array(COMMON_CLOCK_RATES.length).fill(Infinity);
+  readonly #current = new Float64Array(COMMON_CLOCK_RATES.length).fill(Infinity);
+  #window = 0;
   #firstUs = NaN;
   #firstTs = 0;
 
@@ -116,19 +123,27 @@ export class ClockRateLearner {
     if (this.#firstUs !== this.#firstUs) [this.#firstUs, this.#firstTs] = [arrivalUs, ts];
     const elapsed = arrivalUs - this.#firstUs;
     const ticks = ts - this.#firstTs;
+    const window = Math.floor(elapsed / LEARN_WINDOW_US);
+    if (window > this.#window) {
+      // The previous window is the one just ended, or none after a gap.
+      if (window === this.#window + 1) this.#previous.set(this.#current);
+      else this.#previous.fill(Infinity);
+      this.#current.fill(Infinity);
+      this.#window = window;
+    }
     let best = -1;
-    let bestSpread = Infinity;
+    let bestDrift = Infinity;
     let second = Infinity;
     for (let k = 0; k < COMMON_CLOCK_RATES.length; k++) {
       const residual = elapsed - (ticks * 1e6) / COMMON_CLOCK_RATES[k];
-      if (residual < this.#min[k]) this.#min[k] = residual;
-      if (residual > this.#max[k]) this.#max[k] = residual;
-      const spread = this.#max[k] - this.#min[k];
-      if (spread < bestSpread) [second, bestSpread, best] = [bestSpread, spread, k];
-      else if (spread < second) second = spread;
+      if (window === 0 && residual < this.#first[k]) this.#first[k] = residual;
+      if (residual < this.#current[k]) this.#current[k] = residual;
+      const drift = Math.abs(Math.min(this.#previous[k], this.#current[k]) - this.#first[k]);
+      if (drift < bestDrift) [second, bestDrift, best] = [bestDrift, drift, k];
+      else if (drift < second) second = drift;
     }
     if (elapsed < LEARN_MIN_US) return null;
-    if (bestSpread * 4 <= second && bestSpread <= elapsed * 0.005) return COMMON_CLOCK_RATES[best];
+    if (bestDrift * 4 <= second && bestDrift <= elapsed * 0.005) return COMMON_CLOCK_RATES[best];
     return elapsed >= LEARN_MAX_US ? snapClockRate((ticks * 1e6) / elapsed) : null;
   }
 }

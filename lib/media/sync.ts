@@ -59,7 +59,7 @@ const PENDING_REPORTS = 4;
 const LEARN_US = LEARN_MAX_US;
 /**
  * How far above its target D may start so that what was held while the last input was awaited leaves on time (a rate
- * measured on a quiet path takes 0.2 s). More would linger: D comes down at the slew, 5 ms a second.
+ * measured on a quiet path takes 0.3 s). More would linger: D comes down at the slew, 5 ms a second.
  */
 const WARMUP_EXTRA_US = 250_000;
 const LEARN_HOLD_SHARE = 8;

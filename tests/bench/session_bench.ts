@@ -16,7 +16,7 @@
  * CNAME "bench") every 500 ms to port + 1; timestamps and reports say each packet was captured when it was sent. The
  * audio clock is type 11's own 44.1 kHz (RFC 3551): a syncer reads a static type's rate from that table, so
  * timestamps at another rate would contradict the reports and drive its delay to seconds (a dynamic type's packets
- * would wait the 0.2 s the syncer takes to measure its rate, with every trial's new SSRC). The
+ * would wait the 0.3 s the syncer takes to measure its rate, with every trial's new SSRC). The
  * relay paths get the same datagrams, all on their one port. Each trial has new SSRCs, so nothing late from an
  * earlier trial counts.
  *

@@ -117,6 +117,24 @@ Deno.test("ClockRateLearner names the rate of a quiet stream after LEARN_MIN_US"
   assert.equal(video?.rate, 90000);
 });
 
+Deno.test("ClockRateLearner names the rate of a bursty sender as soon as of a steady one (ffmpeg's audio)", () => {
+  // ffmpeg sends each 1024-sample frame of 16 kHz stereo L16 as three packets at once, when the frame is due: their
+  // timestamps are 350 samples (22 ms) apart, their arrivals not.
+  const learner = new ClockRateLearner();
+  const t0 = 1_700_000_000_000_000;
+  let named: number | null = null;
+  let at = 0;
+  for (let frame = 0; named === null && frame < 100; frame++) {
+    const sentUs = (frame * 1024 * 1e6) / 16000;
+    for (let p = 0; p < 3 && named === null; p++) {
+      named = learner.add(t0 + sentUs + p * 20, 5000 + frame * 1024 + p * 350);
+      at = sentUs;
+    }
+  }
+  assert.equal(named, 16000);
+  assert.ok(at <= LEARN_MIN_US + 70_000, `named after ${at} µs`);
+});
+
 Deno.test("ClockRateLearner waits out jitter rather than guess, and names the rate by LEARN_MAX_US", () => {
   for (let seed = 1; seed <= 20; seed++) {
     for (const rate of [16000, 44100, 48000]) {
