@@ -83,6 +83,8 @@ export class Monitor {
     });
     if (this.#stopped) return;
     this.checks++;
+    // This host out of descriptors says nothing about the server: the check counts neither way.
+    if (!result.ok && result.local) return;
     const detail = result.ok ? "ok" : result.error;
     this.#report(server, server.observe(result.ok, detail, this.deps.clock.now()), detail);
   }

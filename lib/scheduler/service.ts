@@ -18,6 +18,7 @@ import { expandServers, type ServiceSettings } from "./config.ts";
 import { type Exchange, Monitor } from "./monitor.ts";
 import { PersistenceTable } from "./persistence.ts";
 import type { Picker, PickerKind } from "./pickers/picker.ts";
+import { LocalShortage } from "../net/tcp/errors.ts";
 import type { BufferPool } from "../net/tcp/pool.ts";
 import { proxyHeader } from "./proxy_protocol.ts";
 import { ADMIN_RANK, Server } from "./server.ts";
@@ -52,6 +53,12 @@ export interface ServiceDeps {
   /** Replaces the network exchange of health checks and agent polls (tests). */
   readonly exchange?: Exchange;
 }
+
+/** A shortage of this host's own (out of descriptors) is logged at most once per this long; it is counted always. */
+const LOCAL_LOG_MS = 10_000;
+
+/** How long accepting pauses after a failed accept (out of descriptors): the queue stays readable meanwhile. */
+const ACCEPT_PAUSE_MS = 100;
 
 /** Most client addresses a persistence table remembers. */
 const PERSISTENCE_MAX = 100_000;
@@ -110,6 +117,8 @@ export class Service {
   #listener: TransportListener | null = null;
   #serving: Promise<void> | null = null;
   #stopping = false;
+  /** When a local shortage was last logged (0: never). */
+  #localLoggedAt = 0;
   /** Client connections open now (queued ones included). */
   open = 0;
   readonly counts = {
@@ -124,6 +133,7 @@ export class Service {
     redirects: 0,
     closed_by_server_down: 0,
     idle_timeouts: 0,
+    local_failures: 0,
     bytes_in: 0,
     bytes_out: 0,
   };
@@ -174,8 +184,9 @@ export class Service {
       (conn) => this.#admit(conn),
       async (error) => {
         // Out of descriptors and the like: say so, pause briefly, keep serving.
-        this.deps.logger.error("accept failed", { service: this.name, error: String(error) });
-        await new Promise<void>((r) => this.deps.clock.setTimeout(r, 100));
+        if (error instanceof LocalShortage) this.#localFailure(error);
+        else this.deps.logger.error("accept failed", { service: this.name, error: error.message });
+        await new Promise<void>((r) => this.deps.clock.setTimeout(r, ACCEPT_PAUSE_MS));
       },
     );
   }
@@ -247,6 +258,11 @@ export class Service {
     flow.server = null;
     server.active--;
     server.total--;
+    if (error instanceof LocalShortage) {
+      // This host's trouble, not the server's: it is not marked down, and another server would fail the same way.
+      this.#localFailure(error);
+      return this.#end(flow);
+    }
     (flow.tried ??= new Set()).add(server);
     const transition = server.connectFailed(error.message, this.deps.clock.now());
     if (transition === "down") {
@@ -263,6 +279,19 @@ export class Service {
     }
     this.counts.retries++;
     this.#next(flow);
+  }
+
+  /** Counts a failure of this host's own and logs it, at most once per LOCAL_LOG_MS. */
+  #localFailure(error: LocalShortage): void {
+    this.counts.local_failures++;
+    const now = this.deps.clock.now();
+    if (this.#localLoggedAt !== 0 && now - this.#localLoggedAt < LOCAL_LOG_MS) return;
+    this.#localLoggedAt = now;
+    this.deps.logger.error("out of local resources", {
+      service: this.name,
+      error: error.message,
+      local_failures: this.counts.local_failures,
+    });
   }
 
   #connected(flow: Flow, conn: Conn): void {
@@ -497,6 +526,10 @@ const COUNT_HELP: [keyof Service["counts"], string][] = [
   ["redirects", "Servers chosen for the redirect route"],
   ["closed_by_server_down", "Connections closed because their server went down or into maintenance"],
   ["idle_timeouts", "Connections closed after idle_timeout without a byte"],
+  [
+    "local_failures",
+    "Accepts and connects that failed for want of this host's own descriptors, buffers, memory or ports (no server is blamed)",
+  ],
   ["bytes_in", "Bytes from clients to servers (finished connections)"],
   ["bytes_out", "Bytes from servers to clients (finished connections)"],
 ];

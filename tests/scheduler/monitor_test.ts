@@ -150,6 +150,23 @@ Deno.test("Monitor takes a failing server down after `fall` checks and re-enable
   assert.deepEqual(server.lastCheck, { at: 5000, ok: true, detail: "ok" });
 });
 
+Deno.test("Monitor does not take a server down for checks that failed for want of this host's own descriptors", async () => {
+  using env = setup([spec(1)], { check: { interval: 1000, fall: 1 } });
+  const [server] = env.servers;
+  env.script.answers.set("127.0.0.1:1", {
+    ok: false,
+    error: "Cannot connect to 127.0.0.1:1: Too many open files (os error 24)",
+    local: true,
+  });
+  env.monitor.start();
+  await env.tick(0);
+  await env.tick(1000);
+  assert.equal(env.monitor.checks, 2, "the checks ran");
+  assert.equal(server.state, "up");
+  assert.deepEqual(env.changes, []);
+  assert.equal(server.lastCheck, null, "a check that says nothing about the server is not its last check");
+});
+
 Deno.test("Monitor hands the check's timeout, send and expect to the exchange", async () => {
   using env = setup([spec(1)], { check: { interval: 1000, timeout: 300, send: "PING\n", expect: "PONG" } });
   env.monitor.start();

@@ -20,6 +20,7 @@ import {
 import { builtinPickers } from "../../lib/scheduler/pickers/mod.ts";
 import { openTransport } from "../../lib/net/tcp/open.ts";
 import type { Transport } from "../../lib/net/tcp/transport.ts";
+import { LocalShortage } from "../../lib/net/tcp/errors.ts";
 import { BufferPool } from "../../lib/net/tcp/pool.ts";
 import { Service } from "../../lib/scheduler/service.ts";
 import { Backend, blackhole, Client, clientsOn, fetchName, ProxyBackend } from "../_support/backends.ts";
@@ -442,5 +443,73 @@ ioTest(
     await env.tick(500);
     assert.equal(await settlesWithin(line, 1000), true, "served while the first is still connected");
     assert.equal(await line, "A");
+  },
+);
+
+/** `io` with its connects failing as this host does when out of descriptors (EMFILE), before any packet leaves. */
+function shortOfDescriptors(inner: Transport): Transport & { connects: number } {
+  const t = {
+    ...inner,
+    connects: 0,
+    connect(addr: HostPort, _timeoutMs: number, _clock: unknown, target: { connectFailed(e: Error): void }) {
+      t.connects++;
+      target.connectFailed(
+        new LocalShortage(
+          `Cannot connect to ${addr.host}:${addr.port}: too many open files`,
+          "connect",
+          "EMFILE",
+        ),
+      );
+    },
+  } as Transport & { connects: number };
+  return t;
+}
+
+ioTest(
+  "Service does not count its own shortage of descriptors against a server (it stays up, nothing retried)",
+  async () => {
+    await using a = new Backend("A");
+    await using b = new Backend("B");
+    const real = io;
+    io = shortOfDescriptors(real);
+    await using env = startService([server(a.port), server(b.port)], { check: { fall: 1 }, retries: 3 });
+    for (let i = 0; i < 3; i++) {
+      using client = await Client.connect(env.port);
+      assert.equal(await client.readLine(), null, "the client is closed: this host cannot serve it now");
+    }
+    await until("three local failures counted", () => env.svc.counts.local_failures === 3);
+    for (const s of env.svc.servers) {
+      assert.equal(s.up, true, `${s.key} stays up`);
+      assert.equal(s.failedConnects, 0, `${s.key} has no failed connect`);
+    }
+    assert.equal(env.svc.counts.retries, 0, "another server would fail the same way: no retry");
+    assert.equal((io as Transport & { connects: number }).connects, 3, "one connect per client");
+  },
+);
+
+ioTest(
+  "Service counts a failed accept for want of descriptors, pauses on its clock, and then serves again",
+  async () => {
+    await using a = new Backend("A");
+    const real = io;
+    io = {
+      ...real,
+      listen(addr, options) {
+        const inner = real.listen(addr, options);
+        return {
+          addr: inner.addr,
+          close: () => inner.close(),
+          async serve(accepted, failed) {
+            await failed(new LocalShortage("Cannot accept on tcp: too many open files", "accept", "EMFILE"));
+            return inner.serve(accepted, failed);
+          },
+        };
+      },
+    };
+    await using env = startService([server(a.port)]);
+    assert.equal(env.svc.counts.local_failures, 1);
+    const name = fetchName(env.port);
+    await env.tick(100);
+    assert.equal(await name, "A", "accepting resumed after the pause");
   },
 );

@@ -25,6 +25,8 @@ export interface ExchangeOptions {
 export type ExchangeResult = { readonly ok: true; readonly reply: string } | {
   readonly ok: false;
   readonly error: string;
+  /** The failure was this host's own (out of descriptors, ./errors.ts): it says nothing about the peer. */
+  readonly local?: true;
 };
 
 const encoder = new TextEncoder();
@@ -62,7 +64,11 @@ export async function tcpExchange(addr: HostPort, options: ExchangeOptions): Pro
     return { ok: true, reply };
   } catch (error) {
     if (timedOut) return { ok: false, error: `${where}: no answer within ${timeoutMs} ms` };
-    if (error instanceof TcpConnectError) return { ok: false, error: error.message };
+    if (error instanceof TcpConnectError) {
+      return error.kind === "local"
+        ? { ok: false, error: error.message, local: true }
+        : { ok: false, error: error.message };
+    }
     return { ok: false, error: `${where}: ${errorMessage(error)}` };
   } finally {
     clock.clearTimeout(timer);
