@@ -26,6 +26,8 @@ import { formatHostPort, type HostPort, isIP, parseHostPort } from "../net/addre
 import { type TransportChoice, TRANSPORTS } from "../net/tcp/transport.ts";
 import type { YAMLMap } from "yaml";
 
+/** Connections at once one client address may hold in a service unless `max_per_client` says otherwise. */
+export const DEFAULT_MAX_PER_CLIENT = 1000;
 /** Most servers one service may hold once port ranges are expanded. */
 export const MAX_SERVERS = 256;
 /** The largest weight a server can have, configured, set over the API or scaled by its agent (HAProxy's limit). */
@@ -102,8 +104,12 @@ const serviceFields = {
   /** Clients waiting for a server below its maxconn, and for how long. */
   queue: opt(int({ min: 0, max: 100_000 }), 256),
   queue_timeout: opt(duration({ min: 1, max: 600_000 }), 5000),
-  /** Connections at once from one client address (0: no limit), and in the whole service. */
-  max_per_client: opt(int({ min: 0, max: 1_000_000 }), 0),
+  /**
+   * Connections at once from one client address (0: no limit), and in the whole service. The per-client default
+   * keeps one address (a scanner, a client in a reconnect loop) from taking more than a tenth of the default
+   * max_connections; a service behind a large NAT or a load test from one host raises it or sets 0.
+   */
+  max_per_client: opt(int({ min: 0, max: 1_000_000 }), DEFAULT_MAX_PER_CLIENT),
   max_connections: opt(int({ min: 1, max: 1_000_000 }), 10_000),
   connect_timeout: opt(duration({ min: 10, max: 60_000 }), 2000),
   /** Other servers tried when a connect fails, before the client is closed. */
