@@ -134,6 +134,17 @@ export class Supervisor {
     }
   }
 
+  /**
+   * Kills the current child at once (SIGKILL) and starts no other, without waiting: for a process that exits before
+   * its stop could finish, so that no child outlives it.
+   */
+  abandon(): void {
+    this.#stopping = true;
+    if (this.#timer !== undefined) this.#o.clock.clearTimeout(this.#timer);
+    this.kill("SIGKILL");
+    if (this.state !== "failed") this.state = "stopped";
+  }
+
   /** Ends the current child (SIGTERM, SIGKILL after the grace period), waits for it, and starts no other. */
   stop(): Promise<void> {
     if (this.#stopped) return this.#stopped;

@@ -71,9 +71,24 @@ export interface NodeServices {
   readonly udp: UdpOptions;
   /**
    * Node-wide objects that the elements of one kind share, under a key the kind owns (the transcoder's pool of
-   * ffmpeg processes). Absent: nothing is shared between elements.
+   * ffmpeg processes). Absent: nothing is shared between elements. A shared object that holds child processes
+   * implements `HardStop`.
    */
   readonly shared?: Map<string, unknown>;
+}
+
+/** A node-wide shared object that holds what would outlive the node's process (child processes). */
+export interface HardStop {
+  /** Ends it all at once, without waiting: the node's stop passed its deadline and the process exits next. */
+  hardStop(): void;
+}
+
+/** Calls `hardStop` on every shared object that has one. */
+export function hardStopShared(shared: Map<string, unknown>): void {
+  for (const value of shared.values()) {
+    const h = value as Partial<HardStop> | null;
+    if (h && typeof h.hardStop === "function") h.hardStop();
+  }
 }
 
 export interface Element {

@@ -9,7 +9,7 @@ import { readTextFileLimited } from "../core/files.ts";
 import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
 import { type Context, int, list, nodeAt, type ObjectOf, opt, section, str } from "../config/schema.ts";
 import type { Registry } from "../core/registry.ts";
-import type { ElementKind } from "../graph/element.ts";
+import { type ElementKind, hardStopShared } from "../graph/element.ts";
 import { coreElements } from "../graph/elements/mod.ts";
 import { formatOf, PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
 import { isIP } from "../net/address.ts";
@@ -50,6 +50,8 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
     needsPeer: false,
     section: section(nodeFields, refine),
     async start(cfg, ctx) {
+      // Node-wide objects elements share (the transcoders' ffmpeg processes), ended at once past the drain deadline.
+      const shared = new Map<string, unknown>();
       const table = new SessionTable(
         {
           clock: ctx.clock,
@@ -58,7 +60,7 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
           dataDir: cfg.data_dir,
           host: cfg.bind,
           udp: udpOptions(cfg),
-          shared: new Map(),
+          shared,
         },
         elements(),
         sessionOptions(cfg),
@@ -91,7 +93,7 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
           budgets: table.budgets(),
           sessions: Object.fromEntries(table.list().map((s) => [s.plan.name, s.status()])),
         }),
-        stop: (deadline) => stopWithin(table, deadline),
+        stop: (deadline) => stopWithin(table, shared, deadline),
         routes: (app) => sessionRoutes(app, table),
       };
     },
@@ -103,10 +105,15 @@ export const nodeRole: RoleDef<NodeSection> = defineNodeRole();
 /**
  * Stops every session (no new ones are taken from the first moment) in order, inputs first so that what is in
  * flight reaches the sinks, until `deadline` aborts: the drain timeout, or a second signal. Sessions still stopping
- * then are left to end with the process (its workers and sockets go with it), and the stop fails saying so, as a
+ * then are left to end with the process (its workers and sockets go with it; child processes are killed at once),
+ * and the stop fails saying so, as a
  * part that could not let go of everything must.
  */
-async function stopWithin(table: SessionTable, deadline: AbortSignal): Promise<void> {
+async function stopWithin(
+  table: SessionTable,
+  shared: Map<string, unknown>,
+  deadline: AbortSignal,
+): Promise<void> {
   const names = table.list().map((s) => s.plan.name);
   const all = table.stopAll();
   all.catch(() => {}); // awaited below; a failure after the deadline has nobody left to tell
@@ -119,6 +126,8 @@ async function stopWithin(table: SessionTable, deadline: AbortSignal): Promise<v
   } finally {
     deadline.removeEventListener("abort", onAbort);
   }
+  // Child processes would outlive the node: they end now (the transcoders' ffmpeg).
+  hardStopShared(shared);
   // stopAll takes each session off the table as it begins to stop it: the ones still listed have not begun.
   const waiting = names.filter((n) => table.get(n) !== undefined);
   const running = Math.min(names.length, waiting.length + 1);

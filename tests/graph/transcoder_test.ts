@@ -673,3 +673,19 @@ Deno.test("TranscodeJob stopped while it starts never spawns ffmpeg and leaves n
   assert.equal(job.state, "stopped");
   assert.equal(clock.pending, 0);
 });
+
+Deno.test("TranscoderPool.hardStop kills every ffmpeg at once and none restarts", async () => {
+  const t = fakeTranscoder();
+  await t.el.start!();
+  t.push(SSRC, 5);
+  const job = await t.settled();
+  assert.equal(t.children.length, 1);
+  t.pool.hardStop();
+  assert.deepEqual(t.children[0].signals, ["SIGKILL"]);
+  // However long the backoff would have been, no second ffmpeg comes.
+  assert.equal(job.supervisor.state, "stopped");
+  await job.supervisor.stop(); // the child is reaped: its end is seen, and it starts no other
+  t.clock.advance(60_000);
+  assert.equal(t.children.length, 1);
+  await t.el.stop!();
+});

@@ -266,11 +266,22 @@ const stuck = defineElement({
   description: "Never finishes stopping",
   ports: { inputs: { min: 1, max: 1 }, outputs: { min: 0, max: 0 } },
   params: {},
-  create: () => ({
-    push() {},
-    stop: () => new Promise<void>(() => {}),
-  }),
+  create: (ctx) => {
+    // It holds something of the node's that would outlive the process (as the transcoders' ffmpeg would).
+    ctx.node.shared?.set("test.child", child);
+    return {
+      push() {},
+      stop: () => new Promise<void>(() => {}),
+    };
+  },
 });
+/** Stands for a child process: the node must end it at once when its stop passes the deadline. */
+const child = {
+  killed: 0,
+  hardStop() {
+    this.killed++;
+  },
+};
 
 Deno.test("node role stops at the drain deadline (or a second signal) even when a session cannot stop", async () => {
   const clock = new ManualClock(Date.UTC(2026, 0, 1));
@@ -321,6 +332,7 @@ Deno.test("node role stops at the drain deadline (or a second signal) even when 
       await outcome,
       "Cannot stop every session within the drain deadline: 2 of 2 still stopping (not begun: ok); they end with the process",
     );
+    assert.equal(child.killed, 1, "what would outlive the process was ended at once");
   } finally {
     await Deno.remove(dataDir, { recursive: true });
   }

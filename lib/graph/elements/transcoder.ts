@@ -99,6 +99,8 @@ export const transcoder = defineElement({
     "Transcodes RTP video with a supervised ffmpeg (format, bitrate, scale), keeping capture times",
   needs: { net: true, process: true },
   ports: { inputs: { min: 1, max: 1 }, outputs: { min: 1, max: 1 } },
+  // Towards ffmpeg: the feed socket and the RTP/RTCP pair its output comes back on.
+  sockets: () => 3,
   params: {
     output_format: formatParam,
     bitrate: parsed<Bitrate>(

@@ -504,6 +504,14 @@ export class TranscoderPool {
     return [...this.#jobs.values()];
   }
 
+  /**
+   * Kills every job's ffmpeg at once and lets none restart (`HardStop`): the node calls it when its stop passed the
+   * drain deadline, since a child process would outlive the node.
+   */
+  hardStop(): void {
+    for (const job of this.#jobs.values()) job.supervisor.abandon();
+  }
+
   /** The job for `key`, made and started by `make` when there is none; `sub` is added to it. */
   acquire(key: string, sub: Subscriber, make: () => TranscodeJob): TranscodeJob {
     let job = this.#jobs.get(key);

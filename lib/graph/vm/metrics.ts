@@ -13,10 +13,9 @@ import type { MetricSnapshot } from "./protocol.ts";
 /** The subsystems of the sets the core kinds publish in a VM: the reflector's. */
 export const MIRRORED_SUBSYSTEMS: ReadonlySet<string> = new Set([
   "reflector",
-  "reflector_participant",
   "reflector_socket",
 ]);
-/** Most sets one group shows: a reflector has one per participant. */
+/** Most sets one group shows (a reflector and its sockets have a few each). */
 export const MAX_MIRRORED_SETS = 20_000;
 /** Most series in one set (the reflector's own set has 11) and labels on one. */
 const MAX_SERIES = 32;
