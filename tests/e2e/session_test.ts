@@ -7,6 +7,7 @@
  * reflector with the join protocol. Every datagram sent must reach every participant and both files, and the per-AP
  * counters must say so.
  */
+import { until } from "../_support/until.ts";
 import assert from "node:assert/strict";
 import { readPcap } from "../../lib/media/pcap.ts";
 import { openUdp, openUdpPair, type UdpSocket } from "../../lib/net/udp.ts";
@@ -99,14 +100,6 @@ class Participant {
     await this.rtp.close();
     await this.rtcpSocket.close();
     await Promise.all(this.#loops);
-  }
-}
-
-async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
   }
 }
 
