@@ -353,15 +353,28 @@ export class Service {
    * choice among servers that are available, have room and were not `tried`.
    */
   pick(ip: string, tried: ReadonlySet<Server> | null = null): Server | null {
-    const eligible = (s: Server) => s.available && s.hasRoom && !tried?.has(s);
-    const sticky = this.#persistence?.get(ip);
-    if (sticky !== undefined) {
-      const s = this.#byKey.get(sticky);
-      if (s && eligible(s)) return s;
+    this.#tried = tried;
+    try {
+      const sticky = this.#persistence?.get(ip);
+      if (sticky !== undefined) {
+        const s = this.#byKey.get(sticky);
+        if (s && this.#eligible(s)) return s;
+      }
+      const i = this.#picker.pick(this.servers, this.#eligibleAt, ip);
+      return i < 0 ? null : this.servers[i];
+    } finally {
+      this.#tried = null;
     }
-    const i = this.#picker.pick(this.servers, (i) => eligible(this.servers[i]), ip);
-    return i < 0 ? null : this.servers[i];
   }
+
+  /** The servers `pick` must pass over, while it runs (a field, so no closure is made per connection). */
+  #tried: ReadonlySet<Server> | null = null;
+
+  #eligible(s: Server): boolean {
+    return s.available && s.hasRoom && !this.#tried?.has(s);
+  }
+
+  readonly #eligibleAt = (i: number): boolean => this.#eligible(this.servers[i]);
 
   /** The server a redirect sends `ip` to (no connection is made; persistence is kept). */
   redirect(ip: string): Server | null {

@@ -143,16 +143,19 @@ class Splice implements Sink, Stoppable {
     a.owner = b.owner = null;
     a.close();
     b.close();
-    for (const d of [this.#up, this.#down]) {
-      if (d.held) this.#pool?.give(d.held);
-      d.held = null;
-    }
+    this.#release(this.#up);
+    this.#release(this.#down);
     const up = this.#up.bytes, down = this.#down.bytes;
     this.target.spliced(
       error === undefined && !side
         ? { up, down, reason }
         : { up, down, reason, ...(error !== undefined ? { error } : {}), ...(side ? { side } : {}) },
     );
+  }
+
+  #release(d: Direction): void {
+    if (d.held) this.#pool?.give(d.held);
+    d.held = null;
   }
 
   #fail(conn: FastConn): void {
@@ -188,18 +191,16 @@ class Splice implements Sink, Stoppable {
           d.end = n - sent;
           return;
         }
-        if (n < size && !d.finSeen) {
+        if (n < size) {
           d.pending = false;
+          // The peer's FIN had come before this read, and the read found less than it asked for: the kernel delivers
+          // in order, so the input is drained up to the FIN and a further recv would only return 0 (one syscall
+          // saved per connection that a server closes, as HTTP/1.0 and `Connection: close` servers do).
+          if (d.finSeen) this.#ended(d);
           return;
         }
       } else if (n === 0) {
-        d.pending = false;
-        d.eof = true;
-        // Both ways at EOF: closing sends the FIN, no shutdown needed.
-        if ((d === this.#up ? this.#down : this.#up).eof) return this.#finish("eof");
-        // A failure here means the far side is gone already: its own events end the other direction.
-        c.shutdown(d.dst.fd, SHUT_WR);
-        return;
+        return this.#ended(d);
       } else {
         const e = this.#reactor.errno();
         if (e === EAGAIN) {
@@ -211,6 +212,16 @@ class Splice implements Sink, Stoppable {
       }
     }
     this.#reactor.again(d.src.fd, this);
+  }
+
+  /** `d`'s source has sent its FIN and everything before it has been relayed. */
+  #ended(d: Direction): void {
+    d.pending = false;
+    d.eof = true;
+    // Both ways at EOF: closing sends the FIN, no shutdown needed.
+    if ((d === this.#up ? this.#down : this.#up).eof) return this.#finish("eof");
+    // A failure here means the far side is gone already: its own events end the other direction.
+    this.#c.shutdown(d.dst.fd, SHUT_WR);
   }
 
   #flush(d: Direction): void {
