@@ -431,6 +431,8 @@ function appendixPath(syncer: boolean): Path {
           "node:",
           `  bind: ${LO}`,
           `  data_dir: ${dir}/data`,
+          // The savers may each write 1 TiB (a trial must never hit their cap): the node's quota allows both.
+          "  saver_quota: 4096GiB",
           "  udp: fast",
           `  sessions: [${program}]`,
           "",
