@@ -86,6 +86,11 @@ export interface Sink {
   ready(fd: number, events: number): void;
 }
 
+/** Whoever asked to be called back at the end of the next round (`Reactor.later`). */
+export interface Deferred {
+  deferred(): void;
+}
+
 // Scratch slab layout (bytes): epoll_event at 0, sockaddr at 64 (128 long), its length at 192, an option value at
 // 256 and its length at 264, the eventfd counter at 16 and 24, bytes sent at once (sendNow) from 1024.
 const ADDR_AT = 64;
@@ -145,6 +150,12 @@ export class Reactor {
   #againFds: number[] = [];
   #running: Sink[] = [];
   #runningFds: number[] = [];
+  /**
+   * Callbacks asked for during this round (`#later`), and those asked for in the round before, due at the end of this
+   * one (`#due`). Two arrays used in turn, so a round allocates nothing.
+   */
+  #later: Deferred[] = [];
+  #due: Deferred[] = [];
   #loop: Promise<void> | null = null;
   #waiting = false;
   /** The epoll set of this thread's event loop (Deno's reactor), inside ours; -1 when it could not be found. */
@@ -249,6 +260,21 @@ export class Reactor {
     this.#againFds.push(fd);
   }
 
+  /**
+   * Calls `d.deferred()` at the end of the next round: after what the kernel reports by then has been handled (a
+   * splice lets a peer's close that is on its way arrive before it half-closes the other side). That round does not
+   * wait for events, so the delay is one look at the epoll set at most.
+   */
+  later(d: Deferred): void {
+    this.#later.push(d);
+  }
+
+  #runDue(): void {
+    const due = this.#due;
+    for (let i = 0; i < due.length; i++) due[i].deferred();
+    due.length = 0;
+  }
+
   #rerun(): void {
     const sinks = this.#again, fds = this.#againFds;
     this.#again = this.#running;
@@ -301,8 +327,11 @@ export class Reactor {
         // What the last round's handlers resolved (an accepted client, a finished connect) runs now, so the
         // sockets it opens are in the set before the next look: a flush of microtasks, not a thread hop.
         await null;
-        // Input left unread last round: this round must not wait.
-        const rerun = this.#again.length > 0;
+        // What was asked for last round (input left unread, callbacks deferred) becomes due: this round must not wait.
+        const due = this.#due;
+        this.#due = this.#later;
+        this.#later = due;
+        const rerun = this.#again.length > 0 || this.#due.length > 0;
         let n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
         // Nothing ready: first let promise chains that are still running (a PROXY header written, a queued client
         // let in) finish their steps, which may open or ready a socket.
@@ -342,7 +371,8 @@ export class Reactor {
             handler.ready(fd, events);
           }
         }
-        if (rerun) this.#rerun();
+        if (this.#again.length > 0) this.#rerun();
+        if (this.#due.length > 0) this.#runDue();
         // The event loop has I/O of its own (the status API, a check, a worker's message), or has waited TURN_MS
         // while ours kept coming: it gets a turn now.
         if (loopIo || now - turnAt >= TURN_MS) {
