@@ -3,7 +3,7 @@
  * and servers from /status the way an operator would.
  */
 import assert from "node:assert/strict";
-import { Client } from "./_backends.ts";
+import { Client } from "../_support/backends.ts";
 import { getJson, getText, LISTENING, startEdgenode } from "./_process.ts";
 
 export const LO = "127.0.0.1";

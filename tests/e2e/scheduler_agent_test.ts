@@ -4,7 +4,8 @@
  * /metrics, and where new clients go. Time is real; every wait polls with a bound.
  */
 import assert from "node:assert/strict";
-import { AgentStub, Backend, Client, spread, until } from "./_backends.ts";
+import { AgentStub, Backend, Client, spread } from "../_support/backends.ts";
+import { poll as until } from "../_support/until.ts";
 import { getJson, LISTENING, requireTools, startEdgenode, tempConfig } from "./_process.ts";
 import {
   assertMetrics,

@@ -13,8 +13,8 @@ import {
   fetchName,
   ProxyBackend,
   spread,
-  until,
-} from "./_backends.ts";
+} from "../_support/backends.ts";
+import { poll as until } from "../_support/until.ts";
 import { getJson, runToEnd, tempConfig } from "./_process.ts";
 import {
   assertMetrics,
