@@ -23,7 +23,7 @@ import {
 import { LocalShortage, shortageOfErrno } from "../errors.ts";
 import type { ConnectTarget } from "../transport.ts";
 import { FastConn } from "./conn.ts";
-import type { Reactor, Sink } from "./reactor.ts";
+import type { Deferred, Reactor, Sink } from "./reactor.ts";
 
 /**
  * What a connection's descriptor is watched for, once, for its whole life: edge-triggered input, output and the
@@ -43,22 +43,39 @@ function failure(reactor: Reactor, addr: HostPort, errno: number): Error {
   return shortage ? new LocalShortage(message, "connect", shortage) : new Error(message);
 }
 
-/** A connect in progress: its descriptor's first EPOLLOUT says how it went. */
-class Connecting implements Sink {
+/**
+ * A connect in progress: its descriptor's first EPOLLOUT says how it went. Its timeout is armed at the end of the next
+ * round, not at once: a connect on a LAN or loopback has finished by then and never touches the deadline heap.
+ */
+class Connecting implements Sink, Deferred {
   #timer: Deadline | undefined;
-  #deadlines: Deadlines | undefined;
+  #clock: Clock | undefined;
+  #ms = 0;
+  #start = 0;
+  #settled = false;
   constructor(readonly conn: FastConn, readonly target: ConnectTarget) {}
 
-  expireIn(deadlines: Deadlines, ms: number): void {
-    this.#deadlines = deadlines;
-    this.#timer = deadlines.add(ms, () => {
+  expireIn(clock: Clock, ms: number): void {
+    this.#clock = clock;
+    this.#ms = ms;
+    this.#start = clock.now();
+    this.conn.reactor.later(this);
+  }
+
+  deferred(): void {
+    if (this.#settled) return;
+    const clock = this.#clock!;
+    const left = Math.max(0, this.#ms - (clock.now() - this.#start));
+    this.#timer = Deadlines.of(clock).add(left, () => {
+      this.#settled = true;
       this.conn.close();
       this.target.connectFailed(connectFailure(this.conn.remote, "timed out"));
     });
   }
 
   ready(fd: number, events: number): void {
-    if (this.#timer !== undefined) this.#deadlines!.cancel(this.#timer);
+    this.#settled = true;
+    if (this.#timer !== undefined) Deadlines.of(this.#clock!).cancel(this.#timer);
     const reactor = this.conn.reactor;
     if (!(events & (EPOLLERR | EPOLLHUP))) {
       // Writable and no error: connected. Until a splice takes it, the connection keeps what is reported.
@@ -109,6 +126,6 @@ export class Connector {
     }
     const pending = new Connecting(new FastConn(r, fd, addr), target);
     r.watch(fd, STREAM_EVENTS, pending);
-    if (timeoutMs > 0) pending.expireIn(Deadlines.of(clock), timeoutMs);
+    if (timeoutMs > 0) pending.expireIn(clock, timeoutMs);
   }
 }

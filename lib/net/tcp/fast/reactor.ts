@@ -267,6 +267,9 @@ export class Reactor {
    */
   later(d: Deferred): void {
     this.#later.push(d);
+    // Asked from outside a round (a promise's continuation) while the loop sleeps off the main thread: wake it, so
+    // "the next round" is not up to WAIT_MS away.
+    if (this.#waiting && this.#later.length === 1) this.#wake();
   }
 
   #runDue(): void {
@@ -339,12 +342,14 @@ export class Reactor {
           await null;
           n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, 0);
         }
-        if (n === 0 && this.#loopFd >= 0 && !rerun) {
+        // Callbacks asked for meanwhile (by the promise chains just run) are due next round: no waiting either.
+        const asked = this.#later.length > 0;
+        if (n === 0 && this.#loopFd >= 0 && !rerun && !asked) {
           // Wait here, on the event loop's thread, for our sockets or for the event loop's own I/O (its epoll set is
           // in ours): no thread hop between an event and its handler.
           n = c.epoll_wait(this.#epfd, this.#events, MAX_EVENTS, BUSY_WAIT_MS);
         }
-        const parked = n <= 0 && !rerun;
+        const parked = n <= 0 && !rerun && !asked;
         if (parked) {
           // Quiet: park in the event loop (timers run), wait on another thread.
           this.#waiting = true;

@@ -78,6 +78,8 @@ class Splice implements Sink, Stoppable, Deferred {
   readonly #want: bigint;
   #last: number;
   #timer: Deadline | undefined;
+  /** Whether the idle timer has been armed (it is, one round after the splice began). */
+  #idleArmed = false;
   #done = false;
   #aborts: Set<Stoppable> | undefined;
 
@@ -117,7 +119,9 @@ class Splice implements Sink, Stoppable, Deferred {
     a.owner = b.owner = this;
     reactor.adopt(a.fd, this, STREAM_EVENTS);
     reactor.adopt(b.fd, this, STREAM_EVENTS);
-    if (idleMs > 0) this.#timer = this.#deadlines.add(idleMs, () => this.#checkIdle());
+    // The idle timer is armed at the end of the next round (`deferred`), not now: most spliced connections that
+    // carry one request have ended by then, and never touch the deadline heap.
+    if (idleMs > 0) reactor.later(this);
     // What was reported before the splice took them is not reported again (edge-triggered).
     if (a.events & ~EPOLLOUT) this.ready(a.fd, a.events);
     if (b.events & ~EPOLLOUT && !this.#done) this.ready(b.fd, b.events);
@@ -234,6 +238,11 @@ class Splice implements Sink, Stoppable, Deferred {
   /** Half-closes what `#ended` left to half-close, unless the splice has ended meanwhile. */
   deferred(): void {
     if (this.#done) return;
+    if (this.#idleMs > 0 && this.#timer === undefined && !this.#idleArmed) {
+      this.#idleArmed = true;
+      const quiet = this.#clock.now() - this.#last;
+      this.#timer = this.#deadlines.add(Math.max(0, this.#idleMs - quiet), () => this.#checkIdle());
+    }
     for (let i = 0; i < 2; i++) {
       const d = i === 0 ? this.#up : this.#down;
       if (!d.shutLater) continue;
