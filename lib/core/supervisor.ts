@@ -8,7 +8,6 @@
  * error (a busy port, a full disk) goes to backoff like a crash. Time comes from the injected clock, processes from the injected
  * `spawn`, so the policy is tested without real processes or sleeping.
  */
-import { setNice } from "./priority.ts";
 import type { Clock, TimerId } from "./clock.ts";
 import { errorMessage } from "./errors.ts";
 
@@ -277,20 +276,26 @@ export class Supervisor {
 }
 
 /**
- * Spawns `command args` with stdin closed and both outputs piped (the real `spawn` for a Supervisor); with `nice`,
- * at that lower priority (where the platform allows: see core/priority.ts).
+ * Spawns `command args` with stdin closed and both outputs piped (the real `spawn` for a Supervisor); with `nice`, at
+ * that lower priority, through coreutils' `nice`, which sets it before it becomes the command (same process, so
+ * every thread the command makes has it). Where `nice` is missing the command runs at the node's priority.
  */
 export function spawnCommand(command: string, args: readonly string[], o: { nice?: number } = {}): Child {
-  const child = new Deno.Command(command, {
-    args: [...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const niced = o.nice ? setNice(child.pid, o.nice) : false;
+  const options = { stdin: "null", stdout: "piped", stderr: "piped" } as const;
+  let child: Deno.ChildProcess;
+  let nice: number | undefined;
+  try {
+    child = o.nice
+      ? new Deno.Command("nice", { ...options, args: ["-n", String(o.nice), command, ...args] }).spawn()
+      : new Deno.Command(command, { ...options, args: [...args] }).spawn();
+    nice = o.nice || undefined;
+  } catch (error) {
+    if (!o.nice || !(error instanceof Deno.errors.NotFound)) throw error;
+    child = new Deno.Command(command, { ...options, args: [...args] }).spawn();
+  }
   return {
     pid: child.pid,
-    ...(niced ? { nice: o.nice } : {}),
+    ...(nice ? { nice } : {}),
     status: child.status.then((s) => ({ code: s.code, signal: s.signal })),
     stdout: child.stdout,
     stderr: child.stderr,

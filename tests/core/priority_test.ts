@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { niceOf, setNice } from "../../lib/core/priority.ts";
+import { niceOf, setNice } from "../_support/priority.ts";
 import { spawnCommand } from "../../lib/core/supervisor.ts";
 
 Deno.test("spawnCommand with nice starts the child at that lower priority and says so", async () => {
@@ -25,6 +25,30 @@ Deno.test("spawnCommand without nice leaves the child at the node's priority", a
     await child.status;
     await child.stdout?.cancel();
     await child.stderr?.cancel();
+  }
+});
+
+Deno.test("spawnCommand without coreutils' nice on the PATH runs the command at the node's priority", async () => {
+  const path = Deno.env.get("PATH") ?? "";
+  const bin = await Deno.makeTempDir({ prefix: "edgenode_nice_" });
+  try {
+    // Only `sleep` is to be found: a symbolic link to the real one.
+    await Deno.symlink(await Deno.realPath("/bin/sleep"), `${bin}/sleep`);
+    Deno.env.set("PATH", bin);
+    const child = spawnCommand("sleep", ["30"], { nice: 7 });
+    Deno.env.set("PATH", path);
+    try {
+      assert.equal(child.nice, undefined);
+      assert.equal(niceOf(child.pid), niceOf(Deno.pid));
+    } finally {
+      child.kill("SIGKILL");
+      await child.status;
+      await child.stdout?.cancel();
+      await child.stderr?.cancel();
+    }
+  } finally {
+    Deno.env.set("PATH", path);
+    await Deno.remove(bin, { recursive: true });
   }
 });
 

@@ -15,7 +15,7 @@
  * Shared by tests/e2e/presentation_test.ts (which asserts) and tests/demo/presentation.ts (`make demo`, which prints).
  */
 import { until } from "../_support/until.ts";
-import { setNice } from "../../lib/core/priority.ts";
+import { setNice } from "../_support/priority.ts";
 import { extractRtp } from "../../lib/media/extract.ts";
 import { readPcap } from "../../lib/media/pcap.ts";
 import { parseRtp } from "../../lib/media/rtp.ts";

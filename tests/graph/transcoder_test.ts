@@ -14,7 +14,12 @@ import { coreElements } from "../../lib/graph/elements/mod.ts";
 import type { Child, ChildExit } from "../../lib/core/supervisor.ts";
 import { ArrayBatch } from "../../lib/graph/batch.ts";
 import { SWITCH_PACKETS, SWITCH_SILENCE_MS, transcoder } from "../../lib/graph/elements/transcoder.ts";
-import { type JobDefaults, TranscodeJob, TranscoderPool } from "../../lib/graph/elements/transcoder_job.ts";
+import {
+  CHILD_NICE,
+  type JobDefaults,
+  TranscodeJob,
+  TranscoderPool,
+} from "../../lib/graph/elements/transcoder_job.ts";
 import { RunningSession } from "../../lib/graph/executor.ts";
 import { checkProgram } from "../../lib/graph/program.ts";
 import { extractRtp } from "../../lib/media/extract.ts";
@@ -37,6 +42,7 @@ import {
 } from "../../lib/media/rtp.ts";
 import { fmtpParameter, parseSdp } from "../../lib/media/sdp.ts";
 import { requireTools } from "../_support/tools.ts";
+import { niceOf } from "../_support/priority.ts";
 import { until } from "../_support/until.ts";
 
 const LO = "127.0.0.1";
@@ -197,6 +203,8 @@ interface RunResult {
   readonly captureOf: (ts: number) => number;
   readonly inputTimestamps: Set<number>;
   readonly poolSizeWhileRunning: number;
+  /** ffmpeg's nice value while it ran (null: it never ran long enough). */
+  readonly niceWhileRunning: number | null;
   readonly runsBeforeKill: number;
   readonly runsAfter: number;
   readonly killedAt: number;
@@ -242,6 +250,7 @@ function run(): Promise<RunResult> {
     let killedAt = 0;
     let runsBeforeKill = 0;
     let poolSizeWhileRunning = 0;
+    let niceWhileRunning: number | null = null;
     const deadline = start + 20_000;
     try {
       for (let n = 0;; n++) {
@@ -275,6 +284,7 @@ function run(): Promise<RunResult> {
         if (!killedAt && job?.state === "running" && out1.rtp.length > 0 && now - start > 4000) {
           poolSizeWhileRunning = (shared.get("localservice.transcoder") as TranscoderPool).size;
           runsBeforeKill = job.supervisor.runs;
+          niceWhileRunning = niceOf(job.supervisor.pid!);
           assert.ok(job.killChild("SIGKILL"));
           killedAt = Date.now();
         }
@@ -297,6 +307,7 @@ function run(): Promise<RunResult> {
     return {
       out1,
       out2,
+      niceWhileRunning,
       captureOf,
       inputTimestamps,
       poolSizeWhileRunning,
@@ -345,6 +356,7 @@ Deno.test("transcoder output sender reports give each frame its input frame's ca
 Deno.test("transcoder restarts a killed ffmpeg and its output resumes", async () => {
   const r = await run();
   assert.ok(r.killedAt > 0, "ffmpeg was running before the kill");
+  assert.equal(r.niceWhileRunning, CHILD_NICE, "transcoding yields the cores to the packet path");
   assert.equal(r.runsAfter, r.runsBeforeKill + 1, "one restart");
   assert.ok(r.resumedAt !== null, "output resumed after the kill");
   const seqs = r.out1.rtp.map((x) => parseRtp(x.data)!.sequence);

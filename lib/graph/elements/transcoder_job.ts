@@ -14,7 +14,6 @@
 import type { Clock, TimerId } from "../../core/clock.ts";
 import type { Logger } from "../../core/logger.ts";
 import { type Child, spawnCommand, Supervisor } from "../../core/supervisor.ts";
-import { CHILD_NICE } from "../../core/priority.ts";
 import { ffmpegArgs, type Progress, ProgressReader, type TranscodeSpec } from "../../media/ffmpeg.ts";
 import { Retimer } from "../../media/retime.ts";
 import { parseRtcp, writeSenderReport } from "../../media/rtcp.ts";
@@ -30,6 +29,8 @@ const HOLD_LIMIT = 512;
 /** How long ffmpeg may take to open its input. */
 const OPEN_WAIT_MS = 15_000;
 const LO = "127.0.0.1";
+/** The nice value a transcoder's ffmpeg runs at (0 normal .. 19 lowest): transcoding yields to the packet path. */
+export const CHILD_NICE = 10;
 
 export interface JobInput {
   readonly ssrc: number;
