@@ -1,12 +1,14 @@
 import assert from "node:assert/strict";
 import { niceOf, setNice } from "../_support/priority.ts";
+import { until } from "../_support/until.ts";
 import { spawnCommand } from "../../lib/core/supervisor.ts";
 
 Deno.test("spawnCommand with nice starts the child at that lower priority and says so", async () => {
   const child = spawnCommand("sleep", ["30"], { nice: 7 });
   try {
     assert.equal(child.nice, 7);
-    assert.equal(niceOf(child.pid), 7);
+    // `nice` sets it, then becomes `sleep`: a moment after the spawn.
+    await until("the child at nice 7", () => niceOf(child.pid) === 7);
   } finally {
     child.kill("SIGKILL");
     await child.status;
