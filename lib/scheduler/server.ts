@@ -8,6 +8,7 @@
  * the agent: the stricter of the two applies. `drain` takes no new connections but keeps those open; `maint` and a
  * server going down also close the open ones (their `signal` aborts).
  */
+import { declareSeries, figuresOf } from "../core/metrics.ts";
 import type { HostPort } from "../net/address.ts";
 import type { AgentReply } from "./agent_reply.ts";
 import { type AdminState, MAX_WEIGHT, type PlannedServer, type ServerSpec } from "./config.ts";
@@ -182,17 +183,67 @@ export class Server {
       state: this.state,
       admin: this.admin,
       agent_admin: this.agentAdmin,
-      weight: this.configuredWeight,
       scaled_weight: Math.round(this.scaledWeight * 100) / 100,
-      effective_weight: Math.round(this.weight * 100) / 100,
-      load_percent: this.agentPercent === null ? null : Math.max(0, 100 - this.agentPercent),
-      maxconn: this.maxconn,
       active: this.active,
       total: this.total,
-      failed_connects: this.failedConnects,
       changed_at: new Date(this.changedAt).toISOString(),
       last_check: this.lastCheck && { ...this.lastCheck, at: new Date(this.lastCheck.at).toISOString() },
       last_agent: this.lastAgent && { ...this.lastAgent, at: new Date(this.lastAgent.at).toISOString() },
+      // The figures /metrics shows, by the same declarations.
+      ...figuresOf(SERVER_SERIES, this),
     };
   }
 }
+
+/** A server's series (`edgenode_scheduler_server_*{service,server}`), shown in its /status by the same names. */
+export const SERVER_SERIES = declareSeries<Server>({
+  up: {
+    kind: "gauge",
+    help: "1 when the server takes connections (up and ready), else 0",
+    read: (s) => s.available ? 1 : 0,
+  },
+  healthy: {
+    kind: "gauge",
+    help: "1 when health checks and the agent say up, else 0",
+    read: (s) => s.up ? 1 : 0,
+  },
+  admin_state: {
+    kind: "gauge",
+    help: "Administrative state, the stricter of the operator's and the agent's: 0 ready, 1 drain, 2 maint",
+    read: (s) => ADMIN_RANK[s.effectiveAdmin],
+  },
+  weight: { kind: "gauge", help: "Weight from the config or the API", read: (s) => s.configuredWeight },
+  effective_weight: {
+    kind: "gauge",
+    help: "Configured weight scaled by the agent's percentage",
+    read: (s) => Math.round(s.weight * 100) / 100,
+  },
+  maxconn: {
+    kind: "gauge",
+    help: "Connections at once (the agent's maxconn, else the config's); 0: no limit",
+    read: (s) => s.maxconn,
+  },
+  load_percent: {
+    kind: "gauge",
+    help: "Load the agent reported (100 - its weight percentage, at least 0); NaN before any report",
+    read: (s) => s.agentPercent === null ? NaN : Math.max(0, 100 - s.agentPercent),
+  },
+  last_check_ok: {
+    kind: "gauge",
+    help: "1 when the last health check (or client connect) succeeded, 0 when it failed; NaN before any",
+    read: (s) => s.lastCheck === null ? NaN : s.lastCheck.ok ? 1 : 0,
+  },
+  last_check_timestamp_seconds: {
+    kind: "gauge",
+    help: "When the last health check ended (Unix time); NaN before any",
+    read: (s) => s.lastCheck === null ? NaN : s.lastCheck.at / 1000,
+  },
+  agent_ok: {
+    kind: "gauge",
+    help: "1 when the agent answered its last poll, 0 when it could not be reached; NaN without a poll yet",
+    read: (s) => s.lastAgent === null ? NaN : s.lastAgent.ok ? 1 : 0,
+  },
+  active_connections: { kind: "gauge", help: "Connections open to the server now", read: (s) => s.active },
+  connections: { help: "Connections made to the server", read: (s) => s.total },
+  failed_connects: { help: "Client connects to the server that failed", read: (s) => s.failedConnects },
+});

@@ -11,7 +11,7 @@
  */
 import type { Clock, TimerId } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
-import type { CounterSet, MetricsRegistry } from "../core/metrics.ts";
+import { type CounterSet, declareSeries, figuresOf, type MetricsRegistry } from "../core/metrics.ts";
 import type { Registry } from "../core/registry.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
 import { expandServers, type ServiceSettings } from "./config.ts";
@@ -21,7 +21,7 @@ import type { Picker, PickerKind } from "./pickers/picker.ts";
 import { LocalShortage } from "../net/tcp/errors.ts";
 import type { BufferPool } from "../net/tcp/pool.ts";
 import { proxyHeader } from "./proxy_protocol.ts";
-import { ADMIN_RANK, Server } from "./server.ts";
+import { Server, SERVER_SERIES } from "./server.ts";
 import type { ServerSpec } from "./config.ts";
 import type {
   Conn,
@@ -121,6 +121,10 @@ export class Service {
   #localLoggedAt = 0;
   /** Client connections open now (queued ones included). */
   open = 0;
+  /** Clients waiting for a server with room. */
+  get queueLength(): number {
+    return this.#queue.length;
+  }
   readonly counts = {
     accepted: 0,
     refused_limit: 0,
@@ -434,57 +438,11 @@ export class Service {
 
   #publish(): void {
     const { metrics } = this.deps;
-    const set = metrics.set("scheduler_service", { service: this.name });
-    set.gauge("open_connections", "Client connections open now, queued included", () => this.open);
-    set.gauge("queue_length", "Clients waiting for a server with room", () => this.#queue.length);
-    for (const [key, help] of COUNT_HELP) {
-      set.counter(`${key}_total`, help, () => this.counts[key]);
-    }
-    this.#sets.push(set);
+    this.#sets.push(metrics.publish("scheduler_service", { service: this.name }, SERVICE_SERIES, () => this));
     for (const s of this.servers) {
-      const ss = metrics.set("scheduler_server", { service: this.name, server: s.key });
-      ss.gauge("up", "1 when the server takes connections (up and ready), else 0", () => s.available ? 1 : 0);
-      ss.gauge("healthy", "1 when health checks and the agent say up, else 0", () => s.up ? 1 : 0);
-      ss.gauge(
-        "admin_state",
-        "Administrative state, the stricter of the operator's and the agent's: 0 ready, 1 drain, 2 maint",
-        () => ADMIN_RANK[s.effectiveAdmin],
+      this.#sets.push(
+        metrics.publish("scheduler_server", { service: this.name, server: s.key }, SERVER_SERIES, () => s),
       );
-      ss.gauge("weight", "Weight from the config or the API", () => s.configuredWeight);
-      ss.gauge("effective_weight", "Configured weight scaled by the agent's percentage", () => s.weight);
-      ss.gauge(
-        "maxconn",
-        "Connections at once (the agent's maxconn, else the config's); 0: no limit",
-        () => s.maxconn,
-      );
-      ss.gauge(
-        "load_percent",
-        "Load the agent reported (100 - its weight percentage, at least 0); NaN before any report",
-        () => s.agentPercent === null ? NaN : Math.max(0, 100 - s.agentPercent),
-      );
-      ss.gauge(
-        "last_check_ok",
-        "1 when the last health check (or client connect) succeeded, 0 when it failed; NaN before any",
-        () => s.lastCheck === null ? NaN : s.lastCheck.ok ? 1 : 0,
-      );
-      ss.gauge(
-        "last_check_timestamp_seconds",
-        "When the last health check ended (Unix time); NaN before any",
-        () => s.lastCheck === null ? NaN : s.lastCheck.at / 1000,
-      );
-      ss.gauge(
-        "agent_ok",
-        "1 when the agent answered its last poll, 0 when it could not be reached; NaN without a poll yet",
-        () => s.lastAgent === null ? NaN : s.lastAgent.ok ? 1 : 0,
-      );
-      ss.gauge("active_connections", "Connections open to the server now", () => s.active);
-      ss.counter("connections_total", "Connections made to the server", () => s.total);
-      ss.counter(
-        "failed_connects_total",
-        "Client connects to the server that failed",
-        () => s.failedConnects,
-      );
-      this.#sets.push(ss);
     }
   }
 
@@ -496,12 +454,11 @@ export class Service {
       picker: settings.picker,
       persistence_ms: settings.persistence,
       proxy_protocol: settings.proxy_protocol,
-      open: this.open,
-      queue_length: this.#queue.length,
       persistence_entries: this.#persistence?.size ?? 0,
       checks: this.#monitor.checks,
       agent_polls: this.#monitor.agentPolls,
-      ...this.counts,
+      // The figures /metrics shows, by the same declarations.
+      ...figuresOf(SERVICE_SERIES, this),
       servers: this.servers.map((s) => s.status()),
     };
   }
@@ -527,22 +484,46 @@ export class Service {
   }
 }
 
-const COUNT_HELP: [keyof Service["counts"], string][] = [
-  ["accepted", "Client connections accepted"],
-  ["refused_limit", "Clients closed because the service was at max_connections"],
-  ["refused_client_limit", "Clients closed because their address was at max_per_client"],
-  ["no_server", "Clients closed because no server could take them"],
-  ["queue_full", "Clients closed because the queue was full"],
-  ["queue_timeouts", "Clients closed after waiting queue_timeout for a server"],
-  ["queued", "Clients that waited in the queue"],
-  ["retries", "Connects retried on another server after one failed"],
-  ["redirects", "Servers chosen for the redirect route"],
-  ["closed_by_server_down", "Connections closed because their server went down or into maintenance"],
-  ["idle_timeouts", "Connections closed after idle_timeout without a byte"],
-  [
-    "local_failures",
-    "Accepts and connects that failed for want of this host's own descriptors, buffers, memory or ports (no server is blamed)",
-  ],
-  ["bytes_in", "Bytes from clients to servers (finished connections)"],
-  ["bytes_out", "Bytes from servers to clients (finished connections)"],
-];
+/**
+ * A service's series, declared once for /metrics (`edgenode_scheduler_service_*{service}`) and /status (the same
+ * names, without `_total`).
+ */
+const SERVICE_SERIES = declareSeries<Service>({
+  open_connections: {
+    kind: "gauge",
+    help: "Client connections open now, queued included",
+    read: (s) => s.open,
+  },
+  queue_length: { kind: "gauge", help: "Clients waiting for a server with room", read: (s) => s.queueLength },
+  accepted: { help: "Client connections accepted", read: (s) => s.counts.accepted },
+  refused_limit: {
+    help: "Clients closed because the service was at max_connections",
+    read: (s) => s.counts.refused_limit,
+  },
+  refused_client_limit: {
+    help: "Clients closed because their address was at max_per_client",
+    read: (s) => s.counts.refused_client_limit,
+  },
+  no_server: { help: "Clients closed because no server could take them", read: (s) => s.counts.no_server },
+  queue_full: { help: "Clients closed because the queue was full", read: (s) => s.counts.queue_full },
+  queue_timeouts: {
+    help: "Clients closed after waiting queue_timeout for a server",
+    read: (s) => s.counts.queue_timeouts,
+  },
+  queued: { help: "Clients that waited in the queue", read: (s) => s.counts.queued },
+  retries: { help: "Connects retried on another server after one failed", read: (s) => s.counts.retries },
+  redirects: { help: "Servers chosen for the redirect route", read: (s) => s.counts.redirects },
+  closed_by_server_down: {
+    help: "Connections closed because their server went down or into maintenance",
+    read: (s) => s.counts.closed_by_server_down,
+  },
+  idle_timeouts: {
+    help: "Connections closed after idle_timeout without a byte",
+    read: (s) => s.counts.idle_timeouts,
+  },
+  bytes_in: { help: "Bytes from clients to servers (finished connections)", read: (s) => s.counts.bytes_in },
+  bytes_out: {
+    help: "Bytes from servers to clients (finished connections)",
+    read: (s) => s.counts.bytes_out,
+  },
+});

@@ -114,7 +114,10 @@ scheduler:
   assert.equal(await three.readLine(), null, "a third connection from the same address is closed");
   assert.equal((await services(statusPort)).pc.refused_client_limit, 1);
   one[Symbol.dispose]();
-  await until("the first connection to end", async () => (await services(statusPort)).pc.open === 1);
+  await until(
+    "the first connection to end",
+    async () => (await services(statusPort)).pc.open_connections === 1,
+  );
   using four = await Client.connect(pc);
   assert.equal(await four.readLine(), "S");
 

@@ -35,7 +35,7 @@ interface ServerStatus {
 }
 
 interface ServiceStatus {
-  open: number;
+  open_connections: number;
   accepted: number;
   no_server: number;
   bytes_in: number;
@@ -166,7 +166,7 @@ Deno.test({
       // The scheduler's account, once the connection has finished (its bytes are counted then).
       await until("the RTSP connection to finish", async () => {
         const s = await service();
-        return s.open === 0 && s.servers[0].active === 0 && s.bytes_out > 0;
+        return s.open_connections === 0 && s.servers[0].active === 0 && s.bytes_out > 0;
       }, 5_000);
       const s = await service();
       assert.equal(s.accepted, 1);

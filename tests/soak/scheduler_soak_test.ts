@@ -83,7 +83,7 @@ class Clients implements AsyncDisposable {
 
 interface Service {
   listen: string;
-  open: number;
+  open_connections: number;
   servers: { server: string; state: string; active: number }[];
 }
 
@@ -128,7 +128,10 @@ scheduler:
     const warm = await clients.ask(`open 200 ${port} ${FIRST_BYTES}`);
     assert.equal(warm.verified, 200, JSON.stringify(warm));
     await clients.ask("close");
-    await until("the warm-up connections to close", async () => (await service(statusPort)).open === 0);
+    await until(
+      "the warm-up connections to close",
+      async () => (await service(statusPort)).open_connections === 0,
+    );
     const before = await procFigures(pid);
     const limit = await openFilesLimit(pid);
     const concurrent = Math.min(TOTAL, Math.floor((limit - before.fds - RESERVE_FDS) / 2));
@@ -167,7 +170,7 @@ scheduler:
     await clients.ask("close");
     await until(
       "the scheduler to hold no connection",
-      async () => (await service(statusPort)).open === 0,
+      async () => (await service(statusPort)).open_connections === 0,
       30_000,
     );
     await until("the scheduler's descriptors back to the baseline", async () => {
@@ -180,7 +183,7 @@ scheduler:
     assert.equal(round2.verified, concurrent, JSON.stringify(round2));
     await clients.ask("close");
     await until("the second round to close", async () => {
-      return (await service(statusPort)).open === 0 &&
+      return (await service(statusPort)).open_connections === 0 &&
         (await procFigures(pid)).fds <= before.fds + FD_TOLERANCE;
     }, 30_000);
     const again = await procFigures(pid);
