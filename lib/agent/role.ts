@@ -30,7 +30,7 @@ import {
   type AgentAdmin,
   formatAgentReply,
   MAX_AGENT_MAXCONN,
-} from "../scheduler/agent_reply.ts";
+} from "../net/agent_check.ts";
 import { Cached } from "./cache.ts";
 import { type LoadReaders, systemReaders } from "./load.ts";
 import {

@@ -10,7 +10,7 @@ import {
   type AgentAdmin,
   type AgentReplyFields,
   parseAgentReply,
-} from "../scheduler/agent_reply.ts";
+} from "../net/agent_check.ts";
 import type { LoadReaders } from "./load.ts";
 import { errorMessage } from "../core/errors.ts";
 

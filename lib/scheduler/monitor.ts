@@ -8,7 +8,7 @@ import type { Clock, TimerId } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
 import type { HostPort } from "../net/address.ts";
 import { type ExchangeOptions, type ExchangeResult, tcpExchange } from "../net/tcp/exchange.ts";
-import { MAX_AGENT_REPLY, parseAgentReply } from "./agent_reply.ts";
+import { MAX_AGENT_REPLY, parseAgentReply } from "../net/agent_check.ts";
 import type { ServiceSettings } from "./config.ts";
 import type { Server, Transition } from "./server.ts";
 

@@ -10,7 +10,7 @@
  */
 import { declareSeries, figuresOf } from "../core/metrics.ts";
 import type { HostPort } from "../net/address.ts";
-import type { AgentReply } from "./agent_reply.ts";
+import type { AgentReply } from "../net/agent_check.ts";
 import { type AdminState, MAX_WEIGHT, type PlannedServer, type ServerSpec } from "./config.ts";
 
 export const ADMIN_RANK: Record<AdminState, number> = { ready: 0, drain: 1, maint: 2 };

@@ -17,7 +17,7 @@ import {
   type ServerSpec,
   type ServiceSettings,
 } from "../../lib/scheduler/config.ts";
-import { MAX_AGENT_REPLY } from "../../lib/scheduler/agent_reply.ts";
+import { MAX_AGENT_REPLY } from "../../lib/net/agent_check.ts";
 import { Monitor } from "../../lib/scheduler/monitor.ts";
 import { Server, type Transition } from "../../lib/scheduler/server.ts";
 import { AgentStub, Backend } from "../_support/backends.ts";

@@ -4,7 +4,7 @@
  * the agent's (the stricter wins), and its signal aborts exactly when its open connections must close.
  */
 import assert from "node:assert/strict";
-import { parseAgentReply } from "../../lib/scheduler/agent_reply.ts";
+import { parseAgentReply } from "../../lib/net/agent_check.ts";
 import type { AdminState, ServerSpec } from "../../lib/scheduler/config.ts";
 import { Server } from "../../lib/scheduler/server.ts";
 

@@ -13,7 +13,7 @@ import {
   MAX_AGENT_REPLY,
   MAX_WEIGHT_PERCENT,
   parseAgentReply,
-} from "../../lib/scheduler/agent_reply.ts";
+} from "../../lib/net/agent_check.ts";
 import { anyText, onlyThrows, params } from "./_fuzz.ts";
 
 const word = fc.oneof(

@@ -4,7 +4,7 @@ import {
   formatAgentReply,
   MAX_AGENT_REPLY,
   parseAgentReply,
-} from "../../lib/scheduler/agent_reply.ts";
+} from "../../lib/net/agent_check.ts";
 
 Deno.test("parseAgentReply reads every kind of word", () => {
   assert.deepEqual(parseAgentReply("75%\n"), { weightPercent: 75, problems: [] });
