@@ -145,6 +145,18 @@ export function openLibc(): LibcLibrary | null {
   }
 }
 
+/**
+ * This thread's one libc library, opened on first use and kept for the thread's life (never close it); null where
+ * FFI is not allowed or this is not Linux. Every dlopen binds all the symbols afresh, 3-7 ms of the thread's time
+ * each (measured), which a socket opened per session, per transcoder restart, would spend on the packet path's thread.
+ * (A module-level cache on purpose: it is per thread, as each worker loads its own copy of this module.)
+ */
+export function sharedLibc(): LibcLibrary | null {
+  if (threadLibc === undefined) threadLibc = openLibc();
+  return threadLibc;
+}
+let threadLibc: LibcLibrary | null | undefined;
+
 /** errno of the last failing libc call made on this thread (valid for the synchronous symbols only). */
 export function errno(libc: { __errno_location(): Deno.PointerValue }): number {
   const p = libc.__errno_location();

@@ -43,9 +43,9 @@ import {
   MSG_TRUNC,
   MSG_WAITFORONE,
   NAME_STRIDE,
-  openLibc,
   readSockaddr,
   SCM_TIMESTAMPNS,
+  sharedLibc,
   SHUT_RD,
   SO_RCVBUF,
   SO_RCVBUFFORCE,
@@ -87,7 +87,7 @@ const ERRNO_TEXT: Record<number, string> = {
 
 /** The fast socket, or null where FFI to libc is not available (callers then use the portable path). */
 export function openFastUdp(addr: Endpoint, options: UdpOptions = {}): FastUdp | null {
-  const lib = openLibc();
+  const lib = sharedLibc();
   if (!lib) return null;
   return new FastUdp(lib, { bind: addr }, options);
 }
@@ -111,7 +111,7 @@ export function adoptFastUdp(
   stats?: UdpStats,
   sources = true,
 ): FastUdp | null {
-  const lib = openLibc();
+  const lib = sharedLibc();
   if (!lib) return null;
   return new FastUdp(lib, { adopt: descriptor, sources }, options, stats);
 }
@@ -667,16 +667,12 @@ export class FastUdp implements UdpSocket {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    if (!this.#owner) {
-      // An adopted socket: the opener wakes and closes it; this thread only lets go of libc.
-      this.#lib.close();
-      return;
-    }
+    // An adopted socket: the opener wakes and closes it. (libc is the thread's, kept open: sharedLibc.)
+    if (!this.#owner) return;
     // Wake a receive blocked in another thread; the fd is closed only after it has returned.
     this.#c.shutdown(this.#fd, SHUT_RD);
     if (this.#waiting) await this.#waiting.catch(() => 0);
     this.#c.close(this.#fd);
-    this.#lib.close();
   }
 }
 

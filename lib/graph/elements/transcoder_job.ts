@@ -185,8 +185,9 @@ export class TranscodeJob {
       this.#dir = await Deno.makeTempDir({ dir: this.#o.tempDir, prefix: "edgenode_transcoder_" });
       // stop() came while the directory was made: it removes the directory once this returns.
       if (this.#stopped) return;
-      this.#feed = openUdp({ host: LO, port: 0 }, this.#o.udp);
-      [this.#outRtp, this.#outRtcp] = openPair(this.#o.udp);
+      // It only sends: one receive slot, not the node's batch of 64 KiB slots.
+      this.#feed = openUdp({ host: LO, port: 0 }, { ...this.#o.udp, batch: 1, maxDatagram: 2048 });
+      [this.#outRtp, this.#outRtcp] = openPair({ ...this.#o.udp, ...FFMPEG_OUTPUT });
     } catch (error) {
       this.#startError = `Cannot start the transcoder: ${errorMessage(error)}`;
       await this.#release();
@@ -318,7 +319,8 @@ export class TranscodeJob {
     this.#runOutput = false;
     this.#held = [];
     this.#lastRawOutTs = -1;
-    const [a, b] = openPair(this.#o.udp);
+    // Only to find two free ports, closed at once: the smallest sockets.
+    const [a, b] = openPair({ ...this.#o.udp, batch: 1, maxDatagram: 2048 });
     this.#inputPort = a.local.port;
     await a.close();
     await b.close();
@@ -485,6 +487,12 @@ export class TranscodeJob {
     } catch { /* not written yet */ }
   }
 }
+
+/**
+ * ffmpeg's RTP output: datagrams of at most its packet size (1472 B by default), so receive slots of 4 KiB, not the
+ * 64 KiB of arbitrary input; the sockets (slabs of their batch times their slot) are made on each start and restart.
+ */
+const FFMPEG_OUTPUT = { batch: 64, maxDatagram: 4096 } as const;
 
 /** An even port and the one after it, both bound on loopback (RTP and RTCP). */
 function openPair(udp: UdpOptions): [UdpSocket, UdpSocket] {
