@@ -3,7 +3,6 @@
  * and servers from /status the way an operator would.
  */
 import assert from "node:assert/strict";
-import { Client } from "../_support/backends.ts";
 import { getJson, getText, LISTENING, startEdgenode } from "./_process.ts";
 
 export const LO = "127.0.0.1";
@@ -86,16 +85,4 @@ export async function assertMetrics(statusPort: number, lines: readonly string[]
   const text = await getText(`http://${LO}:${statusPort}/metrics`);
   for (const line of lines) assert.match(text, metricLine(line));
   return text;
-}
-
-/** Opens clients through `port` until `count` of them are on backend `name`; the others are closed. */
-export async function clientsOn(port: number, name: string, count: number): Promise<Client[]> {
-  const kept: Client[] = [];
-  for (let i = 0; i < 40 && kept.length < count; i++) {
-    const client = await Client.connect(port);
-    if ((await client.readLine()) === name) kept.push(client);
-    else client[Symbol.dispose]();
-  }
-  assert.equal(kept.length, count, `${count} clients on ${name}`);
-  return kept;
 }

@@ -10,6 +10,7 @@ import {
   BackendProcess,
   backendsOnConsecutivePorts,
   Client,
+  clientsOn,
   fetchName,
   ProxyBackend,
   spread,
@@ -18,7 +19,6 @@ import { poll as until } from "../_support/until.ts";
 import { getJson, runToEnd, tempConfig } from "./_process.ts";
 import {
   assertMetrics,
-  clientsOn,
   counts,
   listenPort,
   LO,

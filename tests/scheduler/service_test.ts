@@ -24,7 +24,7 @@ import { LocalShortage } from "../../lib/net/tcp/errors.ts";
 import { BufferPool } from "../../lib/net/tcp/pool.ts";
 import { Service } from "../../lib/scheduler/service.ts";
 import { Backend, blackhole, Client, clientsOn, fetchName, ProxyBackend } from "../_support/backends.ts";
-import { until } from "../_support/until.ts";
+import { until, within } from "../_support/until.ts";
 
 const LO = "127.0.0.1";
 const DEFAULTS: ServiceSettings = (schedulerSection.default as SchedulerSection).rules_service;
@@ -111,17 +111,6 @@ function startService(servers: ServerSpec[], over: Settings = {}) {
   };
 }
 
-/** Resolves true if `promise` settles within `ms` of real time (a bound on "at once", not a wait for it). */
-async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<false>((r) => timer = setTimeout(() => r(false), ms));
-  try {
-    return await Promise.race([promise.then(() => true, () => true), late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 ioTest(
   "Service retries a refused connect on the next server: no client fails while one server is up",
   async () => {
@@ -176,7 +165,7 @@ ioTest(
       await env.tick(0); // A's check
       await env.tick(500); // B's check, half an interval later: it fails, fall 1
       assert.equal(env.svc.servers[1].state, "down");
-      assert.equal(await settlesWithin(Promise.all(ended), 1000), true, "B's clients are closed at once");
+      assert.equal(await within(Promise.all(ended), 1000), true, "B's clients are closed at once");
       await until("B's side of those connections to be closed too", () => b.open === 0);
       for (const c of onA) {
         await c.write("still there?\n");
@@ -215,7 +204,7 @@ ioTest(
       env.answers.set(agent, { ok: true, reply: "maint\n" });
       await env.tick(500);
       assert.equal(env.svc.servers[0].state, "maint");
-      assert.equal(await settlesWithin(ended, 1000), true, "maint closes the open connection at once");
+      assert.equal(await within(ended, 1000), true, "maint closes the open connection at once");
 
       env.answers.set(agent, { ok: true, reply: "ready\n" });
       await env.tick(500);
@@ -258,7 +247,7 @@ ioTest(
 
     using third = await Client.connect(env.port);
     assert.equal(
-      await settlesWithin(third.ended(), 1000),
+      await within(third.ended(), 1000),
       true,
       "the third is closed at once: the queue is full",
     );
@@ -275,7 +264,7 @@ ioTest(
     assert.equal(env.svc.status().queue_length, 1, "still waiting 1 ms before queue_timeout");
     assert.equal(env.svc.counts.queue_timeouts, 0);
     await env.tick(1);
-    assert.equal(await settlesWithin(fourthEnded, 1000), true, "closed once queue_timeout passed");
+    assert.equal(await within(fourthEnded, 1000), true, "closed once queue_timeout passed");
     assert.equal(env.svc.counts.queue_timeouts, 1);
     assert.equal(env.svc.status().queue_length, 0);
     assert.equal(env.svc.counts.no_server, 0);
@@ -322,7 +311,7 @@ ioTest("Service closes a connection after idle_timeout without a byte and counts
   assert.equal(env.svc.open, 1, "open 1 ms before idle_timeout");
   assert.equal(env.svc.counts.idle_timeouts, 0);
   await env.tick(1);
-  assert.equal(await settlesWithin(ended, 1000), true, "closed at idle_timeout");
+  assert.equal(await within(ended, 1000), true, "closed at idle_timeout");
   await until("the idle close to be counted", () => env.svc.counts.idle_timeouts === 1);
   assert.equal(env.svc.open, 0);
 });
@@ -445,7 +434,7 @@ ioTest(
     const line = second.readLine();
     env.answers.set(`${LO}:9`, { ok: true, reply: "maxconn:2\n" });
     await env.tick(500);
-    assert.equal(await settlesWithin(line, 1000), true, "served while the first is still connected");
+    assert.equal(await within(line, 1000), true, "served while the first is still connected");
     assert.equal(await line, "A");
   },
 );
