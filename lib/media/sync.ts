@@ -63,6 +63,8 @@ const LEARN_US = LEARN_MAX_US;
  */
 const WARMUP_EXTRA_US = 250_000;
 const LEARN_HOLD_SHARE = 8;
+/** What a waiting datagram costs beyond its bytes (its entry and its copy's buffer), counted against that share. */
+const WAITING_ENTRY_BYTES = 160;
 /** The smallest size of a queue's ring (it doubles when full and halves when a quarter full). */
 const MIN_RING = 64;
 /**
@@ -535,11 +537,7 @@ export class Synchronizer<T = unknown> {
   flush(emit: SyncEmit<T>): number {
     // What still waits for its clock rate has no capture time to leave in order by: counted, not sent.
     for (const inp of this.#inputs) {
-      for (const stream of inp.streams.values()) {
-        inp.counts.unknown_clock_rate += stream.learning.length;
-        for (const w of stream.learning) this.#learningBytes -= w.data.length;
-        stream.learning = [];
-      }
+      for (const stream of inp.streams.values()) this.#dropWaiting(inp, stream);
     }
     return this.#releaseUpTo(Infinity, null, emit);
   }
@@ -695,19 +693,27 @@ export class Synchronizer<T = unknown> {
 
   /** Keeps a copy of a datagram whose stream's rate is being measured, within its share of max_bytes. */
   #wait(inp: Input<T>, stream: Stream<T>, data: Uint8Array, nowUs: number, from: T): void {
+    stream.lastSeenUs = nowUs;
     // A rate not named by LEARN_US never will be from arrivals: nothing waits any more (reports may name it later).
     if (nowUs - stream.learnSinceUs > LEARN_US) {
-      inp.counts.unknown_clock_rate += 1 + stream.learning.length;
-      for (const w of stream.learning) this.#learningBytes -= w.data.length;
-      stream.learning = [];
+      this.#dropWaiting(inp, stream);
+      inp.counts.unknown_clock_rate++;
       return;
     }
-    if (this.#learningBytes + data.length > this.#cfg.maxBytes / LEARN_HOLD_SHARE) {
+    const cost = data.length + WAITING_ENTRY_BYTES;
+    if (this.#learningBytes + cost > this.#cfg.maxBytes / LEARN_HOLD_SHARE) {
       inp.counts.unknown_clock_rate++;
       return;
     }
     stream.learning.push({ data: data.slice(), arrivalUs: nowUs, from });
-    this.#learningBytes += data.length;
+    this.#learningBytes += cost;
+  }
+
+  /** What waits for the stream's rate goes, counted (the rate was not found, the stream left, the syncer stops). */
+  #dropWaiting(inp: Input<T>, stream: Stream<T>): void {
+    inp.counts.unknown_clock_rate += stream.learning.length;
+    for (const w of stream.learning) this.#learningBytes -= w.data.length + WAITING_ENTRY_BYTES;
+    stream.learning = [];
   }
 
   /**
@@ -823,9 +829,10 @@ export class Synchronizer<T = unknown> {
     const waited = stream.learning;
     stream.learning = [];
     for (const w of waited) {
-      this.#learningBytes -= w.data.length;
+      this.#learningBytes -= w.data.length + WAITING_ENTRY_BYTES;
       this.#place(inp, stream, w.data, w.arrivalUs, nowUs, w.from, true);
     }
+    this.#update(nowUs);
   }
 
   #report(inp: Input<T>, stream: Stream<T>, ntpUs: number, rtp: number): void {
@@ -844,6 +851,7 @@ export class Synchronizer<T = unknown> {
         if (o.queue.length === 0 && (!oldest || o.lastSeenUs < oldest.lastSeenUs)) oldest = o;
       }
       if (!oldest) return null;
+      this.#dropWaiting(inp, oldest);
       inp.streams.delete(oldest.ssrc);
     }
     s = new Stream<T>(ssrc, this.#rings);
@@ -889,7 +897,9 @@ export class Synchronizer<T = unknown> {
         return false;
       }
       if (media) this.#sample(inp, lateness, nowUs);
-      this.#update(nowUs);
+      // A datagram that waited for its rate is one of several placed at once: the warm-up may end after the last
+      // of them (#setRate), when D can see them all.
+      if (arrivalUs === nowUs) this.#update(nowUs);
       return true;
     }
     const low = this.#lowest(nowUs, lateness);

@@ -184,3 +184,30 @@ Deno.test("Synchronizer: what was held while the last input was awaited leaves o
     }
   }
 });
+
+Deno.test("Synchronizer: a stream let go while it waits for its rate gives its share back", () => {
+  const big = (seq: number, ts: number, ssrc: number) => {
+    const d = new Uint8Array(1000);
+    d.set(rtp96(seq, ts, ssrc));
+    return d;
+  };
+  /** A steady 16 kHz stream of 100 datagrams from `t`: how many of them are dropped for want of their rate. */
+  const steady = (s: Synchronizer<null>, t: number) => {
+    const before = s.counts(0).unknown_clock_rate;
+    for (let i = 0; i < 100; i++) s.push(0, big(i, i * 320, 0x999), false, t + i * 20_000, null);
+    return s.counts(0).unknown_clock_rate - before;
+  };
+  // A share of 128 KiB for waiting datagrams (1000 bytes each): what a stream let go held must come back.
+  const s = sync({ maxBytes: 1024 * 1024 });
+  // Nine SSRCs of a dynamic type in turn on one input that keeps eight: each new one lets the quietest go.
+  let t = T0;
+  for (let round = 0; round < 4; round++) {
+    for (let ssrc = 0; ssrc < 9; ssrc++) {
+      for (let i = 0; i < 5; i++) s.push(0, big(i, i * 320, 0x100 + ssrc), false, t += 10, null);
+    }
+  }
+  s.flush(drop); // what still waits is counted and let go too
+  assert.equal(s.counts(0).unknown_clock_rate, 4 * 9 * 5, "every one of them counted");
+  // The steady stream then fares as on a fresh syncer: no share is still taken by streams that are gone.
+  assert.equal(steady(s, t), steady(sync({ maxBytes: 1024 * 1024 }), t));
+});
