@@ -521,6 +521,11 @@ const SERVICE_SERIES = declareSeries<Service>({
     help: "Connections closed after idle_timeout without a byte",
     read: (s) => s.counts.idle_timeouts,
   },
+  local_failures: {
+    help:
+      "Accepts, connects and checks that failed for want of this host's own descriptors, buffers, memory or ports (no server is blamed)",
+    read: (s) => s.counts.local_failures,
+  },
   bytes_in: { help: "Bytes from clients to servers (finished connections)", read: (s) => s.counts.bytes_in },
   bytes_out: {
     help: "Bytes from servers to clients (finished connections)",

@@ -477,6 +477,12 @@ ioTest(
     }
     assert.equal(env.svc.counts.retries, 0, "another server would fail the same way: no retry");
     assert.equal((io as Transport & { connects: number }).connects, 3, "one connect per client");
+    // An operator sees them: in /status and in /metrics.
+    assert.equal(env.svc.status().local_failures, 3);
+    assert.match(
+      env.metrics.render(),
+      /^edgenode_scheduler_service_local_failures_total\{service="svc"\} 3$/m,
+    );
   },
 );
 
