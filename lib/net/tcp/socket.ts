@@ -26,7 +26,7 @@ export type TcpErrorKind =
   | "aborted"
   /** The socket was closed here while the operation was pending (our own close, not the peer's). */
   | "closed"
-  /** This host ran out of descriptors, buffers, memory or local ports (./errors.ts): nobody else's fault. */
+  /** This host ran out of descriptors, buffers or memory (./errors.ts): nobody else's fault. */
   | "local"
   | "other";
 
@@ -41,7 +41,11 @@ export function classifyTcpError(error: unknown): TcpErrorKind {
     error instanceof e.ConnectionAborted || error instanceof e.NotConnected
   ) return "reset";
   if (error instanceof e.BadResource || error instanceof e.Interrupted) return "closed";
-  if (shortageOf(error)) return "local";
+  // EADDRNOTAVAIL is a local shortage when the ephemeral ports ran out, but also what a connect to an address this
+  // host cannot use at all gets (an IPv6 server with IPv6 off): a check must fail then, or such a server would stay
+  // up forever. Connects through Deno's sockets (checks, agent polls, the portable path) take it as a failure.
+  const shortage = shortageOf(error);
+  if (shortage && shortage !== "EADDRNOTAVAIL") return "local";
   const code = (error as { code?: unknown } | null)?.code;
   if (code === "EHOSTUNREACH" || code === "ENETUNREACH" || code === "EHOSTDOWN") return "unreachable";
   if (code === "ETIMEDOUT") return "timeout";

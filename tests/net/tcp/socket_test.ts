@@ -154,3 +154,11 @@ Deno.test("closeQuietly swallows closing a closed connection", async () => {
   closeQuietly(server!);
   closeQuietly(server!);
 });
+
+Deno.test("classifyTcpError takes running out of descriptors as local, and an address this host cannot use as a failure", () => {
+  const withCode = (code: string) => Object.assign(new Error(code), { code });
+  assert.equal(classifyTcpError(withCode("EMFILE")), "local");
+  assert.equal(classifyTcpError(withCode("ENOBUFS")), "local");
+  // An IPv6 server on a host with IPv6 off answers every check so: the server must go down, not stay up unchecked.
+  assert.notEqual(classifyTcpError(withCode("EADDRNOTAVAIL")), "local");
+});
