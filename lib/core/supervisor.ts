@@ -282,6 +282,11 @@ export class Supervisor {
  */
 export function spawnCommand(command: string, args: readonly string[], o: { nice?: number } = {}): Child {
   const options = { stdin: "null", stdout: "piped", stderr: "piped" } as const;
+  // Through `nice` a missing command would be nice's exit 127, a crash to retry for ever: it is looked for first,
+  // and its absence is the NotFound a direct spawn throws (the supervisor then fails at once, saying so).
+  if (o.nice && !onPath(command)) {
+    throw new Deno.errors.NotFound(`${command}: not found on PATH`);
+  }
   let child: Deno.ChildProcess;
   let nice: number | undefined;
   try {
@@ -301,4 +306,18 @@ export function spawnCommand(command: string, args: readonly string[], o: { nice
     stderr: child.stderr,
     kill: (signal) => child.kill(signal),
   };
+}
+
+/** Whether `command` names an executable file: a path as it is, a bare name in one of PATH's directories. */
+function onPath(command: string): boolean {
+  const executable = (path: string) => {
+    try {
+      const info = Deno.statSync(path);
+      return info.isFile && ((info.mode ?? 0o111) & 0o111) !== 0;
+    } catch {
+      return false;
+    }
+  };
+  if (command.includes("/")) return executable(command);
+  return (Deno.env.get("PATH") ?? "").split(":").some((dir) => dir !== "" && executable(`${dir}/${command}`));
 }

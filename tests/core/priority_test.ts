@@ -58,3 +58,8 @@ Deno.test("setNice of a process that is gone reports false", () => {
   // Beyond the largest pid Linux hands out (2^22).
   assert.equal(setNice(4_194_305, 5), false);
 });
+
+Deno.test("spawnCommand with nice throws NotFound for a missing command, as a direct spawn does", () => {
+  assert.throws(() => spawnCommand("edgenode-no-such-program", [], { nice: 7 }), Deno.errors.NotFound);
+  assert.throws(() => spawnCommand("/nonexistent/ffmpeg", [], { nice: 7 }), Deno.errors.NotFound);
+});
