@@ -125,6 +125,8 @@ export class ParticipantTable {
     rate_limited: 0,
   };
   readonly #byKey = new Map<string, Participant>();
+  /** Participants per address (an IPv6 /64 as one), kept with the table: a JOIN's limit check is one lookup. */
+  readonly #perAddress = new Map<string, number>();
   readonly #secret: Uint8Array;
   /** Nonce-checked messages per address in the current second. */
   #rate = new Map<string, number>();
@@ -155,10 +157,7 @@ export class ParticipantTable {
     if (cls && !this.options.allow.includes(cls)) return "denied";
     if (this.#byKey.has(formatHostPort(ep))) return null;
     if (this.#byKey.size >= this.options.maxParticipants) return "limit";
-    const key = limitKey(ep.host);
-    let same = 0;
-    for (const p of this.#byKey.values()) if (limitKey(p.endpoint.host) === key) same++;
-    return same >= this.options.maxPerAddress ? "limit" : null;
+    return (this.#perAddress.get(limitKey(ep.host)) ?? 0) >= this.options.maxPerAddress ? "limit" : null;
   }
 
   /** Adds a participant that needs no join (from config or the API); returns why not when it cannot. */
@@ -171,8 +170,19 @@ export class ParticipantTable {
 
   remove(ep: Endpoint): boolean {
     const removed = this.#byKey.delete(formatHostPort(ep));
-    if (removed) this.version++;
+    if (removed) {
+      this.#forget(ep.host);
+      this.version++;
+    }
     return removed;
+  }
+
+  /** One participant of `host`'s address fewer. */
+  #forget(host: string): void {
+    const key = limitKey(host);
+    const n = (this.#perAddress.get(key) ?? 0) - 1;
+    if (n > 0) this.#perAddress.set(key, n);
+    else this.#perAddress.delete(key);
   }
 
   /** Handles one datagram from the registration port; returns the reply to send back, if any. */
@@ -193,7 +203,8 @@ export class ParticipantTable {
       this.stats.malformed++;
       return null;
     }
-    if (!this.#takeRate(from.host)) {
+    // A participant's own keepalives are not rate-limited: a flood spoofed from its address must not cut it off.
+    if (!this.#byKey.has(formatHostPort(from)) && !this.#takeRate(from.host)) {
       this.stats.rate_limited++;
       return null;
     }
@@ -224,6 +235,7 @@ export class ParticipantTable {
     for (const [key, p] of this.#byKey) {
       if (p.origin === "join" && now - p.lastSeen > this.options.timeoutMs) {
         this.#byKey.delete(key);
+        this.#forget(p.endpoint.host);
         dropped++;
       }
     }
@@ -244,7 +256,8 @@ export class ParticipantTable {
     const key = limitKey(host);
     const n = this.#rate.get(key) ?? 0;
     if (n >= (this.options.confirmRate ?? CONFIRM_RATE)) return false;
-    if (n === 0 && this.#rate.size >= RATE_KEYS) return false;
+    // Full for this second: let it through uncounted (the HMAC check still applies) rather than refuse everyone.
+    if (n === 0 && this.#rate.size >= RATE_KEYS) return true;
     this.#rate.set(key, n + 1);
     return true;
   }
@@ -258,7 +271,12 @@ export class ParticipantTable {
 
   #put(ep: Endpoint, origin: Origin): void {
     const now = this.options.clock.now();
-    this.#byKey.set(formatHostPort(ep), {
+    const at = formatHostPort(ep);
+    if (!this.#byKey.has(at)) {
+      const key = limitKey(ep.host);
+      this.#perAddress.set(key, (this.#perAddress.get(key) ?? 0) + 1);
+    }
+    this.#byKey.set(at, {
       endpoint: { host: ep.host, port: ep.port },
       origin,
       joinedAt: now,

@@ -224,19 +224,51 @@ Deno.test("ParticipantTable counts every address of an IPv6 /64 against max_per_
   assert.equal(t.stats.refused_limit, 1, "the refused join (an API refusal is answered, not counted)");
 });
 
-Deno.test("ParticipantTable takes at most confirmRate nonce-checked messages per address a second", () => {
+Deno.test("ParticipantTable takes at most confirmRate nonce-checked messages a second per address from newcomers, a participant's keepalives always", () => {
   const { t, clock } = table({ confirmRate: 3 });
-  const nonce = joinFully(t); // 1 confirm
+  const nonce = joinFully(t); // A's first confirm, counted: A was new then
   const confirm = enc.encode(`EDGENODE-CONFIRM ${nonce}`);
-  assert.ok(t.onControl(confirm, A));
-  assert.ok(t.onControl(confirm, { ...A, port: 9 }) === null, "another port of A: a bad nonce, but counted");
-  assert.equal(t.onControl(confirm, A), null, "the fourth this second");
+  // A flood spoofed from A's address must not cut A off: its own keepalives are never limited.
+  for (let i = 0; i < 5; i++) assert.match(text(t.onControl(confirm, A)) ?? "", /^EDGENODE-WELCOME/);
+  // Other ports of A's address are newcomers: two more fit this second, then none.
+  assert.equal(t.onControl(confirm, { ...A, port: 9 }), null, "a bad nonce, counted");
+  assert.equal(t.onControl(confirm, { ...A, port: 10 }), null, "a bad nonce, counted");
+  assert.equal(t.onControl(confirm, { ...A, port: 11 }), null, "the fourth from A's address this second");
   assert.equal(t.stats.rate_limited, 1);
-  assert.equal(t.stats.confirms, 2);
-  assert.ok(t.onControl(confirm, B) === null && t.stats.bad_nonce === 2, "B has a rate of its own");
+  assert.equal(t.stats.bad_nonce, 2);
+  assert.equal(t.onControl(confirm, B), null);
+  assert.equal(t.stats.rate_limited, 1, "B has a rate of its own");
   clock.advance(1000);
-  assert.match(text(t.onControl(confirm, A)) ?? "", /^EDGENODE-WELCOME/, "a new second");
+  assert.equal(t.onControl(confirm, { ...A, port: 12 }), null);
+  assert.equal(t.stats.rate_limited, 1, "a new second: checked again, not limited");
   assert.equal(t.stats.rate_limited, 1);
+});
+
+Deno.test("ParticipantTable with its rate table full lets newcomers through to the nonce check instead of refusing all", () => {
+  const { t } = table({ confirmRate: 1, maxParticipants: 100 });
+  const forged = enc.encode(`EDGENODE-CONFIRM ${"0".repeat(32)}`);
+  // 10,000 spoofed addresses fill this second's table.
+  for (let i = 0; i < 10_000; i++) {
+    t.onControl(forged, { host: `10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`, port: 1 });
+  }
+  assert.equal(t.stats.rate_limited, 0);
+  // A real participant joining now still gets in.
+  joinFully(t, { host: "192.0.2.200", port: 4000 });
+  assert.equal(t.size, 1);
+});
+
+Deno.test("ParticipantTable counts an address's participants as they join, leave and expire", () => {
+  const { t, clock } = table({ maxPerAddress: 2 });
+  joinFully(t, { ...A, port: 1 });
+  joinFully(t, { ...A, port: 2 });
+  assert.equal(t.onControl(join(), { ...A, port: 3 }), null, "a third of A's address is refused");
+  assert.ok(t.remove({ ...A, port: 1 }));
+  joinFully(t, { ...A, port: 3 });
+  clock.advance(31_000);
+  assert.equal(t.expire(), 2);
+  joinFully(t, { ...A, port: 4 });
+  joinFully(t, { ...A, port: 5 });
+  assert.equal(t.size, 2, "expired ones no longer count against the address");
 });
 
 Deno.test("ParticipantTable of IPv4 sockets refuses an IPv6 participant as of the wrong family", () => {
