@@ -12,7 +12,13 @@ import { ArrayBatch } from "../../lib/graph/batch.ts";
 import type { Element, NodeServices } from "../../lib/graph/element.ts";
 import { coreElements } from "../../lib/graph/elements/mod.ts";
 import { openNoFollow } from "../../lib/graph/elements/files.ts";
-import { CHUNK_BYTES, MAX_QUEUED_CHUNKS, type SaverIo, saverKind } from "../../lib/graph/elements/saver.ts";
+import {
+  CHUNK_BYTES,
+  ChunkBudget,
+  MAX_QUEUED_CHUNKS,
+  type SaverIo,
+  saverKind,
+} from "../../lib/graph/elements/saver.ts";
 import { pcapFileHeader, pcapRecordSize, readPcap } from "../../lib/media/pcap.ts";
 import { until } from "../_support/until.ts";
 
@@ -186,4 +192,31 @@ Deno.test("player refuses a symbolic link", async () => {
   } as never);
   await assert.rejects(player.start!(), /Cannot play .*in\.pcap: it is a symbolic link/);
   await player.stop!();
+});
+
+Deno.test("savers of one node hold at most the node's chunks together, and give them back when they stop", async () => {
+  await using env = await services();
+  const node = { ...env.node, shared: new Map<string, unknown>() };
+  const budget = new ChunkBudget(6);
+  node.shared.set("localservice.saver.chunks", budget);
+  const blocked = Promise.withResolvers<void>();
+  const inner = diskOf(Infinity);
+  const stuck: SaverIo = {
+    async open(path, options) {
+      const file = await inner.open(path, options);
+      return { ...file, write: async (d) => (await blocked.promise, file.write(d)) };
+    },
+  };
+  const savers = [1, 2, 3].map((n) => saverOn(node, stuck, { output_file: `x${n}.pcap` }));
+  for (const s of savers) await s.start!();
+  const perChunk = Math.floor(CHUNK_BYTES / pcapRecordSize(1000, false));
+  for (const s of savers) {
+    for (let i = 0; i < perChunk * 4; i += 100) s.push(0, datagrams(100, 1000), false);
+  }
+  assert.equal(budget.used, 6, "the node's six chunks are all taken, by whichever savers came first");
+  const dropped = savers.map((s) => (s.status!() as SaverStatus).dropped_queue);
+  assert.ok(dropped.every((d) => d > 0), `every saver drops beyond the node's chunks: ${dropped}`);
+  blocked.resolve();
+  for (const s of savers) await s.stop!();
+  assert.equal(budget.used, 0, "all given back");
 });

@@ -35,6 +35,28 @@ export const CHUNK_BYTES = 256 * 1024 + PCAP_MAX_RECORD_SIZE;
 export const MAX_QUEUED_CHUNKS = 256;
 /** Empty chunks kept for reuse after a burst; the rest go back to the collector. */
 const KEEP_FREE_CHUNKS = 8;
+/**
+ * Chunks all the savers of a node may hold at once (about 250 MiB): one upload of many savers (a duplicator may feed
+ * 200 of them) cannot make the node hold more memory, however slow its disk. Beyond it records are dropped and
+ * counted as `dropped_queue`.
+ */
+export const NODE_SAVER_CHUNKS = 800;
+/** Where the node-wide count lives in `NodeServices.shared`. */
+const BUDGET_KEY = "localservice.saver.chunks";
+
+/** The chunks a node's savers hold, against NODE_SAVER_CHUNKS. */
+export class ChunkBudget {
+  used = 0;
+  constructor(readonly max = NODE_SAVER_CHUNKS) {}
+  take(): boolean {
+    if (this.used >= this.max) return false;
+    this.used++;
+    return true;
+  }
+  give(n = 1): void {
+    this.used = Math.max(0, this.used - n);
+  }
+}
 const FLUSH_MS = 1000;
 /** A pcap record header: ts_sec, ts_usec, incl_len, orig_len. */
 const RECORD_HEADER_SIZE = 16;
@@ -103,6 +125,12 @@ export function saverKind(io: SaverIo = denoIo) {
       const queue: Chunk[] = [];
       let chunks = 0;
       let queuedPeak = 0;
+      let budget = node.shared?.get(BUDGET_KEY) as ChunkBudget | undefined;
+      if (!budget) {
+        budget = new ChunkBudget();
+        node.shared?.set(BUDGET_KEY, budget);
+      }
+      const shared = budget;
       let current: Chunk | null = null;
       let file: SaverFile | null = null;
       let timer: TimerId | undefined;
@@ -110,7 +138,7 @@ export function saverKind(io: SaverIo = denoIo) {
 
       const take = (): Chunk | null => {
         const c = free.pop() ??
-          (chunks < MAX_QUEUED_CHUNKS + 1
+          (chunks < MAX_QUEUED_CHUNKS + 1 && shared.take()
             ? (chunks++, { bytes: new Uint8Array(CHUNK_BYTES), fill: 0, start: 0 })
             : null);
         if (c) [c.fill, c.start] = [0, 0];
@@ -145,7 +173,10 @@ export function saverKind(io: SaverIo = denoIo) {
           tally.written_bytes += chunk.fill;
           queue.shift();
           if (free.length < KEEP_FREE_CHUNKS) free.push(chunk);
-          else chunks--;
+          else {
+            chunks--;
+            shared.give();
+          }
         }
       };
       /** A write failed `written` bytes into `chunk`: cut the file back to its last whole record and stop. */
@@ -250,6 +281,10 @@ export function saverKind(io: SaverIo = denoIo) {
           file?.close();
           file = null;
           if (tally.state === "recording") tally.state = "stopped";
+          // Its chunks go back to the node's count (and to the collector).
+          shared.give(chunks);
+          chunks = 0;
+          free.length = 0;
         },
         status: () => ({ file: path, ...tally, queued_chunks: queue.length, queued_peak: queuedPeak }),
       };
