@@ -125,6 +125,19 @@ Deno.test("saver on a full disk cuts the file back to its last whole record, sto
   assert.ok(env.logs.some((l) => l.includes('msg="saver stopped"')));
 });
 
+Deno.test("saver on a disk too full for the capture's header removes the file rather than leave an empty one", async () => {
+  await using env = await services();
+  const s = saverOn(env.node, diskOf(10));
+  await s.start!();
+  s.push(0, datagrams(3), false);
+  env.clock.advance(1000);
+  const status = () => s.status!() as SaverStatus;
+  await until("the saver to stop", () => status().state === "stopped");
+  assert.match(status().stopped_reason!, /not even the capture's header fit, so the file was removed/);
+  await s.stop!();
+  await assert.rejects(Deno.stat(`${env.dataDir}/x.pcap`), Deno.errors.NotFound);
+});
+
 Deno.test("saver queues its writes off the packet path and counts what a full queue drops", async () => {
   await using env = await services();
   const blocked = Promise.withResolvers<void>();

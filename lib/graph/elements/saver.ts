@@ -189,7 +189,14 @@ export function saverKind(io: SaverIo = denoIo) {
           describeFsError(error)
         }; the file was cut back to ${tally.written_bytes} bytes (its last whole record) and recording stopped`;
         try {
-          await file!.truncate(tally.written_bytes);
+          if (tally.written_bytes > 0) await file!.truncate(tally.written_bytes);
+          else {
+            // Not even the pcap header fit: an empty file would be no capture at all, so there is none.
+            await Deno.remove(path);
+            tally.stopped_reason = `Cannot write ${path}: ${
+              describeFsError(error)
+            }; not even the capture's header fit, so the file was removed and recording stopped`;
+          }
         } catch (cut) {
           tally.stopped_reason += ` (cutting back failed too: ${describeFsError(cut)})`;
         }
