@@ -5,12 +5,11 @@
  * notices is in /status and /metrics. Time is real: waits are bounded and measured, never slept.
  */
 import assert from "node:assert/strict";
-import { Backend, blackhole, Client, spread } from "../_support/backends.ts";
+import { Backend, blackhole, Client, clientsOn, spread } from "../_support/backends.ts";
 import { poll as until } from "../_support/until.ts";
 import { tempConfig } from "./_process.ts";
 import {
   assertMetrics,
-  clientsOn,
   counts,
   listenPort,
   LO,
