@@ -71,6 +71,11 @@ export interface NodeContext {
   readonly inUse?: SessionUsage;
   /** The address DIPRONN_INPUT ports are bound on. */
   readonly host?: string;
+  /**
+   * UDP ports running sessions send to (DIPRONN_OUTPUT) that may be this node's own (it is bound on every address),
+   * and which session: a program may not bind one unless output to the node itself is allowed, whichever came first.
+   */
+  readonly outputPorts?: ReadonlyMap<number, string>;
 }
 
 /** The graph as the budgets see it: APs by index with their wires (targets already without repeats). */
@@ -103,7 +108,14 @@ const LOOPBACK = SourceAllowList.parse(["127.0.0.0/8", "::1/128", "0.0.0.0/32", 
 export function checkBudgets(
   spec: SessionSpec,
   graph: BudgetGraph,
-  options: { node: NodeContext; ports: readonly number[]; ownPorts: ReadonlySet<number>; fail: Fail },
+  options: {
+    node: NodeContext;
+    ports: readonly number[];
+    ownPorts: ReadonlySet<number>;
+    fail: Fail;
+    /** Filled with the ports this program's DIPRONN_OUTPUTs may send to on this node (see NodeContext). */
+    outputPorts?: number[];
+  },
 ): SessionUsage {
   const { budgets } = options.node;
   const inUse = options.node.inUse ?? NO_USAGE;
@@ -165,13 +177,36 @@ export function checkBudgets(
             }); the node refuses that unless ${BUDGET_KEYS.allowLoopbackOutput} is true`,
             w.pos,
           );
-        } else if (ports.some((p) => own.has(p)) && options.node.host && isUnspecified(options.node.host)) {
+        } else if (options.node.host && isUnspecified(options.node.host) && options.outputPorts) {
+          options.outputPorts.push(...ports);
+        }
+        if (local || budgets.allowLoopbackOutput) continue;
+        if (ports.some((p) => own.has(p)) && options.node.host && isUnspecified(options.node.host)) {
           // Bound on every address: a port of the node's own on any address may well be this node.
           fail(
             `${OUTPUT}("${where}") from ${ap.name} may go to a UDP port of this node's own sessions; the node refuses that unless ${BUDGET_KEYS.allowLoopbackOutput} is true`,
             w.pos,
           );
         }
+      }
+    }
+  }
+
+  // This program's DIPRONN_INPUTs against what running sessions send to this node's ports: either order is refused.
+  const sentTo = options.node.outputPorts;
+  if (sentTo?.size && !budgets.allowLoopbackOutput && options.node.host && isUnspecified(options.node.host)) {
+    for (const ap of spec.aps) {
+      for (const p of ap.inputs) {
+        if (!p.external) continue;
+        const bound = spec.useRtp ? [p.external.port, p.external.port + 1] : [p.external.port];
+        const hit = bound.find((port) => sentTo.has(port));
+        if (hit === undefined) continue;
+        fail(
+          `DIPRONN_INPUT(${p.external.port}) of ${ap.name} would receive what ${
+            sentTo.get(hit)
+          } sends to port ${hit}, which may be this node's; the node refuses that unless ${BUDGET_KEYS.allowLoopbackOutput} is true`,
+          p.external.pos,
+        );
       }
     }
   }

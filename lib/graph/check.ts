@@ -60,6 +60,8 @@ export interface SessionPlan {
   readonly claims: readonly string[];
   /** What it holds against the node's budgets. */
   readonly usage: SessionUsage;
+  /** UDP ports its DIPRONN_OUTPUTs send to that may be the node's own (see NodeContext.outputPorts). */
+  readonly outputPorts: readonly number[];
 }
 
 export interface PlanOptions {
@@ -239,11 +241,13 @@ export function planSession(
       };
     }),
   };
+  const outputPorts: number[] = [];
   const usage = checkBudgets(spec, graph, {
     node: options.node ?? NO_NODE,
     ports,
     ownPorts: new Set(options.portsInUse?.keys() ?? []),
     fail,
+    outputPorts,
   });
   if (errors.length) throw programErrors(errors);
 
@@ -287,6 +291,7 @@ export function planSession(
     ports,
     claims: [...claims.keys()],
     usage,
+    outputPorts: [...new Set(outputPorts)],
   };
 }
 

@@ -112,10 +112,12 @@ export class SessionTable {
     return this.#serial(async () => {
       if (this.#closed) throw new SessionConflict("The node is stopping");
       const portsInUse = new Map<number, string>();
+      const outputPorts = new Map<number, string>();
       const claimsInUse = new Map<string, string>();
       const inUse = { sockets: 0, vms: 0, saverBytes: 0 };
       for (const s of this.#sessions.values()) {
         for (const p of s.plan.ports) portsInUse.set(p, `session ${s.plan.name}`);
+        for (const p of s.plan.outputPorts) outputPorts.set(p, `session ${s.plan.name}`);
         for (const c of s.plan.claims) claimsInUse.set(c, `session ${s.plan.name}`);
         add(inUse, s.plan.usage);
       }
@@ -124,7 +126,7 @@ export class SessionTable {
         kinds: this.kinds,
         portsInUse,
         claimsInUse,
-        node: { budgets: this.#budgets, inUse, host: this.node.host },
+        node: { budgets: this.#budgets, inUse, host: this.node.host, outputPorts },
       });
       if (this.#sessions.has(plan.name)) {
         throw new SessionConflict(`A session named ${plan.name} is already running; stop it first`);

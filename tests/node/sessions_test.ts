@@ -131,3 +131,34 @@ Deno.test("SessionTable lets an input's own allow-list narrow the node's", async
     await Deno.remove(services.dataDir, { recursive: true });
   }
 });
+
+Deno.test("SessionTable on every address refuses a program whose input a running session already sends to, in either order", async () => {
+  const services = { ...(await node()), host: "0.0.0.0" };
+  const table = new SessionTable(services, coreElements(), { maxSessions: 4 });
+  const port = freePort();
+  try {
+    // A sends to port `port` of some address: with the node bound on every address that may be the node itself.
+    await table.add(
+      [
+        "Project a;",
+        `{ AP name="F" ref=localservice.forwarder; inputs = i(DIPRONN_INPUT(${freePort()})); outputs = o(DIPRONN_OUTPUT("192.0.2.7:${port}")); }`,
+      ].join("\n"),
+      { file: "a.dipronn" },
+    );
+    const refused = await table.add(counting("b", port), { file: "b.dipronn" }).then(
+      () => assert.fail("expected a refusal"),
+      (error) => error,
+    );
+    assert.ok(refused instanceof ErrorList);
+    assert.match(
+      refused.format(),
+      new RegExp(
+        `^b\\.dipronn:2:\\d+: DIPRONN_INPUT\\(${port}\\) of F would receive what session a sends to port ${port}, which may be this node's; the node refuses that unless node\\.allow_loopback_output is true$`,
+      ),
+    );
+    assert.deepEqual(table.list().map((s) => s.plan.name), ["a"]);
+  } finally {
+    await table.stopAll();
+    await Deno.remove(services.dataDir, { recursive: true });
+  }
+});
