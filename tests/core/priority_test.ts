@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import { niceOf, setNice } from "../_support/priority.ts";
 import { until } from "../_support/until.ts";
-import { spawnCommand } from "../../lib/core/supervisor.ts";
+import { type Child, spawnCommand } from "../../lib/core/supervisor.ts";
+
+/** Ends a child the test started and lets go of its pipes. */
+async function reap(child: Child): Promise<void> {
+  child.kill("SIGKILL");
+  await child.status;
+  await child.stdout?.cancel();
+  await child.stderr?.cancel();
+}
 
 Deno.test("spawnCommand with nice starts the child at that lower priority and says so", async () => {
   const child = spawnCommand("sleep", ["30"], { nice: 7 });
@@ -10,10 +18,7 @@ Deno.test("spawnCommand with nice starts the child at that lower priority and sa
     // `nice` sets it, then becomes `sleep`: a moment after the spawn.
     await until("the child at nice 7", () => niceOf(child.pid) === 7);
   } finally {
-    child.kill("SIGKILL");
-    await child.status;
-    await child.stdout?.cancel();
-    await child.stderr?.cancel();
+    await reap(child);
   }
 });
 
@@ -23,10 +28,7 @@ Deno.test("spawnCommand without nice leaves the child at the node's priority", a
     assert.equal(child.nice, undefined);
     assert.equal(niceOf(child.pid), niceOf(Deno.pid));
   } finally {
-    child.kill("SIGKILL");
-    await child.status;
-    await child.stdout?.cancel();
-    await child.stderr?.cancel();
+    await reap(child);
   }
 });
 
@@ -43,10 +45,7 @@ Deno.test("spawnCommand without coreutils' nice on the PATH runs the command at 
       assert.equal(child.nice, undefined);
       assert.equal(niceOf(child.pid), niceOf(Deno.pid));
     } finally {
-      child.kill("SIGKILL");
-      await child.status;
-      await child.stdout?.cancel();
-      await child.stderr?.cancel();
+      await reap(child);
     }
   } finally {
     Deno.env.set("PATH", path);
