@@ -6,11 +6,7 @@
 const SYMBOLS = {
   setpriority: { parameters: ["i32", "u32", "i32"], result: "i32" },
   getpriority: { parameters: ["i32", "u32"], result: "i32" },
-  sched_setscheduler: { parameters: ["i32", "i32", "buffer"], result: "i32" },
-  sched_getscheduler: { parameters: ["i32"], result: "i32" },
 } as const;
-/** The scheduling policy of work that runs only when nothing else wants the core (Linux). */
-export const SCHED_IDLE = 5;
 /** `which` for one process (on Linux: its main thread; threads it makes later inherit the value). */
 const PRIO_PROCESS = 0;
 
@@ -31,17 +27,4 @@ export function setNice(pid: number, nice: number): boolean {
 /** The nice value of process `pid`'s main thread (-20..19). */
 export function niceOf(pid: number): number {
   return withLibc((c) => c.getpriority(PRIO_PROCESS, pid));
-}
-
-/**
- * Moves process `pid`'s main thread to SCHED_IDLE: any other runnable thread preempts it at once when it wakes (a
- * niced thread still runs out its slice first, 2-4 ms measured). For what stands for another host in a test.
- */
-export function setIdle(pid: number): boolean {
-  return withLibc((c) => c.sched_setscheduler(pid, SCHED_IDLE, new Uint8Array(8)) === 0);
-}
-
-/** The scheduling policy of process `pid`'s main thread. */
-export function policyOf(pid: number): number {
-  return withLibc((c) => c.sched_getscheduler(pid));
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { niceOf, policyOf, SCHED_IDLE, setIdle, setNice } from "../_support/priority.ts";
+import { niceOf, setNice } from "../_support/priority.ts";
 import { until } from "../_support/until.ts";
 import { type Child, spawnCommand } from "../../lib/core/supervisor.ts";
 
@@ -61,14 +61,4 @@ Deno.test("setNice of a process that is gone reports false", () => {
 Deno.test("spawnCommand with nice throws NotFound for a missing command, as a direct spawn does", () => {
   assert.throws(() => spawnCommand("edgenode-no-such-program", [], { nice: 7 }), Deno.errors.NotFound);
   assert.throws(() => spawnCommand("/nonexistent/ffmpeg", [], { nice: 7 }), Deno.errors.NotFound);
-});
-
-Deno.test("setIdle moves a process to SCHED_IDLE, as chrt --idle does", async () => {
-  const child = spawnCommand("sleep", ["30"]);
-  try {
-    assert.equal(setIdle(child.pid), true);
-    assert.equal(policyOf(child.pid), SCHED_IDLE);
-  } finally {
-    await reap(child);
-  }
 });

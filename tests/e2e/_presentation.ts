@@ -15,7 +15,7 @@
  * Shared by tests/e2e/presentation_test.ts (which asserts) and tests/demo/presentation.ts (`make demo`, which prints).
  */
 import { until } from "../_support/until.ts";
-import { setIdle } from "../_support/priority.ts";
+import { setNice } from "../_support/priority.ts";
 import { extractRtp } from "../../lib/media/extract.ts";
 import { readPcap } from "../../lib/media/pcap.ts";
 import { parseRtp } from "../../lib/media/rtp.ts";
@@ -77,7 +77,6 @@ export async function presentationProgram(): Promise<string> {
 
 export async function requirePresentationTools(): Promise<void> {
   await requireTools("the presentation scenario", ["ffmpeg", "ffprobe"], "the Debian package ffmpeg");
-  await requireTools("the presentation scenario", ["chrt"], "the Debian package util-linux");
   if (!(await Deno.stat(FONT).catch(() => null))) {
     throw new Error(
       `Cannot draw the burnt-in clock: ${FONT} is missing. Install the Debian package fonts-dejavu-core.`,
@@ -85,14 +84,13 @@ export async function requirePresentationTools(): Promise<void> {
   }
 }
 
-/**
- * ffmpeg reading a generated source (lavfi) in real time: the start of both sources' command lines. Everything that
- * stands for another host (sources, participants) runs as SCHED_IDLE (`chrt --idle 0`): the node's threads preempt
- * it at once. Niced instead, a camera running out its 2 ms slice delayed the node's releases (seen with `perf sched
- * timehist`: the kernel's EEVDF scheduler lets the running task finish its slice).
- */
+/** The nice value of everything that stands for another host: sources and participants. */
+const SOURCE_NICE = 10;
+
+/** ffmpeg reading a generated source (lavfi) in real time: the start of both sources' command lines. */
 const LIVE_SOURCE = [
-  ...["chrt", "--idle", "0"],
+  // The sources stand for a camera and a microphone on other hosts: on this one they yield the cores to the node.
+  ...["nice", "-n", String(SOURCE_NICE)],
   ...["ffmpeg", "-hide_banner", "-nostats", "-loglevel", "error", "-re", "-f", "lavfi", "-i"],
 ];
 
@@ -149,8 +147,8 @@ export async function recordCamera(o: { size: string; seconds: number; file: str
 /** ffmpeg as the camera: the recorded picture sent in real time as RTP (payload type 32), `lateMs` late. */
 export function cameraArgs(o: { file: string; lateMs: number; port: number }): string[] {
   return [
-    // The camera stands for another host: on this one it yields the cores to the node (see LIVE_SOURCE).
-    ...["chrt", "--idle", "0"],
+    // The camera stands for another host: on this one it yields the cores to the node.
+    ...["nice", "-n", String(SOURCE_NICE)],
     ...["ffmpeg", "-hide_banner", "-nostats", "-loglevel", "error", "-re", "-i", o.file, "-c:v", "copy"],
     // The sender reports say each frame was captured lateMs before it is sent: the camera's latency.
     "-start_time_realtime",
@@ -268,8 +266,8 @@ export async function runPresentation(o: PresentationOptions): Promise<Presentat
   await using high = participant(PORTS.high);
   await using low = participant(PORTS.low);
   // Participants stand for viewers on other hosts: they time arrivals by the kernel's clock (SO_TIMESTAMPNS) and
-  // yield the cores to the node here (SCHED_IDLE), as the sources do.
-  for (const p of [high, low]) setIdle(p.pid);
+  // yield the cores to the node here, as the sources do.
+  for (const p of [high, low]) setNice(p.pid, SOURCE_NICE);
   const joined = async () => {
     const s = await api(base, sessionPath);
     return ["Reflector_high", "Reflector_low"].every((n) =>
