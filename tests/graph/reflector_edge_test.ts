@@ -3,10 +3,9 @@
  * to the worker: control datagrams the worker never answers (it dropped them before its half was ready, or ended)
  * must not shut the join path for good.
  */
+import { testNode } from "../_support/node.ts";
 import assert from "node:assert/strict";
 import { ManualClock } from "../../lib/core/clock.ts";
-import { Logger } from "../../lib/core/logger.ts";
-import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import type { EdgeLink, NodeServices } from "../../lib/graph/element.ts";
 import { reflectorElement } from "../../lib/graph/elements/reflector.ts";
 import { openUdp } from "../../lib/net/udp.ts";
@@ -23,14 +22,7 @@ function freePort(): number {
 
 Deno.test("reflector's socket half takes joins again once unanswered control messages are given up as lost", async () => {
   const clock = new ManualClock(1_000_000);
-  const node: NodeServices = {
-    clock,
-    logger: new Logger({ level: "error", clock, sink: () => {} }),
-    metrics: new MetricsRegistry(),
-    dataDir: "/nonexistent",
-    host: LO,
-    udp: {},
-  };
+  const node: NodeServices = testNode(clock);
   const posted: unknown[] = [];
   let running = true;
   // A worker that never answers; while "not running" the link refuses messages outright.

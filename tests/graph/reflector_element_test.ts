@@ -2,10 +2,9 @@
  * The reflector AP whole (its table in the main isolate): what a session graph hands it is reflected as its data
  * port would reflect it, with the AP's own `allow_sources`.
  */
+import { testNode } from "../_support/node.ts";
 import assert from "node:assert/strict";
 import { ManualClock } from "../../lib/core/clock.ts";
-import { Logger } from "../../lib/core/logger.ts";
-import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { ArrayBatch } from "../../lib/graph/batch.ts";
 import type { NodeServices } from "../../lib/graph/element.ts";
 import { reflectorElement } from "../../lib/graph/elements/reflector.ts";
@@ -39,14 +38,7 @@ Deno.test("reflector AP parameter allow_sources takes quoted prefixes and refuse
 
 Deno.test("reflector AP reflects what the graph hands it only from allow_sources, never an empty datagram", async () => {
   const clock = new ManualClock(1_000_000);
-  const node: NodeServices = {
-    clock,
-    logger: new Logger({ level: "error", clock, sink: () => {} }),
-    metrics: new MetricsRegistry(),
-    dataDir: "/nonexistent",
-    host: LO,
-    udp: {},
-  };
+  const node: NodeServices = testNode(clock);
   const registration = freePort();
   const element = reflectorElement.create({
     name: "R",

@@ -3,6 +3,7 @@
  * late and audio, and what happens to them on the way. "Aligned" means: datagrams captured at the same time leave
  * within `precision` of each other, and release - capture is one D for everything released together.
  */
+import { testNode } from "../_support/node.ts";
 import assert from "node:assert/strict";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
@@ -456,14 +457,7 @@ function captureOf(sent: Sent[]): Uint8Array {
 Deno.test("syncer runs in a session: two players through Sync_high to a saver come out aligned", async () => {
   const clock = new ManualClock(EPOCH_MS);
   const dataDir = await Deno.makeTempDir({ prefix: "edgenode_syncer_" });
-  const node: NodeServices = {
-    clock,
-    logger: new Logger({ level: "error", clock, sink: () => {} }),
-    metrics: new MetricsRegistry(),
-    dataDir,
-    host: "127.0.0.1",
-    udp: {},
-  };
+  const node: NodeServices = testNode(clock, { dataDir });
   try {
     const sent = twoStreams({ seconds: 8 });
     await Deno.writeFile(`${dataDir}/video.pcap`, captureOf(sent.filter((p) => p.input === 0)));

@@ -5,6 +5,7 @@
  * collected output extracts to an MPEG-4 file ffprobe reads at a quarter of each dimension. The clip is made once
  * per test run (ffmpeg testsrc), and one run serves every test of the file that needs ffmpeg.
  */
+import { testNode } from "../_support/node.ts";
 import assert from "node:assert/strict";
 import { ManualClock, systemClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
@@ -539,15 +540,7 @@ function fakeTranscoder(defaults: JobDefaults = {}) {
     },
     ...defaults,
   });
-  const node: NodeServices = {
-    clock,
-    logger: new Logger({ level: "error", clock, sink: () => {} }),
-    metrics: new MetricsRegistry(),
-    dataDir: "/nonexistent",
-    host: LO,
-    udp: {},
-    shared: new Map([["localservice.transcoder", pool]]),
-  };
+  const node: NodeServices = testNode(clock, { shared: new Map([["localservice.transcoder", pool]]) });
   const el = transcoder.create({
     name: "T",
     session: "s",

@@ -2,11 +2,10 @@
  * The session table with the node's budgets: what running sessions hold counts against a new one, and
  * node.allow_sources drops datagrams from other sources at every DIPRONN_INPUT, counted in the session's status.
  */
+import { testNode } from "../_support/node.ts";
 import assert from "node:assert/strict";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { ErrorList } from "../../lib/core/errors.ts";
-import { Logger } from "../../lib/core/logger.ts";
-import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { DEFAULT_BUDGETS } from "../../lib/graph/budgets.ts";
 import type { NodeServices } from "../../lib/graph/element.ts";
 import { coreElements } from "../../lib/graph/elements/mod.ts";
@@ -18,14 +17,7 @@ const LO = "127.0.0.1";
 
 async function node(): Promise<NodeServices> {
   const clock = new ManualClock(1_000_000);
-  return {
-    clock,
-    logger: new Logger({ level: "error", clock, sink: () => {} }),
-    metrics: new MetricsRegistry(),
-    dataDir: await Deno.makeTempDir({ prefix: "edgenode_sessions_" }),
-    host: LO,
-    udp: {},
-  };
+  return testNode(clock, { dataDir: await Deno.makeTempDir({ prefix: "edgenode_sessions_" }) });
 }
 
 function freePort(): number {
