@@ -95,6 +95,19 @@ async function exchange(h: Held, size: number, buf: Uint8Array): Promise<void> {
 const held = new Map<number, Held>();
 let nextId = 0;
 
+/** One exchange of `size` bytes on a held connection, counted in `t`; a failed one drops the connection. */
+async function verified(t: Tally, h: Held, size: number, buf: Uint8Array): Promise<void> {
+  try {
+    await bounded(exchange(h, size, buf));
+    t.bytes += size;
+    count(t, h.server, true);
+  } catch (error) {
+    if (error instanceof Mismatch) t.mismatched++;
+    drop(h);
+    count(t, h.server, false);
+  }
+}
+
 function drop(h: Held): void {
   held.delete(h.id);
   try {
@@ -127,15 +140,7 @@ async function open(n: number, port: number, size: number): Promise<Tally> {
       }
       const h: Held = { id, conn, server: greeting, sent: 0 };
       held.set(id, h);
-      try {
-        await bounded(exchange(h, size, buf));
-        t.bytes += size;
-        count(t, h.server, true);
-      } catch (error) {
-        if (error instanceof Mismatch) t.mismatched++;
-        drop(h);
-        count(t, h.server, false);
-      }
+      await verified(t, h, size, buf);
     }
   };
   await Promise.all(Array.from({ length: Math.min(WAVE, n) }, one));
@@ -161,16 +166,7 @@ async function again(size: number): Promise<Tally> {
   const one = async () => {
     const buf = new Uint8Array(16 * 1024);
     while (next < all.length) {
-      const h = all[next++];
-      try {
-        await bounded(exchange(h, size, buf));
-        t.bytes += size;
-        count(t, h.server, true);
-      } catch (error) {
-        if (error instanceof Mismatch) t.mismatched++;
-        drop(h);
-        count(t, h.server, false);
-      }
+      await verified(t, all[next++], size, buf);
     }
   };
   await Promise.all(Array.from({ length: Math.min(WAVE, all.length) }, one));
