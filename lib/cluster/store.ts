@@ -1,0 +1,441 @@
+/**
+ * What a cluster keeps in etcd when one is configured (`node.cluster.etcd`), so that several control units agree on
+ * members and sessions, a restarted node gets its parts back, and a session outlives the node that received it.
+ * Without etcd nothing uses this module: the single-box default needs nothing external.
+ *
+ * Keys, all under one prefix per cluster, `/edgenode/<cluster>/` (values are UTF-8 JSON unless said otherwise):
+ *
+ *   members/<node>                 {name, api, data, joined_ms, ...}: the node's own info, put under the node's
+ *                                  lease (TTL `leaseSeconds`, kept alive at a third of it). A node that stops
+ *                                  renewing (dead, cut off) disappears when the lease expires; a clean leave
+ *                                  revokes it at once.
+ *   sessions/<name>/program        the session's program, as text (not JSON)
+ *   sessions/<name>/placement      {AP name: node name} for every AP of the session
+ *   sessions/<name>/state          {state, node, at_ms, reason?}: "starting", "running", "stopping", "failed", ...
+ *                                  as the control unit that acts on the session last wrote it
+ *   parts/<node>/<session>         {aps: [AP names]}: the node's part of the session (an index by node, written
+ *                                  in the same transaction as the placement, so the two never disagree)
+ *
+ * A session is created in one transaction that requires sessions/<name>/program to be absent (create revision 0):
+ * two control units racing on one name get one success and one SessionExistsError. Placement and state changes
+ * compare the mod revision they read, so an update based on stale data is refused rather than lost.
+ */
+
+import { type Clock, systemClock } from "../core/clock.ts";
+import { errorMessage } from "../core/errors.ts";
+import { type EtcdClient, type KeyValue, type TxnOp, type WatchEvent } from "./etcd.ts";
+
+/** A node or session name that cannot be part of a key (empty, a "/", control characters, too long). */
+export class StoreKeyError extends Error {
+  override name = "StoreKeyError";
+  constructor(readonly what: string, readonly value: string) {
+    super(
+      `Cannot use ${what} ${
+        JSON.stringify(value)
+      } in an etcd key: 1-128 characters, no "/" or control characters`,
+    );
+  }
+}
+
+/** putSession found the session already in etcd (another control unit created it, or this one did before). */
+export class SessionExistsError extends Error {
+  override name = "SessionExistsError";
+  constructor(readonly session: string) {
+    super(`Cannot create session ${session}: it already exists in etcd`);
+  }
+}
+
+/** An update compared a revision that someone else's write has since replaced. */
+export class StaleWriteError extends Error {
+  override name = "StaleWriteError";
+  constructor(readonly key: string) {
+    super(`Cannot update ${key}: it changed since it was read`);
+  }
+}
+
+export interface MemberInfo {
+  readonly api?: string;
+  readonly data?: string;
+  readonly [more: string]: unknown;
+}
+
+export interface Member {
+  readonly name: string;
+  readonly info: MemberInfo;
+  /** When it (re)joined, by its own clock. */
+  readonly joinedMs: number;
+}
+
+export interface SessionState {
+  readonly state: string;
+  /** The node whose control unit wrote this state. */
+  readonly node: string;
+  readonly at_ms: number;
+  readonly reason?: string;
+}
+
+export interface StoredSession {
+  readonly name: string;
+  readonly program: string;
+  readonly placement: Readonly<Record<string, string>>;
+  readonly state: SessionState | undefined;
+  /** Mod revision of the placement key: pass it back to updatePlacement. */
+  readonly placementRevision: number;
+  /** Mod revision of the state key (0 when there is none). */
+  readonly stateRevision: number;
+}
+
+export interface NodePart {
+  readonly session: string;
+  /** The node's APs in it. */
+  readonly aps: readonly string[];
+  readonly program: string;
+  readonly placement: Readonly<Record<string, string>>;
+  readonly state: SessionState | undefined;
+}
+
+export interface StoreOptions {
+  readonly etcd: EtcdClient;
+  readonly cluster: string;
+  readonly clock?: Clock;
+  /** A member's lease TTL in seconds (etcd's minimum is about 2). Default 10. */
+  readonly leaseSeconds?: number;
+  /** Key prefix root; default "/edgenode". */
+  readonly root?: string;
+  /** A failed keepalive or rejoin is reported here (it is retried on the next tick). */
+  readonly onError?: (error: Error) => void;
+}
+
+/** A membership kept alive; `leave()` revokes the lease so the node is gone at once. */
+export interface Membership {
+  readonly node: string;
+  /** The lease now held (changes when an expired lease is replaced). */
+  readonly lease: () => string;
+  /** Renewals and rejoins so far. */
+  readonly counts: { renewals: number; rejoins: number; failures: number };
+  leave(): Promise<void>;
+}
+
+// deno-lint-ignore no-control-regex -- control characters are exactly what a key part may not hold
+const KEY_PART = /^[^/\x00-\x1f\x7f]{1,128}$/;
+/** How many sessions one listing takes in (a bound on what one call holds). */
+const MAX_LIST = 10_000;
+
+export class ClusterStore {
+  readonly prefix: string;
+  readonly #etcd: EtcdClient;
+  readonly #clock: Clock;
+  readonly #leaseSeconds: number;
+  readonly #onError: (error: Error) => void;
+
+  constructor(o: StoreOptions) {
+    checkPart("cluster name", o.cluster);
+    this.prefix = `${o.root ?? "/edgenode"}/${o.cluster}/`;
+    this.#etcd = o.etcd;
+    this.#clock = o.clock ?? systemClock;
+    this.#leaseSeconds = o.leaseSeconds ?? 10;
+    this.#onError = o.onError ?? (() => {});
+  }
+
+  memberKey(node: string): string {
+    return `${this.prefix}members/${checkPart("node name", node)}`;
+  }
+
+  sessionKey(name: string, leaf: "program" | "placement" | "state"): string {
+    return `${this.prefix}sessions/${checkPart("session name", name)}/${leaf}`;
+  }
+
+  partKey(node: string, session: string): string {
+    return `${this.prefix}parts/${checkPart("node name", node)}/${checkPart("session name", session)}`;
+  }
+
+  /**
+   * Puts `members/<node>` under a fresh lease and keeps the lease alive every third of its TTL. If the lease was lost
+   * (etcd unreachable longer than the TTL), the node joins again with a new one. Resolves once the first put is done.
+   */
+  async join(node: string, info: MemberInfo): Promise<Membership> {
+    const key = this.memberKey(node);
+    const value = JSON.stringify({ ...info, name: node, joined_ms: this.#clock.now() });
+    let lease = await this.#grantAndPut(key, value);
+    const counts = { renewals: 0, rejoins: 0, failures: 0 };
+    let timer: number | undefined;
+    let left = false;
+    const tick = async () => {
+      try {
+        const ttl = await this.#etcd.leaseKeepAlive(lease);
+        if (left) return;
+        if (ttl > 0) counts.renewals++;
+        else {
+          lease = await this.#grantAndPut(key, value);
+          counts.rejoins++;
+        }
+      } catch (error) {
+        counts.failures++;
+        this.#onError(error instanceof Error ? error : new Error(errorMessage(error)));
+      }
+      if (!left) timer = this.#clock.setTimeout(tick, this.#renewMs());
+    };
+    timer = this.#clock.setTimeout(tick, this.#renewMs());
+    return {
+      node,
+      lease: () => lease,
+      counts,
+      leave: async () => {
+        left = true;
+        if (timer !== undefined) this.#clock.clearTimeout(timer);
+        await this.#etcd.leaseRevoke(lease);
+      },
+    };
+  }
+
+  /** The members whose leases are alive, by name. */
+  async members(): Promise<Member[]> {
+    const { kvs } = await this.#etcd.range(`${this.prefix}members/`, { limit: MAX_LIST });
+    return kvs.map((kv) => member(kv.key.slice(`${this.prefix}members/`.length), kv.value))
+      .filter((m): m is Member => m !== undefined);
+  }
+
+  /**
+   * Calls `onChange` with the whole member list now and after every join, leave or lease expiry. Returns once the
+   * watch runs. A watch that breaks for good (etcd compacted past it) starts over with a fresh listing.
+   */
+  async watchMembers(
+    onChange: (members: Member[]) => void,
+  ): Promise<{ close(): void }> {
+    const dir = `${this.prefix}members/`;
+    let closed = false;
+    let current: { close(): void } | undefined;
+    const start = async (): Promise<void> => {
+      const { kvs, revision } = await this.#etcd.range(dir, { limit: MAX_LIST });
+      const known = new Map<string, Member>();
+      for (const kv of kvs) {
+        const m = member(kv.key.slice(dir.length), kv.value);
+        if (m) known.set(m.name, m);
+      }
+      onChange([...known.values()]);
+      const watch = this.#etcd.watch(dir, (events: WatchEvent[]) => {
+        for (const e of events) {
+          const name = e.key.slice(dir.length);
+          const m = e.type === "put" ? member(name, e.value) : undefined;
+          if (m) known.set(name, m);
+          else known.delete(name);
+        }
+        onChange([...known.values()].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      }, {
+        startRevision: revision + 1,
+        onEnd: (error) => {
+          if (closed || !error) return;
+          this.#onError(error);
+          start().catch((e) => this.#onError(e instanceof Error ? e : new Error(errorMessage(e))));
+        },
+      });
+      current = watch;
+      await watch.ready;
+    };
+    await start();
+    return {
+      close: () => {
+        closed = true;
+        current?.close();
+      },
+    };
+  }
+
+  /**
+   * Creates the session: its program, placement, first state and every node's part, in one transaction that
+   * requires the session to be new. Throws SessionExistsError when it is not.
+   */
+  async putSession(
+    name: string,
+    program: string,
+    placement: Readonly<Record<string, string>>,
+    o: { node?: string; state?: string } = {},
+  ): Promise<StoredSession> {
+    const programKey = this.sessionKey(name, "program");
+    const state: SessionState = {
+      state: o.state ?? "starting",
+      node: o.node ?? "",
+      at_ms: this.#clock.now(),
+    };
+    const ops: TxnOp[] = [
+      { put: { key: programKey, value: program } },
+      { put: { key: this.sessionKey(name, "placement"), value: JSON.stringify(placement) } },
+      { put: { key: this.sessionKey(name, "state"), value: JSON.stringify(state) } },
+      ...this.#partOps(name, placement),
+    ];
+    const r = await this.#etcd.txn({
+      compare: [{ key: programKey, target: "create", value: 0 }],
+      success: ops,
+    });
+    if (!r.succeeded) throw new SessionExistsError(name);
+    return { name, program, placement, state, placementRevision: r.revision, stateRevision: r.revision };
+  }
+
+  /** The session as stored, or undefined. */
+  async session(name: string): Promise<StoredSession | undefined> {
+    const dir = `${this.prefix}sessions/${checkPart("session name", name)}/`;
+    const { kvs } = await this.#etcd.range(dir);
+    return storedSession(name, dir, kvs);
+  }
+
+  /** Every stored session, by name. */
+  async sessions(): Promise<StoredSession[]> {
+    const dir = `${this.prefix}sessions/`;
+    const { kvs } = await this.#etcd.range(dir, { limit: MAX_LIST * 3 });
+    const byName = new Map<string, KeyValue[]>();
+    for (const kv of kvs) {
+      const name = kv.key.slice(dir.length).split("/")[0];
+      const list = byName.get(name) ?? [];
+      list.push(kv);
+      byName.set(name, list);
+    }
+    return [...byName].map(([name, list]) => storedSession(name, `${dir}${name}/`, list))
+      .filter((s): s is StoredSession => s !== undefined);
+  }
+
+  /** The parts `node` runs: what a node restarted (or taking over) starts again, with each session's program. */
+  async sessionsOf(node: string): Promise<NodePart[]> {
+    const dir = `${this.prefix}parts/${checkPart("node name", node)}/`;
+    const { kvs } = await this.#etcd.range(dir, { limit: MAX_LIST });
+    const parts: NodePart[] = [];
+    for (const kv of kvs) {
+      const name = kv.key.slice(dir.length);
+      const stored = await this.session(name);
+      // A part whose session went in between (removed by another control unit) is no part any more.
+      if (!stored) continue;
+      const aps = Object.entries(stored.placement).filter(([, n]) => n === node).map(([ap]) => ap).sort();
+      parts.push({
+        session: name,
+        aps,
+        program: stored.program,
+        placement: stored.placement,
+        state: stored.state,
+      });
+    }
+    return parts;
+  }
+
+  /**
+   * Replaces the placement (a part moved to another node) if it is still the one read at `revision`; the parts
+   * index follows in the same transaction. Returns the new revision; StaleWriteError when someone changed it first.
+   */
+  async updatePlacement(
+    name: string,
+    placement: Readonly<Record<string, string>>,
+    revision: number,
+  ): Promise<number> {
+    const key = this.sessionKey(name, "placement");
+    const old = await this.session(name);
+    const oldNodes = new Set(Object.values(old?.placement ?? {}));
+    const newNodes = new Set(Object.values(placement));
+    const ops: TxnOp[] = [
+      { put: { key, value: JSON.stringify(placement) } },
+      ...[...oldNodes].filter((n) => !newNodes.has(n)).map((n) => ({
+        delete: { key: this.partKey(n, name) },
+      })),
+      ...this.#partOps(name, placement),
+    ];
+    const r = await this.#etcd.txn({ compare: [{ key, target: "mod", value: revision }], success: ops });
+    if (!r.succeeded) throw new StaleWriteError(key);
+    return r.revision;
+  }
+
+  /** Writes the session's state; with `revision`, only if the state is still the one read then. */
+  async setState(
+    name: string,
+    state: Omit<SessionState, "at_ms">,
+    o: { revision?: number } = {},
+  ): Promise<number> {
+    const key = this.sessionKey(name, "state");
+    const value = JSON.stringify({ ...state, at_ms: this.#clock.now() });
+    const r = await this.#etcd.txn({
+      compare: [
+        { key: this.sessionKey(name, "program"), target: "create", result: "not_equal", value: 0 },
+        ...(o.revision !== undefined ? [{ key, target: "mod" as const, value: o.revision }] : []),
+      ],
+      success: [{ put: { key, value } }],
+    });
+    if (!r.succeeded) throw new StaleWriteError(key);
+    return r.revision;
+  }
+
+  /** Removes the session and every node's part of it; false when there was none. */
+  async removeSession(name: string): Promise<boolean> {
+    const stored = await this.session(name);
+    if (!stored) return false;
+    const dir = `${this.prefix}sessions/${name}/`;
+    const nodes = new Set(Object.values(stored.placement));
+    const r = await this.#etcd.txn({
+      compare: [{ key: this.sessionKey(name, "program"), target: "create", result: "not_equal", value: 0 }],
+      success: [
+        { delete: { key: dir, prefix: true } },
+        ...[...nodes].map((n) => ({ delete: { key: this.partKey(n, name) } })),
+      ],
+    });
+    return r.succeeded;
+  }
+
+  #partOps(name: string, placement: Readonly<Record<string, string>>): TxnOp[] {
+    const byNode = new Map<string, string[]>();
+    for (const [ap, node] of Object.entries(placement)) {
+      const list = byNode.get(node) ?? [];
+      list.push(ap);
+      byNode.set(node, list);
+    }
+    return [...byNode].map(([node, aps]) => ({
+      put: { key: this.partKey(node, name), value: JSON.stringify({ aps: aps.sort() }) },
+    }));
+  }
+
+  async #grantAndPut(key: string, value: string): Promise<string> {
+    const { id } = await this.#etcd.leaseGrant(this.#leaseSeconds);
+    await this.#etcd.put(key, value, { lease: id });
+    return id;
+  }
+
+  #renewMs(): number {
+    return Math.max(200, Math.floor(this.#leaseSeconds * 1000 / 3));
+  }
+}
+
+function checkPart(what: string, value: string): string {
+  if (!KEY_PART.test(value)) throw new StoreKeyError(what, value);
+  return value;
+}
+
+function member(name: string, value: string): Member | undefined {
+  if (!KEY_PART.test(name)) return undefined;
+  const info = parseObject(value);
+  if (!info) return undefined;
+  return { name, info: info as MemberInfo, joinedMs: Number(info.joined_ms ?? 0) };
+}
+
+function storedSession(name: string, dir: string, kvs: readonly KeyValue[]): StoredSession | undefined {
+  const leaf = (l: string) => kvs.find((kv) => kv.key === dir + l);
+  const program = leaf("program");
+  if (!program) return undefined;
+  const placementKv = leaf("placement");
+  const stateKv = leaf("state");
+  const placement: Record<string, string> = {};
+  for (const [ap, node] of Object.entries(parseObject(placementKv?.value ?? "") ?? {})) {
+    if (typeof node === "string") placement[ap] = node;
+  }
+  const state = parseObject(stateKv?.value ?? "") as SessionState | undefined;
+  return {
+    name,
+    program: program.value,
+    placement,
+    state,
+    placementRevision: placementKv?.modRevision ?? 0,
+    stateRevision: stateKv?.modRevision ?? 0,
+  };
+}
+
+function parseObject(text: string): Record<string, unknown> | undefined {
+  try {
+    const v = JSON.parse(text);
+    return v && typeof v === "object" && !Array.isArray(v) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
