@@ -78,7 +78,7 @@ bench: deps bench-peers
 
 # The report's scenario on one node: DEMO_SECONDS of sources, results and PNG frames in DEMO_OUT (default demo-out/).
 demo: deps test-peers
-	$(DENO) run --allow-run --allow-read --allow-write --allow-env --allow-net=127.0.0.1 tests/demo/presentation.ts $(ARGS)
+	$(DENO) run --allow-run --allow-read --allow-write --allow-env --allow-net=127.0.0.1 --allow-sys=uid tests/demo/presentation.ts $(ARGS)
 
 build: deps
 	@mkdir -p dist

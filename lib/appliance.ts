@@ -9,6 +9,7 @@ import { errorMessage, StartError } from "./core/errors.ts";
 import { Lifecycle, type StopResult } from "./core/lifecycle.ts";
 import type { Logger } from "./core/logger.ts";
 import { MetricsRegistry } from "./core/metrics.ts";
+import { runRealtime } from "./core/scheduling.ts";
 import type { Registry } from "./core/registry.ts";
 import type { Plan } from "./config/plan.ts";
 import { formatHostPort, type HostPort } from "./net/address.ts";
@@ -23,6 +24,8 @@ export interface ApplianceDeps {
   /** The node name when the plan has none (the host name in production). */
   readonly hostname: () => string;
   readonly listen?: (handler: (r: Request) => Response | Promise<Response>, addr: HostPort) => HttpServer;
+  /** Puts the process at a real-time priority, returning how many threads it set (default: core/scheduling.ts). */
+  readonly runRealtime?: (priority: number) => number;
 }
 
 export interface Appliance {
@@ -53,6 +56,8 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
   const lifecycle = new Lifecycle(clock);
   const running = new Map<string, RunningRole>();
   try {
+    // Before any role starts, so that every thread a role makes inherits the policy.
+    const scheduling = applyScheduling(plan, deps, logger);
     for (const roleName of plan.roles) {
       const def = roles.get(roleName);
       const role = await def.start(plan.sections[roleName], {
@@ -72,6 +77,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       startedAt,
       metrics,
       roles: () => Object.fromEntries([...running].map(([n, r]) => [n, r.status()])),
+      process: () => ({ scheduling }),
       token: plan.status.token,
       maxBody: plan.status.max_body,
       logger: logger.child("status"),
@@ -90,6 +96,28 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
     logStops(logger, await lifecycle.stop(plan.shutdown.drain_timeout));
     if (error instanceof StartError) throw error;
     throw new StartError(errorMessage(error), { cause: error });
+  }
+}
+
+/** What /status says of the process's scheduling. */
+interface SchedulingStatus {
+  readonly policy: "fifo" | "other";
+  readonly priority: number;
+  /** Threads set at start (later ones inherit the policy). */
+  readonly threads?: number;
+}
+
+function applyScheduling(plan: Plan, deps: ApplianceDeps, logger: Logger): SchedulingStatus {
+  const priority = plan.process.realtime_priority;
+  if (priority === 0) return { policy: "other", priority: 0 };
+  try {
+    const threads = (deps.runRealtime ?? runRealtime)(priority);
+    logger.info("real-time priority", { policy: "fifo", priority, threads });
+    return { policy: "fifo", priority, threads };
+  } catch (error) {
+    throw new StartError(`${plan.source}: process.realtime_priority: ${errorMessage(error)}`, {
+      cause: error,
+    });
   }
 }
 

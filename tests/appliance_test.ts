@@ -271,3 +271,46 @@ Deno.test("startAppliance names the node from the plan when it has a name", asyn
   assert.deepEqual(Object.keys(body.roles), ["b"]);
   await appliance.stop();
 });
+
+Deno.test("startAppliance puts the process at the configured real-time priority before any role starts", async () => {
+  const { rec, plan, deps } = setup("roles: [a]\nprocess:\n  realtime_priority: 10\n");
+  const appliance = await startAppliance(plan, {
+    ...deps,
+    runRealtime: (priority) => {
+      rec.events.push(`realtime ${priority}`);
+      return 9;
+    },
+  });
+  assert.deepEqual(rec.events.slice(0, 2), ["realtime 10", "start a"]);
+  const body = await (await request(rec, "/status")).json();
+  assert.deepEqual(body.process, { scheduling: { policy: "fifo", priority: 10, threads: 9 } });
+  await appliance.stop();
+});
+
+Deno.test("startAppliance stays at the normal policy by default and says so in /status", async () => {
+  const { rec, plan, deps } = setup("roles: [a]\n");
+  const appliance = await startAppliance(plan, {
+    ...deps,
+    runRealtime: () => assert.fail("no real-time priority was asked for"),
+  });
+  const body = await (await request(rec, "/status")).json();
+  assert.deepEqual(body.process, { scheduling: { policy: "other", priority: 0 } });
+  await appliance.stop();
+});
+
+Deno.test("startAppliance refuses to start when the real-time priority cannot be set, naming the key", async () => {
+  const { rec, plan, deps } = setup("roles: [a]\nprocess:\n  realtime_priority: 10\n");
+  await assert.rejects(
+    startAppliance(plan, {
+      ...deps,
+      runRealtime: () => {
+        throw new Error("Cannot run at real-time priority 10: not permitted (it needs root or CAP_SYS_NICE)");
+      },
+    }),
+    (error) =>
+      error instanceof StartError &&
+      error.message ===
+        "test.yaml: process.realtime_priority: Cannot run at real-time priority 10: not permitted (it needs root or CAP_SYS_NICE)",
+  );
+  assert.ok(!rec.events.includes("start a"), "no role started");
+});

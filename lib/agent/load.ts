@@ -5,6 +5,7 @@
  */
 import { type Clock, deadline } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
+import { normalPriorityArgv } from "../core/scheduling.ts";
 
 /** What running a command gave: its standard output, or why there is none. */
 export type CommandOutput = { readonly stdout: string } | { readonly error: string };
@@ -59,8 +60,10 @@ async function runCommand(
   const name = JSON.stringify(argv[0]);
   let child: Deno.ChildProcess;
   try {
-    child = new Deno.Command(argv[0], {
-      args: argv.slice(1),
+    // At normal priority even on a box whose node runs at a real-time one (core/scheduling.ts).
+    const run = normalPriorityArgv(argv);
+    child = new Deno.Command(run[0], {
+      args: run.slice(1),
       stdin: "null",
       stdout: "piped",
       stderr: "null",

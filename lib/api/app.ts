@@ -18,6 +18,8 @@ export interface AppDeps {
   readonly metrics: MetricsRegistry;
   /** Summary of each running role by name. */
   readonly roles: () => Record<string, unknown>;
+  /** What /status says of the process itself (its scheduling). */
+  readonly process?: () => Record<string, unknown>;
   readonly token: string | null;
   readonly maxBody: number;
   readonly logger: Logger;
@@ -60,6 +62,7 @@ export function createApp(deps: AppDeps): Hono {
       started_at: new Date(deps.startedAt).toISOString(),
       uptime_seconds: Math.max(0, (clock.now() - deps.startedAt) / 1000),
       log_level: logger.level,
+      ...(deps.process ? { process: deps.process() } : {}),
       roles: deps.roles(),
     }));
 

@@ -75,7 +75,7 @@ export function loadConfig(text: string, options: LoadOptions): Plan {
     throw new ErrorList(errors, `${file}: ${errors.length} error${errors.length === 1 ? "" : "s"} in config`);
   }
 
-  const { name, roles: roleNames, status, log, shutdown, ...sections } = checked;
+  const { name, roles: roleNames, status, log, shutdown, process, ...sections } = checked;
   return deepFreeze({
     source: file,
     name,
@@ -83,6 +83,7 @@ export function loadConfig(text: string, options: LoadOptions): Plan {
     status,
     log,
     shutdown,
+    process,
     sections,
   });
 }

@@ -6,7 +6,20 @@ import { LOG_LEVELS, type LogLevel } from "../core/logger.ts";
 import type { Registry } from "../core/registry.ts";
 import type { HostPort } from "../net/address.ts";
 import type { RoleDef } from "../roles/role.ts";
-import { byteSize, duration, hostPort, list, nullable, obj, oneOf, opt, section, str } from "./schema.ts";
+import { MAX_RT_PRIORITY } from "../core/scheduling.ts";
+import {
+  byteSize,
+  duration,
+  hostPort,
+  int,
+  list,
+  nullable,
+  obj,
+  oneOf,
+  opt,
+  section,
+  str,
+} from "./schema.ts";
 
 export const NODE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 export const DEFAULT_STATUS: HostPort = Object.freeze({ host: "127.0.0.1", port: 8080 });
@@ -26,6 +39,8 @@ export interface Plan {
   };
   readonly log: { readonly level: LogLevel };
   readonly shutdown: { readonly drain_timeout: number };
+  /** 1..99: every thread runs at that SCHED_FIFO priority (core/scheduling.ts); 0: the normal policy. */
+  readonly process: { readonly realtime_priority: number };
   /** Each role's checked section, by role name (present for every known role, defaults where absent). */
   readonly sections: Readonly<Record<string, unknown>>;
 }
@@ -60,6 +75,13 @@ export function configSchema(roles: Registry<RoleDef>) {
     }),
     log: section({ level: opt(oneOf(LOG_LEVELS), "info" as LogLevel) }),
     shutdown: section({ drain_timeout: opt(duration({ max: 10 * 60_000 }), 10_000) }),
+    process: section({
+      realtime_priority: opt(
+        int({ min: 0, max: MAX_RT_PRIORITY }),
+        0,
+        "SCHED_FIFO priority of every thread (needs root or CAP_SYS_NICE); 0: the normal policy",
+      ),
+    }),
     ...roleSections,
   }, "a mapping of settings");
 }

@@ -10,6 +10,7 @@
  */
 import type { Clock, TimerId } from "./clock.ts";
 import { errorMessage } from "./errors.ts";
+import { normalPriorityArgv } from "./scheduling.ts";
 
 export type SupervisorState = "idle" | "starting" | "running" | "backoff" | "failed" | "stopped";
 
@@ -276,26 +277,27 @@ export class Supervisor {
 }
 
 /**
- * Spawns `command args` with stdin closed and both outputs piped (the real `spawn` for a Supervisor); with `nice`, at
- * that lower priority, through coreutils' `nice`, which sets it before it becomes the command (same process, so
- * every thread the command makes has it). Where `nice` is missing the command runs at the node's priority.
+ * Spawns `command args` with stdin closed and both outputs piped (the real `spawn` for a Supervisor), at normal
+ * priority however this process runs (see core/scheduling.ts), and with `nice`, at that lower priority: through
+ * util-linux's `chrt` and coreutils' `nice`, which set it before they become the command (same process, so every
+ * thread the command makes has it). Where those are missing the command runs at the node's priority.
  */
 export function spawnCommand(command: string, args: readonly string[], o: { nice?: number } = {}): Child {
   const options = { stdin: "null", stdout: "piped", stderr: "piped" } as const;
-  // Through `nice` a missing command would be nice's exit 127, a crash to retry for ever: it is looked for first,
-  // and its absence is the NotFound a direct spawn throws (the supervisor then fails at once, saying so).
-  if (o.nice && !onPath(command)) {
+  const argv = normalPriorityArgv([command, ...args], { nice: o.nice });
+  const wrapped = argv.length > args.length + 1;
+  // Through a wrapper a missing command would be the wrapper's exit 127, a crash to retry for ever: it is looked for
+  // first, and its absence is the NotFound a direct spawn throws (the supervisor then fails at once, saying so).
+  if (wrapped && !onPath(command)) {
     throw new Deno.errors.NotFound(`${command}: not found on PATH`);
   }
   let child: Deno.ChildProcess;
   let nice: number | undefined;
   try {
-    child = o.nice
-      ? new Deno.Command("nice", { ...options, args: ["-n", String(o.nice), command, ...args] }).spawn()
-      : new Deno.Command(command, { ...options, args: [...args] }).spawn();
+    child = new Deno.Command(argv[0], { ...options, args: argv.slice(1) }).spawn();
     nice = o.nice || undefined;
   } catch (error) {
-    if (!o.nice || !(error instanceof Deno.errors.NotFound)) throw error;
+    if (!wrapped || !(error instanceof Deno.errors.NotFound)) throw error;
     child = new Deno.Command(command, { ...options, args: [...args] }).spawn();
   }
   return {

@@ -123,7 +123,7 @@ const MISTAKES: [string, string, string][] = [
   [
     "unknown top-level key",
     "name: a\nstauts:\n  listen: 127.0.0.1:80\n",
-    `edge.yaml:2:1: stauts: Unknown key "stauts" (did you mean "status"?) (known keys: name, roles, status, log, shutdown, scheduler, agent, relay, node)`,
+    `edge.yaml:2:1: stauts: Unknown key "stauts" (did you mean "status"?) (known keys: name, roles, status, log, shutdown, process, scheduler, agent, relay, node)`,
   ],
   [
     "unknown nested key",
@@ -307,4 +307,12 @@ Deno.test("applyOverrides puts the command line over the config without touching
   assert.equal(plan.name, "cfg");
   assert.deepEqual(plan.roles, ["relay"]);
   assert.deepEqual(applyOverrides(plan, {}, roles), plan);
+});
+
+Deno.test("loadConfig reads process.realtime_priority, 0 by default, and refuses one outside 0..99 at its place", () => {
+  assert.deepEqual(load("").process, { realtime_priority: 0 });
+  assert.deepEqual(load("process:\n  realtime_priority: 20\n").process, { realtime_priority: 20 });
+  assert.deepEqual(errorsOf("process:\n  realtime_priority: 100\n"), [
+    "edge.yaml:2:22: process.realtime_priority: Expected an integer in 0..99, got 100",
+  ]);
 });

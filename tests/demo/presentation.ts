@@ -54,9 +54,15 @@ function participant(label: string, r: ParticipantReport): string[] {
 }
 
 console.log(`edgenode demo: the report's lecture on one node for ${seconds} s (results in ${out}/)`);
+// As root the node runs at a real-time priority, as an appliance built for the syncer's 1 ms would.
+const realtimePriority = Deno.uid() === 0 ? 10 : undefined;
+console.log(
+  `  node: ${realtimePriority ? `real-time priority ${realtimePriority}` : "normal priority (not root)"}`,
+);
 const run = await runPresentation({
   seconds,
   dataDir,
+  realtimePriority,
   log: (line) => console.log(`  ${line}`),
 });
 

@@ -15,7 +15,7 @@
  * Shared by tests/e2e/presentation_test.ts (which asserts) and tests/demo/presentation.ts (`make demo`, which prints).
  */
 import { until } from "../_support/until.ts";
-import { setNice } from "../_support/priority.ts";
+import { setNice } from "../../lib/core/scheduling.ts";
 import { extractRtp } from "../../lib/media/extract.ts";
 import { readPcap } from "../../lib/media/pcap.ts";
 import { parseRtp } from "../../lib/media/rtp.ts";
@@ -46,6 +46,8 @@ export interface PresentationOptions {
   readonly videoSize?: string;
   /** How late the camera delivers its video, in ms. */
   readonly videoLateMs?: number;
+  /** The node's process.realtime_priority (needs root); absent: the normal policy. */
+  readonly realtimePriority?: number;
   readonly log?: (line: string) => void;
 }
 
@@ -228,6 +230,7 @@ export async function runPresentation(o: PresentationOptions): Promise<Presentat
     config,
     [
       "roles: [node]",
+      ...(o.realtimePriority ? ["process:", `  realtime_priority: ${o.realtimePriority}`] : []),
       "status:",
       `  token: ${TOKEN}`,
       "node:",

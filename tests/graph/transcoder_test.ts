@@ -43,7 +43,7 @@ import {
 } from "../../lib/media/rtp.ts";
 import { fmtpParameter, parseSdp } from "../../lib/media/sdp.ts";
 import { requireTools } from "../_support/tools.ts";
-import { niceOf } from "../_support/priority.ts";
+import { niceOf } from "../../lib/core/scheduling.ts";
 import { until } from "../_support/until.ts";
 
 const LO = "127.0.0.1";
