@@ -1,0 +1,211 @@
+/**
+ * LinkPort (lib/cluster/link.ts) on loopback: delivery per channel and flow, the per-link counters, loss and
+ * reordering from injected sequence gaps, refusals by reason (a stranger's address, a bad header, a foreign channel,
+ * a duplicate, a replay), and a close that gives the port back.
+ */
+import assert from "node:assert/strict";
+import { LinkPort } from "../../lib/cluster/link.ts";
+import { channelId, type LinkHeaderFields, writeLinkHeader } from "../../lib/cluster/link_header.ts";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { StartError } from "../../lib/core/errors.ts";
+import { MetricsRegistry } from "../../lib/core/metrics.ts";
+import { ArrayBatch } from "../../lib/graph/batch.ts";
+import { type Batch, openUdp, type UdpSocket } from "../../lib/net/udp.ts";
+import { until } from "../_support/until.ts";
+
+const LO = "127.0.0.1";
+
+type Link =
+  & { peer: string; rx_packets: number; rx_bytes: number; tx_packets: number; tx_bytes: number }
+  & Record<
+    string,
+    unknown
+  >
+  & {
+    lost: number;
+    reordered: number;
+    rejected: Record<string, number>;
+    delay_ms: { p50: number | null; max: number | null };
+    channels: Record<string, unknown>[];
+  };
+const link = (port: LinkPort, peer: string) =>
+  ((port.status().links as Link[]).find((l) => l.peer === peer))!;
+
+function batchOf(...payloads: number[][]): Batch {
+  return new ArrayBatch(payloads.map((p) => new Uint8Array(p)), payloads.map(() => ({ host: LO, port: 1 })));
+}
+
+/** Copies what a receiver gets (a batch is valid only during the call). */
+function collector() {
+  const got: { data: number[]; rtcp: boolean }[] = [];
+  return {
+    got,
+    deliver: (batch: Batch, rtcp: boolean) => {
+      for (let i = 0; i < batch.count; i++) got.push({ data: [...batch.data(i)], rtcp });
+    },
+  };
+}
+
+/** Two link ports that know each other: "brno" (a) and "prague" (b). */
+async function pair(clocks = { a: new ManualClock(1_000_000), b: new ManualClock(1_000_000) }) {
+  const metrics = new MetricsRegistry();
+  const a = await LinkPort.open({
+    bind: { host: LO, port: 0 },
+    self: "brno",
+    peers: [],
+    clock: clocks.a,
+    metrics,
+  });
+  const b = await LinkPort.open({ bind: { host: LO, port: 0 }, self: "prague", peers: [], clock: clocks.b });
+  a.setPeers([{ name: "prague", data: b.local }]);
+  b.setPeers([{ name: "brno", data: a.local }]);
+  return {
+    a,
+    b,
+    metrics,
+    async [Symbol.asyncDispose]() {
+      await a.close();
+      await b.close();
+    },
+  };
+}
+
+function header(fields: Partial<LinkHeaderFields>, payload: number[]): Uint8Array {
+  const d = new Uint8Array(20 + payload.length);
+  writeLinkHeader(d, 0, {
+    channel: channelId("s", "X", "in"),
+    epoch: 1000,
+    sequence: 0,
+    sentUs: 0,
+    rtcp: false,
+    destination: null,
+    ...fields,
+  });
+  d.set(payload, 20);
+  return d;
+}
+
+Deno.test("LinkPort delivers a batch to the registered input, RTP and RTCP apart, and counts the link both ways", async () => {
+  await using env = await pair();
+  const c = collector();
+  using _reg = env.b.register("s", "X", "in", c.deliver);
+  const send = env.a.sender("prague", "s", "X", "in");
+  send(batchOf([1, 2, 3], [4, 5]), false);
+  send(batchOf([6]), true);
+  await until("3 datagrams at prague", () => c.got.length === 3);
+  assert.deepEqual(c.got, [
+    { data: [1, 2, 3], rtcp: false },
+    { data: [4, 5], rtcp: false },
+    { data: [6], rtcp: true },
+  ]);
+  const out = link(env.a, "prague");
+  assert.equal(out.tx_packets, 3);
+  assert.equal(out.tx_bytes, 6);
+  const into = link(env.b, "brno");
+  assert.equal(into.rx_packets, 3);
+  assert.equal(into.rx_bytes, 6);
+  assert.equal(into.lost, 0);
+  assert.deepEqual(into.delay_ms, { p50: 0, max: 0 });
+  assert.deepEqual(
+    into.channels.map((ch) => [ch.direction, ch.session, ch.ap, ch.input, ch.packets]),
+    [["in", "s", "X", "in", 3]],
+  );
+  assert.deepEqual(env.b.sessionStatus("other"), []);
+  assert.match(env.metrics.render(), /edgenode_link_tx_packets_total\{self="brno",peer="prague"\} 3/);
+});
+
+Deno.test("LinkPort measures delay as its clock minus the sender's timestamp", async () => {
+  await using env = await pair({ a: new ManualClock(1_000_000), b: new ManualClock(1_000_007) });
+  const c = collector();
+  using _reg = env.b.register("s", "X", "in", c.deliver);
+  env.a.sender("prague", "s", "X", "in")(batchOf([1]), false);
+  await until("the datagram", () => c.got.length === 1);
+  assert.deepEqual(link(env.b, "brno").delay_ms, { p50: 7, max: 7 });
+});
+
+Deno.test("LinkPort counts loss, reordering, duplicates and replays from the link sequence", async () => {
+  const raw = openUdp({ host: LO, port: 0 });
+  const b = await LinkPort.open({
+    bind: { host: LO, port: 0 },
+    self: "prague",
+    peers: [{ name: "fake", data: raw.local }],
+    clock: new ManualClock(0),
+  });
+  try {
+    const c = collector();
+    using _reg = b.register("s", "X", "in", c.deliver);
+    const to = raw.destinations([b.local]);
+    // 0 1 4 3 3 (2 never comes), then one of an older epoch.
+    for (const seq of [0, 1, 4, 3, 3]) raw.send([header({ sequence: seq }, [seq])], to);
+    raw.send([header({ epoch: 999, sequence: 9 }, [9])], to);
+    await until("six datagrams looked at", () => {
+      const l = link(b, "fake");
+      return l.rx_packets + l.rejected.duplicate + l.rejected.replayed === 6;
+    });
+    const l = link(b, "fake");
+    assert.deepEqual(c.got.map((g) => g.data[0]), [0, 1, 4, 3]);
+    assert.equal(l.rx_packets, 4);
+    assert.equal(l.lost, 1, "2 never came");
+    assert.equal(l.reordered, 1, "3 came after 4");
+    assert.equal(l.rejected.duplicate, 1);
+    assert.equal(l.rejected.replayed, 1);
+    const ch = l.channels[0];
+    assert.deepEqual([ch.lost, ch.reordered, ch.duplicates], [1, 1, 1]);
+  } finally {
+    await b.close();
+    await raw.close();
+  }
+});
+
+Deno.test("LinkPort refuses and counts bad headers, foreign channels and datagrams from other addresses", async () => {
+  const peer = openUdp({ host: LO, port: 0 });
+  const stranger = openUdp({ host: LO, port: 0 });
+  const b = await LinkPort.open({
+    bind: { host: LO, port: 0 },
+    self: "prague",
+    peers: [{ name: "fake", data: peer.local }],
+  });
+  try {
+    const c = collector();
+    using _reg = b.register("s", "X", "in", c.deliver);
+    const to = peer.destinations([b.local]);
+    const rtp = new Uint8Array(20);
+    rtp[0] = 0x80;
+    peer.send([rtp, header({}, [1]).subarray(0, 10), header({ channel: 7 }, [1])], to);
+    stranger.send([header({}, [1])], stranger.destinations([b.local]));
+    await until("four refusals", () => {
+      const l = link(b, "fake");
+      return l.rejected.bad_magic + l.rejected.truncated + l.rejected.foreign === 3 &&
+        b.status().rejected_not_peer === 1;
+    });
+    assert.equal(c.got.length, 0);
+    assert.equal(link(b, "fake").rx_packets, 0);
+  } finally {
+    await b.close();
+    await peer.close();
+    await stranger.close();
+  }
+});
+
+Deno.test("LinkPort refuses a second registration of a channel and a sender to a node it does not know", async () => {
+  await using env = await pair();
+  using _reg = env.b.register("s", "X", "in", () => {});
+  assert.throws(() => env.b.register("s", "X", "in", () => {}), StartError);
+  assert.throws(() => env.a.sender("liberec", "s", "X", "in"), /not among the link port's peers \(prague\)/);
+  // Once unregistered, the channel can be had again.
+  _reg[Symbol.dispose]();
+  env.b.register("s", "X", "in", () => {})[Symbol.dispose]();
+});
+
+Deno.test("LinkPort.close releases its socket", async () => {
+  const a = await LinkPort.open({ bind: { host: LO, port: 0 }, self: "brno", peers: [] });
+  const port = a.local.port;
+  await a.close();
+  let again: UdpSocket | null = null;
+  try {
+    again = openUdp({ host: LO, port });
+    assert.equal(again.local.port, port);
+  } finally {
+    await again?.close();
+  }
+});
