@@ -74,7 +74,6 @@ export class EtcdServer implements AsyncDisposable {
       stdin: "null",
       stdout: "null",
       stderr: "piped",
-      env: { ETCD_UNSUPPORTED_ARCH: "" },
     }).spawn();
     const server = new EtcdServer(client, dataDir, child);
     try {
