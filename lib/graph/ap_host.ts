@@ -216,7 +216,7 @@ export class ApHost {
       // The worker's half of a split AP takes no data: its data path is the main isolate's half.
       if (w.kind === "ap" && this.#runs.has(w.node) && this.#half?.(w.node)?.side !== "worker") {
         deliveries.push((batch, rtcp) => this.deliver(w.node, w.input, batch, rtcp));
-      } else if (w.kind === "ap" || w.to) away.push(w);
+      } else if (w.kind !== "out" || w.to) away.push(w);
       // else: a reflector's participants; the element sends to them itself.
     }
     const elsewhere = away.length ? this.#outward(ap, j, away) : null;

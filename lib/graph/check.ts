@@ -5,12 +5,25 @@
  * port takes port and port + 1), parameters a kind does not know or cannot parse, and files two APs would share.
  * A graph without such mistakes is then held to the node's budgets (budgets.ts). An output wired twice to the same
  * target keeps one wire: a datagram is never sent twice to one place by one output.
+ *
+ * A session spread over several nodes is planned one node's part at a time (`PlanOptions.placement`): every AP is
+ * checked as usual (kinds, parameters, wiring, loops), but only this node's APs are planned; their ports, files and
+ * budgets are this node's alone. A wire to an AP on another node becomes a link wire (sent on the node's link port,
+ * lib/cluster/link.ts), and an input fed from another node is marked `linked` (it is fed by the link port). The AP
+ * parameter `node` pins an AP to a node for placement: every kind accepts it, and it is not the kind's parameter.
  */
 import type { Registry } from "../core/registry.ts";
 import { suggest } from "../core/suggest.ts";
 import { addError, at, type Pos, type ProgramError } from "../dipronn/ast.ts";
 import { firstAt, programErrors } from "../dipronn/parser.ts";
-import { type ApDecl, INPUT, OUTPUT, type SessionSpec, type Target } from "../dipronn/session.ts";
+import {
+  type ApDecl,
+  INPUT,
+  OUTPUT,
+  type SessionSpec,
+  type Target,
+  type VmDecl,
+} from "../dipronn/session.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
 import {
   type BudgetGraph,
@@ -25,9 +38,21 @@ import { ParamProblem } from "./params.ts";
 /** Most APs one session may hold. */
 export const MAX_APS = 256;
 
+/** The AP parameter that pins an AP to a node (placement); no kind sees it. */
+export const NODE_PARAM = "node";
+
 export type Wire =
   | { readonly kind: "ap"; readonly node: number; readonly input: number }
-  | { readonly kind: "out"; readonly to: HostPort | null };
+  | { readonly kind: "out"; readonly to: HostPort | null }
+  /** To input `input` of AP `ap` on the node `peer` (a part of a multi-node session); `input` is the port's name. */
+  | { readonly kind: "link"; readonly peer: string; readonly ap: string; readonly input: string };
+
+/** Which node runs each AP of a session, and which node this part is for. */
+export interface PartPlacement {
+  readonly self: string;
+  /** AP name -> node name, for every AP of the session. */
+  readonly nodeOf: Readonly<Record<string, string>>;
+}
 
 export interface PlannedAp {
   readonly name: string;
@@ -36,12 +61,13 @@ export interface PlannedAp {
   readonly params: Record<string, unknown>;
   /**
    * Ordinary inputs in declared order; `external` is the UDP port that feeds it, if any, and `allow` the source
-   * prefixes that port lets in (empty: any).
+   * prefixes that port lets in (empty: any). `linked`: an AP on another node feeds it (through the link port).
    */
   readonly inputs: readonly {
     readonly name: string;
     readonly external: number | null;
     readonly allow: readonly string[];
+    readonly linked?: boolean;
   }[];
   readonly outputs: readonly { readonly name: string; readonly wires: readonly Wire[] }[];
   readonly registration: number | null;
@@ -62,6 +88,8 @@ export interface SessionPlan {
   readonly usage: SessionUsage;
   /** UDP ports its DIPRONN_OUTPUTs send to that may be the node's own (see NodeContext.outputPorts). */
   readonly outputPorts: readonly number[];
+  /** Set when this plan is one node's part of a multi-node session: `aps` are that node's only. */
+  readonly placement?: PartPlacement;
 }
 
 export interface PlanOptions {
@@ -75,6 +103,11 @@ export interface PlanOptions {
    * allowed, as a plan made away from a node (a test, a tool) has no node to loop back into.
    */
   readonly node?: NodeContext;
+  /**
+   * Plans only the part of `self` in a session spread over nodes (see the module doc); absent, the whole session
+   * runs here.
+   */
+  readonly placement?: PartPlacement;
 }
 
 /** Checked without a node: default budgets, loopback output allowed. */
@@ -90,7 +123,9 @@ export function planSession(
   options: PlanOptions,
   earlier: ProgramError[] = [],
 ): SessionPlan {
-  const { kinds } = options;
+  const { kinds, placement } = options;
+  const nodeOf = (name: string) => placement ? placement.nodeOf[name] : undefined;
+  const isLocal = (name: string) => !placement || nodeOf(name) === placement.self;
   const errors: ProgramError[] = [...earlier];
   const wiringKnown = earlier.length === 0;
   const fail = (message: string, pos: Pos, related?: Pos) =>
@@ -131,7 +166,8 @@ export function planSession(
     for (const problem of kind.check?.(values as never, { inputs, useRtp: spec.useRtp }) ?? []) {
       fail(`${ap.name} (${kind.name}): ${problem}`, ap.refPos);
     }
-    for (const claim of kind.claims?.(values as never) ?? []) {
+    // Files are held on the node that runs the AP: another node's APs hold theirs there.
+    for (const claim of isLocal(ap.name) ? kind.claims?.(values as never) ?? [] : []) {
       const first = claims.get(claim);
       const other = options.claimsInUse?.get(claim);
       if (first) fail(`${ap.name} and ${first.ap} both use ${claim}${firstAt(first.pos)}`, ap.pos, first.pos);
@@ -140,8 +176,38 @@ export function planSession(
     }
   }
 
+  // Where each AP runs: every AP on some node, pins kept, a VM group on one node.
+  if (placement) {
+    for (const ap of spec.aps) {
+      const node = nodeOf(ap.name);
+      const pin = nodePin(ap);
+      if (typeof node !== "string" || node === "") {
+        fail(`${ap.name} has no node in the placement`, ap.pos);
+      } else if (pin !== null && pin !== node) {
+        fail(`${ap.name} is pinned to node "${pin}" but placed on "${node}"`, ap.pos);
+      }
+    }
+    for (const vm of spec.vms) {
+      const pin = nodePin(vm);
+      const off = pin === null ? undefined : vm.aps.find((a) => nodeOf(a) !== pin);
+      if (off !== undefined) {
+        fail(`VM ${vm.name} is pinned to node "${pin}" but ${off} is placed on "${nodeOf(off)}"`, vm.pos);
+      }
+      const nodes = [...new Set(vm.aps.map((a) => nodeOf(a)).filter((n) => typeof n === "string"))];
+      if (nodes.length > 1) {
+        fail(
+          `VM ${vm.name} is placed on ${nodes.map((n) => `"${n}"`).join(" and ")}: its APs run on one node`,
+          vm.pos,
+        );
+      }
+    }
+    if (spec.aps.length && !spec.aps.some((ap) => isLocal(ap.name))) {
+      fail(`No AP of the session is placed on node "${placement.self}"`, spec.aps[0].pos);
+    }
+  }
+
   // Ports of each AP against its kind, and who feeds whom.
-  const fedBy = new Map<string, { from: string; pos: Pos }[]>();
+  const fedBy = new Map<string, { from: string; ap: string; pos: Pos }[]>();
   for (const ap of spec.aps) {
     for (const out of ap.outputs) {
       for (const t of out.targets) {
@@ -149,7 +215,7 @@ export function planSession(
         const key = `${t.ap}.${t.port}`;
         let feeders = fedBy.get(key);
         if (!feeders) fedBy.set(key, feeders = []);
-        feeders.push({ from: `${ap.name}.${out.name}`, pos: t.pos });
+        feeders.push({ from: `${ap.name}.${out.name}`, ap: ap.name, pos: t.pos });
       }
     }
   }
@@ -214,8 +280,10 @@ export function planSession(
     }
   }
 
-  const ports = checkPorts(spec, options.portsInUse ?? new Map(), fail);
-  const order = wiringKnown ? dataFlowOrder(spec.aps, fail) : [];
+  // From here on, this node's part only: what it binds, holds and sends.
+  const part: SessionSpec = placement ? { ...spec, aps: spec.aps.filter((ap) => isLocal(ap.name)) } : spec;
+  const ports = checkPorts(part, options.portsInUse ?? new Map(), fail);
+  const order = wiringKnown ? dataFlowOrder(spec.aps, fail).filter((ap) => isLocal(ap.name)) : [];
   if (errors.length) throw programErrors(errors);
 
   const index = new Map(order.map((ap, i) => [ap.name, i]));
@@ -233,8 +301,14 @@ export function planSession(
             : []
         ),
         source: ap.inputs.length === 0,
+        // A link send counts as one send, as a DIPRONN_OUTPUT does; the link port is the node's, not a socket of
+        // the session's.
         outputs: ap.outputs.map((o) =>
-          targetsOf(o).map((t) => t.kind === "ap" ? { ap: index.get(t.ap)! } : { to: t.to, pos: t.pos })
+          targetsOf(o).map((t) =>
+            t.kind === "ap"
+              ? isLocal(t.ap) ? { ap: index.get(t.ap)! } : { to: null, pos: t.pos }
+              : { to: t.to, pos: t.pos }
+          )
         ),
         diskBytes: kind.diskBytes?.(params.get(ap.name)! as never) ?? 0,
         sockets: kind.sockets?.(params.get(ap.name)! as never) ?? 0,
@@ -242,7 +316,7 @@ export function planSession(
     }),
   };
   const outputPorts: number[] = [];
-  const usage = checkBudgets(spec, graph, {
+  const usage = checkBudgets(part, graph, {
     node: options.node ?? NO_NODE,
     ports,
     ownPorts: new Set(options.portsInUse?.keys() ?? []),
@@ -259,16 +333,17 @@ export function planSession(
       kind,
       vm: ap.vm,
       params: params.get(ap.name)!,
-      inputs: inputs.map((p) => ({
-        name: p.name,
-        external: p.external?.port ?? null,
-        allow: p.external?.allow ?? [],
-      })),
+      inputs: inputs.map((p) => {
+        const planned = { name: p.name, external: p.external?.port ?? null, allow: p.external?.allow ?? [] };
+        const remote = placement && (fedBy.get(`${ap.name}.${p.name}`) ?? []).some((f) => !isLocal(f.ap));
+        return remote ? { ...planned, linked: true } : planned;
+      }),
       registration: ap.inputs.find((p) => p.name === kind.ports.registration)?.external?.port ?? null,
       outputs: ap.outputs.map((o) => ({
         name: o.name,
         wires: targetsOf(o).map((t): Wire => {
           if (t.kind === "out") return { kind: "out", to: t.to };
+          if (!isLocal(t.ap)) return { kind: "link", peer: nodeOf(t.ap)!, ap: t.ap, input: t.port };
           const target = order[index.get(t.ap)!];
           const k = kindOf.get(t.ap)!;
           return {
@@ -287,12 +362,30 @@ export function planSession(
     owner: spec.owner,
     useRtp: spec.useRtp,
     aps,
-    vms: spec.vms.map((v) => ({ name: v.name, ref: v.ref, aps: v.aps })),
+    vms: part.vms.filter((v) => !placement || v.aps.some(isLocal)).map((v) => ({
+      name: v.name,
+      ref: v.ref,
+      aps: v.aps,
+    })),
     ports,
     claims: [...claims.keys()],
     usage,
     outputPorts: [...new Set(outputPorts)],
+    ...(placement ? { placement: { self: placement.self, nodeOf: { ...placement.nodeOf } } } : {}),
   };
+}
+
+/**
+ * The node an AP (or a VM group) is pinned to by `node = "..."`, or null: as describeSession read it, or else as
+ * an AP parameter.
+ */
+export function nodePin(decl: ApDecl | VmDecl): string | null {
+  const read = (decl as { readonly node?: { readonly name: string } | null }).node;
+  if (read) return read.name;
+  if (!("params" in decl)) return null;
+  const a = decl.params.find((p) => p.key === NODE_PARAM);
+  const v = a?.values.length === 1 ? a.values[0] : null;
+  return v && (v.kind === "string" || v.kind === "name") ? v.text : null;
 }
 
 /** The targets of one output, each once (in the order first written). */
@@ -315,6 +408,18 @@ function readParams(
   let ok = true;
   const known = Object.keys(kind.params);
   for (const a of ap.params) {
+    if (a.key === NODE_PARAM && !(NODE_PARAM in kind.params)) {
+      // A placement pin: every kind takes it, none sees it.
+      const v = a.values.length === 1 ? a.values[0] : null;
+      if (!v || (v.kind !== "string" && v.kind !== "name") || v.text === "") {
+        fail(
+          `${ap.name}.${NODE_PARAM}: a node name, such as ${NODE_PARAM} = "prague"`,
+          a.values[0]?.pos ?? a.pos,
+        );
+        ok = false;
+      }
+      continue;
+    }
     const param = kind.params[a.key];
     if (!param) {
       fail(

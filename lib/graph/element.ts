@@ -10,6 +10,7 @@
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
 import type { MetricsRegistry } from "../core/metrics.ts";
+import type { LinkPort } from "../cluster/link.ts";
 import type { Batch, UdpOptions } from "../net/udp.ts";
 import type { Params, ParamValues } from "./params.ts";
 
@@ -75,6 +76,12 @@ export interface NodeServices {
    * implements `HardStop`.
    */
   readonly shared?: Map<string, unknown>;
+  /**
+   * The node's link port (lib/cluster/link.ts), for the parts of sessions spread over nodes: their wires to APs on
+   * other nodes send on it, and their inputs fed from other nodes are registered on it. Absent: such a part cannot
+   * start here.
+   */
+  readonly links?: LinkPort;
 }
 
 /** A node-wide shared object that holds what would outlive the node's process (child processes). */

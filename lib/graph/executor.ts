@@ -23,6 +23,12 @@
  * AP in data-flow order, asking the worker for a group's APs one by one. What an upstream AP emitted reaches its
  * targets before they stop (messages keep their order), and savers flush.
  *
+ * A plan that is one node's part of a multi-node session (check.ts, PlanOptions.placement) runs the same way, with the
+ * node's link port (NodeServices.links) for what crosses nodes: a link wire sends there (RTCP with the link header's
+ * RTCP flag, not to port + 1), and each linked input is registered there when the inputs open and fed from it as a
+ * DIPRONN_INPUT socket would feed it; both are given back at stop. A part with links and a node without a link port
+ * does not start. Its /status adds the link port's figures for its channels (`links`).
+ *
  * `edgenode_session_vm_dropped_total` counts the datagrams lost crossing a group's boundary, by `direction`: "in"
  * for those that did not reach the group's worker (its link full, or the worker not running), "out" for those an AP
  * of the group emitted that were not routed on (the link full, too much held during start, a failed start). A
@@ -91,6 +97,10 @@ export class RunningSession {
   /** The start failed: what groups emit while the session is taken down is dropped. */
   #discard = false;
   readonly #allow: SourceAllowList;
+  /** The linked inputs registered on the node's link port. */
+  readonly #linked: Disposable[] = [];
+  /** The link senders asked for (given back at stop). */
+  readonly #linkSends: { peer: string; ap: string; input: string }[] = [];
 
   private constructor(
     readonly plan: SessionPlan,
@@ -167,6 +177,20 @@ export class RunningSession {
 
   async #start(): Promise<void> {
     const { node, plan } = this;
+    const peers = new Set(
+      plan.aps.flatMap((ap) =>
+        ap.outputs.flatMap((o) => o.wires.flatMap((w) => w.kind === "link" ? [w.peer] : []))
+      ),
+    );
+    const linked = plan.aps.some((ap) => ap.inputs.some((i) => i.linked));
+    if ((peers.size || linked) && !node.links) {
+      const what = peers.size ? `sends to node ${[...peers].join(", ")}` : "is fed from other nodes";
+      throw new StartError(
+        `its part${
+          plan.placement ? ` for node ${plan.placement.self}` : ""
+        } ${what} and this node has no link port (node.cluster.data)`,
+      );
+    }
     this.#host.create();
     plan.aps.forEach((ap, i) => {
       const group = this.#groupOf[i];
@@ -176,7 +200,9 @@ export class RunningSession {
         ? ap.outputs.map((o) =>
           this.#route(
             o.wires.filter((w) =>
-              w.kind === "ap" ? this.#groupOf[w.node] !== group || this.#links.has(w.node) : w.to !== null
+              w.kind === "ap"
+                ? this.#groupOf[w.node] !== group || this.#links.has(w.node)
+                : w.kind === "link" || w.to !== null
             ),
           )
         )
@@ -191,6 +217,15 @@ export class RunningSession {
     this.#heldBytes = 0;
     for (const d of held) this.#forward(d);
     for (const [i, ap] of plan.aps.entries()) {
+      const group = this.#groupOf[i];
+      ap.inputs.forEach((input, k) => {
+        if (!input.linked) return;
+        this.#linked.push(node.links!.register(plan.name, ap.name, input.name, (batch, rtcp) => {
+          if (this.#stopped) return;
+          if (group && !this.#links.has(i)) group.post({ kind: "deliver", ap: i, port: k, rtcp }, batch);
+          else this.#host.receive(i, k, batch, rtcp);
+        }));
+      });
       ap.inputs.forEach((input, k) => {
         if (input.external === null) return;
         const ports = plan.useRtp ? [input.external, input.external + 1] : [input.external];
@@ -248,6 +283,12 @@ export class RunningSession {
           return [(batch, rtcp) => group.post({ kind: "deliver", ap: w.node, port: w.input, rtcp }, batch)];
         }
         return [(batch, rtcp) => this.#host.deliver(w.node, w.input, batch, rtcp)];
+      }
+      if (w.kind === "link") {
+        // The start refused a part with links and no link port.
+        const send = this.node.links!.sender(w.peer, this.plan.name, w.ap, w.input);
+        this.#linkSends.push({ peer: w.peer, ap: w.ap, input: w.input });
+        return [send];
       }
       if (!w.to) return []; // a reflector's participants: the element sends itself
       const socket = this.#outSocket(isIPv6(w.to.host) ? "v6" : "v4");
@@ -385,7 +426,7 @@ export class RunningSession {
           inputs: ap.inputs.map((p, k) => ({
             ...p,
             from: ap.plan.inputs[k].external === null
-              ? null
+              ? (ap.plan.inputs[k].linked ? "link" : null)
               : `DIPRONN_INPUT(${
                 [ap.plan.inputs[k].external, ...ap.plan.inputs[k].allow.map((a) => JSON.stringify(a))].join(
                   ", ",
@@ -397,6 +438,8 @@ export class RunningSession {
             to: ap.plan.outputs[j].wires.map((w) =>
               w.kind === "ap"
                 ? `${this.plan.aps[w.node].name}.${this.plan.aps[w.node].inputs[w.input].name}`
+                : w.kind === "link"
+                ? `link(${w.peer}: ${w.ap}.${w.input})`
                 : w.to
                 ? `DIPRONN_OUTPUT(${formatHostPort(w.to)})`
                 : "DIPRONN_OUTPUT"
@@ -418,6 +461,8 @@ export class RunningSession {
         ...i.socket.stats,
         dropped_source: i.droppedSource,
       })),
+      ...(this.plan.placement ? { placement: this.plan.placement } : {}),
+      ...(this.node.links ? { links: this.node.links.sessionStatus(this.plan.name) } : {}),
     };
   }
 
@@ -428,6 +473,7 @@ export class RunningSession {
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
+    for (const l of this.#linked.splice(0)) l[Symbol.dispose]();
     for (const i of this.#inputs) await i.socket.close();
     await Promise.all(this.#inputs.map((i) => i.loop));
     if (this.#held) {
@@ -445,6 +491,9 @@ export class RunningSession {
     }
     await Promise.all(this.#groups.map((g) => g.close()));
     for (const s of this.#outSockets.values()) await s.close();
+    for (const l of this.#linkSends.splice(0)) {
+      this.node.links?.release(l.peer, this.plan.name, l.ap, l.input);
+    }
     for (const set of this.#sets) this.node.metrics.remove(set);
   }
 }

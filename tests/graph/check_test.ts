@@ -41,6 +41,8 @@ function wiring(p: SessionPlan): string[] {
         `${ap.name}.${o.name} -> ${
           w.kind === "ap"
             ? `${p.aps[w.node].name}.${p.aps[w.node].inputs[w.input].name}`
+            : w.kind === "link"
+            ? `LINK ${w.peer}:${w.ap}.${w.input}`
             : `OUT ${w.to ? `${w.to.host}:${w.to.port}` : "participants"}`
         }`
       )
