@@ -52,6 +52,14 @@ export interface ApDecl {
   readonly outputs: readonly OutputDecl[];
   /** Every other `key = value` in the block: the AP's parameters. */
   readonly params: readonly Attr[];
+  /** `node = "prague"`: the node the AP is pinned to (a placement pin, not a parameter of its kind), or null. */
+  readonly node: NodePin | null;
+  readonly pos: Pos;
+}
+
+/** A placement pin: the cluster name of the node an AP or a VM group must run on (lib/cluster/placement.ts). */
+export interface NodePin {
+  readonly name: string;
   readonly pos: Pos;
 }
 
@@ -60,6 +68,8 @@ export interface VmDecl {
   readonly ref: string;
   readonly pos: Pos;
   readonly aps: readonly string[];
+  /** `node = "prague"` as a statement in the VM block: every AP of the group runs there. */
+  readonly node: NodePin | null;
 }
 
 export interface SessionSpec {
@@ -80,6 +90,8 @@ const SESSION_FLAGS = ["use_RTP"];
 const SESSION_NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,127}$/;
 const AP_NAME = /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/;
 const PORT_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+/** A node's cluster name, as a pin names it (as node.cluster.name is written in the config). */
+const NODE_NAME = /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/;
 
 /**
  * Works out the session from a parsed program. Throws ErrorList<ProgramError> with every mistake, unless `found` is
@@ -143,21 +155,32 @@ export function describeSession(program: Program, found?: ProgramError[]): Sessi
     if (block.type === "VM") {
       if (vm) fail("A VM cannot contain another VM", block.pos);
       const members: string[] = [];
+      let node: NodePin | null = null;
+      let nodePos: Pos | null = null;
       for (const s of block.body) {
         if (s.kind === "block" && s.type === "AP") {
           const before = aps.length;
           readBlock(s, n ?? "");
           if (aps.length > before) members.push(aps[aps.length - 1].name);
         } else if (s.kind === "block") readBlock(s, n ?? "");
-        else fail(`A VM block holds only AP blocks; found ${s.kind === "attr" ? s.key : s.name}`, s.pos);
+        else if (s.kind === "attr" && s.key === "node") {
+          if (nodePos) fail(`"node" is given twice${firstAt(nodePos)}`, s.pos, nodePos);
+          else [nodePos, node] = [s.pos, readPin(s, fail)];
+        } else {
+          fail(
+            `A VM block holds only AP blocks and node = "..."; found ${s.kind === "attr" ? s.key : s.name}`,
+            s.pos,
+          );
+        }
       }
-      if (ok && claimed) vms.push({ name: n, ref: r, pos: block.pos, aps: members });
+      if (ok && claimed) vms.push({ name: n, ref: r, pos: block.pos, aps: members, node });
       return;
     }
 
     const inputs: InputDecl[] = [];
     const outputs: OutputDecl[] = [];
     const params: Attr[] = [];
+    let node: NodePin | null = null;
     const ports = new Map<string, Pos>();
     const port = (p: string, pos: Pos): boolean => {
       if (!PORT_NAME.test(p)) {
@@ -198,7 +221,8 @@ export function describeSession(program: Program, found?: ProgramError[]): Sessi
           const decl = readOutput(v, fail);
           if (decl && port(decl.name, decl.pos)) outputs.push(decl);
         }
-      } else params.push(s);
+      } else if (s.key === "node") node = readPin(s, fail);
+      else params.push(s);
     }
     if (ok && claimed) {
       aps.push({
@@ -209,6 +233,7 @@ export function describeSession(program: Program, found?: ProgramError[]): Sessi
         inputs,
         outputs,
         params,
+        node,
         pos: block.pos,
       });
     }
@@ -267,6 +292,21 @@ export function describeSession(program: Program, found?: ProgramError[]): Sessi
 }
 
 type Fail = (message: string, pos: Pos, related?: Pos) => void;
+
+/** `node = "prague"` (a bare name is read as well, as the YAML form may give one). */
+function readPin(a: Attr, fail: Fail): NodePin | null {
+  const v = a.values[0];
+  if (a.values.length !== 1 || (v.kind !== "string" && v.kind !== "name") || !NODE_NAME.test(v.text)) {
+    fail(
+      `node names the node to run on, such as node = "prague" (letters, digits, "_" and "-"), not ${
+        a.values.map(valueText).join(", ")
+      }`,
+      v.pos,
+    );
+    return null;
+  }
+  return { name: v.text, pos: v.pos };
+}
 
 /** `in` or `V_in(DIPRONN_INPUT(10000))`. */
 function readInput(v: Value, fail: Fail): InputDecl | null {

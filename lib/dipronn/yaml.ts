@@ -12,7 +12,7 @@
  *       outputs: [output1(Sync_high.in1), output2(Transcode.in)]
  *       params: {precision: 0.001}
  *   vms:
- *     - {name: my_VM1, ref: my_VM1_image, aps: [...]}
+ *     - {name: my_VM1, ref: my_VM1_image, node: prague, aps: [...]}
  *
  * Port lists are written as in the language (a string, or a list of strings), parsed at their place in the file.
  */
@@ -34,7 +34,7 @@ import { checkYamlText, checkYamlTree, PROGRAM_YAML_LIMITS, textPos } from "../c
 
 const TOP_KEYS = ["project", "owner", "notifications", "use_RTP", "aps", "vms"];
 const AP_KEYS = ["name", "ref", "inputs", "outputs", "params"];
-const VM_KEYS = ["name", "ref", "aps"];
+const VM_KEYS = ["name", "ref", "node", "aps"];
 /** What the language reads as one name or one number; the YAML form keeps to them so that print gives a program. */
 const NAME = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/;
 const NUMBER = /^-?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?$/;
@@ -233,6 +233,12 @@ export function parseYamlProgram(text: string, file: string): Program {
         }
         checkKeys(vm, VM_KEYS, "VM");
         const members: Statement[] = [];
+        // A VM group's pin is a statement of its block in the language: `node = "prague"` before its APs.
+        const node = get(vm, "node");
+        const pin = node ? scalar(node.value) : null;
+        if (node && pin) {
+          members.push({ kind: "attr", key: "node", values: [pin], pos: where(node.key as Node) });
+        }
         const aps = get(vm, "aps");
         for (const ap of aps ? list(aps.value, "aps") : []) {
           const b = apBlock(ap);
