@@ -8,7 +8,7 @@ import { startAppliance } from "./lib/appliance.ts";
 import { parseCommandLine, usage } from "./lib/cli/args.ts";
 import { checkNamedFiles } from "./lib/cli/check_files.ts";
 import { runProbe } from "./lib/cli/probe.ts";
-import { readProgramFile, runProgramCommand } from "./lib/cli/program.ts";
+import { readProgramFile, readUsageFile, runProgramCommand } from "./lib/cli/program.ts";
 import { EMBEDDED_SOURCE, loadConfig, MAX_CONFIG_BYTES } from "./lib/config/load.ts";
 import { applyOverrides, type Plan } from "./lib/config/plan.ts";
 import { systemClock } from "./lib/core/clock.ts";
@@ -85,8 +85,8 @@ function subcommands() {
       },
     }, {
       name: "program",
-      description: "check or print a DiProNN session program (program --help)",
-      run: (args) => runProgramCommand(args, { out, err, readFile: readProgramFile }),
+      description: "check, plan or print a DiProNN session program (program --help)",
+      run: (args) => runProgramCommand(args, { out, err, readFile: readProgramFile, readUsageFile }),
     }],
   );
 }

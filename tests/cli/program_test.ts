@@ -135,7 +135,7 @@ Deno.test("runProgramCommand prints its usage for no action and for --help", asy
 
 Deno.test("runProgramCommand refuses a wrong command line with a usage error", async () => {
   const cases: [string[], RegExp][] = [
-    [["run", "a.dipronn"], /^program: unknown action "run" \(check, print\)$/],
+    [["run", "a.dipronn"], /^program: unknown action "run" \(check, plan, print\)$/],
     [["check"], /^program check: name the program FILE$/],
     [["print", "a.dipronn", "b.dipronn"], /^program print: one FILE at a time, not b\.dipronn$/],
     [
