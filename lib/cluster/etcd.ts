@@ -256,15 +256,19 @@ export class EtcdClient {
       while (!controller.signal.aborted) {
         try {
           await this.#watchOnce(prefix, next, controller.signal, {
-            created: () => {
+            created: (revision) => {
               failures = 0;
+              // Watching "from now": a resume must go on from here, not from whatever "now" is then.
+              if (next === 0) next = revision + 1;
               if (!started) {
                 started = true;
                 ready.resolve();
               }
             },
-            events: (events, revision) => {
-              if (revision >= next) next = revision + 1;
+            events: (events) => {
+              // Resume after the last event delivered (a message's header revision may run ahead of the
+              // events still to come in a replay).
+              for (const e of events) if (e.modRevision >= next) next = e.modRevision + 1;
               if (events.length) onEvents(events);
             },
           });
@@ -290,7 +294,7 @@ export class EtcdClient {
     prefix: string,
     startRevision: number,
     signal: AbortSignal,
-    on: { created: () => void; events: (events: WatchEvent[], revision: number) => void },
+    on: { created: (revision: number) => void; events: (events: WatchEvent[]) => void },
   ): Promise<void> {
     const url = this.endpoints[this.#current] + "/v3/watch";
     const request: Record<string, unknown> = { key: b64(prefix), range_end: rangeEnd(prefix) };
@@ -325,6 +329,12 @@ export class EtcdClient {
           const message = parseJson(text);
           const result = (message?.result ?? undefined) as Record<string, unknown> | undefined;
           if (!result) {
+            // The gateway reports a broken stream in-band: {"error": {"grpc_code": 14, ...}} when the member
+            // shuts down. "Unavailable" is resumed (next endpoint, same revision); anything else ends the watch.
+            const error = message?.error as Record<string, unknown> | undefined;
+            if (error && Number(error.grpc_code) === UNAVAILABLE) {
+              throw new EtcdUnreachableError(url, String(error.message ?? "unavailable"));
+            }
             throw new EtcdWatchError(prefix, `unexpected message ${text.slice(0, 200)}`);
           }
           if (result.canceled) {
@@ -334,11 +344,10 @@ export class EtcdClient {
           if (result.created && !created) {
             created = true;
             start.cancel();
-            on.created();
+            on.created(revisionOf(result));
           }
-          const revision = revisionOf(result);
           const events = Array.isArray(result.events) ? result.events.map(watchEvent) : [];
-          on.events(events, revision);
+          on.events(events);
         }
       }
     } catch (error) {

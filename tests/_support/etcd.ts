@@ -21,23 +21,19 @@ export interface EtcdServerOptions {
 export class EtcdServer implements AsyncDisposable {
   readonly url: string;
   readonly dataDir: string;
-  readonly #child: Deno.ChildProcess;
-  readonly #stderr: Promise<string>;
+  readonly #command: string;
+  readonly #args: readonly string[];
+  readonly #startTimeoutMs: number;
+  #child: Deno.ChildProcess | undefined;
+  #stderr: Promise<string> = Promise.resolve("");
   #status: Deno.CommandStatus | undefined;
 
-  private constructor(url: string, dataDir: string, child: Deno.ChildProcess) {
+  private constructor(url: string, dataDir: string, command: string, args: string[], startTimeoutMs: number) {
     this.url = url;
     this.dataDir = dataDir;
-    this.#child = child;
-    child.status.then((s) => this.#status = s);
-    // Keep the last few KiB of its log for a failure message; never let the pipe fill.
-    this.#stderr = (async () => {
-      let tail = "";
-      for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-        tail = (tail + chunk).slice(-8192);
-      }
-      return tail;
-    })().catch(() => "");
+    this.#command = command;
+    this.#args = args;
+    this.#startTimeoutMs = startTimeoutMs;
   }
 
   /** Starts etcd and waits until it serves requests. */
@@ -69,30 +65,47 @@ export class EtcdServer implements AsyncDisposable {
     const [command, all] = o.netns
       ? [tools.ip, ["netns", "exec", o.netns, tools.etcd, ...args]]
       : [tools.etcd, args];
-    const child = new Deno.Command(command, {
-      args: all,
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    const server = new EtcdServer(client, dataDir, child);
+    const server = new EtcdServer(client, dataDir, command, all, o.startTimeoutMs ?? 15_000);
     try {
-      await poll(
-        `etcd at ${client}`,
-        async () => {
-          if (server.#status) {
-            throw new Error(`etcd exited with code ${server.#status.code}: ${await server.#stderr}`);
-          }
-          return await server.healthy();
-        },
-        o.startTimeoutMs ?? 15_000,
-        50,
-      );
+      await server.restart();
     } catch (error) {
       await server[Symbol.asyncDispose]();
       throw error;
     }
     return server;
+  }
+
+  /** Starts etcd again (same ports, same data) after `stop()`, and waits until it serves requests. */
+  async restart(): Promise<void> {
+    if (this.#child && this.#status === undefined) throw new Error("etcd is running: stop() it first");
+    this.#status = undefined;
+    const child = new Deno.Command(this.#command, {
+      args: [...this.#args],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    this.#child = child;
+    child.status.then((s) => this.#status = s);
+    // Keep the last few KiB of its log for a failure message; never let the pipe fill.
+    this.#stderr = (async () => {
+      let tail = "";
+      for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+        tail = (tail + chunk).slice(-8192);
+      }
+      return tail;
+    })().catch(() => "");
+    await poll(
+      `etcd at ${this.url}`,
+      async () => {
+        if (this.#status) {
+          throw new Error(`etcd exited with code ${this.#status.code}: ${await this.#stderr}`);
+        }
+        return await this.healthy();
+      },
+      this.#startTimeoutMs,
+      50,
+    );
   }
 
   /** True when etcd answers a read; false when it cannot be reached (yet). */
@@ -110,28 +123,31 @@ export class EtcdServer implements AsyncDisposable {
     }
   }
 
-  get pid(): number {
-    return this.#child.pid;
-  }
-
-  /** Stops etcd (SIGTERM, SIGKILL after 5 s) and removes its data. */
-  async [Symbol.asyncDispose](): Promise<void> {
+  /** Stops etcd (SIGTERM, SIGKILL after 5 s), keeping its data for `restart()`. */
+  async stop(): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
     if (this.#status === undefined) {
       try {
-        this.#child.kill("SIGTERM");
+        child.kill("SIGTERM");
       } catch {
         // Ended between the check and the signal.
       }
-      if (!await within(this.#child.status, 5_000)) {
+      if (!await within(child.status, 5_000)) {
         try {
-          this.#child.kill("SIGKILL");
+          child.kill("SIGKILL");
         } catch {
           // Gone meanwhile.
         }
       }
     }
-    await this.#child.status;
+    await child.status;
     await this.#stderr;
+  }
+
+  /** Stops etcd and removes its data. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
     await Deno.remove(this.dataDir, { recursive: true }).catch(() => {});
   }
 }

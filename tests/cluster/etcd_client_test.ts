@@ -183,3 +183,29 @@ Deno.test("EtcdClient call ends at its deadline when etcd does not answer", asyn
     await accepting;
   }
 });
+
+Deno.test("EtcdClient watch resumes after etcd restarts and misses no event of the gap", async () => {
+  await using etcd = await EtcdServer.start();
+  const client = new EtcdClient({ endpoints: [etcd.url] });
+  const seen: string[] = [];
+  let ended: unknown = "not yet";
+  const watch = client.watch("/r/", (events) => seen.push(...events.map((e) => e.value)), {
+    onEnd: (e) => ended = e,
+  });
+  try {
+    await watch.ready;
+    await client.put("/r/a", "before");
+    await until("the first event", () => seen.length === 1);
+    await etcd.stop();
+    await etcd.restart();
+    // Written before the watch is back: the resume starts from the revision after the last event seen.
+    await client.put("/r/b", "during");
+    await client.put("/r/c", "after");
+    await until("the events of the gap", () => seen.length === 3, 10_000);
+    assert.deepEqual(seen, ["before", "during", "after"]);
+    assert.ok(client.counts.watch_resumes >= 1);
+    assert.equal(ended, "not yet");
+  } finally {
+    watch.close();
+  }
+});
