@@ -55,6 +55,9 @@ const PENDING_REPORTS = 4;
  * (ClockRateLearner: from LEARN_MIN_US on a quiet path, by LEARN_MAX_US at ±20 ms of jitter) or from two sender
  * reports LEARN_MAX_US apart. Meanwhile its datagrams wait, a share of max_bytes at most (1 / LEARN_HOLD_SHARE), and
  * are placed as if just arrived once the rate is known: a stream is not cut at its start for want of its rate.
+ * A rate named from arrivals is then checked against the stream's sender reports, which state it exactly: arrivals
+ * can mislead (a transcoder catching up on its start sends 6.7 % faster than real time for seconds, so 90 kHz looks
+ * like 96), and two reports LEARN_MAX_US apart that snap to another rate replace it (`clock_rates_corrected`).
  */
 const LEARN_US = LEARN_MAX_US;
 /**
@@ -131,6 +134,8 @@ export interface InputCounts {
   reports_rejected: number;
   /** Offset-aligned streams whose capture times jumped (a restarted source) and were aligned afresh. */
   restarts: number;
+  /** Rates named from arrivals that the stream's sender reports then showed to be another (see LEARN_US). */
+  clock_rates_corrected: number;
 }
 
 export interface InputStatus extends InputCounts {
@@ -387,6 +392,8 @@ class Stream<T> {
   learning: { data: Uint8Array; arrivalUs: number; from: T }[] = [];
   /** When the rate began to be measured, µs. */
   learnSinceUs = 0;
+  /** The rate was named from arrivals: the first sender report since, to check it against a later one; else null. */
+  checkRate: { ntpUs: number; rtp: number } | "pending" | null = null;
   /** Offset alignment: the lowest arrival - timestamp time (µs), and when it was last moved. */
   base: number | null = null;
   baseAt = 0;
@@ -436,6 +443,7 @@ class Input<T> {
     reports: 0,
     reports_rejected: 0,
     restarts: 0,
+    clock_rates_corrected: 0,
   };
   constructor(readonly offsetUs: number, readonly rings: { bytes: number }) {
     this.rtcp = new HeldQueue<T>(rings);
@@ -680,11 +688,14 @@ export class Synchronizer<T = unknown> {
       return;
     }
     if (stream.clockRate === null) {
-      const rate = clockRateOf(rtpPayloadType(data), this.#cfg.clockRates) ?? this.#rateByReports(stream) ??
-        this.#measureRate(stream, data, nowUs);
+      let rate = clockRateOf(rtpPayloadType(data), this.#cfg.clockRates) ?? this.#rateByReports(stream);
       if (rate === null) {
-        this.#wait(inp, stream, data, nowUs, from);
-        return;
+        rate = this.#measureRate(stream, data, nowUs);
+        if (rate === null) {
+          this.#wait(inp, stream, data, nowUs, from);
+          return;
+        }
+        stream.checkRate = "pending";
       }
       this.#setRate(inp, stream, rate, nowUs);
     }
@@ -836,9 +847,38 @@ export class Synchronizer<T = unknown> {
   }
 
   #report(inp: Input<T>, stream: Stream<T>, ntpUs: number, rtp: number): void {
+    if (stream.checkRate !== null && this.#checkRate(inp, stream, ntpUs, rtp)) return;
     stream.estimator ??= new RtpClockEstimator({ clockRate: stream.clockRate! });
     if (stream.estimator.addReport(ntpUs, rtp)) inp.counts.reports++;
     else inp.counts.reports_rejected++;
+  }
+
+  /**
+   * Checks a rate named from arrivals against the stream's reports (see LEARN_US); true when it was replaced, the
+   * mapping then begun afresh from the two reports that measured it.
+   */
+  #checkRate(inp: Input<T>, stream: Stream<T>, ntpUs: number, rtp: number): boolean {
+    const first = stream.checkRate;
+    if (first === null) return false;
+    if (first === "pending" || ntpUs <= first.ntpUs) {
+      stream.checkRate = { ntpUs, rtp };
+      return false;
+    }
+    if (ntpUs - first.ntpUs < LEARN_US) return false;
+    stream.checkRate = null;
+    const rate = snapClockRate((((rtp - first.rtp) >>> 0) * 1e6) / (ntpUs - first.ntpUs));
+    if (rate === null || rate === stream.clockRate) return false;
+    // Captures from here on follow the reports; what is held keeps its due time, and order holds the stream's
+    // output back until it is past it (or D rises for it), so the stream comes into step without a reorder.
+    stream.clockRate = rate;
+    stream.estimator = new RtpClockEstimator({ clockRate: rate });
+    stream.base = null;
+    inp.counts.clock_rates_corrected++;
+    for (const r of [first, { ntpUs, rtp }]) {
+      if (stream.estimator.addReport(r.ntpUs, r.rtp)) inp.counts.reports++;
+      else inp.counts.reports_rejected++;
+    }
+    return true;
   }
 
   /** The stream of `ssrc` on `inp`, made if new; null when the input has as many as it keeps, all busy. */

@@ -44,6 +44,14 @@ export interface StreamsOptions {
   videoUntil?: number;
   audioBytes?: number;
   videoBytes?: number;
+  /** The video's payload type (default VIDEO_PT, static at 90 kHz; a transcoder's output is dynamic, e.g. 96). */
+  videoPt?: number;
+  /**
+   * The video comes from a transcoder that starts this far behind (s) and catches up at `videoCatchUp` times real
+   * time: for a while its frames arrive faster than they were captured.
+   */
+  videoBacklog?: number;
+  videoCatchUp?: number;
   seed?: number;
 }
 
@@ -76,7 +84,7 @@ export function twoStreams(o: StreamsOptions): Sent[] {
       name: "video" as const,
       input: 0,
       ssrc: VIDEO_SSRC,
-      pt: VIDEO_PT,
+      pt: o.videoPt ?? VIDEO_PT,
       rate: 90_000,
       ppm: 0,
       period: 0.04,
@@ -86,6 +94,8 @@ export function twoStreams(o: StreamsOptions): Sent[] {
       ts: o.videoTs ?? 123_456,
       delay: o.videoDelay ?? 1,
       until: o.videoUntil ?? Infinity,
+      backlog: o.videoBacklog ?? 0,
+      catchUp: o.videoCatchUp ?? 1,
     },
     {
       name: "audio" as const,
@@ -101,10 +111,14 @@ export function twoStreams(o: StreamsOptions): Sent[] {
       ts: o.audioTs ?? 987_654,
       delay: 0,
       until: Infinity,
+      backlog: 0,
+      catchUp: 1,
     },
   ];
   for (const s of streams) {
     const tsAt = (t: number) => Math.round(s.ts + t * s.rate * (1 + s.ppm / 1e6));
+    // A backlog shrinks at (catchUp - 1) / catchUp of real time until it is gone.
+    const lag = (t: number) => s.delay + Math.max(0, s.backlog - t * (1 - 1 / s.catchUp));
     const mine: Sent[] = [];
     let seq = s.seq;
     let packets = 0;
@@ -122,7 +136,7 @@ export function twoStreams(o: StreamsOptions): Sent[] {
         packets++;
         if (lost()) continue;
         mine.push({
-          arrivalMs: arrive(t, s.delay),
+          arrivalMs: arrive(t, lag(t)),
           input: s.input,
           rtcp: false,
           data: d,
@@ -137,7 +151,7 @@ export function twoStreams(o: StreamsOptions): Sent[] {
         const captureUs = EPOCH_MS * 1000 + t * 1e6;
         // A sender sends its report just before the datagram it describes (ffmpeg's first one goes first).
         mine.push({
-          arrivalMs: arrive(t, s.delay) - 0.01,
+          arrivalMs: arrive(t, lag(t)) - 0.01,
           input: s.input,
           rtcp: true,
           data: writeSenderReport({

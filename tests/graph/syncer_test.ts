@@ -48,6 +48,7 @@ interface InputStatus {
   malformed: number;
   unknown_clock_rate: number;
   reports: number;
+  clock_rates_corrected: number;
   rtcp_out: number;
 }
 interface Status {
@@ -397,6 +398,20 @@ Deno.test("syncer measures the clock rate of a dynamic payload type through 20 m
   assert.ok(dropped <= 50, `${dropped} dropped`);
   assert.equal(st.inputs[1].packets_out + dropped, st.inputs[1].packets_in);
   const a = analyse(sent, s.released, 5);
+  assert.ok(a.pairError <= 1000, `worst pair ${a.pairError} µs`);
+});
+
+Deno.test("syncer corrects a rate measured on a transcoder's catch-up by the stream's sender reports, then aligns it", () => {
+  // A transcoder's first frames come 6.7 % faster than real time for 8 s: arrivals alone make 90 kHz look like 96.
+  const s = makeSyncer({ clock_rates: new Map([[97, 16000]]) });
+  const sent = twoStreams({ seconds: 20, videoPt: 96, videoBacklog: 0.5, videoCatchUp: 1.067, seed: 5 });
+  drive(s, sent);
+  const st = s.status();
+  assert.deepEqual(st.inputs[0].clock_rates, [90000]);
+  assert.equal(st.inputs[0].clock_rates_corrected, 1, "named 96 kHz from arrivals, then corrected");
+  assert.equal(st.inputs[1].clock_rates_corrected, 0);
+  const a = analyse(sent, s.released, 8);
+  assert.ok(a.pairs > 200, `pairs ${a.pairs}`);
   assert.ok(a.pairError <= 1000, `worst pair ${a.pairError} µs`);
 });
 
