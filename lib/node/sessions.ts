@@ -9,7 +9,9 @@ import type { Registry } from "../core/registry.ts";
 import { DEFAULT_BUDGETS, type SessionBudgets, type SessionUsage } from "../graph/budgets.ts";
 import type { ElementKind, NodeServices } from "../graph/element.ts";
 import { RunningSession } from "../graph/executor.ts";
+import type { SessionPlan } from "../graph/check.ts";
 import { checkProgram, type ProgramFormat } from "../graph/program.ts";
+import type { TimerId } from "../core/clock.ts";
 import { SourceAllowList } from "../net/allow.ts";
 
 /** A session name already running, or the session limit reached: the request conflicts with the node's state. */
@@ -80,6 +82,28 @@ export interface SessionTableOptions {
   readonly budgets?: SessionBudgets;
   /** Sources every DIPRONN_INPUT lets in (node.allow_sources); empty or absent: any. */
   readonly allowSources?: readonly string[];
+  /** How long a prepared part holds its reservation without a commit (default 30 s). */
+  readonly reservationMs?: number;
+}
+
+/** Which node runs each AP of a session split across nodes, and which node this is. */
+export interface PartPlacement {
+  readonly self: string;
+  readonly nodeOf: Readonly<Record<string, string>>;
+}
+
+/** Where a program comes from, and (for one node's part of a session across nodes) its placement. */
+export interface ProgramSource {
+  readonly file: string;
+  readonly format?: ProgramFormat;
+  readonly placement?: PartPlacement;
+}
+
+interface Reservation {
+  readonly plan: SessionPlan;
+  readonly timer: TimerId;
+  readonly file: string;
+  readonly expires: number;
 }
 
 /** The table's options from the node section. */
@@ -89,6 +113,9 @@ export function sessionOptions(cfg: SessionSection & { readonly max_sessions: nu
 
 export class SessionTable {
   readonly #sessions = new Map<string, RunningSession>();
+  /** Parts prepared and not yet committed: they hold ports, claims and budgets as running sessions do. */
+  readonly #prepared = new Map<string, Reservation>();
+  readonly #reservationMs: number;
   #queue: Promise<unknown> = Promise.resolve();
   #closed = false;
 
@@ -105,35 +132,60 @@ export class SessionTable {
     this.#maxSessions = options.maxSessions;
     this.#budgets = options.budgets ?? DEFAULT_BUDGETS;
     this.#allowSources = SourceAllowList.parse(options.allowSources ?? []);
+    this.#reservationMs = options.reservationMs ?? 30_000;
+  }
+
+  /** Checks a program against what running sessions and prepared parts hold; throws as `add` does. */
+  #check(text: string, source: ProgramSource): SessionPlan {
+    if (this.#closed) throw new SessionConflict("The node is stopping");
+    const portsInUse = new Map<number, string>();
+    const outputPorts = new Map<number, string>();
+    const claimsInUse = new Map<string, string>();
+    const inUse = { sockets: 0, vms: 0, saverBytes: 0 };
+    const held = [
+      ...[...this.#sessions.values()].map((s) => ({ plan: s.plan, who: `session ${s.plan.name}` })),
+      ...[...this.#prepared.values()].map((r) => ({
+        plan: r.plan,
+        who: `session ${r.plan.name} (prepared)`,
+      })),
+    ];
+    for (const { plan, who } of held) {
+      for (const p of plan.ports) portsInUse.set(p, who);
+      for (const p of plan.outputPorts) outputPorts.set(p, who);
+      for (const c of plan.claims) claimsInUse.set(c, who);
+      add(inUse, plan.usage);
+    }
+    // `placement` reaches planSession through the options (PlanOptions.placement, lib/graph/check.ts).
+    const plan = checkProgram(text, {
+      ...source,
+      kinds: this.kinds,
+      portsInUse,
+      claimsInUse,
+      node: { budgets: this.#budgets, inUse, host: this.node.host, outputPorts },
+    });
+    const placement = source.placement;
+    const foreign = placement ? plan.aps.filter((ap) => placement.nodeOf[ap.name] !== placement.self) : [];
+    if (foreign.length) {
+      // A planner that does not know placements plans every AP: starting them here would take other nodes' ports.
+      throw new SessionConflict(
+        `This node cannot plan only its part of session ${plan.name}: APs ${
+          foreign.map((a) => a.name).join(", ")
+        } belong to other nodes`,
+      );
+    }
+    if (this.#sessions.has(plan.name) || this.#prepared.has(plan.name)) {
+      throw new SessionConflict(`A session named ${plan.name} is already running; stop it first`);
+    }
+    if (this.#sessions.size + this.#prepared.size >= this.#maxSessions) {
+      throw new SessionConflict(`This node runs at most ${this.#maxSessions} sessions (node.max_sessions)`);
+    }
+    return plan;
   }
 
   /** Checks and starts a program; throws ErrorList (its mistakes), SessionConflict or StartError. */
-  add(text: string, source: { file: string; format?: ProgramFormat }): Promise<RunningSession> {
+  add(text: string, source: ProgramSource): Promise<RunningSession> {
     return this.#serial(async () => {
-      if (this.#closed) throw new SessionConflict("The node is stopping");
-      const portsInUse = new Map<number, string>();
-      const outputPorts = new Map<number, string>();
-      const claimsInUse = new Map<string, string>();
-      const inUse = { sockets: 0, vms: 0, saverBytes: 0 };
-      for (const s of this.#sessions.values()) {
-        for (const p of s.plan.ports) portsInUse.set(p, `session ${s.plan.name}`);
-        for (const p of s.plan.outputPorts) outputPorts.set(p, `session ${s.plan.name}`);
-        for (const c of s.plan.claims) claimsInUse.set(c, `session ${s.plan.name}`);
-        add(inUse, s.plan.usage);
-      }
-      const plan = checkProgram(text, {
-        ...source,
-        kinds: this.kinds,
-        portsInUse,
-        claimsInUse,
-        node: { budgets: this.#budgets, inUse, host: this.node.host, outputPorts },
-      });
-      if (this.#sessions.has(plan.name)) {
-        throw new SessionConflict(`A session named ${plan.name} is already running; stop it first`);
-      }
-      if (this.#sessions.size >= this.#maxSessions) {
-        throw new SessionConflict(`This node runs at most ${this.#maxSessions} sessions (node.max_sessions)`);
-      }
+      const plan = this.#check(text, source);
       const session = await RunningSession.start(plan, this.node, { allowSources: this.#allowSources });
       this.#sessions.set(plan.name, session);
       this.node.logger.info("session started", {
@@ -143,6 +195,112 @@ export class SessionTable {
       });
       return session;
     });
+  }
+
+  /**
+   * The first phase of a start across nodes: checks this node's part (`source.placement`) and reserves its ports,
+   * claims and budgets without starting anything. The reservation lasts `reservationMs` on the node's clock unless
+   * committed or aborted first. Throws as `add` does.
+   */
+  prepare(id: string, text: string, source: ProgramSource): Promise<SessionPlan> {
+    return this.#serial(() => {
+      const plan = this.#check(text, source);
+      if (plan.name !== id) {
+        throw new SessionConflict(`The program names session ${plan.name}, not ${id}`);
+      }
+      const { clock } = this.node;
+      const timer = clock.setTimeout(() => {
+        if (this.#prepared.get(id)?.timer !== timer) return;
+        this.#prepared.delete(id);
+        this.node.logger.warn("prepared part released: no commit in time", {
+          session: id,
+          after_ms: this.#reservationMs,
+        });
+      }, this.#reservationMs);
+      this.#prepared.set(id, { plan, timer, file: source.file, expires: clock.now() + this.#reservationMs });
+      this.node.logger.info("session part prepared", { session: id, aps: plan.aps.length });
+      return Promise.resolve(plan);
+    });
+  }
+
+  /** The second phase: starts a prepared part. Throws SessionConflict when none is held (never or expired). */
+  commit(id: string): Promise<RunningSession> {
+    return this.#serial(async () => {
+      const held = this.#prepared.get(id);
+      if (!held) {
+        if (this.#sessions.has(id)) return this.#sessions.get(id)!;
+        throw new SessionConflict(`No prepared part of session ${id} (never prepared, aborted, or expired)`);
+      }
+      this.#prepared.delete(id);
+      this.node.clock.clearTimeout(held.timer);
+      if (this.#closed) throw new SessionConflict("The node is stopping");
+      const session = await RunningSession.start(held.plan, this.node, { allowSources: this.#allowSources });
+      this.#sessions.set(id, session);
+      this.node.logger.info("session started", { session: id, aps: held.plan.aps.length, file: held.file });
+      return session;
+    });
+  }
+
+  /** Releases a prepared part; false when none was held. */
+  abort(id: string): Promise<boolean> {
+    return this.#serial(() => {
+      const held = this.#prepared.get(id);
+      if (!held) return Promise.resolve(false);
+      this.#prepared.delete(id);
+      this.node.clock.clearTimeout(held.timer);
+      this.node.logger.info("prepared part released", { session: id });
+      return Promise.resolve(true);
+    });
+  }
+
+  /** Parts prepared and not committed, with when their reservation ends (clock ms). */
+  prepared(): { session: string; aps: number; ports: readonly number[]; expires: number }[] {
+    return [...this.#prepared.values()].map((r) => ({
+      session: r.plan.name,
+      aps: r.plan.aps.length,
+      ports: r.plan.ports,
+      expires: r.expires,
+    }));
+  }
+
+  /** Counts and traffic totals for the node's usage report. */
+  figures(): {
+    sessions: number;
+    aps: number;
+    free_ports: number;
+    packets_in: number;
+    packets_out: number;
+    bytes_in: number;
+    bytes_out: number;
+  } {
+    const used = { sockets: 0, vms: 0, saverBytes: 0 };
+    let aps = 0;
+    const t = { packets_in: 0, packets_out: 0, bytes_in: 0, bytes_out: 0 };
+    for (const s of this.#sessions.values()) {
+      add(used, s.plan.usage);
+      aps += s.plan.aps.length;
+      const status = s.status() as { aps?: { inputs?: PortFigures[]; outputs?: PortFigures[] }[] };
+      (status.aps ?? []).forEach((ap, i) => {
+        const planned = s.plan.aps[i];
+        (ap.inputs ?? []).forEach((p, k) => {
+          if (planned?.inputs[k]?.external == null) return;
+          t.packets_in += p.packets ?? 0;
+          t.bytes_in += p.bytes ?? 0;
+        });
+        (ap.outputs ?? []).forEach((p, k) => {
+          if (!planned?.outputs[k]?.wires.some((w) => w.kind !== "ap")) return;
+          t.packets_out += p.packets ?? 0;
+          t.bytes_out += p.bytes ?? 0;
+        });
+      });
+    }
+    for (const r of this.#prepared.values()) add(used, r.plan.usage);
+    return {
+      sessions: this.#sessions.size,
+      aps,
+      free_ports: Math.max(0, this.#budgets.maxSockets - used.sockets),
+      ...t,
+    };
   }
 
   remove(name: string): Promise<boolean> {
@@ -160,6 +318,7 @@ export class SessionTable {
   budgets(): Record<string, { used: number; max: number }> {
     const used = { sockets: 0, vms: 0, saverBytes: 0 };
     for (const s of this.#sessions.values()) add(used, s.plan.usage);
+    for (const r of this.#prepared.values()) add(used, r.plan.usage);
     const b = this.#budgets;
     return {
       sockets: { used: used.sockets, max: b.maxSockets },
@@ -180,6 +339,10 @@ export class SessionTable {
   stopAll(): Promise<void> {
     this.#closed = true;
     return this.#serial(async () => {
+      for (const [name, held] of this.#prepared) {
+        this.node.clock.clearTimeout(held.timer);
+        this.#prepared.delete(name);
+      }
       for (const [name, session] of [...this.#sessions].reverse()) {
         this.#sessions.delete(name);
         await session.stop();
@@ -193,6 +356,11 @@ export class SessionTable {
     this.#queue = next.catch(() => {});
     return next;
   }
+}
+
+interface PortFigures {
+  readonly packets?: number;
+  readonly bytes?: number;
 }
 
 function add(total: { -readonly [K in keyof SessionUsage]: number }, usage: SessionUsage): void {
