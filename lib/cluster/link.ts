@@ -562,17 +562,12 @@ export class LinkPort {
   }
 
   #linkStatus(p: Peer, session: string | null): Record<string, unknown> {
-    const { rejected: _, delay_p50_ms: _p, delay_max_ms: _m, ...figures } = figuresOf(
-      LINK_SERIES,
-      p.figures(),
-    );
     const mine = (s: string) => session === null || s === session;
     return {
       peer: p.name,
       data: formatHostPort(p.data),
-      ...figures,
-      delay_ms: p.delay.summary(),
-      rejected: { ...p.rejected, not_peer: undefined },
+      // The declared names, as /metrics shows them; a delay is null (NaN) before the first datagram.
+      ...figuresOf(LINK_SERIES, p.figures()),
       channels: [
         ...[...p.rx.values()].filter((c) => mine(c.receiver.session)).map((c) => ({
           direction: "in",
@@ -585,7 +580,7 @@ export class LinkPort {
           lost: c.window.lost,
           reordered: c.window.reordered,
           duplicates: c.window.duplicates,
-          delay_ms: c.delay.summary(),
+          ...delays(c.delay),
         })),
         ...[...this.#senders.values()].filter((t) => t.peer === p && mine(t.session)).map((t) => ({
           direction: "out",
@@ -614,6 +609,11 @@ export class LinkPort {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+function delays(d: DelayWindow): { delay_p50_ms: number | null; delay_max_ms: number | null } {
+  const { p50, max } = d.summary();
+  return { delay_p50_ms: p50, delay_max_ms: max };
 }
 
 function checkPeers(self: string, peers: readonly LinkPeer[]): void {

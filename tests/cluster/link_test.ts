@@ -10,24 +10,13 @@ import { ManualClock } from "../../lib/core/clock.ts";
 import { StartError } from "../../lib/core/errors.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { ArrayBatch } from "../../lib/graph/batch.ts";
-import { type Batch, openUdp, type UdpSocket } from "../../lib/net/udp.ts";
+import { type Batch, openUdp, type UdpOptions, type UdpSocket } from "../../lib/net/udp.ts";
 import { until } from "../_support/until.ts";
 
 const LO = "127.0.0.1";
 
-type Link =
-  & { peer: string; rx_packets: number; rx_bytes: number; tx_packets: number; tx_bytes: number }
-  & Record<
-    string,
-    unknown
-  >
-  & {
-    lost: number;
-    reordered: number;
-    rejected: Record<string, number>;
-    delay_ms: { p50: number | null; max: number | null };
-    channels: Record<string, unknown>[];
-  };
+/** A link in LinkPort.status(): the LINK_SERIES figures by name, and its channels. */
+type Link = Record<string, number> & { peer: string; channels: Record<string, unknown>[] };
 const link = (port: LinkPort, peer: string) =>
   ((port.status().links as Link[]).find((l) => l.peer === peer))!;
 
@@ -47,16 +36,14 @@ function collector() {
 }
 
 /** Two link ports that know each other: "brno" (a) and "prague" (b). */
-async function pair(clocks = { a: new ManualClock(1_000_000), b: new ManualClock(1_000_000) }) {
+async function pair(
+  clocks = { a: new ManualClock(1_000_000), b: new ManualClock(1_000_000) },
+  udp: UdpOptions = {},
+) {
   const metrics = new MetricsRegistry();
-  const a = await LinkPort.open({
-    bind: { host: LO, port: 0 },
-    self: "brno",
-    peers: [],
-    clock: clocks.a,
-    metrics,
-  });
-  const b = await LinkPort.open({ bind: { host: LO, port: 0 }, self: "prague", peers: [], clock: clocks.b });
+  const bind = { host: LO, port: 0 };
+  const a = await LinkPort.open({ bind, self: "brno", peers: [], clock: clocks.a, metrics, udp });
+  const b = await LinkPort.open({ bind, self: "prague", peers: [], clock: clocks.b, udp });
   a.setPeers([{ name: "prague", data: b.local }]);
   b.setPeers([{ name: "brno", data: a.local }]);
   return {
@@ -105,7 +92,7 @@ Deno.test("LinkPort delivers a batch to the registered input, RTP and RTCP apart
   assert.equal(into.rx_packets, 3);
   assert.equal(into.rx_bytes, 6);
   assert.equal(into.lost, 0);
-  assert.deepEqual(into.delay_ms, { p50: 0, max: 0 });
+  assert.deepEqual([into.delay_p50_ms, into.delay_max_ms], [0, 0]);
   assert.deepEqual(
     into.channels.map((ch) => [ch.direction, ch.session, ch.ap, ch.input, ch.packets]),
     [["in", "s", "X", "in", 3]],
@@ -114,13 +101,25 @@ Deno.test("LinkPort delivers a batch to the registered input, RTP and RTCP apart
   assert.match(env.metrics.render(), /edgenode_link_tx_packets_total\{self="brno",peer="prague"\} 3/);
 });
 
+Deno.test("LinkPort carries a link on the portable UDP path as on the fast one", async () => {
+  const clock = new ManualClock(1_000_000);
+  await using env = await pair({ a: clock, b: clock }, { impl: "portable" });
+  assert.equal(env.b.status().udp, "portable");
+  const c = collector();
+  using _reg = env.b.register("s", "X", "in", c.deliver);
+  env.a.sender("prague", "s", "X", "in")(batchOf([9, 8], [7]), true);
+  await until("2 datagrams at prague", () => c.got.length === 2);
+  assert.deepEqual(c.got, [{ data: [9, 8], rtcp: true }, { data: [7], rtcp: true }]);
+});
+
 Deno.test("LinkPort measures delay as its clock minus the sender's timestamp", async () => {
   await using env = await pair({ a: new ManualClock(1_000_000), b: new ManualClock(1_000_007) });
   const c = collector();
   using _reg = env.b.register("s", "X", "in", c.deliver);
   env.a.sender("prague", "s", "X", "in")(batchOf([1]), false);
   await until("the datagram", () => c.got.length === 1);
-  assert.deepEqual(link(env.b, "brno").delay_ms, { p50: 7, max: 7 });
+  const l = link(env.b, "brno");
+  assert.deepEqual([l.delay_p50_ms, l.delay_max_ms, l.channels[0].delay_p50_ms], [7, 7, 7]);
 });
 
 Deno.test("LinkPort counts loss, reordering, duplicates and replays from the link sequence", async () => {
@@ -140,15 +139,15 @@ Deno.test("LinkPort counts loss, reordering, duplicates and replays from the lin
     raw.send([header({ epoch: 999, sequence: 9 }, [9])], to);
     await until("six datagrams looked at", () => {
       const l = link(b, "fake");
-      return l.rx_packets + l.rejected.duplicate + l.rejected.replayed === 6;
+      return l.rx_packets + l.rejected_duplicate + l.rejected_replayed === 6;
     });
     const l = link(b, "fake");
     assert.deepEqual(c.got.map((g) => g.data[0]), [0, 1, 4, 3]);
     assert.equal(l.rx_packets, 4);
     assert.equal(l.lost, 1, "2 never came");
     assert.equal(l.reordered, 1, "3 came after 4");
-    assert.equal(l.rejected.duplicate, 1);
-    assert.equal(l.rejected.replayed, 1);
+    assert.equal(l.rejected_duplicate, 1);
+    assert.equal(l.rejected_replayed, 1);
     const ch = l.channels[0];
     assert.deepEqual([ch.lost, ch.reordered, ch.duplicates], [1, 1, 1]);
   } finally {
@@ -175,7 +174,7 @@ Deno.test("LinkPort refuses and counts bad headers, foreign channels and datagra
     stranger.send([header({}, [1])], stranger.destinations([b.local]));
     await until("four refusals", () => {
       const l = link(b, "fake");
-      return l.rejected.bad_magic + l.rejected.truncated + l.rejected.foreign === 3 &&
+      return l.rejected_bad_magic + l.rejected_truncated + l.rejected_foreign === 3 &&
         b.status().rejected_not_peer === 1;
     });
     assert.equal(c.got.length, 0);
