@@ -5,7 +5,9 @@
  * /status, prints the URLs, and runs until Ctrl-C (or `--seconds N`); on that or any failure it stops every process
  * and removes the namespaces. Needs root (namespaces, TUN devices).
  *
- *   deno run -A scripts/testbed.ts [--seconds N] [--binary dist/edgenode] [--no-etcd] [--keep-logs]
+ *   deno run -A scripts/testbed.ts [--seconds N] [--binary dist/edgenode] [--no-etcd] [--keep-logs] [--bridge]
+ *
+ * --bridge joins the namespaces with a kernel bridge and no delay instead of the delay line (for rate benchmarks).
  *
  * As a module: `await using bed = await Testbed.start()` gives the nodes (addresses, status URLs, the status token)
  * to a test or a benchmark that runs sessions on them.
@@ -25,6 +27,8 @@ const ETCD_PORT = 2379;
 export interface TestbedOptions {
   readonly names?: readonly string[];
   readonly delaysMs?: Readonly<Record<string, number>>;
+  /** "delay" (default): the delay line with each pair's delay; "bridge": kernel speed, no delay (benchmarks). */
+  readonly link?: "delay" | "bridge";
   /** Run etcd (in the first namespace) and give every node its endpoint. Default true. */
   readonly etcd?: boolean;
   /** A compiled edgenode to run instead of `deno run main.ts` with the edgenode task's flags. */
@@ -78,7 +82,12 @@ export class Testbed implements AsyncDisposable {
     const stale = await sweepStaleNamespaces();
     if (stale.length) log(`testbed: removed namespaces of an earlier run: ${stale.join(", ")}`);
     const names = o.names ?? CITIES;
-    const bed = await NetnsBed.create({ names, delaysMs: o.delaysMs ?? CITY_DELAYS_MS, host: true });
+    const bed = await NetnsBed.create({
+      names,
+      delaysMs: o.delaysMs ?? CITY_DELAYS_MS,
+      host: true,
+      link: o.link,
+    });
     const dir = o.dir ?? await Deno.makeTempDir({ prefix: "edgenode_testbed_" });
     const testbed = new Testbed(bed, dir, o.dir === undefined, randomToken());
     try {
@@ -254,6 +263,7 @@ async function main(): Promise<number> {
       binary: { type: "string" },
       "no-etcd": { type: "boolean" },
       "keep-logs": { type: "boolean" },
+      bridge: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -278,6 +288,7 @@ async function main(): Promise<number> {
     await using bed = await Testbed.start({
       binary: values.binary,
       etcd: !values["no-etcd"],
+      link: values.bridge ? "bridge" : "delay",
       dir,
       log: (line) => console.log(line),
     });

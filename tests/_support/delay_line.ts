@@ -8,8 +8,9 @@
  * there. A delay line in one process also closes every device when it ends, however it ends: nothing stays behind.
  *
  * Run by tests/_support/netns.ts as `deno run --allow-ffi --allow-read delay_line.ts CONFIG_JSON`. It prints
- * `ready` once every device exists, runs until its stdin closes (its parent ended) or SIGTERM, then prints one line
- * of counters as JSON and exits. Queues are bounded (a full one drops and counts).
+ * `ready` once every device exists, runs until its stdin closes (its parent ended, or asks it to stop), then prints
+ * one line of counters as JSON and exits; a SIGTERM just ends it (the devices go all the same). Queues are bounded
+ * (a full one drops and counts).
  *
  * CONFIG_JSON: { "members": [{ "ifname": "en123t0", "address": "10.77.0.1" }, ...],
  *                "delays": { "10.77.0.1>10.77.0.2": 3, ... }, "defaultDelayMs": 2 }
@@ -38,7 +39,7 @@ const SYMBOLS = {
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   close: { parameters: ["i32"], result: "i32" },
-  poll: { parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
+  ppoll: { parameters: ["buffer", "u64", "buffer", "pointer"], result: "i32" },
 } as const;
 
 interface Held {
@@ -74,7 +75,7 @@ function ipv4(text: string): number {
   return ((parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]) >>> 0;
 }
 
-async function main(config: Config): Promise<void> {
+function main(config: Config): void {
   const lib = Deno.dlopen("libc.so.6", SYMBOLS);
   const c = lib.symbols;
   const fds: number[] = [];
@@ -97,18 +98,19 @@ async function main(config: Config): Promise<void> {
 
   const n = fds.length;
   const queues: Queue[] = Array.from({ length: n * n }, () => new Queue());
-  // Long-lived buffers: their pointers go to the kernel (the poll runs on another thread meanwhile).
-  const pollfds = new Uint8Array(8 * n);
+  // Long-lived buffers whose pointers go to the kernel. The last pollfd is stdin: the parent's end closes it.
+  const pollfds = new Uint8Array(8 * (n + 1));
   const pollView = new DataView(pollfds.buffer);
+  const timespec = new BigInt64Array(2);
   const slab = new Uint8Array(MTU_BUFFER);
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let timerAt = Infinity;
-  let stopped = false;
+  const stdinBuf = new Uint8Array(64);
+  for (let i = 0; i <= n; i++) {
+    pollView.setInt32(i * 8, i < n ? fds[i] : 0, true);
+    pollView.setInt16(i * 8 + 4, POLLIN, true);
+  }
 
-  const release = () => {
-    timer = undefined;
-    timerAt = Infinity;
-    const now = performance.now();
+  /** Writes every packet due by now; returns when the next one falls due (Infinity: none held). */
+  const release = (now: number): number => {
     let next = Infinity;
     for (let q = 0; q < queues.length; q++) {
       const queue = queues[q];
@@ -116,24 +118,19 @@ async function main(config: Config): Promise<void> {
       let h = queue.peek();
       while (h && h.due <= now) {
         queue.shift();
-        counts.late_ms_max = Math.max(counts.late_ms_max, now - h.due);
+        if (now - h.due > counts.late_ms_max) counts.late_ms_max = now - h.due;
         if (c.write(fds[to], h.packet, BigInt(h.packet.length)) < 0) counts.dropped_write++;
         else counts.forwarded++;
         h = queue.peek();
       }
       if (h && h.due < next) next = h.due;
     }
-    schedule(next);
-  };
-  const schedule = (due: number) => {
-    if (due === Infinity || due >= timerAt) return;
-    if (timer !== undefined) clearTimeout(timer);
-    timerAt = due;
-    timer = setTimeout(release, Math.max(0, due - performance.now()));
+    return next;
   };
 
   const readAll = (from: number) => {
-    for (;;) {
+    // A bounded turn per device, so that due packets are not held up behind a flood.
+    for (let k = 0; k < 256; k++) {
       const got = Number(c.read(fds[from], slab, BigInt(MTU_BUFFER)));
       if (got <= 0) return; // EAGAIN: drained
       if (got < 20 || (slab[0] >> 4) !== 4) {
@@ -151,46 +148,29 @@ async function main(config: Config): Promise<void> {
         counts.dropped_full++;
         continue;
       }
-      const due = performance.now() + delay(from, to);
-      queue.push({ due, packet: slab.slice(0, got) });
-      schedule(due);
+      queue.push({ due: performance.now() + delay(from, to), packet: slab.slice(0, got) });
     }
   };
 
-  const done = Promise.withResolvers<void>();
-  const stop = () => {
-    stopped = true;
-    done.resolve();
-  };
-  Deno.addSignalListener("SIGTERM", stop);
-  // The parent's end closes our stdin: end with it rather than outlive it.
-  (async () => {
-    const buf = new Uint8Array(64);
-    try {
-      while ((await Deno.stdin.read(buf)) !== null) { /* nothing is sent on stdin */ }
-    } catch { /* closed */ }
-    stop();
-  })();
-
   console.log("ready");
-  const loop = (async () => {
-    while (!stopped) {
-      for (let i = 0; i < n; i++) {
-        pollView.setInt32(i * 8, fds[i], true);
-        pollView.setInt16(i * 8 + 4, POLLIN, true);
-        pollView.setInt16(i * 8 + 6, 0, true);
-      }
-      // A short timeout so that a stop is seen soon; timers run on this thread meanwhile.
-      const ready = await c.poll(pollfds, BigInt(n), 200);
-      if (ready <= 0) continue;
+  // One synchronous loop (this process does nothing else): ppoll until a packet arrives or the next one falls
+  // due, with a microsecond timeout, so no timer or thread hop stands between a due packet and its write.
+  let next = Infinity;
+  for (;;) {
+    const wait = next === Infinity ? 200 : Math.max(0, next - performance.now());
+    const us = Math.floor(wait * 1000);
+    timespec[0] = BigInt(Math.floor(us / 1e6));
+    timespec[1] = BigInt((us % 1e6) * 1000);
+    for (let i = 0; i <= n; i++) pollView.setInt16(i * 8 + 6, 0, true);
+    const ready = c.ppoll(pollfds, BigInt(n + 1), timespec, null);
+    if (ready > 0) {
+      if (pollView.getInt16(n * 8 + 6, true) !== 0 && c.read(0, stdinBuf, 64n) <= 0) break; // parent gone
       for (let i = 0; i < n; i++) {
         if (pollView.getInt16(i * 8 + 6, true) & POLLIN) readAll(i);
       }
     }
-  })();
-  await done.promise;
-  await loop;
-  if (timer !== undefined) clearTimeout(timer);
+    next = release(performance.now());
+  }
   for (const fd of fds) c.close(fd);
   lib.close();
   counts.late_ms_max = Math.round(counts.late_ms_max * 1000) / 1000;
@@ -199,5 +179,5 @@ async function main(config: Config): Promise<void> {
 }
 
 if (import.meta.main) {
-  await main(JSON.parse(Deno.args[0]) as Config);
+  main(JSON.parse(Deno.args[0]) as Config);
 }

@@ -8,6 +8,9 @@
  * TUN device instead of a veth, and one process (tests/_support/delay_line.ts) holds every packet for its pair's
  * delay and hands it to the destination's device. Layer 3, transparent to every program inside.
  *
+ * For a rate benchmark that wants the kernel's speed rather than the delays, `link: "bridge"` joins the namespaces
+ * with veth pairs to a bridge in a hub namespace instead (no delay).
+ *
  * Names are unique per run (`en<pid>-<rand>-<city>`), so runs never collide; `dispose` ends every process the bed
  * started (and anything else left inside its namespaces), stops the delay line (its devices go with it) and removes
  * the namespaces, also after a failure. `sweepStaleNamespaces()` removes what an earlier, crashed run left.
@@ -45,6 +48,11 @@ export interface BedOptions {
    * host reach the nodes (their status pages). Off by default: tests talk to the nodes from inside.
    */
   readonly host?: boolean;
+  /**
+   * "delay" (default): the delay line, each pair's delay, at user-space speed (tens of thousands of packets/s here).
+   * "bridge": a kernel bridge with no delay (veth pairs), for a rate benchmark that wants the kernel's speed.
+   */
+  readonly link?: "delay" | "bridge";
 }
 
 export interface BedNode {
@@ -108,27 +116,56 @@ export class NetnsBed implements AsyncDisposable {
     const bed = new NetnsBed(prefix, nodes, hostAddress, tools.ip);
     try {
       for (const n of nodes) await bed.#ipRun(["netns", "add", n.netns]);
-      const members = nodes.map((n) => ({ ifname: n.ifname, address: n.address }));
-      if (hostAddress) members.push({ ifname: `en${tag}th`, address: hostAddress });
-      const delays: Record<string, number> = {};
-      for (const a of nodes) {
-        for (const b of nodes) {
-          if (a === b) continue;
-          const ms = o.delaysMs?.[`${a.name}-${b.name}`] ?? o.delaysMs?.[`${b.name}-${a.name}`] ??
-            o.defaultDelayMs ?? 0;
-          delays[`${a.address}>${b.address}`] = ms;
+      const hostIf = `en${tag}th`;
+      if (o.link === "bridge") {
+        // Kernel speed, no delay: a bridge in a hub namespace of its own, one veth pair per node.
+        const hub = `${prefix}hub`;
+        await bed.#ipRun(["netns", "add", hub]);
+        await bed.#ipRun(["-n", hub, "link", "add", "br0", "type", "bridge"]);
+        await bed.#ipRun(["-n", hub, "link", "set", "br0", "up"]);
+        const pairs = nodes.map((n) => [n.ifname, n.netns] as const);
+        if (hostAddress) pairs.push([hostIf, ""]);
+        for (const [ifname, netns] of pairs) {
+          await bed.#ipRun([
+            "-n",
+            hub,
+            "link",
+            "add",
+            `${ifname}p`,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ifname,
+            "netns",
+            netns || String(Deno.pid),
+          ]);
+          await bed.#ipRun(["-n", hub, "link", "set", `${ifname}p`, "master", "br0", "up"]);
         }
+      } else {
+        const members = nodes.map((n) => ({ ifname: n.ifname, address: n.address }));
+        if (hostAddress) members.push({ ifname: hostIf, address: hostAddress });
+        const delays: Record<string, number> = {};
+        for (const a of nodes) {
+          for (const b of nodes) {
+            if (a === b) continue;
+            const ms = o.delaysMs?.[`${a.name}-${b.name}`] ?? o.delaysMs?.[`${b.name}-${a.name}`] ??
+              o.defaultDelayMs ?? 0;
+            delays[`${a.address}>${b.address}`] = ms;
+          }
+        }
+        await bed.#startDelayLine({ members, delays, defaultDelayMs: 0 });
+        for (const n of nodes) await bed.#ipRun(["link", "set", n.ifname, "netns", n.netns]);
       }
-      await bed.#startDelayLine({ members, delays, defaultDelayMs: 0 });
       for (const n of nodes) {
-        await bed.#ipRun(["link", "set", n.ifname, "netns", n.netns]);
         await bed.#ipRun(["-n", n.netns, "addr", "add", `${n.address}/24`, "dev", n.ifname]);
-        await bed.#ipRun(["-n", n.netns, "link", "set", n.ifname, "up"]);
+        // A longer device queue than TUN's 500: a burst waits for the delay line instead of being dropped.
+        await bed.#ipRun(["-n", n.netns, "link", "set", n.ifname, "txqueuelen", "10000", "up"]);
         await bed.#ipRun(["-n", n.netns, "link", "set", "lo", "up"]);
       }
       if (hostAddress) {
-        await bed.#ipRun(["addr", "add", `${hostAddress}/24`, "dev", `en${tag}th`]);
-        await bed.#ipRun(["link", "set", `en${tag}th`, "up"]);
+        await bed.#ipRun(["addr", "add", `${hostAddress}/24`, "dev", hostIf]);
+        await bed.#ipRun(["link", "set", hostIf, "up"]);
       }
     } catch (error) {
       await bed[Symbol.asyncDispose]();
@@ -196,9 +233,10 @@ export class NetnsBed implements AsyncDisposable {
     await Promise.all([...this.#children].map((c) => stop(c)));
     for (const ns of await this.existing()) await killInside(this.#ip, ns);
     if (this.#delayLine) {
+      // A closed stdin asks it to stop (and print its counters); SIGTERM, then SIGKILL, if it does not.
       await this.#delayStdin?.close().catch(() => {});
-      kill(this.#delayLine, "SIGTERM");
-      if (!await within(this.#delayLine.status, 5_000)) kill(this.#delayLine, "SIGKILL");
+      if (!await within(this.#delayLine.status, 3_000)) kill(this.#delayLine, "SIGTERM");
+      if (!await within(this.#delayLine.status, 3_000)) kill(this.#delayLine, "SIGKILL");
       await this.#delayLine.status;
       await this.#delayOutput;
     }
