@@ -132,6 +132,11 @@ export class EtcdClient {
     this.#fetch = o.fetch ?? ((input, init) => fetch(input, init));
   }
 
+  /** What /status shows of the client: its endpoints, the one in use, and its counts. */
+  status(): Record<string, unknown> {
+    return { endpoints: this.endpoints, current: this.endpoints[this.#current], ...this.counts };
+  }
+
   /** Sets `key` to `value` (optionally under a lease); returns the revision of the write. */
   async put(key: string, value: string, o: { lease?: string } = {}): Promise<number> {
     const body: Record<string, unknown> = { key: b64(key), value: b64(value) };
