@@ -125,7 +125,7 @@ interface Receiver {
   readonly ap: string;
   readonly input: string;
   readonly channel: number;
-  readonly deliver: (batch: Batch, rtcp: boolean) => void;
+  readonly deliver: (batch: LinkBatch, rtcp: boolean) => void;
 }
 
 interface RxChannel {
@@ -162,7 +162,10 @@ class Peer {
   readonly delay = new DelayWindow();
   readonly rx = new Map<number, RxChannel>();
   gone = false;
+  /** Where its datagrams go; replaced when its address changes (what the old one counted is kept in `sentBefore`). */
   dest!: Destinations;
+  sentBefore = 0;
+  droppedBefore = 0;
   set: CounterSet | null = null;
   constructor(readonly name: string, public data: HostPort) {}
 
@@ -171,9 +174,9 @@ class Peer {
     return {
       rx_packets: this.rxPackets,
       rx_bytes: this.rxBytes,
-      tx_packets: this.dest.sent[0],
+      tx_packets: this.sentBefore + this.dest.sent[0],
       tx_bytes: this.txBytes,
-      tx_dropped: this.dest.dropped[0] + this.txLocalDrops,
+      tx_dropped: this.droppedBefore + this.dest.dropped[0] + this.txLocalDrops,
       lost: this.lost,
       reordered: this.reordered,
       delay_p50_ms: d.p50 ?? NaN,
@@ -183,8 +186,14 @@ class Peer {
   }
 }
 
+/** What a registered input gets: payloads (headers skipped), and each datagram's final destination if it has one. */
+export interface LinkBatch extends Batch {
+  /** The final destination datagram `i`'s header carries (as ARTP's could), or null; allocates. */
+  destination(i: number): HostPort | null;
+}
+
 /** The accepted datagrams of one run (one channel and flow) of a received batch, their headers skipped. */
-class PayloadBatch implements Batch {
+class PayloadBatch implements LinkBatch {
   src: Batch | null = null;
   picked = new Int32Array(64);
   offsets = new Int32Array(64);
@@ -204,6 +213,11 @@ class PayloadBatch implements Batch {
   arrivalUs(i: number): number {
     return this.src!.arrivalUs?.(this.picked[i]) ?? NaN;
   }
+  destination(i: number): HostPort | null {
+    const d = this.src!.data(this.picked[i]);
+    return parseLinkHeader(d, this.#header) === "ok" ? this.#header.destination(d) : null;
+  }
+  readonly #header = new ParsedLinkHeader();
   grow(n: number): void {
     if (this.picked.length >= n) return;
     this.picked = new Int32Array(n);
@@ -301,6 +315,11 @@ export class LinkPort {
       }
       peer.data = p.data;
       peer.gone = false;
+      if (peer.dest) {
+        // Counters only go up: what the old destination counted stays.
+        peer.sentBefore += peer.dest.sent[0];
+        peer.droppedBefore += peer.dest.dropped[0];
+      }
       peer.dest = this.#socket.destinations([p.data]);
       this.#byAddress.set(addressKey(p.data.host, p.data.port), peer);
     }
@@ -320,7 +339,7 @@ export class LinkPort {
     session: string,
     ap: string,
     input: string,
-    deliver: (batch: Batch, rtcp: boolean) => void,
+    deliver: (batch: LinkBatch, rtcp: boolean) => void,
   ): Disposable {
     const channel = channelId(session, ap, input);
     const taken = this.#receivers.get(channel);

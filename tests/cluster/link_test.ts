@@ -112,6 +112,18 @@ Deno.test("LinkPort carries a link on the portable UDP path as on the fast one",
   assert.deepEqual(c.got, [{ data: [9, 8], rtcp: true }, { data: [7], rtcp: true }]);
 });
 
+Deno.test("LinkPort carries a sender's final destination in every header, for the receiver to read", async () => {
+  await using env = await pair();
+  const seen: unknown[] = [];
+  using _reg = env.b.register("s", "X", "in", (batch) => {
+    for (let i = 0; i < batch.count; i++) seen.push([batch.destination(i), [...batch.data(i)]]);
+  });
+  const destination = { host: "2001:db8::7", port: 5004 };
+  env.a.sender("prague", "s", "X", "in", { destination })(batchOf([1, 2]), false);
+  await until("the datagram", () => seen.length === 1);
+  assert.deepEqual(seen, [[destination, [1, 2]]]);
+});
+
 Deno.test("LinkPort measures delay as its clock minus the sender's timestamp", async () => {
   await using env = await pair({ a: new ManualClock(1_000_000), b: new ManualClock(1_000_007) });
   const c = collector();
@@ -194,6 +206,32 @@ Deno.test("LinkPort refuses a second registration of a channel and a sender to a
   // Once unregistered, the channel can be had again.
   _reg[Symbol.dispose]();
   env.b.register("s", "X", "in", () => {})[Symbol.dispose]();
+});
+
+Deno.test("LinkPort.setPeers keeps a moved peer's counters and drops what is sent to a removed one", async () => {
+  await using env = await pair();
+  const c = collector();
+  using _reg = env.b.register("s", "X", "in", c.deliver);
+  const send = env.a.sender("prague", "s", "X", "in");
+  send(batchOf([1]), false);
+  await until("the first datagram", () => c.got.length === 1);
+  const moved = openUdp({ host: LO, port: 0 });
+  try {
+    env.a.setPeers([{ name: "prague", data: moved.local }]);
+    send(batchOf([2]), false);
+    const got = await moved.receive();
+    assert.equal(got?.count, 1);
+    assert.equal(link(env.a, "prague").tx_packets, 2, "the count before the move is kept");
+  } finally {
+    await moved.close();
+  }
+  env.a.setPeers([]);
+  send(batchOf([3], [4]), false);
+  assert.deepEqual(env.a.status().links, []);
+  env.a.setPeers([{ name: "prague", data: env.b.local }]);
+  send(batchOf([5]), false);
+  await until("the datagram after the return", () => c.got.length === 2);
+  assert.deepEqual(c.got[1].data, [5]);
 });
 
 Deno.test("LinkPort.close releases its socket", async () => {
