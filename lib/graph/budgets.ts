@@ -85,7 +85,8 @@ export interface BudgetGraph {
     readonly pos: Pos;
     readonly vm: string | null;
     /** Entry points: DIPRONN_INPUT ports (not a reflector's registration) with their positions. */
-    readonly entries: readonly { readonly name: string; readonly port: number; readonly pos: Pos }[];
+    /** `port` null: an input fed from another node (a link), for one node's part of a session. */
+    readonly entries: readonly { readonly name: string; readonly port: number | null; readonly pos: Pos }[];
     /** A source (no inputs at all: a player) sends datagrams of its own. */
     readonly source: boolean;
     readonly outputs:
@@ -137,7 +138,8 @@ export function checkBudgets(
       // The datagram is delivered to the AP first: that is one send too.
       const n = 1 + visit(i);
       if (!worst || n > worst.n) {
-        worst = { n, what: `${ap.name}.${e.name} (DIPRONN_INPUT(${e.port}))`, pos: e.pos };
+        const via = e.port === null ? "fed by a link" : `DIPRONN_INPUT(${e.port})`;
+        worst = { n, what: `${ap.name}.${e.name} (${via})`, pos: e.pos };
       }
     }
     if (ap.source) {

@@ -288,6 +288,9 @@ export function planSession(
 
   const index = new Map(order.map((ap, i) => [ap.name, i]));
   const targetsOf = (out: ApDecl["outputs"][number]) => withoutRepeats(out.targets);
+  /** Whether an AP on another node feeds this input. */
+  const linkedFrom = (ap: string, input: string) =>
+    placement !== undefined && (fedBy.get(`${ap}.${input}`) ?? []).some((f) => !isLocal(f.ap));
   const graph: BudgetGraph = {
     aps: order.map((ap) => {
       const kind = kindOf.get(ap.name)!;
@@ -295,9 +298,12 @@ export function planSession(
         name: ap.name,
         pos: ap.pos,
         vm: ap.vm,
-        entries: ap.inputs.flatMap((p) =>
+        // Where datagrams enter this node: DIPRONN_INPUT ports, and inputs fed from other nodes.
+        entries: ap.inputs.flatMap((p): BudgetGraph["aps"][number]["entries"][number][] =>
           p.external && p.name !== kind.ports.registration
             ? [{ name: p.name, port: p.external.port, pos: p.external.pos }]
+            : linkedFrom(ap.name, p.name)
+            ? [{ name: p.name, port: null, pos: p.pos }]
             : []
         ),
         source: ap.inputs.length === 0,
@@ -335,8 +341,7 @@ export function planSession(
       params: params.get(ap.name)!,
       inputs: inputs.map((p) => {
         const planned = { name: p.name, external: p.external?.port ?? null, allow: p.external?.allow ?? [] };
-        const remote = placement && (fedBy.get(`${ap.name}.${p.name}`) ?? []).some((f) => !isLocal(f.ap));
-        return remote ? { ...planned, linked: true } : planned;
+        return linkedFrom(ap.name, p.name) ? { ...planned, linked: true } : planned;
       }),
       registration: ap.inputs.find((p) => p.name === kind.ports.registration)?.external?.port ?? null,
       outputs: ap.outputs.map((o) => ({

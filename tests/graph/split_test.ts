@@ -179,11 +179,16 @@ Deno.test("planSession refuses a placement that breaks a pin, leaves an AP out, 
   );
 });
 
-Deno.test("planSession counts each link send against the part's sends per datagram", () => {
+Deno.test("planSession counts link sends and datagrams fed by links against the part's sends per datagram", () => {
   const budgets = { ...DEFAULT_BUDGETS, allowLoopbackOutput: true, maxSendsPerDatagram: 3 };
   // Into V_in: delivered to Dup_V, a link send, Transcode, its link send: 4.
   assert.match(refused(() => plan(program(), "brno", { budgets })), /leads to 4 sends/);
   plan(program(), "brno", { budgets: { ...budgets, maxSendsPerDatagram: 4 } });
+  // At prague, datagrams enter by links: into Sync_high.in1, then Dup_high, the saver's link, the reflector: 5.
+  assert.match(
+    refused(() => plan(program(), "prague", { budgets })),
+    /Budget sends per datagram: a datagram into Sync_(high|low)\.in1 \(fed by a link\) leads to 5 sends/,
+  );
 });
 
 Deno.test("RunningSession refuses to start a part with links on a node without a link port", async () => {
