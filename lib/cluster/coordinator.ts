@@ -1,0 +1,467 @@
+/**
+ * The control unit of a start across nodes, on the node a session request reaches. It asks every member for its
+ * usage, places the session's APs (lib/cluster/placement.ts), and starts it all or nothing: prepare to every node
+ * holding a part (itself included) in parallel, each with a timeout; then commit to all. If any node refuses, times
+ * out or fails at commit, every part is aborted or stopped, so nothing stays running anywhere. Each step's outcome
+ * per node is kept for the answer and /status. A member declared lost (lib/cluster/heartbeat.ts) has its sessions
+ * either stopped everywhere or started again without it, per the session's `on_node_loss`.
+ */
+import type { Clock } from "../core/clock.ts";
+import type { Logger } from "../core/logger.ts";
+import { describeSession, type SessionSpec } from "../dipronn/session.ts";
+import { parseAny, type ProgramFormat } from "../graph/program.ts";
+import type { Member, UndoResult } from "./members.ts";
+import { PartRefused } from "./parts.ts";
+import { PeerError } from "./peers.ts";
+import { place as placeSession, type Placement, PlacementError, type PlacementInput } from "./placement.ts";
+import type { NodeUsage } from "./usage.ts";
+
+export const NODE_LOSS_ACTIONS = ["stop", "restart"] as const;
+export type NodeLossAction = typeof NODE_LOSS_ACTIONS[number];
+
+/** Sessions a coordinator keeps; finished ones beyond MAX_FINISHED are forgotten, oldest first. */
+export const MAX_CLUSTER_SESSIONS = 1000;
+export const MAX_FINISHED = 64;
+const MAX_EVENTS = 32;
+
+/** A member gave no answer within the step's timeout. */
+export class TimedOut extends Error {
+  override name = "TimedOut";
+}
+
+/** A session of this name is coordinated here already. */
+export class ClusterConflict extends Error {
+  override name = "ClusterConflict";
+}
+
+export type PartState =
+  | "preparing"
+  | "prepared"
+  | "committing"
+  | "committed"
+  | "refused"
+  | "timed out"
+  | "unreachable"
+  | "failed"
+  | "stopped"
+  | "lost";
+
+export interface NodeOutcome {
+  aps: string[];
+  state: PartState;
+  reason?: string;
+  /** Errors of the program as the node found them (a refused prepare). */
+  errors?: unknown;
+  /** What undoing this part did: released (prepared), stopped (running), none, or why it could not be undone. */
+  undone?: string;
+}
+
+export type SessionState = "starting" | "running" | "failed" | "stopping" | "stopped" | "restarting";
+
+export interface ClusterSession {
+  readonly name: string;
+  readonly text: string;
+  readonly file: string;
+  readonly format: ProgramFormat;
+  readonly onNodeLoss: NodeLossAction;
+  attempt: string;
+  state: SessionState;
+  reason?: string;
+  placement: Placement | null;
+  nodes: Record<string, NodeOutcome>;
+  /** Usage figures the placement was made from. */
+  usage: NodeUsage[];
+  readonly events: { at: string; text: string }[];
+}
+
+/** What a start, a stop or a plan answers with. */
+export interface Outcome {
+  readonly session: string;
+  readonly state: SessionState;
+  readonly reason?: string;
+  readonly attempt: string;
+  readonly on_node_loss: NodeLossAction;
+  readonly placement: Placement | null;
+  readonly nodes: Record<string, NodeOutcome>;
+  readonly events: readonly { at: string; text: string }[];
+}
+
+export interface CoordinatorOptions {
+  readonly self: string;
+  /** Every member, this node included. */
+  readonly members: readonly Member[];
+  readonly clock: Clock;
+  readonly logger: Logger;
+  /** Each prepare, commit, abort and usage question waits at most this long. */
+  readonly stepTimeoutMs: number;
+  readonly place?: (spec: SessionSpec, input: PlacementInput) => Placement;
+  /** When a program does not say (`on_node_loss`): stop. */
+  readonly onNodeLoss?: NodeLossAction;
+}
+
+export interface StartSource {
+  readonly file: string;
+  readonly format: ProgramFormat;
+  readonly onNodeLoss?: NodeLossAction;
+}
+
+/** Settles with `p`, or rejects with TimedOut after `ms` on `clock`. */
+export function withTimeout<T>(clock: Clock, ms: number, p: Promise<T>, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const id = clock.setTimeout(() => reject(new TimedOut(`${what}: no answer within ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clock.clearTimeout(id);
+        resolve(v);
+      },
+      (e) => {
+        clock.clearTimeout(id);
+        reject(e);
+      },
+    );
+  });
+}
+
+function attemptId(): string {
+  return [...crypto.getRandomValues(new Uint8Array(8))].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The program's own `on_node_loss` (lib/dipronn/session.ts), if the language gives it one. */
+function programNodeLoss(spec: SessionSpec): NodeLossAction | undefined {
+  const v = (spec as { onNodeLoss?: unknown }).onNodeLoss;
+  return v === "stop" || v === "restart" ? v : undefined;
+}
+
+/** How a failed step reads in an outcome. */
+function failure(error: unknown): Pick<NodeOutcome, "state" | "reason" | "errors"> {
+  if (error instanceof PartRefused) return { state: "refused", reason: error.reason, errors: error.errors };
+  if (error instanceof TimedOut) return { state: "timed out", reason: error.message };
+  if (error instanceof PeerError) {
+    return { state: error.kind === "timeout" ? "timed out" : "unreachable", reason: error.message };
+  }
+  return { state: "failed", reason: error instanceof Error ? error.message : String(error) };
+}
+
+export class Coordinator {
+  readonly #members: Map<string, Member>;
+  readonly #sessions = new Map<string, ClusterSession>();
+  readonly #lost = new Set<string>();
+  /** Parts left on a node when it was declared lost: stopped there if it comes back. */
+  readonly #stale = new Map<string, Map<string, string>>();
+  readonly #place: (spec: SessionSpec, input: PlacementInput) => Placement;
+
+  constructor(private readonly o: CoordinatorOptions) {
+    this.#members = new Map(o.members.map((m) => [m.name, m]));
+    if (!this.#members.has(o.self)) throw new Error(`The members must include this node (${o.self})`);
+    this.#place = o.place ?? placeSession;
+  }
+
+  /** Reads a program as the coordinator does; throws ErrorList with its mistakes. */
+  #spec(text: string, source: { file: string; format: ProgramFormat }): SessionSpec {
+    return describeSession(parseAny(text, source.file, source.format));
+  }
+
+  /** Usage of every member not known lost; those that do not answer are left out, with why. */
+  async #usage(): Promise<{ usage: NodeUsage[]; missing: Record<string, string> }> {
+    const candidates = [...this.#members.values()].filter((m) => !this.#lost.has(m.name));
+    const answers = await Promise.allSettled(
+      candidates.map((m) =>
+        withTimeout(this.o.clock, this.o.stepTimeoutMs, m.usage(this.o.stepTimeoutMs), `usage of ${m.name}`)
+      ),
+    );
+    const usage: NodeUsage[] = [];
+    const missing: Record<string, string> = {};
+    answers.forEach((a, i) => {
+      if (a.status === "fulfilled") usage.push(a.value);
+      else missing[candidates[i].name] = failure(a.reason).reason ?? "no answer";
+    });
+    for (const lost of this.#lost) missing[lost] = "declared lost";
+    return { usage, missing };
+  }
+
+  /** The placement a start would make now, without starting anything (the dry run). */
+  async plan(
+    text: string,
+    source: { file: string; format: ProgramFormat },
+  ): Promise<{ placement: Placement; usage: NodeUsage[]; left_out: Record<string, string> }> {
+    const spec = this.#spec(text, source);
+    const { usage, missing } = await this.#usage();
+    return { placement: this.#place(spec, { self: this.o.self, nodes: usage }), usage, left_out: missing };
+  }
+
+  /**
+   * Starts a session across nodes, all or nothing. Throws ErrorList (the program's mistakes, nothing asked of any
+   * node) or ClusterConflict; otherwise the outcome says whether it runs and what each node answered.
+   */
+  async start(text: string, source: StartSource): Promise<Outcome> {
+    const spec = this.#spec(text, source);
+    const known = this.#sessions.get(spec.name);
+    if (known && known.state !== "failed" && known.state !== "stopped") {
+      throw new ClusterConflict(`Session ${spec.name} is ${known.state} already across nodes; stop it first`);
+    }
+    this.#forgetFinished(spec.name);
+    if (this.#sessions.size >= MAX_CLUSTER_SESSIONS) {
+      throw new ClusterConflict(`This node coordinates at most ${MAX_CLUSTER_SESSIONS} sessions`);
+    }
+    const session: ClusterSession = {
+      name: spec.name,
+      text,
+      file: source.file,
+      format: source.format,
+      onNodeLoss: source.onNodeLoss ?? programNodeLoss(spec) ?? this.o.onNodeLoss ?? "stop",
+      attempt: attemptId(),
+      state: "starting",
+      placement: null,
+      nodes: {},
+      usage: [],
+      events: [],
+    };
+    this.#sessions.set(spec.name, session);
+    await this.#run(session, spec);
+    return this.outcome(session);
+  }
+
+  /** Places and starts `session` (a first start, or a restart without lost nodes). */
+  async #run(session: ClusterSession, spec: SessionSpec): Promise<void> {
+    const { usage, missing } = await this.#usage();
+    session.usage = usage;
+    try {
+      session.placement = this.#place(spec, { self: this.o.self, nodes: usage });
+    } catch (error) {
+      if (!(error instanceof PlacementError)) throw error;
+      const left = Object.entries(missing).map(([n, why]) => `${n}: ${why}`);
+      this.#finish(
+        session,
+        "failed",
+        `${error.message}${left.length ? ` (left out: ${left.join("; ")})` : ""}`,
+      );
+      return;
+    }
+    const byNode = new Map<string, string[]>();
+    for (const [ap, node] of Object.entries(session.placement.nodeOf)) {
+      byNode.set(node, [...(byNode.get(node) ?? []), ap]);
+    }
+    session.nodes = Object.fromEntries(
+      [...byNode].map(([n, aps]) => [n, { aps, state: "preparing" as PartState }]),
+    );
+    this.#event(session, `attempt ${session.attempt}: parts on ${[...byNode.keys()].join(", ")}`);
+    const req = {
+      text: session.text,
+      file: session.file,
+      format: session.format,
+      nodeOf: session.placement.nodeOf,
+      coordinator: this.o.self,
+      attempt: session.attempt,
+    };
+    const t = this.o.stepTimeoutMs;
+    const step = (node: string, what: string, call: (m: Member) => Promise<unknown>, done: PartState) => {
+      const outcome = session.nodes[node];
+      const member = this.#members.get(node);
+      if (!member) {
+        Object.assign(outcome, { state: "unreachable", reason: `${node} is not a member of this cluster` });
+        return Promise.resolve();
+      }
+      return withTimeout(this.o.clock, t, call(member), `${what} on ${node}`).then(
+        () => void (outcome.state = done),
+        (error) => void Object.assign(outcome, failure(error)),
+      );
+    };
+    const name = session.name;
+    await Promise.all(
+      [...byNode.keys()].map((n) => step(n, "prepare", (m) => m.prepare(name, req, t), "prepared")),
+    );
+    if (Object.values(session.nodes).every((n) => n.state === "prepared")) {
+      for (const n of Object.values(session.nodes)) n.state = "committing";
+      await Promise.all(
+        [...byNode.keys()].map((n) =>
+          step(n, "commit", (m) => m.commit(name, session.attempt, t), "committed")
+        ),
+      );
+    }
+    const bad = Object.entries(session.nodes).filter(([, n]) => n.state !== "committed");
+    if (bad.length === 0) {
+      session.state = "running";
+      this.#event(session, "running on every node");
+      this.o.logger.info("session started across nodes", {
+        session: name,
+        nodes: [...byNode.keys()].join(","),
+      });
+      return;
+    }
+    const pending: PartState[] = ["preparing", "prepared", "committing"];
+    const [first, firstOutcome] = bad.find(([, n]) => !pending.includes(n.state)) ?? bad[0];
+    await this.#undo(session, session.attempt);
+    this.#finish(
+      session,
+      "failed",
+      `node ${first} ${firstOutcome.state}: ${firstOutcome.reason ?? ""}`.trim(),
+    );
+  }
+
+  /** Aborts or stops every part of the session's attempt (any attempt when absent), recording what each did. */
+  async #undo(session: ClusterSession, attempt: string | undefined): Promise<void> {
+    const t = this.o.stepTimeoutMs;
+    await Promise.all(
+      Object.entries(session.nodes).map(async ([node, outcome]) => {
+        const member = this.#members.get(node);
+        if (!member || this.#lost.has(node)) {
+          outcome.undone = member ? "not asked: node lost" : "not asked: not a member";
+          if (member) this.#remember(node, session.name, session.attempt);
+          return;
+        }
+        try {
+          const r: UndoResult = await withTimeout(
+            this.o.clock,
+            t,
+            member.abort(session.name, attempt, t),
+            `abort on ${node}`,
+          );
+          outcome.undone = r;
+          if (r === "stopped" && outcome.state === "committed") outcome.state = "stopped";
+        } catch (error) {
+          // Its reservation runs out on its own; a running part is stopped when the node is heard from again.
+          outcome.undone = `could not undo: ${failure(error).reason}`;
+          this.#remember(node, session.name, session.attempt);
+        }
+      }),
+    );
+  }
+
+  /** Stops every part of a session coordinated here; null when there is none. */
+  async stop(name: string): Promise<Outcome | null> {
+    const session = this.#sessions.get(name);
+    if (!session) return null;
+    if (session.state === "stopped" || session.state === "failed") return this.outcome(session);
+    session.state = "stopping";
+    await this.#undo(session, undefined);
+    this.#finish(session, "stopped", "stopped on request");
+    return this.outcome(session);
+  }
+
+  /** A member stopped answering heartbeats: its sessions are stopped or started again without it. */
+  async nodeLost(node: string): Promise<void> {
+    if (this.#lost.has(node)) return;
+    this.#lost.add(node);
+    this.o.logger.warn("cluster node lost", { node });
+    const hit = [...this.#sessions.values()].filter((s) => s.state === "running" && s.nodes[node]);
+    await Promise.all(hit.map((s) => this.#recover(s, node)));
+  }
+
+  /** A lost member is heard from again: parts it may still run of sessions that moved on are stopped there. */
+  async nodeBack(node: string): Promise<void> {
+    if (!this.#lost.delete(node)) return;
+    this.o.logger.info("cluster node back", { node });
+    const stale = this.#stale.get(node);
+    this.#stale.delete(node);
+    const member = this.#members.get(node);
+    if (!stale || !member) return;
+    await Promise.all([...stale].map(async ([session, attempt]) => {
+      const current = this.#sessions.get(session);
+      if (current && current.attempt === attempt && current.state === "running") return;
+      try {
+        await withTimeout(
+          this.o.clock,
+          this.o.stepTimeoutMs,
+          member.abort(session, attempt, 0),
+          `abort on ${node}`,
+        );
+        if (current) this.#event(current, `stale part of attempt ${attempt} stopped on ${node}, back again`);
+      } catch {
+        this.#remember(node, session, attempt);
+      }
+    }));
+  }
+
+  async #recover(session: ClusterSession, node: string): Promise<void> {
+    session.nodes[node].state = "lost";
+    this.#remember(node, session.name, session.attempt);
+    this.#event(session, `node ${node} lost; on_node_loss = ${session.onNodeLoss}`);
+    if (session.onNodeLoss === "stop") {
+      session.state = "stopping";
+      await this.#undo(session, undefined);
+      this.#finish(session, "stopped", `node ${node} lost: the session was stopped on every node`);
+      return;
+    }
+    session.state = "restarting";
+    await this.#undo(session, undefined);
+    session.attempt = attemptId();
+    await this.#run(session, this.#spec(session.text, session));
+    // #run changed the state meanwhile.
+    if ((session.state as SessionState) === "running") {
+      session.reason = `node ${node} lost: restarted without it`;
+      this.#event(session, session.reason);
+    } else {
+      this.#event(session, `node ${node} lost and the restart failed: ${session.reason}`);
+    }
+  }
+
+  /** Nodes holding parts of running sessions coordinated here: watched by heartbeats. */
+  partNodes(): Set<string> {
+    const out = new Set<string>();
+    for (const s of this.#sessions.values()) {
+      if (s.state !== "running" && s.state !== "starting" && s.state !== "restarting") continue;
+      for (const n of Object.keys(s.nodes)) if (n !== this.o.self) out.add(n);
+    }
+    for (const n of this.#stale.keys()) out.add(n);
+    return out;
+  }
+
+  get(name: string): ClusterSession | undefined {
+    return this.#sessions.get(name);
+  }
+
+  outcome(s: ClusterSession): Outcome {
+    return {
+      session: s.name,
+      state: s.state,
+      ...(s.reason ? { reason: s.reason } : {}),
+      attempt: s.attempt,
+      on_node_loss: s.onNodeLoss,
+      placement: s.placement,
+      nodes: structuredClone(s.nodes),
+      events: [...s.events],
+    };
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      lost: [...this.#lost],
+      sessions: Object.fromEntries([...this.#sessions.values()].map((s) => [s.name, this.outcome(s)])),
+    };
+  }
+
+  #finish(session: ClusterSession, state: "failed" | "stopped", reason: string): void {
+    session.state = state;
+    session.reason = reason;
+    this.#event(session, reason);
+    this.o.logger.warn(
+      state === "failed" ? "session start across nodes failed" : "session stopped across nodes",
+      {
+        session: session.name,
+        reason,
+      },
+    );
+    const finished = [...this.#sessions.values()].filter((s) =>
+      s.state === "failed" || s.state === "stopped"
+    );
+    for (const s of finished.slice(0, Math.max(0, finished.length - MAX_FINISHED))) {
+      this.#sessions.delete(s.name);
+    }
+  }
+
+  #forgetFinished(name: string): void {
+    const s = this.#sessions.get(name);
+    if (s && (s.state === "failed" || s.state === "stopped")) this.#sessions.delete(name);
+  }
+
+  #remember(node: string, session: string, attempt: string): void {
+    let m = this.#stale.get(node);
+    if (!m) this.#stale.set(node, m = new Map());
+    m.set(session, attempt);
+  }
+
+  #event(session: ClusterSession, text: string): void {
+    session.events.push({ at: new Date(this.o.clock.now()).toISOString(), text });
+    if (session.events.length > MAX_EVENTS) session.events.splice(0, session.events.length - MAX_EVENTS);
+  }
+}

@@ -1,0 +1,213 @@
+/**
+ * The participant's side of a start across nodes: this node's parts of sessions other nodes (or this one)
+ * coordinate. A part is prepared (checked and reserved in the session table, nothing started), then committed
+ * (started) or aborted (released). Each start attempt has an id: an abort is remembered for that attempt, so a
+ * prepare that arrives after its abort (a slow network) is refused instead of holding ports until its reservation
+ * expires, and a commit only starts the attempt it names.
+ */
+import { ErrorList, StartError } from "../core/errors.ts";
+import type { Logger } from "../core/logger.ts";
+import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
+import { PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
+import { errorsJson, SessionConflict, type SessionTable } from "../node/sessions.ts";
+import { NODE_NAME } from "./config.ts";
+
+/** What a coordinator sends a node with its part. */
+export interface PartRequest {
+  /** The whole program: every node checks the wiring of all of it and plans only its own APs. */
+  readonly text: string;
+  readonly file: string;
+  readonly format: ProgramFormat;
+  /** AP name -> node name, for every AP of the session. */
+  readonly nodeOf: Readonly<Record<string, string>>;
+  readonly coordinator: string;
+  readonly attempt: string;
+}
+
+/** A node would not take its part; `reason` says why (and `errors` the program's mistakes, if that was it). */
+export class PartRefused extends Error {
+  override name = "PartRefused";
+  constructor(readonly node: string, readonly reason: string, readonly errors?: unknown) {
+    super(`Node ${node} refused its part: ${reason}`);
+  }
+}
+
+const ATTEMPT = /^[0-9a-f]{8,64}$/;
+const MAX_APS_IN_REQUEST = 1024;
+/** Aborted attempts remembered; the oldest go first. */
+const MAX_TOMBSTONES = 1024;
+
+/** Checks a part request from the wire; a message when it is not one. */
+export function parsePartRequest(value: unknown): PartRequest | string {
+  if (typeof value !== "object" || value === null) return "the body is not a JSON object";
+  const v = value as Record<string, unknown>;
+  if (typeof v.text !== "string" || new TextEncoder().encode(v.text).length > MAX_PROGRAM_BYTES) {
+    return `text must be the program, at most ${MAX_PROGRAM_BYTES} bytes`;
+  }
+  if (typeof v.file !== "string" || v.file.length > 4096) return "file must be a name";
+  if (typeof v.format !== "string" || !(PROGRAM_FORMATS as readonly string[]).includes(v.format)) {
+    return `format must be one of ${PROGRAM_FORMATS.join(", ")}`;
+  }
+  if (typeof v.coordinator !== "string" || !NODE_NAME.test(v.coordinator)) {
+    return "coordinator must be a node name";
+  }
+  if (typeof v.attempt !== "string" || !ATTEMPT.test(v.attempt)) return "attempt must be 8..64 hex digits";
+  const nodeOf = v.nodeOf;
+  if (typeof nodeOf !== "object" || nodeOf === null || Array.isArray(nodeOf)) {
+    return "nodeOf must be a mapping";
+  }
+  const entries = Object.entries(nodeOf);
+  if (entries.length > MAX_APS_IN_REQUEST) return `nodeOf holds more than ${MAX_APS_IN_REQUEST} APs`;
+  for (const [, node] of entries) {
+    if (typeof node !== "string" || !NODE_NAME.test(node)) return "nodeOf must map AP names to node names";
+  }
+  return {
+    text: v.text,
+    file: v.file,
+    format: v.format as ProgramFormat,
+    nodeOf: Object.fromEntries(entries) as Record<string, string>,
+    coordinator: v.coordinator,
+    attempt: v.attempt,
+  };
+}
+
+interface Part {
+  readonly coordinator: string;
+  readonly attempt: string;
+  state: "prepared" | "running";
+  readonly aps: readonly string[];
+}
+
+export class PartHost {
+  readonly #parts = new Map<string, Part>();
+  readonly #tombstones = new Set<string>();
+
+  constructor(
+    readonly self: string,
+    private readonly table: SessionTable,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Checks and reserves this node's part; throws PartRefused. */
+  async prepare(session: string, req: PartRequest): Promise<{ aps: string[]; ports: readonly number[] }> {
+    if (this.#tombstones.has(req.attempt)) {
+      throw new PartRefused(
+        this.self,
+        `start attempt ${req.attempt} of session ${session} was aborted already`,
+      );
+    }
+    const mine = Object.entries(req.nodeOf).filter(([, n]) => n === this.self).map(([ap]) => ap);
+    if (mine.length === 0) {
+      throw new PartRefused(this.self, `no AP of session ${session} is placed on ${this.self}`);
+    }
+    try {
+      const plan = await this.table.prepare(session, req.text, {
+        file: req.file,
+        format: req.format,
+        placement: { self: this.self, nodeOf: req.nodeOf },
+      });
+      if (this.#tombstones.has(req.attempt)) {
+        // Its abort came while the check ran: nothing may stay reserved for it.
+        await this.table.abort(session);
+        throw new PartRefused(
+          this.self,
+          `start attempt ${req.attempt} of session ${session} was aborted meanwhile`,
+        );
+      }
+      this.#parts.set(session, {
+        coordinator: req.coordinator,
+        attempt: req.attempt,
+        state: "prepared",
+        aps: mine,
+      });
+      return { aps: plan.aps.map((a) => a.name), ports: plan.ports };
+    } catch (error) {
+      throw refusal(this.self, error);
+    }
+  }
+
+  /** Starts the prepared part of `attempt`; throws PartRefused. */
+  async commit(session: string, attempt: string): Promise<void> {
+    const part = this.#parts.get(session);
+    if (!part || part.attempt !== attempt) {
+      throw new PartRefused(this.self, `no prepared part of session ${session} for start attempt ${attempt}`);
+    }
+    if (part.state === "running") return;
+    try {
+      await this.table.commit(session);
+      part.state = "running";
+    } catch (error) {
+      this.#parts.delete(session);
+      await this.table.abort(session);
+      throw refusal(this.self, error);
+    }
+  }
+
+  /**
+   * Undoes `attempt` (any attempt when absent): releases a prepared part or stops a running one. Remembers the
+   * attempt, so that its prepare, should it still arrive, is refused.
+   */
+  async abort(session: string, attempt?: string): Promise<"released" | "stopped" | "none"> {
+    if (attempt !== undefined) this.#bury(attempt);
+    const part = this.#parts.get(session);
+    if (!part || (attempt !== undefined && part.attempt !== attempt)) return "none";
+    this.#parts.delete(session);
+    if (part.state === "prepared") {
+      await this.table.abort(session);
+      this.logger.info("session part aborted", { session, attempt: part.attempt });
+      return "released";
+    }
+    await this.table.remove(session);
+    this.logger.info("session part stopped", { session, attempt: part.attempt });
+    return "stopped";
+  }
+
+  /** Stops this node's part of `session`, whatever attempt started it. */
+  stop(session: string): Promise<"released" | "stopped" | "none"> {
+    return this.abort(session);
+  }
+
+  /** The nodes coordinating the parts held here: they are watched for loss. */
+  coordinators(): Set<string> {
+    const out = new Set<string>();
+    for (const p of this.#parts.values()) if (p.coordinator !== this.self) out.add(p.coordinator);
+    return out;
+  }
+
+  /** Sessions held here for `coordinator`. */
+  sessionsOf(coordinator: string): string[] {
+    return [...this.#parts].filter(([, p]) => p.coordinator === coordinator).map(([s]) => s);
+  }
+
+  status(): Record<string, unknown> {
+    const prepared = new Set(this.table.prepared().map((p) => p.session));
+    for (const [session, part] of this.#parts) {
+      // A reservation that expired without a commit is gone from the table: forget the part too.
+      if (part.state === "prepared" && !prepared.has(session)) this.#parts.delete(session);
+      else if (part.state === "running" && !this.table.get(session)) this.#parts.delete(session);
+    }
+    return Object.fromEntries(
+      [...this.#parts].map((
+        [s, p],
+      ) => [s, { coordinator: p.coordinator, attempt: p.attempt, state: p.state, aps: p.aps }]),
+    );
+  }
+
+  #bury(attempt: string): void {
+    this.#tombstones.add(attempt);
+    if (this.#tombstones.size > MAX_TOMBSTONES) {
+      this.#tombstones.delete(this.#tombstones.values().next().value!);
+    }
+  }
+}
+
+function refusal(node: string, error: unknown): PartRefused {
+  if (error instanceof PartRefused) return error;
+  if (error instanceof ErrorList) {
+    return new PartRefused(node, `the program has errors:\n${error.format()}`, errorsJson(error));
+  }
+  if (error instanceof SessionConflict || error instanceof StartError) {
+    return new PartRefused(node, error.message);
+  }
+  return new PartRefused(node, String(error instanceof Error ? error.message : error));
+}
