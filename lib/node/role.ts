@@ -16,6 +16,12 @@ import { isIP } from "../net/address.ts";
 import { udpFields, udpOptions } from "../net/udp_fields.ts";
 import type { RoleDef } from "../roles/role.ts";
 import { errorsJson, SessionConflict, sessionFields, sessionOptions, SessionTable } from "./sessions.ts";
+import { clusterField, clusterToken } from "../cluster/config.ts";
+import { operatorRoutes, peerRoutes } from "../cluster/routes.ts";
+import { ClusterService } from "../cluster/service.ts";
+import { LinkConfigError, LinkPort } from "../cluster/link.ts";
+import type { Fetch } from "../cluster/peers.ts";
+import type { HostReaders } from "../cluster/usage.ts";
 
 const nodeFields = {
   bind: opt(str({ describe: "an IP address to bind DIPRONN_INPUT ports on" }), "0.0.0.0"),
@@ -26,6 +32,8 @@ const nodeFields = {
   ),
   ...udpFields,
   ...sessionFields,
+  /** Absent: a single box (nothing of lib/cluster runs). */
+  cluster: clusterField,
 };
 type NodeSection = ObjectOf<typeof nodeFields>;
 
@@ -39,6 +47,10 @@ function refine(cfg: NodeSection, node: YAMLMap | null, ctx: Context, path: stri
 export interface NodeRoleOptions {
   /** The AP kinds sessions may use (default: the core kinds). */
   readonly elements?: () => Registry<ElementKind>;
+  /** How the cluster reaches its peers' status APIs (tests route it into `app.request()`). */
+  readonly fetch?: Fetch;
+  /** Where usage reads CPU and memory (tests give fixed figures). */
+  readonly host?: HostReaders;
 }
 
 /** The node role, with the AP kinds `options.elements` gives. */
@@ -52,6 +64,23 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
     async start(cfg, ctx) {
       // Node-wide objects elements share (the transcoders' ffmpeg processes), ended at once past the drain deadline.
       const shared = new Map<string, unknown>();
+      // With a cluster, the node's one UDP port for every link to and from its peers' APs.
+      let links: LinkPort | undefined;
+      if (cfg.cluster) {
+        try {
+          links = await LinkPort.open({
+            bind: cfg.cluster.data,
+            self: cfg.cluster.name,
+            peers: cfg.cluster.peers,
+            udp: udpOptions(cfg),
+            clock: ctx.clock,
+            metrics: ctx.metrics,
+          });
+        } catch (error) {
+          if (error instanceof LinkConfigError) throw new StartError(error.message);
+          throw error;
+        }
+      }
       const table = new SessionTable(
         {
           clock: ctx.clock,
@@ -61,11 +90,25 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
           host: cfg.bind,
           udp: udpOptions(cfg),
           shared,
+          links,
         },
         elements(),
-        sessionOptions(cfg),
+        { ...sessionOptions(cfg), reservationMs: cfg.cluster?.reservation_timeout },
       );
+      let cluster: ClusterService | null = null;
       try {
+        if (cfg.cluster) {
+          cluster = await ClusterService.create({
+            cfg: cfg.cluster,
+            token: await clusterToken(cfg.cluster),
+            table,
+            clock: ctx.clock,
+            logger: ctx.logger,
+            metrics: ctx.metrics,
+            fetch: options.fetch,
+            host: options.host,
+          });
+        }
         for (const file of cfg.sessions) {
           let text: string;
           try {
@@ -83,7 +126,9 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
           }
         }
       } catch (error) {
+        cluster?.stop();
         await table.stopAll();
+        await links?.close();
         throw error;
       }
       return {
@@ -92,9 +137,25 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
           data_dir: cfg.data_dir,
           budgets: table.budgets(),
           sessions: Object.fromEntries(table.list().map((s) => [s.plan.name, s.status()])),
+          ...(cluster
+            ? { prepared: table.prepared(), cluster: cluster.status(), links: links?.status() }
+            : {}),
         }),
-        stop: (deadline) => stopWithin(table, shared, deadline),
-        routes: (app) => sessionRoutes(app, table),
+        stop: async (deadline) => {
+          cluster?.stop();
+          try {
+            await stopWithin(table, shared, deadline);
+          } finally {
+            await links?.close();
+          }
+        },
+        routes: (app) => {
+          sessionRoutes(app, table);
+          if (cluster) {
+            peerRoutes(app, cluster);
+            operatorRoutes(app, cluster);
+          }
+        },
       };
     },
   };

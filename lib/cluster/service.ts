@@ -1,0 +1,172 @@
+/**
+ * A node's cluster membership, built when the node section has `cluster:`: the signed peer client, this node's part
+ * host, the coordinator of the sessions started here, usage sampling and heartbeats, with their counters declared
+ * once for /status and /metrics.
+ */
+import type { Clock } from "../core/clock.ts";
+import type { Logger } from "../core/logger.ts";
+import { type CounterSet, declareSeries, type MetricsRegistry } from "../core/metrics.ts";
+import type { SessionTable } from "../node/sessions.ts";
+import { clusterKey, type Refusal, REFUSALS, ReplayTable } from "./auth.ts";
+import { type ClusterSection, clusterSummary } from "./config.ts";
+import { Coordinator, type CoordinatorOptions, type NodeLossAction } from "./coordinator.ts";
+import { Heartbeats } from "./heartbeat.ts";
+import { LocalMember, type Member, RemoteMember } from "./members.ts";
+import { PartHost } from "./parts.ts";
+import { type Fetch, PeerClient } from "./peers.ts";
+import { type HostReaders, UsageSampler } from "./usage.ts";
+
+/** The cluster's counters, by their /status names. */
+export interface ClusterFigures {
+  refused: Record<Refusal, number>;
+  heartbeats_sent: number;
+  heartbeats_received: number;
+  nodes_lost: number;
+  starts: number;
+  starts_failed: number;
+  prepares: number;
+  prepares_refused: number;
+}
+
+const refusalSeries = Object.fromEntries(
+  REFUSALS.map((r) => [`auth_refused_${r}`, {
+    help: `Cluster requests refused: ${r.replaceAll("_", " ")}`,
+    read: (f: ClusterFigures) => f.refused[r],
+  }]),
+);
+
+export const CLUSTER_SERIES = declareSeries<ClusterFigures>({
+  ...refusalSeries,
+  heartbeats_sent: { help: "Heartbeats sent to peers holding parts of sessions with this node" },
+  heartbeats_received: { help: "Heartbeats received from peers" },
+  nodes_lost: { help: "Peers declared lost (silent past the loss timeout)" },
+  starts: { help: "Starts across nodes coordinated here" },
+  starts_failed: { help: "Starts across nodes coordinated here that failed (nothing left running)" },
+  prepares: { help: "Parts this node was asked to prepare" },
+  prepares_refused: { help: "Parts this node refused to prepare" },
+});
+
+export interface ClusterServiceOptions {
+  readonly cfg: ClusterSection;
+  readonly token: string;
+  readonly table: SessionTable;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly metrics: MetricsRegistry;
+  readonly fetch?: Fetch;
+  readonly host?: HostReaders;
+  readonly place?: CoordinatorOptions["place"];
+  /** For sessions whose program does not say. Default: stop. */
+  readonly onNodeLoss?: NodeLossAction;
+}
+
+export class ClusterService {
+  readonly figures: ClusterFigures = {
+    refused: Object.fromEntries(REFUSALS.map((r) => [r, 0])) as Record<Refusal, number>,
+    heartbeats_sent: 0,
+    heartbeats_received: 0,
+    nodes_lost: 0,
+    starts: 0,
+    starts_failed: 0,
+    prepares: 0,
+    prepares_refused: 0,
+  };
+  readonly replays = new ReplayTable();
+  readonly peerNames: ReadonlySet<string>;
+  readonly #counters: CounterSet;
+
+  private constructor(
+    readonly cfg: ClusterSection,
+    readonly key: CryptoKey,
+    readonly clock: Clock,
+    readonly logger: Logger,
+    readonly parts: PartHost,
+    readonly sampler: UsageSampler,
+    readonly members: ReadonlyMap<string, Member>,
+    readonly coordinator: Coordinator,
+    readonly heartbeats: Heartbeats,
+    metrics: MetricsRegistry,
+  ) {
+    this.peerNames = new Set(cfg.peers.map((p) => p.name));
+    this.#counters = metrics.publish("cluster", { node: cfg.name }, CLUSTER_SERIES, () => this.figures);
+  }
+
+  static async create(o: ClusterServiceOptions): Promise<ClusterService> {
+    const { cfg, clock } = o;
+    const logger = o.logger.child("cluster");
+    const key = await clusterKey(o.token);
+    const client = new PeerClient({ self: cfg.name, key, clock, fetch: o.fetch });
+    const parts = new PartHost(cfg.name, o.table, logger);
+    const sampler = new UsageSampler(cfg.name, clock, () => o.table.figures(), o.host);
+    const members: Member[] = [
+      new LocalMember(cfg.name, parts, () => sampler.sample()),
+      ...cfg.peers.map((p) => new RemoteMember(p, client)),
+    ];
+    const byName = new Map(members.map((m) => [m.name, m]));
+    const coordinator = new Coordinator({
+      self: cfg.name,
+      members,
+      clock,
+      logger,
+      stepTimeoutMs: cfg.prepare_timeout,
+      place: o.place,
+      onNodeLoss: o.onNodeLoss,
+    });
+    // The service is made after the heartbeats it owns: they reach it through this box.
+    const box: { svc?: ClusterService } = {};
+    const heartbeats = new Heartbeats({
+      clock,
+      intervalMs: cfg.heartbeat,
+      lossMs: cfg.loss_timeout,
+      watch: () => new Set([...coordinator.partNodes(), ...parts.coordinators()]),
+      send: (peer) => {
+        box.svc!.figures.heartbeats_sent++;
+        return byName.get(peer)?.heartbeat(cfg.heartbeat) ?? Promise.reject(new Error(`No peer ${peer}`));
+      },
+      onLost: (peer) => {
+        box.svc!.figures.nodes_lost++;
+        coordinator.nodeLost(peer).catch((error) =>
+          logger.error("recovery from a lost node failed", { node: peer, error: String(error) })
+        );
+      },
+      onBack: (peer) => {
+        coordinator.nodeBack(peer).catch((error) =>
+          logger.error("stopping stale parts failed", { node: peer, error: String(error) })
+        );
+      },
+    });
+    const svc = new ClusterService(
+      cfg,
+      key,
+      clock,
+      logger,
+      parts,
+      sampler,
+      byName,
+      coordinator,
+      heartbeats,
+      o.metrics,
+    );
+    box.svc = svc;
+    heartbeats.start();
+    return svc;
+  }
+
+  refused(reason: Refusal): void {
+    this.figures.refused[reason]++;
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      ...clusterSummary(this.cfg),
+      counters: this.#counters.values(),
+      peers_heard: this.heartbeats.status(),
+      parts: this.parts.status(),
+      coordinated: this.coordinator.status(),
+    };
+  }
+
+  stop(): void {
+    this.heartbeats.stop();
+  }
+}

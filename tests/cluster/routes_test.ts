@@ -1,0 +1,229 @@
+/**
+ * Three node roles in one process, their status APIs joined through `app.request()` (the cluster's fetch is routed
+ * to the peer's app; no HTTP sockets): a session with parts pinned to the three starts all or nothing through the
+ * operator route, a port clash on one node leaves nothing on the others, stop reaches every part, usage and the
+ * dry run answer, and unsigned requests to /cluster/* are refused and counted in /status and /metrics.
+ */
+import assert from "node:assert/strict";
+import type { Hono } from "hono";
+import { roleApp } from "../api/_role_app.ts";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { MetricsRegistry } from "../../lib/core/metrics.ts";
+import { defineNodeRole, nodeRole } from "../../lib/node/role.ts";
+import type { ClusterSection } from "../../lib/cluster/config.ts";
+import type { HostReaders } from "../../lib/cluster/usage.ts";
+import { openUdp } from "../../lib/net/udp.ts";
+import type { RunningRole } from "../../lib/roles/role.ts";
+import { until } from "../_support/until.ts";
+
+const TOKEN = "node-token-0123456789";
+const CLUSTER_TOKEN = "cluster-token-0123456789";
+const auth = { authorization: `Bearer ${TOKEN}` };
+const LO = "127.0.0.1";
+const NAMES = ["brno", "prague", "liberec"] as const;
+type Name = typeof NAMES[number];
+
+function freePort(): number {
+  const s = Deno.listenDatagram({ transport: "udp", hostname: LO, port: 0 });
+  const port = (s.addr as Deno.NetAddr).port;
+  s.close();
+  return port;
+}
+
+const quietHost: HostReaders = {
+  cpuTimes: () => null,
+  loadavg: () => 0.2,
+  cores: 2,
+  memory: () => ({ total: 1000, available: 800 }),
+};
+
+interface Node {
+  readonly app: Hono;
+  readonly role: RunningRole;
+  readonly metrics: MetricsRegistry;
+}
+
+async function threeNodes() {
+  const clock = new ManualClock(Date.UTC(2026, 0, 1));
+  const apps = new Map<string, Hono>();
+  const fetch = (url: string, init: RequestInit) => {
+    const app = apps.get(new URL(url).port);
+    return app
+      ? Promise.resolve(app.request(url, init))
+      : Promise.reject(new TypeError("connection refused"));
+  };
+  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_cluster_routes_" });
+  const addr = Object.fromEntries(
+    NAMES.map((n, i) => [n, { api: { host: LO, port: i + 1 }, data: { host: LO, port: freePort() } }]),
+  );
+  const nodes = {} as Record<Name, Node>;
+  const defaults = nodeRole.section.default as Record<string, unknown>;
+  try {
+    for (const name of NAMES) {
+      const cluster: ClusterSection = {
+        name,
+        token: CLUSTER_TOKEN,
+        token_file: null,
+        data: addr[name].data,
+        peers: NAMES.filter((n) => n !== name).map((n) => ({ name: n, ...addr[n] })),
+        heartbeat: 1000,
+        loss_timeout: 3000,
+        prepare_timeout: 5000,
+        reservation_timeout: 30_000,
+        clock_skew: 30_000,
+        etcd: [],
+      };
+      const logger = new Logger({ level: "error", clock, sink: () => {} });
+      const metrics = new MetricsRegistry();
+      const role = await defineNodeRole({ fetch, host: quietHost }).start(
+        { ...defaults, bind: LO, data_dir: dataDir, cluster } as never,
+        { nodeName: name, logger, metrics, clock },
+      );
+      const app = roleApp("node", role, { clock, metrics, logger, token: TOKEN });
+      apps.set(String(addr[name].api.port), app);
+      nodes[name] = { app, role, metrics };
+    }
+  } catch (error) {
+    for (const n of Object.values(nodes)) await n.role.stop(new AbortController().signal);
+    await Deno.remove(dataDir, { recursive: true });
+    throw error;
+  }
+  return {
+    clock,
+    nodes,
+    async [Symbol.asyncDispose]() {
+      for (const n of Object.values(nodes)) await n.role.stop(new AbortController().signal);
+      await Deno.remove(dataDir, { recursive: true });
+    },
+  };
+}
+
+/** In on brno (fed from outside), Mid on prague (with an input of its own), Last on liberec. */
+const program = (inPort: number, midPort: number) =>
+  `Project split;
+{ AP name="In" ref=localservice.forwarder; node = "brno"; inputs = in(DIPRONN_INPUT(${inPort})); outputs = out(Mid.in); }
+{ AP name="Mid" ref=localservice.forwarder; node = "prague"; inputs = in, side(DIPRONN_INPUT(${midPort})); outputs = out(Last.in); }
+{ AP name="Last" ref=localservice.counter; node = "liberec"; inputs = in; }
+`;
+
+async function status(node: Node): Promise<Record<string, unknown>> {
+  const body = await (await node.app.request("/status")).json();
+  return body.roles.node;
+}
+
+const sessionsOn = async (node: Node) => Object.keys((await status(node)).sessions as object);
+const preparedOn = async (node: Node) => (await status(node)).prepared as unknown[];
+
+Deno.test("cluster routes start a session on three nodes, and stop reaches every part", async () => {
+  await using c = await threeNodes();
+  const inPort = freePort();
+  const res = await c.nodes.brno.app.request("/node/cluster/sessions", {
+    method: "POST",
+    headers: auth,
+    body: program(inPort, freePort()),
+  });
+  const body = await res.json();
+  assert.equal(res.status, 201, JSON.stringify(body));
+  assert.equal(body.state, "running");
+  assert.deepEqual(body.placement.nodeOf, { In: "brno", Mid: "prague", Last: "liberec" });
+  for (const n of NAMES) {
+    assert.equal(body.nodes[n].state, "committed");
+    assert.deepEqual(await sessionsOn(c.nodes[n]), ["split"]);
+  }
+  const cluster = (await status(c.nodes.brno)).cluster as {
+    coordinated: { sessions: Record<string, unknown> };
+  };
+  assert.equal((cluster.coordinated.sessions.split as { state: string }).state, "running");
+
+  // Datagrams into brno reach the counter on liberec over the links.
+  const tx = openUdp({ host: LO, port: 0 });
+  try {
+    const data = new Uint8Array(40);
+    for (let i = 0; i < 20; i++) {
+      tx.send(
+        { count: 1, data: () => data, length: () => 40, from: () => tx.local, truncated: () => false },
+        tx.destinations([{ host: LO, port: inPort }]),
+      );
+    }
+    const counted = async () => {
+      const s = (await status(c.nodes.liberec)).sessions as Record<
+        string,
+        { aps: { counted?: { packets: number } }[] }
+      >;
+      return s.split.aps.find((a) => a.counted)?.counted?.packets ?? 0;
+    };
+    await until("20 datagrams counted on liberec", async () => (await counted()) === 20);
+  } finally {
+    await tx.close();
+  }
+
+  const stop = await c.nodes.brno.app.request("/node/cluster/sessions/split", {
+    method: "DELETE",
+    headers: auth,
+  });
+  assert.equal(stop.status, 200);
+  for (const n of NAMES) assert.deepEqual(await sessionsOn(c.nodes[n]), []);
+});
+
+Deno.test("cluster routes start nothing anywhere when one node's part clashes on a port", async () => {
+  await using c = await threeNodes();
+  const midPort = freePort();
+  // prague runs a session of its own on the port Mid's input wants.
+  const own = await c.nodes.prague.app.request("/node/sessions", {
+    method: "POST",
+    headers: auth,
+    body: `Project own;\n{ AP name="C" ref=localservice.counter; inputs = in(DIPRONN_INPUT(${midPort})); }\n`,
+  });
+  assert.equal(own.status, 201);
+  const res = await c.nodes.brno.app.request("/node/cluster/sessions", {
+    method: "POST",
+    headers: auth,
+    body: program(freePort(), midPort),
+  });
+  const body = await res.json();
+  assert.equal(res.status, 409, JSON.stringify(body));
+  assert.equal(body.state, "failed");
+  assert.equal(body.nodes.prague.state, "refused");
+  assert.match(body.nodes.prague.reason, new RegExp(`${midPort}.*session own`));
+  assert.match(body.error, /nothing was left running/);
+  assert.deepEqual(await sessionsOn(c.nodes.brno), []);
+  assert.deepEqual(await sessionsOn(c.nodes.liberec), []);
+  assert.deepEqual(await sessionsOn(c.nodes.prague), ["own"]);
+  for (const n of NAMES) assert.deepEqual(await preparedOn(c.nodes[n]), []);
+});
+
+Deno.test("cluster routes answer the dry run with the placement and prepare nothing", async () => {
+  await using c = await threeNodes();
+  const res = await c.nodes.brno.app.request("/node/cluster/plan", {
+    method: "POST",
+    headers: auth,
+    body: program(freePort(), freePort()),
+  });
+  const body = await res.json();
+  assert.equal(res.status, 200, JSON.stringify(body));
+  assert.equal(body.dry_run, true);
+  assert.deepEqual(body.placement.nodeOf, { In: "brno", Mid: "prague", Last: "liberec" });
+  assert.deepEqual(body.usage.map((u: { name: string }) => u.name).sort(), ["brno", "liberec", "prague"]);
+  assert.equal(body.usage[0].memory, 0.2);
+  for (const n of NAMES) assert.deepEqual(await preparedOn(c.nodes[n]), []);
+});
+
+Deno.test("cluster routes refuse unsigned requests to /cluster/* with 401, counted in /status and /metrics", async () => {
+  await using c = await threeNodes();
+  const usage = await c.nodes.prague.app.request("/cluster/usage");
+  assert.equal(usage.status, 401);
+  const prepare = await c.nodes.prague.app.request("/cluster/sessions/x/prepare", {
+    method: "POST",
+    body: "{}",
+  });
+  assert.equal(prepare.status, 401);
+  const counters = ((await status(c.nodes.prague)).cluster as { counters: Record<string, number> }).counters;
+  assert.equal(counters.auth_refused_no_header, 2);
+  const metrics = await (await c.nodes.prague.app.request("/metrics")).text();
+  assert.match(metrics, /^edgenode_cluster_auth_refused_no_header_total\{node="prague"\} 2$/m);
+  assert.ok(
+    !JSON.stringify(await status(c.nodes.prague)).includes(CLUSTER_TOKEN),
+    "/status never shows the token",
+  );
+});
