@@ -484,9 +484,17 @@ export class LinkPort {
     let target: Receiver | null = null;
     let rtcp = false;
     const nowUs = this.#clock.nowUs();
+    // A batch mostly comes from one peer: its address is looked up once per run of it.
+    let lastHost = "";
+    let lastPort = -1;
+    let peer: Peer | undefined;
     for (let i = 0; i < batch.count; i++) {
       const from = batch.from(i);
-      const peer = this.#byAddress.get(addressKey(from.host, from.port));
+      if (from.port !== lastPort || from.host !== lastHost) {
+        peer = this.#byAddress.get(addressKey(from.host, from.port));
+        lastHost = from.host;
+        lastPort = from.port;
+      }
       if (!peer) {
         this.#notPeer++;
         continue;
