@@ -336,7 +336,11 @@ async function killInside(ip: string, ns: string): Promise<void> {
 async function ipRun(ip: string, args: readonly string[]): Promise<void> {
   const out = await new Deno.Command(ip, { args: [...args], stdout: "piped", stderr: "piped" }).output();
   if (!out.success) {
-    throw new Error(`Cannot run ip ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
+    const detail = new TextDecoder().decode(out.stderr).trim();
+    const hint = /not permitted|permission denied/i.test(detail)
+      ? " (the test bed needs root: namespaces, TUN)"
+      : "";
+    throw new Error(`Cannot run ip ${args.join(" ")}: ${detail}${hint}`);
   }
 }
 
