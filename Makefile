@@ -32,12 +32,13 @@ define apt_install
 	fi
 endef
 
-.PHONY: help deps test-peers bench-peers run test bench demo build check clean
+.PHONY: help deps test-peers bench-peers run test bench demo testbed build check clean
 
 help:
 	@echo "make run    start edgenode on its embedded default config (status on http://127.0.0.1:8080/status)"
 	@echo "make test   format check, lint, type check and every test (installs VLC, ffmpeg and HAProxy from Debian if missing)"
 	@echo "make bench  run the benchmarks in tests/bench (installs nginx, HAProxy and wrk from Debian if missing)"
+	@echo "make testbed  the report's four nodes in network namespaces with etcd (root; ARGS=\"--seconds 60\" or --bridge)"
 	@echo "make demo   the report's lecture (Appendix A) on one node with ffmpeg sources; prints what arrived, saves frames"
 	@echo "make build  compile dist/edgenode (needs the Deno base runtime: see README, DENORT_BIN)"
 	@echo "make check  validate config/*.yaml without starting anything"
@@ -60,6 +61,10 @@ run: deps
 check: deps
 	@export EDGENODE_TOKEN=$${EDGENODE_TOKEN:-placeholder-token-for-check}; for f in config/*.yaml; do $(DENO) task --quiet edgenode --check --config "$$f"; done
 
+# The report's four nodes in network namespaces (root): etcd in Brno, one edgenode per city; Ctrl-C stops it.
+testbed: deps test-peers
+	$(DENO) run --allow-run --allow-net --allow-read --allow-write --allow-env scripts/testbed.ts $(ARGS)
+
 test-peers:
 	$(call apt_install,$(TEST_PACKAGES))
 
@@ -69,7 +74,7 @@ bench-peers:
 test: deps test-peers
 	$(DENO) fmt --check
 	$(DENO) lint
-	$(DENO) check main.ts lib/ tests/
+	$(DENO) check main.ts lib/ tests/ scripts/
 	@$(DENO) task --quiet test 2>&1 | tee .test-output.log; \
 	  status=$${PIPESTATUS[0]}; \
 	  sed -n 's/^\(ok\|FAILED\) | \([0-9]*\) passed.*| \([0-9]*\) failed.*/tests: \2 passed, \3 failed/p' .test-output.log; \
