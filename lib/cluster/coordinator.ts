@@ -126,10 +126,9 @@ function attemptId(): string {
   return [...crypto.getRandomValues(new Uint8Array(8))].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** The program's own `on_node_loss` (lib/dipronn/session.ts), if the language gives it one. */
+/** The program's own `on_node_loss = stop | restart`, if it says. */
 function programNodeLoss(spec: SessionSpec): NodeLossAction | undefined {
-  const v = (spec as { onNodeLoss?: unknown }).onNodeLoss;
-  return v === "stop" || v === "restart" ? v : undefined;
+  return spec.onNodeLoss ?? undefined;
 }
 
 /** How a failed step reads in an outcome. */
@@ -391,7 +390,10 @@ export class Coordinator {
       session.reason = `node ${node} lost: restarted without it`;
       this.#event(session, session.reason);
     } else {
-      this.#event(session, `node ${node} lost and the restart failed: ${session.reason}`);
+      // Nothing of it runs anywhere (the failed attempt undid its parts): the session is stopped, saying why.
+      session.state = "stopped";
+      session.reason = `node ${node} lost; a restart without it failed: ${session.reason}`;
+      this.#event(session, session.reason);
     }
   }
 

@@ -78,13 +78,15 @@ export interface SessionSpec {
   readonly name: string;
   readonly owner: string | null;
   readonly notifications: string | null;
+  /** `on_node_loss = restart` or `stop`: what a session across nodes does when a node holding a part is lost. */
+  readonly onNodeLoss?: "stop" | "restart" | null;
   /** `use_RTP`: every interconnection is a pair of ports, port and port + 1 (RTP and RTCP). */
   readonly useRtp: boolean;
   readonly aps: readonly ApDecl[];
   readonly vms: readonly VmDecl[];
 }
 
-const SESSION_ATTRS = ["owner", "notifications"];
+const SESSION_ATTRS = ["owner", "notifications", "on_node_loss"];
 const SESSION_FLAGS = ["use_RTP"];
 /** A session name is also a URL path segment and a label value. */
 const SESSION_NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,127}$/;
@@ -115,6 +117,7 @@ export function describeSession(program: Program, found?: ProgramError[]): Sessi
 
   let owner: string | null = null;
   let notifications: string | null = null;
+  let onNodeLoss: "stop" | "restart" | null = null;
   let useRtp = false;
   const aps: ApDecl[] = [];
   const vms: VmDecl[] = [];
@@ -279,6 +282,14 @@ export function describeSession(program: Program, found?: ProgramError[]): Sessi
           v.pos,
         );
       } else notifications = v.text;
+    } else if (s.key === "on_node_loss") {
+      const v = s.values[0];
+      if (
+        s.values.length !== 1 || (v.kind !== "name" && v.kind !== "string") ||
+        !["stop", "restart"].includes(v.text)
+      ) {
+        fail(`on_node_loss is stop or restart, not ${s.values.map(valueText).join(", ")}`, v.pos);
+      } else onNodeLoss = v.text as "stop" | "restart";
     } else if (s.key === "use_RTP") {
       fail("use_RTP is a flag: write use_RTP; on its own", s.pos);
     } else {
@@ -288,7 +299,7 @@ export function describeSession(program: Program, found?: ProgramError[]): Sessi
 
   checkTargets(aps, fail);
   if (!found && errors.length) throw programErrors(errors);
-  return { file, name, owner, notifications, useRtp, aps, vms };
+  return { file, name, owner, notifications, onNodeLoss, useRtp, aps, vms };
 }
 
 type Fail = (message: string, pos: Pos, related?: Pos) => void;

@@ -264,3 +264,32 @@ Deno.test("Coordinator restarts the session without a lost node when on_node_los
   assert.equal(byName.brno.running.get("demo"), s.attempt);
   assert.ok(s.events.some((e) => /node prague lost; on_node_loss = restart/.test(e.text)));
 });
+
+Deno.test("Coordinator takes on_node_loss from the program unless the request says", async () => {
+  const { coordinator } = setup();
+  const text = PROGRAM.replace("Project demo;", "Project demo;\non_node_loss = restart;");
+  assert.equal(
+    (await coordinator.start(text, { file: "demo.dipronn", format: "dipronn" })).on_node_loss,
+    "restart",
+  );
+  await coordinator.stop("demo");
+  const asked = await coordinator.start(text, {
+    file: "demo.dipronn",
+    format: "dipronn",
+    onNodeLoss: "stop",
+  });
+  assert.equal(asked.on_node_loss, "stop");
+});
+
+Deno.test("Coordinator stops the session, saying why, when a restart without the lost node fails", async () => {
+  const { byName, coordinator, nothingAnywhere } = setup();
+  await coordinator.start(PROGRAM, { file: "demo.dipronn", format: "dipronn", onNodeLoss: "restart" });
+  byName.pilsen.on.prepare = "refuse";
+  byName.prague.on.abort = "crash";
+  await coordinator.nodeLost("prague");
+  const s = coordinator.outcome(coordinator.get("demo")!);
+  assert.equal(s.state, "stopped");
+  assert.match(s.reason!, /^node prague lost; a restart without it failed: node pilsen refused: port 5004/);
+  byName.prague.running.clear();
+  nothingAnywhere();
+});

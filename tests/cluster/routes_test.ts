@@ -89,11 +89,20 @@ async function threeNodes() {
     await Deno.remove(dataDir, { recursive: true });
     throw error;
   }
+  const stopped = new Set<string>();
   return {
     clock,
     nodes,
+    /** The node's process dies: its API stops answering and its sessions end. */
+    async kill(name: Name) {
+      apps.delete(String(addr[name].api.port));
+      stopped.add(name);
+      await nodes[name].role.stop(new AbortController().signal);
+    },
     async [Symbol.asyncDispose]() {
-      for (const n of Object.values(nodes)) await n.role.stop(new AbortController().signal);
+      for (const [name, n] of Object.entries(nodes)) {
+        if (!stopped.has(name)) await n.role.stop(new AbortController().signal);
+      }
       await Deno.remove(dataDir, { recursive: true });
     },
   };
@@ -227,3 +236,60 @@ Deno.test("cluster routes refuse unsigned requests to /cluster/* with 401, count
     "/status never shows the token",
   );
 });
+
+/** Runs heartbeat rounds: one second of the clock at a time, letting the signed exchanges settle between. */
+async function seconds(clock: ManualClock, n: number): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    clock.advance(1000);
+    for (let k = 0; k < 20; k++) await new Promise((r) => setTimeout(r, 0));
+  }
+}
+
+for (const setting of ["stop", "restart"] as const) {
+  Deno.test(`cluster routes notice a node killed mid-session and stop the session cleanly (on_node_loss = ${setting})`, async () => {
+    await using c = await threeNodes();
+    const text = program(freePort(), freePort()).replace(
+      "Project split;",
+      `Project split;\non_node_loss = ${setting};`,
+    );
+    const res = await c.nodes.brno.app.request("/node/cluster/sessions", {
+      method: "POST",
+      headers: auth,
+      body: text,
+    });
+    assert.equal(res.status, 201, JSON.stringify(await res.json()));
+    await seconds(c.clock, 2);
+    await c.kill("liberec");
+    const state = async () => {
+      const cluster = (await status(c.nodes.brno)).cluster as {
+        coordinated: {
+          lost: string[];
+          sessions: Record<string, { state: string; reason?: string; on_node_loss: string }>;
+        };
+        peers_heard: Record<string, { state: string }>;
+      };
+      return cluster;
+    };
+    await seconds(c.clock, 3);
+    assert.deepEqual((await state()).coordinated.lost, [], "silent 3 s is not yet lost");
+    await seconds(c.clock, 2);
+    const after = await state();
+    assert.deepEqual(after.coordinated.lost, ["liberec"]);
+    assert.equal(after.peers_heard.liberec.state, "lost");
+    await until(
+      "the session to settle",
+      async () => (await state()).coordinated.sessions.split.state === "stopped",
+    );
+    const s = (await state()).coordinated.sessions.split;
+    assert.equal(s.on_node_loss, setting);
+    // With restart, Last is pinned to liberec: no other node may take it, so the session stops, saying why.
+    assert.match(
+      s.reason!,
+      setting === "stop"
+        ? /node liberec lost: the session was stopped on every node/
+        : /node liberec lost; a restart without it failed: Cannot place session split/,
+    );
+    assert.deepEqual(await sessionsOn(c.nodes.brno), []);
+    assert.deepEqual(await sessionsOn(c.nodes.prague), []);
+  });
+}
