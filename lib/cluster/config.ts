@@ -4,12 +4,13 @@
  * helpers, so every mistake comes back with file:line:col and `--check` validates it without starting anything.
  * Without the section a node is a single box and nothing here runs.
  */
-import type { YAMLMap } from "yaml";
+import { isScalar, type YAMLMap } from "yaml";
 import {
   absolutePath,
   type Context,
   duration,
   hostPort,
+  INVALID,
   list,
   nodeAt,
   nullable,
@@ -17,6 +18,7 @@ import {
   type ObjectOf,
   opt,
   req,
+  type Schema,
   str,
 } from "../config/schema.ts";
 import { StartError } from "../core/errors.ts";
@@ -28,6 +30,26 @@ export const NODE_NAME = /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/;
 export const MIN_TOKEN_CHARS = 16;
 /** Peers one node may list: every heartbeat and start fans out to them. */
 export const MAX_PEERS = 64;
+
+/** A number in [min, max] (the schema helpers have integers only). */
+function num(o: { min: number; max: number }): Schema<number> {
+  const describe = `a number in ${o.min}..${o.max}`;
+  return {
+    describe,
+    check(site, ctx) {
+      const v = site.node && isScalar(site.node) ? site.node.value : undefined;
+      if (typeof v !== "number" || !Number.isFinite(v) || v < o.min || v > o.max) {
+        ctx.error(
+          site.node ?? site.anchor,
+          site.path,
+          `Expected ${describe}, got ${JSON.stringify(v ?? null)}`,
+        );
+        return INVALID;
+      }
+      return v;
+    },
+  };
+}
 
 const nodeName = (what: string) =>
   str({ pattern: NODE_NAME, describe: `${what} (letters, digits, "_" and "-", up to 64)` });
@@ -77,6 +99,11 @@ export const clusterFields = {
     duration({ min: 100, max: 600_000 }),
     30_000,
     "how long a prepared part holds its ports without a commit",
+  ),
+  load_threshold: opt(
+    num({ min: 0.05, max: 2 }),
+    0.85,
+    "placement gives a node no more APs once its CPU or memory share would pass this (above 1: never for load)",
   ),
   clock_skew: opt(
     duration({ min: 1000, max: 600_000 }),
@@ -180,6 +207,7 @@ export function clusterSummary(cfg: ClusterSection): Record<string, unknown> {
     loss_timeout_ms: cfg.loss_timeout,
     prepare_timeout_ms: cfg.prepare_timeout,
     reservation_timeout_ms: cfg.reservation_timeout,
+    load_threshold: cfg.load_threshold,
     etcd: cfg.etcd,
   };
 }

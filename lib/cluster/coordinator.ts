@@ -95,6 +95,8 @@ export interface CoordinatorOptions {
   /** Each prepare, commit, abort and usage question waits at most this long. */
   readonly stepTimeoutMs: number;
   readonly place?: (spec: SessionSpec, input: PlacementInput) => Placement;
+  /** Placement's load threshold (PlacementLimits.threshold); default placement's own. */
+  readonly loadThreshold?: number;
   /** When a program does not say (`on_node_loss`): stop. */
   readonly onNodeLoss?: NodeLossAction;
 }
@@ -155,6 +157,11 @@ export class Coordinator {
     this.#place = o.place ?? placeSession;
   }
 
+  #input(nodes: NodeUsage[]): PlacementInput {
+    const t = this.o.loadThreshold;
+    return { self: this.o.self, nodes, ...(t === undefined ? {} : { limits: { threshold: t } }) };
+  }
+
   /** Reads a program as the coordinator does; throws ErrorList with its mistakes. */
   #spec(text: string, source: { file: string; format: ProgramFormat }): SessionSpec {
     return describeSession(parseAny(text, source.file, source.format));
@@ -185,7 +192,7 @@ export class Coordinator {
   ): Promise<{ placement: Placement; usage: NodeUsage[]; left_out: Record<string, string> }> {
     const spec = this.#spec(text, source);
     const { usage, missing } = await this.#usage();
-    return { placement: this.#place(spec, { self: this.o.self, nodes: usage }), usage, left_out: missing };
+    return { placement: this.#place(spec, this.#input(usage)), usage, left_out: missing };
   }
 
   /**
@@ -225,7 +232,7 @@ export class Coordinator {
     const { usage, missing } = await this.#usage();
     session.usage = usage;
     try {
-      session.placement = this.#place(spec, { self: this.o.self, nodes: usage });
+      session.placement = this.#place(spec, this.#input(usage));
     } catch (error) {
       if (!(error instanceof PlacementError)) throw error;
       const left = Object.entries(missing).map(([n, why]) => `${n}: ${why}`);

@@ -109,6 +109,7 @@ export class ClusterService {
       clock,
       logger,
       stepTimeoutMs: cfg.prepare_timeout,
+      loadThreshold: cfg.load_threshold,
       place: o.place,
       onNodeLoss: o.onNodeLoss,
     });

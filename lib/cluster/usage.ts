@@ -97,7 +97,10 @@ export class UsageSampler {
     private readonly clock: Clock,
     private readonly figures: () => NodeFigures,
     private readonly host: HostReaders = systemHost(),
-  ) {}
+  ) {
+    // The baseline: the first answer then has CPU and rates over a real interval, not the load average's minute.
+    this.sample();
+  }
 
   sample(): NodeUsage {
     const now = this.clock.now();

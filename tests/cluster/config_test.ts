@@ -111,3 +111,12 @@ Deno.test("clusterSummary never shows the token", () => {
   assert.ok(!summary.includes("0123456789abcdef"));
   assert.match(summary, /inline \(hidden\)/);
 });
+
+Deno.test("node.cluster.load_threshold is a number in 0.05..2", () => {
+  assert.equal(clusterOf(GOOD).load_threshold, 0.85);
+  assert.equal(clusterOf(GOOD + "    load_threshold: 0.5\n").load_threshold, 0.5);
+  assert.match(
+    errorsOf(GOOD + "    load_threshold: 3\n").join("\n"),
+    /edge\.yaml:12:21: .*a number in 0\.05\.\.2, got 3/,
+  );
+});

@@ -72,6 +72,7 @@ async function threeNodes() {
         prepare_timeout: 5000,
         reservation_timeout: 30_000,
         clock_skew: 30_000,
+        load_threshold: 0.85,
         etcd: [],
       };
       const logger = new Logger({ level: "error", clock, sink: () => {} });

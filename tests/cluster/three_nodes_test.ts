@@ -1,0 +1,158 @@
+/**
+ * Three edgenode processes on 127.0.0.1 (distinct status and link ports, one cluster token): a session with parts
+ * pinned to the three starts all or nothing. With a port clash on one node its part is refused and nothing runs on
+ * the others; without it every part runs, datagrams sent into the first node reach the counter on the third over
+ * the links, and a stop reaches every part.
+ */
+import assert from "node:assert/strict";
+import { openUdp } from "../../lib/net/udp.ts";
+import { LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
+import { until } from "../_support/until.ts";
+
+const TOKEN = "e2e-token-0123456789";
+const CLUSTER_TOKEN = "e2e-cluster-token-0123456789";
+const LO = "127.0.0.1";
+const NAMES = ["brno", "prague", "liberec"] as const;
+const auth = { authorization: `Bearer ${TOKEN}` };
+
+/** A loopback port free a moment ago (a peer's config must name the others' ports before they start). */
+function freeTcp(): number {
+  const l = Deno.listen({ hostname: LO, port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+function freeUdp(): number {
+  const s = Deno.listenDatagram({ transport: "udp", hostname: LO, port: 0 });
+  const port = (s.addr as Deno.NetAddr).port;
+  s.close();
+  return port;
+}
+
+const program = (inPort: number, midPort: number) =>
+  `Project split;
+{ AP name="In" ref=localservice.forwarder; node = "brno"; inputs = in(DIPRONN_INPUT(${inPort})); outputs = out(Mid.in); }
+{ AP name="Mid" ref=localservice.forwarder; node = "prague"; inputs = in, side(DIPRONN_INPUT(${midPort})); outputs = out(Last.in); }
+{ AP name="Last" ref=localservice.counter; node = "liberec"; inputs = in; }
+`;
+
+Deno.test("three edgenode processes start a session on all three or on none", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_three_" });
+  const addr = Object.fromEntries(NAMES.map((n) => [n, { api: freeTcp(), data: freeUdp() }]));
+  await using c0 = await tempConfig("");
+  await using c1 = await tempConfig("");
+  await using c2 = await tempConfig("");
+  const configs = [c0, c1, c2];
+  for (const [i, name] of NAMES.entries()) {
+    const peers = NAMES.filter((n) => n !== name).map((n) =>
+      `      - { name: ${n}, api: "${LO}:${addr[n].api}", data: "${LO}:${addr[n].data}" }`
+    );
+    await Deno.writeTextFile(
+      configs[i].path,
+      [
+        "roles: [node]",
+        "status:",
+        `  token: ${TOKEN}`,
+        "node:",
+        `  bind: ${LO}`,
+        `  data_dir: ${dataDir}`,
+        "  cluster:",
+        `    name: ${name}`,
+        `    token: ${CLUSTER_TOKEN}`,
+        `    data: ${LO}:${addr[name].data}`,
+        "    peers:",
+        ...peers,
+        "    heartbeat: 200ms",
+        "    loss_timeout: 5s",
+        // The test box is shared and often busy: load is not what this test is about, so it refuses no pin.
+        "    load_threshold: 2",
+        "",
+      ].join("\n"),
+    );
+  }
+  const check = startEdgenode(["--config", c0.path, "--check"]);
+  assert.equal((await check.waitForExit()).code, 0, "--check accepts the cluster section");
+  await using brno = startEdgenode(["--config", c0.path, "--status", `${LO}:${addr.brno.api}`]);
+  await using prague = startEdgenode(["--config", c1.path, "--status", `${LO}:${addr.prague.api}`]);
+  await using liberec = startEdgenode(["--config", c2.path, "--status", `${LO}:${addr.liberec.api}`]);
+  try {
+    for (const p of [brno, prague, liberec]) await p.waitForLine(LISTENING);
+    const api = (n: string) => `http://${LO}:${addr[n].api}`;
+    const sessionsOn = async (n: string) => {
+      const status = await (await fetch(`${api(n)}/status`)).json();
+      return {
+        running: Object.keys(status.roles.node.sessions),
+        prepared: status.roles.node.prepared.length,
+      };
+    };
+
+    // prague runs a session on the port Mid's input wants: its part is refused, and nothing runs anywhere else.
+    const midPort = freeUdp();
+    const own = await fetch(`${api("prague")}/node/sessions`, {
+      method: "POST",
+      headers: auth,
+      body:
+        `Project own;\n{ AP name="C" ref=localservice.counter; inputs = in(DIPRONN_INPUT(${midPort})); }\n`,
+    });
+    assert.equal(own.status, 201, await own.text());
+    const refused = await fetch(`${api("brno")}/node/cluster/sessions`, {
+      method: "POST",
+      headers: auth,
+      body: program(freeUdp(), midPort),
+    });
+    const r = await refused.json();
+    assert.equal(refused.status, 409, JSON.stringify(r));
+    assert.equal(r.nodes?.prague?.state, "refused", JSON.stringify(r));
+    assert.equal(r.nodes.brno.undone, "released");
+    assert.equal(r.nodes.liberec.undone, "released");
+    assert.deepEqual(await sessionsOn("brno"), { running: [], prepared: 0 });
+    assert.deepEqual(await sessionsOn("liberec"), { running: [], prepared: 0 });
+    assert.deepEqual(await sessionsOn("prague"), { running: ["own"], prepared: 0 });
+
+    // Without the clash every part runs, and datagrams cross brno -> prague -> liberec.
+    const del = await fetch(`${api("prague")}/node/sessions/own`, { method: "DELETE", headers: auth });
+    assert.equal(del.status, 200, await del.text());
+    const inPort = freeUdp();
+    const started = await fetch(`${api("brno")}/node/cluster/sessions`, {
+      method: "POST",
+      headers: auth,
+      body: program(inPort, midPort),
+    });
+    const s = await started.json();
+    assert.equal(started.status, 201, JSON.stringify(s));
+    for (const n of NAMES) assert.deepEqual(await sessionsOn(n), { running: ["split"], prepared: 0 });
+
+    const tx = openUdp({ host: LO, port: 0 });
+    const N = 200;
+    try {
+      const data = new Uint8Array(100);
+      for (let i = 0; i < N; i++) {
+        tx.send(
+          { count: 1, data: () => data, length: () => 100, from: () => tx.local, truncated: () => false },
+          tx.destinations([{ host: LO, port: inPort }]),
+        );
+        if (i % 50 === 49) await new Promise((r) => setTimeout(r, 5));
+      }
+      const counted = async () => {
+        const status = await (await fetch(`${api("liberec")}/status`)).json();
+        const aps = status.roles.node.sessions.split.aps as { counted?: { packets: number } }[];
+        return aps.find((a) => a.counted)?.counted?.packets ?? 0;
+      };
+      await until(`${N} datagrams counted on liberec`, async () => (await counted()) === N);
+    } finally {
+      await tx.close();
+    }
+    const brnoStatus = await (await fetch(`${api("brno")}/status`)).json();
+    assert.ok(brnoStatus.roles.node.links, "the link figures are in /status");
+
+    const stop = await fetch(`${api("brno")}/node/cluster/sessions/split`, {
+      method: "DELETE",
+      headers: auth,
+    });
+    assert.equal(stop.status, 200, await stop.text());
+    for (const n of NAMES) assert.deepEqual(await sessionsOn(n), { running: [], prepared: 0 });
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
