@@ -135,9 +135,17 @@ export class PartHost {
     if (part.state === "running") return;
     try {
       await this.table.commit(session);
+      if (this.#parts.get(session) !== part) {
+        // Aborted while it started (the coordinator gave up waiting): what started must not stay.
+        await this.table.remove(session);
+        throw new PartRefused(
+          this.self,
+          `start attempt ${attempt} of session ${session} was aborted meanwhile`,
+        );
+      }
       part.state = "running";
     } catch (error) {
-      this.#parts.delete(session);
+      if (this.#parts.get(session) === part) this.#parts.delete(session);
       await this.table.abort(session);
       throw refusal(this.self, error);
     }

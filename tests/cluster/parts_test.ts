@@ -1,0 +1,72 @@
+/** The part host on a real session table: attempts, late prepares after an abort, an abort during a commit. */
+import assert from "node:assert/strict";
+import { testNode } from "../_support/node.ts";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { coreElements } from "../../lib/graph/elements/mod.ts";
+import { SessionTable } from "../../lib/node/sessions.ts";
+import { parsePartRequest, PartHost, PartRefused, type PartRequest } from "../../lib/cluster/parts.ts";
+
+function freePort(): number {
+  const s = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const port = (s.addr as Deno.NetAddr).port;
+  s.close();
+  return port;
+}
+
+const request = (attempt: string): PartRequest => ({
+  text: `Project p;
+{ AP name="F" ref=localservice.forwarder; inputs = i(DIPRONN_INPUT(${freePort()})); outputs = o(C.in); }
+{ AP name="C" ref=localservice.counter; inputs = in; }`,
+  file: "p.dipronn",
+  format: "dipronn",
+  nodeOf: { F: "brno", C: "brno" },
+  coordinator: "prague",
+  attempt,
+});
+
+async function host() {
+  const clock = new ManualClock(0);
+  const table = new SessionTable(testNode(clock), coreElements(), { maxSessions: 4 });
+  const parts = new PartHost("brno", table, new Logger({ level: "error", clock, sink: () => {} }));
+  return { table, parts, [Symbol.asyncDispose]: () => table.stopAll() };
+}
+
+Deno.test("PartHost refuses a prepare that arrives after its attempt was aborted", async () => {
+  await using h = await host();
+  assert.equal(await h.parts.abort("p", "aaaaaaaa01"), "none");
+  const error = await h.parts.prepare("p", request("aaaaaaaa01")).catch((e) => e);
+  assert.ok(error instanceof PartRefused);
+  assert.match(error.reason, /was aborted already/);
+  assert.deepEqual(h.table.prepared(), []);
+});
+
+Deno.test("PartHost commits only the attempt it prepared, and abort releases or stops", async () => {
+  await using h = await host();
+  await h.parts.prepare("p", request("aaaaaaaa02"));
+  await assert.rejects(() => h.parts.commit("p", "bbbbbbbb02"), PartRefused);
+  await h.parts.commit("p", "aaaaaaaa02");
+  assert.deepEqual(h.table.list().map((s) => s.plan.name), ["p"]);
+  assert.deepEqual(h.parts.coordinators(), new Set(["prague"]));
+  assert.equal(await h.parts.abort("p", "aaaaaaaa02"), "stopped");
+  assert.deepEqual(h.table.list(), []);
+});
+
+Deno.test("PartHost stops what a commit started when its abort came meanwhile", async () => {
+  await using h = await host();
+  await h.parts.prepare("p", request("aaaaaaaa03"));
+  const commit = h.parts.commit("p", "aaaaaaaa03").catch((e) => e);
+  const undone = await h.parts.abort("p", "aaaaaaaa03");
+  assert.equal(undone, "released");
+  assert.ok((await commit) instanceof PartRefused);
+  assert.deepEqual(h.table.list(), []);
+  assert.deepEqual(h.table.prepared(), []);
+});
+
+Deno.test("parsePartRequest refuses what is not a part request", () => {
+  assert.equal(typeof parsePartRequest(request("aaaaaaaa04")), "object");
+  assert.match(parsePartRequest(null) as string, /not a JSON object/);
+  assert.match(parsePartRequest({ ...request("aaaaaaaa04"), attempt: "x" }) as string, /attempt/);
+  assert.match(parsePartRequest({ ...request("aaaaaaaa04"), nodeOf: { F: "bad name" } }) as string, /nodeOf/);
+  assert.match(parsePartRequest({ ...request("aaaaaaaa04"), format: "xml" }) as string, /format/);
+});
