@@ -25,7 +25,7 @@ const request = (attempt: string): PartRequest => ({
   attempt,
 });
 
-async function host() {
+function host() {
   const clock = new ManualClock(0);
   const table = new SessionTable(testNode(clock), coreElements(), { maxSessions: 4 });
   const parts = new PartHost("brno", table, new Logger({ level: "error", clock, sink: () => {} }));
@@ -33,7 +33,7 @@ async function host() {
 }
 
 Deno.test("PartHost refuses a prepare that arrives after its attempt was aborted", async () => {
-  await using h = await host();
+  await using h = host();
   assert.equal(await h.parts.abort("p", "aaaaaaaa01"), "none");
   const error = await h.parts.prepare("p", request("aaaaaaaa01")).catch((e) => e);
   assert.ok(error instanceof PartRefused);
@@ -42,7 +42,7 @@ Deno.test("PartHost refuses a prepare that arrives after its attempt was aborted
 });
 
 Deno.test("PartHost commits only the attempt it prepared, and abort releases or stops", async () => {
-  await using h = await host();
+  await using h = host();
   await h.parts.prepare("p", request("aaaaaaaa02"));
   await assert.rejects(() => h.parts.commit("p", "bbbbbbbb02"), PartRefused);
   await h.parts.commit("p", "aaaaaaaa02");
@@ -53,7 +53,7 @@ Deno.test("PartHost commits only the attempt it prepared, and abort releases or 
 });
 
 Deno.test("PartHost stops what a commit started when its abort came meanwhile", async () => {
-  await using h = await host();
+  await using h = host();
   await h.parts.prepare("p", request("aaaaaaaa03"));
   const commit = h.parts.commit("p", "aaaaaaaa03").catch((e) => e);
   const undone = await h.parts.abort("p", "aaaaaaaa03");
