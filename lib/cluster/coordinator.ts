@@ -13,7 +13,14 @@ import { parseAny, type ProgramFormat } from "../graph/program.ts";
 import type { Member, UndoResult } from "./members.ts";
 import { PartRefused } from "./parts.ts";
 import { PeerError } from "./peers.ts";
-import { place as placeSession, type Placement, PlacementError, type PlacementInput } from "./placement.ts";
+import {
+  type CrossLink,
+  crossLinks,
+  place as placeSession,
+  type Placement,
+  PlacementError,
+  type PlacementInput,
+} from "./placement.ts";
 import type { NodeUsage } from "./usage.ts";
 
 export const NODE_LOSS_ACTIONS = ["stop", "restart"] as const;
@@ -189,10 +196,13 @@ export class Coordinator {
   async plan(
     text: string,
     source: { file: string; format: ProgramFormat },
-  ): Promise<{ placement: Placement; usage: NodeUsage[]; left_out: Record<string, string> }> {
+  ): Promise<
+    { placement: Placement; links: CrossLink[]; usage: NodeUsage[]; left_out: Record<string, string> }
+  > {
     const spec = this.#spec(text, source);
     const { usage, missing } = await this.#usage();
-    return { placement: this.#place(spec, this.#input(usage)), usage, left_out: missing };
+    const placement = this.#place(spec, this.#input(usage));
+    return { placement, links: crossLinks(spec, placement), usage, left_out: missing };
   }
 
   /**

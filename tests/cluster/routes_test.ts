@@ -214,6 +214,12 @@ Deno.test("cluster routes answer the dry run with the placement and prepare noth
   assert.equal(res.status, 200, JSON.stringify(body));
   assert.equal(body.dry_run, true);
   assert.deepEqual(body.placement.nodeOf, { In: "brno", Mid: "prague", Last: "liberec" });
+  assert.deepEqual(
+    body.links.map((l: { from: string; to: string; fromNode: string; toNode: string }) =>
+      `${l.from}@${l.fromNode} -> ${l.to}@${l.toNode}`
+    ),
+    ["In@brno -> Mid@prague", "Mid@prague -> Last@liberec"],
+  );
   assert.deepEqual(body.usage.map((u: { name: string }) => u.name).sort(), ["brno", "liberec", "prague"]);
   assert.equal(body.usage[0].memory, 0.2);
   for (const n of NAMES) assert.deepEqual(await preparedOn(c.nodes[n]), []);
