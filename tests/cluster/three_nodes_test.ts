@@ -37,19 +37,19 @@ const program = (inPort: number, midPort: number) =>
 { AP name="Last" ref=localservice.counter; node = "liberec"; inputs = in; }
 `;
 
-Deno.test("three edgenode processes start a session on all three or on none", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_three_" });
-  const addr = Object.fromEntries(NAMES.map((n) => [n, { api: freeTcp(), data: freeUdp() }]));
-  await using c0 = await tempConfig("");
-  await using c1 = await tempConfig("");
-  await using c2 = await tempConfig("");
-  const configs = [c0, c1, c2];
+type Addr = Record<string, { api: number; data: number }>;
+
+/** The three configs: one cluster, one token, each node naming the other two; `timing` adds heartbeat lines. */
+async function writeConfigs(
+  paths: string[],
+  { addr, dataDir, timing }: { addr: Addr; dataDir: string; timing: string[] },
+): Promise<void> {
   for (const [i, name] of NAMES.entries()) {
     const peers = NAMES.filter((n) => n !== name).map((n) =>
       `      - { name: ${n}, api: "${LO}:${addr[n].api}", data: "${LO}:${addr[n].data}" }`
     );
     await Deno.writeTextFile(
-      configs[i].path,
+      paths[i],
       [
         "roles: [node]",
         "status:",
@@ -63,14 +63,26 @@ Deno.test("three edgenode processes start a session on all three or on none", as
         `    data: ${LO}:${addr[name].data}`,
         "    peers:",
         ...peers,
-        "    heartbeat: 200ms",
-        "    loss_timeout: 5s",
-        // The test box is shared and often busy: load is not what this test is about, so it refuses no pin.
+        ...timing.map((t) => `    ${t}`),
+        // The test box is shared and often busy: load is not what these tests are about, so it refuses no pin.
         "    load_threshold: 2",
         "",
       ].join("\n"),
     );
   }
+}
+
+Deno.test("three edgenode processes start a session on all three or on none", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_three_" });
+  const addr = Object.fromEntries(NAMES.map((n) => [n, { api: freeTcp(), data: freeUdp() }]));
+  await using c0 = await tempConfig("");
+  await using c1 = await tempConfig("");
+  await using c2 = await tempConfig("");
+  await writeConfigs([c0.path, c1.path, c2.path], {
+    addr,
+    dataDir,
+    timing: ["heartbeat: 200ms", "loss_timeout: 5s"],
+  });
   const check = startEdgenode(["--config", c0.path, "--check"]);
   assert.equal((await check.waitForExit()).code, 0, "--check accepts the cluster section");
   await using brno = startEdgenode(["--config", c0.path, "--status", `${LO}:${addr.brno.api}`]);
@@ -152,6 +164,49 @@ Deno.test("three edgenode processes start a session on all three or on none", as
     });
     assert.equal(stop.status, 200, await stop.text());
     for (const n of NAMES) assert.deepEqual(await sessionsOn(n), { running: [], prepared: 0 });
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
+Deno.test("three edgenode processes: a node killed mid-session is noticed and the session stopped on the others", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_three_" });
+  const addr = Object.fromEntries(NAMES.map((n) => [n, { api: freeTcp(), data: freeUdp() }]));
+  await using c0 = await tempConfig("");
+  await using c1 = await tempConfig("");
+  await using c2 = await tempConfig("");
+  await writeConfigs([c0.path, c1.path, c2.path], {
+    addr,
+    dataDir,
+    timing: ["heartbeat: 100ms", "loss_timeout: 1s"],
+  });
+  await using brno = startEdgenode(["--config", c0.path, "--status", `${LO}:${addr.brno.api}`]);
+  await using prague = startEdgenode(["--config", c1.path, "--status", `${LO}:${addr.prague.api}`]);
+  await using liberec = startEdgenode(["--config", c2.path, "--status", `${LO}:${addr.liberec.api}`]);
+  try {
+    for (const p of [brno, prague, liberec]) await p.waitForLine(LISTENING);
+    const api = (n: string) => `http://${LO}:${addr[n].api}`;
+    const started = await fetch(`${api("brno")}/node/cluster/sessions?on_node_loss=stop`, {
+      method: "POST",
+      headers: auth,
+      body: program(freeUdp(), freeUdp()),
+    });
+    assert.equal(started.status, 201, await started.text());
+    liberec.kill("SIGKILL");
+    await liberec.waitForExit();
+    const split = async () => {
+      const status = await (await fetch(`${api("brno")}/status`)).json();
+      return status.roles.node.cluster.coordinated.sessions.split as { state: string; reason?: string };
+    };
+    await until(
+      "brno to stop the session after liberec's loss",
+      async () => (await split()).state === "stopped",
+    );
+    assert.match((await split()).reason!, /node liberec lost: the session was stopped on every node/);
+    for (const n of ["brno", "prague"]) {
+      const status = await (await fetch(`${api(n)}/status`)).json();
+      assert.deepEqual(Object.keys(status.roles.node.sessions), [], `nothing of split left on ${n}`);
+    }
   } finally {
     await Deno.remove(dataDir, { recursive: true });
   }
