@@ -32,7 +32,7 @@ import { addError, ProgramError } from "./ast.ts";
 import { MAX_PROGRAM_BYTES, parseValueList, programErrors } from "./parser.ts";
 import { checkYamlText, checkYamlTree, PROGRAM_YAML_LIMITS, textPos } from "../config/yaml_limits.ts";
 
-const TOP_KEYS = ["project", "owner", "notifications", "use_RTP", "aps", "vms"];
+const TOP_KEYS = ["project", "owner", "notifications", "on_node_loss", "use_RTP", "aps", "vms"];
 const AP_KEYS = ["name", "ref", "inputs", "outputs", "params"];
 const VM_KEYS = ["name", "ref", "node", "aps"];
 /** What the language reads as one name or one number; the YAML form keeps to them so that print gives a program. */
@@ -208,10 +208,10 @@ export function parseYamlProgram(text: string, file: string): Program {
       if (v && !NAME.test(v.text)) {
         fail(`project is a name such as lecture.first_tests, not ${v.text}`, v.pos);
       } else if (v) project = { name: v.text, pos: kpos };
-    } else if (key === "owner" || key === "notifications") {
+    } else if (key === "owner" || key === "notifications" || key === "on_node_loss") {
       const v = scalar(item.value);
       if (v) {
-        const value: Value = key === "notifications" && v.kind === "string" && NAME.test(v.text)
+        const value: Value = key !== "owner" && v.kind === "string" && NAME.test(v.text)
           ? { ...v, kind: "name" }
           : v;
         body.push({ kind: "attr", key, values: [value], pos: kpos });

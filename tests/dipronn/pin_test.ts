@@ -98,3 +98,26 @@ Deno.test("printProgram keeps pins, and the YAML form gives the same tree", () =
   ];
   assert.deepEqual(pins(spec), pins(describeSession(program)));
 });
+
+Deno.test("describeSession reads on_node_loss from the language and the YAML form alike, and refuses another value", () => {
+  const text = lines("Project lossy;", "on_node_loss = restart;", PINNED.split("\n").slice(1).join("\n"));
+  assert.equal(describeSession(parseProgram(text, "p.dipronn")).onNodeLoss, "restart");
+  const yaml = lines(
+    "project: lossy",
+    "on_node_loss: restart",
+    "aps:",
+    "  - name: In",
+    "    ref: localservice.duplicator",
+    "    inputs: [in(DIPRONN_INPUT(10000))]",
+    "    outputs: [a(DIPRONN_OUTPUT)]",
+  );
+  assert.equal(describeSession(parseYamlProgram(yaml, "p.yaml")).onNodeLoss, "restart");
+  assert.throws(
+    () => describeSession(parseYamlProgram(yaml.replace("restart", "maybe"), "p.yaml")),
+    (e: Error) =>
+      e instanceof ErrorList &&
+      /p\.yaml:2:\d+: on_node_loss is stop or restart, not maybe/.test(
+        e.message + e.errors.map((x) => x.format()).join("\n"),
+      ),
+  );
+});
