@@ -198,6 +198,28 @@ Deno.test("LinkPort refuses and counts bad headers, foreign channels and datagra
   }
 });
 
+Deno.test("LinkPort counts every cut of a datagram's header as truncated and still takes the whole one", async () => {
+  const peer = openUdp({ host: LO, port: 0 });
+  const b = await LinkPort.open({
+    bind: { host: LO, port: 0 },
+    self: "prague",
+    peers: [{ name: "fake", data: peer.local }],
+  });
+  try {
+    const c = collector();
+    using _reg = b.register("s", "X", "in", c.deliver);
+    const whole = header({}, [42]);
+    const cuts = Array.from({ length: 20 }, (_, n) => whole.subarray(0, n));
+    peer.send([...cuts, whole], peer.destinations([b.local]));
+    await until("the whole datagram", () => c.got.length === 1);
+    await until("20 refusals", () => link(b, "fake").rejected_truncated === 20);
+    assert.deepEqual(c.got, [{ data: [42], rtcp: false }]);
+  } finally {
+    await b.close();
+    await peer.close();
+  }
+});
+
 Deno.test("LinkPort refuses a second registration of a channel and a sender to a node it does not know", async () => {
   await using env = await pair();
   using _reg = env.b.register("s", "X", "in", () => {});
