@@ -1,0 +1,152 @@
+/**
+ * The byte stream between a sandbox host and its child (the child's stdin and stdout): frames of a u32
+ * little-endian length, then a kind byte and a body of that length minus one. Control messages are UTF-8 JSON;
+ * batches carry a small fixed header and then a crossing buffer of lib/graph/vm/codec.ts, so the datagrams are
+ * copied once into the frame on each side and never one by one through JSON.
+ *
+ *     CONTROL    u8 1, JSON text
+ *     BATCH_IN   u8 2, f64 host time (ms), u32 sequence, u16 input, codec buffer      (host -> child)
+ *     BATCH_OUT  u8 3, u32 sequence, u16 output, codec buffer                          (child -> host)
+ *     DONE       u8 4, u32 sequence, f64 handler time (ms), u32 datagrams it failed on (child -> host)
+ *
+ * The reader is a pure state machine (bytes in, frames out) and refuses a frame longer than its limit: what the
+ * child writes is data from code the node does not trust.
+ */
+
+export const CONTROL = 1;
+export const BATCH_IN = 2;
+export const BATCH_OUT = 3;
+export const DONE = 4;
+
+/** The longest frame either side accepts. */
+export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export class FrameError extends Error {
+  override name = "FrameError";
+}
+
+export interface Frame {
+  readonly kind: number;
+  /** The body, a view valid until the next call to the reader. */
+  readonly body: Uint8Array;
+}
+
+/** A CONTROL frame carrying `message` as JSON. */
+export function controlFrame(message: unknown): Uint8Array {
+  const text = encoder.encode(JSON.stringify(message));
+  const frame = new Uint8Array(5 + text.length);
+  new DataView(frame.buffer).setUint32(0, 1 + text.length, true);
+  frame[4] = CONTROL;
+  frame.set(text, 5);
+  return frame;
+}
+
+export function readControl(body: Uint8Array): unknown {
+  return JSON.parse(decoder.decode(body));
+}
+
+/** A BATCH_IN frame: `batch` is a codec buffer. */
+export function batchInFrame(now: number, seq: number, input: number, batch: ArrayBuffer): Uint8Array {
+  const frame = new Uint8Array(4 + 1 + 14 + batch.byteLength);
+  const view = new DataView(frame.buffer);
+  view.setUint32(0, 1 + 14 + batch.byteLength, true);
+  frame[4] = BATCH_IN;
+  view.setFloat64(5, now, true);
+  view.setUint32(13, seq, true);
+  view.setUint16(17, input, true);
+  frame.set(new Uint8Array(batch), 19);
+  return frame;
+}
+
+export function readBatchIn(
+  body: Uint8Array,
+): { now: number; seq: number; input: number; batch: ArrayBuffer } {
+  if (body.length < 14) throw new FrameError(`Cannot read a batch frame: ${body.length} bytes`);
+  const view = new DataView(body.buffer, body.byteOffset, body.length);
+  return {
+    now: view.getFloat64(0, true),
+    seq: view.getUint32(8, true),
+    input: view.getUint16(12, true),
+    batch: body.slice(14).buffer,
+  };
+}
+
+/** A BATCH_OUT frame: `batch` is a codec buffer. */
+export function batchOutFrame(seq: number, output: number, batch: ArrayBuffer): Uint8Array {
+  const frame = new Uint8Array(4 + 1 + 6 + batch.byteLength);
+  const view = new DataView(frame.buffer);
+  view.setUint32(0, 1 + 6 + batch.byteLength, true);
+  frame[4] = BATCH_OUT;
+  view.setUint32(5, seq, true);
+  view.setUint16(9, output, true);
+  frame.set(new Uint8Array(batch), 11);
+  return frame;
+}
+
+export function readBatchOut(body: Uint8Array): { seq: number; output: number; batch: ArrayBuffer } {
+  if (body.length < 6) throw new FrameError(`Cannot read an output frame: ${body.length} bytes`);
+  const view = new DataView(body.buffer, body.byteOffset, body.length);
+  return { seq: view.getUint32(0, true), output: view.getUint16(4, true), batch: body.slice(6).buffer };
+}
+
+export function doneFrame(seq: number, ms: number, failed: number): Uint8Array {
+  const frame = new Uint8Array(4 + 1 + 16);
+  const view = new DataView(frame.buffer);
+  view.setUint32(0, 17, true);
+  frame[4] = DONE;
+  view.setUint32(5, seq, true);
+  view.setFloat64(9, ms, true);
+  view.setUint32(17, failed, true);
+  return frame;
+}
+
+export function readDone(body: Uint8Array): { seq: number; ms: number; failed: number } {
+  if (body.length !== 16) throw new FrameError(`Cannot read a done frame: ${body.length} bytes`);
+  const view = new DataView(body.buffer, body.byteOffset, body.length);
+  return { seq: view.getUint32(0, true), ms: view.getFloat64(4, true), failed: view.getUint32(12, true) };
+}
+
+/** Cuts a byte stream into frames; holds at most one frame's bytes plus one chunk. */
+export class FrameReader {
+  #buf = new Uint8Array(64 * 1024);
+  #start = 0;
+  #end = 0;
+
+  constructor(private readonly maxFrame = MAX_FRAME_BYTES) {}
+
+  /** Takes `chunk` and calls `each` for every whole frame; throws FrameError on a frame over the limit. */
+  push(chunk: Uint8Array, each: (frame: Frame) => void): void {
+    this.#append(chunk);
+    for (;;) {
+      const have = this.#end - this.#start;
+      if (have < 4) break;
+      const view = new DataView(this.#buf.buffer, this.#start, 4);
+      const length = view.getUint32(0, true);
+      if (length < 1 || length > this.maxFrame) {
+        throw new FrameError(`Cannot read a frame of ${length} bytes (limit ${this.maxFrame})`);
+      }
+      if (have < 4 + length) break;
+      const at = this.#start + 4;
+      this.#start += 4 + length;
+      each({ kind: this.#buf[at], body: this.#buf.subarray(at + 1, at + length) });
+    }
+    if (this.#start === this.#end) this.#start = this.#end = 0;
+  }
+
+  #append(chunk: Uint8Array): void {
+    if (this.#end + chunk.length > this.#buf.length) {
+      const have = this.#end - this.#start;
+      const need = have + chunk.length;
+      const next = need > this.#buf.length ? new Uint8Array(Math.max(need, this.#buf.length * 2)) : this.#buf;
+      next.set(this.#buf.subarray(this.#start, this.#end), 0);
+      this.#buf = next;
+      this.#start = 0;
+      this.#end = have;
+    }
+    this.#buf.set(chunk, this.#end);
+    this.#end += chunk.length;
+  }
+}

@@ -1,0 +1,189 @@
+/**
+ * The runtime inside a sandbox child: it imports the uploaded entry module, checks its exports, tells the host its
+ * ports and declared params, and then runs its handler on each batch the host sends, one batch at a time, writing
+ * the outputs and a DONE frame back. Nothing here is trusted by the host: it checks every frame this writes.
+ *
+ * The program's `console.log` goes to stderr (stdout carries the frames). A handler that throws loses its batch
+ * (counted in DONE); a failed allocation (an ArrayBuffer the hard memory limit refused) ends the child, so a memory
+ * bomb that caught its own RangeError cannot keep the memory it holds.
+ */
+import type { Batch, Endpoint } from "../net/udp.ts";
+import { decodeBatch, encodeBatch } from "../graph/vm/codec.ts";
+import { type Datagram, paramsProblems, type PortsDecl, portsProblems } from "./contract.ts";
+import {
+  BATCH_IN,
+  batchOutFrame,
+  CONTROL,
+  controlFrame,
+  doneFrame,
+  FrameReader,
+  readBatchIn,
+  readControl,
+} from "./frames.ts";
+
+/** Exit code of a child whose program failed an allocation (the hard memory limit). */
+export const EXIT_OUT_OF_MEMORY = 71;
+/** Exit code of a child whose module could not be loaded. */
+export const EXIT_LOAD_FAILED = 72;
+
+export interface GuestIo {
+  readonly input: ReadableStream<Uint8Array>;
+  write(bytes: Uint8Array): Promise<void>;
+  exit(code: number): never;
+}
+
+interface Program {
+  readonly ports: PortsDecl;
+  handle(input: number, batch: Datagram[], ctx: Ctx): unknown;
+  start?(ctx: Ctx): unknown;
+}
+
+interface Ctx {
+  readonly params: Record<string, unknown>;
+  now(): number;
+}
+
+type Work =
+  | { kind: "control"; message: unknown }
+  | { kind: "batch"; now: number; seq: number; input: number; batch: ArrayBuffer };
+
+const NOWHERE: Endpoint = { host: "0.0.0.0", port: 0 };
+
+/** Runs the program at `entry` (a file: URL) until the host closes the input or kills the child. */
+export async function serveGuest(entry: string, io: GuestIo): Promise<void> {
+  let mod: Record<string, unknown>;
+  try {
+    mod = await import(entry);
+  } catch (error) {
+    await io.write(controlFrame({ type: "load_failed", message: messageOf(error) }));
+    io.exit(EXIT_LOAD_FAILED);
+  }
+  const problems = [
+    ...portsProblems(mod.ports),
+    ...paramsProblems(mod.params),
+    ...(typeof mod.handle === "function" ? [] : ["it must export a function `handle(input, batch, ctx)`"]),
+  ];
+  if (problems.length) {
+    await io.write(controlFrame({ type: "load_failed", message: problems.join("; "), exports: true }));
+    io.exit(EXIT_LOAD_FAILED);
+  }
+  const program = mod as unknown as Program;
+  await io.write(controlFrame({ type: "loaded", ports: mod.ports, params: mod.params ?? {} }));
+
+  let now = 0;
+  const ctx: Ctx = { params: {}, now: () => now };
+  let ready = false;
+  const reader = new FrameReader();
+  const work: Work[] = [];
+  for await (const chunk of io.input) {
+    reader.push(chunk, (frame) => {
+      if (frame.kind === CONTROL) work.push({ kind: "control", message: readControl(frame.body) });
+      else if (frame.kind === BATCH_IN) work.push({ kind: "batch", ...readBatchIn(frame.body) });
+    });
+    while (work.length) {
+      const w = work.shift()!;
+      if (w.kind === "control") {
+        const m = w.message as { type?: string; params?: Record<string, unknown> };
+        if (m.type === "start" && !ready) {
+          (ctx as { params: Record<string, unknown> }).params = Object.freeze({ ...m.params });
+          try {
+            await program.start?.(ctx);
+          } catch (error) {
+            await io.write(controlFrame({ type: "start_failed", message: messageOf(error) }));
+            io.exit(EXIT_LOAD_FAILED);
+          }
+          ready = true;
+          await io.write(controlFrame({ type: "ready" }));
+        }
+        continue;
+      }
+      now = w.now;
+      await io.write(await runBatch(program, ctx, w, io));
+    }
+  }
+}
+
+/** The frames answering one batch: its outputs, an error report if the handler threw, then DONE. */
+async function runBatch(
+  program: Program,
+  ctx: Ctx,
+  w: { seq: number; input: number; batch: ArrayBuffer },
+  io: GuestIo,
+): Promise<Uint8Array> {
+  const frames: Uint8Array[] = [];
+  const started = performance.now();
+  let failed = 0;
+  let count = 0;
+  try {
+    const { batch } = decodeBatch(w.batch);
+    count = batch.count;
+    const datagrams: Datagram[] = new Array(count);
+    for (let i = 0; i < count; i++) datagrams[i] = { data: batch.data(i), from: batch.from(i) };
+    let result = program.handle(w.input, datagrams, ctx);
+    if (result instanceof Promise) result = await result;
+    if (Array.isArray(result)) {
+      const outputs = program.ports.outputs.length;
+      for (let j = 0; j < Math.min(result.length, outputs); j++) {
+        const list = result[j];
+        if (!Array.isArray(list) || list.length === 0) continue;
+        const out = asBatch(list);
+        failed += list.length - out.count;
+        if (out.count) {
+          frames.push(
+            batchOutFrame(w.seq, j, encodeBatch({ kind: "emitted", ap: 0, port: j, rtcp: false }, out)),
+          );
+        }
+      }
+    }
+  } catch (error) {
+    failed = count;
+    if (error instanceof RangeError && /allocation failed|out of memory/i.test(error.message)) {
+      await io.write(controlFrame({ type: "fatal", message: messageOf(error) }));
+      io.exit(EXIT_OUT_OF_MEMORY);
+    }
+    frames.push(controlFrame({ type: "error", message: messageOf(error), name: nameOf(error) }));
+  }
+  frames.push(doneFrame(w.seq, performance.now() - started, failed));
+  return concat(frames);
+}
+
+/** The well-formed datagrams of what a handler returned, as a Batch to encode. */
+function asBatch(list: readonly unknown[]): Batch {
+  const data: Uint8Array[] = [];
+  const from: Endpoint[] = [];
+  for (const item of list) {
+    const d = item as Partial<Datagram> | null;
+    if (!d || !(d.data instanceof Uint8Array)) continue;
+    const f = d.from;
+    const ok = f && typeof f.host === "string" && f.host.length <= 255 && Number.isInteger(f.port) &&
+      f.port >= 0 && f.port <= 0xffff;
+    data.push(d.data);
+    from.push(ok ? f : NOWHERE);
+  }
+  return {
+    count: data.length,
+    data: (i) => data[i],
+    length: (i) => data[i].length,
+    from: (i) => from[i],
+    truncated: () => false,
+  };
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+function messageOf(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).slice(0, 2000);
+}
+
+function nameOf(error: unknown): string {
+  return error instanceof Error ? error.name : typeof error;
+}

@@ -1,0 +1,695 @@
+/**
+ * The host side of one sandbox (a VM group of uploaded code): a separate `deno run` child with no --allow-* flag
+ * but read access to its own upload, a V8 heap limit and a hard address-space limit (proc.ts), kept running by a
+ * Supervisor (restarts with exponential backoff). Batches go in on the child's stdin and come out on its stdout as
+ * frames (frames.ts); each input batch is answered by its outputs and a DONE frame, so the host knows what is in
+ * flight.
+ *
+ * Limits: at most `maxInFlight` batches are in the child or on their way (more are dropped, `queue_full`); the
+ * oldest must be answered within `deadlineMs`, else the child is killed (SIGKILL), its in-flight datagrams are
+ * dropped (`deadline`) and it is restarted after the backoff delay. A child that dies otherwise (out of memory, a
+ * crash) loses its in-flight datagrams as `crashed`; batches that arrive while no child runs are `not_running`; a
+ * handler that throws loses its batch as `handler_error`.
+ *
+ * Denied permissions are counted from Deno's permission audit (DENO_AUDIT_PERMISSIONS, written by the runtime to a
+ * FIFO in the host's private directory, which the program cannot reach), so a program that catches its own denial
+ * is counted too; the child's error text is kept as the last denial. Imports of URLs never reach the permission
+ * system (the child runs with --no-remote): their error text counts them.
+ *
+ * A load failure on the first run (a syntax error, missing exports, bad params) is final: `start()` rejects with
+ * the uploaded file's line and column and nothing is restarted.
+ */
+import { type Clock, systemClock, type TimerId } from "../core/clock.ts";
+import { errorMessage } from "../core/errors.ts";
+import { type BackoffPolicy, type Child, type ChildExit, Supervisor } from "../core/supervisor.ts";
+import { normalPriorityArgv } from "../core/scheduling.ts";
+import { decodeBatch, type DecodedBatch, encodeBatch } from "../graph/vm/codec.ts";
+import type { Batch } from "../net/udp.ts";
+import { type ParamDecl, paramsProblems, type PortsDecl, portsProblems, resolveParams } from "./contract.ts";
+import {
+  BATCH_OUT,
+  batchInFrame,
+  CONTROL,
+  controlFrame,
+  DONE,
+  type Frame,
+  FrameReader,
+  readBatchOut,
+  readControl,
+  readDone,
+} from "./frames.ts";
+import { EXIT_LOAD_FAILED, EXIT_OUT_OF_MEMORY } from "./guest.ts";
+import { childArgv, type ProcSample, sampleProcess } from "./proc.ts";
+import {
+  DEFAULT_UPLOAD_LIMITS,
+  loadError,
+  SandboxLoadError,
+  UploadError,
+  type UploadLimits,
+  uploadProblems,
+  writeUpload,
+} from "./upload.ts";
+
+export type SandboxState = "idle" | "starting" | "running" | "backoff" | "failed" | "stopped";
+export const DROP_REASONS = ["queue_full", "deadline", "crashed", "not_running", "handler_error"] as const;
+export type DropReason = typeof DROP_REASONS[number];
+
+export interface SandboxLimits extends UploadLimits {
+  /** V8 old-space limit of the child. */
+  readonly heapMb: number;
+  /** What the child may map beyond its reservations (heap, ArrayBuffers, code): the hard limit. */
+  readonly memoryMb: number;
+  /** The child's reservations before it allocates (proc.ts ADDRESS_BASE_MB, DATA_BASE_MB). */
+  readonly addressBaseMb?: number;
+  readonly dataBaseMb?: number;
+  /** The oldest batch in flight must be answered within this. */
+  readonly deadlineMs: number;
+  /** Batches in the child or on their way to it. */
+  readonly maxInFlight: number;
+  /** How long the first start may take (load, check, the program's start). */
+  readonly startMs: number;
+}
+
+export const DEFAULT_LIMITS: SandboxLimits = {
+  ...DEFAULT_UPLOAD_LIMITS,
+  heapMb: 64,
+  memoryMb: 256,
+  deadlineMs: 200,
+  maxInFlight: 64,
+  startMs: 15_000,
+};
+
+export interface SandboxOptions {
+  /** For status and error texts (a VM group's name). */
+  readonly name: string;
+  /** The upload: file name -> source text. */
+  readonly modules: Readonly<Record<string, string>>;
+  /** The module that exports ports, params and handle. */
+  readonly entry: string;
+  /** The session's values for the program's declared params. */
+  readonly params?: Readonly<Record<string, unknown>>;
+  readonly limits?: Partial<SandboxLimits>;
+  readonly clock?: Clock;
+  readonly backoff?: Partial<BackoffPolicy>;
+  /** Where the private directory is made (default: the system's temporary directory). */
+  readonly tempDir?: string;
+  /** The deno executable (default: this one). */
+  readonly deno?: string;
+  /** Takes CPU and memory samples this often (0: only on `sample()`). Default 1000. */
+  readonly sampleMs?: number;
+  /** Called with every batch the program emits; the batch is valid during the call. */
+  onOutput(output: number, batch: Batch): void;
+}
+
+/** A program's ports and declared params, as its child reported them. */
+export interface ProgramInfo {
+  readonly ports: PortsDecl;
+  readonly params: Readonly<Record<string, ParamDecl>>;
+}
+
+/** Last permission denials kept for status. */
+const DENIALS_KEPT = 8;
+const AUDIT_LINE_MAX = 4096;
+const REMOTE_DENIED = /remote specifier was requested|--no-remote|--no-npm/;
+const CHILD_MAIN = new URL("./child.ts", import.meta.url);
+
+interface InFlight {
+  readonly seq: number;
+  readonly count: number;
+  readonly sentAt: number;
+}
+
+/** One run of the child: its pipes and what it has in flight. */
+interface Run {
+  readonly n: number;
+  readonly process: Deno.ChildProcess;
+  readonly writer: WritableStreamDefaultWriter<Uint8Array>;
+  readonly inFlight: InFlight[];
+  ready: boolean;
+  /** Why the host ended it (the drops' reason); null: it ended on its own. */
+  killedFor: DropReason | null;
+  /** What the child said before it ended (a failed allocation, a load failure). */
+  said: string | null;
+  exitReason: "load" | "memory" | null;
+  /** Frames waiting for the pipe, written in one go. */
+  pending: Uint8Array[];
+  writing: boolean;
+  /** Its last stderr lines (the V8 out-of-memory report ends up here). */
+  readonly stderr: string[];
+}
+
+export class SandboxHost implements AsyncDisposable {
+  readonly #o: SandboxOptions;
+  readonly #limits: SandboxLimits;
+  readonly #clock: Clock;
+  readonly #supervisor: Supervisor;
+  #state: SandboxState = "idle";
+  #dir = "";
+  #audit: Deno.FsFile | null = null;
+  #run: Run | null = null;
+  #seq = 0;
+  #deadline: TimerId | undefined;
+  #sampler: TimerId | undefined;
+  #program: ProgramInfo | null = null;
+  #values: Record<string, unknown> = {};
+  #everReady = false;
+  #starting: { resolve: () => void; reject: (e: Error) => void } | null = null;
+  #startTimer: TimerId | undefined;
+  #error: string | null = null;
+  #failure: Error | null = null;
+  #sample: ProcSample | null = null;
+  #stopped: Promise<void> | null = null;
+  readonly #drops: Record<DropReason, number> = {
+    queue_full: 0,
+    deadline: 0,
+    crashed: 0,
+    not_running: 0,
+    handler_error: 0,
+  };
+  readonly #counts = {
+    batches_in: 0,
+    packets_in: 0,
+    batches_done: 0,
+    batches_out: 0,
+    packets_out: 0,
+    handler_errors: 0,
+    deadline_kills: 0,
+    memory_kills: 0,
+    protocol_errors: 0,
+    denials: 0,
+  };
+  readonly #denied: string[] = [];
+  #handlerMsMax = 0;
+
+  constructor(options: SandboxOptions) {
+    this.#o = options;
+    this.#limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.#clock = options.clock ?? systemClock;
+    this.#supervisor = new Supervisor({
+      clock: this.#clock,
+      backoff: options.backoff,
+      killAfterMs: 500,
+      spawn: (n) => this.#spawn(n),
+      onExit: (n, exit, expected) => this.#exited(n, exit, expected),
+      onStderrLine: (line, n) => {
+        const run = this.#run;
+        if (run?.n !== n) return;
+        run.stderr.push(line);
+        if (run.stderr.length > 20) run.stderr.shift();
+      },
+    });
+  }
+
+  get state(): SandboxState {
+    return this.#state;
+  }
+
+  /** The program's ports and params once a child reported them. */
+  get program(): ProgramInfo | null {
+    return this.#program;
+  }
+
+  /** The child's process id while one runs. */
+  get pid(): number | null {
+    return this.#run?.process.pid ?? null;
+  }
+
+  /**
+   * Checks the upload, writes it, starts the child and resolves once the program is loaded, checked and started.
+   * Rejects with UploadError (nothing written), SandboxLoadError (a syntax error: its file, line and column; a
+   * missing export; bad params) or an Error when it did not start within `startMs`; nothing runs after a rejection.
+   */
+  async start(): Promise<void> {
+    if (this.#state !== "idle") {
+      throw new Error(`Cannot start sandbox "${this.#o.name}": it is ${this.#state}`);
+    }
+    const problems = uploadProblems(this.#o.modules, this.#o.entry, this.#limits);
+    if (problems.length) {
+      this.#state = "failed";
+      throw new UploadError(problems);
+    }
+    this.#state = "starting";
+    this.#dir = await Deno.makeTempDir({ dir: this.#o.tempDir, prefix: "edgenode-sandbox-" });
+    await Deno.mkdir(`${this.#dir}/modules`, { mode: 0o700 });
+    await writeUpload(`${this.#dir}/modules`, this.#o.modules);
+    await this.#openAudit();
+    const started = new Promise<void>((resolve, reject) => this.#starting = { resolve, reject });
+    this.#startTimer = this.#clock.setTimeout(
+      () =>
+        this.#fail(
+          new Error(`Cannot start sandbox "${this.#o.name}": not ready within ${this.#limits.startMs} ms`),
+        ),
+      this.#limits.startMs,
+    );
+    this.#supervisor.start();
+    this.#scheduleSample();
+    try {
+      await started;
+    } catch (error) {
+      await this.stop();
+      this.#state = "failed";
+      throw error;
+    }
+  }
+
+  /**
+   * Sends a batch to input `input` of the program. False when it was dropped (counted by reason): no child is
+   * ready, or `maxInFlight` batches are already in flight.
+   */
+  push(input: number, batch: Batch): boolean {
+    const run = this.#run;
+    this.#counts.batches_in++;
+    this.#counts.packets_in += batch.count;
+    if (!run || !run.ready || this.#state !== "running" || !this.#program) {
+      this.#drops.not_running += batch.count;
+      return false;
+    }
+    if (input < 0 || input >= this.#program.ports.inputs.length) {
+      throw new RangeError(`Sandbox "${this.#o.name}" has no input ${input}`);
+    }
+    if (run.inFlight.length >= this.#limits.maxInFlight) {
+      this.#drops.queue_full += batch.count;
+      return false;
+    }
+    const seq = this.#seq = (this.#seq + 1) >>> 0;
+    const now = this.#clock.now();
+    run.inFlight.push({ seq, count: batch.count, sentAt: now });
+    this.#write(
+      run,
+      batchInFrame(now, seq, input, encodeBatch({ kind: "deliver", ap: 0, port: input, rtcp: false }, batch)),
+    );
+    if (this.#deadline === undefined) this.#armDeadline(run);
+    return true;
+  }
+
+  /** Refreshes the CPU and memory figures of the running child. */
+  async sample(): Promise<ProcSample | null> {
+    const pid = this.pid;
+    if (pid === null) return this.#sample;
+    const s = await sampleProcess(pid);
+    if (s) this.#sample = s;
+    return this.#sample;
+  }
+
+  /** Figures for /status (and /metrics, by the same names). */
+  status(): Record<string, unknown> {
+    const sup = this.#supervisor.status();
+    return {
+      state: this.#state,
+      pid: this.pid,
+      restarts: sup.restarts,
+      crashes: sup.crashes,
+      ...(this.#state === "backoff" ? { next_start_ms: this.#supervisor.nextDelayMs } : {}),
+      last_error: this.#error,
+      memory_bytes: this.#sample?.rssBytes ?? null,
+      cpu_ms: this.#sample?.cpuMs ?? null,
+      queue_depth: this.#run?.inFlight.length ?? 0,
+      handler_ms_max: Math.round(this.#handlerMsMax * 1000) / 1000,
+      ...this.#counts,
+      dropped: { ...this.#drops },
+      denied: [...this.#denied],
+      limits: {
+        heap_mb: this.#limits.heapMb,
+        memory_mb: this.#limits.memoryMb,
+        deadline_ms: this.#limits.deadlineMs,
+        max_in_flight: this.#limits.maxInFlight,
+      },
+      stderr: sup.stderr,
+    };
+  }
+
+  /** Ends the child (SIGTERM, then SIGKILL), removes the upload's directory; starts nothing more. */
+  stop(): Promise<void> {
+    if (this.#stopped) return this.#stopped;
+    this.#stopped = (async () => {
+      this.#clearTimers();
+      await this.#supervisor.stop();
+      if (this.#state !== "failed") this.#state = "stopped";
+      try {
+        this.#audit?.close();
+      } catch { /* closed */ }
+      this.#audit = null;
+      if (this.#dir) await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+    })();
+    return this.#stopped;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+
+  /** Kills the child at once without waiting (the node is exiting). */
+  abandon(): void {
+    this.#clearTimers();
+    this.#supervisor.abandon();
+  }
+
+  #spawn(n: number): Child {
+    const argv = normalPriorityArgv(childArgv({
+      deno: this.#o.deno ?? Deno.execPath(),
+      main: CHILD_MAIN.href,
+      dir: `${this.#dir}/modules`,
+      entry: this.#o.entry,
+      heapMb: this.#limits.heapMb,
+      memoryMb: this.#limits.memoryMb,
+      addressBaseMb: this.#limits.addressBaseMb,
+      dataBaseMb: this.#limits.dataBaseMb,
+    }));
+    const env: Record<string, string> = { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" };
+    env.DENO_AUDIT_PERMISSIONS = `${this.#dir}/audit.fifo`;
+    const cache = Deno.env.get("DENO_DIR") ??
+      (Deno.env.get("HOME") ? `${Deno.env.get("HOME")}/.cache/deno` : null);
+    if (cache) env.DENO_DIR = cache;
+    const process = new Deno.Command(argv[0], {
+      args: argv.slice(1),
+      clearEnv: true,
+      env,
+      cwd: `${this.#dir}/modules`,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const run: Run = {
+      n,
+      process,
+      writer: process.stdin.getWriter(),
+      inFlight: [],
+      ready: false,
+      killedFor: null,
+      said: null,
+      exitReason: null,
+      pending: [],
+      writing: false,
+      stderr: [],
+    };
+    this.#run = run;
+    if (this.#state !== "stopped" && this.#state !== "failed") this.#state = "starting";
+    // The end is seen after the last frame was read: a load failure is written just before the child exits.
+    const framesRead = this.#readFrames(run);
+    return {
+      pid: process.pid,
+      status: framesRead.then(() => process.status).then((s) => ({ code: s.code, signal: s.signal })),
+      stdout: null,
+      stderr: process.stderr,
+      kill: (signal) => process.kill(signal),
+    };
+  }
+
+  async #readFrames(run: Run): Promise<void> {
+    const reader = new FrameReader();
+    try {
+      for await (const chunk of run.process.stdout) {
+        reader.push(chunk, (frame) => this.#frame(run, frame));
+      }
+    } catch (error) {
+      // A frame that cannot be read: the child broke the protocol (its program wrote to stdout).
+      if (this.#run === run) this.#protocolError(run, errorMessage(error));
+    }
+  }
+
+  #frame(run: Run, frame: Frame): void {
+    if (this.#run !== run) return;
+    switch (frame.kind) {
+      case CONTROL:
+        return this.#control(run, readControl(frame.body) as Record<string, unknown>);
+      case BATCH_OUT: {
+        const out = readBatchOut(frame.body);
+        const ports = this.#program?.ports.outputs.length ?? 0;
+        if (run.inFlight[0]?.seq !== out.seq || out.output >= ports) {
+          return this.#protocolError(
+            run,
+            `an output for batch ${out.seq}, port ${out.output}, not in flight`,
+          );
+        }
+        const batch: DecodedBatch = decodeBatch(out.batch).batch;
+        this.#counts.batches_out++;
+        this.#counts.packets_out += batch.count;
+        try {
+          this.#o.onOutput(out.output, batch);
+        } catch (error) {
+          this.#error = `its output could not be delivered: ${errorMessage(error)}`;
+        }
+        return;
+      }
+      case DONE: {
+        const done = readDone(frame.body);
+        const head = run.inFlight[0];
+        if (!head || head.seq !== done.seq) {
+          return this.#protocolError(run, `DONE for batch ${done.seq}, not in flight`);
+        }
+        run.inFlight.shift();
+        this.#counts.batches_done++;
+        if (done.ms > this.#handlerMsMax) this.#handlerMsMax = done.ms;
+        this.#drops.handler_error += Math.min(done.failed, head.count);
+        this.#rearmDeadline(run);
+        return;
+      }
+      default:
+        return this.#protocolError(run, `a frame of kind ${frame.kind}`);
+    }
+  }
+
+  #control(run: Run, m: Record<string, unknown>): void {
+    const message = typeof m.message === "string" ? m.message.slice(0, 2000) : "";
+    switch (m.type) {
+      case "loaded": {
+        const problems = [...portsProblems(m.ports), ...paramsProblems(m.params)];
+        const decl = (m.params ?? {}) as Record<string, ParamDecl>;
+        const resolved = problems.length ? null : resolveParams(decl, this.#o.params ?? {});
+        if (resolved) problems.push(...resolved.problems);
+        if (problems.length) {
+          const error = new SandboxLoadError(problems.join("; "), { file: this.#o.entry, line: 1, col: 1 });
+          return this.#loadFailed(run, error);
+        }
+        this.#program = { ports: m.ports as PortsDecl, params: decl };
+        this.#values = resolved!.values;
+        this.#write(run, controlFrame({ type: "start", params: this.#values }));
+        return;
+      }
+      case "ready":
+        run.ready = true;
+        this.#everReady = true;
+        this.#state = "running";
+        this.#clearStartTimer();
+        this.#starting?.resolve();
+        this.#starting = null;
+        return;
+      case "load_failed":
+      case "start_failed": {
+        const error = m.exports === true || m.type === "start_failed"
+          ? new SandboxLoadError(message, { file: this.#o.entry, line: 1, col: 1 })
+          : loadError(`${this.#dir}/modules`, message);
+        return this.#loadFailed(run, error);
+      }
+      case "error":
+        this.#counts.handler_errors++;
+        this.#error = `${String(m.name)}: ${message}`;
+        // Neither an import of a URL (--no-remote) nor a subprocess reaches the permission audit: the text counts.
+        if (REMOTE_DENIED.test(message) || /^Requires run access/.test(message)) this.#denial(message);
+        else if (m.name === "NotCapable" || /^Requires \w+ access/.test(message)) this.#noteDenial(message);
+        return;
+      case "fatal":
+        run.said = message;
+        run.exitReason = "memory";
+        return;
+      default:
+        return this.#protocolError(run, `a control message of type ${JSON.stringify(m.type)?.slice(0, 40)}`);
+    }
+  }
+
+  /** On the first run the load failure is final; later (the same source loaded before) it is a crash. */
+  #loadFailed(run: Run, error: SandboxLoadError): void {
+    run.said = error.format();
+    run.exitReason = "load";
+    if (this.#everReady) return;
+    this.#fail(error);
+  }
+
+  #fail(error: Error): void {
+    this.#error = error.message;
+    this.#failure = error;
+    this.#state = "failed";
+    this.#clearTimers();
+    const starting = this.#starting;
+    this.#starting = null;
+    void this.#supervisor.stop();
+    starting?.reject(error);
+  }
+
+  #protocolError(run: Run, what: string): void {
+    this.#counts.protocol_errors++;
+    this.#error = `it broke the sandbox protocol: ${what}`;
+    this.#kill(run, "crashed");
+  }
+
+  #kill(run: Run, reason: DropReason): void {
+    if (run.killedFor) return;
+    run.killedFor = reason;
+    // It takes no more batches from now: they would only be lost with it.
+    run.ready = false;
+    if (this.#state === "running") this.#state = "backoff";
+    try {
+      run.process.kill("SIGKILL");
+    } catch { /* gone */ }
+  }
+
+  #exited(n: number, exit: ChildExit, expected: boolean): void {
+    const run = this.#run;
+    if (!run || run.n !== n) return;
+    this.#run = null;
+    this.#clearDeadline();
+    const lost = run.inFlight.reduce((sum, b) => sum + b.count, 0);
+    run.inFlight.length = 0;
+    if (expected || this.#state === "failed") return;
+    this.#drops[run.killedFor ?? "crashed"] += lost;
+    if (run.killedFor === "deadline") {
+      this.#error = `its handler did not return within ${this.#limits.deadlineMs} ms; it was killed`;
+    } else if (run.exitReason === "memory" || exit.code === EXIT_OUT_OF_MEMORY) {
+      this.#counts.memory_kills++;
+      this.#error = `out of memory (over its ${this.#limits.memoryMb} MiB limit): ${run.said ?? ""}`.trim();
+    } else if (run.exitReason === "load" || exit.code === EXIT_LOAD_FAILED) {
+      this.#error = `it could not be loaded again: ${run.said ?? ""}`;
+    } else if (!run.killedFor) {
+      const oom = run.stderr.find((l) => /out of memory|heap limit|allocation failed/i.test(l));
+      if (oom) this.#counts.memory_kills++;
+      const ended = `it ended (${exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`})`;
+      const last = oom ?? run.stderr.findLast((l) => !/^\s*(#|\[|$)/.test(l)) ?? run.stderr.at(-1);
+      this.#error = `${oom ? `out of memory (heap limit ${this.#limits.heapMb} MiB), ` : ""}${ended}${
+        last ? `: ${last.trim()}` : ""
+      }`;
+    }
+    this.#state = "backoff";
+  }
+
+  #write(run: Run, frame: Uint8Array): void {
+    run.pending.push(frame);
+    if (!run.writing) void this.#pump(run);
+  }
+
+  /** Writes what is pending in one go per turn, so the pipe sees few large writes. */
+  async #pump(run: Run): Promise<void> {
+    run.writing = true;
+    try {
+      while (run.pending.length) {
+        const parts = run.pending.splice(0);
+        let bytes = parts[0];
+        if (parts.length > 1) {
+          bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+          let off = 0;
+          for (const p of parts) (bytes.set(p, off), off += p.length);
+        }
+        await run.writer.write(bytes);
+      }
+    } catch {
+      // The child is gone; its end is handled by the supervisor.
+      run.pending.length = 0;
+    } finally {
+      run.writing = false;
+    }
+  }
+
+  #armDeadline(run: Run): void {
+    const head = run.inFlight[0];
+    if (!head) return;
+    const due = Math.max(0, head.sentAt + this.#limits.deadlineMs - this.#clock.now());
+    this.#deadline = this.#clock.setTimeout(() => {
+      this.#deadline = undefined;
+      if (this.#run !== run || run.inFlight[0] !== head) return this.#armDeadline(run);
+      this.#counts.deadline_kills++;
+      this.#kill(run, "deadline");
+    }, due);
+  }
+
+  #rearmDeadline(run: Run): void {
+    this.#clearDeadline();
+    this.#armDeadline(run);
+  }
+
+  #clearDeadline(): void {
+    if (this.#deadline !== undefined) this.#clock.clearTimeout(this.#deadline);
+    this.#deadline = undefined;
+  }
+
+  #clearStartTimer(): void {
+    if (this.#startTimer !== undefined) this.#clock.clearTimeout(this.#startTimer);
+    this.#startTimer = undefined;
+  }
+
+  #clearTimers(): void {
+    this.#clearDeadline();
+    this.#clearStartTimer();
+    if (this.#sampler !== undefined) this.#clock.clearTimeout(this.#sampler);
+    this.#sampler = undefined;
+  }
+
+  #scheduleSample(): void {
+    const every = this.#o.sampleMs ?? 1000;
+    if (every <= 0) return;
+    this.#sampler = this.#clock.setTimeout(() => {
+      void this.sample().finally(() => {
+        if (this.#state !== "stopped" && this.#state !== "failed") this.#scheduleSample();
+      });
+    }, every);
+  }
+
+  /** The audit FIFO, opened read-write so that neither side blocks on open and it never reads an end. */
+  async #openAudit(): Promise<void> {
+    const path = `${this.#dir}/audit.fifo`;
+    const made = await new Deno.Command("mkfifo", { args: ["-m", "600", path], stderr: "piped" }).output();
+    if (!made.success) {
+      throw new Error(
+        `Cannot make the permission audit FIFO: ${new TextDecoder().decode(made.stderr).trim()}`,
+      );
+    }
+    this.#audit = await Deno.open(path, { read: true, write: true });
+    void this.#readAudit(this.#audit);
+  }
+
+  async #readAudit(file: Deno.FsFile): Promise<void> {
+    const decoder = new TextDecoder();
+    let rest = "";
+    try {
+      for await (const chunk of file.readable) {
+        rest += decoder.decode(chunk, { stream: true });
+        let nl: number;
+        while ((nl = rest.indexOf("\n")) >= 0) {
+          this.#auditLine(rest.slice(0, nl));
+          rest = rest.slice(nl + 1);
+        }
+        if (rest.length > AUDIT_LINE_MAX) rest = "";
+      }
+    } catch { /* closed by stop() */ }
+  }
+
+  /** One access the child's runtime checked: denied unless it reads inside its own upload. */
+  #auditLine(line: string): void {
+    let entry: { permission?: unknown; value?: unknown };
+    try {
+      entry = JSON.parse(line);
+    } catch {
+      return;
+    }
+    const permission = String(entry.permission);
+    const value = entry.value === null || entry.value === undefined ? null : String(entry.value);
+    const modules = `${this.#dir}/modules`;
+    if (permission === "read" && value !== null && (value === modules || value.startsWith(`${modules}/`))) {
+      return;
+    }
+    this.#denial(
+      `Requires ${permission} access${value === null ? "" : ` to "${value.replace(`${modules}/`, "")}"`}`,
+    );
+  }
+
+  #denial(text: string): void {
+    this.#counts.denials++;
+    this.#noteDenial(text);
+  }
+
+  /** Keeps the child's own text of a denial (counted by the audit). */
+  #noteDenial(text: string): void {
+    const line = text.split("\n")[0].slice(0, 300);
+    if (this.#denied.at(-1) === line) return;
+    this.#denied.push(line);
+    if (this.#denied.length > DENIALS_KEPT) this.#denied.shift();
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * The operating system's side of a sandbox child: its command line (no --allow-* flag but read access to its
+ * upload, a V8 heap limit, and hard limits on its address space and its private writable memory through
+ * util-linux's `prlimit`), and its CPU time and
+ * memory read from /proc/PID/stat through `cat` (Deno lets only --allow-all read /proc of another process).
+ */
+
+/**
+ * Address space a Deno 2.9.6 child reserves before it allocates anything: V8's pointer cage and cppgc's 32 GiB
+ * caged heap are reserved, not used. Measured here: `deno run` of a one-line module starts under `prlimit --as` from
+ * 33088 MiB; the sandbox child needs a little more (its threads' stacks). The hard limit is this plus the group's
+ * memory budget, so it bounds what the child really maps (ArrayBuffers included) to about that budget.
+ */
+export const ADDRESS_BASE_MB = 33_280;
+
+/**
+ * Private writable memory (RLIMIT_DATA) a Deno 2.9.6 child maps before the program allocates: measured here, a
+ * one-line module starts from 547 MiB. This is the limit that holds ArrayBuffers: V8 places their backing stores in
+ * address space it reserved at start (so `--as` never sees them grow), but making those pages writable counts
+ * against RLIMIT_DATA, and an allocation over it fails with "Array buffer allocation failed".
+ */
+export const DATA_BASE_MB = 640;
+
+export interface ChildCommandOptions {
+  /** The deno executable. */
+  readonly deno: string;
+  /** The child's main module (lib/sandbox/child.ts). */
+  readonly main: string;
+  /** The upload's directory: the only thing the child may read. */
+  readonly dir: string;
+  /** The entry module's file name in `dir`. */
+  readonly entry: string;
+  /** V8 old-space limit. */
+  readonly heapMb: number;
+  /** What the child may map beyond `addressBaseMb` (heap, ArrayBuffers, code). */
+  readonly memoryMb: number;
+  readonly addressBaseMb?: number;
+  readonly dataBaseMb?: number;
+}
+
+/** The argv that starts a sandbox child. */
+export function childArgv(o: ChildCommandOptions): string[] {
+  const mib = 1024 * 1024;
+  const asBytes = ((o.addressBaseMb ?? ADDRESS_BASE_MB) + o.memoryMb) * mib;
+  const dataBytes = ((o.dataBaseMb ?? DATA_BASE_MB) + o.memoryMb) * mib;
+  return [
+    "prlimit",
+    `--as=${asBytes}`,
+    `--data=${dataBytes}`,
+    "--core=0",
+    "--",
+    o.deno,
+    "run",
+    "--no-prompt",
+    "--no-config",
+    "--no-lock",
+    "--no-remote",
+    "--no-npm",
+    `--allow-read=${o.dir}`,
+    `--v8-flags=--max-old-space-size=${o.heapMb}`,
+    o.main,
+    `file://${o.dir}/${o.entry}`,
+  ];
+}
+
+/** CPU time and resident memory of a process. */
+export interface ProcSample {
+  readonly cpuMs: number;
+  readonly rssBytes: number;
+}
+
+/** Reads /proc/PID/stat's text; null when the process is gone. */
+export function parseProcStat(text: string, ticksPerSecond = 100, pageBytes = 4096): ProcSample | null {
+  const close = text.lastIndexOf(")");
+  if (close < 0) return null;
+  // Fields after the command name, from field 3 (state): utime is field 14, stime 15, rss 24.
+  const f = text.slice(close + 2).trim().split(/\s+/);
+  const utime = Number(f[11]);
+  const stime = Number(f[12]);
+  const rss = Number(f[21]);
+  if (![utime, stime, rss].every(Number.isFinite)) return null;
+  return { cpuMs: ((utime + stime) * 1000) / ticksPerSecond, rssBytes: rss * pageBytes };
+}
+
+/** Samples process `pid`; null when it is gone or cannot be read. */
+export async function sampleProcess(pid: number): Promise<ProcSample | null> {
+  try {
+    const out = await new Deno.Command("cat", {
+      args: [`/proc/${pid}/stat`],
+      stdout: "piped",
+      stderr: "null",
+    })
+      .output();
+    return out.success ? parseProcStat(new TextDecoder().decode(out.stdout)) : null;
+  } catch {
+    return null;
+  }
+}

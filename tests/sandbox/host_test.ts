@@ -1,0 +1,283 @@
+import assert from "node:assert/strict";
+import { ManualClock } from "../../lib/core/clock.ts";
+import type { Batch } from "../../lib/net/udp.ts";
+import { SandboxHost, type SandboxOptions } from "../../lib/sandbox/host.ts";
+import { SandboxLoadError, UploadError } from "../../lib/sandbox/upload.ts";
+import { until } from "../_support/until.ts";
+import {
+  ARRAY_BOMB,
+  BUFFER_BOMB,
+  datagrams,
+  EXITS,
+  LOOPS_ON_FF,
+  PASS_THROUGH,
+  PORTS,
+  trying,
+} from "./_programs.ts";
+
+interface Received {
+  output: number;
+  data: Uint8Array[];
+  from: string[];
+}
+
+/** A sandbox with `source` as main.js, whose outputs are collected. */
+function sandbox(source: string, o: Partial<SandboxOptions> = {}): { host: SandboxHost; got: Received[] } {
+  const got: Received[] = [];
+  const host = new SandboxHost({
+    name: "test",
+    modules: { "main.js": source },
+    entry: "main.js",
+    sampleMs: 0,
+    ...o,
+    onOutput: (output: number, b: Batch) => {
+      const data: Uint8Array[] = [];
+      const from: string[] = [];
+      for (let i = 0; i < b.count; i++) {
+        data.push(b.data(i).slice());
+        from.push(`${b.from(i).host}:${b.from(i).port}`);
+      }
+      got.push({ output, data, from });
+    },
+  });
+  return { host, got };
+}
+
+const packets = (got: Received[]) => got.reduce((n, r) => n + r.data.length, 0);
+
+Deno.test("SandboxHost passes a batch through an uploaded program with its params and senders", async () => {
+  const { host, got } = sandbox(PASS_THROUGH, { params: { stamp: 9 } });
+  try {
+    await host.start();
+    assert.deepEqual(host.program?.ports, { inputs: ["in"], outputs: ["out"] });
+    assert.equal(host.push(0, datagrams(64, 1450)), true);
+    assert.equal(host.push(0, datagrams(64, 100)), true);
+    await until("both batches back", () => packets(got) === 128);
+    assert.equal(got[0].output, 0);
+    assert.equal(got[0].data[0][0], 9, "the program stamped byte 0 with its param");
+    assert.equal(got[0].data[5][1], 5);
+    assert.equal(got[0].data[0].length, 1450);
+    assert.equal(got[1].data[63].length, 100);
+    assert.equal(got[0].from[0], "127.0.0.1:5004");
+    await until("DONE frames counted", () => host.status().batches_done === 2);
+    const s = host.status();
+    assert.equal(s.state, "running");
+    assert.equal(s.packets_out, 128);
+    assert.equal(s.queue_depth, 0);
+    const sample = await host.sample();
+    assert.ok(sample && sample.rssBytes > 1e6 && sample.cpuMs >= 0, `sample ${JSON.stringify(sample)}`);
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost refuses params the program does not declare, and nothing runs", async () => {
+  const { host } = sandbox(PASS_THROUGH, { params: { stamp: 999, colour: "red" } });
+  try {
+    await assert.rejects(host.start(), (e: Error) => {
+      assert.ok(e instanceof SandboxLoadError);
+      assert.match(e.message, /unknown param "colour" \(it has: stamp\)/);
+      assert.match(e.message, /"stamp" must be at most 255/);
+      return true;
+    });
+    assert.equal(host.state, "failed");
+    assert.equal(host.pid, null);
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost rejects a syntax error with the module's file, line and column and starts nothing", async () => {
+  const bad =
+    `export const ports = { inputs: ["in"], outputs: ["out"] };\nexport function handle(i, b) {\n  return [b] +;\n}\n`;
+  const got: Received[] = [];
+  const host = new SandboxHost({
+    name: "test",
+    modules: { "main.js": `import { handle } from "./lib.js";\n${PORTS}export { handle };\n`, "lib.js": bad },
+    entry: "main.js",
+    sampleMs: 0,
+    onOutput: () => got.push({ output: 0, data: [], from: [] }),
+  });
+  try {
+    await assert.rejects(host.start(), (e: Error) => {
+      assert.ok(e instanceof SandboxLoadError, String(e));
+      assert.equal(e.file, "lib.js");
+      assert.equal(e.line, 3);
+      assert.equal(e.col, 15);
+      assert.match(e.format(), /^lib\.js:3:15: SyntaxError/);
+      assert.doesNotMatch(e.message, /edgenode-sandbox-/, "the node's paths are not shown");
+      return true;
+    });
+    assert.equal(host.state, "failed");
+    assert.equal(host.status().restarts, 0);
+    assert.equal(host.push(0, datagrams(1, 10)), false);
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost refuses an upload with bad names, too many modules or no entry before writing", async () => {
+  const host = new SandboxHost({
+    name: "test",
+    modules: { "../x.js": "", "a.js": "", "b.js": "" },
+    entry: "main.js",
+    limits: { maxModules: 2 },
+    onOutput: () => {},
+  });
+  await assert.rejects(host.start(), (e: Error) => {
+    assert.ok(e instanceof UploadError);
+    assert.equal(e.problems.length, 3, e.message);
+    return true;
+  });
+  await host.stop();
+});
+
+const DENIALS: [string, string, RegExp][] = [
+  ["reading a file", `Deno.readTextFile("/etc/hostname")`, /Requires read access to "\/etc\/hostname"/],
+  [
+    "opening a socket",
+    `Deno.connect({ hostname: "127.0.0.1", port: 9 })`,
+    /Requires net access to "127\.0\.0\.1:9"/,
+  ],
+  ["running a process", `new Deno.Command("/bin/true").output()`, /Requires run access to "\/bin\/true"/],
+  [
+    "reading the environment",
+    `Promise.resolve().then(() => Deno.env.get("HOME"))`,
+    /Requires env access to "HOME"/,
+  ],
+  [
+    "calling FFI",
+    `Promise.resolve().then(() => Deno.dlopen("libc.so.6", {}))`,
+    /Requires ffi access to "libc\.so\.6"/,
+  ],
+  [
+    "importing a URL",
+    `import("https://esm.sh/left-pad")`,
+    /remote specifier was requested: "https:\/\/esm\.sh/,
+  ],
+  [
+    "importing a path outside its upload",
+    `import("file:///etc/passwd.js")`,
+    /Requires read access to "\/etc\/passwd\.js"/,
+  ],
+];
+
+for (const [what, attempt, text] of DENIALS) {
+  Deno.test(`SandboxHost denies ${what} and reports the attempt`, async () => {
+    const { host, got } = sandbox(trying(attempt));
+    try {
+      await host.start();
+      host.push(0, datagrams(4, 100));
+      await until("the denial reported", () => (host.status().denied as string[]).some((d) => text.test(d)));
+      await until("the batch answered", () => host.status().batches_done === 1);
+      const s = host.status();
+      assert.ok((s.denials as number) >= 1, JSON.stringify(s));
+      assert.equal(s.handler_errors, 1);
+      assert.equal((s.dropped as Record<string, number>).handler_error, 4);
+      assert.equal(s.state, "running", "a denial does not end the program");
+      assert.equal(packets(got), 0);
+    } finally {
+      await host.stop();
+    }
+  });
+}
+
+Deno.test("SandboxHost counts a denial the program caught itself", async () => {
+  const source = `${PORTS}export function handle(_i, b) {
+    try { Deno.readTextFileSync("/etc/hostname"); } catch { /* hidden */ }
+    return [b];
+  }\n`;
+  const { host, got } = sandbox(source);
+  try {
+    await host.start();
+    host.push(0, datagrams(2, 100));
+    await until("the batch back", () => packets(got) === 2);
+    await until("the audit counted", () => host.status().denials === 1);
+    assert.deepEqual(host.status().denied, ['Requires read access to "/etc/hostname"']);
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost kills a handler past its deadline and restarts it while a second sandbox keeps flowing", async () => {
+  const spinner = sandbox(LOOPS_ON_FF, { limits: { deadlineMs: 150 }, backoff: { initialMs: 100 } });
+  const neighbour = sandbox(PASS_THROUGH);
+  try {
+    await Promise.all([spinner.host.start(), neighbour.host.start()]);
+    const firstPid = spinner.host.pid;
+    spinner.host.push(0, datagrams(8, 100, 0xff));
+    // The neighbour is served while the spinner's handler spins.
+    neighbour.host.push(0, datagrams(16, 100));
+    await until("the neighbour's batch", () => packets(neighbour.got) === 16);
+    await until("the spinner killed", () => spinner.host.status().deadline_kills === 1, 5000);
+    await until(
+      "the spinner running again",
+      () => spinner.host.status().restarts === 1 && spinner.host.state === "running",
+      10_000,
+    );
+    const s = spinner.host.status();
+    assert.equal((s.dropped as Record<string, number>).deadline, 8);
+    assert.equal(s.restarts, 1);
+    assert.match(String(s.last_error), /did not return within 150 ms/);
+    assert.notEqual(spinner.host.pid, firstPid);
+    spinner.host.push(0, datagrams(3, 100));
+    await until("the restarted spinner answers", () => packets(spinner.got) === 3);
+    neighbour.host.push(0, datagrams(16, 100));
+    await until("the neighbour still flows", () => packets(neighbour.got) === 32);
+  } finally {
+    await Promise.all([spinner.host.stop(), neighbour.host.stop()]);
+  }
+});
+
+for (
+  const [what, source, error] of [
+    ["a growing array", ARRAY_BOMB, /out of memory/],
+    ["a growing set of ArrayBuffers", BUFFER_BOMB, /out of memory/],
+  ] as const
+) {
+  Deno.test(`SandboxHost stops a memory bomb of ${what} and this process lives`, async () => {
+    const { host } = sandbox(source, {
+      limits: { heapMb: 48, memoryMb: 160, deadlineMs: 30_000 },
+      backoff: { initialMs: 60_000 },
+    });
+    try {
+      await host.start();
+      host.push(0, datagrams(5, 100));
+      await until("the child ended", () => host.state === "backoff", 30_000);
+      const s = host.status();
+      assert.match(String(s.last_error), error);
+      assert.equal(s.memory_kills, 1);
+      assert.equal((s.dropped as Record<string, number>).crashed, 5);
+      assert.ok(Deno.memoryUsage().rss < 1024 ** 3, "this process did not take the bomb's memory");
+    } finally {
+      await host.stop();
+    }
+  });
+}
+
+Deno.test("SandboxHost backs off a crash loop on its clock", async () => {
+  const clock = new ManualClock(1_000_000);
+  const { host } = sandbox(EXITS, { clock, backoff: { initialMs: 1000, maxMs: 8000, factor: 2 } });
+  try {
+    await host.start();
+    const delays: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      await until(`run ${i + 1} running`, () => host.state === "running", 15_000);
+      host.push(0, datagrams(2, 10));
+      await until(`run ${i + 1} crashed`, () => host.state === "backoff", 10_000);
+      const s = host.status();
+      delays.push(s.next_start_ms as number);
+      assert.match(String(s.last_error), /exit code 3/);
+      // Nothing starts before the delay has passed on the clock.
+      clock.advance((s.next_start_ms as number) - 1);
+      assert.equal(host.state, "backoff");
+      clock.advance(1);
+    }
+    assert.deepEqual(delays, [1000, 2000, 4000, 8000]);
+    await until("run 5 running", () => host.state === "running", 15_000);
+    assert.equal(host.status().restarts, 4);
+    assert.equal((host.status().dropped as Record<string, number>).crashed, 8);
+  } finally {
+    await host.stop();
+  }
+});
