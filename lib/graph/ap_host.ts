@@ -106,6 +106,7 @@ export class ApHost {
           useRtp: this.#plan.useRtp,
           registration: plan.registration,
           node: this.#node,
+          clockRates: plan.clockRates,
         };
         state.element = half?.side === "main"
           ? plan.kind.edge!({ ...ctx, edge: half.link })

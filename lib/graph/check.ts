@@ -32,6 +32,7 @@ import {
   type NodeContext,
   type SessionUsage,
 } from "./budgets.ts";
+import { upstreamClockRates } from "./clock_hints.ts";
 import type { ElementKind } from "./element.ts";
 import { ParamProblem } from "./params.ts";
 
@@ -71,6 +72,8 @@ export interface PlannedAp {
   }[];
   readonly outputs: readonly { readonly name: string; readonly wires: readonly Wire[] }[];
   readonly registration: number | null;
+  /** Clock rates (payload type -> Hz) of what reaches its inputs, as far as the program tells (clock_hints.ts). */
+  readonly clockRates: ReadonlyMap<number, number>;
 }
 
 export interface SessionPlan {
@@ -283,8 +286,10 @@ export function planSession(
   // From here on, this node's part only: what it binds, holds and sends.
   const part: SessionSpec = placement ? { ...spec, aps: spec.aps.filter((ap) => isLocal(ap.name)) } : spec;
   const ports = checkPorts(part, options.portsInUse ?? new Map(), fail);
-  const order = wiringKnown ? dataFlowOrder(spec.aps, fail).filter((ap) => isLocal(ap.name)) : [];
+  const flow = wiringKnown ? dataFlowOrder(spec.aps, fail) : [];
+  const order = flow.filter((ap) => isLocal(ap.name));
   if (errors.length) throw programErrors(errors);
+  const clockRates = upstreamClockRates(flow, kindOf, params);
 
   const index = new Map(order.map((ap, i) => [ap.name, i]));
   const targetsOf = (out: ApDecl["outputs"][number]) => withoutRepeats(out.targets);
@@ -344,6 +349,7 @@ export function planSession(
         return linkedFrom(ap.name, p.name) ? { ...planned, linked: true } : planned;
       }),
       registration: ap.inputs.find((p) => p.name === kind.ports.registration)?.external?.port ?? null,
+      clockRates: clockRates.get(ap.name) ?? new Map(),
       outputs: ap.outputs.map((o) => ({
         name: o.name,
         wires: targetsOf(o).map((t): Wire => {

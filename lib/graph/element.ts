@@ -45,6 +45,11 @@ export interface ElementContext<P extends Params = Params> {
   readonly node: NodeServices;
   /** For a split AP in a VM group (see `ElementKind.edge`): the link between its two halves. */
   readonly edge?: EdgeLink;
+  /**
+   * Clock rates (payload type -> Hz) of what reaches its inputs, as far as the program tells (`outputClockRates` of
+   * the APs upstream, carried through the others): a syncer need not measure them. Absent: none known.
+   */
+  readonly clockRates?: ReadonlyMap<number, number>;
 }
 
 /**
@@ -141,6 +146,11 @@ export interface ElementKind<P extends Params = Params> {
    * against the node's socket budgets. Absent: none.
    */
   sockets?(params: ParamValues<P>): number;
+  /**
+   * The clock rates (payload type -> Hz) of what its outputs carry, when it makes the stream itself (the transcoder:
+   * ffmpeg's output). Absent: its outputs carry what its inputs had, so rates known upstream pass through it.
+   */
+  outputClockRates?(params: ParamValues<P>): ReadonlyMap<number, number>;
   /** The most bytes an AP of this kind may write to disk (a saver's max_bytes), against the node's quota. */
   diskBytes?(params: ParamValues<P>): number;
   /** Names of things only one AP of a node may hold at once (a file it writes), for the graph check. */

@@ -11,6 +11,12 @@
  */
 
 export const OUTPUT_FORMATS = ["mp4v", "mp2v", "h264"] as const;
+/**
+ * The payload type of the transcoder's output per format, set on ffmpeg's RTP muxer: MPV's static type, else the first
+ * dynamic one. Every one of them counts at 90 kHz (RFC 2250, 3016, 6184), which the node tells the APs downstream.
+ */
+export const OUTPUT_PAYLOAD_TYPES = { mp4v: 96, mp2v: 32, h264: 96 } as const;
+export const OUTPUT_CLOCK_RATE = 90_000;
 export type OutputFormat = typeof OUTPUT_FORMATS[number];
 
 export interface Bitrate {
@@ -130,6 +136,8 @@ export function ffmpegArgs(run: FfmpegRun): string[] {
     "pipe:1",
     "-sdp_file",
     run.outputSdp,
+    "-payload_type",
+    String(OUTPUT_PAYLOAD_TYPES[spec.format]),
     "-f",
     "rtp",
     `rtp://${run.outputHost}:${run.outputPort}?pkt_size=${run.packetSize ?? 1200}`,

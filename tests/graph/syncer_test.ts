@@ -62,7 +62,7 @@ interface Status {
   inputs: InputStatus[];
 }
 
-function makeSyncer(params: Params = {}, inputs = ["in1", "in2"]) {
+function makeSyncer(params: Params = {}, inputs = ["in1", "in2"], clockRates?: ReadonlyMap<number, number>) {
   const clock = new ManualClock(EPOCH_MS);
   const metrics = new MetricsRegistry();
   const node: NodeServices = {
@@ -90,6 +90,7 @@ function makeSyncer(params: Params = {}, inputs = ["in1", "in2"]) {
     useRtp: true,
     registration: null,
     node,
+    clockRates,
   });
   element.start!();
   const status = () => (element.status!() as { syncer: Status }).syncer;
@@ -413,6 +414,17 @@ Deno.test("syncer corrects a rate measured on a transcoder's catch-up by the str
   const a = analyse(sent, s.released, 8);
   assert.ok(a.pairs > 200, `pairs ${a.pairs}`);
   assert.ok(a.pairError <= 1000, `worst pair ${a.pairError} µs`);
+});
+
+Deno.test("syncer takes the clock rate the program tells of a transcoder upstream, and never measures it", () => {
+  const s = makeSyncer({ clock_rates: new Map([[97, 16000]]) }, ["in1", "in2"], new Map([[96, 90000]]));
+  const sent = twoStreams({ seconds: 20, videoPt: 96, videoBacklog: 0.5, videoCatchUp: 1.067, seed: 5 });
+  drive(s, sent);
+  const st = s.status();
+  assert.deepEqual(st.inputs[0].clock_rates, [90000]);
+  assert.equal(st.inputs[0].clock_rates_corrected, 0);
+  const a = analyse(sent, s.released, 2);
+  assert.ok(a.pairError <= 1000, `worst pair ${a.pairError} µs from 2 s on`);
 });
 
 Deno.test("syncer shows D, per-input offset, late and dropped in /metrics, and removes them on stop", async () => {

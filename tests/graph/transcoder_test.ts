@@ -495,6 +495,7 @@ Deno.test("ffmpegArgs builds the command line from the parsed spec only", () => 
   assert.equal(after("-b:v"), "256k");
   assert.equal(after("-vf"), "scale=w=trunc(iw*0.25/2)*2:h=trunc(ih*0.25/2)*2");
   assert.equal(after("-progress"), "pipe:1");
+  assert.equal(after("-payload_type"), "96", "the output type the syncer downstream is told is 90 kHz");
   assert.equal(args.at(-1), "rtp://127.0.0.1:40000?pkt_size=1200");
   assert.deepEqual(parseBitrate("constant(512)"), { mode: "constant", kbps: 512 });
   assert.deepEqual(parseBitrate("512"), { mode: "constant", kbps: 512 });

@@ -86,7 +86,7 @@ export const syncer = defineElement({
     params.offsets.length > inputs
       ? [`${params.offsets.length} offsets for ${inputs} inputs: give one per input`]
       : [],
-  create({ name, session, params, inputs, outputs, node }) {
+  create({ name, session, params, inputs, outputs, node, clockRates }) {
     if (params.offsets.length > inputs.length) {
       throw new Error(
         `Cannot align by offsets: ${params.offsets.length} offsets for ${inputs.length} inputs (${
@@ -104,7 +104,8 @@ export const syncer = defineElement({
       marginUs: params.margin * 1e6,
       offsetsUs: params.offsets.map((s) => s * 1e6),
       maxBytes: params.max_bytes,
-      clockRates: params.clock_rates,
+      // What the program tells upstream (a transcoder's output), then the AP's own clock_rates over it.
+      clockRates: new Map([...clockRates ?? [], ...params.clock_rates]),
     });
     const emit = (data: Uint8Array[], from: Endpoint[], rtcp: boolean) =>
       out.emit(new ArrayBatch(data, from), rtcp);

@@ -20,7 +20,9 @@ import type { CounterSet } from "../../core/metrics.ts";
 import {
   type Bitrate,
   INPUT_ENCODINGS,
+  OUTPUT_CLOCK_RATE,
   OUTPUT_FORMATS,
+  OUTPUT_PAYLOAD_TYPES,
   type OutputFormat,
   parseBitrate,
   parseScale,
@@ -101,6 +103,8 @@ export const transcoder = defineElement({
   ports: { inputs: { min: 1, max: 1 }, outputs: { min: 1, max: 1 } },
   // Towards ffmpeg: the feed socket and the RTP/RTCP pair its output comes back on.
   sockets: () => 3,
+  // The stream it sends is ffmpeg's, at 90 kHz: a syncer downstream need not measure the rate.
+  outputClockRates: (params) => new Map([[OUTPUT_PAYLOAD_TYPES[params.output_format], OUTPUT_CLOCK_RATE]]),
   params: {
     output_format: formatParam,
     bitrate: parsed<Bitrate>(
