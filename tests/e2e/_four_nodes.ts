@@ -436,8 +436,23 @@ export class FourNodes implements AsyncDisposable {
     return { video: JSON.parse(v) as SendReport, audio: JSON.parse(a) as SendReport };
   }
 
+  /**
+   * Ends the analysers now (SIGINT: a probe prints its report and exits) and reads their reports; for a reflector
+   * with a short timeout, whose replies to the keepalive JOINs keep an analyser from ever going idle.
+   */
+  async interrupt(participants: readonly InNetns[], timeoutMs = 20_000): Promise<RecvReport[]> {
+    for (const p of participants) {
+      try {
+        p.child.kill("SIGINT");
+      } catch {
+        // Ended already: its report is in its output.
+      }
+    }
+    return await this.reports(participants, timeoutMs);
+  }
+
   /** Reads every participant's report (they end by themselves: idle or duration). */
-  async reports(participants: readonly Participant[], timeoutMs = 60_000): Promise<RecvReport[]> {
+  async reports(participants: readonly InNetns[], timeoutMs = 60_000): Promise<RecvReport[]> {
     return await Promise.all(
       participants.map(async (p) => JSON.parse(await finish(p, timeoutMs)) as RecvReport),
     );
