@@ -35,6 +35,8 @@ export interface TestbedOptions {
   readonly binary?: string;
   /** Added to each node's `node:` section (session budgets, allow_sources, ...). */
   readonly nodeSection?: (name: string) => Record<string, unknown>;
+  /** Added to each node's `node.cluster` section (load_threshold, heartbeat, ...). */
+  readonly clusterSection?: (name: string) => Record<string, unknown>;
   /** How long each node may take to serve /status, ms. Default 60000. */
   readonly startTimeoutMs?: number;
   /** Where the configs, tokens, data dirs and logs go; default a fresh temp dir, removed on dispose. */
@@ -141,6 +143,7 @@ export class Testbed implements AsyncDisposable {
               return { name: p, api: `${peer.address}:${STATUS_PORT}`, data: `${peer.address}:${DATA_PORT}` };
             }),
             ...(useEtcd ? { etcd: [this.etcd!.url] } : {}),
+            ...o.clusterSection?.(name),
           },
         },
       };
