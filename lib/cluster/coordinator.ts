@@ -5,12 +5,20 @@
  * out or fails at commit, every part is aborted or stopped, so nothing stays running anywhere. Each step's outcome
  * per node is kept for the answer and /status. A member declared lost (lib/cluster/heartbeat.ts) has its sessions
  * either stopped everywhere or started again without it, per the session's `on_node_loss`.
+ *
+ * With etcd (`store`), a session is written there before any node is asked to prepare, in a transaction that
+ * requires the name to be new: of two control units starting one name at once, exactly one goes on. A failed start
+ * removes it again; a running one is marked so; a stop removes it. A session written by another control unit can be
+ * adopted (`adopt`): this node coordinates it from then on (a takeover, a stop asked here, or its restart).
  */
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
 import { describeSession, type SessionSpec } from "../dipronn/session.ts";
 import { parseAny, type ProgramFormat } from "../graph/program.ts";
 import type { Member, UndoResult } from "./members.ts";
+import { SessionExistsError, type SessionSource, type SessionState as StoredState } from "./store.ts";
+import type { ClusterStore } from "./store.ts";
+import { errorMessage } from "../core/errors.ts";
 import { PartRefused } from "./parts.ts";
 import { PeerError } from "./peers.ts";
 import {
@@ -30,6 +38,8 @@ export type NodeLossAction = typeof NODE_LOSS_ACTIONS[number];
 export const MAX_CLUSTER_SESSIONS = 1000;
 export const MAX_FINISHED = 64;
 const MAX_EVENTS = 32;
+/** A part's reason while its node is lost and the part kept in etcd for the node's restart. */
+const WAITING = "node lost with the coordinator; its part comes back when the node restarts (kept in etcd)";
 
 /** A member gave no answer within the step's timeout. */
 export class TimedOut extends Error {
@@ -78,6 +88,8 @@ export interface ClusterSession {
   nodes: Record<string, NodeOutcome>;
   /** Usage figures the placement was made from. */
   usage: NodeUsage[];
+  /** This coordinator wrote the session to etcd in this start (a failed start removes it again). */
+  stored: boolean;
   readonly events: { at: string; text: string }[];
 }
 
@@ -106,6 +118,18 @@ export interface CoordinatorOptions {
   readonly loadThreshold?: number;
   /** When a program does not say (`on_node_loss`): stop. */
   readonly onNodeLoss?: NodeLossAction;
+  /** With etcd: sessions are written there, and only a name new there starts. */
+  readonly store?: ClusterStore;
+  /** With etcd: whether the node is a live member there (a node heartbeats once called lost may be back). */
+  readonly member?: (node: string) => boolean;
+}
+
+/** A session as etcd holds it, enough to coordinate it here. */
+export interface AdoptedSession {
+  readonly program: string;
+  readonly placement: Readonly<Record<string, string>>;
+  readonly state: StoredState | undefined;
+  readonly source: SessionSource | undefined;
 }
 
 export interface StartSource {
@@ -131,7 +155,7 @@ export function withTimeout<T>(clock: Clock, ms: number, p: Promise<T>, what: st
   });
 }
 
-function attemptId(): string {
+export function attemptId(): string {
   return [...crypto.getRandomValues(new Uint8Array(8))].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
@@ -231,14 +255,73 @@ export class Coordinator {
       nodes: {},
       usage: [],
       events: [],
+      stored: false,
     };
     this.#sessions.set(spec.name, session);
-    await this.#run(session, spec);
+    await this.#run(session, spec, "create");
     return this.outcome(session);
   }
 
+  /**
+   * Coordinates here a session another control unit wrote to etcd (a takeover, a stop asked here, a restart of
+   * its coordinator). Its parts are taken as running, except on `waiting` nodes (lost, kept in etcd until they
+   * come back and restore them).
+   */
+  adopt(
+    name: string,
+    stored: AdoptedSession,
+    o: { reason: string; waiting?: readonly string[] },
+  ): ClusterSession {
+    const known = this.#sessions.get(name);
+    if (known && known.state !== "failed" && known.state !== "stopped") return known;
+    const format = stored.source?.format === "yaml" ? "yaml" : "dipronn";
+    const loss = stored.source?.on_node_loss;
+    const byNode = new Map<string, string[]>();
+    for (const [ap, node] of Object.entries(stored.placement)) {
+      byNode.set(node, [...(byNode.get(node) ?? []), ap]);
+    }
+    const waiting = new Set(o.waiting ?? []);
+    const session: ClusterSession = {
+      name,
+      text: stored.program,
+      file: stored.source?.file ?? "<etcd>",
+      format,
+      onNodeLoss: (NODE_LOSS_ACTIONS as readonly string[]).includes(loss ?? "")
+        ? loss as NodeLossAction
+        : this.o.onNodeLoss ?? "stop",
+      attempt: stored.state?.attempt ?? attemptId(),
+      state: "running",
+      placement: { session: name, nodeOf: { ...stored.placement }, why: {} },
+      nodes: Object.fromEntries(
+        [...byNode].map(([n, aps]) => [
+          n,
+          waiting.has(n)
+            ? { aps, state: "lost" as PartState, reason: WAITING }
+            : { aps, state: "committed" as PartState },
+        ]),
+      ),
+      usage: [],
+      events: [],
+      stored: false,
+    };
+    this.#sessions.set(name, session);
+    this.#event(session, o.reason);
+    this.o.logger.info("session coordinated here from etcd", { session: name, reason: o.reason });
+    return session;
+  }
+
+  /** Another control unit removed the session from etcd (stopped it) or coordinates it now: let it go here. */
+  release(name: string, reason: string): void {
+    const session = this.#sessions.get(name);
+    if (!session || session.state === "failed" || session.state === "stopped") return;
+    if (session.state === "starting") return; // this node's own start, racing: its own outcome decides
+    session.state = "stopped";
+    session.reason = reason;
+    this.#event(session, reason);
+  }
+
   /** Places and starts `session` (a first start, or a restart without lost nodes). */
-  async #run(session: ClusterSession, spec: SessionSpec): Promise<void> {
+  async #run(session: ClusterSession, spec: SessionSpec, mode: "create" | "update"): Promise<void> {
     const { usage, missing } = await this.#usage();
     session.usage = usage;
     try {
@@ -261,6 +344,7 @@ export class Coordinator {
       [...byNode].map(([n, aps]) => [n, { aps, state: "preparing" as PartState }]),
     );
     this.#event(session, `attempt ${session.attempt}: parts on ${[...byNode.keys()].join(", ")}`);
+    if (this.o.store && !await this.#write(session, mode)) return;
     const req = {
       text: session.text,
       file: session.file,
@@ -298,6 +382,7 @@ export class Coordinator {
     if (bad.length === 0) {
       session.state = "running";
       this.#event(session, "running on every node");
+      await this.#setStored(session, "running");
       this.o.logger.info("session started across nodes", {
         session: name,
         nodes: [...byNode.keys()].join(","),
@@ -307,11 +392,75 @@ export class Coordinator {
     const pending: PartState[] = ["preparing", "prepared", "committing"];
     const [first, firstOutcome] = bad.find(([, n]) => !pending.includes(n.state)) ?? bad[0];
     await this.#undo(session, session.attempt);
+    if (session.stored || mode === "update") await this.#unstore(session);
     this.#finish(
       session,
       "failed",
       `node ${first} ${firstOutcome.state}: ${firstOutcome.reason ?? ""}`.trim(),
     );
+  }
+
+  /**
+   * Writes the session to etcd before any part is prepared: as new (refused when the name exists) or, for a
+   * restart without a lost node, as a new placement. False (the session failed, nothing asked of any node) when
+   * etcd refused or could not be reached.
+   */
+  async #write(session: ClusterSession, mode: "create" | "update"): Promise<boolean> {
+    const store = this.o.store!;
+    const nodeOf = session.placement!.nodeOf;
+    try {
+      if (mode === "create") {
+        await store.putSession(session.name, session.text, nodeOf, {
+          node: this.o.self,
+          state: "starting",
+          attempt: session.attempt,
+          source: { file: session.file, format: session.format, on_node_loss: session.onNodeLoss },
+        });
+        session.stored = true;
+      } else {
+        const current = await store.session(session.name);
+        if (!current) throw new Error("it was removed from etcd meanwhile");
+        await store.updatePlacement(session.name, nodeOf, current.placementRevision);
+        await store.setState(session.name, {
+          state: "restarting",
+          node: this.o.self,
+          attempt: session.attempt,
+        });
+      }
+      return true;
+    } catch (error) {
+      for (const n of Object.values(session.nodes)) n.state = "failed";
+      if (error instanceof SessionExistsError) {
+        for (const n of Object.values(session.nodes)) n.reason = "not asked: the session exists in etcd";
+        this.#finish(session, "failed", `${error.message} (started by another control unit)`);
+      } else {
+        const reason = `Cannot write session ${session.name} to etcd: ${errorMessage(error)}`;
+        for (const n of Object.values(session.nodes)) n.reason = "not asked: etcd could not be written";
+        this.#finish(session, "failed", reason);
+      }
+      return false;
+    }
+  }
+
+  /** Marks the session's state in etcd; a failed write is an event, not a failed session (its parts run). */
+  async #setStored(session: ClusterSession, state: string): Promise<void> {
+    if (!this.o.store) return;
+    try {
+      await this.o.store.setState(session.name, { state, node: this.o.self, attempt: session.attempt });
+    } catch (error) {
+      this.#event(session, `etcd state "${state}" not written: ${errorMessage(error)}`);
+    }
+  }
+
+  /** Removes the session from etcd (stopped, or its start failed). */
+  async #unstore(session: ClusterSession): Promise<void> {
+    if (!this.o.store) return;
+    try {
+      await this.o.store.removeSession(session.name);
+      session.stored = false;
+    } catch (error) {
+      this.#event(session, `not removed from etcd: ${errorMessage(error)}`);
+    }
   }
 
   /** Aborts or stops every part of the session's attempt (any attempt when absent), recording what each did. */
@@ -320,7 +469,7 @@ export class Coordinator {
     await Promise.all(
       Object.entries(session.nodes).map(async ([node, outcome]) => {
         const member = this.#members.get(node);
-        if (!member || this.#lost.has(node)) {
+        if (!member || (this.#lost.has(node) && !this.o.member?.(node))) {
           outcome.undone = member ? "not asked: node lost" : "not asked: not a member";
           if (member) this.#remember(node, session.name, session.attempt);
           return;
@@ -350,6 +499,7 @@ export class Coordinator {
     if (session.state === "stopped" || session.state === "failed") return this.outcome(session);
     session.state = "stopping";
     await this.#undo(session, undefined);
+    await this.#unstore(session);
     this.#finish(session, "stopped", "stopped on request");
     return this.outcome(session);
   }
@@ -359,7 +509,10 @@ export class Coordinator {
     if (this.#lost.has(node)) return;
     this.#lost.add(node);
     this.o.logger.warn("cluster node lost", { node });
-    const hit = [...this.#sessions.values()].filter((s) => s.state === "running" && s.nodes[node]);
+    // A part waiting for its node's restart (kept in etcd after a takeover) is not lost again.
+    const hit = [...this.#sessions.values()].filter((s) =>
+      s.state === "running" && s.nodes[node] && s.nodes[node].reason !== WAITING
+    );
     await Promise.all(hit.map((s) => this.#recover(s, node)));
   }
 
@@ -367,6 +520,13 @@ export class Coordinator {
   async nodeBack(node: string): Promise<void> {
     if (!this.#lost.delete(node)) return;
     this.o.logger.info("cluster node back", { node });
+    for (const s of this.#sessions.values()) {
+      const outcome = s.nodes[node];
+      if (s.state !== "running" || outcome?.reason !== WAITING) continue;
+      // It restores its part from etcd on its own as it starts.
+      Object.assign(outcome, { state: "committed", reason: "back: its part restored from etcd" });
+      this.#event(s, `node ${node} back; it restores its part from etcd`);
+    }
     const stale = this.#stale.get(node);
     this.#stale.delete(node);
     const member = this.#members.get(node);
@@ -389,25 +549,44 @@ export class Coordinator {
   }
 
   async #recover(session: ClusterSession, node: string): Promise<void> {
+    if (this.o.store) {
+      // Another control unit may coordinate it now, or have stopped it: only the one etcd names acts.
+      let stored;
+      try {
+        stored = await this.o.store.session(session.name);
+      } catch (error) {
+        this.#event(
+          session,
+          `node ${node} lost; etcd not readable, acting on it anyway: ${errorMessage(error)}`,
+        );
+        stored = { state: { node: this.o.self } };
+      }
+      if (!stored) return this.release(session.name, "removed from etcd by another control unit");
+      if (stored.state && stored.state.node !== this.o.self) {
+        return this.release(session.name, `coordinated by ${stored.state.node} now`);
+      }
+    }
     session.nodes[node].state = "lost";
     this.#remember(node, session.name, session.attempt);
     this.#event(session, `node ${node} lost; on_node_loss = ${session.onNodeLoss}`);
     if (session.onNodeLoss === "stop") {
       session.state = "stopping";
       await this.#undo(session, undefined);
+      await this.#unstore(session);
       this.#finish(session, "stopped", `node ${node} lost: the session was stopped on every node`);
       return;
     }
     session.state = "restarting";
     await this.#undo(session, undefined);
     session.attempt = attemptId();
-    await this.#run(session, this.#spec(session.text, session));
+    await this.#run(session, this.#spec(session.text, session), "update");
     // #run changed the state meanwhile.
     if ((session.state as SessionState) === "running") {
       session.reason = `node ${node} lost: restarted without it`;
       this.#event(session, session.reason);
     } else {
       // Nothing of it runs anywhere (the failed attempt undid its parts): the session is stopped, saying why.
+      await this.#unstore(session);
       session.state = "stopped";
       session.reason = `node ${node} lost; a restart without it failed: ${session.reason}`;
       this.#event(session, session.reason);

@@ -1,7 +1,9 @@
 /**
  * Heartbeats between nodes that hold parts of one session. Every `intervalMs` this node sends a heartbeat to each
  * watched peer; a peer is heard from when it answers one (a signed answer) or sends one. A watched peer not heard
- * from for `lossMs` is declared lost (once), and back when it is heard from again. Time is the injected clock's.
+ * from for `lossMs` is declared lost (once), and back when it is heard from again. With etcd, membership counts too
+ * (`alive`): a peer whose lease expired is lost at the next round even if it was heard from lately, and it is not
+ * back before it joins again. Time is the injected clock's.
  */
 import type { Clock, TimerId } from "../core/clock.ts";
 
@@ -15,6 +17,8 @@ export interface HeartbeatOptions {
   readonly send: (peer: string) => Promise<void>;
   readonly onLost: (peer: string) => void;
   readonly onBack: (peer: string) => void;
+  /** False when the peer's membership is known to be gone (its etcd lease expired); absent: heartbeats alone. */
+  readonly alive?: (peer: string) => boolean;
 }
 
 interface PeerState {
@@ -68,7 +72,7 @@ export class Heartbeats {
         this.#peers.delete(peer);
         continue;
       }
-      if (!s.lost && now - s.lastSeen > this.o.lossMs) {
+      if (!s.lost && (now - s.lastSeen > this.o.lossMs || this.o.alive?.(peer) === false)) {
         s.lost = true;
         this.o.onLost(peer);
       }
@@ -113,7 +117,7 @@ export class Heartbeats {
 
   #heard(peer: string, s: PeerState): void {
     s.lastSeen = this.o.clock.now();
-    if (s.lost) {
+    if (s.lost && this.o.alive?.(peer) !== false) {
       s.lost = false;
       this.o.onBack(peer);
     }

@@ -72,7 +72,8 @@ export function parsePartRequest(value: unknown): PartRequest | string {
 }
 
 interface Part {
-  readonly coordinator: string;
+  /** Changes when another member takes the session's coordination over (etcd). */
+  coordinator: string;
   readonly attempt: string;
   state: "prepared" | "running";
   readonly aps: readonly string[];
@@ -168,6 +169,28 @@ export class PartHost {
     await this.table.remove(session);
     this.logger.info("session part stopped", { session, attempt: part.attempt });
     return "stopped";
+  }
+
+  /**
+   * Starts this node's part again from what etcd holds (a restarted node): prepare and commit here at once, under
+   * the stored attempt and coordinator. Resolves to false when the part runs here already; throws PartRefused.
+   */
+  async restore(session: string, req: PartRequest): Promise<boolean> {
+    if (this.#parts.has(session) || this.table.get(session)) return false;
+    await this.prepare(session, req);
+    await this.commit(session, req.attempt);
+    return true;
+  }
+
+  /** Whether a part of `session` is prepared or running here. */
+  has(session: string): boolean {
+    return this.#parts.has(session);
+  }
+
+  /** Another member coordinates `session` now (a takeover seen in etcd): heartbeats go to it. */
+  setCoordinator(session: string, coordinator: string): void {
+    const part = this.#parts.get(session);
+    if (part) part.coordinator = coordinator;
   }
 
   /** Stops this node's part of `session`, whatever attempt started it. */

@@ -150,8 +150,11 @@ export function operatorRoutes(app: Hono, svc: ClusterService): void {
     }
   });
   app.delete("/node/cluster/sessions/:name", async (c) => {
-    const outcome = await svc.coordinator.stop(c.req.param("name"));
-    if (!outcome) return c.json({ error: `No session "${c.req.param("name")}" coordinated here` }, 404);
+    const outcome = await svc.stopSession(c.req.param("name"));
+    if (!outcome) {
+      const where = svc.etcd ? "coordinated here or stored in etcd" : "coordinated here";
+      return c.json({ error: `No session "${c.req.param("name")}" ${where}` }, 404);
+    }
     return c.json({ stopped: outcome.session, persisted: false, note: NOT_PERSISTED, ...outcome });
   });
 }

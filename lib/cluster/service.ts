@@ -1,7 +1,8 @@
 /**
  * A node's cluster membership, built when the node section has `cluster:`: the signed peer client, this node's part
  * host, the coordinator of the sessions started here, usage sampling and heartbeats, with their counters declared
- * once for /status and /metrics.
+ * once for /status and /metrics. With `etcd` endpoints, also the node's life in etcd (lib/cluster/etcd_sync.ts):
+ * membership under a lease, sessions written there, parts brought back after a restart, coordination taken over.
  */
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
@@ -11,6 +12,11 @@ import { clusterKey, type Refusal, REFUSALS, ReplayTable } from "./auth.ts";
 import { type ClusterSection, clusterSummary } from "./config.ts";
 import { Coordinator, type CoordinatorOptions, type NodeLossAction } from "./coordinator.ts";
 import { Heartbeats } from "./heartbeat.ts";
+import { EtcdClient } from "./etcd.ts";
+import { clusterId, EtcdSync } from "./etcd_sync.ts";
+import { ClusterStore } from "./store.ts";
+import { formatHostPort } from "../net/address.ts";
+import type { Outcome } from "./coordinator.ts";
 import { LocalMember, type Member, RemoteMember } from "./members.ts";
 import { PartHost } from "./parts.ts";
 import { type Fetch, PeerClient } from "./peers.ts";
@@ -26,6 +32,8 @@ export interface ClusterFigures {
   starts_failed: number;
   prepares: number;
   prepares_refused: number;
+  /** With etcd: its figures (lib/cluster/etcd_sync.ts). */
+  etcd?: { parts_restored: number; takeovers: number; errors: number };
 }
 
 const refusalSeries = Object.fromEntries(
@@ -44,6 +52,15 @@ export const CLUSTER_SERIES = declareSeries<ClusterFigures>({
   starts_failed: { help: "Starts across nodes coordinated here that failed (nothing left running)" },
   prepares: { help: "Parts this node was asked to prepare" },
   prepares_refused: { help: "Parts this node refused to prepare" },
+  etcd_parts_restored: {
+    help: "Parts brought back from etcd (a restarted node)",
+    read: (f) => f.etcd?.parts_restored ?? 0,
+  },
+  etcd_takeovers: {
+    help: "Sessions whose coordination this node took over (etcd)",
+    read: (f) => f.etcd?.takeovers ?? 0,
+  },
+  etcd_errors: { help: "Failed etcd joins, restores and takeovers", read: (f) => f.etcd?.errors ?? 0 },
 });
 
 export interface ClusterServiceOptions {
@@ -58,6 +75,8 @@ export interface ClusterServiceOptions {
   readonly place?: CoordinatorOptions["place"];
   /** For sessions whose program does not say. Default: stop. */
   readonly onNodeLoss?: NodeLossAction;
+  /** Etcd's fetch (tests); default the global one. */
+  readonly etcdFetch?: typeof fetch;
 }
 
 export class ClusterService {
@@ -86,6 +105,7 @@ export class ClusterService {
     readonly coordinator: Coordinator,
     readonly heartbeats: Heartbeats,
     metrics: MetricsRegistry,
+    readonly etcd: EtcdSync | undefined,
   ) {
     this.peerNames = new Set(cfg.peers.map((p) => p.name));
     this.#counters = metrics.publish("cluster", { node: cfg.name }, CLUSTER_SERIES, () => this.figures);
@@ -103,7 +123,24 @@ export class ClusterService {
       ...cfg.peers.map((p) => new RemoteMember(p, client)),
     ];
     const byName = new Map(members.map((m) => [m.name, m]));
+    const etcdClient = cfg.etcd.length
+      ? new EtcdClient({ endpoints: cfg.etcd, clock, timeoutMs: cfg.prepare_timeout, fetch: o.etcdFetch })
+      : undefined;
+    const store = etcdClient
+      ? new ClusterStore({
+        etcd: etcdClient,
+        cluster: await clusterId(o.token),
+        clock,
+        // etcd's shortest useful TTL is about 2 s; a lease outlives a loss timeout's worth of silence.
+        leaseSeconds: Math.max(2, Math.ceil(cfg.loss_timeout / 1000)),
+        onError: (error) => logger.warn("etcd", { error: error.message }),
+      })
+      : undefined;
+    // The etcd side is made after the coordinator it drives: the coordinator reaches it through this box.
+    const synced: { etcd?: EtcdSync } = {};
     const coordinator = new Coordinator({
+      store,
+      member: store ? (node) => synced.etcd?.isMember(node) ?? false : undefined,
       self: cfg.name,
       members,
       clock,
@@ -115,6 +152,20 @@ export class ClusterService {
     });
     // The service is made after the heartbeats it owns: they reach it through this box.
     const box: { svc?: ClusterService } = {};
+    const etcd = store && etcdClient
+      ? new EtcdSync({
+        self: cfg.name,
+        info: { data: formatHostPort(cfg.data) },
+        store,
+        client: etcdClient,
+        clock,
+        logger,
+        coordinator,
+        parts,
+        retryMs: Math.max(cfg.heartbeat, 1000),
+      })
+      : undefined;
+    synced.etcd = etcd;
     const heartbeats = new Heartbeats({
       clock,
       intervalMs: cfg.heartbeat,
@@ -130,6 +181,7 @@ export class ClusterService {
           logger.error("recovery from a lost node failed", { node: peer, error: String(error) })
         );
       },
+      alive: etcd ? (peer) => etcd.alive(peer) : undefined,
       onBack: (peer) => {
         coordinator.nodeBack(peer).catch((error) =>
           logger.error("stopping stale parts failed", { node: peer, error: String(error) })
@@ -147,10 +199,33 @@ export class ClusterService {
       coordinator,
       heartbeats,
       o.metrics,
+      etcd,
     );
     box.svc = svc;
+    if (etcd) svc.figures.etcd = etcd.figures;
     heartbeats.start();
+    svc.etcdReady = etcd?.start() ?? Promise.resolve();
     return svc;
+  }
+
+  /** Settles once the node joined etcd the first time (and brought its parts back); at once without etcd. */
+  etcdReady: Promise<void> = Promise.resolve();
+
+  /**
+   * Stops a session across nodes: the one coordinated here, or (with etcd) one any other control unit started,
+   * adopted here to be stopped. Null when there is no such session.
+   */
+  async stopSession(name: string): Promise<Outcome | null> {
+    const here = this.coordinator.get(name);
+    if (here && here.state !== "stopped" && here.state !== "failed") return this.coordinator.stop(name);
+    if (this.etcd) {
+      const stored = await this.etcd.session(name);
+      if (stored) {
+        this.coordinator.adopt(name, stored, { reason: `stop asked on ${this.cfg.name}` });
+        return this.coordinator.stop(name);
+      }
+    }
+    return this.coordinator.stop(name);
   }
 
   refused(reason: Refusal): void {
@@ -164,10 +239,12 @@ export class ClusterService {
       peers_heard: this.heartbeats.status(),
       parts: this.parts.status(),
       coordinated: this.coordinator.status(),
+      ...(this.etcd ? { etcd: this.etcd.status() } : {}),
     };
   }
 
   stop(): void {
     this.heartbeats.stop();
+    this.etcd?.stop();
   }
 }

@@ -11,8 +11,10 @@
  *                                  revokes it at once.
  *   sessions/<name>/program        the session's program, as text (not JSON)
  *   sessions/<name>/placement      {AP name: node name} for every AP of the session
- *   sessions/<name>/state          {state, node, at_ms, reason?}: "starting", "running", "stopping", "failed", ...
- *                                  as the control unit that acts on the session last wrote it
+ *   sessions/<name>/source         {file, format, on_node_loss}: how to read the program and what a node loss does
+ *   sessions/<name>/state          {state, node, at_ms, reason?, attempt?}: "starting", "running", ... as the
+ *                                  control unit that acts on the session last wrote it; `node` is that control
+ *                                  unit (the session's coordinator), `attempt` the start attempt its parts run
  *   parts/<node>/<session>         {aps: [AP names]}: the node's part of the session (an index by node, written
  *                                  in the same transaction as the placement, so the two never disagree)
  *
@@ -72,6 +74,25 @@ export interface SessionState {
   readonly node: string;
   readonly at_ms: number;
   readonly reason?: string;
+  /** The start attempt the parts run (lib/cluster/parts.ts): a restored part takes it again. */
+  readonly attempt?: string;
+}
+
+/** How the program reads and what the loss of a node does to the session. */
+export interface SessionSource {
+  readonly file: string;
+  readonly format: string;
+  readonly on_node_loss: string;
+}
+
+/** What the store did, for /status. */
+export interface StoreFigures {
+  sessions_created: number;
+  sessions_refused: number;
+  sessions_removed: number;
+  placements_updated: number;
+  states_written: number;
+  stale_writes: number;
 }
 
 export interface StoredSession {
@@ -79,6 +100,7 @@ export interface StoredSession {
   readonly program: string;
   readonly placement: Readonly<Record<string, string>>;
   readonly state: SessionState | undefined;
+  readonly source: SessionSource | undefined;
   /** Mod revision of the placement key: pass it back to updatePlacement. */
   readonly placementRevision: number;
   /** Mod revision of the state key (0 when there is none). */
@@ -92,6 +114,7 @@ export interface NodePart {
   readonly program: string;
   readonly placement: Readonly<Record<string, string>>;
   readonly state: SessionState | undefined;
+  readonly source: SessionSource | undefined;
 }
 
 export interface StoreOptions {
@@ -114,6 +137,8 @@ export interface Membership {
   /** Renewals and rejoins so far. */
   readonly counts: { renewals: number; rejoins: number; failures: number };
   leave(): Promise<void>;
+  /** Stops renewing and keeps the lease: the member stays listed until it expires (a node stopping to restart). */
+  halt(): void;
 }
 
 // deno-lint-ignore no-control-regex -- control characters are exactly what a key part may not hold
@@ -123,6 +148,14 @@ const MAX_LIST = 10_000;
 
 export class ClusterStore {
   readonly prefix: string;
+  readonly figures: StoreFigures = {
+    sessions_created: 0,
+    sessions_refused: 0,
+    sessions_removed: 0,
+    placements_updated: 0,
+    states_written: 0,
+    stale_writes: 0,
+  };
   readonly #etcd: EtcdClient;
   readonly #clock: Clock;
   readonly #leaseSeconds: number;
@@ -141,7 +174,7 @@ export class ClusterStore {
     return `${this.prefix}members/${checkPart("node name", node)}`;
   }
 
-  sessionKey(name: string, leaf: "program" | "placement" | "state"): string {
+  sessionKey(name: string, leaf: "program" | "placement" | "state" | "source"): string {
     return `${this.prefix}sessions/${checkPart("session name", name)}/${leaf}`;
   }
 
@@ -184,6 +217,10 @@ export class ClusterStore {
         left = true;
         if (timer !== undefined) this.#clock.clearTimeout(timer);
         await this.#etcd.leaseRevoke(lease);
+      },
+      halt: () => {
+        left = true;
+        if (timer !== undefined) this.#clock.clearTimeout(timer);
       },
     };
   }
@@ -249,26 +286,42 @@ export class ClusterStore {
     name: string,
     program: string,
     placement: Readonly<Record<string, string>>,
-    o: { node?: string; state?: string } = {},
+    o: { node?: string; state?: string; attempt?: string; source?: SessionSource } = {},
   ): Promise<StoredSession> {
     const programKey = this.sessionKey(name, "program");
     const state: SessionState = {
       state: o.state ?? "starting",
       node: o.node ?? "",
       at_ms: this.#clock.now(),
+      ...(o.attempt ? { attempt: o.attempt } : {}),
     };
     const ops: TxnOp[] = [
       { put: { key: programKey, value: program } },
       { put: { key: this.sessionKey(name, "placement"), value: JSON.stringify(placement) } },
       { put: { key: this.sessionKey(name, "state"), value: JSON.stringify(state) } },
+      ...(o.source
+        ? [{ put: { key: this.sessionKey(name, "source"), value: JSON.stringify(o.source) } }]
+        : []),
       ...this.#partOps(name, placement),
     ];
     const r = await this.#etcd.txn({
       compare: [{ key: programKey, target: "create", value: 0 }],
       success: ops,
     });
-    if (!r.succeeded) throw new SessionExistsError(name);
-    return { name, program, placement, state, placementRevision: r.revision, stateRevision: r.revision };
+    if (!r.succeeded) {
+      this.figures.sessions_refused++;
+      throw new SessionExistsError(name);
+    }
+    this.figures.sessions_created++;
+    return {
+      name,
+      program,
+      placement,
+      state,
+      source: o.source,
+      placementRevision: r.revision,
+      stateRevision: r.revision,
+    };
   }
 
   /** The session as stored, or undefined. */
@@ -310,6 +363,7 @@ export class ClusterStore {
         program: stored.program,
         placement: stored.placement,
         state: stored.state,
+        source: stored.source,
       });
     }
     return parts;
@@ -336,7 +390,11 @@ export class ClusterStore {
       ...this.#partOps(name, placement),
     ];
     const r = await this.#etcd.txn({ compare: [{ key, target: "mod", value: revision }], success: ops });
-    if (!r.succeeded) throw new StaleWriteError(key);
+    if (!r.succeeded) {
+      this.figures.stale_writes++;
+      throw new StaleWriteError(key);
+    }
+    this.figures.placements_updated++;
     return r.revision;
   }
 
@@ -355,7 +413,11 @@ export class ClusterStore {
       ],
       success: [{ put: { key, value } }],
     });
-    if (!r.succeeded) throw new StaleWriteError(key);
+    if (!r.succeeded) {
+      this.figures.stale_writes++;
+      throw new StaleWriteError(key);
+    }
+    this.figures.states_written++;
     return r.revision;
   }
 
@@ -372,7 +434,50 @@ export class ClusterStore {
         ...[...nodes].map((n) => ({ delete: { key: this.partKey(n, name) } })),
       ],
     });
+    if (r.succeeded) this.figures.sessions_removed++;
     return r.succeeded;
+  }
+
+  /**
+   * Calls `onEvent` for every change of a session's state (`state`) and for every session removed (`removed`), as
+   * they happen, until `close()`. A watch that breaks for good starts over from now.
+   */
+  async watchSessions(
+    onEvent: (
+      e: { type: "state"; name: string; state: SessionState } | { type: "removed"; name: string },
+    ) => void,
+  ): Promise<{ close(): void }> {
+    const dir = `${this.prefix}sessions/`;
+    let closed = false;
+    let current: { close(): void } | undefined;
+    const start = async (): Promise<void> => {
+      const watch = this.#etcd.watch(dir, (events: WatchEvent[]) => {
+        for (const e of events) {
+          const [name, leaf] = e.key.slice(dir.length).split("/");
+          if (!name || !KEY_PART.test(name)) continue;
+          if (leaf === "program" && e.type === "delete") onEvent({ type: "removed", name });
+          else if (leaf === "state" && e.type === "put") {
+            const state = parseObject(e.value) as SessionState | undefined;
+            if (state && typeof state.node === "string") onEvent({ type: "state", name, state });
+          }
+        }
+      }, {
+        onEnd: (error) => {
+          if (closed || !error) return;
+          this.#onError(error);
+          start().catch((e) => this.#onError(e instanceof Error ? e : new Error(errorMessage(e))));
+        },
+      });
+      current = watch;
+      await watch.ready;
+    };
+    await start();
+    return {
+      close: () => {
+        closed = true;
+        current?.close();
+      },
+    };
   }
 
   #partOps(name: string, placement: Readonly<Record<string, string>>): TxnOp[] {
@@ -416,6 +521,7 @@ function storedSession(name: string, dir: string, kvs: readonly KeyValue[]): Sto
   if (!program) return undefined;
   const placementKv = leaf("placement");
   const stateKv = leaf("state");
+  const source = parseObject(leaf("source")?.value ?? "") as SessionSource | undefined;
   const placement: Record<string, string> = {};
   for (const [ap, node] of Object.entries(parseObject(placementKv?.value ?? "") ?? {})) {
     if (typeof node === "string") placement[ap] = node;
@@ -426,6 +532,7 @@ function storedSession(name: string, dir: string, kvs: readonly KeyValue[]): Sto
     program: program.value,
     placement,
     state,
+    source,
     placementRevision: placementKv?.modRevision ?? 0,
     stateRevision: stateKv?.modRevision ?? 0,
   };

@@ -1,0 +1,295 @@
+/**
+ * Three edgenode processes on 127.0.0.1 sharing a real etcd (tests/_support/etcd.ts): a node killed (SIGKILL) and
+ * started again with the same config gets its part back from etcd and datagrams flow through it again; the session
+ * outlives the node that received it (another member takes coordination over when its lease expires, the node's part
+ * comes back when it restarts, a stop through any node stops every part and empties etcd); two nodes asked to start
+ * one session name at once: exactly one does.
+ */
+import assert from "node:assert/strict";
+import { EtcdClient } from "../../lib/cluster/etcd.ts";
+import { clusterId } from "../../lib/cluster/etcd_sync.ts";
+import { ClusterStore } from "../../lib/cluster/store.ts";
+import { openUdp } from "../../lib/net/udp.ts";
+import { type EdgenodeProcess, LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
+import { EtcdServer } from "../_support/etcd.ts";
+import { until } from "../_support/until.ts";
+
+const TOKEN = "e2e-token-0123456789";
+const CLUSTER_TOKEN = "e2e-etcd-cluster-token-0123456789";
+const LO = "127.0.0.1";
+const NAMES = ["brno", "prague", "liberec"] as const;
+type Name = typeof NAMES[number];
+const auth = { authorization: `Bearer ${TOKEN}` };
+
+function freeTcp(): number {
+  const l = Deno.listen({ hostname: LO, port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+function freeUdp(): number {
+  const s = Deno.listenDatagram({ transport: "udp", hostname: LO, port: 0 });
+  const port = (s.addr as Deno.NetAddr).port;
+  s.close();
+  return port;
+}
+
+const program = (inPort: number, midPort: number) =>
+  `Project split;
+{ AP name="In" ref=localservice.forwarder; node = "brno"; inputs = in(DIPRONN_INPUT(${inPort})); outputs = out(Mid.in); }
+{ AP name="Mid" ref=localservice.forwarder; node = "prague"; inputs = in, side(DIPRONN_INPUT(${midPort})); outputs = out(Last.in); }
+{ AP name="Last" ref=localservice.counter; node = "liberec"; inputs = in; }
+`;
+
+interface Cluster {
+  readonly store: ClusterStore;
+  api(n: Name): string;
+  /** Starts (or starts again) node `n` with its config and waits until it listens. */
+  start(n: Name): Promise<EdgenodeProcess>;
+  kill(n: Name): Promise<void>;
+  // deno-lint-ignore no-explicit-any -- /status is JSON the test reads by path, as the other process tests do
+  status(n: Name): Promise<Record<string, any>>;
+  running(n: Name): Promise<string[]>;
+}
+
+/** Three nodes with one etcd; every process and etcd stopped and removed at the end, also on failure. */
+async function withCluster(lossTimeout: string, body: (c: Cluster) => Promise<void>): Promise<void> {
+  await using etcd = await EtcdServer.start();
+  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_etcd_cluster_" });
+  const addr = Object.fromEntries(NAMES.map((n) => [n, { api: freeTcp(), data: freeUdp() }])) as Record<
+    Name,
+    { api: number; data: number }
+  >;
+  await using c0 = await tempConfig("");
+  await using c1 = await tempConfig("");
+  await using c2 = await tempConfig("");
+  const paths = { brno: c0.path, prague: c1.path, liberec: c2.path };
+  for (const name of NAMES) {
+    const peers = NAMES.filter((n) => n !== name).map((n) =>
+      `      - { name: ${n}, api: "${LO}:${addr[n].api}", data: "${LO}:${addr[n].data}" }`
+    );
+    await Deno.writeTextFile(
+      paths[name],
+      [
+        "roles: [node]",
+        "status:",
+        `  token: ${TOKEN}`,
+        "node:",
+        `  bind: ${LO}`,
+        `  data_dir: ${dataDir}`,
+        "  cluster:",
+        `    name: ${name}`,
+        `    token: ${CLUSTER_TOKEN}`,
+        `    data: ${LO}:${addr[name].data}`,
+        "    peers:",
+        ...peers,
+        "    heartbeat: 200ms",
+        `    loss_timeout: ${lossTimeout}`,
+        "    load_threshold: 2",
+        `    etcd: ["${etcd.url}"]`,
+        "",
+      ].join("\n"),
+    );
+  }
+  const processes: EdgenodeProcess[] = [];
+  const current = new Map<Name, EdgenodeProcess>();
+  const store = new ClusterStore({
+    etcd: new EtcdClient({ endpoints: [etcd.url] }),
+    cluster: await clusterId(CLUSTER_TOKEN),
+  });
+  const api = (n: Name) => `http://${LO}:${addr[n].api}`;
+  const status = async (n: Name) => {
+    const r = await fetch(`${api(n)}/status`);
+    assert.equal(r.status, 200);
+    return (await r.json()).roles.node;
+  };
+  const cluster: Cluster = {
+    store,
+    api,
+    async start(n) {
+      const p = startEdgenode(["--config", paths[n], "--status", `${LO}:${addr[n].api}`]);
+      processes.push(p);
+      current.set(n, p);
+      await p.waitForLine(LISTENING);
+      return p;
+    },
+    async kill(n) {
+      const p = current.get(n)!;
+      p.kill("SIGKILL");
+      await p.waitForExit();
+    },
+    status,
+    running: async (n) => Object.keys((await status(n)).sessions),
+  };
+  try {
+    await body(cluster);
+  } finally {
+    for (const p of processes.reverse()) await p[Symbol.asyncDispose]();
+    await Deno.remove(dataDir, { recursive: true });
+  }
+}
+
+async function startSplit(c: Cluster, via: Name, inPort: number, midPort: number): Promise<Response> {
+  return await fetch(`${c.api(via)}/node/cluster/sessions`, {
+    method: "POST",
+    headers: auth,
+    body: program(inPort, midPort),
+  });
+}
+
+/** Sends `n` datagrams into brno's In and waits until liberec's counter has counted `total` in all. */
+async function sendThrough(c: Cluster, inPort: number, n: number, total: number): Promise<void> {
+  const tx = openUdp({ host: LO, port: 0 });
+  try {
+    const data = new Uint8Array(100);
+    for (let i = 0; i < n; i++) {
+      tx.send(
+        { count: 1, data: () => data, length: () => 100, from: () => tx.local, truncated: () => false },
+        tx.destinations([{ host: LO, port: inPort }]),
+      );
+      if (i % 50 === 49) await new Promise((r) => setTimeout(r, 5));
+    }
+    const counted = async () => {
+      const aps = (await c.status("liberec")).sessions.split?.aps as { counted?: { packets: number } }[];
+      return aps?.find((a) => a.counted)?.counted?.packets ?? 0;
+    };
+    await until(`${total} datagrams counted on liberec`, async () => (await counted()) === total);
+  } finally {
+    await tx.close();
+  }
+}
+
+Deno.test("etcd cluster: a node killed and started again gets its part back and datagrams flow through it", async () => {
+  await withCluster("10s", async (c) => {
+    for (const n of NAMES) await c.start(n);
+    const inPort = freeUdp();
+    const started = await startSplit(c, "brno", inPort, freeUdp());
+    assert.equal(started.status, 201, await started.text());
+    const stored = await c.store.session("split");
+    assert.deepEqual(stored?.placement, { In: "brno", Mid: "prague", Last: "liberec" });
+    assert.equal(stored?.state?.state, "running");
+    assert.equal(stored?.state?.node, "brno");
+    assert.deepEqual((await c.store.sessionsOf("prague")).map((p) => p.aps), [["Mid"]]);
+    await sendThrough(c, inPort, 100, 100);
+
+    // A link port's epoch is its opening second (lib/cluster/link_header.ts): a restart within that same second
+    // would send sequence numbers its peers count as duplicates. A real restart takes longer; here, make sure.
+    const epoch = (await c.status("prague")).links.epoch as number;
+    await c.kill("prague");
+    await until("a second past prague's link epoch", () => Math.floor(Date.now() / 1000) > epoch, 2_000);
+    await c.start("prague");
+    await until("prague to run its part again", async () => (await c.running("prague")).includes("split"));
+    const etcd = (await c.status("prague")).cluster.etcd;
+    assert.equal(etcd.parts_restored, 1, JSON.stringify(etcd));
+    assert.equal(etcd.state, "joined");
+    assert.deepEqual(etcd.members, ["brno", "liberec", "prague"]);
+    await sendThrough(c, inPort, 100, 200);
+
+    const stop = await fetch(`${c.api("brno")}/node/cluster/sessions/split`, {
+      method: "DELETE",
+      headers: auth,
+    });
+    assert.equal(stop.status, 200, await stop.text());
+    for (const n of NAMES) assert.deepEqual(await c.running(n), [], `nothing left on ${n}`);
+    assert.equal(await c.store.session("split"), undefined);
+  });
+});
+
+Deno.test("etcd cluster: the session survives the restart of the node that received it, and any node stops it", async () => {
+  await withCluster("2s", async (c) => {
+    for (const n of NAMES) await c.start(n);
+    const inPort = freeUdp();
+    const midPort = freeUdp();
+    const started = await startSplit(c, "brno", inPort, midPort);
+    assert.equal(started.status, 201, await started.text());
+
+    await c.kill("brno");
+    // Its lease expires: the lowest-named live member holding a part (liberec) coordinates the session now.
+    await until(
+      "liberec to take coordination over",
+      async () => (await c.store.session("split"))?.state?.node === "liberec",
+      15_000,
+      100,
+    );
+    const coordinated = (await c.status("liberec")).cluster.coordinated.sessions.split;
+    assert.equal(coordinated.state, "running", JSON.stringify(coordinated));
+    assert.equal(coordinated.nodes.brno.state, "lost");
+    assert.equal((await c.status("liberec")).cluster.etcd.takeovers, 1);
+    for (const n of ["prague", "liberec"] as const) assert.deepEqual(await c.running(n), ["split"]);
+
+    // prague's own input still feeds liberec meanwhile.
+    const tx = openUdp({ host: LO, port: 0 });
+    try {
+      const data = new Uint8Array(100);
+      for (let i = 0; i < 20; i++) {
+        tx.send(
+          { count: 1, data: () => data, length: () => 100, from: () => tx.local, truncated: () => false },
+          tx.destinations([{ host: LO, port: midPort }]),
+        );
+      }
+    } finally {
+      await tx.close();
+    }
+    const counted = async () => {
+      const aps = (await c.status("liberec")).sessions.split.aps as { counted?: { packets: number } }[];
+      return aps.find((a) => a.counted)?.counted?.packets ?? 0;
+    };
+    await until("20 datagrams from prague's input counted", async () => (await counted()) === 20);
+
+    // brno restarts: its part comes back (coordinated by liberec now) and its input reaches liberec again.
+    await c.start("brno");
+    await until("brno to run its part again", async () => (await c.running("brno")).includes("split"));
+    await until(
+      "liberec to hear brno back",
+      async () =>
+        (await c.status("liberec")).cluster.coordinated.sessions.split.nodes.brno.state === "committed",
+    );
+    await sendThrough(c, inPort, 100, 120);
+
+    // Stop through prague, which coordinates nothing: every part stops and etcd forgets the session.
+    const stop = await fetch(`${c.api("prague")}/node/cluster/sessions/split`, {
+      method: "DELETE",
+      headers: auth,
+    });
+    const s = await stop.json();
+    assert.equal(stop.status, 200, JSON.stringify(s));
+    assert.deepEqual(Object.keys(s.nodes).sort(), ["brno", "liberec", "prague"]);
+    for (const n of NAMES) assert.deepEqual(await c.running(n), [], `nothing left on ${n}`);
+    assert.equal(await c.store.session("split"), undefined);
+    for (const n of NAMES) assert.deepEqual(await c.store.sessionsOf(n), []);
+    await until(
+      "liberec to let the session go",
+      async () => (await c.status("liberec")).cluster.coordinated.sessions.split.state === "stopped",
+    );
+  });
+});
+
+Deno.test("etcd cluster: two nodes asked to start one session name at once: exactly one does", async () => {
+  await withCluster("10s", async (c) => {
+    for (const n of NAMES) await c.start(n);
+    const inPort = freeUdp();
+    const midPort = freeUdp();
+    const answers = await Promise.all(
+      (["brno", "prague"] as const).map(async (n) => {
+        const r = await startSplit(c, n, inPort, midPort);
+        return { node: n, status: r.status, body: await r.json() };
+      }),
+    );
+    const won = answers.filter((a) => a.status === 201);
+    const lost = answers.filter((a) => a.status !== 201);
+    assert.equal(won.length, 1, JSON.stringify(answers));
+    assert.equal(lost[0].status, 409, JSON.stringify(lost[0].body));
+    assert.match(lost[0].body.reason, /already exists in etcd/);
+    assert.equal((await c.store.session("split"))?.state?.node, won[0].node);
+    for (const n of NAMES) assert.deepEqual(await c.running(n), ["split"], `one part on ${n}`);
+
+    const stop = await fetch(`${c.api(lost[0].node)}/node/cluster/sessions/split`, {
+      method: "DELETE",
+      headers: auth,
+    });
+    assert.equal(stop.status, 200, await stop.text());
+    for (const n of NAMES) assert.deepEqual(await c.running(n), [], `nothing left on ${n}`);
+    assert.equal(await c.store.session("split"), undefined);
+  });
+});
