@@ -314,7 +314,8 @@ export class Coordinator {
   release(name: string, reason: string): void {
     const session = this.#sessions.get(name);
     if (!session || session.state === "failed" || session.state === "stopped") return;
-    if (session.state === "starting") return; // this node's own start, racing: its own outcome decides
+    // This node's own start or stop under way: its own outcome decides.
+    if (session.state === "starting" || session.state === "stopping") return;
     session.state = "stopped";
     session.reason = reason;
     this.#event(session, reason);

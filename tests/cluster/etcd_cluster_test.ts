@@ -184,6 +184,11 @@ Deno.test("etcd cluster: a node killed and started again gets its part back and 
     assert.equal(etcd.parts_restored, 1, JSON.stringify(etcd));
     assert.equal(etcd.state, "joined");
     assert.deepEqual(etcd.members, ["brno", "liberec", "prague"]);
+    assert.match(etcd.lease, /^\d+$/, "the lease held");
+    assert.equal(etcd.last_error, null);
+    assert.equal(etcd.endpoints.length, 1);
+    assert.equal(etcd.store.sessions_created, 0, "prague wrote no session: it brought its part back");
+    assert.equal((await c.status("brno")).cluster.etcd.store.sessions_created, 1);
     await sendThrough(c, inPort, 100, 200);
 
     const stop = await fetch(`${c.api("brno")}/node/cluster/sessions/split`, {
@@ -292,4 +297,32 @@ Deno.test("etcd cluster: two nodes asked to start one session name at once: exac
     for (const n of NAMES) assert.deepEqual(await c.running(n), [], `nothing left on ${n}`);
     assert.equal(await c.store.session("split"), undefined);
   });
+});
+
+Deno.test("etcd cluster: a node whose etcd cannot be reached starts all the same and says why in /status", async () => {
+  const api = freeTcp();
+  await using config = await tempConfig(
+    [
+      "roles: [node]",
+      "status:",
+      `  token: ${TOKEN}`,
+      "node:",
+      `  bind: ${LO}`,
+      "  cluster:",
+      "    name: brno",
+      `    token: ${CLUSTER_TOKEN}`,
+      `    data: ${LO}:${freeUdp()}`,
+      `    etcd: ["http://${LO}:${freeTcp()}"]`,
+      "",
+    ].join("\n"),
+  );
+  await using node = startEdgenode(["--config", config.path, "--status", `${LO}:${api}`]);
+  await node.waitForLine(LISTENING);
+  const etcd = async () => (await (await fetch(`http://${LO}:${api}/status`)).json()).roles.node.cluster.etcd;
+  await until("the failed join in /status", async () => (await etcd()).last_error !== null);
+  const e = await etcd();
+  assert.equal(e.state, "joining");
+  assert.equal(e.lease, null);
+  assert.match(e.last_error.message, /^joining etcd: /);
+  assert.ok(e.errors >= 1);
 });

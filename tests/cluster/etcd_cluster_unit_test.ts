@@ -1,0 +1,214 @@
+/**
+ * The etcd side of the cluster in one process: heartbeats that also judge by membership (ManualClock), and the
+ * coordinator writing sessions to a real etcd (tests/_support/etcd.ts) with in-process fake members: written before
+ * any prepare, removed when a start fails or the session stops, a name another control unit holds refused without
+ * asking any node, an unreachable etcd failing the start before any node holds anything, and an adopted session
+ * stopped everywhere.
+ */
+import assert from "node:assert/strict";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { Coordinator } from "../../lib/cluster/coordinator.ts";
+import { EtcdClient } from "../../lib/cluster/etcd.ts";
+import { clusterId } from "../../lib/cluster/etcd_sync.ts";
+import { Heartbeats } from "../../lib/cluster/heartbeat.ts";
+import type { Member, UndoResult } from "../../lib/cluster/members.ts";
+import { PartRefused, type PartRequest } from "../../lib/cluster/parts.ts";
+import { ClusterStore } from "../../lib/cluster/store.ts";
+import type { NodeUsage } from "../../lib/cluster/usage.ts";
+import { EtcdServer } from "../_support/etcd.ts";
+
+/** A member that keeps its parts in maps; `refuse` makes it refuse every prepare. */
+class FakeMember implements Member {
+  readonly prepared = new Map<string, string>();
+  readonly running = new Map<string, string>();
+  readonly calls: string[] = [];
+  refuse = false;
+
+  constructor(readonly name: string) {}
+
+  usage(): Promise<NodeUsage> {
+    this.calls.push("usage");
+    return Promise.resolve({
+      name: this.name,
+      cpu: 0.1,
+      memory: 0.2,
+      pps_in: 0,
+      pps_out: 0,
+      bps_in: 0,
+      bps_out: 0,
+      sessions: 0,
+      aps: 0,
+      free_ports: 100,
+    });
+  }
+
+  prepare(session: string, req: PartRequest): Promise<void> {
+    this.calls.push("prepare");
+    if (this.refuse) return Promise.reject(new PartRefused(this.name, "port 5004 is held by session other"));
+    this.prepared.set(session, req.attempt);
+    return Promise.resolve();
+  }
+
+  commit(session: string, attempt: string): Promise<void> {
+    this.calls.push("commit");
+    if (this.prepared.get(session) !== attempt) return Promise.reject(new PartRefused(this.name, "nothing"));
+    this.prepared.delete(session);
+    this.running.set(session, attempt);
+    return Promise.resolve();
+  }
+
+  abort(session: string): Promise<UndoResult> {
+    this.calls.push("abort");
+    if (this.prepared.delete(session)) return Promise.resolve("released");
+    if (this.running.delete(session)) return Promise.resolve("stopped");
+    return Promise.resolve("none");
+  }
+
+  heartbeat(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+const PROGRAM = `Project demo;
+{ AP name="In" ref=localservice.forwarder; node = "brno"; inputs = in(DIPRONN_INPUT(5004)); outputs = out(Mid.in); }
+{ AP name="Mid" ref=localservice.forwarder; node = "prague"; inputs = in; outputs = out(Last.in); }
+{ AP name="Last" ref=localservice.counter; node = "liberec"; inputs = in; }
+`;
+const SOURCE = { file: "demo.dipronn", format: "dipronn" as const };
+
+function setup(endpoint: string) {
+  const clock = new ManualClock(Date.UTC(2026, 0, 1));
+  const members = ["brno", "prague", "liberec"].map((n) => new FakeMember(n));
+  const byName = Object.fromEntries(members.map((m) => [m.name, m]));
+  const store = new ClusterStore({
+    etcd: new EtcdClient({ endpoints: [endpoint], timeoutMs: 2000 }),
+    cluster: "unit",
+  });
+  const coordinator = new Coordinator({
+    self: "brno",
+    members,
+    clock,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    stepTimeoutMs: 2000,
+    store,
+  });
+  const holds = () => members.map((m) => [m.name, m.prepared.size + m.running.size]);
+  return { clock, byName, store, coordinator, holds };
+}
+
+Deno.test("Heartbeats declare a peer whose etcd lease is gone lost at the next round, and back only once it rejoins", async () => {
+  const clock = new ManualClock(0);
+  const events: string[] = [];
+  const members = new Set(["prague"]);
+  const hb = new Heartbeats({
+    clock,
+    intervalMs: 1000,
+    lossMs: 60_000,
+    watch: () => new Set(["prague"]),
+    send: () => Promise.resolve(),
+    onLost: (peer) => events.push(`lost ${peer}`),
+    onBack: (peer) => events.push(`back ${peer}`),
+    alive: (peer) => members.has(peer),
+  });
+  const round = async () => {
+    clock.advance(1000);
+    hb.tick();
+    await new Promise((r) => setTimeout(r, 0));
+  };
+  await round();
+  assert.deepEqual(events, []);
+  members.delete("prague"); // its lease expired, though it still answers (a cut off etcd, say)
+  await round();
+  assert.deepEqual(events, ["lost prague"]);
+  await round();
+  hb.received("prague");
+  assert.deepEqual(events, ["lost prague"], "heard from, but not a member: still lost");
+  members.add("prague");
+  await round();
+  assert.deepEqual(events, ["lost prague", "back prague"]);
+});
+
+Deno.test("Coordinator with etcd writes the session before any prepare, marks it running and removes it on stop", async () => {
+  await using etcd = await EtcdServer.start();
+  const { store, coordinator, holds } = setup(etcd.url);
+  const outcome = await coordinator.start(PROGRAM, { ...SOURCE, onNodeLoss: "restart" });
+  assert.equal(outcome.state, "running", JSON.stringify(outcome));
+  const stored = await store.session("demo");
+  assert.deepEqual(stored?.placement, { In: "brno", Mid: "prague", Last: "liberec" });
+  assert.equal(stored?.program, PROGRAM);
+  assert.deepEqual(stored?.source, { file: "demo.dipronn", format: "dipronn", on_node_loss: "restart" });
+  assert.equal(stored?.state?.state, "running");
+  assert.equal(stored?.state?.node, "brno");
+  assert.equal(stored?.state?.attempt, outcome.attempt);
+  assert.deepEqual((await store.sessionsOf("liberec")).map((p) => p.aps), [["Last"]]);
+
+  const stopped = await coordinator.stop("demo");
+  assert.equal(stopped?.state, "stopped");
+  assert.equal(await store.session("demo"), undefined);
+  assert.deepEqual(await store.sessionsOf("liberec"), []);
+  assert.deepEqual(holds(), [["brno", 0], ["prague", 0], ["liberec", 0]]);
+});
+
+Deno.test("Coordinator with etcd removes the session again when one node refuses its part", async () => {
+  await using etcd = await EtcdServer.start();
+  const { byName, store, coordinator, holds } = setup(etcd.url);
+  byName.prague.refuse = true;
+  const outcome = await coordinator.start(PROGRAM, SOURCE);
+  assert.equal(outcome.state, "failed");
+  assert.match(outcome.reason!, /node prague refused/);
+  assert.equal(await store.session("demo"), undefined, "a failed start leaves nothing in etcd");
+  assert.deepEqual(holds(), [["brno", 0], ["prague", 0], ["liberec", 0]]);
+  assert.equal(store.figures.sessions_removed, 1);
+});
+
+Deno.test("Coordinator with etcd refuses a name another control unit holds there, asking no node to prepare", async () => {
+  await using etcd = await EtcdServer.start();
+  const { byName, store, coordinator } = setup(etcd.url);
+  await store.putSession("demo", PROGRAM, { In: "prague" }, { node: "prague", state: "running" });
+  const outcome = await coordinator.start(PROGRAM, SOURCE);
+  assert.equal(outcome.state, "failed");
+  assert.match(outcome.reason!, /Cannot create session demo: it already exists in etcd/);
+  for (const m of Object.values(byName)) {
+    assert.deepEqual(m.calls, ["usage"], `${m.name} asked only for usage`);
+  }
+  const kept = await store.session("demo");
+  assert.equal(kept?.state?.node, "prague", "the other control unit's session is left as it was");
+  assert.deepEqual(kept?.placement, { In: "prague" });
+});
+
+Deno.test("Coordinator with an unreachable etcd fails a start before any node holds anything", async () => {
+  const { byName, coordinator } = setup("http://127.0.0.1:1");
+  const outcome = await coordinator.start(PROGRAM, SOURCE);
+  assert.equal(outcome.state, "failed");
+  assert.match(outcome.reason!, /Cannot write session demo to etcd/);
+  for (const m of Object.values(byName)) assert.deepEqual(m.calls, ["usage"]);
+});
+
+Deno.test("Coordinator adopts a session from etcd and its stop reaches every part and removes it", async () => {
+  await using etcd = await EtcdServer.start();
+  const { byName, store, coordinator } = setup(etcd.url);
+  const placement = { In: "brno", Mid: "prague", Last: "liberec" };
+  await store.putSession("demo", PROGRAM, placement, {
+    node: "liberec",
+    state: "running",
+    attempt: "00aa11bb",
+  });
+  for (const m of Object.values(byName)) m.running.set("demo", "00aa11bb");
+  const stored = (await store.session("demo"))!;
+  const session = coordinator.adopt("demo", stored, { reason: "stop asked on brno", waiting: ["liberec"] });
+  assert.equal(session.attempt, "00aa11bb");
+  assert.equal(session.nodes.liberec.state, "lost");
+  assert.equal(session.nodes.prague.state, "committed");
+  const outcome = await coordinator.stop("demo");
+  assert.equal(outcome?.state, "stopped");
+  for (const m of Object.values(byName)) assert.equal(m.running.size, 0, `${m.name} stopped its part`);
+  assert.equal(await store.session("demo"), undefined);
+});
+
+Deno.test("clusterId keeps clusters with different tokens apart in one etcd", async () => {
+  const a = await clusterId("cluster-token-aaaaaaaaaaaa");
+  assert.match(a, /^c[0-9a-f]{16}$/);
+  assert.equal(a, await clusterId("cluster-token-aaaaaaaaaaaa"));
+  assert.notEqual(a, await clusterId("cluster-token-bbbbbbbbbbbb"));
+});
