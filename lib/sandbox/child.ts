@@ -1,20 +1,22 @@
 /**
- * The main module of a sandbox child: `deno run` with no --allow-* flag but read access to its own upload directory,
- * started by host.ts. Its frames travel on stdin and stdout, so the program's console output is moved to stderr
- * before the program is imported.
+ * The main module of a sandbox child: `deno run` with no --allow-* flag but read access to its own upload directory
+ * and access to the one unix socket its frames travel on (arguments: the entry module's URL, the socket's path),
+ * started by host.ts. The program's console output goes to stderr, where the host keeps the last lines.
  */
 import { serveGuest } from "./guest.ts";
 
 const toStderr = (...args: unknown[]) => console.error(...args);
 for (const method of ["log", "info", "debug"] as const) console[method] = toStderr;
 
+const conn = await Deno.connect({ transport: "unix", path: Deno.args[1] });
+
 async function writeAll(bytes: Uint8Array): Promise<void> {
   let off = 0;
-  while (off < bytes.length) off += await Deno.stdout.write(bytes.subarray(off));
+  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
 }
 
 await serveGuest(Deno.args[0], {
-  input: Deno.stdin.readable,
+  input: conn.readable,
   write: writeAll,
   exit: (code) => Deno.exit(code),
 });

@@ -1,5 +1,5 @@
 /**
- * The byte stream between a sandbox host and its child (the child's stdin and stdout): frames of a u32
+ * The byte stream between a sandbox host and its child (a unix socket of the run's own): frames of a u32
  * little-endian length, then a kind byte and a body of that length minus one. Control messages are UTF-8 JSON;
  * batches carry a small fixed header and then a crossing buffer of lib/graph/vm/codec.ts, so the datagrams are
  * copied once into the frame on each side and never one by one through JSON.

@@ -3,7 +3,7 @@
  * ports and declared params, and then runs its handler on each batch the host sends, one batch at a time, writing
  * the outputs and a DONE frame back. Nothing here is trusted by the host: it checks every frame this writes.
  *
- * The program's `console.log` goes to stderr (stdout carries the frames). A handler that throws loses its batch
+ * The program's `console.log` goes to stderr (the host keeps its last lines). A handler that throws loses its batch
  * (counted in DONE); a failed allocation (an ArrayBuffer the hard memory limit refused) ends the child, so a memory
  * bomb that caught its own RangeError cannot keep the memory it holds.
  */

@@ -28,6 +28,8 @@ export interface ChildCommandOptions {
   readonly main: string;
   /** The upload's directory: the only thing the child may read. */
   readonly dir: string;
+  /** The unix socket its frames go through: it may read, write and connect to this one path. */
+  readonly socket: string;
   /** The entry module's file name in `dir`. */
   readonly entry: string;
   /** V8 old-space limit. */
@@ -38,15 +40,25 @@ export interface ChildCommandOptions {
   readonly dataBaseMb?: number;
 }
 
-/** The argv that starts a sandbox child. */
+/**
+ * The argv that starts a sandbox child. Connecting to its unix socket needs write access to that path, which would
+ * also let the program remove the socket and write a file there: RLIMIT_FSIZE 0 makes every write to a regular file
+ * fail (EFBIG, with SIGXFSZ ignored through `sh`, as an ignored signal stays ignored across exec; Deno's own cache
+ * writes then fail quietly), while sockets and the audit FIFO are not files it limits.
+ */
 export function childArgv(o: ChildCommandOptions): string[] {
   const mib = 1024 * 1024;
   const asBytes = ((o.addressBaseMb ?? ADDRESS_BASE_MB) + o.memoryMb) * mib;
   const dataBytes = ((o.dataBaseMb ?? DATA_BASE_MB) + o.memoryMb) * mib;
   return [
+    "sh",
+    "-c",
+    'trap "" XFSZ; exec "$@"',
+    "sh",
     "prlimit",
     `--as=${asBytes}`,
     `--data=${dataBytes}`,
+    "--fsize=0",
     "--core=0",
     "--",
     o.deno,
@@ -56,10 +68,13 @@ export function childArgv(o: ChildCommandOptions): string[] {
     "--no-lock",
     "--no-remote",
     "--no-npm",
-    `--allow-read=${o.dir}`,
+    `--allow-read=${o.dir},${o.socket}`,
+    `--allow-write=${o.socket}`,
+    `--allow-net=unix:${o.socket}`,
     `--v8-flags=--max-old-space-size=${o.heapMb}`,
     o.main,
     `file://${o.dir}/${o.entry}`,
+    o.socket,
   ];
 }
 

@@ -151,6 +151,11 @@ const DENIALS: [string, string, RegExp][] = [
     /Requires ffi access to "libc\.so\.6"/,
   ],
   [
+    "writing a file",
+    `Deno.writeTextFile("/tmp/edgenode-sandbox-test.txt", "x")`,
+    /Requires write access to "\/tmp\/edgenode-sandbox-test\.txt"/,
+  ],
+  [
     "importing a URL",
     `import("https://esm.sh/left-pad")`,
     /remote specifier was requested: "https:\/\/esm\.sh/,
@@ -192,7 +197,9 @@ Deno.test("SandboxHost counts a denial the program caught itself", async () => {
     await host.start();
     host.push(0, datagrams(2, 100));
     await until("the batch back", () => packets(got) === 2);
-    await until("the audit counted", () => host.status().denials === 1);
+    await until("the audit counted", () => host.status().denials === 1, 3000).catch((e) => {
+      throw new Error(`${e.message}: ${JSON.stringify(host.status())}`);
+    });
     assert.deepEqual(host.status().denied, ['Requires read access to "/etc/hostname"']);
   } finally {
     await host.stop();
@@ -277,6 +284,25 @@ Deno.test("SandboxHost backs off a crash loop on its clock", async () => {
     await until("run 5 running", () => host.state === "running", 15_000);
     assert.equal(host.status().restarts, 4);
     assert.equal((host.status().dropped as Record<string, number>).crashed, 8);
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost lets no byte be written through the path of the program's own socket", async () => {
+  // Connecting needs write access to that one path: the program could remove the socket and make a file there.
+  const source = `${PORTS}export async function handle(_i, b) {
+    await Deno.remove(Deno.args[1]).catch(() => {});
+    await Deno.writeTextFile(Deno.args[1], "x".repeat(4096));
+    return [b];
+  }\n`;
+  const { host, got } = sandbox(source);
+  try {
+    await host.start();
+    host.push(0, datagrams(1, 10));
+    await until("the handler's error", () => host.status().handler_errors === 1);
+    assert.match(String(host.status().last_error), /File too large/);
+    assert.equal(packets(got), 0);
   } finally {
     await host.stop();
   }
