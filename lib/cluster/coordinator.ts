@@ -310,12 +310,20 @@ export class Coordinator {
     return session;
   }
 
-  /** Another control unit removed the session from etcd (stopped it) or coordinates it now: let it go here. */
-  release(name: string, reason: string): void {
+  /**
+   * Another control unit removed the session from etcd (stopped it: it reads "stopped" here, saying so) or
+   * coordinates it now (`to`: it is forgotten here, and that node's /status shows it).
+   */
+  release(name: string, reason: string, o: { to?: string } = {}): void {
     const session = this.#sessions.get(name);
     if (!session || session.state === "failed" || session.state === "stopped") return;
     // This node's own start or stop under way: its own outcome decides.
     if (session.state === "starting" || session.state === "stopping") return;
+    if (o.to !== undefined) {
+      this.#sessions.delete(name);
+      this.o.logger.info("session coordinated elsewhere now", { session: name, by: o.to });
+      return;
+    }
     session.state = "stopped";
     session.reason = reason;
     this.#event(session, reason);
@@ -564,7 +572,9 @@ export class Coordinator {
       }
       if (!stored) return this.release(session.name, "removed from etcd by another control unit");
       if (stored.state && stored.state.node !== this.o.self) {
-        return this.release(session.name, `coordinated by ${stored.state.node} now`);
+        return this.release(session.name, `coordinated by ${stored.state.node} now`, {
+          to: stored.state.node,
+        });
       }
     }
     session.nodes[node].state = "lost";

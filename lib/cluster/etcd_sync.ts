@@ -171,7 +171,7 @@ export class EtcdSync {
     if (e.type === "state") {
       if (e.state.node === self || !e.state.node) return;
       parts.setCoordinator(e.name, e.state.node);
-      coordinator.release(e.name, `coordinated by ${e.state.node} now`);
+      coordinator.release(e.name, `coordinated by ${e.state.node} now`, { to: e.state.node });
       return;
     }
     coordinator.release(e.name, "stopped by another control unit (removed from etcd)");

@@ -77,9 +77,9 @@ const PROGRAM = `Project demo;
 `;
 const SOURCE = { file: "demo.dipronn", format: "dipronn" as const };
 
-function setup(endpoint: string) {
+function setup(endpoint: string, o: { spare?: string } = {}) {
   const clock = new ManualClock(Date.UTC(2026, 0, 1));
-  const members = ["brno", "prague", "liberec"].map((n) => new FakeMember(n));
+  const members = ["brno", "prague", "liberec", ...(o.spare ? [o.spare] : [])].map((n) => new FakeMember(n));
   const byName = Object.fromEntries(members.map((m) => [m.name, m]));
   const store = new ClusterStore({
     etcd: new EtcdClient({ endpoints: [endpoint], timeoutMs: 2000 }),
@@ -92,8 +92,21 @@ function setup(endpoint: string) {
     logger: new Logger({ level: "error", clock, sink: () => {} }),
     stepTimeoutMs: 2000,
     store,
+    // The pins as the program says, except that an AP whose node is gone goes to the spare (what a restart needs).
+    place: (spec, input) => {
+      const alive = new Set(input.nodes.map((n) => n.name));
+      const nodeOf = Object.fromEntries(spec.aps.map((a) => [a.name, a.node?.name ?? "brno"]));
+      return {
+        session: spec.name,
+        nodeOf: Object.fromEntries(
+          Object.entries(nodeOf).map(([ap, n]) => [ap, alive.has(n) ? n : o.spare ?? n]),
+        ),
+        why: {},
+      };
+    },
   });
-  const holds = () => members.map((m) => [m.name, m.prepared.size + m.running.size]);
+  const holds = () =>
+    members.filter((m) => m.name !== o.spare).map((m) => [m.name, m.prepared.size + m.running.size]);
   return { clock, byName, store, coordinator, holds };
 }
 
@@ -211,4 +224,37 @@ Deno.test("clusterId keeps clusters with different tokens apart in one etcd", as
   assert.match(a, /^c[0-9a-f]{16}$/);
   assert.equal(a, await clusterId("cluster-token-aaaaaaaaaaaa"));
   assert.notEqual(a, await clusterId("cluster-token-bbbbbbbbbbbb"));
+});
+
+Deno.test("Coordinator with etcd restarts a session without a lost node and rewrites its placement there", async () => {
+  await using etcd = await EtcdServer.start();
+  const { byName, store, coordinator } = setup(etcd.url, { spare: "pilsen" });
+  const first = await coordinator.start(PROGRAM, { ...SOURCE, onNodeLoss: "restart" });
+  assert.equal(first.state, "running");
+  byName.liberec.running.clear(); // it died with its part
+  await coordinator.nodeLost("liberec");
+  const now = coordinator.get("demo")!;
+  assert.equal(now.state, "running", now.reason);
+  const stored = await store.session("demo");
+  assert.deepEqual(stored?.placement, { In: "brno", Mid: "prague", Last: "pilsen" });
+  assert.equal(stored?.state?.state, "running");
+  assert.equal(stored?.state?.attempt, now.attempt);
+  assert.notEqual(now.attempt, first.attempt);
+  assert.deepEqual(await store.sessionsOf("liberec"), [], "the lost node's part is gone from etcd");
+  assert.deepEqual((await store.sessionsOf("pilsen")).map((p) => p.aps), [["Last"]]);
+  assert.equal(byName.pilsen.running.get("demo"), now.attempt);
+});
+
+Deno.test("Coordinator with etcd leaves a lost node to the control unit etcd names as the session's coordinator", async () => {
+  await using etcd = await EtcdServer.start();
+  const { byName, store, coordinator } = setup(etcd.url);
+  assert.equal((await coordinator.start(PROGRAM, SOURCE)).state, "running");
+  const stored = (await store.session("demo"))!;
+  await store.setState("demo", { state: "running", node: "prague", attempt: stored.state?.attempt }, {
+    revision: stored.stateRevision,
+  });
+  await coordinator.nodeLost("liberec");
+  assert.equal(coordinator.get("demo"), undefined, "no longer coordinated here");
+  for (const n of ["brno", "prague"]) assert.equal(byName[n].running.size, 1, `${n} keeps its part`);
+  assert.equal((await store.session("demo"))?.state?.node, "prague");
 });
