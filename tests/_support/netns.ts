@@ -294,13 +294,34 @@ export async function sweepStaleNamespaces(): Promise<string[]> {
   for (const ns of await listNamespaces(ip)) {
     const m = STALE.exec(ns);
     if (!m || Number(m[1]) === Deno.pid) continue;
-    const alive = await Deno.stat(`/proc/${m[1]}`).then(() => true, () => false);
-    if (alive) continue;
+    if (await processAlive(Number(m[1]))) continue;
     await killInside(ip, ns);
     await ipRun(ip, ["netns", "del", ns]).catch(() => {});
     removed.push(ns);
   }
   return removed;
+}
+
+/**
+ * Whether process `pid` exists. Deno refuses /proc/PID to anything but --allow-all ("NotCapable"), which `deno test`
+ * with the usual flags lacks: taken as "gone", that swept the live bed of a concurrent run (its nodes killed, its
+ * namespaces removed). So: /proc when readable, else `kill -0`; when neither can tell, alive (never sweep a bed
+ * that may be in use).
+ */
+async function processAlive(pid: number): Promise<boolean> {
+  try {
+    await Deno.stat(`/proc/${pid}`);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+  }
+  try {
+    const out = await new Deno.Command("kill", { args: ["-0", String(pid)], stdout: "null", stderr: "piped" })
+      .output();
+    return out.success || !/no such process/i.test(new TextDecoder().decode(out.stderr));
+  } catch {
+    return true;
+  }
 }
 
 async function listNamespaces(ip: string): Promise<string[]> {

@@ -30,7 +30,16 @@
 import { announce, benchFull, benchNumber } from "./_mode.ts";
 import { benchSizes, LOSS_LIMIT } from "./_udp_rate.ts";
 import { poll } from "../_support/until.ts";
-import { FourNodes, type InNetns, type Participant, PORTS, receivedOf, SESSION } from "../e2e/_four_nodes.ts";
+import {
+  FourNodes,
+  type InNetns,
+  LINKS,
+  NODES,
+  type Participant,
+  PORTS,
+  receivedOf,
+  SESSION,
+} from "../e2e/_four_nodes.ts";
 
 const SIZES = benchSizes("100,1450", "100,500,1000,1450");
 const SECONDS = benchNumber("BENCH_SECONDS", 1, 2);
@@ -63,6 +72,9 @@ const RECEIVERS = [
 ];
 const RELAY_STATUS_PORT = 8081;
 const SETTLE_MS = 700;
+const VERBOSE = Deno.env.get("BENCH_VERBOSE") === "1";
+/** BENCH_SYNCERS=forwarders: the syncers replaced by forwarders (what the syncers cost). */
+const SYNCERS = Deno.env.get("BENCH_SYNCERS") === "forwarders" ? "forwarders" : "real";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Trial {
@@ -84,6 +96,8 @@ interface Path {
   joined(): Promise<number>;
   /** Before a trial's sources start (the relay chain's Pilsen receivers). */
   beforeTrial(): void;
+  /** Per link (a->b): packets a sent, b received, b counted lost; the session's link ports only. */
+  links?(): Promise<Map<string, { tx: number; rx: number; lost: number }>>;
   /** After the sources: what each "file" holds of these SSRCs. */
   files(ssrcs: number[], total: number): Promise<number[]>;
   stop(): Promise<void>;
@@ -99,6 +113,16 @@ function sessionPath(run: FourNodes): Path {
       );
     },
     beforeTrial() {},
+    async links() {
+      const out = new Map<string, { tx: number; rx: number; lost: number }>();
+      const all = new Map(await Promise.all(NODES.map(async (n) => [n, await run.links(n)] as const)));
+      for (const [a, b] of LINKS) {
+        const tx = all.get(a)?.get(b);
+        const rx = all.get(b)?.get(a);
+        out.set(`${a}->${b}`, { tx: tx?.tx_packets ?? 0, rx: rx?.rx_packets ?? 0, lost: rx?.lost ?? 0 });
+      }
+      return out;
+    },
     async files(ssrcs, total) {
       // The savers flush once a second: read until both hold everything, or two reads a flush apart agree.
       let last = -1;
@@ -225,6 +249,7 @@ async function trial(run: FourNodes, path: Path, size: number, rate: number): Pr
     15_000,
     200,
   );
+  const linksBefore = VERBOSE ? await path.links?.() : undefined;
   path.beforeTrial();
   const participants: Participant[] = run.participants({ durationS: SECONDS + 30, idleS: 1 });
   try {
@@ -254,6 +279,15 @@ async function trial(run: FourNodes, path: Path, size: number, rate: number): Pr
       ? { p50: Math.max(...ds.map((d) => d!.p50)), p99: Math.max(...ds.map((d) => d!.p99)) }
       : null;
   };
+  if (linksBefore && loss[worst] > LOSS_LIMIT) {
+    // Where the loss was: on a link (its counters), or inside a node (a link delivered all it was sent).
+    const after = (await path.links?.())!;
+    const lines = [...after].map(([k, v]) => {
+      const b = linksBefore.get(k) ?? { tx: 0, rx: 0, lost: 0 };
+      return `${k} sent ${v.tx - b.tx} received ${v.rx - b.rx} lost ${v.lost - b.lost}`;
+    });
+    console.log(`    links over the trial (${total} sent into brno): ${lines.join("; ")}`);
+  }
   const seconds = Math.max(sent.video.duration_s, 1e-3);
   return {
     rate: total / seconds,
@@ -278,9 +312,17 @@ async function search(run: FourNodes, path: Path, size: number): Promise<Search>
     let last: Trial | null = null;
     for (let i = 0; i < TRIES; i++) {
       const began = performance.now();
-      last = await trial(run, path, size, rate);
+      try {
+        last = await trial(run, path, size, rate);
+      } catch (error) {
+        // One process of the trial failed (seen: a sender ended by a signal from outside): the trial once more.
+        console.log(
+          `    ${path.name} ${size} B ${rate}/s: trial failed, once more: ${(error as Error).message}`,
+        );
+        last = await trial(run, path, size, rate);
+      }
       trials.push(last);
-      if (Deno.env.get("BENCH_VERBOSE")) {
+      if (VERBOSE) {
         console.log(
           `    ${path.name} ${size} B ${rate}/s: worst loss ${last.worst.toFixed(3)}% (${last.where}), ` +
             `${((performance.now() - began) / 1000).toFixed(1)} s`,
@@ -346,7 +388,9 @@ async function main(): Promise<number> {
       `trials, video + audio (${AUDIO_RATE}/s of ${AUDIO_SIZE} B), ${TRIES} tr${
         TRIES > 1 ? "ies" : "y"
       } per rate, ` +
-      `${navigator.hardwareConcurrency} cores; bed up in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+      `syncers ${SYNCERS}, ${navigator.hardwareConcurrency} cores; bed up in ${
+        ((performance.now() - t0) / 1000).toFixed(1)
+      } s`,
   );
   const results = new Map<string, Search>();
   const measure = async (path: Path) => {
@@ -367,6 +411,7 @@ async function main(): Promise<number> {
   if (want("session")) {
     await run.startSession({
       transcoder: "forwarder",
+      syncers: SYNCERS,
       reflectorTimeoutS: 2,
       maxPerAddress: 100,
       saverMaxBytes: 2 ** 40,
