@@ -2,8 +2,9 @@
  * Three edgenode processes on 127.0.0.1 sharing a real etcd (tests/_support/etcd.ts): a node killed (SIGKILL) and
  * started again with the same config gets its part back from etcd and datagrams flow through it again; the session
  * outlives the node that received it (another member takes coordination over when its lease expires, the node's part
- * comes back when it restarts, a stop through any node stops every part and empties etcd); two nodes asked to start
- * one session name at once: exactly one does.
+ * comes back when it restarts, a stop through any node stops every part and empties etcd) or, back within its lease,
+ * resumes coordinating it; two nodes asked to start one session name at once: exactly one does; a node whose etcd
+ * cannot be reached starts and says why.
  */
 import assert from "node:assert/strict";
 import { EtcdClient } from "../../lib/cluster/etcd.ts";
@@ -267,6 +268,38 @@ Deno.test("etcd cluster: the session survives the restart of the node that recei
       "liberec to let the session go",
       async () => (await c.status("liberec")).cluster.coordinated.sessions.split.state === "stopped",
     );
+  });
+});
+
+Deno.test("etcd cluster: the node that received the session, back within its lease, resumes coordinating it", async () => {
+  await withCluster("10s", async (c) => {
+    for (const n of NAMES) await c.start(n);
+    const inPort = freeUdp();
+    const started = await startSplit(c, "brno", inPort, freeUdp());
+    assert.equal(started.status, 201, await started.text());
+    const epoch = (await c.status("brno")).links.epoch as number;
+    await c.kill("brno");
+    await until("a second past brno's link epoch", () => Math.floor(Date.now() / 1000) > epoch, 2_000);
+    await c.start("brno");
+    await until("brno to run its part again", async () => (await c.running("brno")).includes("split"));
+    await until(
+      "brno to coordinate the session again",
+      async () => (await c.status("brno")).cluster.coordinated.sessions.split?.state === "running",
+    );
+    assert.equal(
+      (await c.store.session("split"))?.state?.node,
+      "brno",
+      "no takeover: its lease never expired",
+    );
+    await sendThrough(c, inPort, 100, 100);
+
+    const stop = await fetch(`${c.api("liberec")}/node/cluster/sessions/split`, {
+      method: "DELETE",
+      headers: auth,
+    });
+    assert.equal(stop.status, 200, await stop.text());
+    for (const n of NAMES) assert.deepEqual(await c.running(n), [], `nothing left on ${n}`);
+    assert.equal(await c.store.session("split"), undefined);
   });
 });
 
