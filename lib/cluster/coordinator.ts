@@ -122,6 +122,8 @@ export interface CoordinatorOptions {
   readonly store?: ClusterStore;
   /** With etcd: whether the node is a live member there (a node heartbeats once called lost may be back). */
   readonly member?: (node: string) => boolean;
+  /** With etcd: whether the node's lease expired since it was seen (left out of placement like a lost node). */
+  readonly gone?: (node: string) => boolean;
 }
 
 /** A session as etcd holds it, enough to coordinate it here. */
@@ -200,7 +202,9 @@ export class Coordinator {
 
   /** Usage of every member not known lost; those that do not answer are left out, with why. */
   async #usage(): Promise<{ usage: NodeUsage[]; missing: Record<string, string> }> {
-    const candidates = [...this.#members.values()].filter((m) => !this.#lost.has(m.name));
+    const candidates = [...this.#members.values()].filter((m) =>
+      !this.#lost.has(m.name) && !this.o.gone?.(m.name)
+    );
     const answers = await Promise.allSettled(
       candidates.map((m) =>
         withTimeout(this.o.clock, this.o.stepTimeoutMs, m.usage(this.o.stepTimeoutMs), `usage of ${m.name}`)
@@ -213,6 +217,9 @@ export class Coordinator {
       else missing[candidates[i].name] = failure(a.reason).reason ?? "no answer";
     });
     for (const lost of this.#lost) missing[lost] = "declared lost";
+    for (const m of this.#members.keys()) {
+      if (!this.#lost.has(m) && this.o.gone?.(m)) missing[m] = "its etcd lease expired";
+    }
     return { usage, missing };
   }
 

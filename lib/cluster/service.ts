@@ -141,6 +141,7 @@ export class ClusterService {
     const coordinator = new Coordinator({
       store,
       member: store ? (node) => synced.etcd?.isMember(node) ?? false : undefined,
+      gone: store ? (node) => !(synced.etcd?.alive(node) ?? true) : undefined,
       self: cfg.name,
       members,
       clock,

@@ -77,7 +77,7 @@ const PROGRAM = `Project demo;
 `;
 const SOURCE = { file: "demo.dipronn", format: "dipronn" as const };
 
-function setup(endpoint: string, o: { spare?: string } = {}) {
+function setup(endpoint: string, o: { spare?: string; gone?: (node: string) => boolean } = {}) {
   const clock = new ManualClock(Date.UTC(2026, 0, 1));
   const members = ["brno", "prague", "liberec", ...(o.spare ? [o.spare] : [])].map((n) => new FakeMember(n));
   const byName = Object.fromEntries(members.map((m) => [m.name, m]));
@@ -92,6 +92,7 @@ function setup(endpoint: string, o: { spare?: string } = {}) {
     logger: new Logger({ level: "error", clock, sink: () => {} }),
     stepTimeoutMs: 2000,
     store,
+    gone: o.gone,
     // The pins as the program says, except that an AP whose node is gone goes to the spare (what a restart needs).
     place: (spec, input) => {
       const alive = new Set(input.nodes.map((n) => n.name));
@@ -257,4 +258,12 @@ Deno.test("Coordinator with etcd leaves a lost node to the control unit etcd nam
   assert.equal(coordinator.get("demo"), undefined, "no longer coordinated here");
   for (const n of ["brno", "prague"]) assert.equal(byName[n].running.size, 1, `${n} keeps its part`);
   assert.equal((await store.session("demo"))?.state?.node, "prague");
+});
+
+Deno.test("Coordinator leaves a node whose etcd lease expired out of placement, saying so", async () => {
+  const { byName, coordinator } = setup("http://127.0.0.1:1", { gone: (n) => n === "liberec" });
+  const plan = await coordinator.plan(PROGRAM, SOURCE);
+  assert.deepEqual(plan.usage.map((u) => u.name), ["brno", "prague"]);
+  assert.deepEqual(plan.left_out, { liberec: "its etcd lease expired" });
+  assert.deepEqual(byName.liberec.calls, [], "not even asked for its usage");
 });
