@@ -9,7 +9,9 @@
  * With etcd (`store`), a session is written there before any node is asked to prepare, in a transaction that
  * requires the name to be new: of two control units starting one name at once, exactly one goes on. A failed start
  * removes it again; a running one is marked so; a stop removes it. A session written by another control unit can be
- * adopted (`adopt`): this node coordinates it from then on (a takeover, a stop asked here, or its restart).
+ * adopted (`adopt`): this node coordinates it from then on (a takeover, a stop asked here, or its restart). A
+ * takeover is how the session outlives its coordinator: the old coordinator's own part waits in etcd for that node's
+ * restart instead of being handled by `on_node_loss`, which applies to the loss of any other node.
  */
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";

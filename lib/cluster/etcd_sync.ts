@@ -139,7 +139,8 @@ export class EtcdSync {
     await this.#restore();
     this.#state = "joined";
     this.o.logger.info("joined etcd", { prefix: store.prefix, lease: this.#membership.lease() });
-    await this.#serial(() => this.#takeOver());
+    // A failed round is retried at the next membership change; the node stays joined meanwhile.
+    await this.#serial(() => this.#takeOver()).catch((error) => this.#error("taking over sessions", error));
   }
 
   #close(): void {
