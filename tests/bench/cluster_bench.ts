@@ -26,6 +26,12 @@
  *   BENCH_FULL=1 deno task bench cluster    full: 100, 500, 1000, 1450 B, 2 s trials, 4 steps, two tries per rate,
  *                                           and trials at 0.5 .. 1.5 x the loss-free rate
  *   BENCH_SIZES=1450 BENCH_PATHS=session    one size, one path
+ *   BENCH_VERBOSE=1                         each trial, and for a lossy one the per-link counters over it (where
+ *                                           the loss was: on a link, or inside a node)
+ *   BENCH_SYNCERS=forwarders                the syncers as forwarders too (what the syncers cost)
+ *
+ * A trial whose sender or analyser fails (a process ended by a signal) is made once more; a second failure ends the
+ * run. A pinned AP is not refused for the box's load here (node.cluster.load_threshold 2): the bench loads it.
  */
 import { announce, benchFull, benchNumber } from "./_mode.ts";
 import { benchSizes, LOSS_LIMIT } from "./_udp_rate.ts";
