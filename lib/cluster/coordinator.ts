@@ -53,6 +53,17 @@ export class ClusterConflict extends Error {
   override name = "ClusterConflict";
 }
 
+/**
+ * A stop asked while the session's start (or restart) is under way: refused, since prepares in flight could still
+ * land and commit after an abort made now. The start's own outcome decides; a stop after it works.
+ */
+export class SessionBusy extends ClusterConflict {
+  override name = "SessionBusy";
+  constructor(readonly session: string, readonly state: SessionState) {
+    super(`Cannot stop session ${session}: it is ${state}; try again`);
+  }
+}
+
 export type PartState =
   | "preparing"
   | "prepared"
@@ -510,11 +521,14 @@ export class Coordinator {
     );
   }
 
-  /** Stops every part of a session coordinated here; null when there is none. */
+  /** Stops every part of a session coordinated here; null when there is none. Throws SessionBusy mid-start. */
   async stop(name: string): Promise<Outcome | null> {
     const session = this.#sessions.get(name);
     if (!session) return null;
     if (session.state === "stopped" || session.state === "failed") return this.outcome(session);
+    if (session.state === "starting" || session.state === "restarting") {
+      throw new SessionBusy(name, session.state);
+    }
     session.state = "stopping";
     await this.#undo(session, undefined);
     await this.#unstore(session);

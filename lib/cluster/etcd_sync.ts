@@ -56,6 +56,8 @@ export async function clusterId(token: string): Promise<string> {
   return "c" + [...new Uint8Array(digest).slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+const BUSY_HERE: ReadonlySet<string> = new Set(["running", "starting", "restarting", "stopping"]);
+
 export class EtcdSync {
   readonly figures: EtcdFigures = { parts_restored: 0, parts_restore_failed: 0, takeovers: 0, errors: 0 };
   #state: "joining" | "joined" | "stopped" = "joining";
@@ -230,7 +232,8 @@ export class EtcdSync {
     for (const s of await store.sessions()) {
       const old = s.state?.node ?? "";
       if (old === self) {
-        if (coordinator.get(s.name)?.state === "running") continue;
+        // Running here, or this node's own start, restart or stop is under way: its outcome decides.
+        if (BUSY_HERE.has(coordinator.get(s.name)?.state ?? "")) continue;
         coordinator.adopt(s.name, s, { reason: "resumed from etcd after this node's restart" });
         if (s.state && !RESTORED_STATES.has(s.state.state)) await coordinator.stop(s.name);
         continue;

@@ -150,7 +150,13 @@ export function operatorRoutes(app: Hono, svc: ClusterService): void {
     }
   });
   app.delete("/node/cluster/sessions/:name", async (c) => {
-    const outcome = await svc.stopSession(c.req.param("name"));
+    let outcome;
+    try {
+      outcome = await svc.stopSession(c.req.param("name"));
+    } catch (error) {
+      if (error instanceof ClusterConflict) return c.json({ error: error.message }, 409);
+      throw error;
+    }
     if (!outcome) {
       const where = svc.etcd ? "coordinated here or stored in etcd" : "coordinated here";
       return c.json({ error: `No session "${c.req.param("name")}" ${where}` }, 404);

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { ErrorList } from "../../lib/core/errors.ts";
 import { Logger } from "../../lib/core/logger.ts";
-import { Coordinator } from "../../lib/cluster/coordinator.ts";
+import { Coordinator, SessionBusy } from "../../lib/cluster/coordinator.ts";
 import type { Member, UndoResult } from "../../lib/cluster/members.ts";
 import { PartRefused, type PartRequest } from "../../lib/cluster/parts.ts";
 import { PeerError } from "../../lib/cluster/peers.ts";
@@ -61,8 +61,12 @@ class FakeMember implements Member {
     };
   }
 
+  /** When set, a prepare answers only once it settles (a slow network). */
+  gate: Promise<void> | null = null;
+
   async prepare(session: string, req: PartRequest): Promise<void> {
     await this.#act("prepare");
+    if (this.gate) await this.gate;
     this.prepared.set(session, req.attempt);
   }
 
@@ -291,5 +295,21 @@ Deno.test("Coordinator stops the session, saying why, when a restart without the
   assert.equal(s.state, "stopped");
   assert.match(s.reason!, /^node prague lost; a restart without it failed: node pilsen refused: port 5004/);
   byName.prague.running.clear();
+  nothingAnywhere();
+});
+
+Deno.test("Coordinator.stop refuses a session still starting, so a late prepare cannot leave it running", async () => {
+  const { byName, coordinator, nothingAnywhere } = setup();
+  const gate = Promise.withResolvers<void>();
+  byName.prague.gate = gate.promise;
+  const start = coordinator.start(PROGRAM, { file: "demo.dipronn", format: "dipronn" });
+  await until("prague asked to prepare", () => byName.prague.calls.includes("prepare"));
+  const error = await coordinator.stop("demo").catch((e) => e);
+  assert.ok(error instanceof SessionBusy);
+  assert.equal(error.message, "Cannot stop session demo: it is starting; try again");
+  assert.equal(byName.brno.calls.includes("abort"), false, "nothing undone by the refused stop");
+  gate.resolve();
+  assert.equal((await start).state, "running");
+  assert.equal((await coordinator.stop("demo"))!.state, "stopped");
   nothingAnywhere();
 });
