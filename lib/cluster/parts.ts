@@ -79,8 +79,20 @@ interface Part {
   readonly aps: readonly string[];
 }
 
+/** A part stopped because its coordinator was lost (shown in /status). */
+export interface OrphanedPart {
+  readonly session: string;
+  readonly attempt: string;
+  readonly coordinator: string;
+  readonly undone: "released" | "stopped" | "none";
+  readonly reason: string;
+}
+
+const MAX_ORPHANED = 64;
+
 export class PartHost {
   readonly #parts = new Map<string, Part>();
+  readonly #orphaned: OrphanedPart[] = [];
   readonly #tombstones = new Set<string>();
 
   constructor(
@@ -176,6 +188,7 @@ export class PartHost {
    * the stored attempt and coordinator. Resolves to false when the part runs here already; throws PartRefused.
    */
   async restore(session: string, req: PartRequest): Promise<boolean> {
+    this.#prune();
     if (this.#parts.has(session) || this.table.get(session)) return false;
     await this.prepare(session, req);
     await this.commit(session, req.attempt);
@@ -184,6 +197,7 @@ export class PartHost {
 
   /** Whether a part of `session` is prepared or running here. */
   has(session: string): boolean {
+    this.#prune();
     return this.#parts.has(session);
   }
 
@@ -200,6 +214,7 @@ export class PartHost {
 
   /** The nodes coordinating the parts held here: they are watched for loss. */
   coordinators(): Set<string> {
+    this.#prune();
     const out = new Set<string>();
     for (const p of this.#parts.values()) if (p.coordinator !== this.self) out.add(p.coordinator);
     return out;
@@ -207,21 +222,50 @@ export class PartHost {
 
   /** Sessions held here for `coordinator`. */
   sessionsOf(coordinator: string): string[] {
+    this.#prune();
     return [...this.#parts].filter(([, p]) => p.coordinator === coordinator).map(([s]) => s);
   }
 
-  status(): Record<string, unknown> {
-    const prepared = new Set(this.table.prepared().map((p) => p.session));
-    for (const [session, part] of this.#parts) {
-      // A reservation that expired without a commit is gone from the table: forget the part too.
-      if (part.state === "prepared" && !prepared.has(session)) this.#parts.delete(session);
-      else if (part.state === "running" && !this.table.get(session)) this.#parts.delete(session);
+  /**
+   * Stops every part held here for `coordinator`, which was declared lost while no etcd can hand its sessions to
+   * another member: nobody is left to stop or restart them, so they would run forever and hold their names.
+   */
+  async coordinatorLost(coordinator: string, reason: string): Promise<string[]> {
+    const sessions = this.sessionsOf(coordinator);
+    for (const session of sessions) {
+      const part = this.#parts.get(session);
+      if (!part) continue;
+      const undone = await this.abort(session);
+      this.#orphaned.push({ session, attempt: part.attempt, coordinator, undone, reason });
+      if (this.#orphaned.length > MAX_ORPHANED) {
+        this.#orphaned.splice(0, this.#orphaned.length - MAX_ORPHANED);
+      }
+      this.logger.warn("session part stopped: its coordinator is lost", { session, coordinator, undone });
     }
+    return sessions;
+  }
+
+  status(): Record<string, unknown> {
+    this.#prune();
     return Object.fromEntries(
       [...this.#parts].map((
         [s, p],
       ) => [s, { coordinator: p.coordinator, attempt: p.attempt, state: p.state, aps: p.aps }]),
     );
+  }
+
+  /** Parts stopped because their coordinator was lost (newest last, at most MAX_ORPHANED). */
+  orphaned(): readonly OrphanedPart[] {
+    return [...this.#orphaned];
+  }
+
+  /** Forgets parts the table no longer holds: a reservation that expired without a commit, a removed session. */
+  #prune(): void {
+    const prepared = new Set(this.table.prepared().map((p) => p.session));
+    for (const [session, part] of this.#parts) {
+      if (part.state === "prepared" && !prepared.has(session)) this.#parts.delete(session);
+      else if (part.state === "running" && !this.table.get(session)) this.#parts.delete(session);
+    }
   }
 
   #bury(attempt: string): void {

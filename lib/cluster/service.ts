@@ -32,6 +32,8 @@ export interface ClusterFigures {
   starts_failed: number;
   prepares: number;
   prepares_refused: number;
+  /** Parts stopped here because their coordinator was lost (no etcd to hand them to another member). */
+  parts_orphaned: number;
   /** With etcd: its figures (lib/cluster/etcd_sync.ts). */
   etcd?: { parts_restored: number; takeovers: number; errors: number };
 }
@@ -52,6 +54,7 @@ export const CLUSTER_SERIES = declareSeries<ClusterFigures>({
   starts_failed: { help: "Starts across nodes coordinated here that failed (nothing left running)" },
   prepares: { help: "Parts this node was asked to prepare" },
   prepares_refused: { help: "Parts this node refused to prepare" },
+  parts_orphaned: { help: "Parts stopped here because their coordinator was lost (without etcd)" },
   etcd_parts_restored: {
     help: "Parts brought back from etcd (a restarted node)",
     read: (f) => f.etcd?.parts_restored ?? 0,
@@ -89,6 +92,7 @@ export class ClusterService {
     starts_failed: 0,
     prepares: 0,
     prepares_refused: 0,
+    parts_orphaned: 0,
   };
   readonly replays = new ReplayTable();
   readonly peerNames: ReadonlySet<string>;
@@ -181,6 +185,21 @@ export class ClusterService {
         coordinator.nodeLost(peer).catch((error) =>
           logger.error("recovery from a lost node failed", { node: peer, error: String(error) })
         );
+        // With etcd another member takes the lost coordinator's sessions over; without, nobody can stop or
+        // restart them, so this node's parts of them stop here.
+        if (!etcd) {
+          parts.coordinatorLost(
+            peer,
+            `coordinator ${peer} lost (no etcd to hand the session to another node)`,
+          )
+            .then((stopped) => void (box.svc!.figures.parts_orphaned += stopped.length))
+            .catch((error) =>
+              logger.error("stopping the parts of a lost coordinator failed", {
+                node: peer,
+                error: String(error),
+              })
+            );
+        }
       },
       alive: etcd ? (peer) => etcd.alive(peer) : undefined,
       onBack: (peer) => {
@@ -239,6 +258,7 @@ export class ClusterService {
       counters: this.#counters.values(),
       peers_heard: this.heartbeats.status(),
       parts: this.parts.status(),
+      parts_orphaned: this.parts.orphaned(),
       coordinated: this.coordinator.status(),
       ...(this.etcd ? { etcd: this.etcd.status() } : {}),
     };

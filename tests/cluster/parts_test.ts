@@ -29,7 +29,7 @@ function host() {
   const clock = new ManualClock(0);
   const table = new SessionTable(testNode(clock), coreElements(), { maxSessions: 4 });
   const parts = new PartHost("brno", table, new Logger({ level: "error", clock, sink: () => {} }));
-  return { table, parts, [Symbol.asyncDispose]: () => table.stopAll() };
+  return { clock, table, parts, [Symbol.asyncDispose]: () => table.stopAll() };
 }
 
 Deno.test("PartHost refuses a prepare that arrives after its attempt was aborted", async () => {
@@ -61,6 +61,33 @@ Deno.test("PartHost stops what a commit started when its abort came meanwhile", 
   assert.ok((await commit) instanceof PartRefused);
   assert.deepEqual(h.table.list(), []);
   assert.deepEqual(h.table.prepared(), []);
+});
+
+Deno.test("PartHost forgets a part whose reservation expired without anyone reading its status", async () => {
+  await using h = host();
+  await h.parts.prepare("p", request("aaaaaaaa04"));
+  assert.equal(h.parts.has("p"), true);
+  h.clock.advance(30_000);
+  assert.deepEqual(h.table.prepared(), []);
+  assert.equal(h.parts.has("p"), false);
+  assert.deepEqual(h.parts.coordinators(), new Set());
+  assert.deepEqual(h.parts.sessionsOf("prague"), []);
+});
+
+Deno.test("PartHost.coordinatorLost stops the parts held for that coordinator, saying why", async () => {
+  await using h = host();
+  await h.parts.prepare("p", request("aaaaaaaa05"));
+  await h.parts.commit("p", "aaaaaaaa05");
+  assert.deepEqual(await h.parts.coordinatorLost("pilsen", "x"), []);
+  assert.deepEqual(await h.parts.coordinatorLost("prague", "coordinator prague lost"), ["p"]);
+  assert.deepEqual(h.table.list(), []);
+  assert.deepEqual(h.parts.orphaned(), [{
+    session: "p",
+    attempt: "aaaaaaaa05",
+    coordinator: "prague",
+    undone: "stopped",
+    reason: "coordinator prague lost",
+  }]);
 });
 
 Deno.test("parsePartRequest refuses what is not a part request", () => {

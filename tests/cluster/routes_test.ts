@@ -300,3 +300,39 @@ for (const setting of ["stop", "restart"] as const) {
     assert.deepEqual(await sessionsOn(c.nodes.prague), []);
   });
 }
+
+Deno.test("cluster routes stop the parts of a killed coordinator on the other nodes when there is no etcd", async () => {
+  await using c = await threeNodes();
+  const res = await c.nodes.brno.app.request("/node/cluster/sessions", {
+    method: "POST",
+    headers: auth,
+    body: program(freePort(), freePort()),
+  });
+  assert.equal(res.status, 201, JSON.stringify(await res.json()));
+  await seconds(c.clock, 2);
+  assert.deepEqual(await sessionsOn(c.nodes.prague), ["split"]);
+  await c.kill("brno");
+  await seconds(c.clock, 5);
+  await until("the parts to stop", async () => (await sessionsOn(c.nodes.prague)).length === 0);
+  await until("the parts to stop", async () => (await sessionsOn(c.nodes.liberec)).length === 0);
+  for (const n of [c.nodes.prague, c.nodes.liberec]) {
+    const cluster = (await status(n)).cluster as {
+      parts: Record<string, unknown>;
+      parts_orphaned: { session: string; coordinator: string; undone: string; reason: string }[];
+      counters: Record<string, number>;
+    };
+    assert.deepEqual(cluster.parts, {});
+    assert.equal(cluster.parts_orphaned.length, 1);
+    assert.equal(cluster.parts_orphaned[0].session, "split");
+    assert.equal(cluster.parts_orphaned[0].undone, "stopped");
+    assert.match(cluster.parts_orphaned[0].reason, /coordinator brno lost \(no etcd/);
+    assert.equal(cluster.counters.parts_orphaned, 1);
+  }
+  // The name is free again on the surviving nodes.
+  const again = await c.nodes.prague.app.request("/node/cluster/sessions", {
+    method: "POST",
+    headers: auth,
+    body: program(freePort(), freePort()).replaceAll('node = "brno"', 'node = "prague"'),
+  });
+  assert.equal(again.status, 201, JSON.stringify(await again.json()));
+});
