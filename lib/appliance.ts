@@ -82,6 +82,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       maxBody: plan.status.max_body,
       logger: logger.child("status"),
       mount: [...running.values()].flatMap((r) => (r.routes ? [(app: Hono) => r.routes!(app)] : [])),
+      selfGuarded: [...running.values()].flatMap((r) => r.selfGuarded ?? []),
     });
     const server = listen(app.fetch, plan.status.listen);
     lifecycle.add("status", (deadline) => server.stop(deadline));

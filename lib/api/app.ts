@@ -25,7 +25,14 @@ export interface AppDeps {
   readonly logger: Logger;
   /** Routes added by the running roles, mounted after the built-in ones and behind the same guard. */
   readonly mount?: readonly ((app: Hono) => void)[];
+  /**
+   * Path prefixes a running role guards itself (RunningRole.selfGuarded, e.g. "/cluster/" with a cluster): the
+   * bearer token does not apply there. Each is "/name/"; absent or empty: every mutating route needs the token.
+   */
+  readonly selfGuarded?: readonly string[];
 }
+
+const PREFIX = /^\/[A-Za-z0-9_.-]+\/$/;
 
 const MUTATING = ["POST", "PUT", "PATCH", "DELETE"];
 
@@ -36,6 +43,11 @@ export function createApp(deps: AppDeps): Hono {
   const clientErrors = http.counter("client_errors_total", "Status API requests answered with 4xx");
   const serverErrors = http.counter("server_errors_total", "Status API requests answered with 5xx");
   const guard = requireToken(deps.token);
+  const selfGuarded = deps.selfGuarded ?? [];
+  for (const p of selfGuarded) {
+    // A malformed prefix ("" or "/") would open every route: a programming error, refused at once.
+    if (!PREFIX.test(p)) throw new Error(`Cannot exempt "${p}" from the token: a prefix is "/name/"`);
+  }
   const limit = bodyLimit({
     maxSize: deps.maxBody,
     onError: (c) => c.json({ error: `Request body larger than ${deps.maxBody} bytes` }, 413),
@@ -50,10 +62,12 @@ export function createApp(deps: AppDeps): Hono {
     else if (c.res.status >= 400) clientErrors.inc();
   });
 
-  // Every mutating route, present and future, sits behind the token and the body limit, except /cluster/*: there
-  // each request is signed with the cluster token and checked by the cluster's own guard (lib/cluster/auth.ts).
-  app.on([...MUTATING], "*", function guardUnlessCluster(c, next) {
-    return c.req.path.startsWith("/cluster/") ? next() : guard(c, next);
+  // Every mutating route, present and future, sits behind the token and the body limit, except under a prefix a
+  // running role guards itself (with a cluster, /cluster/*: each request signed with the cluster token and checked
+  // by the cluster's own guard, lib/cluster/auth.ts). Without such a role, /cluster/* needs the token like the rest.
+  app.on([...MUTATING], "*", function guardUnlessSelfGuarded(c, next) {
+    const path = c.req.path;
+    return selfGuarded.some((p) => path.startsWith(p)) ? next() : guard(c, next);
   }, limit);
 
   app.get("/healthz", (c) => c.text("ok\n"));

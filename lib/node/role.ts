@@ -149,6 +149,8 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
             await links?.close();
           }
         },
+        // Only with a cluster do /cluster/* routes exist, behind the cluster's signed-request guard.
+        selfGuarded: cluster ? ["/cluster/"] : [],
         routes: (app) => {
           sessionRoutes(app, table);
           if (cluster) {

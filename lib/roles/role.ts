@@ -26,6 +26,11 @@ export interface RunningRole {
    * limit; a route that changes state says in its answer that the change is not persisted.
    */
   routes?(app: Hono): void;
+  /**
+   * Path prefixes ("/cluster/") whose mutating requests this role's routes check themselves (signed requests, say):
+   * the bearer token guard leaves those alone. Only what the running role actually guards; absent: none.
+   */
+  readonly selfGuarded?: readonly string[];
 }
 
 export interface RoleDef<S = unknown> {

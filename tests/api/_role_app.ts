@@ -22,5 +22,6 @@ export function roleApp(
     maxBody: 1024 * 1024,
     logger: deps.logger,
     mount: [running.routes!],
+    selfGuarded: running.selfGuarded,
   });
 }

@@ -241,3 +241,36 @@ Deno.test("createApp answers 500 JSON and logs the error when a dependency throw
   const metrics = await (await app.request("/metrics")).text();
   assert.match(metrics, /^edgenode_http_server_errors_total 1$/m);
 });
+
+Deno.test("createApp guards /cluster/* with the token when no running role guards it itself", async () => {
+  const { app } = setup({ token: TOKEN });
+  const unauth = await app.request("/cluster/sessions/x/stop", { method: "POST", body: "{}" });
+  assert.equal(unauth.status, 401);
+  assert.equal((await setup({ token: null }).app.request("/cluster/x", { method: "POST" })).status, 403);
+});
+
+Deno.test("createApp leaves a prefix a running role guards itself to that role's guard", async () => {
+  const { app } = setup({
+    token: TOKEN,
+    selfGuarded: ["/cluster/"],
+    mount: [
+      (a) => a.use("/cluster/*", (c) => Promise.resolve(c.json({ error: "the cluster's own guard" }, 401))),
+    ],
+  });
+  const res = await app.request("/cluster/sessions/x/stop", { method: "POST", body: "{}" });
+  assert.equal(res.status, 401);
+  assert.deepEqual(await res.json(), { error: "the cluster's own guard" });
+  assert.equal(res.headers.get("www-authenticate"), null, "not the bearer token's answer");
+  const other = await app.request("/sessions", { method: "POST", body: "{}" });
+  assert.equal(
+    other.headers.get("www-authenticate")?.startsWith("Bearer"),
+    true,
+    "other paths keep the token",
+  );
+});
+
+Deno.test("createApp refuses a self-guarded prefix that would open every route", () => {
+  for (const p of ["", "/", "cluster", "/cluster"]) {
+    assert.throws(() => setup({ selfGuarded: [p] }), /Cannot exempt/);
+  }
+});

@@ -227,6 +227,7 @@ Deno.test("cluster routes answer the dry run with the placement and prepare noth
 
 Deno.test("cluster routes refuse unsigned requests to /cluster/* with 401, counted in /status and /metrics", async () => {
   await using c = await threeNodes();
+  assert.deepEqual(c.nodes.prague.role.selfGuarded, ["/cluster/"]);
   const usage = await c.nodes.prague.app.request("/cluster/usage");
   assert.equal(usage.status, 401);
   const prepare = await c.nodes.prague.app.request("/cluster/sessions/x/prepare", {

@@ -161,6 +161,14 @@ Deno.test("node session API mutations need the token", async () => {
   assert.equal(del.status, 401);
 });
 
+Deno.test("node role without a cluster guards no path itself: POST /cluster/* needs the token", async () => {
+  await using env = await setup();
+  assert.deepEqual(env.role.selfGuarded, []);
+  const res = await env.app.request("/cluster/sessions/x/stop", { method: "POST", body: "{}" });
+  assert.equal(res.status, 401);
+  assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="edgenode"');
+});
+
 Deno.test("node role starts the sessions named in its config, and refuses to start on a bad one", async () => {
   const dir = await Deno.makeTempDir();
   try {
