@@ -40,6 +40,9 @@ export type NodeLossAction = typeof NODE_LOSS_ACTIONS[number];
 export const MAX_CLUSTER_SESSIONS = 1000;
 export const MAX_FINISHED = 64;
 const MAX_EVENTS = 32;
+/** A stale part's abort is tried again on the node's next answer, at most this often, doubling up to the cap. */
+export const STALE_RETRY_MS = 1000;
+export const STALE_RETRY_MAX_MS = 60_000;
 /** A part's reason while its node is lost and the part kept in etcd for the node's restart. */
 const WAITING = "node lost with the coordinator; its part comes back when the node restarts (kept in etcd)";
 
@@ -195,6 +198,9 @@ export class Coordinator {
   readonly #lost = new Set<string>();
   /** Parts left on a node when it was declared lost: stopped there if it comes back. */
   readonly #stale = new Map<string, Map<string, string>>();
+  /** Per node with stale parts: failed abort rounds so far and when the next may go (clock ms). */
+  readonly #staleRetry = new Map<string, { tries: number; next: number }>();
+  readonly #retrying = new Set<string>();
   readonly #place: (spec: SessionSpec, input: PlacementInput) => Placement;
 
   constructor(private readonly o: CoordinatorOptions) {
@@ -561,6 +567,7 @@ export class Coordinator {
     }
     const stale = this.#stale.get(node);
     this.#stale.delete(node);
+    this.#staleRetry.delete(node);
     const member = this.#members.get(node);
     if (!stale || !member) return;
     await Promise.all([...stale].map(async ([session, attempt]) => {
@@ -578,6 +585,57 @@ export class Coordinator {
         this.#remember(node, session, attempt);
       }
     }));
+  }
+
+  /**
+   * A member not declared lost answered (a heartbeat): parts it may still run of attempts whose undo failed (a
+   * commit that went through with its answer lost, then a failed abort) are aborted again, at most every
+   * STALE_RETRY_MS doubling up to STALE_RETRY_MAX_MS. An entry goes once the node answers the abort (undone, or
+   * nothing of that attempt runs there).
+   */
+  async retryStale(node: string): Promise<void> {
+    const stale = this.#stale.get(node);
+    const member = this.#members.get(node);
+    if (!stale || !member || this.#lost.has(node) || this.#retrying.has(node)) return;
+    const retry = this.#staleRetry.get(node) ?? { tries: 0, next: 0 };
+    this.#staleRetry.set(node, retry);
+    if (this.o.clock.now() < retry.next) return;
+    this.#retrying.add(node);
+    let failed = false;
+    try {
+      await Promise.all([...stale].map(async ([session, attempt]) => {
+        const current = this.#sessions.get(session);
+        if (current && current.attempt === attempt && current.state === "running") {
+          // That attempt is the session's live one again: its part belongs there.
+          stale.delete(session);
+          return;
+        }
+        try {
+          const r = await withTimeout(
+            this.o.clock,
+            this.o.stepTimeoutMs,
+            member.abort(session, attempt, this.o.stepTimeoutMs),
+            `abort on ${node}`,
+          );
+          if (stale.get(session) === attempt) stale.delete(session);
+          if (current) this.#event(current, `stale part of attempt ${attempt} on ${node}: ${r} (retried)`);
+        } catch {
+          failed = true;
+        }
+      }));
+    } finally {
+      this.#retrying.delete(node);
+    }
+    if (stale.size === 0) {
+      this.#stale.delete(node);
+      this.#staleRetry.delete(node);
+      return;
+    }
+    if (failed) {
+      retry.tries++;
+      retry.next = this.o.clock.now() +
+        Math.min(STALE_RETRY_MAX_MS, STALE_RETRY_MS * 2 ** Math.min(retry.tries, 16));
+    }
   }
 
   async #recover(session: ClusterSession, node: string): Promise<void> {
@@ -658,6 +716,16 @@ export class Coordinator {
   status(): Record<string, unknown> {
     return {
       lost: [...this.#lost],
+      stale_parts: Object.fromEntries(
+        [...this.#stale].map(([node, m]) => {
+          const r = this.#staleRetry.get(node);
+          return [node, {
+            sessions: Object.fromEntries(m),
+            abort_retries: r?.tries ?? 0,
+            ...(r && r.next > 0 ? { next_retry_at: new Date(r.next).toISOString() } : {}),
+          }];
+        }),
+      ),
       sessions: Object.fromEntries([...this.#sessions.values()].map((s) => [s.name, this.outcome(s)])),
     };
   }
@@ -690,6 +758,9 @@ export class Coordinator {
     let m = this.#stale.get(node);
     if (!m) this.#stale.set(node, m = new Map());
     m.set(session, attempt);
+    if (!this.#staleRetry.has(node)) {
+      this.#staleRetry.set(node, { tries: 0, next: this.o.clock.now() + STALE_RETRY_MS });
+    }
   }
 
   #event(session: ClusterSession, text: string): void {

@@ -17,6 +17,8 @@ export interface HeartbeatOptions {
   readonly send: (peer: string) => Promise<void>;
   readonly onLost: (peer: string) => void;
   readonly onBack: (peer: string) => void;
+  /** The peer answered or sent a heartbeat (each time, lost or not). */
+  readonly onHeard?: (peer: string) => void;
   /** False when the peer's membership is known to be gone (its etcd lease expired); absent: heartbeats alone. */
   readonly alive?: (peer: string) => boolean;
 }
@@ -117,6 +119,7 @@ export class Heartbeats {
 
   #heard(peer: string, s: PeerState): void {
     s.lastSeen = this.o.clock.now();
+    this.o.onHeard?.(peer);
     if (s.lost && this.o.alive?.(peer) !== false) {
       s.lost = false;
       this.o.onBack(peer);

@@ -202,6 +202,11 @@ export class ClusterService {
         }
       },
       alive: etcd ? (peer) => etcd.alive(peer) : undefined,
+      onHeard: (peer) => {
+        coordinator.retryStale(peer).catch((error) =>
+          logger.error("stopping stale parts failed", { node: peer, error: String(error) })
+        );
+      },
       onBack: (peer) => {
         coordinator.nodeBack(peer).catch((error) =>
           logger.error("stopping stale parts failed", { node: peer, error: String(error) })

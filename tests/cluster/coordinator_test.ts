@@ -313,3 +313,34 @@ Deno.test("Coordinator.stop refuses a session still starting, so a late prepare 
   assert.equal((await coordinator.stop("demo"))!.state, "stopped");
   nothingAnywhere();
 });
+
+Deno.test("Coordinator.retryStale stops a part whose commit went through unanswered and whose abort failed", async () => {
+  const { clock, byName, coordinator, nothingAnywhere } = setup();
+  const liberec = byName.liberec;
+  const commit = liberec.commit.bind(liberec);
+  liberec.commit = async (session, attempt) => {
+    await commit(session, attempt);
+    throw new PeerError("liberec", "timeout", "the answer was lost");
+  };
+  liberec.on.abort = "crash";
+  const outcome = await coordinator.start(PROGRAM, { file: "demo.dipronn", format: "dipronn" });
+  assert.equal(outcome.state, "failed");
+  assert.equal(liberec.running.size, 1, "its part runs on");
+  assert.ok(coordinator.partNodes().has("liberec"));
+  await coordinator.retryStale("liberec");
+  assert.equal(liberec.calls.filter((c) => c === "abort").length, 1, "not before the first retry is due");
+  clock.advance(1000);
+  await coordinator.retryStale("liberec");
+  assert.equal(liberec.calls.filter((c) => c === "abort").length, 2);
+  const stale = (coordinator.status().stale_parts as Record<string, { abort_retries: number }>).liberec;
+  assert.equal(stale.abort_retries, 1);
+  liberec.on.abort = "ok";
+  clock.advance(1999);
+  await coordinator.retryStale("liberec");
+  assert.equal(liberec.calls.filter((c) => c === "abort").length, 2, "backoff: the second retry waits 2 s");
+  clock.advance(1);
+  await coordinator.retryStale("liberec");
+  nothingAnywhere();
+  assert.deepEqual(coordinator.status().stale_parts, {});
+  assert.equal(coordinator.partNodes().has("liberec"), false, "no longer watched");
+});

@@ -74,3 +74,23 @@ Deno.test("Heartbeats forget a peer no longer watched", async () => {
   assert.deepEqual(hb.status(), {});
   hb.stop();
 });
+
+Deno.test("Heartbeats tell each time a peer is heard from, by answer or by its own heartbeat", async () => {
+  const clock = new ManualClock(0);
+  const heard: string[] = [];
+  const hb = new Heartbeats({
+    clock,
+    intervalMs: 1000,
+    lossMs: 3000,
+    watch: () => new Set(["prague", "liberec"]),
+    send: (peer) => peer === "prague" ? Promise.resolve() : Promise.reject(new Error("no answer")),
+    onLost: () => {},
+    onBack: () => {},
+    onHeard: (peer) => heard.push(peer),
+  });
+  hb.tick();
+  await settle();
+  hb.received("liberec");
+  assert.deepEqual(heard, ["prague", "liberec"]);
+  hb.stop();
+});
