@@ -56,6 +56,11 @@ export class ClusterConflict extends Error {
   override name = "ClusterConflict";
 }
 
+/** The request's `near` names a node that is not a member, or one twice. */
+export class UnknownNear extends Error {
+  override name = "UnknownNear";
+}
+
 /**
  * A stop asked while the session's start (or restart) is under way: refused, since prepares in flight could still
  * land and commit after an abort made now. The start's own outcome decides; a stop after it works.
@@ -97,6 +102,8 @@ export interface ClusterSession {
   readonly file: string;
   readonly format: ProgramFormat;
   readonly onNodeLoss: NodeLossAction;
+  /** Nodes nearest to the receivers, best first, as the request named them (placement's `near`); kept for restarts. */
+  readonly near: readonly string[];
   attempt: string;
   state: SessionState;
   reason?: string;
@@ -154,6 +161,8 @@ export interface StartSource {
   readonly file: string;
   readonly format: ProgramFormat;
   readonly onNodeLoss?: NodeLossAction;
+  /** Nodes nearest to the session's receivers, best first (member names). */
+  readonly near?: readonly string[];
 }
 
 /** Settles with `p`, or rejects with TimedOut after `ms` on `clock`. */
@@ -209,9 +218,24 @@ export class Coordinator {
     this.#place = o.place ?? placeSession;
   }
 
-  #input(nodes: NodeUsage[]): PlacementInput {
+  #input(nodes: NodeUsage[], near: readonly string[] = []): PlacementInput {
     const t = this.o.loadThreshold;
-    return { self: this.o.self, nodes, ...(t === undefined ? {} : { limits: { threshold: t } }) };
+    return {
+      self: this.o.self,
+      nodes,
+      ...(near.length ? { near } : {}),
+      ...(t === undefined ? {} : { limits: { threshold: t } }),
+    };
+  }
+
+  /** Checks the request's `near` list: member names, no repeats. Throws UnknownNear. */
+  #near(near: readonly string[] | undefined): readonly string[] {
+    const list = near ?? [];
+    for (const n of list) {
+      if (!this.#members.has(n)) throw new UnknownNear(`Cannot place near ${n}: not a node of this cluster`);
+    }
+    if (new Set(list).size !== list.length) throw new UnknownNear("Cannot place near a node named twice");
+    return list;
   }
 
   /** Reads a program as the coordinator does; throws ErrorList with its mistakes. */
@@ -245,13 +269,14 @@ export class Coordinator {
   /** The placement a start would make now, without starting anything (the dry run). */
   async plan(
     text: string,
-    source: { file: string; format: ProgramFormat },
+    source: { file: string; format: ProgramFormat; near?: readonly string[] },
   ): Promise<
     { placement: Placement; links: CrossLink[]; usage: NodeUsage[]; left_out: Record<string, string> }
   > {
     const spec = this.#spec(text, source);
+    const near = this.#near(source.near);
     const { usage, missing } = await this.#usage();
-    const placement = this.#place(spec, this.#input(usage));
+    const placement = this.#place(spec, this.#input(usage, near));
     return { placement, links: crossLinks(spec, placement), usage, left_out: missing };
   }
 
@@ -261,6 +286,7 @@ export class Coordinator {
    */
   async start(text: string, source: StartSource): Promise<Outcome> {
     const spec = this.#spec(text, source);
+    const near = this.#near(source.near);
     const known = this.#sessions.get(spec.name);
     if (known && known.state !== "failed" && known.state !== "stopped") {
       throw new ClusterConflict(`Session ${spec.name} is ${known.state} already across nodes; stop it first`);
@@ -275,6 +301,7 @@ export class Coordinator {
       file: source.file,
       format: source.format,
       onNodeLoss: source.onNodeLoss ?? programNodeLoss(spec) ?? this.o.onNodeLoss ?? "stop",
+      near,
       attempt: attemptId(),
       state: "starting",
       placement: null,
@@ -315,6 +342,7 @@ export class Coordinator {
       onNodeLoss: (NODE_LOSS_ACTIONS as readonly string[]).includes(loss ?? "")
         ? loss as NodeLossAction
         : this.o.onNodeLoss ?? "stop",
+      near: [],
       attempt: stored.state?.attempt ?? attemptId(),
       state: "running",
       placement: { session: name, nodeOf: { ...stored.placement }, why: {} },
@@ -360,7 +388,7 @@ export class Coordinator {
     const { usage, missing } = await this.#usage();
     session.usage = usage;
     try {
-      session.placement = this.#place(spec, this.#input(usage));
+      session.placement = this.#place(spec, this.#input(usage, session.near));
     } catch (error) {
       if (!(error instanceof PlacementError)) throw error;
       const left = Object.entries(missing).map(([n, why]) => `${n}: ${why}`);

@@ -8,12 +8,16 @@ import { ErrorList } from "../core/errors.ts";
 import { formatOf, PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
 import { errorsJson } from "../node/sessions.ts";
 import { clusterAuth } from "./auth.ts";
-import { ClusterConflict, NODE_LOSS_ACTIONS, type NodeLossAction } from "./coordinator.ts";
+import { ClusterConflict, NODE_LOSS_ACTIONS, type NodeLossAction, UnknownNear } from "./coordinator.ts";
+import { NODE_NAME } from "./config.ts";
 import { parsePartRequest, PartRefused } from "./parts.ts";
 import { PlacementError } from "./placement.ts";
 import type { ClusterService } from "./service.ts";
 
 type Env = { Variables: { clusterPeer: string } };
+
+/** More nearest nodes than any cluster has members is a mistake. */
+const MAX_NEAR = 64;
 
 const NOT_PERSISTED = "runtime change; a restart runs the sessions listed in node.sessions of the config";
 
@@ -103,6 +107,11 @@ export function operatorRoutes(app: Hono, svc: ClusterService): void {
     const type = c.req.header("content-type") ?? "";
     const format: ProgramFormat = (asked as ProgramFormat | undefined) ??
       (/yaml/i.test(type) ? "yaml" : formatOf(c.req.query("file") ?? ""));
+    // Nodes nearest to the receivers, best first: `near=prague,liberec` (the body is the program).
+    const near = (c.req.query("near") ?? "").split(",").map((n) => n.trim()).filter((n) => n !== "");
+    if (near.length > MAX_NEAR || near.some((n) => !NODE_NAME.test(n))) {
+      return { error: `near must be at most ${MAX_NEAR} node names, comma-separated` };
+    }
     const loss = c.req.query("on_node_loss");
     if (loss !== undefined && !(NODE_LOSS_ACTIONS as readonly string[]).includes(loss)) {
       return { error: `on_node_loss must be one of ${NODE_LOSS_ACTIONS.join(", ")}` };
@@ -112,6 +121,7 @@ export function operatorRoutes(app: Hono, svc: ClusterService): void {
       file: c.req.query("file") ?? "<upload>",
       format,
       onNodeLoss: loss as NodeLossAction | undefined,
+      near,
     };
   };
   const refused = (c: Context, error: unknown) => {
@@ -120,6 +130,7 @@ export function operatorRoutes(app: Hono, svc: ClusterService): void {
     }
     if (error instanceof PlacementError) return c.json({ error: error.message }, 409);
     if (error instanceof ClusterConflict) return c.json({ error: error.message }, 409);
+    if (error instanceof UnknownNear) return c.json({ error: error.message }, 400);
     throw error;
   };
 

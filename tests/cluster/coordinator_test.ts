@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { ErrorList } from "../../lib/core/errors.ts";
 import { Logger } from "../../lib/core/logger.ts";
-import { Coordinator, SessionBusy } from "../../lib/cluster/coordinator.ts";
+import { Coordinator, SessionBusy, UnknownNear } from "../../lib/cluster/coordinator.ts";
 import type { Member, UndoResult } from "../../lib/cluster/members.ts";
 import { PartRefused, type PartRequest } from "../../lib/cluster/parts.ts";
 import { PeerError } from "../../lib/cluster/peers.ts";
@@ -109,7 +109,7 @@ function setup(nodeOf: Record<string, string> = { In: "brno", Mid: "prague", Las
   const clock = new ManualClock(Date.UTC(2026, 0, 1));
   const members = ["brno", "prague", "liberec", "pilsen"].map((n) => new FakeMember(n));
   const byName = Object.fromEntries(members.map((m) => [m.name, m]));
-  const placed: { nodes: string[] }[] = [];
+  const placed: { nodes: string[]; near?: readonly string[] }[] = [];
   const coordinator = new Coordinator({
     self: "brno",
     members,
@@ -117,7 +117,7 @@ function setup(nodeOf: Record<string, string> = { In: "brno", Mid: "prague", Las
     logger: new Logger({ level: "error", clock, sink: () => {} }),
     stepTimeoutMs: 2000,
     place: (spec: SessionSpec, input) => {
-      placed.push({ nodes: input.nodes.map((n) => n.name) });
+      placed.push({ nodes: input.nodes.map((n) => n.name), near: input.near });
       // Placement puts an AP whose node is gone on the first candidate not in use (what a restart needs).
       const alive = new Set(input.nodes.map((n) => n.name));
       const spare = input.nodes.map((n) => n.name).find((n) => !Object.values(nodeOf).includes(n))!;
@@ -343,4 +343,33 @@ Deno.test("Coordinator.retryStale stops a part whose commit went through unanswe
   nothingAnywhere();
   assert.deepEqual(coordinator.status().stale_parts, {});
   assert.equal(coordinator.partNodes().has("liberec"), false, "no longer watched");
+});
+
+Deno.test("Coordinator passes the request's nearest nodes to placement, for the plan, the start and a restart", async () => {
+  const { coordinator, placed } = setup();
+  await coordinator.plan(PROGRAM, { file: "demo.dipronn", format: "dipronn", near: ["liberec"] });
+  assert.deepEqual(placed[0].near, ["liberec"]);
+  const source = { file: "demo.dipronn", format: "dipronn" as const, onNodeLoss: "restart" as const };
+  await coordinator.start(PROGRAM, { ...source, near: ["liberec", "brno"] });
+  assert.deepEqual(placed[1].near, ["liberec", "brno"]);
+  await coordinator.nodeLost("prague");
+  assert.deepEqual(placed[2].near, ["liberec", "brno"], "a restart places near the same nodes");
+  await coordinator.plan(PROGRAM, { file: "demo.dipronn", format: "dipronn" });
+  assert.equal(placed[3].near, undefined, "no near named: none passed");
+});
+
+Deno.test("Coordinator refuses a near list naming a node outside the cluster, before asking any node", async () => {
+  const { members, coordinator } = setup();
+  for (const near of [["vienna"], ["prague", "prague"]]) {
+    const error = await coordinator.start(PROGRAM, { file: "demo.dipronn", format: "dipronn", near })
+      .catch((e) => e);
+    assert.ok(error instanceof UnknownNear, String(error));
+  }
+  assert.match(
+    String(
+      await coordinator.plan(PROGRAM, { file: "d", format: "dipronn", near: ["vienna"] }).catch((e) => e),
+    ),
+    /Cannot place near vienna: not a node of this cluster/,
+  );
+  for (const m of members) assert.deepEqual(m.calls, []);
 });

@@ -337,3 +337,27 @@ Deno.test("cluster routes stop the parts of a killed coordinator on the other no
   });
   assert.equal(again.status, 201, JSON.stringify(await again.json()));
 });
+
+Deno.test("cluster routes place the APs that feed receivers near the nodes the request names", async () => {
+  await using c = await threeNodes();
+  const text = `Project near;
+{ AP name="In" ref=localservice.forwarder; node = "brno"; inputs = in(DIPRONN_INPUT(${freePort()})); outputs = out(Out.in); }
+{ AP name="Out" ref=localservice.forwarder; inputs = in; outputs = out(DIPRONN_OUTPUT); }
+`;
+  const plan = (near: string) =>
+    c.nodes.brno.app.request(`/node/cluster/plan?near=${near}`, {
+      method: "POST",
+      headers: auth,
+      body: text,
+    });
+  for (const near of ["liberec", "prague,liberec"]) {
+    const res = await plan(near);
+    const body = await res.json();
+    assert.equal(res.status, 200, JSON.stringify(body));
+    assert.equal(body.placement.nodeOf.Out, near.split(",")[0], JSON.stringify(body.placement.why));
+  }
+  const unknown = await plan("vienna");
+  assert.equal(unknown.status, 400);
+  assert.match((await unknown.json()).error, /Cannot place near vienna: not a node of this cluster/);
+  assert.equal((await plan("bad%20name")).status, 400);
+});
