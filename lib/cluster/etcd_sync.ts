@@ -9,6 +9,7 @@
  * `retryMs` and /status shows the last error; nothing else of the node waits for it.
  */
 import type { Clock, TimerId } from "../core/clock.ts";
+import { etcdSecrets } from "./etcd_seal.ts";
 import { errorMessage } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import { PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
@@ -47,13 +48,12 @@ export interface EtcdSyncOptions {
   readonly retryMs: number;
 }
 
-/** A cluster key from the shared token: clusters sharing one etcd stay apart, and nothing else is configured. */
-export async function clusterId(token: string): Promise<string> {
-  const digest = await crypto.subtle.digest(
-    "SHA-256",
-    new TextEncoder().encode(`edgenode cluster id\0${token}`),
-  );
-  return "c" + [...new Uint8Array(digest).slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
+/**
+ * A cluster's directory in etcd from the shared token: clusters sharing one etcd stay apart, and nothing else is
+ * configured. HMAC of the token under its own label (lib/cluster/etcd_seal.ts).
+ */
+export function clusterId(token: string): Promise<string> {
+  return Promise.resolve(etcdSecrets(token).prefix);
 }
 
 const BUSY_HERE: ReadonlySet<string> = new Set(["running", "starting", "restarting", "stopping"]);

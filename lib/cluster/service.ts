@@ -13,7 +13,8 @@ import { type ClusterSection, clusterSummary } from "./config.ts";
 import { Coordinator, type CoordinatorOptions, type NodeLossAction } from "./coordinator.ts";
 import { Heartbeats } from "./heartbeat.ts";
 import { EtcdClient } from "./etcd.ts";
-import { clusterId, EtcdSync } from "./etcd_sync.ts";
+import { EtcdSync } from "./etcd_sync.ts";
+import { etcdSecrets } from "./etcd_seal.ts";
 import { ClusterStore } from "./store.ts";
 import { formatHostPort } from "../net/address.ts";
 import type { Outcome } from "./coordinator.ts";
@@ -133,7 +134,9 @@ export class ClusterService {
     const store = etcdClient
       ? new ClusterStore({
         etcd: etcdClient,
-        cluster: await clusterId(o.token),
+        // The directory and the seal on every value, both derived from the token (lib/cluster/etcd_seal.ts).
+        cluster: etcdSecrets(o.token).prefix,
+        valueKey: etcdSecrets(o.token).valueKey,
         clock,
         // etcd's shortest useful TTL is about 2 s; a lease outlives a loss timeout's worth of silence.
         leaseSeconds: Math.max(2, Math.ceil(cfg.loss_timeout / 1000)),

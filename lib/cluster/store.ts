@@ -18,6 +18,10 @@
  *   parts/<node>/<session>         {aps: [AP names]}: the node's part of the session (an index by node, written
  *                                  in the same transaction as the placement, so the two never disagree)
  *
+ * Every value is sealed (lib/cluster/etcd_seal.ts: an HMAC over key and text under a key derived from the cluster
+ * token); one that does not verify is refused as if absent, counted in `values_refused` (a session with any leaf
+ * refused is refused whole).
+ *
  * A session is created in one transaction that requires sessions/<name>/program to be absent (create revision 0):
  * two control units racing on one name get one success and one SessionExistsError. Placement and state changes
  * compare the mod revision they read, so an update based on stale data is refused rather than lost.
@@ -26,6 +30,7 @@
 import { type Clock, systemClock } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type EtcdClient, type KeyValue, type TxnOp, type WatchEvent } from "./etcd.ts";
+import { seal, unseal } from "./etcd_seal.ts";
 
 /** A node or session name that cannot be part of a key (empty, a "/", control characters, too long). */
 export class StoreKeyError extends Error {
@@ -93,6 +98,10 @@ export interface StoreFigures {
   placements_updated: number;
   states_written: number;
   stale_writes: number;
+  /** Values read that carry no valid seal (written by someone without the cluster token), refused. */
+  values_refused: number;
+  /** The key of the last value refused. */
+  last_refused_key: string | null;
 }
 
 export interface StoredSession {
@@ -120,6 +129,8 @@ export interface NodePart {
 export interface StoreOptions {
   readonly etcd: EtcdClient;
   readonly cluster: string;
+  /** Seals every value written and checks every value read (etcdSecrets(token).valueKey). */
+  readonly valueKey: Uint8Array;
   readonly clock?: Clock;
   /** A member's lease TTL in seconds (etcd's minimum is about 2). Default 10. */
   readonly leaseSeconds?: number;
@@ -155,8 +166,11 @@ export class ClusterStore {
     placements_updated: 0,
     states_written: 0,
     stale_writes: 0,
+    values_refused: 0,
+    last_refused_key: null,
   };
   readonly #etcd: EtcdClient;
+  readonly #valueKey: Uint8Array;
   readonly #clock: Clock;
   readonly #leaseSeconds: number;
   readonly #onError: (error: Error) => void;
@@ -165,6 +179,7 @@ export class ClusterStore {
     checkPart("cluster name", o.cluster);
     this.prefix = `${o.root ?? "/edgenode"}/${o.cluster}/`;
     this.#etcd = o.etcd;
+    this.#valueKey = o.valueKey;
     this.#clock = o.clock ?? systemClock;
     this.#leaseSeconds = o.leaseSeconds ?? 10;
     this.#onError = o.onError ?? (() => {});
@@ -228,7 +243,7 @@ export class ClusterStore {
   /** The members whose leases are alive, by name. */
   async members(): Promise<Member[]> {
     const { kvs } = await this.#etcd.range(`${this.prefix}members/`, { limit: MAX_LIST });
-    return kvs.map((kv) => member(kv.key.slice(`${this.prefix}members/`.length), kv.value))
+    return kvs.map((kv) => this.#member(kv.key.slice(`${this.prefix}members/`.length), kv))
       .filter((m): m is Member => m !== undefined);
   }
 
@@ -246,14 +261,14 @@ export class ClusterStore {
       const { kvs, revision } = await this.#etcd.range(dir, { limit: MAX_LIST });
       const known = new Map<string, Member>();
       for (const kv of kvs) {
-        const m = member(kv.key.slice(dir.length), kv.value);
+        const m = this.#member(kv.key.slice(dir.length), kv);
         if (m) known.set(m.name, m);
       }
       onChange([...known.values()]);
       const watch = this.#etcd.watch(dir, (events: WatchEvent[]) => {
         for (const e of events) {
           const name = e.key.slice(dir.length);
-          const m = e.type === "put" ? member(name, e.value) : undefined;
+          const m = e.type === "put" ? this.#member(name, e) : undefined;
           if (m) known.set(name, m);
           else known.delete(name);
         }
@@ -296,12 +311,10 @@ export class ClusterStore {
       ...(o.attempt ? { attempt: o.attempt } : {}),
     };
     const ops: TxnOp[] = [
-      { put: { key: programKey, value: program } },
-      { put: { key: this.sessionKey(name, "placement"), value: JSON.stringify(placement) } },
-      { put: { key: this.sessionKey(name, "state"), value: JSON.stringify(state) } },
-      ...(o.source
-        ? [{ put: { key: this.sessionKey(name, "source"), value: JSON.stringify(o.source) } }]
-        : []),
+      this.#put(programKey, program),
+      this.#put(this.sessionKey(name, "placement"), JSON.stringify(placement)),
+      this.#put(this.sessionKey(name, "state"), JSON.stringify(state)),
+      ...(o.source ? [this.#put(this.sessionKey(name, "source"), JSON.stringify(o.source))] : []),
       ...this.#partOps(name, placement),
     ];
     const r = await this.#etcd.txn({
@@ -328,7 +341,7 @@ export class ClusterStore {
   async session(name: string): Promise<StoredSession | undefined> {
     const dir = `${this.prefix}sessions/${checkPart("session name", name)}/`;
     const { kvs } = await this.#etcd.range(dir);
-    return storedSession(name, dir, kvs);
+    return this.#storedSession(name, dir, kvs);
   }
 
   /** Every stored session, by name. */
@@ -342,7 +355,7 @@ export class ClusterStore {
       list.push(kv);
       byName.set(name, list);
     }
-    return [...byName].map(([name, list]) => storedSession(name, `${dir}${name}/`, list))
+    return [...byName].map(([name, list]) => this.#storedSession(name, `${dir}${name}/`, list))
       .filter((s): s is StoredSession => s !== undefined);
   }
 
@@ -353,6 +366,7 @@ export class ClusterStore {
     const parts: NodePart[] = [];
     for (const kv of kvs) {
       const name = kv.key.slice(dir.length);
+      if (this.#open(kv.key, kv.value) === undefined) continue;
       const stored = await this.session(name);
       // A part whose session went in between (removed by another control unit) is no part any more.
       if (!stored) continue;
@@ -383,7 +397,7 @@ export class ClusterStore {
     const oldNodes = new Set(Object.values(old?.placement ?? {}));
     const newNodes = new Set(Object.values(placement));
     const ops: TxnOp[] = [
-      { put: { key, value: JSON.stringify(placement) } },
+      this.#put(key, JSON.stringify(placement)),
       ...[...oldNodes].filter((n) => !newNodes.has(n)).map((n) => ({
         delete: { key: this.partKey(n, name) },
       })),
@@ -405,7 +419,7 @@ export class ClusterStore {
     o: { revision?: number } = {},
   ): Promise<number> {
     const key = this.sessionKey(name, "state");
-    const value = JSON.stringify({ ...state, at_ms: this.#clock.now() });
+    const value = seal(this.#valueKey, key, JSON.stringify({ ...state, at_ms: this.#clock.now() }));
     const r = await this.#etcd.txn({
       compare: [
         { key: this.sessionKey(name, "program"), target: "create", result: "not_equal", value: 0 },
@@ -457,7 +471,7 @@ export class ClusterStore {
           if (!name || !KEY_PART.test(name)) continue;
           if (leaf === "program" && e.type === "delete") onEvent({ type: "removed", name });
           else if (leaf === "state" && e.type === "put") {
-            const state = parseObject(e.value) as SessionState | undefined;
+            const state = parseObject(this.#open(e.key, e.value) ?? "") as SessionState | undefined;
             if (state && typeof state.node === "string") onEvent({ type: "state", name, state });
           }
         }
@@ -487,14 +501,45 @@ export class ClusterStore {
       list.push(ap);
       byNode.set(node, list);
     }
-    return [...byNode].map(([node, aps]) => ({
-      put: { key: this.partKey(node, name), value: JSON.stringify({ aps: aps.sort() }) },
-    }));
+    return [...byNode].map(([node, aps]) =>
+      this.#put(this.partKey(node, name), JSON.stringify({ aps: aps.sort() }))
+    );
+  }
+
+  #put(key: string, text: string): TxnOp {
+    return { put: { key, value: seal(this.#valueKey, key, text) } };
+  }
+
+  /** The text of a value read at `key`; undefined (counted) when its seal does not verify. */
+  #open(key: string, value: string): string | undefined {
+    const text = unseal(this.#valueKey, key, value);
+    if (text === undefined) {
+      this.figures.values_refused++;
+      this.figures.last_refused_key = key;
+    }
+    return text;
+  }
+
+  #member(name: string, kv: { key: string; value: string }): Member | undefined {
+    if (!KEY_PART.test(name)) return undefined;
+    const text = this.#open(kv.key, kv.value);
+    return text === undefined ? undefined : member(name, text);
+  }
+
+  /** A session from its keys; undefined when its program is absent or any of its values does not verify. */
+  #storedSession(name: string, dir: string, kvs: readonly KeyValue[]): StoredSession | undefined {
+    const opened: KeyValue[] = [];
+    for (const kv of kvs) {
+      const text = this.#open(kv.key, kv.value);
+      if (text === undefined) return undefined;
+      opened.push({ ...kv, value: text });
+    }
+    return storedSession(name, dir, opened);
   }
 
   async #grantAndPut(key: string, value: string): Promise<string> {
     const { id } = await this.#etcd.leaseGrant(this.#leaseSeconds);
-    await this.#etcd.put(key, value, { lease: id });
+    await this.#etcd.put(key, seal(this.#valueKey, key, value), { lease: id });
     return id;
   }
 

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { EtcdClient } from "../../lib/cluster/etcd.ts";
 import { clusterId } from "../../lib/cluster/etcd_sync.ts";
+import { etcdSecrets } from "../../lib/cluster/etcd_seal.ts";
 import { ClusterStore } from "../../lib/cluster/store.ts";
 import { openUdp } from "../../lib/net/udp.ts";
 import { type EdgenodeProcess, LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
@@ -98,6 +99,7 @@ async function withCluster(lossTimeout: string, body: (c: Cluster) => Promise<vo
   const store = new ClusterStore({
     etcd: new EtcdClient({ endpoints: [etcd.url] }),
     cluster: await clusterId(CLUSTER_TOKEN),
+    valueKey: etcdSecrets(CLUSTER_TOKEN).valueKey,
   });
   const api = (n: Name) => `http://${LO}:${addr[n].api}`;
   const status = async (n: Name) => {

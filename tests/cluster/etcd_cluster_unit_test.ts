@@ -11,6 +11,7 @@ import { Logger } from "../../lib/core/logger.ts";
 import { Coordinator } from "../../lib/cluster/coordinator.ts";
 import { EtcdClient } from "../../lib/cluster/etcd.ts";
 import { clusterId } from "../../lib/cluster/etcd_sync.ts";
+import { etcdSecrets } from "../../lib/cluster/etcd_seal.ts";
 import { Heartbeats } from "../../lib/cluster/heartbeat.ts";
 import type { Member, UndoResult } from "../../lib/cluster/members.ts";
 import { PartRefused, type PartRequest } from "../../lib/cluster/parts.ts";
@@ -84,6 +85,7 @@ function setup(endpoint: string, o: { spare?: string; gone?: (node: string) => b
   const store = new ClusterStore({
     etcd: new EtcdClient({ endpoints: [endpoint], timeoutMs: 2000 }),
     cluster: "unit",
+    valueKey: etcdSecrets("cluster-token-0123456789").valueKey,
   });
   const coordinator = new Coordinator({
     self: "brno",
@@ -222,7 +224,7 @@ Deno.test("Coordinator adopts a session from etcd and its stop reaches every par
 
 Deno.test("clusterId keeps clusters with different tokens apart in one etcd", async () => {
   const a = await clusterId("cluster-token-aaaaaaaaaaaa");
-  assert.match(a, /^c[0-9a-f]{16}$/);
+  assert.match(a, /^c[0-9a-f]{32}$/);
   assert.equal(a, await clusterId("cluster-token-aaaaaaaaaaaa"));
   assert.notEqual(a, await clusterId("cluster-token-bbbbbbbbbbbb"));
 });

@@ -9,9 +9,11 @@ import {
   StoreKeyError,
 } from "../../lib/cluster/store.ts";
 import { ManualClock } from "../../lib/core/clock.ts";
+import { etcdSecrets, seal, unseal } from "../../lib/cluster/etcd_seal.ts";
 import { EtcdServer } from "../_support/etcd.ts";
 import { until } from "../_support/until.ts";
 
+const KEY = etcdSecrets("cluster-token-0123456789").valueKey;
 const PROGRAM = `{ AP input1 { TYPE = DIPRONN_INPUT } }\n`;
 const PLACEMENT = { input1: "brno", dup1: "brno", sync_hq: "prague", saver1: "pilsen", saver2: "pilsen" };
 
@@ -19,6 +21,7 @@ function storeOf(etcd: EtcdServer, o: { clock?: ManualClock; leaseSeconds?: numb
   return new ClusterStore({
     etcd: new EtcdClient({ endpoints: [etcd.url] }),
     cluster: "test",
+    valueKey: KEY,
     clock: o.clock,
     leaseSeconds: o.leaseSeconds,
   });
@@ -150,11 +153,55 @@ Deno.test("ClusterStore refuses names that cannot be part of a key", () => {
   const store = new ClusterStore({
     etcd: new EtcdClient({ endpoints: ["http://127.0.0.1:9"] }),
     cluster: "c",
+    valueKey: KEY,
   });
   assert.throws(() => store.partKey("a/b", "s"), StoreKeyError);
   assert.throws(() => store.sessionKey("", "program"), StoreKeyError);
   assert.throws(() =>
-    new ClusterStore({ etcd: new EtcdClient({ endpoints: ["http://x"] }), cluster: "a/b" })
+    new ClusterStore({ etcd: new EtcdClient({ endpoints: ["http://x"] }), cluster: "a/b", valueKey: KEY })
   );
   assert.equal(store.memberKey("brno"), "/edgenode/c/members/brno");
+});
+
+Deno.test("ClusterStore refuses values that carry no valid seal, counting them, and never runs them", async () => {
+  await using etcd = await EtcdServer.start();
+  const store = storeOf(etcd);
+  const raw = new EtcdClient({ endpoints: [etcd.url] });
+  await store.putSession("real", PROGRAM, PLACEMENT, { node: "brno", attempt: "aaaaaaaa" });
+  assert.equal((await store.session("real"))?.program, PROGRAM);
+  // Someone who can write etcd but lacks the token puts a session and a part for brno.
+  const forged = (key: string, text: string) => raw.put(key, text);
+  await forged(store.sessionKey("evil", "program"), PROGRAM);
+  await forged(store.sessionKey("evil", "placement"), JSON.stringify({ input1: "brno" }));
+  await forged(store.partKey("brno", "evil"), JSON.stringify({ aps: ["input1"] }));
+  // A valid value moved to another key does not verify either.
+  const copied = (await raw.range(store.sessionKey("real", "program"))).kvs[0].value;
+  await forged(store.sessionKey("copy", "program"), copied);
+  await forged(store.sessionKey("copy", "placement"), JSON.stringify({ input1: "brno" }));
+  assert.equal(await store.session("evil"), undefined);
+  assert.equal(await store.session("copy"), undefined);
+  assert.deepEqual((await store.sessions()).map((s) => s.name), ["real"]);
+  assert.deepEqual((await store.sessionsOf("brno")).map((p) => p.session), ["real"]);
+  assert.ok(store.figures.values_refused >= 4, String(store.figures.values_refused));
+  // A tampered leaf of a real session refuses the session whole.
+  await forged(store.sessionKey("real", "placement"), JSON.stringify({ input1: "pilsen" }));
+  assert.equal(await store.session("real"), undefined);
+  assert.equal(store.figures.last_refused_key, store.sessionKey("real", "placement"));
+  await store.join("brno", { api: "10.77.0.1:8080" });
+  await forged(store.memberKey("mallory"), JSON.stringify({ api: "10.66.0.1:8080" }));
+  assert.deepEqual((await store.members()).map((m) => m.name), ["brno"]);
+});
+
+Deno.test("etcdSecrets derives a prefix and a value key apart from each other and from other tokens", () => {
+  const a = etcdSecrets("cluster-token-aaaaaaaaaaaa");
+  const b = etcdSecrets("cluster-token-bbbbbbbbbbbb");
+  assert.match(a.prefix, /^c[0-9a-f]{32}$/);
+  assert.notEqual(a.prefix, b.prefix);
+  assert.deepEqual(etcdSecrets("cluster-token-aaaaaaaaaaaa"), a);
+  const v = seal(a.valueKey, "/k", "text.with.dots");
+  assert.equal(unseal(a.valueKey, "/k", v), "text.with.dots");
+  assert.equal(unseal(b.valueKey, "/k", v), undefined, "another token's key");
+  assert.equal(unseal(a.valueKey, "/other", v), undefined, "another key");
+  assert.equal(unseal(a.valueKey, "/k", v.replace("text", "TEXT")), undefined, "a changed text");
+  for (const bad of ["", "s1.", "text", "s1.short.x"]) assert.equal(unseal(a.valueKey, "/k", bad), undefined);
 });
