@@ -110,6 +110,17 @@ export interface Batch {
   length(i: number): number;
   /** The sender of datagram `i`. */
   from(i: number): Endpoint;
+  /**
+   * Whether datagrams `i` and `j` came from one sender, told without building `from()`'s object (false when it
+   * cannot tell). Absent where `from()` costs nothing.
+   */
+  sameSource?(i: number, j: number): boolean;
+  /**
+   * The buffer datagram `i` lives in at `offset(i)` (its `length(i)` bytes): reads without a view per datagram.
+   * Both or neither are present.
+   */
+  slab?(): Uint8Array;
+  offset?(i: number): number;
   /** True when datagram `i` was longer than maxDatagram and arrived cut. */
   truncated(i: number): boolean;
   /**

@@ -161,6 +161,15 @@ class FastBatch implements Batch {
   truncated(i: number): boolean {
     return this.socket.slotTruncated(i);
   }
+  sameSource(i: number, j: number): boolean {
+    return this.socket.slotSameSource(i, j);
+  }
+  slab(): Uint8Array {
+    return this.socket.slab;
+  }
+  offset(i: number): number {
+    return this.socket.slotOffset(i);
+  }
   /** Address and length of datagram `i`, for sends that point the kernel at it without copying. */
   address(i: number): number {
     return this.socket.slotAddress(i);
@@ -460,6 +469,13 @@ export class FastUdp implements UdpSocket {
   slotTruncated(i: number): boolean {
     return (this.#rxU32[(this.#rxHdr + i * MMSGHDR_SIZE + MSG_FLAGS) >>> 2] & MSG_TRUNC) !== 0;
   }
+  /** The receive buffer every slot lives in (for reads without a view per datagram). */
+  get slab(): Uint8Array {
+    return this.#rx;
+  }
+  slotOffset(i: number): number {
+    return i * this.#stride;
+  }
   slotData(i: number): Uint8Array {
     return this.#rx.subarray(i * this.#stride, i * this.#stride + this.slotLength(i));
   }
@@ -480,6 +496,20 @@ export class FastUdp implements UdpSocket {
     // struct timespec { i64 tv_sec; i64 tv_nsec }: seconds fit in 53 bits for the next few million years.
     const sec = v.getUint32(c + CMSG_DATA, true) + v.getUint32(c + CMSG_DATA + 4, true) * TWO32;
     return sec * 1e6 + v.getUint32(c + CMSG_DATA + 8, true) / 1e3;
+  }
+  /** Whether datagrams `i` and `j` have the same sender, from the raw sockaddrs (no allocation). */
+  slotSameSource(i: number, j: number): boolean {
+    if (!this.#sources) return false;
+    const u = this.#rxU32;
+    const len = u[(this.#rxHdr + i * MMSGHDR_SIZE + MSG_NAMELEN) >>> 2];
+    if (len === 0 || len > NAME_STRIDE || len !== u[(this.#rxHdr + j * MMSGHDR_SIZE + MSG_NAMELEN) >>> 2]) {
+      return false;
+    }
+    const a = (this.#rxName + i * NAME_STRIDE) >>> 2;
+    const b = (this.#rxName + j * NAME_STRIDE) >>> 2;
+    // Whole words: a sockaddr's length is a multiple of 4 (16 or 28).
+    for (let w = 0; w < len >>> 2; w++) if (u[a + w] !== u[b + w]) return false;
+    return true;
   }
   slotFrom(i: number): Endpoint {
     if (!this.#sources) throw new Error("this socket does not read source addresses");
