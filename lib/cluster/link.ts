@@ -5,8 +5,12 @@
  * the payload; RTCP travels on the same link with the RTCP flag, not on port + 1.
  *
  * Receiving works a batch at a time on the node's UDP path (the fast one where it can, lib/net/udp.ts): a datagram is
- * taken only from a configured peer's data address, with a header that parses, for a registered channel, with a
- * sequence number the channel's anti-replay window has not seen; every other one is counted by reason and dropped.
+ * taken only from a configured peer's data address, with a header that parses, for a registered channel that this
+ * peer may feed (`register`'s `fromPeers`), with a sequence number the channel's anti-replay window takes (new to it;
+ * a new epoch or a jump beyond the window only once the next number follows); every other one is counted by reason
+ * and dropped. Senders start each channel's numbers at random, so a restarted port is told apart even within the
+ * epoch's second. The run of one sender within a batch is told from the raw addresses where the UDP path can
+ * (`Batch.sameSource`), and headers are read in place (`Batch.slab`): nothing is built per datagram.
  * Accepted datagrams are handed on per run of one channel and flow, as one batch whose views skip the header (valid
  * only during the call, as every batch).
  *
@@ -38,6 +42,7 @@ import {
   type LinkReject,
   ParsedLinkHeader,
   parseLinkHeader,
+  refused,
   ReplayWindow,
   writeLinkHeader,
 } from "./link_header.ts";
@@ -126,6 +131,8 @@ interface Receiver {
   readonly input: string;
   readonly channel: number;
   readonly deliver: (batch: LinkBatch, rtcp: boolean) => void;
+  /** The peers that may feed it, or null: any configured peer. */
+  readonly from: ReadonlySet<string> | null;
 }
 
 interface RxChannel {
@@ -195,11 +202,19 @@ export interface LinkBatch extends Batch {
 /** The accepted datagrams of one run (one channel and flow) of a received batch, their headers skipped. */
 class PayloadBatch implements LinkBatch {
   src: Batch | null = null;
+  /** The source's buffer, where it offers one (`Batch.slab`): one view per `data()` instead of two. */
+  buffer: Uint8Array | null = null;
   picked = new Int32Array(64);
   offsets = new Int32Array(64);
   count = 0;
   data(i: number): Uint8Array {
-    return this.src!.data(this.picked[i]).subarray(this.offsets[i]);
+    const p = this.picked[i];
+    const src = this.src!;
+    if (this.buffer) {
+      const at = src.offset!(p);
+      return this.buffer.subarray(at + this.offsets[i], at + src.length(p));
+    }
+    return src.data(p).subarray(this.offsets[i]);
   }
   length(i: number): number {
     return this.src!.length(this.picked[i]) - this.offsets[i];
@@ -334,12 +349,16 @@ export class LinkPort {
    * What a local AP input fed by a link gets: `deliver` is called per batch for (session, ap, input). Throws
    * StartError when the triple is registered already, when its channel id is another triple's, or when the table
    * is full. Disposing it unregisters it (and forgets what was counted for its channel per peer).
+   *
+   * `fromPeers`, the nodes the placement puts the input's feeding APs on, are the only peers whose datagrams reach
+   * it; another peer's are dropped and counted as `wrong_peer`. Without it, any configured peer may feed it.
    */
   register(
     session: string,
     ap: string,
     input: string,
     deliver: (batch: LinkBatch, rtcp: boolean) => void,
+    fromPeers?: Iterable<string>,
   ): Disposable {
     const channel = channelId(session, ap, input);
     const taken = this.#receivers.get(channel);
@@ -356,7 +375,8 @@ export class LinkPort {
         `Cannot register link input ${session}/${ap}.${input}: the link port holds ${MAX_LINK_CHANNELS} already`,
       );
     }
-    const receiver: Receiver = { session, ap, input, channel, deliver };
+    const from = fromPeers === undefined ? null : new Set(fromPeers);
+    const receiver: Receiver = { session, ap, input, channel, deliver, from };
     this.#receivers.set(channel, receiver);
     return {
       [Symbol.dispose]: () => {
@@ -401,7 +421,8 @@ export class LinkPort {
         ap,
         input,
         channel: channelId(session, ap, input),
-        sequence: 0,
+        // Random, as RTP's (link_header.ts): a port restarted within the same second is told apart by its numbers.
+        sequence: crypto.getRandomValues(new Uint32Array(1))[0],
         packets: 0,
         bytes: 0,
         dropped: 0,
@@ -480,20 +501,27 @@ export class LinkPort {
     const run = this.#run;
     run.grow(batch.count);
     run.src = batch;
+    // Where the batch offers its buffer, headers are read in place: no view per datagram.
+    const slab = batch.slab?.() ?? null;
+    run.buffer = slab;
     run.count = 0;
     let target: Receiver | null = null;
     let rtcp = false;
     const nowUs = this.#clock.nowUs();
-    // A batch mostly comes from one peer: its address is looked up once per run of it.
+    const nowS = nowUs / 1e6;
+    // A batch mostly comes from one peer: its address is looked up once per run of it, a run told from the raw
+    // addresses where the batch can (`sameSource`: nothing built per datagram), else from `from()`.
     let lastHost = "";
     let lastPort = -1;
     let peer: Peer | undefined;
     for (let i = 0; i < batch.count; i++) {
-      const from = batch.from(i);
-      if (from.port !== lastPort || from.host !== lastHost) {
-        peer = this.#byAddress.get(addressKey(from.host, from.port));
-        lastHost = from.host;
-        lastPort = from.port;
+      if (i === 0 || !batch.sameSource?.(i, i - 1)) {
+        const from = batch.from(i);
+        if (from.port !== lastPort || from.host !== lastHost) {
+          peer = this.#byAddress.get(addressKey(from.host, from.port));
+          lastHost = from.host;
+          lastPort = from.port;
+        }
       }
       if (!peer) {
         this.#notPeer++;
@@ -503,8 +531,9 @@ export class LinkPort {
         peer.rejected.truncated++;
         continue;
       }
-      const d = batch.data(i);
-      const verdict = parseLinkHeader(d, h);
+      const len = batch.length(i);
+      const at = slab ? batch.offset!(i) : 0;
+      const verdict = parseLinkHeader(slab ?? batch.data(i), h, at, at + len);
       if (verdict !== "ok") {
         peer.rejected[verdict]++;
         continue;
@@ -512,6 +541,10 @@ export class LinkPort {
       const receiver = this.#receivers.get(h.channel);
       if (!receiver) {
         peer.rejected.foreign++;
+        continue;
+      }
+      if (receiver.from && !receiver.from.has(peer.name)) {
+        peer.rejected.wrong_peer++;
         continue;
       }
       let state = peer.rx.get(h.channel);
@@ -526,14 +559,14 @@ export class LinkPort {
       }
       const w = state.window;
       const lost = w.lost;
-      const seen = w.check(h.epoch, h.sequence);
-      if (seen === "duplicate" || seen === "replayed") {
+      const seen = w.check(h.epoch, h.sequence, nowS);
+      if (refused(seen)) {
         peer.rejected[seen]++;
         continue;
       }
       peer.lost += w.lost - lost;
       if (seen === "late") peer.reordered++;
-      const bytes = d.length - h.length;
+      const bytes = len - h.length;
       state.packets++;
       state.bytes += bytes;
       peer.rxPackets++;
@@ -551,6 +584,7 @@ export class LinkPort {
     }
     this.#flush(target, rtcp);
     run.src = null;
+    run.buffer = null;
   }
 
   #flush(target: Receiver | null, rtcp: boolean): void {

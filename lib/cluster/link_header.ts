@@ -20,9 +20,14 @@
  *   over the three names), so nothing is exchanged; a receiver refuses to register two triples with one id, so a
  *   collision is found when a part starts, never guessed at on the wire.
  * - epoch: when the sending link port opened (Unix seconds). A node that restarts starts a new epoch, and its
- *   sequence numbers start again; a datagram of an older epoch than the receiver has seen is a replay.
- * - sequence: per sending port, peer and channel, from 0, modulo 2^32: the receiver counts loss, reordering and
- *   duplicates from it and keeps a sliding anti-replay window (RFC 4303, section 3.4.3) of REPLAY_WINDOW numbers.
+ *   sequence numbers start again. A receiver takes a new epoch (newer or older: a clock may step back) only once the
+ *   next datagram follows it in sequence (`ReplayWindow`), and refuses one more than MAX_EPOCH_AHEAD_S ahead of its
+ *   own clock.
+ * - sequence: per sending port, peer and channel, from a random number (as RTP's, RFC 3550 section 5.1), modulo
+ *   2^32: a port that restarts within the same second, so under the same epoch, starts far from where it was, and
+ *   the receiver resynchronises on its second datagram instead of refusing it until the old numbers are passed. The
+ *   receiver counts loss, reordering and duplicates from it and keeps a sliding anti-replay window (RFC 4303,
+ *   section 3.4.3) of REPLAY_WINDOW numbers.
  * - sent µs: the sender's wall clock in µs, modulo 2^32 (wraps every 71 minutes): the receiver takes the difference
  *   to its own clock as the delay (exact on one host; between hosts, off by how far their clocks disagree).
  */
@@ -50,8 +55,14 @@ export const LINK_REJECTS = [
   "not_peer",
   /** No receiver is registered for the channel (a session not running here, or not this node's). */
   "foreign",
-  /** Older than the anti-replay window, or of an older epoch. */
+  /** The channel is registered, but not for datagrams from this peer (another node feeds it). */
+  "wrong_peer",
+  /** Older than the anti-replay window, and not followed by the next number (which would resynchronise). */
   "replayed",
+  /** Of another epoch, or beyond the window ahead, and not (yet) followed by the next number. */
+  "unconfirmed",
+  /** Of an epoch more than MAX_EPOCH_AHEAD_S ahead of the receiver's clock. */
+  "future_epoch",
   /** A sequence number inside the window that was already received. */
   "duplicate",
   /** Too many (peer, channel) pairs are tracked already. */
@@ -165,76 +176,126 @@ export class ParsedLinkHeader {
   }
 }
 
-/** Reads the header of `d` into `out`; "ok" or why the datagram is refused. Never throws. */
-export function parseLinkHeader(d: Uint8Array, out: ParsedLinkHeader): HeaderVerdict {
-  if (d.length < 2) return d.length === 1 && d[0] !== LINK_MAGIC ? "bad_magic" : "truncated";
-  if (d[0] !== LINK_MAGIC) return "bad_magic";
-  if (d[1] !== LINK_VERSION) return "bad_version";
-  if (d.length < LINK_HEADER_BYTES) return "truncated";
-  const flags = d[2];
+/**
+ * Reads the header of the datagram at `at` of `d` (up to `end`: by default the whole of `d`) into `out`; "ok" or why
+ * the datagram is refused. Never throws, never allocates.
+ */
+export function parseLinkHeader(d: Uint8Array, out: ParsedLinkHeader, at = 0, end = d.length): HeaderVerdict {
+  const n = end - at;
+  if (n < 2) return n === 1 && d[at] !== LINK_MAGIC ? "bad_magic" : "truncated";
+  if (d[at] !== LINK_MAGIC) return "bad_magic";
+  if (d[at + 1] !== LINK_VERSION) return "bad_version";
+  if (n < LINK_HEADER_BYTES) return "truncated";
+  const flags = d[at + 2];
   if (flags & ~KNOWN_FLAGS) return "bad_flags";
-  const dlen = d[3];
+  const dlen = d[at + 3];
   if ((flags & FLAG_DESTINATION) ? dlen !== 6 && dlen !== 18 : dlen !== 0) return "bad_destination";
-  if (d.length < LINK_HEADER_BYTES + dlen) return "truncated";
+  if (n < LINK_HEADER_BYTES + dlen) return "truncated";
   out.rtcp = (flags & FLAG_RTCP) !== 0;
   out.destinationLength = dlen;
-  out.channel = get32(d, 4);
-  out.epoch = get32(d, 8);
-  out.sequence = get32(d, 12);
-  out.sentUs = get32(d, 16);
+  out.channel = get32(d, at + 4);
+  out.epoch = get32(d, at + 8);
+  out.sequence = get32(d, at + 12);
+  out.sentUs = get32(d, at + 16);
   out.length = LINK_HEADER_BYTES + dlen;
   return "ok";
 }
 
 /** What the anti-replay window made of a sequence number. */
-export type SequenceVerdict = "next" | "gap" | "late" | "duplicate" | "replayed" | "restart";
+export type SequenceVerdict =
+  | "next"
+  | "gap"
+  | "late"
+  | "duplicate"
+  | "replayed"
+  | "restart"
+  | "resync"
+  | "unconfirmed"
+  | "future_epoch";
+
+/** Verdicts whose datagram is not delivered. */
+export function refused(v: SequenceVerdict): v is "duplicate" | "replayed" | "unconfirmed" | "future_epoch" {
+  return v === "duplicate" || v === "replayed" || v === "unconfirmed" || v === "future_epoch";
+}
+
+/**
+ * The largest forward jump, confirmed by the next number, whose skipped numbers are counted as lost (RFC 3550's
+ * MAX_DROPOUT, scaled to 32-bit numbers); a longer one is taken as a restart of the numbering and counts no loss.
+ */
+export const MAX_DROPOUT = 65_536;
+/** Epochs more than this many seconds ahead of the receiver's clock are refused (an injected or broken clock). */
+export const MAX_EPOCH_AHEAD_S = 3600;
 
 /**
  * One (sending port, channel)'s sequence numbers as a receiver sees them: the highest so far, which of the
  * REPLAY_WINDOW below it arrived, and the loss and reordering that follow. Loss is counted when a gap opens and
  * taken back when a late datagram fills it; a datagram too late for the window stays lost (and is refused).
+ *
+ * The window resynchronises the way RFC 3550 (appendix A.1) does, so that no single datagram, spoofed or stray, can
+ * move it: a new epoch (a restart, one in the same second, or a clock stepped back) or a jump of the numbers beyond
+ * the window either way is refused, and taken only when the very next datagram of the channel follows it in sequence
+ * (then the window starts again from that one). Anything in order in between cancels the pending jump. Loss grows
+ * only by numbers skipped inside the window, or by a confirmed jump ahead of at most MAX_DROPOUT within one epoch.
+ * This guards against accidents and lone injected datagrams, not against a sender that can forge a whole stream of
+ * the peer's address (the link carries no authentication).
  */
 export class ReplayWindow {
   #epoch = -1;
   #top = 0;
   /** The lowest number of the epoch seen: loss is counted from it (a late one below it lowers it). */
   #floor = 0;
+  /** A jump waiting for confirmation: the epoch and number that would confirm it (-1: none pending). */
+  #badEpoch = -1;
+  #badSeq = 0;
   readonly #bits = new Uint32Array(REPLAY_WINDOW / 32);
   lost = 0;
   reordered = 0;
   duplicates = 0;
-  /** Datagrams accepted (next, gap, late or restart). */
+  /** Datagrams accepted (next, gap, late, restart or resync). */
   accepted = 0;
 
-  /** Records `sequence` of `epoch`; the verdict says whether to deliver it ("duplicate" and "replayed": not). */
-  check(epoch: number, sequence: number): SequenceVerdict {
+  /**
+   * Records `sequence` of `epoch`; the verdict says whether to deliver it (see `refused`). `nowS`, the receiver's
+   * clock in Unix seconds, refuses epochs more than MAX_EPOCH_AHEAD_S ahead of it.
+   */
+  check(epoch: number, sequence: number, nowS = Infinity): SequenceVerdict {
+    if (epoch > nowS + MAX_EPOCH_AHEAD_S) return "future_epoch";
+    if (this.#epoch < 0) {
+      this.#start(epoch, sequence);
+      return "next";
+    }
     if (epoch !== this.#epoch) {
-      if (this.#epoch >= 0 && epoch < this.#epoch) return "replayed";
-      const first = this.#epoch < 0;
-      this.#epoch = epoch;
-      this.#bits.fill(0);
-      this.#top = sequence;
-      this.#floor = sequence;
-      this.#set(sequence);
-      this.accepted++;
-      return first ? "next" : "restart";
+      if (!this.#confirms(epoch, sequence)) return "unconfirmed";
+      this.#start(epoch, sequence);
+      return "restart";
     }
     // The distance from the highest seen, as a signed 32-bit number: wrapping sequence numbers compare right.
     const ahead = (sequence - this.#top) | 0;
+    if (ahead >= REPLAY_WINDOW) {
+      if (!this.#confirms(epoch, sequence)) return "unconfirmed";
+      // The one before (refused as unconfirmed) arrived; those between the old top and it did not.
+      if (ahead - 2 <= MAX_DROPOUT) this.lost += ahead - 2;
+      this.#start(epoch, sequence);
+      return "resync";
+    }
     if (ahead > 0) {
-      if (ahead >= REPLAY_WINDOW) this.#bits.fill(0);
-      else for (let s = 1; s <= ahead; s++) this.#clear((this.#top + s) >>> 0);
+      for (let s = 1; s <= ahead; s++) this.#clear((this.#top + s) >>> 0);
       this.#top = sequence;
       this.#set(sequence);
       this.lost += ahead - 1;
       this.accepted++;
+      this.#badEpoch = -1;
       return ahead === 1 ? "next" : "gap";
     }
     if (ahead === 0) {
       this.duplicates++;
       return "duplicate";
     }
-    if (-ahead >= REPLAY_WINDOW) return "replayed";
+    if (-ahead >= REPLAY_WINDOW) {
+      if (!this.#confirms(epoch, sequence)) return "replayed";
+      this.#start(epoch, sequence);
+      return "resync";
+    }
     if (this.#has(sequence)) {
       this.duplicates++;
       return "duplicate";
@@ -249,6 +310,24 @@ export class ReplayWindow {
     } else this.lost--;
     this.accepted++;
     return "late";
+  }
+
+  /** Whether (epoch, sequence) follows the pending jump; if not, it becomes the pending jump. */
+  #confirms(epoch: number, sequence: number): boolean {
+    if (epoch === this.#badEpoch && sequence === this.#badSeq) return true;
+    this.#badEpoch = epoch;
+    this.#badSeq = (sequence + 1) >>> 0;
+    return false;
+  }
+
+  #start(epoch: number, sequence: number): void {
+    this.#epoch = epoch;
+    this.#badEpoch = -1;
+    this.#bits.fill(0);
+    this.#top = sequence;
+    this.#floor = sequence;
+    this.#set(sequence);
+    this.accepted++;
   }
 
   #set(s: number): void {

@@ -11,6 +11,7 @@ import {
   LinkDestinationError,
   type LinkHeaderFields,
   linkHeaderLength,
+  MAX_EPOCH_AHEAD_S,
   ParsedLinkHeader,
   parseLinkHeader,
   REPLAY_WINDOW,
@@ -146,15 +147,76 @@ Deno.test("ReplayWindow counts gaps as lost and takes them back when late datagr
   assert.equal(w.accepted, 5);
 });
 
-Deno.test("ReplayWindow refuses what is older than the window and an older epoch, and restarts on a newer one", () => {
+Deno.test("ReplayWindow refuses what is older than the window, and takes another epoch once the next number follows", () => {
   const w = new ReplayWindow();
-  w.check(5, 0);
-  w.check(5, REPLAY_WINDOW + 10);
+  for (let s = 0; s <= REPLAY_WINDOW + 10; s++) w.check(5, s);
   assert.equal(w.check(5, 5), "replayed");
-  assert.equal(w.check(5, 11), "late", "just inside the window");
-  assert.equal(w.check(4, REPLAY_WINDOW + 11), "replayed", "an older epoch");
-  assert.equal(w.check(6, 0), "restart", "the sender restarted: its numbers start again");
-  assert.equal(w.check(6, 1), "next");
+  assert.equal(w.check(5, 11), "duplicate", "just inside the window");
+  assert.equal(w.check(4, 0), "unconfirmed", "an older epoch");
+  assert.equal(w.check(6, 0), "unconfirmed", "a newer epoch, not yet followed");
+  assert.equal(w.check(6, 1), "restart", "the sender restarted: its numbers start again");
+  assert.equal(w.check(6, 2), "next");
+  assert.equal(w.lost, 0);
+});
+
+/** An in-order stream of `epoch` from `from`, each number expected "next". */
+function inOrder(w: ReplayWindow, epoch: number, from: number, n: number, nowS?: number): void {
+  for (let s = from; s < from + n; s++) assert.equal(w.check(epoch, s >>> 0, nowS), "next", `sequence ${s}`);
+}
+
+Deno.test("ReplayWindow keeps a channel through one spoofed datagram of epoch 0xFFFFFFFF", () => {
+  const w = new ReplayWindow();
+  inOrder(w, 1000, 0, 5);
+  assert.equal(w.check(0xffff_ffff, 77), "unconfirmed");
+  inOrder(w, 1000, 5, 5);
+  assert.equal(w.lost, 0);
+  assert.equal(w.accepted, 10);
+});
+
+Deno.test("ReplayWindow takes no jump of 2^31 - 1 from one datagram: no loss counted, the genuine stream goes on", () => {
+  const w = new ReplayWindow();
+  inOrder(w, 1000, 0, 5);
+  assert.equal(w.check(1000, 4 + 2 ** 31 - 1), "unconfirmed");
+  assert.equal(w.lost, 0);
+  inOrder(w, 1000, 5, 5);
+  assert.equal(w.lost, 0);
+});
+
+Deno.test("ReplayWindow resynchronises on a restart within the same second and on a clock stepped back", () => {
+  const w = new ReplayWindow();
+  inOrder(w, 1000, 1_000_000, 5);
+  // Same epoch, numbers far behind (a restarted port's random start): refused once, then taken.
+  assert.equal(w.check(1000, 77), "replayed");
+  assert.equal(w.check(1000, 78), "resync");
+  inOrder(w, 1000, 79, 3);
+  // An older epoch (the peer's clock stepped back), from 0.
+  assert.equal(w.check(990, 0), "unconfirmed");
+  assert.equal(w.check(990, 1), "restart");
+  inOrder(w, 990, 2, 3);
+  assert.equal(w.lost, 0, "nothing was missing from the accepted runs");
+});
+
+Deno.test("ReplayWindow refuses an epoch far ahead of the receiver's clock, even when followed in sequence", () => {
+  const w = new ReplayWindow();
+  const now = 1_700_000_000;
+  inOrder(w, now, 0, 3, now);
+  const far = now + MAX_EPOCH_AHEAD_S + 1;
+  assert.equal(w.check(far, 0, now), "future_epoch");
+  assert.equal(w.check(far, 1, now), "future_epoch");
+  inOrder(w, now, 3, 2, now);
+  assert.equal(w.check(now + 60, 0, now), "unconfirmed", "a clock a minute ahead is still taken...");
+  assert.equal(w.check(now + 60, 1, now), "restart", "...once confirmed");
+});
+
+Deno.test("ReplayWindow counts a confirmed jump ahead as lost, and an in-order datagram cancels a pending jump", () => {
+  const w = new ReplayWindow();
+  inOrder(w, 1, 0, 2);
+  assert.equal(w.check(1, 2000), "unconfirmed");
+  assert.equal(w.check(1, 2), "next", "the genuine stream goes on");
+  assert.equal(w.check(1, 2001), "unconfirmed", "the pending jump was cancelled: 2001 does not confirm 2000");
+  assert.equal(w.check(1, 2002), "resync");
+  assert.equal(w.lost, 1998, "3..2000 never arrived (2001 did, refused)");
+  assert.equal(w.check(1, 2003), "next");
 });
 
 Deno.test("ReplayWindow compares sequence numbers across their wrap", () => {

@@ -146,12 +146,12 @@ Deno.test("LinkPort counts loss, reordering, duplicates and replays from the lin
     const c = collector();
     using _reg = b.register("s", "X", "in", c.deliver);
     const to = raw.destinations([b.local]);
-    // 0 1 4 3 3 (2 never comes), then one of an older epoch.
-    for (const seq of [0, 1, 4, 3, 3]) raw.send([header({ sequence: seq }, [seq])], to);
+    // 0 1 4 3 3 (2 never comes), one far behind, then one of an older epoch.
+    for (const seq of [0, 1, 4, 3, 3, 0xffff_0000]) raw.send([header({ sequence: seq }, [seq & 0xff])], to);
     raw.send([header({ epoch: 999, sequence: 9 }, [9])], to);
-    await until("six datagrams looked at", () => {
+    await until("seven datagrams looked at", () => {
       const l = link(b, "fake");
-      return l.rx_packets + l.rejected_duplicate + l.rejected_replayed === 6;
+      return l.rx_packets + l.rejected_duplicate + l.rejected_replayed + l.rejected_unconfirmed === 7;
     });
     const l = link(b, "fake");
     assert.deepEqual(c.got.map((g) => g.data[0]), [0, 1, 4, 3]);
@@ -160,11 +160,110 @@ Deno.test("LinkPort counts loss, reordering, duplicates and replays from the lin
     assert.equal(l.reordered, 1, "3 came after 4");
     assert.equal(l.rejected_duplicate, 1);
     assert.equal(l.rejected_replayed, 1);
+    assert.equal(l.rejected_unconfirmed, 1, "the older epoch, until the next number follows it");
     const ch = l.channels[0];
     assert.deepEqual([ch.lost, ch.reordered, ch.duplicates], [1, 1, 1]);
+    raw.send([header({ epoch: 999, sequence: 10 }, [10])], to);
+    await until("the older epoch taken once followed", () => c.got.length === 5);
+    assert.deepEqual(c.got[4].data, [10]);
   } finally {
     await b.close();
     await raw.close();
+  }
+});
+
+Deno.test("LinkPort keeps a link through one spoofed datagram of epoch 0xFFFFFFFF", async () => {
+  const raw = openUdp({ host: LO, port: 0 });
+  const b = await LinkPort.open({
+    bind: { host: LO, port: 0 },
+    self: "prague",
+    peers: [{ name: "fake", data: raw.local }],
+    clock: new ManualClock(1_000_000),
+  });
+  try {
+    const c = collector();
+    using _reg = b.register("s", "X", "in", c.deliver);
+    const to = raw.destinations([b.local]);
+    raw.send([header({ sequence: 0 }, [0]), header({ sequence: 1 }, [1])], to);
+    raw.send([header({ epoch: 0xffff_ffff, sequence: 5 }, [66])], to);
+    raw.send([header({ sequence: 2 }, [2]), header({ sequence: 3 }, [3])], to);
+    await until("four datagrams", () => c.got.length === 4);
+    assert.deepEqual(c.got.map((g) => g.data[0]), [0, 1, 2, 3]);
+    const l = link(b, "fake");
+    assert.equal(l.rejected_future_epoch, 1);
+    assert.equal(l.lost, 0);
+  } finally {
+    await b.close();
+    await raw.close();
+  }
+});
+
+Deno.test("LinkPort takes a peer restarted within the same second from its second datagram", async () => {
+  const clock = new ManualClock(1_000_000);
+  await using env = await pair({ a: clock, b: clock });
+  const c = collector();
+  using _reg = env.b.register("s", "X", "in", c.deliver);
+  env.a.sender("prague", "s", "X", "in")(batchOf([1], [2], [3]), false);
+  await until("3 datagrams", () => c.got.length === 3);
+  // The same address and clock, so the same epoch: only the numbers tell the new port apart.
+  await env.a.close();
+  const again = await LinkPort.open({
+    bind: env.a.local,
+    self: "brno",
+    peers: [{ name: "prague", data: env.b.local }],
+    clock,
+  });
+  try {
+    assert.equal(again.epoch, env.a.epoch);
+    again.sender("prague", "s", "X", "in")(batchOf([4], [5], [6]), false);
+    await until("the restarted port's datagrams after its first", () => c.got.length === 5);
+    assert.deepEqual(c.got.slice(3).map((g) => g.data[0]), [5, 6]);
+    assert.equal(link(env.b, "brno").rejected_replayed + link(env.b, "brno").rejected_unconfirmed, 1);
+    assert.equal(link(env.b, "brno").lost, 0);
+  } finally {
+    await again.close();
+  }
+});
+
+Deno.test("LinkPort delivers to an input only what the peers registered for it send, and tells a batch's senders apart", async () => {
+  const one = openUdp({ host: LO, port: 0 });
+  const two = openUdp({ host: LO, port: 0 });
+  const stranger = openUdp({ host: LO, port: 0 });
+  const b = await LinkPort.open({
+    bind: { host: LO, port: 0 },
+    self: "prague",
+    peers: [{ name: "one", data: one.local }, { name: "two", data: two.local }],
+    clock: new ManualClock(1_000_000),
+  });
+  try {
+    const c = collector();
+    using _reg = b.register("s", "X", "in", c.deliver, ["one"]);
+    const open = collector();
+    using _open = b.register("s", "Y", "in", open.deliver);
+    const y = channelId("s", "Y", "in");
+    // Sent before the port's loop runs, so they come in one receive, senders interleaved.
+    for (let i = 0; i < 8; i++) {
+      one.send([header({ sequence: i }, [1, i])], one.destinations([b.local]));
+      two.send([header({ sequence: i }, [2, i])], two.destinations([b.local]));
+      if (i % 3 === 0) stranger.send([header({ sequence: i }, [3, i])], stranger.destinations([b.local]));
+      two.send([header({ channel: y, sequence: i }, [2, i])], two.destinations([b.local]));
+    }
+    await until(
+      "everything looked at",
+      () =>
+        c.got.length === 8 && open.got.length === 8 && link(b, "two").rejected_wrong_peer === 8 &&
+        b.status().rejected_not_peer === 3,
+    );
+    assert.deepEqual(c.got.map((g) => g.data), Array.from({ length: 8 }, (_, i) => [1, i]));
+    assert.deepEqual(open.got.map((g) => g.data), Array.from({ length: 8 }, (_, i) => [2, i]));
+    assert.equal(link(b, "one").rx_packets, 8);
+    assert.equal(link(b, "two").rx_packets, 8);
+    assert.equal(link(b, "one").rejected_wrong_peer, 0);
+  } finally {
+    await b.close();
+    await one.close();
+    await two.close();
+    await stranger.close();
   }
 });
 
