@@ -9,6 +9,9 @@ import { ClusterAuthError, REPLY_HEADER, REQUEST_HEADER, signRequest, verifyRepl
 
 export type Fetch = (input: string, init: RequestInit) => Promise<Response>;
 
+/** The largest answer a peer client reads by default: whatever answers on a peer's address may stream for ever. */
+export const MAX_ANSWER = 4 * 1024 * 1024;
+
 /** A peer did not answer in time, could not be reached, or its answer was not signed by it. */
 export class PeerError extends Error {
   override name = "PeerError";
@@ -31,7 +34,10 @@ export interface PeerClientOptions {
   readonly key: CryptoKey;
   readonly clock: Clock;
   readonly fetch?: Fetch;
-  /** Answers larger than this are refused (a member's answers are small). */
+  /**
+   * Answers larger than this are refused (a member's answers are small): by their Content-Length before any is read,
+   * else while they stream, the read cancelled once past it. Default MAX_ANSWER.
+   */
   readonly maxAnswer?: number;
 }
 
@@ -42,7 +48,7 @@ export class PeerClient {
 
   constructor(private readonly o: PeerClientOptions) {
     this.#fetch = o.fetch ?? ((input, init) => fetch(input, init));
-    this.#maxAnswer = o.maxAnswer ?? 4 * 1024 * 1024;
+    this.#maxAnswer = o.maxAnswer ?? MAX_ANSWER;
   }
 
   /** POSTs (or GETs, without `body`) `path` on `peer` at `api`; any HTTP status is an answer, checked as a member's. */
@@ -106,12 +112,12 @@ export class PeerClient {
     } catch (error) {
       throw new PeerError(peer.name, "unreachable", `${method} ${path}: ${(error as Error).message}`);
     }
-    const answer = new Uint8Array(await response.arrayBuffer().catch(() => new ArrayBuffer(0)));
-    if (answer.length > this.#maxAnswer) {
+    const answer = await readCapped(response, this.#maxAnswer);
+    if (answer === null) {
       throw new PeerError(
         peer.name,
         "bad_answer",
-        `an answer of ${answer.length} bytes to ${method} ${path}`,
+        `an answer of more than ${this.#maxAnswer} bytes to ${method} ${path}`,
       );
     }
     try {
@@ -137,4 +143,44 @@ export class PeerClient {
     }
     return { status: response.status, body: parsed as Record<string, unknown> };
   }
+}
+
+/**
+ * The body of `response`, or null when it is larger than `max` bytes: refused by its Content-Length unread, else
+ * read chunk by chunk and cancelled once past `max` (never buffers more than `max` plus one chunk). A body that
+ * fails half-way reads as what arrived (the signature check then refuses it).
+ */
+async function readCapped(response: Response, max: number): Promise<Uint8Array | null> {
+  const declared = Number(response.headers.get("content-length") ?? NaN);
+  if (declared > max) {
+    await response.body?.cancel().catch(() => {});
+    return null;
+  }
+  if (!response.body) return new Uint8Array();
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.length;
+      if (size > max) {
+        await reader.cancel().catch(() => {});
+        return null;
+      }
+      chunks.push(value);
+    }
+  } catch {
+    // Cut off: what arrived is checked (and refused) as the answer.
+  } finally {
+    reader.releaseLock();
+  }
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
 }
