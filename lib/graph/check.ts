@@ -62,13 +62,15 @@ export interface PlannedAp {
   readonly params: Record<string, unknown>;
   /**
    * Ordinary inputs in declared order; `external` is the UDP port that feeds it, if any, and `allow` the source
-   * prefixes that port lets in (empty: any). `linked`: an AP on another node feeds it (through the link port).
+   * prefixes that port lets in (empty: any). `linked`: an AP on another node feeds it (through the link port), and
+   * `linkedFrom` names the nodes that may: datagrams for it from any other peer are refused.
    */
   readonly inputs: readonly {
     readonly name: string;
     readonly external: number | null;
     readonly allow: readonly string[];
     readonly linked?: boolean;
+    readonly linkedFrom?: readonly string[];
   }[];
   readonly outputs: readonly { readonly name: string; readonly wires: readonly Wire[] }[];
   readonly registration: number | null;
@@ -346,7 +348,11 @@ export function planSession(
       params: params.get(ap.name)!,
       inputs: inputs.map((p) => {
         const planned = { name: p.name, external: p.external?.port ?? null, allow: p.external?.allow ?? [] };
-        return linkedFrom(ap.name, p.name) ? { ...planned, linked: true } : planned;
+        if (!linkedFrom(ap.name, p.name)) return planned;
+        const from = (fedBy.get(`${ap.name}.${p.name}`) ?? []).filter((f) => !isLocal(f.ap)).map((f) =>
+          nodeOf(f.ap)!
+        );
+        return { ...planned, linked: true, linkedFrom: [...new Set(from)].sort() };
       }),
       registration: ap.inputs.find((p) => p.name === kind.ports.registration)?.external?.port ?? null,
       clockRates: clockRates.get(ap.name) ?? new Map(),

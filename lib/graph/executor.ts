@@ -224,7 +224,7 @@ export class RunningSession {
           if (this.#stopped) return;
           if (group && !this.#links.has(i)) group.post({ kind: "deliver", ap: i, port: k, rtcp }, batch);
           else this.#host.receive(i, k, batch, rtcp);
-        }));
+        }, input.linkedFrom));
       });
       ap.inputs.forEach((input, k) => {
         if (input.external === null) return;

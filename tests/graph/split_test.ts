@@ -304,3 +304,24 @@ Deno.test("a session split over three nodes carries every RTP and RTCP datagram 
     for (const d of dirs) await Deno.remove(d, { recursive: true });
   }
 });
+
+Deno.test("planSession names the nodes that may feed each linked input, and none for the others", () => {
+  const inputsOf = (p: SessionPlan) =>
+    Object.fromEntries(
+      p.aps.flatMap((ap) => ap.inputs.map((i) => [`${ap.name}.${i.name}`, i.linkedFrom ?? null])),
+    );
+  assert.deepEqual(inputsOf(plan(program(), "prague")), {
+    "Sync_high.in1": ["brno"],
+    "Sync_high.in2": ["brno"],
+    "Sync_low.in1": ["brno"],
+    "Sync_low.in2": ["brno"],
+    "Dup_high.in": null,
+    "Dup_low.in": null,
+    "Reflector_high.in": null,
+    "Reflector_low.in": null,
+  });
+  assert.deepEqual(inputsOf(plan(program(), "pilsen")), {
+    "Saver_high.in": ["prague"],
+    "Saver_low.in": ["prague"],
+  });
+});
