@@ -111,7 +111,7 @@ export function readDone(body: Uint8Array): { seq: number; ms: number; failed: n
 
 /** Cuts a byte stream into frames; holds at most one frame's bytes plus one chunk. */
 export class FrameReader {
-  #buf = new Uint8Array(64 * 1024);
+  #buf = new Uint8Array(256 * 1024);
   #start = 0;
   #end = 0;
 

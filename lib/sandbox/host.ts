@@ -601,15 +601,11 @@ export class SandboxHost implements AsyncDisposable {
     run.writing = true;
     try {
       while (run.pending.length) {
-        const parts = run.pending.splice(0);
-        let bytes = parts[0];
-        if (parts.length > 1) {
-          bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+        // Small frames go in one write (a syscall each would cost more than the copy); large ones as they are.
+        for (const bytes of coalesce(run.pending.splice(0))) {
           let off = 0;
-          for (const p of parts) (bytes.set(p, off), off += p.length);
+          while (off < bytes.length) off += await run.conn!.write(bytes.subarray(off));
         }
-        let off = 0;
-        while (off < bytes.length) off += await run.conn!.write(bytes.subarray(off));
       }
     } catch {
       // The child is gone; its end is handled by the supervisor.
@@ -733,4 +729,34 @@ function closeQuietly(c: { close(): void }): void {
   try {
     c.close();
   } catch { /* closed */ }
+}
+
+/** Consecutive frames under 64 KiB joined into one buffer; larger frames left alone (no copy). */
+function coalesce(parts: Uint8Array[]): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let group: Uint8Array[] = [];
+  let size = 0;
+  const flush = () => {
+    if (group.length === 1) out.push(group[0]);
+    else if (group.length > 1) {
+      const joined = new Uint8Array(size);
+      let off = 0;
+      for (const p of group) (joined.set(p, off), off += p.length);
+      out.push(joined);
+    }
+    group = [];
+    size = 0;
+  };
+  for (const p of parts) {
+    if (p.length >= 65536) {
+      flush();
+      out.push(p);
+      continue;
+    }
+    if (size + p.length > 262144) flush();
+    group.push(p);
+    size += p.length;
+  }
+  flush();
+  return out;
 }
