@@ -15,6 +15,8 @@ import { openUdp } from "../../lib/net/udp.ts";
 import { type EdgenodeProcess, LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
 import { EtcdServer } from "../_support/etcd.ts";
 import { until } from "../_support/until.ts";
+import { freeTcpPort, freeUdpPort } from "../_support/ports.ts";
+import { splitProgram } from "./_split.ts";
 
 const TOKEN = "e2e-token-0123456789";
 const CLUSTER_TOKEN = "e2e-etcd-cluster-token-0123456789";
@@ -22,27 +24,6 @@ const LO = "127.0.0.1";
 const NAMES = ["brno", "prague", "liberec"] as const;
 type Name = typeof NAMES[number];
 const auth = { authorization: `Bearer ${TOKEN}` };
-
-function freeTcp(): number {
-  const l = Deno.listen({ hostname: LO, port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-function freeUdp(): number {
-  const s = Deno.listenDatagram({ transport: "udp", hostname: LO, port: 0 });
-  const port = (s.addr as Deno.NetAddr).port;
-  s.close();
-  return port;
-}
-
-const program = (inPort: number, midPort: number) =>
-  `Project split;
-{ AP name="In" ref=localservice.forwarder; node = "brno"; inputs = in(DIPRONN_INPUT(${inPort})); outputs = out(Mid.in); }
-{ AP name="Mid" ref=localservice.forwarder; node = "prague"; inputs = in, side(DIPRONN_INPUT(${midPort})); outputs = out(Last.in); }
-{ AP name="Last" ref=localservice.counter; node = "liberec"; inputs = in; }
-`;
 
 interface Cluster {
   readonly store: ClusterStore;
@@ -59,7 +40,9 @@ interface Cluster {
 async function withCluster(lossTimeout: string, body: (c: Cluster) => Promise<void>): Promise<void> {
   await using etcd = await EtcdServer.start();
   const dataDir = await Deno.makeTempDir({ prefix: "edgenode_etcd_cluster_" });
-  const addr = Object.fromEntries(NAMES.map((n) => [n, { api: freeTcp(), data: freeUdp() }])) as Record<
+  const addr = Object.fromEntries(
+    NAMES.map((n) => [n, { api: freeTcpPort(), data: freeUdpPort() }]),
+  ) as Record<
     Name,
     { api: number; data: number }
   >;
@@ -137,7 +120,7 @@ async function startSplit(c: Cluster, via: Name, inPort: number, midPort: number
   return await fetch(`${c.api(via)}/node/cluster/sessions`, {
     method: "POST",
     headers: auth,
-    body: program(inPort, midPort),
+    body: splitProgram(inPort, midPort),
   });
 }
 
@@ -166,8 +149,8 @@ async function sendThrough(c: Cluster, inPort: number, n: number, total: number)
 Deno.test("etcd cluster: a node killed and started again gets its part back and datagrams flow through it", async () => {
   await withCluster("10s", async (c) => {
     for (const n of NAMES) await c.start(n);
-    const inPort = freeUdp();
-    const started = await startSplit(c, "brno", inPort, freeUdp());
+    const inPort = freeUdpPort();
+    const started = await startSplit(c, "brno", inPort, freeUdpPort());
     assert.equal(started.status, 201, await started.text());
     const stored = await c.store.session("split");
     assert.deepEqual(stored?.placement, { In: "brno", Mid: "prague", Last: "liberec" });
@@ -205,8 +188,8 @@ Deno.test("etcd cluster: a node killed and started again gets its part back and 
 Deno.test("etcd cluster: the session survives the restart of the node that received it, and any node stops it", async () => {
   await withCluster("2s", async (c) => {
     for (const n of NAMES) await c.start(n);
-    const inPort = freeUdp();
-    const midPort = freeUdp();
+    const inPort = freeUdpPort();
+    const midPort = freeUdpPort();
     const started = await startSplit(c, "brno", inPort, midPort);
     assert.equal(started.status, 201, await started.text());
 
@@ -274,8 +257,8 @@ Deno.test("etcd cluster: the session survives the restart of the node that recei
 Deno.test("etcd cluster: the node that received the session, back within its lease, resumes coordinating it", async () => {
   await withCluster("10s", async (c) => {
     for (const n of NAMES) await c.start(n);
-    const inPort = freeUdp();
-    const started = await startSplit(c, "brno", inPort, freeUdp());
+    const inPort = freeUdpPort();
+    const started = await startSplit(c, "brno", inPort, freeUdpPort());
     assert.equal(started.status, 201, await started.text());
     const epoch = (await c.status("brno")).links.epoch as number;
     await c.kill("brno");
@@ -306,8 +289,8 @@ Deno.test("etcd cluster: the node that received the session, back within its lea
 Deno.test("etcd cluster: two nodes asked to start one session name at once: exactly one does", async () => {
   await withCluster("10s", async (c) => {
     for (const n of NAMES) await c.start(n);
-    const inPort = freeUdp();
-    const midPort = freeUdp();
+    const inPort = freeUdpPort();
+    const midPort = freeUdpPort();
     const answers = await Promise.all(
       (["brno", "prague"] as const).map(async (n) => {
         const r = await startSplit(c, n, inPort, midPort);
@@ -333,7 +316,7 @@ Deno.test("etcd cluster: two nodes asked to start one session name at once: exac
 });
 
 Deno.test("etcd cluster: a node whose etcd cannot be reached starts all the same and says why in /status", async () => {
-  const api = freeTcp();
+  const api = freeTcpPort();
   await using config = await tempConfig(
     [
       "roles: [node]",
@@ -344,8 +327,8 @@ Deno.test("etcd cluster: a node whose etcd cannot be reached starts all the same
       "  cluster:",
       "    name: brno",
       `    token: ${CLUSTER_TOKEN}`,
-      `    data: ${LO}:${freeUdp()}`,
-      `    etcd: ["http://${LO}:${freeTcp()}"]`,
+      `    data: ${LO}:${freeUdpPort()}`,
+      `    etcd: ["http://${LO}:${freeTcpPort()}"]`,
       "",
     ].join("\n"),
   );

@@ -8,34 +8,14 @@ import assert from "node:assert/strict";
 import { openUdp } from "../../lib/net/udp.ts";
 import { LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
 import { until } from "../_support/until.ts";
+import { freeTcpPort, freeUdpPort } from "../_support/ports.ts";
+import { splitProgram } from "./_split.ts";
 
 const TOKEN = "e2e-token-0123456789";
 const CLUSTER_TOKEN = "e2e-cluster-token-0123456789";
 const LO = "127.0.0.1";
 const NAMES = ["brno", "prague", "liberec"] as const;
 const auth = { authorization: `Bearer ${TOKEN}` };
-
-/** A loopback port free a moment ago (a peer's config must name the others' ports before they start). */
-function freeTcp(): number {
-  const l = Deno.listen({ hostname: LO, port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-function freeUdp(): number {
-  const s = Deno.listenDatagram({ transport: "udp", hostname: LO, port: 0 });
-  const port = (s.addr as Deno.NetAddr).port;
-  s.close();
-  return port;
-}
-
-const program = (inPort: number, midPort: number) =>
-  `Project split;
-{ AP name="In" ref=localservice.forwarder; node = "brno"; inputs = in(DIPRONN_INPUT(${inPort})); outputs = out(Mid.in); }
-{ AP name="Mid" ref=localservice.forwarder; node = "prague"; inputs = in, side(DIPRONN_INPUT(${midPort})); outputs = out(Last.in); }
-{ AP name="Last" ref=localservice.counter; node = "liberec"; inputs = in; }
-`;
 
 type Addr = Record<string, { api: number; data: number }>;
 
@@ -74,7 +54,7 @@ async function writeConfigs(
 
 Deno.test("three edgenode processes start a session on all three or on none", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "edgenode_three_" });
-  const addr = Object.fromEntries(NAMES.map((n) => [n, { api: freeTcp(), data: freeUdp() }]));
+  const addr = Object.fromEntries(NAMES.map((n) => [n, { api: freeTcpPort(), data: freeUdpPort() }]));
   await using c0 = await tempConfig("");
   await using c1 = await tempConfig("");
   await using c2 = await tempConfig("");
@@ -100,7 +80,7 @@ Deno.test("three edgenode processes start a session on all three or on none", as
     };
 
     // prague runs a session on the port Mid's input wants: its part is refused, and nothing runs anywhere else.
-    const midPort = freeUdp();
+    const midPort = freeUdpPort();
     const own = await fetch(`${api("prague")}/node/sessions`, {
       method: "POST",
       headers: auth,
@@ -111,7 +91,7 @@ Deno.test("three edgenode processes start a session on all three or on none", as
     const refused = await fetch(`${api("brno")}/node/cluster/sessions`, {
       method: "POST",
       headers: auth,
-      body: program(freeUdp(), midPort),
+      body: splitProgram(freeUdpPort(), midPort),
     });
     const r = await refused.json();
     assert.equal(refused.status, 409, JSON.stringify(r));
@@ -125,11 +105,11 @@ Deno.test("three edgenode processes start a session on all three or on none", as
     // Without the clash every part runs, and datagrams cross brno -> prague -> liberec.
     const del = await fetch(`${api("prague")}/node/sessions/own`, { method: "DELETE", headers: auth });
     assert.equal(del.status, 200, await del.text());
-    const inPort = freeUdp();
+    const inPort = freeUdpPort();
     const started = await fetch(`${api("brno")}/node/cluster/sessions`, {
       method: "POST",
       headers: auth,
-      body: program(inPort, midPort),
+      body: splitProgram(inPort, midPort),
     });
     const s = await started.json();
     assert.equal(started.status, 201, JSON.stringify(s));
@@ -171,7 +151,7 @@ Deno.test("three edgenode processes start a session on all three or on none", as
 
 Deno.test("three edgenode processes: a node killed mid-session is noticed and the session stopped on the others", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "edgenode_three_" });
-  const addr = Object.fromEntries(NAMES.map((n) => [n, { api: freeTcp(), data: freeUdp() }]));
+  const addr = Object.fromEntries(NAMES.map((n) => [n, { api: freeTcpPort(), data: freeUdpPort() }]));
   await using c0 = await tempConfig("");
   await using c1 = await tempConfig("");
   await using c2 = await tempConfig("");
@@ -189,7 +169,7 @@ Deno.test("three edgenode processes: a node killed mid-session is noticed and th
     const started = await fetch(`${api("brno")}/node/cluster/sessions?on_node_loss=stop`, {
       method: "POST",
       headers: auth,
-      body: program(freeUdp(), freeUdp()),
+      body: splitProgram(freeUdpPort(), freeUdpPort()),
     });
     assert.equal(started.status, 201, await started.text());
     liberec.kill("SIGKILL");
