@@ -111,6 +111,13 @@ const DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024;
 /** After a watch stream breaks, wait this long before resuming it on the next endpoint. */
 const WATCH_RETRY_MS = 250;
 /** gRPC "unavailable": this member cannot serve (no leader, stopping); another member may. */
+/**
+ * gRPC codes the gateway reports in-band when a member goes away under a watch: UNAVAILABLE, and CANCELLED ("the
+ * client connection is closing", the gateway's own connection to its member, seen about one shutdown in six) or
+ * DEADLINE_EXCEEDED on the way down. The watch resumes on them; any other error ends it.
+ */
+const RESUMABLE_GRPC_CODES: ReadonlySet<number> = new Set([1, 4, 14]);
+/** A member that cannot serve a call: the call tries the next endpoint. */
 const UNAVAILABLE = 14;
 
 export class EtcdClient {
@@ -335,9 +342,9 @@ export class EtcdClient {
           const result = (message?.result ?? undefined) as Record<string, unknown> | undefined;
           if (!result) {
             // The gateway reports a broken stream in-band: {"error": {"grpc_code": 14, ...}} when the member
-            // shuts down. "Unavailable" is resumed (next endpoint, same revision); anything else ends the watch.
+            // shuts down. Those codes are resumed (next endpoint, same revision); anything else ends the watch.
             const error = message?.error as Record<string, unknown> | undefined;
-            if (error && Number(error.grpc_code) === UNAVAILABLE) {
+            if (error && RESUMABLE_GRPC_CODES.has(Number(error.grpc_code))) {
               throw new EtcdUnreachableError(url, String(error.message ?? "unavailable"));
             }
             throw new EtcdWatchError(prefix, `unexpected message ${text.slice(0, 200)}`);
