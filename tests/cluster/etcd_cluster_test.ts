@@ -16,7 +16,7 @@ import { type EdgenodeProcess, LISTENING, startEdgenode, tempConfig } from "../e
 import { EtcdServer } from "../_support/etcd.ts";
 import { until } from "../_support/until.ts";
 import { freeTcpPort, freeUdpPort } from "../_support/ports.ts";
-import { splitProgram } from "./_split.ts";
+import { clusterConfig, splitProgram } from "./_split.ts";
 
 const TOKEN = "e2e-token-0123456789";
 const CLUSTER_TOKEN = "e2e-etcd-cluster-token-0123456789";
@@ -51,30 +51,17 @@ async function withCluster(lossTimeout: string, body: (c: Cluster) => Promise<vo
   await using c2 = await tempConfig("");
   const paths = { brno: c0.path, prague: c1.path, liberec: c2.path };
   for (const name of NAMES) {
-    const peers = NAMES.filter((n) => n !== name).map((n) =>
-      `      - { name: ${n}, api: "${LO}:${addr[n].api}", data: "${LO}:${addr[n].data}" }`
-    );
     await Deno.writeTextFile(
       paths[name],
-      [
-        "roles: [node]",
-        "status:",
-        `  token: ${TOKEN}`,
-        "node:",
-        `  bind: ${LO}`,
-        `  data_dir: ${dataDir}`,
-        "  cluster:",
-        `    name: ${name}`,
-        `    token: ${CLUSTER_TOKEN}`,
-        `    data: ${LO}:${addr[name].data}`,
-        "    peers:",
-        ...peers,
-        "    heartbeat: 200ms",
-        `    loss_timeout: ${lossTimeout}`,
-        "    load_threshold: 2",
-        `    etcd: ["${etcd.url}"]`,
-        "",
-      ].join("\n"),
+      clusterConfig({
+        name,
+        names: NAMES,
+        addr,
+        dataDir,
+        statusToken: TOKEN,
+        clusterToken: CLUSTER_TOKEN,
+        extra: ["heartbeat: 200ms", `loss_timeout: ${lossTimeout}`, `etcd: ["${etcd.url}"]`],
+      }),
     );
   }
   const processes: EdgenodeProcess[] = [];

@@ -9,7 +9,7 @@ import { openUdp } from "../../lib/net/udp.ts";
 import { LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
 import { until } from "../_support/until.ts";
 import { freeTcpPort, freeUdpPort } from "../_support/ports.ts";
-import { splitProgram } from "./_split.ts";
+import { clusterConfig, splitProgram } from "./_split.ts";
 
 const TOKEN = "e2e-token-0123456789";
 const CLUSTER_TOKEN = "e2e-cluster-token-0123456789";
@@ -19,35 +19,23 @@ const auth = { authorization: `Bearer ${TOKEN}` };
 
 type Addr = Record<string, { api: number; data: number }>;
 
-/** The three configs: one cluster, one token, each node naming the other two; `timing` adds heartbeat lines. */
+/** The three configs; `timing` adds heartbeat lines. */
 async function writeConfigs(
   paths: string[],
   { addr, dataDir, timing }: { addr: Addr; dataDir: string; timing: string[] },
 ): Promise<void> {
   for (const [i, name] of NAMES.entries()) {
-    const peers = NAMES.filter((n) => n !== name).map((n) =>
-      `      - { name: ${n}, api: "${LO}:${addr[n].api}", data: "${LO}:${addr[n].data}" }`
-    );
     await Deno.writeTextFile(
       paths[i],
-      [
-        "roles: [node]",
-        "status:",
-        `  token: ${TOKEN}`,
-        "node:",
-        `  bind: ${LO}`,
-        `  data_dir: ${dataDir}`,
-        "  cluster:",
-        `    name: ${name}`,
-        `    token: ${CLUSTER_TOKEN}`,
-        `    data: ${LO}:${addr[name].data}`,
-        "    peers:",
-        ...peers,
-        ...timing.map((t) => `    ${t}`),
-        // The test box is shared and often busy: load is not what these tests are about, so it refuses no pin.
-        "    load_threshold: 2",
-        "",
-      ].join("\n"),
+      clusterConfig({
+        name,
+        names: NAMES,
+        addr,
+        dataDir,
+        statusToken: TOKEN,
+        clusterToken: CLUSTER_TOKEN,
+        extra: timing,
+      }),
     );
   }
 }
