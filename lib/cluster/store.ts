@@ -29,7 +29,7 @@
 
 import { type Clock, systemClock } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
-import { type EtcdClient, type KeyValue, type TxnOp, type WatchEvent } from "./etcd.ts";
+import { type EtcdClient, type KeyValue, type TxnOp, type Watch, type WatchEvent } from "./etcd.ts";
 import { seal, unseal } from "./etcd_seal.ts";
 
 /** A node or session name that cannot be part of a key (empty, a "/", control characters, too long). */
@@ -255,9 +255,7 @@ export class ClusterStore {
     onChange: (members: Member[]) => void,
   ): Promise<{ close(): void }> {
     const dir = `${this.prefix}members/`;
-    let closed = false;
-    let current: { close(): void } | undefined;
-    const start = async (): Promise<void> => {
+    return await this.#restartingWatch(async (onEnd) => {
       const { kvs, revision } = await this.#etcd.range(dir, { limit: MAX_LIST });
       const known = new Map<string, Member>();
       for (const kv of kvs) {
@@ -265,7 +263,7 @@ export class ClusterStore {
         if (m) known.set(m.name, m);
       }
       onChange([...known.values()]);
-      const watch = this.#etcd.watch(dir, (events: WatchEvent[]) => {
+      return this.#etcd.watch(dir, (events: WatchEvent[]) => {
         for (const e of events) {
           const name = e.key.slice(dir.length);
           const m = e.type === "put" ? this.#member(name, e) : undefined;
@@ -273,24 +271,8 @@ export class ClusterStore {
           else known.delete(name);
         }
         onChange([...known.values()].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-      }, {
-        startRevision: revision + 1,
-        onEnd: (error) => {
-          if (closed || !error) return;
-          this.#onError(error);
-          start().catch((e) => this.#onError(e instanceof Error ? e : new Error(errorMessage(e))));
-        },
-      });
-      current = watch;
-      await watch.ready;
-    };
-    await start();
-    return {
-      close: () => {
-        closed = true;
-        current?.close();
-      },
-    };
+      }, { startRevision: revision + 1, onEnd });
+    });
   }
 
   /**
@@ -462,10 +444,8 @@ export class ClusterStore {
     ) => void,
   ): Promise<{ close(): void }> {
     const dir = `${this.prefix}sessions/`;
-    let closed = false;
-    let current: { close(): void } | undefined;
-    const start = async (): Promise<void> => {
-      const watch = this.#etcd.watch(dir, (events: WatchEvent[]) => {
+    return await this.#restartingWatch((onEnd) =>
+      Promise.resolve(this.#etcd.watch(dir, (events: WatchEvent[]) => {
         for (const e of events) {
           const [name, leaf] = e.key.slice(dir.length).split("/");
           if (!name || !KEY_PART.test(name)) continue;
@@ -475,13 +455,26 @@ export class ClusterStore {
             if (state && typeof state.node === "string") onEvent({ type: "state", name, state });
           }
         }
-      }, {
-        onEnd: (error) => {
-          if (closed || !error) return;
-          this.#onError(error);
-          start().catch((e) => this.#onError(e instanceof Error ? e : new Error(errorMessage(e))));
-        },
-      });
+      }, { onEnd }))
+    );
+  }
+
+  /**
+   * Runs the watch `open` makes and, each time it ends in error (etcd compacted past it), reports the error and opens
+   * it again, until `close()`. Returns once the first one runs.
+   */
+  async #restartingWatch(
+    open: (onEnd: (error?: Error) => void) => Promise<Watch>,
+  ): Promise<{ close(): void }> {
+    let closed = false;
+    let current: Watch | undefined;
+    const onEnd = (error?: Error) => {
+      if (closed || !error) return;
+      this.#onError(error);
+      start().catch((e) => this.#onError(e instanceof Error ? e : new Error(errorMessage(e))));
+    };
+    const start = async (): Promise<void> => {
+      const watch = await open(onEnd);
       current = watch;
       await watch.ready;
     };
