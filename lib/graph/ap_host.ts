@@ -103,6 +103,8 @@ export class ApHost {
           params: plan.params as never,
           inputs: plan.inputs.map((input) => input.name),
           outputs: plan.outputs.map((_, j) => this.#output(i, j)),
+          outputNames: plan.outputs.map((o) => o.name),
+          vm: plan.vm,
           useRtp: this.#plan.useRtp,
           registration: plan.registration,
           node: this.#node,

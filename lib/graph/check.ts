@@ -167,8 +167,14 @@ export function planSession(
     const values = readParams(ap, kind, fail);
     if (!values) continue;
     params.set(ap.name, values);
-    const inputs = ap.inputs.filter((p) => p.name !== kind.ports.registration).length;
-    for (const problem of kind.check?.(values as never, { inputs, useRtp: spec.useRtp }) ?? []) {
+    const ordinary = ap.inputs.filter((p) => p.name !== kind.ports.registration);
+    const place = {
+      inputs: ordinary.length,
+      useRtp: spec.useRtp,
+      inputNames: ordinary.map((p) => p.name),
+      outputNames: ap.outputs.map((o) => o.name),
+    };
+    for (const problem of kind.check?.(values as never, place) ?? []) {
       fail(`${ap.name} (${kind.name}): ${problem}`, ap.refPos);
     }
     // Files are held on the node that runs the AP: another node's APs hold theirs there.

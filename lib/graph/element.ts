@@ -39,6 +39,10 @@ export interface ElementContext<P extends Params = Params> {
   /** The names of its ordinary inputs, in declared order (input `i` of `push` is `inputs[i]`). */
   readonly inputs: readonly string[];
   readonly outputs: readonly Output[];
+  /** The names of its outputs, in declared order (`outputs[j]` is `outputNames[j]`). */
+  readonly outputNames?: readonly string[];
+  /** The VM group it belongs to, if any. */
+  readonly vm?: string | null;
   readonly useRtp: boolean;
   /** The port of the `registration` input, when the kind has one. */
   readonly registration: number | null;
@@ -159,7 +163,20 @@ export interface ElementKind<P extends Params = Params> {
    * Problems of the AP's parameters against its place in the session (how many inputs it has, whether the session
    * uses RTP), found by the graph check like every other mistake, with the AP's position.
    */
-  check?(params: ParamValues<P>, place: { readonly inputs: number; readonly useRtp: boolean }): string[];
+  check?(
+    params: ParamValues<P>,
+    place: {
+      readonly inputs: number;
+      readonly useRtp: boolean;
+      readonly inputNames?: readonly string[];
+      readonly outputNames?: readonly string[];
+    },
+  ): string[];
+  /**
+   * It runs in a sandbox process (an uploaded program, lib/graph/uploaded.ts): its element is a proxy that the main
+   * isolate hosts even inside a VM group, whose worker runs only the group's built-in APs.
+   */
+  readonly sandboxed?: boolean;
   create(ctx: ElementContext<P>): Element;
 }
 

@@ -61,6 +61,14 @@ export interface ExecutorOptions {
   readonly snapshotMs?: number;
   /** Sources DIPRONN_INPUT ports let in (node.allow_sources); others are dropped and counted. Default: any. */
   readonly allowSources?: SourceAllowList;
+  /** The sandbox processes of the session's uploaded APs (lib/graph/uploaded.ts), for its status. */
+  readonly sandboxes?: SandboxStatus;
+}
+
+/** What the session's status shows of its sandbox processes. */
+export interface SandboxStatus {
+  status(): Record<string, unknown>[];
+  groupStatus(group: string): Record<string, unknown> | null;
 }
 
 export const VM_DEFAULTS = { startMs: 10_000, stopMs: 5_000, snapshotMs: 250 } as const;
@@ -97,6 +105,7 @@ export class RunningSession {
   /** The start failed: what groups emit while the session is taken down is dropped. */
   #discard = false;
   readonly #allow: SourceAllowList;
+  readonly #sandboxes: SandboxStatus | null;
   /** The linked inputs registered on the node's link port. */
   readonly #linked: Disposable[] = [];
   /** The link senders asked for (given back at stop). */
@@ -108,10 +117,12 @@ export class RunningSession {
     options: ExecutorOptions,
   ) {
     this.#allow = options.allowSources ?? SourceAllowList.ANY;
+    this.#sandboxes = options.sandboxes ?? null;
     this.startedAt = node.clock.now();
     this.#groupOf = plan.aps.map(() => null);
     for (const vm of plan.vms) {
-      const aps = plan.aps.flatMap((ap, i) => (ap.vm === vm.name ? [i] : []));
+      // An uploaded AP of the group runs in the group's sandbox process (its proxy is hosted here): not in the worker.
+      const aps = plan.aps.flatMap((ap, i) => (ap.vm === vm.name && !ap.kind.sandboxed ? [i] : []));
       if (aps.length === 0) continue;
       const group: VmGroup = new VmGroup({
         plan,
@@ -417,7 +428,12 @@ export class RunningSession {
       use_rtp: this.plan.useRtp,
       uptime_seconds: Math.round((this.node.clock.now() - this.startedAt) / 1000),
       ports: this.plan.ports,
-      vms: this.plan.vms.map((vm) => ({ ...vm, ...(groups.get(vm.name)?.status() ?? { state: "empty" }) })),
+      vms: this.plan.vms.map((vm) => ({
+        ...vm,
+        ...(groups.get(vm.name)?.status() ?? (this.#sandboxes ? {} : { state: "empty" })),
+        ...(this.#sandboxes?.groupStatus(vm.name) ? { sandbox: this.#sandboxes.groupStatus(vm.name) } : {}),
+      })),
+      ...(this.#sandboxes ? { sandboxes: this.#sandboxes.status() } : {}),
       aps: this.#host.states.map((ap, i) => {
         const known = {
           name: ap.plan.name,

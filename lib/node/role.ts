@@ -4,7 +4,7 @@
  */
 import type { Hono } from "hono";
 import type { YAMLMap } from "yaml";
-import { ErrorList, StartError, UsageError } from "../core/errors.ts";
+import { ErrorList, errorMessage, StartError, UsageError } from "../core/errors.ts";
 import { readTextFileLimited } from "../core/files.ts";
 import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
 import { type Context, int, list, nodeAt, type ObjectOf, opt, section, str } from "../config/schema.ts";
@@ -16,6 +16,8 @@ import { isIP } from "../net/address.ts";
 import { udpFields, udpOptions } from "../net/udp_fields.ts";
 import type { RoleDef } from "../roles/role.ts";
 import { errorsJson, SessionConflict, sessionFields, sessionOptions, SessionTable } from "./sessions.ts";
+import { readUpload, uploadOptions, uploadsField } from "./uploads.ts";
+import { UploadError } from "../sandbox/mod.ts";
 import { clusterField, clusterToken } from "../cluster/config.ts";
 import { operatorRoutes, peerRoutes } from "../cluster/routes.ts";
 import { ClusterService } from "../cluster/service.ts";
@@ -34,6 +36,8 @@ const nodeFields = {
   ...sessionFields,
   /** Absent: a single box (nothing of lib/cluster runs). */
   cluster: clusterField,
+  /** User-uploaded active programs: their sandboxes' limits (lib/node/uploads.ts). */
+  uploads: uploadsField,
 };
 type NodeSection = ObjectOf<typeof nodeFields>;
 
@@ -93,7 +97,11 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
           links,
         },
         elements(),
-        { ...sessionOptions(cfg), reservationMs: cfg.cluster?.reservation_timeout },
+        {
+          ...sessionOptions(cfg),
+          reservationMs: cfg.cluster?.reservation_timeout,
+          uploads: uploadOptions(cfg.uploads),
+        },
       );
       let cluster: ClusterService | null = null;
       try {
@@ -136,6 +144,7 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
           bind: cfg.bind,
           data_dir: cfg.data_dir,
           budgets: table.budgets(),
+          sandbox_processes: table.processes(),
           sessions: Object.fromEntries(table.list().map((s) => [s.plan.name, s.status()])),
           ...(cluster
             ? { prepared: table.prepared(), cluster: cluster.status(), links: links?.status() }
@@ -217,10 +226,31 @@ function sessionRoutes(app: Hono, table: SessionTable): void {
     const type = c.req.header("content-type") ?? "";
     const format: ProgramFormat = (asked as ProgramFormat | undefined) ??
       (/yaml/i.test(type) ? "yaml" : formatOf(c.req.query("file") ?? ""));
-    const file = c.req.query("file") ?? "<upload>";
-    const text = await c.req.text();
+    let file = c.req.query("file") ?? "<upload>";
+    let text: string;
+    let modules: Record<string, string> | undefined;
+    if (/^multipart\/form-data/i.test(type)) {
+      // A program with the modules of its uploaded APs (lib/node/uploads.ts).
+      let form: FormData;
+      try {
+        form = await c.req.formData();
+      } catch (error) {
+        return c.json({ error: `Cannot read the multipart body: ${errorMessage(error)}` }, 400);
+      }
+      const upload = await readUpload(form);
+      if (typeof upload === "string") return c.json({ error: `Cannot use the upload: ${upload}` }, 400);
+      text = upload.program;
+      modules = upload.modules;
+      if (upload.file && c.req.query("file") === undefined) file = upload.file;
+    } else {
+      text = await c.req.text();
+    }
     try {
-      const session = await table.add(text, { file, format });
+      const session = await table.add(text, {
+        file,
+        format: asked as ProgramFormat | undefined ?? (modules ? formatOf(file) : format),
+        modules,
+      });
       return c.json({
         started: session.plan.name,
         persisted: false,
@@ -235,6 +265,9 @@ function sessionRoutes(app: Hono, table: SessionTable): void {
         );
       }
       if (error instanceof SessionConflict) return c.json({ error: error.message }, 409);
+      if (error instanceof UploadError) {
+        return c.json({ error: `${error.message}; nothing was started`, problems: error.problems }, 400);
+      }
       if (error instanceof StartError) {
         return c.json({ error: `${error.message}; nothing was left running` }, 409);
       }

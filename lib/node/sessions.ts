@@ -4,13 +4,23 @@
  * removals are serialised, so two uploads cannot both take the same port.
  */
 import { absolutePath, allowSources, bool, byteSize, int, type ObjectOf, opt } from "../config/schema.ts";
-import type { ErrorList, PositionedError } from "../core/errors.ts";
-import type { Registry } from "../core/registry.ts";
+import { ErrorList, type PositionedError } from "../core/errors.ts";
+import { Registry } from "../core/registry.ts";
 import { DEFAULT_BUDGETS, type SessionBudgets, type SessionUsage } from "../graph/budgets.ts";
 import type { ElementKind, NodeServices } from "../graph/element.ts";
 import { RunningSession } from "../graph/executor.ts";
 import type { SessionPlan } from "../graph/check.ts";
-import { checkProgram, type ProgramFormat } from "../graph/program.ts";
+import { checkProgram, parseAny, type ProgramFormat } from "../graph/program.ts";
+import { describeSession } from "../dipronn/session.ts";
+import { entryOf, SandboxPool, UPLOAD_PREFIX } from "../graph/uploaded.ts";
+import {
+  type ProgramInfo,
+  SandboxHost,
+  type SandboxLimits,
+  SandboxLoadError,
+  UploadError,
+  uploadProblems,
+} from "../sandbox/mod.ts";
 import type { TimerId } from "../core/clock.ts";
 import { SourceAllowList } from "../net/allow.ts";
 
@@ -84,6 +94,18 @@ export interface SessionTableOptions {
   readonly allowSources?: readonly string[];
   /** How long a prepared part holds its reservation without a commit (default 30 s). */
   readonly reservationMs?: number;
+  /** Uploaded programs (node.uploads); absent: uploads are refused. */
+  readonly uploads?: UploadOptions;
+}
+
+/** What a node lets uploaded programs have (lib/node/uploads.ts reads it from node.uploads). */
+export interface UploadOptions {
+  readonly limits: Partial<SandboxLimits> & { readonly maxModules: number; readonly maxBytes: number };
+  /** Sandbox processes of all sessions together. */
+  readonly maxProcesses: number;
+  /** The deno executable sandbox children run (default: this process's, when it is deno). */
+  readonly deno?: string;
+  readonly tempDir?: string;
 }
 
 /** Which node runs each AP of a session split across nodes, and which node this is. */
@@ -97,6 +119,8 @@ export interface ProgramSource {
   readonly file: string;
   readonly format?: ProgramFormat;
   readonly placement?: PartPlacement;
+  /** The modules uploaded with it (file name -> source text), which `ref=upload.NAME` APs run. */
+  readonly modules?: Readonly<Record<string, string>>;
 }
 
 interface Reservation {
@@ -113,6 +137,8 @@ export function sessionOptions(cfg: SessionSection & { readonly max_sessions: nu
 
 export class SessionTable {
   readonly #sessions = new Map<string, RunningSession>();
+  /** The sandbox processes of sessions with uploaded programs. */
+  readonly #pools = new Map<string, { pool: SandboxPool; processes: number }>();
   /** Parts prepared and not yet committed: they hold ports, claims and budgets as running sessions do. */
   readonly #prepared = new Map<string, Reservation>();
   readonly #reservationMs: number;
@@ -122,6 +148,7 @@ export class SessionTable {
   readonly #maxSessions: number;
   readonly #budgets: SessionBudgets;
   readonly #allowSources: SourceAllowList;
+  readonly #uploads: UploadOptions | null;
 
   constructor(
     private readonly node: NodeServices,
@@ -133,10 +160,11 @@ export class SessionTable {
     this.#budgets = options.budgets ?? DEFAULT_BUDGETS;
     this.#allowSources = SourceAllowList.parse(options.allowSources ?? []);
     this.#reservationMs = options.reservationMs ?? 30_000;
+    this.#uploads = options.uploads ?? null;
   }
 
   /** Checks a program against what running sessions and prepared parts hold; throws as `add` does. */
-  #check(text: string, source: ProgramSource): SessionPlan {
+  #check(text: string, source: ProgramSource, kinds = this.kinds): SessionPlan {
     if (this.#closed) throw new SessionConflict("The node is stopping");
     const portsInUse = new Map<number, string>();
     const outputPorts = new Map<number, string>();
@@ -158,7 +186,7 @@ export class SessionTable {
     // `placement` reaches planSession through the options (PlanOptions.placement, lib/graph/check.ts).
     const plan = checkProgram(text, {
       ...source,
-      kinds: this.kinds,
+      kinds,
       portsInUse,
       claimsInUse,
       node: { budgets: this.#budgets, inUse, host: this.node.host, outputPorts },
@@ -182,11 +210,26 @@ export class SessionTable {
     return plan;
   }
 
-  /** Checks and starts a program; throws ErrorList (its mistakes), SessionConflict or StartError. */
+  /**
+   * Checks and starts a program, with the modules uploaded with it; throws ErrorList (its mistakes, and a module
+   * that cannot be loaded, at its uploaded file, line and column), UploadError, SessionConflict or StartError.
+   */
   add(text: string, source: ProgramSource): Promise<RunningSession> {
     return this.#serial(async () => {
-      const plan = this.#check(text, source);
-      const session = await RunningSession.start(plan, this.node, { allowSources: this.#allowSources });
+      const upload = source.modules ? await this.#upload(text, source) : null;
+      let session: RunningSession;
+      let plan: SessionPlan;
+      try {
+        plan = this.#check(text, source, upload?.kinds);
+        session = await RunningSession.start(plan, this.node, {
+          allowSources: this.#allowSources,
+          sandboxes: upload?.pool,
+        });
+      } catch (error) {
+        await upload?.pool.close();
+        throw error;
+      }
+      if (upload) this.#pools.set(plan.name, { pool: upload.pool, processes: upload.processes });
       this.#sessions.set(plan.name, session);
       this.node.logger.info("session started", {
         session: plan.name,
@@ -309,6 +352,7 @@ export class SessionTable {
       if (!session) return false;
       this.#sessions.delete(name);
       await session.stop();
+      await this.#closePool(name);
       this.node.logger.info("session stopped", { session: name });
       return true;
     });
@@ -346,9 +390,102 @@ export class SessionTable {
       for (const [name, session] of [...this.#sessions].reverse()) {
         this.#sessions.delete(name);
         await session.stop();
+        await this.#closePool(name);
         this.node.logger.info("session stopped", { session: name });
       }
     });
+  }
+
+  /** Sandbox processes running for uploaded programs, and the most the node runs. */
+  processes(): { used: number; max: number } {
+    let used = 0;
+    for (const p of this.#pools.values()) used += p.processes;
+    return { used, max: this.#uploads?.maxProcesses ?? 0 };
+  }
+
+  async #closePool(name: string): Promise<void> {
+    const held = this.#pools.get(name);
+    this.#pools.delete(name);
+    await held?.pool.close();
+  }
+
+  /**
+   * The kinds of the modules a program names (`ref=upload.NAME`), from loading them in a sandbox: the upload's
+   * size and names are checked first, then the node's process budget, then the modules load (a syntax error is an
+   * ErrorList entry at its uploaded file, line and column). A program with syntax errors of its own gets no kinds:
+   * the check reports those.
+   */
+  async #upload(
+    text: string,
+    source: ProgramSource,
+  ): Promise<{ kinds: Registry<ElementKind>; pool: SandboxPool; processes: number } | null> {
+    const uploads = this.#uploads;
+    const modules = source.modules!;
+    if (!uploads) {
+      throw new UploadError(["this node takes no uploaded programs (node.uploads.enabled is false)"]);
+    }
+    if (!uploads.deno && !/(^|\/)deno$/.test(Deno.execPath())) {
+      // A binary made by `deno compile` is not a runtime that can run a module with other permissions.
+      throw new UploadError([
+        `this node runs as ${Deno.execPath()}, which cannot run uploaded modules: set node.uploads.deno to a deno executable`,
+      ]);
+    }
+    if (this.#closed) throw new SessionConflict("The node is stopping");
+    const problems = uploadProblems(modules, Object.keys(modules)[0] ?? "", uploads.limits);
+    if (problems.length) throw new UploadError(problems);
+    let spec;
+    try {
+      spec = describeSession(parseAny(text, source.file, source.format), []);
+    } catch {
+      return null;
+    }
+    const entries = new Map<string, string>();
+    for (const ap of spec.aps) {
+      const entry = entryOf(ap.ref, modules);
+      if (entry) entries.set(ap.ref, entry);
+    }
+    const pool = new SandboxPool({
+      session: spec.name,
+      modules,
+      limits: uploads.limits,
+      deno: uploads.deno,
+      tempDir: uploads.tempDir,
+      metrics: this.node.metrics,
+    });
+    const processes = SandboxPool.processes(spec.aps);
+    const running = this.processes().used;
+    if (processes && running + processes > uploads.maxProcesses) {
+      throw new SessionConflict(
+        `Session ${spec.name} needs ${processes} sandbox processes and the node runs ${running} of at most ${uploads.maxProcesses} (node.uploads.max_processes)`,
+      );
+    }
+    const programs = new Map<string, { entry: string; info: ProgramInfo }>();
+    if (entries.size) {
+      const list = [...entries];
+      let infos: readonly ProgramInfo[];
+      try {
+        infos = await SandboxHost.inspect({
+          name: `${spec.name} (loading)`,
+          modules,
+          programs: list.map(([ref, entry]) => ({ name: ref, entry })),
+          limits: uploads.limits,
+          deno: uploads.deno,
+          tempDir: uploads.tempDir,
+        });
+      } catch (error) {
+        if (error instanceof SandboxLoadError) {
+          throw new ErrorList([error], `An uploaded module of session ${spec.name} cannot be loaded`);
+        }
+        throw error;
+      }
+      list.forEach(([ref, entry], k) => programs.set(ref, { entry, info: infos[k] }));
+    }
+    const base = this.kinds.values().filter((k) => !k.name.startsWith(UPLOAD_PREFIX));
+    return {
+      kinds: new Registry<ElementKind>("AP kind", [...base, ...pool.kinds(programs)]),
+      pool,
+      processes,
+    };
   }
 
   #serial<T>(fn: () => Promise<T>): Promise<T> {

@@ -1,6 +1,7 @@
 /**
  * The main module of a sandbox child: `deno run` with no --allow-* flag but read access to its own upload directory
- * and access to the one unix socket its frames travel on (arguments: the entry module's URL, the socket's path),
+ * and access to the one unix socket its frames travel on (arguments: the socket's path, then the URL of each
+ * program's entry module),
  * started by host.ts. The program's console output goes to stderr, where the host keeps the last lines.
  */
 import { serveGuest } from "./guest.ts";
@@ -8,14 +9,14 @@ import { serveGuest } from "./guest.ts";
 const toStderr = (...args: unknown[]) => console.error(...args);
 for (const method of ["log", "info", "debug"] as const) console[method] = toStderr;
 
-const conn = await Deno.connect({ transport: "unix", path: Deno.args[1] });
+const conn = await Deno.connect({ transport: "unix", path: Deno.args[0] });
 
 async function writeAll(bytes: Uint8Array): Promise<void> {
   let off = 0;
   while (off < bytes.length) off += await conn.write(bytes.subarray(off));
 }
 
-await serveGuest(Deno.args[0], {
+await serveGuest(Deno.args.slice(1), {
   input: conn.readable,
   write: writeAll,
   exit: (code) => Deno.exit(code),

@@ -49,29 +49,41 @@ type Work =
 
 const NOWHERE: Endpoint = { host: "0.0.0.0", port: 0 };
 
-/** Runs the program at `entry` (a file: URL) until the host closes the input or kills the child. */
-export async function serveGuest(entry: string, io: GuestIo): Promise<void> {
-  let mod: Record<string, unknown>;
-  try {
-    mod = await import(entry);
-  } catch (error) {
-    await io.write(controlFrame({ type: "load_failed", message: messageOf(error) }));
-    io.exit(EXIT_LOAD_FAILED);
+/**
+ * Runs the programs at `entries` (file: URLs; the APs of one VM group, program `k` is AP index `k` in the batches'
+ * crossing header) until the host closes the input or kills the child. A module named by two entries is imported
+ * once, so two APs of one module share its module state.
+ */
+export async function serveGuest(entries: readonly string[], io: GuestIo): Promise<void> {
+  const programs: Program[] = [];
+  for (const [index, entry] of entries.entries()) {
+    let mod: Record<string, unknown>;
+    try {
+      mod = await import(entry);
+    } catch (error) {
+      await io.write(controlFrame({ type: "load_failed", index, message: messageOf(error) }));
+      io.exit(EXIT_LOAD_FAILED);
+    }
+    const problems = [
+      ...portsProblems(mod.ports),
+      ...paramsProblems(mod.params),
+      ...(typeof mod.handle === "function" ? [] : ["it must export a function `handle(input, batch, ctx)`"]),
+    ];
+    if (problems.length) {
+      await io.write(
+        controlFrame({ type: "load_failed", index, message: problems.join("; "), exports: true }),
+      );
+      io.exit(EXIT_LOAD_FAILED);
+    }
+    programs.push(mod as unknown as Program);
   }
-  const problems = [
-    ...portsProblems(mod.ports),
-    ...paramsProblems(mod.params),
-    ...(typeof mod.handle === "function" ? [] : ["it must export a function `handle(input, batch, ctx)`"]),
-  ];
-  if (problems.length) {
-    await io.write(controlFrame({ type: "load_failed", message: problems.join("; "), exports: true }));
-    io.exit(EXIT_LOAD_FAILED);
-  }
-  const program = mod as unknown as Program;
-  await io.write(controlFrame({ type: "loaded", ports: mod.ports, params: mod.params ?? {} }));
+  await io.write(controlFrame({
+    type: "loaded",
+    programs: programs.map((p) => ({ ports: p.ports, params: (p as { params?: unknown }).params ?? {} })),
+  }));
 
   let now = 0;
-  const ctx: Ctx = { params: {}, now: () => now };
+  const contexts: Ctx[] = programs.map(() => ({ params: {}, now: () => now }));
   let ready = false;
   const reader = new FrameReader();
   const work: Work[] = [];
@@ -83,14 +95,17 @@ export async function serveGuest(entry: string, io: GuestIo): Promise<void> {
     while (work.length) {
       const w = work.shift()!;
       if (w.kind === "control") {
-        const m = w.message as { type?: string; params?: Record<string, unknown> };
+        const m = w.message as { type?: string; params?: Record<string, unknown>[] };
         if (m.type === "start" && !ready) {
-          (ctx as { params: Record<string, unknown> }).params = Object.freeze({ ...m.params });
-          try {
-            await program.start?.(ctx);
-          } catch (error) {
-            await io.write(controlFrame({ type: "start_failed", message: messageOf(error) }));
-            io.exit(EXIT_LOAD_FAILED);
+          for (const [index, program] of programs.entries()) {
+            const ctx = contexts[index];
+            (ctx as { params: Record<string, unknown> }).params = Object.freeze({ ...m.params?.[index] });
+            try {
+              await program.start?.(ctx);
+            } catch (error) {
+              await io.write(controlFrame({ type: "start_failed", index, message: messageOf(error) }));
+              io.exit(EXIT_LOAD_FAILED);
+            }
           }
           ready = true;
           await io.write(controlFrame({ type: "ready" }));
@@ -98,15 +113,15 @@ export async function serveGuest(entry: string, io: GuestIo): Promise<void> {
         continue;
       }
       now = w.now;
-      await io.write(await runBatch(program, ctx, w, io));
+      await io.write(await runBatch(programs, contexts, w, io));
     }
   }
 }
 
 /** The frames answering one batch: its outputs, an error report if the handler threw, then DONE. */
 async function runBatch(
-  program: Program,
-  ctx: Ctx,
+  programs: readonly Program[],
+  contexts: readonly Ctx[],
   w: { seq: number; input: number; batch: ArrayBuffer },
   io: GuestIo,
 ): Promise<Uint8Array> {
@@ -115,8 +130,11 @@ async function runBatch(
   let failed = 0;
   let count = 0;
   try {
-    const { batch } = decodeBatch(w.batch);
+    const { batch, to } = decodeBatch(w.batch);
     count = batch.count;
+    const program = programs[to.ap];
+    const ctx = contexts[to.ap];
+    if (!program) throw new RangeError(`no program ${to.ap}`);
     const datagrams: Datagram[] = new Array(count);
     for (let i = 0; i < count; i++) datagrams[i] = { data: batch.data(i), from: batch.from(i) };
     let result = program.handle(w.input, datagrams, ctx);
@@ -130,7 +148,7 @@ async function runBatch(
         failed += list.length - out.count;
         if (out.count) {
           frames.push(
-            batchOutFrame(w.seq, j, encodeBatch({ kind: "emitted", ap: 0, port: j, rtcp: false }, out)),
+            batchOutFrame(w.seq, j, encodeBatch({ kind: "emitted", ap: to.ap, port: j, rtcp: false }, out)),
           );
         }
       }

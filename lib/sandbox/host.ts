@@ -80,14 +80,25 @@ export const DEFAULT_LIMITS: SandboxLimits = {
   startMs: 15_000,
 };
 
+/** One program a sandbox runs (an AP of its VM group). */
+export interface SandboxProgram {
+  /** For status and error texts (the AP's name). */
+  readonly name: string;
+  /** The module that exports ports, params and handle. */
+  readonly entry: string;
+  /** The session's values for the program's declared params. */
+  readonly params?: Readonly<Record<string, unknown>>;
+}
+
 export interface SandboxOptions {
   /** For status and error texts (a VM group's name). */
   readonly name: string;
   /** The upload: file name -> source text. */
   readonly modules: Readonly<Record<string, string>>;
-  /** The module that exports ports, params and handle. */
-  readonly entry: string;
-  /** The session's values for the program's declared params. */
+  /** The programs it runs, in one child; program `k` is `push`'s and `onOutput`'s `program` k. */
+  readonly programs?: readonly SandboxProgram[];
+  /** One program only (when `programs` is absent): its entry module and params. */
+  readonly entry?: string;
   readonly params?: Readonly<Record<string, unknown>>;
   readonly limits?: Partial<SandboxLimits>;
   readonly clock?: Clock;
@@ -98,8 +109,10 @@ export interface SandboxOptions {
   readonly deno?: string;
   /** Takes CPU and memory samples this often (0: only on `sample()`). Default 1000. */
   readonly sampleMs?: number;
-  /** Called with every batch the program emits; the batch is valid during the call. */
-  onOutput(output: number, batch: Batch): void;
+  /** Only load the programs and report their ports and params (see `SandboxHost.inspect`). */
+  readonly inspectOnly?: boolean;
+  /** Called with every batch a program emits; the batch is valid during the call. */
+  onOutput(output: number, batch: Batch, program: number): void;
 }
 
 /** A program's ports and declared params, as its child reported them. */
@@ -108,8 +121,8 @@ export interface ProgramInfo {
   readonly params: Readonly<Record<string, ParamDecl>>;
 }
 
-/** Last permission denials kept for status. */
-const DENIALS_KEPT = 8;
+/** Last distinct permission denials kept for status. */
+const DENIALS_KEPT = 16;
 const AUDIT_LINE_MAX = 4096;
 const REMOTE_DENIED = /remote specifier was requested|--no-remote|--no-npm/;
 const CHILD_MAIN = new URL("./child.ts", import.meta.url);
@@ -152,8 +165,8 @@ export class SandboxHost implements AsyncDisposable {
   #seq = 0;
   #deadline: TimerId | undefined;
   #sampler: TimerId | undefined;
-  #program: ProgramInfo | null = null;
-  #values: Record<string, unknown> = {};
+  readonly #wanted: readonly SandboxProgram[];
+  #programs: ProgramInfo[] | null = null;
   #everReady = false;
   #starting: { resolve: () => void; reject: (e: Error) => void } | null = null;
   #startTimer: TimerId | undefined;
@@ -186,6 +199,10 @@ export class SandboxHost implements AsyncDisposable {
   constructor(options: SandboxOptions) {
     this.#o = options;
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.#wanted = options.programs ??
+      (options.entry === undefined
+        ? []
+        : [{ name: options.name, entry: options.entry, params: options.params }]);
     this.#clock = options.clock ?? systemClock;
     this.#supervisor = new Supervisor({
       clock: this.#clock,
@@ -206,9 +223,31 @@ export class SandboxHost implements AsyncDisposable {
     return this.#state;
   }
 
-  /** The program's ports and params once a child reported them. */
+  /**
+   * Loads the programs in a child of their own, as `start` would, and reports their ports and declared params
+   * without starting them (their `start` is not called, no param is checked). Rejects as `start` does: a syntax
+   * error with its uploaded file, line and column.
+   */
+  static async inspect(
+    options: Omit<SandboxOptions, "onOutput" | "inspectOnly" | "sampleMs">,
+  ): Promise<readonly ProgramInfo[]> {
+    const host = new SandboxHost({ ...options, inspectOnly: true, sampleMs: 0, onOutput: () => {} });
+    try {
+      await host.start();
+      return host.programs!;
+    } finally {
+      await host.stop();
+    }
+  }
+
+  /** The (first) program's ports and params once a child reported them. */
   get program(): ProgramInfo | null {
-    return this.#program;
+    return this.#programs?.[0] ?? null;
+  }
+
+  /** Every program's ports and params once a child reported them. */
+  get programs(): readonly ProgramInfo[] | null {
+    return this.#programs;
   }
 
   /** The child's process id while one runs. */
@@ -225,7 +264,9 @@ export class SandboxHost implements AsyncDisposable {
     if (this.#state !== "idle") {
       throw new Error(`Cannot start sandbox "${this.#o.name}": it is ${this.#state}`);
     }
-    const problems = uploadProblems(this.#o.modules, this.#o.entry, this.#limits);
+    const problems = this.#wanted.length === 0
+      ? ["it names no program to run"]
+      : [...new Set(this.#wanted.flatMap((p) => uploadProblems(this.#o.modules, p.entry, this.#limits)))];
     if (problems.length) {
       this.#state = "failed";
       throw new UploadError(problems);
@@ -259,16 +300,17 @@ export class SandboxHost implements AsyncDisposable {
    * Sends a batch to input `input` of the program. False when it was dropped (counted by reason): no child is
    * ready, or `maxInFlight` batches are already in flight.
    */
-  push(input: number, batch: Batch): boolean {
+  push(input: number, batch: Batch, program = 0): boolean {
     const run = this.#run;
     this.#counts.batches_in++;
     this.#counts.packets_in += batch.count;
-    if (!run || !run.ready || this.#state !== "running" || !this.#program) {
+    if (!run || !run.ready || this.#state !== "running" || !this.#programs) {
       this.#drops.not_running += batch.count;
       return false;
     }
-    if (input < 0 || input >= this.#program.ports.inputs.length) {
-      throw new RangeError(`Sandbox "${this.#o.name}" has no input ${input}`);
+    const info = this.#programs[program];
+    if (!info || input < 0 || input >= info.ports.inputs.length) {
+      throw new RangeError(`Sandbox "${this.#o.name}" has no input ${input} of program ${program}`);
     }
     if (run.inFlight.length >= this.#limits.maxInFlight) {
       this.#drops.queue_full += batch.count;
@@ -279,7 +321,12 @@ export class SandboxHost implements AsyncDisposable {
     run.inFlight.push({ seq, count: batch.count, sentAt: now });
     this.#write(
       run,
-      batchInFrame(now, seq, input, encodeBatch({ kind: "deliver", ap: 0, port: input, rtcp: false }, batch)),
+      batchInFrame(
+        now,
+        seq,
+        input,
+        encodeBatch({ kind: "deliver", ap: program, port: input, rtcp: false }, batch),
+      ),
     );
     if (this.#deadline === undefined) this.#armDeadline(run);
     return true;
@@ -311,6 +358,7 @@ export class SandboxHost implements AsyncDisposable {
       ...this.#counts,
       dropped: { ...this.#drops },
       denied: [...this.#denied],
+      programs: this.#wanted.map((p) => ({ name: p.name, entry: p.entry })),
       limits: {
         heap_mb: this.#limits.heapMb,
         memory_mb: this.#limits.memoryMb,
@@ -356,7 +404,7 @@ export class SandboxHost implements AsyncDisposable {
       main: CHILD_MAIN.href,
       dir: `${this.#dir}/modules`,
       socket,
-      entry: this.#o.entry,
+      entries: this.#wanted.map((p) => p.entry),
       heapMb: this.#limits.heapMb,
       memoryMb: this.#limits.memoryMb,
       addressBaseMb: this.#limits.addressBaseMb,
@@ -444,18 +492,20 @@ export class SandboxHost implements AsyncDisposable {
         return this.#control(run, readControl(frame.body) as Record<string, unknown>);
       case BATCH_OUT: {
         const out = readBatchOut(frame.body);
-        const ports = this.#program?.ports.outputs.length ?? 0;
+        const decoded = decodeBatch(out.batch);
+        const program = decoded.to.ap;
+        const ports = this.#programs?.[program]?.ports.outputs.length ?? 0;
         if (run.inFlight[0]?.seq !== out.seq || out.output >= ports) {
           return this.#protocolError(
             run,
-            `an output for batch ${out.seq}, port ${out.output}, not in flight`,
+            `an output for batch ${out.seq}, program ${program}, port ${out.output}, not in flight`,
           );
         }
-        const batch: DecodedBatch = decodeBatch(out.batch).batch;
+        const batch: DecodedBatch = decoded.batch;
         this.#counts.batches_out++;
         this.#counts.packets_out += batch.count;
         try {
-          this.#o.onOutput(out.output, batch);
+          this.#o.onOutput(out.output, batch, program);
         } catch (error) {
           this.#error = `its output could not be delivered: ${errorMessage(error)}`;
         }
@@ -483,17 +533,45 @@ export class SandboxHost implements AsyncDisposable {
     const message = typeof m.message === "string" ? m.message.slice(0, 2000) : "";
     switch (m.type) {
       case "loaded": {
-        const problems = [...portsProblems(m.ports), ...paramsProblems(m.params)];
-        const decl = (m.params ?? {}) as Record<string, ParamDecl>;
-        const resolved = problems.length ? null : resolveParams(decl, this.#o.params ?? {});
-        if (resolved) problems.push(...resolved.problems);
-        if (problems.length) {
-          const error = new SandboxLoadError(problems.join("; "), { file: this.#o.entry, line: 1, col: 1 });
-          return this.#loadFailed(run, error);
+        const reported = Array.isArray(m.programs) ? m.programs as Record<string, unknown>[] : [];
+        if (reported.length !== this.#wanted.length) {
+          return this.#protocolError(run, `${reported.length} programs loaded of ${this.#wanted.length}`);
         }
-        this.#program = { ports: m.ports as PortsDecl, params: decl };
-        this.#values = resolved!.values;
-        this.#write(run, controlFrame({ type: "start", params: this.#values }));
+        const programs: ProgramInfo[] = [];
+        const values: Record<string, unknown>[] = [];
+        for (const [k, wanted] of this.#wanted.entries()) {
+          const p = reported[k] ?? {};
+          const problems = [...portsProblems(p.ports), ...paramsProblems(p.params)];
+          const decl = (p.params ?? {}) as Record<string, ParamDecl>;
+          const resolved = problems.length
+            ? null
+            : this.#o.inspectOnly
+            ? { values: {}, problems: [] }
+            : resolveParams(decl, wanted.params ?? {});
+          if (resolved) problems.push(...resolved.problems);
+          if (problems.length) {
+            const who = this.#wanted.length > 1 || wanted.name !== this.#o.name
+              ? `AP "${wanted.name}": `
+              : "";
+            const error = new SandboxLoadError(`${who}${problems.join("; ")}`, {
+              file: wanted.entry,
+              line: 1,
+              col: 1,
+            });
+            return this.#loadFailed(run, error);
+          }
+          programs.push({ ports: p.ports as PortsDecl, params: decl });
+          values.push(resolved!.values);
+        }
+        this.#programs = programs;
+        if (this.#o.inspectOnly) {
+          this.#clearStartTimer();
+          this.#state = "running";
+          this.#starting?.resolve();
+          this.#starting = null;
+          return;
+        }
+        this.#write(run, controlFrame({ type: "start", params: values }));
         return;
       }
       case "ready":
@@ -507,7 +585,7 @@ export class SandboxHost implements AsyncDisposable {
       case "load_failed":
       case "start_failed": {
         const error = m.exports === true || m.type === "start_failed"
-          ? new SandboxLoadError(message, { file: this.#o.entry, line: 1, col: 1 })
+          ? new SandboxLoadError(message, { file: this.#entryOf(m.index), line: 1, col: 1 })
           : loadError(`${this.#dir}/modules`, message);
         return this.#loadFailed(run, error);
       }
@@ -525,6 +603,10 @@ export class SandboxHost implements AsyncDisposable {
       default:
         return this.#protocolError(run, `a control message of type ${JSON.stringify(m.type)?.slice(0, 40)}`);
     }
+  }
+
+  #entryOf(index: unknown): string {
+    return this.#wanted[typeof index === "number" ? index : 0]?.entry ?? this.#wanted[0]?.entry ?? "(upload)";
   }
 
   /** On the first run the load failure is final; later (the same source loaded before) it is a crash. */
@@ -719,7 +801,7 @@ export class SandboxHost implements AsyncDisposable {
   /** Keeps the child's own text of a denial (counted by the audit). */
   #noteDenial(text: string): void {
     const line = text.split("\n")[0].slice(0, 300);
-    if (this.#denied.at(-1) === line) return;
+    if (this.#denied.includes(line)) return;
     this.#denied.push(line);
     if (this.#denied.length > DENIALS_KEPT) this.#denied.shift();
   }

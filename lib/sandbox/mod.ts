@@ -16,6 +16,13 @@ export {
   SandboxHost,
   type SandboxLimits,
   type SandboxOptions,
+  type SandboxProgram,
   type SandboxState,
 } from "./host.ts";
-export { DEFAULT_UPLOAD_LIMITS, SandboxLoadError, UploadError, type UploadLimits } from "./upload.ts";
+export {
+  DEFAULT_UPLOAD_LIMITS,
+  SandboxLoadError,
+  UploadError,
+  type UploadLimits,
+  uploadProblems,
+} from "./upload.ts";

@@ -31,8 +31,8 @@ export interface ChildCommandOptions {
   readonly dir: string;
   /** The unix socket its frames go through: it may read, write and connect to this one path. */
   readonly socket: string;
-  /** The entry module's file name in `dir`. */
-  readonly entry: string;
+  /** Each program's entry module, a file name in `dir`. */
+  readonly entries: readonly string[];
   /** V8 old-space limit. */
   readonly heapMb: number;
   /** What the child may map beyond `addressBaseMb` (heap, ArrayBuffers, code). */
@@ -74,8 +74,8 @@ export function childArgv(o: ChildCommandOptions): string[] {
     `--allow-net=unix:${o.socket}`,
     `--v8-flags=--max-old-space-size=${o.heapMb}`,
     o.main,
-    `file://${o.dir}/${o.entry}`,
     o.socket,
+    ...o.entries.map((entry) => `file://${o.dir}/${entry}`),
   ];
 }
 

@@ -292,8 +292,8 @@ Deno.test("SandboxHost backs off a crash loop on its clock", async () => {
 Deno.test("SandboxHost lets no byte be written through the path of the program's own socket", async () => {
   // Connecting needs write access to that one path: the program could remove the socket and make a file there.
   const source = `${PORTS}export async function handle(_i, b) {
-    await Deno.remove(Deno.args[1]).catch(() => {});
-    await Deno.writeTextFile(Deno.args[1], "x".repeat(4096));
+    await Deno.remove(Deno.args[0]).catch(() => {});
+    await Deno.writeTextFile(Deno.args[0], "x".repeat(4096));
     return [b];
   }\n`;
   const { host, got } = sandbox(source);

@@ -115,7 +115,7 @@ Deno.test("childArgv grants no permission but its upload and its socket, under h
     main: "file:///app/lib/sandbox/child.ts",
     dir: "/tmp/s/modules",
     socket: "/tmp/s/ipc/1.sock",
-    entry: "main.ts",
+    entries: ["main.ts", "other.js"],
     heapMb: 64,
     memoryMb: 100,
     addressBaseMb: 1000,
@@ -132,4 +132,9 @@ Deno.test("childArgv grants no permission but its upload and its socket, under h
   ]);
   assert.ok(argv.includes("--no-remote") && argv.includes("--no-npm") && argv.includes("--no-config"));
   assert.ok(argv.includes("--v8-flags=--max-old-space-size=64"));
+  assert.deepEqual(argv.slice(-3), [
+    "/tmp/s/ipc/1.sock",
+    "file:///tmp/s/modules/main.ts",
+    "file:///tmp/s/modules/other.js",
+  ]);
 });

@@ -26,9 +26,36 @@ export function describePlan(plan: SessionPlan): PlanDescription {
   return { ...plan, aps: plan.aps.map((ap) => ({ ...ap, kind: ap.kind.name })) };
 }
 
-/** The plan again, its kinds taken from `kinds` by name; throws UnknownNameError for a kind it does not hold. */
-export function rebuildPlan(plan: PlanDescription, kinds: Registry<ElementKind>): SessionPlan {
-  return { ...plan, aps: plan.aps.map((ap) => ({ ...ap, kind: kinds.get(ap.kind) })) };
+/**
+ * The plan again, its kinds taken from `kinds` by name; throws UnknownNameError for a kind it does not hold among
+ * the APs in `group` (the worker's own). An AP outside the group whose kind it does not know (an uploaded program,
+ * which only its session has) keeps a stand-in that cannot be created: the worker never runs it.
+ */
+export function rebuildPlan(
+  plan: PlanDescription,
+  kinds: Registry<ElementKind>,
+  group?: readonly number[],
+): SessionPlan {
+  const ours = group ? new Set(group) : null;
+  return {
+    ...plan,
+    aps: plan.aps.map((ap, i) => ({
+      ...ap,
+      kind: ours && !ours.has(i) && !kinds.has(ap.kind) ? standIn(ap.kind) : kinds.get(ap.kind),
+    })),
+  };
+}
+
+function standIn(name: string): ElementKind {
+  return {
+    name,
+    description: "an AP this worker does not run",
+    ports: { inputs: { min: 0, max: 0 }, outputs: { min: 0, max: 0 } },
+    params: {},
+    create() {
+      throw new Error(`${name} does not run in this worker`);
+    },
+  };
 }
 
 export interface StartMessage {

@@ -93,7 +93,7 @@ export function serveVmGroup(
   const start = async (m: StartMessage) => {
     aps = m.aps;
     try {
-      const plan = rebuildPlan(m.plan, kinds);
+      const plan = rebuildPlan(m.plan, kinds, m.aps);
       logger = new PostingLogger(send, m.logLevel);
       metrics = new ReportingRegistry();
       const node: NodeServices = {
