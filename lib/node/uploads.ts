@@ -43,6 +43,11 @@ export const uploadFields = {
     DEFAULT_LIMITS.maxBytes,
     "source bytes in one upload",
   ),
+  cpu_percent: opt(
+    int({ min: 0, max: 6400 }),
+    0,
+    "percent of one core each sandbox process may use (a control group's CPU quota); 0: not capped",
+  ),
   max_processes: opt(int({ min: 0, max: 1024 }), 16, "sandbox processes of all sessions together"),
   start_timeout: opt(duration({ min: 100, max: 300_000 }), DEFAULT_LIMITS.startMs),
   deno: opt(
@@ -67,6 +72,7 @@ export function uploadOptions(cfg: UploadsSection): UploadOptions | undefined {
       maxModules: cfg.max_modules,
       maxBytes: cfg.max_bytes,
       startMs: cfg.start_timeout,
+      cpuShare: cfg.cpu_percent / 100,
     },
     maxProcesses: cfg.max_processes,
     ...(cfg.deno ? { deno: cfg.deno } : {}),

@@ -41,6 +41,7 @@ import {
 } from "./frames.ts";
 import { EXIT_LOAD_FAILED, EXIT_OUT_OF_MEMORY } from "./guest.ts";
 import { childArgv, type ProcSample, sampleProcess } from "./proc.ts";
+import { CpuCap } from "./cgroup.ts";
 import {
   DEFAULT_UPLOAD_LIMITS,
   loadError,
@@ -69,6 +70,8 @@ export interface SandboxLimits extends UploadLimits {
   readonly maxInFlight: number;
   /** How long the first start may take (load, check, the program's start). */
   readonly startMs: number;
+  /** The share of one core the process may use (a control group's CPU quota); 0: not capped. */
+  readonly cpuShare?: number;
 }
 
 export const DEFAULT_LIMITS: SandboxLimits = {
@@ -160,6 +163,7 @@ export class SandboxHost implements AsyncDisposable {
   readonly #supervisor: Supervisor;
   #state: SandboxState = "idle";
   #dir = "";
+  #cap: CpuCap | null = null;
   #audit: Deno.FsFile | null = null;
   #run: Run | null = null;
   #seq = 0;
@@ -272,6 +276,14 @@ export class SandboxHost implements AsyncDisposable {
       throw new UploadError(problems);
     }
     this.#state = "starting";
+    if (this.#limits.cpuShare) {
+      try {
+        this.#cap = await CpuCap.create(this.#o.name, this.#limits.cpuShare);
+      } catch (error) {
+        this.#state = "failed";
+        throw error;
+      }
+    }
     this.#dir = await Deno.makeTempDir({ dir: this.#o.tempDir, prefix: "edgenode-sandbox-" });
     await Deno.mkdir(`${this.#dir}/modules`, { mode: 0o700 });
     await Deno.mkdir(`${this.#dir}/ipc`, { mode: 0o700 });
@@ -364,6 +376,7 @@ export class SandboxHost implements AsyncDisposable {
         memory_mb: this.#limits.memoryMb,
         deadline_ms: this.#limits.deadlineMs,
         max_in_flight: this.#limits.maxInFlight,
+        cpu_share: this.#limits.cpuShare ?? 0,
       },
       stderr: sup.stderr,
     };
@@ -381,6 +394,7 @@ export class SandboxHost implements AsyncDisposable {
       } catch { /* closed */ }
       this.#audit = null;
       if (this.#dir) await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+      await this.#cap?.remove();
     })();
     return this.#stopped;
   }
@@ -430,6 +444,18 @@ export class SandboxHost implements AsyncDisposable {
       listener.close();
       await Deno.remove(socket).catch(() => {});
       throw error;
+    }
+    if (this.#cap) {
+      // Before it loads anything: a process outside its cap must not run the program.
+      try {
+        await this.#cap.add(process.pid);
+      } catch (error) {
+        process.kill("SIGKILL");
+        await process.status;
+        listener.close();
+        await Deno.remove(socket).catch(() => {});
+        throw new Error(`Cannot move the sandbox into its CPU cap: ${errorMessage(error)}`);
+      }
     }
     const run: Run = {
       n,

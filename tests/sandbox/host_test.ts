@@ -3,7 +3,7 @@ import { ManualClock } from "../../lib/core/clock.ts";
 import type { Batch } from "../../lib/net/udp.ts";
 import { SandboxHost, type SandboxOptions } from "../../lib/sandbox/host.ts";
 import { SandboxLoadError, UploadError } from "../../lib/sandbox/upload.ts";
-import { until } from "../_support/until.ts";
+import { poll, until } from "../_support/until.ts";
 import {
   ARRAY_BOMB,
   BUFFER_BOMB,
@@ -303,6 +303,24 @@ Deno.test("SandboxHost lets no byte be written through the path of the program's
     await until("the handler's error", () => host.status().handler_errors === 1);
     assert.match(String(host.status().last_error), /File too large/);
     assert.equal(packets(got), 0);
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost caps a spinning program to its share of a core with a control group", async () => {
+  const { host } = sandbox(LOOPS_ON_FF, { limits: { deadlineMs: 30_000, cpuShare: 0.25 } });
+  try {
+    await host.start();
+    host.push(0, datagrams(1, 10, 0xff));
+    const first = await poll("a first sample", () => host.sample());
+    const t0 = performance.now();
+    // A rate needs an interval: wait for 1.5 s of real time to pass while it spins.
+    await until("1.5 s of spinning", () => performance.now() - t0 >= 1500, 5000, 100);
+    const second = (await host.sample())!;
+    const share = (second.cpuMs - first.cpuMs) / (performance.now() - t0);
+    assert.ok(share > 0.1 && share < 0.35, `CPU share ${share.toFixed(2)} of one core, capped at 0.25`);
+    assert.equal((host.status().limits as Record<string, number>).cpu_share, 0.25);
   } finally {
     await host.stop();
   }
