@@ -22,7 +22,7 @@ import {
   SandboxHost,
   type SandboxLimits,
 } from "../sandbox/mod.ts";
-import type { Element, ElementKind, Output } from "./element.ts";
+import type { Element, ElementKind, HardStop, Output } from "./element.ts";
 import { boolParam, numberParam, type Param, type Params, stringParam } from "./params.ts";
 
 /** The ref prefix of an uploaded program's kind. */
@@ -83,7 +83,7 @@ export interface SandboxPoolOptions {
 }
 
 /** The sandbox processes of one session, one per VM group that holds uploaded APs (or per ungrouped uploaded AP). */
-export class SandboxPool {
+export class SandboxPool implements HardStop {
   readonly #o: SandboxPoolOptions;
   readonly #groups = new Map<string, Group>();
   #closed = false;
@@ -117,6 +117,12 @@ export class SandboxPool {
   /** The status of the process that runs `group`, or null. */
   groupStatus(group: string): Record<string, unknown> | null {
     return this.#groups.get(group)?.host?.status() ?? null;
+  }
+
+  /** Kills every process at once without waiting (the node's stop passed its deadline; see HardStop). */
+  hardStop(): void {
+    this.#closed = true;
+    for (const g of this.#groups.values()) g.host?.abandon();
   }
 
   /** Stops every process (also those a failed start left); idempotent. */

@@ -229,7 +229,11 @@ export class SessionTable {
         await upload?.pool.close();
         throw error;
       }
-      if (upload) this.#pools.set(plan.name, { pool: upload.pool, processes: upload.processes });
+      if (upload) {
+        this.#pools.set(plan.name, { pool: upload.pool, processes: upload.processes });
+        // Past the node's stop deadline its children are killed at once (hardStopShared), sandboxes too.
+        this.node.shared?.set(`sandboxes:${plan.name}`, upload.pool);
+      }
       this.#sessions.set(plan.name, session);
       this.node.logger.info("session started", {
         session: plan.name,
@@ -406,6 +410,7 @@ export class SessionTable {
   async #closePool(name: string): Promise<void> {
     const held = this.#pools.get(name);
     this.#pools.delete(name);
+    this.node.shared?.delete(`sandboxes:${name}`);
     await held?.pool.close();
   }
 
