@@ -48,6 +48,32 @@ export function readControl(body: Uint8Array): unknown {
   return JSON.parse(decoder.decode(body));
 }
 
+/** Bytes an encodeBatch buffer leaves free for sealBatchIn's header (its `prefix`). */
+export const BATCH_IN_PREFIX = 19;
+/** Bytes an encodeBatch buffer leaves free for sealBatchOut's header. */
+export const BATCH_OUT_PREFIX = 11;
+
+/** Makes a BATCH_IN frame of a codec buffer encoded with BATCH_IN_PREFIX free bytes, in place (no copy). */
+export function sealBatchIn(buffer: ArrayBuffer, now: number, seq: number, input: number): Uint8Array {
+  const view = new DataView(buffer);
+  view.setUint32(0, buffer.byteLength - 4, true);
+  view.setUint8(4, BATCH_IN);
+  view.setFloat64(5, now, true);
+  view.setUint32(13, seq, true);
+  view.setUint16(17, input, true);
+  return new Uint8Array(buffer);
+}
+
+/** Makes a BATCH_OUT frame of a codec buffer encoded with BATCH_OUT_PREFIX free bytes, in place (no copy). */
+export function sealBatchOut(buffer: ArrayBuffer, seq: number, output: number): Uint8Array {
+  const view = new DataView(buffer);
+  view.setUint32(0, buffer.byteLength - 4, true);
+  view.setUint8(4, BATCH_OUT);
+  view.setUint32(5, seq, true);
+  view.setUint16(9, output, true);
+  return new Uint8Array(buffer);
+}
+
 /** A BATCH_IN frame: `batch` is a codec buffer. */
 export function batchInFrame(now: number, seq: number, input: number, batch: ArrayBuffer): Uint8Array {
   const frame = new Uint8Array(4 + 1 + 14 + batch.byteLength);
@@ -87,9 +113,20 @@ export function batchOutFrame(seq: number, output: number, batch: ArrayBuffer): 
 }
 
 export function readBatchOut(body: Uint8Array): { seq: number; output: number; batch: ArrayBuffer } {
+  const out = peekBatchOut(body);
+  return { seq: out.seq, output: out.output, batch: body.slice(6).buffer };
+}
+
+/** A BATCH_OUT frame's header, and where its codec buffer lies in `body.buffer` (no copy: valid as `body` is). */
+export function peekBatchOut(body: Uint8Array): { seq: number; output: number; at: number; length: number } {
   if (body.length < 6) throw new FrameError(`Cannot read an output frame: ${body.length} bytes`);
   const view = new DataView(body.buffer, body.byteOffset, body.length);
-  return { seq: view.getUint32(0, true), output: view.getUint16(4, true), batch: body.slice(6).buffer };
+  return {
+    seq: view.getUint32(0, true),
+    output: view.getUint16(4, true),
+    at: body.byteOffset + 6,
+    length: body.length - 6,
+  };
 }
 
 export function doneFrame(seq: number, ms: number, failed: number): Uint8Array {

@@ -12,13 +12,14 @@ import { decodeBatch, encodeBatch } from "../graph/vm/codec.ts";
 import { type Datagram, paramsProblems, type PortsDecl, portsProblems } from "./contract.ts";
 import {
   BATCH_IN,
-  batchOutFrame,
+  BATCH_OUT_PREFIX,
   CONTROL,
   controlFrame,
   doneFrame,
   FrameReader,
   readBatchIn,
   readControl,
+  sealBatchOut,
 } from "./frames.ts";
 
 /** Exit code of a child whose program failed an allocation (the hard memory limit). */
@@ -113,7 +114,7 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
         continue;
       }
       now = w.now;
-      await io.write(await runBatch(programs, contexts, w, io));
+      for (const bytes of await runBatch(programs, contexts, w, io)) await io.write(bytes);
     }
   }
 }
@@ -124,7 +125,7 @@ async function runBatch(
   contexts: readonly Ctx[],
   w: { seq: number; input: number; batch: ArrayBuffer },
   io: GuestIo,
-): Promise<Uint8Array> {
+): Promise<Uint8Array[]> {
   const frames: Uint8Array[] = [];
   const started = performance.now();
   let failed = 0;
@@ -148,7 +149,11 @@ async function runBatch(
         failed += list.length - out.count;
         if (out.count) {
           frames.push(
-            batchOutFrame(w.seq, j, encodeBatch({ kind: "emitted", ap: to.ap, port: j, rtcp: false }, out)),
+            sealBatchOut(
+              encodeBatch({ kind: "emitted", ap: to.ap, port: j, rtcp: false }, out, BATCH_OUT_PREFIX),
+              w.seq,
+              j,
+            ),
           );
         }
       }
@@ -162,7 +167,7 @@ async function runBatch(
     frames.push(controlFrame({ type: "error", message: messageOf(error), name: nameOf(error) }));
   }
   frames.push(doneFrame(w.seq, performance.now() - started, failed));
-  return concat(frames);
+  return joinSmall(frames);
 }
 
 /** The well-formed datagrams of what a handler returned, as a Batch to encode. */
@@ -187,15 +192,17 @@ function asBatch(list: readonly unknown[]): Batch {
   };
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+/** The frames to write: small ones joined into one write, a large one (a big batch) written as it is, not copied. */
+function joinSmall(parts: Uint8Array[]): Uint8Array[] {
+  const total = parts.reduce((n, p) => n + p.length, 0);
+  if (parts.length === 1 || total > 65536) return parts;
+  const out = new Uint8Array(total);
   let off = 0;
   for (const p of parts) {
     out.set(p, off);
     off += p.length;
   }
-  return out;
+  return [out];
 }
 
 function messageOf(error: unknown): string {

@@ -28,16 +28,17 @@ import { decodeBatch, type DecodedBatch, encodeBatch } from "../graph/vm/codec.t
 import type { Batch } from "../net/udp.ts";
 import { type ParamDecl, paramsProblems, type PortsDecl, portsProblems, resolveParams } from "./contract.ts";
 import {
+  BATCH_IN_PREFIX,
   BATCH_OUT,
-  batchInFrame,
   CONTROL,
   controlFrame,
   DONE,
   type Frame,
   FrameReader,
-  readBatchOut,
+  peekBatchOut,
   readControl,
   readDone,
+  sealBatchIn,
 } from "./frames.ts";
 import { EXIT_LOAD_FAILED, EXIT_OUT_OF_MEMORY } from "./guest.ts";
 import { childArgv, type ProcSample, sampleProcess } from "./proc.ts";
@@ -331,15 +332,8 @@ export class SandboxHost implements AsyncDisposable {
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const now = this.#clock.now();
     run.inFlight.push({ seq, count: batch.count, sentAt: now });
-    this.#write(
-      run,
-      batchInFrame(
-        now,
-        seq,
-        input,
-        encodeBatch({ kind: "deliver", ap: program, port: input, rtcp: false }, batch),
-      ),
-    );
+    const crossing = { kind: "deliver", ap: program, port: input, rtcp: false } as const;
+    this.#write(run, sealBatchIn(encodeBatch(crossing, batch, BATCH_IN_PREFIX), now, seq, input));
     if (this.#deadline === undefined) this.#armDeadline(run);
     return true;
   }
@@ -517,8 +511,9 @@ export class SandboxHost implements AsyncDisposable {
       case CONTROL:
         return this.#control(run, readControl(frame.body) as Record<string, unknown>);
       case BATCH_OUT: {
-        const out = readBatchOut(frame.body);
-        const decoded = decodeBatch(out.batch);
+        // Decoded where the reader holds it: the batch is handed on during this call, as batches are.
+        const out = peekBatchOut(frame.body);
+        const decoded = decodeBatch(frame.body.buffer as ArrayBuffer, out.at, out.length);
         const program = decoded.to.ap;
         const ports = this.#programs?.[program]?.ports.outputs.length ?? 0;
         if (run.inFlight[0]?.seq !== out.seq || out.output >= ports) {

@@ -1,7 +1,12 @@
 import assert from "node:assert/strict";
 import { paramsProblems, portsProblems, resolveParams } from "../../lib/sandbox/contract.ts";
+import { decodeBatch, encodeBatch } from "../../lib/graph/vm/codec.ts";
+import { datagrams } from "./_programs.ts";
 import {
+  BATCH_IN_PREFIX,
   BATCH_OUT,
+  BATCH_OUT_PREFIX,
+  batchInFrame,
   batchOutFrame,
   CONTROL,
   controlFrame,
@@ -9,9 +14,12 @@ import {
   doneFrame,
   FrameError,
   FrameReader,
+  peekBatchOut,
   readBatchOut,
   readControl,
   readDone,
+  sealBatchIn,
+  sealBatchOut,
 } from "../../lib/sandbox/frames.ts";
 import { childArgv, parseProcStat } from "../../lib/sandbox/proc.ts";
 import { loadError, uploadProblems } from "../../lib/sandbox/upload.ts";
@@ -137,4 +145,25 @@ Deno.test("childArgv grants no permission but its upload and its socket, under h
     "file:///tmp/s/modules/main.ts",
     "file:///tmp/s/modules/other.js",
   ]);
+});
+
+Deno.test("batch frames sealed in place are the frames built by copying, and decode where they lie", () => {
+  const batch = datagrams(5, 300, 9);
+  const to = { kind: "emitted", ap: 2, port: 1, rtcp: false } as const;
+  const plain = encodeBatch(to, batch);
+  assert.deepEqual(
+    sealBatchIn(encodeBatch(to, batch, BATCH_IN_PREFIX), 12.5, 77, 3),
+    batchInFrame(12.5, 77, 3, plain),
+  );
+  const out = sealBatchOut(encodeBatch(to, batch, BATCH_OUT_PREFIX), 77, 1);
+  assert.deepEqual(out, batchOutFrame(77, 1, plain));
+  const reader = new FrameReader();
+  reader.push(out, (frame) => {
+    const peeked = peekBatchOut(frame.body);
+    assert.equal(peeked.seq, 77);
+    const decoded = decodeBatch(frame.body.buffer as ArrayBuffer, peeked.at, peeked.length);
+    assert.deepEqual(decoded.to, to);
+    assert.equal(decoded.batch.count, 5);
+    assert.deepEqual(decoded.batch.data(4), batch.data(4));
+  });
 });

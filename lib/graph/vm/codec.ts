@@ -41,8 +41,12 @@ export class VmCodecError extends Error {
   override name = "VmCodecError";
 }
 
-/** Packs `batch` and where it goes into a new ArrayBuffer, to be posted with the buffer in the transfer list. */
-export function encodeBatch(to: Crossing, batch: Batch): ArrayBuffer {
+/**
+ * Packs `batch` and where it goes into a new ArrayBuffer, to be posted with the buffer in the transfer list.
+ * `prefix` bytes are left free at its start for a header of the carrier's (a sandbox frame's), so that nothing is
+ * copied again to add one.
+ */
+export function encodeBatch(to: Crossing, batch: Batch, prefix = 0): ArrayBuffer {
   const count = batch.count;
   // Distinct senders: a batch from one socket has one or a few, and consecutive datagrams share the object.
   const senders: Endpoint[] = [];
@@ -73,9 +77,9 @@ export function encodeBatch(to: Crossing, batch: Batch): ArrayBuffer {
   const wide = senders.length > 0xffff;
   const entry = wide ? 8 : 6;
   const size = HEADER + senderBytes + count * entry + dataBytes;
-  const buffer = new ArrayBuffer(size);
-  const view = new DataView(buffer);
-  const bytes = new Uint8Array(buffer);
+  const buffer = new ArrayBuffer(prefix + size);
+  const view = new DataView(buffer, prefix);
+  const bytes = new Uint8Array(buffer, prefix);
   view.setUint8(0, VERSION);
   view.setUint8(
     1,
@@ -169,14 +173,17 @@ export interface Decoded {
   readonly size: number;
 }
 
-/** Reads a buffer made by encodeBatch; throws VmCodecError when it is not one. */
-export function decodeBatch(buffer: ArrayBuffer): Decoded {
-  const bytes = new Uint8Array(buffer);
-  const view = new DataView(buffer);
+/**
+ * Reads a buffer made by encodeBatch (or the `length` bytes of one at `at`); throws VmCodecError when it is not one.
+ * The batch's views point into `buffer`.
+ */
+export function decodeBatch(buffer: ArrayBuffer, at = 0, length = buffer.byteLength - at): Decoded {
+  const bytes = new Uint8Array(buffer, at, length);
+  const view = new DataView(buffer, at, length);
   const fail = (why: string): never => {
     throw new VmCodecError(`Cannot decode a crossing batch: ${why}`);
   };
-  if (buffer.byteLength < HEADER) fail(`${buffer.byteLength} bytes is shorter than the header`);
+  if (length < HEADER) fail(`${length} bytes is shorter than the header`);
   if (view.getUint8(0) !== VERSION) fail(`format version ${view.getUint8(0)}, expected ${VERSION}`);
   const flags = view.getUint8(1);
   const to: Crossing = {
