@@ -17,7 +17,7 @@ async function writeAll(bytes: Uint8Array): Promise<void> {
 }
 
 await serveGuest(Deno.args.slice(1), {
-  input: conn.readable,
+  input: conn,
   write: writeAll,
   exit: (code) => Deno.exit(code),
 });

@@ -146,6 +146,9 @@ export function readDone(body: Uint8Array): { seq: number; ms: number; failed: n
   return { seq: view.getUint32(0, true), ms: view.getFloat64(4, true), failed: view.getUint32(12, true) };
 }
 
+const EMPTY = new Uint8Array(0);
+const READ_ROOM = 256 * 1024;
+
 /** Cuts a byte stream into frames; holds at most one frame's bytes plus one chunk. */
 export class FrameReader {
   #buf = new Uint8Array(256 * 1024);
@@ -171,6 +174,41 @@ export class FrameReader {
       each({ kind: this.#buf[at], body: this.#buf.subarray(at + 1, at + length) });
     }
     if (this.#start === this.#end) this.#start = this.#end = 0;
+  }
+
+  /**
+   * Reads from `source` straight into this reader's buffer (no chunk allocated per read) and calls `each` for every
+   * whole frame, until the source ends (resolves) or fails (rejects). Each read takes what is there, up to the free
+   * room (at least 256 KiB), so a busy stream is read in few large reads. `after`, when given, is awaited after the
+   * frames of each read and before the next read (frames' bodies are still valid during it).
+   */
+  async readFrom(
+    source: { read(p: Uint8Array): Promise<number | null> },
+    each: (frame: Frame) => void,
+    after?: () => Promise<void>,
+  ): Promise<void> {
+    for (;;) {
+      this.#room(READ_ROOM);
+      const n = await source.read(this.#buf.subarray(this.#end));
+      if (n === null) return;
+      this.#end += n;
+      this.push(EMPTY, each);
+      if (after) await after();
+    }
+  }
+
+  /** At least `bytes` free after the end: moves what is held to the front, or grows. */
+  #room(bytes: number): void {
+    if (this.#buf.length - this.#end >= bytes) return;
+    const have = this.#end - this.#start;
+    // Four times the room: a move of what is held (a frame's first part) happens once in several reads.
+    const want = Math.max(have + bytes, 4 * bytes);
+    const next = want > this.#buf.length ? new Uint8Array(Math.max(want, this.#buf.length * 2)) : this.#buf;
+    if (next === this.#buf) this.#buf.copyWithin(0, this.#start, this.#end);
+    else next.set(this.#buf.subarray(this.#start, this.#end), 0);
+    this.#buf = next;
+    this.#start = 0;
+    this.#end = have;
   }
 
   #append(chunk: Uint8Array): void {

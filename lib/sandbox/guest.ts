@@ -16,6 +16,7 @@ import {
   CONTROL,
   controlFrame,
   doneFrame,
+  type Frame,
   FrameReader,
   readBatchIn,
   readControl,
@@ -28,7 +29,8 @@ export const EXIT_OUT_OF_MEMORY = 71;
 export const EXIT_LOAD_FAILED = 72;
 
 export interface GuestIo {
-  readonly input: ReadableStream<Uint8Array>;
+  /** The host's frames: a reader of bytes (null at the end). */
+  readonly input: { read(p: Uint8Array): Promise<number | null> };
   write(bytes: Uint8Array): Promise<void>;
   exit(code: number): never;
 }
@@ -88,11 +90,11 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
   let ready = false;
   const reader = new FrameReader();
   const work: Work[] = [];
-  for await (const chunk of io.input) {
-    reader.push(chunk, (frame) => {
-      if (frame.kind === CONTROL) work.push({ kind: "control", message: readControl(frame.body) });
-      else if (frame.kind === BATCH_IN) work.push({ kind: "batch", ...readBatchIn(frame.body) });
-    });
+  const each = (frame: Frame) => {
+    if (frame.kind === CONTROL) work.push({ kind: "control", message: readControl(frame.body) });
+    else if (frame.kind === BATCH_IN) work.push({ kind: "batch", ...readBatchIn(frame.body) });
+  };
+  await reader.readFrom(io.input, each, async () => {
     while (work.length) {
       const w = work.shift()!;
       if (w.kind === "control") {
@@ -116,7 +118,7 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
       now = w.now;
       for (const bytes of await runBatch(programs, contexts, w, io)) await io.write(bytes);
     }
-  }
+  });
 }
 
 /** The frames answering one batch: its outputs, an error report if the handler threw, then DONE. */

@@ -34,6 +34,7 @@ import {
   controlFrame,
   DONE,
   type Frame,
+  FrameError,
   FrameReader,
   peekBatchOut,
   readControl,
@@ -496,12 +497,12 @@ export class SandboxHost implements AsyncDisposable {
   async #readFrames(run: Run, conn: Deno.UnixConn): Promise<void> {
     const reader = new FrameReader();
     try {
-      for await (const chunk of conn.readable) {
-        reader.push(chunk, (frame) => this.#frame(run, frame));
-      }
+      await reader.readFrom(conn, (frame) => this.#frame(run, frame));
     } catch (error) {
-      // A frame that cannot be read: the child broke the protocol.
-      if (this.#run === run && !run.killedFor) this.#protocolError(run, errorMessage(error));
+      // A frame that cannot be read: the child broke the protocol. (The socket failing is the child's end.)
+      if (error instanceof FrameError && this.#run === run && !run.killedFor) {
+        this.#protocolError(run, errorMessage(error));
+      }
     }
   }
 

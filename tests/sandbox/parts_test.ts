@@ -167,3 +167,32 @@ Deno.test("batch frames sealed in place are the frames built by copying, and dec
     assert.deepEqual(decoded.batch.data(4), batch.data(4));
   });
 });
+
+Deno.test("FrameReader.readFrom reads frames from a source in reads of any size, a frame over its room too", async () => {
+  const big = controlFrame({ pad: "x".repeat(600_000) });
+  const bytes = new Uint8Array([...stream(), ...big, ...stream()]);
+  for (const step of [1, 7, 65_536, bytes.length]) {
+    let pos = 0;
+    const source = {
+      read(p: Uint8Array): Promise<number | null> {
+        if (pos >= bytes.length) return Promise.resolve(null);
+        const n = Math.min(p.length, step, bytes.length - pos);
+        p.set(bytes.subarray(pos, pos + n));
+        pos += n;
+        return Promise.resolve(n);
+      },
+    };
+    const kinds: number[] = [];
+    let afters = 0;
+    await new FrameReader().readFrom(source, (f) => {
+      kinds.push(f.kind);
+      if (f.kind === CONTROL && f.body.length > 1000) assert.equal(f.body.length, big.length - 5);
+    }, () => Promise.resolve(void afters++));
+    assert.deepEqual(
+      kinds,
+      [CONTROL, BATCH_OUT, DONE, CONTROL, CONTROL, BATCH_OUT, DONE],
+      `reads of ${step}`,
+    );
+    assert.ok(afters > 0);
+  }
+});
