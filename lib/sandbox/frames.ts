@@ -100,6 +100,39 @@ export function readBatchIn(
   };
 }
 
+/**
+ * A BATCH_IN frame's header, and where its codec buffer lies in `body.buffer` (no copy: valid as `body` is).
+ */
+export function peekBatchIn(
+  body: Uint8Array,
+): { now: number; seq: number; input: number; at: number; length: number } {
+  if (body.length < 14) throw new FrameError(`Cannot read a batch frame: ${body.length} bytes`);
+  const view = new DataView(body.buffer, body.byteOffset, body.length);
+  return {
+    now: view.getFloat64(0, true),
+    seq: view.getUint32(8, true),
+    input: view.getUint16(12, true),
+    at: body.byteOffset + 14,
+    length: body.length - 14,
+  };
+}
+
+/**
+ * Turns a BATCH_IN frame whose body is `body` into a BATCH_OUT frame of the same codec bytes, in place (its header
+ * is written over the end of the BATCH_IN header, which is read by then): a batch answered unchanged goes back
+ * without a copy. The caller has rewritten the codec header (restampBatch).
+ */
+export function turnBatchIn(body: Uint8Array, seq: number, output: number): Uint8Array {
+  const codec = body.length - 14;
+  const start = body.byteOffset + 14 - BATCH_OUT_PREFIX;
+  const view = new DataView(body.buffer, start, BATCH_OUT_PREFIX);
+  view.setUint32(0, BATCH_OUT_PREFIX - 4 + codec, true);
+  view.setUint8(4, BATCH_OUT);
+  view.setUint32(5, seq, true);
+  view.setUint16(9, output, true);
+  return new Uint8Array(body.buffer, start, BATCH_OUT_PREFIX + codec);
+}
+
 /** A BATCH_OUT frame: `batch` is a codec buffer. */
 export function batchOutFrame(seq: number, output: number, batch: ArrayBuffer): Uint8Array {
   const frame = new Uint8Array(4 + 1 + 6 + batch.byteLength);

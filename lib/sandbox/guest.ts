@@ -8,7 +8,7 @@
  * bomb that caught its own RangeError cannot keep the memory it holds.
  */
 import type { Batch, Endpoint } from "../net/udp.ts";
-import { decodeBatch, encodeBatch } from "../graph/vm/codec.ts";
+import { decodeBatch, encodeBatch, restampBatch } from "../graph/vm/codec.ts";
 import { type Datagram, paramsProblems, type PortsDecl, portsProblems } from "./contract.ts";
 import {
   BATCH_IN,
@@ -18,9 +18,10 @@ import {
   doneFrame,
   type Frame,
   FrameReader,
-  readBatchIn,
+  peekBatchIn,
   readControl,
   sealBatchOut,
+  turnBatchIn,
 } from "./frames.ts";
 
 /** Exit code of a child whose program failed an allocation (the hard memory limit). */
@@ -48,7 +49,8 @@ interface Ctx {
 
 type Work =
   | { kind: "control"; message: unknown }
-  | { kind: "batch"; now: number; seq: number; input: number; batch: ArrayBuffer };
+  /** `body`: the BATCH_IN frame's body where the reader holds it (valid until the next read). */
+  | { kind: "batch"; now: number; seq: number; input: number; body: Uint8Array };
 
 const NOWHERE: Endpoint = { host: "0.0.0.0", port: 0 };
 
@@ -92,7 +94,10 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
   const work: Work[] = [];
   const each = (frame: Frame) => {
     if (frame.kind === CONTROL) work.push({ kind: "control", message: readControl(frame.body) });
-    else if (frame.kind === BATCH_IN) work.push({ kind: "batch", ...readBatchIn(frame.body) });
+    else if (frame.kind === BATCH_IN) {
+      const { now, seq, input } = peekBatchIn(frame.body);
+      work.push({ kind: "batch", now, seq, input, body: frame.body });
+    }
   };
   await reader.readFrom(io.input, each, async () => {
     while (work.length) {
@@ -125,7 +130,7 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
 async function runBatch(
   programs: readonly Program[],
   contexts: readonly Ctx[],
-  w: { seq: number; input: number; batch: ArrayBuffer },
+  w: { seq: number; input: number; body: Uint8Array },
   io: GuestIo,
 ): Promise<Uint8Array[]> {
   const frames: Uint8Array[] = [];
@@ -133,13 +138,16 @@ async function runBatch(
   let failed = 0;
   let count = 0;
   try {
-    const { batch, to } = decodeBatch(w.batch);
+    const at = peekBatchIn(w.body);
+    const { batch, to } = decodeBatch(w.body.buffer as ArrayBuffer, at.at, at.length);
     count = batch.count;
     const program = programs[to.ap];
     const ctx = contexts[to.ap];
     if (!program) throw new RangeError(`no program ${to.ap}`);
     const datagrams: Datagram[] = new Array(count);
-    for (let i = 0; i < count; i++) datagrams[i] = { data: batch.data(i), from: batch.from(i) };
+    const views: Uint8Array[] = new Array(count);
+    for (let i = 0; i < count; i++) datagrams[i] = { data: views[i] = batch.data(i), from: batch.from(i) };
+    let passed = false;
     let result = program.handle(w.input, datagrams, ctx);
     if (result instanceof Promise) result = await result;
     if (Array.isArray(result)) {
@@ -147,6 +155,18 @@ async function runBatch(
       for (let j = 0; j < Math.min(result.length, outputs); j++) {
         const list = result[j];
         if (!Array.isArray(list) || list.length === 0) continue;
+        if (!passed && unchanged(list, datagrams, views, batch)) {
+          // The batch as it came (its bytes perhaps changed in place): sent back from where it lies, once.
+          passed = true;
+          restampBatch(new Uint8Array(w.body.buffer, at.at, at.length), {
+            kind: "emitted",
+            ap: to.ap,
+            port: j,
+            rtcp: false,
+          });
+          frames.push(turnBatchIn(w.body, w.seq, j));
+          continue;
+        }
         const out = asBatch(list);
         failed += list.length - out.count;
         if (out.count) {
@@ -170,6 +190,21 @@ async function runBatch(
   }
   frames.push(doneFrame(w.seq, performance.now() - started, failed));
   return joinSmall(frames);
+}
+
+/** True when a handler returned the very list it was given, each datagram's view and sender untouched. */
+function unchanged(
+  list: readonly unknown[],
+  given: readonly Datagram[],
+  views: readonly Uint8Array[],
+  batch: Batch,
+): boolean {
+  if (list !== given || list.length !== views.length) return false;
+  for (let i = 0; i < views.length; i++) {
+    const d = list[i] as Datagram | null;
+    if (!d || d.data !== views[i] || d.from !== batch.from(i)) return false;
+  }
+  return true;
 }
 
 /** The well-formed datagrams of what a handler returned, as a Batch to encode. */

@@ -71,6 +71,31 @@ Deno.test("SandboxHost passes a batch through an uploaded program with its param
   }
 });
 
+Deno.test("SandboxHost sends back what a handler returned: the batch it was given (once without a copy), or a list it changed", async () => {
+  const source = `export const ports = { inputs: ["in"], outputs: ["a", "b", "c"] };
+export function handle(_i, batch) {
+  const changed = batch.slice();
+  changed[1] = { data: new Uint8Array([42]), from: { host: "192.0.2.7", port: 9 } };
+  return [batch, batch, changed];
+}
+`;
+  const { host, got } = sandbox(source);
+  try {
+    await host.start();
+    host.push(0, datagrams(3, 200, 4));
+    await until("three outputs", () => got.length === 3);
+    got.sort((x, y) => x.output - y.output);
+    for (const out of got.slice(0, 2)) {
+      assert.deepEqual(out.data.map((d) => [d.length, d[0], d[1]]), [[200, 4, 0], [200, 4, 1], [200, 4, 2]]);
+      assert.deepEqual(out.from, ["127.0.0.1:5004", "127.0.0.1:5004", "127.0.0.1:5004"]);
+    }
+    assert.deepEqual(got[2].data.map((d) => d.length), [200, 1, 200]);
+    assert.deepEqual(got[2].from, ["127.0.0.1:5004", "192.0.2.7:9", "127.0.0.1:5004"]);
+  } finally {
+    await host.stop();
+  }
+});
+
 Deno.test("SandboxHost refuses params the program does not declare, and nothing runs", async () => {
   const { host } = sandbox(PASS_THROUGH, { params: { stamp: 999, colour: "red" } });
   try {

@@ -111,6 +111,18 @@ export function encodeBatch(to: Crossing, batch: Batch, prefix = 0): ArrayBuffer
   return buffer;
 }
 
+/**
+ * Rewrites where an encoded batch goes (`bytes` starts at its header), in place: a batch passed on unchanged
+ * (a sandbox's pass-through) is sent back without being encoded again.
+ */
+export function restampBatch(bytes: Uint8Array, to: Crossing): void {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, HEADER);
+  const wide = view.getUint8(1) & FLAG_WIDE;
+  view.setUint8(1, (to.rtcp ? FLAG_RTCP : 0) | (to.kind === "emitted" ? FLAG_EMITTED : 0) | wide);
+  view.setUint16(2, to.port, true);
+  view.setUint32(4, to.ap, true);
+}
+
 /** The bytes a host is written as: 4 for IPv4, 16 for IPv6, its UTF-8 text (up to 255 bytes) for a name. */
 function addressBytes(host: string): Uint8Array {
   if (isIPv4(host)) return new Uint8Array(host.split(".").map(Number));
