@@ -53,6 +53,7 @@ export function paramOf(decl: ParamDecl): Param<unknown> {
 interface Member {
   readonly ap: string;
   readonly entry: string;
+  readonly files: "read" | "write" | null;
   readonly params: Readonly<Record<string, unknown>>;
   /** Program input -> module input index. */
   readonly inputs: readonly number[];
@@ -80,6 +81,12 @@ export interface SandboxPoolOptions {
   readonly metrics?: MetricsRegistry;
   /** Real time by default: deadlines and backoff are the child's, not a test's. */
   readonly clock?: Clock;
+  /**
+   * Where programs that declare `needs.files` keep files: `DIR/uploads/SESSION/GROUP` (the node's data directory),
+   * at most `storageBytes` per group; 0 or absent: such programs are refused.
+   */
+  readonly dataDir?: string;
+  readonly storageBytes?: number;
 }
 
 /** The sandbox processes of one session, one per VM group that holds uploaded APs (or per ungrouped uploaded AP). */
@@ -148,6 +155,11 @@ export class SandboxPool implements HardStop {
       sandboxed: true,
       check: (_values, place) => {
         const problems: string[] = [];
+        if (info.needs.files && !(this.#o.dataDir && this.#o.storageBytes)) {
+          problems.push(
+            `it declares needs.files = "${info.needs.files}" and this node gives uploads no storage (node.uploads.storage_bytes is 0)`,
+          );
+        }
         for (const name of place.inputNames ?? []) {
           if (!inputs.includes(name)) {
             problems.push(`it has no input "${name}" (its inputs: ${inputs.join(", ")})`);
@@ -166,6 +178,7 @@ export class SandboxPool implements HardStop {
         const member: Member = {
           ap: ctx.name,
           entry,
+          files: info.needs.files ?? null,
           params: { ...ctx.params },
           inputs: ctx.inputs.map((name) => inputs.indexOf(name)),
           outputs: outputs.map((name) => {
@@ -220,6 +233,7 @@ export class SandboxPool implements HardStop {
       deno: this.#o.deno,
       tempDir: this.#o.tempDir,
       clock: this.#o.clock ?? systemClock,
+      storage: this.#storage(group),
       onOutput: (output, batch, program) => group.members[program]?.outputs[output]?.emit(batch, false),
     });
     group.host = host;
@@ -227,6 +241,18 @@ export class SandboxPool implements HardStop {
       throw new StartError(`its sandbox (${group.name}) did not start: ${(error as Error).message}`);
     });
     return group.started;
+  }
+
+  /** The group's storage when one of its programs declared files (checked to be allowed when the plan was made). */
+  #storage(group: Group): { dir: string; write: boolean; bytes: number } | undefined {
+    const files = group.members.map((m) => m.files);
+    if (!files.some((f) => f) || !this.#o.dataDir || !this.#o.storageBytes) return undefined;
+    const safe = (s: string) => s.replace(/[^A-Za-z0-9_.-]/g, "_");
+    return {
+      dir: `${this.#o.dataDir}/uploads/${safe(this.#o.session)}/${safe(group.name)}`,
+      write: files.includes("write"),
+      bytes: this.#o.storageBytes,
+    };
   }
 
   #publish(group: Group): void {

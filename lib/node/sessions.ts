@@ -103,6 +103,8 @@ export interface UploadOptions {
   readonly limits: Partial<SandboxLimits> & { readonly maxModules: number; readonly maxBytes: number };
   /** Sandbox processes of all sessions together. */
   readonly maxProcesses: number;
+  /** Bytes of files each sandbox group that declares storage may keep under the data directory; 0: none. */
+  readonly storageBytes: number;
   /** The deno executable sandbox children run (default: this process's, when it is deno). */
   readonly deno?: string;
   readonly tempDir?: string;
@@ -456,6 +458,8 @@ export class SessionTable {
       deno: uploads.deno,
       tempDir: uploads.tempDir,
       metrics: this.node.metrics,
+      dataDir: this.node.dataDir,
+      storageBytes: uploads.storageBytes,
     });
     const processes = SandboxPool.processes(spec.aps);
     const running = this.processes().used;

@@ -48,6 +48,11 @@ export const uploadFields = {
     0,
     "percent of one core each sandbox process may use (a control group's CPU quota); 0: not capped",
   ),
+  storage_bytes: opt(
+    byteSize({ min: 0, max: 2 ** 50 }),
+    64 * 1024 * 1024,
+    "files a VM group's uploaded programs that declare needs.files may keep under node.data_dir/uploads; 0: none",
+  ),
   max_processes: opt(int({ min: 0, max: 1024 }), 16, "sandbox processes of all sessions together"),
   start_timeout: opt(duration({ min: 100, max: 300_000 }), DEFAULT_LIMITS.startMs),
   deno: opt(
@@ -75,6 +80,7 @@ export function uploadOptions(cfg: UploadsSection): UploadOptions | undefined {
       cpuShare: cfg.cpu_percent / 100,
     },
     maxProcesses: cfg.max_processes,
+    storageBytes: cfg.storage_bytes,
     ...(cfg.deno ? { deno: cfg.deno } : {}),
   };
 }

@@ -6,6 +6,7 @@
  *
  *     export const ports = { inputs: ["in"], outputs: ["out"] };
  *     export const params = { payload_type: { type: "number", default: 96, min: 0, max: 127 } };
+ *     export const needs = { files: "write" };        // optional: a storage directory of its own (its cwd)
  *     let seen = 0;                                   // state is allowed: one instance per sandbox
  *     export function start(ctx) { ... }              // optional: ctx.params, ctx.now()
  *     export function handle(input, batch, ctx) {     // batch: { data: Uint8Array, from: { host, port } }[]
@@ -36,6 +37,29 @@ export interface PortsDecl {
 }
 
 export type ParamValue = number | string | boolean;
+
+/**
+ * What a program reaches beyond memory, as it declares it: `export const needs = { files: "write" }` gives it a
+ * directory of its own under the node's data directory (its working directory), "read" only reads there.
+ */
+export interface ProgramNeeds {
+  readonly files?: "read" | "write";
+}
+
+/** The problems of a module's `needs` declaration. */
+export function needsProblems(needs: unknown): string[] {
+  if (needs === undefined || needs === null) return [];
+  if (typeof needs !== "object" || Array.isArray(needs)) {
+    return ['`needs` must be an object such as { files: "write" }'];
+  }
+  const problems: string[] = [];
+  for (const [key, value] of Object.entries(needs as Record<string, unknown>)) {
+    if (key !== "files") {
+      problems.push(`needs.${key.slice(0, 40)} is not something a program may ask for (only files)`);
+    } else if (value !== "read" && value !== "write") problems.push('needs.files must be "read" or "write"');
+  }
+  return problems;
+}
 
 export const MAX_PORTS = 16;
 export const MAX_PARAMS = 64;

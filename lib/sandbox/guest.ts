@@ -9,7 +9,7 @@
  */
 import type { Batch, Endpoint } from "../net/udp.ts";
 import { decodeBatch, encodeBatch, restampBatch } from "../graph/vm/codec.ts";
-import { type Datagram, paramsProblems, type PortsDecl, portsProblems } from "./contract.ts";
+import { type Datagram, needsProblems, paramsProblems, type PortsDecl, portsProblems } from "./contract.ts";
 import {
   BATCH_IN,
   BATCH_OUT_PREFIX,
@@ -72,6 +72,7 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
     const problems = [
       ...portsProblems(mod.ports),
       ...paramsProblems(mod.params),
+      ...needsProblems(mod.needs),
       ...(typeof mod.handle === "function" ? [] : ["it must export a function `handle(input, batch, ctx)`"]),
     ];
     if (problems.length) {
@@ -84,7 +85,10 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
   }
   await io.write(controlFrame({
     type: "loaded",
-    programs: programs.map((p) => ({ ports: p.ports, params: (p as { params?: unknown }).params ?? {} })),
+    programs: programs.map((p) => {
+      const m = p as { params?: unknown; needs?: unknown };
+      return { ports: p.ports, params: m.params ?? {}, needs: m.needs ?? {} };
+    }),
   }));
 
   let now = 0;

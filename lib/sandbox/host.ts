@@ -26,7 +26,15 @@ import { type BackoffPolicy, type Child, type ChildExit, Supervisor } from "../c
 import { normalPriorityArgv } from "../core/scheduling.ts";
 import { decodeBatch, type DecodedBatch, encodeBatch } from "../graph/vm/codec.ts";
 import type { Batch } from "../net/udp.ts";
-import { type ParamDecl, paramsProblems, type PortsDecl, portsProblems, resolveParams } from "./contract.ts";
+import {
+  needsProblems,
+  type ParamDecl,
+  paramsProblems,
+  type PortsDecl,
+  portsProblems,
+  type ProgramNeeds,
+  resolveParams,
+} from "./contract.ts";
 import {
   BATCH_IN_PREFIX,
   BATCH_OUT,
@@ -114,6 +122,12 @@ export interface SandboxOptions {
   readonly deno?: string;
   /** Takes CPU and memory samples this often (0: only on `sample()`). Default 1000. */
   readonly sampleMs?: number;
+  /**
+   * A directory of the programs' own (made if missing; it outlives the sandbox, as a saver's files do), their
+   * working directory, readable, and writable with `write`, holding at most `bytes` together: a sandbox whose files
+   * grow past it is killed and not restarted.
+   */
+  readonly storage?: { readonly dir: string; readonly write: boolean; readonly bytes: number };
   /** Only load the programs and report their ports and params (see `SandboxHost.inspect`). */
   readonly inspectOnly?: boolean;
   /** Called with every batch a program emits; the batch is valid during the call. */
@@ -122,6 +136,7 @@ export interface SandboxOptions {
 
 /** A program's ports and declared params, as its child reported them. */
 export interface ProgramInfo {
+  readonly needs: ProgramNeeds;
   readonly ports: PortsDecl;
   readonly params: Readonly<Record<string, ParamDecl>>;
 }
@@ -201,6 +216,7 @@ export class SandboxHost implements AsyncDisposable {
   };
   readonly #denied: string[] = [];
   #handlerMsMax = 0;
+  #storageBytes: number | null = null;
 
   constructor(options: SandboxOptions) {
     this.#o = options;
@@ -286,6 +302,7 @@ export class SandboxHost implements AsyncDisposable {
         throw error;
       }
     }
+    if (this.#o.storage) await Deno.mkdir(this.#o.storage.dir, { recursive: true, mode: 0o700 });
     this.#dir = await Deno.makeTempDir({ dir: this.#o.tempDir, prefix: "edgenode-sandbox-" });
     await Deno.mkdir(`${this.#dir}/modules`, { mode: 0o700 });
     await Deno.mkdir(`${this.#dir}/ipc`, { mode: 0o700 });
@@ -339,13 +356,28 @@ export class SandboxHost implements AsyncDisposable {
     return true;
   }
 
-  /** Refreshes the CPU and memory figures of the running child. */
+  /** Refreshes the CPU and memory figures of the running child, and checks what its storage holds. */
   async sample(): Promise<ProcSample | null> {
     const pid = this.pid;
     if (pid === null) return this.#sample;
     const s = await sampleProcess(pid);
     if (s) this.#sample = s;
+    await this.#checkStorage();
     return this.#sample;
+  }
+
+  /** Storage over its bytes: the child is killed and the sandbox fails (a restart would find it full again). */
+  async #checkStorage(): Promise<void> {
+    const storage = this.#o.storage;
+    if (!storage?.write || this.#state === "failed" || this.#state === "stopped") return;
+    const used = await directoryBytes(storage.dir);
+    this.#storageBytes = used;
+    if (used <= storage.bytes) return;
+    const run = this.#run;
+    if (run) this.#kill(run, "crashed");
+    this.#fail(
+      new Error(`its files hold ${used} bytes, over its ${storage.bytes} (node.uploads.storage_bytes)`),
+    );
   }
 
   /** Figures for /status (and /metrics, by the same names). */
@@ -361,6 +393,15 @@ export class SandboxHost implements AsyncDisposable {
       memory_bytes: this.#sample?.rssBytes ?? null,
       cpu_ms: this.#sample?.cpuMs ?? null,
       queue_depth: this.#run?.inFlight.length ?? 0,
+      ...(this.#o.storage
+        ? {
+          storage: {
+            write: this.#o.storage.write,
+            bytes: this.#storageBytes,
+            max_bytes: this.#o.storage.bytes,
+          },
+        }
+        : {}),
       handler_ms_max: Math.round(this.#handlerMsMax * 1000) / 1000,
       ...this.#counts,
       dropped: { ...this.#drops },
@@ -413,6 +454,9 @@ export class SandboxHost implements AsyncDisposable {
       main: CHILD_MAIN.href,
       dir: `${this.#dir}/modules`,
       socket,
+      storage: this.#o.storage?.dir,
+      storageWrite: this.#o.storage?.write,
+      storageBytes: this.#o.storage?.bytes,
       entries: this.#wanted.map((p) => p.entry),
       heapMb: this.#limits.heapMb,
       memoryMb: this.#limits.memoryMb,
@@ -430,7 +474,7 @@ export class SandboxHost implements AsyncDisposable {
         args: argv.slice(1),
         clearEnv: true,
         env,
-        cwd: `${this.#dir}/modules`,
+        cwd: this.#o.storage?.dir ?? `${this.#dir}/modules`,
         stdin: "null",
         stdout: "null",
         stderr: "piped",
@@ -563,7 +607,11 @@ export class SandboxHost implements AsyncDisposable {
         const values: Record<string, unknown>[] = [];
         for (const [k, wanted] of this.#wanted.entries()) {
           const p = reported[k] ?? {};
-          const problems = [...portsProblems(p.ports), ...paramsProblems(p.params)];
+          const problems = [
+            ...portsProblems(p.ports),
+            ...paramsProblems(p.params),
+            ...needsProblems(p.needs),
+          ];
           const decl = (p.params ?? {}) as Record<string, ParamDecl>;
           const resolved = problems.length
             ? null
@@ -582,7 +630,11 @@ export class SandboxHost implements AsyncDisposable {
             });
             return this.#loadFailed(run, error);
           }
-          programs.push({ ports: p.ports as PortsDecl, params: decl });
+          programs.push({
+            ports: p.ports as PortsDecl,
+            params: decl,
+            needs: (p.needs ?? {}) as ProgramNeeds,
+          });
           values.push(resolved!.values);
         }
         this.#programs = programs;
@@ -806,6 +858,19 @@ export class SandboxHost implements AsyncDisposable {
     if (permission === "read" && value !== null && (value === modules || value.startsWith(`${modules}/`))) {
       return;
     }
+    // Its own storage, as granted (a relative name is in its working directory, the storage).
+    const storage = this.#o.storage;
+    const path = storage && value !== null && (permission === "read" || permission === "write")
+      ? (value.startsWith("/")
+        ? value
+        : decodeURIComponent(new URL(value, `file://${storage.dir}/`).pathname))
+      : null;
+    if (
+      storage && path !== null && (path === storage.dir || path.startsWith(`${storage.dir}/`)) &&
+      (permission === "read" || (permission === "write" && storage.write))
+    ) {
+      return;
+    }
     // Its own frames' socket (read, write and net "unix:" access to that one path).
     if (value !== null && value.includes(`${this.#dir}/ipc/`) && /^(read|write|net)$/.test(permission)) {
       return;
@@ -826,6 +891,17 @@ export class SandboxHost implements AsyncDisposable {
     if (this.#denied.includes(line)) return;
     this.#denied.push(line);
     if (this.#denied.length > DENIALS_KEPT) this.#denied.shift();
+  }
+}
+
+/** Bytes of the regular files under `dir` (`du -sb`, which Deno's permissions need not see); 0 when it is gone. */
+async function directoryBytes(dir: string): Promise<number> {
+  try {
+    const out = await new Deno.Command("du", { args: ["-sb", dir], stdout: "piped", stderr: "null" })
+      .output();
+    return Number(new TextDecoder().decode(out.stdout).split(/\s/)[0]) || 0;
+  } catch {
+    return 0;
   }
 }
 

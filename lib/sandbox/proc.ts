@@ -31,6 +31,10 @@ export interface ChildCommandOptions {
   readonly dir: string;
   /** The unix socket its frames go through: it may read, write and connect to this one path. */
   readonly socket: string;
+  /** A directory of its own it may read (and write, with `storageWrite`), its files at most `storageBytes` each. */
+  readonly storage?: string;
+  readonly storageWrite?: boolean;
+  readonly storageBytes?: number;
   /** Each program's entry module, a file name in `dir`. */
   readonly entries: readonly string[];
   /** V8 old-space limit. */
@@ -45,7 +49,9 @@ export interface ChildCommandOptions {
  * The argv that starts a sandbox child. Connecting to its unix socket needs write access to that path, which would
  * also let the program remove the socket and write a file there: RLIMIT_FSIZE 0 makes every write to a regular file
  * fail (EFBIG, with SIGXFSZ ignored through `sh`, as an ignored signal stays ignored across exec; Deno's own cache
- * writes then fail quietly), while sockets and the audit FIFO are not files it limits.
+ * writes then fail quietly), while sockets and the audit FIFO are not files it limits. A program that declared
+ * storage may write files of up to `storageBytes` each (its directory's total is checked by the host); the socket's
+ * path is removed once the child connected, so a file made there later is in the host's private directory only.
  */
 export function childArgv(o: ChildCommandOptions): string[] {
   const mib = 1024 * 1024;
@@ -59,7 +65,7 @@ export function childArgv(o: ChildCommandOptions): string[] {
     "prlimit",
     `--as=${asBytes}`,
     `--data=${dataBytes}`,
-    "--fsize=0",
+    `--fsize=${o.storage && o.storageWrite ? o.storageBytes ?? 0 : 0}`,
     "--core=0",
     "--",
     o.deno,
@@ -69,8 +75,8 @@ export function childArgv(o: ChildCommandOptions): string[] {
     "--no-lock",
     "--no-remote",
     "--no-npm",
-    `--allow-read=${o.dir},${o.socket}`,
-    `--allow-write=${o.socket}`,
+    `--allow-read=${o.dir},${o.socket}${o.storage ? `,${o.storage}` : ""}`,
+    `--allow-write=${o.socket}${o.storage && o.storageWrite ? `,${o.storage}` : ""}`,
     `--allow-net=unix:${o.socket}`,
     `--v8-flags=--max-old-space-size=${o.heapMb}`,
     o.main,

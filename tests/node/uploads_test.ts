@@ -36,6 +36,7 @@ async function setup(uploads: Record<string, unknown> = {}) {
   const app = roleApp("node", role, { clock, metrics, logger, token: TOKEN });
   return {
     app,
+    dataDir,
     async upload(program: string, modules: Record<string, string>, file = "session.dipronn") {
       const form = new FormData();
       form.append("program", new File([program], file));
@@ -402,6 +403,76 @@ Deno.test("an uploaded AP that crashes on every batch is restarted with a growin
   }
   assert.ok(delays[1] > delays[0] && delays[2] > delays[1], `backoff grows: ${delays}`);
   assert.equal(sandboxOf(await env.session("crashing"), "Exits").dropped.crashed, 3);
+});
+
+Deno.test("an uploaded program that declares files keeps them in its own directory of the data directory, within its bytes", async () => {
+  await using env = await setup({ storage_bytes: 20_000 });
+  const input = freeUdpPort();
+  const keeper = `${PORTS}export const needs = { files: "write" };
+let n = 0;
+export function handle(_i, batch) {
+  n += batch.length;
+  Deno.writeTextFileSync("count.txt", String(n));
+  Deno.writeFileSync(\`chunk-\${n}.bin\`, new Uint8Array(6000));
+  return [batch];
+}
+`;
+  const { status, body } = await env.upload(
+    `Project keeping;
+{ AP name="Keep" ref=upload.keeper; inputs = in(DIPRONN_INPUT(${input})); }
+`,
+    { "keeper.js": keeper },
+  );
+  assert.equal(status, 201, JSON.stringify(body));
+  const dir = `${env.dataDir}/uploads/keeping/ap_Keep`;
+  await send(input, [rtp(96, 1)]);
+  await until("its file", () => {
+    try {
+      return Deno.readTextFileSync(`${dir}/count.txt`) === "1";
+    } catch {
+      return false;
+    }
+  });
+  let s = sandboxOf(await env.session("keeping"), "Keep");
+  assert.equal(s.denials, 0, JSON.stringify(s.denied));
+  // Three more chunks of 6000 B take it over its 20,000 bytes: it is stopped for good, its files kept.
+  for (let i = 2; i <= 4; i++) {
+    await until(`file ${i - 1} written`, () => {
+      try {
+        return Deno.readTextFileSync(`${dir}/count.txt`) === String(i - 1);
+      } catch {
+        return false;
+      }
+    });
+    await send(input, [rtp(96, i)]);
+  }
+  s = await poll("the storage limit", async () => {
+    const s = sandboxOf(await env.session("keeping"), "Keep");
+    return s.state === "failed" ? s : null;
+  });
+  assert.match(
+    String(s.last_error),
+    /its files hold \d+ bytes, over its 20000 \(node\.uploads\.storage_bytes\)/,
+  );
+  assert.ok(Deno.statSync(`${dir}/chunk-1.bin`).isFile);
+});
+
+Deno.test("a node that gives uploads no storage refuses a program that declares files, at its place", async () => {
+  await using env = await setup({ storage_bytes: 0 });
+  const { status, body } = await env.upload(
+    `Project nostore;
+{ AP name="Keep" ref=upload.keeper; inputs = in(DIPRONN_INPUT(${freeUdpPort()})); }
+`,
+    {
+      "keeper.js":
+        `${PORTS}export const needs = { files: "read" };\nexport function handle(_i, b) { return [b]; }\n`,
+    },
+  );
+  assert.equal(status, 400, JSON.stringify(body));
+  assert.match(
+    body.errors[0].text,
+    /session\.dipronn:2:\d+: Keep \(upload\.keeper\): it declares needs\.files = "read" and this node gives uploads no storage/,
+  );
 });
 
 Deno.test("a node with uploads off refuses a program with modules, and says how to turn them on", async () => {
