@@ -4,6 +4,7 @@
  */
 import type { Hono } from "hono";
 import { createApp } from "./api/app.ts";
+import { History } from "./dashboard/history.ts";
 import type { Clock } from "./core/clock.ts";
 import { errorMessage, StartError } from "./core/errors.ts";
 import { Lifecycle, type StopResult } from "./core/lifecycle.ts";
@@ -70,13 +71,17 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       lifecycle.add(roleName, (deadline) => role.stop(deadline));
       logger.info("started", { part: roleName });
     }
+    // The dashboard's figures of the last minutes, read from the roles' status every 2 s.
+    const statusOfRoles = () => Object.fromEntries([...running].map(([n, r]) => [n, r.status()]));
+    const history = new History({ clock, status: statusOfRoles });
     const app = createApp({
       name,
       version: VERSION,
       clock,
       startedAt,
       metrics,
-      roles: () => Object.fromEntries([...running].map(([n, r]) => [n, r.status()])),
+      roles: statusOfRoles,
+      history,
       process: () => ({ scheduling }),
       token: plan.status.token,
       maxBody: plan.status.max_body,
@@ -85,7 +90,11 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       selfGuarded: [...running.values()].flatMap((r) => r.selfGuarded ?? []),
     });
     const server = listen(app.fetch, plan.status.listen);
-    lifecycle.add("status", (deadline) => server.stop(deadline));
+    history.start();
+    lifecycle.add("status", (deadline) => {
+      history.stop();
+      return server.stop(deadline);
+    });
     logger.child("status").info("listening", { addr: formatHostPort(server.addr) });
     return {
       name,

@@ -8,6 +8,8 @@ import type { Clock } from "../core/clock.ts";
 import { isLogLevel, LOG_LEVELS, type Logger } from "../core/logger.ts";
 import type { MetricsRegistry } from "../core/metrics.ts";
 import { requireToken } from "./auth.ts";
+import { dashboardRoutes } from "../dashboard/page.tsx";
+import type { History } from "../dashboard/history.ts";
 
 export interface AppDeps {
   readonly name: string;
@@ -30,6 +32,8 @@ export interface AppDeps {
    * bearer token does not apply there. Each is "/name/"; absent or empty: every mutating route needs the token.
    */
   readonly selfGuarded?: readonly string[];
+  /** The figures of the last minutes: with it, GET / is the dashboard (lib/dashboard/page.tsx). */
+  readonly history?: History;
 }
 
 const PREFIX = /^\/[A-Za-z0-9_.-]+\/$/;
@@ -72,16 +76,18 @@ export function createApp(deps: AppDeps): Hono {
 
   app.get("/healthz", (c) => c.text("ok\n"));
 
-  app.get("/status", (c) =>
-    c.json({
-      name: deps.name,
-      version: deps.version,
-      started_at: new Date(deps.startedAt).toISOString(),
-      uptime_seconds: Math.max(0, (clock.now() - deps.startedAt) / 1000),
-      log_level: logger.level,
-      ...(deps.process ? { process: deps.process() } : {}),
-      roles: deps.roles(),
-    }));
+  const statusDocument = () => ({
+    name: deps.name,
+    version: deps.version,
+    started_at: new Date(deps.startedAt).toISOString(),
+    uptime_seconds: Math.max(0, (clock.now() - deps.startedAt) / 1000),
+    log_level: logger.level,
+    ...(deps.process ? { process: deps.process() } : {}),
+    roles: deps.roles(),
+    ...(deps.history ? { history: deps.history.status() } : {}),
+  });
+  app.get("/status", (c) => c.json(statusDocument()));
+  if (deps.history) dashboardRoutes(app, { status: statusDocument, history: deps.history });
 
   app.get("/metrics", (c) => {
     c.header("Content-Type", "text/plain; version=0.0.4; charset=utf-8");

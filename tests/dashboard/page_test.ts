@@ -1,0 +1,225 @@
+/**
+ * The dashboard at GET / through the appliance's own status app (no listener: its handler is called directly), with
+ * the real roles running on loopback: every role's section renders from real status data, names a user controls are
+ * escaped, the token is never in the page, the session's graph and the charts are drawn, the history is bounded.
+ */
+import assert from "node:assert/strict";
+import { type ApplianceDeps, startAppliance } from "../../lib/appliance.ts";
+import { loadConfig } from "../../lib/config/load.ts";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { History } from "../../lib/dashboard/history.ts";
+import { lineChart } from "../../lib/dashboard/charts.ts";
+import type { Handler } from "../../lib/net/http.ts";
+import { builtinRoles } from "../../lib/roles/mod.ts";
+import { freeTcpPort, freeUdpPort } from "../_support/ports.ts";
+
+const TOKEN = "dash-secret-token-0123456789";
+const EVIL = `<img src=x onerror=alert(1)>`;
+
+/** A box with every role: a scheduler service, a relay, a reflector, a session with a VM group, an agent. */
+export async function dashboardBox() {
+  const dir = await Deno.makeTempDir({ prefix: "edgenode_dash_" });
+  const input = freeUdpPort();
+  const relayIn = freeUdpPort();
+  const program = `${dir}/lecture.dipronn`;
+  await Deno.writeTextFile(
+    program,
+    `Project lecture;
+{ AP name="In" ref=localservice.duplicator;
+    inputs = in(DIPRONN_INPUT(${input}));
+    outputs = o1(Count.in), o2(Fw.in);
+}
+{ AP name="Count" ref=localservice.counter; inputs = in; }
+{ VM name="vm1" ref=img;
+  { AP name="Fw" ref=localservice.forwarder; inputs = in; outputs = out(DIPRONN_OUTPUT("127.0.0.1:${freeUdpPort()}")); }
+}
+`,
+  );
+  const config = `name: dash-box
+roles: [scheduler, agent, relay, node]
+status:
+  listen: 127.0.0.1:0
+  token: ${TOKEN}
+scheduler:
+  services:
+    - name: web
+      listen: 127.0.0.1:${freeTcpPort()}
+      servers:
+        - { address: 127.0.0.1:${freeTcpPort()} }
+        - { address: 127.0.0.1:${freeTcpPort()}, weight: 2 }
+agent:
+  listen: 127.0.0.1:${freeTcpPort()}
+relay:
+  relays:
+    - name: video
+      listen: 127.0.0.1:${relayIn}
+      targets: [127.0.0.1:${freeUdpPort()}]
+  reflectors:
+    - name: lecture
+      data: 127.0.0.1:${freeUdpPort()}
+      registration: 127.0.0.1:${freeUdpPort()}
+      allow: [loopback]
+node:
+  bind: 127.0.0.1
+  data_dir: ${dir}/data
+  allow_loopback_output: true
+  sessions: [${program}]
+`;
+  const roles = builtinRoles();
+  const plan = loadConfig(config, { file: "dash.yaml", roles });
+  const clock = new ManualClock(Date.UTC(2026, 11, 4, 12));
+  let handler: Handler | undefined;
+  const deps: ApplianceDeps = {
+    clock,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    roles,
+    hostname: () => "dash-host",
+    listen: (h, addr) => {
+      handler = h;
+      return { addr: { ...addr, port: 1 }, stop: () => Promise.resolve() } as never;
+    },
+  };
+  const appliance = await startAppliance(plan, deps);
+  const sender = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  return {
+    clock,
+    input,
+    relayIn,
+    async get(path: string, init?: RequestInit): Promise<Response> {
+      return await handler!(new Request(`http://status.test${path}`, init));
+    },
+    async send(port: number, count: number): Promise<void> {
+      for (let i = 0; i < count; i++) {
+        await sender.send(new Uint8Array(100), { transport: "udp", hostname: "127.0.0.1", port });
+      }
+    },
+    async [Symbol.asyncDispose]() {
+      sender.close();
+      await appliance.stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+Deno.test("the dashboard renders every role's section from the box's real status, escaped, without the token", async () => {
+  await using box = await dashboardBox();
+  // Text an uploaded program controls (its error) reaches the page through its sandbox's last error.
+  const form = new FormData();
+  const evilInput = freeUdpPort();
+  form.append(
+    "program",
+    new File(
+      [`Project evil;\n{ AP name="E" ref=upload.evil; inputs = in(DIPRONN_INPUT(${evilInput})); }\n`],
+      "e.dipronn",
+    ),
+  );
+  form.append(
+    "module",
+    new File([
+      `export const ports = { inputs: ["in"], outputs: [] };\nexport function handle() { throw new Error(${
+        JSON.stringify(EVIL)
+      }); }\n`,
+    ], "evil.js"),
+  );
+  const up = await box.get("/node/sessions", {
+    method: "POST",
+    body: form,
+    headers: { authorization: `Bearer ${TOKEN}` },
+  });
+  assert.equal(up.status, 201, await up.text());
+  await box.send(evilInput, 1);
+  for (let i = 0; i < 300; i++) {
+    const s = await (await box.get("/node/sessions/evil")).json();
+    if (s.aps[0].sandbox.last_error) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const res = await box.get("/");
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type") ?? "", /text\/html/);
+  const page = await res.text();
+  for (const id of ["scheduler", "relay", "node", "agent"]) {
+    assert.match(page, new RegExp(`<section id="${id}"`));
+  }
+  // The scheduler's servers, a row each, with their buttons; the service's name escaped wherever it appears.
+  assert.equal((page.match(/<tr data-server=/g) ?? []).length, 2);
+  assert.equal((page.match(/data-action="admin"/g) ?? []).length, 6);
+  assert.ok(!page.includes(EVIL), "a user's name is never markup");
+  assert.ok(
+    page.includes("&lt;img src=x onerror=alert(1)&gt;") || page.includes("&lt;img"),
+    "it is shown escaped",
+  );
+  assert.ok(!page.includes(TOKEN), "the token is not in the page");
+  // The relay and the reflector; the session's graph with its three APs and two wires, the VM group's box dashed.
+  assert.match(page, /<tr data-relay="video">/);
+  assert.match(page, /data-reflector="lecture"/);
+  assert.equal(
+    (page.match(/<g class="ap[^"]*" data-ap=/g) ?? []).length,
+    4,
+    "three APs of lecture, one of evil",
+  );
+  assert.equal((page.match(/class="wire"/g) ?? []).length, 2);
+  assert.match(page, /<g class="ap vm" data-ap="Fw">/);
+  assert.match(page, /<text class="input"[^>]*>IN\(\d+\) →/);
+  // No script or style from elsewhere: everything the page needs is in it.
+  assert.doesNotMatch(page, /<script[^>]+src=|<link[^>]+href=|https?:\/\/(?!www\.w3\.org)/);
+});
+
+Deno.test("the dashboard's charts follow the box's traffic as the history samples it", async () => {
+  await using box = await dashboardBox();
+  box.clock.advance(2000);
+  await box.send(box.input, 50);
+  await box.send(box.relayIn, 30);
+  // The status figures are the roles' own: wait until the datagrams are counted, then take a sample.
+  for (let i = 0; i < 200; i++) {
+    const status = await (await box.get("/status")).json();
+    const video = status.roles.relay.relays.video;
+    const sockets = status.roles.node.sessions.lecture.sockets;
+    if (video.rx_packets === 30 && sockets[0].rx_packets === 50) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  box.clock.advance(2000);
+  const main = await (await box.get("/dashboard/main")).text();
+  const session = chart(main, "chart-session-lecture");
+  assert.match(session, /<g class="series" data-name="packets\/s in"/);
+  // 50 datagrams in the 2 s between two samples: 25/s, at the chart's last point.
+  assert.match(session, /<path d="M[^"]+"/);
+  const status = await (await box.get("/status")).json();
+  assert.ok(status.history.series > 0 && status.history.samples >= 3, JSON.stringify(status.history));
+  const relay = chart(main, "chart-relay-video");
+  assert.match(relay, /data-name="packets\/s in"/);
+  assert.doesNotMatch(relay, /no data yet/);
+});
+
+Deno.test("the history keeps at most its series and points, whatever the box runs", () => {
+  const clock = new ManualClock(0);
+  const sessions: Record<string, unknown> = {};
+  for (let i = 0; i < 400; i++) sessions[`s${i}`] = { sockets: [{ rx_packets: i }], aps: [] };
+  const history = new History({ clock, status: () => ({ node: { sessions } }), maxSeries: 100, points: 10 });
+  for (let t = 0; t < 50; t++) {
+    history.sample();
+    clock.advance(1000);
+  }
+  const s = history.status();
+  assert.equal(s.series, 100);
+  assert.ok(s.refused_series > 0);
+  for (const series of history.series("session/")) assert.ok(series.points.length <= 10);
+});
+
+Deno.test("lineChart draws one group per series with its measured points, escaped", () => {
+  const svg = lineChart(
+    [{ name: "a<b>", points: [[1, 2], [2, 4], [3, NaN]] }, { name: "c", points: [[1, 1]] }],
+    { title: "t & u", x: "linear", points: true },
+  );
+  assert.equal((svg.match(/<g class="series"/g) ?? []).length, 2);
+  assert.match(svg, /data-name="a&#60;b&#62;"/);
+  assert.equal((svg.match(/<circle/g) ?? []).length, 3, "a point that is not a number is a gap");
+  assert.match(svg, /t &#38; u/);
+});
+
+/** The SVG element with `id` in `html`. */
+function chart(html: string, id: string): string {
+  const at = html.indexOf(`id="${id}"`);
+  assert.ok(at >= 0, `no chart ${id}`);
+  return html.slice(at, html.indexOf("</svg>", at));
+}
