@@ -43,7 +43,7 @@ export const PALETTE = [
   "#17becf",
 ];
 
-const MARGIN = { top: 28, right: 16, bottom: 40, left: 58 };
+const MARGIN = { top: 28, right: 30, bottom: 40, left: 58 };
 
 /** Text safe inside SVG or HTML. */
 export function esc(text: string): string {

@@ -23,7 +23,7 @@ type Obj = Record<string, unknown>;
 const obj = (v: unknown): Obj => (v && typeof v === "object" && !Array.isArray(v) ? v as Obj : {});
 const arr = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
 const text = (v: unknown): string => (v === null || v === undefined ? "" : String(v));
-const n = (v: unknown): string => (typeof v === "number" ? shortNumber(v) : "–");
+const n = (v: unknown): string => (typeof v === "number" && Number.isFinite(v) ? shortNumber(v) : "–");
 
 /** Most rows a table shows (a reflector's participants); the rest are counted. */
 const MAX_ROWS = 50;
@@ -41,6 +41,8 @@ function Page({ deps }: { deps: DashboardDeps }) {
         <meta charset="utf-8" />
         <title>{`${text(s.name)} · edgenode`}</title>
         <meta name="viewport" content="width=device-width, initial-scale=1" />
+        {/* No icon to fetch: the page asks for nothing it does not hold. */}
+        <link rel="icon" href="data:," />
         <style>{raw(STYLE)}</style>
       </head>
       <body>
@@ -62,7 +64,10 @@ function Page({ deps }: { deps: DashboardDeps }) {
           <Main deps={deps} />
         </main>
         <footer>
-          Updated <span id="updated">at load</span> · <a href="/status">/status</a> ·{" "}
+          <label>
+            <input id="live" type="checkbox" checked /> live
+          </label>{" "}
+          · updated <span id="updated">at load</span> · <a href="/status">/status</a> ·{" "}
           <a href="/metrics">/metrics</a>
         </footer>
         <script>{raw(SCRIPT)}</script>
@@ -162,7 +167,7 @@ function Scheduler({ status, history }: { status: Obj; history: History }) {
                       </td>
                       <td>{n(server.weight)}</td>
                       <td>{n(server.scaled_weight)}</td>
-                      <td>{server.load_percent === null ? "–" : `${n(server.load_percent)}%`}</td>
+                      <td>{n(server.load_percent) === "–" ? "–" : `${n(server.load_percent)}%`}</td>
                       <td>{n(server.active)}</td>
                       <td>{n(server.total)}</td>
                       <td title={text(check.detail)}>
@@ -519,7 +524,8 @@ const SCRIPT = `
   });
   showToken();
   const say = (text, error) => { notice.textContent = text; notice.className = error ? "error" : ""; };
-  async function refresh() {
+  async function refresh(always) {
+    if (!always && !document.getElementById("live").checked) return;
     try {
       const res = await fetch("/dashboard/main", { cache: "no-store" });
       if (!res.ok) return;
@@ -542,7 +548,7 @@ const SCRIPT = `
     const body = await res.json().catch(() => ({}));
     if (res.ok) say(b.dataset.server + " of " + b.dataset.service + ": " + b.dataset.state);
     else say("Refused (" + res.status + "): " + (body.error || res.statusText), true);
-    await refresh();
+    await refresh(true);
   });
   setInterval(refresh, 2000);
 })();

@@ -1,0 +1,75 @@
+/**
+ * The browser side of tests/dashboard/browser_test.ts, in a process of its own: playwright-core reads /proc files
+ * that Deno lets only --allow-all read, which the test runner does not have. Arguments: the dashboard's URL, the
+ * token, the screenshot folder, the Chromium executable. It talks in lines: it writes `loaded` and waits for `go`
+ * (the test sends traffic and moves the box's clock in between), then drives the page and writes one JSON line with
+ * what it saw.
+ */
+import { chromium } from "playwright-core";
+
+const [url, token, out, executable] = Deno.args;
+const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).getReader();
+let buffered = "";
+async function nextLine(): Promise<string> {
+  for (;;) {
+    const nl = buffered.indexOf("\n");
+    if (nl >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      return line;
+    }
+    const { value, done } = await lines.read();
+    if (done) throw new Error("stdin ended");
+    buffered += value;
+  }
+}
+const say = (line: string) => console.log(line);
+
+const browser = await chromium.launch({ executablePath: executable, args: ["--no-sandbox"] });
+const result: Record<string, unknown> = { problems: [] as string[] };
+const problems = result.problems as string[];
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on("console", (m) => {
+    if (m.type() === "error") problems.push(`console: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => problems.push(`page: ${e.message}`));
+  await page.goto(`${url}/`);
+  result.chartBefore = await page.locator("#chart-relay-video").innerHTML();
+  say("loaded");
+  if ((await nextLine()) !== "go") throw new Error("expected go");
+  // Expressions run in the page, given as text.
+  await page.waitForFunction(
+    `!document.querySelector("#chart-relay-video")?.innerHTML.includes("no data yet")`,
+    undefined,
+    { timeout: 10_000 },
+  );
+  result.chartPaths = await page.locator("#chart-relay-video g.series path").count();
+  const server = await page.locator("#scheduler tr[data-server]").first().getAttribute("data-server");
+  result.server = server;
+  const drain = () =>
+    page.locator(`#scheduler tr[data-server="${server}"] button[data-state="drain"]`).click();
+  await drain();
+  await page.waitForFunction(`document.querySelector("#notice")?.textContent?.includes("token")`);
+  result.noticeWithoutToken = await page.locator("#notice").textContent();
+  await page.fill("#token", token);
+  await page.click("#token-form button[type=submit]");
+  await drain();
+  await page.waitForFunction(
+    `document.querySelector('#scheduler tr[data-server="${server}"]')?.textContent?.includes("drain")`,
+    undefined,
+    { timeout: 10_000 },
+  );
+  result.noticeWithToken = await page.locator("#notice").textContent();
+  result.tokenInPage = (await page.content()).includes(token);
+  for (const role of ["scheduler", "relay", "node", "agent"]) {
+    await page.locator(`#${role}`).screenshot({ path: `${out}${role}.png` });
+  }
+  await page.screenshot({ path: `${out}page.png`, fullPage: true });
+} catch (error) {
+  result.error = String(error);
+} finally {
+  await browser.close();
+}
+say(JSON.stringify(result));
+Deno.exit(0);
