@@ -290,20 +290,22 @@ function Relay({ status, history }: { status: Obj; history: History }) {
                   <thead>
                     <tr>
                       <th>participant</th>
-                      <th>how</th>
+                      <th>joined by</th>
                       <th>sent</th>
                       <th>dropped</th>
-                      <th>last seen</th>
+                      <th>joined</th>
+                      <th>idle</th>
                     </tr>
                   </thead>
                   <tbody>
                     {participants.slice(0, MAX_ROWS).map((p) => (
                       <tr>
-                        <td>{text(p.address ?? p.participant)}</td>
-                        <td>{text(p.via ?? p.source ?? "")}</td>
-                        <td>{n(p.sent ?? p.packets)}</td>
+                        <td>{text(p.address)}</td>
+                        <td>{text(p.origin)}</td>
+                        <td>{n(p.sent)}</td>
                         <td>{n(p.dropped)}</td>
-                        <td>{text(p.last_seen ?? p.expires ?? "")}</td>
+                        <td>{n(p.joined_seconds_ago)} s ago</td>
+                        <td>{n(p.idle_seconds)} s</td>
                       </tr>
                     ))}
                   </tbody>

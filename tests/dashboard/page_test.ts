@@ -42,6 +42,12 @@ Deno.test("the dashboard renders every role's section from the box's real status
     if (s.aps[0].sandbox.last_error) break;
     await new Promise((r) => setTimeout(r, 10));
   }
+  const joined = await box.get("/relay/reflectors/lecture/participants", {
+    method: "POST",
+    body: JSON.stringify({ address: "127.0.0.1:40000" }),
+    headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+  });
+  assert.equal(joined.status, 201, await joined.text());
   const res = await box.get("/");
   assert.equal(res.status, 200);
   assert.match(res.headers.get("content-type") ?? "", /text\/html/);
@@ -61,6 +67,7 @@ Deno.test("the dashboard renders every role's section from the box's real status
   // The relay and the reflector; the session's graph with its three APs and two wires, the VM group's box dashed.
   assert.match(page, /<tr data-relay="video">/);
   assert.match(page, /data-reflector="lecture"/);
+  assert.match(page, /<td>127\.0\.0\.1:40000<\/td><td>api<\/td>/);
   assert.equal(
     (page.match(/<g class="ap[^"]*" data-ap=/g) ?? []).length,
     4,
