@@ -49,8 +49,30 @@ interface Ctx {
 
 type Work =
   | { kind: "control"; message: unknown }
-  /** `body`: the BATCH_IN frame's body where the reader holds it (valid until the next read). */
-  | { kind: "batch"; now: number; seq: number; input: number; body: Uint8Array };
+  | BatchWork;
+
+/** `body`: the BATCH_IN frame's body where the reader holds it (valid until the next read). */
+interface BatchWork {
+  readonly kind: "batch";
+  readonly now: number;
+  readonly seq: number;
+  readonly input: number;
+  readonly body: Uint8Array;
+}
+
+/** Most batches, and datagrams, merged into one handler call. */
+const MERGE_BATCHES = 64;
+const MERGE_DATAGRAMS = 1024;
+
+/** The program (AP index) a BATCH_IN body's batch is for, from its crossing header. */
+function apOf(body: Uint8Array): number {
+  return new DataView(body.buffer, body.byteOffset + 14 + 4, 4).getUint32(0, true);
+}
+
+/** The datagrams in a BATCH_IN body's batch, from its crossing header. */
+function countOf(body: Uint8Array): number {
+  return new DataView(body.buffer, body.byteOffset + 14 + 8, 4).getUint32(0, true);
+}
 
 const NOWHERE: Endpoint = { host: "0.0.0.0", port: 0 };
 
@@ -124,51 +146,77 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
         }
         continue;
       }
-      now = w.now;
-      for (const bytes of await runBatch(programs, contexts, w, io)) await io.write(bytes);
+      // Batches for the same program and input that arrived together go to the handler as one: a busy input's
+      // many small batches cost one call, not one each (each still gets its DONE).
+      const group = [w];
+      let datagrams = countOf(w.body);
+      while (group.length < MERGE_BATCHES && datagrams < MERGE_DATAGRAMS) {
+        const next = work[0];
+        if (next?.kind !== "batch" || next.input !== w.input || apOf(next.body) !== apOf(w.body)) break;
+        group.push(work.shift() as BatchWork);
+        datagrams += countOf(next.body);
+      }
+      now = group[group.length - 1].now;
+      for (const bytes of await runBatches(programs, contexts, group, io)) await io.write(bytes);
     }
   });
 }
 
-/** The frames answering one batch: its outputs, an error report if the handler threw, then DONE. */
-async function runBatch(
+/**
+ * The frames answering batches for one program and input, handled in one call: its outputs (tagged with the first
+ * batch's sequence, the one the host has at the head), an error report if the handler threw, then a DONE per batch.
+ */
+async function runBatches(
   programs: readonly Program[],
   contexts: readonly Ctx[],
-  w: { seq: number; input: number; body: Uint8Array },
+  group: readonly BatchWork[],
   io: GuestIo,
 ): Promise<Uint8Array[]> {
   const frames: Uint8Array[] = [];
   const started = performance.now();
+  const first = group[0];
+  const counts: number[] = group.map(() => 0);
   let failed = 0;
-  let count = 0;
+  let threw = false;
   try {
-    const at = peekBatchIn(w.body);
-    const { batch, to } = decodeBatch(w.body.buffer as ArrayBuffer, at.at, at.length);
-    count = batch.count;
+    const decoded = group.map((w) => {
+      const at = peekBatchIn(w.body);
+      return { at, ...decodeBatch(w.body.buffer as ArrayBuffer, at.at, at.length) };
+    });
+    const to = decoded[0].to;
     const program = programs[to.ap];
     const ctx = contexts[to.ap];
     if (!program) throw new RangeError(`no program ${to.ap}`);
-    const datagrams: Datagram[] = new Array(count);
-    const views: Uint8Array[] = new Array(count);
-    for (let i = 0; i < count; i++) datagrams[i] = { data: views[i] = batch.data(i), from: batch.from(i) };
-    let passed = false;
-    let result = program.handle(w.input, datagrams, ctx);
+    const total = decoded.reduce((n, d) => n + d.batch.count, 0);
+    const datagrams: Datagram[] = new Array(total);
+    const views: Uint8Array[] = new Array(total);
+    const froms: Endpoint[] = new Array(total);
+    let k = 0;
+    decoded.forEach((d, g) => {
+      counts[g] = d.batch.count;
+      for (let i = 0; i < d.batch.count; i++, k++) {
+        datagrams[k] = { data: views[k] = d.batch.data(i), from: froms[k] = d.batch.from(i) };
+      }
+    });
+    let passed = group.length > 1;
+    let result = program.handle(first.input, datagrams, ctx);
     if (result instanceof Promise) result = await result;
     if (Array.isArray(result)) {
       const outputs = program.ports.outputs.length;
       for (let j = 0; j < Math.min(result.length, outputs); j++) {
         const list = result[j];
         if (!Array.isArray(list) || list.length === 0) continue;
-        if (!passed && unchanged(list, datagrams, views, batch)) {
-          // The batch as it came (its bytes perhaps changed in place): sent back from where it lies, once.
+        if (!passed && unchanged(list, datagrams, views, froms)) {
+          // One batch as it came (its bytes perhaps changed in place): sent back from where it lies, once.
           passed = true;
-          restampBatch(new Uint8Array(w.body.buffer, at.at, at.length), {
+          const { at } = decoded[0];
+          restampBatch(new Uint8Array(first.body.buffer, at.at, at.length), {
             kind: "emitted",
             ap: to.ap,
             port: j,
             rtcp: false,
           });
-          frames.push(turnBatchIn(w.body, w.seq, j));
+          frames.push(turnBatchIn(first.body, first.seq, j));
           continue;
         }
         const out = asBatch(list);
@@ -177,7 +225,7 @@ async function runBatch(
           frames.push(
             sealBatchOut(
               encodeBatch({ kind: "emitted", ap: to.ap, port: j, rtcp: false }, out, BATCH_OUT_PREFIX),
-              w.seq,
+              first.seq,
               j,
             ),
           );
@@ -185,14 +233,19 @@ async function runBatch(
       }
     }
   } catch (error) {
-    failed = count;
+    threw = true;
     if (error instanceof RangeError && /allocation failed|out of memory/i.test(error.message)) {
       await io.write(controlFrame({ type: "fatal", message: messageOf(error) }));
       io.exit(EXIT_OUT_OF_MEMORY);
     }
     frames.push(controlFrame({ type: "error", message: messageOf(error), name: nameOf(error) }));
   }
-  frames.push(doneFrame(w.seq, performance.now() - started, failed));
+  const ms = performance.now() - started;
+  group.forEach((w, g) => {
+    // A throw loses every batch of the call; bad items of the answer count against the first.
+    const lost = threw ? (counts[g] || countOf(w.body)) : g === 0 ? failed : 0;
+    frames.push(doneFrame(w.seq, g === 0 ? ms : 0, lost));
+  });
   return joinSmall(frames);
 }
 
@@ -201,12 +254,12 @@ function unchanged(
   list: readonly unknown[],
   given: readonly Datagram[],
   views: readonly Uint8Array[],
-  batch: Batch,
+  froms: readonly Endpoint[],
 ): boolean {
   if (list !== given || list.length !== views.length) return false;
   for (let i = 0; i < views.length; i++) {
     const d = list[i] as Datagram | null;
-    if (!d || d.data !== views[i] || d.from !== batch.from(i)) return false;
+    if (!d || d.data !== views[i] || d.from !== froms[i]) return false;
   }
   return true;
 }

@@ -25,7 +25,7 @@ import { errorMessage } from "../core/errors.ts";
 import { type BackoffPolicy, type Child, type ChildExit, Supervisor } from "../core/supervisor.ts";
 import { normalPriorityArgv } from "../core/scheduling.ts";
 import { decodeBatch, type DecodedBatch, encodeBatch } from "../graph/vm/codec.ts";
-import type { Batch } from "../net/udp.ts";
+import type { Batch, Endpoint } from "../net/udp.ts";
 import {
   needsProblems,
   type ParamDecl,
@@ -141,6 +141,11 @@ export interface ProgramInfo {
   readonly params: Readonly<Record<string, ParamDecl>>;
 }
 
+/** Batches of fewer datagrams are gathered with others before they cross; at most this many, or bytes, at once. */
+const MERGE_BELOW = 32;
+const MERGE_MAX_DATAGRAMS = 512;
+const MERGE_MAX_BYTES = 512 * 1024;
+
 /** Last distinct permission denials kept for status. */
 const DENIALS_KEPT = 16;
 const AUDIT_LINE_MAX = 4096;
@@ -216,6 +221,15 @@ export class SandboxHost implements AsyncDisposable {
   };
   readonly #denied: string[] = [];
   #handlerMsMax = 0;
+  /** Small batches gathered during this turn, for one program's input (see `push`). */
+  #open: {
+    readonly run: Run;
+    readonly program: number;
+    readonly input: number;
+    readonly data: Uint8Array[];
+    readonly from: Endpoint[];
+    bytes: number;
+  } | null = null;
   #storageBytes: number | null = null;
 
   constructor(options: SandboxOptions) {
@@ -347,13 +361,56 @@ export class SandboxHost implements AsyncDisposable {
       this.#drops.queue_full += batch.count;
       return false;
     }
+    const open = this.#open;
+    if (open && (open.program !== program || open.input !== input)) this.#flush();
+    if (batch.count >= MERGE_BELOW) {
+      // A large batch goes as it is (one copy, into its frame), after what was gathered before it.
+      this.#flush();
+      this.#send(run, program, input, batch);
+      return true;
+    }
+    // Small batches (a busy input's trickle) are gathered until this turn of the event loop ends, or a bound, and
+    // cross as one: a frame, a handler call and an answer per gathered batch instead of per batch.
+    let gathering = this.#open;
+    if (!gathering) {
+      gathering = this.#open = { run, program, input, data: [], from: [], bytes: 0 };
+      queueMicrotask(() => this.#flush());
+    }
+    for (let i = 0; i < batch.count; i++) {
+      const d = batch.data(i).slice();
+      gathering.data.push(d);
+      gathering.from.push(batch.from(i));
+      gathering.bytes += d.length;
+    }
+    if (gathering.data.length >= MERGE_MAX_DATAGRAMS || gathering.bytes >= MERGE_MAX_BYTES) this.#flush();
+    return true;
+  }
+
+  /** Sends what was gathered, if anything, as one batch. */
+  #flush(): void {
+    const open = this.#open;
+    this.#open = null;
+    if (!open || open.data.length === 0 || this.#run !== open.run || !open.run.ready) {
+      if (open?.data.length) this.#drops.not_running += open.data.length;
+      return;
+    }
+    const { data, from } = open;
+    this.#send(open.run, open.program, open.input, {
+      count: data.length,
+      data: (i) => data[i],
+      length: (i) => data[i].length,
+      from: (i) => from[i],
+      truncated: () => false,
+    });
+  }
+
+  #send(run: Run, program: number, input: number, batch: Batch): void {
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const now = this.#clock.now();
     run.inFlight.push({ seq, count: batch.count, sentAt: now });
     const crossing = { kind: "deliver", ap: program, port: input, rtcp: false } as const;
     this.#write(run, sealBatchIn(encodeBatch(crossing, batch, BATCH_IN_PREFIX), now, seq, input));
     if (this.#deadline === undefined) this.#armDeadline(run);
-    return true;
   }
 
   /** Refreshes the CPU and memory figures of the running child, and checks what its storage holds. */
@@ -587,7 +644,7 @@ export class SandboxHost implements AsyncDisposable {
         this.#counts.batches_done++;
         if (done.ms > this.#handlerMsMax) this.#handlerMsMax = done.ms;
         this.#drops.handler_error += Math.min(done.failed, head.count);
-        this.#rearmDeadline(run);
+        // The deadline timer stays: when it fires, it moves on to the new head (see #armDeadline).
         return;
       }
       default:
@@ -781,11 +838,6 @@ export class SandboxHost implements AsyncDisposable {
       this.#counts.deadline_kills++;
       this.#kill(run, "deadline");
     }, due);
-  }
-
-  #rearmDeadline(run: Run): void {
-    this.#clearDeadline();
-    this.#armDeadline(run);
   }
 
   #clearDeadline(): void {

@@ -96,6 +96,80 @@ export function handle(_i, batch) {
   }
 });
 
+Deno.test("SandboxHost gathers small batches into one crossing, and hands large ones that arrive together to one call", async () => {
+  const source = `export const ports = { inputs: ["in"], outputs: ["out"] };
+let calls = 0;
+export function handle(_i, batch) {
+  calls++;
+  for (const d of batch) d.data[1] = calls;
+  return [batch];
+}
+`;
+  const { host, got } = sandbox(source);
+  try {
+    await host.start();
+    // Ten small batches in one turn: gathered by the host, one frame, one call.
+    for (let b = 0; b < 10; b++) host.push(0, datagrams(3, 50, b));
+    await until("30 datagrams back", () => packets(got) === 30);
+    assert.equal(host.status().batches_in, 10);
+    assert.deepEqual(got.flatMap((r) => r.data.map((d) => d[0])), [
+      0,
+      0,
+      0,
+      1,
+      1,
+      1,
+      2,
+      2,
+      2,
+      3,
+      3,
+      3,
+      4,
+      4,
+      4,
+      5,
+      5,
+      5,
+      6,
+      6,
+      6,
+      7,
+      7,
+      7,
+      8,
+      8,
+      8,
+      9,
+      9,
+      9,
+    ]);
+    assert.equal(new Set(got.flatMap((r) => r.data.map((d) => d[1]))).size, 1, "one handler call");
+    // Ten large batches: a frame each, merged by the child where they arrive together, each answered.
+    got.length = 0;
+    for (let b = 0; b < 10; b++) host.push(0, datagrams(40, 50, b));
+    await until("400 datagrams back", () => packets(got) === 400);
+    await until("every frame answered", () => host.status().batches_done === 11);
+    const calls = new Set(got.flatMap((r) => r.data.map((d) => d[1])));
+    assert.ok(calls.size < 10, `${calls.size} handler calls for 10 batches`);
+    assert.deepEqual([...new Set(got.flatMap((r) => r.data.map((d) => d[0])))], [
+      0,
+      1,
+      2,
+      3,
+      4,
+      5,
+      6,
+      7,
+      8,
+      9,
+    ]);
+    assert.equal(host.status().queue_depth, 0);
+  } finally {
+    await host.stop();
+  }
+});
+
 Deno.test("SandboxHost refuses params the program does not declare, and nothing runs", async () => {
   const { host } = sandbox(PASS_THROUGH, { params: { stamp: 999, colour: "red" } });
   try {
