@@ -1,6 +1,6 @@
 /**
- * `edgenode probe send|recv`: the command line of the probe tool. Parsing is a pure function; running prints
- * progress on stderr once a second and the result on stdout, as a table or as JSON.
+ * `edgenode probe send|recv|sweep`: the command line of the probe tool. Parsing is a pure function; running prints
+ * progress on stderr (once a second; a sweep, once a step) and the result on stdout, as a table or as JSON.
  */
 import { parseArgs } from "node:util";
 import { parseDuration } from "../config/schema.ts";
@@ -18,11 +18,32 @@ import {
   type SendOptions,
 } from "../probe/run.ts";
 import type { ProbeReport } from "../probe/stats.ts";
+import { REPORT_TABLES, type ThroughputTable } from "../probe/report_tables.ts";
+import {
+  asSweepResult,
+  runSweep,
+  spreadFactor,
+  type SweepOptions,
+  sweepRates,
+  type SweepReceiver,
+  throughputTable,
+} from "../probe/sweep.ts";
+import { formatSweep, sweepHtml } from "../probe/sweep_report.ts";
 
 export type ProbeCommand =
   | { readonly mode: "help" }
   | { readonly mode: "send"; readonly options: SendOptions; readonly json: boolean; readonly quiet: boolean }
-  | { readonly mode: "recv"; readonly options: RecvOptions; readonly json: boolean; readonly quiet: boolean };
+  | { readonly mode: "recv"; readonly options: RecvOptions; readonly json: boolean; readonly quiet: boolean }
+  | {
+    readonly mode: "sweep";
+    readonly options: SweepOptions;
+    readonly json: boolean;
+    readonly quiet: boolean;
+    /** A directory for sweep.json, sweep.txt and sweep.html. */
+    readonly out: string | null;
+    /** "report": the seed report's tables; otherwise the path of a previous sweep.json. */
+    readonly compare: string | null;
+  };
 
 export const PROBE_USAGE =
   `Usage: edgenode probe send --to IP:PORT [--size BYTES] [--rate PPS | --ramp FROM:TO]
@@ -31,6 +52,10 @@ export const PROBE_USAGE =
                                  [--cname edgenode-probe] [--capture-delay 0s]]
        edgenode probe recv (--listen IP:PORT | --join IP:PORT) [--duration 30s] [--count N] [--idle 2s]
                           [--rtp] [--clock-rate PT:HZ[,PT:HZ...]] [--udp auto|fast|portable] [--json] [--quiet]
+       edgenode probe sweep --to IP:PORT (--recv IP:PORT | --join IP:PORT)... [--sizes 100,500,1000,1450]
+                          [--from 1000] [--factor 1.5] [--steps 12] [--max-rate PPS] [--step 2s]
+                          [--loss-limit 1] [--rtp] [--udp auto|fast|portable] [--out DIR]
+                          [--compare FILE|report] [--json] [--quiet]
 
 send  paces numbered, timestamped datagrams (default 100 bytes at 1000/s for 5 s); --ramp raises the rate
       linearly from FROM to TO datagrams/s over the duration.
@@ -45,6 +70,15 @@ recv  measures them: loss, reordering, duplicates, one-way delay percentiles (se
       payload types (others are inferred from two sender reports).
       --join makes it a participant of the reflector whose registration port is IP:PORT.
       It stops after --duration, after --count datagrams, or when nothing came for --idle after the first.
+sweep runs the report's behaviour tests: for each of --sizes, steps of --step at a rate from --from datagrams/s,
+      times --factor each step (with --steps and --max-rate but no --factor: spread evenly up to --max-rate),
+      at most --steps steps, never above --max-rate, sent to --to while every receiver measures it: a probe
+      receiver at each --recv IP:PORT, a participant of the reflector registered at each --join IP:PORT (all in
+      this process). A size ends once a receiver's loss is above --loss-limit percent. It prints a table per size
+      (offered Mb/s = rate x UDP payload; each receiver's loss, delay p50/p99, Mb/s) and the maximal throughput
+      per size and receiver (the highest offered Mb/s within the limit), beside --compare's: a previous
+      sweep.json, or "report" (the seed report's Tables 4, 5, 6 and 8). --out DIR writes sweep.json, sweep.txt
+      and sweep.html (loss and delay charts per size) there.
 `;
 
 const OPTIONS = {
@@ -74,8 +108,10 @@ const OPTIONS = {
 export function parseProbeArgs(args: readonly string[]): ProbeCommand {
   const [mode, ...rest] = args;
   if (mode === undefined || mode === "--help" || mode === "-h") return { mode: "help" };
+  if (mode === "sweep") return parseSweepArgs(rest);
   if (mode !== "send" && mode !== "recv") {
-    throw new UsageError(`probe: expected "send" or "recv", got "${mode}"`);
+    // The wording tests/cli/probe_args_test.ts expects, with the third mode after it.
+    throw new UsageError(`probe: expected "send" or "recv", got "${mode}" (or "sweep")`);
   }
   let values;
   try {
@@ -179,6 +215,119 @@ export function parseProbeArgs(args: readonly string[]): ProbeCommand {
       impl,
       ...(values.rtp ? { rtp: true } : {}),
       ...(values["clock-rate"] !== undefined ? { clockRates: clockRates(values["clock-rate"]) } : {}),
+    },
+  };
+}
+
+const SWEEP_OPTIONS = {
+  to: { type: "string" },
+  recv: { type: "string", multiple: true },
+  join: { type: "string", multiple: true },
+  sizes: { type: "string" },
+  from: { type: "string" },
+  factor: { type: "string" },
+  steps: { type: "string" },
+  "max-rate": { type: "string" },
+  step: { type: "string" },
+  "loss-limit": { type: "string" },
+  rtp: { type: "boolean" },
+  udp: { type: "string" },
+  out: { type: "string" },
+  compare: { type: "string" },
+  json: { type: "boolean" },
+  quiet: { type: "boolean", short: "q" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** The maximum rate a step may ask for (as `probe send --rate`). */
+const MAX_RATE = 10_000_000;
+
+function parseSweepArgs(args: readonly string[]): ProbeCommand {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...args],
+      options: SWEEP_OPTIONS,
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (error) {
+    throw new UsageError(`probe sweep: ${(error as Error).message.split("\n")[0]}`);
+  }
+  if (values.help) return { mode: "help" };
+  if (!values.to) throw new UsageError("probe sweep: --to IP:PORT is required");
+  const to = address("sweep", "to", values.to);
+  const receivers: SweepReceiver[] = [
+    ...(values.recv ?? []).map((t) => ({ kind: "recv" as const, address: address("sweep", "recv", t) })),
+    ...(values.join ?? []).map((t) => ({ kind: "join" as const, address: address("sweep", "join", t) })),
+  ];
+  if (!receivers.length) {
+    throw new UsageError("probe sweep: give at least one --recv IP:PORT or --join IP:PORT");
+  }
+  const seen = new Set<string>();
+  for (const r of receivers) {
+    const key = `${r.address.host}:${r.address.port}`;
+    if (seen.has(key)) throw new UsageError(`probe sweep: receiver ${key} is given twice`);
+    seen.add(key);
+  }
+  const impl = (values.udp ?? "auto") as UdpImpl;
+  if (!UDP_IMPLS.includes(impl)) {
+    throw new UsageError(`probe sweep: --udp must be one of ${UDP_IMPLS.join(", ")}`);
+  }
+  const rtp = values.rtp ?? false;
+  const minSize = rtp ? RTP_PROBE_MIN : 20;
+  const sizes = (values.sizes ?? "100,500,1000,1450").split(",").map((t) =>
+    integer("sweep", "sizes", t.trim(), minSize, 65507)
+  );
+  if (new Set(sizes).size !== sizes.length) {
+    throw new UsageError(`probe sweep: --sizes must not repeat a size, got "${values.sizes}"`);
+  }
+  const from = values.from === undefined ? 1000 : integer("sweep", "from", values.from, 1, MAX_RATE);
+  const steps = values.steps === undefined ? 12 : integer("sweep", "steps", values.steps, 1, 1000);
+  const maxRate = values["max-rate"] === undefined
+    ? null
+    : integer("sweep", "max-rate", values["max-rate"], 1, MAX_RATE);
+  if (maxRate !== null && maxRate < from) {
+    throw new UsageError(`probe sweep: --max-rate must not be below --from (${from}), got "${maxRate}"`);
+  }
+  let factor = values.factor === undefined ? 1.5 : Number(values.factor);
+  if (!/^\d+(\.\d+)?$/.test(values.factor ?? "1.5") || !(factor > 1 && factor <= 100)) {
+    throw new UsageError(
+      `probe sweep: --factor must be a number above 1 and at most 100, got "${values.factor}"`,
+    );
+  }
+  if (values.factor === undefined && values.steps !== undefined && maxRate !== null && maxRate > from) {
+    factor = spreadFactor(from, maxRate, steps);
+  }
+  const stepMs = values.step === undefined ? 2000 : duration("sweep", values.step);
+  if (stepMs < 100 || stepMs > 3_600_000) {
+    throw new UsageError(`probe sweep: --step must be 100ms..1h, got "${values.step}"`);
+  }
+  const lossText = values["loss-limit"] ?? "1";
+  const lossLimit = Number(lossText);
+  if (!/^\d+(\.\d+)?$/.test(lossText) || lossLimit > 100) {
+    throw new UsageError(`probe sweep: --loss-limit must be a percentage in 0..100, got "${lossText}"`);
+  }
+  if (values.out === "") throw new UsageError("probe sweep: --out must name a directory");
+  if (values.compare === "") {
+    throw new UsageError('probe sweep: --compare must name a sweep.json or be "report"');
+  }
+  return {
+    mode: "sweep",
+    json: values.json ?? false,
+    quiet: values.quiet ?? false,
+    out: values.out ?? null,
+    compare: values.compare ?? null,
+    options: {
+      to,
+      receivers,
+      sizes,
+      rates: sweepRates(from, factor, steps, maxRate),
+      maxRate,
+      stepMs,
+      lossLimit,
+      rtp,
+      impl,
     },
   };
 }
@@ -351,6 +500,9 @@ export function formatRtpReport(r: RtpReport): string {
 export interface ProbeIO {
   out(text: string): void;
   err(text: string): void;
+  /** Files of `probe sweep` (--compare, --out); Deno's file system when not given. */
+  readFile?(path: string): Promise<string>;
+  writeFile?(path: string, text: string): Promise<void>;
   /** True when stderr is a terminal (progress then rewrites one line). */
   readonly tty: boolean;
   readonly signal?: AbortSignal;
@@ -363,6 +515,23 @@ export async function runProbe(args: readonly string[], io: ProbeIO): Promise<nu
     ? undefined
     : (line: string) => io.err(io.tty ? `\r${line}\x1b[K` : `${line}\n`);
   const done = () => progress && io.tty && io.err("\n");
+  if (command.mode === "sweep") {
+    // A sweep's progress is one line per step: kept, not rewritten.
+    const compared = await comparedTables(command.compare, io);
+    const result = await runSweep(command.options, {
+      progress: command.quiet ? undefined : (line) => io.err(`${line}\n`),
+      signal: io.signal,
+    });
+    const text = formatSweep(result, compared);
+    if (command.out !== null) {
+      const write = io.writeFile ?? writeFileMakingDir;
+      await write(`${command.out}/sweep.json`, JSON.stringify(result, null, 2) + "\n");
+      await write(`${command.out}/sweep.txt`, text);
+      await write(`${command.out}/sweep.html`, sweepHtml(result, compared));
+    }
+    io.out(command.json ? JSON.stringify(result) + "\n" : text);
+    return 0;
+  }
   if (command.mode === "send") {
     const report = await probeSend({ ...command.options, progress, signal: io.signal });
     done();
@@ -389,4 +558,30 @@ export async function runProbe(args: readonly string[], io: ProbeIO): Promise<nu
   done();
   io.out(command.json ? JSON.stringify(report) + "\n" : formatRecvReport(report));
   return 0;
+}
+
+/** The tables `--compare` names: the seed report's, or a previous sweep's maximal throughputs. */
+async function comparedTables(compare: string | null, io: ProbeIO): Promise<ThroughputTable[]> {
+  if (compare === null) return [];
+  if (compare === "report") return [...REPORT_TABLES];
+  let text: string;
+  try {
+    text = await (io.readFile ?? Deno.readTextFile)(compare);
+  } catch (error) {
+    throw new UsageError(`probe sweep: Cannot read --compare "${compare}": ${(error as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new UsageError(`probe sweep: --compare "${compare}" is not JSON: ${(error as Error).message}`);
+  }
+  const previous = asSweepResult(parsed);
+  if (typeof previous === "string") throw new UsageError(`probe sweep: --compare "${compare}": ${previous}`);
+  return [throughputTable(previous, `Compared: ${compare} (${previous.started}) [Mb/s]`)];
+}
+
+async function writeFileMakingDir(path: string, text: string): Promise<void> {
+  await Deno.mkdir(path.slice(0, path.lastIndexOf("/")) || ".", { recursive: true });
+  await Deno.writeTextFile(path, text);
 }
