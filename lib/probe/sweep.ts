@@ -40,6 +40,7 @@ export interface ReceiverFigures {
   readonly loss_percent: number;
   readonly delay_p50_ms: number | null;
   readonly delay_p99_ms: number | null;
+  /** Distinct datagrams received, in Mb/s of UDP payload over the step's sending time. */
   readonly mbit_per_s: number;
 }
 
@@ -121,7 +122,8 @@ export function receiverFigures(sent: SendReport, r: ProbeReport): ReceiverFigur
     loss_percent: sent.sent > 0 ? (lost / sent.sent) * 100 : 0,
     delay_p50_ms: r.delay_us ? r.delay_us.p50 / 1000 : null,
     delay_p99_ms: r.delay_us ? r.delay_us.p99 / 1000 : null,
-    mbit_per_s: r.mbit_per_s,
+    // What arrived over the sender's time (the receiver's own figure spans first to last arrival only).
+    mbit_per_s: sent.sent > 0 ? (sent.mbit_per_s * unique) / sent.sent : 0,
   };
 }
 

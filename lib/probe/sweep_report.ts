@@ -138,6 +138,13 @@ export function formatSweep(result: SweepResult, compared: readonly ThroughputTa
   return `${formatSteps(result)}\n${formatThroughput(result, compared)}`;
 }
 
+/** Size and title of a chart (the title says the packet size by default). */
+export interface ChartSize {
+  readonly width?: number;
+  readonly height?: number;
+  readonly title?: string;
+}
+
 const seriesOf = (
   result: SweepResult,
   s: SweepSize,
@@ -152,7 +159,7 @@ const seriesOf = (
 export function lossChart(
   result: SweepResult,
   s: SweepSize,
-  size: { width?: number; height?: number } = {},
+  size: ChartSize = {},
 ): string {
   return lineChart(seriesOf(result, s, (i, step) => step.receivers[i].loss_percent), {
     title: `${s.size} B: loss`,
@@ -168,7 +175,7 @@ export function lossChart(
 export function delayChart(
   result: SweepResult,
   s: SweepSize,
-  size: { width?: number; height?: number } = {},
+  size: ChartSize = {},
 ): string {
   return lineChart(seriesOf(result, s, (i, step) => step.receivers[i].delay_p99_ms ?? NaN), {
     title: `${s.size} B: delay p99`,
@@ -193,12 +200,35 @@ function htmlTable(t: ThroughputTable, lowerBound: (size: number) => boolean = (
   }</tbody></table>`;
 }
 
+/** A size's steps: a row per step, a group of columns per receiver. */
+function stepsHtml(result: SweepResult, s: SweepSize): string {
+  const groups = result.receivers.map((name) => `<th colspan="4">${esc(name)}</th>`).join("");
+  const heads = ["rate/s", "offered Mb/s", "sent Mb/s"].map((h) => `<th rowspan="2">${h}</th>`).join("");
+  const sub = result.receivers.map(() =>
+    ["loss %", "p50 ms", "p99 ms", "Mb/s"].map((h) => `<th>${h}</th>`).join("")
+  ).join("");
+  const cell = (text: string) => `<td>${esc(text)}</td>`;
+  const rows = s.steps.map((step) =>
+    `<tr>${cell(String(step.rate))}${cell(step.offered_mbit_per_s.toFixed(2))}${
+      cell(step.sent_mbit_per_s.toFixed(2))
+    }${
+      step.receivers.map((r) =>
+        cell(r.loss_percent.toFixed(3)) + cell(fixed(r.delay_p50_ms, 3)) + cell(fixed(r.delay_p99_ms, 3)) +
+        cell(r.mbit_per_s.toFixed(2))
+      ).join("")
+    }</tr>`
+  );
+  return `<table class="steps"><thead><tr>${heads}${groups}</tr><tr>${sub}</tr></thead><tbody>${
+    rows.join("")
+  }</tbody></table>`;
+}
+
 /** The HTML report: per size a row with its loss and delay charts, then the maximal-throughput tables. */
 export function sweepHtml(result: SweepResult, compared: readonly ThroughputTable[] = []): string {
   const lower = new Set(result.sizes.filter((s) => s.ended_by !== "loss").map((s) => s.size));
   const figures = result.sizes.map((s) =>
     `<section class="size"><h2>${s.size} B</h2><p>${esc(endNote(s, result.loss_limit_percent))}</p>` +
-    `<div class="row">${lossChart(result, s)}${delayChart(result, s)}</div></section>`
+    `<div class="row">${lossChart(result, s)}${delayChart(result, s)}</div>${stepsHtml(result, s)}</section>`
   );
   const own = htmlTable(
     throughputTable(result, `Maximal throughput [Mb/s] (loss <= ${result.loss_limit_percent}%)`),
@@ -211,6 +241,7 @@ export function sweepHtml(result: SweepResult, compared: readonly ThroughputTabl
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 .row, .tables { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 table { border-collapse: collapse; font-size: 13px; }
+table.steps { margin-top: 0.5em; }
 caption { font-weight: bold; text-align: left; padding-bottom: 0.3em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; }
 td { text-align: right; font-variant-numeric: tabular-nums; }

@@ -131,6 +131,7 @@ Deno.test("receiverFigures counts loss against what was sent, so a lost tail cou
     },
   );
   assert.deepEqual([f.received, f.lost, f.loss_percent, f.delay_p99_ms], [900, 100, 10, 2.5]);
+  assert.ok(Math.abs(f.mbit_per_s - 0.72) < 1e-9, `${f.mbit_per_s} Mb/s received`);
 });
 
 Deno.test("--compare report shows the seed report's Tables 4, 5, 6 and 8 beside the sweep's", () => {
@@ -245,4 +246,64 @@ Deno.test("probe sweep through a relay on loopback: every step for both receiver
     await relay.close();
     await Deno.remove(out, { recursive: true });
   }
+});
+
+Deno.test("probe sweep --compare FILE shows a previous sweep.json beside, escaped in the HTML; a bad file is a UsageError", async () => {
+  const [a, b] = openUdpPair(LO);
+  const port = a.local.port;
+  await a.close();
+  await b.close();
+  const previous: SweepResult = {
+    version: 1,
+    started: "2026-01-01T00:00:00.000Z",
+    to: "127.0.0.1:9000",
+    receivers: ["recv <b>old</b>"],
+    loss_limit_percent: 1,
+    step_s: 1,
+    rtp: false,
+    sizes: [{ size: 100, steps: [], ended_by: "loss", max_throughput: { receivers: [7.5], all: 7.5 } }],
+  };
+  const files = new Map<string, string>();
+  const io = {
+    out: () => {},
+    err: () => {},
+    tty: false,
+    readFile: (path: string) =>
+      path === "old.json"
+        ? Promise.resolve(JSON.stringify(previous))
+        : Promise.reject(new Error("No such file")),
+    writeFile: (path: string, text: string) => (files.set(path, text), Promise.resolve()),
+  };
+  // The sender sends straight to the receiver: one short step.
+  const args = (compare: string) => [
+    "sweep",
+    "--to",
+    `${LO}:${port}`,
+    "--recv",
+    `${LO}:${port}`,
+    "--sizes",
+    "100",
+    "--steps",
+    "1",
+    "--step",
+    "200ms",
+    "--out",
+    "dir",
+    "--compare",
+    compare,
+  ];
+  await assert.rejects(
+    () => runProbe(args("missing.json"), io),
+    (e: unknown) =>
+      e instanceof UsageError && /Cannot read --compare "missing\.json": No such file/.test(e.message),
+  );
+  assert.equal(files.size, 0, "nothing runs or is written when --compare cannot be read");
+  assert.equal(await runProbe(args("old.json"), io), 0);
+  const text = files.get("dir/sweep.txt")!;
+  assert.match(text, /Compared: old\.json/);
+  assert.match(text, /^100 B\s+\|\s+>=0\.8\s+>=0\.8\s+\|\s+7\.5\s+7\.5$/m);
+  const html = files.get("dir/sweep.html")!;
+  assert.match(html, /recv &#60;b&#62;old&#60;\/b&#62;/);
+  assert.doesNotMatch(html, /<b>old/);
+  assert.equal((JSON.parse(files.get("dir/sweep.json")!) as SweepResult).sizes[0].steps.length, 1);
 });
