@@ -264,8 +264,9 @@ function parseSweepArgs(args: readonly string[]): ProbeCommand {
   if (!receivers.length) {
     throw new UsageError("probe sweep: give at least one --recv IP:PORT or --join IP:PORT");
   }
+  // Two participants may join one reflector; two receivers cannot listen on one port.
   const seen = new Set<string>();
-  for (const r of receivers) {
+  for (const r of receivers.filter((r) => r.kind === "recv")) {
     const key = `${r.address.host}:${r.address.port}`;
     if (seen.has(key)) throw new UsageError(`probe sweep: receiver ${key} is given twice`);
     seen.add(key);

@@ -85,7 +85,16 @@ export interface SweepResult {
   readonly sizes: readonly SweepSize[];
 }
 
-export const receiverName = (r: SweepReceiver): string => `${r.kind} ${formatHostPort(r.address)}`;
+/** Names of receivers: "recv 127.0.0.1:5004", "join 127.0.0.1:12345", and "#2" on a second participant of one. */
+export function receiverNames(receivers: readonly SweepReceiver[]): string[] {
+  const seen = new Map<string, number>();
+  return receivers.map((r) => {
+    const name = `${r.kind} ${formatHostPort(r.address)}`;
+    const n = (seen.get(name) ?? 0) + 1;
+    seen.set(name, n);
+    return n > 1 ? `${name} #${n}` : name;
+  });
+}
 
 /**
  * The rates of one size's steps: `from`, times `factor` at each step, at most `steps` of them; with `maxRate`, the
@@ -180,7 +189,7 @@ const DRAIN_MS = 500;
 
 /** Runs the sweep: every size, its steps until the loss limit, the rates or a signal end it. */
 export async function runSweep(o: SweepOptions, run: SweepRunOptions = {}): Promise<SweepResult> {
-  const names = o.receivers.map(receiverName);
+  const names = receiverNames(o.receivers);
   // A participant keeps its address across steps: the reflector sees one participant rejoin, not a new one each step.
   const listen = o.receivers.map((r): HostPort =>
     r.kind === "recv" ? r.address : { host: r.address.host.includes(":") ? "::" : "0.0.0.0", port: 0 }
@@ -197,6 +206,11 @@ export async function runSweep(o: SweepOptions, run: SweepRunOptions = {}): Prom
       const step = await runStep(o, listen, size, rate, run.signal);
       steps.push(step);
       run.progress?.(progressLine(size, step, names));
+      // A step cut short by the signal measured what it sent, but says nothing of the limit.
+      if (run.signal?.aborted) {
+        ended = "aborted";
+        break;
+      }
       if (step.receivers.some((r) => r.loss_percent > o.lossLimit)) {
         ended = "loss";
         break;
@@ -208,6 +222,7 @@ export async function runSweep(o: SweepOptions, run: SweepRunOptions = {}): Prom
       ended_by: ended,
       max_throughput: maxThroughput(steps, o.lossLimit, names.length),
     });
+    if (ended === "aborted") break;
   }
   return {
     version: 1,

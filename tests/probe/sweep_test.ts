@@ -16,6 +16,7 @@ import {
   maxThroughput,
   offeredMbit,
   receiverFigures,
+  receiverNames,
   sweepRates,
   type SweepResult,
   type SweepStep,
@@ -80,6 +81,15 @@ Deno.test("parseProbeArgs sweep rejects bad values with a UsageError naming the 
       `${args} -> ${message}`,
     );
   }
+});
+
+Deno.test("parseProbeArgs sweep lets two participants join one reflector, named apart", () => {
+  const c = sweep("--to 127.0.0.1:9000 --join 127.0.0.1:12345 --join 127.0.0.1:12345 --recv 127.0.0.1:5004");
+  assert.deepEqual(receiverNames(c.options.receivers), [
+    "recv 127.0.0.1:5004",
+    "join 127.0.0.1:12345",
+    "join 127.0.0.1:12345 #2",
+  ]);
 });
 
 Deno.test("sweepRates multiplies by the factor, stops after the steps and takes --max-rate as the last step", () => {
