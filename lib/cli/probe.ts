@@ -579,7 +579,7 @@ async function comparedTables(compare: string | null, io: ProbeIO): Promise<Thro
   }
   const previous = asSweepResult(parsed);
   if (typeof previous === "string") throw new UsageError(`probe sweep: --compare "${compare}": ${previous}`);
-  return [throughputTable(previous, `Compared: ${compare} (${previous.started}) [Mb/s]`)];
+  return [throughputTable(previous, `Compared: ${compare} (${previous.started})`)];
 }
 
 async function writeFileMakingDir(path: string, text: string): Promise<void> {
