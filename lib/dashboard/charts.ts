@@ -43,7 +43,7 @@ export const PALETTE = [
   "#17becf",
 ];
 
-const MARGIN = { top: 28, right: 30, bottom: 40, left: 58 };
+const MARGIN = { top: 28, right: 30, bottom: 56, left: 58 };
 
 /** Text safe inside SVG or HTML. */
 export function esc(text: string): string {
@@ -72,7 +72,7 @@ function clock(ms: number): string {
 /** One chart of `series` as an SVG element. */
 export function lineChart(series: readonly Series[], o: ChartOptions): string {
   const width = o.width ?? 520;
-  const height = o.height ?? 200;
+  const height = o.height ?? 216;
   const inner = { w: width - MARGIN.left - MARGIN.right, h: height - MARGIN.top - MARGIN.bottom };
   const usable = (p: readonly [number, number]) =>
     Number.isFinite(p[0]) && Number.isFinite(p[1]) && (!o.logY || p[1] > 0);
@@ -155,14 +155,17 @@ export function lineChart(series: readonly Series[], o: ChartOptions): string {
     }
     parts.push(`</g>`);
   });
-  // Legend, top right.
+  // Legend, in a row under the x axis (it never covers a point).
+  let lx = 0;
   series.forEach((s, i) => {
-    const ly = 10 + i * 14;
+    const name = s.name.slice(0, 28);
+    const ly = inner.h + 46;
     const colour = PALETTE[i % PALETTE.length];
     parts.push(
-      `<g class="legend"><rect x="${inner.w - 130}" y="${ly - 8}" width="10" height="3" fill="${colour}"/>` +
-        `<text x="${inner.w - 116}" y="${ly - 3}" fill="#333">${esc(s.name.slice(0, 24))}</text></g>`,
+      `<g class="legend"><rect x="${lx}" y="${ly - 4}" width="10" height="3" fill="${colour}"/>` +
+        `<text x="${lx + 14}" y="${ly}" fill="#333">${esc(name)}</text></g>`,
     );
+    lx += 24 + name.length * 6;
   });
   if (all.length === 0) {
     parts.push(
