@@ -456,16 +456,22 @@ function apFigures(ap: Obj): Child {
   const syncer = obj(ap.syncer);
   if (ap.syncer) {
     const inputs = arr(syncer.inputs).map(obj);
-    return `${text(syncer.state)} · delay ${n(syncer.delay_ms)} ms · ${
-      inputs.map((i) => `${text(i.name)} offset ${n(i.offset_ms)} ms`).join(", ")
-    } · late ${n(syncer.late)} · dropped ${n(syncer.dropped)}`;
+    const sum = (key: string) => inputs.reduce((t, i) => t + (Number(i[key]) || 0), 0);
+    const dropped = sum("dropped_max_delay") + sum("dropped_cap") + sum("dropped_late") +
+      sum("dropped_reorder");
+    return `${text(syncer.state)} · D ${n(syncer.delay_ms)} ms · ${
+      inputs.map((i) => `${text(i.name)}: ${text(i.alignment)}, offset ${n(i.offset_ms)} ms`).join("; ")
+    } · late ${n(sum("late"))} · dropped ${n(dropped)} · released late ${n(syncer.release_late)}`;
   }
   const transcoder = obj(ap.transcoder);
   if (ap.transcoder) {
     const progress = obj(transcoder.progress);
+    const ffmpeg = obj(transcoder.ffmpeg);
     return `${text(transcoder.state)}${progress.fps !== undefined ? ` · ${n(progress.fps)} fps` : ""}${
       progress.speed !== undefined ? ` · speed ${text(progress.speed)}` : ""
-    }${transcoder.restarts !== undefined ? ` · restarts ${n(transcoder.restarts)}` : ""}`;
+    }${progress.bitrate_kbps !== undefined ? ` · ${n(progress.bitrate_kbps)} kb/s` : ""}${
+      ffmpeg.restarts !== undefined ? ` · restarts ${n(ffmpeg.restarts)}` : ""
+    }`;
   }
   if (ap.sandbox) return sandboxText(obj(ap.sandbox));
   const counted = obj(obj(ap.counted).rtp);

@@ -4,7 +4,10 @@
  * escaped, the token is never in the page, the session's graph and the charts are drawn, the history is bounded.
  */
 import assert from "node:assert/strict";
+import { createApp } from "../../lib/api/app.ts";
 import { ManualClock } from "../../lib/core/clock.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { History } from "../../lib/dashboard/history.ts";
 import { lineChart } from "../../lib/dashboard/charts.ts";
 import { freeUdpPort } from "../_support/ports.ts";
@@ -138,3 +141,67 @@ function chart(html: string, id: string): string {
   assert.ok(at >= 0, `no chart ${id}`);
   return html.slice(at, html.indexOf("</svg>", at));
 }
+
+Deno.test("the node section shows a syncer's delay and offsets and a transcoder's state", async () => {
+  const clock = new ManualClock(0);
+  const node = {
+    budgets: {},
+    sessions: {
+      lecture: {
+        name: "lecture",
+        aps: [
+          {
+            name: "Sync_high",
+            kind: "localservice.syncer",
+            vm: null,
+            inputs: [{ name: "in1", packets: 5, from: null }, { name: "in2", packets: 3, from: null }],
+            outputs: [],
+            errors: 0,
+            syncer: {
+              state: "running",
+              delay_ms: 1012.5,
+              release_late: 2,
+              inputs: [
+                { name: "in1", alignment: "sender_reports", offset_ms: 0, late: 1, dropped_max_delay: 0 },
+                { name: "in2", alignment: "offset", offset_ms: 40, late: 0, dropped_cap: 4 },
+              ],
+            },
+          },
+          {
+            name: "Transcode",
+            kind: "localservice.transcoder",
+            vm: null,
+            inputs: [],
+            outputs: [],
+            errors: 0,
+            transcoder: {
+              state: "running",
+              progress: { fps: 25, speed: "1x", bitrate_kbps: 256 },
+              ffmpeg: { restarts: 1 },
+            },
+          },
+        ],
+        vms: [],
+      },
+    },
+  };
+  const history = new History({ clock, status: () => ({ node }) });
+  const app = createApp({
+    name: "n",
+    version: "t",
+    clock,
+    startedAt: 0,
+    metrics: new MetricsRegistry(),
+    roles: () => ({ node }),
+    token: null,
+    maxBody: 1024,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    history,
+  });
+  const page = await (await app.request("/dashboard/main")).text();
+  assert.match(
+    page,
+    /running · D 1\.01k ms · in1: sender_reports, offset 0 ms; in2: offset, offset 40 ms · late 1 · dropped 4 · released late 2/,
+  );
+  assert.match(page, /running · 25 fps · speed 1x · 256 kb\/s · restarts 1/);
+});
