@@ -87,19 +87,6 @@ export function batchInFrame(now: number, seq: number, input: number, batch: Arr
   return frame;
 }
 
-export function readBatchIn(
-  body: Uint8Array,
-): { now: number; seq: number; input: number; batch: ArrayBuffer } {
-  if (body.length < 14) throw new FrameError(`Cannot read a batch frame: ${body.length} bytes`);
-  const view = new DataView(body.buffer, body.byteOffset, body.length);
-  return {
-    now: view.getFloat64(0, true),
-    seq: view.getUint32(8, true),
-    input: view.getUint16(12, true),
-    batch: body.slice(14).buffer,
-  };
-}
-
 /**
  * A BATCH_IN frame's header, and where its codec buffer lies in `body.buffer` (no copy: valid as `body` is).
  */
