@@ -93,10 +93,16 @@ export interface SandboxPoolOptions {
 export class SandboxPool implements HardStop {
   readonly #o: SandboxPoolOptions;
   readonly #groups = new Map<string, Group>();
+  /** This session's own storage root (a new one each time it starts: nothing of an earlier run is seen). */
+  readonly #storageRoot: string | null;
   #closed = false;
 
   constructor(options: SandboxPoolOptions) {
     this.#o = options;
+    const safe = options.session.replace(/[^A-Za-z0-9_.-]/g, "_");
+    this.#storageRoot = options.dataDir
+      ? `${options.dataDir}/uploads/${safe}-${crypto.randomUUID().slice(0, 8)}`
+      : null;
   }
 
   /** The kinds of the uploaded modules named by `refs`, from what their sandbox reported (see the module doc). */
@@ -136,6 +142,8 @@ export class SandboxPool implements HardStop {
   async close(): Promise<void> {
     this.#closed = true;
     await Promise.all([...this.#groups.values()].map((g) => this.#stopGroup(g)));
+    // Storage lives as long as the session: bounded by what is running, never by what ran.
+    if (this.#storageRoot) await Deno.remove(this.#storageRoot, { recursive: true }).catch(() => {});
   }
 
   #kind(ref: string, entry: string, info: ProgramInfo): ElementKind {
@@ -246,10 +254,9 @@ export class SandboxPool implements HardStop {
   /** The group's storage when one of its programs declared files (checked to be allowed when the plan was made). */
   #storage(group: Group): { dir: string; write: boolean; bytes: number } | undefined {
     const files = group.members.map((m) => m.files);
-    if (!files.some((f) => f) || !this.#o.dataDir || !this.#o.storageBytes) return undefined;
-    const safe = (s: string) => s.replace(/[^A-Za-z0-9_.-]/g, "_");
+    if (!files.some((f) => f) || !this.#storageRoot || !this.#o.storageBytes) return undefined;
     return {
-      dir: `${this.#o.dataDir}/uploads/${safe(this.#o.session)}/${safe(group.name)}`,
+      dir: `${this.#storageRoot}/${group.name.replace(/[^A-Za-z0-9_.-]/g, "_")}`,
       write: files.includes("write"),
       bytes: this.#o.storageBytes,
     };

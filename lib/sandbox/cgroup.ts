@@ -34,6 +34,8 @@ export class CpuCap {
       );
       return new CpuCap(dir, share);
     } catch (error) {
+      // A group made before a write failed is not left behind.
+      for (const root of [ROOT_V2, ROOT_V1]) await sh('rmdir "$1"', `${root}/${leaf}`).catch(() => {});
       throw new Error(
         `Cannot cap a sandbox's CPU (node.uploads.cpu_percent): no writable cpu control group (${
           (error as Error).message

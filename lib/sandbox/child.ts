@@ -6,6 +6,9 @@
  */
 import { serveGuest } from "./guest.ts";
 
+// No threads of its own: a Worker would spin beyond the handler's deadline and the heartbeat's reach.
+delete (globalThis as { Worker?: unknown }).Worker;
+
 const toStderr = (...args: unknown[]) => console.error(...args);
 for (const method of ["log", "info", "debug"] as const) console[method] = toStderr;
 

@@ -214,6 +214,10 @@ export class FrameReader {
       this.#end += n;
       this.push(EMPTY, each);
       if (after) await after();
+      // A large frame grew the buffer: once it is empty again, back to the usual size.
+      if (this.#start === this.#end && this.#buf.length > 4 * READ_ROOM) {
+        this.#buf = new Uint8Array(4 * READ_ROOM);
+      }
     }
   }
 

@@ -129,7 +129,11 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
     while (work.length) {
       const w = work.shift()!;
       if (w.kind === "control") {
-        const m = w.message as { type?: string; params?: Record<string, unknown>[] };
+        const m = w.message as { type?: string; params?: Record<string, unknown>[]; seq?: number };
+        if (m.type === "ping" && typeof m.seq === "number") {
+          await io.write(doneFrame(m.seq, 0, 0));
+          continue;
+        }
         if (m.type === "start" && !ready) {
           for (const [index, program] of programs.entries()) {
             const ctx = contexts[index];
@@ -137,7 +141,9 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
             try {
               await program.start?.(ctx);
             } catch (error) {
-              await io.write(controlFrame({ type: "start_failed", index, message: messageOf(error) }));
+              // With its stack: the host finds the uploaded file, line and column in it.
+              const text = error instanceof Error && error.stack ? error.stack : messageOf(error);
+              await io.write(controlFrame({ type: "start_failed", index, message: text.slice(0, 2000) }));
               io.exit(EXIT_LOAD_FAILED);
             }
           }

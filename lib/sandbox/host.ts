@@ -146,6 +146,13 @@ const MERGE_BELOW = 32;
 const MERGE_MAX_DATAGRAMS = 512;
 const MERGE_MAX_BYTES = 512 * 1024;
 
+/** Permission-audit lines read per second; beyond the flood rate the child is killed. */
+const AUDIT_LINES_PER_SECOND = 2000;
+const AUDIT_FLOOD_PER_SECOND = 50_000;
+
+/** Most files and directories a sandbox's storage may hold (inodes are a resource too). */
+const STORAGE_MAX_FILES = 4096;
+
 /** Last distinct permission denials kept for status. */
 const DENIALS_KEPT = 16;
 const AUDIT_LINE_MAX = 4096;
@@ -156,6 +163,8 @@ interface InFlight {
   readonly seq: number;
   readonly count: number;
   readonly sentAt: number;
+  /** The program it was sent to (its outputs must come from that one); -1: a heartbeat. */
+  readonly program: number;
 }
 
 /** One run of the child: its pipes and what it has in flight. */
@@ -171,6 +180,8 @@ interface Run {
   /** What the child said before it ended (a failed allocation, a load failure). */
   said: string | null;
   exitReason: "load" | "memory" | null;
+  /** The child reported its programs (once per run). */
+  loaded: boolean;
   /** Frames waiting for the pipe, written in one go. */
   pending: Uint8Array[];
   writing: boolean;
@@ -218,6 +229,8 @@ export class SandboxHost implements AsyncDisposable {
     memory_kills: 0,
     protocol_errors: 0,
     denials: 0,
+    /** Permission-audit lines not read (over AUDIT_LINES_PER_SECOND). */
+    audit_skipped: 0,
   };
   readonly #denied: string[] = [];
   #handlerMsMax = 0;
@@ -231,6 +244,7 @@ export class SandboxHost implements AsyncDisposable {
     bytes: number;
   } | null = null;
   #storageBytes: number | null = null;
+  #storageFiles: number | null = null;
 
   constructor(options: SandboxOptions) {
     this.#o = options;
@@ -407,7 +421,7 @@ export class SandboxHost implements AsyncDisposable {
   #send(run: Run, program: number, input: number, batch: Batch): void {
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const now = this.#clock.now();
-    run.inFlight.push({ seq, count: batch.count, sentAt: now });
+    run.inFlight.push({ seq, count: batch.count, sentAt: now, program });
     const crossing = { kind: "deliver", ap: program, port: input, rtcp: false } as const;
     this.#write(run, sealBatchIn(encodeBatch(crossing, batch, BATCH_IN_PREFIX), now, seq, input));
     if (this.#deadline === undefined) this.#armDeadline(run);
@@ -427,14 +441,19 @@ export class SandboxHost implements AsyncDisposable {
   async #checkStorage(): Promise<void> {
     const storage = this.#o.storage;
     if (!storage?.write || this.#state === "failed" || this.#state === "stopped") return;
-    const used = await directoryBytes(storage.dir);
-    this.#storageBytes = used;
-    if (used <= storage.bytes) return;
+    // Its directory, and the private one whose socket path it could write to (removed at each run's end).
+    const used = await directoryUsage([storage.dir, `${this.#dir}/ipc`]);
+    this.#storageBytes = used.bytes;
+    this.#storageFiles = used.files;
+    const over = used.bytes > storage.bytes
+      ? `its files hold ${used.bytes} bytes, over its ${storage.bytes} (node.uploads.storage_bytes)`
+      : used.files > STORAGE_MAX_FILES
+      ? `it made ${used.files} files and directories, over ${STORAGE_MAX_FILES}`
+      : null;
+    if (!over) return;
     const run = this.#run;
     if (run) this.#kill(run, "crashed");
-    this.#fail(
-      new Error(`its files hold ${used} bytes, over its ${storage.bytes} (node.uploads.storage_bytes)`),
-    );
+    this.#fail(new Error(over));
   }
 
   /** Figures for /status (and /metrics, by the same names). */
@@ -456,6 +475,8 @@ export class SandboxHost implements AsyncDisposable {
             write: this.#o.storage.write,
             bytes: this.#storageBytes,
             max_bytes: this.#o.storage.bytes,
+            files: this.#storageFiles,
+            max_files: STORAGE_MAX_FILES,
           },
         }
         : {}),
@@ -562,6 +583,7 @@ export class SandboxHost implements AsyncDisposable {
       killedFor: null,
       said: null,
       exitReason: null,
+      loaded: false,
       pending: [],
       writing: false,
       stderr: [],
@@ -569,7 +591,11 @@ export class SandboxHost implements AsyncDisposable {
     this.#run = run;
     if (this.#state !== "stopped" && this.#state !== "failed") this.#state = "starting";
     // A child that dies before it connects must not leave the accept waiting.
-    void process.status.finally(() => closeQuietly(listener));
+    void process.status.finally(async () => {
+      closeQuietly(listener);
+      // The child may write to its socket's path (it needs to, to connect): whatever it left there goes with it.
+      await Deno.remove(socket).catch(() => {});
+    });
     const framesRead = (async () => {
       try {
         run.conn = await listener.accept();
@@ -600,25 +626,36 @@ export class SandboxHost implements AsyncDisposable {
     try {
       await reader.readFrom(conn, (frame) => this.#frame(run, frame));
     } catch (error) {
-      // A frame that cannot be read: the child broke the protocol. (The socket failing is the child's end.)
-      if (error instanceof FrameError && this.#run === run && !run.killedFor) {
+      // Anything but the socket failing (the child's end) is the child breaking the protocol: a frame that cannot
+      // be read or decoded, a control message that is not an object. Nothing it wrote is trusted.
+      if (!isIoError(error) && this.#run === run && !run.killedFor) {
         this.#protocolError(run, errorMessage(error));
       }
     }
   }
 
   #frame(run: Run, frame: Frame): void {
-    if (this.#run !== run) return;
+    // Nothing more from a run that is ending: what it had in flight is lost with it.
+    if (this.#run !== run || run.killedFor) return;
     switch (frame.kind) {
-      case CONTROL:
-        return this.#control(run, readControl(frame.body) as Record<string, unknown>);
+      case CONTROL: {
+        const m = readControl(frame.body);
+        if (!m || typeof m !== "object" || Array.isArray(m)) {
+          return this.#protocolError(run, "a control message that is not an object");
+        }
+        return this.#control(run, m as Record<string, unknown>);
+      }
       case BATCH_OUT: {
         // Decoded where the reader holds it: the batch is handed on during this call, as batches are.
         const out = peekBatchOut(frame.body);
         const decoded = decodeBatch(frame.body.buffer as ArrayBuffer, out.at, out.length);
         const program = decoded.to.ap;
         const ports = this.#programs?.[program]?.ports.outputs.length ?? 0;
-        if (run.inFlight[0]?.seq !== out.seq || out.output >= ports) {
+        const head = run.inFlight[0];
+        if (
+          head?.seq !== out.seq || head.program !== program || decoded.to.kind !== "emitted" ||
+          out.output >= ports
+        ) {
           return this.#protocolError(
             run,
             `an output for batch ${out.seq}, program ${program}, port ${out.output}, not in flight`,
@@ -656,6 +693,8 @@ export class SandboxHost implements AsyncDisposable {
     const message = typeof m.message === "string" ? m.message.slice(0, 2000) : "";
     switch (m.type) {
       case "loaded": {
+        if (run.loaded) return this.#protocolError(run, "a second `loaded`");
+        run.loaded = true;
         const reported = Array.isArray(m.programs) ? m.programs as Record<string, unknown>[] : [];
         if (reported.length !== this.#wanted.length) {
           return this.#protocolError(run, `${reported.length} programs loaded of ${this.#wanted.length}`);
@@ -706,6 +745,10 @@ export class SandboxHost implements AsyncDisposable {
         return;
       }
       case "ready":
+        // Only once, after the programs were loaded and told to start, and not from a child being killed.
+        if (!run.loaded || run.ready || run.killedFor || (!this.#programs && !this.#o.inspectOnly)) {
+          return this.#protocolError(run, "`ready` out of turn");
+        }
         run.ready = true;
         this.#everReady = true;
         this.#state = "running";
@@ -715,7 +758,7 @@ export class SandboxHost implements AsyncDisposable {
         return;
       case "load_failed":
       case "start_failed": {
-        const error = m.exports === true || m.type === "start_failed"
+        const error = m.exports === true
           ? new SandboxLoadError(message, { file: this.#entryOf(m.index), line: 1, col: 1 })
           : loadError(`${this.#dir}/modules`, message);
         return this.#loadFailed(run, error);
@@ -857,10 +900,25 @@ export class SandboxHost implements AsyncDisposable {
     this.#sampler = undefined;
   }
 
+  /**
+   * A heartbeat for an idle child: a ping it must answer like a batch, under the same deadline. A program that
+   * spins outside a handler (in a timer, after returning) blocks its event loop and is killed like one that spins in
+   * one.
+   */
+  #heartbeat(): void {
+    const run = this.#run;
+    if (!run?.ready || run.killedFor || run.inFlight.length > 0 || this.#state !== "running") return;
+    const seq = this.#seq = (this.#seq + 1) >>> 0;
+    run.inFlight.push({ seq, count: 0, sentAt: this.#clock.now(), program: -1 });
+    this.#write(run, controlFrame({ type: "ping", seq }));
+    if (this.#deadline === undefined) this.#armDeadline(run);
+  }
+
   #scheduleSample(): void {
     const every = this.#o.sampleMs ?? 1000;
     if (every <= 0) return;
     this.#sampler = this.#clock.setTimeout(() => {
+      this.#heartbeat();
       void this.sample().finally(() => {
         if (this.#state !== "stopped" && this.#state !== "failed") this.#scheduleSample();
       });
@@ -883,13 +941,29 @@ export class SandboxHost implements AsyncDisposable {
   async #readAudit(file: Deno.FsFile): Promise<void> {
     const decoder = new TextDecoder();
     let rest = "";
+    // Every access the child makes is a line here, parsed on the node's thread: a bounded number per second.
+    let windowStart = 0;
+    let inWindow = 0;
     try {
       for await (const chunk of file.readable) {
         rest += decoder.decode(chunk, { stream: true });
         let nl: number;
         while ((nl = rest.indexOf("\n")) >= 0) {
-          this.#auditLine(rest.slice(0, nl));
+          const line = rest.slice(0, nl);
           rest = rest.slice(nl + 1);
+          const t = performance.now();
+          if (t - windowStart >= 1000) [windowStart, inWindow] = [t, 0];
+          if (++inWindow <= AUDIT_LINES_PER_SECOND) this.#auditLine(line);
+          else {
+            this.#counts.audit_skipped++;
+            const run = this.#run;
+            if (inWindow > AUDIT_FLOOD_PER_SECOND && run && !run.killedFor) {
+              this.#protocolError(
+                run,
+                `it made over ${AUDIT_FLOOD_PER_SECOND} permission checks in a second`,
+              );
+            }
+          }
         }
         if (rest.length > AUDIT_LINE_MAX) rest = "";
       }
@@ -947,14 +1021,26 @@ export class SandboxHost implements AsyncDisposable {
 }
 
 /** Bytes of the regular files under `dir` (`du -sb`, which Deno's permissions need not see); 0 when it is gone. */
-async function directoryBytes(dir: string): Promise<number> {
-  try {
-    const out = await new Deno.Command("du", { args: ["-sb", dir], stdout: "piped", stderr: "null" })
-      .output();
-    return Number(new TextDecoder().decode(out.stdout).split(/\s/)[0]) || 0;
-  } catch {
-    return 0;
-  }
+async function directoryUsage(dirs: readonly string[]): Promise<{ bytes: number; files: number }> {
+  const sum = async (args: string[]) => {
+    try {
+      const out = await new Deno.Command("du", { args: [...args, ...dirs], stdout: "piped", stderr: "null" })
+        .output();
+      return new TextDecoder().decode(out.stdout).split("\n").reduce(
+        (n, line) => n + (Number(line.split(/\s/)[0]) || 0),
+        0,
+      );
+    } catch {
+      return 0;
+    }
+  };
+  const [bytes, files] = await Promise.all([sum(["-sb"]), sum(["-s", "--inodes"])]);
+  return { bytes, files };
+}
+
+/** An error of the socket itself (reset, broken pipe, closed), not of what came through it. */
+function isIoError(error: unknown): boolean {
+  return Object.values(Deno.errors).some((E) => error instanceof E);
 }
 
 function closeQuietly(c: { close(): void }): void {

@@ -424,7 +424,10 @@ export function handle(_i, batch) {
     { "keeper.js": keeper },
   );
   assert.equal(status, 201, JSON.stringify(body));
-  const dir = `${env.dataDir}/uploads/keeping/ap_Keep`;
+  // A directory of this run of the session's own (a new name each start), its group's under it.
+  const [root] = [...Deno.readDirSync(`${env.dataDir}/uploads`)].map((e) => e.name);
+  assert.match(root, /^keeping-[0-9a-f]{8}$/);
+  const dir = `${env.dataDir}/uploads/${root}/ap_Keep`;
   await send(input, [rtp(96, 1)]);
   await until("its file", () => {
     try {
@@ -455,6 +458,11 @@ export function handle(_i, batch) {
     /its files hold \d+ bytes, over its 20000 \(node\.uploads\.storage_bytes\)/,
   );
   assert.ok(Deno.statSync(`${dir}/chunk-1.bin`).isFile);
+  // Storage lives as long as the session.
+  const stop = await env.app.request("/node/sessions/keeping", { method: "DELETE", headers: auth });
+  assert.equal(stop.status, 200);
+  await stop.body?.cancel();
+  assert.deepEqual([...Deno.readDirSync(`${env.dataDir}/uploads`)], []);
 });
 
 Deno.test("a node that gives uploads no storage refuses a program that declares files, at its place", async () => {

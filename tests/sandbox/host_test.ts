@@ -424,3 +424,85 @@ Deno.test("SandboxHost caps a spinning program to its share of a core with a con
     await host.stop();
   }
 });
+
+Deno.test("SandboxHost kills a child that writes what is not a frame or an object, as breaking the protocol", async () => {
+  // The program shares the guest's realm: it can make the guest write anything. The host trusts none of it.
+  const source = `${PORTS}
+const real = JSON.stringify;
+export function handle(_i, batch) {
+  if (batch[0].data[0] === 0xee) JSON.stringify = () => "[1";
+  if (batch[0].data[0] === 0xdd) JSON.stringify = () => "null";
+  throw new Error("boom");
+}
+export function start() { JSON.stringify = real; }
+`;
+  for (const first of [0xee, 0xdd]) {
+    const { host } = sandbox(source, { limits: { deadlineMs: 30_000 } });
+    try {
+      await host.start();
+      host.push(0, datagrams(2, 10, first));
+      await until("the protocol error", () => host.status().protocol_errors === 1);
+      assert.match(String(host.status().last_error), /broke the sandbox protocol/);
+      assert.equal((host.status().dropped as Record<string, number>).crashed, 2);
+    } finally {
+      await host.stop();
+    }
+  }
+});
+
+Deno.test("SandboxHost's heartbeat kills a child that spins outside a handler, and the child has no Worker", async () => {
+  const source = `${PORTS}
+export function handle(_i, batch) {
+  if (typeof Worker !== "undefined") throw new Error("Worker is there");
+  setTimeout(() => { for (;;) {} }, 0);
+  return [batch];
+}
+`;
+  const { host, got } = sandbox(source, { sampleMs: 50, limits: { deadlineMs: 300 } });
+  try {
+    await host.start();
+    host.push(0, datagrams(1, 10));
+    await until("its answer", () => packets(got) === 1);
+    assert.equal(host.status().handler_errors, 0, String(host.status().last_error));
+    // No batch is in flight: only the heartbeat can see the child spin.
+    await until("the heartbeat's deadline kill", () => host.status().deadline_kills === 1, 5000);
+    assert.equal(
+      (host.status().dropped as Record<string, number>).deadline,
+      0,
+      "a heartbeat carries no datagram",
+    );
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost's deadline follows the head: a batch answered, then one that spins", async () => {
+  const { host, got } = sandbox(LOOPS_ON_FF, { limits: { deadlineMs: 200 } });
+  try {
+    await host.start();
+    host.push(0, datagrams(40, 10));
+    await until("the first answered", () => packets(got) === 40);
+    // Sent while the first one's deadline timer is still armed: the timer moves on to it when it fires.
+    host.push(0, datagrams(40, 10, 0xff));
+    await until("the second killed at its deadline", () => host.status().deadline_kills === 1, 5000);
+    assert.equal((host.status().dropped as Record<string, number>).deadline, 40);
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost names the uploaded file, line and column of a program whose start throws", async () => {
+  const source = `${PORTS}export function handle(_i, b) { return [b]; }
+export function start() {
+  const x = 1;
+      throw new Error("no start");
+}
+`;
+  const { host } = sandbox(source);
+  const error = await host.start().then(() => null, (e) => e);
+  assert.ok(error instanceof SandboxLoadError, String(error));
+  assert.equal(error.file, "main.js");
+  assert.equal(error.line, 5);
+  assert.equal(error.col, 13);
+  assert.match(error.message, /no start/);
+});
