@@ -53,6 +53,11 @@ export const uploadFields = {
     64 * 1024 * 1024,
     "files a VM group's uploaded programs that declare needs.files may keep under node.data_dir/uploads; 0: none",
   ),
+  nice: opt(
+    int({ min: 0, max: 19 }),
+    DEFAULT_LIMITS.nice ?? 10,
+    "nice value of sandbox processes: above the node's, so its data path goes first when the cores are busy",
+  ),
   max_processes: opt(int({ min: 0, max: 1024 }), 16, "sandbox processes of all sessions together"),
   start_timeout: opt(duration({ min: 100, max: 300_000 }), DEFAULT_LIMITS.startMs),
   deno: opt(
@@ -78,6 +83,7 @@ export function uploadOptions(cfg: UploadsSection): UploadOptions | undefined {
       maxBytes: cfg.max_bytes,
       startMs: cfg.start_timeout,
       cpuShare: cfg.cpu_percent / 100,
+      nice: cfg.nice,
     },
     maxProcesses: cfg.max_processes,
     storageBytes: cfg.storage_bytes,

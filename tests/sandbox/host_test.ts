@@ -66,6 +66,11 @@ Deno.test("SandboxHost passes a batch through an uploaded program with its param
     assert.equal(s.queue_depth, 0);
     const sample = await host.sample();
     assert.ok(sample && sample.rssBytes > 1e6 && sample.cpuMs >= 0, `sample ${JSON.stringify(sample)}`);
+    // It runs below the node: nice 10 by default.
+    const stat = new TextDecoder().decode(
+      (await new Deno.Command("cat", { args: [`/proc/${host.pid}/stat`], stdout: "piped" }).output()).stdout,
+    );
+    assert.equal(Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[16]), 10);
   } finally {
     await host.stop();
   }
