@@ -7,7 +7,7 @@
  * Which figures: per scheduler service, new connections/s, open connections and bits/s both ways; per relay,
  * packets/s in and out, bits/s in and drops/s; per reflector, packets/s in and out and participants; per session,
  * packets/s into its DIPRONN_INPUTs and out of its DIPRONN_OUTPUTs, RTP losses/s its counters saw, and each syncer's
- * current delay (ms).
+ * current delay (ms); per AP, packets/s into its inputs.
  */
 import type { Clock, TimerId } from "../core/clock.ts";
 import type { Series } from "./charts.ts";
@@ -207,6 +207,9 @@ export function figures(roles: Record<string, unknown>): Figure[] {
         }
       }
       lost += num(obj(obj(ap.counted).rtp).lost) || 0;
+      // Per AP: datagrams/s through its inputs (bounded with every other series by maxSeries).
+      const apIn = arr(ap.inputs).reduce((t: number, p) => t + (num(obj(p).packets) || 0), 0);
+      out.push([`ap/${part(name)}/${part(ap.name)}`, "rate", apIn]);
       const delay = num(obj(ap.syncer).delay_ms);
       if (Number.isFinite(delay)) out.push([`${k}delay ms ${part(ap.name)}`, "gauge", delay]);
     }

@@ -360,6 +360,7 @@ function Node({ status, history }: { status: Obj; history: History }) {
                   <th>AP</th>
                   <th>kind</th>
                   <th>VM</th>
+                  <th>packets/s in</th>
                   <th>packets in</th>
                   <th>packets out</th>
                   <th>errors</th>
@@ -372,6 +373,13 @@ function Node({ status, history }: { status: Obj; history: History }) {
                     <td>{text(ap.name)}</td>
                     <td>{text(ap.kind)}</td>
                     <td>{text(ap.vm)}</td>
+                    <td>
+                      {n(
+                        history.latest(
+                          `ap/${name.replaceAll("/", "_")}/${text(ap.name).replaceAll("/", "_")}`,
+                        ),
+                      )}
+                    </td>
                     <td>
                       {n(arr(ap.inputs).reduce((t: number, p) => t + (Number(obj(p).packets) || 0), 0))}
                     </td>

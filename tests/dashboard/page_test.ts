@@ -104,6 +104,8 @@ Deno.test("the dashboard's charts follow the box's traffic as the history sample
   assert.match(session, /<path d="M[^"]+"/);
   const status = await (await box.get("/status")).json();
   assert.ok(status.history.series > 0 && status.history.samples >= 3, JSON.stringify(status.history));
+  // Per AP: the duplicator took the 50 datagrams in the same 2 s.
+  assert.match(main, /<tr data-ap="In"><td>In<\/td><td>localservice.duplicator<\/td><td><\/td><td>25<\/td>/);
   const relay = chart(main, "chart-relay-video");
   assert.match(relay, /data-name="packets\/s in"/);
   assert.doesNotMatch(relay, /no data yet/);
