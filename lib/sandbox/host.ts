@@ -42,7 +42,6 @@ import {
   controlFrame,
   DONE,
   type Frame,
-  FrameError,
   FrameReader,
   peekBatchOut,
   readControl,
