@@ -6,23 +6,10 @@
  * what it saw.
  */
 import { chromium } from "playwright-core";
+import { lineReader } from "../_support/lines.ts";
 
 const [url, token, out, executable] = Deno.args;
-const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).getReader();
-let buffered = "";
-async function nextLine(): Promise<string> {
-  for (;;) {
-    const nl = buffered.indexOf("\n");
-    if (nl >= 0) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      return line;
-    }
-    const { value, done } = await lines.read();
-    if (done) throw new Error("stdin ended");
-    buffered += value;
-  }
-}
+const stdin = lineReader(Deno.stdin.readable);
 const say = (line: string) => console.log(line);
 
 const browser = await chromium.launch({ executablePath: executable, args: ["--no-sandbox"] });
@@ -37,7 +24,7 @@ try {
   await page.goto(`${url}/`);
   result.chartBefore = await page.locator("#chart-relay-video").innerHTML();
   say("loaded");
-  if ((await nextLine()) !== "go") throw new Error("expected go");
+  if ((await stdin.next()) !== "go") throw new Error("expected go");
   // Expressions run in the page, given as text.
   await page.waitForFunction(
     `!document.querySelector("#chart-relay-video")?.innerHTML.includes("no data yet")`,

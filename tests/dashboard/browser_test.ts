@@ -6,6 +6,7 @@
  * test-output/dashboard/.
  */
 import assert from "node:assert/strict";
+import { lineReader } from "../_support/lines.ts";
 import { requireTools } from "../_support/tools.ts";
 import { until } from "../_support/until.ts";
 import { dashboardBox, TOKEN } from "./_box.ts";
@@ -24,21 +25,8 @@ Deno.test("the dashboard in Chromium: no console error, a live chart, a drain cl
     stderr: "inherit",
   }).spawn();
   const writer = driver.stdin.getWriter();
-  const reader = driver.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  const line = async (): Promise<string> => {
-    for (;;) {
-      const nl = text.indexOf("\n");
-      if (nl >= 0) {
-        const l = text.slice(0, nl);
-        text = text.slice(nl + 1);
-        return l;
-      }
-      const { value, done } = await reader.read();
-      if (done) return "";
-      text += value;
-    }
-  };
+  const lines = lineReader(driver.stdout);
+  const line = async () => (await lines.next()) ?? "";
   try {
     assert.equal(await line(), "loaded");
     // Traffic through the relay between two of the history's samples: the page's next reload draws it.
@@ -75,6 +63,6 @@ Deno.test("the dashboard in Chromium: no console error, a live chart, a drain cl
       driver.kill("SIGKILL");
     } catch { /* ended */ }
     await driver.status;
-    await reader.cancel().catch(() => {});
+    await lines.cancel();
   }
 });
