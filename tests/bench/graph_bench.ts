@@ -12,7 +12,7 @@
  *
  * Figures: highest loss-free datagrams/s per path and size with the ratio to the relay; delay added at 10k/s.
  *
- *   make bench / deno task bench graph   quick: 100 and 1450 B, chains 1 and 8 and vm chain 4, 1 s trials (~3 min)
+ *   make bench / deno task bench graph   quick: 100 and 1450 B, chain 8 and vm chain 4, 1 s trials (~2.5 min)
  *   BENCH_FULL=1 deno task bench graph   full: chains 1, 4 and 8 too, 1.5 s trials, 5 bisection steps (~6 min)
  *   BENCH_SIZES=100 BENCH_SECONDS=1 deno task bench graph   any part of either, by hand
  */
@@ -35,7 +35,8 @@ import {
 
 const SIZES = benchSizes("100,1450");
 const SECONDS = benchSeconds();
-const CHAINS = benchFull() ? [1, 4, 8] : [1, 8];
+// Quick: the longest chain only (one forwarder is uploaded_bench's "builtin" path, in the same `make bench`).
+const CHAINS = benchFull() ? [1, 4, 8] : [8];
 
 /**
  * A program of `length` forwarders in a row, F1 fed by DIPRONN_INPUT(`input`), the last sending to `sink`; with
