@@ -18,6 +18,7 @@ import type { Batch } from "../net/udp.ts";
 import {
   DROP_REASONS,
   type ParamDecl,
+  type PortsDecl,
   type ProgramInfo,
   SandboxHost,
   type SandboxLimits,
@@ -54,6 +55,8 @@ interface Member {
   readonly ap: string;
   readonly entry: string;
   readonly files: "read" | "write" | null;
+  /** The module's ports as the check saw them. */
+  readonly ports: PortsDecl;
   readonly params: Readonly<Record<string, unknown>>;
   /** Program input -> module input index. */
   readonly inputs: readonly number[];
@@ -187,6 +190,7 @@ export class SandboxPool implements HardStop {
           ap: ctx.name,
           entry,
           files: info.needs.files ?? null,
+          ports: info.ports,
           params: { ...ctx.params },
           inputs: ctx.inputs.map((name) => inputs.indexOf(name)),
           outputs: outputs.map((name) => {
@@ -236,7 +240,7 @@ export class SandboxPool implements HardStop {
     const host = new SandboxHost({
       name: `${this.#o.session}/${group.name}`,
       modules: this.#o.modules,
-      programs: group.members.map((m) => ({ name: m.ap, entry: m.entry, params: m.params })),
+      programs: group.members.map((m) => ({ name: m.ap, entry: m.entry, params: m.params, ports: m.ports })),
       limits: this.#o.limits,
       deno: this.#o.deno,
       tempDir: this.#o.tempDir,

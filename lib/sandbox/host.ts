@@ -103,6 +103,8 @@ export interface SandboxProgram {
   readonly entry: string;
   /** The session's values for the program's declared params. */
   readonly params?: Readonly<Record<string, unknown>>;
+  /** The ports the program was checked with: a run that reports other ports is a load failure. */
+  readonly ports?: PortsDecl;
 }
 
 export interface SandboxOptions {
@@ -720,6 +722,13 @@ export class SandboxHost implements AsyncDisposable {
             ? { values: {}, problems: [] }
             : resolveParams(decl, wanted.params ?? {});
           if (resolved) problems.push(...resolved.problems);
+          if (!problems.length && wanted.ports && JSON.stringify(wanted.ports) !== JSON.stringify(p.ports)) {
+            problems.push(
+              `its ports are ${JSON.stringify(p.ports)}, not the ${
+                JSON.stringify(wanted.ports)
+              } it was checked with`,
+            );
+          }
           if (problems.length) {
             const who = this.#wanted.length > 1 || wanted.name !== this.#o.name
               ? `AP "${wanted.name}": `

@@ -515,3 +515,13 @@ export function start() {
   assert.equal(error.col, 13);
   assert.match(error.message, /no start/);
 });
+
+Deno.test("SandboxHost refuses a program whose ports are not the ones it was checked with", async () => {
+  const { host } = sandbox(PASS_THROUGH, {
+    programs: [{ name: "F", entry: "main.js", ports: { inputs: ["in"], outputs: ["out", "other"] } }],
+  });
+  const error = await host.start().then(() => null, (e) => e);
+  assert.ok(error instanceof SandboxLoadError, String(error));
+  assert.match(error.message, /its ports are .* not the .* it was checked with/);
+  assert.equal(host.state, "failed");
+});
