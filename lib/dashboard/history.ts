@@ -157,8 +157,8 @@ const num = (v: unknown): number => (typeof v === "number" ? v : NaN);
 const obj = (v: unknown): Record<string, unknown> =>
   v && typeof v === "object" && !Array.isArray(v) ? v as Record<string, unknown> : {};
 const arr = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
-/** A name safe inside a series key (the key's parts are split by "/"). */
-const part = (s: unknown): string => String(s).replaceAll("/", "_").slice(0, 128);
+/** A name as it stands inside a series key (the key's parts are split by "/"); the page builds keys with it too. */
+export const keyPart = (s: unknown): string => String(s).replaceAll("/", "_").slice(0, 128);
 
 /** The figures the dashboard charts, from a status `roles` object. */
 export function figures(roles: Record<string, unknown>): Figure[] {
@@ -166,7 +166,7 @@ export function figures(roles: Record<string, unknown>): Figure[] {
   const scheduler = obj(roles.scheduler);
   for (const [name, s] of Object.entries(obj(scheduler.services))) {
     const svc = obj(s);
-    const k = `scheduler/${part(name)}/`;
+    const k = `scheduler/${keyPart(name)}/`;
     out.push([`${k}connections/s`, "rate", num(svc.accepted)]);
     out.push([`${k}open`, "gauge", num(svc.open_connections)]);
     out.push([`${k}bits/s in`, "rate", num(svc.bytes_in) * 8]);
@@ -176,7 +176,7 @@ export function figures(roles: Record<string, unknown>): Figure[] {
   const relay = obj(roles.relay);
   for (const [name, r] of Object.entries(obj(relay.relays))) {
     const rel = obj(r);
-    const k = `relay/${part(name)}/`;
+    const k = `relay/${keyPart(name)}/`;
     out.push([`${k}packets/s in`, "rate", num(rel.rx_packets)]);
     out.push([`${k}packets/s out`, "rate", num(rel.tx_packets)]);
     out.push([`${k}bits/s in`, "rate", num(rel.rx_bytes) * 8]);
@@ -185,7 +185,7 @@ export function figures(roles: Record<string, unknown>): Figure[] {
   for (const [name, r] of Object.entries(obj(relay.reflectors))) {
     const ref = obj(r);
     const data = obj(obj(ref.sockets).data);
-    const k = `reflector/${part(name)}/`;
+    const k = `reflector/${keyPart(name)}/`;
     out.push([`${k}packets/s in`, "rate", num(data.rx_packets)]);
     out.push([`${k}packets/s out`, "rate", num(data.tx_packets)]);
     out.push([`${k}participants`, "gauge", arr(ref.participants).length]);
@@ -193,7 +193,7 @@ export function figures(roles: Record<string, unknown>): Figure[] {
   const node = obj(roles.node);
   for (const [name, s] of Object.entries(obj(node.sessions))) {
     const session = obj(s);
-    const k = `session/${part(name)}/`;
+    const k = `session/${keyPart(name)}/`;
     let inPackets = 0;
     for (const sock of arr(session.sockets)) inPackets += num(obj(sock).rx_packets) || 0;
     let outPackets = 0;
@@ -209,9 +209,9 @@ export function figures(roles: Record<string, unknown>): Figure[] {
       lost += num(obj(obj(ap.counted).rtp).lost) || 0;
       // Per AP: datagrams/s through its inputs (bounded with every other series by maxSeries).
       const apIn = arr(ap.inputs).reduce((t: number, p) => t + (num(obj(p).packets) || 0), 0);
-      out.push([`ap/${part(name)}/${part(ap.name)}`, "rate", apIn]);
+      out.push([`ap/${keyPart(name)}/${keyPart(ap.name)}`, "rate", apIn]);
       const delay = num(obj(ap.syncer).delay_ms);
-      if (Number.isFinite(delay)) out.push([`${k}delay ms ${part(ap.name)}`, "gauge", delay]);
+      if (Number.isFinite(delay)) out.push([`${k}delay ms ${keyPart(ap.name)}`, "gauge", delay]);
     }
     out.push([`${k}packets/s in`, "rate", inPackets]);
     out.push([`${k}packets/s out`, "rate", outPackets]);

@@ -11,7 +11,7 @@ import { raw } from "hono/html";
 import type { Child } from "hono/jsx";
 import { lineChart, type Series, shortNumber } from "./charts.ts";
 import { sessionGraph } from "./graph.ts";
-import type { History } from "./history.ts";
+import { type History, keyPart } from "./history.ts";
 
 export interface DashboardDeps {
   /** The box's /status document (name, version, uptime, roles). */
@@ -200,9 +200,7 @@ function Scheduler({ status, history }: { status: Obj; history: History }) {
               id={`chart-scheduler-${name}`}
               title={`${name}: connections`}
               yLabel="per second / open"
-              series={history.series(`scheduler/${name.replaceAll("/", "_")}/`).filter((x) =>
-                !x.name.startsWith("bits")
-              )}
+              series={history.series(`scheduler/${keyPart(name)}/`).filter((x) => !x.name.startsWith("bits"))}
             />
           </div>
         );
@@ -237,7 +235,7 @@ function Relay({ status, history }: { status: Obj; history: History }) {
             <tbody>
               {relays.map(([name, v]) => {
                 const r = obj(v);
-                const k = `relay/${name.replaceAll("/", "_")}/`;
+                const k = `relay/${keyPart(name)}/`;
                 return (
                   <tr data-relay={name}>
                     <td>{name}</td>
@@ -265,9 +263,7 @@ function Relay({ status, history }: { status: Obj; history: History }) {
             id={`chart-relay-${name}`}
             title={`relay ${name}`}
             yLabel="packets/s"
-            series={history.series(`relay/${name.replaceAll("/", "_")}/`).filter((x) =>
-              x.name.startsWith("packets")
-            )}
+            series={history.series(`relay/${keyPart(name)}/`).filter((x) => x.name.startsWith("packets"))}
           />
         ))}
       </div>
@@ -317,7 +313,7 @@ function Relay({ status, history }: { status: Obj; history: History }) {
               id={`chart-reflector-${name}`}
               title={`reflector ${name}`}
               yLabel="packets/s"
-              series={history.series(`reflector/${name.replaceAll("/", "_")}/`).filter((x) =>
+              series={history.series(`reflector/${keyPart(name)}/`).filter((x) =>
                 x.name.startsWith("packets")
               )}
             />
@@ -346,7 +342,7 @@ function Node({ status, history }: { status: Obj; history: History }) {
       {sessions.map(([name, v]) => {
         const session = obj(v);
         const aps = arr(session.aps).map(obj);
-        const k = `session/${name.replaceAll("/", "_")}/`;
+        const k = `session/${keyPart(name)}/`;
         return (
           <div class="session" data-session={name}>
             <h3>
@@ -376,7 +372,7 @@ function Node({ status, history }: { status: Obj; history: History }) {
                     <td>
                       {n(
                         history.latest(
-                          `ap/${name.replaceAll("/", "_")}/${text(ap.name).replaceAll("/", "_")}`,
+                          `ap/${keyPart(name)}/${keyPart(ap.name)}`,
                         ),
                       )}
                     </td>

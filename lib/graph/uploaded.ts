@@ -26,6 +26,9 @@ import {
 import type { Element, ElementKind, HardStop, Output } from "./element.ts";
 import { boolParam, numberParam, type Param, type Params, stringParam } from "./params.ts";
 
+/** A name as one plain path component (session and group names in storage paths). */
+const pathPart = (name: string): string => name.replace(/[^A-Za-z0-9_.-]/g, "_");
+
 /** The ref prefix of an uploaded program's kind. */
 export const UPLOAD_PREFIX = "upload.";
 const EXTENSIONS = [".ts", ".js", ".mjs", ".mts"];
@@ -102,9 +105,8 @@ export class SandboxPool implements HardStop {
 
   constructor(options: SandboxPoolOptions) {
     this.#o = options;
-    const safe = options.session.replace(/[^A-Za-z0-9_.-]/g, "_");
     this.#storageRoot = options.dataDir
-      ? `${options.dataDir}/uploads/${safe}-${crypto.randomUUID().slice(0, 8)}`
+      ? `${options.dataDir}/uploads/${pathPart(options.session)}-${crypto.randomUUID().slice(0, 8)}`
       : null;
   }
 
@@ -260,7 +262,7 @@ export class SandboxPool implements HardStop {
     const files = group.members.map((m) => m.files);
     if (!files.some((f) => f) || !this.#storageRoot || !this.#o.storageBytes) return undefined;
     return {
-      dir: `${this.#storageRoot}/${group.name.replace(/[^A-Za-z0-9_.-]/g, "_")}`,
+      dir: `${this.#storageRoot}/${pathPart(group.name)}`,
       write: files.includes("write"),
       bytes: this.#o.storageBytes,
     };
