@@ -43,14 +43,22 @@ export async function main(args: readonly string[]): Promise<number> {
       roles,
     );
     if (options.check) {
-      const problems = await checkNamedFiles(plan);
-      if (problems.length) {
-        throw new ErrorList(problems, `${file}: ${problems.length} error(s) in the files it names`);
-      }
+      await checkFilesOf(plan);
       out(`${file}: config OK (${describe(plan)})\n`);
       return 0;
     }
-    return await run(plan);
+    // A reload reads and checks the config exactly as --check does, with the same command-line overrides.
+    const reread = async () => {
+      const text = options.config === undefined ? "" : await readConfig(options.config);
+      const next = applyOverrides(
+        loadConfig(text, { file, roles, env: (name) => Deno.env.get(name) }),
+        options,
+        roles,
+      );
+      await checkFilesOf(next);
+      return next;
+    };
+    return await run(plan, reread);
   } catch (error) {
     if (error instanceof UsageError) return err(`edgenode: ${error.message}\n`), 2;
     if (error instanceof ErrorList) {
@@ -91,6 +99,14 @@ function subcommands() {
   );
 }
 
+/** The files a plan names (agent-rules, boot session programs), checked: ErrorList with each at its place. */
+async function checkFilesOf(plan: Plan): Promise<void> {
+  const problems = await checkNamedFiles(plan);
+  if (problems.length) {
+    throw new ErrorList(problems, `${plan.source}: ${problems.length} error(s) in the files it names`);
+  }
+}
+
 function readConfig(path: string): Promise<string> {
   return readTextFileLimited(path, MAX_CONFIG_BYTES, "config");
 }
@@ -99,7 +115,7 @@ function describe(plan: Plan): string {
   return `roles: ${plan.roles.join(", ")}; status on ${formatHostPort(plan.status.listen)}`;
 }
 
-async function run(plan: Plan): Promise<number> {
+async function run(plan: Plan, reread: () => Promise<Plan>): Promise<number> {
   const logger = new Logger({ level: plan.log.level, clock: systemClock });
   // An error no part caught (in a timer, a loop, an unawaited promise) is logged; the node stays up.
   using _guard = guardProcess(logger);
@@ -113,7 +129,7 @@ async function run(plan: Plan): Promise<number> {
     if (signals++ === 0) stopped.resolve(signal);
     else force.abort(new Error(`Second ${signal}`));
   };
-  const handlers = (["SIGINT", "SIGTERM"] as const).map((s) => [s, onSignal(s)] as const);
+  const handlers: [Deno.Signal, () => void][] = (["SIGINT", "SIGTERM"] as const).map((s) => [s, onSignal(s)]);
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);
   try {
     const appliance = await startAppliance(plan, {
@@ -121,7 +137,12 @@ async function run(plan: Plan): Promise<number> {
       logger,
       roles: builtinRoles(),
       hostname: () => Deno.hostname(),
+      reread,
     });
+    // SIGHUP reloads the config (as POST /reload does); a reload already running takes the next one after it.
+    const onHangup = () => void appliance.reload("SIGHUP");
+    Deno.addSignalListener("SIGHUP", onHangup);
+    handlers.push(["SIGHUP", onHangup]);
     logger.info("running", {
       name: appliance.name,
       version: VERSION,

@@ -31,6 +31,44 @@ export interface RunningRole {
    * the bearer token guard leaves those alone. Only what the running role actually guards; absent: none.
    */
   readonly selfGuarded?: readonly string[];
+  /**
+   * Reload, phase one: compares a new, already checked section with the running one and takes what the change needs
+   * that can fail (binds the sockets of new parts, reads the files they name), changing nothing that runs. Throws
+   * (StartError, having released what it took) when the change cannot be made. Absent: the role cannot reload, and a
+   * changed section is reported as needing a restart.
+   */
+  prepareReload?(section: unknown): Promise<RoleReload>;
+  /** Whether the role serves what it should (GET /healthz): every listener open, at least one healthy server. */
+  health?(): RoleHealth;
+}
+
+export interface RoleHealth {
+  readonly ok: boolean;
+  /** One line per problem (empty when ok). */
+  readonly problems: readonly string[];
+}
+
+/** What a role's reload did, by part ("service web", "relay r1", "session lecture"), for the log and /status. */
+export interface ReloadSummary {
+  readonly added: readonly string[];
+  readonly removed: readonly string[];
+  /** Updated in place: established connections, participants and session state kept. */
+  readonly changed: readonly string[];
+  /** Replaced by a new part; the old one drains. */
+  readonly replaced: readonly string[];
+  /** Anything the operator should know (a setting that takes effect at the next start only). */
+  readonly notes: readonly string[];
+}
+
+export interface RoleReload {
+  readonly summary: ReloadSummary;
+  /**
+   * Phase two, which cannot fail: new parts start serving, changed ones are updated, removed and replaced ones stop
+   * taking new work and drain until `drain` aborts. Resolves when the drains are over (the appliance does not wait).
+   */
+  commit(drain: AbortSignal): Promise<void>;
+  /** Releases what phase one took; the running role is as it was. */
+  abort(): Promise<void>;
 }
 
 export interface RoleDef<S = unknown> {
