@@ -81,37 +81,24 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
   description: "TCP connection scheduler: virtual services spread over real servers",
   needsPeer: true,
   section: schedulerSection,
-  async start(cfg, ctx) {
+  async start(first, ctx) {
+    let cfg = first;
     const plans = await servicePlans(cfg);
     const buffers = new BufferPool({ bufferBytes: cfg.buffer, capacity: POOL_SPARE });
     const pickers = builtinPickers();
     const transport = openTransport(cfg.io);
-    const services = plans.map((plan) =>
-      new Service(plan, {
-        clock: ctx.clock,
-        logger: ctx.logger,
-        metrics: ctx.metrics,
-        pickers,
-        buffers,
-        transport,
-      })
-    );
-    const bound: Service[] = [];
-    try {
-      for (const s of services) {
-        s.listen();
-        bound.push(s);
-      }
-    } catch (error) {
-      const now = new AbortController();
-      now.abort();
-      for (const s of bound) await s.stop(now.signal);
-      throw error;
-    }
+    const deps = {
+      clock: ctx.clock,
+      logger: ctx.logger,
+      metrics: ctx.metrics,
+      pickers,
+      buffers,
+      transport,
+    };
+    const services = await bindAll(plans.map((plan) => new Service(plan, deps)));
     // Where the fast engine waits is settled before anything is served (it is in /status from the start).
     await transport.ready;
-    for (const s of services) {
-      s.start();
+    const announce = (s: Service) =>
       ctx.logger.info("service listening", {
         service: s.name,
         listen: formatHostPort(s.address),
@@ -119,11 +106,16 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
         picker: s.plan.settings.picker,
         io: transport.kind,
       });
+    for (const s of services) {
+      s.start();
+      announce(s);
     }
     if (!services.length) {
       ctx.logger.info("no services", { hint: "add scheduler.services or scheduler.rules to the config" });
     }
     const byName = new Map(services.map((s) => [s.name, s]));
+    /** Services a reload removed, until their connections have drained. */
+    const draining = new Set<Promise<void>>();
     return {
       status: () => ({
         state: "running",
@@ -132,12 +124,98 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
         services: Object.fromEntries(services.map((s) => [s.name, s.status()])),
       }),
       async stop(deadline) {
-        await Promise.all(services.map((s) => s.stop(deadline)));
+        await Promise.all([...services.map((s) => s.stop(deadline)), ...draining]);
       },
       routes: (app) => schedulerRoutes(app, byName),
+      health: () => {
+        const problems: string[] = [];
+        for (const s of services) {
+          if (!s.listening) problems.push(`service ${s.name}: not listening on ${formatHostPort(s.address)}`);
+          else if (!s.servers.some((v) => v.up)) problems.push(`service ${s.name}: no healthy server`);
+        }
+        return { ok: problems.length === 0, problems };
+      },
+      async prepareReload(section) {
+        const next = section as SchedulerSection;
+        const nextPlans = await servicePlans(next);
+        const byKey = new Map(services.map((s) => [serviceKey(s.plan), s]));
+        const kept: [Service, ServicePlan][] = [];
+        const added: Service[] = [];
+        for (const plan of nextPlans) {
+          const running = byKey.get(serviceKey(plan));
+          if (running) {
+            byKey.delete(serviceKey(plan));
+            kept.push([running, plan]);
+          } else added.push(new Service(plan, deps));
+        }
+        const removed = [...byKey.values()];
+        // What can fail (binding the new services' addresses) happens now; nothing running has changed.
+        await bindAll(added);
+        const changed = kept.flatMap(([s, plan]) => {
+          const lines = s.changesTo(plan);
+          return lines.length ? [`service ${s.name}: ${lines.join(", ")}`] : [];
+        });
+        const notes: string[] = [];
+        if (next.io !== cfg.io) notes.push(`scheduler.io ${cfg.io} -> ${next.io}: takes effect at the next start`);
+        if (next.buffer !== cfg.buffer) {
+          notes.push(`scheduler.buffer ${cfg.buffer} -> ${next.buffer}: takes effect at the next start`);
+        }
+        return {
+          summary: {
+            added: added.map((s) => `service ${s.name}`),
+            removed: removed.map((s) => `service ${s.name}`),
+            changed,
+            replaced: [],
+            notes,
+          },
+          commit(drain) {
+            for (const [s, plan] of kept) s.update(plan, drain);
+            for (const s of added) {
+              s.start();
+              announce(s);
+            }
+            services.splice(0, services.length, ...kept.map(([s]) => s), ...added);
+            byName.clear();
+            for (const s of services) byName.set(s.name, s);
+            cfg = next;
+            const stops = removed.map((s) => {
+              ctx.logger.info("service removed, draining", { service: s.name, open: s.open });
+              return s.stop(drain);
+            });
+            const done = Promise.all(stops).then(() => {});
+            draining.add(done);
+            return done.finally(() => draining.delete(done));
+          },
+          async abort() {
+            const now = AbortSignal.abort();
+            for (const s of added) await s.stop(now);
+          },
+        };
+      },
     };
   },
 };
+
+/** A service's identity across a reload: its listen address (so a rename keeps the socket), or its name on port 0. */
+function serviceKey(plan: ServicePlan): string {
+  return plan.listen.port === 0 ? `name ${plan.name}` : formatHostPort(plan.listen);
+}
+
+/** Binds every service's address, or none: one that cannot bind closes those bound before it (StartError). */
+async function bindAll(services: Service[]): Promise<Service[]> {
+  const bound: Service[] = [];
+  try {
+    for (const s of services) {
+      s.listen();
+      bound.push(s);
+    }
+  } catch (error) {
+    const now = AbortSignal.abort();
+    for (const s of bound) await s.stop(now);
+    throw error;
+  }
+  return services;
+}
 
 /** What a redirect may put into a URL and a metafile: nothing that could end a line or a header. */
 const SAFE_PATH = /^[A-Za-z0-9._~\/-]{1,512}$/;

@@ -26,7 +26,8 @@ export type Transition = "down" | "up" | null;
 export class Server {
   readonly addr: HostPort;
   readonly key: string;
-  readonly spec: ServerSpec;
+  /** The config entry it came from (replaced by a reload that changes it). */
+  spec: ServerSpec;
   /** Operator's administrative state and weight; they start from config and are not persisted. */
   admin: AdminState;
   configuredWeight: number;
@@ -50,7 +51,7 @@ export class Server {
   changedAt: number;
   #abort = new AbortController();
 
-  constructor(planned: PlannedServer, readonly rise: number, readonly fall: number, now: number) {
+  constructor(planned: PlannedServer, public rise: number, public fall: number, now: number) {
     this.addr = planned.addr;
     this.key = planned.key;
     this.spec = planned.spec;
@@ -94,7 +95,7 @@ export class Server {
 
   /** Would take a new connection if it had room. */
   get available(): boolean {
-    return this.weight > 0;
+    return this.weight > 0 && !this.retired;
   }
 
   get hasRoom(): boolean {
@@ -150,6 +151,28 @@ export class Server {
     if (!wasMaint && this.#inMaint()) this.#closeAll();
     return t;
   }
+
+  /**
+   * A reload's new config entry for this server (same address). What the operator set over the API (state, weight)
+   * survives unless the config changes that item; health, agent figures and connections are kept.
+   */
+  reconfigure(spec: ServerSpec, rise: number, fall: number): void {
+    const old = this.spec;
+    this.spec = spec;
+    this.rise = rise;
+    this.fall = fall;
+    if (spec.weight !== old.weight) this.configuredWeight = spec.weight;
+    if (spec.state !== old.state) this.setAdmin(spec.state);
+  }
+
+  /** Taken out of its service by a reload: no new connections; `cut` closes the ones still open. */
+  retire(cut: boolean): void {
+    this.retired = true;
+    if (cut) this.#closeAll();
+  }
+
+  /** Removed from its service by a reload and draining (never picked again). */
+  retired = false;
 
   /** The operator's change; maint closes the open connections, drain keeps them. */
   setAdmin(state: AdminState): void {

@@ -102,11 +102,15 @@ class Flow implements ConnectTarget, SpliceTarget {
 }
 
 export class Service {
+  /** The servers new clients may be given (a reload changes the list in place). */
   readonly servers: Server[];
-  readonly #byKey: Map<string, Server>;
-  readonly #picker: Picker;
-  readonly #persistence: PersistenceTable | null;
-  readonly #monitor: Monitor;
+  #plan: ServicePlan;
+  #byKey: Map<string, Server>;
+  #picker: Picker;
+  #persistence: PersistenceTable | null;
+  #monitor: Monitor;
+  /** Servers a reload removed, until their last connection ends or the drain deadline cuts them. */
+  readonly #retiring = new Set<Server>();
   readonly #perClient = new Map<string, number>();
   readonly #queue: Waiter[] = [];
   readonly #clients = new Set<Conn>();
@@ -142,22 +146,39 @@ export class Service {
     bytes_out: 0,
   };
 
-  constructor(readonly plan: ServicePlan, private readonly deps: ServiceDeps) {
+  constructor(plan: ServicePlan, private readonly deps: ServiceDeps) {
     const { settings } = plan;
     const now = deps.clock.now();
+    this.#plan = plan;
     this.servers = expandServers(plan.servers).map((p) =>
       new Server(p, settings.check.rise, settings.check.fall, now)
     );
     this.#byKey = new Map(this.servers.map((s) => [s.key, s]));
     this.#picker = deps.pickers.get(settings.picker).create();
-    this.#persistence = settings.persistence > 0
-      ? new PersistenceTable(deps.clock, { timeoutMs: settings.persistence, maxEntries: PERSISTENCE_MAX })
+    this.#persistence = this.#newPersistence(settings);
+    this.#monitor = this.#newMonitor();
+  }
+
+  get plan(): ServicePlan {
+    return this.#plan;
+  }
+
+  get name(): string {
+    return this.plan.name;
+  }
+
+  #newPersistence(settings: ServiceSettings): PersistenceTable | null {
+    return settings.persistence > 0
+      ? new PersistenceTable(this.deps.clock, { timeoutMs: settings.persistence, maxEntries: PERSISTENCE_MAX })
       : null;
-    this.#monitor = new Monitor(this.servers, settings, {
-      clock: deps.clock,
-      logger: deps.logger,
-      service: plan.name,
-      exchange: deps.exchange,
+  }
+
+  #newMonitor(): Monitor {
+    return new Monitor(this.servers, this.plan.settings, {
+      clock: this.deps.clock,
+      logger: this.deps.logger,
+      service: this.plan.name,
+      exchange: this.deps.exchange,
       onChange: (server, t) => {
         if (t === "down") this.#persistence?.forget(server.key);
         else this.#wakeQueue();
@@ -166,8 +187,76 @@ export class Service {
     });
   }
 
-  get name(): string {
-    return this.plan.name;
+  /**
+   * What a reload to `plan` (same listen address) would change, one line per item; empty when nothing. Pure.
+   */
+  changesTo(plan: ServicePlan): string[] {
+    const out: string[] = [];
+    const old = this.plan;
+    if (plan.name !== old.name) out.push(`renamed ${old.name} -> ${plan.name}`);
+    const before = new Map(expandServers(old.servers).map((p) => [p.key, p.spec]));
+    const after = new Map(expandServers(plan.servers).map((p) => [p.key, p.spec]));
+    for (const [key, spec] of after) {
+      const was = before.get(key);
+      if (!was) out.push(`server ${key} added`);
+      else if (!sameJson(was, spec)) out.push(`server ${key} changed`);
+    }
+    for (const key of before.keys()) if (!after.has(key)) out.push(`server ${key} removed (drains)`);
+    for (const [k, v] of Object.entries(plan.settings)) {
+      if (!sameJson(v, (old.settings as Record<string, unknown>)[k])) out.push(`${k} changed`);
+    }
+    if (plan.origin !== old.origin && out.length === 0) out.push(`origin ${plan.origin}`);
+    return out;
+  }
+
+  /**
+   * Applies a reload's plan in place (same listen address, so the listener and every established connection stay):
+   * servers kept keep their health, counters, connections and operator state; added ones start checked; removed
+   * ones take no new client and drain until `drain` aborts, then their connections are cut. Settings apply to new
+   * connections; checks restart on the new settings. Persistence is kept unless its timeout changed.
+   */
+  update(plan: ServicePlan, drain: AbortSignal): void {
+    const { settings } = plan;
+    const old = this.plan;
+    const now = this.deps.clock.now();
+    const next = expandServers(plan.servers).map((p) => {
+      const kept = this.#byKey.get(p.key);
+      if (!kept) return new Server(p, settings.check.rise, settings.check.fall, now);
+      kept.reconfigure(p.spec, settings.check.rise, settings.check.fall);
+      return kept;
+    });
+    const keys = new Set(next.map((s) => s.key));
+    for (const s of this.servers) {
+      if (keys.has(s.key)) continue;
+      s.retire(false);
+      this.#persistence?.forget(s.key);
+      if (s.active === 0) continue;
+      this.#retiring.add(s);
+      const cut = () => {
+        if (this.#retiring.delete(s)) s.retire(true);
+      };
+      if (drain.aborted) cut();
+      else drain.addEventListener("abort", cut, { once: true });
+    }
+    this.#monitor.stop();
+    this.#plan = plan;
+    this.servers.splice(0, this.servers.length, ...next);
+    this.#byKey = new Map(next.map((s) => [s.key, s]));
+    // A fresh picker: cursors and rings are per server index, and the list may have changed.
+    this.#picker = this.deps.pickers.get(settings.picker).create();
+    if (settings.persistence !== old.settings.persistence) this.#persistence = this.#newPersistence(settings);
+    this.#monitor = this.#newMonitor();
+    for (const set of this.#sets.splice(0)) this.deps.metrics.remove(set);
+    if (!this.#stopping) {
+      this.#publish();
+      this.#monitor.start();
+    }
+    this.#wakeQueue();
+  }
+
+  /** Accepting clients: bound, started and not stopping. */
+  get listening(): boolean {
+    return this.#listener !== null && this.#serving !== null && !this.#stopping;
   }
 
   /** The bound address (the real port when 0 was asked for). */
@@ -332,7 +421,8 @@ export class Service {
 
   /** The flow's server connection has ended: its slot is free for the queue. */
   #serverDone(flow: Flow): void {
-    flow.server!.active--;
+    const server = flow.server!;
+    if (--server.active === 0 && server.retired) this.#retiring.delete(server);
     this.#wakeQueue();
     this.#end(flow);
   }
@@ -456,6 +546,9 @@ export class Service {
       proxy_protocol: settings.proxy_protocol,
       persistence_entries: this.#persistence?.size ?? 0,
       checks: this.#monitor.checks,
+      ...(this.#retiring.size
+        ? { retiring: [...this.#retiring].map((s) => ({ server: s.key, active: s.active })) }
+        : {}),
       agent_polls: this.#monitor.agentPolls,
       // The figures /metrics shows, by the same declarations.
       ...figuresOf(SERVICE_SERIES, this),
@@ -532,3 +625,7 @@ const SERVICE_SERIES = declareSeries<Service>({
     read: (s) => s.counts.bytes_out,
   },
 });
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
