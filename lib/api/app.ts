@@ -6,7 +6,7 @@ import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import type { Clock } from "../core/clock.ts";
 import { isLogLevel, LOG_LEVELS, type Logger } from "../core/logger.ts";
-import type { MetricsRegistry } from "../core/metrics.ts";
+import type { Counter, MetricsRegistry } from "../core/metrics.ts";
 import { requireToken } from "./auth.ts";
 import { dashboardRoutes } from "../dashboard/page.tsx";
 import type { History } from "../dashboard/history.ts";
@@ -42,10 +42,7 @@ const MUTATING = ["POST", "PUT", "PATCH", "DELETE"];
 
 export function createApp(deps: AppDeps): Hono {
   const { clock, metrics, logger } = deps;
-  const http = metrics.set("http");
-  const requests = http.counter("requests_total", "Status API requests answered");
-  const clientErrors = http.counter("client_errors_total", "Status API requests answered with 4xx");
-  const serverErrors = http.counter("server_errors_total", "Status API requests answered with 5xx");
+  const { requests, clientErrors, serverErrors } = httpCounters(metrics);
   const guard = requireToken(deps.token);
   const selfGuarded = deps.selfGuarded ?? [];
   for (const p of selfGuarded) {
@@ -117,6 +114,26 @@ export function createApp(deps: AppDeps): Hono {
     return c.json({ error: "Internal error" }, 500);
   });
   return app;
+}
+
+/** The status API's counters, made once per registry: a reload makes the app again and keeps counting in them. */
+const HTTP_COUNTERS = new WeakMap<
+  MetricsRegistry,
+  Record<"requests" | "clientErrors" | "serverErrors", Counter>
+>();
+
+function httpCounters(metrics: MetricsRegistry) {
+  let counters = HTTP_COUNTERS.get(metrics);
+  if (!counters) {
+    const http = metrics.set("http");
+    counters = {
+      requests: http.counter("requests_total", "Status API requests answered"),
+      clientErrors: http.counter("client_errors_total", "Status API requests answered with 4xx"),
+      serverErrors: http.counter("server_errors_total", "Status API requests answered with 5xx"),
+    };
+    HTTP_COUNTERS.set(metrics, counters);
+  }
+  return counters;
 }
 
 async function readJson(request: Request): Promise<unknown> {
