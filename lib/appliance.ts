@@ -6,7 +6,8 @@ import type { Hono } from "hono";
 import { createApp } from "./api/app.ts";
 import { History } from "./dashboard/history.ts";
 import type { Clock } from "./core/clock.ts";
-import { errorMessage, StartError } from "./core/errors.ts";
+import { ErrorList, errorMessage, StartError } from "./core/errors.ts";
+import { deadline as makeDeadline } from "./core/clock.ts";
 import { Lifecycle, type StopResult } from "./core/lifecycle.ts";
 import type { Logger } from "./core/logger.ts";
 import { MetricsRegistry } from "./core/metrics.ts";
@@ -15,7 +16,7 @@ import type { Registry } from "./core/registry.ts";
 import type { Plan } from "./config/plan.ts";
 import { formatHostPort, type HostPort } from "./net/address.ts";
 import { type HttpServer, serveHttp } from "./net/http.ts";
-import type { RoleDef, RunningRole } from "./roles/role.ts";
+import type { ReloadSummary, RoleDef, RoleReload, RunningRole } from "./roles/role.ts";
 import { VERSION } from "./version.ts";
 
 export interface ApplianceDeps {
@@ -27,14 +28,39 @@ export interface ApplianceDeps {
   readonly listen?: (handler: (r: Request) => Response | Promise<Response>, addr: HostPort) => HttpServer;
   /** Puts the process at a real-time priority, returning how many threads it set (default: core/scheduling.ts). */
   readonly runRealtime?: (priority: number) => number;
+  /**
+   * Reads and checks the config again, as `--check` does (ErrorList with every error at its place); without it the
+   * appliance cannot reload.
+   */
+  readonly reread?: () => Promise<Plan>;
 }
 
 export interface Appliance {
   readonly name: string;
   readonly statusAddr: HostPort;
   readonly metrics: MetricsRegistry;
+  /**
+   * Reads the config again and applies the difference (SIGHUP, POST /reload): all of it or, on any error, none.
+   * Reloads run one at a time. Never throws: the outcome says what happened.
+   */
+  reload(trigger: string): Promise<ReloadOutcome>;
   /** Stops everything within the plan's drain deadline (sooner if `force` aborts). Never throws. */
   stop(force?: AbortSignal): Promise<StopResult[]>;
+}
+
+/** What a reload did, as /status `process.config.last_reload` and the answer of POST /reload show it. */
+export interface ReloadOutcome {
+  readonly ok: boolean;
+  /** The config generation running after it (1 at start; a failed reload leaves it). */
+  readonly generation: number;
+  readonly trigger: string;
+  readonly at: string;
+  readonly duration_ms: number;
+  /** Every error, `file:line:col: message` where the error has a place; nothing was changed. */
+  readonly errors: readonly string[];
+  /** Per role: what changed ("started" / "stopped" for a whole role). */
+  readonly roles: Readonly<Record<string, ReloadSummary | "started" | "stopped">>;
+  readonly notes: readonly string[];
 }
 
 export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<Appliance> {
@@ -55,57 +81,247 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
   );
 
   const lifecycle = new Lifecycle(clock);
+  /** Running roles in start order (a reload adds and removes). */
   const running = new Map<string, RunningRole>();
+  const roleContext = (roleName: string) => ({
+    nodeName: name,
+    logger: logger.child(roleName),
+    metrics,
+    clock,
+  });
   try {
     // Before any role starts, so that every thread a role makes inherits the policy.
     const scheduling = applyScheduling(plan, deps, logger);
     for (const roleName of plan.roles) {
-      const def = roles.get(roleName);
-      const role = await def.start(plan.sections[roleName], {
-        nodeName: name,
-        logger: logger.child(roleName),
-        metrics,
-        clock,
-      });
+      const role = await roles.get(roleName).start(plan.sections[roleName], roleContext(roleName));
       running.set(roleName, role);
       lifecycle.add(roleName, (deadline) => role.stop(deadline));
       logger.info("started", { part: roleName });
     }
+    let current = plan;
+    let generation = 1;
+    let lastReload: ReloadOutcome | null = null;
     // The dashboard's figures of the last minutes, read from the roles' status every 2 s.
     const statusOfRoles = () => Object.fromEntries([...running].map(([n, r]) => [n, r.status()]));
     const history = new History({ clock, status: statusOfRoles });
-    const app = createApp({
-      name,
-      version: VERSION,
-      clock,
-      startedAt,
-      metrics,
-      roles: statusOfRoles,
-      history,
-      process: () => ({ scheduling }),
-      token: plan.status.token,
-      maxBody: plan.status.max_body,
-      logger: logger.child("status"),
-      mount: [...running.values()].flatMap((r) => (r.routes ? [(app: Hono) => r.routes!(app)] : [])),
-      selfGuarded: [...running.values()].flatMap((r) => r.selfGuarded ?? []),
-    });
-    const server = listen(app.fetch, plan.status.listen);
+    const reloadRoute = (app: Hono) =>
+      app.post("/reload", async (c) => {
+        const outcome = await appliance.reload("api");
+        return c.json(outcome, outcome.ok ? 200 : 400);
+      });
+    // The status API is made again after a reload (the token and the roles' routes may have changed).
+    const makeApp = (p: Plan) =>
+      createApp({
+        name,
+        version: VERSION,
+        clock,
+        startedAt,
+        metrics,
+        roles: statusOfRoles,
+        history,
+        process: () => ({
+          scheduling,
+          config: { source: p.source, generation, last_reload: lastReload },
+        }),
+        token: p.status.token,
+        maxBody: p.status.max_body,
+        logger: logger.child("status"),
+        mount: [
+          reloadRoute,
+          ...[...running.values()].flatMap((r) => (r.routes ? [(app: Hono) => r.routes!(app)] : [])),
+        ],
+        selfGuarded: [...running.values()].flatMap((r) => r.selfGuarded ?? []),
+      });
+    let app = makeApp(plan);
+    const handler = (r: Request) => app.fetch(r);
+    let server = listen(handler, plan.status.listen);
     history.start();
-    lifecycle.add("status", (deadline) => {
-      history.stop();
-      return server.stop(deadline);
-    });
     logger.child("status").info("listening", { addr: formatHostPort(server.addr) });
-    return {
-      name,
-      statusAddr: server.addr,
-      metrics,
-      stop: async (force) => logStops(logger, await lifecycle.stop(plan.shutdown.drain_timeout, force)),
+
+    // Parts a reload removed or replaced, draining until their deadline (or the stop's).
+    const drains = new Set<Promise<void>>();
+    const stopping = new AbortController();
+    let queue: Promise<unknown> = Promise.resolve();
+    let stopped: Promise<StopResult[]> | null = null;
+
+    const apply = async (trigger: string): Promise<ReloadOutcome> => {
+      const began = clock.now();
+      const outcome = (
+        ok: boolean,
+        errors: string[],
+        summary: Record<string, ReloadSummary | "started" | "stopped"> = {},
+        notes: string[] = [],
+      ): ReloadOutcome => ({
+        ok,
+        generation,
+        trigger,
+        at: new Date(began).toISOString(),
+        duration_ms: clock.now() - began,
+        errors,
+        roles: summary,
+        notes,
+      });
+      if (stopped) return outcome(false, ["Stopping: nothing reloaded"]);
+      if (!deps.reread) return outcome(false, ["This appliance was started without a config to reload"]);
+      let next: Plan;
+      try {
+        next = await deps.reread();
+      } catch (error) {
+        if (error instanceof ErrorList) return outcome(false, error.errors.map((e) => e.format()));
+        return outcome(false, [errorMessage(error)]);
+      }
+      const notes: string[] = [];
+      if ((next.name ?? deps.hostname()) !== name) notes.push("name: takes effect at the next start");
+      if (next.process.realtime_priority !== current.process.realtime_priority) {
+        notes.push("process.realtime_priority: takes effect at the next start");
+      }
+      const summary: Record<string, ReloadSummary | "started" | "stopped"> = {};
+      const prepared: [string, RoleReload][] = [];
+      const started: [string, RunningRole][] = [];
+      let newServer: HttpServer | null = null;
+      const undo = async () => {
+        for (const [, r] of prepared.reverse()) await r.abort().catch(() => {});
+        const now = AbortSignal.abort();
+        for (const [, r] of started.reverse()) await r.stop(now).catch(() => {});
+        await newServer?.stop(now).catch(() => {});
+      };
+      try {
+        // Phase one: everything that can fail, changing nothing that runs.
+        for (const roleName of next.roles) {
+          const role = running.get(roleName);
+          if (!role) continue;
+          if (sameJson(current.sections[roleName], next.sections[roleName])) continue;
+          if (!role.prepareReload) {
+            notes.push(`${roleName}: its section changed; this role applies changes at the next start only`);
+            continue;
+          }
+          const r = await role.prepareReload(next.sections[roleName]);
+          prepared.push([roleName, r]);
+        }
+        for (const roleName of next.roles) {
+          if (running.has(roleName)) continue;
+          const role = await roles.get(roleName).start(next.sections[roleName], roleContext(roleName));
+          started.push([roleName, role]);
+        }
+        if (formatHostPort(next.status.listen) !== formatHostPort(current.status.listen)) {
+          newServer = listen(handler, next.status.listen);
+        }
+      } catch (error) {
+        await undo();
+        return outcome(false, [errorMessage(error)]);
+      }
+      // Phase two: cannot fail.
+      const drainDeadline = makeDeadline(clock, next.shutdown.drain_timeout, stopping.signal);
+      const waits: Promise<void>[] = [];
+      const drain = (p: Promise<void>) =>
+        waits.push(p.catch((error) => logger.error("drain failed", { error: String(error) })));
+      for (const [roleName, r] of prepared) {
+        drain(r.commit(drainDeadline.signal));
+        summary[roleName] = r.summary;
+      }
+      for (const [roleName, role] of [...running]) {
+        if (next.roles.includes(roleName)) continue;
+        running.delete(roleName);
+        drain(role.stop(drainDeadline.signal));
+        summary[roleName] = "stopped";
+      }
+      for (const [roleName, role] of started) {
+        summary[roleName] = "started";
+        logger.info("started", { part: roleName });
+      }
+      // Start order is registry order, as at start.
+      const order = [...running, ...started];
+      running.clear();
+      for (const roleName of next.roles) {
+        const r = order.find(([n]) => n === roleName);
+        if (r) running.set(roleName, r[1]);
+      }
+      if (next.log.level !== current.log.level) logger.level = next.log.level;
+      current = next;
+      app = makeApp(next);
+      if (newServer) {
+        const old = server;
+        server = newServer;
+        drain(old.stop(drainDeadline.signal));
+        logger.child("status").info("listening", { addr: formatHostPort(server.addr) });
+        summary.status = {
+          added: [],
+          removed: [],
+          changed: [`status.listen ${formatHostPort(old.addr)} -> ${formatHostPort(server.addr)}`],
+          replaced: [],
+          notes: [],
+        };
+      }
+      generation++;
+      const all = Promise.all(waits).then(() => drainDeadline.cancel());
+      drains.add(all);
+      all.finally(() => drains.delete(all));
+      return outcome(true, [], summary, notes);
     };
+
+    const appliance: Appliance = {
+      name,
+      get statusAddr() {
+        return server.addr;
+      },
+      metrics,
+      reload(trigger) {
+        const run = queue.then(() => apply(trigger)).then((o) => {
+          lastReload = o;
+          logReload(logger, o);
+          return o;
+        });
+        queue = run.catch(() => {});
+        return run;
+      },
+      stop(force) {
+        stopped ??= (async () => {
+          // Parts stop in reverse order of start, the status API first; drains a reload began end by then too.
+          const parts = new Lifecycle(clock);
+          for (const [roleName, role] of running) parts.add(roleName, (deadline) => role.stop(deadline));
+          parts.add("status", (deadline) => {
+            history.stop();
+            return server.stop(deadline);
+          });
+          const results = await parts.stop(current.shutdown.drain_timeout, force);
+          stopping.abort();
+          await Promise.all(drains);
+          return logStops(logger, results);
+        })();
+        return stopped;
+      },
+    };
+    return appliance;
   } catch (error) {
     logStops(logger, await lifecycle.stop(plan.shutdown.drain_timeout));
     if (error instanceof StartError) throw error;
     throw new StartError(errorMessage(error), { cause: error });
+  }
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+function logReload(logger: Logger, o: ReloadOutcome): void {
+  if (!o.ok) {
+    logger.error("reload refused; nothing changed", { trigger: o.trigger, errors: o.errors.length });
+    for (const e of o.errors) logger.error("reload error", { error: e });
+    return;
+  }
+  const parts = Object.entries(o.roles).map(([role, s]) =>
+    typeof s === "string"
+      ? `${role} ${s}`
+      : `${role}: +${s.added.length} -${s.removed.length} ~${s.changed.length} r${s.replaced.length}`
+  );
+  logger.info("reloaded", {
+    trigger: o.trigger,
+    generation: o.generation,
+    changes: parts.join("; ") || "none",
+  });
+  for (const n of o.notes) logger.warn("reload note", { note: n });
+  for (const s of Object.values(o.roles)) {
+    if (typeof s !== "string") { for (const n of s.notes) logger.warn("reload note", { note: n }); }
   }
 }
 

@@ -23,6 +23,8 @@ interface FakeRoleOptions {
   readonly stopError?: Error;
   /** Stop waits until its deadline aborts. */
   readonly drains?: boolean;
+  /** prepareReload throws this. */
+  readonly prepareError?: Error;
 }
 
 /** Everything the fakes saw, in order. */
@@ -62,8 +64,26 @@ function fakeRole(name: string, rec: Recorder, options: FakeRoleOptions = {}): R
       if (options.startError) return Promise.reject(options.startError);
       const { greeting } = checked as { greeting: string };
       ctx.logger.info("started");
+      let said = greeting;
       return Promise.resolve({
-        status: () => ({ state: "running", greeting, node: ctx.nodeName }),
+        status: () => ({ state: "running", greeting: said, node: ctx.nodeName }),
+        prepareReload(next) {
+          rec.events.push(`prepare ${name}`);
+          if (options.prepareError) return Promise.reject(options.prepareError);
+          const to = (next as { greeting: string }).greeting;
+          return Promise.resolve({
+            summary: { added: [], removed: [], changed: [`greeting ${to}`], replaced: [], notes: [] },
+            commit() {
+              rec.events.push(`commit ${name}`);
+              said = to;
+              return Promise.resolve();
+            },
+            abort() {
+              rec.events.push(`abort ${name}`);
+              return Promise.resolve();
+            },
+          });
+        },
         async stop(deadline) {
           rec.events.push(`stop ${name}`);
           rec.deadlines.set(name, deadline);
@@ -126,9 +146,10 @@ function setup(
   return { rec, clock, roles, plan, deps };
 }
 
-async function request(rec: Recorder, path: string): Promise<Response> {
+async function request(rec: Recorder, path: string, method = "GET", token?: string): Promise<Response> {
   assert.ok(rec.handler, "the status app was never served");
-  return await rec.handler(new Request(`http://status.test${path}`));
+  const headers = token ? { authorization: `Bearer ${token}` } : undefined;
+  return await rec.handler(new Request(`http://status.test${path}`, { method, headers }));
 }
 
 Deno.test("startAppliance starts roles in plan order, then listens; stop goes in reverse", async () => {
@@ -283,7 +304,7 @@ Deno.test("startAppliance puts the process at the configured real-time priority 
   });
   assert.deepEqual(rec.events.slice(0, 2), ["realtime 10", "start a"]);
   const body = await (await request(rec, "/status")).json();
-  assert.deepEqual(body.process, { scheduling: { policy: "fifo", priority: 10, threads: 9 } });
+  assert.deepEqual(body.process.scheduling, { policy: "fifo", priority: 10, threads: 9 });
   await appliance.stop();
 });
 
@@ -294,7 +315,8 @@ Deno.test("startAppliance stays at the normal policy by default and says so in /
     runRealtime: () => assert.fail("no real-time priority was asked for"),
   });
   const body = await (await request(rec, "/status")).json();
-  assert.deepEqual(body.process, { scheduling: { policy: "other", priority: 0 } });
+  assert.deepEqual(body.process.scheduling, { policy: "other", priority: 0 });
+  assert.deepEqual(body.process.config, { source: "test.yaml", generation: 1, last_reload: null });
   await appliance.stop();
 });
 
@@ -313,4 +335,112 @@ Deno.test("startAppliance refuses to start when the real-time priority cannot be
         "test.yaml: process.realtime_priority: Cannot run at real-time priority 10: not permitted (it needs root or CAP_SYS_NICE)",
   );
   assert.ok(!rec.events.includes("start a"), "no role started");
+});
+
+/** An appliance whose config text the test changes, reloaded through `reread` as main does. */
+async function reloadable(first: string, options: Parameters<typeof setup>[1] = {}) {
+  const env = setup(first, options);
+  const file = { text: first };
+  const appliance = await startAppliance(env.plan, {
+    ...env.deps,
+    reread: () => Promise.resolve(loadConfig(file.text, { file: "test.yaml", roles: env.roles })),
+  });
+  return { ...env, file, appliance };
+}
+
+Deno.test("a reload prepares every role whose section changed, then commits them all, and /status says so", async () => {
+  const { rec, file, appliance } = await reloadable("roles: [a, b]\n");
+  file.text = "roles: [a, b]\nb:\n  greeting: changed\n";
+  const outcome = await appliance.reload("test");
+  assert.equal(outcome.ok, true, outcome.errors.join("\n"));
+  assert.equal(outcome.generation, 2);
+  assert.deepEqual(outcome.roles, {
+    b: { added: [], removed: [], changed: ["greeting changed"], replaced: [], notes: [] },
+  });
+  assert.deepEqual(rec.events.slice(-2), ["prepare b", "commit b"], "a, unchanged, is left alone");
+  const body = await (await request(rec, "/status")).json();
+  assert.equal(body.roles.b.greeting, "changed");
+  assert.equal(body.process.config.generation, 2);
+  assert.equal(body.process.config.last_reload.trigger, "test");
+  assert.ok(rec.logs.some((l) => /msg=reloaded trigger=test generation=2/.test(l)), rec.logs.join("\n"));
+  await appliance.stop();
+});
+
+Deno.test("a reload of a config with errors changes nothing and reports every error at its place", async () => {
+  const { rec, file, appliance } = await reloadable("roles: [a, b]\n");
+  const before = rec.events.length;
+  file.text = "roles: [a, b]\nb:\n  greeting: 7\nshutdown:\n  drain_timeout: forever\n";
+  const outcome = await appliance.reload("SIGHUP");
+  assert.equal(outcome.ok, false);
+  assert.equal(outcome.generation, 1);
+  assert.equal(outcome.errors.length, 2, outcome.errors.join("\n"));
+  assert.match(outcome.errors[0], /^test\.yaml:3:13: /);
+  assert.match(outcome.errors[1], /^test\.yaml:5:18: /);
+  assert.deepEqual(rec.events.slice(before), [], "no role was asked to change");
+  const body = await (await request(rec, "/status")).json();
+  assert.equal(body.roles.b.greeting, "hello from b");
+  assert.equal(body.process.config.last_reload.ok, false);
+  assert.deepEqual(body.process.config.last_reload.errors, outcome.errors);
+  assert.ok(rec.logs.some((l) => l.includes("reload refused; nothing changed")));
+  await appliance.stop();
+});
+
+Deno.test("a reload whose second role cannot prepare aborts the first: nothing is half-applied", async () => {
+  const { rec, file, appliance } = await reloadable("roles: [a, b]\n", {
+    roles: { b: { prepareError: new StartError("Cannot bind 127.0.0.1:9: address in use") } },
+  });
+  file.text = "roles: [a, b]\na:\n  greeting: new a\nb:\n  greeting: new b\n";
+  const outcome = await appliance.reload("test");
+  assert.equal(outcome.ok, false);
+  assert.deepEqual(outcome.errors, ["Cannot bind 127.0.0.1:9: address in use"]);
+  assert.deepEqual(rec.events.slice(-3), ["prepare a", "prepare b", "abort a"]);
+  const body = await (await request(rec, "/status")).json();
+  assert.equal(body.roles.a.greeting, "hello from a");
+  await appliance.stop();
+});
+
+Deno.test("a reload starts a role added to the config and stops one taken out", async () => {
+  const { rec, file, appliance } = await reloadable("roles: [a]\n");
+  file.text = "roles: [a, c]\n";
+  assert.deepEqual((await appliance.reload("test")).roles, { c: "started" });
+  file.text = "roles: [c]\n";
+  assert.deepEqual((await appliance.reload("test")).roles, { a: "stopped" });
+  assert.deepEqual(rec.events.slice(-2), ["start c", "stop a"]);
+  const body = await (await request(rec, "/status")).json();
+  assert.deepEqual(Object.keys(body.roles), ["c"]);
+  assert.deepEqual(await appliance.stop(), [{ name: "status" }, { name: "c" }]);
+});
+
+Deno.test("POST /reload needs the token and answers with what the reload did", async () => {
+  const token = "reload-token-0123456789";
+  const { rec, file, appliance } = await reloadable(`roles: [a]\nstatus:\n  token: ${token}\n`);
+  file.text = `roles: [a]\nstatus:\n  token: ${token}\na:\n  greeting: via api\n`;
+  assert.equal((await request(rec, "/reload", "POST")).status, 401);
+  assert.equal(rec.events.includes("prepare a"), false);
+  const answer = await request(rec, "/reload", "POST", token);
+  assert.equal(answer.status, 200);
+  const outcome = await answer.json();
+  assert.equal(outcome.ok, true);
+  assert.equal(outcome.trigger, "api");
+  file.text = "roles: [a]\nstatus:\n  token: short\n";
+  const refused = await request(rec, "/reload", "POST", token);
+  assert.equal(refused.status, 400);
+  assert.match((await refused.json()).errors[0], /^test\.yaml:3:10: /);
+  await appliance.stop();
+});
+
+Deno.test("reloads run one at a time, and none after stop has begun", async () => {
+  const { rec, file, appliance } = await reloadable("roles: [a]\n");
+  file.text = "roles: [a]\na:\n  greeting: one\n";
+  const first = appliance.reload("one");
+  const second = appliance.reload("two");
+  assert.equal((await first).generation, 2);
+  const again = await second;
+  assert.equal(again.ok, true);
+  assert.deepEqual(again.roles, {}, "the second found nothing left to change");
+  assert.equal(rec.events.filter((e) => e === "prepare a").length, 1);
+  await appliance.stop();
+  const late = await appliance.reload("late");
+  assert.equal(late.ok, false);
+  assert.deepEqual(late.errors, ["Stopping: nothing reloaded"]);
 });
