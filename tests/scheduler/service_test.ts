@@ -512,3 +512,65 @@ ioTest(
     assert.equal(await name, "A", "accepting resumed after the pause");
   },
 );
+
+ioTest(
+  "Service.update keeps servers with their connections and operator state, adds new ones, drains removed ones",
+  async () => {
+    await using a = new Backend("A");
+    await using b = new Backend("B");
+    await using c = new Backend("C");
+    await using env = startService([server(a.port), server(b.port)]);
+    const [onB] = await clientsOn(env.port, "B", 1);
+    try {
+      // The operator drains A and gives it weight 5 over the API; the config changes neither.
+      const [keptA] = env.svc.servers;
+      keptA.setAdmin("drain");
+      keptA.configuredWeight = 5;
+      const next = { ...env.svc.plan, servers: [server(a.port), server(c.port, { weight: 2 })] };
+      assert.deepEqual(env.svc.changesTo(next), [
+        `server ${LO}:${c.port} added`,
+        `server ${LO}:${b.port} removed (drains)`,
+      ]);
+      const drain = new AbortController();
+      env.svc.update(next, drain.signal);
+
+      assert.deepEqual(env.svc.servers.map((s) => s.key), [`${LO}:${a.port}`, `${LO}:${c.port}`]);
+      assert.equal(env.svc.servers[0], keptA, "the same server, with its counters and health");
+      assert.equal(keptA.state, "drain", "the runtime drain survives");
+      assert.equal(keptA.configuredWeight, 5, "the runtime weight survives");
+      for (let i = 0; i < 4; i++) assert.equal(await fetchName(env.port), "C", "A drains, B is gone: C");
+      await onB.write("still there?\n");
+      assert.equal(await onB.readLine(), "still there?", "B's open connection goes on while it drains");
+      assert.deepEqual(env.svc.status().retiring, [{ server: `${LO}:${b.port}`, active: 1 }]);
+      assert.doesNotMatch(
+        env.metrics.render(),
+        new RegExp(`server="${LO}:${b.port}"`),
+        "B's series are gone",
+      );
+
+      const ended = onB.ended();
+      drain.abort();
+      assert.equal(await within(ended, 1000), true, "the drain deadline cuts B's connection");
+      await until("B to leave the retiring list", () => env.svc.status().retiring === undefined);
+    } finally {
+      onB[Symbol.dispose]();
+    }
+  },
+);
+
+ioTest("Service.update applies an item the config changes, over the operator's runtime value", async () => {
+  await using a = new Backend("A");
+  await using env = startService([server(a.port)]);
+  const [keptA] = env.svc.servers;
+  keptA.setAdmin("drain");
+  keptA.configuredWeight = 5;
+  const next = { ...env.svc.plan, servers: [server(a.port, { weight: 2, state: "maint" })] };
+  assert.deepEqual(env.svc.changesTo(next), [`server ${LO}:${a.port} changed`]);
+  env.svc.update(next, new AbortController().signal);
+  assert.equal(keptA.configuredWeight, 2);
+  assert.equal(keptA.state, "maint");
+  // Back to the first config: the config's items changed again, so they apply again.
+  env.svc.update({ ...next, servers: [server(a.port)] }, new AbortController().signal);
+  assert.equal(keptA.state, "up");
+  assert.equal(await fetchName(env.port), "A");
+});
