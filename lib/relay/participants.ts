@@ -134,8 +134,36 @@ export class ParticipantTable {
   /** Bumped on every change, so a user of `endpoints()` knows when to rebuild what it derived. */
   version = 0;
 
-  constructor(private readonly options: TableOptions) {
+  #options: TableOptions;
+
+  constructor(options: TableOptions) {
+    this.#options = options;
     this.#secret = options.secret ?? randomBytes(32);
+  }
+
+  private get options(): TableOptions {
+    return this.#options;
+  }
+
+  /**
+   * New rules from a reload (the secret and clock stay, so joined participants' nonces stay good). They apply to
+   * what comes next: a lowered limit refuses new participants until the table is under it and evicts nobody, a new
+   * timeout counts from each participant's last keepalive. Only an address class no longer allowed is taken out
+   * at once (it was let in by a rule that is gone); returns those participants.
+   */
+  reconfigure(options: Omit<TableOptions, "clock" | "secret">): Participant[] {
+    this.#options = { ...options, clock: this.#options.clock, secret: this.#secret };
+    const denied = this.list().filter((p) => {
+      const cls = addressClass(p.endpoint.host);
+      return cls !== null && !options.allow.includes(cls);
+    });
+    for (const p of denied) this.remove(p.endpoint);
+    return denied;
+  }
+
+  /** The participant at `ep`, if any. */
+  get(ep: Endpoint): Participant | undefined {
+    return this.#byKey.get(formatHostPort(ep));
   }
 
   get size(): number {

@@ -53,6 +53,8 @@ import { errorMessage } from "../core/errors.ts";
 
 export interface ReflectorSpec {
   readonly name: string;
+  /** The data address (a reload compares it); absent for a session graph's reflector, which has no data port. */
+  readonly data?: HostPort;
   readonly registration: HostPort;
   readonly use_rtp: boolean;
   readonly timeout: number;
@@ -101,6 +103,7 @@ class LocalFanout implements Fanout {
 
   constructor(
     readonly out: UdpSocket,
+    /** Read at every batch: a reload's new allow-list applies from the next one. */
     readonly rules: { allow: SourceAllowList; valid?: (d: Uint8Array) => boolean },
   ) {
     this.#dest = out.destinations([]);
@@ -287,7 +290,8 @@ export class Reflector {
   readonly #sets: CounterSet[] = [];
   readonly #loops: Promise<void>[] = [];
   readonly #clock: Clock;
-  readonly #allow: SourceAllowList;
+  #allow: SourceAllowList;
+  #spec: ReflectorSpec;
   /** Whether the sockets are IPv4 ones, which cannot send to an IPv6 participant. */
   readonly #ipv4Only: boolean;
   #timer: TimerId | undefined;
@@ -339,35 +343,19 @@ export class Reflector {
    * kept elsewhere (see the module doc).
    */
   constructor(
-    readonly spec: ReflectorSpec,
+    spec: ReflectorSpec,
     readonly sockets: ReflectorSockets,
     private readonly deps: Deps,
     threads: ReadonlyMap<PathName, ThreadFanout> = new Map(),
     remote: RemoteMembership | null = null,
   ) {
+    this.#spec = spec;
     this.#clock = deps.clock;
     this.#remote = remote;
     this.#allow = SourceAllowList.parse(spec.allow_sources ?? []);
     this.#ipv4Only = isIPv4(sockets.registration.local.host);
-    this.table = new ParticipantTable({
-      clock: deps.clock,
-      timeoutMs: spec.timeout,
-      maxParticipants: spec.max_participants,
-      maxPerAddress: spec.max_per_address,
-      allow: spec.allow,
-      ipv4Only: this.#ipv4Only,
-      confirmRate: spec.confirm_rate,
-    });
-    for (const p of spec.participants) {
-      const why = this.table.add(p, "config");
-      if (why) {
-        deps.logger.warn("static participant refused", {
-          reflector: spec.name,
-          participant: formatHostPort(p),
-          why,
-        });
-      }
-    }
+    this.table = new ParticipantTable({ clock: deps.clock, ...this.#tableRules(spec) });
+    for (const p of spec.participants) this.#addStatic(p);
     const allow = this.#allow;
     this.#paths = [{
       name: "media",
@@ -399,11 +387,95 @@ export class Reflector {
     if (!remote) this.#scheduleExpiry();
   }
 
+  get spec(): ReflectorSpec {
+    return this.#spec;
+  }
+
+  #tableRules(spec: ReflectorSpec) {
+    return {
+      timeoutMs: spec.timeout,
+      maxParticipants: spec.max_participants,
+      maxPerAddress: spec.max_per_address,
+      allow: spec.allow,
+      ipv4Only: this.#ipv4Only,
+      confirmRate: spec.confirm_rate,
+    };
+  }
+
+  #addStatic(p: HostPort): void {
+    const why = this.table.add(p, "config");
+    if (why) {
+      this.deps.logger.warn("static participant refused", {
+        reflector: this.#spec.name,
+        participant: formatHostPort(p),
+        why,
+      });
+    }
+  }
+
+  /**
+   * Why `spec` cannot be applied to this reflector in place (a new one must replace it), or null when it can. The
+   * sockets stay, so their addresses and use_rtp must; a path on a thread has its allow-list fixed while it runs
+   * (lib/relay/relay_thread.ts) and room in shared memory for the participant limit it started with.
+   */
+  replaceReason(spec: ReflectorSpec): string | null {
+    const old = this.#spec;
+    const at = (s: ReflectorSpec) =>
+      `${formatHostPort(s.registration)} ${s.data ? formatHostPort(s.data) : ""}`;
+    if (at(spec) !== at(old)) return "data or registration address changed";
+    if (spec.use_rtp !== old.use_rtp) return "use_rtp changed";
+    const threads = this.#paths.filter((p) => p.fanout instanceof ThreadFanout);
+    if (!threads.length) return null;
+    if ((spec.allow_sources ?? []).join(",") !== (old.allow_sources ?? []).join(",")) {
+      return "allow_sources changed, and a reflector thread's allow-list is fixed while it runs";
+    }
+    const room = Math.min(...threads.map((p) => (p.fanout as ThreadFanout).targets.capacity));
+    if (spec.max_participants > room) {
+      return `max_participants grew beyond the ${room} its threads have room for`;
+    }
+    return null;
+  }
+
+  /**
+   * Applies a new spec in place (`replaceReason` must be null), keeping the sockets, threads and participants:
+   * the table's limits, timeout, address classes and confirm rate (see ParticipantTable.reconfigure), the data
+   * paths' allow-list (on the event loop), and the config's participant list by item. A participant the new
+   * config lists and the old did not is added (it becomes a config participant if it was there already); one the
+   * old config listed and the new does not is removed if it is still a config participant. Items the config does
+   * not change are left as they are now: a config participant removed over the API stays removed, and participants
+   * added over the API or by joining stay.
+   */
+  update(spec: ReflectorSpec): void {
+    const reason = this.replaceReason(spec);
+    if (reason) throw new Error(`Reflector "${spec.name}" cannot change in place: ${reason}`);
+    const old = this.#spec;
+    this.#spec = spec;
+    const denied = this.table.reconfigure(this.#tableRules(spec));
+    if (denied.length) {
+      this.deps.logger.info("participants of an address class no longer allowed removed", {
+        reflector: spec.name,
+        participants: denied.map((p) => formatHostPort(p.endpoint)).join(","),
+      });
+    }
+    this.#allow = SourceAllowList.parse(spec.allow_sources ?? []);
+    for (const path of this.#paths) {
+      if (path.fanout instanceof LocalFanout) path.fanout.rules.allow = this.#allow;
+    }
+    const keys = (list: readonly HostPort[]) => new Set(list.map(formatHostPort));
+    const before = keys(old.participants);
+    const after = keys(spec.participants);
+    for (const p of old.participants) {
+      if (!after.has(formatHostPort(p)) && this.table.get(p)?.origin === "config") this.table.remove(p);
+    }
+    for (const p of spec.participants) if (!before.has(formatHostPort(p))) this.#addStatic(p);
+    this.#syncParticipants();
+  }
+
   /** Keeps a loop to wait for at close; one that fails (its socket failed) says so in the log, not by a throw. */
   #keep(name: string, loop: Promise<void>): void {
     this.#loops.push(loop.catch((error) => {
       this.deps.logger.error("reflector loop ended", {
-        reflector: this.spec.name,
+        reflector: this.#spec.name,
         loop: name,
         error: errorMessage(error),
       });
@@ -570,7 +642,7 @@ export class Reflector {
     } catch (error) {
       this.#controlErrors++;
       this.deps.logger.error("reflector control failed", {
-        reflector: this.spec.name,
+        reflector: this.#spec.name,
         error: errorMessage(error),
       });
     }
@@ -578,12 +650,12 @@ export class Reflector {
 
   #scheduleExpiry(): void {
     if (this.#closed) return;
-    const every = Math.max(100, Math.min(1000, this.spec.timeout / 4));
+    const every = Math.max(100, Math.min(1000, this.#spec.timeout / 4));
     this.#timer = this.#clock.setTimeout(() => {
       this.#guard(() => {
         const dropped = this.table.expire();
         this.#syncParticipants();
-        if (dropped) this.deps.logger.info("participants timed out", { reflector: this.spec.name, dropped });
+        if (dropped) this.deps.logger.info("participants timed out", { reflector: this.#spec.name, dropped });
       });
       this.#scheduleExpiry();
     }, every);
@@ -612,7 +684,7 @@ export class Reflector {
 
   #publish(): void {
     const { metrics } = this.deps;
-    const labels = { reflector: this.spec.name, ...this.deps.labels };
+    const labels = { reflector: this.#spec.name, ...this.deps.labels };
     this.#sets.push(metrics.publish("reflector", labels, REFLECTOR_SERIES, () => this.#figures()));
     for (const [port, stats] of this.#socketStats()) {
       this.#sets.push(metrics.publish("reflector_socket", { ...labels, port }, SOCKET_SERIES, () => stats));
@@ -626,7 +698,7 @@ export class Reflector {
     return {
       data: this.sockets.data ? formatHostPort(this.sockets.data.local) : "graph",
       registration: formatHostPort(this.sockets.registration.local),
-      use_rtp: this.spec.use_rtp,
+      use_rtp: this.#spec.use_rtp,
       udp: this.sockets.registration.impl,
       gso: this.sockets.registration.gso,
       threads: this.threads,
@@ -668,7 +740,7 @@ export class Reflector {
       const fanout = path.fanout;
       if (fanout instanceof ThreadFanout && !await fanout.thread.stop() && !fanout.thread.error) {
         this.deps.logger.warn("reflector thread did not stop when asked; terminated", {
-          reflector: this.spec.name,
+          reflector: this.#spec.name,
           path: path.name,
         });
       }

@@ -1,12 +1,12 @@
 /**
- * A relay: datagrams arriving on one address are sent on to a fixed list of targets, a batch at a time, from the
- * same socket. On the fast path the relay runs on a thread of its own (lib/relay/relay_thread.ts) that waits in
+ * A relay: datagrams arriving on one address are sent on to a list of targets, a batch at a time, from the
+ * same socket. A reload changes the list (and on the event loop the allow-list) in place, from the next batch. On the fast path the relay runs on a thread of its own (lib/relay/relay_thread.ts) that waits in
  * recvmmsg as a C relay does, with no event loop between the kernel and the next batch; on the portable path, or when
  * the thread cannot start, it runs on the main thread's event loop. Counters live in the socket (totals) and in its
  * Destinations (per target), in shared memory when a thread does the counting; the relay only publishes them.
  */
 import type { Logger } from "../core/logger.ts";
-import { declareSeries, figuresOf, type MetricsRegistry } from "../core/metrics.ts";
+import { type CounterSet, declareSeries, figuresOf, type MetricsRegistry } from "../core/metrics.ts";
 import { formatHostPort, type HostPort } from "../net/address.ts";
 import { SourceAllowList } from "../net/allow.ts";
 import {
@@ -21,6 +21,7 @@ import { FastUdp } from "../net/udp_fast.ts";
 import { admit, DROP, DROP_CELLS } from "./admit.ts";
 import type { RelayThreadReport, RelayThreadStart } from "./relay_thread.ts";
 import { errorMessage } from "../core/errors.ts";
+import { SharedTargets } from "./shared_targets.ts";
 
 export interface RelaySpec {
   readonly name: string;
@@ -221,17 +222,81 @@ export interface RelayOptions extends RelayThreadOptions {
   readonly thread?: boolean;
 }
 
+/** Most targets of one relay (the config's limit): a thread's shared list has room for them all. */
+export const MAX_TARGETS = 1000;
+
+/** Where a relay sends, and what each target was sent, kept by target across changes of the list. */
+interface TargetList {
+  /** The targets from now on (unique "IP:PORT" keys); what kept targets were sent carries over. */
+  set(targets: readonly HostPort[]): void;
+  counts(key: string): { sent: number; dropped: number } | undefined;
+}
+
+/** A relay on the event loop: Destinations rebuilt on each change, what kept targets were sent carried over. */
+class LocalTargets implements TargetList {
+  dest: Destinations;
+  #index = new Map<string, number>();
+  #carried = new Map<string, { sent: number; dropped: number }>();
+
+  constructor(readonly socket: UdpSocket, targets: readonly HostPort[]) {
+    this.dest = socket.destinations([]);
+    this.set(targets);
+  }
+
+  set(targets: readonly HostPort[]): void {
+    const carried = new Map<string, { sent: number; dropped: number }>();
+    for (const t of targets) {
+      const key = formatHostPort(t);
+      const c = this.counts(key);
+      if (c) carried.set(key, c);
+    }
+    this.#carried = carried;
+    this.dest = this.socket.destinations(targets);
+    this.#index = new Map(targets.map((t, j) => [formatHostPort(t), j]));
+  }
+
+  counts(key: string): { sent: number; dropped: number } | undefined {
+    const j = this.#index.get(key);
+    if (j === undefined) return undefined;
+    const c = this.#carried.get(key);
+    return { sent: (c?.sent ?? 0) + this.dest.sent[j], dropped: (c?.dropped ?? 0) + this.dest.dropped[j] };
+  }
+}
+
+/**
+ * A relay on a thread: the target list is in shared memory (lib/relay/shared_targets.ts), which the thread reads
+ * again before each batch it sends, so a new list applies from the next batch with nothing stopped.
+ */
+class ThreadTargets implements TargetList {
+  readonly shared = new SharedTargets(MAX_TARGETS);
+
+  constructor(targets: readonly HostPort[]) {
+    this.set(targets);
+  }
+
+  set(targets: readonly HostPort[]): void {
+    this.shared.set(new Map(targets.map((t) => [formatHostPort(t), t])));
+  }
+
+  counts(key: string): { sent: number; dropped: number } | undefined {
+    return this.shared.counts(key);
+  }
+}
+
 export class Relay {
-  readonly #to: Destinations;
+  readonly #targets: TargetList;
   readonly #stats: Readonly<UdpStats>;
   readonly #drops: Float64Array;
-  readonly #allow: SourceAllowList;
+  /** Read at every batch on the event loop, so a reload's new allow-list applies from the next one. */
+  readonly #rules: { allow: SourceAllowList };
   readonly #thread: RelayThread | null;
   readonly #done: Promise<void>;
   readonly #metrics: MetricsRegistry;
   readonly #logger?: Logger;
   readonly #set;
-  readonly #targetSets;
+  /** One counter set per target, by "IP:PORT". */
+  readonly #targetSets = new Map<string, CounterSet>();
+  #spec: RelaySpec;
   #failed: string | null = null;
 
   /** Starts relaying `socket` (on a thread of its own where it can); resolves once datagrams move. */
@@ -243,16 +308,13 @@ export class Relay {
   ): Promise<Relay> {
     const allow = SourceAllowList.parse(spec.allow_sources ?? []);
     let thread: RelayThread | null = null;
-    let to: Destinations | null = null;
+    let targets: ThreadTargets | null = null;
     if (socket instanceof FastUdp && options.thread !== false) {
-      const n = spec.targets.length;
-      const sent = new SharedArrayBuffer(n * 8);
-      const dropped = new SharedArrayBuffer(n * 8);
-      to = { endpoints: spec.targets, sent: new Float64Array(sent), dropped: new Float64Array(dropped) };
+      targets = new ThreadTargets(spec.targets);
       try {
         thread = await RelayThread.start(
           socket,
-          { labels: { relay: spec.name }, to: { targets: spec.targets, sent, dropped }, allow },
+          { labels: { relay: spec.name }, to: { shared: targets.shared.memory }, allow },
           options,
         );
       } catch (error) {
@@ -266,35 +328,29 @@ export class Relay {
       spec,
       socket,
       metrics,
-      { allow, threaded: thread ? { thread, to: to! } : null },
+      { allow, threaded: thread ? { thread, targets: targets! } : null },
       options.logger,
     );
   }
 
   private constructor(
-    readonly spec: RelaySpec,
+    spec: RelaySpec,
     private readonly socket: UdpSocket,
     metrics: MetricsRegistry,
-    how: { allow: SourceAllowList; threaded: { thread: RelayThread; to: Destinations } | null },
+    how: { allow: SourceAllowList; threaded: { thread: RelayThread; targets: ThreadTargets } | null },
     logger?: Logger,
   ) {
+    this.#spec = spec;
     const thread = how.threaded?.thread ?? null;
     this.#thread = thread;
-    this.#allow = how.allow;
+    this.#rules = { allow: how.allow };
     this.#logger = logger;
-    this.#to = how.threaded ? how.threaded.to : socket.destinations(spec.targets);
+    this.#targets = how.threaded ? how.threaded.targets : new LocalTargets(socket, spec.targets);
     this.#stats = thread ? thread.stats : socket.stats;
     this.#drops = thread ? thread.drops : new Float64Array(DROP_CELLS);
     this.#metrics = metrics;
     this.#set = metrics.publish("relay", { relay: spec.name }, RELAY_SERIES, () => this.#figures());
-    this.#targetSets = spec.targets.map((t, j) =>
-      metrics.publish(
-        "relay_target",
-        { relay: spec.name, target: formatHostPort(t) },
-        TARGET_SERIES,
-        () => this.#target(j),
-      )
-    );
+    this.#publishTargets();
     // A receive that fails (the socket failed) ends the loop with a log line, never with an unhandled rejection.
     this.#done = thread ? Promise.resolve() : this.#run().catch((error) => {
       this.#failed = errorMessage(error);
@@ -302,26 +358,78 @@ export class Relay {
     });
   }
 
+  get spec(): RelaySpec {
+    return this.#spec;
+  }
+
+  /** Publishes a set for each target that has none, and removes those of targets gone. */
+  #publishTargets(): void {
+    const keys = new Set(this.#spec.targets.map(formatHostPort));
+    for (const [key, set] of this.#targetSets) {
+      if (keys.has(key)) continue;
+      this.#metrics.remove(set);
+      this.#targetSets.delete(key);
+    }
+    for (const key of keys) {
+      if (this.#targetSets.has(key)) continue;
+      this.#targetSets.set(
+        key,
+        this.#metrics.publish(
+          "relay_target",
+          { relay: this.#spec.name, target: key },
+          TARGET_SERIES,
+          () => this.#target(key),
+        ),
+      );
+    }
+  }
+
   #figures(): Readonly<UdpStats> & DropFigures {
     return { ...statsOf(this.#stats), ...dropFigures(this.#drops) };
   }
 
-  #target(j: number): { sent: number; dropped: number } {
-    return { sent: this.#to.sent[j], dropped: this.#to.dropped[j] };
+  #target(key: string): { sent: number; dropped: number } {
+    return this.#targets.counts(key) ?? { sent: 0, dropped: 0 };
   }
 
   async #run(): Promise<void> {
-    const rules = { allow: this.#allow };
+    const local = this.#targets as LocalTargets;
     for (;;) {
       const batch = await this.socket.receive();
       if (!batch) return;
-      this.socket.send(admit(batch, rules, this.#drops), this.#to);
+      this.socket.send(admit(batch, this.#rules, this.#drops), local.dest);
     }
   }
 
   /** Whether a thread of its own moves this relay's datagrams. */
   get threaded(): boolean {
     return this.#thread !== null;
+  }
+
+  /**
+   * Why `spec` cannot be applied to this relay in place (a new relay must replace it), or null when it can: the
+   * listen address is the socket's, and a thread's allow-list is fixed when it starts (lib/relay/relay_thread.ts).
+   */
+  replaceReason(spec: RelaySpec): string | null {
+    if (formatHostPort(spec.listen) !== formatHostPort(this.#spec.listen)) return "listen address changed";
+    const allow = (s: RelaySpec) => (s.allow_sources ?? []).join(",");
+    if (this.threaded && allow(spec) !== allow(this.#spec)) {
+      return "allow_sources changed, and a relay thread's allow-list is fixed while it runs";
+    }
+    return null;
+  }
+
+  /**
+   * Applies a new spec in place (`replaceReason` must be null): the targets from the next batch on, with what
+   * kept targets were sent carried over, and on the event loop the allow-list too. The socket is untouched.
+   */
+  update(spec: RelaySpec): void {
+    const reason = this.replaceReason(spec);
+    if (reason) throw new Error(`Relay "${spec.name}" cannot change in place: ${reason}`);
+    this.#targets.set(spec.targets);
+    this.#rules.allow = SourceAllowList.parse(spec.allow_sources ?? []);
+    this.#spec = spec;
+    this.#publishTargets();
   }
 
   status(): Record<string, unknown> {
@@ -333,21 +441,26 @@ export class Relay {
       udp: this.socket.impl,
       gso: this.socket.gso,
       thread: this.threaded,
-      allow_sources: this.#allow.allowsAll ? "any" : this.#allow.prefixes,
+      allow_sources: this.#rules.allow.allowsAll ? "any" : this.#rules.allow.prefixes,
       ...this.#set.values(),
-      targets: this.spec.targets.map((t, j) => ({
+      targets: this.#spec.targets.map((t) => ({
         target: formatHostPort(t),
-        ...figuresOf(TARGET_SERIES, this.#target(j)),
+        ...figuresOf(TARGET_SERIES, this.#target(formatHostPort(t))),
       })),
     };
   }
 
+  /** The address the socket is bound to. */
+  get local(): HostPort {
+    return this.socket.local;
+  }
+
   async close(): Promise<void> {
     if (this.#thread && !await this.#thread.stop() && !this.#thread.error) {
-      this.#logger?.warn("relay thread did not stop when asked; terminated", { relay: this.spec.name });
+      this.#logger?.warn("relay thread did not stop when asked; terminated", { relay: this.#spec.name });
     }
     await this.socket.close();
     await this.#done;
-    for (const set of [this.#set, ...this.#targetSets]) this.#metrics.remove(set);
+    for (const set of [this.#set, ...this.#targetSets.values()]) this.#metrics.remove(set);
   }
 }

@@ -23,9 +23,10 @@ import {
   str,
 } from "../config/schema.ts";
 import { formatHostPort, type HostPort, isIP, isIPv4, parseHostPort } from "../net/address.ts";
-import { openUdp, type UdpSocket } from "../net/udp.ts";
+import { openUdp, type UdpOptions, type UdpSocket } from "../net/udp.ts";
 import { udpFields, udpOptions } from "../net/udp_fields.ts";
-import type { RoleDef } from "../roles/role.ts";
+import type { RoleContext, RoleDef, RoleHealth, RoleReload } from "../roles/role.ts";
+import { errorMessage, StartError } from "../core/errors.ts";
 import { CONFIRM_RATE, DENY_CLASSES } from "./participants.ts";
 import { Reflector, type ReflectorSockets } from "./reflector.ts";
 import { Relay } from "./relay.ts";
@@ -159,6 +160,128 @@ function checkPorts(cfg: RelaySection, node: YAMLMap | null, ctx: Context, path:
 
 const relaySection = opt(obj(relayFields, "a mapping", checkPorts), defaultsOf(relayFields));
 
+type RelayItem = RelaySection["relays"][number];
+type ReflectorItem = RelaySection["reflectors"][number];
+
+/** One UDP address a part binds, and what it is in messages. */
+interface PartBinding {
+  readonly addr: HostPort;
+  readonly what: string;
+}
+
+/** The addresses a part binds, in the order its sockets open (data, registration, then their RTCP ports). */
+function partBindings(part: { relay: RelayItem } | { reflector: ReflectorItem }): PartBinding[] {
+  if ("relay" in part) return [{ addr: part.relay.listen, what: `relay "${part.relay.name}"` }];
+  const r = part.reflector;
+  const out: PartBinding[] = [];
+  for (const key of ["data", "registration"] as const) {
+    out.push({ addr: r[key], what: `${key} port of reflector "${r.name}"` });
+  }
+  if (r.use_rtp) {
+    for (const key of ["data", "registration"] as const) {
+      out.push({
+        addr: { ...r[key], port: r[key].port + 1 },
+        what: `RTCP ${key} port of reflector "${r.name}"`,
+      });
+    }
+  }
+  return out;
+}
+
+/** Whether two bindings would clash in the kernel: one port (not 0), equal hosts or either a wildcard. */
+function clashes(a: HostPort, b: HostPort): boolean {
+  return a.port !== 0 && a.port === b.port &&
+    (a.host === b.host || WILDCARD.has(a.host) || WILDCARD.has(b.host));
+}
+
+type ReflectorSocketSet = ReflectorSockets & { readonly data: UdpSocket };
+
+/** A reflector's sockets from opened ones, in partBindings order. */
+function reflectorSockets(spec: ReflectorItem, s: readonly UdpSocket[]): ReflectorSocketSet {
+  return {
+    data: s[0],
+    registration: s[1],
+    ...(spec.use_rtp ? { dataRtcp: s[2], registrationRtcp: s[3] } : {}),
+  };
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * A relay role's running parts, by name, and what starting, replacing and stopping them takes. The maps are the
+ * ones the status routes read, so a reload shows at once.
+ */
+class RelayParts {
+  readonly relays = new Map<string, Relay>();
+  readonly reflectors = new Map<string, Reflector>();
+  /** Parts a reload could not start at commit (a same-address rebind that failed), with why. */
+  readonly failed = new Map<string, string>();
+
+  constructor(public cfg: RelaySection, readonly ctx: RoleContext) {}
+
+  async startRelay(spec: RelayItem, socket: UdpSocket): Promise<void> {
+    const { ctx, cfg } = this;
+    const relay = await Relay.start(spec, socket, ctx.metrics, {
+      thread: cfg.thread,
+      udp: udpOptions(cfg),
+      logger: ctx.logger,
+    });
+    this.relays.set(spec.name, relay);
+    ctx.logger.info("relay listening", {
+      relay: spec.name,
+      listen: formatHostPort(socket.local),
+      targets: spec.targets.length,
+      udp: socket.impl,
+      thread: relay.threaded,
+      allow_sources: spec.allow_sources.join(",") || "any",
+    });
+  }
+
+  async startReflector(spec: ReflectorItem, sockets: ReflectorSocketSet): Promise<void> {
+    const { ctx, cfg } = this;
+    const reflector = await Reflector.start(spec, sockets, ctx, { thread: cfg.thread, udp: udpOptions(cfg) });
+    this.reflectors.set(spec.name, reflector);
+    ctx.logger.info("reflector listening", {
+      reflector: spec.name,
+      data: formatHostPort(sockets.data.local),
+      registration: formatHostPort(sockets.registration.local),
+      use_rtp: spec.use_rtp,
+      udp: sockets.registration.impl,
+      thread: Object.values(reflector.threads).every(Boolean),
+      allow_sources: spec.allow_sources.join(",") || "any",
+    });
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      state: this.failed.size ? "degraded" : "running",
+      relays: Object.fromEntries([...this.relays].map(([n, r]) => [n, r.status()])),
+      reflectors: Object.fromEntries([...this.reflectors].map(([n, r]) => [n, r.status()])),
+      ...(this.failed.size ? { failed: Object.fromEntries(this.failed) } : {}),
+    };
+  }
+}
+
+/** Opens every address in order; on a failure closes those opened and throws StartError naming the address. */
+function openAll(bindings: readonly PartBinding[], options: UdpOptions, why: string): UdpSocket[] {
+  const opened: UdpSocket[] = [];
+  try {
+    for (const b of bindings) {
+      try {
+        opened.push(openUdp(b.addr, options));
+      } catch (error) {
+        throw new StartError(`${why} ${b.what} on ${formatHostPort(b.addr)}: ${errorMessage(error)}`);
+      }
+    }
+  } catch (error) {
+    for (const s of opened) void s.close();
+    throw error;
+  }
+  return opened;
+}
+
 export const relayRole: RoleDef<RelaySection> = {
   name: "relay",
   description: "UDP relay and reflector fanning streams out to participants",
@@ -172,7 +295,7 @@ export const relayRole: RoleDef<RelaySection> = {
       opened.push(s);
       return s;
     };
-    let reflectorSockets: (ReflectorSockets & { readonly data: UdpSocket })[];
+    let reflectorSockets: ReflectorSocketSet[];
     try {
       for (const r of cfg.relays) open(r.listen);
       reflectorSockets = cfg.reflectors.map((r) => ({
@@ -189,57 +312,215 @@ export const relayRole: RoleDef<RelaySection> = {
       for (const s of opened) await s.close();
       throw error;
     }
-    const relays: Relay[] = [];
-    for (const [i, spec] of cfg.relays.entries()) {
-      const relay = await Relay.start(spec, opened[i], ctx.metrics, {
-        thread: cfg.thread,
-        udp: options,
-        logger: ctx.logger,
-      });
-      relays.push(relay);
-      ctx.logger.info("relay listening", {
-        relay: spec.name,
-        listen: formatHostPort(opened[i].local),
-        targets: spec.targets.length,
-        udp: opened[i].impl,
-        thread: relay.threaded,
-        allow_sources: spec.allow_sources.join(",") || "any",
-      });
-    }
-    const reflectors = new Map<string, Reflector>();
-    for (const [i, spec] of cfg.reflectors.entries()) {
-      const sockets = reflectorSockets[i];
-      const reflector = await Reflector.start(spec, sockets, ctx, { thread: cfg.thread, udp: options });
-      reflectors.set(spec.name, reflector);
-      ctx.logger.info("reflector listening", {
-        reflector: spec.name,
-        data: formatHostPort(sockets.data.local),
-        registration: formatHostPort(sockets.registration.local),
-        use_rtp: spec.use_rtp,
-        udp: sockets.registration.impl,
-        thread: Object.values(reflector.threads).every(Boolean),
-        allow_sources: spec.allow_sources.join(",") || "any",
-      });
-    }
-    if (!relays.length && !reflectors.size) {
+    const parts = new RelayParts(cfg, ctx);
+    for (const [i, spec] of cfg.relays.entries()) await parts.startRelay(spec, opened[i]);
+    for (const [i, spec] of cfg.reflectors.entries()) await parts.startReflector(spec, reflectorSockets[i]);
+    if (!cfg.relays.length && !cfg.reflectors.length) {
       ctx.logger.info("nothing to relay", { hint: "add relay.relays or relay.reflectors to the config" });
     }
     return {
-      status: () => ({
-        state: "running",
-        relays: Object.fromEntries(relays.map((r) => [r.spec.name, r.status()])),
-        reflectors: Object.fromEntries([...reflectors].map(([n, r]) => [n, r.status()])),
-      }),
+      status: () => parts.status(),
       // Nothing here drains: each close wakes its thread and waits for it at most 2 s (then terminates it), and
       // closes run side by side, so the stop is bounded whatever the number of relays and well within a deadline.
       async stop() {
-        await Promise.all([...reflectors.values()].map((r) => r.close()));
-        await Promise.all(relays.map((r) => r.close()));
+        await Promise.all([...parts.reflectors.values()].map((r) => r.close()));
+        await Promise.all([...parts.relays.values()].map((r) => r.close()));
       },
-      routes: (app) => participantRoutes(app, reflectors),
+      routes: (app) => participantRoutes(app, parts.reflectors),
+      health: () => relayHealth(parts),
+      prepareReload: (section) => prepareRelayReload(parts, section as RelaySection),
     };
   },
 };
+
+function relayHealth(parts: RelayParts): RoleHealth {
+  const problems = [...parts.failed].map(([part, why]) => `${part}: ${why}`);
+  for (const [name, r] of parts.relays) {
+    const s = r.status();
+    if (s.state === "failed") problems.push(`relay ${name}: ${s.error}`);
+  }
+  for (const [name, r] of parts.reflectors) {
+    const s = r.status();
+    if (s.state === "failed") problems.push(`reflector ${name}: ${s.error}`);
+  }
+  return { ok: problems.length === 0, problems };
+}
+
+/** One part of a reload that needs sockets: bound in prepare, or (`deferred`) at commit once its holder let go. */
+interface Incoming {
+  readonly part: { relay: RelayItem } | { reflector: ReflectorItem };
+  readonly label: string;
+  /** Sockets bound in prepare (partBindings order); null when deferred to commit. */
+  sockets: UdpSocket[] | null;
+}
+
+/**
+ * Reload, phase one. Relays and reflectors are matched by name:
+ * - unchanged: left alone;
+ * - changed where the part allows it (a relay's targets, and its allow_sources when it runs on the event loop; a
+ *   reflector's limits, timeout, address classes, confirm rate, config participants, and allow_sources on the
+ *   event loop): updated in place at commit, sockets, threads and participants kept;
+ * - otherwise (a listen, data or registration address, use_rtp, a thread's allow-list, and for every part the
+ *   section's UDP settings or `thread`): replaced, a new part on new sockets;
+ * - added or removed: started, or stopped at commit.
+ * The sockets of added and replaced parts are bound here, so a port in use fails the reload with nothing changed.
+ * An address that a part stopping in this reload holds cannot be bound twice: when the new address is exactly the
+ * one held (a replaced relay keeping its port), it is bound at commit right after the holder closes, which the
+ * kernel then allows (datagrams arriving in that gap, a few milliseconds, are lost). A port held by a stopping part
+ * under another address (0.0.0.0:5000 becoming 127.0.0.1:5000) is refused here: whether it could be bound after
+ * the close cannot be known beforehand; remove the part in one reload and add it in the next.
+ */
+function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<RoleReload> {
+  const cur = parts.cfg;
+  const everything = !sameJson(udpOptions(cur), udpOptions(next)) || cur.thread !== next.thread;
+  const added: string[] = [];
+  const removed: string[] = [];
+  const changed: string[] = [];
+  const replaced: string[] = [];
+  const notes: string[] = [];
+  if (everything) notes.push("UDP settings or relay.thread changed: every relay and reflector is replaced");
+
+  const inPlace: (() => void)[] = [];
+  const stopping: { label: string; close: () => Promise<void>; holds: HostPort[] }[] = [];
+  const incoming: Incoming[] = [];
+
+  const nextRelays = new Map(next.relays.map((r) => [r.name, r]));
+  for (const [name, relay] of parts.relays) {
+    const spec = nextRelays.get(name);
+    const label = `relay ${name}`;
+    const holds = partBindings({ relay: relay.spec as RelayItem });
+    if (!spec) {
+      removed.push(label);
+      stopping.push({ label, close: () => relay.close(), holds: holds.map((b) => b.addr) });
+      continue;
+    }
+    if (!everything && sameJson(spec, relay.spec)) continue;
+    const reason = everything ? "UDP settings changed" : relay.replaceReason(spec);
+    if (reason === null) {
+      changed.push(label);
+      inPlace.push(() => relay.update(spec));
+    } else {
+      replaced.push(label);
+      notes.push(`${label} replaced: ${reason}`);
+      stopping.push({ label, close: () => relay.close(), holds: holds.map((b) => b.addr) });
+      incoming.push({ part: { relay: spec }, label, sockets: null });
+    }
+  }
+  for (const spec of next.relays) {
+    if (parts.relays.has(spec.name)) continue;
+    added.push(`relay ${spec.name}`);
+    incoming.push({ part: { relay: spec }, label: `relay ${spec.name}`, sockets: null });
+  }
+
+  const nextReflectors = new Map(next.reflectors.map((r) => [r.name, r]));
+  for (const [name, reflector] of parts.reflectors) {
+    const spec = nextReflectors.get(name);
+    const label = `reflector ${name}`;
+    const holds = partBindings({ reflector: reflector.spec as ReflectorItem }).map((b) => b.addr);
+    if (!spec) {
+      removed.push(label);
+      stopping.push({ label, close: () => reflector.close(), holds });
+      continue;
+    }
+    if (!everything && sameJson(spec, reflector.spec)) continue;
+    const reason = everything ? "UDP settings changed" : reflector.replaceReason(spec);
+    if (reason === null) {
+      changed.push(label);
+      inPlace.push(() => reflector.update(spec));
+    } else {
+      replaced.push(label);
+      notes.push(`${label} replaced: ${reason}; its participants start afresh`);
+      stopping.push({ label, close: () => reflector.close(), holds });
+      incoming.push({ part: { reflector: spec }, label, sockets: null });
+    }
+  }
+  for (const spec of next.reflectors) {
+    if (parts.reflectors.has(spec.name)) continue;
+    added.push(`reflector ${spec.name}`);
+    incoming.push({ part: { reflector: spec }, label: `reflector ${spec.name}`, sockets: null });
+  }
+  if (changed.some((c) => c.startsWith("reflector "))) {
+    notes.push(
+      "reflectors changed in place keep their participants; the config's participant list applies by item (added items join, removed ones leave), and runtime changes to items the config did not change stay",
+    );
+  }
+
+  // Bind what can be bound now; defer exactly-held addresses; refuse other clashes with stopping parts.
+  const released = stopping.flatMap((s) => s.holds.map((addr) => ({ addr, by: s.label })));
+  const options = udpOptions(next);
+  const opened: UdpSocket[] = [];
+  try {
+    for (const item of incoming) {
+      const bindings = partBindings(item.part);
+      const held = bindings.map((b) => released.find((r) => clashes(r.addr, b.addr)));
+      const exact = bindings.map((b, i) =>
+        held[i] && formatHostPort(held[i]!.addr) === formatHostPort(b.addr)
+      );
+      const other = bindings.findIndex((_, i) => held[i] && !exact[i]);
+      if (other >= 0) {
+        const b = bindings[other];
+        const h = held[other]!;
+        throw new StartError(
+          `Cannot reload ${item.label}: ${b.what} on ${formatHostPort(b.addr)} clashes with ${
+            formatHostPort(h.addr)
+          }, which ${h.by} holds until it stops; a reload can rebind only the same address (remove the part in one reload, add it in the next)`,
+        );
+      }
+      if (held.some(Boolean)) continue; // bound at commit, after the holder closes
+      item.sockets = openAll(bindings, options, `Cannot reload ${item.label}: cannot bind`);
+      opened.push(...item.sockets);
+    }
+  } catch (error) {
+    for (const s of opened) void s.close();
+    return Promise.reject(error);
+  }
+
+  let done = false;
+  return Promise.resolve({
+    summary: { added, removed, changed, replaced, notes },
+    async commit(_drain: AbortSignal) {
+      if (done) return;
+      done = true;
+      parts.cfg = next;
+      // A part that failed at an earlier commit is tried again when the config still has it (it is "added").
+      parts.failed.clear();
+      for (const apply of inPlace) apply();
+      // Old parts close first: a replaced part's counters go under the same name, and deferred addresses free up.
+      await Promise.all(stopping.map(async (s) => {
+        const [kind, name] = s.label.split(" ");
+        if (kind === "relay") parts.relays.delete(name);
+        else parts.reflectors.delete(name);
+        await s.close();
+      }));
+      for (const item of incoming) {
+        try {
+          const sockets = item.sockets ??
+            openAll(
+              partBindings(item.part),
+              options,
+              `Cannot start ${item.label} after the reload: cannot bind`,
+            );
+          if ("relay" in item.part) await parts.startRelay(item.part.relay, sockets[0]);
+          else {await parts.startReflector(
+              item.part.reflector,
+              reflectorSockets(item.part.reflector, sockets),
+            );}
+        } catch (error) {
+          parts.failed.set(item.label, errorMessage(error));
+          parts.ctx.logger.error("reload could not start a part", {
+            part: item.label,
+            error: errorMessage(error),
+          });
+        }
+      }
+    },
+    async abort() {
+      if (done) return;
+      done = true;
+      await Promise.all(opened.map((s) => s.close()));
+    },
+  });
+}
 
 const NOT_PERSISTED = "runtime change; a restart returns to the participants in the config";
 
