@@ -444,3 +444,35 @@ Deno.test("reloads run one at a time, and none after stop has begun", async () =
   assert.equal(late.ok, false);
   assert.deepEqual(late.errors, ["Stopping: nothing reloaded"]);
 });
+
+Deno.test("a reload that moves the status address binds the new one first and closes the old one after", async () => {
+  const { rec, file, appliance } = await reloadable("roles: [a]\nstatus:\n  listen: 127.0.0.1:8081\n");
+  file.text = "roles: [a]\nstatus:\n  listen: 127.0.0.1:8082\n";
+  const outcome = await appliance.reload("test");
+  assert.equal(outcome.ok, true);
+  assert.deepEqual(rec.events.slice(-2), ["listen", "stop status"]);
+  assert.deepEqual(appliance.statusAddr, { host: "127.0.0.1", port: 8082 });
+  assert.deepEqual(outcome.roles.status, {
+    added: [],
+    removed: [],
+    changed: ["status.listen 127.0.0.1:8081 -> 127.0.0.1:8082"],
+    replaced: [],
+    notes: [],
+  });
+  await appliance.stop();
+});
+
+Deno.test("a reload whose added role cannot start stops nothing that ran and changes nothing", async () => {
+  const { rec, file, appliance } = await reloadable("roles: [a]\n", {
+    roles: { c: { startError: new StartError("Cannot bind 127.0.0.1:9: address in use") } },
+  });
+  file.text = "roles: [a, c]\na:\n  greeting: new a\n";
+  const outcome = await appliance.reload("test");
+  assert.equal(outcome.ok, false);
+  assert.deepEqual(outcome.errors, ["Cannot bind 127.0.0.1:9: address in use"]);
+  assert.deepEqual(rec.events.slice(-3), ["prepare a", "start c", "abort a"]);
+  const body = await (await request(rec, "/status")).json();
+  assert.deepEqual(Object.keys(body.roles), ["a"]);
+  assert.equal(body.roles.a.greeting, "hello from a");
+  await appliance.stop();
+});
