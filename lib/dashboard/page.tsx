@@ -85,12 +85,35 @@ function Main({ deps }: { deps: DashboardDeps }) {
       <p class="summary">
         Up {n(s.uptime_seconds)} s · roles: {Object.keys(roles).join(", ") || "none"} · history:{" "}
         {h.status().series} series
+        <Reload config={obj(obj(s.process).config)} />
       </p>
       {roles.scheduler ? <Scheduler status={obj(roles.scheduler)} history={h} /> : null}
       {roles.relay ? <Relay status={obj(roles.relay)} history={h} /> : null}
       {roles.node ? <Node status={obj(roles.node)} history={h} /> : null}
       {roles.agent ? <Agent status={obj(roles.agent)} /> : null}
     </div>
+  );
+}
+
+/** The config generation and the last reload: refused ones stand out, with their first error. */
+function Reload({ config }: { config: Record<string, unknown> }) {
+  if (config.generation === undefined) return null;
+  const last = config.last_reload ? obj(config.last_reload) : null;
+  const errors = (last?.errors ?? []) as unknown[];
+  return (
+    <span>
+      {" "}· config generation {n(config.generation)}
+      {last
+        ? (
+          <span class={last.ok ? "state ok" : "state bad"}>
+            {" "}· last reload {last.ok ? "applied" : "refused"} ({text(last.trigger)}, {text(last.at)})
+            {errors.length
+              ? `: ${text(errors[0])}${errors.length > 1 ? ` (+${errors.length - 1} more)` : ""}`
+              : ""}
+          </span>
+        )
+        : null}
+    </span>
   );
 }
 

@@ -207,3 +207,38 @@ Deno.test("the node section shows a syncer's delay and offsets and a transcoder'
   );
   assert.match(page, /running · 25 fps · speed 1x · 256 kb\/s · restarts 1/);
 });
+
+Deno.test("the dashboard says which config generation runs and when a reload was refused, escaped", async () => {
+  const clock = new ManualClock(0);
+  const config = {
+    source: "/etc/edgenode.yaml",
+    generation: 3,
+    last_reload: {
+      ok: false,
+      trigger: "SIGHUP",
+      at: "2026-12-04T14:00:00.000Z",
+      errors: [`/etc/edgenode.yaml:4:9: name: ${EVIL}`, "/etc/edgenode.yaml:7:3: second"],
+    },
+  };
+  const app = createApp({
+    name: "n",
+    version: "t",
+    clock,
+    startedAt: 0,
+    metrics: new MetricsRegistry(),
+    roles: () => ({}),
+    process: () => ({ config }),
+    token: null,
+    maxBody: 1024,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    history: new History({ clock, status: () => ({}) }),
+  });
+  const page = await (await app.request("/dashboard/main")).text();
+  assert.match(page, /config generation 3/);
+  assert.match(
+    page,
+    /last reload refused \(SIGHUP, 2026-12-04T14:00:00\.000Z\): \/etc\/edgenode\.yaml:4:9: name: /,
+  );
+  assert.match(page, /\(\+1 more\)/);
+  assert.ok(!page.includes(EVIL), "the error text is escaped");
+});
