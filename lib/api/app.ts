@@ -10,6 +10,7 @@ import type { Counter, MetricsRegistry } from "../core/metrics.ts";
 import { requireToken } from "./auth.ts";
 import { dashboardRoutes } from "../dashboard/page.tsx";
 import type { History } from "../dashboard/history.ts";
+import type { RoleHealth } from "../roles/role.ts";
 
 export interface AppDeps {
   readonly name: string;
@@ -32,6 +33,11 @@ export interface AppDeps {
    * bearer token does not apply there. Each is "/name/"; absent or empty: every mutating route needs the token.
    */
   readonly selfGuarded?: readonly string[];
+  /**
+   * The running roles by name, for GET /healthz (each one's `health()`; a role without it counts as healthy). Read on
+   * every request. Absent: /healthz answers ok.
+   */
+  readonly health?: () => Iterable<readonly [string, { health?(): RoleHealth }]>;
   /** The figures of the last minutes: with it, GET / is the dashboard (lib/dashboard/page.tsx). */
   readonly history?: History;
 }
@@ -71,7 +77,17 @@ export function createApp(deps: AppDeps): Hono {
     return selfGuarded.some((p) => path.startsWith(p)) ? next() : guard(c, next);
   }, limit);
 
-  app.get("/healthz", (c) => c.text("ok\n"));
+  // For keepalived's vrrp_script and load balancers: 200 "ok" when every role serves what it should, else 503 with
+  // one line per problem ("scheduler: service web: no healthy server"); JSON when asked for with Accept.
+  app.get("/healthz", (c) => {
+    const report = healthReport(deps.health?.() ?? []);
+    const json = /\bapplication\/json\b/.test(c.req.header("accept") ?? "");
+    c.header("Cache-Control", "no-store");
+    if (json) return c.json(report, report.ok ? 200 : 503);
+    if (report.ok) return c.text("ok\n");
+    const lines = Object.entries(report.roles).flatMap(([role, h]) => h.problems.map((p) => `${role}: ${p}`));
+    return c.text(lines.join("\n") + "\n", 503);
+  });
 
   const statusDocument = () => ({
     name: deps.name,
@@ -134,6 +150,30 @@ function httpCounters(metrics: MetricsRegistry) {
     HTTP_COUNTERS.set(metrics, counters);
   }
   return counters;
+}
+
+/** Every role's health; a role whose check throws is unhealthy with the error as its problem. */
+function healthReport(
+  roles: Iterable<readonly [string, { health?(): RoleHealth }]>,
+): { ok: boolean; roles: Record<string, RoleHealth> } {
+  const out: Record<string, RoleHealth> = {};
+  let ok = true;
+  for (const [name, role] of roles) {
+    let h: RoleHealth;
+    try {
+      h = role.health?.() ?? { ok: true, problems: [] };
+    } catch (error) {
+      h = {
+        ok: false,
+        problems: [`health check failed: ${error instanceof Error ? error.message : String(error)}`],
+      };
+    }
+    // A role that says it is not ok without saying why still gets a line.
+    if (!h.ok && h.problems.length === 0) h = { ok: false, problems: ["not healthy (no detail given)"] };
+    out[name] = { ok: h.ok, problems: [...h.problems] };
+    ok &&= h.ok;
+  }
+  return { ok, roles: out };
 }
 
 async function readJson(request: Request): Promise<unknown> {

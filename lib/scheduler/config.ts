@@ -147,6 +147,35 @@ function pathFromConfigFolder(): Schema<string> {
 
 export { type TransportChoice, TRANSPORTS } from "../net/tcp/transport.ts";
 
+/** A peer scheduler's status API: `http://ADDRESS:PORT`, where it serves /scheduler/share. */
+const PEER_URL = /^https?:\/\/(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}\/?$/;
+
+/**
+ * Shared state with backup schedulers (lib/scheduler/share.ts): persistence entries and the operator's runtime state
+ * and weight go to every peer in batches over its status API, so a client keeps its server when the VIP moves.
+ */
+const shareFields = {
+  /** The other schedulers' status APIs. */
+  peers: req(
+    list(str({ pattern: PEER_URL, describe: "a peer's status API URL such as http://10.0.0.3:8080" }), {
+      min: 1,
+      max: 16,
+      unique: true,
+    }),
+  ),
+  /** The peers' status.token (give every scheduler the same status.token and put it here too). */
+  token: req(str({ min: 16, max: 512, describe: "the peers' status.token" })),
+  /** How often changes go out (one batch per peer at a time). */
+  interval: opt(duration({ min: 10, max: 60_000 }), 200),
+  /** How long a push or a snapshot request may take. */
+  timeout: opt(duration({ min: 10, max: 60_000 }), 1000),
+  /** Changes in one push (a push must stay under the peer's status.max_body: about 60 bytes a change). */
+  max_batch: opt(int({ min: 1, max: 10_000 }), 2000),
+  /** Changes waiting for one peer; beyond it new ones are dropped and counted. */
+  max_queue: opt(int({ min: 1, max: 1_000_000 }), 100_000),
+};
+export type ShareSection = ObjectOf<typeof shareFields>;
+
 const schedulerFields = {
   services: opt(
     list(serviceItem, { max: 256, uniqueBy: { key: (s) => s.name, what: "service name" } }),
@@ -160,6 +189,8 @@ const schedulerFields = {
   buffer: opt(int({ min: 4096, max: 1 << 20 }), 64 * 1024),
   /** What carries connections: fast (epoll through FFI, Linux), portable (Deno sockets), auto. */
   io: opt(oneOf(TRANSPORTS), "auto" as TransportChoice),
+  /** Backup schedulers this one shares persistence and runtime server state with (null: none). */
+  share: opt(nullable(obj(shareFields, "a mapping: { peers, token, interval, ... }")), null),
 };
 export type SchedulerSection = ObjectOf<typeof schedulerFields>;
 

@@ -14,24 +14,35 @@ export interface PersistenceOptions {
   readonly timeoutMs: number;
   /** Most entries held; at the bound the least recently used one makes room. Default 100000. */
   readonly maxEntries?: number;
+  /**
+   * Told of an entry a peer should learn: new, moved to another server, or in use and last told over half a timeout
+   * ago. Not called for entries that came through `import`.
+   */
+  readonly onSet?: (client: string, key: string) => void;
 }
+
+/** One client's entry as `export` gives it and `import` takes it: the client address and its server's key. */
+export type PersistenceEntry = readonly [client: string, key: string];
 
 interface Entry {
   key: string;
   expires: number;
+  /** When `onSet` was last told of this entry (-Infinity: never; an imported entry counts as told). */
+  told: number;
 }
 
 export class PersistenceTable {
   readonly timeoutMs: number;
   readonly maxEntries: number;
   readonly #clock: Clock;
+  readonly #onSet: ((client: string, key: string) => void) | undefined;
   /** client -> entry, least recently used first. */
   readonly #entries = new Map<string, Entry>();
   /** server key -> its clients. */
   readonly #byServer = new Map<string, Set<string>>();
 
   constructor(clock: Clock, options: PersistenceOptions) {
-    const { timeoutMs, maxEntries = 100_000 } = options;
+    const { timeoutMs, maxEntries = 100_000, onSet } = options;
     if (!(timeoutMs > 0) || !Number.isFinite(timeoutMs)) {
       throw new RangeError(
         `Cannot create a persistence table: timeout "${timeoutMs}" ms is not a positive number`,
@@ -43,6 +54,7 @@ export class PersistenceTable {
       );
     }
     this.#clock = clock;
+    this.#onSet = onSet;
     this.timeoutMs = timeoutMs;
     this.maxEntries = maxEntries;
   }
@@ -71,6 +83,39 @@ export class PersistenceTable {
 
   /** Makes `client` persist to server `key` for the next timeout, replacing what it persisted to before. */
   set(client: string, key: string): void {
+    const entry = this.#put(client, key, -Infinity);
+    const now = this.#clock.now();
+    if (this.#onSet && now - entry.told >= this.timeoutMs / 2) {
+      entry.told = now;
+      this.#onSet(client, key);
+    }
+  }
+
+  /**
+   * Sets entries a peer sent, each with this table's own timeout, without telling `onSet`; returns how many. An
+   * entry that came from a peer is not told back, but if it is used here later it is told as usual.
+   */
+  import(entries: Iterable<PersistenceEntry>): number {
+    const now = this.#clock.now();
+    let n = 0;
+    for (const [client, key] of entries) {
+      this.#put(client, key, now).told = now;
+      n++;
+    }
+    return n;
+  }
+
+  /** The live entries, most recently used first, at most `max` of them. */
+  export(max = Infinity): PersistenceEntry[] {
+    this.sweep();
+    const all = [...this.#entries];
+    const out: PersistenceEntry[] = [];
+    for (let i = all.length - 1; i >= 0 && out.length < max; i--) out.push([all[i][0], all[i][1].key]);
+    return out;
+  }
+
+  /** Sets or refreshes an entry; `told` is what a new entry, or one whose server changes, starts with. */
+  #put(client: string, key: string, told: number): Entry {
     const expires = this.#clock.now() + this.timeoutMs;
     const entry = this.#entries.get(client);
     if (entry) {
@@ -79,10 +124,11 @@ export class PersistenceTable {
         this.#unindex(client, entry.key);
         this.#index(client, key);
         entry.key = key;
+        entry.told = told;
       }
       entry.expires = expires;
       this.#entries.set(client, entry);
-      return;
+      return entry;
     }
     // Expired entries go first so that a table full of stale entries does not evict a live one.
     this.sweep();
@@ -90,8 +136,10 @@ export class PersistenceTable {
       const [oldest, oldestEntry] = this.#entries.entries().next().value!;
       this.#remove(oldest, oldestEntry);
     }
-    this.#entries.set(client, { key, expires });
+    const fresh = { key, expires, told };
+    this.#entries.set(client, fresh);
     this.#index(client, key);
+    return fresh;
   }
 
   /** Drops `client`'s entry, as when its server could not take it; true when there was one. */

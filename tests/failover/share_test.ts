@@ -1,0 +1,385 @@
+/**
+ * ShareHub between two schedulers, in memory: a fake transport joins two hubs (JSON on the way, as over HTTP), a
+ * ManualClock drives the pushes, and real persistence tables stand in the services.
+ */
+import assert from "node:assert/strict";
+import { createApp } from "../../lib/api/app.ts";
+import { ManualClock } from "../../lib/core/clock.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { MetricsRegistry } from "../../lib/core/metrics.ts";
+import type { AdminState } from "../../lib/scheduler/config.ts";
+import { PersistenceTable } from "../../lib/scheduler/persistence.ts";
+import {
+  type ServerChange,
+  serverChangeOf,
+  servicesShareLocal,
+  type ShareBatch,
+  type SharedServer,
+  type SharedService,
+  ShareFormatError,
+  ShareHub,
+  shareRoutes,
+  type ShareTransport,
+} from "../../lib/scheduler/share.ts";
+
+const INTERVAL = 100;
+const S1 = "10.0.1.1:80";
+const S2 = "10.0.1.2:80";
+
+/** Lets promise callbacks run (the fake transport answers at once). */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 20; i++) await Promise.resolve();
+}
+
+class FakeServer implements SharedServer {
+  admin: AdminState;
+  configuredWeight: number;
+  constructor(readonly key: string, readonly spec: { state: AdminState; weight: number }) {
+    this.admin = spec.state;
+    this.configuredWeight = spec.weight;
+  }
+  setAdmin(state: AdminState): void {
+    this.admin = state;
+  }
+}
+
+class FakeService implements SharedService {
+  changes = 0;
+  constructor(
+    readonly name: string,
+    readonly servers: FakeServer[],
+    readonly persistence: PersistenceTable | null,
+  ) {}
+  changed(): void {
+    this.changes++;
+  }
+}
+
+/** A box: one service "web" over S1 and S2 with persistence, and its hub. */
+function box(
+  name: string,
+  clock: ManualClock,
+  transport: ShareTransport,
+  o: { timeoutMs?: number; maxBatch?: number; maxQueue?: number; weight?: number; peers?: string[] } = {},
+) {
+  const logs: string[] = [];
+  const table = new PersistenceTable(clock, {
+    timeoutMs: 60_000,
+    onSet: (client, key) => hub.persisted("web", client, key),
+  });
+  const web = new FakeService("web", [
+    new FakeServer(S1, { state: "ready", weight: o.weight ?? 1 }),
+    new FakeServer(S2, { state: "ready", weight: 1 }),
+  ], table);
+  const hub: ShareHub = new ShareHub({
+    name,
+    peers: o.peers ?? [name === "a" ? "http://b" : "http://a"],
+    intervalMs: INTERVAL,
+    timeoutMs: o.timeoutMs ?? 1000,
+    maxBatch: o.maxBatch ?? 1000,
+    maxQueue: o.maxQueue ?? 1000,
+    snapshotRetryMs: 2000,
+    clock,
+    logger: new Logger({ level: "info", clock, sink: (line) => logs.push(line) }),
+    transport,
+    local: servicesShareLocal(() => [web]),
+  });
+  return { hub, table, web, logs };
+}
+
+/** Joins hubs by URL ("http://a"); each call is recorded; `down` peers refuse. */
+class Wire implements ShareTransport {
+  readonly hubs = new Map<string, ShareHub>();
+  readonly pushes: { peer: string; batch: ShareBatch }[] = [];
+  readonly down = new Set<string>();
+  /** Peers that never answer (until aborted). */
+  readonly silent = new Set<string>();
+  push(peer: string, batch: ShareBatch, signal: AbortSignal): Promise<void> {
+    return this.#call(peer, signal, (hub) => {
+      this.pushes.push({ peer, batch });
+      hub.receive(JSON.parse(JSON.stringify(batch)));
+    });
+  }
+  snapshot(peer: string, signal: AbortSignal): Promise<unknown> {
+    return this.#call(peer, signal, (hub) => JSON.parse(JSON.stringify(hub.snapshot())));
+  }
+  #call<T>(peer: string, signal: AbortSignal, f: (hub: ShareHub) => T): Promise<T> {
+    if (this.silent.has(peer)) {
+      return new Promise((_, reject) => signal.addEventListener("abort", () => reject(signal.reason)));
+    }
+    const hub = this.hubs.get(peer);
+    if (!hub || this.down.has(peer)) return Promise.reject(new Error(`connection refused by ${peer}`));
+    return Promise.resolve().then(() => f(hub));
+  }
+}
+
+function pair(o: Parameters<typeof box>[3] = {}) {
+  const clock = new ManualClock(1_000_000);
+  const wire = new Wire();
+  const a = box("a", clock, wire, o);
+  const b = box("b", clock, wire, o);
+  wire.hubs.set("http://a", a.hub);
+  wire.hubs.set("http://b", b.hub);
+  return { clock, wire, a, b };
+}
+
+async function tick(clock: ManualClock, ms = INTERVAL): Promise<void> {
+  clock.advance(ms);
+  await settle();
+}
+
+Deno.test("ShareHub pushes a persistence entry to its peer, which keeps it with its own timeout and sends nothing back", async () => {
+  const { clock, wire, a, b } = pair();
+  a.hub.start();
+  b.hub.start();
+  await settle(); // the start-up snapshots (both empty)
+  a.table.set("192.0.2.7", S2);
+  assert.equal(b.table.get("192.0.2.7"), undefined, "nothing before the interval");
+  await tick(clock);
+  assert.equal(b.table.get("192.0.2.7"), S2);
+  await tick(clock);
+  await tick(clock);
+  assert.deepEqual(wire.pushes.map((p) => p.peer), ["http://b"], "one push, none echoed back to a");
+  assert.equal(b.hub.counts.applied, 1);
+  // b's copy lives for b's timeout from when it arrived.
+  clock.advance(59_000);
+  assert.equal(b.table.get("192.0.2.7"), S2);
+  a.hub.stop();
+  b.hub.stop();
+});
+
+Deno.test("ShareHub sends a busy client again only every half timeout, and a moved client at once", async () => {
+  const { clock, wire, a, b } = pair();
+  a.hub.start();
+  b.hub.start();
+  await settle();
+  a.table.set("192.0.2.7", S1);
+  await tick(clock);
+  for (let i = 0; i < 10; i++) {
+    a.table.get("192.0.2.7");
+    a.table.set("192.0.2.7", S1);
+    await tick(clock);
+  }
+  assert.equal(wire.pushes.length, 1, "refreshes within half the timeout are not sent");
+  clock.advance(30_000);
+  a.table.set("192.0.2.7", S1);
+  await tick(clock);
+  assert.equal(wire.pushes.length, 2, "a refresh after half the timeout is sent");
+  a.table.set("192.0.2.7", S2);
+  await tick(clock);
+  assert.equal(wire.pushes.length, 3);
+  assert.equal(b.table.get("192.0.2.7"), S2);
+  a.hub.stop();
+  b.hub.stop();
+});
+
+Deno.test("ShareHub batches at most maxBatch changes per push", async () => {
+  const { clock, wire, a, b } = pair({ maxBatch: 2 });
+  a.hub.start();
+  b.hub.start();
+  await settle();
+  for (let i = 1; i <= 5; i++) a.table.set(`192.0.2.${i}`, i % 2 ? S1 : S2);
+  for (let i = 0; i < 3; i++) await tick(clock);
+  assert.deepEqual(wire.pushes.map((p) => p.batch.persistence.web.length), [2, 2, 1]);
+  assert.equal(b.table.size, 5);
+  assert.equal(b.table.get("192.0.2.2"), S2);
+  a.hub.stop();
+  b.hub.stop();
+});
+
+Deno.test("ShareHub bounds a dead peer's queue, counts what it drops, and delivers the rest when the peer is back", async () => {
+  const { clock, wire, a, b } = pair({ maxQueue: 3 });
+  wire.down.add("http://b");
+  a.hub.start();
+  await settle();
+  for (let i = 1; i <= 5; i++) a.table.set(`192.0.2.${i}`, S1);
+  a.table.set("192.0.2.1", S2); // an item already queued is replaced, not dropped
+  await tick(clock);
+  const peer = () => (a.hub.status().peers as Record<string, unknown>[])[0];
+  assert.equal(peer().dropped, 2);
+  assert.equal(peer().queue, 3, "a failed push put its changes back");
+  assert.equal(peer().ok, false);
+  assert.equal(a.logs.filter((l) => l.includes("share peer failed")).length, 1);
+  await tick(clock);
+  assert.equal(a.logs.filter((l) => l.includes("share peer failed")).length, 1, "logged once, not per push");
+  wire.down.delete("http://b");
+  await tick(clock);
+  assert.equal(b.table.get("192.0.2.1"), S2);
+  assert.equal(b.table.get("192.0.2.3"), S1);
+  assert.equal(b.table.get("192.0.2.4"), undefined, "dropped");
+  assert.equal(peer().queue, 0);
+  assert.equal(peer().ok, true);
+  assert.ok(a.logs.some((l) => l.includes("share peer answers again")));
+  a.hub.stop();
+});
+
+Deno.test("ShareHub aborts a push that gets no answer after the timeout, on its clock", async () => {
+  const { clock, wire, a } = pair({ timeoutMs: 500 });
+  a.hub.start();
+  await settle();
+  wire.silent.add("http://b");
+  a.table.set("192.0.2.1", S1);
+  await tick(clock);
+  const peer = () => (a.hub.status().peers as Record<string, unknown>[])[0];
+  assert.equal(peer().failed_pushes, 0, "still waiting");
+  await tick(clock, 500);
+  assert.equal(peer().failed_pushes, 1);
+  assert.match(String(peer().last_error), /push: no answer within 500 ms/);
+  assert.equal(peer().queue, 1);
+  a.hub.stop();
+});
+
+Deno.test("ShareHub applies a server's state and weight where the peer's config agrees, and only there", async () => {
+  const { clock, a, b } = pair();
+  // b's config gives S1 weight 5 where a's says 1: a's weight for S1 does not apply on b, its state does.
+  const b5 = box("b", clock, new Wire(), { weight: 5 });
+  const wire = new Wire();
+  const a2 = box("a", clock, wire);
+  wire.hubs.set("http://b", b5.hub);
+  a2.hub.start();
+  await settle();
+  const [s1] = a2.web.servers;
+  a2.hub.serverChanged(serverChangeOf("web", s1, { weight: 9 }));
+  a2.hub.serverChanged(serverChangeOf("web", s1, { state: "drain" }));
+  await tick(clock);
+  assert.equal(wire.pushes.length, 1);
+  assert.equal(wire.pushes[0].batch.servers.length, 1, "state and weight of one server travel as one change");
+  assert.equal(b5.web.servers[0].admin, "drain");
+  assert.equal(b5.web.servers[0].configuredWeight, 5, "b's own config for the weight wins");
+  assert.equal(b5.web.changes, 1);
+  a2.hub.stop();
+
+  // With the same config everything applies; an unknown server or service is ignored and counted.
+  a.hub.start();
+  await settle();
+  a.hub.serverChanged(serverChangeOf("web", a.web.servers[1], { state: "maint", weight: 3 }));
+  a.hub.serverChanged({
+    service: "web",
+    server: "10.9.9.9:80",
+    state: "drain",
+    config: { state: "ready", weight: 1 },
+  });
+  await tick(clock);
+  assert.equal(b.web.servers[1].admin, "maint");
+  assert.equal(b.web.servers[1].configuredWeight, 3);
+  assert.equal(b.hub.counts.ignored, 1);
+  a.hub.stop();
+});
+
+Deno.test("ShareHub asks its peers for a snapshot on start, and again later when they did not answer", async () => {
+  const { clock, wire, a, b } = pair();
+  a.table.set("192.0.2.1", S1);
+  a.table.set("192.0.2.2", S2);
+  a.web.servers[0].setAdmin("drain");
+  a.web.servers[1].configuredWeight = 4;
+  wire.down.add("http://a");
+  b.hub.start();
+  await settle();
+  assert.equal(b.table.size, 0);
+  await tick(clock, 1000);
+  assert.equal(b.table.size, 0, "no second ask before the retry delay");
+  wire.down.delete("http://a");
+  await tick(clock, 1000);
+  assert.equal(b.table.get("192.0.2.1"), S1);
+  assert.equal(b.table.get("192.0.2.2"), S2);
+  assert.equal(b.web.servers[0].admin, "drain");
+  assert.equal(b.web.servers[1].configuredWeight, 4);
+  assert.equal(b.web.servers[1].admin, "ready", "only what differs from the config travels");
+  const peer = (b.hub.status().peers as Record<string, unknown>[])[0];
+  assert.equal(peer.synced, true);
+  assert.equal(peer.failed_snapshots, 1);
+  b.hub.stop();
+});
+
+Deno.test("ShareHub snapshot holds the most recently used entries first, at most snapshotMax", () => {
+  const clock = new ManualClock(0);
+  const table = new PersistenceTable(clock, { timeoutMs: 10_000 });
+  for (let i = 1; i <= 4; i++) {
+    table.set(`192.0.2.${i}`, S1);
+    clock.advance(1);
+  }
+  table.get("192.0.2.1");
+  const web = new FakeService("web", [new FakeServer(S1, { state: "ready", weight: 1 })], table);
+  const hub = new ShareHub({
+    name: "a",
+    peers: [],
+    intervalMs: INTERVAL,
+    timeoutMs: 100,
+    maxBatch: 10,
+    maxQueue: 10,
+    snapshotMax: 2,
+    clock,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    transport: new Wire(),
+    local: servicesShareLocal(() => [web]),
+  });
+  assert.deepEqual(hub.snapshot(), {
+    from: "a",
+    persistence: { web: [["192.0.2.1", S1], ["192.0.2.4", S1]] },
+    servers: [],
+  });
+});
+
+Deno.test("ShareHub refuses a malformed batch with ShareFormatError and counts it", () => {
+  const { a } = pair();
+  const bad: unknown[] = [
+    null,
+    [],
+    { from: "b", persistence: [], servers: [] },
+    { from: "b", persistence: { web: [["192.0.2.1"]] }, servers: [] },
+    {
+      from: "b",
+      persistence: {},
+      servers: [{ service: "web", server: S1, state: "gone", config: { state: "ready", weight: 1 } }],
+    },
+    {
+      from: "b",
+      persistence: {},
+      servers: [{ service: "web", server: S1, weight: 999, config: { state: "ready", weight: 1 } }],
+    },
+    { from: "b", persistence: {}, servers: [{ service: "web", server: S1, state: "drain" }] },
+  ];
+  for (const body of bad) assert.throws(() => a.hub.receive(body), ShareFormatError, JSON.stringify(body));
+  assert.equal(a.hub.counts.rejected_batches, bad.length);
+  assert.equal(a.table.size, 0);
+});
+
+Deno.test("shareRoutes take a batch and give a snapshot behind the status API's bearer token", async () => {
+  const { a } = pair();
+  const clock = new ManualClock(0);
+  const token = "share-token-0123456789";
+  const app = createApp({
+    name: "a",
+    version: "test",
+    clock,
+    startedAt: 0,
+    metrics: new MetricsRegistry(),
+    roles: () => ({}),
+    token,
+    maxBody: 64 * 1024,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    mount: [(app) => shareRoutes(app, a.hub)],
+  });
+  const batch = { from: "b", persistence: { web: [["192.0.2.9", S2]] }, servers: [] as ServerChange[] };
+  const post = (path: string, body: unknown, auth = true) =>
+    app.request(path, {
+      method: "POST",
+      body: JSON.stringify(body),
+      headers: { "content-type": "application/json", ...(auth ? { authorization: `Bearer ${token}` } : {}) },
+    });
+  assert.equal((await post("/scheduler/share", batch, false)).status, 401);
+  assert.equal(
+    (await post("/scheduler/share/snapshot", {}, false)).status,
+    401,
+    "the snapshot holds client addresses",
+  );
+  const res = await post("/scheduler/share", batch);
+  assert.equal(res.status, 200);
+  assert.deepEqual(await res.json(), { applied: 1, ignored: 0 });
+  assert.equal(a.table.get("192.0.2.9"), S2);
+  const bad = await post("/scheduler/share", { from: "b" });
+  assert.equal(bad.status, 400);
+  assert.match((await bad.json()).error, /^Cannot read a shared batch: "persistence" must be/);
+  const snap = await post("/scheduler/share/snapshot", {});
+  assert.deepEqual((await snap.json()).persistence, { web: [["192.0.2.9", S2]] });
+});
