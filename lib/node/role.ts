@@ -14,8 +14,16 @@ import { coreElements } from "../graph/elements/mod.ts";
 import { formatOf, PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
 import { isIP } from "../net/address.ts";
 import { udpFields, udpOptions } from "../net/udp_fields.ts";
-import type { RoleDef } from "../roles/role.ts";
-import { errorsJson, SessionConflict, sessionFields, sessionOptions, SessionTable } from "./sessions.ts";
+import type { ReloadSummary, RoleDef } from "../roles/role.ts";
+import type { RunningSession } from "../graph/executor.ts";
+import {
+  errorsJson,
+  SessionConflict,
+  sessionFields,
+  sessionOptions,
+  type SessionReload,
+  SessionTable,
+} from "./sessions.ts";
 import { readUpload, uploadOptions, uploadsField } from "./uploads.ts";
 import { UploadError } from "../sandbox/mod.ts";
 import { clusterField, clusterToken } from "../cluster/config.ts";
@@ -104,6 +112,8 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
         },
       );
       let cluster: ClusterService | null = null;
+      // The sessions of node.sessions, by file: the program text they started from, and the session it started.
+      const boot = new Map<string, BootSession>();
       try {
         if (cfg.cluster) {
           cluster = await ClusterService.create({
@@ -118,14 +128,9 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
           });
         }
         for (const file of cfg.sessions) {
-          let text: string;
+          const text = await readProgram(file);
           try {
-            text = await readTextFileLimited(file, MAX_PROGRAM_BYTES, "program");
-          } catch (error) {
-            throw new StartError(error instanceof UsageError ? error.message : String(error));
-          }
-          try {
-            await table.add(text, { file });
+            boot.set(file, { text, session: await table.add(text, { file }) });
           } catch (error) {
             if (error instanceof ErrorList) {
               throw new StartError(`Session program ${file} has errors:\n${error.format()}`);
@@ -139,13 +144,16 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
         await links?.close();
         throw error;
       }
+      let current = cfg;
+      const failures = () => [...table.failed()].map(([name, why]) => `session ${name}: ${why}`);
       return {
         status: () => ({
-          bind: cfg.bind,
-          data_dir: cfg.data_dir,
+          bind: current.bind,
+          data_dir: current.data_dir,
           budgets: table.budgets(),
           sandbox_processes: table.processes(),
           sessions: Object.fromEntries(table.list().map((s) => [s.plan.name, s.status()])),
+          ...(table.failed().size ? { failed: Object.fromEntries(table.failed()) } : {}),
           ...(cluster
             ? { prepared: table.prepared(), cluster: cluster.status(), links: links?.status() }
             : {}),
@@ -157,6 +165,19 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
           } finally {
             await links?.close();
           }
+        },
+        health: () => ({ ok: failures().length === 0, problems: failures() }),
+        prepareReload: async (section) => {
+          const next = section as NodeSection;
+          const reload = await prepareNodeReload(table, boot, current, next);
+          return {
+            summary: reload.summary,
+            commit: async (drain) => {
+              current = next;
+              await reload.commit(drain);
+            },
+            abort: () => Promise.resolve(reload.abort()),
+          };
         },
         // Only with a cluster do /cluster/* routes exist, behind the cluster's signed-request guard.
         selfGuarded: cluster ? ["/cluster/"] : [],
@@ -173,6 +194,112 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
 }
 
 export const nodeRole: RoleDef<NodeSection> = defineNodeRole();
+
+/** A session started from a file of node.sessions: the text it was started from, and the session. */
+interface BootSession {
+  readonly text: string;
+  readonly session: RunningSession;
+}
+
+async function readProgram(file: string): Promise<string> {
+  try {
+    return await readTextFileLimited(file, MAX_PROGRAM_BYTES, "program");
+  } catch (error) {
+    throw new StartError(error instanceof UsageError ? error.message : String(error));
+  }
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * Reload, phase one, for the node: boot sessions are matched by file. A file the new section adds is read and its
+ * program checked (against what runs, less what the reload stops, under the new budgets); a file whose program text
+ * changed replaces its session (the old one stops, then the new one starts); a file dropped stops its session; a
+ * file whose text is unchanged is left alone, whatever happened to its session meanwhile (stopped over the API, it
+ * stays stopped). Sessions started over the API are never touched. The new budgets, limits, bind address, data
+ * directory, UDP settings and upload limits apply to sessions started from the commit on; running ones keep what
+ * they started with. node.cluster is not reloaded.
+ */
+async function prepareNodeReload(
+  table: SessionTable,
+  boot: Map<string, BootSession>,
+  cur: NodeSection,
+  next: NodeSection,
+): Promise<{ summary: ReloadSummary; commit(drain: AbortSignal): Promise<void>; abort(): void }> {
+  const added: string[] = [];
+  const removed: string[] = [];
+  const replaced: string[] = [];
+  const notes: string[] = [];
+  const stop: string[] = [];
+  const start: { text: string; file: string }[] = [];
+  /** Whether a boot session is still the one the file started (not stopped, or its name taken, over the API). */
+  const running = (b: BootSession) => table.get(b.session.plan.name) === b.session;
+  const texts = new Map<string, string>();
+  for (const file of next.sessions) texts.set(file, await readProgram(file));
+  const replacing = new Set<string>();
+  for (const [file, b] of boot) {
+    const text = texts.get(file);
+    if (text === b.text) continue;
+    if (text !== undefined) replacing.add(file);
+    if (!running(b)) continue;
+    stop.push(b.session.plan.name);
+    if (text === undefined) removed.push(`session ${b.session.plan.name}`);
+  }
+  for (const [file, text] of texts) {
+    if (boot.get(file)?.text === text) continue;
+    start.push({ text, file });
+  }
+  const { cluster: _c, sessions: _l, ...settings } = cur;
+  const { cluster: _c2, sessions: _l2, ...nextSettings } = next;
+  if (!sameJson(settings, nextSettings)) {
+    notes.push(
+      "node settings (budgets, max_sessions, bind, data_dir, udp, allow_sources, uploads) apply to sessions started from now on; running sessions keep what they started with",
+    );
+  }
+  if (!sameJson(cur.cluster, next.cluster)) {
+    notes.push("node.cluster changed: it takes effect at the next start");
+  }
+  let held: SessionReload;
+  try {
+    held = await table.prepareReload({
+      options: {
+        ...sessionOptions(next),
+        reservationMs: cur.cluster?.reservation_timeout,
+        uploads: uploadOptions(next.uploads),
+      },
+      host: next.bind,
+      dataDir: next.data_dir,
+      udp: udpOptions(next),
+      stop,
+      start,
+    });
+  } catch (error) {
+    if (error instanceof ErrorList) {
+      const file = (error.errors[0] as { file?: string } | undefined)?.file ?? "";
+      throw new StartError(`Session program ${file} has errors:\n${error.format()}`);
+    }
+    if (error instanceof SessionConflict) throw new StartError(`Cannot reload the node: ${error.message}`);
+    throw error;
+  }
+  held.plans.forEach((plan, k) => {
+    (replacing.has(start[k].file) ? replaced : added).push(`session ${plan.name}`);
+  });
+  return {
+    summary: { added, removed, changed: [], replaced, notes },
+    async commit(drain) {
+      const failed = await held.commit(drain);
+      for (const file of boot.keys()) if (!texts.has(file)) boot.delete(file);
+      held.plans.forEach((plan, k) => {
+        const session = table.get(plan.name);
+        if (session && !failed.has(plan.name)) boot.set(start[k].file, { text: start[k].text, session });
+        else boot.delete(start[k].file);
+      });
+    },
+    abort: () => held.abort(),
+  };
+}
 
 /**
  * Stops every session (no new ones are taken from the first moment) in order, inputs first so that what is in

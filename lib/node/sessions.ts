@@ -23,6 +23,7 @@ import {
 } from "../sandbox/mod.ts";
 import type { TimerId } from "../core/clock.ts";
 import { SourceAllowList } from "../net/allow.ts";
+import type { UdpOptions } from "../net/udp.ts";
 
 /** A session name already running, or the session limit reached: the request conflicts with the node's state. */
 export class SessionConflict extends Error {
@@ -125,6 +126,39 @@ export interface ProgramSource {
   readonly modules?: Readonly<Record<string, string>>;
 }
 
+/** What a reload changes in a session table: the sessions it stops and starts, and the settings from then on. */
+export interface SessionReloadChange {
+  readonly options: SessionTableOptions;
+  /** The node's bind address, data directory and UDP settings for sessions started from now on. */
+  readonly host: string;
+  readonly dataDir: string;
+  readonly udp: UdpOptions;
+  /** Sessions to stop (each drains, inputs first), by name. */
+  readonly stop: readonly string[];
+  /** Programs to start, checked in prepare. */
+  readonly start: readonly { readonly text: string; readonly file: string }[];
+}
+
+/** A reload's sessions, checked and held. */
+export interface SessionReload {
+  /** The checked plans of `start`, in order. */
+  readonly plans: readonly SessionPlan[];
+  /**
+   * Stops `stop` (draining until `drain` aborts), then starts the plans; resolves with the ones whose start failed
+   * (logged, and listed by `failed()` until a later reload), by name. Never rejects.
+   */
+  commit(drain: AbortSignal): Promise<Map<string, string>>;
+  /** Releases the held plans. */
+  abort(): void;
+}
+
+interface ReloadCheck {
+  readonly stopping: ReadonlySet<string>;
+  readonly before: readonly SessionPlan[];
+  readonly options: SessionTableOptions;
+  readonly host: string;
+}
+
 interface Reservation {
   readonly plan: SessionPlan;
   readonly timer: TimerId;
@@ -147,13 +181,18 @@ export class SessionTable {
   #queue: Promise<unknown> = Promise.resolve();
   #closed = false;
 
-  readonly #maxSessions: number;
-  readonly #budgets: SessionBudgets;
-  readonly #allowSources: SourceAllowList;
-  readonly #uploads: UploadOptions | null;
+  // A reload changes these for sessions started from then on (`prepareReload`); running ones keep their own.
+  #maxSessions: number;
+  #budgets: SessionBudgets;
+  #allowSources: SourceAllowList;
+  #uploads: UploadOptions | null;
+  /** Plans a reload checked and holds until its commit or abort (their ports, claims and budgets). */
+  readonly #reloading = new Set<SessionPlan>();
+  /** Sessions a reload's commit could not start, with why (until a later reload starts or drops them). */
+  readonly #failed = new Map<string, string>();
 
   constructor(
-    private readonly node: NodeServices,
+    private node: NodeServices,
     private readonly kinds: Registry<ElementKind>,
     limits: number | SessionTableOptions,
   ) {
@@ -165,20 +204,29 @@ export class SessionTable {
     this.#uploads = options.uploads ?? null;
   }
 
-  /** Checks a program against what running sessions and prepared parts hold; throws as `add` does. */
-  #check(text: string, source: ProgramSource, kinds = this.kinds): SessionPlan {
+  /**
+   * Checks a program against what running sessions, prepared parts and pending reloads hold; throws as `add` does.
+   * A reload's check (`as`) leaves out the sessions it stops, counts the plans it checked before, and takes the
+   * new section's budgets, limit and bind address.
+   */
+  #check(text: string, source: ProgramSource, kinds = this.kinds, as?: ReloadCheck): SessionPlan {
     if (this.#closed) throw new SessionConflict("The node is stopping");
     const portsInUse = new Map<number, string>();
     const outputPorts = new Map<number, string>();
     const claimsInUse = new Map<string, string>();
     const inUse = { sockets: 0, vms: 0, saverBytes: 0 };
+    const running = [...this.#sessions.values()].filter((s) => !as?.stopping.has(s.plan.name));
+    const pending = [...this.#reloading, ...(as?.before ?? [])];
     const held = [
-      ...[...this.#sessions.values()].map((s) => ({ plan: s.plan, who: `session ${s.plan.name}` })),
+      ...running.map((s) => ({ plan: s.plan, who: `session ${s.plan.name}` })),
       ...[...this.#prepared.values()].map((r) => ({
         plan: r.plan,
         who: `session ${r.plan.name} (prepared)`,
       })),
+      ...pending.map((plan) => ({ plan, who: `session ${plan.name} (being reloaded)` })),
     ];
+    const budgets = as?.options.budgets ?? this.#budgets;
+    const maxSessions = as?.options.maxSessions ?? this.#maxSessions;
     for (const { plan, who } of held) {
       for (const p of plan.ports) portsInUse.set(p, who);
       for (const p of plan.outputPorts) outputPorts.set(p, who);
@@ -191,7 +239,7 @@ export class SessionTable {
       kinds,
       portsInUse,
       claimsInUse,
-      node: { budgets: this.#budgets, inUse, host: this.node.host, outputPorts },
+      node: { budgets, inUse, host: as?.host ?? this.node.host, outputPorts },
     });
     const placement = source.placement;
     const foreign = placement ? plan.aps.filter((ap) => placement.nodeOf[ap.name] !== placement.self) : [];
@@ -203,11 +251,11 @@ export class SessionTable {
         } belong to other nodes`,
       );
     }
-    if (this.#sessions.has(plan.name) || this.#prepared.has(plan.name)) {
+    if (held.some((h) => h.plan.name === plan.name)) {
       throw new SessionConflict(`A session named ${plan.name} is already running; stop it first`);
     }
-    if (this.#sessions.size + this.#prepared.size >= this.#maxSessions) {
-      throw new SessionConflict(`This node runs at most ${this.#maxSessions} sessions (node.max_sessions)`);
+    if (held.length >= maxSessions) {
+      throw new SessionConflict(`This node runs at most ${maxSessions} sessions (node.max_sessions)`);
     }
     return plan;
   }
@@ -300,6 +348,115 @@ export class SessionTable {
       this.node.logger.info("prepared part released", { session: id });
       return Promise.resolve(true);
     });
+  }
+
+  /**
+   * A reload's first phase for the sessions it names: checks `start` in order, as if the sessions named in `stop`
+   * were gone and the new options in force, and holds the plans (API uploads meanwhile are checked against them).
+   * Throws as `add` does, holding nothing. Sessions not named are untouched.
+   */
+  prepareReload(change: SessionReloadChange): Promise<SessionReload> {
+    return this.#serial(() => {
+      const stopping = new Set(change.stop);
+      const before: SessionPlan[] = [];
+      for (const item of change.start) {
+        before.push(this.#check(item.text, { file: item.file }, this.kinds, { stopping, before, ...change }));
+      }
+      for (const plan of before) this.#reloading.add(plan);
+      let settled = false;
+      const release = () => {
+        settled = true;
+        for (const plan of before) this.#reloading.delete(plan);
+      };
+      return Promise.resolve({
+        plans: before,
+        commit: (drain: AbortSignal) => {
+          if (settled) return Promise.resolve(new Map());
+          return this.#serial(async () => {
+            release();
+            this.#apply(change);
+            await this.#stopWithin(change.stop, drain);
+            const failed = new Map<string, string>();
+            for (const [k, plan] of before.entries()) {
+              this.#failed.delete(plan.name);
+              try {
+                if (this.#closed) throw new SessionConflict("The node is stopping");
+                const session = await RunningSession.start(plan, this.node, {
+                  allowSources: this.#allowSources,
+                });
+                this.#sessions.set(plan.name, session);
+                this.node.logger.info("session started", {
+                  session: plan.name,
+                  aps: plan.aps.length,
+                  file: change.start[k].file,
+                });
+              } catch (error) {
+                const why = error instanceof Error ? error.message : String(error);
+                failed.set(plan.name, why);
+                this.#failed.set(plan.name, why);
+                this.node.logger.error("reload could not start a session", {
+                  session: plan.name,
+                  error: why,
+                });
+              }
+            }
+            return failed;
+          });
+        },
+        abort: () => {
+          if (!settled) release();
+        },
+      });
+    });
+  }
+
+  /** The new section's limits, budgets and node settings, for sessions started from now on. */
+  #apply(change: SessionReloadChange): void {
+    const o = change.options;
+    this.#maxSessions = o.maxSessions;
+    this.#budgets = o.budgets ?? DEFAULT_BUDGETS;
+    this.#allowSources = SourceAllowList.parse(o.allowSources ?? []);
+    this.#uploads = o.uploads ?? null;
+    this.node = { ...this.node, host: change.host, dataDir: change.dataDir, udp: change.udp };
+  }
+
+  /**
+   * Stops the named sessions side by side (each drains as `stop` does: inputs first), waiting until they are done or
+   * `drain` aborts; one still stopping then is left to finish and logged. A session already gone is skipped.
+   */
+  async #stopWithin(names: readonly string[], drain: AbortSignal): Promise<void> {
+    const stops = names.flatMap((name) => {
+      const session = this.#sessions.get(name);
+      this.#failed.delete(name);
+      if (!session) return [];
+      this.#sessions.delete(name);
+      return [
+        session.stop().then(async () => {
+          await this.#closePool(name);
+          this.node.logger.info("session stopped", { session: name });
+        }),
+      ];
+    });
+    const all = Promise.all(stops);
+    all.catch(() => {});
+    let onAbort!: () => void;
+    const cut = new Promise<false>((resolve) => onAbort = () => resolve(false));
+    if (drain.aborted) onAbort();
+    else drain.addEventListener("abort", onAbort, { once: true });
+    try {
+      if (!await Promise.race([all.then(() => true, () => true), cut])) {
+        this.node.logger.warn("sessions still stopping at the reload's drain deadline", {
+          sessions: names.join(","),
+        });
+      }
+    } finally {
+      drain.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** Sessions a reload could not start at commit, with why. */
+  failed(): ReadonlyMap<string, string> {
+    return this.#failed;
   }
 
   /** Parts prepared and not committed, with when their reservation ends (clock ms). */
