@@ -22,6 +22,7 @@ import { openTransport } from "../net/tcp/open.ts";
 import { metafile } from "./redirect.ts";
 import { MAX_RULES_FILE_BYTES, parseRules } from "./rules.ts";
 import { Service, type ServicePlan } from "./service.ts";
+import { httpShareTransport, serverChangeOf, servicesShareLocal, ShareHub, shareRoutes } from "./share.ts";
 
 /** Buffers kept for reuse beyond those in use (two per connection). */
 const POOL_SPARE = 256;
@@ -87,6 +88,21 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
     const buffers = new BufferPool({ bufferBytes: cfg.buffer, capacity: POOL_SPARE });
     const pickers = builtinPickers();
     const transport = openTransport(cfg.io);
+    // Backup schedulers learn persistence and the operator's server changes (lib/scheduler/share.ts).
+    const share = cfg.share
+      ? new ShareHub({
+        name: ctx.nodeName,
+        peers: cfg.share.peers,
+        intervalMs: cfg.share.interval,
+        timeoutMs: cfg.share.timeout,
+        maxBatch: cfg.share.max_batch,
+        maxQueue: cfg.share.max_queue,
+        clock: ctx.clock,
+        logger: ctx.logger.child("share"),
+        transport: httpShareTransport(cfg.share.token),
+        local: servicesShareLocal(() => services),
+      })
+      : null;
     const deps = {
       clock: ctx.clock,
       logger: ctx.logger,
@@ -94,6 +110,7 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
       pickers,
       buffers,
       transport,
+      ...(share ? { onPersist: share.persisted.bind(share) } : {}),
     };
     const services = await bindAll(plans.map((plan) => new Service(plan, deps)));
     // Where the fast engine waits is settled before anything is served (it is in /status from the start).
@@ -114,6 +131,7 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
       ctx.logger.info("no services", { hint: "add scheduler.services or scheduler.rules to the config" });
     }
     const byName = new Map(services.map((s) => [s.name, s]));
+    share?.start();
     /** Services a reload removed, until their connections have drained. */
     const draining = new Set<Promise<void>>();
     return {
@@ -122,11 +140,16 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
         io: transport.kind,
         ...(transport.waits ? { io_wait: transport.waits } : {}),
         services: Object.fromEntries(services.map((s) => [s.name, s.status()])),
+        ...(share ? { share: share.status() } : {}),
       }),
       async stop(deadline) {
+        share?.stop();
         await Promise.all([...services.map((s) => s.stop(deadline)), ...draining]);
       },
-      routes: (app) => schedulerRoutes(app, byName),
+      routes: (app) => {
+        schedulerRoutes(app, byName, share);
+        if (share) shareRoutes(app, share);
+      },
       health: () => {
         const problems: string[] = [];
         for (const s of services) {
@@ -156,7 +179,12 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
           return lines.length ? [`service ${s.name}: ${lines.join(", ")}`] : [];
         });
         const notes: string[] = [];
-        if (next.io !== cfg.io) notes.push(`scheduler.io ${cfg.io} -> ${next.io}: takes effect at the next start`);
+        if (next.io !== cfg.io) {
+          notes.push(`scheduler.io ${cfg.io} -> ${next.io}: takes effect at the next start`);
+        }
+        if (JSON.stringify(next.share) !== JSON.stringify(cfg.share)) {
+          notes.push("scheduler.share changed: takes effect at the next start");
+        }
         if (next.buffer !== cfg.buffer) {
           notes.push(`scheduler.buffer ${cfg.buffer} -> ${next.buffer}: takes effect at the next start`);
         }
@@ -222,7 +250,7 @@ const SAFE_PATH = /^[A-Za-z0-9._~\/-]{1,512}$/;
 
 const NOT_PERSISTED = "runtime change; a restart returns to the state and weight in the config";
 
-function schedulerRoutes(app: Hono, services: Map<string, Service>): void {
+function schedulerRoutes(app: Hono, services: Map<string, Service>, share: ShareHub | null): void {
   const noService = (name: string) => ({
     error: `No service "${name}" (known: ${[...services.keys()].join(", ") || "none"})`,
   });
@@ -266,6 +294,12 @@ function schedulerRoutes(app: Hono, services: Map<string, Service>): void {
     if (weight !== undefined) server.configuredWeight = weight as number;
     if (state !== undefined) server.setAdmin(state as AdminState);
     s.changed();
+    share?.serverChanged(
+      serverChangeOf(s.name, server, {
+        state: state as AdminState | undefined,
+        weight: weight as number | undefined,
+      }),
+    );
     return c.json({ ...server.status(), service: s.name, persisted: false, note: NOT_PERSISTED });
   });
   // The redirect route: GET /redirect/<service>/<path>; a .ram, .m3u or .sdp path gets that metafile. The path

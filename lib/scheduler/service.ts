@@ -52,6 +52,8 @@ export interface ServiceDeps {
   readonly transport: Transport;
   /** Replaces the network exchange of health checks and agent polls (tests). */
   readonly exchange?: Exchange;
+  /** Told of persistence entries a backup scheduler should learn (lib/scheduler/share.ts). */
+  readonly onPersist?: (service: string, client: string, server: string) => void;
 }
 
 /** A shortage of this host's own (out of descriptors) is logged at most once per this long; it is counted always. */
@@ -167,9 +169,19 @@ export class Service {
     return this.plan.name;
   }
 
+  /** The persistence table (null without persistence), for sharing it with a backup scheduler. */
+  get persistence(): PersistenceTable | null {
+    return this.#persistence;
+  }
+
   #newPersistence(settings: ServiceSettings): PersistenceTable | null {
+    const tell = this.deps.onPersist;
     return settings.persistence > 0
-      ? new PersistenceTable(this.deps.clock, { timeoutMs: settings.persistence, maxEntries: PERSISTENCE_MAX })
+      ? new PersistenceTable(this.deps.clock, {
+        timeoutMs: settings.persistence,
+        maxEntries: PERSISTENCE_MAX,
+        ...(tell ? { onSet: (client: string, key: string) => tell(this.name, client, key) } : {}),
+      })
       : null;
   }
 
