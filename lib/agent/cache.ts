@@ -21,7 +21,17 @@ export class Cached<T> {
   #computations = 0;
 
   /** `compute` must not throw: failures are values of T (a cache of errors is not a cache of values). */
-  constructor(private readonly compute: () => Promise<T>, private readonly options: CachedOptions) {}
+  constructor(private readonly compute: () => Promise<T>, private options: CachedOptions) {}
+
+  /** New intervals (a reload); the value held stays, fresh for the new `ttlMs` from when it was computed. */
+  reconfigure(options: Omit<CachedOptions, "clock">): void {
+    this.options = { ...options, clock: this.options.clock };
+  }
+
+  /** Holds `value`, computed now elsewhere (a reload's first reading of a new source), as the fresh value. */
+  prime(value: T): void {
+    this.#value = { value, at: this.options.clock.now() };
+  }
 
   /** The value, fresh or shared with a computation under way; see the module doc for stale values. */
   get(): Promise<T> {

@@ -24,7 +24,7 @@ import {
 import { StartError } from "../core/errors.ts";
 import { declareSeries } from "../core/metrics.ts";
 import { formatHostPort } from "../net/address.ts";
-import type { RoleContext, RoleDef, RunningRole } from "../roles/role.ts";
+import type { RoleContext, RoleDef, RoleReload, RunningRole } from "../roles/role.ts";
 import {
   AGENT_ADMIN_STATES,
   type AgentAdmin,
@@ -123,15 +123,8 @@ export interface RunningAgent extends RunningRole {
 
 const NOT_PERSISTED = "runtime change; a restart returns to agent.state in the config";
 
-export async function startAgent(
-  cfg: AgentSection,
-  ctx: RoleContext,
-  deps: AgentDeps = {},
-): Promise<RunningAgent> {
-  const { clock } = ctx;
-  const logger = ctx.logger.child("agent");
-  const readers = deps.readers ?? systemReaders(clock);
-  const spec: SourceSpec = {
+function sourceSpec(cfg: AgentSection): SourceSpec {
+  return {
     source: cfg.source,
     port: cfg.port,
     maxConnections: cfg.max_connections,
@@ -139,6 +132,18 @@ export async function startAgent(
     commandTimeoutMs: cfg.command_timeout,
     minWeight: cfg.min_weight,
   };
+}
+
+export async function startAgent(
+  section: AgentSection,
+  ctx: RoleContext,
+  deps: AgentDeps = {},
+): Promise<RunningAgent> {
+  let cfg = section;
+  const { clock } = ctx;
+  const logger = ctx.logger.child("agent");
+  const readers = deps.readers ?? systemReaders(clock);
+  let spec = sourceSpec(cfg);
   let admin: AgentAdmin = cfg.state;
   let lastReply: string | null = null;
   let failures = 0;
@@ -168,6 +173,7 @@ export async function startAgent(
     throw new StartError(`Cannot start agent: source ${cfg.source}: ${first.error}`);
   }
 
+  // `cfg` is the section in force: a reload replaces it, and what reads it below reads the new one.
   const reply = async () => {
     const line = formatAgentReply(
       composeReply(await cache.get(), { admin, maxconn: cfg.maxconn, onFailure: cfg.on_failure }),
@@ -178,14 +184,20 @@ export async function startAgent(
 
   // The series are published before the server starts and read its tallies late (a name clash throws first).
   let server: AgentServer | null = null;
+  /** What servers a reload replaced had counted, so that counters carry on across a new listener. */
+  const retired = { accepted: 0, replies: 0, errors: 0, refused: 0 };
+  /** Replaced servers still draining: their tallies count until they are retired. */
+  const draining = new Set<AgentServer>();
+  const tally = (k: keyof typeof retired) =>
+    retired[k] + (server?.stats[k] ?? 0) + [...draining].reduce((n, d) => n + d.stats[k], 0);
   const figures = (): AgentFigures => {
     const s = server?.stats;
     const m = cache.peek()?.value;
     return {
-      connections: s?.accepted ?? 0,
-      replies: s?.replies ?? 0,
-      errors: s?.errors ?? 0,
-      refused: s?.refused ?? 0,
+      connections: tally("accepted"),
+      replies: tally("replies"),
+      errors: tally("errors"),
+      refused: tally("refused"),
       readings: cache.computations,
       reading_failures: failures,
       active_connections: s?.active ?? 0,
@@ -206,9 +218,8 @@ export async function startAgent(
     ctx.metrics.remove(set);
     throw error;
   }
-  const running = server;
-  const s = running.stats;
-  const listen = formatHostPort(running.addr);
+  let running = server;
+  let listen = formatHostPort(running.addr);
   logger.info("agent listening", { listen, source: cfg.source, state: admin });
 
   const status = () => {
@@ -222,8 +233,101 @@ export async function startAgent(
       last_reply: lastReply,
       last_computed: last ? new Date(last.at).toISOString() : null,
       last_error: lastError,
-      last_request: s.lastRequest,
+      last_request: running.stats.lastRequest,
       counters: set.values(),
+    };
+  };
+
+  /**
+   * Reload, phase one. A changed listen address replaces the listener: the new one is bound here (a port in use
+   * fails the reload), and at commit it takes the checks while the old one stops accepting and lets its
+   * connections finish until the drain deadline. The same port under another address (0.0.0.0:9777 to
+   * 127.0.0.1:9777) cannot be bound beside the old listener, and closing that first would refuse checks while the
+   * change could still fail: such a reload is refused (restart, or move the port in two reloads). A changed load
+   * source (source, port, max_connections, command, command_timeout, min_weight) takes a first reading here, which
+   * fails the reload as it would fail a start; at commit it becomes the reading checks get. Everything else applies
+   * in place: cache interval, maxconn, on_failure, max_clients and timeout (for connections from then on). The
+   * administrative state set over the API stays unless the config changes `state`.
+   */
+  const prepareReload = async (section: unknown): Promise<RoleReload> => {
+    const next = section as AgentSection;
+    const changed: string[] = [];
+    const replaced: string[] = [];
+    const notes: string[] = [];
+    const nextSpec = sourceSpec(next);
+    const newSource = JSON.stringify(nextSpec) !== JSON.stringify(spec);
+    let reading: Measurement | null = null;
+    if (newSource) {
+      reading = await measure(nextSpec, readers);
+      if (!reading.ok && next.source !== "command") {
+        throw new StartError(`Cannot reload agent: source ${next.source}: ${reading.error}`);
+      }
+    }
+    let fresh: AgentServer | null = null;
+    const moves = formatHostPort(next.listen) !== formatHostPort(cfg.listen);
+    if (moves) {
+      if (next.listen.port !== 0 && next.listen.port === running.addr.port) {
+        throw new StartError(
+          `Cannot reload agent: listen ${
+            formatHostPort(next.listen)
+          } takes port ${next.listen.port}, which the running listener holds on ${listen}; a reload can move the agent to another port only`,
+        );
+      }
+      fresh = serveAgent({
+        listen: next.listen,
+        maxClients: next.max_clients,
+        timeoutMs: next.timeout,
+        clock,
+        logger,
+        reply,
+      });
+      replaced.push("agent listener");
+    }
+    const { listen: _a, ...rest } = cfg;
+    const { listen: _b, ...nextRest } = next;
+    if (JSON.stringify(rest) !== JSON.stringify(nextRest)) changed.push("agent");
+    if (next.state === cfg.state && admin !== cfg.state) {
+      notes.push(`agent state ${admin} set over the API stays (the config's state is unchanged)`);
+    }
+    let done = false;
+    return {
+      summary: { added: [], removed: [], changed, replaced, notes },
+      async commit(drain) {
+        if (done) return;
+        done = true;
+        const old = cfg;
+        cfg = next;
+        spec = nextSpec;
+        if (next.state !== old.state) agent.setAdmin(next.state);
+        cache.reconfigure({ ttlMs: next.cache, maxWaitMs: Math.floor(next.timeout / 2) });
+        if (reading) {
+          lastError = reading.ok ? null : reading.error;
+          cache.prime(reading);
+        }
+        if (!fresh) {
+          running.update({ maxClients: next.max_clients, timeoutMs: next.timeout });
+          return;
+        }
+        const before = running;
+        running = fresh;
+        server = fresh;
+        listen = formatHostPort(fresh.addr);
+        logger.info("agent listening", {
+          listen,
+          source: next.source,
+          state: admin,
+          replaces: formatHostPort(before.addr),
+        });
+        draining.add(before);
+        await before.close(drain);
+        for (const k of ["accepted", "replies", "errors", "refused"] as const) retired[k] += before.stats[k];
+        draining.delete(before);
+      },
+      async abort() {
+        if (done) return;
+        done = true;
+        await fresh?.close(AbortSignal.abort());
+      },
     };
   };
 
@@ -242,10 +346,11 @@ export async function startAgent(
     reply,
     status,
     async stop(drain) {
-      await running.close(drain);
+      await Promise.all([running, ...draining].map((d) => d.close(drain)));
       ctx.metrics.remove(set);
     },
     routes: (app: Hono) => agentRoutes(app, agent, status),
+    prepareReload,
   };
   return agent;
 }

@@ -48,6 +48,8 @@ export interface AgentServer {
   readonly stats: Readonly<AgentServerStats>;
   /** Stops accepting at once, lets connections finish until `deadline` aborts, then closes them. */
   close(deadline: AbortSignal): Promise<void>;
+  /** New limits (a reload), for connections accepted from now on. */
+  update(limits: { readonly maxClients: number; readonly timeoutMs: number }): void;
 }
 
 const encoder = new TextEncoder();
@@ -63,6 +65,7 @@ export function serveAgent(options: AgentServerOptions): AgentServer {
     throw new StartError(`Cannot start agent: ${why[0].toLowerCase()}${why.slice(1)}`);
   }
   const { clock, logger } = options;
+  const limits = { maxClients: options.maxClients, timeoutMs: options.timeoutMs };
   const addr = listener.addr;
   const stats: AgentServerStats = {
     accepted: 0,
@@ -77,7 +80,7 @@ export function serveAgent(options: AgentServerOptions): AgentServer {
   let closed = false;
 
   async function handle(conn: Deno.TcpConn): Promise<void> {
-    const limit = deadline(clock, options.timeoutMs, stopping.signal);
+    const limit = deadline(clock, limits.timeoutMs, stopping.signal);
     // Closing the connection is what ends a read or write blocked on a silent or stalled peer.
     const closeOnce = once(() => conn.close());
     limit.signal.addEventListener("abort", closeOnce, { once: true });
@@ -117,7 +120,7 @@ export function serveAgent(options: AgentServerOptions): AgentServer {
         continue;
       }
       stats.accepted++;
-      if (closed || stats.active >= options.maxClients) {
+      if (closed || stats.active >= limits.maxClients) {
         stats.refused++;
         closeQuietly(conn);
         continue;
@@ -165,6 +168,10 @@ export function serveAgent(options: AgentServerOptions): AgentServer {
       }
       stopping.abort();
       await Promise.allSettled([...handlers]);
+    },
+    update(next) {
+      limits.maxClients = next.maxClients;
+      limits.timeoutMs = next.timeoutMs;
     },
   };
 }
