@@ -108,6 +108,12 @@ export interface TableStats {
   rate_limited: number;
 }
 
+/** A participant table's state for the table that replaces it (ParticipantTable.handOver). */
+export interface TableHandOver {
+  readonly secret: Uint8Array;
+  readonly participants: readonly Participant[];
+}
+
 /** Why a participant may not be added: a deny class, a limit, or an address family its sockets cannot reach. */
 export type Refusal = "denied" | "limit" | "family";
 
@@ -159,6 +165,37 @@ export class ParticipantTable {
     });
     for (const p of denied) this.remove(p.endpoint);
     return denied;
+  }
+
+  /**
+   * What a table that takes over from this one needs (a reflector replaced on the same registration address): the
+   * nonce secret, so joined participants' keepalives stay good, and the participants that joined or were added over
+   * the API (config participants come from the new config).
+   */
+  handOver(): TableHandOver {
+    return {
+      secret: this.#secret,
+      participants: this.list().filter((p) => p.origin !== "config").map((p) => ({ ...p })),
+    };
+  }
+
+  /**
+   * Takes participants handed over (`handOver`) with their origin and times (one the table holds already, from the
+   * new config, stays as it is); returns how many its rules refused.
+   */
+  takeOver(participants: readonly Participant[]): number {
+    let refused = 0;
+    for (const p of participants) {
+      if (this.#byKey.has(formatHostPort(p.endpoint))) continue;
+      if (this.refusal(p.endpoint)) {
+        refused++;
+        continue;
+      }
+      this.#put(p.endpoint, p.origin);
+      const held = this.#byKey.get(formatHostPort(p.endpoint))!;
+      this.#byKey.set(formatHostPort(p.endpoint), { ...held, joinedAt: p.joinedAt, lastSeen: p.lastSeen });
+    }
+    return refused;
   }
 
   /** The participant at `ep`, if any. */

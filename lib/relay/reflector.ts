@@ -38,6 +38,7 @@ import {
   type Participant,
   ParticipantTable,
   type Refusal,
+  type TableHandOver,
   type TableStats,
 } from "./participants.ts";
 import { admit, DROP, DROP_CELLS } from "./admit.ts";
@@ -162,6 +163,8 @@ interface Path {
 export interface ReflectorOptions extends Omit<RelayThreadOptions, "logger"> {
   /** Move each path that has a data socket on the fast path on a thread of its own (default true). */
   readonly thread?: boolean;
+  /** The table of a reflector this one replaces on the same registration address (see ParticipantTable.handOver). */
+  readonly takeOver?: TableHandOver;
 }
 
 interface Deps {
@@ -335,7 +338,7 @@ export class Reflector {
         });
       }
     }
-    return new Reflector(spec, sockets, deps, threads);
+    return new Reflector(spec, sockets, deps, threads, null, options.takeOver);
   }
 
   /**
@@ -348,14 +351,28 @@ export class Reflector {
     private readonly deps: Deps,
     threads: ReadonlyMap<PathName, ThreadFanout> = new Map(),
     remote: RemoteMembership | null = null,
+    takeOver?: TableHandOver,
   ) {
     this.#spec = spec;
     this.#clock = deps.clock;
     this.#remote = remote;
     this.#allow = SourceAllowList.parse(spec.allow_sources ?? []);
     this.#ipv4Only = isIPv4(sockets.registration.local.host);
-    this.table = new ParticipantTable({ clock: deps.clock, ...this.#tableRules(spec) });
+    this.table = new ParticipantTable({
+      clock: deps.clock,
+      ...this.#tableRules(spec),
+      ...(takeOver ? { secret: takeOver.secret } : {}),
+    });
     for (const p of spec.participants) this.#addStatic(p);
+    if (takeOver) {
+      const refused = this.table.takeOver(takeOver.participants);
+      if (refused) {
+        deps.logger.warn("participants not taken over by the new reflector", {
+          reflector: spec.name,
+          refused,
+        });
+      }
+    }
     const allow = this.#allow;
     this.#paths = [{
       name: "media",

@@ -27,7 +27,7 @@ import { openUdp, type UdpOptions, type UdpSocket } from "../net/udp.ts";
 import { udpFields, udpOptions } from "../net/udp_fields.ts";
 import type { RoleContext, RoleDef, RoleHealth, RoleReload } from "../roles/role.ts";
 import { errorMessage, StartError } from "../core/errors.ts";
-import { CONFIRM_RATE, DENY_CLASSES } from "./participants.ts";
+import { CONFIRM_RATE, DENY_CLASSES, type TableHandOver } from "./participants.ts";
 import { Reflector, type ReflectorSockets } from "./reflector.ts";
 import { Relay } from "./relay.ts";
 import type { YAMLMap } from "yaml";
@@ -239,9 +239,17 @@ class RelayParts {
     });
   }
 
-  async startReflector(spec: ReflectorItem, sockets: ReflectorSocketSet): Promise<void> {
+  async startReflector(
+    spec: ReflectorItem,
+    sockets: ReflectorSocketSet,
+    takeOver?: TableHandOver,
+  ): Promise<void> {
     const { ctx, cfg } = this;
-    const reflector = await Reflector.start(spec, sockets, ctx, { thread: cfg.thread, udp: udpOptions(cfg) });
+    const reflector = await Reflector.start(spec, sockets, ctx, {
+      thread: cfg.thread,
+      udp: udpOptions(cfg),
+      takeOver,
+    });
     this.reflectors.set(spec.name, reflector);
     ctx.logger.info("reflector listening", {
       reflector: spec.name,
@@ -352,6 +360,8 @@ interface Incoming {
   readonly label: string;
   /** Sockets bound in prepare (partBindings order); null when deferred to commit. */
   sockets: UdpSocket[] | null;
+  /** For a reflector replaced on the same registration address: the old table's participants, read at commit. */
+  readonly takeOver?: () => TableHandOver;
 }
 
 /**
@@ -429,9 +439,23 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
       inPlace.push(() => reflector.update(spec));
     } else {
       replaced.push(label);
-      notes.push(`${label} replaced: ${reason}; its participants start afresh`);
+      // Participants reach the reflector at its registration address: when that stays, they stay too.
+      const sameFlows = formatHostPort(spec.registration) === formatHostPort(reflector.spec.registration) &&
+        spec.use_rtp === reflector.spec.use_rtp;
+      notes.push(
+        `${label} replaced: ${reason}; ${
+          sameFlows
+            ? "its joined and API participants are taken over by the new one"
+            : "its registration address changed, so its participants start afresh"
+        }`,
+      );
       stopping.push({ label, close: () => reflector.close(), holds });
-      incoming.push({ part: { reflector: spec }, label, sockets: null });
+      incoming.push({
+        part: { reflector: spec },
+        label,
+        sockets: null,
+        ...(sameFlows ? { takeOver: () => reflector.table.handOver() } : {}),
+      });
     }
   }
   for (const spec of next.reflectors) {
@@ -486,6 +510,8 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
       parts.failed.clear();
       for (const apply of inPlace) apply();
       // Old parts close first: a replaced part's counters go under the same name, and deferred addresses free up.
+      // Replaced reflectors hand over their participants as they are at this moment.
+      const handOvers = new Map(incoming.map((item) => [item, item.takeOver?.()]));
       await Promise.all(stopping.map(async (s) => {
         const [kind, name] = s.label.split(" ");
         if (kind === "relay") parts.relays.delete(name);
@@ -500,11 +526,13 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
               options,
               `Cannot start ${item.label} after the reload: cannot bind`,
             );
-          if ("relay" in item.part) await parts.startRelay(item.part.relay, sockets[0]);
-          else {await parts.startReflector(
-              item.part.reflector,
-              reflectorSockets(item.part.reflector, sockets),
-            );}
+          const part = item.part;
+          if ("relay" in part) {
+            await parts.startRelay(part.relay, sockets[0]);
+          } else {
+            const takeOver = handOvers.get(item);
+            await parts.startReflector(part.reflector, reflectorSockets(part.reflector, sockets), takeOver);
+          }
         } catch (error) {
           parts.failed.set(item.label, errorMessage(error));
           parts.ctx.logger.error("reload could not start a part", {

@@ -405,3 +405,50 @@ Deno.test("relay reload refuses a port a stopping part holds under another addre
   }
   noErrors(lines);
 });
+
+Deno.test("relay reload replacing a reflector on its registration address hands its participants over", async () => {
+  const api = Sink.open();
+  const joiner = openUdp({ host: "127.0.0.1", port: 0 });
+  let member: Sink | null = null;
+  const [d1, d2, reg] = [freeUdpPort(), freeUdpPort(), freeUdpPort()];
+  const reflector = (data: number) =>
+    `relay:\n  reflectors:\n    - {name: lec, data: 127.0.0.1:${data}, registration: 127.0.0.1:${reg}, allow: [loopback]}\n`;
+  const { role, lines, app } = await startRole(reflector(d1));
+  try {
+    const post = await app.request("/relay/reflectors/lec/participants", {
+      method: "POST",
+      body: JSON.stringify({ address: api.addr }),
+    });
+    assert.equal(post.status, 201);
+    const to = joiner.destinations([{ host: "127.0.0.1", port: reg }]);
+    joiner.send([enc.encode("EDGENODE-JOIN".padEnd(JOIN_MIN_BYTES))], to);
+    const nonce = dec.decode((await collect(joiner, 1))[0].data).split(" ")[1];
+    joiner.send([enc.encode(`EDGENODE-CONFIRM ${nonce}`)], to);
+    await collect(joiner, 1);
+    member = new Sink(joiner);
+
+    const summary = await reload(role, reflector(d2));
+    assert.deepEqual(summary.replaced, ["reflector lec"]);
+    assert.ok(summary.notes.some((n) => /taken over by the new one/.test(n)), summary.notes.join("; "));
+    const listed = relayStatus(role).reflectors.lec.participants.map((p) => `${p.address} ${p.origin}`)
+      .sort();
+    assert.deepEqual(listed, [`${api.addr} api`, `${member.addr} join`].sort());
+    assert.ok(canBind(d1), "the old data port is free");
+
+    const m = member;
+    const stream = new Stream("m", d2);
+    await until(
+      "the stream at both participants",
+      () => [api, m].every((s) => numbers(s.got, "m").length > 5),
+    );
+    await stream.stop();
+    // The joined participant's nonce is still good: its keepalive is welcomed by the new reflector.
+    joiner.send([enc.encode(`EDGENODE-CONFIRM ${nonce}`)], to);
+    await until("a welcome from the new reflector", () => m.got.includes("EDGENODE-WELCOME 30"));
+  } finally {
+    await role.stop(AbortSignal.abort());
+    await api.close();
+    await (member ?? joiner).close();
+  }
+  noErrors(lines);
+});
