@@ -211,6 +211,20 @@ export class NetnsBed implements AsyncDisposable {
     return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
   }
 
+  /**
+   * Sets a kernel parameter inside `name`'s namespace (the `net.*` ones are per namespace), as `sysctl -w key=value`
+   * does there: e.g. `net.ipv4.ip_nonlocal_bind`, `1`, so a program can listen on an address the box does not hold yet.
+   */
+  async sysctl(name: string, key: string, value: string): Promise<void> {
+    const out = await this.run(name, "sysctl", ["-w", `${key}=${value}`]);
+    if (out.code !== 0) throw new Error(`Cannot set ${key}=${value} in ${name}: ${out.stderr.trim()}`);
+  }
+
+  /** The process ids inside `name`'s namespace now (whoever started them). */
+  async pids(name: string): Promise<number[]> {
+    return await pidsInside(this.#ip, this.node(name).netns);
+  }
+
   /** The bed's namespaces that exist now (after dispose: none). */
   async existing(): Promise<string[]> {
     return (await listNamespaces(this.#ip)).filter((n) => n.startsWith(this.prefix));
@@ -330,13 +344,16 @@ async function listNamespaces(ip: string): Promise<string[]> {
   return new TextDecoder().decode(out.stdout).split("\n").map((l) => l.split(" ")[0]).filter(Boolean);
 }
 
+/** The process ids inside `ns`, as `ip netns pids` lists them. */
+async function pidsInside(ip: string, ns: string): Promise<number[]> {
+  const out = await new Deno.Command(ip, { args: ["netns", "pids", ns], stdout: "piped", stderr: "null" })
+    .output();
+  return new TextDecoder().decode(out.stdout).split(/\s+/).filter(Boolean).map(Number);
+}
+
 /** Ends every process inside `ns` (by pid, as `ip netns pids` lists them): SIGTERM, then SIGKILL. */
 async function killInside(ip: string, ns: string): Promise<void> {
-  const pids = async () => {
-    const out = await new Deno.Command(ip, { args: ["netns", "pids", ns], stdout: "piped", stderr: "null" })
-      .output();
-    return new TextDecoder().decode(out.stdout).split(/\s+/).filter(Boolean).map(Number);
-  };
+  const pids = () => pidsInside(ip, ns);
   let left = await pids();
   for (const signal of ["SIGTERM", "SIGKILL"] as const) {
     if (!left.length) return;
