@@ -3,7 +3,9 @@
  * line (`75% ready`), so edgenode schedulers and HAProxy alike weight the server by its spare capacity. The
  * reading comes from the load average, memory, connections to a port, or a command's own reply; it is taken
  * at most once per `cache` interval. The administrative state (ready, drain, maint) starts from the config
- * and can be changed over the status API; that change lasts until restart.
+ * and can be changed over the status API; that change lasts until restart, or a reload that changes `state`. A
+ * reload applies a new section in place, except a new listen address, which gets a new listener (see
+ * prepareReload in startAgent).
  */
 import type { Hono } from "hono";
 import type { YAMLMap } from "yaml";

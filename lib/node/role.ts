@@ -1,6 +1,7 @@
 /**
  * The node role: runs DiProNN sessions (graphs of active programs). Sessions come from program files named in the
  * config, started at boot, and from the session API (upload and start, list, stop; mutations behind the token).
+ * A reload starts, stops and replaces boot sessions by file (prepareNodeReload); API sessions are left alone.
  */
 import type { Hono } from "hono";
 import type { YAMLMap } from "yaml";

@@ -2,7 +2,8 @@
  * The relay role: static UDP relays (one listen address fanned out to N targets) and reflectors (participants join
  * and receive a stream), many per box, on the batched UDP data plane. Every socket is opened before anything runs;
  * one that cannot be opened closes those before it. Participants can be listed, added and removed over the status
- * API (runtime changes, not persisted).
+ * API (runtime changes, not persisted). A reload changes relays and reflectors in place where it can and replaces
+ * them otherwise (see prepareRelayReload).
  */
 import type { Hono } from "hono";
 import {
@@ -446,7 +447,7 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
         `${label} replaced: ${reason}; ${
           sameFlows
             ? "its joined and API participants are taken over by the new one"
-            : "its registration address changed, so its participants start afresh"
+            : "its registration address or use_rtp changed, so its participants start afresh"
         }`,
       );
       stopping.push({ label, close: () => reflector.close(), holds });

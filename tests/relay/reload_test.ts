@@ -140,6 +140,8 @@ for (const mode of ["thread", "portable"] as const) {
     const stream = new Stream("k", pKeep);
     try {
       await until("datagrams through relay keep", () => keep.got.length > 20);
+      const threaded = (relayStatus(role).relays.keep as unknown as { thread: boolean }).thread;
+      assert.equal(threaded, mode === "thread", "the relay runs where this test means it to");
       const summary = await reload(
         role,
         `relay:\n${udp}  relays:\n` +
