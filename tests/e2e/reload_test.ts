@@ -11,17 +11,18 @@ import { poll, until } from "../_support/until.ts";
 import { requireTools } from "../_support/tools.ts";
 import { getJson, LISTENING, startEdgenode } from "./_process.ts";
 import { listenPort, LO, services, setServer, TOKEN } from "./_scheduler.ts";
+import { freeUdpPort } from "../_support/ports.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-function schedulerConfig(servers: string): string {
-  return `roles: [scheduler]
+function schedulerConfig(servers: string, more = ""): string {
+  return `roles: [scheduler${more ? ", relay, node" : ""}]
 status:
   token: ${TOKEN}
 shutdown:
   drain_timeout: 60s
-scheduler:
+${more ? `${more}\n` : ""}scheduler:
   io: fast
   services:
     - name: web
@@ -31,6 +32,49 @@ scheduler:
       servers:
 ${servers}
 `;
+}
+
+/** A boot session: what arrives on `port` is counted. */
+const counting = (port: number) =>
+  `Project added;
+{ AP name="In" ref=localservice.forwarder;
+    inputs = in(DIPRONN_INPUT(${port}));
+    outputs = out(Count.in);
+}
+{ AP name="Count" ref=localservice.counter;
+    inputs = in;
+}
+`;
+
+/** The relay and node sections: relay r1 (and r2 when `added`), boot sessions `sessions`. */
+function relayAndNode(
+  dir: string,
+  r1: [number, number],
+  r2: [number, number] | null,
+  sessions: string[],
+): string {
+  const relay = (name: string, [listen, target]: [number, number]) =>
+    `    - {name: ${name}, listen: "${LO}:${listen}", targets: ["${LO}:${target}"]}`;
+  return `relay:
+  relays:
+${[relay("r1", r1), ...(r2 ? [relay("r2", r2)] : [])].join("\n")}
+node:
+  bind: ${LO}
+  data_dir: ${dir}/data
+  sessions: [${sessions.map((s) => JSON.stringify(s)).join(", ")}]`;
+}
+
+/** Sends datagrams to `port` until `got` says one arrived. */
+async function udpReaches(port: number, got: () => Promise<boolean> | boolean, what: string): Promise<void> {
+  const sender = Deno.listenDatagram({ transport: "udp", hostname: LO, port: 0 });
+  try {
+    await until(what, async () => {
+      await sender.send(encoder.encode("x"), { transport: "udp", hostname: LO, port });
+      return await got();
+    });
+  } finally {
+    sender.close();
+  }
 }
 
 /** One HTTP request on an open connection; the body (the backend's name). */
@@ -69,10 +113,18 @@ Deno.test("a reload under wrk load adds, removes and reweighs servers: no reques
   await using d = new HttpBackend("D");
   const dir = await Deno.makeTempDir({ prefix: "edgenode-reload-" });
   const path = `${dir}/edgenode.yaml`;
+  const r1 = [freeUdpPort(), freeUdpPort()] as [number, number];
+  const r2 = [freeUdpPort(), freeUdpPort()] as [number, number];
+  const sessionPort = freeUdpPort();
+  const program = `${dir}/added.dipronn`;
   try {
+    await Deno.writeTextFile(program, counting(sessionPort));
     await Deno.writeTextFile(
       path,
-      schedulerConfig([a, b, d].map((s) => `        - {address: "${s.address}"}`).join("\n")),
+      schedulerConfig(
+        [a, b, d].map((s) => `        - {address: "${s.address}"}`).join("\n"),
+        relayAndNode(dir, r1, null, []),
+      ),
     );
     await using edgenode = startEdgenode(["--config", path, "--status", `${LO}:0`]);
     const statusPort = Number((await edgenode.waitForLine(LISTENING))[1]);
@@ -94,14 +146,17 @@ Deno.test("a reload under wrk load adds, removes and reweighs servers: no reques
     const fresh = startWrk(wrk, url, { seconds: 8, connections: 4, close: true });
     await until("B serving under load", () => b.requests > 200);
 
-    // A weight changed, B removed, C added, D unchanged (drained at runtime).
+    // A weight changed, B removed, C added, D unchanged (drained at runtime); a relay and a boot session added.
     await Deno.writeTextFile(
       path,
-      schedulerConfig([
-        `        - {address: "${a.address}", weight: 3}`,
-        `        - {address: "${c.address}"}`,
-        `        - {address: "${d.address}"}`,
-      ].join("\n")),
+      schedulerConfig(
+        [
+          `        - {address: "${a.address}", weight: 3}`,
+          `        - {address: "${c.address}"}`,
+          `        - {address: "${d.address}"}`,
+        ].join("\n"),
+        relayAndNode(dir, r1, r2, [program]),
+      ),
     );
     const config = await reloadOnce(edgenode, statusPort, 2);
     assert.equal(config.last_reload.ok, true, JSON.stringify(config.last_reload));
@@ -110,6 +165,35 @@ Deno.test("a reload under wrk load adds, removes and reweighs servers: no reques
     assert.deepEqual(Object.keys(servers).sort(), [a.address, c.address, d.address].sort());
     assert.equal(servers[a.address].weight, 3);
     assert.equal(servers[d.address].state, "drain", "the runtime drain survives the reload");
+    const roles = config.last_reload.roles as Record<string, { added: string[] }>;
+    assert.deepEqual(Object.keys(roles).sort(), ["node", "relay", "scheduler"]);
+    assert.deepEqual(roles.scheduler, {
+      added: [],
+      removed: [],
+      changed: [
+        `service web: server ${a.address} changed, server ${c.address} added, server ${b.address} removed (drains)`,
+      ],
+      replaced: [],
+      notes: [],
+    });
+    assert.deepEqual(roles.relay.added, ["relay r2"]);
+    assert.deepEqual(roles.node.added, ["session added"]);
+    // The relay added relays, and the session added counts what reaches its input.
+    const target = Deno.listenDatagram({ transport: "udp", hostname: LO, port: r2[1] });
+    try {
+      const received = target.receive();
+      let arrived = false;
+      received.then(() => arrived = true, () => {});
+      await udpReaches(r2[0], () => arrived, "a datagram through the added relay r2");
+    } finally {
+      target.close();
+    }
+    await udpReaches(sessionPort, async () => {
+      const sessions = await getJson(`http://${LO}:${statusPort}/status`);
+      return JSON.stringify(sessions.roles).includes('"state":"running"') &&
+        /"Count"/.test(JSON.stringify(sessions.roles)) &&
+        counted(sessions.roles) > 0;
+    }, "a datagram counted by the added session");
     const bAccepted = b.accepted;
     const bRequests = b.requests;
     await until("C taking new clients", () => c.accepted > 20);
@@ -168,3 +252,14 @@ Deno.test("a reload with a bad config changes nothing and reports every error wi
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** Packets the added session's Count AP took in, from /status roles. */
+function counted(roles: unknown): number {
+  const node = (roles as {
+    node?: { sessions?: Record<string, { aps: { name: string; inputs: { packets: number }[] }[] }> };
+  })
+    .node;
+  const session = node?.sessions?.added;
+  const count = session?.aps.find((ap) => ap.name === "Count");
+  return count?.inputs.reduce((n, i) => n + i.packets, 0) ?? 0;
+}
