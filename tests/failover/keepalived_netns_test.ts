@@ -9,6 +9,10 @@
  * child) gets SIGKILL at one instant, and the box's network link goes down right after, as when a box loses power:
  * no goodbye advertisement (priority 0) is sent, and the dead box answers no ARP for the VIP it still has configured.
  *
+ * A second case has only edgenode die on the master (SIGKILL), its keepalived living on: keepalived's check of
+ * /healthz fails twice (interval 1 s), the master goes to FAULT, gives the VIP up and says so (priority 0), and the
+ * backup takes over at once.
+ *
  * A client loop opens a new connection to the VIP every 20 ms (each given up after 500 ms, before TCP's first SYN
  * retransmission) while the master dies; the time from the kill to the first new connection answered through the
  * backup is measured and printed, with the failed attempts. Runs once with keepalived's default advertisement
@@ -76,8 +80,12 @@ interface Attempt {
   readonly error?: string;
 }
 
+/** What dies on the master: the whole box, or only its edgenode (keepalived sees /healthz fail). */
+type Death = "box" | "edgenode";
+
 interface Figures {
   readonly advertSec: number;
+  readonly death: Death;
   readonly takeoverMs: number;
   readonly vrrpMasterMs: number;
   readonly failedAfterKill: number;
@@ -148,7 +156,7 @@ vrrp_instance edge {
 `;
 }
 
-async function failover(advertSec: number, tools: Record<string, string>): Promise<Figures> {
+async function failover(advertSec: number, death: Death, tools: Record<string, string>): Promise<Figures> {
   await using bed = await NetnsBed.create({ names: NAMES, link: "bridge", subnet: SUBNET });
   const dir = await Deno.makeTempDir({ prefix: "edgenode-failover-" });
   const outputs: Output[] = [];
@@ -297,8 +305,8 @@ async function failover(advertSec: number, tools: Record<string, string>): Promi
     );
     assert.ok(await vipOn("sched1") && !await vipOn("sched2"), "the VIP on sched1 only");
 
-    // The master box dies.
-    const victims = await bed.pids("sched1");
+    // The master box dies, or only its edgenode.
+    const victims = death === "box" ? await bed.pids("sched1") : [sched.get("sched1")!.edgenode.child.pid];
     const t0 = now();
     for (const pid of victims) {
       try {
@@ -307,9 +315,11 @@ async function failover(advertSec: number, tools: Record<string, string>): Promi
         // Gone already.
       }
     }
-    await new Deno.Command(tools.ip, {
-      args: ["-n", bed.node("sched1").netns, "link", "set", bed.node("sched1").ifname, "down"],
-    }).output();
+    if (death === "box") {
+      await new Deno.Command(tools.ip, {
+        args: ["-n", bed.node("sched1").netns, "link", "set", bed.node("sched1").ifname, "down"],
+      }).output();
+    }
 
     const after = () => attempts().filter((a) => a.s >= t0);
     await until("a new connection through the backup", () => after().some((a) => a.ok), 20_000);
@@ -324,6 +334,11 @@ async function failover(advertSec: number, tools: Record<string, string>): Promi
       .map((l) => `${/Entering (\w+) STATE/.exec(l.text)![1]} ${(l.at - t0).toFixed(0)} ms`);
     console.log(`keepalived on sched2, relative to the kill: ${transitions.join(", ")}`);
     assert.ok(await vipOn("sched2"), "the VIP moved to sched2");
+    if (death === "edgenode") {
+      // keepalived on the master saw /healthz fail and stood down.
+      await sched.get("sched1")!.keepalived!.waitFor(/Entering FAULT STATE/);
+      assert.ok(!await vipOn("sched1"), "the master gave the VIP up");
+    }
     // Every attempt that ended after the kill, the ones in flight at the kill included.
     const ended = attempts().filter((a) => a.e >= t0 && a.e <= firstOk.e + 1000);
     const failed = attempts().filter((a) => a.e >= t0 && !a.ok);
@@ -340,6 +355,7 @@ async function failover(advertSec: number, tools: Record<string, string>): Promi
     );
     return {
       advertSec,
+      death,
       takeoverMs: firstOk.e - t0,
       vrrpMasterMs: master.at - t0,
       failedAfterKill: failed.length,
@@ -358,19 +374,21 @@ async function failover(advertSec: number, tools: Record<string, string>): Promi
 }
 
 function report(f: Figures): void {
+  const what = f.death === "box" ? "the master box died" : "edgenode on the master died";
   console.log(
-    `failover, advert_int ${f.advertSec} s: new connections through the backup ${
-      f.takeoverMs.toFixed(0)
-    } ms ` +
-      `after the master died (keepalived on the backup logged MASTER at ~${f.vrrpMasterMs.toFixed(0)} ms); ` +
+    `failover, advert_int ${f.advertSec} s, ${what}: new connections through the backup after ` +
+      `${f.takeoverMs.toFixed(0)} ms (keepalived on the backup logged MASTER at ~${
+        f.vrrpMasterMs.toFixed(0)
+      } ms); ` +
       `${f.failedAfterKill} of ${f.attemptsAfterKill} connection attempts failed meanwhile (one every ` +
       `${LOOP_EVERY_MS} ms, ${LOOP_TIMEOUT_MS} ms timeout); affinity held for ${f.affinityHeld}/${f.affinityOf} clients`,
   );
 }
 
 const RUNS = Number(Deno.env.get("FAILOVER_RUNS") ?? "1");
+const CASES: readonly [number, Death][] = [[1, "box"], [0.1, "box"], [1, "edgenode"]];
 
-Deno.test("the backup scheduler takes the VIP when the master box dies, and clients keep their servers", async (t) => {
+Deno.test("the backup scheduler takes the VIP when the master dies, and clients keep their servers", async (t) => {
   const tools = await requireTools(
     "the failover test",
     ["ip", "keepalived", "curl"],
@@ -378,9 +396,10 @@ Deno.test("the backup scheduler takes the VIP when the master box dies, and clie
   );
   const stale = await sweepStaleNamespaces();
   if (stale.length) console.log(`removed namespaces of an earlier crashed run: ${stale.join(", ")}`);
-  for (const advertSec of [1, 0.1]) {
-    await t.step(`advert_int ${advertSec} s`, async () => {
-      for (let i = 0; i < RUNS; i++) report(await failover(advertSec, tools));
+  for (const [advertSec, death] of CASES) {
+    const what = death === "box" ? "the master box dies" : "edgenode on the master dies";
+    await t.step(`advert_int ${advertSec} s, ${what}`, async () => {
+      for (let i = 0; i < RUNS; i++) report(await failover(advertSec, death, tools));
     });
   }
 });
