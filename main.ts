@@ -12,13 +12,16 @@ import { readProgramFile, readUsageFile, runProgramCommand } from "./lib/cli/pro
 import { EMBEDDED_SOURCE, loadConfig, MAX_CONFIG_BYTES } from "./lib/config/load.ts";
 import { applyOverrides, type Plan } from "./lib/config/plan.ts";
 import { systemClock } from "./lib/core/clock.ts";
-import { ErrorList, StartError, UsageError } from "./lib/core/errors.ts";
+import { ErrorList, errorMessage, StartError, UsageError } from "./lib/core/errors.ts";
 import { readTextFileLimited } from "./lib/core/files.ts";
 import { guardProcess } from "./lib/core/guard.ts";
 import { Logger } from "./lib/core/logger.ts";
 import { Registry } from "./lib/core/registry.ts";
 import { formatHostPort } from "./lib/net/address.ts";
+import { processSockets } from "./lib/net/handover.ts";
 import { builtinRoles } from "./lib/roles/mod.ts";
+import { Takeover } from "./lib/takeover/client.ts";
+import { ControlServer } from "./lib/takeover/control.ts";
 import { VERSION } from "./lib/version.ts";
 
 const encoder = new TextEncoder();
@@ -58,7 +61,7 @@ export async function main(args: readonly string[]): Promise<number> {
       await checkFilesOf(next);
       return next;
     };
-    return await run(plan, reread);
+    return await run(plan, reread, options.takeover);
   } catch (error) {
     if (error instanceof UsageError) return err(`edgenode: ${error.message}\n`), 2;
     if (error instanceof ErrorList) {
@@ -115,7 +118,12 @@ function describe(plan: Plan): string {
   return `roles: ${plan.roles.join(", ")}; status on ${formatHostPort(plan.status.listen)}`;
 }
 
-async function run(plan: Plan, reread: () => Promise<Plan>): Promise<number> {
+/**
+ * Runs the appliance until a signal, or until a new process took it over through the control socket. With
+ * `takeoverPath`, this process first receives the running one's sockets (the config is already checked), starts on
+ * them, then tells that one to drain; a failed start tells it to go on, untouched.
+ */
+async function run(plan: Plan, reread: () => Promise<Plan>, takeoverPath?: string): Promise<number> {
   const logger = new Logger({ level: plan.log.level, clock: systemClock });
   // An error no part caught (in a timer, a loop, an unawaited promise) is logged; the node stays up.
   using _guard = guardProcess(logger);
@@ -131,14 +139,49 @@ async function run(plan: Plan, reread: () => Promise<Plan>): Promise<number> {
   };
   const handlers: [Deno.Signal, () => void][] = (["SIGINT", "SIGTERM"] as const).map((s) => [s, onSignal(s)]);
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);
-  try {
-    const appliance = await startAppliance(plan, {
-      clock: systemClock,
-      logger,
-      roles: builtinRoles(),
-      hostname: () => Deno.hostname(),
-      reread,
+  const sockets = processSockets();
+  const controlPath = plan.process.control_socket;
+  // Sockets Deno keeps to itself bind with SO_REUSEPORT, so a successor can bind beside them.
+  sockets.overlap = controlPath !== null || takeoverPath !== undefined;
+  let control: ControlServer | null = null;
+  const openControl = (path: string) =>
+    ControlServer.open(path, {
+      registry: sockets,
+      logger: logger.child("control"),
+      drainTimeoutMs: plan.shutdown.drain_timeout,
+      handOver: () => stopped.resolve("takeover"),
     });
+  try {
+    const takeover = takeoverPath === undefined
+      ? null
+      : await Takeover.begin(takeoverPath, { registry: sockets, logger: logger.child("takeover") });
+    // Without a takeover the control socket is made first, so a live one at the path fails before anything binds.
+    if (!takeover && controlPath !== null) control = openControl(controlPath);
+    let appliance;
+    try {
+      appliance = await startAppliance(plan, {
+        clock: systemClock,
+        logger,
+        roles: builtinRoles(),
+        hostname: () => Deno.hostname(),
+        reread,
+      });
+    } catch (error) {
+      await takeover?.abort(errorMessage(error));
+      throw error;
+    }
+    if (takeover) {
+      await takeover.commit();
+      // The running process removed its socket file before it answered: the path is this process's now.
+      if (controlPath !== null) {
+        try {
+          control = openControl(controlPath);
+        } catch (error) {
+          logger.error("control socket not made; this process cannot be taken over", { error: errorMessage(error) });
+        }
+      }
+    }
+    control?.serve();
     // SIGHUP reloads the config (as POST /reload does); a reload already running takes the next one after it.
     const onHangup = () => void appliance.reload("SIGHUP");
     Deno.addSignalListener("SIGHUP", onHangup);
@@ -151,11 +194,13 @@ async function run(plan: Plan, reread: () => Promise<Plan>): Promise<number> {
       status: `http://${formatHostPort(appliance.statusAddr)}/status`,
     });
     const signal = await stopped.promise;
+    await control?.close();
     logger.info("stopping", { signal, drain_timeout_ms: plan.shutdown.drain_timeout });
     const failed = (await appliance.stop(force.signal)).filter((r) => r.error).length;
     logger.info(failed ? "stopped with failures" : "all stopped", { failed });
     return failed ? 1 : 0;
   } finally {
+    await control?.close();
     for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
   }
 }

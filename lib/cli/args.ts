@@ -16,6 +16,8 @@ export interface RunOptions {
   readonly name?: string;
   readonly logLevel?: LogLevel;
   readonly check: boolean;
+  /** The control socket of a running edgenode whose sockets this one takes over (`--takeover PATH`). */
+  readonly takeover?: string;
 }
 
 export type Command =
@@ -37,6 +39,7 @@ const OPTIONS = {
   name: { type: "string" },
   "log-level": { type: "string" },
   check: { type: "boolean" },
+  takeover: { type: "string" },
   help: { type: "boolean", short: "h" },
   version: { type: "boolean", short: "V" },
 } as const;
@@ -82,6 +85,11 @@ export function parseCommandLine(args: readonly string[], known: Known): Command
       throw new UsageError(`Option --log-level: "${level}" is not one of ${LOG_LEVELS.join(", ")}`);
     }
     options.logLevel = level;
+  }
+  if (values.takeover !== undefined) {
+    if (values.takeover === "") throw new UsageError("Option --takeover needs the path of a control socket");
+    if (options.check) throw new UsageError("Options --takeover and --check cannot be used together");
+    options.takeover = values.takeover;
   }
   return { kind: "run", options };
 }
@@ -141,6 +149,8 @@ Options:
       --name NAME       node name shown in /status (default: config name, else the host name)
       --log-level LEVEL debug, info, warn or error (default: config log.level, info)
       --check           validate the config, print every error, bind nothing; exit 1 on any error
+      --takeover PATH   take the listening sockets over from the edgenode whose control socket is PATH,
+                        serve on them, then let that one drain and exit (a binary upgrade that refuses nothing)
   -h, --help            show this text
   -V, --version         show the version
 

@@ -40,7 +40,14 @@ export interface Plan {
   readonly log: { readonly level: LogLevel };
   readonly shutdown: { readonly drain_timeout: number };
   /** 1..99: every thread runs at that SCHED_FIFO priority (core/scheduling.ts); 0: the normal policy. */
-  readonly process: { readonly realtime_priority: number };
+  readonly process: {
+    readonly realtime_priority: number;
+    /**
+     * Path of the control socket a new binary takes this process over through (`edgenode --takeover PATH`); null:
+     * none. Guarded only by its file permissions (0600, this user).
+     */
+    readonly control_socket: string | null;
+  };
   /** Each role's checked section, by role name (present for every known role, defaults where absent). */
   readonly sections: Readonly<Record<string, unknown>>;
 }
@@ -80,6 +87,12 @@ export function configSchema(roles: Registry<RoleDef>) {
         int({ min: 0, max: MAX_RT_PRIORITY }),
         0,
         "SCHED_FIFO priority of every thread (needs root or CAP_SYS_NICE); 0: the normal policy",
+      ),
+      control_socket: opt(
+        nullable(str({ min: 1, max: 100, describe: "a unix socket path (at most 100 bytes)" })),
+        null,
+        "unix socket a new binary takes the sockets over through (edgenode --takeover PATH); null: none. " +
+          "Only its file permissions (0600, this user) guard it",
       ),
     }),
     ...roleSections,

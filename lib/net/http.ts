@@ -5,6 +5,7 @@
  */
 import { errorMessage, StartError } from "../core/errors.ts";
 import { formatHostPort, type HostPort } from "./address.ts";
+import { processSockets } from "./handover.ts";
 
 export interface HttpServer {
   /** The bound address (the real port when 0 was asked for). */
@@ -12,20 +13,29 @@ export interface HttpServer {
   stop(deadline: AbortSignal): Promise<void>;
 }
 
+export const STATUS_REASON =
+  "the status API (Deno.serve) keeps its descriptor; both processes hold the port with SO_REUSEPORT while they " +
+  "overlap, and requests queued in the old listener when it closes are reset";
+
 export type Handler = (request: Request) => Response | Promise<Response>;
 
 export function serveHttp(handler: Handler, addr: HostPort): HttpServer {
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
-    server = Deno.serve({ hostname: addr.host, port: addr.port, onListen: () => {} }, handler);
+    // Deno.serve keeps its descriptor, so a takeover cannot pass this listener: both processes hold the port
+    // through SO_REUSEPORT while they overlap (requests queued in the old one's listener when it closes are reset).
+    const reusePort = processSockets().overlap;
+    server = Deno.serve({ hostname: addr.host, port: addr.port, reusePort, onListen: () => {} }, handler);
   } catch (error) {
     throw new StartError(`Cannot listen on ${formatHostPort(addr)}: ${describeListenError(error)}`);
   }
   const bound = { host: server.addr.hostname, port: server.addr.port };
+  const unlist = processSockets().hold("tcp", addr, null, STATUS_REASON);
   return {
     addr: bound,
     // Past the deadline we stop waiting; Deno offers no way to cut open connections, and main exits right after.
     async stop(deadline) {
+      unlist();
       const done = server.shutdown();
       await Promise.race([
         done,

@@ -47,6 +47,7 @@ export const EPOLLHUP = 0x10;
 export const EPOLLRDHUP = 0x2000;
 export const EPOLLET = 0x80000000;
 export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_DEL = 2;
 export const EPOLL_CTL_MOD = 3;
 export const EFD_NONBLOCK = 0o4000;
 export const EFD_CLOEXEC = 0o2000000;
@@ -68,6 +69,24 @@ export const SOL_UDP = 17;
 export const UDP_SEGMENT = 103;
 /** The most datagrams one UDP_SEGMENT send may carry on every kernel that has it (64 before 6.x raised it). */
 export const GSO_MAX_SEGMENTS = 64;
+
+// Unix sockets, descriptor passing and poll (the takeover's control socket: lib/net/fd_channel.ts).
+export const AF_UNIX = 1;
+export const SO_TYPE = 3;
+export const SO_ACCEPTCONN = 30;
+export const SCM_RIGHTS = 1;
+/** Received descriptors are close-on-exec from the start. */
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
+/** struct pollfd { int fd; short events; short revents }. */
+export const POLLFD_SIZE = 8;
+export const ECONNREFUSED = 111;
+export const ENOENT = 2;
+/** sizeof(struct sockaddr_un): sa_family_t + 108 bytes of path. */
+export const SOCKADDR_UN_SIZE = 110;
+/** sizeof(struct msghdr) on LP64. */
+export const MSGHDR_SIZE = 56;
 
 /** struct sizes and offsets (LP64 Linux). */
 export const SOCKADDR_SIZE = 28; // room for sockaddr_in6; sockaddr_in uses the first 16
@@ -129,6 +148,13 @@ const SYMBOLS = {
     nonblocking: true,
   },
   strerror: { parameters: ["i32"], result: "pointer" },
+  // Readiness of a few descriptors (a socket and the eventfd that wakes its reader), and descriptor passing.
+  poll: { parameters: ["buffer", "usize", "i32"], result: "i32" },
+  /** The same call run off the main thread (a receive waiting on the event loop's behalf). */
+  poll_wait: { name: "poll", parameters: ["buffer", "usize", "i32"], result: "i32", nonblocking: true },
+  socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  sendmsg: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  recvmsg: { parameters: ["i32", "buffer", "i32"], result: "i32" },
 } as const;
 
 export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];

@@ -157,9 +157,14 @@ export interface UdpSocket {
 
 /** Opens a UDP socket bound to `addr` with the implementation `options.impl` asks for (auto: fast if possible). */
 export function openUdp(addr: Endpoint, options: UdpOptions = {}): UdpSocket {
+  return openListed(addr, options, true);
+}
+
+/** `listed`: whether the socket goes into the process's registry (lib/net/handover.ts) for a takeover. */
+function openListed(addr: Endpoint, options: UdpOptions, listed: boolean): UdpSocket {
   const impl = options.impl ?? UDP_DEFAULTS.impl;
   if (impl !== "portable") {
-    const fast = openFastUdp(addr, options);
+    const fast = openFastUdp(addr, options, listed);
     if (fast) return fast;
     if (impl === "fast") {
       throw new StartError(
@@ -167,7 +172,7 @@ export function openUdp(addr: Endpoint, options: UdpOptions = {}): UdpSocket {
       );
     }
   }
-  return openPortableUdp(addr, options);
+  return openPortableUdp(addr, options, listed);
 }
 
 /**
@@ -185,7 +190,8 @@ export function openUdpPair(
       try {
         return [
           a,
-          openUdp({ host, port: port + 1 }, { ...options, batch: options.secondBatch ?? options.batch }),
+          // Its port follows from one the kernel chose: no config names it, so it is not one to hand over.
+          openListed({ host, port: port + 1 }, { ...options, batch: options.secondBatch ?? options.batch }, false),
         ];
       } catch { /* taken: try another */ }
     }

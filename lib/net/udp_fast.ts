@@ -6,7 +6,11 @@
  * moved (see PLATFORM.md: that corrupted the heap), so nothing passed by pointer is a short-lived or small array.
  *
  * Receiving first tries a non-blocking recvmmsg on the main thread (no thread hop while packets keep coming) and
- * only when the queue is empty waits in a blocking recvmmsg run off the main thread.
+ * only when the queue is empty waits in poll(2), run off the main thread, on the socket and on the socket object's
+ * eventfd. Waking a waiting reader (close, `interrupt()`) writes to that eventfd and never touches the socket: after
+ * a takeover (lib/net/handover.ts) another process reads the same socket, and shutdown(SHUT_RD) would stop its reads.
+ *
+ * A socket bound to an address the previous process handed over is adopted, not bound (see `openFastUdp`).
  */
 import { RECEIVE_STREAK, yieldToEventLoop } from "../core/yield.ts";
 import { StartError } from "../core/errors.ts";
@@ -22,6 +26,8 @@ import {
   CMSG_U16_LEN,
   CMSG_U16_SPACE,
   EAGAIN,
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
   EINTR,
   EMSGSIZE,
   errno,
@@ -41,15 +47,14 @@ import {
   MSG_NAME,
   MSG_NAMELEN,
   MSG_TRUNC,
-  MSG_WAITFORONE,
   NAME_STRIDE,
+  POLLFD_SIZE,
+  POLLIN,
   readSockaddr,
   SCM_TIMESTAMPNS,
   sharedLibc,
-  SHUT_RD,
   SO_RCVBUF,
   SO_RCVBUFFORCE,
-  SO_RCVTIMEO,
   SO_SNDBUF,
   SO_SNDBUFFORCE,
   SO_TIMESTAMPNS,
@@ -61,6 +66,7 @@ import {
   UDP_SEGMENT,
   writeSockaddr,
 } from "./libc.ts";
+import { processSockets } from "./handover.ts";
 import {
   type Batch,
   type Destinations,
@@ -72,7 +78,7 @@ import {
   type UdpStats,
 } from "./udp.ts";
 
-/** How long a blocking receive waits before looking at the closed flag again. */
+/** How long a receive waiting off the main thread waits before looking at the closed flag again. */
 const WAIT_SLICE_MS = 200;
 const TWO32 = 2 ** 32;
 /** Most payload bytes in one GSO message: under the 64 KiB an IP packet can carry, with either header. */
@@ -85,11 +91,16 @@ const ERRNO_TEXT: Record<number, string> = {
   99: "address not available on this host",
 };
 
-/** The fast socket, or null where FFI to libc is not available (callers then use the portable path). */
-export function openFastUdp(addr: Endpoint, options: UdpOptions = {}): FastUdp | null {
+/**
+ * The fast socket, or null where FFI to libc is not available (callers then use the portable path). A socket the
+ * previous process handed over for this address (lib/net/handover.ts) is adopted instead of bound; the socket is
+ * then listed in the registry as this process's, to hand on in turn. `listed: false` keeps it out of the registry
+ * (a port derived from one the kernel chose: no config names it).
+ */
+export function openFastUdp(addr: Endpoint, options: UdpOptions = {}, listed = true): FastUdp | null {
   const lib = sharedLibc();
   if (!lib) return null;
-  return new FastUdp(lib, { bind: addr }, options);
+  return new FastUdp(lib, { bind: addr, listed }, options);
 }
 
 /** What a thread needs to work a fast socket another thread opened and still owns (see `FastUdp.descriptor`). */
@@ -97,6 +108,8 @@ export interface FastDescriptor {
   readonly fd: number;
   readonly local: Endpoint;
   readonly v6: boolean;
+  /** The opener's eventfd: readable once a reader must stop waiting (`interrupt()`, close). */
+  readonly wake: number;
 }
 
 /**
@@ -236,6 +249,16 @@ export class FastUdp implements UdpSocket {
   readonly #scratch = new Uint8Array(256);
   #closed = false;
   #waiting: Promise<number> | null = null;
+  /** The eventfd that wakes readers (the opener's; an adopter uses the opener's). */
+  readonly #wake: number;
+  /** pollfds of the socket and the eventfd (0..16), the eventfd's 8-byte value (128); large enough not to move. */
+  readonly #poll = new Uint8Array(256);
+  /** Set once a wake came: later receives return null without reading. */
+  #interrupted = false;
+  /** How long a blocking receive waits in one go (-1: until data or a wake). */
+  #sliceMs = WAIT_SLICE_MS;
+  /** Takes the socket out of the process's registry (before it is closed). */
+  #unlist: () => void = () => {};
   /** Batches taken without yielding to the event loop. */
   #streak = 0;
   /** Receive headers whose msg_namelen/msg_controllen need setting (all of the batch before the first receive). */
@@ -248,7 +271,7 @@ export class FastUdp implements UdpSocket {
 
   constructor(
     lib: Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>>,
-    source: { bind: Endpoint } | { adopt: FastDescriptor; sources?: boolean },
+    source: { bind: Endpoint; listed?: boolean } | { adopt: FastDescriptor; sources?: boolean },
     options: UdpOptions,
     stats: UdpStats = emptyStats(),
   ) {
@@ -262,12 +285,25 @@ export class FastUdp implements UdpSocket {
     this.#slot = Math.min(65535, Math.max(1, options.maxDatagram ?? UDP_DEFAULTS.maxDatagram));
     this.#stride = Math.ceil(this.#slot / 8) * 8;
     if ("adopt" in source) {
-      ({ fd: this.#fd, local: this.local, v6: this.#v6 } = source.adopt);
+      ({ fd: this.#fd, local: this.local, v6: this.#v6, wake: this.#wake } = source.adopt);
       this.#owner = false;
     } else {
       this.#owner = true;
-      [this.#fd, this.#v6, this.local] = this.#open(source.bind, options);
+      const inherited = source.listed === false ? null : processSockets().take("udp", source.bind);
+      [this.#fd, this.#v6, this.local] = this.#open(source.bind, options, inherited);
+      this.#wake = this.#c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      if (this.#wake < 0) {
+        const reason = describeErrno(errno(this.#c));
+        this.#c.close(this.#fd);
+        throw new StartError(`Cannot open udp ${formatHostPort(source.bind)}: eventfd: ${reason}`);
+      }
+      if (source.listed !== false) this.#unlist = processSockets().hold("udp", source.bind, this.#fd);
     }
+    const pv = new DataView(this.#poll.buffer);
+    pv.setInt32(0, this.#fd, true);
+    pv.setInt16(4, POLLIN, true);
+    pv.setInt32(POLLFD_SIZE, this.#wake, true);
+    pv.setInt16(POLLFD_SIZE + 4, POLLIN, true);
 
     const b = this.#batchSize;
     this.#rxHdr = b * this.#stride + b * IOVEC_SIZE;
@@ -322,15 +358,18 @@ export class FastUdp implements UdpSocket {
     return this.#gsoMax > 0;
   }
 
-  /** Opens, sizes and binds the socket; returns its descriptor, family and bound address. */
-  #open(addr: Endpoint, options: UdpOptions): [number, boolean, Endpoint] {
+  /**
+   * Opens, sizes and binds the socket (or sizes the `inherited` one, already bound to this address); returns its
+   * descriptor, family and bound address.
+   */
+  #open(addr: Endpoint, options: UdpOptions, inherited: number | null): [number, boolean, Endpoint] {
     const c = this.#c;
     const where = `udp ${formatHostPort(addr)}`;
     const host = addr.host === "localhost" ? "127.0.0.1" : addr.host;
     if (!isIPv4(host) && !isIPv6(host)) throw new StartError(`Cannot listen on ${where}: not an IP address`);
     const v6 = isIPv6(host);
 
-    const fd = c.socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    const fd = inherited ?? c.socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) throw new StartError(`Cannot open ${where}: ${describeErrno(errno(c))}`);
     const scratch = new DataView(this.#scratch.buffer);
     const bufferBytes = options.bufferBytes ?? UDP_DEFAULTS.bufferBytes;
@@ -341,13 +380,8 @@ export class FastUdp implements UdpSocket {
         c.setsockopt(fd, SOL_SOCKET, plain, this.#scratch, 4);
       }
     }
-    // A blocking receive wakes at least this often to notice close().
-    scratch.setBigInt64(0, 0n, true);
-    scratch.setBigInt64(8, BigInt(WAIT_SLICE_MS * 1000), true);
-    c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, this.#scratch, 16);
-
     const len = writeSockaddr(scratch, 64, { host, port: addr.port }, v6);
-    if (c.bind(fd, this.#scratch.subarray(64), len) !== 0) {
+    if (inherited === null && c.bind(fd, this.#scratch.subarray(64), len) !== 0) {
       const reason = describeErrno(errno(c));
       c.close(fd);
       throw new StartError(`Cannot listen on ${where}: ${reason}`);
@@ -359,7 +393,7 @@ export class FastUdp implements UdpSocket {
 
   /** What `adoptFastUdp` needs to work this socket from another thread. */
   get descriptor(): FastDescriptor {
-    return { fd: this.#fd, local: { ...this.local }, v6: this.#v6 };
+    return { fd: this.#fd, local: { ...this.local }, v6: this.#v6, wake: this.#wake };
   }
 
   // --- receiving -------------------------------------------------------------------------------------------
@@ -367,7 +401,7 @@ export class FastUdp implements UdpSocket {
   async receive(): Promise<Batch | null> {
     const c = this.#c;
     const hdrs = this.#rxHdrs;
-    while (!this.#closed) {
+    while (!this.#closed && !this.#interrupted) {
       // After RECEIVE_STREAK ready batches the event loop gets its turn (see core/yield.ts). A hop through the
       // blocking call on a thread is not one: its completion can be taken before due timers (seen in CI).
       if (this.#streak >= RECEIVE_STREAK) {
@@ -376,21 +410,28 @@ export class FastUdp implements UdpSocket {
         if (this.#closed) break;
       }
       this.#resetNames();
-      let n = c.recvmmsg(this.#fd, hdrs, this.#batchSize, MSG_DONTWAIT, null);
+      const n = c.recvmmsg(this.#fd, hdrs, this.#batchSize, MSG_DONTWAIT, null);
+      if (n > 0) {
+        this.#streak++;
+        return this.#account(n);
+      }
       if (n < 0 && this.#errno.getInt32() !== EAGAIN) this.stats.errors++;
-      if (n <= 0) {
-        this.#streak = 0;
-        this.#waiting = c.recvmmsg_wait(this.#fd, hdrs, this.#batchSize, MSG_WAITFORONE, null) as Promise<
-          number
-        >;
-        n = await this.#waiting;
-        this.#waiting = null;
-        if (this.#closed) break;
-      } else this.#streak++;
-      if (n > 0) return this.#shutForReading() ? null : this.#account(n);
-      // n <= 0: the wait slice passed with nothing (or shutdown woke us): look at the closed flag again.
+      this.#streak = 0;
+      if (this.#woken()) break;
+      // Nothing queued: wait off the main thread until the socket is readable, a wake, or the slice passed.
+      this.#waiting = c.poll_wait(this.#poll, 2n, WAIT_SLICE_MS) as Promise<number>;
+      await this.#waiting;
+      this.#waiting = null;
     }
     return null;
+  }
+
+  /** Whether a wake came (`interrupt()` in any thread, close): receives then return null, as after a stop. */
+  #woken(): boolean {
+    if (!this.#interrupted && (new DataView(this.#poll.buffer).getInt16(POLLFD_SIZE + 6, true) & POLLIN) !== 0) {
+      this.#interrupted = true;
+    }
+    return this.#interrupted;
   }
 
   /**
@@ -400,42 +441,41 @@ export class FastUdp implements UdpSocket {
    * then returns null instead of counting it.
    */
   receiveBlocking(stop?: Int32Array): Batch | null {
-    if (this.#closed) return null;
-    this.#resetNames();
-    const n = this.#c.recvmmsg(this.#fd, this.#rxHdrs, this.#batchSize, MSG_WAITFORONE, null);
-    if (stop && Atomics.load(stop, 0) !== 0) return null;
-    if (n > 0) return this.#shutForReading() ? null : this.#account(n);
-    if (n < 0) {
-      const e = this.#errno.getInt32();
-      if (e !== EAGAIN && e !== EINTR) this.stats.errors++;
+    for (let waited = false;; waited = true) {
+      // Looked at before reading: what a receive took is always returned (and sent on), never dropped for a stop.
+      if (this.#closed || (stop && Atomics.load(stop, 0) !== 0) || this.#woken()) return null;
+      this.#resetNames();
+      const n = this.#c.recvmmsg(this.#fd, this.#rxHdrs, this.#batchSize, MSG_DONTWAIT, null);
+      if (n > 0) return this.#account(n);
+      if (n < 0) {
+        const e = this.#errno.getInt32();
+        if (e !== EAGAIN && e !== EINTR) this.stats.errors++;
+      }
+      if (waited) break;
+      this.#c.poll(this.#poll, 2n, this.#sliceMs);
     }
     this.#batch.count = 0;
     return this.#batch;
   }
 
   /**
-   * How long a blocking receive waits before it returns with nothing (0: until data or `interrupt()`). The socket
-   * opens with 200 ms, so a receive on a thread of the event loop notices close().
+   * How long `receiveBlocking` waits before it returns with nothing (0: until data or `interrupt()`); 200 ms unless
+   * set. A setting of this object only: the socket itself is not changed (another process may share it).
    */
   setWaitSlice(ms: number): void {
-    const scratch = new DataView(this.#scratch.buffer);
-    scratch.setBigInt64(0, BigInt(Math.floor(ms / 1000)), true);
-    scratch.setBigInt64(8, BigInt((ms % 1000) * 1000), true);
-    this.#c.setsockopt(this.#fd, SOL_SOCKET, SO_RCVTIMEO, this.#scratch, 16);
-  }
-
-  /** Wakes every receive waiting on this socket, in any thread; later receives return at once with nothing. */
-  interrupt(): void {
-    if (!this.#closed) this.#c.shutdown(this.#fd, SHUT_RD);
+    this.#sliceMs = ms > 0 ? Math.ceil(ms) : -1;
   }
 
   /**
-   * Whether this wake is the socket shut for reading (interrupt(), in any thread): the kernel then reports an empty
-   * datagram from no address, again at every receive. A real datagram, empty or not, always has a sender. (A socket
-   * that does not read sources cannot tell; its callers drop empty datagrams.)
+   * Wakes every receive waiting on this socket, in any thread of this process; later waits return at once. The
+   * socket is left as it is: a process it was handed to goes on reading it.
    */
-  #shutForReading(): boolean {
-    return this.#sources && this.slotLength(0) === 0 && this.#rxU32[(this.#rxHdr + MSG_NAMELEN) >>> 2] === 0;
+  interrupt(): void {
+    if (this.#closed) return;
+    this.#interrupted = true;
+    const v = new DataView(this.#poll.buffer);
+    v.setBigUint64(128, 1n, true);
+    this.#c.write(this.#wake, this.#poll.subarray(128, 136), 8n);
   }
 
   /** The kernel rewrote msg_namelen and msg_controllen only in the headers it filled last time: reset just those. */
@@ -696,15 +736,24 @@ export class FastUdp implements UdpSocket {
     }
   }
 
+  /**
+   * Stops receiving and closes the descriptor: close(2), never shutdown(2), so a process the socket was handed to
+   * goes on with it untouched (the kernel keeps the socket, and what is queued on it, while any process holds it).
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
-    this.#closed = true;
     // An adopted socket: the opener wakes and closes it. (libc is the thread's, kept open: sharedLibc.)
-    if (!this.#owner) return;
-    // Wake a receive blocked in another thread; the fd is closed only after it has returned.
-    this.#c.shutdown(this.#fd, SHUT_RD);
+    if (!this.#owner) {
+      this.#closed = true;
+      return;
+    }
+    // Wake a receive waiting in another thread; the descriptors are closed only after it has returned.
+    this.interrupt();
+    this.#closed = true;
     if (this.#waiting) await this.#waiting.catch(() => 0);
+    this.#unlist();
     this.#c.close(this.#fd);
+    this.#c.close(this.#wake);
   }
 }
 

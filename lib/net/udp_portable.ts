@@ -6,6 +6,7 @@
 import { RECEIVE_STREAK, yieldToEventLoop } from "../core/yield.ts";
 import { StartError } from "../core/errors.ts";
 import { formatHostPort } from "./address.ts";
+import { processSockets } from "./handover.ts";
 import { describeListenError } from "./http.ts";
 import {
   type Batch,
@@ -55,15 +56,32 @@ class PortableDestinations implements Destinations {
   }
 }
 
-export function openPortableUdp(addr: Endpoint, options: UdpOptions = {}): UdpSocket {
+/**
+ * Deno keeps this socket's descriptor to itself, so a takeover cannot pass it: it is listed in the process's registry
+ * (lib/net/handover.ts) with that reason. Where the process may be taken over (`overlap`), it binds with SO_REUSEADDR
+ * and SO_REUSEPORT (Deno's `reuseAddress` sets both on Linux), so the next process can bind the same port while this
+ * one still holds it; the kernel then spreads datagrams over both, and those queued here when it closes are lost.
+ */
+export function openPortableUdp(addr: Endpoint, options: UdpOptions = {}, listed = true): UdpSocket {
+  const registry = processSockets();
   let conn: Deno.DatagramConn;
   try {
-    conn = Deno.listenDatagram({ transport: "udp", hostname: addr.host, port: addr.port });
+    conn = Deno.listenDatagram({
+      transport: "udp",
+      hostname: addr.host,
+      port: addr.port,
+      ...(registry.overlap ? { reuseAddress: true } : {}),
+    });
   } catch (error) {
     throw new StartError(`Cannot listen on udp ${formatHostPort(addr)}: ${describeListenError(error)}`);
   }
-  return new PortableUdp(conn, options);
+  const unlist = listed ? registry.hold("udp", addr, null, PORTABLE_UDP_REASON) : () => {};
+  return new PortableUdp(conn, options, unlist);
 }
+
+export const PORTABLE_UDP_REASON =
+  "the portable UDP path (Deno.listenDatagram) keeps its descriptor; the next process binds the port itself " +
+  "(SO_REUSEPORT), and datagrams queued here when this process closes it are lost";
 
 class PortableUdp implements UdpSocket {
   readonly impl = "portable" as const;
@@ -79,7 +97,11 @@ class PortableUdp implements UdpSocket {
   #draining = false;
   #closed = false;
 
-  constructor(private readonly conn: Deno.DatagramConn, options: UdpOptions) {
+  constructor(
+    private readonly conn: Deno.DatagramConn,
+    options: UdpOptions,
+    private readonly unlist: () => void = () => {},
+  ) {
     const addr = conn.addr as Deno.NetAddr;
     this.local = { host: addr.hostname, port: addr.port };
     this.#limit = Math.min(65535, options.maxDatagram ?? UDP_DEFAULTS.maxDatagram);
@@ -168,6 +190,7 @@ class PortableUdp implements UdpSocket {
   close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
+      this.unlist();
       this.conn.close();
     }
     return Promise.resolve();

@@ -5,8 +5,10 @@
  * participants, sent from the registration socket, the list read from shared memory: lib/relay/shared_targets.ts).
  * The main thread opened the sockets and owns them; this thread adopts them with buffers of its own and counts into
  * memory the main thread reads (lib/relay/relay.ts). The loop never returns to this thread's event loop, so it is
- * stopped through shared memory: the main thread sets the stop cell and interrupts the receiving socket, the loop
- * sees the cell, lets go of the sockets and says "stopped".
+ * stopped through shared memory: the main thread sets the stop cell and wakes the loop through the socket's eventfd
+ * (`FastUdp.interrupt()`: poll(2) on the socket and the eventfd, the socket itself untouched, so a process it was
+ * handed to by a takeover goes on reading it); the loop sees the cell, lets go of the sockets and says "stopped".
+ * Whatever a receive took before the stop is sent on first: a hand-over loses no datagram here.
  */
 import { isRtcp, isRtp } from "../media/rtp.ts";
 import { adoptFastUdp, type FastDescriptor } from "../net/udp_fast.ts";
@@ -66,7 +68,7 @@ self.onmessage = (event: MessageEvent<RelayThreadStart>) => {
   const rules = { allow, valid: m.valid ? (m.valid === "rtp" ? isRtp : isRtcp) : null };
   const drops = new Float64Array(m.drops);
   const control = new Int32Array(m.control);
-  // Wait in the kernel until data comes: stop() interrupts the socket, so no timer needs arming at every wait.
+  // Wait in the kernel until data comes: stop() wakes the wait, so no timer needs arming at every wait.
   socket.setWaitSlice(0);
   report({ ready: true });
   for (;;) {

@@ -6,6 +6,7 @@
  * scheduler acts on (a refused or timed-out connect counts against a server; a reset from a client is routine; this
  * host running out of descriptors counts against nobody).
  */
+import { processSockets } from "../handover.ts";
 import { type Clock, deadline, systemClock } from "../../core/clock.ts";
 import { errorMessage, StartError } from "../../core/errors.ts";
 import { formatHostPort, type HostPort } from "../address.ts";
@@ -119,6 +120,11 @@ export async function connectTcp(addr: HostPort, options: ConnectTcpOptions = {}
   }
 }
 
+export const PORTABLE_TCP_REASON =
+  "a listener on Deno's own sockets (io: portable, or the agent) keeps its descriptor; the next process binds the " +
+  "port itself with SO_REUSEPORT, and connections still queued here when this process closes it are reset " +
+  "(unless net.ipv4.tcp_migrate_req=1)";
+
 export interface ListenTcpOptions {
   /** SO_REUSEPORT, so that several worker processes can share one address (Linux spreads connections). */
   readonly reusePort?: boolean;
@@ -140,8 +146,13 @@ export interface TcpListener extends Disposable {
   close(): void;
 }
 
-/** Listens on `addr`; failures (address in use, not available, permission) throw StartError. */
+/**
+ * Listens on `addr`; failures (address in use, not available, permission) throw StartError. Deno keeps the
+ * descriptor, so a takeover cannot pass this listener: it is listed in the process's registry with that reason, and
+ * where the process may be taken over (`overlap`) it binds with SO_REUSEPORT so the next process can bind beside it.
+ */
 export function listenTcp(addr: HostPort, options: ListenTcpOptions = {}): TcpListener {
+  const registry = processSockets();
   let listener: Deno.TcpListener;
   try {
     listener = Deno.listen(
@@ -149,17 +160,19 @@ export function listenTcp(addr: HostPort, options: ListenTcpOptions = {}): TcpLi
         hostname: addr.host,
         port: addr.port,
         transport: "tcp",
-        reusePort: options.reusePort ?? false,
+        reusePort: (options.reusePort ?? false) || registry.overlap,
       } as Deno.TcpListenOptions & { transport: "tcp" },
     );
   } catch (error) {
     throw new StartError(`Cannot listen on tcp ${formatHostPort(addr)}: ${describeListenError(error)}`);
   }
   const bound = { host: listener.addr.hostname, port: listener.addr.port };
+  const unlist = registry.hold("tcp", addr, null, PORTABLE_TCP_REASON);
   let closed = false;
   const close = () => {
     if (closed) return;
     closed = true;
+    unlist();
     try {
       listener.close();
     } catch {

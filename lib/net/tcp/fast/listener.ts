@@ -1,4 +1,7 @@
-/** A listening socket of the fast TCP path: accepts straight from its readiness event, a burst at a time. */
+/**
+ * A listening socket of the fast TCP path: accepts straight from its readiness event, a burst at a time. A listener
+ * the previous process handed over (lib/net/handover.ts) is adopted, not bound: its accept queue is the same one.
+ */
 import { StartError } from "../../../core/errors.ts";
 import { formatHostPort, type HostPort, isIPv4, isIPv6 } from "../../address.ts";
 import {
@@ -15,6 +18,7 @@ import {
   SOL_SOCKET,
   TCP_NODELAY,
 } from "../../libc.ts";
+import { processSockets } from "../../handover.ts";
 import { LocalShortage, shortageOfErrno } from "../errors.ts";
 import type { ListenOptions, TransportListener } from "../transport.ts";
 import { FastConn } from "./conn.ts";
@@ -37,6 +41,8 @@ class FastListener implements TransportListener, Sink {
     readonly fd: number,
     readonly addr: HostPort,
     readonly where: string,
+    /** Takes the listener out of the process's registry. */
+    readonly unlist: () => void,
   ) {}
 
   serve(accepted: (conn: FastConn) => void, failed: (error: Error) => Promise<void>): Promise<void> {
@@ -85,10 +91,15 @@ class FastListener implements TransportListener, Sink {
     });
   }
 
+  /**
+   * Stops accepting: close(2), never shutdown(2). The socket may be shared with a process it was handed to, which
+   * goes on accepting from the same queue (shutdown would reset what waits in it, for both).
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.reactor.release(this.fd);
+    this.unlist();
+    this.reactor.release(this.fd, true);
     this.#served?.();
   }
 }
@@ -100,6 +111,12 @@ export function listenFast(reactor: Reactor, addr: HostPort, options: ListenOpti
     throw new StartError(`Cannot listen on ${where}: not an IP address`);
   }
   const c = reactor.c;
+  const registry = processSockets();
+  const inherited = registry.take("tcp", addr);
+  if (inherited !== null) {
+    const bound = reactor.localAddress(inherited);
+    return new FastListener(reactor, inherited, bound, where, registry.hold("tcp", addr, inherited));
+  }
   const [family, len] = reactor.writeAddr(addr);
   const fd = c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) throw new StartError(`Cannot listen on ${where}: ${reactor.describe(reactor.errno())}`);
@@ -113,5 +130,6 @@ export function listenFast(reactor: Reactor, addr: HostPort, options: ListenOpti
     c.close(fd);
     throw new StartError(`Cannot listen on ${where}: ${reason}`);
   }
-  return new FastListener(reactor, fd, reactor.localAddress(fd), where);
+  const bound = reactor.localAddress(fd);
+  return new FastListener(reactor, fd, bound, where, registry.hold("tcp", addr, fd));
 }

@@ -27,6 +27,7 @@ import {
   EFD_CLOEXEC,
   EFD_NONBLOCK,
   EPOLL_CTL_ADD,
+  EPOLL_CTL_DEL,
   EPOLL_CTL_MOD,
   EPOLL_DATA_AT,
   EPOLL_EVENT_SIZE,
@@ -295,9 +296,14 @@ export class Reactor {
     this.#ctl(EPOLL_CTL_MOD, fd, events, this.#generations[fd]);
   }
 
-  /** Stops watching and closes `fd` (closing takes it out of the epoll set: no separate call). */
-  release(fd: number): void {
+  /**
+   * Stops watching and closes `fd`. Closing takes it out of the epoll set only when no other descriptor refers to the
+   * socket: a `shared` one (a listener another process also holds, after a takeover) is taken out first, or its
+   * events would go on arriving for a number this process no longer has.
+   */
+  release(fd: number, shared = false): void {
     if (this.#handlers[fd] !== undefined) {
+      if (shared) this.#ctl(EPOLL_CTL_DEL, fd, 0, 0);
       this.#handlers[fd] = undefined;
       this.#watched--;
       if (this.#watched === 0 && this.#waiting) this.#wake();
