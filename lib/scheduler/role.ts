@@ -101,6 +101,7 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
         logger: ctx.logger.child("share"),
         transport: httpShareTransport(cfg.share.token),
         local: servicesShareLocal(() => services),
+        metrics: ctx.metrics,
       })
       : null;
     const deps = {

@@ -22,6 +22,7 @@
 import type { Hono } from "hono";
 import type { Clock, TimerId } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
+import { type CounterSet, declareSeries, type MetricsRegistry } from "../core/metrics.ts";
 import { ADMIN_STATES, type AdminState, MAX_WEIGHT } from "./config.ts";
 import type { PersistenceEntry, PersistenceTable } from "./persistence.ts";
 
@@ -79,6 +80,8 @@ export interface ShareOptions {
   readonly logger: Logger;
   readonly transport: ShareTransport;
   readonly local: ShareLocal;
+  /** Where the share's counters go (`edgenode_scheduler_share_*`, `edgenode_scheduler_share_peer_*{peer}`). */
+  readonly metrics?: MetricsRegistry;
 }
 
 /** A received batch that is not what a peer sends. */
@@ -122,6 +125,7 @@ export class ShareHub {
   readonly #abort = new AbortController();
   #timer: TimerId | null = null;
   #running = false;
+  readonly #sets: CounterSet[] = [];
   readonly counts = { received_changes: 0, applied: 0, ignored: 0, rejected_batches: 0 };
   /** Who sent the last batch applied here, and when (clock ms). */
   #lastFrom: { name: string; at: number } | null = null;
@@ -156,6 +160,13 @@ export class ShareHub {
   start(): void {
     if (this.#running) return;
     this.#running = true;
+    const { metrics } = this.#o;
+    if (metrics) {
+      this.#sets.push(metrics.publish("scheduler_share", {}, SHARE_SERIES, () => this.counts));
+      for (const peer of this.#peers) {
+        this.#sets.push(metrics.publish("scheduler_share_peer", { peer: peer.url }, PEER_SERIES, () => peer));
+      }
+    }
     this.#tick();
   }
 
@@ -165,6 +176,7 @@ export class ShareHub {
     if (this.#timer !== null) this.#o.clock.clearTimeout(this.#timer);
     this.#timer = null;
     this.#abort.abort();
+    for (const set of this.#sets.splice(0)) this.#o.metrics?.remove(set);
   }
 
   /** A persistence entry set here (PersistenceTable's onSet): queued for every peer. */
@@ -337,6 +349,33 @@ export class ShareHub {
     }
   }
 }
+
+/** The share's series, for /metrics (the same names as in /status, without `_total`). */
+const SHARE_SERIES = declareSeries<ShareHub["counts"]>({
+  received_changes: { help: "Changes received from peer schedulers", read: (c) => c.received_changes },
+  applied: { help: "Received changes applied here", read: (c) => c.applied },
+  ignored: {
+    help: "Received changes not applied (unknown service or server, or the local config differs)",
+    read: (c) => c.ignored,
+  },
+  rejected_batches: { help: "Received batches refused as malformed", read: (c) => c.rejected_batches },
+});
+
+const PEER_SERIES = declareSeries<Peer>({
+  queue: { kind: "gauge", help: "Changes waiting to be pushed to the peer", read: (p) => p.queue.size },
+  pushes: { help: "Batches the peer took", read: (p) => p.counts.pushes },
+  pushed_changes: { help: "Changes the peer took", read: (p) => p.counts.pushed_changes },
+  failed_pushes: {
+    help: "Pushes the peer did not take (their changes queued again)",
+    read: (p) => p.counts.failed_pushes,
+  },
+  dropped: { help: "Changes dropped because the peer's queue was full", read: (p) => p.counts.dropped },
+  snapshots: { help: "Snapshots received from the peer", read: (p) => p.counts.snapshots },
+  failed_snapshots: {
+    help: "Snapshot requests the peer did not answer",
+    read: (p) => p.counts.failed_snapshots,
+  },
+});
 
 /** Checks a received batch field by field: it comes from the network. */
 export function parseBatch(body: unknown): ShareBatch {

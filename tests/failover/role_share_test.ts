@@ -140,6 +140,16 @@ Deno.test("scheduler roles with scheduler.share hold each other's persistence an
   const status = b.role!.status().share as { applied: number; peers: { synced: boolean }[] };
   assert.ok(status.applied >= clients.length + 1);
   assert.equal(status.peers[0].synced, true);
+  const metrics = await (await b.app!.request("/metrics")).text();
+  assert.match(metrics, /^edgenode_scheduler_share_applied_total [1-9]/m);
+  assert.match(
+    metrics,
+    new RegExp(`^edgenode_scheduler_share_peer_snapshots_total\\{peer="${a.url}"\\} 1$`, "m"),
+  );
+  assert.match(
+    metrics,
+    new RegExp(`^edgenode_scheduler_share_peer_dropped_total\\{peer="${a.url}"\\} 0$`, "m"),
+  );
 });
 
 Deno.test("GET /healthz answers 503 naming the service once the scheduler has no healthy server", async () => {
