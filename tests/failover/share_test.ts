@@ -10,6 +10,7 @@ import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import type { AdminState } from "../../lib/scheduler/config.ts";
 import { PersistenceTable } from "../../lib/scheduler/persistence.ts";
 import {
+  httpShareTransport,
   type ServerChange,
   serverChangeOf,
   servicesShareLocal,
@@ -382,4 +383,33 @@ Deno.test("shareRoutes take a batch and give a snapshot behind the status API's 
   assert.match((await bad.json()).error, /^Cannot read a shared batch: "persistence" must be/);
   const snap = await post("/scheduler/share/snapshot", {});
   assert.deepEqual((await snap.json()).persistence, { web: [["192.0.2.9", S2]] });
+});
+
+Deno.test("httpShareTransport posts with the peer's bearer token and fails on an answer that is not 2xx", async () => {
+  const calls: { url: string; init: RequestInit }[] = [];
+  let status = 200;
+  const transport = httpShareTransport("peer-token-0123456789", (input, init) => {
+    calls.push({ url: String(input), init: init! });
+    const body = String(input).endsWith("/snapshot") ? '{"from":"b","persistence":{},"servers":[]}' : "{}";
+    return Promise.resolve(new Response(status === 200 ? body : "nope", { status }));
+  });
+  const signal = new AbortController().signal;
+  const batch: ShareBatch = { from: "a", persistence: { web: [["192.0.2.1", S1]] }, servers: [] };
+  await transport.push("http://10.0.0.12:8080/", batch, signal);
+  assert.equal(calls[0].url, "http://10.0.0.12:8080/scheduler/share");
+  assert.equal(calls[0].init.method, "POST");
+  assert.equal(new Headers(calls[0].init.headers).get("authorization"), "Bearer peer-token-0123456789");
+  assert.deepEqual(JSON.parse(String(calls[0].init.body)), batch);
+  assert.equal(calls[0].init.signal, signal);
+  assert.deepEqual(await transport.snapshot("http://10.0.0.12:8080", signal), {
+    from: "b",
+    persistence: {},
+    servers: [],
+  });
+  assert.equal(calls[1].url, "http://10.0.0.12:8080/scheduler/share/snapshot");
+  status = 401;
+  await assert.rejects(
+    transport.push("http://10.0.0.12:8080", batch, signal),
+    /http:\/\/10\.0\.0\.12:8080\/scheduler\/share answered 401 nope/,
+  );
 });
