@@ -177,7 +177,9 @@ async function run(plan: Plan, reread: () => Promise<Plan>, takeoverPath?: strin
         try {
           control = openControl(controlPath);
         } catch (error) {
-          logger.error("control socket not made; this process cannot be taken over", { error: errorMessage(error) });
+          logger.error("control socket not made; this process cannot be taken over", {
+            error: errorMessage(error),
+          });
         }
       }
     }

@@ -169,7 +169,9 @@ export class FdChannel {
     const deadline = Date.now() + timeoutMs;
     if (this.#fd < 0) throw new ChannelError("Cannot send: the control socket is closed");
     if (fds.length > MAX_FDS_PER_FRAME) {
-      throw new ChannelError(`Cannot send ${fds.length} descriptors in one frame (at most ${MAX_FDS_PER_FRAME})`);
+      throw new ChannelError(
+        `Cannot send ${fds.length} descriptors in one frame (at most ${MAX_FDS_PER_FRAME})`,
+      );
     }
     const body = encoder.encode(JSON.stringify(message));
     if (body.length > MAX_FRAME_BYTES) throw new ChannelError(`Cannot send a frame of ${body.length} bytes`);
@@ -202,7 +204,9 @@ export class FdChannel {
         if (e === EINTR) continue;
         if (e !== EAGAIN) throw new ChannelError(`Cannot send on the control socket: ${describeErrno(c, e)}`);
         if (!await ready(c, s, this.#fd, POLLOUT, deadline)) {
-          throw new ChannelError(`Cannot send on the control socket: the peer read nothing in ${timeoutMs} ms`);
+          throw new ChannelError(
+            `Cannot send on the control socket: the peer read nothing in ${timeoutMs} ms`,
+          );
         }
         continue;
       }
@@ -235,10 +239,14 @@ export class FdChannel {
         if (n < 0) {
           const e = errno(c);
           if (e === EINTR) continue;
-          if (e !== EAGAIN) throw new ChannelError(`Cannot receive on the control socket: ${describeErrno(c, e)}`);
+          if (e !== EAGAIN) {
+            throw new ChannelError(`Cannot receive on the control socket: ${describeErrno(c, e)}`);
+          }
           if (!await ready(c, s, this.#fd, POLLIN, deadline, signal)) {
             throw new ChannelError(
-              signal?.aborted ? "Stopped waiting for the peer" : `No answer on the control socket in ${timeoutMs} ms`,
+              signal?.aborted
+                ? "Stopped waiting for the peer"
+                : `No answer on the control socket in ${timeoutMs} ms`,
             );
           }
           continue;
@@ -271,7 +279,9 @@ export class FdChannel {
         s.view.getInt32(CTL + at + CMSG_LEVEL, true) === SOL_SOCKET &&
         s.view.getInt32(CTL + at + CMSG_TYPE, true) === SCM_RIGHTS
       ) {
-        for (let k = 0; k < (len - 16) / 4; k++) into.push(s.view.getInt32(CTL + at + CMSG_DATA + k * 4, true));
+        for (let k = 0; k < (len - 16) / 4; k++) {
+          into.push(s.view.getInt32(CTL + at + CMSG_DATA + k * 4, true));
+        }
       }
       at += Math.ceil(len / 8) * 8;
     }
@@ -282,7 +292,9 @@ export class FdChannel {
     const p = this.#pending;
     if (p.length < 4) return null;
     const len = new DataView(p.buffer, p.byteOffset).getUint32(0, false);
-    if (len > MAX_FRAME_BYTES) throw new ChannelError(`Cannot receive a frame of ${len} bytes: not a control peer`);
+    if (len > MAX_FRAME_BYTES) {
+      throw new ChannelError(`Cannot receive a frame of ${len} bytes: not a control peer`);
+    }
     if (p.length < 4 + len) return null;
     const body = p.subarray(4, 4 + len);
     this.#pending = p.slice(4 + len);
@@ -415,7 +427,9 @@ function removeIfStale(path: string): void {
   } catch {
     return;
   }
-  if (!info.isSocket) throw new StartError(`Cannot use control socket "${path}": the file exists and is not a socket`);
+  if (!info.isSocket) {
+    throw new StartError(`Cannot use control socket "${path}": the file exists and is not a socket`);
+  }
   try {
     connectControl(path).close();
   } catch (error) {
@@ -444,7 +458,13 @@ export function inspectSocket(fd: number): SocketFacts {
   const slab = new Slab();
   const int = (option: number): number | null => {
     slab.view.setUint32(LEN + 8, 4, true);
-    return c.getsockopt(fd, SOL_SOCKET, option, slab.bytes.subarray(LEN, LEN + 8), slab.bytes.subarray(LEN + 8)) ===
+    return c.getsockopt(
+        fd,
+        SOL_SOCKET,
+        option,
+        slab.bytes.subarray(LEN, LEN + 8),
+        slab.bytes.subarray(LEN + 8),
+      ) ===
         0
       ? slab.view.getInt32(LEN, true)
       : null;
@@ -476,5 +496,8 @@ export function channelPair(): [FdChannel, FdChannel] {
   if (c.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, slab.bytes.subarray(LEN, LEN + 8)) !== 0) {
     throw new ChannelError(`Cannot make a socket pair: ${describeErrno(c, errno(c))}`);
   }
-  return [new FdChannel(c, slab.view.getInt32(LEN, true)), new FdChannel(c, slab.view.getInt32(LEN + 4, true))];
+  return [
+    new FdChannel(c, slab.view.getInt32(LEN, true)),
+    new FdChannel(c, slab.view.getInt32(LEN + 4, true)),
+  ];
 }

@@ -191,7 +191,11 @@ export function openUdpPair(
         return [
           a,
           // Its port follows from one the kernel chose: no config names it, so it is not one to hand over.
-          openListed({ host, port: port + 1 }, { ...options, batch: options.secondBatch ?? options.batch }, false),
+          openListed(
+            { host, port: port + 1 },
+            { ...options, batch: options.secondBatch ?? options.batch },
+            false,
+          ),
         ];
       } catch { /* taken: try another */ }
     }

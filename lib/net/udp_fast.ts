@@ -428,7 +428,9 @@ export class FastUdp implements UdpSocket {
 
   /** Whether a wake came (`interrupt()` in any thread, close): receives then return null, as after a stop. */
   #woken(): boolean {
-    if (!this.#interrupted && (new DataView(this.#poll.buffer).getInt16(POLLFD_SIZE + 6, true) & POLLIN) !== 0) {
+    if (
+      !this.#interrupted && (new DataView(this.#poll.buffer).getInt16(POLLFD_SIZE + 6, true) & POLLIN) !== 0
+    ) {
       this.#interrupted = true;
     }
     return this.#interrupted;

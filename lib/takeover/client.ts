@@ -148,7 +148,9 @@ export class Takeover {
         drain_timeout_ms: m.drain_timeout_ms,
       });
     } catch (error) {
-      this.#options.logger.warn("takeover: no answer to ready; serving anyway", { error: errorMessage(error) });
+      this.#options.logger.warn("takeover: no answer to ready; serving anyway", {
+        error: errorMessage(error),
+      });
     } finally {
       this.#ch.close();
     }

@@ -74,7 +74,9 @@ export class ControlServer {
       request = parseMessage((await ch.receive(REQUEST_TIMEOUT_MS, signal)).message, ["takeover"]);
     } catch (error) {
       log.warn("control: refused a request", { error: errorMessage(error) });
-      if (error instanceof ProtocolError) await trySend(ch, message({ type: "refused", reason: error.message }));
+      if (error instanceof ProtocolError) {
+        await trySend(ch, message({ type: "refused", reason: error.message }));
+      }
       return false;
     }
     const pid = request.pid;
@@ -85,9 +87,17 @@ export class ControlServer {
       addr: h.addr,
       reason: h.reason ?? "no descriptor",
     }));
-    log.info("takeover: handing sockets over", { to_pid: pid, passed: passable.length, not_passed: unpassable.length });
+    log.info("takeover: handing sockets over", {
+      to_pid: pid,
+      passed: passable.length,
+      not_passed: unpassable.length,
+    });
     for (const u of unpassable) {
-      log.warn("takeover: cannot pass socket", { kind: u.kind, addr: formatHostPort(u.addr), reason: u.reason });
+      log.warn("takeover: cannot pass socket", {
+        kind: u.kind,
+        addr: formatHostPort(u.addr),
+        reason: u.reason,
+      });
     }
     try {
       for (let at = 0; at === 0 || at < passable.length; at += MAX_FDS_PER_FRAME) {

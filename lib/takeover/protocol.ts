@@ -54,11 +54,15 @@ export function parseMessage<T extends ControlMessage["type"]>(
   raw: unknown,
   expected: readonly T[],
 ): Extract<ControlMessage, { type: T }> {
-  if (typeof raw !== "object" || raw === null) throw new ProtocolError("Not a control message (not an object)");
+  if (typeof raw !== "object" || raw === null) {
+    throw new ProtocolError("Not a control message (not an object)");
+  }
   const m = raw as Record<string, unknown>;
   if (m.v !== PROTOCOL_VERSION) {
     throw new ProtocolError(
-      `The peer speaks takeover protocol version ${JSON.stringify(m.v)}; this process speaks ${PROTOCOL_VERSION}`,
+      `The peer speaks takeover protocol version ${
+        JSON.stringify(m.v)
+      }; this process speaks ${PROTOCOL_VERSION}`,
     );
   }
   const type = m.type as T;
@@ -78,7 +82,9 @@ export function parseMessage<T extends ControlMessage["type"]>(
       if (typeof m.last !== "boolean") throw bad("last");
       if (m.unpassable !== undefined) {
         if (!Array.isArray(m.unpassable)) throw bad("unpassable");
-        if (!m.unpassable.every((u) => isEntry(u) && typeof (u as { reason?: unknown }).reason === "string")) {
+        if (
+          !m.unpassable.every((u) => isEntry(u) && typeof (u as { reason?: unknown }).reason === "string")
+        ) {
           throw bad("unpassable");
         }
       }

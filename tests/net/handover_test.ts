@@ -1,7 +1,7 @@
 /** The process's socket registry (lib/net/handover.ts) and the openers that use it. */
 import assert from "node:assert/strict";
 import { channelPair, inspectSocket } from "../../lib/net/fd_channel.ts";
-import { processSockets, SocketRegistry, socketKey } from "../../lib/net/handover.ts";
+import { processSockets, socketKey, SocketRegistry } from "../../lib/net/handover.ts";
 import { openUdp, openUdpPair } from "../../lib/net/udp.ts";
 import { openFastTransport } from "../../lib/net/tcp/fast/transport.ts";
 import { listenTcp } from "../../lib/net/tcp/socket.ts";

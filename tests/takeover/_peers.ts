@@ -13,7 +13,11 @@ const decoder = new TextDecoder();
 
 /** nginx answering "hello" on a loopback port; stopped (and its directory removed) on dispose. */
 export async function startNginx(): Promise<{ port: number } & AsyncDisposable> {
-  const { nginx } = await requireTools("the takeover test", ["nginx"], "nginx-light (apt-get install nginx-light)");
+  const { nginx } = await requireTools(
+    "the takeover test",
+    ["nginx"],
+    "nginx-light (apt-get install nginx-light)",
+  );
   const dir = await Deno.makeTempDir({ prefix: "edgenode-takeover-nginx-" });
   const port = freeTcpPort();
   await Deno.writeTextFile(
@@ -38,7 +42,11 @@ http {
 }
 `,
   );
-  const child = new Deno.Command(nginx, { args: ["-c", `${dir}/nginx.conf`, "-p", dir], stdout: "null", stderr: "null" })
+  const child = new Deno.Command(nginx, {
+    args: ["-c", `${dir}/nginx.conf`, "-p", dir],
+    stdout: "null",
+    stderr: "null",
+  })
     .spawn();
   const stop = async () => {
     try {

@@ -1,0 +1,140 @@
+/**
+ * The takeover's conversation in one process (lib/takeover/): a control server over one registry, a taking side over
+ * another, real descriptors between them. And what each side says when the other is not what it expects.
+ */
+import assert from "node:assert/strict";
+import { systemClock } from "../../lib/core/clock.ts";
+import { StartError } from "../../lib/core/errors.ts";
+import { Logger } from "../../lib/core/logger.ts";
+import { connectControl } from "../../lib/net/fd_channel.ts";
+import { SocketRegistry } from "../../lib/net/handover.ts";
+import { openFastUdp } from "../../lib/net/udp_fast.ts";
+import { Takeover } from "../../lib/takeover/client.ts";
+import { ControlServer } from "../../lib/takeover/control.ts";
+import { message, parseMessage, PROTOCOL_VERSION } from "../../lib/takeover/protocol.ts";
+
+function quietLogger(lines: string[]): Logger {
+  return new Logger({ level: "debug", clock: systemClock, sink: (line: string) => void lines.push(line) });
+}
+
+async function tempPath(): Promise<{ path: string } & AsyncDisposable> {
+  const dir = await Deno.makeTempDir({ prefix: "edgenode-control-" });
+  return { path: `${dir}/control.sock`, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
+}
+
+Deno.test("parseMessage names both versions when the peer speaks another, and refuses a bad field", () => {
+  assert.throws(
+    () => parseMessage({ v: 2, type: "takeover", pid: 1 }, ["takeover"]),
+    /speaks takeover protocol version 2; this process speaks 1/,
+  );
+  assert.throws(
+    () => parseMessage({ v: PROTOCOL_VERSION, type: "ready" }, ["sockets"]),
+    /Unexpected .*"ready"/,
+  );
+  assert.throws(
+    () =>
+      parseMessage({ v: 1, type: "sockets", sockets: [{ kind: "sctp", addr: {} }], last: true }, ["sockets"]),
+    /bad field "sockets"/,
+  );
+  assert.deepEqual(parseMessage(message({ type: "ready" }), ["ready"]), { v: 1, type: "ready" });
+});
+
+Deno.test("a takeover hands a UDP socket over, lists what cannot be passed, and the old side hands over on ready", async () => {
+  await using tmp = await tempPath();
+  const oldLines: string[] = [];
+  const newLines: string[] = [];
+  const oldSockets = new SocketRegistry();
+  const socket = openFastUdp({ host: "127.0.0.1", port: 0 }, {}, false)!;
+  oldSockets.hold("udp", socket.local, socket.descriptor.fd);
+  oldSockets.hold("udp", { host: "127.0.0.1", port: socket.local.port + 1 }, null, "kept by Deno");
+  let handedTo = 0;
+  const server = ControlServer.open(tmp.path, {
+    registry: oldSockets,
+    logger: quietLogger(oldLines),
+    drainTimeoutMs: 1234,
+    handOver: (pid) => handedTo = pid,
+  });
+  server.serve();
+  try {
+    const newSockets = new SocketRegistry();
+    const takeover = await Takeover.begin(tmp.path, { registry: newSockets, logger: quietLogger(newLines) });
+    assert.equal(takeover.received, 1);
+    assert.equal(takeover.pid, Deno.pid);
+    assert.deepEqual(takeover.unpassable.map((u) => u.reason), ["kept by Deno"]);
+    const fd = newSockets.take("udp", socket.local);
+    assert.ok(fd !== null && fd !== socket.descriptor.fd);
+    await takeover.commit();
+    assert.equal(handedTo, Deno.pid);
+    assert.ok(
+      newLines.some((l) => /the running process drains.*drain_timeout_ms=1234/.test(l)),
+      newLines.join("\n"),
+    );
+    assert.ok(oldLines.some((l) => /cannot pass socket.*kept by Deno/.test(l)), oldLines.join("\n"));
+    // The old side removed its socket file before answering: the path is free for the new process.
+    await assert.rejects(Deno.lstat(tmp.path), Deno.errors.NotFound);
+    const { closeFd } = await import("../../lib/net/fd_channel.ts");
+    closeFd(fd!);
+  } finally {
+    await server.close();
+    await socket.close();
+  }
+});
+
+Deno.test("an aborted takeover leaves the old side serving and answering the next one", async () => {
+  await using tmp = await tempPath();
+  const lines: string[] = [];
+  let handed = false;
+  const server = ControlServer.open(tmp.path, {
+    registry: new SocketRegistry(),
+    logger: quietLogger(lines),
+    drainTimeoutMs: 0,
+    handOver: () => handed = true,
+  });
+  server.serve();
+  try {
+    const first = await Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) });
+    await first.abort("Cannot listen on udp 127.0.0.1:9: address already in use");
+    const second = await Takeover.begin(tmp.path, {
+      registry: new SocketRegistry(),
+      logger: quietLogger([]),
+    });
+    assert.ok(
+      lines.some((l) => /takeover aborted by the new process; still serving/.test(l)),
+      lines.join("\n"),
+    );
+    assert.equal(handed, false);
+    await second.commit();
+    assert.equal(handed, true);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("the old side refuses a peer of another protocol version, saying both", async () => {
+  await using tmp = await tempPath();
+  const server = ControlServer.open(tmp.path, {
+    registry: new SocketRegistry(),
+    logger: quietLogger([]),
+    drainTimeoutMs: 0,
+    handOver: () => {},
+  });
+  server.serve();
+  try {
+    const ch = connectControl(tmp.path);
+    await ch.send({ v: 2, type: "takeover", pid: 1 });
+    const answer = (await ch.receive(5_000)).message as { type: string; reason: string };
+    assert.equal(answer.type, "refused");
+    assert.match(answer.reason, /version 2; this process speaks 1/);
+    ch.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("Takeover.begin says why when nothing runs at the path", async () => {
+  await using tmp = await tempPath();
+  await assert.rejects(
+    Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) }),
+    (e: unknown) => e instanceof StartError && /Cannot take over from ".*": no such socket/.test(e.message),
+  );
+});
