@@ -167,7 +167,10 @@ async function run(plan: Plan, reread: () => Promise<Plan>, takeoverPath?: strin
         reread,
       });
     } catch (error) {
-      await takeover?.abort(errorMessage(error));
+      if (takeover) {
+        await takeover.abort(errorMessage(error));
+        logger.error("takeover failed; the running process goes on serving", { error: errorMessage(error) });
+      }
       throw error;
     }
     if (takeover) {

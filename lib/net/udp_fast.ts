@@ -253,6 +253,8 @@ export class FastUdp implements UdpSocket {
   readonly #wake: number;
   /** pollfds of the socket and the eventfd (0..16), the eventfd's 8-byte value (128); large enough not to move. */
   readonly #poll = new Uint8Array(256);
+  /** The last blocking receive took less than a batch (the queue was empty then): the next one polls first. */
+  #drained = false;
   /** Set once a wake came: later receives return null without reading. */
   #interrupted = false;
   /** How long a blocking receive waits in one go (-1: until data or a wake). */
@@ -443,12 +445,21 @@ export class FastUdp implements UdpSocket {
    * then returns null instead of counting it.
    */
   receiveBlocking(stop?: Int32Array): Batch | null {
-    for (let waited = false;; waited = true) {
+    // A receive that took less than a batch left the queue empty: wait first instead of asking for nothing.
+    let waited = false;
+    if (this.#drained) {
+      this.#c.poll(this.#poll, 2n, this.#sliceMs);
+      waited = true;
+    }
+    for (;; waited = true) {
       // Looked at before reading: what a receive took is always returned (and sent on), never dropped for a stop.
       if (this.#closed || (stop && Atomics.load(stop, 0) !== 0) || this.#woken()) return null;
       this.#resetNames();
       const n = this.#c.recvmmsg(this.#fd, this.#rxHdrs, this.#batchSize, MSG_DONTWAIT, null);
-      if (n > 0) return this.#account(n);
+      if (n > 0) {
+        this.#drained = n < this.#batchSize;
+        return this.#account(n);
+      }
       if (n < 0) {
         const e = this.#errno.getInt32();
         if (e !== EAGAIN && e !== EINTR) this.stats.errors++;
@@ -456,6 +467,7 @@ export class FastUdp implements UdpSocket {
       if (waited) break;
       this.#c.poll(this.#poll, 2n, this.#sliceMs);
     }
+    this.#drained = false;
     this.#batch.count = 0;
     return this.#batch;
   }
