@@ -46,6 +46,8 @@ Deno.test("a takeover hands a UDP socket over, lists what cannot be passed, and 
   const oldSockets = new SocketRegistry();
   const socket = openFastUdp({ host: "127.0.0.1", port: 0 }, {}, false)!;
   oldSockets.hold("udp", socket.local, socket.descriptor.fd);
+  const unused = openFastUdp({ host: "127.0.0.1", port: 0 }, {}, false)!;
+  oldSockets.hold("udp", unused.local, unused.descriptor.fd);
   oldSockets.hold("udp", { host: "127.0.0.1", port: socket.local.port + 1 }, null, "kept by Deno");
   let handedTo = 0;
   const server = ControlServer.open(tmp.path, {
@@ -58,13 +60,19 @@ Deno.test("a takeover hands a UDP socket over, lists what cannot be passed, and 
   try {
     const newSockets = new SocketRegistry();
     const takeover = await Takeover.begin(tmp.path, { registry: newSockets, logger: quietLogger(newLines) });
-    assert.equal(takeover.received, 1);
+    assert.equal(takeover.received, 2);
     assert.equal(takeover.pid, Deno.pid);
     assert.deepEqual(takeover.unpassable.map((u) => u.reason), ["kept by Deno"]);
     const fd = newSockets.take("udp", socket.local);
     assert.ok(fd !== null && fd !== socket.descriptor.fd);
     await takeover.commit();
     assert.equal(handedTo, Deno.pid);
+    // The socket this side's config did not ask for is closed here and listed; the old side's copy stays open.
+    assert.ok(
+      newLines.some((l) => /passed socket not in this config; closed.*addr=127\.0\.0\.1:(\d+)/.test(l)),
+      newLines.join("\n"),
+    );
+    assert.deepEqual(newSockets.unclaimed(), []);
     assert.ok(
       newLines.some((l) => /the running process drains.*drain_timeout_ms=1234/.test(l)),
       newLines.join("\n"),
@@ -77,6 +85,7 @@ Deno.test("a takeover hands a UDP socket over, lists what cannot be passed, and 
   } finally {
     await server.close();
     await socket.close();
+    await unused.close();
   }
 });
 

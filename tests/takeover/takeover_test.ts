@@ -127,7 +127,7 @@ Deno.test("a takeover under wrk load (keepalive and new connections) refuses and
   }
 });
 
-Deno.test("a relay's stream goes through a takeover without losing a datagram", async () => {
+Deno.test("a relay's stream goes through a takeover without losing a datagram; a reflector's sockets are handed over too", async () => {
   await using s = await setup();
   await using receiver = new SeqReceiver();
   const listen = freeUdpPort();
@@ -139,7 +139,12 @@ Deno.test("a relay's stream goes through a takeover without losing a datagram", 
       "relay",
       `relay:
   relays:
-    - {name: r1, listen: "${LO}:${listen}", targets: ["${LO}:${receiver.port}"]}`,
+    - {name: r1, listen: "${LO}:${listen}", targets: ["${LO}:${receiver.port}"]}
+  reflectors:
+    - name: lecture
+      data: "${LO}:${freeUdpPort()}"
+      registration: "${LO}:${freeUdpPort()}"
+      allow: [loopback]`,
     ),
   );
   await using old = startEdgenode(["--config", path]);
@@ -164,6 +169,12 @@ Deno.test("a relay's stream goes through a takeover without losing a datagram", 
   );
   assert.equal(lost, 0, "no datagram lost through the hand-over");
   assert.equal(receiver.duplicates, 0);
+  // The relay's socket and the reflector's data and registration sockets were adopted, not bound anew.
+  assert.ok(
+    next.stderrLines.some((l) => /takeover: received sockets".*sockets=3/.test(l)),
+    next.stderrLines.join("\n"),
+  );
+  assert.ok(!next.stderrLines.some((l) => /not in this config/.test(l)));
   next.kill("SIGTERM");
   assert.equal((await next.waitForExit()).code, 0);
 });
