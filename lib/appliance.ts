@@ -131,6 +131,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
           ...[...running.values()].flatMap((r) => (r.routes ? [(app: Hono) => r.routes!(app)] : [])),
         ],
         selfGuarded: [...running.values()].flatMap((r) => r.selfGuarded ?? []),
+        health: () => running.entries(),
       });
     let app = makeApp(plan);
     const handler = (r: Request) => app.fetch(r);
@@ -178,47 +179,75 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       const summary: Record<string, ReloadSummary | "started" | "stopped"> = {};
       const prepared: [string, RoleReload][] = [];
       const started: [string, RunningRole][] = [];
-      let newServer: HttpServer | null = null;
+      let newServer: HttpServer | null = null as HttpServer | null;
       const undo = async () => {
         for (const [, r] of prepared.reverse()) await r.abort().catch(() => {});
         const now = AbortSignal.abort();
         for (const [, r] of started.reverse()) await r.stop(now).catch(() => {});
         await newServer?.stop(now).catch(() => {});
       };
-      try {
-        // Phase one: everything that can fail, changing nothing that runs.
-        for (const roleName of next.roles) {
-          const role = running.get(roleName);
-          if (!role) continue;
-          if (sameJson(current.sections[roleName], next.sections[roleName])) continue;
-          if (!role.prepareReload) {
+      // Phase one: everything that can fail, changing nothing that runs. Every role is asked, also when its section
+      // is the same: the files it names (agent-rules, session programs) may have changed, and a part that failed to
+      // start at an earlier reload is tried again. Every error is collected before anything is released.
+      const errors: string[] = [];
+      for (const roleName of next.roles) {
+        const role = running.get(roleName);
+        if (!role) continue;
+        if (!role.prepareReload) {
+          if (!sameJson(current.sections[roleName], next.sections[roleName])) {
             notes.push(`${roleName}: its section changed; this role applies changes at the next start only`);
-            continue;
           }
-          const r = await role.prepareReload(next.sections[roleName]);
-          prepared.push([roleName, r]);
+          continue;
         }
+        try {
+          prepared.push([roleName, await role.prepareReload(next.sections[roleName])]);
+        } catch (error) {
+          errors.push(errorMessage(error));
+        }
+      }
+      if (!errors.length) {
         for (const roleName of next.roles) {
           if (running.has(roleName)) continue;
-          const role = await roles.get(roleName).start(next.sections[roleName], roleContext(roleName));
-          started.push([roleName, role]);
+          try {
+            started.push([roleName, await roles.get(roleName).start(next.sections[roleName], roleContext(roleName))]);
+          } catch (error) {
+            errors.push(errorMessage(error));
+            break;
+          }
         }
-        if (formatHostPort(next.status.listen) !== formatHostPort(current.status.listen)) {
+      }
+      if (!errors.length && formatHostPort(next.status.listen) !== formatHostPort(current.status.listen)) {
+        try {
           newServer = listen(handler, next.status.listen);
+        } catch (error) {
+          errors.push(errorMessage(error));
         }
-      } catch (error) {
+      }
+      if (!errors.length && stopped) errors.push("Stopping: nothing reloaded");
+      if (errors.length) {
         await undo();
-        return outcome(false, [errorMessage(error)]);
+        return outcome(false, errors);
       }
-      // Phase two: cannot fail.
+      // Phase two. The drain deadline is left to fire (or to be cut by a stop): parts that drain after their commit
+      // (a removed server's connections, say) are cut by it.
       const drainDeadline = makeDeadline(clock, next.shutdown.drain_timeout, stopping.signal);
-      const waits: Promise<void>[] = [];
-      const drain = (p: Promise<void>) =>
-        waits.push(p.catch((error) => logger.error("drain failed", { error: String(error) })));
-      for (const [roleName, r] of prepared) {
-        drain(r.commit(drainDeadline.signal));
-        summary[roleName] = r.summary;
-      }
+      const drain = (p: Promise<void>) => {
+        const d = p.catch((error) => logger.error("drain failed", { error: errorMessage(error) }));
+        drains.add(d);
+        d.finally(() => drains.delete(d));
+      };
+      // Each commit is awaited until its change is applied (the next reload starts from there); one that fails is
+      // reported, and the others still apply.
+      const failures: string[] = [];
+      await Promise.all(prepared.map(async ([roleName, r]) => {
+        try {
+          await r.commit(drainDeadline.signal);
+        } catch (error) {
+          failures.push(`${roleName}: the change could not be applied in full: ${errorMessage(error)}`);
+          logger.error("reload commit failed", { part: roleName, error: errorMessage(error) });
+        }
+        if (!emptySummary(r.summary)) summary[roleName] = r.summary;
+      }));
       for (const [roleName, role] of [...running]) {
         if (next.roles.includes(roleName)) continue;
         running.delete(roleName);
@@ -253,10 +282,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
         };
       }
       generation++;
-      const all = Promise.all(waits).then(() => drainDeadline.cancel());
-      drains.add(all);
-      all.finally(() => drains.delete(all));
-      return outcome(true, [], summary, notes);
+      return failures.length ? outcome(false, failures, summary, notes) : outcome(true, [], summary, notes);
     };
 
     const appliance: Appliance = {
@@ -276,15 +302,20 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       },
       stop(force) {
         stopped ??= (async () => {
-          // Parts stop in reverse order of start, the status API first; drains a reload began end by then too.
+          // One deadline for the whole stop: a reload still applying finishes first (its drains are cut with it).
+          const deadline = makeDeadline(clock, current.shutdown.drain_timeout, force);
+          deadline.signal.addEventListener("abort", () => stopping.abort(), { once: true });
+          await queue;
+          // Parts stop in reverse order of start, the status API first.
           const parts = new Lifecycle(clock);
-          for (const [roleName, role] of running) parts.add(roleName, (deadline) => role.stop(deadline));
-          parts.add("status", (deadline) => {
+          for (const [roleName, role] of running) parts.add(roleName, (d) => role.stop(d));
+          parts.add("status", (d) => {
             history.stop();
-            return server.stop(deadline);
+            return server.stop(d);
           });
-          const results = await parts.stop(current.shutdown.drain_timeout, force);
+          const results = await parts.stop(current.shutdown.drain_timeout, deadline.signal);
           stopping.abort();
+          deadline.cancel();
           await Promise.all(drains);
           return logStops(logger, results);
         })();
@@ -297,6 +328,10 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
     if (error instanceof StartError) throw error;
     throw new StartError(errorMessage(error), { cause: error });
   }
+}
+
+function emptySummary(s: ReloadSummary): boolean {
+  return !s.added.length && !s.removed.length && !s.changed.length && !s.replaced.length && !s.notes.length;
 }
 
 function sameJson(a: unknown, b: unknown): boolean {

@@ -15,6 +15,7 @@ import type { HostPort } from "../lib/net/address.ts";
 import type { Handler, HttpServer } from "../lib/net/http.ts";
 import type { RoleDef, RunningRole } from "../lib/roles/role.ts";
 import { VERSION } from "../lib/version.ts";
+import { until } from "./_support/until.ts";
 
 interface FakeRoleOptions {
   /** Start throws this instead of starting. */
@@ -25,6 +26,10 @@ interface FakeRoleOptions {
   readonly drains?: boolean;
   /** prepareReload throws this. */
   readonly prepareError?: Error;
+  /** commit throws this. */
+  readonly commitError?: Error;
+  /** prepareReload waits for this first. */
+  readonly prepareGate?: Promise<void>;
 }
 
 /** Everything the fakes saw, in order. */
@@ -71,10 +76,17 @@ function fakeRole(name: string, rec: Recorder, options: FakeRoleOptions = {}): R
           rec.events.push(`prepare ${name}`);
           if (options.prepareError) return Promise.reject(options.prepareError);
           const to = (next as { greeting: string }).greeting;
-          return Promise.resolve({
-            summary: { added: [], removed: [], changed: [`greeting ${to}`], replaced: [], notes: [] },
+          return (options.prepareGate ?? Promise.resolve()).then(() => ({
+            summary: {
+              added: [],
+              removed: [],
+              changed: to === said ? [] : [`greeting ${to}`],
+              replaced: [],
+              notes: [],
+            },
             commit() {
               rec.events.push(`commit ${name}`);
+              if (options.commitError) throw options.commitError;
               said = to;
               return Promise.resolve();
             },
@@ -82,8 +94,10 @@ function fakeRole(name: string, rec: Recorder, options: FakeRoleOptions = {}): R
               rec.events.push(`abort ${name}`);
               return Promise.resolve();
             },
-          });
+          }));
         },
+        health: () =>
+          said === "sick" ? { ok: false, problems: [`${name} is sick`] } : { ok: true, problems: [] },
         async stop(deadline) {
           rec.events.push(`stop ${name}`);
           rec.deadlines.set(name, deadline);
@@ -348,7 +362,7 @@ async function reloadable(first: string, options: Parameters<typeof setup>[1] = 
   return { ...env, file, appliance };
 }
 
-Deno.test("a reload prepares every role whose section changed, then commits them all, and /status says so", async () => {
+Deno.test("a reload asks every role to prepare, then commits them all; /status says what changed", async () => {
   const { rec, file, appliance } = await reloadable("roles: [a, b]\n");
   file.text = "roles: [a, b]\nb:\n  greeting: changed\n";
   const outcome = await appliance.reload("test");
@@ -357,7 +371,8 @@ Deno.test("a reload prepares every role whose section changed, then commits them
   assert.deepEqual(outcome.roles, {
     b: { added: [], removed: [], changed: ["greeting changed"], replaced: [], notes: [] },
   });
-  assert.deepEqual(rec.events.slice(-2), ["prepare b", "commit b"], "a, unchanged, is left alone");
+  // a is asked too (a file it names may have changed) and finds nothing to do.
+  assert.deepEqual(rec.events.slice(-4), ["prepare a", "prepare b", "commit a", "commit b"]);
   const body = await (await request(rec, "/status")).json();
   assert.equal(body.roles.b.greeting, "changed");
   assert.equal(body.process.config.generation, 2);
@@ -405,7 +420,14 @@ Deno.test("a reload starts a role added to the config and stops one taken out", 
   assert.deepEqual((await appliance.reload("test")).roles, { c: "started" });
   file.text = "roles: [c]\n";
   assert.deepEqual((await appliance.reload("test")).roles, { a: "stopped" });
-  assert.deepEqual(rec.events.slice(-2), ["start c", "stop a"]);
+  assert.deepEqual(rec.events.slice(-6), [
+    "prepare a",
+    "start c",
+    "commit a",
+    "prepare c",
+    "commit c",
+    "stop a",
+  ]);
   const body = await (await request(rec, "/status")).json();
   assert.deepEqual(Object.keys(body.roles), ["c"]);
   assert.deepEqual(await appliance.stop(), [{ name: "status" }, { name: "c" }]);
@@ -438,7 +460,13 @@ Deno.test("reloads run one at a time, and none after stop has begun", async () =
   const again = await second;
   assert.equal(again.ok, true);
   assert.deepEqual(again.roles, {}, "the second found nothing left to change");
-  assert.equal(rec.events.filter((e) => e === "prepare a").length, 1);
+  assert.equal(again.generation, 3);
+  assert.deepEqual(rec.events.filter((e) => e.startsWith("prepare") || e.startsWith("commit")), [
+    "prepare a",
+    "commit a",
+    "prepare a",
+    "commit a",
+  ], "the second began after the first was applied");
   await appliance.stop();
   const late = await appliance.reload("late");
   assert.equal(late.ok, false);
@@ -450,7 +478,7 @@ Deno.test("a reload that moves the status address binds the new one first and cl
   file.text = "roles: [a]\nstatus:\n  listen: 127.0.0.1:8082\n";
   const outcome = await appliance.reload("test");
   assert.equal(outcome.ok, true);
-  assert.deepEqual(rec.events.slice(-2), ["listen", "stop status"]);
+  assert.deepEqual(rec.events.slice(-4), ["prepare a", "listen", "commit a", "stop status"]);
   assert.deepEqual(appliance.statusAddr, { host: "127.0.0.1", port: 8082 });
   assert.deepEqual(outcome.roles.status, {
     added: [],
@@ -474,5 +502,51 @@ Deno.test("a reload whose added role cannot start stops nothing that ran and cha
   const body = await (await request(rec, "/status")).json();
   assert.deepEqual(Object.keys(body.roles), ["a"]);
   assert.equal(body.roles.a.greeting, "hello from a");
+  await appliance.stop();
+});
+
+Deno.test("a stop that comes during a reload waits for it, then stops what the reload left running", async () => {
+  const gate = Promise.withResolvers<void>();
+  const { rec, file, appliance } = await reloadable("roles: [a]\n", {
+    roles: { a: { prepareGate: gate.promise } },
+  });
+  file.text = "roles: [a, b]\na:\n  greeting: new\n";
+  const reloading = appliance.reload("test");
+  await until("a's prepare to begin", () => rec.events.includes("prepare a"));
+  const stopping = appliance.stop();
+  gate.resolve();
+  const outcome = await reloading;
+  assert.equal(outcome.ok, false);
+  assert.deepEqual(outcome.errors, ["Stopping: nothing reloaded"]);
+  assert.deepEqual(await stopping, [{ name: "status" }, { name: "a" }]);
+  assert.deepEqual(
+    rec.events.slice(-6),
+    ["prepare a", "start b", "abort a", "stop b", "stop status", "stop a"],
+  );
+});
+
+Deno.test("a commit that throws is reported; the other roles' changes still apply", async () => {
+  const { rec, file, appliance } = await reloadable("roles: [a, b]\n", {
+    roles: { a: { commitError: new Error("metrics clash") } },
+  });
+  file.text = "roles: [a, b]\na:\n  greeting: x\nb:\n  greeting: y\n";
+  const outcome = await appliance.reload("test");
+  assert.equal(outcome.ok, false);
+  assert.deepEqual(outcome.errors, ["a: the change could not be applied in full: metrics clash"]);
+  assert.equal(outcome.generation, 2, "b's change is in: this is a new generation");
+  const body = await (await request(rec, "/status")).json();
+  assert.equal(body.roles.b.greeting, "y");
+  assert.ok(rec.logs.some((l) => l.includes('msg="reload commit failed" part=a')));
+  await appliance.stop();
+});
+
+Deno.test("GET /healthz of the appliance asks every running role, also after a reload", async () => {
+  const { rec, file, appliance } = await reloadable("roles: [a]\n");
+  assert.equal((await request(rec, "/healthz")).status, 200);
+  file.text = "roles: [a]\na:\n  greeting: sick\n";
+  await appliance.reload("test");
+  const sick = await request(rec, "/healthz");
+  assert.equal(sick.status, 503);
+  assert.match(await sick.text(), /a is sick/);
   await appliance.stop();
 });

@@ -30,8 +30,13 @@ export class Cached<T> {
 
   /** Holds `value`, computed now elsewhere (a reload's first reading of a new source), as the fresh value. */
   prime(value: T): void {
+    // A computation still under way was of the old source: its value is not kept, and the next get starts anew.
+    this.#generation++;
+    this.#running = undefined;
     this.#value = { value, at: this.options.clock.now() };
   }
+
+  #generation = 0;
 
   /** The value, fresh or shared with a computation under way; see the module doc for stale values. */
   get(): Promise<T> {
@@ -55,11 +60,12 @@ export class Cached<T> {
   #start(): Promise<T> {
     if (this.#running) return this.#running;
     this.#computations++;
+    const generation = this.#generation;
     const running = this.compute().then((value) => {
-      this.#value = { value, at: this.options.clock.now() };
+      if (generation === this.#generation) this.#value = { value, at: this.options.clock.now() };
       return value;
     }).finally(() => {
-      this.#running = undefined;
+      if (this.#running === running) this.#running = undefined;
     });
     this.#running = running;
     return running;

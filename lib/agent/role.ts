@@ -320,10 +320,12 @@ export async function startAgent(
           state: admin,
           replaces: formatHostPort(before.addr),
         });
+        // The old listener drains in the background (the role's stop waits for it): the reload is applied now.
         draining.add(before);
-        await before.close(drain);
-        for (const k of ["accepted", "replies", "errors", "refused"] as const) retired[k] += before.stats[k];
-        draining.delete(before);
+        void before.close(drain).finally(() => {
+          for (const k of ["accepted", "replies", "errors", "refused"] as const) retired[k] += before.stats[k];
+          draining.delete(before);
+        });
       },
       async abort() {
         if (done) return;

@@ -107,6 +107,20 @@ const WILDCARD = new Set(["0.0.0.0", "::"]);
 
 /** Two sockets on one port clash when their addresses are equal or either is a wildcard. */
 function checkPorts(cfg: RelaySection, node: YAMLMap | null, ctx: Context, path: string): void {
+  cfg.relays.forEach((r, i) => {
+    // A relay sends from its listen socket: an IPv4 one cannot reach an IPv6 target.
+    if (!isIPv4(r.listen.host)) return;
+    r.targets.forEach((t, j) => {
+      if (isIPv4(t.host)) return;
+      ctx.error(
+        nodeAt(node, ["relays", i, "targets", j]),
+        `${path}.relays[${i}].targets[${j}]`,
+        `Target ${formatHostPort(t)} is IPv6, but the relay listens on ${
+          formatHostPort(r.listen)
+        } (IPv4) and cannot send to it`,
+      );
+    });
+  });
   cfg.reflectors.forEach((r, i) => {
     // Participants are sent to from the registration socket: an IPv4 one cannot reach an IPv6 address.
     if (!isIPv4(r.registration.host)) return;
@@ -509,7 +523,15 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
       parts.cfg = next;
       // A part that failed at an earlier commit is tried again when the config still has it (it is "added").
       parts.failed.clear();
-      for (const apply of inPlace) apply();
+      for (const apply of inPlace) {
+        try {
+          apply();
+        } catch (error) {
+          // Not expected (the schema and prepare checked the change); the part keeps what it had, and says so.
+          parts.ctx.logger.error("reload could not change a part in place", { error: errorMessage(error) });
+          parts.failed.set(`in-place change ${parts.failed.size + 1}`, errorMessage(error));
+        }
+      }
       // Old parts close first: a replaced part's counters go under the same name, and deferred addresses free up.
       // Replaced reflectors hand over their participants as they are at this moment.
       const handOvers = new Map(incoming.map((item) => [item, item.takeOver?.()]));

@@ -154,7 +154,7 @@ export class Server {
 
   /**
    * A reload's new config entry for this server (same address). What the operator set over the API (state, weight)
-   * survives unless the config changes that item; health, agent figures and connections are kept.
+   * survives unless the config changes that item; health, connections and (with the same agent) agent figures stay.
    */
   reconfigure(spec: ServerSpec, rise: number, fall: number): void {
     const old = this.spec;
@@ -162,6 +162,14 @@ export class Server {
     this.rise = rise;
     this.fall = fall;
     if (spec.weight !== old.weight) this.configuredWeight = spec.weight;
+    if (JSON.stringify(spec.agent) !== JSON.stringify(old.agent)) {
+      // Another agent, or none: what the old one last said no longer holds.
+      this.agentAdmin = null;
+      this.agentPercent = null;
+      this.agentMaxconn = null;
+      this.agentDown = false;
+      this.lastAgent = null;
+    }
     if (spec.state !== old.state) this.setAdmin(spec.state);
   }
 

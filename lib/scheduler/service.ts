@@ -258,7 +258,7 @@ export class Service {
     this.#picker = this.deps.pickers.get(settings.picker).create();
     if (settings.persistence !== old.settings.persistence) this.#persistence = this.#newPersistence(settings);
     this.#monitor = this.#newMonitor();
-    for (const set of this.#sets.splice(0)) this.deps.metrics.remove(set);
+    this.unpublish();
     if (!this.#stopping) {
       this.#publish();
       this.#monitor.start();
@@ -538,6 +538,11 @@ export class Service {
     this.#wakeQueue();
   }
 
+  /** Takes the service's series out of /metrics (a reload removed it; it still drains). */
+  unpublish(): void {
+    for (const set of this.#sets.splice(0)) this.deps.metrics.remove(set);
+  }
+
   #publish(): void {
     const { metrics } = this.deps;
     this.#sets.push(metrics.publish("scheduler_service", { service: this.name }, SERVICE_SERIES, () => this));
@@ -571,7 +576,22 @@ export class Service {
   /**
    * Stops accepting and checking at once; open connections may finish until `deadline` aborts, then they are cut.
    */
-  async stop(deadline: AbortSignal): Promise<void> {
+  stop(deadline: AbortSignal): Promise<void> {
+    // A second stop (a reload's drain, then the role's stop) waits for the first, and cuts it short at its deadline.
+    if (this.#stopped) {
+      const cut = () => {
+        for (const c of this.#clients) c.close();
+      };
+      if (deadline.aborted) cut();
+      else deadline.addEventListener("abort", cut, { once: true });
+      return this.#stopped.finally(() => deadline.removeEventListener("abort", cut));
+    }
+    return this.#stopped = this.#stop(deadline);
+  }
+
+  #stopped: Promise<void> | null = null;
+
+  async #stop(deadline: AbortSignal): Promise<void> {
     this.#stopping = true;
     this.#listener?.close();
     this.#monitor.stop();
@@ -585,7 +605,7 @@ export class Service {
     if (this.#handling > 0) await new Promise<void>((resolve) => this.#allHandled = resolve);
     this.#allHandled = null;
     deadline.removeEventListener("abort", cut);
-    for (const set of this.#sets) this.deps.metrics.remove(set);
+    this.unpublish();
   }
 }
 

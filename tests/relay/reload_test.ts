@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { loadConfig } from "../../lib/config/load.ts";
-import { StartError } from "../../lib/core/errors.ts";
+import { ErrorList, StartError } from "../../lib/core/errors.ts";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
@@ -453,4 +453,19 @@ Deno.test("relay reload replacing a reflector on its registration address hands 
     await (member ?? joiner).close();
   }
   noErrors(lines);
+});
+
+Deno.test("a relay config with an IPv6 target on an IPv4 listen address is refused at its place", () => {
+  const text = `roles: [relay]
+relay:
+  relays:
+    - {name: r, listen: "127.0.0.1:5000", targets: ["127.0.0.1:5001", "[::1]:5002"]}
+`;
+  assert.throws(
+    () => loadConfig(text, { file: "c.yaml", roles: builtinRoles() }),
+    (error: unknown) =>
+      error instanceof ErrorList && error.errors.length === 1 &&
+      /^c\.yaml:4:71: relay\.relays\[0\]\.targets\[1\]: Target \[::1\]:5002 is IPv6, but the relay listens on 127\.0\.0\.1:5000 \(IPv4\)/
+        .test(error.errors[0].format()),
+  );
 });
