@@ -155,16 +155,37 @@ const PEER_URL = /^https?:\/\/(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}\/
  * and weight go to every peer in batches over its status API, so a client keeps its server when the VIP moves.
  */
 const shareFields = {
-  /** The other schedulers' status APIs. */
-  peers: req(
+  /** The other schedulers' status APIs (empty: etcd only). */
+  peers: opt(
     list(str({ pattern: PEER_URL, describe: "a peer's status API URL such as http://10.0.0.3:8080" }), {
-      min: 1,
       max: 16,
       unique: true,
     }),
+    [],
   ),
   /** The peers' status.token (give every scheduler the same status.token and put it here too). */
-  token: req(str({ min: 16, max: 512, describe: "the peers' status.token" })),
+  token: opt(nullable(str({ min: 16, max: 512, describe: "the peers' status.token" })), null),
+  /** etcd endpoints to share through as well as (or instead of) the peers (empty: none). */
+  etcd: opt(
+    list(
+      str({ pattern: /^https?:\/\/\S+$/, describe: "an etcd endpoint URL such as http://10.0.0.9:2379" }),
+      {
+        max: 16,
+        unique: true,
+      },
+    ),
+    [],
+  ),
+  /** Where in etcd the schedulers of one pair keep their shared state (one prefix per pair). */
+  etcd_prefix: opt(
+    str({
+      pattern: /^\/[\x21-\x7e]{0,200}\/$/,
+      describe: 'a key prefix from "/" to "/" such as /edgenode/web/',
+    }),
+    "/edgenode/scheduler/share/",
+  ),
+  /** How long a persistence entry stays in etcd after it was last written (at least the longest persistence). */
+  etcd_ttl: opt(duration({ min: 10_000, max: 7 * 24 * 3_600_000 }), 3_600_000),
   /** How often changes go out (one batch per peer at a time). */
   interval: opt(duration({ min: 10, max: 60_000 }), 200),
   /** How long a push or a snapshot request may take. */
@@ -175,6 +196,20 @@ const shareFields = {
   max_queue: opt(int({ min: 1, max: 1_000_000 }), 100_000),
 };
 export type ShareSection = ObjectOf<typeof shareFields>;
+
+/** Peers need the token; something to share with is needed. */
+function checkShare(cfg: ShareSection, node: YAMLMap | null, ctx: Context, path: string): void {
+  if (cfg.peers.length > 0 && cfg.token === null) {
+    ctx.error(
+      nodeAt(node, ["peers"]),
+      `${path}.token`,
+      "Expected token (the peers' status.token) with peers",
+    );
+  }
+  if (cfg.peers.length === 0 && cfg.etcd.length === 0) {
+    ctx.error(nodeAt(node, []), `${path}.peers`, "Expected peers or etcd (something to share with)");
+  }
+}
 
 const schedulerFields = {
   services: opt(
@@ -190,7 +225,10 @@ const schedulerFields = {
   /** What carries connections: fast (epoll through FFI, Linux), portable (Deno sockets), auto. */
   io: opt(oneOf(TRANSPORTS), "auto" as TransportChoice),
   /** Backup schedulers this one shares persistence and runtime server state with (null: none). */
-  share: opt(nullable(obj(shareFields, "a mapping: { peers, token, interval, ... }")), null),
+  share: opt(
+    nullable(obj(shareFields, "a mapping: { peers, token, etcd, interval, ... }", checkShare)),
+    null,
+  ),
 };
 export type SchedulerSection = ObjectOf<typeof schedulerFields>;
 

@@ -22,7 +22,7 @@ import { openTransport } from "../net/tcp/open.ts";
 import { metafile } from "./redirect.ts";
 import { MAX_RULES_FILE_BYTES, parseRules } from "./rules.ts";
 import { Service, type ServicePlan } from "./service.ts";
-import { httpShareTransport, serverChangeOf, servicesShareLocal, ShareHub, shareRoutes } from "./share.ts";
+import { serverChangeOf, servicesShareLocal, type ShareHub, shareHubFor, shareRoutes } from "./share.ts";
 
 /** Buffers kept for reuse beyond those in use (two per connection). */
 const POOL_SPARE = 256;
@@ -90,18 +90,12 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
     const transport = openTransport(cfg.io);
     // Backup schedulers learn persistence and the operator's server changes (lib/scheduler/share.ts).
     const share = cfg.share
-      ? new ShareHub({
+      ? shareHubFor(cfg.share, {
         name: ctx.nodeName,
-        peers: cfg.share.peers,
-        intervalMs: cfg.share.interval,
-        timeoutMs: cfg.share.timeout,
-        maxBatch: cfg.share.max_batch,
-        maxQueue: cfg.share.max_queue,
         clock: ctx.clock,
         logger: ctx.logger.child("share"),
-        transport: httpShareTransport(cfg.share.token),
-        local: servicesShareLocal(() => services),
         metrics: ctx.metrics,
+        local: servicesShareLocal(() => services),
       })
       : null;
     const deps = {

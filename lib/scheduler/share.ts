@@ -23,7 +23,8 @@ import type { Hono } from "hono";
 import type { Clock, TimerId } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
 import { type CounterSet, declareSeries, type MetricsRegistry } from "../core/metrics.ts";
-import { ADMIN_STATES, type AdminState, MAX_WEIGHT } from "./config.ts";
+import { EtcdClient, type TxnOp, type Watch } from "../cluster/etcd.ts";
+import { ADMIN_STATES, type AdminState, MAX_WEIGHT, type ShareSection } from "./config.ts";
 import type { PersistenceEntry, PersistenceTable } from "./persistence.ts";
 
 /** A server's runtime state or weight as set over the API, with the sender's config for the item. */
@@ -82,6 +83,11 @@ export interface ShareOptions {
   readonly local: ShareLocal;
   /** Where the share's counters go (`edgenode_scheduler_share_*`, `edgenode_scheduler_share_peer_*{peer}`). */
   readonly metrics?: MetricsRegistry;
+  /**
+   * Sources of batches that come without a request (an etcd watch): each is started with the hub and given what to
+   * call with a batch; it returns how to stop it.
+   */
+  readonly feeds?: readonly ((receive: (body: unknown) => void) => () => void)[];
 }
 
 /** A received batch that is not what a peer sends. */
@@ -126,6 +132,7 @@ export class ShareHub {
   #timer: TimerId | null = null;
   #running = false;
   readonly #sets: CounterSet[] = [];
+  readonly #stopFeeds: (() => void)[] = [];
   readonly counts = { received_changes: 0, applied: 0, ignored: 0, rejected_batches: 0 };
   /** Who sent the last batch applied here, and when (clock ms). */
   #lastFrom: { name: string; at: number } | null = null;
@@ -167,6 +174,15 @@ export class ShareHub {
         this.#sets.push(metrics.publish("scheduler_share_peer", { peer: peer.url }, PEER_SERIES, () => peer));
       }
     }
+    for (const feed of this.#o.feeds ?? []) {
+      this.#stopFeeds.push(feed((body) => {
+        try {
+          this.receive(body);
+        } catch (error) {
+          this.#o.logger.warn("shared batch refused", { error: String(error) });
+        }
+      }));
+    }
     this.#tick();
   }
 
@@ -176,6 +192,7 @@ export class ShareHub {
     if (this.#timer !== null) this.#o.clock.clearTimeout(this.#timer);
     this.#timer = null;
     this.#abort.abort();
+    for (const stop of this.#stopFeeds.splice(0)) stop();
     for (const set of this.#sets.splice(0)) this.#o.metrics?.remove(set);
   }
 
@@ -553,4 +570,191 @@ export function httpShareTransport(
       return await (await post(`${base(peer)}/scheduler/share/snapshot`, "{}", signal)).json();
     },
   };
+}
+
+/** The name etcd has among a hub's peers. */
+export const ETCD_PEER = "etcd";
+
+/** How long after a watch ended with an error it is started again. */
+const WATCH_RESTART_MS = 1000;
+
+/** Puts in one etcd transaction (etcd's --max-txn-ops is 128 by default). */
+const TXN_OPS = 100;
+
+/** What sharing through etcd needs of lib/cluster/etcd.ts's client. */
+export type EtcdShareClient = Pick<EtcdClient, "txn" | "range" | "leaseGrant" | "watch">;
+
+export interface EtcdShareOptions {
+  readonly client: EtcdShareClient;
+  /** Key prefix of this pair of schedulers, from "/" to "/". */
+  readonly prefix: string;
+  /** This node's name, written with each change (a box skips its own changes when they come back). */
+  readonly name: string;
+  /** How long a persistence entry stays after it was last written, in ms. */
+  readonly ttlMs: number;
+  readonly clock: Clock;
+  /** Most keys a snapshot reads. Default 100000. */
+  readonly snapshotMax?: number;
+}
+
+/**
+ * Sharing through etcd: a push writes each change as a key (`<prefix>p/<service>/<client>` holding the server,
+ * `<prefix>s/<service>/<server>` holding the state and weight), a snapshot is a range read of the prefix, and a watch
+ * of the prefix feeds the hub what the other boxes write. Persistence keys live under a lease of `ttlMs` and a half
+ * (one lease serves the writes of half a TTL), so an entry nobody refreshes leaves etcd; server keys stay until
+ * changed, so runtime server state outlives a restart of both boxes while etcd keeps it.
+ */
+export class EtcdShare implements ShareTransport {
+  readonly #o: EtcdShareOptions;
+  #lease: { id: string; until: number } | null = null;
+
+  constructor(options: EtcdShareOptions) {
+    if (!/^\/.*\/$/.test(options.prefix)) {
+      throw new RangeError(`Cannot share through etcd: prefix "${options.prefix}" must run from "/" to "/"`);
+    }
+    this.#o = options;
+  }
+
+  async push(_peer: string, batch: ShareBatch): Promise<void> {
+    const { client, name } = this.#o;
+    const lease = await this.#leaseId();
+    const ops: TxnOp[] = [];
+    for (const [service, entries] of Object.entries(batch.persistence)) {
+      for (const [c, server] of entries) {
+        ops.push({
+          put: { key: this.#key("p", service, c), value: JSON.stringify({ server, from: name }), lease },
+        });
+      }
+    }
+    for (const change of batch.servers) {
+      ops.push({
+        put: {
+          key: this.#key("s", change.service, change.server),
+          value: JSON.stringify({ ...change, from: name }),
+        },
+      });
+    }
+    for (let i = 0; i < ops.length; i += TXN_OPS) {
+      await client.txn({ compare: [], success: ops.slice(i, i + TXN_OPS) });
+    }
+  }
+
+  async snapshot(): Promise<unknown> {
+    const { kvs } = await this.#o.client.range(this.#o.prefix, { limit: this.#o.snapshotMax ?? 100_000 });
+    return this.#batchOf(kvs, null);
+  }
+
+  /**
+   * A hub's feed: what the other boxes write, as it happens. A watch that ends with an error (etcd unreachable at
+   * start, a compacted revision) is started again a second later, after reading the prefix anew (what it missed).
+   */
+  readonly feed = (receive: (body: unknown) => void): () => void => {
+    const { client, clock, prefix, name } = this.#o;
+    let watch: Watch | null = null;
+    let timer: TimerId | null = null;
+    let stopped = false;
+    const begin = (again: boolean) => {
+      timer = null;
+      if (again) this.snapshot().then(receive, () => {});
+      watch = client.watch(prefix, (events) => {
+        const batch = this.#batchOf(events.filter((e) => e.type === "put"), name);
+        if (batch.servers.length || Object.keys(batch.persistence).length) receive(batch);
+      }, {
+        onEnd: (error) => {
+          if (!stopped && error) timer = clock.setTimeout(() => begin(true), WATCH_RESTART_MS);
+        },
+      });
+      watch.ready.catch(() => {});
+    };
+    begin(false);
+    return () => {
+      stopped = true;
+      if (timer !== null) clock.clearTimeout(timer);
+      watch?.close();
+    };
+  };
+
+  #key(kind: "p" | "s", service: string, item: string): string {
+    return `${this.#o.prefix}${kind}/${service}/${item}`;
+  }
+
+  async #leaseId(): Promise<string> {
+    const now = this.#o.clock.now();
+    if (this.#lease && now < this.#lease.until) return this.#lease.id;
+    const half = this.#o.ttlMs / 2;
+    const { id } = await this.#o.client.leaseGrant(Math.ceil((this.#o.ttlMs + half) / 1000));
+    this.#lease = { id, until: now + half };
+    return id;
+  }
+
+  /** The changes under the prefix as a batch, skipping those written by `skip`; unreadable keys are left out. */
+  #batchOf(kvs: readonly { key: string; value: string }[], skip: string | null): ShareBatch {
+    const persistence: Record<string, [string, string][]> = {};
+    const servers: ServerChange[] = [];
+    for (const { key, value } of kvs) {
+      const m = /^([ps])\/([^/]+)\/([^/]+)$/.exec(key.slice(this.#o.prefix.length));
+      let v: Record<string, unknown>;
+      try {
+        v = JSON.parse(value);
+      } catch {
+        continue;
+      }
+      if (!m || !isRecord(v) || (skip !== null && v.from === skip)) continue;
+      const [, kind, service, item] = m;
+      if (kind === "p" && isText(v.server)) (persistence[service] ??= []).push([item, v.server]);
+      if (kind === "s" && isRecord(v.config)) {
+        servers.push({
+          service,
+          server: item,
+          ...(v.state !== undefined ? { state: v.state as AdminState } : {}),
+          ...(v.weight !== undefined ? { weight: v.weight as number } : {}),
+          config: v.config as ServerChange["config"],
+        });
+      }
+    }
+    return { from: skip === null ? "etcd" : "etcd watch", persistence, servers };
+  }
+}
+
+/** What a scheduler's hub is made with besides its config section. */
+export interface ShareHubDeps {
+  readonly name: string;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly metrics?: MetricsRegistry;
+  readonly local: ShareLocal;
+  /** Replaces the etcd client (tests). */
+  readonly etcd?: EtcdShareClient;
+}
+
+/** The hub a `scheduler.share` section asks for: its peers over HTTP, and etcd as one more peer when configured. */
+export function shareHubFor(cfg: ShareSection, deps: ShareHubDeps): ShareHub {
+  const http = cfg.token !== null ? httpShareTransport(cfg.token) : null;
+  const etcd = cfg.etcd.length
+    ? new EtcdShare({
+      client: deps.etcd ?? new EtcdClient({ endpoints: cfg.etcd, clock: deps.clock, timeoutMs: cfg.timeout }),
+      prefix: cfg.etcd_prefix,
+      name: deps.name,
+      ttlMs: cfg.etcd_ttl,
+      clock: deps.clock,
+    })
+    : null;
+  const pick = (peer: string): ShareTransport => (peer === ETCD_PEER ? etcd : http)!;
+  return new ShareHub({
+    name: deps.name,
+    peers: [...cfg.peers, ...(etcd ? [ETCD_PEER] : [])],
+    intervalMs: cfg.interval,
+    timeoutMs: cfg.timeout,
+    maxBatch: cfg.max_batch,
+    maxQueue: cfg.max_queue,
+    clock: deps.clock,
+    logger: deps.logger,
+    metrics: deps.metrics,
+    local: deps.local,
+    transport: {
+      push: (peer, batch, signal) => pick(peer).push(peer, batch, signal),
+      snapshot: (peer, signal) => pick(peer).snapshot(peer, signal),
+    },
+    feeds: etcd ? [etcd.feed] : [],
+  });
 }

@@ -14,6 +14,17 @@ function scheduler(text: string, file: string): SchedulerSection {
   return loadConfig(text, { file, roles, env }).sections.scheduler as SchedulerSection;
 }
 
+/** The formatted errors loading `text` gives ("" when it loads). */
+function errorsOf(text: string, file: string): string {
+  try {
+    scheduler(text, file);
+    return "";
+  } catch (error) {
+    assert.ok(error instanceof ErrorList, String(error));
+    return error.errors.map((e) => e.format()).join("\n");
+  }
+}
+
 Deno.test("config/keepalived edgenode examples load and point at each other", async () => {
   const a = scheduler(await Deno.readTextFile(new URL("sched-a.yaml", DIR)), "sched-a.yaml");
   const b = scheduler(await Deno.readTextFile(new URL("sched-b.yaml", DIR)), "sched-b.yaml");
@@ -40,6 +51,26 @@ scheduler:
   assert.match(lines, /bad\.yaml:4:\d+: .*http:\/\/10\.0\.0\.3"/);
   assert.match(lines, /bad\.yaml:5:\d+: .*token/);
   assert.match(lines, /bad\.yaml:6:\d+: .*1\.\.10000/);
+  const noPeer = `roles: [scheduler]
+scheduler:
+  share:
+    peers: [http://10.0.0.2:8080]
+`;
+  assert.match(
+    errorsOf(noPeer, "nopeer.yaml"),
+    /^nopeer\.yaml:4:\d+: scheduler\.share\.token: Expected token/,
+  );
+  assert.match(
+    errorsOf("roles: [scheduler]\nscheduler:\n  share:\n    interval: 1s\n", "empty.yaml"),
+    /^empty\.yaml:4:\d+: scheduler\.share\.peers: Expected peers or etcd/,
+  );
+  const etcdOnly = scheduler(
+    "roles: [scheduler]\nscheduler:\n  share:\n    etcd: [http://10.0.0.9:2379]\n",
+    "etcd.yaml",
+  );
+  assert.deepEqual(etcdOnly.share?.etcd, ["http://10.0.0.9:2379"]);
+  assert.equal(etcdOnly.share?.token, null);
+  assert.equal(etcdOnly.share?.etcd_prefix, "/edgenode/scheduler/share/");
   const none = scheduler("roles: [scheduler]\n", "none.yaml");
   assert.equal(none.share, null, "no share unless configured");
 });

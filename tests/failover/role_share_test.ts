@@ -67,6 +67,9 @@ class Box implements AsyncDisposable {
       share: {
         peers: [peer.url],
         token: TOKEN,
+        etcd: [],
+        etcd_prefix: "/edgenode/scheduler/share/",
+        etcd_ttl: 3_600_000,
         interval: 100,
         timeout: 2000,
         max_batch: 100,

@@ -7,16 +7,14 @@ import { createApp } from "../../lib/api/app.ts";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
-import type { AdminState } from "../../lib/scheduler/config.ts";
 import { PersistenceTable } from "../../lib/scheduler/persistence.ts";
+import { FakeServer, FakeService } from "./_fakes.ts";
 import {
   httpShareTransport,
   type ServerChange,
   serverChangeOf,
   servicesShareLocal,
   type ShareBatch,
-  type SharedServer,
-  type SharedService,
   ShareFormatError,
   ShareHub,
   shareRoutes,
@@ -30,30 +28,6 @@ const S2 = "10.0.1.2:80";
 /** Lets promise callbacks run (the fake transport answers at once). */
 async function settle(): Promise<void> {
   for (let i = 0; i < 20; i++) await Promise.resolve();
-}
-
-class FakeServer implements SharedServer {
-  admin: AdminState;
-  configuredWeight: number;
-  constructor(readonly key: string, readonly spec: { state: AdminState; weight: number }) {
-    this.admin = spec.state;
-    this.configuredWeight = spec.weight;
-  }
-  setAdmin(state: AdminState): void {
-    this.admin = state;
-  }
-}
-
-class FakeService implements SharedService {
-  changes = 0;
-  constructor(
-    readonly name: string,
-    readonly servers: FakeServer[],
-    readonly persistence: PersistenceTable | null,
-  ) {}
-  changed(): void {
-    this.changes++;
-  }
 }
 
 /** A box: one service "web" over S1 and S2 with persistence, and its hub. */
