@@ -32,8 +32,8 @@ relay:
   gso: false
   relays:
     - name: video
-      listen: 0.0.0.0:5004
-      targets: [127.0.0.1:6004, "[::1]:6004"]
+      listen: "[::]:5004"
+      targets: ["[::1]:6004", "[::1]:6005"]
 `,
     { file: "r.yaml", roles },
   );
@@ -47,8 +47,8 @@ relay:
     reflectors: [],
     relays: [{
       name: "video",
-      listen: { host: "0.0.0.0", port: 5004 },
-      targets: [{ host: "127.0.0.1", port: 6004 }, { host: "::1", port: 6004 }],
+      listen: { host: "::", port: 5004 },
+      targets: [{ host: "::1", port: 6004 }, { host: "::1", port: 6005 }],
       allow_sources: [],
     }],
   });
