@@ -311,7 +311,10 @@ Deno.test("applyOverrides puts the command line over the config without touching
 
 Deno.test("loadConfig reads process.realtime_priority, 0 by default, and refuses one outside 0..99 at its place", () => {
   assert.deepEqual(load("").process, { realtime_priority: 0, control_socket: null });
-  assert.deepEqual(load("process:\n  realtime_priority: 20\n").process, { realtime_priority: 20 });
+  assert.deepEqual(load("process:\n  realtime_priority: 20\n").process, {
+    realtime_priority: 20,
+    control_socket: null,
+  });
   assert.deepEqual(errorsOf("process:\n  realtime_priority: 100\n"), [
     "edge.yaml:2:22: process.realtime_priority: Expected an integer in 0..99, got 100",
   ]);
