@@ -61,6 +61,8 @@ export async function main(args: readonly string[]): Promise<number> {
       await checkFilesOf(next);
       return next;
     };
+    // A takeover checks everything --check does before it asks the running process for anything.
+    if (options.takeover !== undefined) await checkFilesOf(plan);
     return await run(plan, reread, options.takeover);
   } catch (error) {
     if (error instanceof UsageError) return err(`edgenode: ${error.message}\n`), 2;
