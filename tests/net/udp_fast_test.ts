@@ -193,13 +193,18 @@ Deno.test("a fast socket opened with timestamps gives each datagram the time the
     const to = a.destinations([b.local, plain.local]);
     // Linux turns arrival stamping on through deferred work after the first socket on the machine asks for it;
     // until then a datagram is stamped when it is read. Wait for a datagram stamped before this process read it.
-    await until("the kernel stamping datagrams at arrival", async () => {
-      a.send([new Uint8Array([0])], a.destinations([b.local]));
-      const sent = now();
-      await new Promise((resolve) => setTimeout(resolve, 2));
-      const batch = await b.receive();
-      return batch !== null && batch.count > 0 && batch.arrivalUs!(batch.count - 1) <= sent + 1000;
-    }, 5_000, 1);
+    await until(
+      "the kernel stamping datagrams at arrival",
+      async () => {
+        a.send([new Uint8Array([0])], a.destinations([b.local]));
+        const sent = now();
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        const batch = await b.receive();
+        return batch !== null && batch.count > 0 && batch.arrivalUs!(batch.count - 1) <= sent + 1000;
+      },
+      5_000,
+      1,
+    );
     const before = now();
     a.send([new Uint8Array([1])], to);
     const between = now();
