@@ -20,7 +20,7 @@ endif
 # build network namespaces (iproute2: ip netns, tc netem); the node's real-time priority resets its children with
 # util-linux's chrt; the dashboard's browser test runs headless Chromium; the TCP benchmark runs nginx, HAProxy and
 # wrk. Installed with apt-get (as root, else through sudo) when missing.
-TEST_PACKAGES := vlc-bin vlc-plugin-base ffmpeg fonts-dejavu-core haproxy etcd-server iproute2 util-linux chromium wrk keepalived curl
+TEST_PACKAGES := vlc-bin vlc-plugin-base ffmpeg fonts-dejavu-core haproxy etcd-server iproute2 util-linux chromium wrk keepalived curl nginx-light
 BENCH_PACKAGES := nginx-light haproxy wrk
 define apt_install
 	@pkgs=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || pkgs="$$pkgs $$p"; done; \

@@ -139,7 +139,15 @@ async function run(plan: Plan, reread: () => Promise<Plan>, takeoverPath?: strin
     if (signals++ === 0) stopped.resolve(signal);
     else force.abort(new Error(`Second ${signal}`));
   };
-  const handlers: [Deno.Signal, () => void][] = (["SIGINT", "SIGTERM"] as const).map((s) => [s, onSignal(s)]);
+  // SIGHUP reloads the config (as POST /reload does); one that comes while starting is kept for when it is up (its
+  // default action would end the process).
+  let reload: ((trigger: string) => unknown) | null = null;
+  let hangupWaiting = false;
+  const onHangup = () => reload ? void reload("SIGHUP") : void (hangupWaiting = true);
+  const handlers: [Deno.Signal, () => void][] = [
+    ...(["SIGINT", "SIGTERM"] as const).map((s): [Deno.Signal, () => void] => [s, onSignal(s)]),
+    ["SIGHUP", onHangup],
+  ];
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);
   const sockets = processSockets();
   const controlPath = plan.process.control_socket;
@@ -189,10 +197,9 @@ async function run(plan: Plan, reread: () => Promise<Plan>, takeoverPath?: strin
       }
     }
     control?.serve();
-    // SIGHUP reloads the config (as POST /reload does); a reload already running takes the next one after it.
-    const onHangup = () => void appliance.reload("SIGHUP");
-    Deno.addSignalListener("SIGHUP", onHangup);
-    handlers.push(["SIGHUP", onHangup]);
+    // A reload already running takes the next one after it.
+    reload = (trigger) => appliance.reload(trigger);
+    if (hangupWaiting) reload("SIGHUP");
     logger.info("running", {
       name: appliance.name,
       version: VERSION,

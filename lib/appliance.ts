@@ -121,6 +121,8 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
         history,
         process: () => ({
           scheduling,
+          // Fixed for the life of the process (a reload notes a change for the next start).
+          control_socket: plan.process.control_socket,
           config: { source: p.source, generation, last_reload: lastReload },
         }),
         token: p.status.token,
@@ -176,6 +178,9 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       if (next.process.realtime_priority !== current.process.realtime_priority) {
         notes.push("process.realtime_priority: takes effect at the next start");
       }
+      if (next.process.control_socket !== current.process.control_socket) {
+        notes.push("process.control_socket: takes effect at the next start");
+      }
       const summary: Record<string, ReloadSummary | "started" | "stopped"> = {};
       const prepared: [string, RoleReload][] = [];
       const started: [string, RunningRole][] = [];
@@ -209,7 +214,10 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
         for (const roleName of next.roles) {
           if (running.has(roleName)) continue;
           try {
-            started.push([roleName, await roles.get(roleName).start(next.sections[roleName], roleContext(roleName))]);
+            started.push([
+              roleName,
+              await roles.get(roleName).start(next.sections[roleName], roleContext(roleName)),
+            ]);
           } catch (error) {
             errors.push(errorMessage(error));
             break;
