@@ -5,7 +5,7 @@
  * the load-aware redirect route that answers with the chosen server as a 302 or a player metafile.
  */
 import type { Hono } from "hono";
-import { StartError, UsageError } from "../core/errors.ts";
+import { errorMessage, StartError, UsageError } from "../core/errors.ts";
 import { readTextFileLimited } from "../core/files.ts";
 import { formatHostPort } from "../net/address.ts";
 import type { RoleDef } from "../roles/role.ts";
@@ -128,18 +128,28 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
     const byName = new Map(services.map((s) => [s.name, s]));
     share?.start();
     /** Services a reload removed, until their connections have drained. */
-    const draining = new Set<Promise<void>>();
+    const draining = new Set<Service>();
     return {
       status: () => ({
         state: "running",
         io: transport.kind,
         ...(transport.waits ? { io_wait: transport.waits } : {}),
         services: Object.fromEntries(services.map((s) => [s.name, s.status()])),
+        ...(draining.size
+          ? {
+            draining: [...draining].map((s) => ({
+              service: s.name,
+              listen: formatHostPort(s.address),
+              open: s.open,
+            })),
+          }
+          : {}),
         ...(share ? { share: share.status() } : {}),
       }),
       async stop(deadline) {
         share?.stop();
-        await Promise.all([...services.map((s) => s.stop(deadline)), ...draining]);
+        // Services a reload removed are still draining: the stop's deadline cuts them too.
+        await Promise.all([...services, ...draining].map((s) => s.stop(deadline)));
       },
       routes: (app) => {
         schedulerRoutes(app, byName, share);
@@ -192,22 +202,43 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
             notes,
           },
           commit(drain) {
-            for (const [s, plan] of kept) s.update(plan, drain);
-            for (const s of added) {
-              s.start();
-              announce(s);
+            // Removed services stop accepting and leave /metrics first, so that a kept or new service may take
+            // their name; their open connections drain until `drain` aborts (the role's stop waits for them). The
+            // commit resolves once the change is applied, not when the drains end.
+            for (const s of removed) {
+              ctx.logger.info("service removed, draining", { service: s.name, open: s.open });
+              s.unpublish();
+              draining.add(s);
+              s.stop(drain).catch((error) =>
+                ctx.logger.error("service drain failed", { service: s.name, error: errorMessage(error) })
+              ).finally(() => draining.delete(s));
             }
-            services.splice(0, services.length, ...kept.map(([s]) => s), ...added);
+            const failed: string[] = [];
+            // Changed services publish again under their (maybe new) names: all leave first, so that names may
+            // swap. A service the reload does not change is left alone (its checks, picker and series go on).
+            const updated = kept.filter(([s, plan]) => s.changesTo(plan).length > 0);
+            for (const [s] of updated) s.unpublish();
+            for (const [s, plan] of updated) {
+              try {
+                s.update(plan, drain);
+              } catch (error) {
+                failed.push(`service ${s.name}: ${errorMessage(error)}`);
+              }
+            }
+            for (const s of added) {
+              try {
+                s.start();
+                announce(s);
+              } catch (error) {
+                failed.push(`service ${s.name}: ${errorMessage(error)}`);
+                void s.stop(AbortSignal.abort());
+              }
+            }
+            services.splice(0, services.length, ...kept.map(([s]) => s), ...added.filter((s) => s.listening));
             byName.clear();
             for (const s of services) byName.set(s.name, s);
             cfg = next;
-            const stops = removed.map((s) => {
-              ctx.logger.info("service removed, draining", { service: s.name, open: s.open });
-              return s.stop(drain);
-            });
-            const done = Promise.all(stops).then(() => {});
-            draining.add(done);
-            return done.finally(() => draining.delete(done));
+            return failed.length ? Promise.reject(new Error(failed.join("; "))) : Promise.resolve();
           },
           async abort() {
             const now = AbortSignal.abort();
