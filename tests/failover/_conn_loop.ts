@@ -3,7 +3,8 @@
  * every EVERY ms (each one independent, so a lost one does not hold up the next), sends an HTTP request and reads the
  * server's name. A connection not answered within TIMEOUT ms counts as failed: shorter than TCP's first SYN
  * retransmission (1 s), so the time of the first success after a failover is when the VIP answered a fresh SYN.
- * Prints one JSON line per attempt: {"s": start, "e": end (epoch ms), "ok": bool, "server" | "error"}.
+ * Prints one JSON line per attempt: {"s": start, "e": end (epoch ms), "ok": bool, "server" and "via" (the scheduler's
+ * address the server saw) | "error"}.
  * Args: ADDRESS PORT EVERY TIMEOUT. Runs until killed.
  */
 const [hostname, port, every, timeout] = Deno.args;
@@ -39,8 +40,8 @@ async function attempt(): Promise<void> {
     return body;
   })();
   try {
-    const server = await Promise.race([work, deadline]);
-    console.log(JSON.stringify({ s, e: now(), ok: true, server }));
+    const [server, via] = (await Promise.race([work, deadline])).split(" ");
+    console.log(JSON.stringify({ s, e: now(), ok: true, server, via }));
   } catch (error) {
     // A connect that completes after the deadline is closed at once.
     work.then(() => {}, () => {}).finally(() => close(conn));

@@ -11,7 +11,9 @@
  *
  * A second case has only edgenode die on the master (SIGKILL), its keepalived living on: keepalived's check of
  * /healthz fails twice (interval 1 s), the master goes to FAULT, gives the VIP up and says so (priority 0), and the
- * backup takes over at once.
+ * backup takes over at once. A third has the master lose its servers (unreachable routes to both, in its namespace
+ * only): its health checks take them down, its /healthz answers 503 "no healthy server", and keepalived moves the VIP
+ * the same way.
  *
  * A client loop opens a new connection to the VIP every 20 ms (each given up after 500 ms, before TCP's first SYN
  * retransmission) while the master dies; the time from the kill to the first new connection answered through the
@@ -77,11 +79,16 @@ interface Attempt {
   readonly e: number;
   readonly ok: boolean;
   readonly server?: string;
+  /** The scheduler box's address the server saw. */
+  readonly via?: string;
   readonly error?: string;
 }
 
-/** What dies on the master: the whole box, or only its edgenode (keepalived sees /healthz fail). */
-type Death = "box" | "edgenode";
+/**
+ * What fails on the master: the whole box, only its edgenode (keepalived's check finds nothing listening), or its
+ * way to the servers (edgenode answers /healthz with 503).
+ */
+type Death = "box" | "edgenode" | "servers";
 
 interface Figures {
   readonly advertSec: number;
@@ -256,7 +263,8 @@ async function failover(advertSec: number, death: Death, tools: Record<string, s
         `printf '%s ' ${ip}; ${tools.curl} -sS --max-time 2 --interface ${ip} http://${VIP}/ || echo FAILED`
       ).join("; ");
       const out = await bed.run("client", "sh", ["-c", script]);
-      return new Map(out.stdout.trim().split("\n").map((l) => l.split(" ") as [string, string]));
+      // Lines of "client server via".
+      return new Map(out.stdout.trim().split("\n").map((l) => l.split(" ").slice(0, 2) as [string, string]));
     };
     const before = await ask(CLIENT_IPS);
     assert.deepEqual(new Set(before.values()), new Set(["server1", "server2"]), JSON.stringify([...before]));
@@ -295,6 +303,11 @@ async function failover(advertSec: number, death: Death, tools: Record<string, s
       10_000,
       100,
     );
+    const masterAddress = bed.node("sched1").address;
+    assert.ok(
+      attempts().every((a) => !a.ok || a.via === masterAddress),
+      "before the failure, the master serves",
+    );
     const loopServer = attempts().findLast((a) => a.ok)!.server;
 
     // Only a settled pair (sched2 last said BACKUP, the VIP on sched1) is a fair start for the measurement.
@@ -306,8 +319,21 @@ async function failover(advertSec: number, death: Death, tools: Record<string, s
     assert.ok(await vipOn("sched1") && !await vipOn("sched2"), "the VIP on sched1 only");
 
     // The master box dies, or only its edgenode.
-    const victims = death === "box" ? await bed.pids("sched1") : [sched.get("sched1")!.edgenode.child.pid];
+    const victims = death === "box"
+      ? await bed.pids("sched1")
+      : death === "edgenode"
+      ? [sched.get("sched1")!.edgenode.child.pid]
+      : [];
     const t0 = now();
+    if (death === "servers") {
+      // Both at once (.4 and .5 are one /31): with one route at a time, a client whose server failed first could be
+      // moved by the master to the other one in between, and rightly keep that one after the failover.
+      assert.deepEqual([bed.node("server1").address, bed.node("server2").address], [
+        `${SUBNET}.4`,
+        `${SUBNET}.5`,
+      ]);
+      await bed.run("sched1", tools.ip, ["route", "add", "unreachable", `${SUBNET}.4/31`]);
+    }
     for (const pid of victims) {
       try {
         Deno.kill(pid, "SIGKILL");
@@ -321,12 +347,13 @@ async function failover(advertSec: number, death: Death, tools: Record<string, s
       }).output();
     }
 
-    const after = () => attempts().filter((a) => a.s >= t0);
-    await until("a new connection through the backup", () => after().some((a) => a.ok), 20_000);
-    await until("the backup serving steadily", () => after().filter((a) => a.ok).length >= 20, 10_000);
-    const firstOk = after().filter((a) => a.ok).reduce((x, y) => (y.e < x.e ? y : x));
+    const backup = bed.node("sched2").address;
+    const after = () => attempts().filter((a) => a.s >= t0 && a.ok && a.via === backup);
+    await until("a new connection through the backup", () => after().length > 0, 20_000);
+    await until("the backup serving steadily", () => after().length >= 20, 10_000);
+    const firstOk = after().reduce((x, y) => (y.e < x.e ? y : x));
     const backupKeepalived = sched.get("sched2")!.keepalived!;
-    const master = await poll(
+    const becameMaster = await poll(
       "keepalived on sched2 entering MASTER after the kill",
       () => backupKeepalived.lines.find((l) => l.at >= t0 && /Entering MASTER STATE/.test(l.text)),
     );
@@ -334,16 +361,26 @@ async function failover(advertSec: number, death: Death, tools: Record<string, s
       .map((l) => `${/Entering (\w+) STATE/.exec(l.text)![1]} ${(l.at - t0).toFixed(0)} ms`);
     console.log(`keepalived on sched2, relative to the kill: ${transitions.join(", ")}`);
     assert.ok(await vipOn("sched2"), "the VIP moved to sched2");
-    if (death === "edgenode") {
+    if (death !== "box") {
       // keepalived on the master saw /healthz fail and stood down.
       await sched.get("sched1")!.keepalived!.waitFor(/Entering FAULT STATE/);
       assert.ok(!await vipOn("sched1"), "the master gave the VIP up");
     }
+    if (death === "servers") {
+      const h = await bed.run("sched1", tools.curl, [
+        "-sS",
+        "--max-time",
+        "2",
+        "http://127.0.0.1:8080/healthz",
+      ]);
+      assert.equal(h.stdout, "scheduler: service web: no healthy server\n");
+    }
     // Every attempt that ended after the kill, the ones in flight at the kill included.
-    const ended = attempts().filter((a) => a.e >= t0 && a.e <= firstOk.e + 1000);
-    const failed = attempts().filter((a) => a.e >= t0 && !a.ok);
+    // The outage: attempts in flight at the failure or started after it, up to the first one the backup answered.
+    const ended = attempts().filter((a) => a.e >= t0 && a.s <= firstOk.s);
+    const failed = ended.filter((a) => !a.ok);
 
-    const loopAfter = after().filter((a) => a.ok).at(-1)!.server;
+    const loopAfter = after().at(-1)!.server;
     assert.equal(loopAfter, loopServer, "the looping client kept its server");
     const afterMap = await ask([...CLIENT_IPS].reverse());
     let held = 0;
@@ -357,7 +394,7 @@ async function failover(advertSec: number, death: Death, tools: Record<string, s
       advertSec,
       death,
       takeoverMs: firstOk.e - t0,
-      vrrpMasterMs: master.at - t0,
+      vrrpMasterMs: becameMaster.at - t0,
       failedAfterKill: failed.length,
       attemptsAfterKill: ended.length,
       affinityHeld: held + 1,
@@ -374,7 +411,7 @@ async function failover(advertSec: number, death: Death, tools: Record<string, s
 }
 
 function report(f: Figures): void {
-  const what = f.death === "box" ? "the master box died" : "edgenode on the master died";
+  const what = FAILURES[f.death];
   console.log(
     `failover, advert_int ${f.advertSec} s, ${what}: new connections through the backup after ` +
       `${f.takeoverMs.toFixed(0)} ms (keepalived on the backup logged MASTER at ~${
@@ -386,7 +423,12 @@ function report(f: Figures): void {
 }
 
 const RUNS = Number(Deno.env.get("FAILOVER_RUNS") ?? "1");
-const CASES: readonly [number, Death][] = [[1, "box"], [0.1, "box"], [1, "edgenode"]];
+const CASES: readonly [number, Death][] = [[1, "box"], [0.1, "box"], [1, "edgenode"], [1, "servers"]];
+const FAILURES: Record<Death, string> = {
+  box: "the master box died",
+  edgenode: "edgenode on the master died",
+  servers: "the master lost its servers (/healthz 503)",
+};
 
 Deno.test("the backup scheduler takes the VIP when the master dies, and clients keep their servers", async (t) => {
   const tools = await requireTools(
@@ -397,7 +439,7 @@ Deno.test("the backup scheduler takes the VIP when the master dies, and clients 
   const stale = await sweepStaleNamespaces();
   if (stale.length) console.log(`removed namespaces of an earlier crashed run: ${stale.join(", ")}`);
   for (const [advertSec, death] of CASES) {
-    const what = death === "box" ? "the master box dies" : "edgenode on the master dies";
+    const what = FAILURES[death];
     await t.step(`advert_int ${advertSec} s, ${what}`, async () => {
       for (let i = 0; i < RUNS; i++) report(await failover(advertSec, death, tools));
     });
