@@ -17,7 +17,11 @@
  * (the sender sends its config value with the change), so a box whose config deliberately differs keeps its own.
  * Concurrent changes to one item on two boxes: the last to arrive wins on each box (no clocks are compared).
  *
- * The class is pure apart from its transport and clock, both injected; `httpShareTransport` is the real transport.
+ * With `etcd` configured, etcd is one more peer (`EtcdShare`): changes are written as keys under a prefix, a snapshot
+ * is a range read of it, and a watch brings what the other boxes write; it works alongside the peers or alone.
+ *
+ * The class is pure apart from its transport and clock, both injected; `httpShareTransport` and `EtcdShare` are the
+ * real transports, `shareHubFor` makes the hub a config section asks for.
  */
 import type { Hono } from "hono";
 import type { Clock, TimerId } from "../core/clock.ts";

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { EtcdClient } from "../../lib/cluster/etcd.ts";
 import { Logger } from "../../lib/core/logger.ts";
-import { type SchedulerSection, schedulerSection, type ShareSection } from "../../lib/scheduler/config.ts";
+import type { ShareSection } from "../../lib/scheduler/config.ts";
 import { PersistenceTable } from "../../lib/scheduler/persistence.ts";
 import { serverChangeOf, servicesShareLocal, type ShareHub, shareHubFor } from "../../lib/scheduler/share.ts";
 import { EtcdServer } from "../_support/etcd.ts";
@@ -18,9 +18,7 @@ const S1 = "10.0.1.1:80";
 const S2 = "10.0.1.2:80";
 
 function section(url: string, prefix: string): ShareSection {
-  const none = schedulerSection.default as SchedulerSection;
   return {
-    ...(none.share ?? {}),
     peers: [],
     token: null,
     etcd: [url],
