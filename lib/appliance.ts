@@ -262,7 +262,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
         drain(role.stop(drainDeadline.signal));
         summary[roleName] = "stopped";
       }
-      for (const [roleName, role] of started) {
+      for (const [roleName] of started) {
         summary[roleName] = "started";
         logger.info("started", { part: roleName });
       }

@@ -294,8 +294,8 @@ export async function startAgent(
     let done = false;
     return {
       summary: { added: [], removed: [], changed, replaced, notes },
-      async commit(drain) {
-        if (done) return;
+      commit(drain) {
+        if (done) return Promise.resolve();
         done = true;
         const old = cfg;
         cfg = next;
@@ -308,7 +308,7 @@ export async function startAgent(
         }
         if (!fresh) {
           running.update({ maxClients: next.max_clients, timeoutMs: next.timeout });
-          return;
+          return Promise.resolve();
         }
         const before = running;
         running = fresh;
@@ -323,9 +323,12 @@ export async function startAgent(
         // The old listener drains in the background (the role's stop waits for it): the reload is applied now.
         draining.add(before);
         void before.close(drain).finally(() => {
-          for (const k of ["accepted", "replies", "errors", "refused"] as const) retired[k] += before.stats[k];
+          for (const k of ["accepted", "replies", "errors", "refused"] as const) {
+            retired[k] += before.stats[k];
+          }
           draining.delete(before);
         });
+        return Promise.resolve();
       },
       async abort() {
         if (done) return;

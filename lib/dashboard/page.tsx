@@ -102,11 +102,11 @@ function Reload({ config }: { config: Record<string, unknown> }) {
   const errors = (last?.errors ?? []) as unknown[];
   return (
     <span>
-      {" "}· config generation {n(config.generation)}
+      {` · config generation ${n(config.generation)}`}
       {last
         ? (
           <span class={last.ok ? "state ok" : "state bad"}>
-            {" "}· last reload {last.ok ? "applied" : "refused"} ({text(last.trigger)}, {text(last.at)})
+            {` · last reload ${last.ok ? "applied" : "refused"} (${text(last.trigger)}, ${text(last.at)})`}
             {errors.length
               ? `: ${text(errors[0])}${errors.length > 1 ? ` (+${errors.length - 1} more)` : ""}`
               : ""}
