@@ -18,6 +18,7 @@
  *   BENCH_SECONDS=5 BENCH_CONNECTIONS=50 BENCH_ROUNDS=5 deno task bench tcp   any part of either, by hand
  */
 import { startEdgenode, tempConfig } from "../e2e/_process.ts";
+import { nginxConfig } from "../_support/nginx.ts";
 import { processCpuNs } from "./_cpu.ts";
 import { announce, benchNumber } from "./_mode.ts";
 
@@ -71,27 +72,10 @@ async function startNginx(dir: string): Promise<Running> {
   const conf = `${dir}/nginx.conf`;
   await Deno.writeTextFile(
     conf,
-    `daemon off;
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  keepalive_requests 1000000;
-  sendfile on;
-  server {
-    listen ${LO}:${port} backlog=4096;
-    location = / { return 200 "hello\\n"; }
-    location = /bulk { alias ${dir}/bulk.bin; }
-  }
-}
-`,
+    nginxConfig(dir, `${LO}:${port}`, {
+      http: ["sendfile on;"],
+      locations: [`location = /bulk { alias ${dir}/bulk.bin; }`],
+    }),
   );
   const child = new Deno.Command(which("nginx")!, {
     args: ["-c", conf, "-p", dir],

@@ -4,6 +4,7 @@
  */
 import { openUdp, type UdpSocket } from "../../lib/net/udp.ts";
 import { freeTcpPort } from "../_support/ports.ts";
+import { nginxConfig } from "../_support/nginx.ts";
 import { requireTools } from "../_support/tools.ts";
 import { until } from "../_support/until.ts";
 
@@ -22,25 +23,7 @@ export async function startNginx(): Promise<{ port: number } & AsyncDisposable> 
   const port = freeTcpPort();
   await Deno.writeTextFile(
     `${dir}/nginx.conf`,
-    `daemon off;
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen ${LO}:${port} backlog=4096;
-    location = / { return 200 "hello\\n"; }
-  }
-}
-`,
+    nginxConfig(dir, `${LO}:${port}`),
   );
   const child = new Deno.Command(nginx, {
     args: ["-c", `${dir}/nginx.conf`, "-p", dir],
