@@ -533,14 +533,14 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
         }
       }
       // Old parts close first: a replaced part's counters go under the same name, and deferred addresses free up.
-      // Replaced reflectors hand over their participants as they are at this moment.
-      const handOvers = new Map(incoming.map((item) => [item, item.takeOver?.()]));
+      // Replaced reflectors hand over their participants once closed, so joins confirmed while they stopped go too.
       await Promise.all(stopping.map(async (s) => {
         const [kind, name] = s.label.split(" ");
         if (kind === "relay") parts.relays.delete(name);
         else parts.reflectors.delete(name);
         await s.close();
       }));
+      const handOvers = new Map(incoming.map((item) => [item, item.takeOver?.()]));
       for (const item of incoming) {
         try {
           const sockets = item.sockets ??
