@@ -38,7 +38,11 @@ export interface Plan {
     readonly max_body: number;
   };
   readonly log: { readonly level: LogLevel };
-  readonly shutdown: { readonly drain_timeout: number };
+  readonly shutdown: {
+    readonly drain_timeout: number;
+    /** How long /healthz fails ("stopping") before listeners close, so a VRRP peer takes the address first. */
+    readonly health_grace: number;
+  };
   /** 1..99: every thread runs at that SCHED_FIFO priority (core/scheduling.ts); 0: the normal policy. */
   readonly process: {
     readonly realtime_priority: number;
@@ -81,7 +85,14 @@ export function configSchema(roles: Registry<RoleDef>) {
       max_body: opt(byteSize({ min: 1024, max: 64 * 1024 * 1024 }), 1024 * 1024),
     }),
     log: section({ level: opt(oneOf(LOG_LEVELS), "info" as LogLevel) }),
-    shutdown: section({ drain_timeout: opt(duration({ max: 10 * 60_000 }), 10_000) }),
+    shutdown: section({
+      drain_timeout: opt(duration({ max: 10 * 60_000 }), 10_000),
+      health_grace: opt(
+        duration({ max: 60_000 }),
+        0,
+        "how long /healthz answers 503 stopping, with everything still serving, before a stop closes listeners",
+      ),
+    }),
     process: section({
       realtime_priority: opt(
         int({ min: 0, max: MAX_RT_PRIORITY }),
