@@ -134,6 +134,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
         ],
         selfGuarded: [...running.values()].flatMap((r) => r.selfGuarded ?? []),
         health: () => running.entries(),
+        stopping: () => graceful,
       });
     let app = makeApp(plan);
     const handler = (r: Request) => app.fetch(r);
@@ -146,6 +147,8 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
     const stopping = new AbortController();
     let queue: Promise<unknown> = Promise.resolve();
     let stopped: Promise<StopResult[]> | null = null;
+    /** In the stop's health grace: /healthz fails while everything still serves. */
+    let graceful = false;
 
     const apply = async (trigger: string): Promise<ReloadOutcome> => {
       const began = clock.now();
@@ -310,6 +313,22 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       },
       stop(force) {
         stopped ??= (async () => {
+          // First the health grace: /healthz says "stopping" while everything still serves, so that keepalived on
+          // the other box takes the VIP before these listeners close (cut short by `force`).
+          const grace = current.shutdown.health_grace;
+          if (grace > 0 && !force?.aborted) {
+            graceful = true;
+            logger.info("stopping: health fails first", { health_grace_ms: grace });
+            await new Promise<void>((resolve) => {
+              const id = clock.setTimeout(done, grace);
+              force?.addEventListener("abort", done, { once: true });
+              function done() {
+                clock.clearTimeout(id);
+                force?.removeEventListener("abort", done);
+                resolve();
+              }
+            });
+          }
           // One deadline for the whole stop: a reload still applying finishes first (its drains are cut with it).
           const deadline = makeDeadline(clock, current.shutdown.drain_timeout, force);
           deadline.signal.addEventListener("abort", () => stopping.abort(), { once: true });

@@ -550,3 +550,19 @@ Deno.test("GET /healthz of the appliance asks every running role, also after a r
   assert.match(await sick.text(), /a is sick/);
   await appliance.stop();
 });
+
+Deno.test("with a health grace, a stop fails /healthz first and stops the roles only when the grace has passed", async () => {
+  const { rec, clock, plan, deps } = setup("roles: [a]\nshutdown:\n  health_grace: 3s\n");
+  const appliance = await startAppliance(plan, deps);
+  assert.equal((await request(rec, "/healthz")).status, 200);
+  const stopping = appliance.stop();
+  await until("the grace to begin", () => rec.logs.some((l) => l.includes("health fails first")));
+  const res = await request(rec, "/healthz");
+  assert.equal(res.status, 503);
+  assert.equal(await res.text(), "edgenode: stopping\n");
+  clock.advance(2_999);
+  assert.ok(!rec.events.includes("stop a"), "everything still serves during the grace");
+  clock.advance(1);
+  assert.deepEqual(await stopping, [{ name: "status" }, { name: "a" }]);
+  assert.equal(clock.pending, 0);
+});

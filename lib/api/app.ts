@@ -38,6 +38,8 @@ export interface AppDeps {
    * every request. Absent: /healthz answers ok.
    */
   readonly health?: () => Iterable<readonly [string, { health?(): RoleHealth }]>;
+  /** True while the process is stopping (its grace before listeners close): /healthz then fails, whatever it asks. */
+  readonly stopping?: () => boolean;
   /** The figures of the last minutes: with it, GET / is the dashboard (lib/dashboard/page.tsx). */
   readonly history?: History;
 }
@@ -79,8 +81,20 @@ export function createApp(deps: AppDeps): Hono {
 
   // For keepalived's vrrp_script and load balancers: 200 "ok" when every role serves what it should, else 503 with
   // one line per problem ("scheduler: service web: no healthy server"); JSON when asked for with Accept.
+  // `?role=scheduler,relay` asks those roles only (a role not running is a problem), so that a relay's trouble does
+  // not move a scheduler's VIP.
   app.get("/healthz", (c) => {
-    const report = healthReport(deps.health?.() ?? []);
+    const asked = c.req.query("role")?.split(",").map((r) => r.trim()).filter(Boolean);
+    const running = [...(deps.health?.() ?? [])];
+    const picked = asked ? running.filter(([name]) => asked.includes(name)) : running;
+    const missing = (asked ?? []).filter((name) => !running.some(([n]) => n === name));
+    const report = healthReport([
+      ...picked,
+      ...missing.map((name) => [name, { health: () => ({ ok: false, problems: ["not running"] }) }] as const),
+      ...(deps.stopping?.()
+        ? [["edgenode", { health: () => ({ ok: false, problems: ["stopping"] }) }] as const]
+        : []),
+    ]);
     const json = /\bapplication\/json\b/.test(c.req.header("accept") ?? "");
     c.header("Cache-Control", "no-store");
     if (json) return c.json(report, report.ok ? 200 : 503);

@@ -93,3 +93,37 @@ Deno.test("GET /healthz counts a role whose health throws, or is not ok without 
     "node: health check failed: table gone\nrelay: not healthy (no detail given)\n",
   );
 });
+
+Deno.test("GET /healthz?role=scheduler asks the scheduler only; a role asked for that does not run fails", async () => {
+  const sick = (): RoleHealth => ({ ok: false, problems: ["session lecture: failed"] });
+  const app = appWith({ scheduler: { health: ok }, node: { health: sick } });
+  assert.equal((await app.request("/healthz")).status, 503);
+  const scoped = await app.request("/healthz?role=scheduler");
+  assert.equal(scoped.status, 200, "the node's trouble does not move the scheduler's VIP");
+  const missing = await app.request("/healthz?role=scheduler,relay");
+  assert.equal(missing.status, 503);
+  assert.equal(await missing.text(), "relay: not running\n");
+});
+
+Deno.test("GET /healthz fails while the process is stopping, whatever role it asks for", async () => {
+  const clock = new ManualClock(0);
+  let stopping = false;
+  const app = createApp({
+    name: "sched1",
+    version: "test",
+    clock,
+    startedAt: 0,
+    metrics: new MetricsRegistry(),
+    roles: () => ({}),
+    token: null,
+    maxBody: 1024,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    health: () => Object.entries({ scheduler: { health: ok } }),
+    stopping: () => stopping,
+  });
+  assert.equal((await app.request("/healthz?role=scheduler")).status, 200);
+  stopping = true;
+  const res = await app.request("/healthz?role=scheduler");
+  assert.equal(res.status, 503);
+  assert.equal(await res.text(), "edgenode: stopping\n");
+});
