@@ -82,8 +82,11 @@ export function createApp(deps: AppDeps): Hono {
   // For keepalived's vrrp_script and load balancers: 200 "ok" when every role serves what it should, else 503 with
   // one line per problem ("scheduler: service web: no healthy server"); JSON when asked for with Accept.
   // `?role=scheduler,relay` asks those roles only (a role not running is a problem), so that a relay's trouble does
-  // not move a scheduler's VIP.
+  // not move a scheduler's VIP. `?level=listening` leaves out what only degrades a role (a service with no healthy
+  // server): keepalived can then put a box whose edgenode is gone in FAULT, and only lower the priority of one whose
+  // servers are down (config/keepalived/).
   app.get("/healthz", (c) => {
+    const listeningOnly = c.req.query("level") === "listening";
     const asked = c.req.query("role")?.split(",").map((r) => r.trim()).filter(Boolean);
     const running = [...(deps.health?.() ?? [])];
     const picked = asked ? running.filter(([name]) => asked.includes(name)) : running;
@@ -94,7 +97,7 @@ export function createApp(deps: AppDeps): Hono {
       ...(deps.stopping?.()
         ? [["edgenode", { health: () => ({ ok: false, problems: ["stopping"] }) }] as const]
         : []),
-    ]);
+    ], listeningOnly);
     const json = /\bapplication\/json\b/.test(c.req.header("accept") ?? "");
     c.header("Cache-Control", "no-store");
     if (json) return c.json(report, report.ok ? 200 : 503);
@@ -169,6 +172,7 @@ function httpCounters(metrics: MetricsRegistry) {
 /** Every role's health; a role whose check throws is unhealthy with the error as its problem. */
 function healthReport(
   roles: Iterable<readonly [string, { health?(): RoleHealth }]>,
+  listeningOnly = false,
 ): { ok: boolean; roles: Record<string, RoleHealth> } {
   const out: Record<string, RoleHealth> = {};
   let ok = true;
@@ -184,8 +188,10 @@ function healthReport(
     }
     // A role that says it is not ok without saying why still gets a line.
     if (!h.ok && h.problems.length === 0) h = { ok: false, problems: ["not healthy (no detail given)"] };
-    out[name] = { ok: h.ok, problems: [...h.problems] };
-    ok &&= h.ok;
+    const degraded = listeningOnly ? [] : h.degraded ?? [];
+    const fine = h.ok && degraded.length === 0;
+    out[name] = { ok: fine, problems: [...h.problems, ...degraded] };
+    ok &&= fine;
   }
   return { ok, roles: out };
 }

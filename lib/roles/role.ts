@@ -43,9 +43,15 @@ export interface RunningRole {
 }
 
 export interface RoleHealth {
+  /** False when there is a problem; `degraded` lines alone leave it true. */
   readonly ok: boolean;
-  /** One line per problem (empty when ok). */
+  /** One line per problem (empty when ok): the role does not serve what it should (a listener closed, say). */
   readonly problems: readonly string[];
+  /**
+   * One line per way the role serves worse than it could (a service with no healthy server): a problem for a plain
+   * GET /healthz, left out of GET /healthz?level=listening.
+   */
+  readonly degraded?: readonly string[];
 }
 
 /** What a role's reload did, by part ("service web", "relay r1", "session lecture"), for the log and /status. */

@@ -157,11 +157,12 @@ export const schedulerRole: RoleDef<SchedulerSection> = {
       },
       health: () => {
         const problems: string[] = [];
+        const degraded: string[] = [];
         for (const s of services) {
           if (!s.listening) problems.push(`service ${s.name}: not listening on ${formatHostPort(s.address)}`);
-          else if (!s.servers.some((v) => v.up)) problems.push(`service ${s.name}: no healthy server`);
+          else if (!s.servers.some((v) => v.up)) degraded.push(`service ${s.name}: no healthy server`);
         }
-        return { ok: problems.length === 0, problems };
+        return { ok: problems.length === 0, problems, degraded };
       },
       async prepareReload(section) {
         const next = section as SchedulerSection;

@@ -127,3 +127,20 @@ Deno.test("GET /healthz fails while the process is stopping, whatever role it as
   assert.equal(res.status, 503);
   assert.equal(await res.text(), "edgenode: stopping\n");
 });
+
+Deno.test("GET /healthz?level=listening leaves out what only degrades a role", async () => {
+  const degraded = (): RoleHealth => ({
+    ok: true,
+    problems: [],
+    degraded: ["service web: no healthy server"],
+  });
+  const app = appWith({ scheduler: { health: degraded } });
+  const full = await app.request("/healthz?role=scheduler");
+  assert.equal(full.status, 503);
+  assert.equal(await full.text(), "scheduler: service web: no healthy server\n");
+  assert.equal((await app.request("/healthz?role=scheduler&level=listening")).status, 200);
+  const down = appWith({
+    scheduler: { health: () => ({ ok: false, problems: ["service web: not listening"] }) },
+  });
+  assert.equal((await down.request("/healthz?level=listening")).status, 503);
+});
