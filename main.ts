@@ -135,9 +135,13 @@ async function run(plan: Plan, reread: () => Promise<Plan>, takeoverPath?: strin
   const force = new AbortController();
   const stopped = Promise.withResolvers<string>();
   let signals = 0;
+  /** The first stop signal, once one came. */
+  let stopSignal: Deno.Signal | null = null;
   const onSignal = (signal: Deno.Signal) => () => {
-    if (signals++ === 0) stopped.resolve(signal);
-    else force.abort(new Error(`Second ${signal}`));
+    if (signals++ === 0) {
+      stopSignal = signal;
+      stopped.resolve(signal);
+    } else force.abort(new Error(`Second ${signal}`));
   };
   // SIGHUP reloads the config (as POST /reload does); one that comes while starting is kept for when it is up (its
   // default action would end the process).
@@ -165,6 +169,16 @@ async function run(plan: Plan, reread: () => Promise<Plan>, takeoverPath?: strin
     const takeover = takeoverPath === undefined
       ? null
       : await Takeover.begin(takeoverPath, { registry: sockets, logger: logger.child("takeover") });
+    // A stop signal during a takeover's start-up: the running process is told to go on, and this one stops.
+    const stopTakeover = async (): Promise<boolean> => {
+      if (!takeover || stopSignal === null) return false;
+      await takeover.abort(`stopped by ${stopSignal}`);
+      logger.warn("takeover abandoned: stopped while starting; the running process goes on serving", {
+        signal: stopSignal,
+      });
+      return true;
+    };
+    if (await stopTakeover()) return 0;
     // Without a takeover the control socket is made first, so a live one at the path fails before anything binds.
     if (!takeover && controlPath !== null) control = openControl(controlPath);
     let appliance;
@@ -184,7 +198,21 @@ async function run(plan: Plan, reread: () => Promise<Plan>, takeoverPath?: strin
       throw error;
     }
     if (takeover) {
-      await takeover.commit();
+      // Nothing awaits between this check and the "ready" commit() sends, so no signal can slip in between.
+      let failure: string | null = null;
+      if (!await stopTakeover()) {
+        try {
+          await takeover.commit();
+        } catch (error) {
+          failure = errorMessage(error);
+          logger.error("takeover failed; stopping (the running process goes on serving)", { error: failure });
+        }
+      }
+      if (stopSignal !== null || failure !== null) {
+        const failed = (await appliance.stop(force.signal)).filter((r) => r.error).length;
+        logger.info(failed ? "stopped with failures" : "all stopped", { failed });
+        return failure !== null || failed ? 1 : 0;
+      }
       // The running process removed its socket file before it answered: the path is this process's now.
       if (controlPath !== null) {
         try {

@@ -22,7 +22,11 @@ import {
   EAGAIN,
   ECONNREFUSED,
   EINTR,
+  EMFILE,
+  ENFILE,
+  ENOBUFS,
   ENOENT,
+  ENOMEM,
   errno,
   type Libc,
   MSG_CMSG_CLOEXEC,
@@ -39,6 +43,7 @@ import {
   SCM_RIGHTS,
   sharedLibc,
   SO_ACCEPTCONN,
+  SO_PEERCRED,
   SO_TYPE,
   SOCK_CLOEXEC,
   SOCK_DGRAM,
@@ -74,6 +79,19 @@ const decoder = new TextDecoder();
 export interface Frame {
   readonly message: unknown;
   readonly fds: number[];
+}
+
+export interface ReceiveOptions {
+  /** Stops the wait (ChannelError "Stopped waiting for the peer"). */
+  readonly signal?: AbortSignal;
+  /** Most descriptors the frame may carry (default MAX_FDS_PER_FRAME); more are closed and the frame refused. */
+  readonly maxFds?: number;
+}
+
+/** Who is at the other end of a unix socket, as the kernel says (SO_PEERCRED). */
+export interface PeerCredentials {
+  readonly pid: number;
+  readonly uid: number;
 }
 
 export class ChannelError extends Error {
@@ -144,6 +162,19 @@ async function ready(
   }
 }
 
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
 /** A connected control socket. Not for concurrent use: one request, one answer. */
 export class FdChannel {
   readonly #c: Libc;
@@ -151,6 +182,10 @@ export class FdChannel {
   #fd: number;
   /** Bytes received past the frame last returned. */
   #pending = new Uint8Array(0);
+  /** Bytes received on this channel in all (the stream offset just past `#pending`). */
+  #received = 0;
+  /** Descriptors received and not yet given to a frame, with the stream bytes of the read that brought them. */
+  readonly #fdQueue: { readonly from: number; readonly to: number; readonly fds: number[] }[] = [];
 
   constructor(c: Libc, fd: number) {
     this.#c = c;
@@ -217,54 +252,83 @@ export class FdChannel {
 
   /**
    * The next frame, waiting at most `timeoutMs`; throws ChannelError when the peer closed, the wait ran out, the
-   * signal aborted, or the bytes are not a frame.
+   * signal aborted, or the bytes are not a frame. `maxFds` is how many descriptors the frame may carry: any more that
+   * came with it are closed and the frame is refused (ChannelError), so a peer cannot make this process hold
+   * descriptors it never asked for (`maxFds: 0` for a frame that should carry none).
    */
-  async receive(timeoutMs: number, signal?: AbortSignal): Promise<Frame> {
+  async receive(timeoutMs: number, options: ReceiveOptions = {}): Promise<Frame> {
+    const { signal, maxFds = MAX_FDS_PER_FRAME } = options;
     const deadline = Date.now() + timeoutMs;
-    const fds: number[] = [];
     const s = this.#slab, c = this.#c;
-    try {
-      for (;;) {
-        const frame = this.#frame();
-        if (frame) return { message: frame, fds };
-        if (this.#fd < 0) throw new ChannelError("Cannot receive: the control socket is closed");
-        s.bytes.fill(0, HDR, CTL + CTL_SIZE);
-        s.put64(IOV, s.base + DATA);
-        s.put64(IOV + 8, DATA_SIZE);
-        s.put64(HDR + MSG_IOV, s.base + IOV);
-        s.put64(HDR + MSG_IOVLEN, 1);
-        s.put64(HDR + MSG_CONTROL, s.base + CTL);
-        s.put64(HDR + MSG_CONTROLLEN, CTL_SIZE);
-        const n = c.recvmsg(this.#fd, s.bytes.subarray(HDR, HDR + 64), MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0) {
-          const e = errno(c);
-          if (e === EINTR) continue;
-          if (e !== EAGAIN) {
-            throw new ChannelError(`Cannot receive on the control socket: ${describeErrno(c, e)}`);
-          }
-          if (!await ready(c, s, this.#fd, POLLIN, deadline, signal)) {
-            throw new ChannelError(
-              signal?.aborted
-                ? "Stopped waiting for the peer"
-                : `No answer on the control socket in ${timeoutMs} ms`,
-            );
-          }
-          continue;
+    for (;;) {
+      const frame = this.#frame();
+      if (frame) {
+        if (frame.fds.length > maxFds) {
+          for (const fd of frame.fds) c.close(fd);
+          throw new ChannelError(
+            `Cannot receive: ${frame.fds.length} descriptor(s) came with a frame that may carry ${maxFds}; closed`,
+          );
         }
-        this.#takeFds(fds);
-        if ((s.view.getInt32(HDR + MSG_FLAGS, true) & MSG_CTRUNC) !== 0) {
-          throw new ChannelError("Cannot receive: descriptors were cut (too many in one frame)");
-        }
-        if (n === 0) throw new ChannelError("The peer closed the control socket");
-        const more = new Uint8Array(this.#pending.length + n);
-        more.set(this.#pending);
-        more.set(s.bytes.subarray(DATA, DATA + n), this.#pending.length);
-        this.#pending = more;
+        return frame;
       }
-    } catch (error) {
-      for (const fd of fds) c.close(fd);
-      throw error;
+      if (this.#fd < 0) throw new ChannelError("Cannot receive: the control socket is closed");
+      s.bytes.fill(0, HDR, CTL + CTL_SIZE);
+      s.put64(IOV, s.base + DATA);
+      s.put64(IOV + 8, DATA_SIZE);
+      s.put64(HDR + MSG_IOV, s.base + IOV);
+      s.put64(HDR + MSG_IOVLEN, 1);
+      s.put64(HDR + MSG_CONTROL, s.base + CTL);
+      s.put64(HDR + MSG_CONTROLLEN, CTL_SIZE);
+      const n = c.recvmsg(this.#fd, s.bytes.subarray(HDR, HDR + 64), MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      if (n < 0) {
+        const e = errno(c);
+        if (e === EINTR) continue;
+        if (e !== EAGAIN) {
+          throw new ChannelError(`Cannot receive on the control socket: ${describeErrno(c, e)}`);
+        }
+        if (!await ready(c, s, this.#fd, POLLIN, deadline, signal)) {
+          throw new ChannelError(
+            signal?.aborted
+              ? "Stopped waiting for the peer"
+              : `No answer on the control socket in ${timeoutMs} ms`,
+          );
+        }
+        continue;
+      }
+      const fds: number[] = [];
+      this.#takeFds(fds);
+      if (fds.length) this.#fdQueue.push({ from: this.#received, to: this.#received + Math.max(n, 1), fds });
+      if ((s.view.getInt32(HDR + MSG_FLAGS, true) & MSG_CTRUNC) !== 0) {
+        throw new ChannelError("Cannot receive: descriptors were cut (too many in one frame)");
+      }
+      if (n === 0) throw new ChannelError("The peer closed the control socket");
+      const more = new Uint8Array(this.#pending.length + n);
+      more.set(this.#pending);
+      more.set(s.bytes.subarray(DATA, DATA + n), this.#pending.length);
+      this.#pending = more;
+      this.#received += n;
     }
+  }
+
+  /**
+   * The uid and pid of the process at the other end, as the kernel recorded them when the connection was made
+   * (SO_PEERCRED), not as the peer says.
+   */
+  peer(): PeerCredentials {
+    const c = this.#c, s = this.#slab;
+    s.view.setUint32(LEN + 16, 12, true);
+    if (
+      c.getsockopt(
+        this.#fd,
+        SOL_SOCKET,
+        SO_PEERCRED,
+        s.bytes.subarray(LEN, LEN + 12),
+        s.bytes.subarray(LEN + 16),
+      ) !== 0
+    ) {
+      throw new ChannelError(`Cannot ask who the peer is: ${describeErrno(c, errno(c))}`);
+    }
+    return { pid: s.view.getInt32(LEN, true), uid: s.view.getUint32(LEN + 4, true) };
   }
 
   /** The descriptors of every SCM_RIGHTS message in the control buffer just received. */
@@ -287,8 +351,12 @@ export class FdChannel {
     }
   }
 
-  /** A whole frame off the front of what was received, or null. */
-  #frame(): unknown {
+  /**
+   * A whole frame off the front of what was received, with its descriptors, or null. The kernel delivers descriptors
+   * with the first byte of the sendmsg they rode on (a frame's first), and a read that takes them ends with that
+   * message: so they belong to the last frame that starts within the bytes of that read, whichever call read them.
+   */
+  #frame(): Frame | null {
     const p = this.#pending;
     if (p.length < 4) return null;
     const len = new DataView(p.buffer, p.byteOffset).getUint32(0, false);
@@ -297,15 +365,29 @@ export class FdChannel {
     }
     if (p.length < 4 + len) return null;
     const body = p.subarray(4, 4 + len);
+    const start = this.#received - p.length;
+    const end = start + 4 + len;
     this.#pending = p.slice(4 + len);
+    const fds: number[] = [];
+    // Entries wholly before this frame's start belonged to a frame already returned (none can: dropped for safety).
+    while (this.#fdQueue.length && this.#fdQueue[0].to <= start) {
+      for (const fd of this.#fdQueue.shift()!.fds) this.#c.close(fd);
+    }
+    const head = this.#fdQueue[0];
+    if (head && head.from <= start && start < head.to && end >= head.to) {
+      fds.push(...this.#fdQueue.shift()!.fds);
+    }
     try {
-      return JSON.parse(decoder.decode(body));
+      return { message: JSON.parse(decoder.decode(body)), fds };
     } catch {
+      for (const fd of fds) this.#c.close(fd);
       throw new ChannelError("Cannot receive: a frame that is not JSON (not a control peer)");
     }
   }
 
+  /** Closes the socket and every received descriptor no frame took. */
   close(): void {
+    for (const entry of this.#fdQueue.splice(0)) for (const fd of entry.fds) this.#c.close(fd);
     if (this.#fd < 0) return;
     this.#c.close(this.#fd);
     this.#fd = -1;
@@ -357,19 +439,21 @@ export class ControlListener {
     const c = libcOrThrow();
     removeIfStale(path);
     const slab = new Slab();
-    const beside = `${path}.${Deno.pid}.new`;
+    slab.unixName(path); // the final name must fit
+    const beside = besideName(path);
     const len = slab.unixName(beside);
-    slab.unixName(path); // the final name must fit too
     const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) throw new StartError(`Cannot open control socket "${path}": ${describeErrno(c, errno(c))}`);
+    let bound = false;
     try {
+      // Only a socket left by an earlier try is removed (never a file someone else put there).
       try {
-        Deno.removeSync(beside);
+        if (Deno.lstatSync(beside).isSocket) Deno.removeSync(beside);
       } catch { /* none left */ }
-      slab.unixName(beside);
       if (c.bind(fd, slab.name(), len) !== 0) {
         throw new StartError(`Cannot bind control socket "${beside}": ${describeErrno(c, errno(c))}`);
       }
+      bound = true;
       Deno.chmodSync(beside, 0o600);
       if (c.listen(fd, 8) !== 0) {
         throw new StartError(`Cannot listen on control socket "${path}": ${describeErrno(c, errno(c))}`);
@@ -378,23 +462,41 @@ export class ControlListener {
       return new ControlListener(c, fd, path, Deno.statSync(path).ino);
     } catch (error) {
       c.close(fd);
-      try {
-        Deno.removeSync(beside);
-      } catch { /* not made */ }
+      if (bound) {
+        try {
+          Deno.removeSync(beside);
+        } catch { /* renamed or gone */ }
+      }
       if (error instanceof StartError) throw error;
       throw new StartError(`Cannot make control socket "${path}": ${(error as Error).message}`);
     }
   }
 
-  /** The next connection, or null once the signal aborted or the listener closed. */
-  async accept(signal: AbortSignal): Promise<FdChannel | null> {
+  /**
+   * The next connection, or null once the signal aborted or the listener closed. When accept4 fails (out of
+   * descriptors or memory: EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything else), `onError` hears of it once per kind of
+   * failure, and the next try waits a slice, so a failing accept never spins.
+   */
+  async accept(signal: AbortSignal, onError?: (message: string) => void): Promise<FdChannel | null> {
     const c = this.#c;
+    let failed = 0;
     for (;;) {
       if (this.#fd < 0 || signal.aborted) return null;
       const n = await (c.poll_wait(this.#slab.pollfd(this.#fd), 1n, SLICE_MS) as Promise<number>);
       if (n <= 0 || this.#fd < 0 || signal.aborted) continue;
       const fd = c.accept4(this.#fd, null, null, SOCK_CLOEXEC);
       if (fd >= 0) return new FdChannel(c, fd);
+      const e = errno(c);
+      if (e === EINTR || e === EAGAIN) continue;
+      if (e !== failed) {
+        failed = e;
+        const shortage = e === EMFILE || e === ENFILE || e === ENOBUFS || e === ENOMEM;
+        onError?.(
+          `Cannot accept on control socket "${this.path}": ${describeErrno(c, e)}` +
+            (shortage ? " (retrying)" : ""),
+        );
+      }
+      await pause(SLICE_MS, signal);
     }
   }
 
@@ -417,6 +519,19 @@ export class ControlListener {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/**
+ * The name the socket is bound at before it is renamed to `path`, in the same directory (rename needs that) and
+ * within the kernel's 107 bytes for every `path` that fits: `PATH.PID.new` when that fits, else `DIR/.PID` with the
+ * pid in base 36 (at most 5 characters; `DIR/` plus at least one character is already in `path`, so it is at most 5
+ * bytes longer than `path`: a 100-byte path, the config's limit, gives at most 105).
+ */
+function besideName(path: string): string {
+  const long = `${path}.${Deno.pid}.new`;
+  if (encoder.encode(long).length < SOCKADDR_UN_SIZE - 2) return long;
+  const slash = path.lastIndexOf("/");
+  return `${slash < 0 ? "" : path.slice(0, slash + 1)}.${Deno.pid.toString(36)}`;
 }
 
 /** Removes `path` when it is a socket nothing answers on; throws StartError when something does, or it is no socket. */
@@ -482,6 +597,11 @@ export function inspectSocket(fd: number): SocketFacts {
     addr: ip ? readSockaddr(slab.view, NAME) : null,
     v6: family === AF_INET6,
   };
+}
+
+/** This process's effective uid: the only user a control socket talks to. */
+export function effectiveUid(): number {
+  return libcOrThrow().geteuid();
 }
 
 /** Closes a descriptor this process owns (one received and not adopted). */

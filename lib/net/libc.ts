@@ -40,6 +40,10 @@ export const SO_REUSEPORT = 15;
 export const IPPROTO_TCP = 6;
 export const TCP_NODELAY = 1;
 export const MSG_NOSIGNAL = 0x4000;
+/** fcntl(2): an adopted descriptor's status flags (a listener handed over must be non-blocking). */
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const O_NONBLOCK = 0o4000;
 export const EPOLLIN = 0x1;
 export const EPOLLOUT = 0x4;
 export const EPOLLERR = 0x8;
@@ -73,6 +77,8 @@ export const GSO_MAX_SEGMENTS = 64;
 // Unix sockets, descriptor passing and poll (the takeover's control socket: lib/net/fd_channel.ts).
 export const AF_UNIX = 1;
 export const SO_TYPE = 3;
+/** struct ucred { pid_t pid; uid_t uid; gid_t gid } of a unix socket's peer, as of connect(2). */
+export const SO_PEERCRED = 17;
 export const SO_ACCEPTCONN = 30;
 export const SCM_RIGHTS = 1;
 /** Received descriptors are close-on-exec from the start. */
@@ -155,6 +161,9 @@ const SYMBOLS = {
   socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  geteuid: { parameters: [], result: "u32" },
+  /** fcntl(fd, cmd, int arg): variadic in C; an int third argument passes as one on every LP64 ABI used here. */
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
 } as const;
 
 export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];

@@ -4,12 +4,24 @@
  * this config find them (a socket whose kind and address match is adopted instead of bound). After this process has
  * started, `commit()` closes the passed sockets its config does not use (listing them), tells the running process to
  * drain, and waits for its answer; a failed start calls `abort()`, and the running process goes on untouched.
+ *
+ * The running process says how long it waits for "ready". A commit after that deadline, or one the running process
+ * does not answer with "draining", fails (StartError): the caller stops and exits 1, because the running process goes
+ * on serving, and two processes must not serve side by side for good.
  */
 import { errorMessage, StartError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import { formatHostPort } from "../net/address.ts";
-import { closeFd, connectControl, type FdChannel, inspectSocket } from "../net/fd_channel.ts";
+import {
+  closeFd,
+  connectControl,
+  effectiveUid,
+  type FdChannel,
+  inspectSocket,
+  MAX_FDS_PER_FRAME,
+} from "../net/fd_channel.ts";
 import type { InheritedSocket, SocketRegistry } from "../net/handover.ts";
+import { READY_TIMEOUT_MS } from "./control.ts";
 import { message, parseMessage, type UnpassableEntry } from "./protocol.ts";
 
 export interface TakeoverOptions {
@@ -30,6 +42,8 @@ export class Takeover {
   readonly unpassable: readonly UnpassableEntry[];
   /** How many descriptors came. */
   readonly received: number;
+  /** When the running process stops waiting for "ready" (Date.now() time). */
+  readonly readyBy: number;
   #done = false;
 
   private constructor(
@@ -38,12 +52,14 @@ export class Takeover {
     pid: number | null,
     unpassable: readonly UnpassableEntry[],
     received: number,
+    readyBy: number,
   ) {
     this.#ch = ch;
     this.#options = options;
     this.pid = pid;
     this.unpassable = unpassable;
     this.received = received;
+    this.readyBy = readyBy;
   }
 
   /** Connects and receives the sockets; StartError saying why when it cannot (nothing was changed anywhere). */
@@ -59,11 +75,18 @@ export class Takeover {
     }
     const inherited: InheritedSocket[] = [];
     try {
+      // Sockets are taken only from a process of this user (whatever the file's permissions let through).
+      const peer = ch.peer();
+      const uid = effectiveUid();
+      if (peer.uid !== uid) {
+        throw new Error(`the process answering there runs as uid ${peer.uid}, not ${uid}`);
+      }
       await ch.send(message({ type: "takeover", pid: Deno.pid }));
       let unpassable: readonly UnpassableEntry[] = [];
       let pid: number | null = null;
+      let readyTimeoutMs = READY_TIMEOUT_MS;
       for (;;) {
-        const frame = await ch.receive(timeout);
+        const frame = await ch.receive(timeout, { maxFds: MAX_FDS_PER_FRAME });
         let m;
         try {
           m = parseMessage(frame.message, ["sockets", "refused"]);
@@ -74,7 +97,14 @@ export class Takeover {
           } catch { /* gone */ }
           throw error;
         }
-        if (m.type === "refused") throw new Error(`the running process refused: ${m.reason}`);
+        if (m.type === "refused") {
+          for (const fd of frame.fds) closeFd(fd);
+          throw new Error(`the running process refused: ${m.reason}`);
+        }
+        if (m.last && m.pid !== peer.pid) {
+          for (const fd of frame.fds) closeFd(fd);
+          throw new Error(`the peer says it is pid ${m.pid ?? "?"}, the kernel says ${peer.pid}`);
+        }
         if (frame.fds.length !== m.sockets.length) {
           for (const fd of frame.fds) closeFd(fd);
           throw new Error(`${frame.fds.length} descriptors came for ${m.sockets.length} sockets`);
@@ -97,6 +127,7 @@ export class Takeover {
         if (m.last) {
           unpassable = m.unpassable ?? [];
           pid = m.pid ?? null;
+          readyTimeoutMs = m.ready_timeout_ms ?? READY_TIMEOUT_MS;
           break;
         }
       }
@@ -109,7 +140,8 @@ export class Takeover {
           reason: u.reason,
         });
       }
-      return new Takeover(ch, options, pid, unpassable, inherited.length);
+      // Counted from receipt: the running process started its wait a little earlier.
+      return new Takeover(ch, options, pid, unpassable, inherited.length, Date.now() + readyTimeoutMs);
     } catch (error) {
       for (const s of inherited) closeFd(s.fd);
       ch.close();
@@ -131,26 +163,34 @@ export class Takeover {
   }
 
   /**
-   * Tells the running process that this one serves, and waits for it to say it drains. A failure here is logged and
-   * not thrown: this process serves either way.
+   * Tells the running process that this one serves, and waits for it to say it drains. Throws StartError when it
+   * cannot be sure the running process stops: past the ready deadline (this sends "abort" instead of "ready"), or no
+   * "draining" came. The caller then stops and exits: the running process goes on serving.
    */
   async commit(): Promise<void> {
     if (this.#done) return;
+    const late = Date.now() - this.readyBy;
+    if (late >= 0) {
+      const reason = `started ${late} ms after the running process stopped waiting`;
+      await this.abort(reason);
+      throw new StartError(`Cannot take over: ${reason}; the running process goes on serving`);
+    }
     this.#done = true;
     this.closeUnclaimed();
     try {
       await this.#ch.send(message({ type: "ready" }));
-      const m = parseMessage((await this.#ch.receive(this.#options.timeoutMs ?? ANSWER_TIMEOUT_MS)).message, [
-        "draining",
-      ]);
+      const frame = await this.#ch.receive(this.#options.timeoutMs ?? ANSWER_TIMEOUT_MS, { maxFds: 0 });
+      const m = parseMessage(frame.message, ["draining"]);
       this.#options.logger.info("takeover: the running process drains", {
         pid: this.pid ?? "?",
         drain_timeout_ms: m.drain_timeout_ms,
       });
     } catch (error) {
-      this.#options.logger.warn("takeover: no answer to ready; serving anyway", {
-        error: errorMessage(error),
-      });
+      throw new StartError(
+        `Cannot take over: the running process did not say it drains (${
+          errorMessage(error)
+        }); it goes on serving`,
+      );
     } finally {
       this.#ch.close();
     }

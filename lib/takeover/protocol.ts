@@ -3,13 +3,18 @@
  * the checks each makes of what it receives. Frames and descriptors travel through lib/net/fd_channel.ts.
  *
  *   new -> old   takeover  { v, type: "takeover", pid }
- *   old -> new   sockets   { v, type: "sockets", sockets: [{kind, addr}], last, unpassable: [{kind, addr, reason}] }
+ *   old -> new   sockets   { v, type: "sockets", sockets: [{kind, addr}], last, unpassable: [{kind, addr, reason}],
+ *                            pid, ready_timeout_ms }
  *                          (the descriptors ride on the frame, in the order of `sockets`; several frames when there
- *                          are many, the last with `last: true` and the unpassable list) -- or
+ *                          are many, the last with `last: true`, the unpassable list, the old process's pid and how
+ *                          long it waits for "ready") -- or
  *                refused   { v, type: "refused", reason }
  *   new -> old   ready     { v, type: "ready" }            (serving on what it adopted and bound)
  *             or abort     { v, type: "abort", reason }    (the old process goes on as before)
  *   old -> new   draining  { v, type: "draining", drain_timeout_ms }   (the old process stops accepting, drains, exits)
+ *
+ * Descriptors ride only on "sockets" frames: each side closes any that come with another frame. Each side checks
+ * that the peer runs as its own effective uid (SO_PEERCRED) before it says anything else.
  */
 import type { HostPort } from "../net/address.ts";
 import type { SocketKind } from "../net/handover.ts";
@@ -34,6 +39,8 @@ export type ControlMessage =
     readonly last: boolean;
     readonly unpassable?: readonly UnpassableEntry[];
     readonly pid?: number;
+    /** How long the old process waits for "ready" from this frame on; the new process gives up after it. */
+    readonly ready_timeout_ms?: number;
   }
   | { readonly v: number; readonly type: "refused"; readonly reason: string }
   | { readonly v: number; readonly type: "ready" }
@@ -88,6 +95,11 @@ export function parseMessage<T extends ControlMessage["type"]>(
           throw bad("unpassable");
         }
       }
+      if (m.pid !== undefined && !Number.isInteger(m.pid)) throw bad("pid");
+      if (
+        m.ready_timeout_ms !== undefined &&
+        (typeof m.ready_timeout_ms !== "number" || !(m.ready_timeout_ms > 0))
+      ) throw bad("ready_timeout_ms");
       break;
     case "refused":
     case "abort":

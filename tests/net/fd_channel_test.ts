@@ -5,6 +5,7 @@ import {
   closeFd,
   connectControl,
   ControlListener,
+  effectiveUid,
   FdChannel,
   inspectSocket,
 } from "../../lib/net/fd_channel.ts";
@@ -120,6 +121,81 @@ Deno.test("ControlListener makes the socket 0600, refuses a live one, replaces a
     await Deno.writeTextFile(path, "mine");
     assert.throws(() => ControlListener.open(path), /exists and is not a socket/);
     assert.equal(await Deno.readTextFile(path), "mine");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("FdChannel.receive closes descriptors on a frame that may carry none, and refuses it", async () => {
+  const [a, b] = channelPair();
+  const [x, y] = channelPair();
+  try {
+    await a.send({ n: 1 }, [x.fd]);
+    await assert.rejects(
+      b.receive(5_000, { maxFds: 0 }),
+      /1 descriptor\(s\) came with a frame that may carry 0/,
+    );
+    x.close();
+    // The received copy was closed: with x closed too, y sees its peer gone.
+    await assert.rejects(y.receive(5_000), /The peer closed the control socket/);
+  } finally {
+    a.close();
+    b.close();
+    y.close();
+  }
+});
+
+Deno.test("FdChannel gives descriptors to the frame they were sent with, when frames arrive in one read", async () => {
+  const [a, b] = channelPair();
+  const sockets = Array.from({ length: 3 }, () => openFastUdp({ host: "127.0.0.1", port: 0 }, {}, false)!);
+  try {
+    // Both frames are in the socket before the first receive: one without descriptors, one with three.
+    await a.send({ first: true });
+    await a.send({ second: true }, sockets.map((s) => s.descriptor.fd));
+    await a.send({ third: true });
+    const first = await b.receive(5_000);
+    assert.deepEqual(first, { message: { first: true }, fds: [] });
+    const second = await b.receive(5_000);
+    assert.deepEqual(second.message, { second: true });
+    assert.equal(second.fds.length, 3);
+    second.fds.forEach((fd, i) => assert.deepEqual(inspectSocket(fd).addr, sockets[i].local));
+    second.fds.forEach(closeFd);
+    assert.deepEqual(await b.receive(5_000), { message: { third: true }, fds: [] });
+  } finally {
+    for (const s of sockets) await s.close();
+    a.close();
+    b.close();
+  }
+});
+
+Deno.test("FdChannel.peer says the peer's pid and uid as the kernel knows them", () => {
+  const [a, b] = channelPair();
+  try {
+    assert.deepEqual(a.peer(), { pid: Deno.pid, uid: effectiveUid() });
+    assert.deepEqual(b.peer(), { pid: Deno.pid, uid: effectiveUid() });
+  } finally {
+    a.close();
+    b.close();
+  }
+});
+
+Deno.test("ControlListener works at a 100-byte path (the longest the config accepts)", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/${"c".repeat(100 - dir.length - 1)}`;
+  assert.equal(new TextEncoder().encode(path).length, 100);
+  try {
+    const listener = ControlListener.open(path);
+    assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600);
+    const stop = new AbortController();
+    const accepted = listener.accept(stop.signal);
+    const client = connectControl(path);
+    const server = (await accepted)!;
+    await client.send({ ping: 1 });
+    assert.deepEqual((await server.receive(5_000)).message, { ping: 1 });
+    client.close();
+    server.close();
+    listener.close();
+    assert.deepEqual([...Deno.readDirSync(dir)], [], "no temporary name left behind");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

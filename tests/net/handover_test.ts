@@ -2,6 +2,16 @@
 import assert from "node:assert/strict";
 import { channelPair, inspectSocket } from "../../lib/net/fd_channel.ts";
 import { processSockets, socketKey, SocketRegistry } from "../../lib/net/handover.ts";
+import {
+  AF_INET,
+  F_GETFL,
+  type Libc,
+  O_NONBLOCK,
+  sharedLibc,
+  SOCK_CLOEXEC,
+  SOCK_STREAM,
+  writeSockaddr,
+} from "../../lib/net/libc.ts";
 import { openUdp, openUdpPair } from "../../lib/net/udp.ts";
 import { openFastTransport } from "../../lib/net/tcp/fast/transport.ts";
 import { listenTcp } from "../../lib/net/tcp/socket.ts";
@@ -107,4 +117,32 @@ Deno.test("a fast TCP listener adopts an inherited listening socket; a Deno list
   assert.match(listed.reason!, /keeps its descriptor/);
   fixed.close();
   assert.equal(r.held().filter((h) => h.addr.port === port).length, 0);
+});
+
+Deno.test("a fast TCP listener makes an adopted blocking listening socket non-blocking", async () => {
+  const c = sharedLibc()!.symbols as unknown as Libc;
+  // A blocking listener, as a peer other than edgenode could hand over: socket(2) without SOCK_NONBLOCK.
+  const slab = new Uint8Array(64);
+  const view = new DataView(slab.buffer);
+  const fd = c.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const len = writeSockaddr(view, 0, { host: "127.0.0.1", port: 0 }, false);
+  assert.equal(c.bind(fd, slab, len), 0);
+  assert.equal(c.listen(fd, 8), 0);
+  assert.equal(c.fcntl(fd, F_GETFL, 0) & O_NONBLOCK, 0);
+  const addr = inspectSocket(fd).addr!;
+  processSockets().inherit([{ kind: "tcp", addr, fd }]);
+  const transport = openFastTransport()!;
+  const listener = transport.listen(addr);
+  assert.notEqual(c.fcntl(fd, F_GETFL, 0) & O_NONBLOCK, 0, "O_NONBLOCK set on adoption");
+  // It accepts through the reactor, and the reactor's thread never blocks in accept.
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: addr.port });
+  const got = await new Promise<boolean>((resolve) => {
+    listener.serve((accepted) => {
+      accepted.close();
+      resolve(true);
+    }, () => Promise.resolve());
+  });
+  assert.ok(got);
+  conn.close();
+  listener.close();
 });

@@ -8,10 +8,12 @@ import { StartError } from "../../lib/core/errors.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { connectControl } from "../../lib/net/fd_channel.ts";
 import { SocketRegistry } from "../../lib/net/handover.ts";
+import { sharedLibc } from "../../lib/net/libc.ts";
 import { openFastUdp } from "../../lib/net/udp_fast.ts";
 import { Takeover } from "../../lib/takeover/client.ts";
 import { ControlServer } from "../../lib/takeover/control.ts";
 import { message, parseMessage, PROTOCOL_VERSION } from "../../lib/takeover/protocol.ts";
+import { until } from "../_support/until.ts";
 
 function quietLogger(lines: string[]): Logger {
   return new Logger({ level: "debug", clock: systemClock, sink: (line: string) => void lines.push(line) });
@@ -103,6 +105,8 @@ Deno.test("an aborted takeover leaves the old side serving and answering the nex
   try {
     const first = await Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) });
     await first.abort("Cannot listen on udp 127.0.0.1:9: address already in use");
+    // One conversation at a time: the next is answered once the old side has read the abort.
+    await until("the abort read", () => lines.some((l) => /takeover aborted/.test(l)));
     const second = await Takeover.begin(tmp.path, {
       registry: new SocketRegistry(),
       logger: quietLogger([]),
@@ -146,4 +150,119 @@ Deno.test("Takeover.begin says why when nothing runs at the path", async () => {
     Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) }),
     (e: unknown) => e instanceof StartError && /Cannot take over from ".*": no such socket/.test(e.message),
   );
+});
+
+/** How many descriptors this process has open (fcntl F_GETFD answers for each; /proc needs --allow-all). */
+function openFds(): number {
+  const c = sharedLibc()!.symbols;
+  let n = 0;
+  for (let fd = 0; fd < 4096; fd++) if (c.fcntl(fd, 1, /* F_GETFD */ 0) >= 0) n++;
+  return n;
+}
+
+Deno.test("the old side closes descriptors a peer attaches to its takeover frame", async () => {
+  await using tmp = await tempPath();
+  const lines: string[] = [];
+  const server = ControlServer.open(tmp.path, {
+    registry: new SocketRegistry(),
+    logger: quietLogger(lines),
+    drainTimeoutMs: 0,
+    handOver: () => {},
+  });
+  server.serve();
+  const extra = Array.from({ length: 20 }, () => openFastUdp({ host: "127.0.0.1", port: 0 }, {}, false)!);
+  try {
+    const before = openFds();
+    const ch = connectControl(tmp.path);
+    await ch.send(message({ type: "takeover", pid: Deno.pid }), extra.map((u) => u.descriptor.fd));
+    const answer = (await ch.receive(5_000)).message as { type: string; reason: string };
+    assert.equal(answer.type, "refused");
+    assert.match(answer.reason, /20 descriptor\(s\) came with a frame that may carry 0/);
+    ch.close();
+    await until("the conversation over", () => lines.some((l) => /refused a request/.test(l)));
+    // The server's copies of the 20 descriptors were closed (and the connection's own descriptor).
+    await until("descriptors closed", () => openFds() <= before, 2_000).catch(() => {});
+    assert.equal(openFds(), before);
+  } finally {
+    for (const u of extra) await u.close();
+    await server.close();
+  }
+});
+
+Deno.test('a busy old side answers a second connection "refused: busy" at once', async () => {
+  await using tmp = await tempPath();
+  const lines: string[] = [];
+  const server = ControlServer.open(tmp.path, {
+    registry: new SocketRegistry(),
+    logger: quietLogger(lines),
+    drainTimeoutMs: 0,
+    handOver: () => {},
+  });
+  server.serve();
+  try {
+    // The first conversation is under way: sockets received, no answer yet.
+    const first = await Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) });
+    const started = Date.now();
+    await assert.rejects(
+      Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) }),
+      /refused: busy/,
+    );
+    assert.ok(Date.now() - started < 1_000, "answered without waiting for the first conversation");
+    await first.abort("done");
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("a new process that hangs up after ready leaves the old side serving, with its control socket made again", async () => {
+  await using tmp = await tempPath();
+  const lines: string[] = [];
+  let handed = false;
+  const server = ControlServer.open(tmp.path, {
+    registry: new SocketRegistry(),
+    logger: quietLogger(lines),
+    drainTimeoutMs: 0,
+    handOver: () => handed = true,
+  });
+  server.serve();
+  try {
+    const ch = connectControl(tmp.path);
+    await ch.send(message({ type: "takeover", pid: Deno.pid }));
+    assert.equal((await ch.receive(5_000)).message && "sockets", "sockets");
+    await ch.send(message({ type: "ready" }));
+    ch.close(); // gone before the old side answers "draining"
+    await until("the failed answer", () => lines.some((l) => /takeover failed; still serving/.test(l)));
+    assert.equal(handed, false);
+    assert.ok((await Deno.lstat(tmp.path)).isSocket, "the control socket is back");
+    // ... and the process can be taken over through it.
+    const next = await Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) });
+    await next.commit();
+    assert.equal(handed, true);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("a commit after the old side's ready deadline aborts and throws; the old side goes on", async () => {
+  await using tmp = await tempPath();
+  const lines: string[] = [];
+  let handed = false;
+  const server = ControlServer.open(tmp.path, {
+    registry: new SocketRegistry(),
+    logger: quietLogger(lines),
+    drainTimeoutMs: 0,
+    handOver: () => handed = true,
+    readyTimeoutMs: 50,
+  });
+  server.serve();
+  try {
+    const t = await Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) });
+    assert.ok(t.readyBy <= Date.now() + 50);
+    await until("the deadline", () => Date.now() > t.readyBy);
+    await assert.rejects(t.commit(), /after the running process stopped waiting/);
+    await until("the old side's give-up", () => lines.some((l) => /still serving/.test(l)));
+    assert.equal(handed, false);
+  } finally {
+    await server.close();
+  }
 });

@@ -10,7 +10,8 @@ import { startWrk } from "../_support/http_backend.ts";
 import { freeTcpPort, freeUdpPort } from "../_support/ports.ts";
 import { requireTools } from "../_support/tools.ts";
 import { until } from "../_support/until.ts";
-import { startEdgenode } from "../e2e/_process.ts";
+import { ControlListener } from "../../lib/net/fd_channel.ts";
+import { type EdgenodeProcess, startEdgenode } from "../e2e/_process.ts";
 import { services } from "../e2e/_scheduler.ts";
 import { ask, LO, SeqReceiver, SeqSender, startNginx } from "./_peers.ts";
 
@@ -298,3 +299,97 @@ async function webStatus(statusPort: number): Promise<{ connections_total: numbe
     return null;
   }
 }
+
+/**
+ * The running process's side played by the test through the real protocol (lib/net/fd_channel.ts), so that it can
+ * choose when to answer: a new edgenode connects, sends "takeover", and this hands it no socket, saying `readyTimeoutMs`.
+ */
+function playRunningProcess(
+  s: Setup,
+  onRequest: (request: unknown) => Promise<void> | void,
+  readyTimeoutMs = 60_000,
+): { answer: Promise<unknown>; [Symbol.dispose](): void } {
+  const listener = ControlListener.open(s.control);
+  const stop = new AbortController();
+  const answer = (async () => {
+    const ch = await listener.accept(AbortSignal.any([stop.signal, AbortSignal.timeout(20_000)]));
+    if (!ch) throw new Error("No takeover came");
+    try {
+      const request = (await ch.receive(10_000)).message;
+      await onRequest(request);
+      await ch.send({
+        v: 1,
+        type: "sockets",
+        sockets: [],
+        last: true,
+        unpassable: [],
+        pid: Deno.pid,
+        ready_timeout_ms: readyTimeoutMs,
+      });
+      return (await ch.receive(20_000)).message;
+    } finally {
+      ch.close();
+    }
+  })();
+  return {
+    answer,
+    [Symbol.dispose]: () => {
+      stop.abort();
+      listener.close();
+    },
+  };
+}
+
+function relayConfig(s: Setup): string {
+  return config(
+    s,
+    "relay",
+    `relay:
+  relays:
+    - {name: r1, listen: "${LO}:${freeUdpPort()}", targets: ["${LO}:9"]}`,
+  );
+}
+
+Deno.test("a stop signal to the new process while it starts aborts the takeover: the running process is told to go on", async () => {
+  await using s = await setup();
+  const path = await write(s, "edgenode.yaml", relayConfig(s));
+  const started: { process?: EdgenodeProcess } = {};
+  using old = playRunningProcess(s, async () => {
+    started.process!.kill("SIGTERM");
+    // The signal has no answer to wait for: give the new process's event loop time to take it.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  });
+  await using next = started.process = startEdgenode(["--config", path, "--takeover", s.control]);
+  assert.deepEqual(await old.answer, { v: 1, type: "abort", reason: "stopped by SIGTERM" });
+  const ended = await next.waitForExit();
+  assert.equal(ended.code, 0, ended.stderr);
+  assert.match(ended.stderr, /takeover abandoned: stopped while starting/);
+  assert.doesNotMatch(ended.stderr, /msg=running /);
+});
+
+Deno.test("a new process that starts after the running one stopped waiting for ready aborts and exits 1", async () => {
+  await using s = await setup();
+  const path = await write(s, "edgenode.yaml", relayConfig(s));
+  // A deadline of 1 ms has passed by the time any start finishes.
+  using old = playRunningProcess(s, () => {}, 1);
+  await using next = startEdgenode(["--config", path, "--takeover", s.control]);
+  const answer = await old.answer as { type: string; reason: string };
+  assert.equal(answer.type, "abort");
+  assert.match(answer.reason, /after the running process stopped waiting/);
+  const ended = await next.waitForExit();
+  assert.equal(ended.code, 1, ended.stderr);
+  assert.doesNotMatch(ended.stderr, /msg=running /);
+});
+
+Deno.test("a new process whose ready gets no draining answer stops and exits 1 rather than serve beside the running one", async () => {
+  await using s = await setup();
+  const path = await write(s, "edgenode.yaml", relayConfig(s));
+  using old = playRunningProcess(s, () => {});
+  await using next = startEdgenode(["--config", path, "--takeover", s.control]);
+  // The test's "running process" reads "ready" and hangs up without answering.
+  assert.deepEqual(await old.answer, { v: 1, type: "ready" });
+  const ended = await next.waitForExit();
+  assert.equal(ended.code, 1, ended.stderr);
+  assert.match(ended.stderr, /did not say it drains/);
+  assert.doesNotMatch(ended.stderr, /msg=running /);
+});

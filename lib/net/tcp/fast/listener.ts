@@ -9,7 +9,10 @@ import {
   ECONNABORTED,
   EINTR,
   EPOLLIN,
+  F_GETFL,
+  F_SETFL,
   IPPROTO_TCP,
+  O_NONBLOCK,
   SO_REUSEADDR,
   SO_REUSEPORT,
   SOCK_CLOEXEC,
@@ -114,6 +117,17 @@ export function listenFast(reactor: Reactor, addr: HostPort, options: ListenOpti
   const registry = processSockets();
   const inherited = registry.take("tcp", addr);
   if (inherited !== null) {
+    // The reactor's accept loop needs a non-blocking socket; one handed over may not be (a peer other than edgenode,
+    // an older edgenode). The flag is the open file description's, shared with the process that handed it over,
+    // which made its own non-blocking too (setting it again changes nothing there).
+    const flags = c.fcntl(inherited, F_GETFL, 0);
+    if (flags < 0 || ((flags & O_NONBLOCK) === 0 && c.fcntl(inherited, F_SETFL, flags | O_NONBLOCK) !== 0)) {
+      const reason = reactor.describe(reactor.errno());
+      c.close(inherited);
+      throw new StartError(
+        `Cannot listen on ${where}: the handed-over socket cannot be made non-blocking: ${reason}`,
+      );
+    }
     const bound = reactor.localAddress(inherited);
     return new FastListener(reactor, inherited, bound, where, registry.hold("tcp", addr, inherited));
   }
