@@ -7,8 +7,10 @@ import type { Registry } from "../core/registry.ts";
 import type { HostPort } from "../net/address.ts";
 import type { RoleDef } from "../roles/role.ts";
 import { MAX_RT_PRIORITY } from "../core/scheduling.ts";
+import { isMap, type YAMLMap } from "yaml";
 import {
   byteSize,
+  type Context,
   duration,
   hostPort,
   int,
@@ -20,6 +22,36 @@ import {
   section,
   str,
 } from "./schema.ts";
+
+/** What a role section's check across the config sees of the rest of it. */
+export interface ConfigWhole {
+  readonly status: { readonly token: string | null };
+}
+
+/**
+ * A role section whose check needs more than the section (scheduler.share needs status.token): its Field carries
+ * `checkWhole`, run once the whole file has checked, with the section's own node so that errors keep file:line:col.
+ */
+export interface WholeChecked<S> {
+  readonly checkWhole?: (
+    section: S,
+    whole: ConfigWhole,
+    node: YAMLMap | null,
+    ctx: Context,
+    path: string,
+  ) => void;
+}
+
+function checkRoleSections(roles: Registry<RoleDef>) {
+  return (value: Record<string, unknown>, node: YAMLMap | null, ctx: Context): void => {
+    for (const role of roles.values()) {
+      const check = (role.section as WholeChecked<unknown>).checkWhole;
+      if (!check) continue;
+      const own = node?.get(role.name, true);
+      check(value[role.name], value as unknown as ConfigWhole, isMap(own) ? own : null, ctx, role.name);
+    }
+  };
+}
 
 export const NODE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 export const DEFAULT_STATUS: HostPort = Object.freeze({ host: "127.0.0.1", port: 8080 });
@@ -70,44 +102,48 @@ export function normaliseRoles(names: readonly string[], roles: Registry<RoleDef
 /** The schema of a whole config file; role sections come from the role registry. */
 export function configSchema(roles: Registry<RoleDef>) {
   const roleSections = Object.fromEntries(roles.values().map((r) => [r.name, r.section]));
-  return obj({
-    name: opt(
-      nullable(str({ pattern: NODE_NAME, describe: "a node name (letters, digits, '.', '_', '-')" })),
-      null,
-    ),
-    roles: opt(
-      list(oneOf([...roles.names(), "all"], "a role:"), { min: 1, unique: true }),
-      defaultRoles(roles),
-    ),
-    status: section({
-      listen: opt(hostPort(), DEFAULT_STATUS),
-      token: opt(nullable(str({ min: 16, max: 512, describe: "a token" })), null),
-      max_body: opt(byteSize({ min: 1024, max: 64 * 1024 * 1024 }), 1024 * 1024),
-    }),
-    log: section({ level: opt(oneOf(LOG_LEVELS), "info" as LogLevel) }),
-    shutdown: section({
-      drain_timeout: opt(duration({ max: 10 * 60_000 }), 10_000),
-      health_grace: opt(
-        duration({ max: 60_000 }),
-        0,
-        "how long /healthz answers 503 stopping, with everything still serving, before a stop closes listeners",
-      ),
-    }),
-    process: section({
-      realtime_priority: opt(
-        int({ min: 0, max: MAX_RT_PRIORITY }),
-        0,
-        "SCHED_FIFO priority of every thread (needs root or CAP_SYS_NICE); 0: the normal policy",
-      ),
-      control_socket: opt(
-        nullable(str({ min: 1, max: 100, describe: "a unix socket path (at most 100 bytes)" })),
+  return obj(
+    {
+      name: opt(
+        nullable(str({ pattern: NODE_NAME, describe: "a node name (letters, digits, '.', '_', '-')" })),
         null,
-        "unix socket a new binary takes the sockets over through (edgenode --takeover PATH); null: none. " +
-          "Only its file permissions (0600, this user) guard it",
       ),
-    }),
-    ...roleSections,
-  }, "a mapping of settings");
+      roles: opt(
+        list(oneOf([...roles.names(), "all"], "a role:"), { min: 1, unique: true }),
+        defaultRoles(roles),
+      ),
+      status: section({
+        listen: opt(hostPort(), DEFAULT_STATUS),
+        token: opt(nullable(str({ min: 16, max: 512, describe: "a token" })), null),
+        max_body: opt(byteSize({ min: 1024, max: 64 * 1024 * 1024 }), 1024 * 1024),
+      }),
+      log: section({ level: opt(oneOf(LOG_LEVELS), "info" as LogLevel) }),
+      shutdown: section({
+        drain_timeout: opt(duration({ max: 10 * 60_000 }), 10_000),
+        health_grace: opt(
+          duration({ max: 60_000 }),
+          0,
+          "how long /healthz answers 503 stopping, with everything still serving, before a stop closes listeners",
+        ),
+      }),
+      process: section({
+        realtime_priority: opt(
+          int({ min: 0, max: MAX_RT_PRIORITY }),
+          0,
+          "SCHED_FIFO priority of every thread (needs root or CAP_SYS_NICE); 0: the normal policy",
+        ),
+        control_socket: opt(
+          nullable(str({ min: 1, max: 100, describe: "a unix socket path (at most 100 bytes)" })),
+          null,
+          "unix socket a new binary takes the sockets over through (edgenode --takeover PATH); null: none. " +
+            "Only its file permissions (0600, this user) guard it",
+        ),
+      }),
+      ...roleSections,
+    },
+    "a mapping of settings",
+    checkRoleSections(roles),
+  );
 }
 
 /** What the command line may override. */

@@ -8,6 +8,7 @@ import {
   type Context,
   defaultsOf,
   duration,
+  type Field,
   hostPort,
   int,
   INVALID,
@@ -25,6 +26,7 @@ import {
 import { formatHostPort, type HostPort, isIP, parseHostPort } from "../net/address.ts";
 import { type TransportChoice, TRANSPORTS } from "../net/tcp/transport.ts";
 import type { YAMLMap } from "yaml";
+import type { ConfigWhole, WholeChecked } from "../config/plan.ts";
 
 /** Connections at once one client address may hold in a service unless `max_per_client` says otherwise. */
 export const DEFAULT_MAX_PER_CLIENT = 1000;
@@ -261,10 +263,30 @@ function checkServices(cfg: SchedulerSection, node: YAMLMap | null, ctx: Context
   });
 }
 
-export const schedulerSection = opt(
-  obj(schedulerFields, "a mapping", checkServices),
-  defaultsOf(schedulerFields),
-);
+/**
+ * Peers push to this box's status API with its status.token, so a box with peers needs one: without it every push
+ * from a peer would be refused (403).
+ */
+function checkWhole(
+  cfg: SchedulerSection,
+  whole: ConfigWhole,
+  node: YAMLMap | null,
+  ctx: Context,
+  path: string,
+) {
+  if (cfg.share && cfg.share.peers.length > 0 && whole.status.token === null) {
+    ctx.error(
+      nodeAt(node, ["share", "peers"]),
+      `${path}.share.peers`,
+      "Expected status.token with share.peers (the peers push to this box's status API with it)",
+    );
+  }
+}
+
+export const schedulerSection: Field<SchedulerSection> & WholeChecked<SchedulerSection> = {
+  ...opt(obj(schedulerFields, "a mapping", checkServices), defaultsOf(schedulerFields)),
+  checkWhole,
+};
 
 /** One real server after port ranges are expanded. */
 export interface PlannedServer {

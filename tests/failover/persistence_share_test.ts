@@ -58,8 +58,56 @@ Deno.test("PersistenceTable export gives live entries, most recently used first,
   t.set("c", "s1");
   clock.advance(500);
   t.get("a");
-  assert.deepEqual(t.export(), [["a", "s1"], ["c", "s1"], ["b", "s2"]]);
-  assert.deepEqual(t.export(2), [["a", "s1"], ["c", "s1"]]);
+  assert.deepEqual(t.export(), [["a", "s1", 1000], ["c", "s1", 500], ["b", "s2", 500]]);
+  assert.deepEqual(t.export(2), [["a", "s1", 1000], ["c", "s1", 500]]);
   clock.advance(600);
-  assert.deepEqual(t.export(), [["a", "s1"]], "expired entries are not exported");
+  assert.deepEqual(t.export(), [["a", "s1", 400]], "expired entries are not exported");
+});
+
+Deno.test("PersistenceTable import keeps a copy at least as long as the sender's entry, though its uses go untold", () => {
+  const a = table(1000);
+  const b = new PersistenceTable(a.clock, { timeoutMs: 1000 });
+  a.t.set("c", "s1");
+  b.import([["c", "s1"]]); // what a told, pushed at once
+  a.clock.advance(400);
+  a.t.get("c");
+  a.t.set("c", "s1"); // used again within half a timeout: not told
+  assert.deepEqual(a.told, ["c>s1"]);
+  a.clock.advance(999);
+  assert.equal(a.t.get("c"), "s1", "a still holds it");
+  assert.equal(b.get("c"), "s1", "and so does b's copy");
+});
+
+Deno.test("PersistenceTable import keeps a copy for what the entry had left at the sender, plus half a timeout", () => {
+  const { clock, t } = table(1000);
+  t.import([["old", "s1", 200], ["new", "s2", 1000], ["over", "s2", 5000]]);
+  assert.equal(t.size, 3);
+  clock.advance(699);
+  assert.deepEqual(
+    t.export(),
+    [["over", "s2", 301], ["new", "s2", 301], ["old", "s1", 0]],
+    "without the half",
+  );
+  clock.advance(1);
+  assert.equal(t.get("old"), undefined, "200 ms left at the sender plus 500");
+  assert.equal(t.size, 2);
+  clock.advance(800);
+  assert.equal(t.size, 0, "no copy outlives the local timeout plus half of it");
+});
+
+Deno.test("PersistenceTable keeps copies imported out of order in order of expiry, and a used copy becomes local", () => {
+  const { clock, t } = table(1000, 3);
+  t.import([["a", "s1", 900]]);
+  t.import([["b", "s1", 100]]);
+  t.set("c", "s2");
+  clock.advance(600);
+  assert.equal(t.size, 2, "b went first though it came later");
+  assert.equal(t.get("a"), "s1"); // now used here: the local timeout from now
+  clock.advance(999);
+  assert.equal(t.get("a"), "s1");
+  assert.equal(t.get("c"), undefined);
+  // At the bound, the entry that would expire first makes room.
+  t.import([["d", "s1", 10], ["e", "s1", 1000]]);
+  t.set("f", "s2");
+  assert.deepEqual(t.export().map(([c]) => c).sort(), ["a", "e", "f"]);
 });

@@ -88,6 +88,13 @@ Deno.test("shareHubFor with etcd shares persistence and server state through etc
     assert.notEqual(byKey.get("p/web/192.0.2.7")?.lease, "0");
     assert.equal(byKey.get(`s/web/${S1}`)?.lease, "0");
     assert.deepEqual(JSON.parse(byKey.get("p/web/192.0.2.7")!.value), { server: S2, from: "a" });
+    // A server's key holds its whole runtime state, not the last change alone.
+    assert.deepEqual(JSON.parse(byKey.get(`s/web/${S1}`)!.value), {
+      state: "drain",
+      weight: 1,
+      config: { state: "ready", weight: 1 },
+      from: "a",
+    });
   } finally {
     a.hub.stop();
     b.hub.stop();

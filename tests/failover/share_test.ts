@@ -8,9 +8,15 @@ import { ManualClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { PersistenceTable } from "../../lib/scheduler/persistence.ts";
-import { FakeServer, FakeService } from "./_fakes.ts";
+import { FakeEtcd, FakeServer, FakeService } from "./_fakes.ts";
+import { loadConfig } from "../../lib/config/load.ts";
+import { ErrorList } from "../../lib/core/errors.ts";
+import { builtinRoles } from "../../lib/roles/mod.ts";
 import {
+  ETCD_PEER,
+  EtcdShare,
   httpShareTransport,
+  MAX_SERVER_CHANGES,
   type ServerChange,
   serverChangeOf,
   servicesShareLocal,
@@ -18,7 +24,9 @@ import {
   ShareFormatError,
   ShareHub,
   shareRoutes,
+  ShareTooLargeError,
   type ShareTransport,
+  snapshotByteCap,
 } from "../../lib/scheduler/share.ts";
 
 const INTERVAL = 100;
@@ -35,7 +43,15 @@ function box(
   name: string,
   clock: ManualClock,
   transport: ShareTransport,
-  o: { timeoutMs?: number; maxBatch?: number; maxQueue?: number; weight?: number; peers?: string[] } = {},
+  o: {
+    timeoutMs?: number;
+    maxBatch?: number;
+    maxQueue?: number;
+    weight?: number;
+    peers?: string[];
+    snapshotMax?: number;
+    pause?: () => Promise<void>;
+  } = {},
 ) {
   const logs: string[] = [];
   const table = new PersistenceTable(clock, {
@@ -54,6 +70,8 @@ function box(
     maxBatch: o.maxBatch ?? 1000,
     maxQueue: o.maxQueue ?? 1000,
     snapshotRetryMs: 2000,
+    ...(o.snapshotMax ? { snapshotMax: o.snapshotMax } : {}),
+    ...(o.pause ? { pause: o.pause } : {}),
     clock,
     logger: new Logger({ level: "info", clock, sink: (line) => logs.push(line) }),
     transport,
@@ -75,8 +93,12 @@ class Wire implements ShareTransport {
       hub.receive(JSON.parse(JSON.stringify(batch)));
     });
   }
-  snapshot(peer: string, signal: AbortSignal): Promise<unknown> {
-    return this.#call(peer, signal, (hub) => JSON.parse(JSON.stringify(hub.snapshot())));
+  /** While set, a snapshot is taken when asked for but delivered only once this resolves (a slow answer). */
+  snapshotGate: Promise<void> | null = null;
+  async snapshot(peer: string, signal: AbortSignal): Promise<unknown> {
+    const taken = await this.#call(peer, signal, (hub) => JSON.parse(JSON.stringify(hub.snapshot())));
+    if (this.snapshotGate) await this.snapshotGate;
+    return taken;
   }
   #call<T>(peer: string, signal: AbortSignal, f: (hub: ShareHub) => T): Promise<T> {
     if (this.silent.has(peer)) {
@@ -290,33 +312,53 @@ Deno.test("ShareHub snapshot holds the most recently used entries first, at most
   });
   assert.deepEqual(hub.snapshot(), {
     from: "a",
-    persistence: { web: [["192.0.2.1", S1], ["192.0.2.4", S1]] },
+    persistence: { web: [["192.0.2.1", S1, 10_000], ["192.0.2.4", S1, 9_999]] },
     servers: [],
   });
 });
 
-Deno.test("ShareHub refuses a malformed batch with ShareFormatError and counts it", () => {
+Deno.test("ShareHub refuses a batch whose frame is malformed with ShareFormatError and counts it", () => {
   const { a } = pair();
   const bad: unknown[] = [
     null,
     [],
     { from: "b", persistence: [], servers: [] },
-    { from: "b", persistence: { web: [["192.0.2.1"]] }, servers: [] },
-    {
-      from: "b",
-      persistence: {},
-      servers: [{ service: "web", server: S1, state: "gone", config: { state: "ready", weight: 1 } }],
-    },
-    {
-      from: "b",
-      persistence: {},
-      servers: [{ service: "web", server: S1, weight: 999, config: { state: "ready", weight: 1 } }],
-    },
-    { from: "b", persistence: {}, servers: [{ service: "web", server: S1, state: "drain" }] },
+    { from: "b", persistence: {}, servers: {} },
+    { from: 7, persistence: {}, servers: [] },
   ];
   for (const body of bad) assert.throws(() => a.hub.receive(body), ShareFormatError, JSON.stringify(body));
   assert.equal(a.hub.counts.rejected_batches, bad.length);
   assert.equal(a.table.size, 0);
+});
+
+Deno.test("ShareHub skips and counts the bad items of a batch and applies the rest", () => {
+  const { a } = pair();
+  const config = { state: "ready", weight: 1 };
+  const result = a.hub.receive({
+    from: "b",
+    persistence: {
+      web: [["192.0.2.1"], ["192.0.2.2", S1], ["192.0.2.3", "x".repeat(65)], ["192.0.2.4", S2, -5]],
+      ["__proto__"]: [["192.0.2.5", S1]],
+      ["s".repeat(65)]: [["192.0.2.6", S1]],
+      other: "nope",
+    },
+    servers: [
+      { service: "web", server: S1, state: "gone", config },
+      { service: "web", server: S1, weight: 999, config },
+      { service: "web", server: S1, state: "drain" },
+      { service: "web", server: S2, state: "maint", weight: 2, config },
+    ],
+  });
+  assert.deepEqual(result, { applied: 2, ignored: 1, skipped: 8 });
+  assert.equal(a.hub.counts.skipped, 8);
+  assert.equal(a.hub.counts.rejected_batches, 0);
+  assert.equal(a.table.get("192.0.2.2"), S1);
+  assert.equal(a.web.servers[1].admin, "maint");
+  assert.equal(a.web.servers[1].configuredWeight, 2);
+  assert.equal(a.web.servers[0].admin, "ready");
+  // A service named __proto__ is a name like any other (unknown here: ignored), never Object.prototype.
+  assert.equal(({} as Record<string, unknown>)["192.0.2.5"], undefined);
+  assert.equal(Object.getPrototypeOf({}), Object.prototype);
 });
 
 Deno.test("shareRoutes take a batch and give a snapshot behind the status API's bearer token", async () => {
@@ -350,13 +392,13 @@ Deno.test("shareRoutes take a batch and give a snapshot behind the status API's 
   );
   const res = await post("/scheduler/share", batch);
   assert.equal(res.status, 200);
-  assert.deepEqual(await res.json(), { applied: 1, ignored: 0 });
+  assert.deepEqual(await res.json(), { applied: 1, ignored: 0, skipped: 0 });
   assert.equal(a.table.get("192.0.2.9"), S2);
   const bad = await post("/scheduler/share", { from: "b" });
   assert.equal(bad.status, 400);
   assert.match((await bad.json()).error, /^Cannot read a shared batch: "persistence" must be/);
   const snap = await post("/scheduler/share/snapshot", {});
-  assert.deepEqual((await snap.json()).persistence, { web: [["192.0.2.9", S2]] });
+  assert.deepEqual((await snap.json()).persistence, { web: [["192.0.2.9", S2, 60_000]] });
 });
 
 Deno.test("httpShareTransport posts with the peer's bearer token and fails on an answer that is not 2xx", async () => {
@@ -386,4 +428,318 @@ Deno.test("httpShareTransport posts with the peer's bearer token and fails on an
     transport.push("http://10.0.0.12:8080", batch, signal),
     /http:\/\/10\.0\.0\.12:8080\/scheduler\/share answered 401 nope/,
   );
+});
+
+Deno.test("ShareHub puts a failed push's server change back merged with a newer change to the same server", async () => {
+  const { clock, wire, a, b } = pair({ timeoutMs: 500 });
+  a.hub.start();
+  b.hub.start();
+  await settle();
+  const config = { state: "ready" as const, weight: 1 };
+  wire.silent.add("http://b");
+  a.hub.serverChanged({ service: "web", server: S1, state: "drain", config });
+  await tick(clock); // the push with the drain is under way and gets no answer
+  a.hub.serverChanged({ service: "web", server: S1, weight: 3, config });
+  await tick(clock, 500); // it times out: the drain goes back, into the queued weight change
+  wire.silent.delete("http://b");
+  await tick(clock);
+  await tick(clock);
+  assert.equal(b.web.servers[0].configuredWeight, 3);
+  assert.equal(b.web.servers[0].admin, "drain", "the older half of the two changes arrived too");
+  a.hub.stop();
+  b.hub.stop();
+});
+
+Deno.test("ShareHub does not let a snapshot that arrives late undo what a push brought meanwhile", async () => {
+  const { clock, wire, a, b } = pair();
+  a.table.set("192.0.2.7", S1);
+  a.hub.start();
+  await settle();
+  // b starts and asks a for a snapshot; a answers (x -> S1) but the answer is slow to arrive.
+  let release!: () => void;
+  wire.snapshotGate = new Promise((resolve) => release = resolve);
+  b.hub.start();
+  await settle();
+  // Meanwhile the client moves on a, and a's push gets to b first.
+  a.table.set("192.0.2.7", S2);
+  await tick(clock);
+  assert.equal(b.table.get("192.0.2.7"), S2);
+  release();
+  await settle();
+  const peer = (b.hub.status().peers as Record<string, unknown>[])[0];
+  assert.equal(peer.synced, true, "the snapshot was applied");
+  assert.equal(b.table.get("192.0.2.7"), S2, "the older snapshot left the newer push alone");
+  assert.equal(b.hub.counts.superseded, 1);
+  a.hub.stop();
+  b.hub.stop();
+});
+
+Deno.test("ShareHub refuses a snapshot of more entries than it takes, and applies a large one in chunks", async () => {
+  const clock = new ManualClock(1_000_000);
+  const wire = new Wire();
+  let pauses = 0;
+  const b = box("b", clock, wire, { snapshotMax: 2, pause: () => (pauses++, Promise.resolve()) });
+  const entries = (n: number) => Array.from({ length: n }, (_, i) => [`10.1.${i >> 8}.${i & 255}`, S1]);
+  const huge = { from: "a", persistence: { web: entries(2 + MAX_SERVER_CHANGES + 1) }, servers: [] };
+  const big = { from: "a", persistence: { web: entries(2500) }, servers: [] };
+  let answer: unknown = huge;
+  const transport: ShareTransport = {
+    push: () => Promise.resolve(),
+    snapshot: () => Promise.resolve(answer),
+  };
+  const hub = new ShareHub({
+    name: "b",
+    peers: ["http://a"],
+    intervalMs: INTERVAL,
+    timeoutMs: 1000,
+    maxBatch: 10,
+    maxQueue: 10,
+    snapshotMax: 2,
+    snapshotRetryMs: 100,
+    clock,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    transport,
+    local: servicesShareLocal(() => [b.web]),
+    pause: () => (pauses++, Promise.resolve()),
+  });
+  hub.start();
+  await settle();
+  const peer = () => (hub.status().peers as Record<string, unknown>[])[0];
+  assert.equal(peer().failed_snapshots, 1);
+  assert.match(String(peer().last_error), /more than the \d+ a batch may hold/);
+  assert.equal(hub.counts.rejected_batches, 1);
+  assert.equal(b.table.size, 0);
+  answer = big;
+  await tick(clock);
+  assert.equal(peer().synced, true);
+  assert.equal(pauses, 2, "2500 entries apply in three chunks with the event loop between them");
+  assert.equal(hub.counts.applied, 2500);
+  hub.stop();
+});
+
+Deno.test("httpShareTransport refuses a snapshot answer larger than its byte cap", async () => {
+  const big = JSON.stringify({ from: "b", persistence: { web: [["192.0.2.1", S1]] }, servers: [] });
+  for (const declare of [true, false]) {
+    const transport = httpShareTransport("peer-token-0123456789", () => {
+      // A stream without a length: the cap holds while reading, not only on the header.
+      const body = declare ? big : new Blob([big]).stream();
+      return Promise.resolve(new Response(body, { status: 200 }));
+    }, { maxSnapshotBytes: 20 });
+    await assert.rejects(
+      transport.snapshot("http://10.0.0.12:8080", new AbortController().signal),
+      ShareTooLargeError,
+    );
+  }
+  assert.ok(snapshotByteCap(100_000) > snapshotByteCap(10), "the cap follows the snapshot's entry cap");
+});
+
+Deno.test("ShareHub after dropping changes for a peer exchanges snapshots with it once it answers again", async () => {
+  const { clock, wire, a, b } = pair({ maxQueue: 2 });
+  a.hub.start();
+  b.hub.start();
+  await settle();
+  wire.down.add("http://b");
+  for (let i = 1; i <= 4; i++) a.table.set(`192.0.2.${i}`, S1);
+  const peer = () => (a.hub.status().peers as Record<string, unknown>[])[0];
+  assert.equal(peer().dropped, 2);
+  await tick(clock);
+  wire.down.delete("http://b");
+  for (let i = 0; i < 5; i++) await tick(clock);
+  for (let i = 1; i <= 4; i++) assert.equal(b.table.get(`192.0.2.${i}`), S1, `192.0.2.${i}`);
+  assert.equal(peer().resyncs, 1);
+  assert.equal(peer().snapshots, 2, "a asked b again");
+  await tick(clock);
+  assert.equal(peer().resyncs, 1, "once");
+  a.hub.stop();
+  b.hub.stop();
+});
+
+/** A hub sharing through EtcdShare over FakeEtcd (no peers), with one service "web" over S1 and S2. */
+function etcdBox(name: string, clock: ManualClock, etcd: FakeEtcd, o: { snapshotMax?: number } = {}) {
+  const table = new PersistenceTable(clock, {
+    timeoutMs: 60_000,
+    onSet: (client, key) => hub.persisted("web", client, key),
+  });
+  const web = new FakeService("web", [
+    new FakeServer(S1, { state: "ready", weight: 1 }),
+    new FakeServer(S2, { state: "ready", weight: 1 }),
+  ], table);
+  const local = servicesShareLocal(() => [web]);
+  const share = new EtcdShare({
+    client: etcd,
+    prefix: "/p/",
+    name,
+    ttlMs: 10_000,
+    longestPersistence: () => local.longestPersistence!(),
+    clock,
+    ...(o.snapshotMax ? { snapshotMax: o.snapshotMax } : {}),
+  });
+  const hub: ShareHub = new ShareHub({
+    name,
+    peers: [ETCD_PEER],
+    intervalMs: INTERVAL,
+    timeoutMs: 500,
+    maxBatch: 1000,
+    maxQueue: 10_000,
+    clock,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    transport: share,
+    local,
+    feeds: [share.feed],
+  });
+  const persisted = (client: string, server: string) => hub.persisted("web", client, server);
+  return { hub, web, table, share, persisted };
+}
+
+Deno.test("EtcdShare writes a server's whole runtime state each time: a weight after a drain keeps the drain", async () => {
+  const clock = new ManualClock(1_000_000);
+  const etcd = new FakeEtcd();
+  const a = etcdBox("a", clock, etcd);
+  a.hub.start();
+  await settle();
+  const [s1] = a.web.servers;
+  s1.setAdmin("drain");
+  a.hub.serverChanged(serverChangeOf("web", s1, { state: "drain" }));
+  await tick(clock);
+  s1.configuredWeight = 4;
+  a.hub.serverChanged(serverChangeOf("web", s1, { weight: 4 }));
+  await tick(clock);
+  const record = JSON.parse(etcd.kvs.get(`/p/s/web/${S1}`)!.value);
+  assert.deepEqual(record, { state: "drain", weight: 4, config: { state: "ready", weight: 1 }, from: "a" });
+  // A box that starts later gets both.
+  const c = etcdBox("c", clock, etcd);
+  c.hub.start();
+  await settle();
+  assert.equal(c.web.servers[0].admin, "drain");
+  assert.equal(c.web.servers[0].configuredWeight, 4);
+  a.hub.stop();
+  c.hub.stop();
+});
+
+Deno.test("EtcdShare snapshot reads server state apart from persistence keys, so these never crowd it out", async () => {
+  const clock = new ManualClock(1_000_000);
+  const etcd = new FakeEtcd();
+  const a = etcdBox("a", clock, etcd);
+  a.hub.start();
+  await settle();
+  for (let i = 1; i <= 3; i++) a.table.set(`192.0.2.${i}`, S2);
+  a.web.servers[0].setAdmin("maint");
+  a.hub.serverChanged(serverChangeOf("web", a.web.servers[0], { state: "maint" }));
+  await tick(clock);
+  // A lease at least one and a half times the longest persistence here (60 s), over etcd_ttl (10 s).
+  assert.deepEqual(etcd.leases, [90]);
+  const c = etcdBox("c", clock, etcd, { snapshotMax: 2 });
+  c.hub.start();
+  await settle();
+  assert.equal(
+    c.web.servers[0].admin,
+    "maint",
+    "server state is read even with more p/ keys than snapshotMax",
+  );
+  assert.equal(c.table.size, 2);
+  a.hub.stop();
+  c.hub.stop();
+});
+
+Deno.test("EtcdShare watches from the revision after its snapshot's read, only once that read is done", async () => {
+  const clock = new ManualClock(1_000_000);
+  const etcd = new FakeEtcd();
+  const a = etcdBox("a", clock, etcd);
+  const b = etcdBox("b", clock, etcd);
+  a.hub.start();
+  await settle();
+  assert.deepEqual(etcd.watches.map((w) => w.startRevision), [etcd.revision + 1]);
+  a.table.set("192.0.2.1", S1);
+  await tick(clock);
+  // b reads the prefix; a writes right after b's read and before b's watch starts: the watch replays it.
+  const range = etcd.range.bind(etcd);
+  etcd.range = async (prefix, o) => {
+    const r = await range(prefix, o);
+    if (prefix.endsWith("p/")) {
+      a.table.set("192.0.2.2", S2);
+      await tick(clock);
+    }
+    return r;
+  };
+  b.hub.start();
+  for (let i = 0; i < 3; i++) await settle();
+  assert.equal(etcd.watches.length, 2);
+  assert.ok(
+    etcd.watches[1].startRevision! <= etcd.revision,
+    "b's watch starts at the revision after its read",
+  );
+  await settle();
+  assert.equal(b.table.get("192.0.2.1"), S1);
+  assert.equal(b.table.get("192.0.2.2"), S2, "written between the read and the watch, still seen");
+  a.hub.stop();
+  b.hub.stop();
+  assert.ok(etcd.watches.every((w) => w.closed));
+});
+
+Deno.test("EtcdShare stops a push between transactions on abort, and a timed-out push holds its peer until it ends", async () => {
+  const clock = new ManualClock(1_000_000);
+  const etcd = new FakeEtcd();
+  const a = etcdBox("a", clock, etcd);
+  a.hub.start();
+  await settle();
+  let open!: () => void;
+  etcd.gate = new Promise((resolve) => open = resolve);
+  for (let i = 0; i < 250; i++) a.persisted(`10.2.0.${i}`, S1); // three transactions
+  await tick(clock);
+  await tick(clock, 500); // the push times out within its first transaction
+  const peer = () => (a.hub.status().peers as Record<string, unknown>[])[0];
+  assert.equal(peer().failed_pushes, 1);
+  assert.equal(peer().queue, 250, "its changes are queued again");
+  await tick(clock);
+  await tick(clock);
+  assert.equal(peer().pushes, 0, "no second push while the first one's transaction is still under way");
+  const before = etcd.txns.length;
+  etcd.gate = null;
+  open();
+  await settle();
+  assert.equal(
+    etcd.txns.length,
+    before + 1,
+    "the aborted push wrote its transaction under way and stopped there",
+  );
+  await tick(clock);
+  await settle();
+  assert.equal(peer().pushes, 1);
+  // After stop() nothing more is written.
+  for (let i = 0; i < 250; i++) a.persisted(`10.3.0.${i}`, S1);
+  etcd.gate = new Promise((resolve) => open = resolve);
+  await tick(clock);
+  const atStop = etcd.txns.length;
+  a.hub.stop();
+  etcd.gate = null;
+  open();
+  await settle();
+  assert.equal(etcd.txns.length, atStop + 1, "only the transaction already sent");
+});
+
+Deno.test("the config check refuses scheduler.share.peers without status.token, at the peers", () => {
+  const text = `roles: [scheduler]
+scheduler:
+  share:
+    peers: [http://10.0.0.2:8080]
+    token: share-token-0123456789
+`;
+  let lines = "";
+  try {
+    loadConfig(text, { file: "share.yaml", roles: builtinRoles() });
+  } catch (error) {
+    assert.ok(error instanceof ErrorList, String(error));
+    lines = error.errors.map((e) => e.format()).join("\n");
+  }
+  assert.match(
+    lines,
+    /^share\.yaml:4:\d+: scheduler\.share\.peers: Expected status\.token with share\.peers/,
+  );
+  const withToken = `status:\n  token: status-token-0123456789\n${text}`;
+  loadConfig(withToken, { file: "ok.yaml", roles: builtinRoles() });
+  // etcd alone needs no token: nobody pushes to this box.
+  loadConfig("roles: [scheduler]\nscheduler:\n  share:\n    etcd: [http://10.0.0.9:2379]\n", {
+    file: "etcd.yaml",
+    roles: builtinRoles(),
+  });
 });
