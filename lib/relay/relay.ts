@@ -95,11 +95,13 @@ export interface RelayThreadOptions {
  * `stats` for the receiving socket (and the sending one when it is the same), `outStats` for another sending socket,
  * `drops` for datagrams it did not send on (lib/relay/admit.ts).
  *
- * Only a thread known to be in its loop is woken by shutting the socket for reading (`FastUdp.interrupt`): a socket
- * shut so cannot be read again, and returns empty datagrams at once forever. A thread that failed before its loop
- * needs no waking, and one that did not answer in time is terminated without it, so a path that falls back to the
- * event loop after a failed start still has a socket to read. (Such a late thread, should it still reach its loop,
- * sees the stop cell after its first receive: that one batch is lost.)
+ * Only a thread known to be in its loop is woken (`FastUdp.interrupt`: a write to the socket's eventfd, never a
+ * shutdown, so a process the socket was handed to goes on reading it). That wake is for good and reaches every reader
+ * of the socket in this process: the eventfd is shared by the opener and each adopter and is never drained, so each
+ * of them returns null from then on, the main thread's reader of the same socket included. A thread that failed
+ * before its loop needs no waking, and one that did not answer in time is terminated without it, so a path that falls
+ * back to the event loop after a failed start still has a reader that was not woken. (Such a late thread, should it
+ * still reach its loop, sees the stop cell before it reads and returns without taking a batch.)
  */
 export class RelayThread {
   readonly stats = sharedStats();
