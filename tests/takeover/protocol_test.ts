@@ -266,3 +266,95 @@ Deno.test("a commit after the old side's ready deadline aborts and throws; the o
     await server.close();
   }
 });
+
+/** A python3 script run as user nobody (needs root to switch to it, and /usr/bin/python3). */
+function asNobody(script: string, args: string[]): Deno.ChildProcess {
+  return new Deno.Command("setpriv", {
+    args: ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script, ...args],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+}
+
+const canSwitchUser = (() => {
+  try {
+    return Deno.uid() === 0 && Deno.statSync("/usr/bin/python3").isFile;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name: "the old side refuses a process of another user, even one the file's permissions let in",
+  ignore: !canSwitchUser,
+  fn: async () => {
+    await using tmp = await tempPath();
+    const lines: string[] = [];
+    let handed = false;
+    const server = ControlServer.open(tmp.path, {
+      registry: new SocketRegistry(),
+      logger: quietLogger(lines),
+      drainTimeoutMs: 0,
+      handOver: () => handed = true,
+    });
+    server.serve();
+    try {
+      // Opened wide on purpose, to reach the credential check behind the permissions.
+      await Deno.chmod(tmp.path.replace(/\/[^/]*$/, ""), 0o755);
+      await Deno.chmod(tmp.path, 0o666);
+      const child = asNobody(
+        `import json, os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[1])
+body = json.dumps({"v": 1, "type": "takeover", "pid": os.getpid()}).encode()
+s.sendall(struct.pack(">I", len(body)) + body)
+data = b""
+while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+    more = s.recv(4096)
+    if not more: break
+    data += more
+print(data[4:].decode())`,
+        [tmp.path],
+      );
+      const out = await child.output();
+      const answer = JSON.parse(new TextDecoder().decode(out.stdout)) as { type: string; reason: string };
+      assert.equal(answer.type, "refused");
+      assert.match(answer.reason, /not user 0/);
+      assert.ok(
+        lines.some((l) => /refused a connection from another user.*peer_uid=65534/.test(l)),
+        lines.join("\n"),
+      );
+      assert.equal(handed, false);
+    } finally {
+      await server.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "Takeover.begin refuses a control socket served by another user",
+  ignore: !canSwitchUser,
+  fn: async () => {
+    await using tmp = await tempPath();
+    await Deno.chmod(tmp.path.replace(/\/[^/]*$/, ""), 0o777);
+    const child = asNobody(
+      `import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind(sys.argv[1]); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+while c.recv(4096): pass`,
+      [tmp.path],
+    );
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    try {
+      assert.match((await reader.read()).value ?? "", /listening/);
+      await assert.rejects(
+        Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) }),
+        /runs as uid 65534, not 0/,
+      );
+    } finally {
+      await child.status;
+      reader.releaseLock();
+      await child.stdout.cancel().catch(() => {});
+    }
+  },
+});
