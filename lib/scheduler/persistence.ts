@@ -113,7 +113,6 @@ export class PersistenceTable {
    */
   import(entries: Iterable<PersistenceEntry>): number {
     const now = this.#clock.now();
-    this.sweep();
     let n = 0;
     for (const [client, key, ttl] of entries) {
       const left = Math.min(Math.max(ttl ?? this.timeoutMs, 0), this.timeoutMs);
@@ -200,11 +199,10 @@ export class PersistenceTable {
   /** At the bound, the entry that would expire first makes room. */
   #makeRoom(): void {
     if (this.#entries.size + this.#copies.size < this.maxEntries) return;
+    this.sweep(); // sorts the copies when an import left them out of order, once
+    if (this.#entries.size + this.#copies.size < this.maxEntries) return;
     const local = this.#entries.entries().next().value;
-    let copy = this.#copies.entries().next().value;
-    if (!this.#copiesSorted) {
-      for (const c of this.#copies) if (!copy || c[1].expires < copy[1].expires) copy = c;
-    }
+    const copy = this.#copies.entries().next().value;
     const [client, entry] = !copy || (local && local[1].expires <= copy[1].expires) ? local! : copy;
     this.#remove(client, entry);
   }

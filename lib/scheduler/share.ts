@@ -393,11 +393,15 @@ export class ShareHub {
 
   /**
    * Applies a snapshot in chunks, the event loop running between them. An item pushed here since the request went
-   * out is newer than (or as new as) the snapshot's, so the snapshot leaves it alone.
+   * out is newer than (or as new as) the snapshot's, so the snapshot leaves it alone: a push made before the snapshot
+   * that arrives after the request went out is older, but then the sender's newer change to that item is still
+   * queued for this box and follows it (one push per peer at a time, in order).
    */
   async #applySnapshot(body: unknown, window: Window, signal: AbortSignal): Promise<void> {
     const batch = this.#parse(body, this.#snapshotMax + MAX_SERVER_CHANGES);
-    for (let i = 0; i < batch.items.length; i += CHUNK) {
+    // A snapshot lists the most recently used first; set them last, so that a smaller table keeps them.
+    const items = [...batch.items].reverse();
+    for (let i = 0; i < items.length; i += CHUNK) {
       if (i > 0) {
         await (this.#o.pause ?? macrotask)();
         signal.throwIfAborted();
@@ -405,7 +409,7 @@ export class ShareHub {
       if (window.overflow) {
         throw new Error("more pushes came in meanwhile than a snapshot can be checked against");
       }
-      const chunk = batch.items.slice(i, i + CHUNK);
+      const chunk = items.slice(i, i + CHUNK);
       const fresh = chunk.filter((item) => !window.keys.has(keyOf(item)));
       this.counts.superseded += chunk.length - fresh.length;
       this.#apply(batch.from, fresh);

@@ -60,13 +60,14 @@ Deno.test("shareHubFor with etcd shares persistence and server state through etc
   try {
     a.table.set("192.0.2.7", S2);
     a.hub.serverChanged(serverChangeOf("web", a.web.servers[0], { state: "drain" }));
-    await until("b holding a's entry and drain, through etcd's watch", () => {
+    const peer = () => (a.hub.status().peers as Record<string, unknown>[])[0];
+    // b may see the watch's events before a has heard back from its transaction: wait for both.
+    await until("b holding a's entry and drain, through etcd's watch, and a's push counted", () => {
       clock.advance(100);
-      return b.table.get("192.0.2.7") === S2 && b.web.servers[0].admin === "drain";
+      return b.table.get("192.0.2.7") === S2 && b.web.servers[0].admin === "drain" &&
+        (peer().pushed_changes as number) >= 2;
     });
-    const peer = (a.hub.status().peers as Record<string, unknown>[])[0];
-    assert.equal(peer.peer, "etcd");
-    assert.ok((peer.pushed_changes as number) >= 2);
+    assert.equal(peer().peer, "etcd");
     // What a wrote came back to a through its own watch and was left alone: a applied nothing.
     assert.equal(a.hub.counts.applied, 0);
 

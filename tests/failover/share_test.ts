@@ -743,3 +743,35 @@ scheduler:
     roles: builtinRoles(),
   });
 });
+
+Deno.test("ShareHub applying a snapshot larger than the table keeps the most recently used entries", async () => {
+  const clock = new ManualClock(1_000_000);
+  const table = new PersistenceTable(clock, { timeoutMs: 60_000, maxEntries: 2 });
+  const web = new FakeService("web", [new FakeServer(S1, { state: "ready", weight: 1 })], table);
+  const hub = new ShareHub({
+    name: "b",
+    peers: ["http://a"],
+    intervalMs: INTERVAL,
+    timeoutMs: 1000,
+    maxBatch: 10,
+    maxQueue: 10,
+    clock,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    transport: {
+      push: () => Promise.resolve(),
+      snapshot: () =>
+        Promise.resolve({
+          from: "a",
+          persistence: {
+            web: [["192.0.2.1", S1, 60_000], ["192.0.2.2", S1, 50_000], ["192.0.2.3", S1, 40_000]],
+          },
+          servers: [],
+        }),
+    },
+    local: servicesShareLocal(() => [web]),
+  });
+  hub.start();
+  await settle();
+  assert.deepEqual(table.export().map(([client]) => client), ["192.0.2.1", "192.0.2.2"]);
+  hub.stop();
+});
