@@ -1017,8 +1017,12 @@ export class EtcdShare implements ShareTransport {
     if (!hooks || this.#watch) return;
     const { client, clock, prefix, name } = this.#o;
     const watch: Watch = client.watch(prefix, (events) => {
-      const batch = this.#batchOf(events.filter((e) => e.type === "put"), name);
-      if (batch.servers.length || Object.keys(batch.persistence).length) hooks.receive(batch);
+      const puts = events.filter((e) => e.type === "put");
+      // One watch message may carry many transactions: handed on as batches a push may be.
+      for (let i = 0; i < puts.length; i += MAX_PUSH_ENTRIES) {
+        const batch = this.#batchOf(puts.slice(i, i + MAX_PUSH_ENTRIES), name);
+        if (batch.servers.length || Object.keys(batch.persistence).length) hooks.receive(batch);
+      }
     }, {
       startRevision: revision,
       onEnd: (error) => {

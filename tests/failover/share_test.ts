@@ -16,6 +16,7 @@ import {
   ETCD_PEER,
   EtcdShare,
   httpShareTransport,
+  MAX_PUSH_ENTRIES,
   MAX_SERVER_CHANGES,
   type ServerChange,
   serverChangeOf,
@@ -774,4 +775,19 @@ Deno.test("ShareHub applying a snapshot larger than the table keeps the most rec
   await settle();
   assert.deepEqual(table.export().map(([client]) => client), ["192.0.2.1", "192.0.2.2"]);
   hub.stop();
+});
+
+Deno.test("EtcdShare hands a watch message of more changes than a push holds on in several batches", async () => {
+  const clock = new ManualClock(1_000_000);
+  const etcd = new FakeEtcd();
+  const b = etcdBox("b", clock, etcd);
+  b.hub.start();
+  await settle();
+  const success = Array.from({ length: MAX_PUSH_ENTRIES + 5 }, (_, i) => ({
+    put: { key: `/p/p/web/10.4.${i >> 8}.${i & 255}`, value: JSON.stringify({ server: S1, from: "a" }) },
+  }));
+  await etcd.txn({ compare: [], success });
+  assert.equal(b.hub.counts.rejected_batches, 0);
+  assert.equal(b.table.size, MAX_PUSH_ENTRIES + 5);
+  b.hub.stop();
 });
