@@ -36,7 +36,7 @@ Deno.test("loadConfig gives the defaults for an empty file", () => {
     max_body: 1024 * 1024,
   });
   assert.deepEqual(plan.log, { level: "info" });
-  assert.deepEqual(plan.shutdown, { drain_timeout: 10_000 });
+  assert.deepEqual(plan.shutdown, { drain_timeout: 10_000, health_grace: 0 });
   assert.deepEqual(Object.keys(plan.sections), ["scheduler", "agent", "relay", "node"]);
 });
 
