@@ -187,19 +187,7 @@ Deno.test("the node section shows a syncer's delay and offsets and a transcoder'
       },
     },
   };
-  const history = new History({ clock, status: () => ({ node }) });
-  const app = createApp({
-    name: "n",
-    version: "t",
-    clock,
-    startedAt: 0,
-    metrics: new MetricsRegistry(),
-    roles: () => ({ node }),
-    token: null,
-    maxBody: 1024,
-    logger: new Logger({ level: "error", clock, sink: () => {} }),
-    history,
-  });
+  const app = pageApp(clock, { node });
   const page = await (await app.request("/dashboard/main")).text();
   assert.match(
     page,
@@ -220,19 +208,7 @@ Deno.test("the dashboard says which config generation runs and when a reload was
       errors: [`/etc/edgenode.yaml:4:9: name: ${EVIL}`, "/etc/edgenode.yaml:7:3: second"],
     },
   };
-  const app = createApp({
-    name: "n",
-    version: "t",
-    clock,
-    startedAt: 0,
-    metrics: new MetricsRegistry(),
-    roles: () => ({}),
-    process: () => ({ config }),
-    token: null,
-    maxBody: 1024,
-    logger: new Logger({ level: "error", clock, sink: () => {} }),
-    history: new History({ clock, status: () => ({}) }),
-  });
+  const app = pageApp(clock, {}, { config });
   const page = await (await app.request("/dashboard/main")).text();
   assert.match(page, /config generation 3/);
   assert.match(
@@ -242,3 +218,20 @@ Deno.test("the dashboard says which config generation runs and when a reload was
   assert.match(page, /\(\+1 more\)/);
   assert.ok(!page.includes(EVIL), "the error text is escaped");
 });
+
+/** A status app whose dashboard shows `roles` (and `process`) as they are given. */
+function pageApp(clock: ManualClock, roles: Record<string, unknown>, process?: Record<string, unknown>) {
+  return createApp({
+    name: "n",
+    version: "t",
+    clock,
+    startedAt: 0,
+    metrics: new MetricsRegistry(),
+    roles: () => roles,
+    ...(process ? { process: () => process } : {}),
+    token: null,
+    maxBody: 1024,
+    logger: new Logger({ level: "error", clock, sink: () => {} }),
+    history: new History({ clock, status: () => roles }),
+  });
+}

@@ -6,7 +6,7 @@ import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import type { RoleHealth } from "../../lib/roles/role.ts";
 
-function appWith(roles: Record<string, { health?(): RoleHealth }> | undefined) {
+function appWith(roles: Record<string, { health?(): RoleHealth }> | undefined, stopping?: () => boolean) {
   const clock = new ManualClock(0);
   const deps: AppDeps = {
     name: "sched1",
@@ -19,6 +19,7 @@ function appWith(roles: Record<string, { health?(): RoleHealth }> | undefined) {
     maxBody: 1024,
     logger: new Logger({ level: "error", clock, sink: () => {} }),
     ...(roles ? { health: () => Object.entries(roles) } : {}),
+    ...(stopping ? { stopping } : {}),
   };
   return createApp(deps);
 }
@@ -106,21 +107,8 @@ Deno.test("GET /healthz?role=scheduler asks the scheduler only; a role asked for
 });
 
 Deno.test("GET /healthz fails while the process is stopping, whatever role it asks for", async () => {
-  const clock = new ManualClock(0);
   let stopping = false;
-  const app = createApp({
-    name: "sched1",
-    version: "test",
-    clock,
-    startedAt: 0,
-    metrics: new MetricsRegistry(),
-    roles: () => ({}),
-    token: null,
-    maxBody: 1024,
-    logger: new Logger({ level: "error", clock, sink: () => {} }),
-    health: () => Object.entries({ scheduler: { health: ok } }),
-    stopping: () => stopping,
-  });
+  const app = appWith({ scheduler: { health: ok } }, () => stopping);
   assert.equal((await app.request("/healthz?role=scheduler")).status, 200);
   stopping = true;
   const res = await app.request("/healthz?role=scheduler");
