@@ -140,9 +140,9 @@ function keepalivedConfig(
     assert.ok(typeof from === "string" ? text.includes(from) : from.test(text), `${file} has no ${from}`);
     text = text.replace(from, to);
   };
-  swap(/^  interface eth0$/m, `  interface ${o.ifname}`);
-  swap(/^    10\.0\.0\.1\/24 dev eth0$/m, `    ${VIP}/24`);
-  swap(/^  advert_int 1$/m, `  advert_int ${o.advertSec}`);
+  swap(/^ {2}interface eth0$/m, `  interface ${o.ifname}`);
+  swap(/^ {4}10\.0\.0\.1\/24 dev eth0$/m, `    ${VIP}/24`);
+  swap(/^ {2}advert_int 1$/m, `  advert_int ${o.advertSec}`);
   swap("/usr/bin/curl", o.curl);
   return text;
 }
