@@ -95,13 +95,7 @@ Deno.test("an aborted takeover leaves the old side serving and answering the nex
   await using tmp = await tempPath();
   const lines: string[] = [];
   let handed = false;
-  const server = ControlServer.open(tmp.path, {
-    registry: new SocketRegistry(),
-    logger: quietLogger(lines),
-    drainTimeoutMs: 0,
-    handOver: () => handed = true,
-  });
-  server.serve();
+  const server = serveOld(tmp.path, lines, () => handed = true);
   try {
     const first = await Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) });
     await first.abort("Cannot listen on udp 127.0.0.1:9: address already in use");
@@ -125,13 +119,7 @@ Deno.test("an aborted takeover leaves the old side serving and answering the nex
 
 Deno.test("the old side refuses a peer of another protocol version, saying both", async () => {
   await using tmp = await tempPath();
-  const server = ControlServer.open(tmp.path, {
-    registry: new SocketRegistry(),
-    logger: quietLogger([]),
-    drainTimeoutMs: 0,
-    handOver: () => {},
-  });
-  server.serve();
+  const server = serveOld(tmp.path, [], () => {});
   try {
     const ch = connectControl(tmp.path);
     await ch.send({ v: 2, type: "takeover", pid: 1 });
@@ -163,13 +151,7 @@ function openFds(): number {
 Deno.test("the old side closes descriptors a peer attaches to its takeover frame", async () => {
   await using tmp = await tempPath();
   const lines: string[] = [];
-  const server = ControlServer.open(tmp.path, {
-    registry: new SocketRegistry(),
-    logger: quietLogger(lines),
-    drainTimeoutMs: 0,
-    handOver: () => {},
-  });
-  server.serve();
+  const server = serveOld(tmp.path, lines, () => {});
   const extra = Array.from({ length: 20 }, () => openFastUdp({ host: "127.0.0.1", port: 0 }, {}, false)!);
   try {
     const before = openFds();
@@ -192,13 +174,7 @@ Deno.test("the old side closes descriptors a peer attaches to its takeover frame
 Deno.test('a busy old side answers a second connection "refused: busy" at once', async () => {
   await using tmp = await tempPath();
   const lines: string[] = [];
-  const server = ControlServer.open(tmp.path, {
-    registry: new SocketRegistry(),
-    logger: quietLogger(lines),
-    drainTimeoutMs: 0,
-    handOver: () => {},
-  });
-  server.serve();
+  const server = serveOld(tmp.path, lines, () => {});
   try {
     // The first conversation is under way: sockets received, no answer yet.
     const first = await Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) });
@@ -218,13 +194,7 @@ Deno.test("a new process that hangs up after ready leaves the old side serving, 
   await using tmp = await tempPath();
   const lines: string[] = [];
   let handed = false;
-  const server = ControlServer.open(tmp.path, {
-    registry: new SocketRegistry(),
-    logger: quietLogger(lines),
-    drainTimeoutMs: 0,
-    handOver: () => handed = true,
-  });
-  server.serve();
+  const server = serveOld(tmp.path, lines, () => handed = true);
   try {
     const ch = connectControl(tmp.path);
     await ch.send(message({ type: "takeover", pid: Deno.pid }));
@@ -247,14 +217,7 @@ Deno.test("a commit after the old side's ready deadline aborts and throws; the o
   await using tmp = await tempPath();
   const lines: string[] = [];
   let handed = false;
-  const server = ControlServer.open(tmp.path, {
-    registry: new SocketRegistry(),
-    logger: quietLogger(lines),
-    drainTimeoutMs: 0,
-    handOver: () => handed = true,
-    readyTimeoutMs: 50,
-  });
-  server.serve();
+  const server = serveOld(tmp.path, lines, () => handed = true, 50);
   try {
     const t = await Takeover.begin(tmp.path, { registry: new SocketRegistry(), logger: quietLogger([]) });
     assert.ok(t.readyBy <= Date.now() + 50);
@@ -291,13 +254,7 @@ Deno.test({
     await using tmp = await tempPath();
     const lines: string[] = [];
     let handed = false;
-    const server = ControlServer.open(tmp.path, {
-      registry: new SocketRegistry(),
-      logger: quietLogger(lines),
-      drainTimeoutMs: 0,
-      handOver: () => handed = true,
-    });
-    server.serve();
+    const server = serveOld(tmp.path, lines, () => handed = true);
     try {
       // Opened wide on purpose, to reach the credential check behind the permissions.
       await Deno.chmod(tmp.path.replace(/\/[^/]*$/, ""), 0o755);
@@ -358,3 +315,16 @@ while c.recv(4096): pass`,
     }
   },
 });
+
+/** The running process's side of the control socket at `path`, serving, with an empty registry (no sockets). */
+function serveOld(path: string, lines: string[], handOver: (pid: number) => void, readyTimeoutMs?: number) {
+  const server = ControlServer.open(path, {
+    registry: new SocketRegistry(),
+    logger: quietLogger(lines),
+    drainTimeoutMs: 0,
+    handOver,
+    ...(readyTimeoutMs === undefined ? {} : { readyTimeoutMs }),
+  });
+  server.serve();
+  return server;
+}
