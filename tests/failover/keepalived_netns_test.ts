@@ -87,10 +87,11 @@ interface Attempt {
 }
 
 /**
- * What fails on the master: the whole box, only its edgenode (keepalived's check finds nothing listening), or its
- * way to the servers (edgenode answers /healthz with 503).
+ * What fails on the master: the whole box, only its edgenode (keepalived's check finds nothing listening), its way
+ * to the servers (edgenode answers /healthz with 503), or nothing: edgenode is stopped as an operator would (SIGTERM;
+ * its shutdown.health_grace fails /healthz first, while it still serves).
  */
-type Death = "box" | "edgenode" | "servers";
+type Death = "box" | "edgenode" | "servers" | "stop";
 
 interface Figures {
   readonly advertSec: number;
@@ -106,6 +107,9 @@ interface Figures {
 function edgenodeConfig(name: string, peer: string): string {
   return `name: ${name}
 roles: [scheduler]
+shutdown:
+  drain_timeout: 5s
+  health_grace: 4s
 status:
   listen: 0.0.0.0:8080
   token: ${TOKEN}
@@ -298,7 +302,7 @@ async function failover(advertSec: number, death: Death, tools: Record<string, s
     // The master box dies, or only its edgenode.
     const victims = death === "box"
       ? await bed.pids("sched1")
-      : death === "edgenode"
+      : death === "edgenode" || death === "stop"
       ? [sched.get("sched1")!.edgenode.child.pid]
       : [];
     const t0 = now();
@@ -313,7 +317,7 @@ async function failover(advertSec: number, death: Death, tools: Record<string, s
     }
     for (const pid of victims) {
       try {
-        Deno.kill(pid, "SIGKILL");
+        Deno.kill(pid, death === "stop" ? "SIGTERM" : "SIGKILL");
       } catch {
         // Gone already.
       }
@@ -342,7 +346,7 @@ async function failover(advertSec: number, death: Death, tools: Record<string, s
       // keepalived on the master saw its check fail: with edgenode gone it went to FAULT; with its servers gone its
       // priority fell below the backup's and it stood down.
       await sched.get("sched1")!.keepalived!.waitFor(
-        death === "edgenode" ? /Entering FAULT STATE/ : /Entering BACKUP STATE/,
+        death === "servers" ? /Entering BACKUP STATE/ : /Entering FAULT STATE/,
       );
       assert.ok(!await vipOn("sched1"), "the master gave the VIP up");
     }
@@ -403,11 +407,18 @@ function report(f: Figures): void {
 }
 
 const RUNS = Number(Deno.env.get("FAILOVER_RUNS") ?? "1");
-const CASES: readonly [number, Death][] = [[1, "box"], [0.1, "box"], [1, "edgenode"], [1, "servers"]];
+const CASES: readonly [number, Death][] = [
+  [1, "box"],
+  [0.1, "box"],
+  [1, "edgenode"],
+  [1, "servers"],
+  [1, "stop"],
+];
 const FAILURES: Record<Death, string> = {
   box: "the master box died",
   edgenode: "edgenode on the master died",
   servers: "the master lost its servers (/healthz 503)",
+  stop: "edgenode on the master stopped (SIGTERM, health_grace 4 s)",
 };
 
 Deno.test("the backup scheduler takes the VIP when the master dies, and clients keep their servers", async (t) => {
