@@ -12,6 +12,7 @@ import { StartError } from "../../lib/core/errors.ts";
 import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { freeTcpPort } from "../_support/ports.ts";
+import { readToEnd } from "../_support/tcp.ts";
 
 const defaults = agentRole.section.default as AgentSection;
 
@@ -42,19 +43,6 @@ async function start(cfg: AgentSection) {
   };
 }
 
-async function check(port: number): Promise<string> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  const buf = new Uint8Array(2048);
-  let text = "";
-  for (;;) {
-    const n = await conn.read(buf);
-    if (n === null) break;
-    text += new TextDecoder().decode(buf.subarray(0, n));
-  }
-  conn.close();
-  return text;
-}
-
 async function refused(port: number): Promise<boolean> {
   try {
     (await Deno.connect({ hostname: "127.0.0.1", port })).close();
@@ -67,15 +55,15 @@ async function refused(port: number): Promise<boolean> {
 Deno.test("agent reload moves to a new listen address, and the old port closes", async () => {
   await using a = await start(section());
   const old = a.port();
-  assert.equal(await check(old), "75% ready\n");
+  assert.equal(await readToEnd(old), "75% ready\n");
   const port = freeTcpPort();
   const r = await a.agent.prepareReload!(section({ listen: { host: "127.0.0.1", port } }));
   assert.deepEqual(r.summary.replaced, ["agent listener"]);
   // Until the commit the old listener answers.
-  assert.equal(await check(old), "75% ready\n");
+  assert.equal(await readToEnd(old), "75% ready\n");
   await r.commit(AbortSignal.timeout(5000));
   assert.equal(a.agent.status().listen, `127.0.0.1:${port}`);
-  assert.equal(await check(port), "75% ready\n");
+  assert.equal(await readToEnd(port), "75% ready\n");
   assert.ok(await refused(old), "the old listener is closed");
   // Counters carry on across the new listener.
   assert.equal((a.agent.status().counters as Record<string, number>).replies, 3);
@@ -91,9 +79,9 @@ Deno.test("agent reload applies a changed source and maxconn in place, and keeps
   assert.deepEqual(r.summary.changed, ["agent"]);
   assert.deepEqual(r.summary.replaced, []);
   assert.match(r.summary.notes[0], /agent state drain set over the API stays/);
-  assert.equal(await check(port), "75% drain\n");
+  assert.equal(await readToEnd(port), "75% drain\n");
   await r.commit(AbortSignal.timeout(5000));
-  assert.equal(await check(port), "42% maxconn:7 drain\n");
+  assert.equal(await readToEnd(port), "42% maxconn:7 drain\n");
   assert.equal(a.agent.status().source, "command");
 
   // A config that changes `state` wins over the runtime one.
@@ -129,7 +117,7 @@ Deno.test("agent reload that cannot bind or read its new source throws and chang
       a.agent.prepareReload!(section({ listen: { host: "0.0.0.0", port } })),
       new RegExp(`^StartError: Cannot reload agent: listen 0\\.0\\.0\\.0:${port} takes port ${port}`),
     );
-    assert.equal(await check(port), "75% ready\n");
+    assert.equal(await readToEnd(port), "75% ready\n");
     assert.equal(a.agent.status().source, "loadavg");
   } finally {
     taken.close();
@@ -143,5 +131,5 @@ Deno.test("agent reload aborted after prepare closes the new listener and keeps 
   const r = await a.agent.prepareReload!(section({ listen: { host: "127.0.0.1", port } }));
   await r.abort();
   assert.ok(await refused(port));
-  assert.equal(await check(old), "75% ready\n");
+  assert.equal(await readToEnd(old), "75% ready\n");
 });

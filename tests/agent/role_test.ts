@@ -14,6 +14,7 @@ import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { Registry } from "../../lib/core/registry.ts";
 import type { RoleDef } from "../../lib/roles/role.ts";
+import { readToEnd } from "../_support/tcp.ts";
 
 const TOKEN = "agent-token-0123456789";
 const auth = { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" };
@@ -54,19 +55,6 @@ async function start(cfg: AgentSection, readers?: LoadReaders) {
       await agent.stop(new AbortController().signal);
     },
   };
-}
-
-async function check(port: number): Promise<string> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  const buf = new Uint8Array(2048);
-  let text = "";
-  for (;;) {
-    const n = await conn.read(buf);
-    if (n === null) break;
-    text += new TextDecoder().decode(buf.subarray(0, n));
-  }
-  conn.close();
-  return text;
 }
 
 function errorsOf(text: string): string[] {
@@ -138,7 +126,7 @@ Deno.test("agent section reports its mistakes at their line and column", () => {
 Deno.test("agent answers a check over TCP with its reading and closes", async () => {
   const { readers } = fixedLoad();
   await using a = await start(section({ maxconn: 30 }), readers);
-  assert.equal(await check(a.port), "75% maxconn:30 ready\n");
+  assert.equal(await readToEnd(a.port), "75% maxconn:30 ready\n");
   const status = a.agent.status();
   assert.equal(status.last_reply, "75% maxconn:30 ready");
   assert.equal(status.source, "loadavg");
@@ -149,10 +137,10 @@ Deno.test("agent answers a check over TCP with its reading and closes", async ()
 Deno.test("agent takes its reading once per cache interval however many checks come", async () => {
   const { readers, reads } = fixedLoad();
   await using a = await start(section({ cache: 1000 }), readers);
-  await Promise.all(Array.from({ length: 20 }, () => check(a.port)));
+  await Promise.all(Array.from({ length: 20 }, () => readToEnd(a.port)));
   assert.equal(reads.loadavg, 1);
   a.clock.advance(1000);
-  assert.equal(await check(a.port), "75% ready\n");
+  assert.equal(await readToEnd(a.port), "75% ready\n");
   assert.equal(reads.loadavg, 2);
   assert.equal((a.agent.status().counters as Record<string, number>).readings, 2);
 });
@@ -160,7 +148,7 @@ Deno.test("agent takes its reading once per cache interval however many checks c
 Deno.test("agent shows in /status the same figures its /metrics series render", async () => {
   const { readers } = fixedLoad();
   await using a = await start(section(), readers);
-  await check(a.port);
+  await readToEnd(a.port);
   const counters = a.agent.status().counters as Record<string, number>;
   assert.deepEqual(Object.keys(counters), [
     "connections",
@@ -194,7 +182,7 @@ Deno.test("agent state route changes the reply at once and says it is not persis
     { state: "drain", previous: "ready", persisted: false },
   );
   assert.match(body.note, /not persisted|restart/);
-  assert.equal(await check(a.port), "75% drain\n");
+  assert.equal(await readToEnd(a.port), "75% drain\n");
   const status = await (await a.app.request("/agent")).json();
   assert.equal(status.admin, "drain");
   assert.equal(status.admin_persisted, false);
@@ -214,19 +202,19 @@ Deno.test("agent state route needs the token and a known state", async () => {
 
 Deno.test("agent command source answers with the command's reply", async () => {
   await using a = await start(section({ source: "command", command: ["/bin/echo", "42%", "drain"] }));
-  assert.equal(await check(a.port), "42% drain\n");
+  assert.equal(await readToEnd(a.port), "42% drain\n");
 });
 
 Deno.test("agent answers a failing command without a weight, or down when configured", async () => {
   {
     await using a = await start(section({ source: "command", command: ["/bin/false"] }));
-    assert.equal(await check(a.port), 'ready #agent reading failed: "/bin/false" exited with status 1\n');
+    assert.equal(await readToEnd(a.port), 'ready #agent reading failed: "/bin/false" exited with status 1\n');
     assert.equal(a.agent.status().last_error, '"/bin/false" exited with status 1');
   }
   {
     await using a = await start(section({ source: "command", command: ["/bin/false"], on_failure: "down" }));
     assert.equal(
-      await check(a.port),
+      await readToEnd(a.port),
       'ready down #agent reading failed: "/bin/false" exited with status 1\n',
     );
   }
@@ -289,7 +277,7 @@ Deno.test("agent role runs on this machine's own load average", async () => {
   });
   try {
     const port = Number(String(running.status().listen).split(":").pop());
-    assert.match(await check(port), /^[0-9]{1,3}% ready\n$/);
+    assert.match(await readToEnd(port), /^[0-9]{1,3}% ready\n$/);
   } finally {
     await running.stop(new AbortController().signal);
   }

@@ -12,6 +12,7 @@ import { requireTools } from "../_support/tools.ts";
 import { getJson, LISTENING, startEdgenode } from "./_process.ts";
 import { listenPort, LO, services, setServer, TOKEN } from "./_scheduler.ts";
 import { freeUdpPort } from "../_support/ports.ts";
+import { countingProgram } from "../_support/programs.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -33,18 +34,6 @@ ${more ? `${more}\n` : ""}scheduler:
 ${servers}
 `;
 }
-
-/** A boot session: what arrives on `port` is counted. */
-const counting = (port: number) =>
-  `Project added;
-{ AP name="In" ref=localservice.forwarder;
-    inputs = in(DIPRONN_INPUT(${port}));
-    outputs = out(Count.in);
-}
-{ AP name="Count" ref=localservice.counter;
-    inputs = in;
-}
-`;
 
 /** The relay and node sections: relay r1 (and r2 when `added`), boot sessions `sessions`. */
 function relayAndNode(
@@ -118,7 +107,7 @@ Deno.test("a reload under wrk load adds, removes and reweighs servers: no reques
   const sessionPort = freeUdpPort();
   const program = `${dir}/added.dipronn`;
   try {
-    await Deno.writeTextFile(program, counting(sessionPort));
+    await Deno.writeTextFile(program, countingProgram("added", sessionPort));
     await Deno.writeTextFile(
       path,
       schedulerConfig(

@@ -14,20 +14,10 @@ import type { RunningRole } from "../../lib/roles/role.ts";
 import { roleApp } from "../api/_role_app.ts";
 import { freeUdpPort } from "../_support/ports.ts";
 import { until } from "../_support/until.ts";
+import { countingProgram } from "../_support/programs.ts";
 
 const TOKEN = "node-token-0123456789";
 const auth = { authorization: `Bearer ${TOKEN}` };
-
-const program = (name: string, port: number) =>
-  `Project ${name};
-{ AP name="In" ref=localservice.forwarder;
-    inputs = in(DIPRONN_INPUT(${port}));
-    outputs = out(Count.in);
-}
-{ AP name="Count" ref=localservice.counter;
-    inputs = in;
-}
-`;
 
 async function setup() {
   const clock = new ManualClock(Date.UTC(2026, 0, 1));
@@ -82,14 +72,14 @@ function portFree(port: number): boolean {
 Deno.test("node reload starts an added boot session, stops a removed one, replaces a changed one and keeps the rest with their counters", async () => {
   await using env = await setup();
   const [pKeep, pGone, pAdd, pOld, pNew, pApi] = Array.from({ length: 6 }, () => freeUdpPort());
-  const keep = await env.file("keep", program("keep", pKeep));
-  const gone = await env.file("gone", program("gone", pGone));
-  const changes = await env.file("changes", program("changes", pOld));
+  const keep = await env.file("keep", countingProgram("keep", pKeep));
+  const gone = await env.file("gone", countingProgram("gone", pGone));
+  const changes = await env.file("changes", countingProgram("changes", pOld));
   const { role, app } = await env.start([keep, gone, changes]);
   try {
     const up = await app.request("/node/sessions", {
       method: "POST",
-      body: program("api", pApi),
+      body: countingProgram("api", pApi),
       headers: auth,
     });
     assert.equal(up.status, 201);
@@ -98,8 +88,8 @@ Deno.test("node reload starts an added boot session, stops a removed one, replac
     await env.send(pApi, 3);
     await until("keep and api count", () => counted(role, "keep") === 5 && counted(role, "api") === 3);
 
-    const add = await env.file("add", program("add", pAdd));
-    await Deno.writeTextFile(changes, program("changes", pNew));
+    const add = await env.file("add", countingProgram("add", pAdd));
+    await Deno.writeTextFile(changes, countingProgram("changes", pNew));
     const r = await role.prepareReload!(env.section([keep, changes, add], { max_sessions: 20 }));
     assert.deepEqual(r.summary.added, ["session add"]);
     assert.deepEqual(r.summary.removed, ["session gone"]);
@@ -140,12 +130,12 @@ Deno.test("node reload starts an added boot session, stops a removed one, replac
 Deno.test("node reload with a bad program or a port in use throws, and changes nothing", async () => {
   await using env = await setup();
   const [pKeep, pApi, pBad] = [freeUdpPort(), freeUdpPort(), freeUdpPort()];
-  const keep = await env.file("keep", program("keep", pKeep));
+  const keep = await env.file("keep", countingProgram("keep", pKeep));
   const { role, app } = await env.start([keep]);
   try {
     const up = await app.request("/node/sessions", {
       method: "POST",
-      body: program("api", pApi),
+      body: countingProgram("api", pApi),
       headers: auth,
     });
     assert.equal(up.status, 201);
@@ -164,7 +154,7 @@ Deno.test("node reload with a bad program or a port in use throws, and changes n
       },
     );
     // A boot program that wants the API session's port.
-    const clash = await env.file("clash", program("clash", pApi));
+    const clash = await env.file("clash", countingProgram("clash", pApi));
     await assert.rejects(role.prepareReload!(env.section([keep, clash])), StartError);
     // One whose file cannot be read.
     await assert.rejects(
@@ -184,17 +174,17 @@ Deno.test("node reload with a bad program or a port in use throws, and changes n
 Deno.test("node reload aborted after prepare leaves everything running and frees what it held", async () => {
   await using env = await setup();
   const [pKeep, pAdd] = [freeUdpPort(), freeUdpPort()];
-  const keep = await env.file("keep", program("keep", pKeep));
+  const keep = await env.file("keep", countingProgram("keep", pKeep));
   const { role, app } = await env.start([keep]);
   try {
-    const add = await env.file("add", program("add", pAdd));
+    const add = await env.file("add", countingProgram("add", pAdd));
     const r = await role.prepareReload!(env.section([add]));
     assert.deepEqual(r.summary.added, ["session add"]);
     assert.deepEqual(r.summary.removed, ["session keep"]);
     // While held, an upload may not take the port the reload checked.
     const held = await app.request("/node/sessions", {
       method: "POST",
-      body: program("other", pAdd),
+      body: countingProgram("other", pAdd),
       headers: auth,
     });
     assert.equal(held.status, 400);
@@ -203,7 +193,7 @@ Deno.test("node reload aborted after prepare leaves everything running and frees
     assert.deepEqual(Object.keys(role.status().sessions as object), ["keep"]);
     const up = await app.request("/node/sessions", {
       method: "POST",
-      body: program("other", pAdd),
+      body: countingProgram("other", pAdd),
       headers: auth,
     });
     assert.equal(up.status, 201);
@@ -216,7 +206,7 @@ Deno.test("node reload aborted after prepare leaves everything running and frees
 Deno.test("node reload leaves a boot session stopped over the API stopped while its file is unchanged", async () => {
   await using env = await setup();
   const port = freeUdpPort();
-  const keep = await env.file("keep", program("keep", port));
+  const keep = await env.file("keep", countingProgram("keep", port));
   const { role, app } = await env.start([keep]);
   try {
     const del = await app.request("/node/sessions/keep", { method: "DELETE", headers: auth });
@@ -227,7 +217,7 @@ Deno.test("node reload leaves a boot session stopped over the API stopped while 
     await r.commit(AbortSignal.timeout(10_000));
     assert.deepEqual(Object.keys(role.status().sessions as object), []);
     // A change of that file is a change of the item: it starts again.
-    await Deno.writeTextFile(keep, program("keep", port) + "\n");
+    await Deno.writeTextFile(keep, countingProgram("keep", port) + "\n");
     const again = await role.prepareReload!(env.section([keep]));
     assert.deepEqual(again.summary.replaced, ["session keep"]);
     await again.commit(AbortSignal.timeout(10_000));
@@ -240,12 +230,12 @@ Deno.test("node reload leaves a boot session stopped over the API stopped while 
 Deno.test("node reload replaces a changed program on the same port: the old session stops first, the new one counts from zero", async () => {
   await using env = await setup();
   const port = freeUdpPort();
-  const file = await env.file("s", program("s", port));
+  const file = await env.file("s", countingProgram("s", port));
   const { role } = await env.start([file]);
   try {
     await env.send(port, 3);
     await until("the old session counts", () => counted(role, "s") === 3);
-    await Deno.writeTextFile(file, program("s", port).replace("Project s;", "Project s; # v2"));
+    await Deno.writeTextFile(file, countingProgram("s", port).replace("Project s;", "Project s; # v2"));
     const r = await role.prepareReload!(env.section([file]));
     assert.deepEqual(r.summary.replaced, ["session s"]);
     await r.commit(AbortSignal.timeout(10_000));
@@ -261,7 +251,7 @@ Deno.test("node reload whose session cannot start at commit logs it and reports 
   const port = freeUdpPort();
   const { role } = await env.start([]);
   try {
-    const file = await env.file("late", program("late", port));
+    const file = await env.file("late", countingProgram("late", port));
     const r = await role.prepareReload!(env.section([file]));
     // Someone else takes the port between prepare and commit: the commit cannot fail, so it reports.
     const thief = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port });

@@ -12,6 +12,7 @@ import { defineElement, type ElementKind } from "../../lib/graph/element.ts";
 import { coreElements } from "../../lib/graph/elements/mod.ts";
 import { defineNodeRole, nodeRole } from "../../lib/node/role.ts";
 import { within } from "../_support/until.ts";
+import { countingProgram } from "../_support/programs.ts";
 
 const TOKEN = "node-token-0123456789";
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -42,17 +43,6 @@ async function setup(extra: Record<string, unknown> = {}) {
   };
 }
 
-const program = (name: string, port: number) =>
-  `Project ${name};
-{ AP name="In" ref=localservice.forwarder;
-    inputs = in(DIPRONN_INPUT(${port}));
-    outputs = out(Count.in);
-}
-{ AP name="Count" ref=localservice.counter;
-    inputs = in;
-}
-`;
-
 function freePort(): number {
   const s = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
   const port = (s.addr as Deno.NetAddr).port;
@@ -65,7 +55,7 @@ Deno.test("node session API starts, lists and stops an uploaded program", async 
   const port = freePort();
   const up = await env.app.request("/node/sessions", {
     method: "POST",
-    body: program("demo", port),
+    body: countingProgram("demo", port),
     headers: auth,
   });
   const body = await up.json();
@@ -82,7 +72,7 @@ Deno.test("node session API starts, lists and stops an uploaded program", async 
 
   const again = await env.app.request("/node/sessions", {
     method: "POST",
-    body: program("demo", port + 1),
+    body: countingProgram("demo", port + 1),
     headers: auth,
   });
   assert.equal(again.status, 409);
@@ -129,7 +119,7 @@ Deno.test("node session API takes the YAML form and refuses a port another sessi
   const port = freePort();
   const first = await env.app.request("/node/sessions", {
     method: "POST",
-    body: program("one", port),
+    body: countingProgram("one", port),
     headers: auth,
   });
   assert.equal(first.status, 201);
@@ -155,7 +145,10 @@ aps:
 
 Deno.test("node session API mutations need the token", async () => {
   await using env = await setup();
-  const post = await env.app.request("/node/sessions", { method: "POST", body: program("x", freePort()) });
+  const post = await env.app.request("/node/sessions", {
+    method: "POST",
+    body: countingProgram("x", freePort()),
+  });
   assert.equal(post.status, 401);
   const del = await env.app.request("/node/sessions/x", { method: "DELETE" });
   assert.equal(del.status, 401);
@@ -173,7 +166,7 @@ Deno.test("node role starts the sessions named in its config, and refuses to sta
   const dir = await Deno.makeTempDir();
   try {
     const good = `${dir}/good.dipronn`;
-    await Deno.writeTextFile(good, program("boot", freePort()));
+    await Deno.writeTextFile(good, countingProgram("boot", freePort()));
     {
       await using env = await setup({ sessions: [good] });
       assert.deepEqual(Object.keys(env.role.status().sessions as object), ["boot"]);
