@@ -5,7 +5,7 @@
  * that would be one more is not kept, and counted), each a fixed Float64Array.
  *
  * Which figures: per scheduler service, new connections/s, open connections and bits/s both ways; per relay,
- * packets/s in and out, bits/s in and drops/s; per reflector, packets/s in and out and participants; per session,
+ * packets/s and bits/s both ways and drops/s; per reflector, packets/s in and out and participants; per session,
  * packets/s into its DIPRONN_INPUTs and out of its DIPRONN_OUTPUTs, RTP losses/s its counters saw, and each syncer's
  * current delay (ms); per AP, packets/s into its inputs.
  */
@@ -180,6 +180,7 @@ export function figures(roles: Record<string, unknown>): Figure[] {
     out.push([`${k}packets/s in`, "rate", num(rel.rx_packets)]);
     out.push([`${k}packets/s out`, "rate", num(rel.tx_packets)]);
     out.push([`${k}bits/s in`, "rate", num(rel.rx_bytes) * 8]);
+    out.push([`${k}bits/s out`, "rate", num(rel.tx_bytes) * 8]);
     out.push([`${k}dropped/s`, "rate", num(rel.tx_dropped) + num(rel.truncated)]);
   }
   for (const [name, r] of Object.entries(obj(relay.reflectors))) {

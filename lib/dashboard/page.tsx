@@ -219,12 +219,24 @@ function Scheduler({ status, history }: { status: Obj; history: History }) {
                 })}
               </tbody>
             </table>
-            <Chart
-              id={`chart-scheduler-${name}`}
-              title={`${name}: connections`}
-              yLabel="per second / open"
-              series={history.series(`scheduler/${keyPart(name)}/`).filter((x) => !x.name.startsWith("bits"))}
-            />
+            <div class="charts">
+              <Chart
+                id={`chart-scheduler-${name}`}
+                title={`${name}: connections`}
+                yLabel="per second / open"
+                series={history.series(`scheduler/${keyPart(name)}/`).filter((x) =>
+                  !x.name.startsWith("bits")
+                )}
+              />
+              <Chart
+                id={`chart-scheduler-bits-${name}`}
+                title={`${name}: traffic`}
+                yLabel="bits/s"
+                series={history.series(`scheduler/${keyPart(name)}/`).filter((x) =>
+                  x.name.startsWith("bits")
+                )}
+              />
+            </div>
           </div>
         );
       })}
@@ -249,6 +261,7 @@ function Relay({ status, history }: { status: Obj; history: History }) {
                 <th>packets/s in</th>
                 <th>packets/s out</th>
                 <th>bits/s in</th>
+                <th>bits/s out</th>
                 <th>packets in</th>
                 <th>packets out</th>
                 <th>dropped</th>
@@ -269,6 +282,7 @@ function Relay({ status, history }: { status: Obj; history: History }) {
                     <td>{n(history.latest(`${k}packets/s in`))}</td>
                     <td>{n(history.latest(`${k}packets/s out`))}</td>
                     <td>{n(history.latest(`${k}bits/s in`))}</td>
+                    <td>{n(history.latest(`${k}bits/s out`))}</td>
                     <td>{n(r.rx_packets)}</td>
                     <td>{n(r.tx_packets)}</td>
                     <td>{n(r.tx_dropped)}</td>
@@ -281,14 +295,31 @@ function Relay({ status, history }: { status: Obj; history: History }) {
         )
         : null}
       <div class="charts">
-        {relays.map(([name]) => (
-          <Chart
-            id={`chart-relay-${name}`}
-            title={`relay ${name}`}
-            yLabel="packets/s"
-            series={history.series(`relay/${keyPart(name)}/`).filter((x) => x.name.startsWith("packets"))}
-          />
-        ))}
+        {relays.map(([name]) => {
+          const series = history.series(`relay/${keyPart(name)}/`);
+          return (
+            <>
+              <Chart
+                id={`chart-relay-${name}`}
+                title={`relay ${name}`}
+                yLabel="packets/s"
+                series={series.filter((x) => x.name.startsWith("packets"))}
+              />
+              <Chart
+                id={`chart-relay-bits-${name}`}
+                title={`relay ${name}: traffic`}
+                yLabel="bits/s"
+                series={series.filter((x) => x.name.startsWith("bits"))}
+              />
+              <Chart
+                id={`chart-relay-dropped-${name}`}
+                title={`relay ${name}: dropped or cut`}
+                yLabel="datagrams/s"
+                series={series.filter((x) => x.name.startsWith("dropped"))}
+              />
+            </>
+          );
+        })}
       </div>
       {reflectors.map(([name, v]) => {
         const r = obj(v);

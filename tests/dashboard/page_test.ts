@@ -109,6 +109,15 @@ Deno.test("the dashboard's charts follow the box's traffic as the history sample
   const relay = chart(main, "chart-relay-video");
   assert.match(relay, /data-name="packets\/s in"/);
   assert.doesNotMatch(relay, /no data yet/);
+  // bits/s on an axis of their own: 30 datagrams of 100 B in 2 s are 12k bits/s in, at the chart's top.
+  const bits = chart(main, "chart-relay-bits-video");
+  assert.deepEqual(seriesNames(bits), ["bits/s in", "bits/s out"]);
+  assert.match(bits, /<path d="M[^"]+"/);
+  assert.match(bits, />12k<\/text>/);
+  assert.match(main, /<tr data-relay="video">(?:<td>[^]*?<\/td>){5}<td>12k<\/td>/);
+  assert.deepEqual(seriesNames(chart(main, "chart-relay-dropped-video")), ["dropped/s"]);
+  assert.deepEqual(seriesNames(chart(main, "chart-scheduler-bits-web")), ["bits/s in", "bits/s out"]);
+  assert.ok(!seriesNames(chart(main, "chart-scheduler-web")).some((x) => x.startsWith("bits")));
 });
 
 Deno.test("the history keeps at most its series and points, whatever the box runs", () => {
@@ -136,6 +145,11 @@ Deno.test("lineChart draws one group per series with its measured points, escape
   assert.equal((svg.match(/<circle/g) ?? []).length, 3, "a point that is not a number is a gap");
   assert.match(svg, /t &#38; u/);
 });
+
+/** The names of the series a chart draws. */
+function seriesNames(svg: string): string[] {
+  return [...svg.matchAll(/<g class="series" data-name="([^"]*)"/g)].map((m) => m[1]);
+}
 
 /** The SVG element with `id` in `html`. */
 function chart(html: string, id: string): string {
