@@ -451,6 +451,7 @@ function Node({ status, history }: { status: Obj; history: History }) {
                       <th>state</th>
                       <th>APs</th>
                       <th>dropped in/out</th>
+                      <th>limits and access</th>
                       <th>sandbox</th>
                     </tr>
                   </thead>
@@ -467,6 +468,7 @@ function Node({ status, history }: { status: Obj; history: History }) {
                           <td>
                             {n(vm.dropped_in)} / {n(vm.dropped_out)}
                           </td>
+                          <td class="limits">{vmLimits(vm)}</td>
                           <td>{vm.sandbox ? sandboxText(sandbox) : "–"}</td>
                         </tr>
                       );
@@ -498,6 +500,40 @@ function Node({ status, history }: { status: Obj; history: History }) {
       })}
     </section>
   );
+}
+
+/**
+ * What bounds a VM group: a sandbox process's limits (heap, memory, handler deadline, datagrams in flight, CPU
+ * share), a worker's permissions and the bytes it has in flight.
+ */
+function vmLimits(vm: Obj): string {
+  const parts: string[] = [];
+  if (vm.sandbox) parts.push(limitsText(obj(obj(vm.sandbox).limits)));
+  if (vm.isolate !== undefined || vm.permissions) {
+    const p = obj(vm.permissions);
+    parts.push(
+      `${text(vm.isolate) || "worker"} · ${
+        ["net", "read", "write", "ffi"].map((k) => `${k} ${permission(p[k])}`).join(" · ")
+      } · in flight ${n(vm.in_flight_bytes)}B`,
+    );
+  }
+  return parts.join(" · ") || "–";
+}
+
+/** A Deno permission as granted: yes, no, or the paths (hosts) it is limited to. */
+function permission(v: unknown): string {
+  if (v === true) return "yes";
+  if (v === false || v === undefined || v === null) return "no";
+  return arr(v).map(text).join(", ") || text(v);
+}
+
+/** A sandbox's limits; a CPU share (of one core) of 0 is no cap. */
+function limitsText(l: Obj): string {
+  return `heap ${n(l.heap_mb)} MiB · memory ${n(l.memory_mb)} MiB · deadline ${
+    n(l.deadline_ms)
+  } ms · in flight ≤ ${n(l.max_in_flight)} batches · cpu ${
+    l.cpu_share === 0 ? "not capped" : `${n(l.cpu_share)} of a core`
+  }`;
 }
 
 function sandboxText(s: Obj): string {

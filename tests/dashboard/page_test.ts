@@ -78,6 +78,8 @@ Deno.test("the dashboard renders every role's section from the box's real status
   );
   assert.equal((page.match(/class="wire"/g) ?? []).length, 2);
   assert.match(page, /<g class="ap vm" data-ap="Fw">/);
+  // The worker VM group's access as the node gave it: a forwarder needs neither net nor files.
+  assert.match(page, /<tr data-vm="vm1">.*?worker · net no · read no · write no · ffi no · in flight \d+ ?B/);
   assert.match(page, /<text class="input"[^>]*>IN\(\d+\) →/);
   // No script or style from elsewhere: everything the page needs is in it.
   assert.doesNotMatch(page, /<script[^>]+src=|<link[^>]+href="(?!data:)|https?:\/\/(?!www\.w3\.org)/);
@@ -208,6 +210,69 @@ Deno.test("the node section shows a syncer's delay and offsets and a transcoder'
     /running · D 1\.01k ms · in1: sender_reports, offset 0 ms; in2: offset, offset 40 ms · late 1 · dropped 4 · released late 2/,
   );
   assert.match(page, /running · 25 fps · speed 1x · 256 kb\/s · restarts 1/);
+});
+
+Deno.test("the node section shows a VM group's whole limits: a sandbox's, a worker's permissions and bytes in flight", async () => {
+  const clock = new ManualClock(0);
+  const node = {
+    budgets: {},
+    sessions: {
+      lecture: {
+        name: "lecture",
+        aps: [],
+        vms: [
+          {
+            name: "uploaded",
+            ref: "img",
+            aps: ["U"],
+            sandbox: {
+              state: "running",
+              restarts: 0,
+              limits: { heap_mb: 64, memory_mb: 256, deadline_ms: 50, max_in_flight: 8, cpu_share: 0.5 },
+            },
+          },
+          {
+            name: "uncapped",
+            ref: "img",
+            aps: ["V"],
+            sandbox: {
+              state: "running",
+              limits: { heap_mb: 32, memory_mb: 128, deadline_ms: 20, max_in_flight: 4, cpu_share: 0 },
+            },
+          },
+          {
+            name: "workers",
+            ref: "img",
+            aps: ["W"],
+            state: "running",
+            isolate: "worker",
+            permissions: { net: true, ffi: false, read: ["/var/lib/edgenode"], write: false },
+            in_flight_bytes: 3000,
+            dropped_in: 0,
+            dropped_out: 0,
+          },
+        ],
+      },
+    },
+  };
+  const page = await (await pageApp(clock, { node }).request("/dashboard/main")).text();
+  const row = (vm: string) => {
+    const at = page.indexOf(`<tr data-vm="${vm}">`);
+    assert.ok(at >= 0, `a row for ${vm}`);
+    return page.slice(at, page.indexOf("</tr>", at));
+  };
+  assert.match(
+    row("uploaded"),
+    /heap 64 MiB · memory 256 MiB · deadline 50 ms · in flight ≤ 8 batches · cpu 0\.5 of a core/,
+  );
+  assert.match(
+    row("uncapped"),
+    /heap 32 MiB · memory 128 MiB · deadline 20 ms · in flight ≤ 4 batches · cpu not capped/,
+  );
+  assert.match(
+    row("workers"),
+    /worker · net yes · read \/var\/lib\/edgenode · write no · ffi no · in flight 3k ?B/,
+  );
 });
 
 Deno.test("the dashboard says which config generation runs and when a reload was refused, escaped", async () => {
