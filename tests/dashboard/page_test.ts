@@ -287,7 +287,7 @@ Deno.test("the dashboard says which config generation runs and when a reload was
       errors: [`/etc/edgenode.yaml:4:9: name: ${EVIL}`, "/etc/edgenode.yaml:7:3: second"],
     },
   };
-  const app = pageApp(clock, {}, { config });
+  const app = pageApp(clock, {}, { process: { config } });
   const page = await (await app.request("/dashboard/main")).text();
   assert.match(page, /config generation 3/);
   assert.match(
@@ -299,18 +299,176 @@ Deno.test("the dashboard says which config generation runs and when a reload was
 });
 
 /** A status app whose dashboard shows `roles` (and `process`) as they are given. */
-function pageApp(clock: ManualClock, roles: Record<string, unknown>, process?: Record<string, unknown>) {
+function pageApp(
+  clock: ManualClock,
+  roles: Record<string, unknown>,
+  o: { name?: string; process?: Record<string, unknown>; token?: string; history?: History } = {},
+) {
+  const process = o.process;
   return createApp({
-    name: "n",
+    name: o.name ?? "n",
     version: "t",
     clock,
     startedAt: 0,
     metrics: new MetricsRegistry(),
     roles: () => roles,
     ...(process ? { process: () => process } : {}),
-    token: null,
+    token: o.token ?? null,
     maxBody: 1024,
     logger: new Logger({ level: "error", clock, sink: () => {} }),
-    history: new History({ clock, status: () => roles }),
+    history: o.history ?? new History({ clock, status: () => roles }),
   });
 }
+
+Deno.test("the dashboard shows every name and text a user controls as text, never as markup", async () => {
+  // One hostile string per field, tagged with the field so that each can be found escaped.
+  const evil = (field: string) => `<x${field} onerror=1>"'&`;
+  const fields = [
+    "box",
+    "service",
+    "listen",
+    "picker",
+    "server",
+    "detail",
+    "reply",
+    "relay",
+    "rlisten",
+    "reflector",
+    "data",
+    "participant",
+    "origin",
+    "session",
+    "ap",
+    "kind",
+    "vm",
+    "syncerinput",
+    "alignment",
+    "speed",
+    "stderr",
+    "vmname",
+    "vmap",
+    "vmstderr",
+    "perm",
+    "agentsource",
+    "agenterror",
+    "trigger",
+    "reload",
+  ];
+  const e = evil;
+  const roles = {
+    scheduler: {
+      services: {
+        [e("service")]: {
+          listen: e("listen"),
+          picker: e("picker"),
+          accepted: 1,
+          servers: [
+            {
+              server: e("server"),
+              state: "up",
+              admin: "ready",
+              last_check: { ok: false, detail: e("detail"), at: "2026-12-04T12:00:00.000Z" },
+              last_agent: { reply: e("reply") },
+            },
+          ],
+        },
+      },
+    },
+    relay: {
+      relays: {
+        [e("relay")]: { state: "running", listen: e("rlisten"), targets: [], rx_packets: 1, rx_bytes: 9 },
+      },
+      reflectors: {
+        [e("reflector")]: {
+          data: e("data"),
+          registration: "127.0.0.1:1",
+          state: "running",
+          participants: [{ address: e("participant"), origin: e("origin"), sent: 1 }],
+        },
+      },
+    },
+    node: {
+      budgets: {},
+      sessions: {
+        [e("session")]: {
+          name: e("session"),
+          sockets: [{ rx_packets: 1 }],
+          aps: [
+            {
+              name: e("ap"),
+              kind: e("kind"),
+              vm: e("vm"),
+              inputs: [{ name: "in", packets: 1, from: "DIPRONN_INPUT(5000)" }],
+              outputs: [{ to: ["DIPRONN_OUTPUT(127.0.0.1:9)"], packets: 1 }],
+              errors: 0,
+              syncer: {
+                state: "running",
+                delay_ms: 5,
+                inputs: [{ name: e("syncerinput"), alignment: e("alignment") }],
+              },
+            },
+            {
+              name: "T",
+              kind: "localservice.transcoder",
+              vm: null,
+              inputs: [],
+              outputs: [],
+              transcoder: { state: "running", progress: { speed: e("speed") } },
+            },
+            {
+              name: "S",
+              kind: "upload.s",
+              vm: null,
+              inputs: [],
+              outputs: [],
+              sandbox: { state: "failed", last_error: e("stderr"), stderr: [e("stderr")] },
+            },
+          ],
+          vms: [
+            {
+              name: e("vmname"),
+              aps: [e("vmap")],
+              sandbox: { state: "running", last_error: e("vmstderr"), stderr: [e("vmstderr")], limits: {} },
+            },
+            { name: "w", aps: [], isolate: "worker", permissions: { read: [e("perm")] }, in_flight_bytes: 0 },
+          ],
+        },
+      },
+    },
+    agent: { admin: "ready", listen: "127.0.0.1:1", source: e("agentsource"), last_error: e("agenterror") },
+  };
+  const clock = new ManualClock(0);
+  const history = new History({ clock, status: () => roles });
+  for (let i = 0; i < 3; i++, clock.advance(2000)) history.sample();
+  const token = "api-token-never-shown-0123";
+  const app = pageApp(clock, roles, {
+    name: e("box"),
+    token,
+    history,
+    process: {
+      config: {
+        generation: 2,
+        last_reload: {
+          ok: false,
+          trigger: e("trigger"),
+          at: "2026-12-04T12:00:00.000Z",
+          errors: [e("reload")],
+        },
+      },
+    },
+  });
+  for (const path of ["/", "/dashboard/main"]) {
+    const page = await (await app.request(path)).text();
+    assert.doesNotMatch(page, /<x[a-z]/, `${path}: no hostile element`);
+    assert.ok(!page.includes(`"'&`), `${path}: no raw quote or ampersand from a name`);
+    // No attribute named onerror: with the quoted values taken out, what is left of each tag is names only.
+    for (const tag of page.match(/<[a-zA-Z][^>]*>/g) ?? []) {
+      assert.doesNotMatch(tag.replace(/"[^"]*"/g, '""'), /\sonerror/, tag);
+    }
+    assert.ok(!page.includes(token), `${path}: the API token is not in the page`);
+    const shown = (f: string) => page.includes(`&lt;x${f} `) || page.includes(`&#60;x${f} `);
+    // The box's name is the page's title and heading, not part of the live part.
+    const missing = fields.filter((f) => (f !== "box" || path === "/") && !shown(f));
+    assert.deepEqual(missing, [], `${path}: every field is shown, escaped`);
+  }
+});
