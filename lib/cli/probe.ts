@@ -28,7 +28,7 @@ import {
   type SweepReceiver,
   throughputTable,
 } from "../probe/sweep.ts";
-import { formatSweep, sweepHtml } from "../probe/sweep_report.ts";
+import { type ComparedRun, formatSweep, sweepHtml } from "../probe/sweep_report.ts";
 
 export type ProbeCommand =
   | { readonly mode: "help" }
@@ -78,7 +78,7 @@ sweep runs the report's behaviour tests: for each of --sizes, steps of --step at
       (offered Mb/s = rate x UDP payload; each receiver's loss, delay p50/p99, Mb/s) and the maximal throughput
       per size and receiver (the highest offered Mb/s within the limit), beside --compare's: a previous
       sweep.json, or "report" (the seed report's Tables 4, 5, 6 and 8). --out DIR writes sweep.json, sweep.txt
-      and sweep.html (loss and delay charts per size) there.
+      and sweep.html (loss and delay charts per size; a compared sweep.json's curves dashed beside) there.
 `;
 
 const OPTIONS = {
@@ -518,7 +518,7 @@ export async function runProbe(args: readonly string[], io: ProbeIO): Promise<nu
   const done = () => progress && io.tty && io.err("\n");
   if (command.mode === "sweep") {
     // A sweep's progress is one line per step: kept, not rewritten.
-    const compared = await comparedTables(command.compare, io);
+    const { tables: compared, run } = await comparedRun(command.compare, io);
     const result = await runSweep(command.options, {
       progress: command.quiet ? undefined : (line) => io.err(`${line}\n`),
       signal: io.signal,
@@ -528,7 +528,7 @@ export async function runProbe(args: readonly string[], io: ProbeIO): Promise<nu
       const write = io.writeFile ?? writeFileMakingDir;
       await write(`${command.out}/sweep.json`, JSON.stringify(result, null, 2) + "\n");
       await write(`${command.out}/sweep.txt`, text);
-      await write(`${command.out}/sweep.html`, sweepHtml(result, compared));
+      await write(`${command.out}/sweep.html`, sweepHtml(result, compared, run));
     }
     io.out(command.json ? JSON.stringify(result) + "\n" : text);
     return 0;
@@ -561,10 +561,16 @@ export async function runProbe(args: readonly string[], io: ProbeIO): Promise<nu
   return 0;
 }
 
-/** The tables `--compare` names: the seed report's, or a previous sweep's maximal throughputs. */
-async function comparedTables(compare: string | null, io: ProbeIO): Promise<ThroughputTable[]> {
-  if (compare === null) return [];
-  if (compare === "report") return [...REPORT_TABLES];
+/**
+ * What `--compare` names: the seed report's tables, or a previous sweep (its maximal throughputs as a table, and
+ * the run itself, whose curves the HTML report draws beside this one's).
+ */
+async function comparedRun(
+  compare: string | null,
+  io: ProbeIO,
+): Promise<{ tables: ThroughputTable[]; run?: ComparedRun }> {
+  if (compare === null) return { tables: [] };
+  if (compare === "report") return { tables: [...REPORT_TABLES] };
   let text: string;
   try {
     text = await (io.readFile ?? Deno.readTextFile)(compare);
@@ -579,7 +585,10 @@ async function comparedTables(compare: string | null, io: ProbeIO): Promise<Thro
   }
   const previous = asSweepResult(parsed);
   if (typeof previous === "string") throw new UsageError(`probe sweep: --compare "${compare}": ${previous}`);
-  return [throughputTable(previous, `Compared: ${compare} (${previous.started})`)];
+  return {
+    tables: [throughputTable(previous, `Compared: ${compare} (${previous.started})`)],
+    run: { label: `compared ${compare}`, result: previous },
+  };
 }
 
 async function writeFileMakingDir(path: string, text: string): Promise<void> {

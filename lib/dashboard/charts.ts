@@ -13,6 +13,11 @@ export interface Series {
   readonly name: string;
   /** [x, y]: x is a time (ms since the epoch) for a time chart. Points with a y that is not finite are gaps. */
   readonly points: readonly (readonly [number, number])[];
+  /**
+   * Drawn dashed, as a run to compare with: dashed series take the palette's colours from the start again, so the
+   * compared run's first series has the colour of this run's first.
+   */
+  readonly dashed?: boolean;
 }
 
 export interface ChartOptions {
@@ -67,6 +72,13 @@ function trim(v: number): string {
 
 function clock(ms: number): string {
   return new Date(ms).toISOString().slice(11, 19);
+}
+
+/** The colour of each series: solid and dashed ones each go through the palette in order. */
+function colourOf(series: readonly Series[]): string[] {
+  let solid = 0;
+  let dashed = 0;
+  return series.map((s) => PALETTE[(s.dashed ? dashed++ : solid++) % PALETTE.length]);
 }
 
 /** One chart of `series` as an SVG element. */
@@ -140,11 +152,16 @@ export function lineChart(series: readonly Series[], o: ChartOptions): string {
     .defined(usable)
     .x((p) => xAt(p[0]))
     .y((p) => yAt(p[1]));
+  const colours = colourOf(series);
   series.forEach((s, i) => {
-    const colour = PALETTE[i % PALETTE.length];
-    parts.push(`<g class="series" data-name="${esc(s.name)}" fill="none" stroke="${colour}">`);
+    const colour = colours[i];
+    parts.push(
+      `<g class="series" data-name="${esc(s.name)}"${
+        s.dashed ? ' data-dashed="true"' : ""
+      } fill="none" stroke="${colour}">`,
+    );
     const d = path(s.points);
-    if (d) parts.push(`<path d="${d}" stroke-width="1.8"/>`);
+    if (d) parts.push(`<path d="${d}" stroke-width="1.8"${s.dashed ? ' stroke-dasharray="5 3"' : ""}/>`);
     if (o.points) {
       for (const p of s.points.filter(usable)) {
         parts.push(
@@ -160,9 +177,15 @@ export function lineChart(series: readonly Series[], o: ChartOptions): string {
   series.forEach((s, i) => {
     const name = s.name.slice(0, 28);
     const ly = inner.h + 46;
-    const colour = PALETTE[i % PALETTE.length];
+    const colour = colours[i];
+    const mark = s.dashed
+      ? `<line x1="${lx}" x2="${lx + 10}" y1="${ly - 3}" y2="${
+        ly - 3
+      }" stroke="${colour}" stroke-width="2" ` +
+        `stroke-dasharray="3 2"/>`
+      : `<rect x="${lx}" y="${ly - 4}" width="10" height="3" fill="${colour}"/>`;
     parts.push(
-      `<g class="legend"><rect x="${lx}" y="${ly - 4}" width="10" height="3" fill="${colour}"/>` +
+      `<g class="legend">${mark}` +
         `<text x="${lx + 14}" y="${ly}" fill="#333">${esc(name)}</text></g>`,
     );
     lx += 24 + name.length * 6;

@@ -4,9 +4,9 @@
  * the loss and delay charts of each size (the report's Figures 7-10) and the same tables. No script, no link out;
  * every text is escaped.
  */
-import { esc, lineChart } from "../dashboard/charts.ts";
+import { esc, lineChart, type Series } from "../dashboard/charts.ts";
 import type { ThroughputTable } from "./report_tables.ts";
-import { type SweepResult, type SweepSize, throughputTable } from "./sweep.ts";
+import { type ReceiverFigures, type SweepResult, type SweepSize, throughputTable } from "./sweep.ts";
 
 const fixed = (v: number | null, digits: number) => (v === null ? "-" : v.toFixed(digits));
 
@@ -145,23 +145,53 @@ export interface ChartSize {
   readonly title?: string;
 }
 
-const seriesOf = (
-  result: SweepResult,
-  s: SweepSize,
-  pick: (i: number, step: SweepSize["steps"][number]) => number,
-) =>
-  result.receivers.map((name, i) => ({
-    name,
-    points: s.steps.map((step) => [step.offered_mbit_per_s, pick(i, step)] as const),
-  }));
+/** A previous sweep drawn beside this one (`--compare FILE`): its curves dashed, named with `label`. */
+export interface ComparedRun {
+  readonly label: string;
+  readonly result: SweepResult;
+}
 
-/** Loss (%) against offered Mb/s for one size, a series per receiver with its measured points. */
+type Pick = (r: ReceiverFigures | undefined) => number;
+
+/** A series per receiver of this run, then (dashed) per receiver of the compared run at the same size, if any. */
+function seriesOf(result: SweepResult, s: SweepSize, pick: Pick, compared?: ComparedRun): Series[] {
+  const own: Series[] = result.receivers.map((name, i) => ({
+    name,
+    points: s.steps.map((step) => [step.offered_mbit_per_s, pick(step.receivers[i])] as const),
+  }));
+  const other = compared?.result.sizes.find((x) => x.size === s.size);
+  if (!compared || !other) return own;
+  // A sweep.json of another version may lack figures: a step without them is a gap, not an error.
+  const steps = Array.isArray(other.steps) ? other.steps : [];
+  return [
+    ...own,
+    ...compared.result.receivers.map((name, i) => ({
+      name: `${compared.label}: ${name}`,
+      dashed: true,
+      points: steps.map((step) =>
+        [
+          Number(step?.offered_mbit_per_s),
+          pick(Array.isArray(step?.receivers) ? step.receivers[i] : undefined),
+        ] as const
+      ),
+    })),
+  ];
+}
+
+const lossOf: Pick = (r) => (typeof r?.loss_percent === "number" ? r.loss_percent : NaN);
+const delayOf: Pick = (r) => (typeof r?.delay_p99_ms === "number" ? r.delay_p99_ms : NaN);
+
+/**
+ * Loss (%) against offered Mb/s for one size, a series per receiver with its measured points (and the compared
+ * run's, dashed).
+ */
 export function lossChart(
   result: SweepResult,
   s: SweepSize,
   size: ChartSize = {},
+  compared?: ComparedRun,
 ): string {
-  return lineChart(seriesOf(result, s, (i, step) => step.receivers[i].loss_percent), {
+  return lineChart(seriesOf(result, s, lossOf, compared), {
     title: `${s.size} B: loss`,
     x: "linear",
     xLabel: "offered [Mb/s]",
@@ -176,8 +206,9 @@ export function delayChart(
   result: SweepResult,
   s: SweepSize,
   size: ChartSize = {},
+  compared?: ComparedRun,
 ): string {
-  return lineChart(seriesOf(result, s, (i, step) => step.receivers[i].delay_p99_ms ?? NaN), {
+  return lineChart(seriesOf(result, s, delayOf, compared), {
     title: `${s.size} B: delay p99`,
     x: "linear",
     xLabel: "offered [Mb/s]",
@@ -223,12 +254,21 @@ function stepsHtml(result: SweepResult, s: SweepSize): string {
   }</tbody></table>`;
 }
 
-/** The HTML report: per size a row with its loss and delay charts, then the maximal-throughput tables. */
-export function sweepHtml(result: SweepResult, compared: readonly ThroughputTable[] = []): string {
+/**
+ * The HTML report: per size a row with its loss and delay charts, then the maximal-throughput tables. With `run`,
+ * a previous sweep's curves are drawn dashed in the charts of the sizes both swept.
+ */
+export function sweepHtml(
+  result: SweepResult,
+  compared: readonly ThroughputTable[] = [],
+  run?: ComparedRun,
+): string {
   const lower = new Set(result.sizes.filter((s) => s.ended_by !== "loss").map((s) => s.size));
   const figures = result.sizes.map((s) =>
     `<section class="size"><h2>${s.size} B</h2><p>${esc(endNote(s, result.loss_limit_percent))}</p>` +
-    `<div class="row">${lossChart(result, s)}${delayChart(result, s)}</div>${stepsHtml(result, s)}</section>`
+    `<div class="row">${lossChart(result, s, {}, run)}${delayChart(result, s, {}, run)}</div>${
+      stepsHtml(result, s)
+    }</section>`
   );
   const own = htmlTable(
     throughputTable(result, `Maximal throughput [Mb/s] (loss <= ${result.loss_limit_percent}%)`),
@@ -254,7 +294,13 @@ td { text-align: right; font-variant-numeric: tabular-nums; }
           result.rtp ? "; RTP" : ""
         }. Offered rate: datagrams/s x UDP payload.`,
     )
-  }</p>
+  }</p>${
+    run
+      ? `\n<p>${
+        esc(`Dashed: ${run.label}, the sweep to ${run.result.to} started ${run.result.started} (--compare).`)
+      }</p>`
+      : ""
+  }
 ${figures.join("\n")}
 <h2>Maximal throughput</h2>
 <div class="tables">${own}${compared.map((t) => htmlTable(t)).join("")}</div>

@@ -271,7 +271,19 @@ Deno.test("probe sweep --compare FILE shows a previous sweep.json beside, escape
     loss_limit_percent: 1,
     step_s: 1,
     rtp: false,
-    sizes: [{ size: 100, steps: [], ended_by: "loss", max_throughput: { receivers: [7.5], all: 7.5 } }],
+    sizes: [
+      {
+        size: 100,
+        steps: [step(5000, [0]), step(10000, [4])].map((x) => ({
+          ...x,
+          offered_mbit_per_s: x.rate * 800 / 1e6,
+        })),
+        ended_by: "loss",
+        max_throughput: { receivers: [4], all: 4 },
+      },
+      // A size this run does not sweep: not drawn.
+      { size: 500, steps: [step(1000, [0])], ended_by: "steps", max_throughput: { receivers: [4], all: 4 } },
+    ],
   };
   const files = new Map<string, string>();
   const io = {
@@ -311,9 +323,29 @@ Deno.test("probe sweep --compare FILE shows a previous sweep.json beside, escape
   assert.equal(await runProbe(args("old.json"), io), 0);
   const text = files.get("dir/sweep.txt")!;
   assert.match(text, /Compared: old\.json/);
-  assert.match(text, /^100 B\s+\|\s+>=0\.8\s+>=0\.8\s+\|\s+7\.5\s+7\.5$/m);
+  assert.match(text, /^100 B\s+\|\s+>=0\.8\s+>=0\.8\s+\|\s+4\.0\s+4\.0$/m);
   const html = files.get("dir/sweep.html")!;
   assert.match(html, /recv &#60;b&#62;old&#60;\/b&#62;/);
   assert.doesNotMatch(html, /<b>old/);
+  // The compared run's loss and delay curves, dashed, beside this run's in both charts of the size both swept.
+  const charts = html.match(/<svg[\s\S]*?<\/svg>/g) ?? [];
+  assert.equal(charts.length, 2);
+  for (const chart of charts) {
+    const series = [...chart.matchAll(/<g class="series" data-name="([^"]*)"([^>]*)>([\s\S]*?)<\/g>/g)];
+    assert.deepEqual(series.map((m) => m[1]), [
+      `recv ${LO}:${port}`,
+      "compared old.json: recv &#60;b&#62;old&#60;/b&#62;",
+    ]);
+    assert.doesNotMatch(series[0][2], /data-dashed/);
+    assert.match(series[1][2], /data-dashed="true"/);
+    assert.match(series[1][3], /stroke-dasharray/);
+    assert.deepEqual(
+      series.map((m) => m[3].match(/<circle/g)?.length),
+      [1, 2],
+      "this run's one step, the compared run's two",
+    );
+  }
+  assert.match(charts[0], /data-x="8" data-y="4"/, "the compared run's 4% loss at 8 Mb/s");
+  assert.match(html, /Dashed: compared old\.json, the sweep to 127\.0\.0\.1:9000 started 2026-01-01/);
   assert.equal((JSON.parse(files.get("dir/sweep.json")!) as SweepResult).sizes[0].steps.length, 1);
 });
