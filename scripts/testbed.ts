@@ -6,8 +6,13 @@
  * and removes the namespaces. Needs root (namespaces, TUN devices).
  *
  *   deno run -A scripts/testbed.ts [--seconds N] [--binary dist/edgenode] [--no-etcd] [--keep-logs] [--bridge]
+ *                                  [--sweep [--sweep-out DIR]]
  *
  * --bridge joins the namespaces with a kernel bridge and no delay instead of the delay line (for rate benchmarks).
+ * --sweep runs a short `probe sweep` across the bed once it is up and then stops it: a session on Brno duplicates
+ * its input to Prague and to a reflector AP; the sweep runs in Prague's namespace, sends to Brno's input and
+ * receives both ways back (a probe receiver and a reflector participant). Its reports go to --sweep-out
+ * (test-output/testbed-sweep by default).
  *
  * As a module: `await using bed = await Testbed.start()` gives the nodes (addresses, status URLs, the status token)
  * to a test or a benchmark that runs sessions on them.
@@ -249,6 +254,65 @@ function runArgs(): string[] {
   return words.slice(1);
 }
 
+/** The sweep's session on Brno: its input to Prague (SWEEP_RECV) and to a reflector participants join at SWEEP_JOIN. */
+const SWEEP_INPUT = 10000;
+const SWEEP_RECV = 5004;
+const SWEEP_JOIN = 12345;
+
+function sweepProgram(recvAt: string): string {
+  return `Project bed_sweep;
+{ AP name="Dup" ref=localservice.duplicator;
+    inputs = in(DIPRONN_INPUT(${SWEEP_INPUT}));
+    outputs = o1(DIPRONN_OUTPUT("${recvAt}")), o2(Refl.in);
+}
+{ AP name="Refl" ref=reflector;
+    inputs = in, participant_registration(DIPRONN_INPUT(${SWEEP_JOIN}));
+    outputs = out(DIPRONN_OUTPUT);
+}
+`;
+}
+
+/**
+ * Starts the sweep's session on `from`'s peer `via` and runs `probe sweep` in `from`'s namespace against it (sizes
+ * 100 and 1450 B, 1000 to 8000 datagrams/s, 1 s steps); returns the sweep's exit code.
+ */
+export async function sweepBed(
+  bed: Testbed,
+  o: { from: string; via: string; out: string; args?: readonly string[] },
+): Promise<number> {
+  const from = bed.node(o.from);
+  const via = bed.node(o.via);
+  const res = await fetch(`http://${via.address}:${STATUS_PORT}/node/sessions?file=bed_sweep.dipronn`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${bed.statusToken}`, "content-type": "text/plain" },
+    body: sweepProgram(`${from.address}:${SWEEP_RECV}`),
+  });
+  if (!res.ok) {
+    throw new Error(`Cannot start the sweep's session on ${via.name}: ${res.status} ${await res.text()}`);
+  }
+  await res.body?.cancel();
+  const args = [
+    "probe",
+    "sweep",
+    "--to",
+    `${via.address}:${SWEEP_INPUT}`,
+    "--recv",
+    `${from.address}:${SWEEP_RECV}`,
+    "--join",
+    `${via.address}:${SWEEP_JOIN}`,
+    ...(o.args ?? ["--sizes", "100,1450", "--from", "1000", "--factor", "2", "--steps", "4", "--step", "1s"]),
+    "--out",
+    o.out,
+  ];
+  const child = bed.bed.spawn(o.from, Deno.execPath(), [...runArgs(), ...args], {
+    cwd: ROOT,
+    stdout: "inherit",
+    stderr: "inherit",
+    env: { NO_COLOR: "1" },
+  });
+  return (await child.status).code;
+}
+
 function randomToken(): string {
   return Array.from(crypto.getRandomValues(new Uint8Array(24)), (b) => b.toString(16).padStart(2, "0")).join(
     "",
@@ -264,12 +328,15 @@ async function main(): Promise<number> {
       "no-etcd": { type: "boolean" },
       "keep-logs": { type: "boolean" },
       bridge: { type: "boolean" },
+      sweep: { type: "boolean" },
+      "sweep-out": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
   if (values.help) {
     console.log(
-      "usage: deno run -A scripts/testbed.ts [--seconds N] [--binary PATH] [--no-etcd] [--keep-logs]",
+      "usage: deno run -A scripts/testbed.ts [--seconds N] [--binary PATH] [--no-etcd] [--keep-logs] [--bridge]\n" +
+        "                                   [--sweep [--sweep-out DIR]]",
     );
     return 0;
   }
@@ -293,20 +360,35 @@ async function main(): Promise<number> {
       log: (line) => console.log(line),
     });
     for (const n of bed.nodes) {
-      console.log(`testbed: ${n.name.padEnd(8)} ${n.address}  status ${n.statusUrl}  log ${n.log}`);
+      console.log(
+        `testbed: ${n.name.padEnd(8)} ${n.address}  netns ${n.netns}  status ${n.statusUrl}  log ${n.log}`,
+      );
     }
     console.log(
       `testbed: status token in ${dir}/status.token; shell in a node: ip netns exec ${bed.nodes[0].netns} sh`,
     );
-    console.log(seconds ? `testbed: running for ${seconds} s` : "testbed: running until Ctrl-C");
+    let sweepFailed = false;
+    const sweepOut = values["sweep-out"] ?? "test-output/testbed-sweep";
+    const sweepTo = sweepOut.startsWith("/") ? sweepOut : `${Deno.cwd()}/${sweepOut}`;
+    if (values.sweep) {
+      console.log(`testbed: probe sweep from prague through a session on brno into ${sweepTo}`);
+    } else console.log(seconds ? `testbed: running for ${seconds} s` : "testbed: running until Ctrl-C");
     const timer = seconds ? setTimeout(() => stop.resolve("time"), seconds * 1000) : undefined;
     const why = await Promise.race([
       stop.promise,
       bed.exited().then(({ name, code }) =>
         `node ${name} exited with code ${code} (log ${bed.node(name).log})`
       ),
+      ...(values.sweep
+        ? [
+          sweepBed(bed, { from: "prague", via: "brno", out: sweepTo }).then((code) => {
+            sweepFailed = code !== 0;
+            return `the sweep ended with code ${code}`;
+          }),
+        ]
+        : []),
     ]);
-    failed = why.startsWith("node ");
+    failed = why.startsWith("node ") || sweepFailed;
     clearTimeout(timer);
     console.log(`testbed: stopping (${why})`);
   } catch (error) {
