@@ -124,6 +124,25 @@ export interface ProgramSource {
   readonly placement?: PartPlacement;
   /** The modules uploaded with it (file name -> source text), which `ref=upload.NAME` APs run. */
   readonly modules?: Readonly<Record<string, string>>;
+  /**
+   * A part of a session across nodes: the uploaded kinds of APs other nodes run, by ref, as the coordinator loaded
+   * them. This node checks the wiring to those APs against their declared ports and parameters without their code.
+   */
+  readonly remoteKinds?: Readonly<Record<string, UploadedKind>>;
+}
+
+/** An uploaded program as a kind: its module, and the ports, parameters and needs it declared when loaded. */
+export interface UploadedKind {
+  readonly entry: string;
+  readonly info: ProgramInfo;
+}
+
+/** The sandbox processes of one session's uploaded APs, made when its program was checked. */
+interface Upload {
+  readonly kinds: Registry<ElementKind>;
+  readonly pool: SandboxPool;
+  readonly processes: number;
+  readonly programs: ReadonlyMap<string, UploadedKind>;
 }
 
 /** What a reload changes in a session table: the sessions it stops and starts, and the settings from then on. */
@@ -161,6 +180,8 @@ interface ReloadCheck {
 
 interface Reservation {
   readonly plan: SessionPlan;
+  /** The part's uploaded APs: their pool starts with the commit, and closes with an abort or the expiry. */
+  readonly upload: Upload | null;
   readonly timer: TimerId;
   readonly file: string;
   readonly expires: number;
@@ -300,24 +321,52 @@ export class SessionTable {
    * committed or aborted first. Throws as `add` does.
    */
   prepare(id: string, text: string, source: ProgramSource): Promise<SessionPlan> {
-    return this.#serial(() => {
-      const plan = this.#check(text, source);
-      if (plan.name !== id) {
-        throw new SessionConflict(`The program names session ${plan.name}, not ${id}`);
+    return this.#serial(async () => {
+      // A part's uploaded APs are loaded here, in this node's own sandbox and under its own node.uploads.
+      const upload = source.modules || source.remoteKinds ? await this.#upload(text, source) : null;
+      let plan: SessionPlan;
+      try {
+        plan = this.#check(text, source, upload?.kinds);
+        if (plan.name !== id) {
+          throw new SessionConflict(`The program names session ${plan.name}, not ${id}`);
+        }
+      } catch (error) {
+        await upload?.pool.close();
+        throw error;
       }
       const { clock } = this.node;
       const timer = clock.setTimeout(() => {
         if (this.#prepared.get(id)?.timer !== timer) return;
         this.#prepared.delete(id);
+        upload?.pool.close().catch(() => {});
         this.node.logger.warn("prepared part released: no commit in time", {
           session: id,
           after_ms: this.#reservationMs,
         });
       }, this.#reservationMs);
-      this.#prepared.set(id, { plan, timer, file: source.file, expires: clock.now() + this.#reservationMs });
+      this.#prepared.set(id, {
+        plan,
+        upload,
+        timer,
+        file: source.file,
+        expires: clock.now() + this.#reservationMs,
+      });
       this.node.logger.info("session part prepared", { session: id, aps: plan.aps.length });
-      return Promise.resolve(plan);
+      return plan;
     });
+  }
+
+  /**
+   * The kinds of the modules a program names, loaded in a sandbox of this node as `add` loads them, and the
+   * sandbox closed again: what a coordinator checks a session across nodes with before asking any node (it may run
+   * none of them itself, so the node's process budget does not apply). Throws UploadError or ErrorList as `add`.
+   */
+  async uploadedKinds(text: string, source: ProgramSource): Promise<Record<string, UploadedKind>> {
+    const upload = await this.#upload(text, { ...source, placement: undefined, remoteKinds: undefined }, {
+      budget: false,
+    });
+    await upload?.pool.close();
+    return Object.fromEntries(upload?.programs ?? []);
   }
 
   /** The second phase: starts a prepared part. Throws SessionConflict when none is held (never or expired). */
@@ -330,8 +379,22 @@ export class SessionTable {
       }
       this.#prepared.delete(id);
       this.node.clock.clearTimeout(held.timer);
-      if (this.#closed) throw new SessionConflict("The node is stopping");
-      const session = await RunningSession.start(held.plan, this.node, { allowSources: this.#allowSources });
+      const upload = held.upload;
+      let session: RunningSession;
+      try {
+        if (this.#closed) throw new SessionConflict("The node is stopping");
+        session = await RunningSession.start(held.plan, this.node, {
+          allowSources: this.#allowSources,
+          sandboxes: upload?.pool,
+        });
+      } catch (error) {
+        await upload?.pool.close();
+        throw error;
+      }
+      if (upload) {
+        this.#pools.set(id, { pool: upload.pool, processes: upload.processes });
+        this.node.shared?.set(`sandboxes:${id}`, upload.pool);
+      }
       this.#sessions.set(id, session);
       this.node.logger.info("session started", { session: id, aps: held.plan.aps.length, file: held.file });
       return session;
@@ -346,7 +409,7 @@ export class SessionTable {
       this.#prepared.delete(id);
       this.node.clock.clearTimeout(held.timer);
       this.node.logger.info("prepared part released", { session: id });
-      return Promise.resolve(true);
+      return (held.upload?.pool.close() ?? Promise.resolve()).then(() => true);
     });
   }
 
@@ -549,6 +612,7 @@ export class SessionTable {
       for (const [name, held] of this.#prepared) {
         this.node.clock.clearTimeout(held.timer);
         this.#prepared.delete(name);
+        await held.upload?.pool.close();
       }
       for (const [name, session] of [...this.#sessions].reverse()) {
         this.#sessions.delete(name);
@@ -579,12 +643,29 @@ export class SessionTable {
    * ErrorList entry at its uploaded file, line and column). A program with syntax errors of its own gets no kinds:
    * the check reports those.
    */
-  async #upload(
-    text: string,
-    source: ProgramSource,
-  ): Promise<{ kinds: Registry<ElementKind>; pool: SandboxPool; processes: number } | null> {
+  async #upload(text: string, source: ProgramSource, o: { budget?: boolean } = {}): Promise<Upload | null> {
     const uploads = this.#uploads;
-    const modules = source.modules!;
+    const modules = source.modules ?? {};
+    const placement = source.placement;
+    const remote = source.remoteKinds ?? {};
+    const read = () => {
+      try {
+        return describeSession(parseAny(text, source.file, source.format), []);
+      } catch {
+        return null;
+      }
+    };
+    // A part of a session across nodes loads only the uploaded APs it runs; the others are checked as declared
+    // (and a node that runs none needs no node.uploads at all).
+    const part = placement ? read() : undefined;
+    if (part === null) return null;
+    if (
+      part && !part.aps.some((ap) => placement!.nodeOf[ap.name] === placement!.self && isUploaded(ap.ref))
+    ) {
+      const pool = new SandboxPool({ session: part.name, modules: {} });
+      const programs = this.#remote(part.aps, remote, new Set());
+      return { kinds: this.#withUploaded(pool.kinds(programs)), pool, processes: 0, programs };
+    }
     if (!uploads) {
       throw new UploadError(["this node takes no uploaded programs (node.uploads.enabled is false)"]);
     }
@@ -597,14 +678,13 @@ export class SessionTable {
     if (this.#closed) throw new SessionConflict("The node is stopping");
     const problems = uploadProblems(modules, Object.keys(modules)[0] ?? "", uploads.limits);
     if (problems.length) throw new UploadError(problems);
-    let spec;
-    try {
-      spec = describeSession(parseAny(text, source.file, source.format), []);
-    } catch {
-      return null;
-    }
+    const spec = part ?? read();
+    if (!spec) return null;
+    const local = placement
+      ? spec.aps.filter((ap) => placement.nodeOf[ap.name] === placement.self)
+      : spec.aps;
     const entries = new Map<string, string>();
-    for (const ap of spec.aps) {
+    for (const ap of local) {
       const entry = entryOf(ap.ref, modules);
       if (entry) entries.set(ap.ref, entry);
     }
@@ -618,9 +698,10 @@ export class SessionTable {
       dataDir: this.node.dataDir,
       storageBytes: uploads.storageBytes,
     });
-    const processes = SandboxPool.processes(spec.aps);
-    const running = this.processes().used;
-    if (processes && running + processes > uploads.maxProcesses) {
+    const processes = SandboxPool.processes(local);
+    const running = this.processes().used +
+      [...this.#prepared.values()].reduce((n, r) => n + (r.upload?.processes ?? 0), 0);
+    if (o.budget !== false && processes && running + processes > uploads.maxProcesses) {
       throw new SessionConflict(
         `Session ${spec.name} needs ${processes} sandbox processes and the node runs ${running} of at most ${uploads.maxProcesses} (node.uploads.max_processes)`,
       );
@@ -646,12 +727,31 @@ export class SessionTable {
       }
       list.forEach(([ref, entry], k) => programs.set(ref, { entry, info: infos[k] }));
     }
+    const all = new Map([...programs, ...this.#remote(spec.aps, remote, new Set(programs.keys()))]);
+    return { kinds: this.#withUploaded(pool.kinds(all)), pool, processes, programs };
+  }
+
+  /**
+   * The kinds other nodes' uploaded APs have, as the coordinator declared them (refs loaded here left out). Their
+   * needs are not this node's: it gives them no storage, so a declared `needs.files` is not held against it.
+   */
+  #remote(
+    aps: readonly { readonly ref: string }[],
+    remote: Readonly<Record<string, UploadedKind>>,
+    loaded: ReadonlySet<string>,
+  ): Map<string, UploadedKind> {
+    const out = new Map<string, UploadedKind>();
+    for (const { ref } of aps) {
+      if (loaded.has(ref) || !Object.hasOwn(remote, ref)) continue;
+      out.set(ref, { entry: remote[ref].entry, info: { ...remote[ref].info, needs: {} } });
+    }
+    return out;
+  }
+
+  /** The node's kinds with a session's uploaded ones. */
+  #withUploaded(uploaded: ElementKind[]): Registry<ElementKind> {
     const base = this.kinds.values().filter((k) => !k.name.startsWith(UPLOAD_PREFIX));
-    return {
-      kinds: new Registry<ElementKind>("AP kind", [...base, ...pool.kinds(programs)]),
-      pool,
-      processes,
-    };
+    return new Registry<ElementKind>("AP kind", [...base, ...uploaded]);
   }
 
   #serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -660,6 +760,8 @@ export class SessionTable {
     return next;
   }
 }
+
+const isUploaded = (ref: string) => ref.startsWith(UPLOAD_PREFIX);
 
 interface PortFigures {
   readonly packets?: number;
