@@ -18,10 +18,18 @@ import type { Logger } from "../core/logger.ts";
 import { describeSession, type SessionSpec } from "../dipronn/session.ts";
 import { parseAny, type ProgramFormat } from "../graph/program.ts";
 import type { Member, UndoResult } from "./members.ts";
-import { SessionExistsError, type SessionSource, type SessionState as StoredState } from "./store.ts";
+import {
+  SessionExistsError,
+  type SessionSource,
+  type SessionState as StoredState,
+  uploadValue,
+} from "./store.ts";
 import type { ClusterStore } from "./store.ts";
 import { errorMessage } from "../core/errors.ts";
-import { PartRefused } from "./parts.ts";
+import { UploadError } from "../sandbox/mod.ts";
+import { PartRefused, type PartRequest } from "./parts.ts";
+import type { UploadedKind } from "../node/sessions.ts";
+import { UPLOAD_PREFIX } from "../graph/uploaded.ts";
 import { PeerError } from "./peers.ts";
 import {
   type CrossLink,
@@ -92,6 +100,8 @@ export interface NodeOutcome {
   errors?: unknown;
   /** What undoing this part did: released (prepared), stopped (running), none, or why it could not be undone. */
   undone?: string;
+  /** The uploaded modules sent to this node with its part (it runs an uploaded AP); absent: none were sent. */
+  modules?: string[];
 }
 
 export type SessionState = "starting" | "running" | "failed" | "stopping" | "stopped" | "restarting";
@@ -113,7 +123,15 @@ export interface ClusterSession {
   usage: NodeUsage[];
   /** This coordinator wrote the session to etcd in this start (a failed start removes it again). */
   stored: boolean;
+  /** The modules uploaded with the session and their kinds as loaded here; kept for restarts and etcd. */
+  readonly upload?: SessionUpload;
   readonly events: { at: string; text: string }[];
+}
+
+/** A session's uploaded modules (file name -> source) and the kinds they declared when loaded, by ref. */
+export interface SessionUpload {
+  readonly modules: Readonly<Record<string, string>>;
+  readonly kinds: Readonly<Record<string, UploadedKind>>;
 }
 
 /** What a start, a stop or a plan answers with. */
@@ -147,6 +165,15 @@ export interface CoordinatorOptions {
   readonly member?: (node: string) => boolean;
   /** With etcd: whether the node's lease expired since it was seen (left out of placement like a lost node). */
   readonly gone?: (node: string) => boolean;
+  /**
+   * Loads a session's uploaded modules in a sandbox of this node and answers their kinds (SessionTable's
+   * uploadedKinds); throws UploadError or ErrorList (a module that does not load, at its file, line and column).
+   * Absent: sessions with modules are refused.
+   */
+  readonly inspect?: (
+    text: string,
+    source: { file: string; format: ProgramFormat; modules: Readonly<Record<string, string>> },
+  ) => Promise<Record<string, UploadedKind>>;
 }
 
 /** A session as etcd holds it, enough to coordinate it here. */
@@ -155,6 +182,7 @@ export interface AdoptedSession {
   readonly placement: Readonly<Record<string, string>>;
   readonly state: StoredState | undefined;
   readonly source: SessionSource | undefined;
+  readonly upload?: SessionUpload;
 }
 
 export interface StartSource {
@@ -163,6 +191,14 @@ export interface StartSource {
   readonly onNodeLoss?: NodeLossAction;
   /** Nodes nearest to the session's receivers, best first (member names). */
   readonly near?: readonly string[];
+  /** The modules uploaded with the program (file name -> source), which its `ref=upload.NAME` APs run. */
+  readonly modules?: Readonly<Record<string, string>>;
+}
+
+/** The nodes that run an uploaded AP of the session, by name. */
+export function uploadNodes(spec: SessionSpec, nodeOf: Readonly<Record<string, string>>): string[] {
+  const nodes = spec.aps.filter((ap) => ap.ref.startsWith(UPLOAD_PREFIX)).map((ap) => nodeOf[ap.name]);
+  return [...new Set(nodes.filter((n) => typeof n === "string"))].sort();
 }
 
 /** Settles with `p`, or rejects with TimedOut after `ms` on `clock`. */
@@ -243,6 +279,26 @@ export class Coordinator {
     return describeSession(parseAny(text, source.file, source.format));
   }
 
+  /**
+   * Loads the modules uploaded with a program here, before any node is asked anything: a module that does not
+   * load is refused at its file, line and column (ErrorList), an upload this node does not take with UploadError.
+   */
+  async #upload(
+    text: string,
+    source: { file: string; format: ProgramFormat; modules?: Readonly<Record<string, string>> },
+  ): Promise<SessionUpload | undefined> {
+    if (!source.modules) return undefined;
+    if (!this.o.inspect) throw new UploadError(["this node cannot load uploaded modules"]);
+    const modules = source.modules;
+    const upload = {
+      modules,
+      kinds: await this.o.inspect(text, { file: source.file, format: source.format, modules }),
+    };
+    const value = this.o.store ? uploadValue(upload) : "";
+    if (typeof value === "object") throw new UploadError([value.tooLarge]);
+    return upload;
+  }
+
   /** Usage of every member not known lost; those that do not answer are left out, with why. */
   async #usage(): Promise<{ usage: NodeUsage[]; missing: Record<string, string> }> {
     const candidates = [...this.#members.values()].filter((m) =>
@@ -271,13 +327,26 @@ export class Coordinator {
     text: string,
     source: { file: string; format: ProgramFormat; near?: readonly string[] },
   ): Promise<
-    { placement: Placement; links: CrossLink[]; usage: NodeUsage[]; left_out: Record<string, string> }
+    {
+      placement: Placement;
+      links: CrossLink[];
+      usage: NodeUsage[];
+      left_out: Record<string, string>;
+      modules_to?: string[];
+    }
   > {
     const spec = this.#spec(text, source);
     const near = this.#near(source.near);
+    const upload = await this.#upload(text, source);
     const { usage, missing } = await this.#usage();
     const placement = this.#place(spec, this.#input(usage, near));
-    return { placement, links: crossLinks(spec, placement), usage, left_out: missing };
+    return {
+      placement,
+      links: crossLinks(spec, placement),
+      usage,
+      left_out: missing,
+      ...(upload ? { modules_to: uploadNodes(spec, placement.nodeOf) } : {}),
+    };
   }
 
   /**
@@ -287,6 +356,7 @@ export class Coordinator {
   async start(text: string, source: StartSource): Promise<Outcome> {
     const spec = this.#spec(text, source);
     const near = this.#near(source.near);
+    const upload = await this.#upload(text, source);
     const known = this.#sessions.get(spec.name);
     if (known && known.state !== "failed" && known.state !== "stopped") {
       throw new ClusterConflict(`Session ${spec.name} is ${known.state} already across nodes; stop it first`);
@@ -309,6 +379,7 @@ export class Coordinator {
       usage: [],
       events: [],
       stored: false,
+      ...(upload ? { upload } : {}),
     };
     this.#sessions.set(spec.name, session);
     await this.#run(session, spec, "create");
@@ -357,6 +428,7 @@ export class Coordinator {
       usage: [],
       events: [],
       stored: false,
+      ...(stored.upload ? { upload: stored.upload } : {}),
     };
     this.#sessions.set(name, session);
     this.#event(session, o.reason);
@@ -408,14 +480,21 @@ export class Coordinator {
     );
     this.#event(session, `attempt ${session.attempt}: parts on ${[...byNode.keys()].join(", ")}`);
     if (this.o.store && !await this.#write(session, mode)) return;
-    const req = {
+    const req: PartRequest = {
       text: session.text,
       file: session.file,
       format: session.format,
       nodeOf: session.placement.nodeOf,
       coordinator: this.o.self,
       attempt: session.attempt,
+      ...(session.upload ? { kinds: session.upload.kinds } : {}),
     };
+    // Modules go only to the nodes that run an uploaded AP, all of them (a module may import the others); every
+    // node gets the kinds, to check the wiring to uploaded APs it does not run.
+    const withModules = new Set(session.upload ? uploadNodes(spec, session.placement.nodeOf) : []);
+    const reqFor = (node: string): PartRequest =>
+      withModules.has(node) ? { ...req, modules: session.upload!.modules } : req;
+    for (const n of withModules) session.nodes[n].modules = Object.keys(session.upload!.modules);
     const t = this.o.stepTimeoutMs;
     const step = (node: string, what: string, call: (m: Member) => Promise<unknown>, done: PartState) => {
       const outcome = session.nodes[node];
@@ -431,7 +510,7 @@ export class Coordinator {
     };
     const name = session.name;
     await Promise.all(
-      [...byNode.keys()].map((n) => step(n, "prepare", (m) => m.prepare(name, req, t), "prepared")),
+      [...byNode.keys()].map((n) => step(n, "prepare", (m) => m.prepare(name, reqFor(n), t), "prepared")),
     );
     if (Object.values(session.nodes).every((n) => n.state === "prepared")) {
       for (const n of Object.values(session.nodes)) n.state = "committing";
@@ -478,6 +557,7 @@ export class Coordinator {
           state: "starting",
           attempt: session.attempt,
           source: { file: session.file, format: session.format, on_node_loss: session.onNodeLoss },
+          ...(session.upload ? { upload: session.upload } : {}),
         });
         session.stored = true;
       } else {

@@ -205,6 +205,8 @@ export class EtcdSync {
           nodeOf: part.placement,
           coordinator: part.state.node || self,
           attempt: part.state.attempt ?? attemptId(),
+          // The node loads only the uploaded APs it runs (the rest are checked by their kinds).
+          ...(part.upload ? { modules: part.upload.modules, kinds: part.upload.kinds } : {}),
         });
         if (restored) {
           this.figures.parts_restored++;

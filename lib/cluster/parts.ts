@@ -9,7 +9,8 @@ import { ErrorList, StartError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
 import { PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
-import { errorsJson, SessionConflict, type SessionTable } from "../node/sessions.ts";
+import { errorsJson, SessionConflict, type SessionTable, type UploadedKind } from "../node/sessions.ts";
+import { needsProblems, paramsProblems, portsProblems } from "../sandbox/contract.ts";
 import { NODE_NAME } from "./config.ts";
 
 /** What a coordinator sends a node with its part. */
@@ -22,6 +23,13 @@ export interface PartRequest {
   readonly nodeOf: Readonly<Record<string, string>>;
   readonly coordinator: string;
   readonly attempt: string;
+  /**
+   * The session's uploaded modules (file name -> source), sent only to a node that runs an uploaded AP: all of
+   * them, since a module may import the others. The node loads them in its own sandbox under its own node.uploads.
+   */
+  readonly modules?: Readonly<Record<string, string>>;
+  /** Every uploaded kind of the session by ref (its module and declared ports, params and needs): for the check. */
+  readonly kinds?: Readonly<Record<string, UploadedKind>>;
 }
 
 /** A node would not take its part; `reason` says why (and `errors` the program's mistakes, if that was it). */
@@ -34,6 +42,9 @@ export class PartRefused extends Error {
 
 const ATTEMPT = /^[0-9a-f]{8,64}$/;
 const MAX_APS_IN_REQUEST = 1024;
+/** The most node.uploads could ever allow (its max_modules and max_bytes); each node's own limits apply after. */
+const MAX_MODULES_IN_REQUEST = 1000;
+const MAX_MODULE_BYTES_IN_REQUEST = 64 * 1024 * 1024;
 /** Aborted attempts remembered; the oldest go first. */
 const MAX_TOMBSTONES = 1024;
 
@@ -61,6 +72,10 @@ export function parsePartRequest(value: unknown): PartRequest | string {
   for (const [, node] of entries) {
     if (typeof node !== "string" || !NODE_NAME.test(node)) return "nodeOf must map AP names to node names";
   }
+  const modules = parseModules(v.modules);
+  if (typeof modules === "string") return modules;
+  const kinds = parseKinds(v.kinds);
+  if (typeof kinds === "string") return kinds;
   return {
     text: v.text,
     file: v.file,
@@ -68,7 +83,44 @@ export function parsePartRequest(value: unknown): PartRequest | string {
     nodeOf: Object.fromEntries(entries) as Record<string, string>,
     coordinator: v.coordinator,
     attempt: v.attempt,
+    ...(modules ? { modules } : {}),
+    ...(kinds ? { kinds } : {}),
   };
+}
+
+function parseModules(value: unknown): Record<string, string> | undefined | string {
+  if (value === undefined) return undefined;
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return "modules must be a mapping";
+  const entries = Object.entries(value);
+  if (entries.length > MAX_MODULES_IN_REQUEST) {
+    return `modules holds more than ${MAX_MODULES_IN_REQUEST} modules`;
+  }
+  let bytes = 0;
+  for (const [name, source] of entries) {
+    if (typeof source !== "string" || name.length > 100) return "modules must map file names to source text";
+    bytes += source.length;
+  }
+  if (bytes > MAX_MODULE_BYTES_IN_REQUEST) {
+    return `modules holds more than ${MAX_MODULE_BYTES_IN_REQUEST} bytes`;
+  }
+  return Object.fromEntries(entries) as Record<string, string>;
+}
+
+function parseKinds(value: unknown): Record<string, UploadedKind> | undefined | string {
+  if (value === undefined) return undefined;
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return "kinds must be a mapping";
+  const entries = Object.entries(value);
+  if (entries.length > MAX_APS_IN_REQUEST) return `kinds holds more than ${MAX_APS_IN_REQUEST} kinds`;
+  for (const [ref, kind] of entries) {
+    const k = kind as
+      | { entry?: unknown; info?: { needs?: unknown; ports?: unknown; params?: unknown } }
+      | null;
+    const problems = !k || typeof k.entry !== "string" || !k.info || typeof k.info !== "object"
+      ? ["it must be {entry, info}"]
+      : [...needsProblems(k.info.needs), ...portsProblems(k.info.ports), ...paramsProblems(k.info.params)];
+    if (problems.length) return `kinds.${ref.slice(0, 60)}: ${problems.join("; ")}`;
+  }
+  return Object.fromEntries(entries) as Record<string, UploadedKind>;
 }
 
 interface Part {
@@ -118,6 +170,8 @@ export class PartHost {
         file: req.file,
         format: req.format,
         placement: { self: this.self, nodeOf: req.nodeOf },
+        ...(req.modules ? { modules: req.modules } : {}),
+        ...(req.kinds ? { remoteKinds: req.kinds } : {}),
       });
       if (this.#tombstones.has(req.attempt)) {
         // Its abort came while the check ran: nothing may stay reserved for it.
@@ -248,9 +302,19 @@ export class PartHost {
   status(): Record<string, unknown> {
     this.#prune();
     return Object.fromEntries(
-      [...this.#parts].map((
-        [s, p],
-      ) => [s, { coordinator: p.coordinator, attempt: p.attempt, state: p.state, aps: p.aps }]),
+      [...this.#parts].map(([s, p]) => {
+        // A part with uploaded APs shows its sandboxes' figures as a session on one node does.
+        const sandboxes = p.state === "running"
+          ? (this.table.get(s)?.status() as { sandboxes?: unknown } | undefined)?.sandboxes
+          : undefined;
+        return [s, {
+          coordinator: p.coordinator,
+          attempt: p.attempt,
+          state: p.state,
+          aps: p.aps,
+          ...(sandboxes ? { sandboxes } : {}),
+        }];
+      }),
     );
   }
 

@@ -4,7 +4,9 @@
  * session across nodes, stop it everywhere, see the placement a start would make (a dry run), and the state.
  */
 import type { Context, Hono } from "hono";
-import { ErrorList } from "../core/errors.ts";
+import { ErrorList, errorMessage } from "../core/errors.ts";
+import { readUpload } from "../node/uploads.ts";
+import { UploadError } from "../sandbox/mod.ts";
 import { formatOf, PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
 import { errorsJson } from "../node/sessions.ts";
 import { clusterAuth } from "./auth.ts";
@@ -116,12 +118,27 @@ export function operatorRoutes(app: Hono, svc: ClusterService): void {
     if (loss !== undefined && !(NODE_LOSS_ACTIONS as readonly string[]).includes(loss)) {
       return { error: `on_node_loss must be one of ${NODE_LOSS_ACTIONS.join(", ")}` };
     }
+    let file = c.req.query("file") ?? "<upload>";
+    if (!/^multipart\/form-data/i.test(type)) {
+      return { text: await c.req.text(), file, format, onNodeLoss: loss as NodeLossAction | undefined, near };
+    }
+    // A program with the modules of its uploaded APs, as POST /node/sessions takes it (lib/node/uploads.ts).
+    let form: FormData;
+    try {
+      form = await c.req.formData();
+    } catch (error) {
+      return { error: `Cannot read the multipart body: ${errorMessage(error)}` };
+    }
+    const upload = await readUpload(form);
+    if (typeof upload === "string") return { error: `Cannot use the upload: ${upload}` };
+    if (upload.file && c.req.query("file") === undefined) file = upload.file;
     return {
-      text: await c.req.text(),
-      file: c.req.query("file") ?? "<upload>",
-      format,
+      text: upload.program,
+      file,
+      format: (asked as ProgramFormat | undefined) ?? formatOf(file),
       onNodeLoss: loss as NodeLossAction | undefined,
       near,
+      modules: upload.modules,
     };
   };
   const refused = (c: Context, error: unknown) => {
@@ -131,6 +148,9 @@ export function operatorRoutes(app: Hono, svc: ClusterService): void {
     if (error instanceof PlacementError) return c.json({ error: error.message }, 409);
     if (error instanceof ClusterConflict) return c.json({ error: error.message }, 409);
     if (error instanceof UnknownNear) return c.json({ error: error.message }, 400);
+    if (error instanceof UploadError) {
+      return c.json({ error: `${error.message}; nothing was started`, problems: error.problems }, 400);
+    }
     throw error;
   };
 

@@ -157,6 +157,7 @@ export class ClusterService {
       loadThreshold: cfg.load_threshold,
       place: o.place,
       onNodeLoss: o.onNodeLoss,
+      inspect: (text, source) => o.table.uploadedKinds(text, source),
     });
     // The service is made after the heartbeats it owns: they reach it through this box.
     const box: { svc?: ClusterService } = {};

@@ -12,6 +12,10 @@
  *   sessions/<name>/program        the session's program, as text (not JSON)
  *   sessions/<name>/placement      {AP name: node name} for every AP of the session
  *   sessions/<name>/source         {file, format, on_node_loss}: how to read the program and what a node loss does
+ *   sessions/<name>/upload         {modules: {file: source}, kinds: {ref: {entry, info}}}: the modules uploaded
+ *                                  with the program and the kinds they declared; only for a session with modules,
+ *                                  at most MAX_STORED_UPLOAD bytes (etcd refuses a request over its
+ *                                  --max-request-bytes, 1.5 MiB by default, and the transaction holds the rest)
  *   sessions/<name>/state          {state, node, at_ms, reason?, attempt?}: "starting", "running", ... as the
  *                                  control unit that acts on the session last wrote it; `node` is that control
  *                                  unit (the session's coordinator), `attempt` the start attempt its parts run
@@ -31,6 +35,27 @@ import { type Clock, systemClock } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type EtcdClient, type KeyValue, type TxnOp, type Watch, type WatchEvent } from "./etcd.ts";
 import { seal, unseal } from "./etcd_seal.ts";
+import type { UploadedKind } from "../node/sessions.ts";
+
+/** The most bytes of a session's `upload` value (its JSON): the modules and kinds kept for restarts and takeovers. */
+export const MAX_STORED_UPLOAD = 1024 * 1024;
+
+/** A session's uploaded modules and their kinds, as kept in etcd. */
+export interface StoredUpload {
+  readonly modules: Readonly<Record<string, string>>;
+  readonly kinds: Readonly<Record<string, UploadedKind>>;
+}
+
+/** The `upload` value of a session, or a message saying it is over MAX_STORED_UPLOAD. */
+export function uploadValue(upload: StoredUpload): string | { tooLarge: string } {
+  const text = JSON.stringify(upload);
+  const bytes = new TextEncoder().encode(text).length;
+  if (bytes <= MAX_STORED_UPLOAD) return text;
+  return {
+    tooLarge:
+      `its modules take ${bytes} bytes as etcd would keep them, at most ${MAX_STORED_UPLOAD} (a session across nodes with etcd keeps its modules there for restarts)`,
+  };
+}
 
 /** A node or session name that cannot be part of a key (empty, a "/", control characters, too long). */
 export class StoreKeyError extends Error {
@@ -110,6 +135,8 @@ export interface StoredSession {
   readonly placement: Readonly<Record<string, string>>;
   readonly state: SessionState | undefined;
   readonly source: SessionSource | undefined;
+  /** The modules uploaded with the program, when there were any. */
+  readonly upload?: StoredUpload;
   /** Mod revision of the placement key: pass it back to updatePlacement. */
   readonly placementRevision: number;
   /** Mod revision of the state key (0 when there is none). */
@@ -124,6 +151,7 @@ export interface NodePart {
   readonly placement: Readonly<Record<string, string>>;
   readonly state: SessionState | undefined;
   readonly source: SessionSource | undefined;
+  readonly upload?: StoredUpload;
 }
 
 export interface StoreOptions {
@@ -189,7 +217,7 @@ export class ClusterStore {
     return `${this.prefix}members/${checkPart("node name", node)}`;
   }
 
-  sessionKey(name: string, leaf: "program" | "placement" | "state" | "source"): string {
+  sessionKey(name: string, leaf: "program" | "placement" | "state" | "source" | "upload"): string {
     return `${this.prefix}sessions/${checkPart("session name", name)}/${leaf}`;
   }
 
@@ -283,9 +311,14 @@ export class ClusterStore {
     name: string,
     program: string,
     placement: Readonly<Record<string, string>>,
-    o: { node?: string; state?: string; attempt?: string; source?: SessionSource } = {},
+    o: { node?: string; state?: string; attempt?: string; source?: SessionSource; upload?: StoredUpload } =
+      {},
   ): Promise<StoredSession> {
     const programKey = this.sessionKey(name, "program");
+    const upload = o.upload ? uploadValue(o.upload) : undefined;
+    if (typeof upload === "object") {
+      throw new Error(`Cannot keep session ${name} in etcd: ${upload.tooLarge}`);
+    }
     const state: SessionState = {
       state: o.state ?? "starting",
       node: o.node ?? "",
@@ -297,6 +330,7 @@ export class ClusterStore {
       this.#put(this.sessionKey(name, "placement"), JSON.stringify(placement)),
       this.#put(this.sessionKey(name, "state"), JSON.stringify(state)),
       ...(o.source ? [this.#put(this.sessionKey(name, "source"), JSON.stringify(o.source))] : []),
+      ...(upload ? [this.#put(this.sessionKey(name, "upload"), upload)] : []),
       ...this.#partOps(name, placement),
     ];
     const r = await this.#etcd.txn({
@@ -314,6 +348,7 @@ export class ClusterStore {
       placement,
       state,
       source: o.source,
+      ...(o.upload ? { upload: o.upload } : {}),
       placementRevision: r.revision,
       stateRevision: r.revision,
     };
@@ -360,6 +395,7 @@ export class ClusterStore {
         placement: stored.placement,
         state: stored.state,
         source: stored.source,
+        ...(stored.upload ? { upload: stored.upload } : {}),
       });
     }
     return parts;
@@ -565,12 +601,15 @@ function storedSession(name: string, dir: string, kvs: readonly KeyValue[]): Sto
     if (typeof node === "string") placement[ap] = node;
   }
   const state = parseObject(stateKv?.value ?? "") as SessionState | undefined;
+  const uploadKv = leaf("upload");
+  const upload = uploadKv ? parseObject(uploadKv.value) as StoredUpload | undefined : undefined;
   return {
     name,
     program: program.value,
     placement,
     state,
     source,
+    ...(upload?.modules && upload.kinds ? { upload } : {}),
     placementRevision: placementKv?.modRevision ?? 0,
     stateRevision: stateKv?.modRevision ?? 0,
   };
