@@ -6,14 +6,14 @@ import type { Hono } from "hono";
 import { createApp } from "./api/app.ts";
 import { History } from "./dashboard/history.ts";
 import type { Clock } from "./core/clock.ts";
-import { ErrorList, errorMessage, StartError } from "./core/errors.ts";
+import { ErrorList, errorMessage, StartError, startErrorAt } from "./core/errors.ts";
 import { deadline as makeDeadline } from "./core/clock.ts";
 import { Lifecycle, type StopResult } from "./core/lifecycle.ts";
 import type { Logger } from "./core/logger.ts";
 import { MetricsRegistry } from "./core/metrics.ts";
 import { runRealtime } from "./core/scheduling.ts";
 import type { Registry } from "./core/registry.ts";
-import type { Plan } from "./config/plan.ts";
+import { describeStartError, type Plan } from "./config/plan.ts";
 import { formatHostPort, type HostPort } from "./net/address.ts";
 import { type HttpServer, serveHttp } from "./net/http.ts";
 import type { ReloadSummary, RoleDef, RoleReload, RunningRole } from "./roles/role.ts";
@@ -138,7 +138,12 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       });
     let app = makeApp(plan);
     const handler = (r: Request) => app.fetch(r);
-    let server = listen(handler, plan.status.listen);
+    let server: HttpServer;
+    try {
+      server = listen(handler, plan.status.listen);
+    } catch (error) {
+      throw startErrorAt(error, "status.listen", "status API");
+    }
     history.start();
     logger.child("status").info("listening", { addr: formatHostPort(server.addr) });
 
@@ -210,7 +215,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
         try {
           prepared.push([roleName, await role.prepareReload(next.sections[roleName])]);
         } catch (error) {
-          errors.push(errorMessage(error));
+          errors.push(describeStartError(next, error));
         }
       }
       if (!errors.length) {
@@ -222,7 +227,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
               await roles.get(roleName).start(next.sections[roleName], roleContext(roleName)),
             ]);
           } catch (error) {
-            errors.push(errorMessage(error));
+            errors.push(describeStartError(next, error));
             break;
           }
         }
@@ -231,7 +236,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
         try {
           newServer = listen(handler, next.status.listen);
         } catch (error) {
-          errors.push(errorMessage(error));
+          errors.push(describeStartError(next, startErrorAt(error, "status.listen", "status API")));
         }
       }
       if (!errors.length && stopped) errors.push("Stopping: nothing reloaded");
@@ -352,8 +357,8 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
     return appliance;
   } catch (error) {
     logStops(logger, await lifecycle.stop(plan.shutdown.drain_timeout));
-    if (error instanceof StartError) throw error;
-    throw new StartError(errorMessage(error), { cause: error });
+    // Printed with the config's file:line:col where the part that failed names its key.
+    throw new StartError(describeStartError(plan, error), { cause: error });
   }
 }
 

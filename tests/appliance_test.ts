@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { type Appliance, type ApplianceDeps, startAppliance } from "../lib/appliance.ts";
 import { loadConfig } from "../lib/config/load.ts";
-import type { Plan } from "../lib/config/plan.ts";
+import { applyOverrides, type Plan } from "../lib/config/plan.ts";
 import { opt, section, str } from "../lib/config/schema.ts";
 import { ManualClock } from "../lib/core/clock.ts";
 import { StartError } from "../lib/core/errors.ts";
@@ -225,13 +225,43 @@ Deno.test("startAppliance logs a role that fails to stop during clean-up and sti
   );
 });
 
-Deno.test("startAppliance stops every role in reverse when listen throws, rethrowing its StartError", async () => {
+Deno.test("startAppliance stops every role in reverse when listen throws, naming status.listen", async () => {
   const listenError = new StartError("Cannot listen on 127.0.0.1:8080: address already in use");
   const { rec, plan, deps } = setup("roles: [all]\n", { listenError });
 
-  await assert.rejects(startAppliance(plan, deps), (error) => error === listenError);
+  await assert.rejects(startAppliance(plan, deps), (error) => {
+    assert.ok(error instanceof StartError);
+    // The config does not write status.listen (the default): the key is named, with no position.
+    assert.equal(error.message, `status.listen: status API: ${listenError.message}`);
+    return true;
+  });
   assert.deepEqual(rec.events, ["start a", "start b", "start c", "listen", "stop c", "stop b", "stop a"]);
   assert.ok(!rec.logs.some((l) => l.includes("msg=listening")));
+});
+
+Deno.test("a start error of a part the config names carries the config's file:line:col", async () => {
+  const failure = new StartError("Cannot listen on udp 127.0.0.1:9: address already in use", {
+    configPath: "b.greeting",
+  });
+  const { plan, deps } = setup("roles: [a, b]\nb:\n  greeting: hi\n", {
+    roles: { b: { startError: failure } },
+  });
+  await assert.rejects(startAppliance(plan, deps), (error: unknown) => {
+    assert.ok(error instanceof StartError);
+    assert.equal(error.message, `test.yaml:3:13: b.greeting: ${failure.message}`);
+    assert.equal(error.cause, failure);
+    return true;
+  });
+});
+
+Deno.test("a status address given on the command line is blamed on --status, not on the config", async () => {
+  const listenError = new StartError("Cannot listen on 127.0.0.1:9: address already in use");
+  const env = setup("roles: [a]\nstatus:\n  listen: 127.0.0.1:8080\n", { listenError });
+  const plan = applyOverrides(env.plan, { status: { host: "127.0.0.1", port: 9 } }, env.roles);
+  await assert.rejects(startAppliance(plan, env.deps), {
+    name: "StartError",
+    message: `command line --status: status API: ${listenError.message}`,
+  });
 });
 
 Deno.test("Appliance.stop gives every part the plan's drain deadline on the clock", async () => {
@@ -411,6 +441,21 @@ Deno.test("a reload whose second role cannot prepare aborts the first: nothing i
   assert.deepEqual(rec.events.slice(-3), ["prepare a", "prepare b", "abort a"]);
   const body = await (await request(rec, "/status")).json();
   assert.equal(body.roles.a.greeting, "hello from a");
+  await appliance.stop();
+});
+
+Deno.test("a reload's bind error names the place in the new config that asks for the address", async () => {
+  const { file, appliance } = await reloadable("roles: [a, b]\n", {
+    roles: {
+      b: {
+        prepareError: new StartError("Cannot bind 127.0.0.1:9: address in use", { configPath: "b.greeting" }),
+      },
+    },
+  });
+  file.text = "roles: [a, b]\n\nb:\n    greeting: new b\n";
+  const outcome = await appliance.reload("test");
+  assert.equal(outcome.ok, false);
+  assert.deepEqual(outcome.errors, ["test.yaml:4:15: b.greeting: Cannot bind 127.0.0.1:9: address in use"]);
   await appliance.stop();
 });
 

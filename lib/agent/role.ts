@@ -273,6 +273,7 @@ export async function startAgent(
           `Cannot reload agent: listen ${
             formatHostPort(next.listen)
           } takes port ${next.listen.port}, which the running listener holds on ${listen}; a reload can move the agent to another port only`,
+          { configPath: "agent.listen" },
         );
       }
       fresh = serveAgent({

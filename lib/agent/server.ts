@@ -62,7 +62,10 @@ export function serveAgent(options: AgentServerOptions): AgentServer {
   } catch (error) {
     // "Cannot listen on tcp ADDR: reason" becomes "Cannot start agent: cannot listen on tcp ADDR: reason".
     const why = errorMessage(error);
-    throw new StartError(`Cannot start agent: ${why[0].toLowerCase()}${why.slice(1)}`);
+    throw new StartError(`Cannot start agent: ${why[0].toLowerCase()}${why.slice(1)}`, {
+      cause: error,
+      configPath: "agent.listen",
+    });
   }
   const { clock, logger } = options;
   const limits = { maxClients: options.maxClients, timeoutMs: options.timeoutMs };

@@ -2,11 +2,11 @@
  * Config text -> Plan. Pure: the caller reads the file and passes the environment. YAML syntax errors and schema
  * errors come back together as one ErrorList, each with file:line:col; a plan is returned only when there are none.
  */
-import { LineCounter, type Node, parseDocument } from "yaml";
-import { ConfigError, ErrorList } from "../core/errors.ts";
+import { type Document, isNode, LineCounter, type Node, parseDocument } from "yaml";
+import { ConfigError, ErrorList, type Position } from "../core/errors.ts";
 import type { Registry } from "../core/registry.ts";
 import type { RoleDef } from "../roles/role.ts";
-import { configSchema, normaliseRoles, type Plan } from "./plan.ts";
+import { configSchema, normaliseRoles, type Plan, setPlaces } from "./plan.ts";
 import { Context, INVALID, MAX_ERRORS } from "./schema.ts";
 import { checkYamlText, checkYamlTree, CONFIG_YAML_LIMITS, textPos } from "./yaml_limits.ts";
 
@@ -76,7 +76,7 @@ export function loadConfig(text: string, options: LoadOptions): Plan {
   }
 
   const { name, roles: roleNames, status, log, shutdown, process, ...sections } = checked;
-  return deepFreeze({
+  const plan: Plan = deepFreeze({
     source: file,
     name,
     roles: normaliseRoles(roleNames, roles),
@@ -86,8 +86,23 @@ export function loadConfig(text: string, options: LoadOptions): Plan {
     process,
     sections,
   });
+  setPlaces(plan, { locate: (keys) => placeOf(doc, lines, file, keys), flags: {} });
+  return plan;
 }
 
+/** The value at `keys`, else the nearest parent the file writes; null when not even the first key is written. */
+function placeOf(
+  doc: Document,
+  lines: LineCounter,
+  file: string,
+  keys: readonly (string | number)[],
+): Position | null {
+  for (let n = keys.length; n > 0; n--) {
+    const node = doc.getIn(keys.slice(0, n), true);
+    if (isNode(node) && node.range) return { file, ...lines.linePos(node.range[0]) };
+  }
+  return null;
+}
 function deepFreeze<T>(value: T): T {
   if (value && typeof value === "object") {
     for (const v of Object.values(value)) deepFreeze(v);

@@ -2,6 +2,7 @@
  * The plan: an immutable description of what this process runs, made once from the config file and the command
  * line. Runtime changes (a log level, later a server's drain state) live elsewhere and never edit the plan.
  */
+import { errorMessage, formatPosition, type Position, StartError } from "../core/errors.ts";
 import { LOG_LEVELS, type LogLevel } from "../core/logger.ts";
 import type { Registry } from "../core/registry.ts";
 import type { HostPort } from "../net/address.ts";
@@ -156,11 +157,66 @@ export interface Overrides {
 
 /** A new plan with the command line's choices over the config's. */
 export function applyOverrides(plan: Plan, overrides: Overrides, roles: Registry<RoleDef>): Plan {
-  return Object.freeze({
+  const next: Plan = Object.freeze({
     ...plan,
     name: overrides.name ?? plan.name,
     roles: overrides.roles ? Object.freeze(normaliseRoles(overrides.roles, roles)) : plan.roles,
     status: overrides.status ? Object.freeze({ ...plan.status, listen: overrides.status }) : plan.status,
     log: overrides.logLevel ? Object.freeze({ level: overrides.logLevel }) : plan.log,
   });
+  const places = PLACES.get(plan);
+  if (places) {
+    const flags: Record<string, string> = { ...places.flags };
+    if (overrides.status) flags["status.listen"] = "--status";
+    if (overrides.name !== undefined) flags["name"] = "--name";
+    if (overrides.roles) flags["roles"] = "--roles";
+    PLACES.set(next, { locate: places.locate, flags });
+  }
+  return next;
+}
+
+/** Where a plan's values come from: the config's positions, and the keys the command line overrode (with its flag). */
+export interface Places {
+  locate(keys: readonly (string | number)[]): Position | null;
+  readonly flags: Readonly<Record<string, string>>;
+}
+
+/**
+ * Kept beside each plan rather than in it: plans stay plain data that compares and prints as such. Set by
+ * loadConfig; carried over by applyOverrides.
+ */
+const PLACES = new WeakMap<Plan, Places>();
+
+export function setPlaces(plan: Plan, places: Places): void {
+  PLACES.set(plan, places);
+}
+
+/** The keys of a dotted path with indexes (`scheduler.services[1].listen`). */
+function pathKeys(path: string): (string | number)[] {
+  return [...path.matchAll(/\[(\d+)\]|([^.[\]]+)/g)].map((m) => m[1] !== undefined ? Number(m[1]) : m[2]);
+}
+
+/**
+ * Where `path` of the plan comes from: the config's file:line:col (or its nearest written parent), the command-line
+ * flag that overrode it, or null (a default, or a plan not loaded from a file).
+ */
+export function configPlace(plan: Plan, path: string): string | null {
+  const places = PLACES.get(plan);
+  if (!places || !path) return null;
+  const flag = Object.entries(places.flags).find(([key]) => path === key || path.startsWith(`${key}.`));
+  if (flag) return `command line ${flag[1]}`;
+  const at = places.locate(pathKeys(path));
+  return at ? formatPosition(at) : null;
+}
+
+/**
+ * An error of a part that could not start, as an operator reads it: `file:line:col: path: message` when it is a
+ * StartError whose config key the plan's file writes (`command line --status: ...` when the command line set it),
+ * its message alone otherwise.
+ */
+export function describeStartError(plan: Plan, error: unknown): string {
+  if (!(error instanceof StartError) || !error.configPath) return errorMessage(error);
+  const place = configPlace(plan, error.configPath);
+  if (place?.startsWith("command line")) return `${place}: ${error.message}`;
+  return place ? `${place}: ${error.configPath}: ${error.message}` : `${error.configPath}: ${error.message}`;
 }

@@ -76,6 +76,25 @@ export class UsageError extends Error {
 /** A part could not start (port in use, permission denied). main prints it and exits 1. */
 export class StartError extends Error {
   override name = "StartError";
+  /**
+   * The config key of the part that could not start (`scheduler.services[1].listen`), so that whoever prints it can
+   * name the config's file:line:col (lib/config/load.ts `describeStartError`); empty when no key names it.
+   */
+  readonly configPath: string;
+
+  constructor(message: string, options: ErrorOptions & { configPath?: string } = {}) {
+    super(message, options);
+    this.configPath = options.configPath ?? "";
+  }
+}
+
+/**
+ * `error` as the StartError of the part the config names at `configPath`, its message led by `label` (`service
+ * web`). An error that already names its key keeps it (the innermost part knows its place best).
+ */
+export function startErrorAt(error: unknown, configPath: string, label: string): StartError {
+  if (error instanceof StartError && error.configPath) return error;
+  return new StartError(`${label}: ${errorMessage(error)}`, { cause: error, configPath });
 }
 
 /** A name looked up in a registry (role, picker, element) that nothing registered. */

@@ -178,25 +178,39 @@ const relaySection = opt(obj(relayFields, "a mapping", checkPorts), defaultsOf(r
 type RelayItem = RelaySection["relays"][number];
 type ReflectorItem = RelaySection["reflectors"][number];
 
-/** One UDP address a part binds, and what it is in messages. */
+/** One UDP address a part binds, what it is in messages, and its config key (empty when unknown). */
 interface PartBinding {
   readonly addr: HostPort;
   readonly what: string;
+  readonly configPath: string;
 }
 
-/** The addresses a part binds, in the order its sockets open (data, registration, then their RTCP ports). */
-function partBindings(part: { relay: RelayItem } | { reflector: ReflectorItem }): PartBinding[] {
-  if ("relay" in part) return [{ addr: part.relay.listen, what: `relay "${part.relay.name}"` }];
+/**
+ * The addresses a part binds, in the order its sockets open (data, registration, then their RTCP ports), with their
+ * keys in `cfg` (the section the part comes from) when given.
+ */
+function partBindings(
+  part: { relay: RelayItem } | { reflector: ReflectorItem },
+  cfg?: RelaySection,
+): PartBinding[] {
+  if ("relay" in part) {
+    const i = cfg ? cfg.relays.findIndex((r) => r.name === part.relay.name) : -1;
+    const configPath = i >= 0 ? `relay.relays[${i}].listen` : "";
+    return [{ addr: part.relay.listen, what: `relay "${part.relay.name}"`, configPath }];
+  }
   const r = part.reflector;
+  const i = cfg ? cfg.reflectors.findIndex((x) => x.name === r.name) : -1;
+  const at = (key: string) => i >= 0 ? `relay.reflectors[${i}].${key}` : "";
   const out: PartBinding[] = [];
   for (const key of ["data", "registration"] as const) {
-    out.push({ addr: r[key], what: `${key} port of reflector "${r.name}"` });
+    out.push({ addr: r[key], what: `${key} port of reflector "${r.name}"`, configPath: at(key) });
   }
   if (r.use_rtp) {
     for (const key of ["data", "registration"] as const) {
       out.push({
         addr: { ...r[key], port: r[key].port + 1 },
         what: `RTCP ${key} port of reflector "${r.name}"`,
+        configPath: at(key),
       });
     }
   }
@@ -295,7 +309,10 @@ function openAll(bindings: readonly PartBinding[], options: UdpOptions, why: str
       try {
         opened.push(openUdp(b.addr, options));
       } catch (error) {
-        throw new StartError(`${why} ${b.what} on ${formatHostPort(b.addr)}: ${errorMessage(error)}`);
+        throw new StartError(`${why} ${b.what} on ${formatHostPort(b.addr)}: ${errorMessage(error)}`, {
+          cause: error,
+          configPath: b.configPath,
+        });
       }
     }
   } catch (error) {
@@ -312,31 +329,27 @@ export const relayRole: RoleDef<RelaySection> = {
   section: relaySection,
   async start(cfg, ctx) {
     const options = udpOptions(cfg);
-    const opened: UdpSocket[] = [];
-    const open = (addr: HostPort) => {
-      const s = openUdp(addr, options);
-      opened.push(s);
-      return s;
+    const opened: UdpSocket[][] = [];
+    const open = (part: { relay: RelayItem } | { reflector: ReflectorItem }) => {
+      const sockets = openAll(partBindings(part, cfg), options, "Cannot bind");
+      opened.push(sockets);
+      return sockets;
     };
+    let relaySockets: UdpSocket[];
     let reflectorSockets: ReflectorSocketSet[];
     try {
-      for (const r of cfg.relays) open(r.listen);
-      reflectorSockets = cfg.reflectors.map((r) => ({
-        data: open(r.data),
-        registration: open(r.registration),
-        ...(r.use_rtp
-          ? {
-            dataRtcp: open({ ...r.data, port: r.data.port + 1 }),
-            registrationRtcp: open({ ...r.registration, port: r.registration.port + 1 }),
-          }
-          : {}),
-      }));
+      relaySockets = cfg.relays.map((r) => open({ relay: r })[0]);
+      // In partBindings' order: data, registration, then their RTCP ports.
+      reflectorSockets = cfg.reflectors.map((r) => {
+        const [data, registration, dataRtcp, registrationRtcp] = open({ reflector: r });
+        return { data, registration, ...(r.use_rtp ? { dataRtcp, registrationRtcp } : {}) };
+      });
     } catch (error) {
-      for (const s of opened) await s.close();
+      for (const s of opened.flat()) await s.close();
       throw error;
     }
     const parts = new RelayParts(cfg, ctx);
-    for (const [i, spec] of cfg.relays.entries()) await parts.startRelay(spec, opened[i]);
+    for (const [i, spec] of cfg.relays.entries()) await parts.startRelay(spec, relaySockets[i]);
     for (const [i, spec] of cfg.reflectors.entries()) await parts.startReflector(spec, reflectorSockets[i]);
     if (!cfg.relays.length && !cfg.reflectors.length) {
       ctx.logger.info("nothing to relay", { hint: "add relay.relays or relay.reflectors to the config" });
@@ -490,7 +503,7 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
   const opened: UdpSocket[] = [];
   try {
     for (const item of incoming) {
-      const bindings = partBindings(item.part);
+      const bindings = partBindings(item.part, next);
       const held = bindings.map((b) => released.find((r) => clashes(r.addr, b.addr)));
       const exact = bindings.map((b, i) =>
         held[i] && formatHostPort(held[i]!.addr) === formatHostPort(b.addr)
@@ -503,6 +516,7 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
           `Cannot reload ${item.label}: ${b.what} on ${formatHostPort(b.addr)} clashes with ${
             formatHostPort(h.addr)
           }, which ${h.by} holds until it stops; a reload can rebind only the same address (remove the part in one reload, add it in the next)`,
+          { configPath: b.configPath },
         );
       }
       if (held.some(Boolean)) continue; // bound at commit, after the holder closes
@@ -545,7 +559,7 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
         try {
           const sockets = item.sockets ??
             openAll(
-              partBindings(item.part),
+              partBindings(item.part, next),
               options,
               `Cannot start ${item.label} after the reload: cannot bind`,
             );

@@ -5,7 +5,7 @@
  * the load-aware redirect route that answers with the chosen server as a 302 or a player metafile.
  */
 import type { Hono } from "hono";
-import { errorMessage, StartError, UsageError } from "../core/errors.ts";
+import { errorMessage, StartError, startErrorAt, UsageError } from "../core/errors.ts";
 import { readTextFileLimited } from "../core/files.ts";
 import { formatHostPort } from "../net/address.ts";
 import type { RoleDef } from "../roles/role.ts";
@@ -28,12 +28,13 @@ import { serverChangeOf, servicesShareLocal, type ShareHub, shareHubFor, shareRo
 const POOL_SPARE = 256;
 
 export async function servicePlans(cfg: SchedulerSection): Promise<ServicePlan[]> {
-  const plans: ServicePlan[] = cfg.services.map(({ name, listen, servers, ...settings }) => ({
+  const plans: ServicePlan[] = cfg.services.map(({ name, listen, servers, ...settings }, i) => ({
     name,
     listen,
     servers,
     settings,
     origin: "config",
+    configPath: `scheduler.services[${i}].listen`,
   }));
   if (cfg.rules === null) return plans;
   let text: string;
@@ -256,12 +257,20 @@ function serviceKey(plan: ServicePlan): string {
   return plan.listen.port === 0 ? `name ${plan.name}` : formatHostPort(plan.listen);
 }
 
-/** Binds every service's address, or none: one that cannot bind closes those bound before it (StartError). */
+/**
+ * Binds every service's address, or none: one that cannot bind closes those bound before it (a StartError naming the
+ * service and, for a config service, its key).
+ */
 async function bindAll(services: Service[]): Promise<Service[]> {
   const bound: Service[] = [];
   try {
     for (const s of services) {
-      s.listen();
+      try {
+        s.listen();
+      } catch (error) {
+        const from = s.plan.configPath ? "" : ` (${s.plan.origin})`;
+        throw startErrorAt(error, s.plan.configPath ?? "", `service ${s.name}${from}`);
+      }
       bound.push(s);
     }
   } catch (error) {

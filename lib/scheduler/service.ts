@@ -40,6 +40,8 @@ export interface ServicePlan {
   readonly settings: ServiceSettings;
   /** Where it came from, for /status ("config" or "rules file:line"). */
   readonly origin: string;
+  /** Its listen address's config key (`scheduler.services[1].listen`), for errors; absent for a rules service. */
+  readonly configPath?: string;
 }
 
 export interface ServiceDeps {

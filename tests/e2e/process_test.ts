@@ -134,6 +134,59 @@ Deno.test("edgenode exits 1 with one clear line when the status port is in use",
   assert.ok(!lines.some((l) => /msg=(listening|running)\b/.test(l)), result.stderr);
 });
 
+// An address in use is the commonest start failure: the line names the config's file:line:col and key.
+for (
+  const [what, udp, config, key, line, col] of [
+    [
+      "a scheduler service",
+      false,
+      (a: string) =>
+        `roles: [scheduler]\nscheduler:\n  services:\n    - name: web\n      listen: ${a}\n` +
+        `      servers: [{ address: "127.0.0.1:1" }]\n`,
+      "scheduler.services[0].listen",
+      5,
+      15,
+    ],
+    [
+      "a relay",
+      true,
+      (a: string) =>
+        `roles: [relay]\nrelay:\n  relays:\n    - {name: r1, listen: 127.0.0.1:0, targets: [127.0.0.1:9]}\n` +
+        `    - {name: r2, listen: ${a}, targets: [127.0.0.1:9]}\n`,
+      "relay.relays[1].listen",
+      5,
+      26,
+    ],
+    [
+      "a reflector's data port",
+      true,
+      (a: string) =>
+        `roles: [relay]\nrelay:\n  reflectors:\n    - name: lecture\n      data: ${a}\n` +
+        `      registration: 127.0.0.1:0\n`,
+      "relay.reflectors[0].data",
+      5,
+      13,
+    ],
+    ["the agent", false, (a: string) => `roles: [agent]\nagent:\n  listen: ${a}\n`, "agent.listen", 3, 11],
+  ] as const
+) {
+  Deno.test(`edgenode exits 1 naming the config's file:line:col when ${what}'s address is in use`, async () => {
+    const held = udp
+      ? Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 })
+      : Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    using _closed = { [Symbol.dispose]: () => held.close() };
+    const addr = `127.0.0.1:${(held.addr as Deno.NetAddr).port}`;
+    await using file = await tempConfig(config(addr));
+    const result = await runToEnd(["--config", file.path, "--status", "127.0.0.1:0"]);
+
+    assert.equal(result.code, 1, result.stderr);
+    const errors = result.stderr.trimEnd().split("\n").filter((l) => l.startsWith("edgenode: "));
+    assert.equal(errors.length, 1, result.stderr);
+    assert.ok(errors[0].startsWith(`edgenode: ${file.path}:${line}:${col}: ${key}: `), errors[0]);
+    assert.ok(errors[0].includes(addr) && errors[0].includes("address already in use"), errors[0]);
+  });
+}
+
 Deno.test("edgenode --help exits 0 and lists every role", async () => {
   const result = await runToEnd(["--help"]);
   assert.equal(result.code, 0, result.stderr);

@@ -300,6 +300,8 @@ Deno.test("relay reload that cannot bind throws naming the address, releases wha
             `^Cannot reload relay busy: cannot bind relay "busy" on 127\\.0\\.0\\.1:${busy}: .*address already in use`,
           ),
         );
+        // Its key, which the appliance turns into the config's file:line:col.
+        assert.equal(error.configPath, "relay.relays[2].listen");
         return true;
       },
     );
