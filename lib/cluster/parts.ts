@@ -127,7 +127,10 @@ interface Part {
   /** Changes when another member takes the session's coordination over (etcd). */
   coordinator: string;
   readonly attempt: string;
-  state: "prepared" | "running";
+  /** "committing" while its start runs (a part with uploaded APs starts sandboxes then, which takes a while). */
+  state: "prepared" | "committing" | "running";
+  /** The start under way, which a repeated commit joins. */
+  committing?: Promise<void>;
   readonly aps: readonly string[];
 }
 
@@ -200,6 +203,13 @@ export class PartHost {
       throw new PartRefused(this.self, `no prepared part of session ${session} for start attempt ${attempt}`);
     }
     if (part.state === "running") return;
+    if (part.committing) return part.committing;
+    part.state = "committing";
+    part.committing = this.#commit(session, attempt, part);
+    return part.committing;
+  }
+
+  async #commit(session: string, attempt: string, part: Part): Promise<void> {
     try {
       await this.table.commit(session);
       if (this.#parts.get(session) !== part) {
@@ -227,7 +237,8 @@ export class PartHost {
     const part = this.#parts.get(session);
     if (!part || (attempt !== undefined && part.attempt !== attempt)) return "none";
     this.#parts.delete(session);
-    if (part.state === "prepared") {
+    // A part committing stops itself once its start returns (it finds itself gone): released here.
+    if (part.state !== "running") {
       await this.table.abort(session);
       this.logger.info("session part aborted", { session, attempt: part.attempt });
       return "released";

@@ -63,6 +63,21 @@ Deno.test("PartHost stops what a commit started when its abort came meanwhile", 
   assert.deepEqual(h.table.prepared(), []);
 });
 
+Deno.test("PartHost keeps a part whose commit is under way when its status is read meanwhile", async () => {
+  await using h = host();
+  await h.parts.prepare("p", request("aaaaaaaa06"));
+  const commit = h.parts.commit("p", "aaaaaaaa06");
+  // The table gave the reservation up for the start; the start has not returned yet (a heartbeat reads this).
+  for (let i = 0; i < 1000 && h.table.prepared().length; i++) await Promise.resolve();
+  assert.deepEqual(h.table.prepared(), []);
+  assert.equal(h.parts.has("p"), true);
+  assert.equal((h.parts.status().p as { state: string }).state, "committing");
+  // A repeated commit (a retry) joins the one under way.
+  await Promise.all([commit, h.parts.commit("p", "aaaaaaaa06")]);
+  assert.deepEqual(h.table.list().map((s) => s.plan.name), ["p"]);
+  assert.equal((h.parts.status().p as { state: string }).state, "running");
+});
+
 Deno.test("PartHost forgets a part whose reservation expired without anyone reading its status", async () => {
   await using h = host();
   await h.parts.prepare("p", request("aaaaaaaa04"));
@@ -96,4 +111,21 @@ Deno.test("parsePartRequest refuses what is not a part request", () => {
   assert.match(parsePartRequest({ ...request("aaaaaaaa04"), attempt: "x" }) as string, /attempt/);
   assert.match(parsePartRequest({ ...request("aaaaaaaa04"), nodeOf: { F: "bad name" } }) as string, /nodeOf/);
   assert.match(parsePartRequest({ ...request("aaaaaaaa04"), format: "xml" }) as string, /format/);
+  const kind = {
+    entry: "pass.ts",
+    info: { needs: {}, ports: { inputs: ["in"], outputs: ["out"] }, params: {} },
+  };
+  const upload = {
+    ...request("aaaaaaaa04"),
+    modules: { "pass.ts": "export {};" },
+    kinds: { "upload.pass": kind },
+  };
+  assert.deepEqual((parsePartRequest(upload) as PartRequest).kinds, upload.kinds);
+  assert.match(parsePartRequest({ ...upload, modules: { "pass.ts": 7 } }) as string, /modules must map/);
+  assert.match(parsePartRequest({ ...upload, modules: ["pass.ts"] }) as string, /modules must be a mapping/);
+  const noInputs = { ...kind, info: { ...kind.info, ports: { inputs: [], outputs: [] } } };
+  assert.match(
+    parsePartRequest({ ...upload, kinds: { "upload.pass": noInputs } }) as string,
+    /^kinds\.upload\.pass: ports\.inputs must name at least one input/,
+  );
 });
