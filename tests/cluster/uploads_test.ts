@@ -18,6 +18,7 @@ import type { RunningRole } from "../../lib/roles/role.ts";
 import { poll } from "../_support/until.ts";
 import { freeUdpPort } from "../_support/ports.ts";
 import { PASS_THROUGH, PORTS } from "../sandbox/_programs.ts";
+import { MAX_STORED_UPLOAD, uploadValue } from "../../lib/cluster/store.ts";
 
 const TOKEN = "node-token-0123456789";
 const CLUSTER_TOKEN = "cluster-token-0123456789";
@@ -238,4 +239,12 @@ Deno.test("a coordinator that takes no uploads answers 400 to a session with mod
   const many = await d.start(program(freeUdpPort()), { "pass.ts": PASS_THROUGH, "b.ts": "export {};\n" });
   assert.equal(many.status, 400, JSON.stringify(many.body));
   assert.match(many.body.error, /it holds 2 modules, at most 1/);
+});
+
+Deno.test("uploadValue keeps an upload for etcd up to MAX_STORED_UPLOAD and refuses a larger one saying so", () => {
+  const kinds = {};
+  assert.equal(typeof uploadValue({ modules: { "pass.ts": PASS_THROUGH }, kinds }), "string");
+  const big = uploadValue({ modules: { "big.ts": `// ${"x".repeat(MAX_STORED_UPLOAD)}\n` }, kinds });
+  assert.equal(typeof big, "object");
+  assert.match((big as { tooLarge: string }).tooLarge, /at most 1048576 \(a session across nodes with etcd/);
 });
