@@ -197,12 +197,14 @@ export class PartHost {
   }
 
   /** Starts the prepared part of `attempt`; throws PartRefused. */
-  async commit(session: string, attempt: string): Promise<void> {
+  commit(session: string, attempt: string): Promise<void> {
     const part = this.#parts.get(session);
     if (!part || part.attempt !== attempt) {
-      throw new PartRefused(this.self, `no prepared part of session ${session} for start attempt ${attempt}`);
+      return Promise.reject(
+        new PartRefused(this.self, `no prepared part of session ${session} for start attempt ${attempt}`),
+      );
     }
-    if (part.state === "running") return;
+    if (part.state === "running") return Promise.resolve();
     if (part.committing) return part.committing;
     part.state = "committing";
     part.committing = this.#commit(session, attempt, part);
