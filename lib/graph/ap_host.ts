@@ -127,7 +127,8 @@ export class ApHost {
         await state.element?.start?.();
       } catch (error) {
         // Whatever stops an element from starting (a file it may not write, a port in use) is a start failure.
-        throw new StartError(`${state.plan.name}: ${errorMessage(error)}`);
+        const where = state.plan.at ? ` (${state.plan.at})` : "";
+        throw new StartError(`${state.plan.name}${where}: ${errorMessage(error)}`, { cause: error });
       }
     }
   }

@@ -12,6 +12,7 @@
  * lib/cluster/link.ts), and an input fed from another node is marked `linked` (it is fed by the link port). The AP
  * parameter `node` pins an AP to a node for placement: every kind accepts it, and it is not the kind's parameter.
  */
+import { formatPosition } from "../core/errors.ts";
 import type { Registry } from "../core/registry.ts";
 import { suggest } from "../core/suggest.ts";
 import { addError, at, type Pos, type ProgramError } from "../dipronn/ast.ts";
@@ -57,6 +58,8 @@ export interface PartPlacement {
 
 export interface PlannedAp {
   readonly name: string;
+  /** Where the program declares it (`file:line:col` of its block), for start errors. */
+  readonly at?: string;
   readonly kind: ElementKind;
   readonly vm: string | null;
   readonly params: Record<string, unknown>;
@@ -68,6 +71,8 @@ export interface PlannedAp {
   readonly inputs: readonly {
     readonly name: string;
     readonly external: number | null;
+    /** Where the program asks for the external port (`file:line:col` of its DIPRONN_INPUT), for start errors. */
+    readonly at?: string;
     readonly allow: readonly string[];
     readonly linked?: boolean;
     readonly linkedFrom?: readonly string[];
@@ -349,11 +354,17 @@ export function planSession(
     const inputs = ap.inputs.filter((p) => p.name !== kind.ports.registration);
     return {
       name: ap.name,
+      at: formatPosition(at(spec.file, ap.pos)),
       kind,
       vm: ap.vm,
       params: params.get(ap.name)!,
       inputs: inputs.map((p) => {
-        const planned = { name: p.name, external: p.external?.port ?? null, allow: p.external?.allow ?? [] };
+        const planned = {
+          name: p.name,
+          external: p.external?.port ?? null,
+          ...(p.external ? { at: formatPosition(at(spec.file, p.external.pos)) } : {}),
+          allow: p.external?.allow ?? [],
+        };
         if (!linkedFrom(ap.name, p.name)) return planned;
         const from = (fedBy.get(`${ap.name}.${p.name}`) ?? []).filter((f) => !isLocal(f.ap)).map((f) =>
           nodeOf(f.ap)!

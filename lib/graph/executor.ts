@@ -35,7 +35,7 @@
  * port's count on either side of the boundary differs by exactly these.
  */
 import { type Clock, systemClock } from "../core/clock.ts";
-import { StartError } from "../core/errors.ts";
+import { errorMessage, StartError } from "../core/errors.ts";
 import type { CounterSet } from "../core/metrics.ts";
 import { formatHostPort, isIPv6 } from "../net/address.ts";
 import { SourceAllowList } from "../net/allow.ts";
@@ -241,7 +241,18 @@ export class RunningSession {
         if (input.external === null) return;
         const ports = plan.useRtp ? [input.external, input.external + 1] : [input.external];
         ports.forEach((port, f) => {
-          const socket = openUdp({ host: node.host, port }, node.udp);
+          let socket: UdpSocket;
+          try {
+            socket = openUdp({ host: node.host, port }, node.udp);
+          } catch (error) {
+            const where = input.at ? ` (${input.at})` : "";
+            throw new StartError(
+              `${ap.name}: input ${input.name}, DIPRONN_INPUT(${input.external})${where}: ${
+                errorMessage(error)
+              }`,
+              { cause: error },
+            );
+          }
           const entry: InputSocket = { socket, ap: ap.name, port: input.name, droppedSource: 0 };
           this.#inputs.push(entry);
           entry.loop = this.#receive(entry, i, k, f === 1, SourceAllowList.parse(input.allow));

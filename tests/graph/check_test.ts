@@ -134,7 +134,13 @@ Deno.test("checkProgram plans the Appendix with forwarders in data-flow order", 
     [{ name: "in", external: null, allow: [] }],
     "the registration input is not a data input",
   );
-  assert.deepEqual(byName.get("Dup_V")!.inputs, [{ name: "V_in", external: 10000, allow: [] }]);
+  // `at`: where the program asks for the port, named in a start error (a port in use).
+  assert.deepEqual(byName.get("Dup_V")!.inputs, [{
+    name: "V_in",
+    external: 10000,
+    at: "t.dipronn:9:19",
+    allow: [],
+  }]);
   assert.deepEqual(byName.get("Saver_high")!.params, {
     output_file: "stream_high.dump",
     overwrite: false,

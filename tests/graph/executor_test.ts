@@ -178,6 +178,30 @@ Deno.test("saver flushes at least once a second, so a crash loses at most the la
   }
 });
 
+Deno.test("RunningSession.start names the DIPRONN_INPUT whose port is in use, at its place in the program", async () => {
+  await using env = await services();
+  const taken = openUdp({ host: LO, port: 0 });
+  const port = taken.local.port;
+  const text = `Project busy;
+{ AP name="F" ref=localservice.forwarder;
+  inputs = in(DIPRONN_INPUT(${port})); outputs = out(DIPRONN_OUTPUT("${LO}:9")); }
+`;
+  try {
+    await assert.rejects(start(text, env.node), (e: Error) => {
+      assert.ok(e instanceof StartError);
+      assert.match(
+        e.message,
+        new RegExp(
+          `^Cannot start session busy: F: input in, DIPRONN_INPUT\\(${port}\\) \\(t\\.dipronn:3:15\\): .*in use`,
+        ),
+      );
+      return true;
+    });
+  } finally {
+    await taken.close();
+  }
+});
+
 Deno.test("RunningSession.start is all or nothing: a saver that may not overwrite leaves no port bound", async () => {
   await using env = await services();
   await Deno.writeTextFile(`${env.dataDir}/taken.pcap`, "precious");
@@ -189,7 +213,10 @@ Deno.test("RunningSession.start is all or nothing: a saver that may not overwrit
 `;
   await assert.rejects(start(text, env.node), (e: Error) => {
     assert.ok(e instanceof StartError);
-    assert.match(e.message, /Cannot start session clash: T: Cannot write .*taken\.pcap: the file exists/);
+    assert.match(
+      e.message,
+      /Cannot start session clash: T \(t\.dipronn:4:1\): Cannot write .*taken\.pcap: the file exists/,
+    );
     return true;
   });
   assert.equal(await Deno.readTextFile(`${env.dataDir}/taken.pcap`), "precious");

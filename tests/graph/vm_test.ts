@@ -380,7 +380,7 @@ Deno.test("RunningSession.start fails cleanly when a reflector in a VM group can
   try {
     await assert.rejects(start(text, env.node), (e: Error) => {
       assert.ok(e instanceof StartError);
-      assert.match(e.message, /^Cannot start session fail: R2: .*\(in VM vm\)$/);
+      assert.match(e.message, /^Cannot start session fail: R2 \(vm\.dipronn:5:5\): .*\(in VM vm\)$/);
       return true;
     });
   } finally {

@@ -234,7 +234,7 @@ Deno.test("node session API runs a VM group in a worker and refuses one that can
     assert.equal(refused.status, 409);
     assert.match(
       (await refused.json()).error,
-      /^Cannot start session broken_vm: Reflect: .*\(in VM vm1\); nothing was left running$/,
+      /^Cannot start session broken_vm: Reflect \(<upload>:5:5\): .*\(in VM vm1\); nothing was left running$/,
     );
   } finally {
     busy.close();
