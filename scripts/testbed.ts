@@ -351,6 +351,8 @@ async function main(): Promise<number> {
   const handlers = (["SIGINT", "SIGTERM"] as const).map((s) => [s, onSignal(s)] as const);
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);
   let failed = false;
+  /** The bed's namespaces, looked for again at the end: the last line says whether they are gone. */
+  let namespaces: string[] = [];
   try {
     await using bed = await Testbed.start({
       binary: values.binary,
@@ -359,6 +361,7 @@ async function main(): Promise<number> {
       dir,
       log: (line) => console.log(line),
     });
+    namespaces = bed.nodes.map((n) => n.netns);
     for (const n of bed.nodes) {
       console.log(
         `testbed: ${n.name.padEnd(8)} ${n.address}  netns ${n.netns}  status ${n.statusUrl}  log ${n.log}`,
@@ -399,8 +402,26 @@ async function main(): Promise<number> {
   }
   if (failed || values["keep-logs"]) console.log(`testbed: logs kept in ${dir}`);
   else await Deno.remove(dir, { recursive: true }).catch(() => {});
+  const left = await leftNamespaces(namespaces);
+  if (left.length) {
+    console.error(`testbed: namespaces left behind (remove with ip netns delete NAME): ${left.join(" ")}`);
+    return 1;
+  }
   console.log("testbed: everything stopped, namespaces removed");
   return failed ? 1 : 0;
+}
+
+/** Which of `names` `ip netns list` still lists (none when `ip` cannot be run: nothing to tell). */
+async function leftNamespaces(names: readonly string[]): Promise<string[]> {
+  if (!names.length) return [];
+  try {
+    const out = await new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped", stderr: "null" })
+      .output();
+    const listed = new Set(new TextDecoder().decode(out.stdout).split("\n").map((l) => l.split(" ")[0]));
+    return names.filter((n) => listed.has(n));
+  } catch {
+    return [];
+  }
 }
 
 if (import.meta.main) Deno.exit(await main());
