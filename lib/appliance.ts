@@ -259,7 +259,9 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
         try {
           await r.commit(drainDeadline.signal);
         } catch (error) {
-          failures.push(`${roleName}: the change could not be applied in full: ${errorMessage(error)}`);
+          failures.push(
+            `${roleName}: the change could not be applied in full: ${describeStartError(next, error)}`,
+          );
           logger.error("reload commit failed", { part: roleName, error: errorMessage(error) });
         }
         if (!emptySummary(r.summary)) summary[roleName] = r.summary;

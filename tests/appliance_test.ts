@@ -585,6 +585,25 @@ Deno.test("a commit that throws is reported; the other roles' changes still appl
   await appliance.stop();
 });
 
+Deno.test("a part that cannot bind at commit is reported at its place in the new config", async () => {
+  const { file, appliance } = await reloadable("roles: [a]\n", {
+    roles: {
+      a: {
+        commitError: new StartError("Cannot start relay r after the reload: cannot bind: in use", {
+          configPath: "a.greeting",
+        }),
+      },
+    },
+  });
+  file.text = "roles: [a]\na:\n  greeting: x\n";
+  const outcome = await appliance.reload("test");
+  assert.deepEqual(outcome.errors, [
+    "a: the change could not be applied in full: test.yaml:3:13: a.greeting: " +
+    "Cannot start relay r after the reload: cannot bind: in use",
+  ]);
+  await appliance.stop();
+});
+
 Deno.test("GET /healthz of the appliance asks every running role, also after a reload", async () => {
   const { rec, file, appliance } = await reloadable("roles: [a]\n");
   assert.equal((await request(rec, "/healthz")).status, 200);

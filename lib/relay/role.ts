@@ -555,6 +555,8 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
         await s.close();
       }));
       const handOvers = new Map(incoming.map((item) => [item, item.takeOver?.()]));
+      // Parts that could not start: reported to the reload once every other part is applied.
+      const notStarted: unknown[] = [];
       for (const item of incoming) {
         try {
           const sockets = item.sockets ??
@@ -571,12 +573,22 @@ function prepareRelayReload(parts: RelayParts, next: RelaySection): Promise<Role
             await parts.startReflector(part.reflector, reflectorSockets(part.reflector, sockets), takeOver);
           }
         } catch (error) {
+          notStarted.push(error);
           parts.failed.set(item.label, errorMessage(error));
           parts.ctx.logger.error("reload could not start a part", {
             part: item.label,
             error: errorMessage(error),
           });
         }
+      }
+      // The first keeps its config key, so that the reload's answer names its place in the config.
+      if (notStarted.length) {
+        const first = notStarted[0];
+        const message = notStarted.map(errorMessage).join("; ");
+        throw new StartError(message, {
+          cause: first,
+          configPath: first instanceof StartError ? first.configPath : "",
+        });
       }
     },
     async abort() {
