@@ -4,14 +4,16 @@
  *   haproxy    wrk -> HAProxy (mode tcp, one thread) -> nginx
  *   edgenode   wrk -> edgenode scheduler, io: fast (one process, epoll through FFI on the event loop's thread) -> nginx
  *   portable   wrk -> edgenode scheduler, io: portable (Deno's own sockets, a read/write loop per direction) -> nginx
- *   haproxy 2t wrk -> HAProxy with two threads -> nginx: whether a second core helps at all on this machine (if
- *              it does not help HAProxy, several edgenode workers on one port would not help either)
+ *   haproxy 2t wrk -> HAProxy at its defaults (no nbthread: a thread per core, two here) -> nginx: the issue's
+ *              reference, and whether a second core helps at all on this machine (if it does not help HAProxy,
+ *              several edgenode workers on one port would not help either)
  * for three loads: keepalive requests/s (small response), new connections/s (`Connection: close`), and bulk MB/s
  * (a 1 MiB response over keepalive). Prints each figure and its ratio to HAProxy; exits non-zero only when a peer
  * (nginx, haproxy, wrk) is missing or a path could not start.
  *
  * Figures: per load and path the best req/s or MB/s over the rounds, with ratios (vs HAProxy, portable vs HAProxy,
- * vs direct, HAProxy 2t vs 1t); each round's edgenode / HAProxy ratio and their median; CPU us per request.
+ * vs direct, HAProxy 2t vs 1t); each round's edgenode / HAProxy ratio and their median, against one thread and
+ * against HAProxy's defaults; CPU us per request.
  *
  *   make bench / deno task bench tcp   quick: 2 rounds of 3 s (~2 min)
  *   BENCH_FULL=1 deno task bench tcp   full: 5 rounds of 5 s (~7 min)
@@ -86,14 +88,14 @@ async function startNginx(dir: string): Promise<Running> {
   return { port, stop: () => kill(child) };
 }
 
+/** HAProxy in mode tcp; `threads` 0: no nbthread line, HAProxy's default (a thread per core). */
 async function startHaproxy(dir: string, backend: number, threads: number): Promise<Running> {
   const port = freePort();
   const conf = `${dir}/haproxy-${threads}.cfg`;
   await Deno.writeTextFile(
     conf,
     `global
-  nbthread ${threads}
-  maxconn 8000
+${threads ? `  nbthread ${threads}\n` : ""}  maxconn 8000
 defaults
   mode tcp
   timeout connect 2s
@@ -217,7 +219,8 @@ async function main(): Promise<number> {
     started.push(nginx);
     const haproxy = await startHaproxy(dir, nginx.port, 1);
     started.push(haproxy);
-    const haproxy2 = await startHaproxy(dir, nginx.port, 2);
+    // At its defaults: no nbthread, so a thread per core (two on these machines).
+    const haproxy2 = await startHaproxy(dir, nginx.port, 0);
     started.push(haproxy2);
     const edgenode = await startScheduler(nginx.port, "fast");
     started.push(edgenode);
@@ -243,6 +246,8 @@ async function main(): Promise<number> {
     // Each round's edgenode / HAProxy ratio per load: the two run back to back, so a slow spell of the machine
     // tends to hit both; their median is the steadier summary beside the ratio of the bests.
     const paired = LOADS.map(() => [] as number[]);
+    // The same against HAProxy at its defaults: as many threads as cores (two here), the issue's reference.
+    const pairedDefault = LOADS.map(() => [] as number[]);
     for (let round = 1; round <= ROUNDS; round++) {
       const ratios: string[] = [];
       for (const [l, load] of LOADS.entries()) {
@@ -261,6 +266,7 @@ async function main(): Promise<number> {
           errors[l][i] += r.errors;
         }
         paired[l].push(figures[2] / figures[1]);
+        pairedDefault[l].push(figures[2] / figures[4]);
         ratios.push(`${load.name} ${(figures[2] / figures[1]).toFixed(2)}`);
       }
       console.log(`round ${round} of ${ROUNDS}: edgenode / HAProxy ${ratios.join(", ")}`);
@@ -292,6 +298,14 @@ async function main(): Promise<number> {
       `edgenode / HAProxy, median of the ${ROUNDS} per-round ratios (lowest-highest): ` +
         LOADS.map((load, l) => {
           const r = [...paired[l]].sort((x, y) => x - y);
+          return `${load.name} ${median(r).toFixed(2)} (${r[0].toFixed(2)}-${r[r.length - 1].toFixed(2)})`;
+        }).join(", "),
+    );
+    console.log(
+      `edgenode / HAProxy at its defaults (nbthread = cores = ${navigator.hardwareConcurrency}), median of the ` +
+        `${ROUNDS} per-round ratios (lowest-highest; goal >= 1.0): ` +
+        LOADS.map((load, l) => {
+          const r = [...pairedDefault[l]].sort((x, y) => x - y);
           return `${load.name} ${median(r).toFixed(2)} (${r[0].toFixed(2)}-${r[r.length - 1].toFixed(2)})`;
         }).join(", "),
     );
