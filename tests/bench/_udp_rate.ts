@@ -187,11 +187,19 @@ async function passes(rig: Rig, load: { size: number; rate: number }): Promise<n
   return null;
 }
 
-/** Highest offered rate with loss <= LOSS_LIMIT: doubling from 10k/s, then bisection (benchBisect() steps). */
+/**
+ * The doubling search's first rate (BENCH_START): 40k/s quick, 10k/s full. Every path measured here passes 40k/s but
+ * the portable relay, whose search then bisects between zero and it.
+ */
+export function benchStart(): number {
+  return benchNumber("BENCH_START", 40_000, 10_000);
+}
+
+/** Highest offered rate with loss <= LOSS_LIMIT: doubling from benchStart(), then bisection (benchBisect() steps). */
 export async function maxRate(rig: Rig, size: number): Promise<number> {
   let good = 0;
   let bad = 0;
-  for (let rate = 10_000; rate <= 1_280_000; rate *= 2) {
+  for (let rate = benchStart(); rate <= 1_280_000; rate *= 2) {
     const offered = await passes(rig, { size, rate });
     if (offered !== null) good = offered;
     else {

@@ -51,7 +51,7 @@ const SIZES = benchSizes("100,1450", "100,500,1000,1450");
 const SECONDS = benchNumber("BENCH_SECONDS", 1, 2);
 const BISECT = benchNumber("BENCH_BISECT", 2, 4);
 const TRIES = benchNumber("BENCH_TRIES", 1, 2);
-const START = benchNumber("BENCH_START", 4000, 4000);
+const START = benchNumber("BENCH_START", 16_000, 4000);
 const AUDIO_SIZE = 12 + 1280;
 const AUDIO_RATE = 50;
 /** The report's Table 6 (Mb/s: Prague, Liberec, Pilsen from Prague, Pilsen from Liberec) and Table 8 (Brno node). */
