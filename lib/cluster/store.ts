@@ -416,7 +416,7 @@ export class ClusterStore {
     return kv ? this.#upload(kv) : undefined;
   }
 
-  /** Every stored session, by name. */
+  /** Every stored session, by name, without their modules (`upload(name)` reads a session's). */
   async sessions(): Promise<StoredSession[]> {
     const dir = `${this.prefix}sessions/`;
     const { kvs } = await this.#etcd.range(dir, { limit: MAX_LIST * 3 });
