@@ -19,10 +19,11 @@ import { describeSession, type SessionSpec } from "../dipronn/session.ts";
 import { parseAny, type ProgramFormat } from "../graph/program.ts";
 import type { Member, UndoResult } from "./members.ts";
 import {
+  MAX_SESSION_WRITE,
   SessionExistsError,
   type SessionSource,
   type SessionState as StoredState,
-  uploadValue,
+  SessionTooLarge,
 } from "./store.ts";
 import type { ClusterStore } from "./store.ts";
 import { errorMessage } from "../core/errors.ts";
@@ -123,8 +124,11 @@ export interface ClusterSession {
   usage: NodeUsage[];
   /** This coordinator wrote the session to etcd in this start (a failed start removes it again). */
   stored: boolean;
-  /** The modules uploaded with the session and their kinds as loaded here; kept for restarts and etcd. */
-  readonly upload?: SessionUpload;
+  /**
+   * The modules uploaded with the session and their kinds as loaded here; kept for restarts and etcd, and dropped
+   * once the session is stopped or failed (its outcome stays a while; the modules are of no more use).
+   */
+  upload?: SessionUpload;
   readonly events: { at: string; text: string }[];
 }
 
@@ -290,13 +294,38 @@ export class Coordinator {
     if (!source.modules) return undefined;
     if (!this.o.inspect) throw new UploadError(["this node cannot load uploaded modules"]);
     const modules = source.modules;
-    const upload = {
+    return {
       modules,
       kinds: await this.o.inspect(text, { file: source.file, format: source.format, modules }),
     };
-    const value = this.o.store ? uploadValue(upload) : "";
-    if (typeof value === "object") throw new UploadError([value.tooLarge]);
-    return upload;
+  }
+
+  /**
+   * With etcd: throws SessionTooLarge when the session's keys would not fit in the transaction that creates it
+   * (MAX_SESSION_WRITE), before any node is asked. The placement is not made yet: every AP is counted on the
+   * member with the longest name, which its placement and parts cannot exceed by more than a few keys.
+   */
+  #fits(
+    spec: SessionSpec,
+    text: string,
+    source: { file: string; format: ProgramFormat },
+    upload?: SessionUpload,
+  ): void {
+    const store = this.o.store;
+    if (!store) return;
+    const longest = [...this.#members.keys()].reduce((a, b) => b.length > a.length ? b : a);
+    const bytes = store.sessionWriteBytes(
+      spec.name,
+      text,
+      Object.fromEntries(spec.aps.map((ap) => [ap.name, longest])),
+      {
+        node: this.o.self,
+        attempt: attemptId(),
+        source: { file: source.file, format: source.format, on_node_loss: "restart" },
+        ...(upload ? { upload } : {}),
+      },
+    );
+    if (bytes > MAX_SESSION_WRITE) throw new SessionTooLarge(spec.name, bytes);
   }
 
   /** Usage of every member not known lost; those that do not answer are left out, with why. */
@@ -325,7 +354,12 @@ export class Coordinator {
   /** The placement a start would make now, without starting anything (the dry run). */
   async plan(
     text: string,
-    source: { file: string; format: ProgramFormat; near?: readonly string[] },
+    source: {
+      file: string;
+      format: ProgramFormat;
+      near?: readonly string[];
+      modules?: Readonly<Record<string, string>>;
+    },
   ): Promise<
     {
       placement: Placement;
@@ -338,6 +372,7 @@ export class Coordinator {
     const spec = this.#spec(text, source);
     const near = this.#near(source.near);
     const upload = await this.#upload(text, source);
+    this.#fits(spec, text, source, upload);
     const { usage, missing } = await this.#usage();
     const placement = this.#place(spec, this.#input(usage, near));
     return {
@@ -357,6 +392,7 @@ export class Coordinator {
     const spec = this.#spec(text, source);
     const near = this.#near(source.near);
     const upload = await this.#upload(text, source);
+    this.#fits(spec, text, source, upload);
     const known = this.#sessions.get(spec.name);
     if (known && known.state !== "failed" && known.state !== "stopped") {
       throw new ClusterConflict(`Session ${spec.name} is ${known.state} already across nodes; stop it first`);
@@ -452,6 +488,7 @@ export class Coordinator {
     }
     session.state = "stopped";
     session.reason = reason;
+    delete session.upload;
     this.#event(session, reason);
   }
 
@@ -788,6 +825,7 @@ export class Coordinator {
       // Nothing of it runs anywhere (the failed attempt undid its parts): the session is stopped, saying why.
       await this.#unstore(session);
       session.state = "stopped";
+      delete session.upload;
       session.reason = `node ${node} lost; a restart without it failed: ${session.reason}`;
       this.#event(session, session.reason);
     }
@@ -841,6 +879,7 @@ export class Coordinator {
   #finish(session: ClusterSession, state: "failed" | "stopped", reason: string): void {
     session.state = state;
     session.reason = reason;
+    delete session.upload;
     this.#event(session, reason);
     this.o.logger.warn(
       state === "failed" ? "session start across nodes failed" : "session stopped across nodes",

@@ -236,7 +236,9 @@ export class EtcdSync {
       if (old === self) {
         // Running here, or this node's own start, restart or stop is under way: its outcome decides.
         if (BUSY_HERE.has(coordinator.get(s.name)?.state ?? "")) continue;
-        coordinator.adopt(s.name, s, { reason: "resumed from etcd after this node's restart" });
+        coordinator.adopt(s.name, await this.#withUpload(s), {
+          reason: "resumed from etcd after this node's restart",
+        });
         if (s.state && !RESTORED_STATES.has(s.state.state)) await coordinator.stop(s.name);
         continue;
       }
@@ -256,7 +258,7 @@ export class EtcdSync {
       }
       this.figures.takeovers++;
       const waiting = [...new Set(Object.values(s.placement))].filter((n) => !live.has(n));
-      coordinator.adopt(s.name, s, { reason, waiting });
+      coordinator.adopt(s.name, await this.#withUpload(s), { reason, waiting });
       this.o.logger.warn("session coordination taken over", {
         session: s.name,
         from: old,
@@ -264,6 +266,12 @@ export class EtcdSync {
       });
       if (s.state && !RESTORED_STATES.has(s.state.state)) await coordinator.stop(s.name);
     }
+  }
+
+  /** A session listed from etcd with its uploaded modules, which a restart it coordinates sends again. */
+  async #withUpload(s: StoredSession): Promise<StoredSession> {
+    const upload = await this.o.store.upload(s.name);
+    return upload ? { ...s, upload } : s;
   }
 
   #stopped(): boolean {

@@ -11,6 +11,7 @@ import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
 import { PROGRAM_FORMATS, type ProgramFormat } from "../graph/program.ts";
 import { errorsJson, SessionConflict, type SessionTable, type UploadedKind } from "../node/sessions.ts";
 import { needsProblems, paramsProblems, portsProblems } from "../sandbox/contract.ts";
+import { UPLOAD_PREFIX } from "../graph/uploaded.ts";
 import { NODE_NAME } from "./config.ts";
 
 /** What a coordinator sends a node with its part. */
@@ -112,6 +113,10 @@ function parseKinds(value: unknown): Record<string, UploadedKind> | undefined | 
   const entries = Object.entries(value);
   if (entries.length > MAX_APS_IN_REQUEST) return `kinds holds more than ${MAX_APS_IN_REQUEST} kinds`;
   for (const [ref, kind] of entries) {
+    // Only uploaded kinds travel: a declared `localservice.*` would stand in for the node's own element.
+    if (!ref.startsWith(UPLOAD_PREFIX)) {
+      return `kinds.${ref.slice(0, 60)}: only uploaded kinds (${UPLOAD_PREFIX}NAME)`;
+    }
     const k = kind as
       | { entry?: unknown; info?: { needs?: unknown; ports?: unknown; params?: unknown } }
       | null;
@@ -224,8 +229,9 @@ export class PartHost {
       }
       part.state = "running";
     } catch (error) {
+      // The table gave the reservation up when the start began: nothing of this attempt is held there now, and a
+      // reservation under this name is the next attempt's (prepared while this one stopped), which must stay.
       if (this.#parts.get(session) === part) this.#parts.delete(session);
-      await this.table.abort(session);
       throw refusal(this.self, error);
     }
   }
@@ -239,8 +245,14 @@ export class PartHost {
     const part = this.#parts.get(session);
     if (!part || (attempt !== undefined && part.attempt !== attempt)) return "none";
     this.#parts.delete(session);
-    // A part committing stops itself once its start returns (it finds itself gone): released here.
-    if (part.state !== "running") {
+    if (part.state === "committing") {
+      // Its start is under way: once it returns, the commit finds the part gone and stops what started. Only then
+      // is nothing of it left, and a new attempt may be prepared.
+      await part.committing?.catch(() => {});
+      this.logger.info("session part stopped", { session, attempt: part.attempt });
+      return "stopped";
+    }
+    if (part.state === "prepared") {
       await this.table.abort(session);
       this.logger.info("session part aborted", { session, attempt: part.attempt });
       return "released";

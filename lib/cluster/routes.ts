@@ -14,6 +14,7 @@ import { ClusterConflict, NODE_LOSS_ACTIONS, type NodeLossAction, UnknownNear } 
 import { NODE_NAME } from "./config.ts";
 import { parsePartRequest, PartRefused } from "./parts.ts";
 import { PlacementError } from "./placement.ts";
+import { SessionTooLarge } from "./store.ts";
 import type { ClusterService } from "./service.ts";
 
 type Env = { Variables: { clusterPeer: string } };
@@ -148,6 +149,9 @@ export function operatorRoutes(app: Hono, svc: ClusterService): void {
     if (error instanceof PlacementError) return c.json({ error: error.message }, 409);
     if (error instanceof ClusterConflict) return c.json({ error: error.message }, 409);
     if (error instanceof UnknownNear) return c.json({ error: error.message }, 400);
+    if (error instanceof SessionTooLarge) {
+      return c.json({ error: `${error.message}; nothing was started` }, 400);
+    }
     if (error instanceof UploadError) {
       return c.json({ error: `${error.message}; nothing was started`, problems: error.problems }, 400);
     }

@@ -12,15 +12,18 @@
  *   sessions/<name>/program        the session's program, as text (not JSON)
  *   sessions/<name>/placement      {AP name: node name} for every AP of the session
  *   sessions/<name>/source         {file, format, on_node_loss}: how to read the program and what a node loss does
- *   sessions/<name>/upload         {modules: {file: source}, kinds: {ref: {entry, info}}}: the modules uploaded
- *                                  with the program and the kinds they declared; only for a session with modules,
- *                                  at most MAX_STORED_UPLOAD bytes (etcd refuses a request over its
- *                                  --max-request-bytes, 1.5 MiB by default, and the transaction holds the rest)
  *   sessions/<name>/state          {state, node, at_ms, reason?, attempt?}: "starting", "running", ... as the
  *                                  control unit that acts on the session last wrote it; `node` is that control
  *                                  unit (the session's coordinator), `attempt` the start attempt its parts run
  *   parts/<node>/<session>         {aps: [AP names]}: the node's part of the session (an index by node, written
  *                                  in the same transaction as the placement, so the two never disagree)
+ *   uploads/<session>              {modules: {file: source}, kinds: {ref: {entry, info}}}: the modules uploaded
+ *                                  with the program and the kinds they declared; only for a session with modules.
+ *                                  Outside sessions/, which every node watches: a watch would carry every module
+ *                                  to every node. Read where a part is restored or a session adopted; removed with
+ *                                  the session.
+ *
+ * A session's creation puts all its keys in one transaction of at most MAX_SESSION_WRITE bytes.
  *
  * Every value is sealed (lib/cluster/etcd_seal.ts: an HMAC over key and text under a key derived from the cluster
  * token); one that does not verify is refused as if absent, counted in `values_refused` (a session with any leaf
@@ -37,8 +40,13 @@ import { type EtcdClient, type KeyValue, type TxnOp, type Watch, type WatchEvent
 import { seal, unseal } from "./etcd_seal.ts";
 import type { UploadedKind } from "../node/sessions.ts";
 
-/** The most bytes of a session's `upload` value (its JSON): the modules and kinds kept for restarts and takeovers. */
-export const MAX_STORED_UPLOAD = 1024 * 1024;
+/**
+ * The most bytes a session's creation may put in its one etcd transaction: its program, its uploaded modules with
+ * their kinds, and the small keys (placement, source, state, parts), each counted as key plus sealed value. etcd
+ * refuses a request over its `--max-request-bytes`, 1.5 MiB by default; the quarter MiB left is for the request's
+ * own framing. Checked before etcd is asked.
+ */
+export const MAX_SESSION_WRITE = 1.25 * 1024 * 1024;
 
 /** A session's uploaded modules and their kinds, as kept in etcd. */
 export interface StoredUpload {
@@ -46,15 +54,23 @@ export interface StoredUpload {
   readonly kinds: Readonly<Record<string, UploadedKind>>;
 }
 
-/** The `upload` value of a session, or a message saying it is over MAX_STORED_UPLOAD. */
-export function uploadValue(upload: StoredUpload): string | { tooLarge: string } {
-  const text = JSON.stringify(upload);
-  const bytes = new TextEncoder().encode(text).length;
-  if (bytes <= MAX_STORED_UPLOAD) return text;
-  return {
-    tooLarge:
-      `its modules take ${bytes} bytes as etcd would keep them, at most ${MAX_STORED_UPLOAD} (a session across nodes with etcd keeps its modules there for restarts)`,
-  };
+/** A session's keys would take more than MAX_SESSION_WRITE bytes in the transaction that creates it. */
+export class SessionTooLarge extends Error {
+  override name = "SessionTooLarge";
+  constructor(readonly session: string, readonly bytes: number) {
+    super(
+      `Cannot keep session ${session} in etcd: its program, modules and keys take ${bytes} bytes in one transaction, at most ${MAX_SESSION_WRITE} (MAX_SESSION_WRITE, under etcd's --max-request-bytes of 1.5 MiB by default)`,
+    );
+  }
+}
+
+/** What a session's creation writes besides its program and placement. */
+export interface NewSession {
+  readonly node?: string;
+  readonly state?: string;
+  readonly attempt?: string;
+  readonly source?: SessionSource;
+  readonly upload?: StoredUpload;
 }
 
 /** A node or session name that cannot be part of a key (empty, a "/", control characters, too long). */
@@ -135,7 +151,7 @@ export interface StoredSession {
   readonly placement: Readonly<Record<string, string>>;
   readonly state: SessionState | undefined;
   readonly source: SessionSource | undefined;
-  /** The modules uploaded with the program, when there were any. */
+  /** The modules uploaded with the program, when there were any and the session was read with them. */
   readonly upload?: StoredUpload;
   /** Mod revision of the placement key: pass it back to updatePlacement. */
   readonly placementRevision: number;
@@ -217,8 +233,12 @@ export class ClusterStore {
     return `${this.prefix}members/${checkPart("node name", node)}`;
   }
 
-  sessionKey(name: string, leaf: "program" | "placement" | "state" | "source" | "upload"): string {
+  sessionKey(name: string, leaf: "program" | "placement" | "state" | "source"): string {
     return `${this.prefix}sessions/${checkPart("session name", name)}/${leaf}`;
+  }
+
+  uploadKey(name: string): string {
+    return `${this.prefix}uploads/${checkPart("session name", name)}`;
   }
 
   partKey(node: string, session: string): string {
@@ -311,28 +331,12 @@ export class ClusterStore {
     name: string,
     program: string,
     placement: Readonly<Record<string, string>>,
-    o: { node?: string; state?: string; attempt?: string; source?: SessionSource; upload?: StoredUpload } =
-      {},
+    o: NewSession = {},
   ): Promise<StoredSession> {
     const programKey = this.sessionKey(name, "program");
-    const upload = o.upload ? uploadValue(o.upload) : undefined;
-    if (typeof upload === "object") {
-      throw new Error(`Cannot keep session ${name} in etcd: ${upload.tooLarge}`);
-    }
-    const state: SessionState = {
-      state: o.state ?? "starting",
-      node: o.node ?? "",
-      at_ms: this.#clock.now(),
-      ...(o.attempt ? { attempt: o.attempt } : {}),
-    };
-    const ops: TxnOp[] = [
-      this.#put(programKey, program),
-      this.#put(this.sessionKey(name, "placement"), JSON.stringify(placement)),
-      this.#put(this.sessionKey(name, "state"), JSON.stringify(state)),
-      ...(o.source ? [this.#put(this.sessionKey(name, "source"), JSON.stringify(o.source))] : []),
-      ...(upload ? [this.#put(this.sessionKey(name, "upload"), upload)] : []),
-      ...this.#partOps(name, placement),
-    ];
+    const { ops, state } = this.#newSession(name, program, placement, o);
+    const bytes = opBytes(ops);
+    if (bytes > MAX_SESSION_WRITE) throw new SessionTooLarge(name, bytes);
     const r = await this.#etcd.txn({
       compare: [{ key: programKey, target: "create", value: 0 }],
       success: ops,
@@ -354,14 +358,65 @@ export class ClusterStore {
     };
   }
 
-  /** The session as stored, or undefined. */
-  async session(name: string): Promise<StoredSession | undefined> {
-    const dir = `${this.prefix}sessions/${checkPart("session name", name)}/`;
-    const { kvs } = await this.#etcd.range(dir);
-    return this.#storedSession(name, dir, kvs);
+  /** The bytes `putSession` would write in its transaction (see MAX_SESSION_WRITE). */
+  sessionWriteBytes(
+    name: string,
+    program: string,
+    placement: Readonly<Record<string, string>>,
+    o: NewSession = {},
+  ): number {
+    return opBytes(this.#newSession(name, program, placement, o).ops);
   }
 
-  /** Every stored session, by name. */
+  #newSession(
+    name: string,
+    program: string,
+    placement: Readonly<Record<string, string>>,
+    o: NewSession,
+  ): { ops: TxnOp[]; state: SessionState } {
+    const state: SessionState = {
+      state: o.state ?? "starting",
+      node: o.node ?? "",
+      at_ms: this.#clock.now(),
+      ...(o.attempt ? { attempt: o.attempt } : {}),
+    };
+    const ops: TxnOp[] = [
+      this.#put(this.sessionKey(name, "program"), program),
+      this.#put(this.sessionKey(name, "placement"), JSON.stringify(placement)),
+      this.#put(this.sessionKey(name, "state"), JSON.stringify(state)),
+      ...(o.source ? [this.#put(this.sessionKey(name, "source"), JSON.stringify(o.source))] : []),
+      ...(o.upload ? [this.#put(this.uploadKey(name), JSON.stringify(o.upload))] : []),
+      ...this.#partOps(name, placement),
+    ];
+    return { ops, state };
+  }
+
+  /**
+   * The session as stored, or undefined; with `upload`, its uploaded modules too, read in the same revision (a
+   * restore or an adoption needs them, other readers not).
+   */
+  async session(name: string, o: { upload?: boolean } = {}): Promise<StoredSession | undefined> {
+    const dir = `${this.prefix}sessions/${checkPart("session name", name)}/`;
+    if (!o.upload) return this.#storedSession(name, dir, (await this.#etcd.range(dir)).kvs);
+    const r = await this.#etcd.txn({
+      compare: [],
+      success: [{ get: { key: dir, prefix: true } }, { get: { key: this.uploadKey(name) } }],
+    });
+    const stored = this.#storedSession(name, dir, r.gets[0] ?? []);
+    const kv = r.gets[1]?.[0];
+    if (!stored || !kv) return stored;
+    // An upload that does not verify refuses the session whole, as any of its values would.
+    const upload = this.#upload(kv);
+    return upload ? { ...stored, upload } : undefined;
+  }
+
+  /** The modules uploaded with a session, or undefined (none, or a value that does not verify). */
+  async upload(name: string): Promise<StoredUpload | undefined> {
+    const kv = await this.#etcd.get(this.uploadKey(name));
+    return kv ? this.#upload(kv) : undefined;
+  }
+
+  /** Every stored session, by name, without their modules (`upload(name)` reads a session's). */
   async sessions(): Promise<StoredSession[]> {
     const dir = `${this.prefix}sessions/`;
     const { kvs } = await this.#etcd.range(dir, { limit: MAX_LIST * 3 });
@@ -384,7 +439,7 @@ export class ClusterStore {
     for (const kv of kvs) {
       const name = kv.key.slice(dir.length);
       if (this.#open(kv.key, kv.value) === undefined) continue;
-      const stored = await this.session(name);
+      const stored = await this.session(name, { upload: true });
       // A part whose session went in between (removed by another control unit) is no part any more.
       if (!stored) continue;
       const aps = Object.entries(stored.placement).filter(([, n]) => n === node).map(([ap]) => ap).sort();
@@ -463,6 +518,7 @@ export class ClusterStore {
       compare: [{ key: this.sessionKey(name, "program"), target: "create", result: "not_equal", value: 0 }],
       success: [
         { delete: { key: dir, prefix: true } },
+        { delete: { key: this.uploadKey(name) } },
         ...[...nodes].map((n) => ({ delete: { key: this.partKey(n, name) } })),
       ],
     });
@@ -566,6 +622,13 @@ export class ClusterStore {
     return storedSession(name, dir, opened);
   }
 
+  /** An upload value read; undefined (a value refused is counted) when it does not verify or is no upload. */
+  #upload(kv: KeyValue): StoredUpload | undefined {
+    const upload = parseObject(this.#open(kv.key, kv.value) ?? "");
+    if (!upload || typeof upload.modules !== "object" || typeof upload.kinds !== "object") return undefined;
+    return upload as unknown as StoredUpload;
+  }
+
   async #grantAndPut(key: string, value: string): Promise<string> {
     const { id } = await this.#etcd.leaseGrant(this.#leaseSeconds);
     await this.#etcd.put(key, seal(this.#valueKey, key, value), { lease: id });
@@ -601,18 +664,25 @@ function storedSession(name: string, dir: string, kvs: readonly KeyValue[]): Sto
     if (typeof node === "string") placement[ap] = node;
   }
   const state = parseObject(stateKv?.value ?? "") as SessionState | undefined;
-  const uploadKv = leaf("upload");
-  const upload = uploadKv ? parseObject(uploadKv.value) as StoredUpload | undefined : undefined;
   return {
     name,
     program: program.value,
     placement,
     state,
     source,
-    ...(upload?.modules && upload.kinds ? { upload } : {}),
     placementRevision: placementKv?.modRevision ?? 0,
     stateRevision: stateKv?.modRevision ?? 0,
   };
+}
+
+/** What a transaction's puts weigh: every key and value, in UTF-8 bytes. */
+function opBytes(ops: readonly TxnOp[]): number {
+  const encoder = new TextEncoder();
+  let bytes = 0;
+  for (const op of ops) {
+    if ("put" in op) bytes += encoder.encode(op.put.key).length + encoder.encode(op.put.value).length;
+  }
+  return bytes;
 }
 
 function parseObject(text: string): Record<string, unknown> | undefined {

@@ -109,6 +109,8 @@ export interface UploadOptions {
   /** The deno executable sandbox children run (default: this process's, when it is deno). */
   readonly deno?: string;
   readonly tempDir?: string;
+  /** Loads modules in a sandbox child and answers what each program declares (default: SandboxHost.inspect). */
+  readonly inspect?: typeof SandboxHost.inspect;
 }
 
 /** Which node runs each AP of a session split across nodes, and which node this is. */
@@ -360,13 +362,17 @@ export class SessionTable {
    * The kinds of the modules a program names, loaded in a sandbox of this node as `add` loads them, and the
    * sandbox closed again: what a coordinator checks a session across nodes with before asking any node (it may run
    * none of them itself, so the node's process budget does not apply). Throws UploadError or ErrorList as `add`.
+   * Serialised with adds and prepares, so parallel requests load one program at a time instead of starting a
+   * sandbox child each.
    */
-  async uploadedKinds(text: string, source: ProgramSource): Promise<Record<string, UploadedKind>> {
-    const upload = await this.#upload(text, { ...source, placement: undefined, remoteKinds: undefined }, {
-      budget: false,
+  uploadedKinds(text: string, source: ProgramSource): Promise<Record<string, UploadedKind>> {
+    return this.#serial(async () => {
+      const upload = await this.#upload(text, { ...source, placement: undefined, remoteKinds: undefined }, {
+        budget: false,
+      });
+      await upload?.pool.close();
+      return Object.fromEntries(upload?.programs ?? []);
     });
-    await upload?.pool.close();
-    return Object.fromEntries(upload?.programs ?? []);
   }
 
   /** The second phase: starts a prepared part. Throws SessionConflict when none is held (never or expired). */
@@ -659,11 +665,11 @@ export class SessionTable {
     // (and a node that runs none needs no node.uploads at all).
     const part = placement ? read() : undefined;
     if (part === null) return null;
-    if (
-      part && !part.aps.some((ap) => placement!.nodeOf[ap.name] === placement!.self && isUploaded(ap.ref))
-    ) {
+    const here = (ap: { readonly name: string }) =>
+      !placement || placement.nodeOf[ap.name] === placement.self;
+    if (part && !part.aps.some((ap) => here(ap) && isUploaded(ap.ref))) {
       const pool = new SandboxPool({ session: part.name, modules: {} });
-      const programs = this.#remote(part.aps, remote, new Set());
+      const programs = this.#remote(part.aps.filter((ap) => !here(ap)), remote);
       return { kinds: this.#withUploaded(pool.kinds(programs)), pool, processes: 0, programs };
     }
     if (!uploads) {
@@ -680,13 +686,19 @@ export class SessionTable {
     if (problems.length) throw new UploadError(problems);
     const spec = part ?? read();
     if (!spec) return null;
-    const local = placement
-      ? spec.aps.filter((ap) => placement.nodeOf[ap.name] === placement.self)
-      : spec.aps;
+    const local = spec.aps.filter(here);
     const entries = new Map<string, string>();
+    const missing: string[] = [];
     for (const ap of local) {
       const entry = entryOf(ap.ref, modules);
       if (entry) entries.set(ap.ref, entry);
+      else if (placement && isUploaded(ap.ref)) missing.push(`${ap.name} (ref=${ap.ref})`);
+    }
+    if (missing.length) {
+      // The coordinator's declared kind would pass the check, and the AP would then have no code to run here.
+      throw new UploadError([
+        `this node runs uploaded AP ${missing.join(", ")} and its module did not come with the part`,
+      ]);
     }
     const pool = new SandboxPool({
       session: spec.name,
@@ -711,7 +723,7 @@ export class SessionTable {
       const list = [...entries];
       let infos: readonly ProgramInfo[];
       try {
-        infos = await SandboxHost.inspect({
+        infos = await (uploads.inspect ?? SandboxHost.inspect)({
           name: `${spec.name} (loading)`,
           modules,
           programs: list.map(([ref, entry]) => ({ name: ref, entry })),
@@ -727,22 +739,22 @@ export class SessionTable {
       }
       list.forEach(([ref, entry], k) => programs.set(ref, { entry, info: infos[k] }));
     }
-    const all = new Map([...programs, ...this.#remote(spec.aps, remote, new Set(programs.keys()))]);
+    const others = this.#remote(spec.aps.filter((ap) => !here(ap) && !programs.has(ap.ref)), remote);
+    const all = new Map([...programs, ...others]);
     return { kinds: this.#withUploaded(pool.kinds(all)), pool, processes, programs };
   }
 
   /**
-   * The kinds other nodes' uploaded APs have, as the coordinator declared them (refs loaded here left out). Their
-   * needs are not this node's: it gives them no storage, so a declared `needs.files` is not held against it.
+   * The kinds of uploaded APs other nodes run (`aps`), as the coordinator declared them. Their needs are not this
+   * node's: it gives them no storage, so a declared `needs.files` is not held against it.
    */
   #remote(
     aps: readonly { readonly ref: string }[],
     remote: Readonly<Record<string, UploadedKind>>,
-    loaded: ReadonlySet<string>,
   ): Map<string, UploadedKind> {
     const out = new Map<string, UploadedKind>();
     for (const { ref } of aps) {
-      if (loaded.has(ref) || !Object.hasOwn(remote, ref)) continue;
+      if (!isUploaded(ref) || !Object.hasOwn(remote, ref)) continue;
       out.set(ref, { entry: remote[ref].entry, info: { ...remote[ref].info, needs: {} } });
     }
     return out;

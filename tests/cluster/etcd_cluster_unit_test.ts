@@ -8,22 +8,24 @@
 import assert from "node:assert/strict";
 import { ManualClock } from "../../lib/core/clock.ts";
 import { Logger } from "../../lib/core/logger.ts";
-import { Coordinator } from "../../lib/cluster/coordinator.ts";
+import { Coordinator, type CoordinatorOptions } from "../../lib/cluster/coordinator.ts";
 import { EtcdClient } from "../../lib/cluster/etcd.ts";
 import { clusterId } from "../../lib/cluster/etcd_sync.ts";
 import { etcdSecrets } from "../../lib/cluster/etcd_seal.ts";
 import { Heartbeats } from "../../lib/cluster/heartbeat.ts";
 import type { Member, UndoResult } from "../../lib/cluster/members.ts";
 import { PartRefused, type PartRequest } from "../../lib/cluster/parts.ts";
-import { ClusterStore } from "../../lib/cluster/store.ts";
+import { ClusterStore, MAX_SESSION_WRITE, SessionTooLarge } from "../../lib/cluster/store.ts";
 import type { NodeUsage } from "../../lib/cluster/usage.ts";
 import { EtcdServer } from "../_support/etcd.ts";
+import { until } from "../_support/until.ts";
 
 /** A member that keeps its parts in maps; `refuse` makes it refuse every prepare. */
 class FakeMember implements Member {
   readonly prepared = new Map<string, string>();
   readonly running = new Map<string, string>();
   readonly calls: string[] = [];
+  readonly requests: PartRequest[] = [];
   refuse = false;
 
   constructor(readonly name: string) {}
@@ -46,6 +48,7 @@ class FakeMember implements Member {
 
   prepare(session: string, req: PartRequest): Promise<void> {
     this.calls.push("prepare");
+    this.requests.push(req);
     if (this.refuse) return Promise.reject(new PartRefused(this.name, "port 5004 is held by session other"));
     this.prepared.set(session, req.attempt);
     return Promise.resolve();
@@ -78,7 +81,10 @@ const PROGRAM = `Project demo;
 `;
 const SOURCE = { file: "demo.dipronn", format: "dipronn" as const };
 
-function setup(endpoint: string, o: { spare?: string; gone?: (node: string) => boolean } = {}) {
+function setup(
+  endpoint: string,
+  o: { spare?: string; gone?: (node: string) => boolean; inspect?: CoordinatorOptions["inspect"] } = {},
+) {
   const clock = new ManualClock(Date.UTC(2026, 0, 1));
   const members = ["brno", "prague", "liberec", ...(o.spare ? [o.spare] : [])].map((n) => new FakeMember(n));
   const byName = Object.fromEntries(members.map((m) => [m.name, m]));
@@ -87,30 +93,35 @@ function setup(endpoint: string, o: { spare?: string; gone?: (node: string) => b
     cluster: "unit",
     valueKey: etcdSecrets("cluster-token-0123456789").valueKey,
   });
-  const coordinator = new Coordinator({
-    self: "brno",
-    members,
-    clock,
-    logger: new Logger({ level: "error", clock, sink: () => {} }),
-    stepTimeoutMs: 2000,
-    store,
-    gone: o.gone,
-    // The pins as the program says, except that an AP whose node is gone goes to the spare (what a restart needs).
-    place: (spec, input) => {
-      const alive = new Set(input.nodes.map((n) => n.name));
-      const nodeOf = Object.fromEntries(spec.aps.map((a) => [a.name, a.node?.name ?? "brno"]));
-      return {
-        session: spec.name,
-        nodeOf: Object.fromEntries(
-          Object.entries(nodeOf).map(([ap, n]) => [ap, alive.has(n) ? n : o.spare ?? n]),
-        ),
-        why: {},
-      };
-    },
-  });
+  /** A control unit on `self` over the same members and etcd (another one takes sessions over). */
+  const coordinatorOn = (self: string) =>
+    new Coordinator({
+      self,
+      members,
+      clock,
+      logger: new Logger({ level: "error", clock, sink: () => {} }),
+      stepTimeoutMs: 2000,
+      store,
+      gone: o.gone,
+      inspect: o.inspect,
+      place,
+    });
+  // The pins as the program says, except that an AP whose node is gone goes to the spare (what a restart needs).
+  const place: CoordinatorOptions["place"] = (spec, input) => {
+    const alive = new Set(input.nodes.map((n) => n.name));
+    const nodeOf = Object.fromEntries(spec.aps.map((a) => [a.name, a.node?.name ?? "brno"]));
+    return {
+      session: spec.name,
+      nodeOf: Object.fromEntries(
+        Object.entries(nodeOf).map(([ap, n]) => [ap, alive.has(n) ? n : o.spare ?? n]),
+      ),
+      why: {},
+    };
+  };
+  const coordinator = coordinatorOn("brno");
   const holds = () =>
     members.filter((m) => m.name !== o.spare).map((m) => [m.name, m.prepared.size + m.running.size]);
-  return { clock, byName, store, coordinator, holds };
+  return { clock, byName, store, coordinator, coordinatorOn, holds };
 }
 
 Deno.test("Heartbeats declare a peer whose etcd lease is gone lost at the next round, and back only once it rejoins", async () => {
@@ -268,4 +279,77 @@ Deno.test("Coordinator leaves a node whose etcd lease expired out of placement, 
   assert.deepEqual(plan.usage.map((u) => u.name), ["brno", "prague"]);
   assert.deepEqual(plan.left_out, { liberec: "its etcd lease expired" });
   assert.deepEqual(byName.liberec.calls, [], "not even asked for its usage");
+});
+
+/** Mid is uploaded (`upload.pass`), pinned to prague. */
+const UPLOADED = PROGRAM.replace('name="Mid" ref=localservice.forwarder', 'name="Mid" ref=upload.pass');
+const PASS = {
+  entry: "pass.ts",
+  info: { ports: { inputs: ["in"], outputs: ["out"] }, params: {}, needs: {} },
+};
+const inspect: CoordinatorOptions["inspect"] = () => Promise.resolve({ "upload.pass": PASS });
+
+Deno.test("Coordinator with etcd keeps modules out of the sessions watch, and a takeover's restart sends them from etcd", async () => {
+  await using etcd = await EtcdServer.start();
+  const { byName, store, coordinator, coordinatorOn } = setup(etcd.url, { spare: "pilsen", inspect });
+  const client = new EtcdClient({ endpoints: [etcd.url], timeoutMs: 2000 });
+  const marker = "module-text-only-in-uploads";
+  const modules = { "pass.ts": `// ${marker}\nexport {};\n` };
+  // What every node's session watch receives.
+  const watched: string[] = [];
+  const watch = client.watch(
+    `${store.prefix}sessions/`,
+    (events) => watched.push(...events.map((e) => e.value)),
+  );
+  await watch.ready;
+  try {
+    const outcome = await coordinator.start(UPLOADED, { ...SOURCE, onNodeLoss: "restart", modules });
+    assert.equal(outcome.state, "running", JSON.stringify(outcome));
+    await until("the running state watched", () => watched.some((v) => v.includes(`"running"`)));
+    assert.equal(watched.some((v) => v.includes(marker)), false, "no module in the sessions watch");
+    assert.ok((await client.get(store.uploadKey("demo")))?.value.includes(marker));
+  } finally {
+    watch.close();
+  }
+  // liberec takes the session over (brno is gone): it has the modules from etcd only.
+  await store.setState("demo", {
+    state: "running",
+    node: "liberec",
+    attempt: coordinator.get("demo")!.attempt,
+  });
+  const listed = (await store.sessions()).find((s) => s.name === "demo")!;
+  assert.equal(listed.upload, undefined, "a listing leaves the modules out");
+  const liberec = coordinatorOn("liberec");
+  liberec.adopt("demo", { ...listed, upload: await store.upload("demo") }, { reason: "taken over" });
+  // prague, running the uploaded AP, is lost: the restart puts it on pilsen, which gets the modules in its prepare.
+  await liberec.nodeLost("prague");
+  assert.equal(liberec.get("demo")?.state, "running", JSON.stringify(liberec.get("demo")?.events));
+  const toPilsen = byName.pilsen.requests.at(-1)!;
+  assert.deepEqual(toPilsen.modules, modules);
+  assert.deepEqual(toPilsen.kinds, { "upload.pass": PASS });
+  assert.equal(byName.liberec.requests.at(-1)!.modules, undefined);
+  // A stop removes the modules from etcd with the session, and from the coordinator's memory.
+  assert.equal((await liberec.stop("demo"))?.state, "stopped");
+  assert.equal(await client.get(store.uploadKey("demo")), undefined);
+  assert.equal(liberec.get("demo")?.upload, undefined);
+});
+
+Deno.test("Coordinator with etcd refuses a session whose program and modules together are over MAX_SESSION_WRITE, asking no node", async () => {
+  await using etcd = await EtcdServer.start();
+  const { byName, store, coordinator } = setup(etcd.url, { inspect });
+  // Each under 1 MiB, both together over what one etcd transaction may carry.
+  const program = `# ${"p".repeat(MAX_SESSION_WRITE / 2)}\n${UPLOADED}`;
+  const modules = { "pass.ts": `// ${"m".repeat(MAX_SESSION_WRITE / 2)}\nexport {};\n` };
+  const error = await coordinator.start(program, { ...SOURCE, modules }).catch((e) => e);
+  assert.ok(error instanceof SessionTooLarge, String(error));
+  assert.match(
+    error.message,
+    /take \d+ bytes in one transaction, at most 1310720 \(MAX_SESSION_WRITE, under etcd's --max-request-bytes/,
+  );
+  for (const m of Object.values(byName)) assert.deepEqual(m.calls, [], `${m.name} was asked nothing`);
+  assert.equal(await store.session("demo"), undefined);
+  // The dry run says the same; the program alone fits.
+  const withModules = { ...SOURCE, modules };
+  await assert.rejects(() => coordinator.plan(program, withModules), SessionTooLarge);
+  assert.equal((await coordinator.start(program, SOURCE)).state, "running");
 });

@@ -16,6 +16,15 @@ import { until } from "../_support/until.ts";
 const KEY = etcdSecrets("cluster-token-0123456789").valueKey;
 const PROGRAM = `{ AP input1 { TYPE = DIPRONN_INPUT } }\n`;
 const PLACEMENT = { input1: "brno", dup1: "brno", sync_hq: "prague", saver1: "pilsen", saver2: "pilsen" };
+const UPLOAD = {
+  modules: { "pass.ts": "export const ports = { inputs: ['in'], outputs: ['out'] };\n" },
+  kinds: {
+    "upload.pass": {
+      entry: "pass.ts",
+      info: { ports: { inputs: ["in"], outputs: ["out"] }, params: {}, needs: {} },
+    },
+  },
+};
 
 function storeOf(etcd: EtcdServer, o: { clock?: ManualClock; leaseSeconds?: number } = {}): ClusterStore {
   return new ClusterStore({
@@ -73,7 +82,7 @@ Deno.test("ClusterStore join keeps a short lease alive on its clock and rejoins 
 Deno.test("ClusterStore a restarted node gets its parts back from a new store object", async () => {
   await using etcd = await EtcdServer.start();
   const brno = storeOf(etcd);
-  await brno.putSession("lecture", PROGRAM, PLACEMENT, { node: "brno" });
+  await brno.putSession("lecture", PROGRAM, PLACEMENT, { node: "brno", upload: UPLOAD });
 
   // pilsen restarts: a fresh process has only its name and the etcd address.
   const pilsen = storeOf(etcd);
@@ -84,13 +93,21 @@ Deno.test("ClusterStore a restarted node gets its parts back from a new store ob
   assert.equal(parts[0].program, PROGRAM);
   assert.deepEqual(parts[0].placement, PLACEMENT);
   assert.equal(parts[0].state?.state, "starting");
+  // Its uploaded modules come with it (kept apart from the session's keys, see the next test).
+  assert.deepEqual(parts[0].upload, UPLOAD);
   assert.deepEqual((await pilsen.sessionsOf("prague")).map((p) => p.aps), [["sync_hq"]]);
   assert.deepEqual(await pilsen.sessionsOf("liberec"), []);
 
   // The session outlives the node that received it: another control unit reads it whole.
   const stored = await storeOf(etcd).session("lecture");
   assert.equal(stored?.program, PROGRAM);
+  assert.equal(stored?.upload, undefined, "read without its modules unless asked");
+  assert.deepEqual((await storeOf(etcd).session("lecture", { upload: true }))?.upload, UPLOAD);
   assert.deepEqual((await storeOf(etcd).sessions()).map((s) => s.name), ["lecture"]);
+  // Not under sessions/, which every node watches.
+  const raw = await new EtcdClient({ endpoints: [etcd.url] }).range(`${brno.prefix}sessions/`);
+  assert.equal(raw.kvs.some((kv) => kv.value.includes("pass.ts")), false);
+  assert.ok(await new EtcdClient({ endpoints: [etcd.url] }).get(`${brno.prefix}uploads/lecture`));
 });
 
 Deno.test("ClusterStore putSession lets only one of two control units create a session", async () => {
@@ -135,10 +152,11 @@ Deno.test("ClusterStore updatePlacement moves a part and refuses a stale revisio
   assert.equal((await store.session("s"))?.state?.state, "running");
 });
 
-Deno.test("ClusterStore removeSession removes the session and every part", async () => {
+Deno.test("ClusterStore removeSession removes the session, every part and its modules", async () => {
   await using etcd = await EtcdServer.start();
   const store = storeOf(etcd);
-  await store.putSession("gone", PROGRAM, PLACEMENT);
+  await store.putSession("gone", PROGRAM, PLACEMENT, { upload: UPLOAD });
+  assert.deepEqual(await store.upload("gone"), UPLOAD);
   assert.equal(await store.removeSession("gone"), true);
   assert.equal(await store.session("gone"), undefined);
   for (const node of ["brno", "prague", "pilsen"]) assert.deepEqual(await store.sessionsOf(node), []);

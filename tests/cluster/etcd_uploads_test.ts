@@ -103,7 +103,7 @@ Deno.test("etcd cluster: a node running an uploaded AP is lost and the session r
     assert.equal(res.status, 201, JSON.stringify(body));
     assert.deepEqual(body.placement.nodeOf, { In: "brno", F: "prague" });
     assert.deepEqual(body.nodes.prague.modules, ["pass.ts"]);
-    const stored = await store.session("upl");
+    const stored = await store.session("upl", { upload: true });
     assert.deepEqual(stored?.upload?.modules, { "pass.ts": PASS_THROUGH }, "etcd keeps the modules");
     assert.deepEqual(stored?.upload?.kinds["upload.pass"].info.ports, { inputs: ["in"], outputs: ["out"] });
 

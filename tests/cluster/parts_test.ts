@@ -52,15 +52,39 @@ Deno.test("PartHost commits only the attempt it prepared, and abort releases or 
   assert.deepEqual(h.table.list(), []);
 });
 
-Deno.test("PartHost stops what a commit started when its abort came meanwhile", async () => {
+Deno.test("PartHost stops what a commit started when its abort came meanwhile, and answers stopped after it", async () => {
   await using h = host();
   await h.parts.prepare("p", request("aaaaaaaa03"));
   const commit = h.parts.commit("p", "aaaaaaaa03").catch((e) => e);
   const undone = await h.parts.abort("p", "aaaaaaaa03");
-  assert.equal(undone, "released");
-  assert.ok((await commit) instanceof PartRefused);
+  assert.equal(undone, "stopped");
+  // The abort answered once the start it came during was stopped again: nothing of the attempt is left.
   assert.deepEqual(h.table.list(), []);
   assert.deepEqual(h.table.prepared(), []);
+  assert.ok((await commit) instanceof PartRefused);
+});
+
+Deno.test("PartHost keeps the next attempt's reservation when an attempt aborted during its commit stops", async () => {
+  await using h = host();
+  await h.parts.prepare("p", request("aaaaaaaa07"));
+  const commitA = h.parts.commit("p", "aaaaaaaa07").catch((e) => e);
+  const abortA = h.parts.abort("p", "aaaaaaaa07");
+  // A's start returns, finds its part aborted and is being stopped (gone from the table) ...
+  let started = false;
+  for (let i = 0; i < 100_000; i++) {
+    if (h.table.get("p")) started = true;
+    else if (started) break;
+    await Promise.resolve();
+  }
+  assert.ok(started, "attempt A started");
+  // ... when the coordinator's next attempt prepares.
+  const prepareB = h.parts.prepare("p", request("bbbbbbbb07"));
+  assert.ok((await commitA) instanceof PartRefused);
+  assert.equal(await abortA, "stopped");
+  await prepareB;
+  assert.deepEqual(h.table.prepared().map((p) => p.session), ["p"]);
+  await h.parts.commit("p", "bbbbbbbb07");
+  assert.deepEqual(h.table.list().map((s) => s.plan.name), ["p"]);
 });
 
 Deno.test("PartHost keeps a part whose commit is under way when its status is read meanwhile", async () => {
@@ -127,5 +151,10 @@ Deno.test("parsePartRequest refuses what is not a part request", () => {
   assert.match(
     parsePartRequest({ ...upload, kinds: { "upload.pass": noInputs } }) as string,
     /^kinds\.upload\.pass: ports\.inputs must name at least one input/,
+  );
+  // A declared kind stands in only for an uploaded AP: never for one of the node's own elements.
+  assert.match(
+    parsePartRequest({ ...upload, kinds: { "localservice.counter": kind } }) as string,
+    /^kinds\.localservice\.counter: only uploaded kinds \(upload\.NAME\)/,
   );
 });

@@ -18,7 +18,8 @@ import type { RunningRole } from "../../lib/roles/role.ts";
 import { poll } from "../_support/until.ts";
 import { freeUdpPort } from "../_support/ports.ts";
 import { PASS_THROUGH, PORTS } from "../sandbox/_programs.ts";
-import { MAX_STORED_UPLOAD, uploadValue } from "../../lib/cluster/store.ts";
+import { ClusterStore, MAX_SESSION_WRITE, SessionTooLarge } from "../../lib/cluster/store.ts";
+import type { EtcdClient } from "../../lib/cluster/etcd.ts";
 
 const TOKEN = "node-token-0123456789";
 const CLUSTER_TOKEN = "cluster-token-0123456789";
@@ -241,10 +242,29 @@ Deno.test("a coordinator that takes no uploads answers 400 to a session with mod
   assert.match(many.body.error, /it holds 2 modules, at most 1/);
 });
 
-Deno.test("uploadValue keeps an upload for etcd up to MAX_STORED_UPLOAD and refuses a larger one saying so", () => {
-  const kinds = {};
-  assert.equal(typeof uploadValue({ modules: { "pass.ts": PASS_THROUGH }, kinds }), "string");
-  const big = uploadValue({ modules: { "big.ts": `// ${"x".repeat(MAX_STORED_UPLOAD)}\n` }, kinds });
-  assert.equal(typeof big, "object");
-  assert.match((big as { tooLarge: string }).tooLarge, /at most 1048576 \(a session across nodes with etcd/);
+Deno.test("ClusterStore refuses a session whose program and modules together are over MAX_SESSION_WRITE, before asking etcd", async () => {
+  let asked = 0;
+  const etcd = {
+    txn: () => {
+      asked++;
+      return Promise.resolve({ succeeded: true, gets: [], revision: 1 });
+    },
+  } as unknown as EtcdClient;
+  const store = new ClusterStore({ etcd, cluster: "test", valueKey: new Uint8Array(32) });
+  const placement = { In: "brno", F: "prague", Last: "brno" };
+  // Each under 1 MiB (a program's and node.uploads.max_bytes' default), the two together over the transaction's.
+  const text = `# ${"p".repeat(MAX_SESSION_WRITE / 2)}\n${program(5004)}`;
+  const upload = {
+    modules: { "pass.ts": `// ${"m".repeat(MAX_SESSION_WRITE / 2)}\n${PASS_THROUGH}` },
+    kinds: {},
+  };
+  await store.putSession("a", text, placement);
+  await store.putSession("b", program(5004), placement, { upload });
+  assert.equal(asked, 2);
+  const error = await store.putSession("c", text, placement, { upload }).catch((e) => e);
+  assert.ok(error instanceof SessionTooLarge, String(error));
+  assert.ok(error.bytes > MAX_SESSION_WRITE);
+  assert.equal(error.bytes, store.sessionWriteBytes("c", text, placement, { upload }));
+  assert.match(error.message, /^Cannot keep session c in etcd: .* at most 1310720 \(MAX_SESSION_WRITE/);
+  assert.equal(asked, 2, "etcd was not asked");
 });
