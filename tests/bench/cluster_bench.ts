@@ -22,7 +22,7 @@
  * by side with its figures, and the loss and delay at the rates tried (its Figures 7-10), rising. Exits non-zero only
  * when it cannot run (no root, no namespaces).
  *
- *   deno task bench cluster                 quick: 100 and 1450 B, 1 s trials, 2 bisection steps (under 4 minutes)
+ *   deno task bench cluster                 quick: 100 and 1450 B, 1 s trials, from 16k/s, 2 bisection steps (about 2 minutes)
  *   BENCH_FULL=1 deno task bench cluster    full: 100, 500, 1000, 1450 B, 2 s trials, 4 steps, two tries per rate,
  *                                           and trials at 0.5 .. 1.5 x the loss-free rate
  *   BENCH_SIZES=1450 BENCH_PATHS=session    one size, one path

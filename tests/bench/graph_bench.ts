@@ -12,7 +12,7 @@
  *
  * Figures: highest loss-free datagrams/s per path and size with the ratio to the relay; delay added at 10k/s.
  *
- *   make bench / deno task bench graph   quick: 100 and 1450 B, chain 8 and vm chain 4, 1 s trials (~2.5 min)
+ *   make bench / deno task bench graph   quick: 100 and 1450 B, chain 8 and vm chain 4, 1 s trials, from 40k/s (~2 min)
  *   BENCH_FULL=1 deno task bench graph   full: chains 1, 4 and 8 too, 1.5 s trials, 5 bisection steps (~6 min)
  *   BENCH_SIZES=100 BENCH_SECONDS=1 deno task bench graph   any part of either, by hand
  */

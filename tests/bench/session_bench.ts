@@ -30,7 +30,7 @@
  * at 1450 B against the report's Brno node (365 Mb/s of 1450 B with four streams, its Table 8) and against the goal
  * (900 Mb/s of 1450 B). Exits non-zero only when it could not run.
  *
- *   make bench / deno task bench session   quick: 100 and 1450 B, 1 s trials, 3 bisection steps (~5 min)
+ *   make bench / deno task bench session   quick: 100 and 1450 B, 1 s trials, from 20k/s, 3 bisection steps (~2 min)
  *   BENCH_FULL=1 deno task bench session   full: 100, 500, 1000 and 1450 B, 1.5 s trials, 5 steps (~12 min)
  *   BENCH_SIZES=1450 BENCH_PATHS="appendix A" deno task bench session     one size, one path (and the relay)
  *   BENCH_SYNCERS=forwarders deno task bench session    syncers as forwarders (as a node without the syncer)

@@ -15,7 +15,7 @@
  * Figures: highest loss-free datagrams/s per path and size, with ratios to direct and to both C relays; CPU
  * microseconds per datagram at 50k/s (C relays, relay fast) with speed ratios to C; delay added at 10k/s.
  *
- *   make bench / deno task bench udp   quick: 100 and 1450 B, 1 s trials, 3 bisection steps, 1 round (~5 min)
+ *   make bench / deno task bench udp   quick: 100 and 1450 B, 1 s trials, from 40k/s, 3 bisection steps, 1 round (~3.5 min)
  *   BENCH_FULL=1 deno task bench udp   full: 100, 500, 1000 and 1450 B, 1.5 s trials, 5 steps, 2 rounds (~26 min)
  *   BENCH_SIZES=100 BENCH_SECONDS=1 BENCH_ROUNDS=1 BENCH_BISECT=2   any part of either, by hand
  *   BENCH_PATHS="relay fast" make bench          direct, the C relays and the named paths only
