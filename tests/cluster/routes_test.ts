@@ -5,109 +5,15 @@
  * dry run answer, and unsigned requests to /cluster/* are refused and counted in /status and /metrics.
  */
 import assert from "node:assert/strict";
-import type { Hono } from "hono";
-import { roleApp } from "../api/_role_app.ts";
-import { ManualClock } from "../../lib/core/clock.ts";
-import { Logger } from "../../lib/core/logger.ts";
-import { MetricsRegistry } from "../../lib/core/metrics.ts";
-import { defineNodeRole, nodeRole } from "../../lib/node/role.ts";
-import type { ClusterSection } from "../../lib/cluster/config.ts";
-import type { HostReaders } from "../../lib/cluster/usage.ts";
+import type { ManualClock } from "../../lib/core/clock.ts";
 import { openUdp } from "../../lib/net/udp.ts";
-import type { RunningRole } from "../../lib/roles/role.ts";
 import { until } from "../_support/until.ts";
+import { freeUdpPort as freePort } from "../_support/ports.ts";
+import { auth, CLUSTER_TOKEN, type InProcessNode as Node, inProcessNodes, LO } from "./_in_process.ts";
 
-const TOKEN = "node-token-0123456789";
-const CLUSTER_TOKEN = "cluster-token-0123456789";
-const auth = { authorization: `Bearer ${TOKEN}` };
-const LO = "127.0.0.1";
 const NAMES = ["brno", "prague", "liberec"] as const;
-type Name = typeof NAMES[number];
 
-function freePort(): number {
-  const s = Deno.listenDatagram({ transport: "udp", hostname: LO, port: 0 });
-  const port = (s.addr as Deno.NetAddr).port;
-  s.close();
-  return port;
-}
-
-const quietHost: HostReaders = {
-  cpuTimes: () => null,
-  loadavg: () => 0.2,
-  cores: 2,
-  memory: () => ({ total: 1000, available: 800 }),
-};
-
-interface Node {
-  readonly app: Hono;
-  readonly role: RunningRole;
-  readonly metrics: MetricsRegistry;
-}
-
-async function threeNodes() {
-  const clock = new ManualClock(Date.UTC(2026, 0, 1));
-  const apps = new Map<string, Hono>();
-  const fetch = (url: string, init: RequestInit) => {
-    const app = apps.get(new URL(url).port);
-    return app
-      ? Promise.resolve(app.request(url, init))
-      : Promise.reject(new TypeError("connection refused"));
-  };
-  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_cluster_routes_" });
-  const addr = Object.fromEntries(
-    NAMES.map((n, i) => [n, { api: { host: LO, port: i + 1 }, data: { host: LO, port: freePort() } }]),
-  );
-  const nodes = {} as Record<Name, Node>;
-  const defaults = nodeRole.section.default as Record<string, unknown>;
-  try {
-    for (const name of NAMES) {
-      const cluster: ClusterSection = {
-        name,
-        token: CLUSTER_TOKEN,
-        token_file: null,
-        data: addr[name].data,
-        peers: NAMES.filter((n) => n !== name).map((n) => ({ name: n, ...addr[n] })),
-        heartbeat: 1000,
-        loss_timeout: 3000,
-        prepare_timeout: 5000,
-        reservation_timeout: 30_000,
-        clock_skew: 30_000,
-        load_threshold: 0.85,
-        etcd: [],
-      };
-      const logger = new Logger({ level: "error", clock, sink: () => {} });
-      const metrics = new MetricsRegistry();
-      const role = await defineNodeRole({ fetch, host: quietHost }).start(
-        { ...defaults, bind: LO, data_dir: dataDir, cluster } as never,
-        { nodeName: name, logger, metrics, clock },
-      );
-      const app = roleApp("node", role, { clock, metrics, logger, token: TOKEN });
-      apps.set(String(addr[name].api.port), app);
-      nodes[name] = { app, role, metrics };
-    }
-  } catch (error) {
-    for (const n of Object.values(nodes)) await n.role.stop(new AbortController().signal);
-    await Deno.remove(dataDir, { recursive: true });
-    throw error;
-  }
-  const stopped = new Set<string>();
-  return {
-    clock,
-    nodes,
-    /** The node's process dies: its API stops answering and its sessions end. */
-    async kill(name: Name) {
-      apps.delete(String(addr[name].api.port));
-      stopped.add(name);
-      await nodes[name].role.stop(new AbortController().signal);
-    },
-    async [Symbol.asyncDispose]() {
-      for (const [name, n] of Object.entries(nodes)) {
-        if (!stopped.has(name)) await n.role.stop(new AbortController().signal);
-      }
-      await Deno.remove(dataDir, { recursive: true });
-    },
-  };
-}
+const threeNodes = () => inProcessNodes(NAMES);
 
 /** In on brno (fed from outside), Mid on prague (with an input of its own), Last on liberec. */
 const program = (inPort: number, midPort: number) =>

@@ -1,99 +1,30 @@
 /**
  * Uploaded active programs in a session across nodes: two node roles in one process (brno, prague), their status
- * APIs joined through `app.request()` as in routes_test.ts, started with a multipart upload to brno's
+ * APIs joined through `app.request()` (./_in_process.ts), started with a multipart upload to brno's
  * POST /node/cluster/sessions. The sandboxes are real `deno run` children and the link between the nodes is real
  * UDP on loopback.
  */
 import assert from "node:assert/strict";
-import type { Hono } from "hono";
-import { roleApp } from "../api/_role_app.ts";
-import { ManualClock } from "../../lib/core/clock.ts";
-import { Logger } from "../../lib/core/logger.ts";
-import { MetricsRegistry } from "../../lib/core/metrics.ts";
-import { defineNodeRole, nodeRole } from "../../lib/node/role.ts";
-import type { ClusterSection } from "../../lib/cluster/config.ts";
-import type { HostReaders } from "../../lib/cluster/usage.ts";
 import { openUdp } from "../../lib/net/udp.ts";
-import type { RunningRole } from "../../lib/roles/role.ts";
+import { auth, type InProcessNode, inProcessNodes, LO } from "./_in_process.ts";
 import { poll } from "../_support/until.ts";
 import { freeUdpPort } from "../_support/ports.ts";
 import { PASS_THROUGH, PORTS } from "../sandbox/_programs.ts";
 import { ClusterStore, MAX_SESSION_WRITE, SessionTooLarge } from "../../lib/cluster/store.ts";
 import type { EtcdClient } from "../../lib/cluster/etcd.ts";
 
-const TOKEN = "node-token-0123456789";
-const CLUSTER_TOKEN = "cluster-token-0123456789";
-const auth = { authorization: `Bearer ${TOKEN}` };
-const LO = "127.0.0.1";
 const NAMES = ["brno", "prague"] as const;
 type Name = typeof NAMES[number];
-
-const quietHost: HostReaders = {
-  cpuTimes: () => null,
-  loadavg: () => 0.2,
-  cores: 2,
-  memory: () => ({ total: 1000, available: 800 }),
-};
-
-interface Node {
-  readonly app: Hono;
-  readonly role: RunningRole;
-}
+type Node = InProcessNode;
 
 /** Two nodes; `uploads` sets each one's node.uploads keys. */
 async function twoNodes(uploads: Partial<Record<Name, Record<string, unknown>>> = {}) {
-  const clock = new ManualClock(Date.UTC(2026, 0, 1));
-  const apps = new Map<string, Hono>();
-  const fetch = (url: string, init: RequestInit) => {
-    const app = apps.get(new URL(url).port);
-    return app
-      ? Promise.resolve(app.request(url, init))
-      : Promise.reject(new TypeError("connection refused"));
-  };
-  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_cluster_uploads_" });
-  const addr = Object.fromEntries(
-    NAMES.map((n, i) => [n, { api: { host: LO, port: i + 1 }, data: { host: LO, port: freeUdpPort() } }]),
-  );
-  const nodes = {} as Record<Name, Node>;
-  const defaults = nodeRole.section.default as Record<string, unknown>;
-  try {
-    for (const name of NAMES) {
-      const cluster: ClusterSection = {
-        name,
-        token: CLUSTER_TOKEN,
-        token_file: null,
-        data: addr[name].data,
-        peers: NAMES.filter((n) => n !== name).map((n) => ({ name: n, ...addr[n] })),
-        heartbeat: 1000,
-        loss_timeout: 3000,
-        // Loading modules starts a sandbox child: a busy test box may take a few seconds.
-        prepare_timeout: 30_000,
-        reservation_timeout: 60_000,
-        clock_skew: 30_000,
-        load_threshold: 0.85,
-        etcd: [],
-      };
-      const logger = new Logger({ level: "error", clock, sink: () => {} });
-      const metrics = new MetricsRegistry();
-      const role = await defineNodeRole({ fetch, host: quietHost }).start(
-        {
-          ...defaults,
-          bind: LO,
-          data_dir: dataDir,
-          cluster,
-          uploads: { ...(defaults.uploads as object), ...uploads[name] },
-        } as never,
-        { nodeName: name, logger, metrics, clock },
-      );
-      const app = roleApp("node", role, { clock, metrics, logger, token: TOKEN });
-      apps.set(String(addr[name].api.port), app);
-      nodes[name] = { app, role };
-    }
-  } catch (error) {
-    for (const n of Object.values(nodes)) await n.role.stop(new AbortController().signal);
-    await Deno.remove(dataDir, { recursive: true });
-    throw error;
-  }
+  // Loading modules starts a sandbox child: a busy test box may take a few seconds.
+  const c = await inProcessNodes(NAMES, {
+    uploads,
+    cluster: { prepare_timeout: 30_000, reservation_timeout: 60_000 },
+  });
+  const { nodes } = c;
   return {
     nodes,
     /** Starts (or, with `plan`, plans) a session across nodes through brno with the program and its modules. */
@@ -104,10 +35,7 @@ async function twoNodes(uploads: Partial<Record<Name, Record<string, unknown>>> 
       const res = await nodes.brno.app.request(path, { method: "POST", body: form, headers: auth });
       return { status: res.status, body: await res.json() };
     },
-    async [Symbol.asyncDispose]() {
-      for (const n of Object.values(nodes)) await n.role.stop(new AbortController().signal);
-      await Deno.remove(dataDir, { recursive: true });
-    },
+    [Symbol.asyncDispose]: () => c[Symbol.asyncDispose](),
   };
 }
 
