@@ -290,24 +290,14 @@ export class SessionTable {
   add(text: string, source: ProgramSource): Promise<RunningSession> {
     return this.#serial(async () => {
       const upload = source.modules ? await this.#upload(text, source) : null;
-      let session: RunningSession;
       let plan: SessionPlan;
       try {
         plan = this.#check(text, source, upload?.kinds);
-        session = await RunningSession.start(plan, this.node, {
-          allowSources: this.#allowSources,
-          sandboxes: upload?.pool,
-        });
       } catch (error) {
         await upload?.pool.close();
         throw error;
       }
-      if (upload) {
-        this.#pools.set(plan.name, { pool: upload.pool, processes: upload.processes });
-        // Past the node's stop deadline its children are killed at once (hardStopShared), sandboxes too.
-        this.node.shared?.set(`sandboxes:${plan.name}`, upload.pool);
-      }
-      this.#sessions.set(plan.name, session);
+      const session = await this.#launch(plan.name, plan, upload);
       this.node.logger.info("session started", {
         session: plan.name,
         aps: plan.aps.length,
@@ -385,23 +375,11 @@ export class SessionTable {
       }
       this.#prepared.delete(id);
       this.node.clock.clearTimeout(held.timer);
-      const upload = held.upload;
-      let session: RunningSession;
-      try {
-        if (this.#closed) throw new SessionConflict("The node is stopping");
-        session = await RunningSession.start(held.plan, this.node, {
-          allowSources: this.#allowSources,
-          sandboxes: upload?.pool,
-        });
-      } catch (error) {
-        await upload?.pool.close();
-        throw error;
+      if (this.#closed) {
+        await held.upload?.pool.close();
+        throw new SessionConflict("The node is stopping");
       }
-      if (upload) {
-        this.#pools.set(id, { pool: upload.pool, processes: upload.processes });
-        this.node.shared?.set(`sandboxes:${id}`, upload.pool);
-      }
-      this.#sessions.set(id, session);
+      const session = await this.#launch(id, held.plan, held.upload);
       this.node.logger.info("session started", { session: id, aps: held.plan.aps.length, file: held.file });
       return session;
     });
@@ -641,6 +619,27 @@ export class SessionTable {
     this.#pools.delete(name);
     this.node.shared?.delete(`sandboxes:${name}`);
     await held?.pool.close();
+  }
+
+  /** Starts a checked plan with its sandboxes (closed again when it cannot start); registers both under `name`. */
+  async #launch(name: string, plan: SessionPlan, upload: Upload | null | undefined): Promise<RunningSession> {
+    let session: RunningSession;
+    try {
+      session = await RunningSession.start(plan, this.node, {
+        allowSources: this.#allowSources,
+        sandboxes: upload?.pool,
+      });
+    } catch (error) {
+      await upload?.pool.close();
+      throw error;
+    }
+    if (upload) {
+      this.#pools.set(name, { pool: upload.pool, processes: upload.processes });
+      // Past the node's stop deadline its children are killed at once (hardStopShared), sandboxes too.
+      this.node.shared?.set(`sandboxes:${name}`, upload.pool);
+    }
+    this.#sessions.set(name, session);
+    return session;
   }
 
   /**
