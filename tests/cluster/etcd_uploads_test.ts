@@ -131,7 +131,8 @@ Deno.test("etcd cluster: a node running an uploaded AP is lost and the session r
       "brno to restart the session without prague",
       async () => {
         const s = (await status("brno")).cluster.coordinated.sessions.upl;
-        return s?.state === "running" && s.placement?.nodeOf?.F === "liberec" ? s : null;
+        // The reason is set once the restart's last etcd write is done, just after the state says running.
+        return s?.state === "running" && s.placement?.nodeOf?.F === "liberec" && s.reason ? s : null;
       },
       20_000,
       50,

@@ -85,9 +85,13 @@ Deno.test("edgenode relay refuses to start on a UDP port in use and exits 1", as
     await using edgenode = startEdgenode(["--config", config.path, "--status", "127.0.0.1:0"]);
     const result = await edgenode.waitForExit();
     assert.equal(result.code, 1);
+    // The config's place of the relay's listen address, then the reason.
     assert.match(
       result.stderr,
-      new RegExp(`edgenode: Cannot listen on udp 127.0.0.1:${held.local.port}: address already in use\\n$`),
+      new RegExp(
+        `edgenode: ${config.path}:4:25: relay\\.relays\\[0\\]\\.listen: Cannot bind relay "r" on ` +
+          `127.0.0.1:${held.local.port}: Cannot listen on udp 127.0.0.1:${held.local.port}: address already in use\\n$`,
+      ),
     );
   } finally {
     await held.close();
