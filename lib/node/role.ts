@@ -5,7 +5,7 @@
  */
 import type { Hono } from "hono";
 import type { YAMLMap } from "yaml";
-import { ErrorList, errorMessage, StartError, UsageError } from "../core/errors.ts";
+import { ErrorList, errorMessage, StartError, startErrorAt, UsageError } from "../core/errors.ts";
 import { readTextFileLimited } from "../core/files.ts";
 import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
 import { type Context, int, list, nodeAt, type ObjectOf, opt, section, str } from "../config/schema.ts";
@@ -91,7 +91,7 @@ export function defineNodeRole(options: NodeRoleOptions = {}): RoleDef<NodeSecti
           });
         } catch (error) {
           if (error instanceof LinkConfigError) throw new StartError(error.message);
-          throw error;
+          throw startErrorAt(error, "node.cluster.data", "cluster link port");
         }
       }
       const table = new SessionTable(

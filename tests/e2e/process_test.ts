@@ -168,6 +168,16 @@ for (
       13,
     ],
     ["the agent", false, (a: string) => `roles: [agent]\nagent:\n  listen: ${a}\n`, "agent.listen", 3, 11],
+    [
+      "the cluster link port",
+      true,
+      (a: string) =>
+        `roles: [node]\nnode:\n  cluster:\n    name: brno\n    token: cluster-token-0123456789\n` +
+        `    data: ${a}\n    peers:\n      - {name: prague, api: "127.0.0.1:9", data: "127.0.0.1:9"}\n`,
+      "node.cluster.data",
+      6,
+      11,
+    ],
   ] as const
 ) {
   Deno.test(`edgenode exits 1 naming the config's file:line:col when ${what}'s address is in use`, async () => {
