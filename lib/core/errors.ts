@@ -78,7 +78,7 @@ export class StartError extends Error {
   override name = "StartError";
   /**
    * The config key of the part that could not start (`scheduler.services[1].listen`), so that whoever prints it can
-   * name the config's file:line:col (lib/config/load.ts `describeStartError`); empty when no key names it.
+   * name the config's file:line:col (lib/config/plan.ts `describeStartError`); empty when no key names it.
    */
   readonly configPath: string;
 
