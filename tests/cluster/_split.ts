@@ -1,4 +1,8 @@
-/** What the multi-process cluster tests share: the three-part program they start and each node's config. */
+/**
+ * What the multi-process cluster tests share: the three-part program they start, each node's config, and the paced
+ * datagrams they send.
+ */
+import { openUdp } from "../../lib/net/udp.ts";
 
 /** In on brno, Mid on prague, Last (a counter) on liberec. */
 export const splitProgram = (inPort: number, midPort: number) =>
@@ -41,4 +45,21 @@ export function clusterConfig(o: {
     "    load_threshold: 2",
     "",
   ].join("\n");
+}
+
+/** Sends `n` datagrams of 100 bytes to 127.0.0.1:`port`, a pause of 5 ms after every 50 (no burst beyond a socket buffer). */
+export async function sendDatagrams(port: number, n: number): Promise<void> {
+  const tx = openUdp({ host: "127.0.0.1", port: 0 });
+  try {
+    const data = new Uint8Array(100);
+    for (let i = 0; i < n; i++) {
+      tx.send(
+        { count: 1, data: () => data, length: () => 100, from: () => tx.local, truncated: () => false },
+        tx.destinations([{ host: "127.0.0.1", port }]),
+      );
+      if (i % 50 === 49) await new Promise((r) => setTimeout(r, 5));
+    }
+  } finally {
+    await tx.close();
+  }
 }

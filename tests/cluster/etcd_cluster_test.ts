@@ -7,101 +7,28 @@
  * cannot be reached starts and says why.
  */
 import assert from "node:assert/strict";
-import { EtcdClient } from "../../lib/cluster/etcd.ts";
-import { clusterId } from "../../lib/cluster/etcd_sync.ts";
-import { etcdSecrets } from "../../lib/cluster/etcd_seal.ts";
-import { ClusterStore } from "../../lib/cluster/store.ts";
-import { openUdp } from "../../lib/net/udp.ts";
-import { type EdgenodeProcess, LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
-import { EtcdServer } from "../_support/etcd.ts";
+import { LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
 import { until } from "../_support/until.ts";
 import { freeTcpPort, freeUdpPort } from "../_support/ports.ts";
-import { clusterConfig, splitProgram } from "./_split.ts";
+import { sendDatagrams, splitProgram } from "./_split.ts";
+import {
+  auth,
+  type EtcdCluster as Cluster,
+  LO,
+  type Name,
+  NAMES,
+  TOKEN,
+  withEtcdCluster,
+} from "./_etcd_cluster.ts";
 
-const TOKEN = "e2e-token-0123456789";
 const CLUSTER_TOKEN = "e2e-etcd-cluster-token-0123456789";
-const LO = "127.0.0.1";
-const NAMES = ["brno", "prague", "liberec"] as const;
-type Name = typeof NAMES[number];
-const auth = { authorization: `Bearer ${TOKEN}` };
 
-interface Cluster {
-  readonly store: ClusterStore;
-  api(n: Name): string;
-  /** Starts (or starts again) node `n` with its config and waits until it listens. */
-  start(n: Name): Promise<EdgenodeProcess>;
-  kill(n: Name): Promise<void>;
-  // deno-lint-ignore no-explicit-any -- /status is JSON the test reads by path, as the other process tests do
-  status(n: Name): Promise<Record<string, any>>;
-  running(n: Name): Promise<string[]>;
-}
-
-/** Three nodes with one etcd; every process and etcd stopped and removed at the end, also on failure. */
-async function withCluster(lossTimeout: string, body: (c: Cluster) => Promise<void>): Promise<void> {
-  await using etcd = await EtcdServer.start();
-  const dataDir = await Deno.makeTempDir({ prefix: "edgenode_etcd_cluster_" });
-  const addr = Object.fromEntries(
-    NAMES.map((n) => [n, { api: freeTcpPort(), data: freeUdpPort() }]),
-  ) as Record<
-    Name,
-    { api: number; data: number }
-  >;
-  await using c0 = await tempConfig("");
-  await using c1 = await tempConfig("");
-  await using c2 = await tempConfig("");
-  const paths = { brno: c0.path, prague: c1.path, liberec: c2.path };
-  for (const name of NAMES) {
-    await Deno.writeTextFile(
-      paths[name],
-      clusterConfig({
-        name,
-        names: NAMES,
-        addr,
-        dataDir,
-        statusToken: TOKEN,
-        clusterToken: CLUSTER_TOKEN,
-        extra: ["heartbeat: 200ms", `loss_timeout: ${lossTimeout}`, `etcd: ["${etcd.url}"]`],
-      }),
-    );
-  }
-  const processes: EdgenodeProcess[] = [];
-  const current = new Map<Name, EdgenodeProcess>();
-  const store = new ClusterStore({
-    etcd: new EtcdClient({ endpoints: [etcd.url] }),
-    cluster: await clusterId(CLUSTER_TOKEN),
-    valueKey: etcdSecrets(CLUSTER_TOKEN).valueKey,
-  });
-  const api = (n: Name) => `http://${LO}:${addr[n].api}`;
-  const status = async (n: Name) => {
-    const r = await fetch(`${api(n)}/status`);
-    assert.equal(r.status, 200);
-    return (await r.json()).roles.node;
-  };
-  const cluster: Cluster = {
-    store,
-    api,
-    async start(n) {
-      const p = startEdgenode(["--config", paths[n], "--status", `${LO}:${addr[n].api}`]);
-      processes.push(p);
-      current.set(n, p);
-      await p.waitForLine(LISTENING);
-      return p;
-    },
-    async kill(n) {
-      const p = current.get(n)!;
-      p.kill("SIGKILL");
-      await p.waitForExit();
-    },
-    status,
-    running: async (n) => Object.keys((await status(n)).sessions),
-  };
-  try {
-    await body(cluster);
-  } finally {
-    for (const p of processes.reverse()) await p[Symbol.asyncDispose]();
-    await Deno.remove(dataDir, { recursive: true });
-  }
-}
+/** Three nodes with one etcd, heartbeats every 200 ms and the given loss timeout. */
+const withCluster = (lossTimeout: string, body: (c: Cluster) => Promise<void>) =>
+  withEtcdCluster({
+    clusterToken: CLUSTER_TOKEN,
+    extra: ["heartbeat: 200ms", `loss_timeout: ${lossTimeout}`],
+  }, body);
 
 async function startSplit(c: Cluster, via: Name, inPort: number, midPort: number): Promise<Response> {
   return await fetch(`${c.api(via)}/node/cluster/sessions`, {
@@ -113,24 +40,12 @@ async function startSplit(c: Cluster, via: Name, inPort: number, midPort: number
 
 /** Sends `n` datagrams into brno's In and waits until liberec's counter has counted `total` in all. */
 async function sendThrough(c: Cluster, inPort: number, n: number, total: number): Promise<void> {
-  const tx = openUdp({ host: LO, port: 0 });
-  try {
-    const data = new Uint8Array(100);
-    for (let i = 0; i < n; i++) {
-      tx.send(
-        { count: 1, data: () => data, length: () => 100, from: () => tx.local, truncated: () => false },
-        tx.destinations([{ host: LO, port: inPort }]),
-      );
-      if (i % 50 === 49) await new Promise((r) => setTimeout(r, 5));
-    }
-    const counted = async () => {
-      const aps = (await c.status("liberec")).sessions.split?.aps as { counted?: { packets: number } }[];
-      return aps?.find((a) => a.counted)?.counted?.packets ?? 0;
-    };
-    await until(`${total} datagrams counted on liberec`, async () => (await counted()) === total);
-  } finally {
-    await tx.close();
-  }
+  await sendDatagrams(inPort, n);
+  const counted = async () => {
+    const aps = (await c.status("liberec")).sessions.split?.aps as { counted?: { packets: number } }[];
+    return aps?.find((a) => a.counted)?.counted?.packets ?? 0;
+  };
+  await until(`${total} datagrams counted on liberec`, async () => (await counted()) === total);
 }
 
 Deno.test("etcd cluster: a node killed and started again gets its part back and datagrams flow through it", async () => {
@@ -195,18 +110,7 @@ Deno.test("etcd cluster: the session survives the restart of the node that recei
     for (const n of ["prague", "liberec"] as const) assert.deepEqual(await c.running(n), ["split"]);
 
     // prague's own input still feeds liberec meanwhile.
-    const tx = openUdp({ host: LO, port: 0 });
-    try {
-      const data = new Uint8Array(100);
-      for (let i = 0; i < 20; i++) {
-        tx.send(
-          { count: 1, data: () => data, length: () => 100, from: () => tx.local, truncated: () => false },
-          tx.destinations([{ host: LO, port: midPort }]),
-        );
-      }
-    } finally {
-      await tx.close();
-    }
+    await sendDatagrams(midPort, 20);
     const counted = async () => {
       const aps = (await c.status("liberec")).sessions.split.aps as { counted?: { packets: number } }[];
       return aps.find((a) => a.counted)?.counted?.packets ?? 0;

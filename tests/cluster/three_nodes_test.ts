@@ -5,11 +5,10 @@
  * the links, and a stop reaches every part.
  */
 import assert from "node:assert/strict";
-import { openUdp } from "../../lib/net/udp.ts";
 import { LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
 import { until } from "../_support/until.ts";
 import { freeTcpPort, freeUdpPort } from "../_support/ports.ts";
-import { clusterConfig, splitProgram } from "./_split.ts";
+import { clusterConfig, sendDatagrams, splitProgram } from "./_split.ts";
 
 const TOKEN = "e2e-token-0123456789";
 const CLUSTER_TOKEN = "e2e-cluster-token-0123456789";
@@ -103,26 +102,14 @@ Deno.test("three edgenode processes start a session on all three or on none", as
     assert.equal(started.status, 201, JSON.stringify(s));
     for (const n of NAMES) assert.deepEqual(await sessionsOn(n), { running: ["split"], prepared: 0 });
 
-    const tx = openUdp({ host: LO, port: 0 });
     const N = 200;
-    try {
-      const data = new Uint8Array(100);
-      for (let i = 0; i < N; i++) {
-        tx.send(
-          { count: 1, data: () => data, length: () => 100, from: () => tx.local, truncated: () => false },
-          tx.destinations([{ host: LO, port: inPort }]),
-        );
-        if (i % 50 === 49) await new Promise((r) => setTimeout(r, 5));
-      }
-      const counted = async () => {
-        const status = await (await fetch(`${api("liberec")}/status`)).json();
-        const aps = status.roles.node.sessions.split.aps as { counted?: { packets: number } }[];
-        return aps.find((a) => a.counted)?.counted?.packets ?? 0;
-      };
-      await until(`${N} datagrams counted on liberec`, async () => (await counted()) === N);
-    } finally {
-      await tx.close();
-    }
+    await sendDatagrams(inPort, N);
+    const counted = async () => {
+      const status = await (await fetch(`${api("liberec")}/status`)).json();
+      const aps = status.roles.node.sessions.split.aps as { counted?: { packets: number } }[];
+      return aps.find((a) => a.counted)?.counted?.packets ?? 0;
+    };
+    await until(`${N} datagrams counted on liberec`, async () => (await counted()) === N);
     const brnoStatus = await (await fetch(`${api("brno")}/status`)).json();
     assert.ok(brnoStatus.roles.node.links, "the link figures are in /status");
 
