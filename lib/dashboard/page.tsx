@@ -531,9 +531,9 @@ function permission(v: unknown): string {
 function limitsText(l: Obj): string {
   return `heap ${n(l.heap_mb)} MiB · memory ${n(l.memory_mb)} MiB · deadline ${
     n(l.deadline_ms)
-  } ms · in flight ≤ ${n(l.max_in_flight)} batches · cpu ${
-    l.cpu_share === 0 ? "not capped" : `${n(l.cpu_share)} of a core`
-  }`;
+  } ms · in flight ≤ ${n(l.max_in_flight)} batches${
+    l.max_in_flight_bytes === undefined ? "" : ` / ${n(l.max_in_flight_bytes)} B`
+  } · cpu ${l.cpu_share === 0 ? "not capped" : `${n(l.cpu_share)} of a core`}`;
 }
 
 function sandboxText(s: Obj): string {

@@ -37,6 +37,11 @@ export const uploadFields = {
     DEFAULT_LIMITS.maxInFlight,
     "batches queued into one sandbox",
   ),
+  max_in_flight_bytes: opt(
+    byteSize({ min: 64 * 1024, max: 1024 * 1024 * 1024 }),
+    DEFAULT_LIMITS.maxInFlightBytes,
+    "datagram bytes queued into one sandbox: what a stalled sandbox can make the node hold",
+  ),
   max_modules: opt(int({ min: 1, max: 1000 }), DEFAULT_LIMITS.maxModules, "modules in one upload"),
   max_bytes: opt(
     byteSize({ min: 1, max: 64 * 1024 * 1024 }),
@@ -79,6 +84,7 @@ export function uploadOptions(cfg: UploadsSection): UploadOptions | undefined {
       memoryMb: cfg.memory_mb,
       deadlineMs: cfg.deadline,
       maxInFlight: cfg.max_in_flight,
+      maxInFlightBytes: cfg.max_in_flight_bytes,
       maxModules: cfg.max_modules,
       maxBytes: cfg.max_bytes,
       startMs: cfg.start_timeout,

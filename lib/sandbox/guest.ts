@@ -60,6 +60,61 @@ interface BatchWork {
   readonly body: Uint8Array;
 }
 
+/** Output bytes waiting for the socket beyond which the child reads no more input until they are written. */
+const OUTBOX_MAX_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Frames for the host, written in order by one pump while the next input is read and handled: the child does not
+ * wait for each write (the host may be busy sending what came before), only when too much waits, or when a frame
+ * lies in the reader's buffer (a batch passed through as it came), which the next read may overwrite.
+ */
+class Outbox {
+  readonly #write: (bytes: Uint8Array) => Promise<void>;
+  #pending: Uint8Array[] = [];
+  #bytes = 0;
+  #pump: Promise<void> | null = null;
+  #failed: { error: unknown } | null = null;
+
+  constructor(write: (bytes: Uint8Array) => Promise<void>) {
+    this.#write = write;
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  push(...frames: Uint8Array[]): void {
+    if (this.#failed) throw this.#failed.error;
+    for (const f of frames) {
+      this.#pending.push(f);
+      this.#bytes += f.length;
+    }
+    this.#pump ??= this.#run();
+  }
+
+  /** Resolves once everything pushed is written; rejects if a write failed (the host is gone). */
+  async drained(): Promise<void> {
+    while (this.#pump) await this.#pump;
+    if (this.#failed) throw this.#failed.error;
+  }
+
+  async #run(): Promise<void> {
+    try {
+      while (this.#pending.length) {
+        const frame = this.#pending.shift()!;
+        await this.#write(frame);
+        this.#bytes -= frame.length;
+      }
+    } catch (error) {
+      this.#failed = { error };
+      this.#pending.length = 0;
+      this.#bytes = 0;
+    } finally {
+      this.#pump = null;
+    }
+  }
+}
+
 /** Most batches, and datagrams, merged into one handler call. */
 const MERGE_BATCHES = 64;
 const MERGE_DATAGRAMS = 1024;
@@ -118,6 +173,7 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
   let ready = false;
   const reader = new FrameReader();
   const work: Work[] = [];
+  const outbox = new Outbox(io.write);
   const each = (frame: Frame) => {
     if (frame.kind === CONTROL) work.push({ kind: "control", message: readControl(frame.body) });
     else if (frame.kind === BATCH_IN) {
@@ -131,7 +187,7 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
       if (w.kind === "control") {
         const m = w.message as { type?: string; params?: Record<string, unknown>[]; seq?: number };
         if (m.type === "ping" && typeof m.seq === "number") {
-          await io.write(doneFrame(m.seq, 0, 0));
+          outbox.push(doneFrame(m.seq, 0, 0));
           continue;
         }
         if (m.type === "start" && !ready) {
@@ -143,12 +199,13 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
             } catch (error) {
               // With its stack: the host finds the uploaded file, line and column in it.
               const text = error instanceof Error && error.stack ? error.stack : messageOf(error);
-              await io.write(controlFrame({ type: "start_failed", index, message: text.slice(0, 2000) }));
+              outbox.push(controlFrame({ type: "start_failed", index, message: text.slice(0, 2000) }));
+              await outbox.drained();
               io.exit(EXIT_LOAD_FAILED);
             }
           }
           ready = true;
-          await io.write(controlFrame({ type: "ready" }));
+          outbox.push(controlFrame({ type: "ready" }));
         }
         continue;
       }
@@ -163,9 +220,28 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
         datagrams += countOf(next.body);
       }
       now = group[group.length - 1].now;
-      for (const bytes of await runBatches(programs, contexts, group, io)) await io.write(bytes);
+      const answer = await runBatches(programs, contexts, group);
+      if (answer.fatal !== null) {
+        outbox.push(controlFrame({ type: "fatal", message: answer.fatal }));
+        await outbox.drained();
+        io.exit(EXIT_OUT_OF_MEMORY);
+      }
+      outbox.push(...answer.frames);
+      // A frame in the reader's buffer must be written before the next read.
+      if (answer.borrowed) await outbox.drained();
     }
+    if (outbox.bytes > OUTBOX_MAX_BYTES) await outbox.drained();
   });
+  await outbox.drained();
+}
+
+interface Answer {
+  /** The frames to write, in order. */
+  readonly frames: Uint8Array[];
+  /** One of them is a view of the reader's buffer (a batch passed through as it came). */
+  readonly borrowed: boolean;
+  /** A failed allocation's message: the child must end (EXIT_OUT_OF_MEMORY). */
+  readonly fatal: string | null;
 }
 
 /**
@@ -176,9 +252,9 @@ async function runBatches(
   programs: readonly Program[],
   contexts: readonly Ctx[],
   group: readonly BatchWork[],
-  io: GuestIo,
-): Promise<Uint8Array[]> {
+): Promise<Answer> {
   const frames: Uint8Array[] = [];
+  let borrowed = false;
   const started = performance.now();
   const first = group[0];
   const counts: number[] = group.map(() => 0);
@@ -223,6 +299,7 @@ async function runBatches(
             rtcp: false,
           });
           frames.push(turnBatchIn(first.body, first.seq, j));
+          borrowed = true;
           continue;
         }
         const out = asBatch(list);
@@ -241,8 +318,7 @@ async function runBatches(
   } catch (error) {
     threw = true;
     if (error instanceof RangeError && /allocation failed|out of memory/i.test(error.message)) {
-      await io.write(controlFrame({ type: "fatal", message: messageOf(error) }));
-      io.exit(EXIT_OUT_OF_MEMORY);
+      return { frames: [], borrowed: false, fatal: messageOf(error) };
     }
     frames.push(controlFrame({ type: "error", message: messageOf(error), name: nameOf(error) }));
   }
@@ -252,7 +328,7 @@ async function runBatches(
     const lost = threw ? (counts[g] || countOf(w.body)) : g === 0 ? failed : 0;
     frames.push(doneFrame(w.seq, g === 0 ? ms : 0, lost));
   });
-  return joinSmall(frames);
+  return { frames: joinSmall(frames), borrowed, fatal: null };
 }
 
 /** True when a handler returned the very list it was given, each datagram's view and sender untouched. */

@@ -6,8 +6,10 @@
  * ~1.3 GB/s); each input batch is answered by its outputs and a DONE frame, so the host knows what is in
  * flight.
  *
- * Limits: at most `maxInFlight` batches are in the child or on their way (more are dropped, `queue_full`); the
- * oldest must be answered within `deadlineMs`, else the child is killed (SIGKILL), its in-flight datagrams are
+ * Limits: at most `maxInFlight` batches, and `maxInFlightBytes` of datagrams, are in the child or on their way (more
+ * are dropped, `queue_full`); the oldest must be answered within `deadlineMs` of the moment the child could start on
+ * it (when it was sent, or when the child answered the batch before it, whichever is later: time spent queued behind
+ * other batches is not the handler's), else the child is killed (SIGKILL), its in-flight datagrams are
  * dropped (`deadline`) and it is restarted after the backoff delay. A child that dies otherwise (out of memory, a
  * crash) loses its in-flight datagrams as `crashed`; batches that arrive while no child runs are `not_running`; a
  * handler that throws loses its batch as `handler_error`.
@@ -73,10 +75,12 @@ export interface SandboxLimits extends UploadLimits {
   /** The child's reservations before it allocates (proc.ts ADDRESS_BASE_MB, DATA_BASE_MB). */
   readonly addressBaseMb?: number;
   readonly dataBaseMb?: number;
-  /** The oldest batch in flight must be answered within this. */
+  /** The oldest batch in flight must be answered within this of the child's answer to the one before it. */
   readonly deadlineMs: number;
   /** Batches in the child or on their way to it. */
   readonly maxInFlight: number;
+  /** Datagram bytes in the child or on their way to it (what a stalled child can make the node hold). */
+  readonly maxInFlightBytes: number;
   /** How long the first start may take (load, check, the program's start). */
   readonly startMs: number;
   /** The share of one core the process may use (a control group's CPU quota); 0: not capped. */
@@ -90,7 +94,8 @@ export const DEFAULT_LIMITS: SandboxLimits = {
   heapMb: 64,
   memoryMb: 256,
   deadlineMs: 200,
-  maxInFlight: 64,
+  maxInFlight: 1024,
+  maxInFlightBytes: 8 * 1024 * 1024,
   startMs: 15_000,
   nice: 10,
 };
@@ -166,6 +171,8 @@ const CHILD_MAIN = new URL("./child.ts", import.meta.url);
 interface InFlight {
   readonly seq: number;
   readonly count: number;
+  /** Its datagrams' bytes. */
+  readonly bytes: number;
   readonly sentAt: number;
   /** The program it was sent to (its outputs must come from that one); -1: a heartbeat. */
   readonly program: number;
@@ -178,6 +185,10 @@ interface Run {
   /** The frames' socket, once the child connected. */
   conn: Deno.UnixConn | null;
   readonly inFlight: InFlight[];
+  /** The datagram bytes of `inFlight`. */
+  inFlightBytes: number;
+  /** When the child last answered a batch (or became ready): the head of `inFlight` could not start before. */
+  answeredAt: number;
   ready: boolean;
   /** Why the host ended it (the drops' reason); null: it ended on its own. */
   killedFor: DropReason | null;
@@ -243,10 +254,14 @@ export class SandboxHost implements AsyncDisposable {
     readonly run: Run;
     readonly program: number;
     readonly input: number;
-    readonly data: Uint8Array[];
+    /** Where each datagram starts in #arena, and its length; `from` its sender. */
+    readonly at: number[];
+    readonly length: number[];
     readonly from: Endpoint[];
     bytes: number;
   } | null = null;
+  /** The gathered datagrams' bytes, one after the other (copied once more, into the frame, at the flush). */
+  #arena = new Uint8Array(64 * 1024);
   #storageBytes: number | null = null;
   #storageFiles: number | null = null;
 
@@ -375,7 +390,10 @@ export class SandboxHost implements AsyncDisposable {
     if (!info || input < 0 || input >= info.ports.inputs.length) {
       throw new RangeError(`Sandbox "${this.#o.name}" has no input ${input} of program ${program}`);
     }
-    if (run.inFlight.length >= this.#limits.maxInFlight) {
+    if (
+      run.inFlight.length >= this.#limits.maxInFlight ||
+      run.inFlightBytes + (this.#open?.bytes ?? 0) >= this.#limits.maxInFlightBytes
+    ) {
       this.#drops.queue_full += batch.count;
       return false;
     }
@@ -391,16 +409,23 @@ export class SandboxHost implements AsyncDisposable {
     // cross as one: a frame, a handler call and an answer per gathered batch instead of per batch.
     let gathering = this.#open;
     if (!gathering) {
-      gathering = this.#open = { run, program, input, data: [], from: [], bytes: 0 };
+      gathering = this.#open = { run, program, input, at: [], length: [], from: [], bytes: 0 };
       queueMicrotask(() => this.#flush());
     }
     for (let i = 0; i < batch.count; i++) {
-      const d = batch.data(i).slice();
-      gathering.data.push(d);
+      const d = batch.data(i);
+      if (gathering.bytes + d.length > this.#arena.length) {
+        const grown = new Uint8Array(Math.max(this.#arena.length * 2, gathering.bytes + d.length));
+        grown.set(this.#arena.subarray(0, gathering.bytes));
+        this.#arena = grown;
+      }
+      this.#arena.set(d, gathering.bytes);
+      gathering.at.push(gathering.bytes);
+      gathering.length.push(d.length);
       gathering.from.push(batch.from(i));
       gathering.bytes += d.length;
     }
-    if (gathering.data.length >= MERGE_MAX_DATAGRAMS || gathering.bytes >= MERGE_MAX_BYTES) this.#flush();
+    if (gathering.at.length >= MERGE_MAX_DATAGRAMS || gathering.bytes >= MERGE_MAX_BYTES) this.#flush();
     return true;
   }
 
@@ -408,24 +433,27 @@ export class SandboxHost implements AsyncDisposable {
   #flush(): void {
     const open = this.#open;
     this.#open = null;
-    if (!open || open.data.length === 0 || this.#run !== open.run || !open.run.ready) {
-      if (open?.data.length) this.#drops.not_running += open.data.length;
+    if (!open || open.at.length === 0 || this.#run !== open.run || !open.run.ready) {
+      if (open?.at.length) this.#drops.not_running += open.at.length;
       return;
     }
-    const { data, from } = open;
+    const { at, length, from } = open;
+    const arena = this.#arena;
+    // encodeBatch copies the datagrams into the frame before this returns: the arena is free again after.
     this.#send(open.run, open.program, open.input, {
-      count: data.length,
-      data: (i) => data[i],
-      length: (i) => data[i].length,
+      count: at.length,
+      data: (i) => arena.subarray(at[i], at[i] + length[i]),
+      length: (i) => length[i],
       from: (i) => from[i],
       truncated: () => false,
-    });
+    }, open.bytes);
   }
 
-  #send(run: Run, program: number, input: number, batch: Batch): void {
+  #send(run: Run, program: number, input: number, batch: Batch, bytes = batchBytes(batch)): void {
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const now = this.#clock.now();
-    run.inFlight.push({ seq, count: batch.count, sentAt: now, program });
+    run.inFlight.push({ seq, count: batch.count, bytes, sentAt: now, program });
+    run.inFlightBytes += bytes;
     const crossing = { kind: "deliver", ap: program, port: input, rtcp: false } as const;
     this.#write(run, sealBatchIn(encodeBatch(crossing, batch, BATCH_IN_PREFIX), now, seq, input));
     if (this.#deadline === undefined) this.#armDeadline(run);
@@ -473,6 +501,7 @@ export class SandboxHost implements AsyncDisposable {
       memory_bytes: this.#sample?.rssBytes ?? null,
       cpu_ms: this.#sample?.cpuMs ?? null,
       queue_depth: this.#run?.inFlight.length ?? 0,
+      queue_bytes: this.#run?.inFlightBytes ?? 0,
       ...(this.#o.storage
         ? {
           storage: {
@@ -494,6 +523,7 @@ export class SandboxHost implements AsyncDisposable {
         memory_mb: this.#limits.memoryMb,
         deadline_ms: this.#limits.deadlineMs,
         max_in_flight: this.#limits.maxInFlight,
+        max_in_flight_bytes: this.#limits.maxInFlightBytes,
         cpu_share: this.#limits.cpuShare ?? 0,
       },
       stderr: sup.stderr,
@@ -586,6 +616,8 @@ export class SandboxHost implements AsyncDisposable {
       process,
       conn: null,
       inFlight: [],
+      inFlightBytes: 0,
+      answeredAt: 0,
       ready: false,
       killedFor: null,
       said: null,
@@ -685,6 +717,8 @@ export class SandboxHost implements AsyncDisposable {
           return this.#protocolError(run, `DONE for batch ${done.seq}, not in flight`);
         }
         run.inFlight.shift();
+        run.inFlightBytes -= head.bytes;
+        run.answeredAt = this.#clock.now();
         this.#counts.batches_done++;
         if (done.ms > this.#handlerMsMax) this.#handlerMsMax = done.ms;
         this.#drops.handler_error += Math.min(done.failed, head.count);
@@ -840,6 +874,7 @@ export class SandboxHost implements AsyncDisposable {
     this.#clearDeadline();
     const lost = run.inFlight.reduce((sum, b) => sum + b.count, 0);
     run.inFlight.length = 0;
+    run.inFlightBytes = 0;
     if (expected || this.#state === "failed") return;
     this.#drops[run.killedFor ?? "crashed"] += lost;
     if (run.killedFor === "deadline") {
@@ -888,7 +923,10 @@ export class SandboxHost implements AsyncDisposable {
   #armDeadline(run: Run): void {
     const head = run.inFlight[0];
     if (!head) return;
-    const due = Math.max(0, head.sentAt + this.#limits.deadlineMs - this.#clock.now());
+    const due = Math.max(
+      0,
+      Math.max(head.sentAt, run.answeredAt) + this.#limits.deadlineMs - this.#clock.now(),
+    );
     this.#deadline = this.#clock.setTimeout(() => {
       this.#deadline = undefined;
       if (this.#run !== run || run.inFlight[0] !== head) return this.#armDeadline(run);
@@ -923,7 +961,7 @@ export class SandboxHost implements AsyncDisposable {
     const run = this.#run;
     if (!run?.ready || run.killedFor || run.inFlight.length > 0 || this.#state !== "running") return;
     const seq = this.#seq = (this.#seq + 1) >>> 0;
-    run.inFlight.push({ seq, count: 0, sentAt: this.#clock.now(), program: -1 });
+    run.inFlight.push({ seq, count: 0, bytes: 0, sentAt: this.#clock.now(), program: -1 });
     this.#write(run, controlFrame({ type: "ping", seq }));
     if (this.#deadline === undefined) this.#armDeadline(run);
   }
@@ -1091,4 +1129,10 @@ function coalesce(parts: Uint8Array[]): Uint8Array[] {
   }
   flush();
   return out;
+}
+
+function batchBytes(batch: Batch): number {
+  let bytes = 0;
+  for (let i = 0; i < batch.count; i++) bytes += batch.length(i);
+  return bytes;
 }

@@ -525,3 +525,44 @@ Deno.test("SandboxHost refuses a program whose ports are not the ones it was che
   assert.match(error.message, /its ports are .* not the .* it was checked with/);
   assert.equal(host.state, "failed");
 });
+
+/** Two inputs (batches for different inputs are never merged into one call); a call on 0xAA takes 100 ms. */
+const SLOW_ON_AA = `export const ports = { inputs: ["a", "b"], outputs: ["out"] };
+export function handle(_input, batch) {
+  if (batch[0]?.data[0] === 0xaa) for (const end = performance.now() + 100; performance.now() < end;) {}
+  return [batch];
+}
+`;
+
+Deno.test("SandboxHost's deadline counts from the answer before: batches queued behind slow ones are not killed", async () => {
+  // Four calls of 100 ms each, sent at once: the last is answered about 400 ms after it was sent, over the 250 ms
+  // deadline, but about 100 ms after the child could start on it.
+  const { host, got } = sandbox(SLOW_ON_AA, { limits: { deadlineMs: 250 } });
+  try {
+    await host.start();
+    for (let k = 0; k < 4; k++) host.push(k % 2, datagrams(40, 10, 0xaa));
+    await until("all four answered", () => packets(got) === 160, 5000);
+    assert.equal(host.status().deadline_kills, 0);
+    assert.equal(host.status().restarts, 0);
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost drops as queue_full once max_in_flight_bytes of datagrams wait for the child", async () => {
+  const { host } = sandbox(LOOPS_ON_FF, { limits: { deadlineMs: 30_000, maxInFlightBytes: 60_000 } });
+  try {
+    await host.start();
+    // The first spins; it and a second wait (80,000 bytes); a third is over the bound.
+    assert.equal(host.push(0, datagrams(40, 1000, 0xff)), true);
+    assert.equal(host.push(0, datagrams(40, 1000)), true);
+    assert.equal(host.push(0, datagrams(40, 1000)), false);
+    const s = host.status();
+    assert.equal((s.dropped as Record<string, number>).queue_full, 40);
+    assert.equal(s.queue_depth, 2);
+    assert.equal(s.queue_bytes, 80_000);
+    assert.equal((s.limits as Record<string, number>).max_in_flight_bytes, 60_000);
+  } finally {
+    await host.stop();
+  }
+});
