@@ -280,7 +280,7 @@ async function runBatches(
         datagrams[k] = { data: views[k] = d.batch.data(i), from: froms[k] = d.batch.from(i) };
       }
     });
-    let passed = group.length > 1;
+    let passed = false;
     let result = program.handle(first.input, datagrams, ctx);
     if (result instanceof Promise) result = await result;
     if (Array.isArray(result)) {
@@ -289,17 +289,24 @@ async function runBatches(
         const list = result[j];
         if (!Array.isArray(list) || list.length === 0) continue;
         if (!passed && unchanged(list, datagrams, views, froms)) {
-          // One batch as it came (its bytes perhaps changed in place): sent back from where it lies, once.
+          // The batches as they came (their bytes perhaps changed in place), once: each goes back in its own
+          // frame, turned where it lies. One batch is written from the reader's buffer; several are copied into one
+          // buffer a batch at a time, not encoded again a datagram at a time.
           passed = true;
-          const { at } = decoded[0];
-          restampBatch(new Uint8Array(first.body.buffer, at.at, at.length), {
-            kind: "emitted",
-            ap: to.ap,
-            port: j,
-            rtcp: false,
+          const turned = group.map((w, g) => {
+            const { at } = decoded[g];
+            restampBatch(new Uint8Array(w.body.buffer, at.at, at.length), {
+              kind: "emitted",
+              ap: to.ap,
+              port: j,
+              rtcp: false,
+            });
+            return turnBatchIn(w.body, first.seq, j);
           });
-          frames.push(turnBatchIn(first.body, first.seq, j));
-          borrowed = true;
+          if (turned.length === 1) {
+            frames.push(turned[0]);
+            borrowed = true;
+          } else frames.push(concat(turned));
           continue;
         }
         const out = asBatch(list);
@@ -368,17 +375,21 @@ function asBatch(list: readonly unknown[]): Batch {
   };
 }
 
-/** The frames to write: small ones joined into one write, a large one (a big batch) written as it is, not copied. */
-function joinSmall(parts: Uint8Array[]): Uint8Array[] {
-  const total = parts.reduce((n, p) => n + p.length, 0);
-  if (parts.length === 1 || total > 65536) return parts;
-  const out = new Uint8Array(total);
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let off = 0;
   for (const p of parts) {
     out.set(p, off);
     off += p.length;
   }
-  return [out];
+  return out;
+}
+
+/** The frames to write: small ones joined into one write, a large one (a big batch) written as it is, not copied. */
+function joinSmall(parts: Uint8Array[]): Uint8Array[] {
+  const total = parts.reduce((n, p) => n + p.length, 0);
+  if (parts.length === 1 || total > 65536) return parts;
+  return [concat(parts)];
 }
 
 function messageOf(error: unknown): string {
