@@ -9,7 +9,14 @@ import type { RunningRole } from "../../lib/roles/role.ts";
 export function roleApp(
   role: string,
   running: RunningRole,
-  deps: { clock: Clock; metrics: MetricsRegistry; logger: Logger; token: string },
+  deps: {
+    clock: Clock;
+    metrics: MetricsRegistry;
+    logger: Logger;
+    token: string;
+    /** status.max_body (its default, 1 MiB, when absent). */
+    maxBody?: number;
+  },
 ): Hono {
   return createApp({
     name: "n",
@@ -19,7 +26,7 @@ export function roleApp(
     metrics: deps.metrics,
     roles: () => ({ [role]: running.status() }),
     token: deps.token,
-    maxBody: 1024 * 1024,
+    maxBody: deps.maxBody ?? 1024 * 1024,
     logger: deps.logger,
     mount: [running.routes!],
     selfGuarded: running.selfGuarded,

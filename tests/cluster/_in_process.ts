@@ -1,7 +1,7 @@
 /**
  * Node roles with a cluster section, all in this process, their status APIs joined through `app.request()`: each
  * node's cluster fetch is routed to the peer's app by the port of its API address (no HTTP sockets; the link port is
- * real UDP on loopback). Used by routes_test.ts (three nodes) and uploads_test.ts (two, with sandboxes).
+ * real UDP on loopback). Used by routes_test.ts (three nodes), uploads_test.ts and uploads_member_test.ts (two, with sandboxes).
  */
 import type { Hono } from "hono";
 import { roleApp } from "../api/_role_app.ts";
@@ -38,6 +38,8 @@ export interface InProcessOptions<N extends string> {
   readonly cluster?: Partial<ClusterSection>;
   /** Per node, node.uploads keys over the section's defaults. */
   readonly uploads?: Partial<Record<N, Record<string, unknown>>>;
+  /** Per node, status.max_body (bytes; 1 MiB, the default, when absent). */
+  readonly maxBody?: Partial<Record<N, number>>;
 }
 
 /** Nodes named `names`, started in order; dispose stops those still running and removes their data directory. */
@@ -96,7 +98,14 @@ export async function inProcessNodes<N extends string>(
         } as never,
         { nodeName: name, logger, metrics, clock },
       );
-      const app = roleApp("node", role, { clock, metrics, logger, token: TOKEN });
+      const maxBody = options.maxBody?.[name];
+      const app = roleApp("node", role, {
+        clock,
+        metrics,
+        logger,
+        token: TOKEN,
+        ...(maxBody ? { maxBody } : {}),
+      });
       apps.set(String(addr[name].api.port), app);
       nodes[name] = { app, role, metrics };
     }
