@@ -5,7 +5,7 @@
 import type { HostPort } from "../net/address.ts";
 import type { PartHost, PartRequest } from "./parts.ts";
 import { PartRefused } from "./parts.ts";
-import type { PeerClient } from "./peers.ts";
+import { type PeerClient, PeerError } from "./peers.ts";
 import { type NodeUsage, parseUsage } from "./usage.ts";
 
 export type UndoResult = "released" | "stopped" | "none";
@@ -93,7 +93,16 @@ export class RemoteMember implements Member {
   }
 
   async #post(path: string, body: unknown, timeoutMs: number): Promise<Record<string, unknown>> {
-    const answer = await this.client.call(this.peer, "POST", path, { body, timeoutMs });
+    let answer;
+    try {
+      answer = await this.client.call(this.peer, "POST", path, { body, timeoutMs });
+    } catch (error) {
+      // A body over the member's status.max_body (a prepare with large modules) is its refusal, not a lost node.
+      if (error instanceof PeerError && error.kind === "too_large") {
+        throw new PartRefused(this.peer.name, error.detail);
+      }
+      throw error;
+    }
     if (answer.status === 200) return answer.body;
     const reason = typeof answer.body.error === "string" ? answer.body.error : `HTTP ${answer.status}`;
     if (answer.status === 409 || answer.status === 400 || answer.status === 404) {

@@ -12,15 +12,22 @@ export type Fetch = (input: string, init: RequestInit) => Promise<Response>;
 /** The largest answer a peer client reads by default: whatever answers on a peer's address may stream for ever. */
 export const MAX_ANSWER = 4 * 1024 * 1024;
 
-/** A peer did not answer in time, could not be reached, or its answer was not signed by it. */
+/**
+ * A peer did not answer in time, could not be reached, or its answer was not signed by it; or (`too_large`) its
+ * status API refused the request's body as over its status.max_body before the cluster's check could sign an answer.
+ */
 export class PeerError extends Error {
   override name = "PeerError";
   constructor(
     readonly peer: string,
-    readonly kind: "timeout" | "unreachable" | "unauthenticated" | "bad_answer",
-    detail: string,
+    readonly kind: "timeout" | "unreachable" | "unauthenticated" | "bad_answer" | "too_large",
+    readonly detail: string,
   ) {
-    super(`Cannot reach peer ${peer}: ${detail}`);
+    super(
+      kind === "too_large"
+        ? `Peer ${peer} refused the request: ${detail}`
+        : `Cannot reach peer ${peer}: ${detail}`,
+    );
   }
 }
 
@@ -130,6 +137,15 @@ export class PeerClient {
       });
     } catch (error) {
       if (!(error instanceof ClusterAuthError)) throw error;
+      if (response.status === 413) {
+        // The status API's body limit answers before the cluster's guard, so its refusal is never signed. Trusting
+        // it changes only the words: the call fails either way.
+        throw new PeerError(
+          peer.name,
+          "too_large",
+          `${method} ${path}: its body of ${body.length} bytes is over ${peer.name}'s status.max_body (HTTP 413)`,
+        );
+      }
       throw new PeerError(peer.name, "unauthenticated", `${error.message} (HTTP ${response.status})`);
     }
     let parsed: unknown;

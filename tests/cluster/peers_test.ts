@@ -1,7 +1,7 @@
 /**
  * PeerClient (lib/cluster/peers.ts) against answers too large for it: one that says so in its Content-Length is
  * refused unread, and one that streams without end is read only up to the cap, its stream cancelled, long before the
- * call's deadline (the clock is a ManualClock that never reaches it).
+ * call's deadline (the clock is a ManualClock that never reaches it). And a peer's refusal of a body too large for it.
  */
 import assert from "node:assert/strict";
 import { clusterKey } from "../../lib/cluster/auth.ts";
@@ -82,5 +82,33 @@ Deno.test("PeerClient stops reading an answer that streams past its cap, and can
     await until("the server's stream cancelled", () => cancelled);
   } finally {
     await server.shutdown();
+  }
+});
+
+Deno.test("PeerClient reads a peer's unsigned 413 as its body limit, and any other unsigned answer as unauthenticated", async () => {
+  // A peer's status API answers a body over its status.max_body before the cluster's guard could sign the answer.
+  for (
+    const [status, kind, text] of [[413, "too_large", /over prague's status\.max_body \(HTTP 413\)/], [
+      500,
+      "unauthenticated",
+      /HTTP 500/,
+    ]] as const
+  ) {
+    const client = new PeerClient({
+      self: "brno",
+      key: await clusterKey(TOKEN),
+      clock: new ManualClock(0),
+      fetch: () =>
+        Promise.resolve(Response.json({ error: "Request body larger than 1048576 bytes" }, { status })),
+    });
+    const error = await client.call(
+      { name: "prague", api: { host: "127.0.0.1", port: 1 } },
+      "POST",
+      "/cluster/sessions/up/prepare",
+      { body: { modules: { "pass.ts": "x".repeat(2000) } }, timeoutMs: 5000 },
+    ).catch((e) => e);
+    assert.ok(error instanceof PeerError, String(error));
+    assert.equal(error.kind, kind);
+    assert.match(error.message, text);
   }
 });

@@ -16,6 +16,8 @@ const NAMES = ["brno", "prague"] as const;
 type Name = typeof NAMES[number];
 type Node = InProcessNode;
 
+const MiB = 1024 * 1024;
+
 /** Two nodes; `uploads` sets each one's node.uploads keys, `maxBody` each one's status.max_body. */
 async function twoNodes(
   o: {
@@ -190,4 +192,25 @@ Deno.test("a module that loads under the coordinator's heap_mb but not under the
   await assertNothingHeld(c.nodes, inPort, "over prague's heap");
 
   await startsAndFlows(c, inPort, { "pass.ts": PASS_THROUGH });
+});
+
+Deno.test("modules over a member's status.max_body are refused by that member, named, and nothing is left", async () => {
+  // brno takes large uploads (its max_body and max_bytes 4 MiB); prague would load them (max_bytes 4 MiB) but its
+  // status API takes bodies of 1 MiB, the default, and the modules travel in the prepare's body.
+  await using c = await twoNodes({
+    uploads: { brno: { max_bytes: 4 * MiB }, prague: { max_bytes: 4 * MiB } },
+    maxBody: { brno: 4 * MiB },
+  });
+  const inPort = freeUdpPort();
+  const padded = (bytes: number) => `${PASS_THROUGH}// ${"x".repeat(bytes)}\n`;
+  assertRefusedBy(
+    await c.start(program(inPort), { "pass.ts": padded(1.2 * MiB) }),
+    /POST \/cluster\/sessions\/up\/prepare: its body of \d+ bytes is over prague's status\.max_body \(HTTP 413\)/,
+  );
+  await assertNothingHeld(c.nodes, inPort, "over prague's max_body");
+  // It never reached prague's cluster routes: nothing was prepared there, nothing needs undoing.
+  assert.equal((await nodeStatus(c.nodes.prague)).cluster.counters.prepares, 0);
+
+  // The same modules, smaller than prague's limit with room for the rest of the prepare.
+  await startsAndFlows(c, inPort, { "pass.ts": padded(900 * 1024) });
 });
