@@ -233,7 +233,8 @@ export class Supervisor {
       this.lastExit = exit;
       const expected = this.#stopping;
       this.#o.onExit?.(run, exit, expected);
-      if (expected) return;
+      // Stopped in onExit (the owner gave up on it): no restart is armed.
+      if (expected || this.#stopping) return;
       this.crashes++;
       const ranMs = this.#o.clock.now() - this.#startedAt;
       if (ranMs >= this.#policy.resetAfterMs) this.#delay = this.#policy.initialMs;

@@ -893,6 +893,11 @@ export class SandboxHost implements AsyncDisposable {
         last ? `: ${last.trim()}` : ""
       }`;
     }
+    if (!this.#everReady && this.#starting) {
+      // It died before it was ever ready (out of memory while its modules load, a crash in its start): final, as a
+      // load failure is, and said now rather than at the start timeout.
+      return this.#fail(new Error(`Cannot start sandbox "${this.#o.name}": ${this.#error}`));
+    }
     this.#state = "backoff";
   }
 

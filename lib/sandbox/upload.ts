@@ -40,7 +40,9 @@ export function uploadProblems(
   const names = Object.keys(modules);
   if (names.length === 0) problems.push("it holds no module");
   if (names.length > limits.maxModules) {
-    problems.push(`it holds ${names.length} modules, at most ${limits.maxModules}`);
+    problems.push(
+      `it holds ${names.length} modules, at most ${limits.maxModules} (node.uploads.max_modules)`,
+    );
   }
   let bytes = 0;
   for (const name of names) {
@@ -55,7 +57,9 @@ export function uploadProblems(
     if (typeof source !== "string") problems.push(`module "${name.slice(0, 60)}" is not text`);
     else bytes += new TextEncoder().encode(source).length;
   }
-  if (bytes > limits.maxBytes) problems.push(`its modules hold ${bytes} bytes, at most ${limits.maxBytes}`);
+  if (bytes > limits.maxBytes) {
+    problems.push(`its modules hold ${bytes} bytes, at most ${limits.maxBytes} (node.uploads.max_bytes)`);
+  }
   if (!Object.hasOwn(modules, entry)) problems.push(`its entry module "${entry}" is not in it`);
   return problems;
 }

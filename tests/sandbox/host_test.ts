@@ -566,3 +566,21 @@ Deno.test("SandboxHost drops as queue_full once max_in_flight_bytes of datagrams
     await host.stop();
   }
 });
+
+Deno.test("SandboxHost fails a start at once, naming the cause, when the child dies out of memory while its module loads", async () => {
+  const hog = `${PORTS}export const kept = Array.from({ length: 64 }, () => new Array(1 << 17).fill(1.5));
+export function handle(_i, batch) { return [batch]; }
+`;
+  // A start timeout far beyond the test's own: only an immediate failure lets it pass.
+  const { host } = sandbox(hog, { limits: { heapMb: 16, startMs: 600_000 } });
+  try {
+    await assert.rejects(
+      host.start(),
+      /Cannot start sandbox "test": out of memory \(heap limit 16 MiB\), it ended/,
+    );
+    assert.equal(host.state, "failed");
+    assert.equal(host.status().restarts, 0, "a child that never became ready is not restarted");
+  } finally {
+    await host.stop();
+  }
+});
