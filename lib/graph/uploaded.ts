@@ -283,7 +283,7 @@ export class SandboxPool implements HardStop {
       () => Number(host.status().cpu_ms ?? 0) / 1000,
     );
     set.gauge("queue_depth", "Batches in the sandbox or on their way to it", figure("queue_depth"));
-    set.gauge("queue_bytes", "Datagram bytes in the sandbox or on their way to it", figure("queue_bytes"));
+    set.gauge("queue_bytes", "Bytes of batches in the sandbox or on their way to it", figure("queue_bytes"));
     set.counter("restarts_total", "Restarts of the sandbox process", figure("restarts"));
     set.counter("batches_total", "Batches handed to the sandbox", figure("batches_in"));
     set.counter("packets_in_total", "Datagrams handed to the sandbox", figure("packets_in"));

@@ -40,7 +40,7 @@ export const uploadFields = {
   max_in_flight_bytes: opt(
     byteSize({ min: 64 * 1024, max: 1024 * 1024 * 1024 }),
     DEFAULT_LIMITS.maxInFlightBytes,
-    "datagram bytes queued into one sandbox: what a stalled sandbox can make the node hold",
+    "bytes of batches queued into one sandbox: what a stalled sandbox can make the node hold",
   ),
   max_modules: opt(int({ min: 1, max: 1000 }), DEFAULT_LIMITS.maxModules, "modules in one upload"),
   max_bytes: opt(

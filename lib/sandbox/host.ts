@@ -6,7 +6,7 @@
  * ~1.3 GB/s); each input batch is answered by its outputs and a DONE frame, so the host knows what is in
  * flight.
  *
- * Limits: at most `maxInFlight` batches, and `maxInFlightBytes` of datagrams, are in the child or on their way (more
+ * Limits: at most `maxInFlight` batches, and `maxInFlightBytes` of their frames, are in the child or on their way (more
  * are dropped, `queue_full`); the oldest must be answered within `deadlineMs` of the moment the child could start on
  * it (when it was sent, or when the child answered the batch before it, whichever is later: time spent queued behind
  * other batches is not the handler's), else the child is killed (SIGKILL), its in-flight datagrams are
@@ -79,7 +79,7 @@ export interface SandboxLimits extends UploadLimits {
   readonly deadlineMs: number;
   /** Batches in the child or on their way to it. */
   readonly maxInFlight: number;
-  /** Datagram bytes in the child or on their way to it (what a stalled child can make the node hold). */
+  /** Frame bytes (datagrams and headers) in the child or on their way to it: what a stalled child makes the node hold. */
   readonly maxInFlightBytes: number;
   /** How long the first start may take (load, check, the program's start). */
   readonly startMs: number;
@@ -171,7 +171,7 @@ const CHILD_MAIN = new URL("./child.ts", import.meta.url);
 interface InFlight {
   readonly seq: number;
   readonly count: number;
-  /** Its datagrams' bytes. */
+  /** Its frame's bytes. */
   readonly bytes: number;
   readonly sentAt: number;
   /** The program it was sent to (its outputs must come from that one); -1: a heartbeat. */
@@ -185,7 +185,7 @@ interface Run {
   /** The frames' socket, once the child connected. */
   conn: Deno.UnixConn | null;
   readonly inFlight: InFlight[];
-  /** The datagram bytes of `inFlight`. */
+  /** The frame bytes of `inFlight`. */
   inFlightBytes: number;
   /** When the child last answered a batch (or became ready): the head of `inFlight` could not start before. */
   answeredAt: number;
@@ -446,16 +446,17 @@ export class SandboxHost implements AsyncDisposable {
       length: (i) => length[i],
       from: (i) => from[i],
       truncated: () => false,
-    }, open.bytes);
+    });
   }
 
-  #send(run: Run, program: number, input: number, batch: Batch, bytes = batchBytes(batch)): void {
+  #send(run: Run, program: number, input: number, batch: Batch): void {
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const now = this.#clock.now();
-    run.inFlight.push({ seq, count: batch.count, bytes, sentAt: now, program });
-    run.inFlightBytes += bytes;
     const crossing = { kind: "deliver", ap: program, port: input, rtcp: false } as const;
-    this.#write(run, sealBatchIn(encodeBatch(crossing, batch, BATCH_IN_PREFIX), now, seq, input));
+    const frame = sealBatchIn(encodeBatch(crossing, batch, BATCH_IN_PREFIX), now, seq, input);
+    run.inFlight.push({ seq, count: batch.count, bytes: frame.length, sentAt: now, program });
+    run.inFlightBytes += frame.length;
+    this.#write(run, frame);
     if (this.#deadline === undefined) this.#armDeadline(run);
   }
 
@@ -1134,10 +1135,4 @@ function coalesce(parts: Uint8Array[]): Uint8Array[] {
   }
   flush();
   return out;
-}
-
-function batchBytes(batch: Batch): number {
-  let bytes = 0;
-  for (let i = 0; i < batch.count; i++) bytes += batch.length(i);
-  return bytes;
 }

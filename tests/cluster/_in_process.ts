@@ -33,6 +33,12 @@ export interface InProcessNode {
   readonly metrics: MetricsRegistry;
 }
 
+/** The node role's part of a node's GET /status. */
+// deno-lint-ignore no-explicit-any
+export async function nodeStatus(node: InProcessNode): Promise<any> {
+  return (await (await node.app.request("/status")).json()).roles.node;
+}
+
 export interface InProcessOptions<N extends string> {
   /** Cluster keys over the defaults here (heartbeat 1 s, loss 3 s, prepare 5 s, reservation 30 s). */
   readonly cluster?: Partial<ClusterSection>;

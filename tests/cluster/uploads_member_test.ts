@@ -6,7 +6,7 @@
  * link between the nodes is real UDP on loopback.
  */
 import assert from "node:assert/strict";
-import { auth, type InProcessNode, inProcessNodes, LO } from "./_in_process.ts";
+import { auth, type InProcessNode, inProcessNodes, LO, nodeStatus } from "./_in_process.ts";
 import { sendDatagrams } from "./_split.ts";
 import { poll } from "../_support/until.ts";
 import { freeUdpPort } from "../_support/ports.ts";
@@ -54,10 +54,6 @@ async function twoNodes(
     },
     [Symbol.asyncDispose]: () => c[Symbol.asyncDispose](),
   };
-}
-
-async function nodeStatus(node: Node) {
-  return (await (await node.app.request("/status")).json()).roles.node;
 }
 
 /** What an operator sees held on a node: its sessions (GET /node/sessions and /status), reservations, sandboxes. */

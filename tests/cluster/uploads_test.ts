@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { openUdp } from "../../lib/net/udp.ts";
-import { auth, type InProcessNode, inProcessNodes, LO } from "./_in_process.ts";
+import { auth, type InProcessNode, inProcessNodes, LO, nodeStatus } from "./_in_process.ts";
 import { poll } from "../_support/until.ts";
 import { freeUdpPort } from "../_support/ports.ts";
 import { PASS_THROUGH, PORTS } from "../sandbox/_programs.ts";
@@ -37,10 +37,6 @@ async function twoNodes(uploads: Partial<Record<Name, Record<string, unknown>>> 
     },
     [Symbol.asyncDispose]: () => c[Symbol.asyncDispose](),
   };
-}
-
-async function nodeStatus(node: Node) {
-  return (await (await node.app.request("/status")).json()).roles.node;
 }
 
 /** What runs, is prepared and was asked to prepare on a node. */
