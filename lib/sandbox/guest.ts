@@ -62,6 +62,12 @@ interface BatchWork {
 
 /** Output bytes waiting for the socket beyond which the child reads no more input until they are written. */
 const OUTBOX_MAX_BYTES = 8 * 1024 * 1024;
+/**
+ * Handler time after which what waits in the outbox is written before the next call: the host times each batch's
+ * deadline from the answer to the one before, so answers must not wait behind many calls. A quarter of the deadline
+ * the host sends with `start`, at most this.
+ */
+const ANSWER_WITHIN_MS = 10;
 
 /**
  * Frames for the host, written in order by one pump while the next input is read and handled: the child does not
@@ -85,6 +91,7 @@ class Outbox {
 
   push(...frames: Uint8Array[]): void {
     if (this.#failed) throw this.#failed.error;
+    if (frames.length === 0) return;
     for (const f of frames) {
       this.#pending.push(f);
       this.#bytes += f.length;
@@ -174,6 +181,7 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
   const reader = new FrameReader();
   const work: Work[] = [];
   const outbox = new Outbox(io.write);
+  let answerWithinMs = ANSWER_WITHIN_MS;
   const each = (frame: Frame) => {
     if (frame.kind === CONTROL) work.push({ kind: "control", message: readControl(frame.body) });
     else if (frame.kind === BATCH_IN) {
@@ -182,15 +190,24 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
     }
   };
   await reader.readFrom(io.input, each, async () => {
+    let since = performance.now();
     while (work.length) {
       const w = work.shift()!;
       if (w.kind === "control") {
-        const m = w.message as { type?: string; params?: Record<string, unknown>[]; seq?: number };
+        const m = w.message as {
+          type?: string;
+          params?: Record<string, unknown>[];
+          seq?: number;
+          deadline_ms?: number;
+        };
         if (m.type === "ping" && typeof m.seq === "number") {
           outbox.push(doneFrame(m.seq, 0, 0));
           continue;
         }
         if (m.type === "start" && !ready) {
+          if (typeof m.deadline_ms === "number" && m.deadline_ms > 0) {
+            answerWithinMs = Math.min(ANSWER_WITHIN_MS, m.deadline_ms / 4);
+          }
           for (const [index, program] of programs.entries()) {
             const ctx = contexts[index];
             (ctx as { params: Record<string, unknown> }).params = Object.freeze({ ...m.params?.[index] });
@@ -227,8 +244,11 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
         io.exit(EXIT_OUT_OF_MEMORY);
       }
       outbox.push(...answer.frames);
-      // A frame in the reader's buffer must be written before the next read.
-      if (answer.borrowed) await outbox.drained();
+      // A frame in the reader's buffer must be written before the next read; other answers before they are late.
+      if (answer.borrowed || performance.now() - since >= answerWithinMs) {
+        await outbox.drained();
+        since = performance.now();
+      }
     }
     if (outbox.bytes > OUTBOX_MAX_BYTES) await outbox.drained();
   });
@@ -254,7 +274,8 @@ async function runBatches(
   group: readonly BatchWork[],
 ): Promise<Answer> {
   const frames: Uint8Array[] = [];
-  let borrowed = false;
+  /** The frame that is a view of the reader's buffer, if any. */
+  let borrowed: Uint8Array | null = null;
   const started = performance.now();
   const first = group[0];
   const counts: number[] = group.map(() => 0);
@@ -304,8 +325,7 @@ async function runBatches(
             return turnBatchIn(w.body, first.seq, j);
           });
           if (turned.length === 1) {
-            frames.push(turned[0]);
-            borrowed = true;
+            frames.push(borrowed = turned[0]);
           } else frames.push(concat(turned));
           continue;
         }
@@ -335,7 +355,9 @@ async function runBatches(
     const lost = threw ? (counts[g] || countOf(w.body)) : g === 0 ? failed : 0;
     frames.push(doneFrame(w.seq, g === 0 ? ms : 0, lost));
   });
-  return { frames: joinSmall(frames), borrowed, fatal: null };
+  const joined = joinSmall(frames);
+  // joinSmall copies small frames into one: then nothing written lies in the reader's buffer.
+  return { frames: joined, borrowed: borrowed !== null && joined.includes(borrowed), fatal: null };
 }
 
 /** True when a handler returned the very list it was given, each datagram's view and sender untouched. */

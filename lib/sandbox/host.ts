@@ -154,6 +154,9 @@ export interface ProgramInfo {
 const MERGE_BELOW = 32;
 const MERGE_MAX_DATAGRAMS = 512;
 const MERGE_MAX_BYTES = 512 * 1024;
+/** A batch whose first datagram is larger goes as it is: the gathering buffer stays small. */
+const MERGE_MAX_DATAGRAM = 64 * 1024;
+const ARENA_BYTES = 64 * 1024;
 
 /** Permission-audit lines read per second; beyond the flood rate the child is killed. */
 const AUDIT_LINES_PER_SECOND = 2000;
@@ -187,7 +190,7 @@ interface Run {
   readonly inFlight: InFlight[];
   /** The frame bytes of `inFlight`. */
   inFlightBytes: number;
-  /** When the child last answered a batch (or became ready): the head of `inFlight` could not start before. */
+  /** When the child last answered a batch: the head of `inFlight` could not start before. */
   answeredAt: number;
   ready: boolean;
   /** Why the host ended it (the drops' reason); null: it ended on its own. */
@@ -213,6 +216,9 @@ export class SandboxHost implements AsyncDisposable {
   #dir = "";
   #cap: CpuCap | null = null;
   #audit: Deno.FsFile | null = null;
+  /** The audit reader's loop, and whether it is to end at its next read. */
+  #auditReading: Promise<void> | null = null;
+  #auditEnding = false;
   #run: Run | null = null;
   #seq = 0;
   #deadline: TimerId | undefined;
@@ -261,7 +267,7 @@ export class SandboxHost implements AsyncDisposable {
     bytes: number;
   } | null = null;
   /** The gathered datagrams' bytes, one after the other (copied once more, into the frame, at the flush). */
-  #arena = new Uint8Array(64 * 1024);
+  #arena = new Uint8Array(ARENA_BYTES);
   #storageBytes: number | null = null;
   #storageFiles: number | null = null;
 
@@ -369,7 +375,8 @@ export class SandboxHost implements AsyncDisposable {
       await started;
     } catch (error) {
       await this.stop();
-      this.#state = "failed";
+      // Stopped from outside while it started: it stays "stopped".
+      if ((this.#state as SandboxState) !== "stopped") this.#state = "failed";
       throw error;
     }
   }
@@ -390,16 +397,20 @@ export class SandboxHost implements AsyncDisposable {
     if (!info || input < 0 || input >= info.ports.inputs.length) {
       throw new RangeError(`Sandbox "${this.#o.name}" has no input ${input} of program ${program}`);
     }
+    // Bounded in batches and bytes, and in time: no batch joins a queue whose oldest has waited a deadline, so a
+    // slow (not stuck) handler makes drops, not an ever older stream.
+    const head = run.inFlight[0];
     if (
       run.inFlight.length >= this.#limits.maxInFlight ||
-      run.inFlightBytes + (this.#open?.bytes ?? 0) >= this.#limits.maxInFlightBytes
+      run.inFlightBytes + (this.#open?.bytes ?? 0) >= this.#limits.maxInFlightBytes ||
+      (head !== undefined && this.#clock.now() - head.sentAt >= this.#limits.deadlineMs)
     ) {
       this.#drops.queue_full += batch.count;
       return false;
     }
     const open = this.#open;
     if (open && (open.program !== program || open.input !== input)) this.#flush();
-    if (batch.count >= MERGE_BELOW) {
+    if (batch.count >= MERGE_BELOW || batch.length(0) > MERGE_MAX_DATAGRAM) {
       // A large batch goes as it is (one copy, into its frame), after what was gathered before it.
       this.#flush();
       this.#send(run, program, input, batch);
@@ -447,6 +458,7 @@ export class SandboxHost implements AsyncDisposable {
       from: (i) => from[i],
       truncated: () => false,
     });
+    if (this.#arena.length > 16 * ARENA_BYTES) this.#arena = new Uint8Array(ARENA_BYTES);
   }
 
   #send(run: Run, program: number, input: number, batch: Batch): void {
@@ -536,12 +548,12 @@ export class SandboxHost implements AsyncDisposable {
     if (this.#stopped) return this.#stopped;
     this.#stopped = (async () => {
       this.#clearTimers();
+      const starting = this.#starting;
+      this.#starting = null;
+      starting?.reject(new Error(`Cannot start sandbox "${this.#o.name}": it was stopped`));
       await this.#supervisor.stop();
       if (this.#state !== "failed") this.#state = "stopped";
-      try {
-        this.#audit?.close();
-      } catch { /* closed */ }
-      this.#audit = null;
+      await this.#closeAudit();
       if (this.#dir) await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
       await this.#cap?.remove();
     })();
@@ -790,7 +802,10 @@ export class SandboxHost implements AsyncDisposable {
           this.#starting = null;
           return;
         }
-        this.#write(run, controlFrame({ type: "start", params: values }));
+        this.#write(
+          run,
+          controlFrame({ type: "start", params: values, deadline_ms: this.#limits.deadlineMs }),
+        );
         return;
       }
       case "ready":
@@ -894,9 +909,9 @@ export class SandboxHost implements AsyncDisposable {
         last ? `: ${last.trim()}` : ""
       }`;
     }
-    if (!this.#everReady && this.#starting) {
-      // It died before it was ever ready (out of memory while its modules load, a crash in its start): final, as a
-      // load failure is, and said now rather than at the start timeout.
+    if (!this.#everReady && this.#starting && /^out of memory/.test(this.#error ?? "")) {
+      // It ran out of memory before it was ever ready (while its modules load, or in its start): final, as a load
+      // failure is, and said now rather than at the start timeout. Other deaths are retried until then.
       return this.#fail(new Error(`Cannot start sandbox "${this.#o.name}": ${this.#error}`));
     }
     this.#state = "backoff";
@@ -993,7 +1008,28 @@ export class SandboxHost implements AsyncDisposable {
       );
     }
     this.#audit = await Deno.open(path, { read: true, write: true });
-    void this.#readAudit(this.#audit);
+    this.#auditReading = this.#readAudit(this.#audit);
+  }
+
+  /**
+   * Ends the audit reader. Its read waits in a thread of the runtime's blocking pool, and the FIFO never reads as
+   * ended (this process holds its write side too): closing the file would leave that thread waiting for good, one
+   * per sandbox, until the pool had none left for any file operation of the node. So a byte is written to wake it,
+   * and it ends.
+   */
+  async #closeAudit(): Promise<void> {
+    const audit = this.#audit;
+    this.#audit = null;
+    if (!audit) return;
+    this.#auditEnding = true;
+    try {
+      using wake = await Deno.open(`${this.#dir}/audit.fifo`, { write: true });
+      await wake.write(new Uint8Array([10]));
+    } catch { /* the reader ended already */ }
+    await this.#auditReading;
+    try {
+      audit.close();
+    } catch { /* closed with its stream */ }
   }
 
   async #readAudit(file: Deno.FsFile): Promise<void> {
@@ -1004,6 +1040,7 @@ export class SandboxHost implements AsyncDisposable {
     let inWindow = 0;
     try {
       for await (const chunk of file.readable) {
+        if (this.#auditEnding) break;
         rest += decoder.decode(chunk, { stream: true });
         let nl: number;
         while ((nl = rest.indexOf("\n")) >= 0) {

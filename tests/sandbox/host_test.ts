@@ -588,3 +588,73 @@ export function handle(_i, batch) { return [batch]; }
     await host.stop();
   }
 });
+
+/** SLOW_ON_AA's calls, answering with new datagrams (copies) rather than the batch it was given. */
+const SLOW_COPIES_ON_AA = `export const ports = { inputs: ["a", "b"], outputs: ["out"] };
+export function handle(_input, batch) {
+  if (batch[0]?.data[0] === 0xaa) for (const end = performance.now() + 120; performance.now() < end;) {}
+  return [batch.map((d) => ({ data: d.data.slice(), from: d.from }))];
+}
+`;
+
+Deno.test("SandboxHost's child answers each call as it ends, so calls queued together are not killed one behind another", async () => {
+  // Six calls of 120 ms, answered with copies; the child reads the first alone and the other five at once. The host
+  // times each from the answer before, so answers held back until the whole read had run would be late against the
+  // 300 ms deadline.
+  const { host, got } = sandbox(SLOW_COPIES_ON_AA, { limits: { deadlineMs: 300 } });
+  try {
+    await host.start();
+    for (let k = 0; k < 6; k++) host.push(k % 2, datagrams(40, 10, 0xaa));
+    await until("all six answered", () => packets(got) === 240, 5000);
+    assert.equal(host.status().deadline_kills, 0);
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost drops as queue_full once the oldest batch waiting for a slow child has waited a deadline", async () => {
+  // Calls of 100 ms (alternating inputs: never merged), a batch offered every 20 ms for 2 s, a 400 ms deadline:
+  // the queue stops growing once its head is a deadline old, and the child, slow but answering, is never killed.
+  const { host } = sandbox(SLOW_ON_AA, { limits: { deadlineMs: 400 } });
+  try {
+    await host.start();
+    let deepest = 0;
+    for (let k = 0; k < 100; k++) {
+      host.push(k % 2, datagrams(1, 10, 0xaa));
+      deepest = Math.max(deepest, host.status().queue_depth as number);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const s = host.status();
+    assert.ok((s.dropped as Record<string, number>).queue_full > 0, JSON.stringify(s.dropped));
+    assert.ok(deepest < 40, `queue depth reached ${deepest}`);
+    assert.equal(s.deadline_kills, 0);
+  } finally {
+    await host.stop();
+  }
+});
+
+Deno.test("SandboxHost's stop leaves no descriptor of its permission-audit FIFO open (and no thread waiting on it)", async () => {
+  const tempDir = await Deno.makeTempDir({ prefix: "edgenode_audit_" });
+  // This process's descriptors into tempDir (Deno keeps /proc/self from its own file API: `find` reads them).
+  const openHere = async () => {
+    const out = await new Deno.Command("find", {
+      args: [`/proc/${Deno.pid}/fd`, "-lname", `${tempDir}/*`],
+      stderr: "null",
+    }).output();
+    return new TextDecoder().decode(out.stdout).split("\n").filter(Boolean);
+  };
+  try {
+    for (let k = 0; k < 3; k++) {
+      const { host, got } = sandbox(PASS_THROUGH, { tempDir });
+      await host.start();
+      host.push(0, datagrams(3, 10));
+      await until("answered", () => packets(got) === 3);
+      assert.notDeepEqual(await openHere(), [], "the running sandbox holds its FIFO");
+      await host.stop();
+      // The FIFO's reader waited in a read that never ended: its descriptor (and thread) outlived the stop.
+      assert.deepEqual(await openHere(), []);
+    }
+  } finally {
+    await Deno.remove(tempDir, { recursive: true });
+  }
+});
