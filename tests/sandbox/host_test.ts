@@ -526,27 +526,36 @@ Deno.test("SandboxHost refuses a program whose ports are not the ones it was che
   assert.equal(host.state, "failed");
 });
 
-/** Two inputs (batches for different inputs are never merged into one call); a call on 0xAA takes 100 ms. */
-const SLOW_ON_AA = `export const ports = { inputs: ["a", "b"], outputs: ["out"] };
+/**
+ * Two inputs (batches for different inputs are never merged into one call); a call on 0xAA takes `ms`, and answers
+ * with the batch it was given or with copies of its datagrams.
+ */
+const slowOnAA = (ms: number, copies = false) =>
+  `export const ports = { inputs: ["a", "b"], outputs: ["out"] };
 export function handle(_input, batch) {
-  if (batch[0]?.data[0] === 0xaa) for (const end = performance.now() + 100; performance.now() < end;) {}
-  return [batch];
+  if (batch[0]?.data[0] === 0xaa) for (const end = performance.now() + ${ms}; performance.now() < end;) {}
+  return [${copies ? "batch.map((d) => ({ data: d.data.slice(), from: d.from }))" : "batch"}];
 }
 `;
 
-Deno.test("SandboxHost's deadline counts from the answer before: batches queued behind slow ones are not killed", async () => {
-  // Four calls of 100 ms each, sent at once: the last is answered about 400 ms after it was sent, over the 250 ms
-  // deadline, but about 100 ms after the child could start on it.
-  const { host, got } = sandbox(SLOW_ON_AA, { limits: { deadlineMs: 250 } });
+/** Pushes `calls` slow batches of 40 datagrams at once, alternating inputs; all are answered and none is killed. */
+async function slowCallsAllAnswered(source: string, deadlineMs: number, calls: number): Promise<void> {
+  const { host, got } = sandbox(source, { limits: { deadlineMs } });
   try {
     await host.start();
-    for (let k = 0; k < 4; k++) host.push(k % 2, datagrams(40, 10, 0xaa));
-    await until("all four answered", () => packets(got) === 160, 5000);
+    for (let k = 0; k < calls; k++) host.push(k % 2, datagrams(40, 10, 0xaa));
+    await until(`all ${calls} answered`, () => packets(got) === 40 * calls, 5000);
     assert.equal(host.status().deadline_kills, 0);
     assert.equal(host.status().restarts, 0);
   } finally {
     await host.stop();
   }
+}
+
+Deno.test("SandboxHost's deadline counts from the answer before: batches queued behind slow ones are not killed", async () => {
+  // Four calls of 100 ms each, sent at once: the last is answered about 400 ms after it was sent, over the 250 ms
+  // deadline, but about 100 ms after the child could start on it.
+  await slowCallsAllAnswered(slowOnAA(100), 250, 4);
 });
 
 Deno.test("SandboxHost drops as queue_full once max_in_flight_bytes of datagrams wait for the child", async () => {
@@ -589,33 +598,17 @@ export function handle(_i, batch) { return [batch]; }
   }
 });
 
-/** SLOW_ON_AA's calls, answering with new datagrams (copies) rather than the batch it was given. */
-const SLOW_COPIES_ON_AA = `export const ports = { inputs: ["a", "b"], outputs: ["out"] };
-export function handle(_input, batch) {
-  if (batch[0]?.data[0] === 0xaa) for (const end = performance.now() + 120; performance.now() < end;) {}
-  return [batch.map((d) => ({ data: d.data.slice(), from: d.from }))];
-}
-`;
-
 Deno.test("SandboxHost's child answers each call as it ends, so calls queued together are not killed one behind another", async () => {
   // Six calls of 120 ms, answered with copies; the child reads the first alone and the other five at once. The host
   // times each from the answer before, so answers held back until the whole read had run would be late against the
   // 300 ms deadline.
-  const { host, got } = sandbox(SLOW_COPIES_ON_AA, { limits: { deadlineMs: 300 } });
-  try {
-    await host.start();
-    for (let k = 0; k < 6; k++) host.push(k % 2, datagrams(40, 10, 0xaa));
-    await until("all six answered", () => packets(got) === 240, 5000);
-    assert.equal(host.status().deadline_kills, 0);
-  } finally {
-    await host.stop();
-  }
+  await slowCallsAllAnswered(slowOnAA(120, true), 300, 6);
 });
 
 Deno.test("SandboxHost drops as queue_full once the oldest batch waiting for a slow child has waited a deadline", async () => {
   // Calls of 100 ms (alternating inputs: never merged), a batch offered every 20 ms for 2 s, a 400 ms deadline:
   // the queue stops growing once its head is a deadline old, and the child, slow but answering, is never killed.
-  const { host } = sandbox(SLOW_ON_AA, { limits: { deadlineMs: 400 } });
+  const { host } = sandbox(slowOnAA(100), { limits: { deadlineMs: 400 } });
   try {
     await host.start();
     let deepest = 0;
