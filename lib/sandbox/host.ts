@@ -1022,11 +1022,15 @@ export class SandboxHost implements AsyncDisposable {
     this.#audit = null;
     if (!audit) return;
     this.#auditEnding = true;
+    let woken = true;
     try {
       using wake = await Deno.open(`${this.#dir}/audit.fifo`, { write: true });
       await wake.write(new Uint8Array([10]));
-    } catch { /* the reader ended already */ }
-    await this.#auditReading;
+    } catch {
+      // Not woken (no descriptor to spare?): the stop must not wait on the reader for good.
+      woken = false;
+    }
+    if (woken) await this.#auditReading;
     try {
       audit.close();
     } catch { /* closed with its stream */ }
