@@ -46,8 +46,10 @@ async function drive([url, token, out, executable]: readonly string[]): Promise<
     await page.fill("#token", token);
     await page.click("#token-form button[type=submit]");
     await drain();
+    // The row's own buttons say "drain" already: what tells the click's answer is the notice, which the page rewrites
+    // once the POST has been answered (with the server's name, or "Refused").
     await page.waitForFunction(
-      `document.querySelector('#scheduler tr[data-server="${server}"]')?.textContent?.includes("drain")`,
+      `/ of |Refused/.test(document.querySelector("#notice")?.textContent ?? "")`,
       undefined,
       { timeout: 10_000 },
     );
