@@ -243,6 +243,22 @@ Deno.test("pcap writePcapRecord writes UDP checksums that verify for IPv4 and IP
   assert.equal((v6[4] << 8) | v6[5], 13, "payload length");
 });
 
+Deno.test("pcap writePcapRecord's checksums verify wherever a record lands in its buffer, at every length", () => {
+  // Records are packed, so a payload starts at any alignment, and long ones are summed by 32-bit words.
+  const buf = new Uint8Array(8 + pcapRecordSize(1500, true) + 8);
+  for (let at = 0; at < 8; at++) {
+    for (const n of [0, 1, 2, 3, 63, 64, 65, 66, 67, 99, 1448, 1449, 1450, 1451]) {
+      for (const [from, to] of [[A4, B4], [A6, B6]]) {
+        const data = bytes(n, at + n);
+        const view = buf.subarray(at & 3);
+        const end = writePcapRecord(view, at & 4, { timeUs: T0, from, to, data });
+        const ip = view.subarray((at & 4) + 16, end);
+        assert.equal(udpCheckSum(ip), 0xffff, `${from.host}, ${n} bytes at ${at}`);
+      }
+    }
+  }
+});
+
 Deno.test("pcap writePcapRecord sends a checksum that computes to 0 as 0xffff", () => {
   for (const [from, to] of [[A4, B4], [A6, B6]]) {
     // Choose the last payload word so that everything else sums to 0xffff, which makes the checksum 0.
