@@ -150,7 +150,13 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
     try {
       mod = await import(entry);
     } catch (error) {
-      await io.write(controlFrame({ type: "load_failed", index, message: messageOf(error) }));
+      // Its message (a syntax error names its place there), then its stack's frames: an error the module's own code
+      // threw at load (a failed allocation) names its line only there.
+      const frames = error instanceof Error && error.stack
+        ? error.stack.split("\n").filter((line) => /^\s+at /.test(line))
+        : [];
+      const text = [messageOf(error), ...frames].join("\n");
+      await io.write(controlFrame({ type: "load_failed", index, message: text.slice(0, 2000) }));
       io.exit(EXIT_LOAD_FAILED);
     }
     const problems = [

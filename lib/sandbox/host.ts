@@ -51,7 +51,7 @@ import {
   sealBatchIn,
 } from "./frames.ts";
 import { EXIT_LOAD_FAILED, EXIT_OUT_OF_MEMORY } from "./guest.ts";
-import { childArgv, type ProcSample, sampleProcess } from "./proc.ts";
+import { childArgv, type DataLimit, type ProcSample, sampleProcess, tightenDataLimit } from "./proc.ts";
 import { CpuCap } from "./cgroup.ts";
 import {
   DEFAULT_UPLOAD_LIMITS,
@@ -231,6 +231,8 @@ export class SandboxHost implements AsyncDisposable {
   #error: string | null = null;
   #failure: Error | null = null;
   #sample: ProcSample | null = null;
+  /** The memory limit the current (or last) child runs under, once it was lowered after its connect. */
+  #dataLimit: DataLimit | null = null;
   #stopped: Promise<void> | null = null;
   readonly #drops: Record<DropReason, number> = {
     queue_full: 0,
@@ -534,6 +536,9 @@ export class SandboxHost implements AsyncDisposable {
       limits: {
         heap_mb: this.#limits.heapMb,
         memory_mb: this.#limits.memoryMb,
+        // The child's runtime before the upload loaded, and the limit on its private memory: that plus memory_mb.
+        memory_base_bytes: this.#dataLimit?.baseBytes ?? null,
+        memory_limit_bytes: this.#dataLimit?.limitBytes ?? null,
         deadline_ms: this.#limits.deadlineMs,
         max_in_flight: this.#limits.maxInFlight,
         max_in_flight_bytes: this.#limits.maxInFlightBytes,
@@ -657,6 +662,24 @@ export class SandboxHost implements AsyncDisposable {
         // Taken: nothing else may connect to it.
         closeQuietly(listener);
         await Deno.remove(socket).catch(() => {});
+      }
+      // Before it loads the upload: its memory limit becomes what the runtime maps now plus the budget, and then
+      // it is told to go on (one byte).
+      try {
+        this.#dataLimit = await tightenDataLimit(process.pid, this.#limits.memoryMb);
+        await run.conn.write(new Uint8Array([1]));
+      } catch (error) {
+        // A child that ended meanwhile (or is being stopped) is not this failure: its end is handled as any other.
+        let wait: ReturnType<typeof setTimeout> | undefined;
+        const alive = await Promise.race([
+          process.status.then(() => false),
+          new Promise<boolean>((resolve) => wait = setTimeout(() => resolve(true), 50)),
+        ]);
+        clearTimeout(wait);
+        if (!alive || run.killedFor || this.#run !== run || this.#state === "stopped") return;
+        this.#kill(run, "crashed");
+        this.#fail(new Error(`Cannot limit the sandbox's memory: ${errorMessage(error)}`));
+        return;
       }
       await this.#readFrames(run, run.conn);
     })();
@@ -822,9 +845,18 @@ export class SandboxHost implements AsyncDisposable {
         return;
       case "load_failed":
       case "start_failed": {
-        const error = m.exports === true
+        let error = m.exports === true
           ? new SandboxLoadError(message, { file: this.#entryOf(m.index), line: 1, col: 1 })
           : loadError(`${this.#dir}/modules`, message);
+        if (/Array buffer allocation failed/i.test(message)) {
+          // Its memory budget, not a fault of the code as written.
+          error = new SandboxLoadError(
+            `out of memory (over its ${this.#limits.memoryMb} MiB limit) while ${
+              m.type === "load_failed" ? "loading" : "starting"
+            }: ${error.message}`,
+            { file: error.file, line: error.line, col: error.col },
+          );
+        }
         return this.#loadFailed(run, error);
       }
       case "error":

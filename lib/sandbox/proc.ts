@@ -19,8 +19,43 @@ export const ADDRESS_BASE_MB = 67_584;
  * one-line module starts from 547 MiB. This is the limit that holds ArrayBuffers: V8 places their backing stores in
  * address space it reserved at start (so `--as` never sees them grow), but making those pages writable counts
  * against RLIMIT_DATA, and an allocation over it fails with "Array buffer allocation failed".
+ *
+ * The child starts under this base plus its budget, room for the runtime's own start on any machine; once it has
+ * connected, and before it loads the upload, the host lowers the limit to what it maps then plus the budget
+ * (tightenDataLimit), so the budget is the program's and not the base's slack (about 90 MiB here).
  */
 export const DATA_BASE_MB = 640;
+
+/** What tightenDataLimit read and set, in bytes. */
+export interface DataLimit {
+  /** The child's private writable memory (VmData) when it was read: the runtime's own. */
+  readonly baseBytes: number;
+  /** The RLIMIT_DATA set: base plus the budget. */
+  readonly limitBytes: number;
+}
+
+/**
+ * Lowers process `pid`'s RLIMIT_DATA (soft and hard) to its VmData now plus `memoryMb`, with util-linux's `prlimit`
+ * (a process may lower the limits of another of its own user's). Throws with what went wrong.
+ */
+export async function tightenDataLimit(pid: number, memoryMb: number): Promise<DataLimit> {
+  const script =
+    'v=$(sed -n "s/^VmData:[[:space:]]*\\([0-9]*\\) kB$/\\1/p" "/proc/$1/status") && [ -n "$v" ] || ' +
+    '{ echo "no VmData in /proc/$1/status" >&2; exit 1; }; l=$((v * 1024 + $2)); ' +
+    'prlimit --pid "$1" --data="$l:$l" && echo "$v $l"';
+  const out = await new Deno.Command("sh", {
+    args: ["-c", script, "sh", String(pid), String(memoryMb * 1024 * 1024)],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  const [kib, limit] = text.split(" ").map(Number);
+  if (!out.success || !(kib > 0) || !(limit > 0)) {
+    const why = new TextDecoder().decode(out.stderr).trim() || `exit code ${out.code}`;
+    throw new Error(`Cannot lower the memory limit of process ${pid}: ${why}`);
+  }
+  return { baseBytes: kib * 1024, limitBytes: limit };
+}
 
 export interface ChildCommandOptions {
   /** The deno executable. */

@@ -598,6 +598,40 @@ export function handle(_i, batch) { return [batch]; }
   }
 });
 
+Deno.test("SandboxHost's memory budget is the program's: a 96 MiB buffer made while loading fails under memory_mb 32, 16 MiB passes", async () => {
+  const loadsBuffer = (mib: number) =>
+    `${PORTS}export const kept = new Uint8Array(${mib} * 1024 * 1024).fill(1);
+export function handle(_i, batch) { return [batch]; }
+`;
+  // Under the start-up limit alone (the runtime's base, 640 MiB, plus the budget) the 96 MiB would fit: the runtime
+  // maps about 550 MiB of it here.
+  const big = sandbox(loadsBuffer(96), { limits: { heapMb: 16, memoryMb: 32, startMs: 600_000 } }).host;
+  try {
+    await assert.rejects(big.start(), (error: SandboxLoadError) => {
+      assert.match(
+        error.message,
+        /^out of memory \(over its 32 MiB limit\) while loading: .*allocation failed/i,
+      );
+      assert.deepEqual([error.file, error.line], ["main.js", 2], "the line that allocated");
+      return true;
+    });
+    assert.equal(big.state, "failed");
+  } finally {
+    await big.stop();
+  }
+  const { host, got } = sandbox(loadsBuffer(16), { limits: { heapMb: 16, memoryMb: 32 } });
+  try {
+    await host.start();
+    const limits = host.status().limits as Record<string, number>;
+    assert.ok(limits.memory_base_bytes > 64 * 1024 * 1024, JSON.stringify(limits));
+    assert.equal(limits.memory_limit_bytes, limits.memory_base_bytes + 32 * 1024 * 1024);
+    host.push(0, datagrams(3, 100));
+    await until("the batch back", () => packets(got) === 3);
+  } finally {
+    await host.stop();
+  }
+});
+
 Deno.test("SandboxHost's child answers each call as it ends, so calls queued together are not killed one behind another", async () => {
   // Six calls of 120 ms, answered with copies; the child reads the first alone and the other five at once. The host
   // times each from the answer before, so answers held back until the whole read had run would be late against the
