@@ -706,6 +706,10 @@ export class SandboxHost implements AsyncDisposable {
       if (!isIoError(error) && this.#run === run && !run.killedFor) {
         this.#protocolError(run, errorMessage(error));
       }
+    } finally {
+      // The child's end (or its protocol error): the node's side of the socket goes too, or every sandbox ever
+      // started would keep a descriptor (seen: two per start of an uploaded session, in the uploads soak).
+      closeQuietly(conn);
     }
   }
 
