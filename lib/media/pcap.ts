@@ -470,7 +470,8 @@ function wideSum16(b: Uint8Array, start: number, end: number): number {
   const odd = i < headEnd;
   if (odd) sum += b[i++] << 8;
   const words = (end - i) >>> 2;
-  if (wideBuffer !== b.buffer) {
+  // A resizable buffer may have changed its length since the view was made: the view is made again then.
+  if (wideBuffer !== b.buffer || wideWords.length !== b.buffer.byteLength >>> 2) {
     wideBuffer = b.buffer;
     wideWords = new Uint32Array(b.buffer, 0, b.buffer.byteLength >>> 2);
   }

@@ -152,8 +152,10 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
     } catch (error) {
       // Its message (a syntax error names its place there), then its stack's frames: an error the module's own code
       // threw at load (a failed allocation) names its line only there.
+      // Only frames in the upload's own modules: the runtime's (ext:) and this child's would name the wrong file.
+      const uploads = entry.slice(0, entry.lastIndexOf("/") + 1);
       const frames = error instanceof Error && error.stack
-        ? error.stack.split("\n").filter((line) => /^\s+at /.test(line))
+        ? error.stack.split("\n").filter((line) => /^\s+at /.test(line) && line.includes(uploads))
         : [];
       const text = [messageOf(error), ...frames].join("\n");
       await io.write(controlFrame({ type: "load_failed", index, message: text.slice(0, 2000) }));

@@ -676,6 +676,8 @@ export class SandboxHost implements AsyncDisposable {
           new Promise<boolean>((resolve) => wait = setTimeout(() => resolve(true), 50)),
         ]);
         clearTimeout(wait);
+        // The frame reader, which closes the node's side of the socket, never ran for this run: closed here.
+        closeQuietly(run.conn);
         if (!alive || run.killedFor || this.#run !== run || this.#state === "stopped") return;
         this.#kill(run, "crashed");
         this.#fail(new Error(`Cannot limit the sandbox's memory: ${errorMessage(error)}`));
@@ -852,7 +854,7 @@ export class SandboxHost implements AsyncDisposable {
         let error = m.exports === true
           ? new SandboxLoadError(message, { file: this.#entryOf(m.index), line: 1, col: 1 })
           : loadError(`${this.#dir}/modules`, message);
-        if (/Array buffer allocation failed/i.test(message)) {
+        if (/Array buffer allocation failed|memory allocation of \d+ bytes failed/i.test(message)) {
           // Its memory budget, not a fault of the code as written.
           error = new SandboxLoadError(
             `out of memory (over its ${this.#limits.memoryMb} MiB limit) while ${
@@ -937,13 +939,17 @@ export class SandboxHost implements AsyncDisposable {
     } else if (run.exitReason === "load" || exit.code === EXIT_LOAD_FAILED) {
       this.#error = `it could not be loaded again: ${run.said ?? ""}`;
     } else if (!run.killedFor) {
-      const oom = run.stderr.find((l) => /out of memory|heap limit|allocation failed/i.test(l));
+      const oom = run.stderr.find((l) =>
+        /out of memory|heap limit|allocation failed|memory allocation of \d+ bytes failed/i.test(l)
+      );
       if (oom) this.#counts.memory_kills++;
+      // The runtime's own allocations (outside V8's heap) fail against the memory limit, the heap's against its own.
+      const which = oom && /memory allocation of \d+ bytes failed|Array buffer allocation failed/i.test(oom)
+        ? `over its ${this.#limits.memoryMb} MiB limit`
+        : `heap limit ${this.#limits.heapMb} MiB`;
       const ended = `it ended (${exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`})`;
       const last = oom ?? run.stderr.findLast((l) => !/^\s*(#|\[|$)/.test(l)) ?? run.stderr.at(-1);
-      this.#error = `${oom ? `out of memory (heap limit ${this.#limits.heapMb} MiB), ` : ""}${ended}${
-        last ? `: ${last.trim()}` : ""
-      }`;
+      this.#error = `${oom ? `out of memory (${which}), ` : ""}${ended}${last ? `: ${last.trim()}` : ""}`;
     }
     if (!this.#everReady && this.#starting && /^out of memory/.test(this.#error ?? "")) {
       // It ran out of memory before it was ever ready (while its modules load, or in its start): final, as a load

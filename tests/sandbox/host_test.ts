@@ -632,6 +632,34 @@ export function handle(_i, batch) { return [batch]; }
   }
 });
 
+Deno.test("SandboxHost names the upload's own line for an error thrown at load, and a failed native allocation as out of memory", async () => {
+  // A denied read at load: the error is thrown inside the runtime (ext:), the place to show is the module's line.
+  const reads = sandbox(`${PORTS}export const text = Deno.readTextFileSync("/etc/hostname");
+export function handle(_i, batch) { return [batch]; }
+`).host;
+  try {
+    await assert.rejects(reads.start(), (error: SandboxLoadError) => {
+      assert.deepEqual([error.file, error.line], ["main.js", 2], error.format());
+      return true;
+    });
+  } finally {
+    await reads.stop();
+  }
+  // A native allocation (a 64 MiB string encoded: outside V8's heap) over memory_mb ends the child with SIGABRT:
+  // out of memory, at once, not retried until the start timeout.
+  const encodes = sandbox(
+    `${PORTS}export const b = new TextEncoder().encode("x".repeat(64 * 1024 * 1024));
+export function handle(_i, batch) { return [batch]; }
+`,
+    { limits: { heapMb: 512, memoryMb: 32, startMs: 600_000 } },
+  ).host;
+  try {
+    await assert.rejects(encodes.start(), /out of memory \(over its 32 MiB limit\)/);
+  } finally {
+    await encodes.stop();
+  }
+});
+
 Deno.test("SandboxHost's child answers each call as it ends, so calls queued together are not killed one behind another", async () => {
   // Six calls of 120 ms, answered with copies; the child reads the first alone and the other five at once. The host
   // times each from the answer before, so answers held back until the whole read had run would be late against the
