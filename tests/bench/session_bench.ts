@@ -34,6 +34,8 @@
  *   BENCH_FULL=1 deno task bench session   full: 100, 500, 1000 and 1450 B, 1.5 s trials, 5 steps (~12 min)
  *   BENCH_SIZES=1450 BENCH_PATHS="appendix A" deno task bench session     one size, one path (and the relay)
  *   BENCH_SYNCERS=forwarders deno task bench session    syncers as forwarders (as a node without the syncer)
+ *   BENCH_SOCKET_BUFFER=4 deno task bench session       the node's, relay's and receivers' socket buffers in MiB
+ *                                                       (default 16; 4 is node.socket_buffer's default)
  *   BENCH_VERBOSE=1 deno task bench session             each failed rate's worst loss and where
  *   BENCH_RATE=80000 BENCH_TRIALS=3 deno task bench session   no search: trials at this video rate, each printed
  *                                                       (to profile the node, whose pid the path's note names:
@@ -55,6 +57,15 @@ const SECONDS = benchSeconds();
 const BISECT = benchNumber("BENCH_BISECT", 3, 5);
 /** The doubling search's first video rate (BENCH_START): 20k/s quick (every path passes it here), 5k/s full. */
 const START = benchNumber("BENCH_START", 20_000, 5_000);
+/**
+ * Socket buffers of the node, the relay and the receivers (BENCH_SOCKET_BUFFER, MiB): 16 MiB holds about 80 ms of
+ * 900 Mb/s, where the default 4 MiB holds 38 ms, less than the stalls a shared two-core machine gives a process
+ * (datagrams 50-60 ms late at the syncers were seen, lost at the node's input when its buffer was full). An operator
+ * of a node carrying this rate sets `node.socket_buffer` as this does.
+ */
+const SOCKET_BUFFER_MIB = benchNumber("BENCH_SOCKET_BUFFER", 16, 16);
+const SOCKET_BUFFER = `${SOCKET_BUFFER_MIB}MiB`;
+const SOCKET_BUFFER_BYTES = SOCKET_BUFFER_MIB * 1024 * 1024;
 const AUDIO_RATE = 50;
 const AUDIO_SIZE = 12 + 1280;
 const SR_MS = 500;
@@ -213,7 +224,9 @@ class Receiver {
 
   /** A socket on port p and one on p + 1 (where reflectors send RTCP with use_RTP). */
   static open(): Receiver {
-    return new Receiver(...openUdpPair(LO, { impl: "fast", batch: 256, secondBatch: 64 }));
+    return new Receiver(
+      ...openUdpPair(LO, { impl: "fast", batch: 256, secondBatch: 64, bufferBytes: SOCKET_BUFFER_BYTES }),
+    );
   }
 
   /** JOIN, CONFIRM the CHALLENGE, wait for WELCOME. */
@@ -354,6 +367,7 @@ function relayPath(name: string, participants: number): Path {
         "log:\n  level: warn",
         "relay:",
         "  udp: fast",
+        `  socket_buffer: ${SOCKET_BUFFER}`,
         participants > 1 ? "  reflectors:" : "  relays:",
         participants > 1
           ? `    - {name: bench, data: ${LO}:0, registration: ${LO}:0, allow: [loopback], max_participants: 100, ` +
@@ -436,6 +450,7 @@ function appendixPath(syncer: boolean): Path {
           // The savers may each write 1 TiB (a trial must never hit their cap): the node's quota allows both.
           "  saver_quota: 4096GiB",
           "  udp: fast",
+          `  socket_buffer: ${SOCKET_BUFFER}`,
           `  sessions: [${program}]`,
           "",
         ].join("\n"));
