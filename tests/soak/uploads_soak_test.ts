@@ -10,10 +10,9 @@ import assert from "node:assert/strict";
 import { openUdp } from "../../lib/net/udp.ts";
 import { freeUdpPort } from "../_support/ports.ts";
 import { until } from "../_support/until.ts";
-import { LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
+import { soakNode } from "./_node.ts";
 import { mib, procFigures } from "./_proc.ts";
 
-const TOKEN = "soak-token-0123456789";
 const LO = "127.0.0.1";
 const CYCLES = Number(Deno.env.get("SOAK_UPLOAD_CYCLES") ?? 40);
 const PER_CYCLE = 20;
@@ -64,17 +63,9 @@ Deno.test({
       new File([await Deno.readTextFile(new URL(name, EXAMPLES))], name)
     ),
   );
-  await using config = await tempConfig("");
-  const dataDir = config.path.replace(/[^/]+$/, "data");
-  await Deno.writeTextFile(
-    config.path,
-    `roles: [node]\nstatus:\n  token: ${TOKEN}\nnode:\n  bind: ${LO}\n  data_dir: ${dataDir}\n`,
-  );
-  await using node = startEdgenode(["--config", config.path, "--status", `${LO}:0`]);
-  const [, statusPort] = await node.waitForLine(LISTENING);
-  const api = `http://${LO}:${statusPort}/node/sessions`;
+  await using soak = await soakNode();
+  const { process: node, dataDir, api, auth } = soak;
   const name = "uploaded_example";
-  const auth = { authorization: `Bearer ${TOKEN}` };
   const source = openUdp({ host: LO, port: 0 });
   try {
     const to = source.destinations([{ host: LO, port: input }]);
