@@ -36,6 +36,11 @@
  *   BENCH_SYNCERS=forwarders deno task bench session    syncers as forwarders (as a node without the syncer)
  *   BENCH_SOCKET_BUFFER=4 deno task bench session       the node's, relay's and receivers' socket buffers in MiB
  *                                                       (default 16; 4 is node.socket_buffer's default)
+ *   BENCH_NODE_V8_FLAGS=--trace-deopt BENCH_NODE_STDOUT=/tmp/deopt.txt BENCH_RATE=60000 BENCH_TRIALS=3 ...
+ *                                                       V8 flags for the Appendix A node only, its stdout (where V8
+ *                                                       writes its traces) to that file (default
+ *                                                       /tmp/edgenode-bench-node-stdout.txt);
+ *                                                       `grep -c bailout` counts its deoptimizations
  *   BENCH_VERBOSE=1 deno task bench session             each failed rate's worst loss and where
  *   BENCH_RATE=80000 BENCH_TRIALS=3 deno task bench session   no search: trials at this video rate, each printed
  *                                                       (to profile the node, whose pid the path's note names:
@@ -455,7 +460,16 @@ function appendixPath(syncer: boolean): Path {
           "",
         ].join("\n"));
         held.unshift(config);
-        const node = startEdgenode(["--config", config.path, "--status", `${LO}:0`, "--log-level", "info"]);
+        const v8Flags = Deno.env.get("BENCH_NODE_V8_FLAGS");
+        const node = startEdgenode(
+          ["--config", config.path, "--status", `${LO}:0`, "--log-level", "info"],
+          v8Flags
+            ? {
+              env: { DENO_V8_FLAGS: v8Flags },
+              stdoutFile: Deno.env.get("BENCH_NODE_STDOUT") ?? "/tmp/edgenode-bench-node-stdout.txt",
+            }
+            : {},
+        );
         held.unshift(node);
         const [, statusPort] = await node.waitForLine(LISTENING);
         await node.waitForLine(
