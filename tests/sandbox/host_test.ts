@@ -688,6 +688,42 @@ Deno.test("SandboxHost drops as queue_full once the oldest batch waiting for a s
   }
 });
 
+Deno.test("SandboxHost fails a start whose memory limit cannot be lowered, says why, and keeps no socket of it", async () => {
+  // A prlimit that refuses to change a running process (as one without the right would), first on PATH.
+  const real = new TextDecoder().decode(
+    (await new Deno.Command("sh", { args: ["-c", "command -v prlimit"] }).output()).stdout,
+  ).trim();
+  const stubs = await Deno.makeTempDir({ prefix: "edgenode_stub_" });
+  await Deno.writeTextFile(
+    `${stubs}/prlimit`,
+    `#!/bin/sh\ncase " $* " in *" --pid "*) echo "not permitted here" >&2; exit 1;; esac\nexec ${real} "$@"\n`,
+    { mode: 0o755 },
+  );
+  const sockets = async () => {
+    const out = await new Deno.Command("find", {
+      args: [`/proc/${Deno.pid}/fd`, "-lname", "socket:*"],
+      stderr: "null",
+    }).output();
+    return new TextDecoder().decode(out.stdout).split("\n").filter(Boolean).length;
+  };
+  const path = Deno.env.get("PATH") ?? "";
+  const before = await sockets();
+  Deno.env.set("PATH", `${stubs}:${path}`);
+  try {
+    const { host } = sandbox(PASS_THROUGH);
+    try {
+      await assert.rejects(host.start(), /Cannot limit the sandbox's memory: .*not permitted here/);
+      assert.equal(host.state, "failed");
+    } finally {
+      await host.stop();
+    }
+  } finally {
+    Deno.env.set("PATH", path);
+    await Deno.remove(stubs, { recursive: true });
+  }
+  assert.equal(await sockets(), before, "the node's side of the sandbox's socket is closed");
+});
+
 Deno.test("SandboxHost's stop leaves no descriptor of its permission-audit FIFO open (and no thread waiting on it)", async () => {
   const tempDir = await Deno.makeTempDir({ prefix: "edgenode_audit_" });
   // This process's descriptors into tempDir (Deno keeps /proc/self from its own file API: `find` reads them).
