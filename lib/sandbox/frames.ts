@@ -53,15 +53,24 @@ export const BATCH_IN_PREFIX = 19;
 /** Bytes an encodeBatch buffer leaves free for sealBatchOut's header. */
 export const BATCH_OUT_PREFIX = 11;
 
-/** Makes a BATCH_IN frame of a codec buffer encoded with BATCH_IN_PREFIX free bytes, in place (no copy). */
-export function sealBatchIn(buffer: ArrayBuffer, now: number, seq: number, input: number): Uint8Array {
-  const view = new DataView(buffer);
-  view.setUint32(0, buffer.byteLength - 4, true);
+/**
+ * Makes a BATCH_IN frame of a codec buffer encoded with BATCH_IN_PREFIX free bytes, in place (no copy): `frame` is
+ * the whole of it, an ArrayBuffer or a view (encodeBatchInto's).
+ */
+export function sealBatchIn(
+  frame: ArrayBuffer | Uint8Array,
+  now: number,
+  seq: number,
+  input: number,
+): Uint8Array {
+  const bytes = frame instanceof Uint8Array ? frame : new Uint8Array(frame);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, BATCH_IN_PREFIX);
+  view.setUint32(0, bytes.length - 4, true);
   view.setUint8(4, BATCH_IN);
   view.setFloat64(5, now, true);
   view.setUint32(13, seq, true);
   view.setUint16(17, input, true);
-  return new Uint8Array(buffer);
+  return bytes;
 }
 
 /** Makes a BATCH_OUT frame of a codec buffer encoded with BATCH_OUT_PREFIX free bytes, in place (no copy). */

@@ -9,6 +9,7 @@
  */
 import type { Batch, Endpoint } from "../net/udp.ts";
 import { decodeBatch, encodeBatch, restampBatch } from "../graph/vm/codec.ts";
+import { FrameQueue } from "./frame_queue.ts";
 import { type Datagram, needsProblems, paramsProblems, type PortsDecl, portsProblems } from "./contract.ts";
 import {
   BATCH_IN,
@@ -60,6 +61,8 @@ interface BatchWork {
   readonly body: Uint8Array;
 }
 
+/** Bytes of one chunk of the outbox: a batch of up to half of it passed through is copied there. */
+const OUTBOX_CHUNK_BYTES = 2 * 1024 * 1024;
 /** Output bytes waiting for the socket beyond which the child reads no more input until they are written. */
 const OUTBOX_MAX_BYTES = 8 * 1024 * 1024;
 /**
@@ -71,13 +74,14 @@ const ANSWER_WITHIN_MS = 10;
 
 /**
  * Frames for the host, written in order by one pump while the next input is read and handled: the child does not
- * wait for each write (the host may be busy sending what came before), only when too much waits, or when a frame
- * lies in the reader's buffer (a batch passed through as it came), which the next read may overwrite.
+ * wait for each write (the host may be busy sending what came before), only when too much waits. A batch passed
+ * through as it came lies in the reader's buffer, which the next read reuses: it is copied into the outbox's own
+ * chunks (reused once written, so no new buffer per batch), and the child reads on at once instead of waiting for
+ * the host to take it.
  */
 class Outbox {
   readonly #write: (bytes: Uint8Array) => Promise<void>;
-  #pending: Uint8Array[] = [];
-  #bytes = 0;
+  readonly #queue = new FrameQueue(OUTBOX_CHUNK_BYTES, 2);
   #pump: Promise<void> | null = null;
   #failed: { error: unknown } | null = null;
 
@@ -86,16 +90,14 @@ class Outbox {
   }
 
   get bytes(): number {
-    return this.#bytes;
+    return this.#queue.queuedBytes;
   }
 
-  push(...frames: Uint8Array[]): void {
+  /** Queues `frames` in order; `borrowed`, when one of them, is copied (see the class doc). */
+  push(frames: readonly Uint8Array[], borrowed: Uint8Array | null = null): void {
     if (this.#failed) throw this.#failed.error;
     if (frames.length === 0) return;
-    for (const f of frames) {
-      this.#pending.push(f);
-      this.#bytes += f.length;
-    }
+    for (const f of frames) f === borrowed ? this.#queue.copy(f) : this.#queue.push(f);
     this.#pump ??= this.#run();
   }
 
@@ -107,15 +109,13 @@ class Outbox {
 
   async #run(): Promise<void> {
     try {
-      while (this.#pending.length) {
-        const frame = this.#pending.shift()!;
-        await this.#write(frame);
-        this.#bytes -= frame.length;
+      for (let bytes = this.#queue.next(); bytes; bytes = this.#queue.next()) {
+        await this.#write(bytes);
+        this.#queue.advance(bytes.length);
       }
     } catch (error) {
       this.#failed = { error };
-      this.#pending.length = 0;
-      this.#bytes = 0;
+      this.#queue.clear();
     } finally {
       this.#pump = null;
     }
@@ -136,6 +136,7 @@ function countOf(body: Uint8Array): number {
   return new DataView(body.buffer, body.byteOffset + 14 + 8, 4).getUint32(0, true);
 }
 
+const EMPTY = new Uint8Array(0);
 const NOWHERE: Endpoint = { host: "0.0.0.0", port: 0 };
 
 /**
@@ -209,7 +210,7 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
           deadline_ms?: number;
         };
         if (m.type === "ping" && typeof m.seq === "number") {
-          outbox.push(doneFrame(m.seq, 0, 0));
+          outbox.push([doneFrame(m.seq, 0, 0)]);
           continue;
         }
         if (m.type === "start" && !ready) {
@@ -224,13 +225,13 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
             } catch (error) {
               // With its stack: the host finds the uploaded file, line and column in it.
               const text = error instanceof Error && error.stack ? error.stack : messageOf(error);
-              outbox.push(controlFrame({ type: "start_failed", index, message: text.slice(0, 2000) }));
+              outbox.push([controlFrame({ type: "start_failed", index, message: text.slice(0, 2000) })]);
               await outbox.drained();
               io.exit(EXIT_LOAD_FAILED);
             }
           }
           ready = true;
-          outbox.push(controlFrame({ type: "ready" }));
+          outbox.push([controlFrame({ type: "ready" })]);
         }
         continue;
       }
@@ -247,13 +248,13 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
       now = group[group.length - 1].now;
       const answer = await runBatches(programs, contexts, group);
       if (answer.fatal !== null) {
-        outbox.push(controlFrame({ type: "fatal", message: answer.fatal }));
+        outbox.push([controlFrame({ type: "fatal", message: answer.fatal })]);
         await outbox.drained();
         io.exit(EXIT_OUT_OF_MEMORY);
       }
-      outbox.push(...answer.frames);
-      // A frame in the reader's buffer must be written before the next read; other answers before they are late.
-      if (answer.borrowed || performance.now() - since >= answerWithinMs) {
+      outbox.push(answer.frames, answer.borrowed);
+      // Answers are written before they are late (the pump writes meanwhile; this waits only after long calls).
+      if (performance.now() - since >= answerWithinMs) {
         await outbox.drained();
         since = performance.now();
       }
@@ -266,8 +267,8 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
 interface Answer {
   /** The frames to write, in order. */
   readonly frames: Uint8Array[];
-  /** One of them is a view of the reader's buffer (a batch passed through as it came). */
-  readonly borrowed: boolean;
+  /** The one of them that is a view of the reader's buffer (a batch passed through as it came), or null. */
+  readonly borrowed: Uint8Array | null;
   /** A failed allocation's message: the child must end (EXIT_OUT_OF_MEMORY). */
   readonly fatal: string | null;
 }
@@ -309,7 +310,9 @@ async function runBatches(
         datagrams[k] = { data: views[k] = d.batch.data(i), from: froms[k] = d.batch.from(i) };
       }
     });
-    let passed = false;
+    /** The output that passes the batches on as they came, and where its frame goes in `frames`; -1: none. */
+    let passed = -1;
+    let passedAt = -1;
     let result = program.handle(first.input, datagrams, ctx);
     if (result instanceof Promise) result = await result;
     if (Array.isArray(result)) {
@@ -317,24 +320,11 @@ async function runBatches(
       for (let j = 0; j < Math.min(result.length, outputs); j++) {
         const list = result[j];
         if (!Array.isArray(list) || list.length === 0) continue;
-        if (!passed && unchanged(list, datagrams, views, froms)) {
-          // The batches as they came (their bytes perhaps changed in place), once: each goes back in its own
-          // frame, turned where it lies. One batch is written from the reader's buffer; several are copied into one
-          // buffer a batch at a time, not encoded again a datagram at a time.
-          passed = true;
-          const turned = group.map((w, g) => {
-            const { at } = decoded[g];
-            restampBatch(new Uint8Array(w.body.buffer, at.at, at.length), {
-              kind: "emitted",
-              ap: to.ap,
-              port: j,
-              rtcp: false,
-            });
-            return turnBatchIn(w.body, first.seq, j);
-          });
-          if (turned.length === 1) {
-            frames.push(borrowed = turned[0]);
-          } else frames.push(concat(turned));
+        if (passed < 0 && unchanged(list, datagrams, views, froms)) {
+          // The batches as they came (their bytes perhaps changed in place), once: turned where they lie, after
+          // the other outputs are encoded (which may read the same datagrams' views).
+          passed = j;
+          passedAt = frames.push(EMPTY) - 1;
           continue;
         }
         const out = asBatch(list);
@@ -349,11 +339,18 @@ async function runBatches(
           );
         }
       }
+      if (passed >= 0) {
+        // Each batch goes back in its own frame, turned where it lies in the reader's buffer, and is written from
+        // there. Several are moved up against each other there (each turned frame starts a few bytes into its own
+        // BATCH_IN frame), so they leave in one write without a buffer of their own (a new one per call cost fresh
+        // pages: a 1.5 MB group was a page fault and a clear per 4 KiB). The views are stale from here on.
+        frames[passedAt] = borrowed = turnInPlace(group, decoded.map((d) => d.at), to.ap, first.seq, passed);
+      }
     }
   } catch (error) {
     threw = true;
     if (error instanceof RangeError && /allocation failed|out of memory/i.test(error.message)) {
-      return { frames: [], borrowed: false, fatal: messageOf(error) };
+      return { frames: [], borrowed: null, fatal: messageOf(error) };
     }
     frames.push(controlFrame({ type: "error", message: messageOf(error), name: nameOf(error) }));
   }
@@ -365,7 +362,11 @@ async function runBatches(
   });
   const joined = joinSmall(frames);
   // joinSmall copies small frames into one: then nothing written lies in the reader's buffer.
-  return { frames: joined, borrowed: borrowed !== null && joined.includes(borrowed), fatal: null };
+  return {
+    frames: joined,
+    borrowed: borrowed !== null && joined.includes(borrowed) ? borrowed : null,
+    fatal: null,
+  };
 }
 
 /** True when a handler returned the very list it was given, each datagram's view and sender untouched. */
@@ -403,6 +404,43 @@ function asBatch(list: readonly unknown[]): Batch {
     from: (i) => from[i],
     truncated: () => false,
   };
+}
+
+/**
+ * Turns the BATCH_IN frames of `group` (consecutive frames of one read, so in order in the reader's buffer) into
+ * BATCH_OUT frames of output `port` and moves each up against the one before: one view of the reader's buffer
+ * holding them all.
+ */
+function turnInPlace(
+  group: readonly BatchWork[],
+  at: readonly { at: number; length: number }[],
+  ap: number,
+  seq: number,
+  port: number,
+): Uint8Array {
+  const turned = group.map((w, g) => {
+    restampBatch(new Uint8Array(w.body.buffer, at[g].at, at[g].length), {
+      kind: "emitted",
+      ap,
+      port,
+      rtcp: false,
+    });
+    return turnBatchIn(w.body, seq, port);
+  });
+  if (turned.length === 1) return turned[0];
+  const buffer = turned[0].buffer;
+  const inOrder = turned.every((t, g) =>
+    t.buffer === buffer && (g === 0 || t.byteOffset >= turned[g - 1].byteOffset + turned[g - 1].length)
+  );
+  if (!inOrder) return concat(turned); // not seen: frames of one read lie in order
+  const bytes = new Uint8Array(buffer);
+  const start = turned[0].byteOffset;
+  let end = start;
+  for (const t of turned) {
+    if (t.byteOffset !== end) bytes.copyWithin(end, t.byteOffset, t.byteOffset + t.length);
+    end += t.length;
+  }
+  return bytes.subarray(start, end);
 }
 
 function concat(parts: readonly Uint8Array[]): Uint8Array {

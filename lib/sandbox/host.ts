@@ -26,7 +26,8 @@ import { type Clock, systemClock, type TimerId } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type BackoffPolicy, type Child, type ChildExit, Supervisor } from "../core/supervisor.ts";
 import { normalPriorityArgv } from "../core/scheduling.ts";
-import { decodeBatch, type DecodedBatch, encodeBatch } from "../graph/vm/codec.ts";
+import { decodeBatch, type DecodedBatch, encodeBatchInto } from "../graph/vm/codec.ts";
+import { FrameQueue } from "./frame_queue.ts";
 import type { Batch, Endpoint } from "../net/udp.ts";
 import {
   needsProblems,
@@ -200,8 +201,8 @@ interface Run {
   exitReason: "load" | "memory" | null;
   /** The child reported its programs (once per run). */
   loaded: boolean;
-  /** Frames waiting for the pipe, written in one go. */
-  pending: Uint8Array[];
+  /** Frames waiting for the socket, next to each other in reused chunks (frame_queue.ts). */
+  readonly pending: FrameQueue;
   writing: boolean;
   /** Its last stderr lines (the V8 out-of-memory report ends up here). */
   readonly stderr: string[];
@@ -467,10 +468,16 @@ export class SandboxHost implements AsyncDisposable {
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const now = this.#clock.now();
     const crossing = { kind: "deliver", ap: program, port: input, rtcp: false } as const;
-    const frame = sealBatchIn(encodeBatch(crossing, batch, BATCH_IN_PREFIX), now, seq, input);
+    // Encoded where it will be written from: no buffer of its own, no copy to join it to its neighbours.
+    const frame = sealBatchIn(
+      encodeBatchInto(crossing, batch, BATCH_IN_PREFIX, (bytes) => run.pending.reserve(bytes)),
+      now,
+      seq,
+      input,
+    );
     run.inFlight.push({ seq, count: batch.count, bytes: frame.length, sentAt: now, program });
     run.inFlightBytes += frame.length;
-    this.#write(run, frame);
+    if (!run.writing) void this.#pump(run);
     if (this.#deadline === undefined) this.#armDeadline(run);
   }
 
@@ -641,7 +648,7 @@ export class SandboxHost implements AsyncDisposable {
       said: null,
       exitReason: null,
       loaded: false,
-      pending: [],
+      pending: new FrameQueue(),
       writing: false,
       stderr: [],
     };
@@ -964,20 +971,16 @@ export class SandboxHost implements AsyncDisposable {
     if (!run.writing) void this.#pump(run);
   }
 
-  /** Writes what is pending in one go per turn, so the pipe sees few large writes. */
+  /** Writes what is pending, frames that lie next to each other in one write, so the socket sees few large writes. */
   async #pump(run: Run): Promise<void> {
     run.writing = true;
     try {
-      while (run.pending.length) {
-        // Small frames go in one write (a syscall each would cost more than the copy); large ones as they are.
-        for (const bytes of coalesce(run.pending.splice(0))) {
-          let off = 0;
-          while (off < bytes.length) off += await run.conn!.write(bytes.subarray(off));
-        }
+      for (let bytes = run.pending.next(); bytes; bytes = run.pending.next()) {
+        run.pending.advance(await run.conn!.write(bytes));
       }
     } catch {
       // The child is gone; its end is handled by the supervisor.
-      run.pending.length = 0;
+      run.pending.clear();
     } finally {
       run.writing = false;
     }
@@ -1188,34 +1191,4 @@ function closeQuietly(c: { close(): void }): void {
   try {
     c.close();
   } catch { /* closed */ }
-}
-
-/** Consecutive frames under 64 KiB joined into one buffer; larger frames left alone (no copy). */
-function coalesce(parts: Uint8Array[]): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let group: Uint8Array[] = [];
-  let size = 0;
-  const flush = () => {
-    if (group.length === 1) out.push(group[0]);
-    else if (group.length > 1) {
-      const joined = new Uint8Array(size);
-      let off = 0;
-      for (const p of group) (joined.set(p, off), off += p.length);
-      out.push(joined);
-    }
-    group = [];
-    size = 0;
-  };
-  for (const p of parts) {
-    if (p.length >= 65536) {
-      flush();
-      out.push(p);
-      continue;
-    }
-    if (size + p.length > 262144) flush();
-    group.push(p);
-    size += p.length;
-  }
-  flush();
-  return out;
 }

@@ -23,3 +23,17 @@ export function announce(name: string, figures: string): void {
     }) prints: ${figures}`,
   );
 }
+
+/**
+ * Start options for the edgenode process a benchmark measures: BENCH_NODE_V8_FLAGS gives it V8 flags (for example
+ * `--trace-deopt` or `--trace-gc`) and then its stdout goes to BENCH_NODE_STDOUT (default
+ * /tmp/edgenode-bench-node-stdout.txt), where V8 writes its traces.
+ */
+export function benchNodeOptions(): { env?: Record<string, string>; stdoutFile?: string } {
+  const v8Flags = Deno.env.get("BENCH_NODE_V8_FLAGS");
+  if (!v8Flags) return {};
+  return {
+    env: { DENO_V8_FLAGS: v8Flags },
+    stdoutFile: Deno.env.get("BENCH_NODE_STDOUT") ?? "/tmp/edgenode-bench-node-stdout.txt",
+  };
+}

@@ -54,7 +54,7 @@ import { type HostPort, parseHostPort } from "../../lib/net/address.ts";
 import { openUdp, openUdpPair, type UdpSocket } from "../../lib/net/udp.ts";
 import { type EdgenodeProcess, LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
 import { processCpuNs } from "./_cpu.ts";
-import { announce, benchNumber } from "./_mode.ts";
+import { announce, benchNodeOptions, benchNumber } from "./_mode.ts";
 import { benchSeconds, benchSizes, LO, LOSS_LIMIT } from "./_udp_rate.ts";
 
 const SIZES = benchSizes("100,1450", "100,500,1000,1450");
@@ -460,15 +460,9 @@ function appendixPath(syncer: boolean): Path {
           "",
         ].join("\n"));
         held.unshift(config);
-        const v8Flags = Deno.env.get("BENCH_NODE_V8_FLAGS");
         const node = startEdgenode(
           ["--config", config.path, "--status", `${LO}:0`, "--log-level", "info"],
-          v8Flags
-            ? {
-              env: { DENO_V8_FLAGS: v8Flags },
-              stdoutFile: Deno.env.get("BENCH_NODE_STDOUT") ?? "/tmp/edgenode-bench-node-stdout.txt",
-            }
-            : {},
+          benchNodeOptions(),
         );
         held.unshift(node);
         const [, statusPort] = await node.waitForLine(LISTENING);

@@ -25,10 +25,14 @@
  *   deno task bench uploaded   quick: 100 and 1450 B, 1 s trials, 2 bisection steps, 2 s delay trials (~1.7 min)
  *   BENCH_FULL=1 deno task bench uploaded   full: 1.5 s trials, 4 bisection steps, 4 s delay trials, ~3.5 min
  *   BENCH_SIZES=1450 BENCH_SECONDS=1 BENCH_BISECT=1 BENCH_DELAY_SECONDS=2   any part of either, by hand
+ *   BENCH_RATE=250000 BENCH_TRIALS=3 BENCH_PATHS=builtin,uploaded BENCH_SIZES=1450 deno task bench uploaded
+ *       no search and no delay part: trials at that rate, each with its loss, the node's and the sandbox's CPU
+ *       time per datagram, the sandbox's drops, and the node's pid (for perf)
  */
 import { openUdp } from "../../lib/net/udp.ts";
 import { type EdgenodeProcess, LISTENING, startEdgenode, tempConfig } from "../e2e/_process.ts";
-import { announce, benchNumber } from "./_mode.ts";
+import { processCpuNs } from "./_cpu.ts";
+import { announce, benchNodeOptions, benchNumber } from "./_mode.ts";
 import { benchSeconds, benchSizes, freePort, LO, LOSS_LIMIT, type Rig, Sink, trial } from "./_udp_rate.ts";
 
 const SIZES = benchSizes("100,1450");
@@ -55,10 +59,12 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface SandboxFigures {
   state: string;
+  pid: number | null;
   restarts: number;
   deadline_kills: number;
   packets_in: number;
   packets_out: number;
+  batches_in: number;
   dropped: Record<string, number>;
 }
 
@@ -83,13 +89,18 @@ class Node {
       `  data_dir: ${dir}`,
       "  udp: fast",
       "  allow_loopback_output: true", // the receivers listen on loopback
+      // BENCH_UPLOADS="nice: 0, max_in_flight_bytes: 32MiB": node.uploads settings other than the defaults.
+      ...(Deno.env.get("BENCH_UPLOADS") ? [`  uploads: {${Deno.env.get("BENCH_UPLOADS")}}`] : []),
       "relay:",
       "  udp: fast",
       "  relays:",
       `    - {name: bench, listen: ${LO}:0, targets: [${LO}:${relaySink}]}`,
       "",
     ].join("\n"));
-    const process = startEdgenode(["--config", config.path, "--status", `${LO}:0`, "--log-level", "info"]);
+    const process = startEdgenode(
+      ["--config", config.path, "--status", `${LO}:0`, "--log-level", "info"],
+      benchNodeOptions(),
+    );
     const dispose = async () => {
       await process[Symbol.asyncDispose]();
       await config[Symbol.asyncDispose]();
@@ -222,6 +233,10 @@ async function measureRates(node: Node, path: RatePath): Promise<Map<number, num
       const rig: Rig = { to: `${LO}:${input}`, sinks: [sink], seconds: SECONDS };
       // Warm up (JIT, the sandbox's first batches); not counted.
       await trial({ ...rig, seconds: 0.5 }, { size: SIZES[0], rate: START_RATE });
+      if (FIXED_RATE > 0) {
+        await fixedTrials(node, name, rig, path);
+        return rates;
+      }
       for (const size of SIZES) {
         const rate = await maxRate(rig, size);
         rates.set(size, rate);
@@ -249,6 +264,44 @@ async function measureRates(node: Node, path: RatePath): Promise<Map<number, num
 }
 
 const mbps = (rate: number, size: number) => (rate * size * 8) / 1e6;
+
+/**
+ * BENCH_RATE: no search, BENCH_TRIALS trials at that rate per size, each printed with its loss, the CPU time the
+ * node and the sandbox process used per datagram offered, and the sandbox's drops (how the costs were found).
+ */
+const FIXED_RATE = benchNumber("BENCH_RATE", 0, 0);
+
+async function fixedTrials(node: Node, name: string, rig: Rig, path: RatePath): Promise<void> {
+  const box = async () => path.modules ? (await node.sandboxes(name))[0] : null;
+  const cpu = async (pid: number | null | undefined) => pid ? await processCpuNs(pid) : NaN;
+  for (const size of SIZES) {
+    for (let i = 0; i < benchNumber("BENCH_TRIALS", 1, 1); i++) {
+      const before = await box();
+      const [node0, box0] = [await cpu(node.process.pid), await cpu(before?.pid)];
+      const t = await trial(rig, { size, rate: FIXED_RATE });
+      const after = await box();
+      const per = (ns: number) => (ns / 1e3 / (t.offered * SECONDS)).toFixed(2);
+      const drops = after && before
+        ? Object.entries(after.dropped).map(([k, v]) => [k, v - (before.dropped[k] ?? 0)]).filter(([, v]) =>
+          v
+        )
+        : [];
+      console.log(
+        `  ${path.name.padEnd(14)} ${String(size).padStart(5)} B  ${Math.round(t.offered)}/s  loss ${
+          t.loss.toFixed(3)
+        }%  node CPU ${per(await cpu(node.process.pid) - node0)} µs/datagram${
+          after ? `, sandbox CPU ${per(await cpu(after.pid) - box0)} µs/datagram` : ""
+        }${drops.length ? `, dropped ${JSON.stringify(Object.fromEntries(drops))}` : ""}${
+          after && before
+            ? `, ${
+              ((after.packets_in - before.packets_in) / (after.batches_in - before.batches_in)).toFixed(1)
+            } datagrams per batch`
+            : ""
+        } (node pid ${node.process.pid})`,
+      );
+    }
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Part 2: the relay's delay, quiet and beside a spinning sandbox.
@@ -330,7 +383,11 @@ async function main(): Promise<number> {
   const node = await Node.start(relaySink.socket.local.port);
   try {
     const results = new Map<string, Map<number, number>>();
-    for (const path of RATE_PATHS) results.set(path.name, await measureRates(node, path));
+    const only = Deno.env.get("BENCH_PATHS")?.split(",");
+    for (const path of RATE_PATHS.filter((p) => !only || only.includes(p.name))) {
+      results.set(path.name, await measureRates(node, path));
+    }
+    if (FIXED_RATE > 0) return 0;
 
     console.log(`\nDelay at ${DELAY_RATE}/s of ${DELAY_SIZE} B, ${DELAY_SECONDS} s per trial (one-way)`);
     const direct = `${LO}:${relaySink.socket.local.port}`;

@@ -179,6 +179,33 @@ export function handle(_i, batch) {
   }
 });
 
+Deno.test("SandboxHost: batches merged into one call and passed on by two outputs reach both whole (turned where they lie)", async () => {
+  // Output "a" is the list as given (sent back from the child's read buffer), "b" the same datagrams in a new list
+  // (encoded from their views, which must be read before the batches are moved together for "a").
+  const source = `export const ports = { inputs: ["in"], outputs: ["a", "b"] };
+export function handle(_i, batch) { return [batch, batch.slice()]; }
+`;
+  const { host, got } = sandbox(source);
+  try {
+    await host.start();
+    for (let b = 0; b < 10; b++) host.push(0, datagrams(40, 300 + b, b));
+    await until("800 datagrams back", () => packets(got) === 800);
+    for (const output of [0, 1]) {
+      const data = got.filter((r) => r.output === output).flatMap((r) => r.data);
+      assert.equal(data.length, 400);
+      data.forEach((d, k) => {
+        const [b, i] = [Math.floor(k / 40), k % 40];
+        const want = new Uint8Array(300 + b).fill(i);
+        want[0] = b;
+        assert.deepEqual(d, want, `output ${output}, batch ${b}, datagram ${i}`);
+      });
+    }
+    assert.ok(host.status().batches_out as number < 20, "some batches shared a call");
+  } finally {
+    await host.stop();
+  }
+});
+
 Deno.test("SandboxHost refuses params the program does not declare, and nothing runs", async () => {
   const { host } = sandbox(PASS_THROUGH, { params: { stamp: 999, colour: "red" } });
   try {

@@ -47,6 +47,19 @@ export class VmCodecError extends Error {
  * copied again to add one.
  */
 export function encodeBatch(to: Crossing, batch: Batch, prefix = 0): ArrayBuffer {
+  return encodeBatchInto(to, batch, prefix, (bytes) => new Uint8Array(bytes)).buffer as ArrayBuffer;
+}
+
+/**
+ * encodeBatch into bytes that `alloc` gives (exactly the length asked for, zeroed or not): a frame queue's chunk
+ * (lib/sandbox/frame_queue.ts), so that a busy stream needs no new buffer per batch. Returns what `alloc` gave.
+ */
+export function encodeBatchInto(
+  to: Crossing,
+  batch: Batch,
+  prefix: number,
+  alloc: (bytes: number) => Uint8Array,
+): Uint8Array {
   const count = batch.count;
   // Distinct senders: a batch from one socket has one or a few, and consecutive datagrams share the object.
   const senders: Endpoint[] = [];
@@ -77,9 +90,9 @@ export function encodeBatch(to: Crossing, batch: Batch, prefix = 0): ArrayBuffer
   const wide = senders.length > 0xffff;
   const entry = wide ? 8 : 6;
   const size = HEADER + senderBytes + count * entry + dataBytes;
-  const buffer = new ArrayBuffer(prefix + size);
-  const view = new DataView(buffer, prefix);
-  const bytes = new Uint8Array(buffer, prefix);
+  const out = alloc(prefix + size);
+  const view = new DataView(out.buffer, out.byteOffset + prefix, size);
+  const bytes = out.subarray(prefix);
   view.setUint8(0, VERSION);
   view.setUint8(
     1,
@@ -108,7 +121,7 @@ export function encodeBatch(to: Crossing, batch: Batch, prefix = 0): ArrayBuffer
     bytes.set(d, data);
     data += d.length;
   }
-  return buffer;
+  return out;
 }
 
 /**

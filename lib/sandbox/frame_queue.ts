@@ -1,0 +1,117 @@
+/**
+ * Frames on their way into a stream socket, written where they will be sent from: a batch is encoded straight into
+ * a chunk of the queue (`reserve`), frames queued one after another lie next to each other and leave in one write,
+ * and a chunk whose bytes are written is used again. So a busy sandbox costs the node no new buffer per batch (at
+ * 250k datagrams/s of 1450 B that was 360 MB/s of fresh ArrayBuffers, and an old-space collection every 100 ms).
+ *
+ * One writer drains it: `next()` gives the bytes to write, `advance(n)` says n of them were written. What is reserved
+ * while a write is under way goes after the bytes being written, never over them.
+ */
+
+interface Chunk {
+  readonly buf: Uint8Array;
+  /** Bytes reserved (filled or being filled by the caller). */
+  filled: number;
+  /** Bytes written. */
+  written: number;
+  /** A chunk of the queue's size, used again once written; otherwise one frame's own buffer. */
+  readonly pooled: boolean;
+}
+
+/** Bytes of one chunk: a frame of half of it or more gets a buffer of its own. */
+export const CHUNK_BYTES = 256 * 1024;
+/** Written chunks kept for reuse. */
+const KEEP = 8;
+
+export class FrameQueue {
+  readonly #chunkBytes: number;
+  readonly #keep: number;
+  readonly #chunks: Chunk[] = [];
+  readonly #free: Uint8Array[] = [];
+  #queued = 0;
+
+  constructor(chunkBytes = CHUNK_BYTES, keep = KEEP) {
+    this.#chunkBytes = chunkBytes;
+    this.#keep = keep;
+  }
+
+  /** Bytes queued and not yet written. */
+  get queuedBytes(): number {
+    return this.#queued;
+  }
+
+  /**
+   * A view of `bytes` bytes that will be written after everything queued before; the caller fills it before its
+   * turn of the event loop ends (before the writer can reach it).
+   */
+  reserve(bytes: number): Uint8Array {
+    this.#queued += bytes;
+    if (bytes * 2 >= this.#chunkBytes) {
+      const buf = new Uint8Array(bytes);
+      this.#chunks.push({ buf, filled: bytes, written: 0, pooled: false });
+      return buf;
+    }
+    let last = this.#chunks[this.#chunks.length - 1];
+    if (!last || !last.pooled || last.buf.length - last.filled < bytes) {
+      last = {
+        buf: this.#free.pop() ?? new Uint8Array(this.#chunkBytes),
+        filled: 0,
+        written: 0,
+        pooled: true,
+      };
+      this.#chunks.push(last);
+    }
+    const at = last.filled;
+    last.filled += bytes;
+    return last.buf.subarray(at, at + bytes);
+  }
+
+  /** Queues `frame`: copied when it is small, else written from where it lies (the caller leaves it alone). */
+  push(frame: Uint8Array): void {
+    if (frame.length * 2 >= this.#chunkBytes) {
+      this.#queued += frame.length;
+      this.#chunks.push({ buf: frame, filled: frame.length, written: 0, pooled: false });
+      return;
+    }
+    this.reserve(frame.length).set(frame);
+  }
+
+  /** Queues a copy of `frame` (a view of a buffer its owner reuses before the write could end). */
+  copy(frame: Uint8Array): void {
+    this.reserve(frame.length).set(frame);
+  }
+
+  /** The bytes to write next (a view, valid until `advance`), or null when everything is written. */
+  next(): Uint8Array | null {
+    while (this.#chunks.length) {
+      const c = this.#chunks[0];
+      if (c.written < c.filled) return c.buf.subarray(c.written, c.filled);
+      if (this.#chunks.length === 1) return null;
+      this.#retire();
+    }
+    return null;
+  }
+
+  /** `n` bytes of what `next()` gave are written. */
+  advance(n: number): void {
+    const c = this.#chunks[0];
+    if (!c || n < 0 || c.written + n > c.filled) throw new RangeError(`Cannot advance ${n} bytes`);
+    c.written += n;
+    this.#queued -= n;
+    if (c.written < c.filled) return;
+    if (this.#chunks.length > 1 || !c.pooled) this.#retire();
+    else c.filled = c.written = 0; // the last chunk, empty: filled again from its start
+  }
+
+  /** Drops everything queued (the socket is gone). */
+  clear(): void {
+    while (this.#chunks.length) this.#retire();
+    this.#queued = 0;
+  }
+
+  #retire(): void {
+    const c = this.#chunks.shift()!;
+    this.#queued -= c.filled - c.written;
+    if (c.pooled && this.#free.length < this.#keep) this.#free.push(c.buf);
+  }
+}
