@@ -20,7 +20,7 @@ interface Chunk {
 
 /** Bytes of one chunk: a frame of half of it or more gets a buffer of its own. */
 export const CHUNK_BYTES = 256 * 1024;
-/** Written chunks kept for reuse. */
+/** Written chunks kept for reuse, at most (see `trim` for fewer). */
 const KEEP = 8;
 
 export class FrameQueue {
@@ -29,6 +29,9 @@ export class FrameQueue {
   readonly #chunks: Chunk[] = [];
   readonly #free: Uint8Array[] = [];
   #queued = 0;
+  /** Pooled chunks queued now, and the most at once since the last `trim`. */
+  #inUse = 0;
+  #peak = 0;
 
   constructor(chunkBytes = CHUNK_BYTES, keep = KEEP) {
     this.#chunkBytes = chunkBytes;
@@ -60,6 +63,7 @@ export class FrameQueue {
         pooled: true,
       };
       this.#chunks.push(last);
+      if (++this.#inUse > this.#peak) this.#peak = this.#inUse;
     }
     const at = last.filled;
     last.filled += bytes;
@@ -103,6 +107,21 @@ export class FrameQueue {
     else c.filled = c.written = 0; // the last chunk, empty: filled again from its start
   }
 
+  /**
+   * Lets go of the written chunks that more than the busiest moment since the last trim needed: a burst's chunks stay
+   * while bursts go on (a new chunk costs fresh pages, each faulted in and cleared, just when the node is busiest),
+   * and leave after a quiet period. Call it now and then (the sandbox host does, each sample).
+   */
+  trim(): void {
+    while (this.#free.length > 0 && this.#free.length + this.#inUse > this.#peak) this.#free.pop();
+    this.#peak = this.#inUse;
+  }
+
+  /** Written chunks held for reuse. */
+  get spare(): number {
+    return this.#free.length;
+  }
+
   /** Drops everything queued (the socket is gone). */
   clear(): void {
     while (this.#chunks.length) this.#retire();
@@ -112,6 +131,7 @@ export class FrameQueue {
   #retire(): void {
     const c = this.#chunks.shift()!;
     this.#queued -= c.filled - c.written;
+    if (c.pooled) this.#inUse--;
     if (c.pooled && this.#free.length < this.#keep) this.#free.push(c.buf);
   }
 }

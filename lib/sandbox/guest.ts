@@ -81,7 +81,8 @@ const ANSWER_WITHIN_MS = 10;
  */
 class Outbox {
   readonly #write: (bytes: Uint8Array) => Promise<void>;
-  readonly #queue = new FrameQueue(OUTBOX_CHUNK_BYTES, 2);
+  // Spare chunks up to the outbox's bound: one that grows never allocates again (a bounded child's memory).
+  readonly #queue = new FrameQueue(OUTBOX_CHUNK_BYTES, Math.ceil(OUTBOX_MAX_BYTES / OUTBOX_CHUNK_BYTES) + 1);
   #pump: Promise<void> | null = null;
   #failed: { error: unknown } | null = null;
 

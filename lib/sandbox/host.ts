@@ -27,7 +27,7 @@ import { errorMessage } from "../core/errors.ts";
 import { type BackoffPolicy, type Child, type ChildExit, Supervisor } from "../core/supervisor.ts";
 import { normalPriorityArgv } from "../core/scheduling.ts";
 import { decodeBatch, type DecodedBatch, encodeBatchInto } from "../graph/vm/codec.ts";
-import { FrameQueue } from "./frame_queue.ts";
+import { CHUNK_BYTES, FrameQueue } from "./frame_queue.ts";
 import type { Batch, Endpoint } from "../net/udp.ts";
 import {
   needsProblems,
@@ -648,7 +648,8 @@ export class SandboxHost implements AsyncDisposable {
       said: null,
       exitReason: null,
       loaded: false,
-      pending: new FrameQueue(),
+      // As many spare chunks as the in-flight bound can fill: a burst never allocates (trimmed each sample).
+      pending: new FrameQueue(CHUNK_BYTES, Math.ceil(this.#limits.maxInFlightBytes / CHUNK_BYTES) + 1),
       writing: false,
       stderr: [],
     };
@@ -1037,6 +1038,7 @@ export class SandboxHost implements AsyncDisposable {
     if (every <= 0) return;
     this.#sampler = this.#clock.setTimeout(() => {
       this.#heartbeat();
+      this.#run?.pending.trim();
       void this.sample().finally(() => {
         if (this.#state !== "stopped" && this.#state !== "failed") this.#scheduleSample();
       });

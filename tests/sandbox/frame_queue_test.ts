@@ -81,3 +81,18 @@ Deno.test("FrameQueue gives a large frame a buffer of its own and writes a pushe
   assert.equal(q.next(), null);
   assert.throws(() => q.advance(1), RangeError);
 });
+
+Deno.test("FrameQueue.trim keeps the spare chunks the busiest moment since the last trim needed, then lets them go", () => {
+  const q = new FrameQueue(64, 10);
+  // A burst: five chunks queued at once (two frames of 30 bytes each), then written.
+  for (let i = 0; i < 10; i++) q.reserve(30);
+  drain(q);
+  assert.equal(q.spare, 4, "the fifth, last chunk is kept queued (empty) for the next frames");
+  q.trim();
+  assert.equal(q.spare, 4, "the burst was in this period: its chunks stay");
+  // A quiet period: one chunk at a time.
+  q.reserve(10);
+  drain(q);
+  q.trim();
+  assert.equal(q.spare, 0, "a quiet period lets the spares go");
+});
