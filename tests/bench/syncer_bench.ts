@@ -2,7 +2,7 @@
  * The syncer's own cost per datagram, without sockets: lib/media/sync.ts Synchronizer fed the session bench's
  * streams (RTP video of 1450 B at 80k datagrams/s in batches of 64, audio L16 50/s, a sender report per stream every
  * 500 ms, all arriving 20 ms after capture) on a simulated clock, released the way the syncer element does it (after
- * each input batch, everything due within precision / 2). Prints µs of CPU per datagram (push + release), datagrams
+ * each input batch, everything due within precision / 4). Prints µs of CPU per datagram (push + release), datagrams
  * per emit, and the release error. The figure to compare: one core handles 1 / (µs per datagram) million a second.
  *
  *   deno task bench syncer          quick (5 simulated seconds)

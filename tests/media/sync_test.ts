@@ -211,3 +211,31 @@ Deno.test("Synchronizer: a stream let go while it waits for its rate gives its s
   // The steady stream then fares as on a fresh syncer: no share is still taken by streams that are gone.
   assert.equal(steady(s, t), steady(sync({ maxBytes: 1024 * 1024 }), t));
 });
+
+Deno.test("Synchronizer releases what is due in order of capture time across its inputs, not one input after another", () => {
+  const s = sync({ inputs: 2 });
+  // PCMU on both inputs, captured alternately 10 ms apart (input 0 at 0, 20, 40, 60 ms; input 1 at 10, 30, 50,
+  // 70 ms), each arriving as it is captured: one release takes them all.
+  for (let i = 0; i < 4; i++) {
+    s.push(0, rtp(i, i * 160, 0xa0), false, T0 + i * 20_000, null);
+    s.push(1, rtp(i, 80 + i * 160, 0xa1), false, T0 + 10_000 + i * 20_000, null);
+  }
+  const order: string[] = [];
+  s.flush((data) => {
+    for (const d of data) {
+      order.push(
+        `${d[11] === 0xa0 ? "in0" : "in1"}@${new DataView(d.buffer, d.byteOffset).getUint32(4) / 8} ms`,
+      );
+    }
+  });
+  assert.deepEqual(order, [
+    "in0@0 ms",
+    "in1@10 ms",
+    "in0@20 ms",
+    "in1@30 ms",
+    "in0@40 ms",
+    "in1@50 ms",
+    "in0@60 ms",
+    "in1@70 ms",
+  ]);
+});

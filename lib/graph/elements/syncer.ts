@@ -109,8 +109,9 @@ export const syncer = defineElement({
     });
     const emit = (data: Uint8Array[], from: Endpoint[], rtcp: boolean) =>
       out.emit(new ArrayBatch(data, from), rtcp);
-    // The timer fires at most a quarter of the precision early; everything due within half of it leaves together.
-    const tolerance = precisionUs / 4;
+    // The timer fires at most an eighth of the precision early; everything due within a quarter of it leaves
+    // together (so a datagram leaves at most a quarter early: two streams at most half the precision apart).
+    const tolerance = precisionUs / 8;
     // On the real clock the timer sleeps its last 2 ms off the main thread (FFI) instead of spinning them, which
     // would take a whole core from the rest of the node at a release every millisecond or two.
     const sleeper = clock === systemClock ? Sleeper.open() : null;
