@@ -586,13 +586,13 @@ export class Synchronizer<T = unknown> {
     for (const inp of this.#inputs) {
       for (const s of inp.streams.values()) {
         // headEff is Infinity when empty, which a flush's limit (Infinity) would take as due.
-        if (s.queue.length !== 0 && s.queue.headEff <= limit) {
+        if (s.queue.length !== 0 && !(s.queue.headEff > limit)) {
           queues.push(s.queue);
           owners.push(inp);
           streams.push(s);
         }
       }
-      if (inp.rtcp.length !== 0 && inp.rtcp.headEff <= limit) {
+      if (inp.rtcp.length !== 0 && !(inp.rtcp.headEff > limit)) {
         queues.push(inp.rtcp);
         owners.push(inp);
         streams.push(null);
@@ -606,7 +606,9 @@ export class Synchronizer<T = unknown> {
       let eff = Infinity;
       for (let j = 0; j < queues.length; j++) {
         const e = queues[j].headEff;
-        if (e <= limit && e < eff) {
+        // A head is due unless it is known to be later than the limit (k < 0: the first due head is taken whatever
+        // its time); an emptied queue has none (its headEff is Infinity, which a flush's limit would take as due).
+        if (queues[j].length !== 0 && !(e > limit) && (k < 0 || e < eff)) {
           eff = e;
           k = j;
         }

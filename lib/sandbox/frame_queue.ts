@@ -18,8 +18,11 @@ interface Chunk {
   readonly pooled: boolean;
 }
 
-/** Bytes of one chunk: a frame of half of it or more gets a buffer of its own. */
-export const CHUNK_BYTES = 256 * 1024;
+/**
+ * Bytes of one chunk: a reserved or pushed frame of half of it or more gets a buffer of its own (the sandbox host's
+ * largest frames, gathered small batches, are 512 KiB).
+ */
+export const CHUNK_BYTES = 1024 * 1024;
 /** Written chunks kept for reuse, at most (see `trim` for fewer). */
 const KEEP = 8;
 
@@ -54,20 +57,45 @@ export class FrameQueue {
       this.#chunks.push({ buf, filled: bytes, written: 0, pooled: false });
       return buf;
     }
-    let last = this.#chunks[this.#chunks.length - 1];
-    if (!last || !last.pooled || last.buf.length - last.filled < bytes) {
-      last = {
-        buf: this.#free.pop() ?? new Uint8Array(this.#chunkBytes),
-        filled: 0,
-        written: 0,
-        pooled: true,
-      };
-      this.#chunks.push(last);
-      if (++this.#inUse > this.#peak) this.#peak = this.#inUse;
-    }
+    const last = this.#room(bytes);
     const at = last.filled;
     last.filled += bytes;
     return last.buf.subarray(at, at + bytes);
+  }
+
+  /**
+   * Takes back the last `reserve` (`view` is what it gave), which must not be written: its caller failed to fill
+   * it. Nothing half-made reaches the socket.
+   */
+  unreserve(view: Uint8Array): void {
+    const last = this.#chunks[this.#chunks.length - 1];
+    if (
+      !last || last.buf.buffer !== view.buffer ||
+      last.buf.byteOffset + last.filled !== view.byteOffset + view.length
+    ) {
+      throw new RangeError("Cannot take back a reservation that is not the last one");
+    }
+    if (last.written > view.byteOffset - last.buf.byteOffset) {
+      throw new RangeError("Cannot take back written bytes");
+    }
+    this.#queued -= view.length;
+    if (!last.pooled) this.#chunks.pop();
+    else last.filled -= view.length;
+  }
+
+  /** The last chunk if it is pooled and has `bytes` free, else a spare or new one queued after it. */
+  #room(bytes: number): Chunk {
+    const last = this.#chunks[this.#chunks.length - 1];
+    if (last && last.pooled && last.buf.length - last.filled >= bytes) return last;
+    const next = {
+      buf: this.#free.pop() ?? new Uint8Array(this.#chunkBytes),
+      filled: 0,
+      written: 0,
+      pooled: true,
+    };
+    this.#chunks.push(next);
+    if (++this.#inUse > this.#peak) this.#peak = this.#inUse;
+    return next;
   }
 
   /** Queues `frame`: copied when it is small, else written from where it lies (the caller leaves it alone). */
@@ -80,9 +108,20 @@ export class FrameQueue {
     this.reserve(frame.length).set(frame);
   }
 
-  /** Queues a copy of `frame` (a view of a buffer its owner reuses before the write could end). */
+  /**
+   * Queues a copy of `frame` (a view of a buffer its owner reuses before the write could end), across as many pooled
+   * chunks as it takes: the socket sees one byte stream, a frame need not lie in one piece, and a large one costs no
+   * buffer of its own.
+   */
   copy(frame: Uint8Array): void {
-    this.reserve(frame.length).set(frame);
+    this.#queued += frame.length;
+    for (let off = 0; off < frame.length;) {
+      const last = this.#room(1);
+      const n = Math.min(frame.length - off, last.buf.length - last.filled);
+      last.buf.set(frame.subarray(off, off + n), last.filled);
+      last.filled += n;
+      off += n;
+    }
   }
 
   /** The bytes to write next (a view, valid until `advance`), or null when everything is written. */

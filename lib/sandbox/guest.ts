@@ -61,8 +61,10 @@ interface BatchWork {
   readonly body: Uint8Array;
 }
 
-/** Bytes of one chunk of the outbox: a batch of up to half of it passed through is copied there. */
-const OUTBOX_CHUNK_BYTES = 2 * 1024 * 1024;
+/** Bytes of one chunk of the outbox (a batch passed through is copied across as many as it takes). */
+const OUTBOX_CHUNK_BYTES = 256 * 1024;
+/** How often the outbox lets go of spare chunks a burst left (FrameQueue.trim). */
+const OUTBOX_TRIM_MS = 1000;
 /** Output bytes waiting for the socket beyond which the child reads no more input until they are written. */
 const OUTBOX_MAX_BYTES = 8 * 1024 * 1024;
 /**
@@ -85,6 +87,7 @@ class Outbox {
   readonly #queue = new FrameQueue(OUTBOX_CHUNK_BYTES, Math.ceil(OUTBOX_MAX_BYTES / OUTBOX_CHUNK_BYTES) + 1);
   #pump: Promise<void> | null = null;
   #failed: { error: unknown } | null = null;
+  #trimmedAt = performance.now();
 
   constructor(write: (bytes: Uint8Array) => Promise<void>) {
     this.#write = write;
@@ -97,8 +100,14 @@ class Outbox {
   /** Queues `frames` in order; `borrowed`, when one of them, is copied (see the class doc). */
   push(frames: readonly Uint8Array[], borrowed: Uint8Array | null = null): void {
     if (this.#failed) throw this.#failed.error;
-    if (frames.length === 0) return;
     for (const f of frames) f === borrowed ? this.#queue.copy(f) : this.#queue.push(f);
+    const now = performance.now();
+    if (now - this.#trimmedAt >= OUTBOX_TRIM_MS) {
+      this.#queue.trim();
+      this.#trimmedAt = now;
+    }
+    // Nothing to write: no pump (one that ended at once would be kept here as if it ran).
+    if (this.#queue.queuedBytes === 0) return;
     this.#pump ??= this.#run();
   }
 
@@ -288,7 +297,8 @@ async function runBatches(
   let borrowed: Uint8Array | null = null;
   const started = performance.now();
   const first = group[0];
-  const counts: number[] = group.map(() => 0);
+  // Read before the handler runs: a batch passed on is moved in the reader's buffer after it.
+  const counts: number[] = group.map((w) => countOf(w.body));
   let failed = 0;
   let threw = false;
   try {
@@ -358,7 +368,7 @@ async function runBatches(
   const ms = performance.now() - started;
   group.forEach((w, g) => {
     // A throw loses every batch of the call; bad items of the answer count against the first.
-    const lost = threw ? (counts[g] || countOf(w.body)) : g === 0 ? failed : 0;
+    const lost = threw ? counts[g] : g === 0 ? failed : 0;
     frames.push(doneFrame(w.seq, g === 0 ? ms : 0, lost));
   });
   const joined = joinSmall(frames);
@@ -429,11 +439,14 @@ function turnInPlace(
     return turnBatchIn(w.body, seq, port);
   });
   if (turned.length === 1) return turned[0];
+  // Each BATCH_IN frame (4 length bytes, a kind byte, then its body) must begin where the one before ended: then
+  // moving the turned frames up overwrites only the group's own frames.
   const buffer = turned[0].buffer;
-  const inOrder = turned.every((t, g) =>
-    t.buffer === buffer && (g === 0 || t.byteOffset >= turned[g - 1].byteOffset + turned[g - 1].length)
+  const adjacent = group.every((w, g) =>
+    w.body.buffer === buffer &&
+    (g === 0 || w.body.byteOffset - 5 === group[g - 1].body.byteOffset + group[g - 1].body.length)
   );
-  if (!inOrder) return concat(turned); // not seen: frames of one read lie in order
+  if (!adjacent) return concat(turned); // not seen: the frames of one read lie one after another
   const bytes = new Uint8Array(buffer);
   const start = turned[0].byteOffset;
   let end = start;

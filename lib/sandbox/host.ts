@@ -468,13 +468,21 @@ export class SandboxHost implements AsyncDisposable {
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const now = this.#clock.now();
     const crossing = { kind: "deliver", ap: program, port: input, rtcp: false } as const;
-    // Encoded where it will be written from: no buffer of its own, no copy to join it to its neighbours.
-    const frame = sealBatchIn(
-      encodeBatchInto(crossing, batch, BATCH_IN_PREFIX, (bytes) => run.pending.reserve(bytes)),
-      now,
-      seq,
-      input,
-    );
+    // Encoded where it will be written from: no buffer of its own, no copy to join it to its neighbours. A batch
+    // that fails to encode (a datagram longer than its stated length) takes its reservation back.
+    let reserved: Uint8Array | null = null;
+    let frame: Uint8Array;
+    try {
+      frame = sealBatchIn(
+        encodeBatchInto(crossing, batch, BATCH_IN_PREFIX, (bytes) => reserved = run.pending.reserve(bytes)),
+        now,
+        seq,
+        input,
+      );
+    } catch (error) {
+      if (reserved) run.pending.unreserve(reserved);
+      throw error;
+    }
     run.inFlight.push({ seq, count: batch.count, bytes: frame.length, sentAt: now, program });
     run.inFlightBytes += frame.length;
     if (!run.writing) void this.#pump(run);

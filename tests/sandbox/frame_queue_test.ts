@@ -96,3 +96,56 @@ Deno.test("FrameQueue.trim keeps the spare chunks the busiest moment since the l
   q.trim();
   assert.equal(q.spare, 0, "a quiet period lets the spares go");
 });
+
+Deno.test("FrameQueue.copy spreads a large frame over pooled chunks, in order, with no buffer of its own", () => {
+  const q = new FrameQueue(64, 10);
+  q.reserve(10).fill(1);
+  const big = Uint8Array.from({ length: 200 }, (_, i) => i);
+  q.copy(big);
+  q.copy(frame(5, 2));
+  assert.equal(q.queuedBytes, 215);
+  const written: Uint8Array[] = [];
+  for (let bytes = q.next(); bytes; bytes = q.next()) {
+    written.push(bytes);
+    q.advance(bytes.length);
+  }
+  assert.ok(written.every((w) => w.buffer.byteLength === 64), "every span is a pooled chunk");
+  const all = new Uint8Array(written.reduce((n, w) => n + w.length, 0));
+  written.reduce((off, w) => (all.set(w, off), off + w.length), 0);
+  assert.deepEqual(all, new Uint8Array([...frame(10, 1), ...big, ...frame(5, 2)]));
+  assert.equal(q.queuedBytes, 0);
+});
+
+Deno.test("FrameQueue.unreserve takes back the last reservation only, pooled or its own, and nothing of it is written", () => {
+  const q = new FrameQueue(64);
+  q.reserve(10).fill(1);
+  const half = q.reserve(20);
+  q.unreserve(half);
+  const own = q.reserve(40); // half the chunk or more: a buffer of its own
+  assert.throws(() => q.unreserve(half), RangeError, "no longer the last");
+  q.unreserve(own);
+  q.reserve(5).fill(3);
+  assert.equal(q.queuedBytes, 15);
+  assert.deepEqual(drain(q), new Uint8Array([...frame(10, 1), ...frame(5, 3)]));
+});
+
+Deno.test("FrameQueue after clear() queues and writes as new, its chunks reused", () => {
+  const q = new FrameQueue(64, 4);
+  for (let i = 0; i < 6; i++) q.reserve(30).fill(i);
+  q.next(); // a write was under way when the socket failed
+  q.clear();
+  assert.equal(q.queuedBytes, 0);
+  assert.equal(q.next(), null);
+  assert.equal(q.spare, 3, "the spares kept, up to the limit");
+  q.reserve(30).fill(9);
+  assert.equal(q.spare, 2);
+  assert.deepEqual(drain(q), frame(30, 9));
+  q.trim();
+  assert.equal(q.spare, 2, "the busiest moment since the last trim (3 chunks) covers them");
+  q.trim();
+  assert.equal(
+    q.spare,
+    0,
+    "a quiet period: one chunk in use, no spares (the cleared chunks counted out of use)",
+  );
+});

@@ -206,6 +206,30 @@ export function handle(_i, batch) { return [batch, batch.slice()]; }
   }
 });
 
+Deno.test("SandboxHost: a batch that fails to encode (a datagram longer than it says) leaves nothing half-written, and the next one arrives whole", async () => {
+  const { host, got } = sandbox(PASS_THROUGH, { params: { stamp: 9 } });
+  try {
+    await host.start();
+    const good = datagrams(40, 300);
+    const liar: Batch = {
+      ...good,
+      count: good.count,
+      data: good.data.bind(good),
+      length: () => 10,
+      from: good.from.bind(good),
+      truncated: () => false,
+    };
+    assert.throws(() => host.push(0, liar), RangeError);
+    assert.equal(host.push(0, datagrams(40, 300, 7)), true);
+    await until("the good batch back", () => packets(got) === 40);
+    assert.deepEqual(got.flatMap((r) => r.data.map((d) => d.length)), new Array(40).fill(300));
+    assert.equal(host.status().state, "running");
+    assert.equal(host.status().restarts, 0, "the child read no broken frame");
+  } finally {
+    await host.stop();
+  }
+});
+
 Deno.test("SandboxHost refuses params the program does not declare, and nothing runs", async () => {
   const { host } = sandbox(PASS_THROUGH, { params: { stamp: 999, colour: "red" } });
   try {
