@@ -63,6 +63,11 @@ export const uploadFields = {
     DEFAULT_LIMITS.nice ?? 10,
     "nice value of sandbox processes: above the node's, so its data path goes first when the cores are busy",
   ),
+  shared_memory: opt(
+    bool(),
+    DEFAULT_LIMITS.sharedMemory ?? true,
+    "batches cross to and from sandbox processes through memory shared with each (twice the in-flight bytes), not through its socket",
+  ),
   max_processes: opt(int({ min: 0, max: 1024 }), 16, "sandbox processes of all sessions together"),
   start_timeout: opt(duration({ min: 100, max: 300_000 }), DEFAULT_LIMITS.startMs),
   deno: opt(
@@ -90,6 +95,7 @@ export function uploadOptions(cfg: UploadsSection): UploadOptions | undefined {
       startMs: cfg.start_timeout,
       cpuShare: cfg.cpu_percent / 100,
       nice: cfg.nice,
+      sharedMemory: cfg.shared_memory,
     },
     maxProcesses: cfg.max_processes,
     storageBytes: cfg.storage_bytes,

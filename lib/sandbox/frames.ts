@@ -8,7 +8,11 @@
  *     BATCH_IN   u8 2, f64 host time (ms), u32 sequence, u16 input, codec buffer      (host -> child)
  *     BATCH_OUT  u8 3, u32 sequence, u16 output, codec buffer                          (child -> host)
  *     DONE       u8 4, u32 sequence, f64 handler time (ms), u32 datagrams it failed on (child -> host)
+ *     REF        u8 5, u32 offset, u32 length                                          (both ways)
  *
+ * A REF frame stands for a frame that lies in the memory the two share (lib/sandbox/shared_ring.ts) at `offset`,
+ * `length` bytes long with its own length and kind: a BATCH_IN the host encoded there, or a BATCH_OUT the child
+ * turned where its BATCH_IN lay. Only the frame's few bytes then cross the socket.
  * The reader is a pure state machine (bytes in, frames out) and refuses a frame longer than its limit: what the
  * child writes is data from code the node does not trust.
  */
@@ -17,6 +21,7 @@ export const CONTROL = 1;
 export const BATCH_IN = 2;
 export const BATCH_OUT = 3;
 export const DONE = 4;
+export const REF = 5;
 
 /** The longest frame either side accepts. */
 export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
@@ -173,6 +178,53 @@ export function readDone(body: Uint8Array): { seq: number; ms: number; failed: n
   if (body.length !== 16) throw new FrameError(`Cannot read a done frame: ${body.length} bytes`);
   const view = new DataView(body.buffer, body.byteOffset, body.length);
   return { seq: view.getUint32(0, true), ms: view.getFloat64(4, true), failed: view.getUint32(12, true) };
+}
+
+/** A REF frame: the frame of `length` bytes at `offset` of the shared memory. */
+export function refFrame(offset: number, length: number): Uint8Array {
+  const frame = new Uint8Array(4 + 1 + 8);
+  const view = new DataView(frame.buffer);
+  view.setUint32(0, 9, true);
+  frame[4] = REF;
+  view.setUint32(5, offset, true);
+  view.setUint32(9, length, true);
+  return frame;
+}
+
+/**
+ * The frames a REF body stands for, in `shared`, each passed to `each` as it is read (a view of `shared`): one, or
+ * several that lie one after another (a child's batches turned together). Throws FrameError when they do not fill
+ * the region exactly, run outside `shared`, or one is not of kind `kind`. Every field is read once: the other side
+ * may write the shared memory while this reads it.
+ */
+export function resolveRef(
+  body: Uint8Array,
+  shared: Uint8Array,
+  kind: number,
+  each: (frame: Frame) => void,
+): void {
+  if (body.length !== 8) throw new FrameError(`Cannot read a ref frame: ${body.length} bytes`);
+  const ref = new DataView(body.buffer, body.byteOffset, 8);
+  const offset = ref.getUint32(0, true);
+  const length = ref.getUint32(4, true);
+  if (length < 5 || offset + length > shared.length) {
+    throw new FrameError(
+      `Cannot read shared frames of ${length} bytes at ${offset} (${shared.length} shared)`,
+    );
+  }
+  const view = new DataView(shared.buffer, shared.byteOffset, shared.length);
+  const end = offset + length;
+  for (let at = offset; at < end;) {
+    const stated = at + 5 <= end ? view.getUint32(at, true) : 0;
+    const found = stated >= 1 && at + 4 + stated <= end ? shared[at + 4] : -1;
+    if (found !== kind) {
+      throw new FrameError(
+        `Cannot read a shared frame at ${at} of ${offset}+${length}: kind ${found}, ${stated} bytes`,
+      );
+    }
+    each({ kind, body: shared.subarray(at + 5, at + 4 + stated) });
+    at += 4 + stated;
+  }
 }
 
 const EMPTY = new Uint8Array(0);

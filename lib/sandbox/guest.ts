@@ -21,6 +21,9 @@ import {
   FrameReader,
   peekBatchIn,
   readControl,
+  REF,
+  refFrame,
+  resolveRef,
   sealBatchOut,
   turnBatchIn,
 } from "./frames.ts";
@@ -35,6 +38,8 @@ export interface GuestIo {
   readonly input: { read(p: Uint8Array): Promise<number | null> };
   write(bytes: Uint8Array): Promise<void>;
   exit(code: number): never;
+  /** The memory shared with the host (shared_ring.ts), if mapped: batches then come and go there by REF frames. */
+  readonly shared?: Uint8Array | null;
 }
 
 interface Program {
@@ -186,8 +191,10 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
     }
     programs.push(mod as unknown as Program);
   }
+  const shared = io.shared ?? null;
   await io.write(controlFrame({
     type: "loaded",
+    shared: shared !== null,
     programs: programs.map((p) => {
       const m = p as { params?: unknown; needs?: unknown };
       return { ports: p.ports, params: m.params ?? {}, needs: m.needs ?? {} };
@@ -201,7 +208,9 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
   const work: Work[] = [];
   const outbox = new Outbox(io.write);
   let answerWithinMs = ANSWER_WITHIN_MS;
-  const each = (frame: Frame) => {
+  const each = (frame: Frame): void => {
+    // A batch the host encoded in the shared memory: read where it lies there.
+    if (frame.kind === REF && shared) return resolveRef(frame.body, shared, BATCH_IN, each);
     if (frame.kind === CONTROL) work.push({ kind: "control", message: readControl(frame.body) });
     else if (frame.kind === BATCH_IN) {
       const { now, seq, input } = peekBatchIn(frame.body);
@@ -256,7 +265,7 @@ export async function serveGuest(entries: readonly string[], io: GuestIo): Promi
         datagrams += countOf(next.body);
       }
       now = group[group.length - 1].now;
-      const answer = await runBatches(programs, contexts, group);
+      const answer = await runBatches(programs, contexts, group, shared);
       if (answer.fatal !== null) {
         outbox.push([controlFrame({ type: "fatal", message: answer.fatal })]);
         await outbox.drained();
@@ -291,6 +300,7 @@ async function runBatches(
   programs: readonly Program[],
   contexts: readonly Ctx[],
   group: readonly BatchWork[],
+  shared: Uint8Array | null,
 ): Promise<Answer> {
   const frames: Uint8Array[] = [];
   /** The frame that is a view of the reader's buffer, if any. */
@@ -355,7 +365,11 @@ async function runBatches(
         // there. Several are moved up against each other there (each turned frame starts a few bytes into its own
         // BATCH_IN frame), so they leave in one write without a buffer of their own (a new one per call cost fresh
         // pages: a 1.5 MB group was a page fault and a clear per 4 KiB). The views are stale from here on.
-        frames[passedAt] = borrowed = turnInPlace(group, decoded.map((d) => d.at), to.ap, first.seq, passed);
+        const turned = turnInPlace(group, decoded.map((d) => d.at), to.ap, first.seq, passed);
+        // Turned in the shared memory: the host is told where (it reads it there before the DONEs free it).
+        if (shared && turned.buffer === shared.buffer) {
+          frames[passedAt] = refFrame(turned.byteOffset - shared.byteOffset, turned.length);
+        } else frames[passedAt] = borrowed = turned;
       }
     }
   } catch (error) {

@@ -49,8 +49,12 @@ import {
   peekBatchOut,
   readControl,
   readDone,
+  REF,
+  refFrame,
+  resolveRef,
   sealBatchIn,
 } from "./frames.ts";
+import { CHILD_FFI_CHECKS, RingAllocator, SharedMemory } from "./shared_ring.ts";
 import { EXIT_LOAD_FAILED, EXIT_OUT_OF_MEMORY } from "./guest.ts";
 import { childArgv, type DataLimit, type ProcSample, sampleProcess, tightenDataLimit } from "./proc.ts";
 import { CpuCap } from "./cgroup.ts";
@@ -88,6 +92,11 @@ export interface SandboxLimits extends UploadLimits {
   readonly cpuShare?: number;
   /** The process's nice value: above the node's, so the data path goes first when cores are short. */
   readonly nice?: number;
+  /**
+   * Batches cross through memory shared with the child (shared_ring.ts, twice `maxInFlightBytes`) where FFI is
+   * granted to the node; otherwise, or false, through the socket.
+   */
+  readonly sharedMemory?: boolean;
 }
 
 export const DEFAULT_LIMITS: SandboxLimits = {
@@ -99,6 +108,7 @@ export const DEFAULT_LIMITS: SandboxLimits = {
   maxInFlightBytes: 8 * 1024 * 1024,
   startMs: 15_000,
   nice: 10,
+  sharedMemory: true,
 };
 
 /** One program a sandbox runs (an AP of its VM group). */
@@ -180,6 +190,8 @@ interface InFlight {
   readonly sentAt: number;
   /** The program it was sent to (its outputs must come from that one); -1: a heartbeat. */
   readonly program: number;
+  /** Its frame lies in the shared memory (its region is given back with its DONE). */
+  readonly shared: boolean;
 }
 
 /** One run of the child: its pipes and what it has in flight. */
@@ -201,6 +213,9 @@ interface Run {
   exitReason: "load" | "memory" | null;
   /** The child reported its programs (once per run). */
   loaded: boolean;
+  /** The child mapped the shared memory (it said so with its programs): batches go there. */
+  shared: boolean;
+
   /** Frames waiting for the socket, next to each other in reused chunks (frame_queue.ts). */
   readonly pending: FrameQueue;
   writing: boolean;
@@ -235,6 +250,13 @@ export class SandboxHost implements AsyncDisposable {
   /** The memory limit the current (or last) child runs under, once it was lowered after its connect. */
   #dataLimit: DataLimit | null = null;
   #stopped: Promise<void> | null = null;
+  /** The memory shared with the child, made at the first start (null: none, batches cross the socket). */
+  #shared: { memory: SharedMemory; ring: RingAllocator } | null = null;
+  /**
+   * The FFI checks the audit has yet to see from the newest child's own mapping of the shared memory, made before
+   * its upload loads (set before it starts: the audit may be read before the run is recorded): not denials.
+   */
+  #ffiChecks: (string | null)[] = [];
   readonly #drops: Record<DropReason, number> = {
     queue_full: 0,
     deadline: 0,
@@ -253,6 +275,8 @@ export class SandboxHost implements AsyncDisposable {
     memory_kills: 0,
     protocol_errors: 0,
     denials: 0,
+    /** Batches that crossed in the shared memory (the rest went through the socket). */
+    batches_shared: 0,
     /** Permission-audit lines not read (over AUDIT_LINES_PER_SECOND). */
     audit_skipped: 0,
   };
@@ -470,20 +494,35 @@ export class SandboxHost implements AsyncDisposable {
     const crossing = { kind: "deliver", ap: program, port: input, rtcp: false } as const;
     // Encoded where it will be written from: no buffer of its own, no copy to join it to its neighbours. A batch
     // that fails to encode (a datagram longer than its stated length) takes its reservation back.
+    // In the shared memory when the child mapped it and there is room (then only a REF frame crosses the socket).
     let reserved: Uint8Array | null = null;
+    let sharedAt = -1;
+    const shared = run.shared ? this.#shared : null;
+    const reserve = (bytes: number): Uint8Array => {
+      sharedAt = shared ? shared.ring.reserve(bytes) : -1;
+      if (sharedAt >= 0) return shared!.memory.bytes.subarray(sharedAt, sharedAt + bytes);
+      return reserved = run.pending.reserve(bytes);
+    };
     let frame: Uint8Array;
     try {
-      frame = sealBatchIn(
-        encodeBatchInto(crossing, batch, BATCH_IN_PREFIX, (bytes) => reserved = run.pending.reserve(bytes)),
-        now,
-        seq,
-        input,
-      );
+      frame = sealBatchIn(encodeBatchInto(crossing, batch, BATCH_IN_PREFIX, reserve), now, seq, input);
     } catch (error) {
       if (reserved) run.pending.unreserve(reserved);
+      if (sharedAt >= 0) shared!.ring.unreserve();
       throw error;
     }
-    run.inFlight.push({ seq, count: batch.count, bytes: frame.length, sentAt: now, program });
+    if (sharedAt >= 0) {
+      run.pending.push(refFrame(sharedAt, frame.length));
+      this.#counts.batches_shared++;
+    }
+    run.inFlight.push({
+      seq,
+      count: batch.count,
+      bytes: frame.length,
+      sentAt: now,
+      program,
+      shared: sharedAt >= 0,
+    });
     run.inFlightBytes += frame.length;
     if (!run.writing) void this.#pump(run);
     if (this.#deadline === undefined) this.#armDeadline(run);
@@ -574,6 +613,10 @@ export class SandboxHost implements AsyncDisposable {
       await this.#supervisor.stop();
       if (this.#state !== "failed") this.#state = "stopped";
       await this.#closeAudit();
+      // The child is gone and batches are never kept past their hand-on: nothing reads the shared memory now.
+      const shared = this.#shared;
+      this.#shared = null;
+      shared?.memory.close();
       if (this.#dir) await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
       await this.#cap?.remove();
     })();
@@ -594,6 +637,14 @@ export class SandboxHost implements AsyncDisposable {
     // One socket per run, in a directory of its own: the child may reach this path and nothing else.
     const socket = `${this.#dir}/ipc/${n}.sock`;
     const listener = Deno.listen({ transport: "unix", path: socket });
+    if (this.#limits.sharedMemory !== false && !this.#shared) {
+      const memory = SharedMemory.create(2 * this.#limits.maxInFlightBytes);
+      if (memory) this.#shared = { memory, ring: new RingAllocator(memory.size) };
+    }
+    const shared = this.#shared
+      ? { path: this.#shared.memory.path, bytes: this.#shared.memory.size }
+      : undefined;
+    this.#ffiChecks = shared ? [...CHILD_FFI_CHECKS] : [];
     const argv = normalPriorityArgv(
       childArgv({
         deno: this.#o.deno ?? Deno.execPath(),
@@ -608,6 +659,7 @@ export class SandboxHost implements AsyncDisposable {
         memoryMb: this.#limits.memoryMb,
         addressBaseMb: this.#limits.addressBaseMb,
         dataBaseMb: this.#limits.dataBaseMb,
+        shared,
       }),
       { nice: this.#limits.nice },
     );
@@ -656,6 +708,7 @@ export class SandboxHost implements AsyncDisposable {
       said: null,
       exitReason: null,
       loaded: false,
+      shared: false,
       // As many spare chunks as the in-flight bound can fill: a burst never allocates (trimmed each sample).
       pending: new FrameQueue(CHUNK_BYTES, Math.ceil(this.#limits.maxInFlightBytes / CHUNK_BYTES) + 1),
       writing: false,
@@ -742,32 +795,15 @@ export class SandboxHost implements AsyncDisposable {
         }
         return this.#control(run, m as Record<string, unknown>);
       }
-      case BATCH_OUT: {
-        // Decoded where the reader holds it: the batch is handed on during this call, as batches are.
-        const out = peekBatchOut(frame.body);
-        const decoded = decodeBatch(frame.body.buffer as ArrayBuffer, out.at, out.length);
-        const program = decoded.to.ap;
-        const ports = this.#programs?.[program]?.ports.outputs.length ?? 0;
-        const head = run.inFlight[0];
-        if (
-          head?.seq !== out.seq || head.program !== program || decoded.to.kind !== "emitted" ||
-          out.output >= ports
-        ) {
-          return this.#protocolError(
-            run,
-            `an output for batch ${out.seq}, program ${program}, port ${out.output}, not in flight`,
-          );
-        }
-        const batch: DecodedBatch = decoded.batch;
-        this.#counts.batches_out++;
-        this.#counts.packets_out += batch.count;
-        try {
-          this.#o.onOutput(out.output, batch, program);
-        } catch (error) {
-          this.#error = `its output could not be delivered: ${errorMessage(error)}`;
-        }
-        return;
+      case REF: {
+        // A batch the child passed on where it lay in the shared memory: read there, each field once.
+        const shared = run.shared ? this.#shared : null;
+        if (!shared) return this.#protocolError(run, "a shared frame, with no memory shared");
+        return resolveRef(frame.body, shared.memory.bytes, BATCH_OUT, (f) => this.#batchOut(run, f.body));
       }
+      case BATCH_OUT:
+        // Decoded where the reader holds it: the batch is handed on during this call, as batches are.
+        return this.#batchOut(run, frame.body);
       case DONE: {
         const done = readDone(frame.body);
         const head = run.inFlight[0];
@@ -776,6 +812,7 @@ export class SandboxHost implements AsyncDisposable {
         }
         run.inFlight.shift();
         run.inFlightBytes -= head.bytes;
+        if (head.shared) this.#shared?.ring.release();
         run.answeredAt = this.#clock.now();
         this.#counts.batches_done++;
         if (done.ms > this.#handlerMsMax) this.#handlerMsMax = done.ms;
@@ -788,12 +825,39 @@ export class SandboxHost implements AsyncDisposable {
     }
   }
 
+  /** A BATCH_OUT frame's body: checked against the batch at the head and handed on during this call. */
+  #batchOut(run: Run, body: Uint8Array): void {
+    const out = peekBatchOut(body);
+    const decoded = decodeBatch(body.buffer as ArrayBuffer, out.at, out.length);
+    const program = decoded.to.ap;
+    const ports = this.#programs?.[program]?.ports.outputs.length ?? 0;
+    const head = run.inFlight[0];
+    if (
+      head?.seq !== out.seq || head.program !== program || decoded.to.kind !== "emitted" ||
+      out.output >= ports
+    ) {
+      return this.#protocolError(
+        run,
+        `an output for batch ${out.seq}, program ${program}, port ${out.output}, not in flight`,
+      );
+    }
+    const batch: DecodedBatch = decoded.batch;
+    this.#counts.batches_out++;
+    this.#counts.packets_out += batch.count;
+    try {
+      this.#o.onOutput(out.output, batch, program);
+    } catch (error) {
+      this.#error = `its output could not be delivered: ${errorMessage(error)}`;
+    }
+  }
+
   #control(run: Run, m: Record<string, unknown>): void {
     const message = typeof m.message === "string" ? m.message.slice(0, 2000) : "";
     switch (m.type) {
       case "loaded": {
         if (run.loaded) return this.#protocolError(run, "a second `loaded`");
         run.loaded = true;
+        run.shared = m.shared === true && this.#shared !== null;
         const reported = Array.isArray(m.programs) ? m.programs as Record<string, unknown>[] : [];
         if (reported.length !== this.#wanted.length) {
           return this.#protocolError(run, `${reported.length} programs loaded of ${this.#wanted.length}`);
@@ -945,6 +1009,8 @@ export class SandboxHost implements AsyncDisposable {
     const lost = run.inFlight.reduce((sum, b) => sum + b.count, 0);
     run.inFlight.length = 0;
     run.inFlightBytes = 0;
+    // The child that held the shared memory's frames is gone (the next one maps it afresh).
+    this.#shared?.ring.reset();
     if (expected || this.#state === "failed") return;
     this.#drops[run.killedFor ?? "crashed"] += lost;
     if (run.killedFor === "deadline") {
@@ -1036,7 +1102,7 @@ export class SandboxHost implements AsyncDisposable {
     const run = this.#run;
     if (!run?.ready || run.killedFor || run.inFlight.length > 0 || this.#state !== "running") return;
     const seq = this.#seq = (this.#seq + 1) >>> 0;
-    run.inFlight.push({ seq, count: 0, bytes: 0, sentAt: this.#clock.now(), program: -1 });
+    run.inFlight.push({ seq, count: 0, bytes: 0, sentAt: this.#clock.now(), program: -1, shared: false });
     this.#write(run, controlFrame({ type: "ping", seq }));
     if (this.#deadline === undefined) this.#armDeadline(run);
   }
@@ -1136,6 +1202,12 @@ export class SandboxHost implements AsyncDisposable {
     const value = entry.value === null || entry.value === undefined ? null : String(entry.value);
     const modules = `${this.#dir}/modules`;
     if (permission === "read" && value !== null && (value === modules || value.startsWith(`${modules}/`))) {
+      return;
+    }
+    // The child's own mapping of the shared memory, before its upload loaded: the first FFI checks, as expected.
+    const ffi = this.#ffiChecks;
+    if (permission === "ffi" && ffi?.length && ffi[0] === value) {
+      ffi.shift();
       return;
     }
     // Its own storage, as granted (a relative name is in its working directory, the storage).

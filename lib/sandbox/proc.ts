@@ -78,6 +78,8 @@ export interface ChildCommandOptions {
   readonly memoryMb: number;
   readonly addressBaseMb?: number;
   readonly dataBaseMb?: number;
+  /** Memory shared with the host (shared_ring.ts): the child maps it with FFI, then revokes FFI. */
+  readonly shared?: { readonly path: string; readonly bytes: number };
 }
 
 /**
@@ -90,7 +92,8 @@ export interface ChildCommandOptions {
  */
 export function childArgv(o: ChildCommandOptions): string[] {
   const mib = 1024 * 1024;
-  const asBytes = ((o.addressBaseMb ?? ADDRESS_BASE_MB) + o.memoryMb) * mib;
+  // The memory shared with the host is mapped in the child's address space too (not in its data: it is not private).
+  const asBytes = ((o.addressBaseMb ?? ADDRESS_BASE_MB) + o.memoryMb) * mib + (o.shared?.bytes ?? 0);
   const dataBytes = ((o.dataBaseMb ?? DATA_BASE_MB) + o.memoryMb) * mib;
   return [
     "sh",
@@ -114,8 +117,11 @@ export function childArgv(o: ChildCommandOptions): string[] {
     `--allow-write=${o.socket}${o.storage && o.storageWrite ? `,${o.storage}` : ""}`,
     `--allow-net=unix:${o.socket}`,
     `--v8-flags=--max-old-space-size=${o.heapMb}`,
+    // For its one mapping of the shared memory, revoked before the upload loads (shared_ring.ts).
+    ...(o.shared ? ["--allow-ffi"] : []),
     o.main,
     o.socket,
+    o.shared ? `${o.shared.path}:${o.shared.bytes}` : "-",
     ...o.entries.map((entry) => `file://${o.dir}/${entry}`),
   ];
 }

@@ -365,6 +365,81 @@ Deno.test("SandboxHost counts a denial the program caught itself", async () => {
   }
 });
 
+Deno.test("SandboxHost: batches cross in memory shared with the child, and arrive as they do through the socket", async () => {
+  // Output "a" passes the batches on as they came (turned in the shared memory), "b" is a new list (encoded by the
+  // child into its own frames): both kinds of answer, with the memory shared and without.
+  const source = `export const ports = { inputs: ["in"], outputs: ["a", "b"] };
+export function handle(_i, batch) {
+  for (const d of batch) d.data[1] ^= 0xff;
+  return [batch, batch.filter((d) => d.data[2] % 2 === 0)];
+}
+`;
+  const results: Record<string, { a: number[][]; b: number[][]; shared: number }> = {};
+  for (const sharedMemory of [true, false]) {
+    const { host, got } = sandbox(source, { limits: { sharedMemory } });
+    try {
+      await host.start();
+      for (let b = 0; b < 30; b++) host.push(0, datagrams(20, 200 + b * 40, b));
+      await until("every datagram back", () => packets(got) === 30 * 30).catch((e) => {
+        throw new Error(`${e.message} (${packets(got)}): ${JSON.stringify(host.status())}`);
+      });
+      const of = (o: number) => got.filter((r) => r.output === o).flatMap((r) => r.data.map((d) => [...d]));
+      results[String(sharedMemory)] = { a: of(0), b: of(1), shared: host.status().batches_shared as number };
+      assert.equal(host.status().protocol_errors, 0);
+      assert.equal(host.status().restarts, 0);
+    } finally {
+      await host.stop();
+    }
+  }
+  const [on, off] = [results.true, results.false];
+  assert.equal(on.a.length, 600);
+  assert.equal(on.b.length, 300);
+  assert.equal(on.a[25][1], 5 ^ 0xff, "the program's change in place arrived");
+  assert.deepEqual(on.a, off.a);
+  assert.deepEqual(on.b, off.b);
+  assert.ok(on.shared >= 1, `batches crossed in the shared memory: ${on.shared}`);
+  assert.equal(off.shared, 0);
+});
+
+Deno.test("SandboxHost: the child's FFI is gone before the upload loads: dlopen, raw pointers and asking again are denied and reported", async () => {
+  const source = `${PORTS}
+const tries = [
+  () => Deno.dlopen("libc.so.6", { getpid: { parameters: [], result: "i32" } }),
+  () => Deno.UnsafePointer.create(4096n),
+  () => Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(4096n), 8),
+];
+export const results = [];
+const asked = await Deno.permissions.request({ name: "ffi" });
+export function handle(_i, b) {
+  const denied = tries.filter((t) => { try { t(); return false; } catch { return true; } }).length;
+  // The verdicts travel back in the datagrams: byte 1 is how many attempts were denied, byte 2 whether asking worked.
+  for (const d of b) { d.data[1] = denied; d.data[2] = asked.state === "granted" ? 1 : 0; }
+  return [b];
+}
+`;
+  const { host, got } = sandbox(source);
+  try {
+    await host.start();
+    host.push(0, datagrams(2, 100));
+    await until("the batch back", () => packets(got) === 2);
+    assert.equal(got[0].data[0][1], 3, "every FFI attempt was denied");
+    assert.equal(got[0].data[0][2], 0, "asking for FFI again was refused");
+    assert.ok(
+      (host.status().batches_shared as number) >= 1,
+      "the memory was shared (so FFI had been granted)",
+    );
+    await until("the audit counted", () => (host.status().denials as number) >= 3, 3000).catch((e) => {
+      throw new Error(`${e.message}: ${JSON.stringify(host.status())}`);
+    });
+    assert.ok(
+      (host.status().denied as string[]).every((d) => /ffi access/.test(d)),
+      JSON.stringify(host.status()),
+    );
+  } finally {
+    await host.stop();
+  }
+});
+
 Deno.test("SandboxHost kills a handler past its deadline and restarts it while a second sandbox keeps flowing", async () => {
   const spinner = sandbox(LOOPS_ON_FF, { limits: { deadlineMs: 150 }, backoff: { initialMs: 100 } });
   const neighbour = sandbox(PASS_THROUGH);

@@ -140,10 +140,34 @@ Deno.test("childArgv grants no permission but its upload and its socket, under h
   ]);
   assert.ok(argv.includes("--no-remote") && argv.includes("--no-npm") && argv.includes("--no-config"));
   assert.ok(argv.includes("--v8-flags=--max-old-space-size=64"));
-  assert.deepEqual(argv.slice(-3), [
+  assert.deepEqual(argv.slice(-4), [
     "/tmp/s/ipc/1.sock",
+    "-",
     "file:///tmp/s/modules/main.ts",
     "file:///tmp/s/modules/other.js",
+  ]);
+});
+
+Deno.test("childArgv with shared memory: FFI for the child's own mapping (revoked before the upload loads), the mapping inside its address limit", () => {
+  const argv = childArgv({
+    deno: "/usr/bin/deno",
+    main: "file:///app/lib/sandbox/child.ts",
+    dir: "/tmp/s/modules",
+    socket: "/tmp/s/ipc/1.sock",
+    entries: ["main.ts"],
+    heapMb: 64,
+    memoryMb: 100,
+    addressBaseMb: 1000,
+    dataBaseMb: 500,
+    shared: { path: "/proc/7/fd/9", bytes: 16 * 1024 * 1024 },
+  });
+  assert.ok(argv.includes(`--as=${1116 * 1024 * 1024}`));
+  assert.ok(argv.includes(`--data=${600 * 1024 * 1024}`), "shared pages are not the child's private data");
+  assert.deepEqual(argv.filter((a) => a.startsWith("--allow")).slice(3), ["--allow-ffi"]);
+  assert.deepEqual(argv.slice(-3), [
+    "/tmp/s/ipc/1.sock",
+    `/proc/7/fd/9:${16 * 1024 * 1024}`,
+    "file:///tmp/s/modules/main.ts",
   ]);
 });
 

@@ -1,0 +1,218 @@
+/**
+ * Memory a sandbox host and its child share, so batches cross without going through the socket: the host encodes a
+ * batch's BATCH_IN frame straight into it and writes a 13-byte REF frame (frames.ts) on the socket; the child reads
+ * the batch where it lies, and a handler that passes its batch on has the frame turned there into a BATCH_OUT and
+ * answers with a REF too. A pass-through then costs no copy of its bytes through the kernel either way (through the
+ * socket, each byte was copied into and out of it twice per crossing).
+ *
+ * The memory is a memfd of the host's (MFD_CLOEXEC: no other child inherits it), mapped shared. The child opens it
+ * as /proc/HOST_PID/fd/FD and maps it through libc before it loads any uploaded code: for that one step it runs with
+ * --allow-ffi, and `mapShared` revokes FFI before it returns, mapped or not (Deno refuses every dlopen and pointer
+ * call after that, and the child has --no-prompt). What it gets is this group's own batches: the host writes nothing
+ * else there, and reads nothing there but the BATCH_OUT frames the child points it at, each field once (the child
+ * may write while the host reads, so a frame is checked as it is read, not before).
+ *
+ * Where FFI is not granted to the node, or this is not Linux, or the child could not map it, frames cross the socket
+ * as before; so does a batch the ring has no room for at the moment.
+ */
+
+/** The libc the child opens for its one mapping (and that its audit record names). */
+export const CHILD_LIBC = "libc.so.6";
+/**
+ * FFI checks the child's mapping makes, as its permission audit records them: dlopen, UnsafePointer.value (is it
+ * MAP_FAILED?), getArrayBuffer. A mapping that fails makes fewer.
+ */
+export const CHILD_FFI_CHECKS: readonly (string | null)[] = [CHILD_LIBC, null, null];
+
+const PROT_READ_WRITE = 3;
+const MAP_SHARED = 1;
+const MFD_CLOEXEC = 1;
+const O_RDWR = 2;
+
+const HOST_SYMBOLS = {
+  memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
+  munmap: { parameters: ["pointer", "usize"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+} as const;
+
+const CHILD_SYMBOLS = {
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
+  close: { parameters: ["i32"], result: "i32" },
+} as const;
+
+function mapped(pointer: Deno.PointerValue): pointer is Deno.PointerObject {
+  // MAP_FAILED is (void *) -1.
+  return pointer !== null && Deno.UnsafePointer.value(pointer) !== 0xffff_ffff_ffff_ffffn;
+}
+
+/** The host's side: a memfd of `size` bytes mapped shared, and the path its child opens it by. */
+export class SharedMemory {
+  #lib: Deno.DynamicLibrary<typeof HOST_SYMBOLS> | null;
+  readonly #pointer: Deno.PointerObject;
+  readonly #fd: number;
+  /** The whole of it (byteOffset 0 of its own ArrayBuffer). */
+  readonly bytes: Uint8Array;
+
+  private constructor(
+    lib: Deno.DynamicLibrary<typeof HOST_SYMBOLS>,
+    pointer: Deno.PointerObject,
+    fd: number,
+    size: number,
+  ) {
+    this.#lib = lib;
+    this.#pointer = pointer;
+    this.#fd = fd;
+    this.bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(pointer, size));
+  }
+
+  /** `size` bytes of shared memory, or null where FFI is not granted, this is not Linux, or it cannot be made. */
+  static create(size: number): SharedMemory | null {
+    if (Deno.build.os !== "linux") return null;
+    let lib: Deno.DynamicLibrary<typeof HOST_SYMBOLS>;
+    try {
+      if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return null;
+      lib = Deno.dlopen("libc.so.6", HOST_SYMBOLS);
+    } catch {
+      return null;
+    }
+    const s = lib.symbols;
+    const fd = s.memfd_create(new TextEncoder().encode("edgenode-sandbox\0"), MFD_CLOEXEC);
+    if (fd < 0) {
+      lib.close();
+      return null;
+    }
+    const pointer = s.ftruncate(fd, BigInt(size)) === 0
+      ? s.mmap(null, BigInt(size), PROT_READ_WRITE, MAP_SHARED, fd, 0n)
+      : null;
+    if (!mapped(pointer)) {
+      s.close(fd);
+      lib.close();
+      return null;
+    }
+    return new SharedMemory(lib, pointer, fd, size);
+  }
+
+  /** What the child opens: this process's descriptor of the memfd. */
+  get path(): string {
+    return `/proc/${Deno.pid}/fd/${this.#fd}`;
+  }
+
+  get size(): number {
+    return this.bytes.length;
+  }
+
+  /**
+   * Unmaps it and closes the memfd. Only once nothing reads `bytes` any more (its views would then fault): the
+   * host calls it after its child ended, and batches are handed on synchronously, never kept.
+   */
+  close(): void {
+    const lib = this.#lib;
+    if (!lib) return;
+    this.#lib = null;
+    lib.symbols.munmap(this.#pointer, BigInt(this.bytes.length));
+    lib.symbols.close(this.#fd);
+    lib.close();
+  }
+}
+
+/**
+ * The child's side: maps `size` bytes of the host's memory at `path`, then revokes FFI for good, whether the mapping
+ * worked or not (null then). Called before any uploaded module is loaded.
+ */
+export function mapShared(path: string, size: number): Uint8Array | null {
+  try {
+    const lib = Deno.dlopen(CHILD_LIBC, CHILD_SYMBOLS);
+    try {
+      const s = lib.symbols;
+      const fd = s.open(new TextEncoder().encode(`${path}\0`), O_RDWR);
+      if (fd < 0) return null;
+      const pointer = s.mmap(null, BigInt(size), PROT_READ_WRITE, MAP_SHARED, fd, 0n);
+      s.close(fd);
+      if (!mapped(pointer)) return null;
+      return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(pointer, size));
+    } finally {
+      lib.close();
+    }
+  } catch {
+    return null;
+  } finally {
+    Deno.permissions.revokeSync({ name: "ffi" });
+  }
+}
+
+/**
+ * Where frames go in the shared memory: regions handed out in order and given back in the same order (a batch's
+ * frame is free once its DONE came, and DONEs come in order), as in a ring. A region never wraps: one that does not
+ * fit before the end starts at 0 if there is room there. Pure bookkeeping, no memory of its own.
+ */
+export class RingAllocator {
+  readonly capacity: number;
+  /** Start and end of every region held, oldest first (a FIFO: `#head` is the oldest's index). */
+  #starts: number[] = [];
+  #ends: number[] = [];
+  #head = 0;
+
+  constructor(capacity: number) {
+    this.capacity = capacity;
+  }
+
+  /** Regions held. */
+  get held(): number {
+    return this.#starts.length - this.#head;
+  }
+
+  /** Bytes held, with what a wrap left unused before the end. */
+  get usedBytes(): number {
+    if (this.held === 0) return 0;
+    const first = this.#starts[this.#head];
+    const last = this.#ends[this.#ends.length - 1];
+    return last > first ? last - first : this.capacity - first + last;
+  }
+
+  /** The offset of a new region of `bytes`, or -1 when there is no room for it now. */
+  reserve(bytes: number): number {
+    if (bytes <= 0 || bytes > this.capacity) return -1;
+    let at: number;
+    if (this.held === 0) {
+      this.#starts.length = this.#ends.length = this.#head = 0;
+      at = 0;
+    } else {
+      const first = this.#starts[this.#head];
+      const last = this.#ends[this.#ends.length - 1];
+      const wrapped = this.#starts[this.#starts.length - 1] < first;
+      if (wrapped) at = last + bytes <= first ? last : -1;
+      else if (last + bytes <= this.capacity) at = last;
+      else at = bytes <= first ? 0 : -1;
+    }
+    if (at < 0) return -1;
+    this.#starts.push(at);
+    this.#ends.push(at + bytes);
+    return at;
+  }
+
+  /** Gives back the newest region (one whose frame could not be made). */
+  unreserve(): void {
+    if (this.held === 0) return;
+    this.#starts.pop();
+    this.#ends.pop();
+  }
+
+  /** Gives back the oldest region. */
+  release(): void {
+    if (this.held === 0) return;
+    this.#head++;
+    if (this.#head > 1024 && this.#head * 2 > this.#starts.length) {
+      this.#starts = this.#starts.slice(this.#head);
+      this.#ends = this.#ends.slice(this.#head);
+      this.#head = 0;
+    }
+  }
+
+  /** Gives back everything (the child that held it ended). */
+  reset(): void {
+    this.#starts.length = this.#ends.length = this.#head = 0;
+  }
+}

@@ -1,0 +1,130 @@
+import assert from "node:assert/strict";
+import {
+  BATCH_IN,
+  BATCH_OUT,
+  type Frame,
+  FrameError,
+  refFrame,
+  resolveRef,
+} from "../../lib/sandbox/frames.ts";
+import { RingAllocator, SharedMemory } from "../../lib/sandbox/shared_ring.ts";
+
+Deno.test("RingAllocator hands out regions in order, wraps only whole regions, and refuses what does not fit", () => {
+  const ring = new RingAllocator(100);
+  assert.equal(ring.reserve(40), 0);
+  assert.equal(ring.reserve(40), 40);
+  assert.equal(ring.reserve(30), -1, "20 left at the end, and the front is held");
+  ring.release();
+  assert.equal(ring.reserve(30), 0, "wrapped: a region never straddles the end");
+  assert.equal(ring.usedBytes, 100 - 40 + 30);
+  assert.equal(ring.reserve(11), -1, "only 10 free between the newest and the oldest");
+  assert.equal(ring.reserve(10), 30);
+  ring.release();
+  assert.equal(ring.held, 2);
+  assert.equal(ring.reserve(60), 40, "the old tail is free again");
+  ring.unreserve();
+  assert.equal(ring.held, 2);
+  ring.release();
+  ring.release();
+  assert.equal(ring.held, 0);
+  assert.equal(ring.usedBytes, 0);
+  assert.equal(ring.reserve(100), 0, "empty: the whole of it from the start");
+  assert.equal(ring.reserve(1), -1);
+  ring.reset();
+  assert.equal(ring.reserve(101), -1, "larger than the ring");
+  assert.equal(ring.reserve(0), -1);
+});
+
+Deno.test("RingAllocator over many rounds of random sizes never hands out overlapping live regions", () => {
+  const ring = new RingAllocator(1000);
+  const live: [number, number][] = [];
+  let seed = 7;
+  const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  for (let round = 0; round < 20_000; round++) {
+    if (live.length && rand() < 0.45) {
+      live.shift();
+      ring.release();
+      continue;
+    }
+    const size = 1 + Math.floor(rand() * 300);
+    const at = ring.reserve(size);
+    if (at < 0) continue;
+    assert.ok(at + size <= 1000);
+    for (const [s, e] of live) {
+      assert.ok(at + size <= s || at >= e, `[${at}, ${at + size}) overlaps [${s}, ${e})`);
+    }
+    live.push([at, at + size]);
+  }
+});
+
+/** `frames` of `kind` laid one after another at `at` in `shared`, as the other side writes them. */
+function lay(shared: Uint8Array, at: number, kind: number, bodies: number[][]): number {
+  let off = at;
+  for (const body of bodies) {
+    new DataView(shared.buffer).setUint32(off, 1 + body.length, true);
+    shared[off + 4] = kind;
+    shared.set(body, off + 5);
+    off += 5 + body.length;
+  }
+  return off - at;
+}
+
+const refBody = (offset: number, length: number) => refFrame(offset, length).subarray(5);
+
+Deno.test("resolveRef reads the one or several frames a REF stands for, and refuses any that run outside or differ", () => {
+  const shared = new Uint8Array(64);
+  const length = lay(shared, 8, BATCH_OUT, [[1, 2, 3], [4], [5, 6]]);
+  const got: number[][] = [];
+  resolveRef(refBody(8, length), shared, BATCH_OUT, (f: Frame) => got.push([...f.body]));
+  assert.deepEqual(got, [[1, 2, 3], [4], [5, 6]]);
+
+  const refused = (body: Uint8Array, kind = BATCH_OUT) =>
+    assert.throws(() => resolveRef(body, shared, kind, () => {}), FrameError);
+  refused(refBody(8, length), BATCH_IN); // another kind
+  refused(refBody(8, length - 1)); // the last frame runs past the region
+  refused(refBody(8, length + 1)); // a byte left over
+  refused(refBody(60, 8)); // outside the memory
+  refused(refBody(0xffff_fff0, 32)); // offset + length wraps past 2^32 in no arithmetic of its own
+  refused(refBody(8, 4)); // shorter than a frame
+  refused(new Uint8Array(7)); // not a REF body
+  new DataView(shared.buffer).setUint32(8, 0, true);
+  refused(refBody(8, length)); // a frame of length 0
+});
+
+Deno.test("SharedMemory: a child process maps it, reads what the host wrote, writes back, and has no FFI after", async () => {
+  const memory = SharedMemory.create(1 << 20);
+  assert.ok(memory, "shared memory needs --allow-ffi on Linux");
+  try {
+    memory.bytes[0] = 42;
+    memory.bytes[(1 << 20) - 1] = 43;
+    const child = `
+      import { mapShared } from "${new URL("../../lib/sandbox/shared_ring.ts", import.meta.url).href}";
+      const m = mapShared(Deno.args[0], Number(Deno.args[1]));
+      m[1] = m[0] + m[m.length - 1];
+      let denied = false;
+      try { Deno.dlopen("libc.so.6", {}); } catch { denied = true; }
+      console.log(JSON.stringify({ length: m.length, denied, ffi: Deno.permissions.querySync({ name: "ffi" }).state }));
+    `;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        "--no-prompt",
+        "--allow-ffi",
+        `--allow-read=${new URL("../../", import.meta.url).pathname}`,
+        child,
+        memory.path,
+        String(1 << 20),
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout).trim();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const seen = JSON.parse(text);
+    assert.deepEqual([seen.length, seen.denied], [1 << 20, true]);
+    assert.notEqual(seen.ffi, "granted");
+    assert.equal(memory.bytes[1], 85, "the child's write is the host's to read");
+  } finally {
+    memory.close();
+  }
+});
