@@ -286,6 +286,11 @@ export class SandboxPool implements HardStop {
     set.gauge("queue_bytes", "Bytes of batches in the sandbox or on their way to it", figure("queue_bytes"));
     set.counter("restarts_total", "Restarts of the sandbox process", figure("restarts"));
     set.counter("batches_total", "Batches handed to the sandbox", figure("batches_in"));
+    set.counter(
+      "batches_shared_total",
+      "Batches that crossed to the sandbox in the memory it shares with the node",
+      figure("batches_shared"),
+    );
     set.counter("packets_in_total", "Datagrams handed to the sandbox", figure("packets_in"));
     set.counter("packets_out_total", "Datagrams the sandbox's programs emitted", figure("packets_out"));
     set.counter("denials_total", "Accesses the sandbox's programs were denied", figure("denials"));

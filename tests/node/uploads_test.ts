@@ -165,6 +165,8 @@ Deno.test("an uploaded VM group runs the shipped examples in one sandbox process
   assert.equal(s.sandboxes?.length, 1);
   assert.deepEqual(s.sandboxes![0].aps, ["Mark", "Filter"]);
   assert.equal(s.sandboxes![0].packets_in, 80, "40 into Mark, 40 from Mark into Filter");
+  const shared = (s.sandboxes![0] as unknown as { batches_shared: number }).batches_shared;
+  assert.ok(shared >= 1, `batches crossed in the memory shared with the sandbox: ${shared}`);
   assert.equal(s.vms[0].sandbox?.state, "running");
   const count = await poll("the counter's figures", async () => {
     const c = (await env.session("marked")).aps.find((a) => a.name === "Count") as unknown as {
@@ -178,6 +180,10 @@ Deno.test("an uploaded VM group runs the shipped examples in one sandbox process
   const metrics = await env.metricsText();
   assert.match(metrics, /edgenode_session_sandbox_up\{session="marked",group="my_VM1"\} 1/);
   assert.match(metrics, /edgenode_session_sandbox_packets_in_total\{session="marked",group="my_VM1"\} 80/);
+  assert.match(
+    metrics,
+    /edgenode_session_sandbox_batches_shared_total\{session="marked",group="my_VM1"\} [1-9]/,
+  );
   assert.match(
     metrics,
     /edgenode_session_sandbox_dropped_total\{session="marked",group="my_VM1",reason="deadline"\} 0/,
