@@ -14,6 +14,8 @@ const sharedAt = sharedSpec.lastIndexOf(":");
 const shared = sharedSpec === "-" || sharedAt < 0
   ? null
   : mapShared(sharedSpec.slice(0, sharedAt), Number(sharedSpec.slice(sharedAt + 1)));
+// Whatever the arguments said: no FFI from here on.
+Deno.permissions.revokeSync({ name: "ffi" });
 
 // No threads of its own: a Worker would spin beyond the handler's deadline and the heartbeat's reach.
 delete (globalThis as { Worker?: unknown }).Worker;

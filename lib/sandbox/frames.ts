@@ -191,40 +191,53 @@ export function refFrame(offset: number, length: number): Uint8Array {
   return frame;
 }
 
+/** Where the frames a REF body stands for lie in the shared memory. */
+export function readRef(body: Uint8Array): { offset: number; length: number } {
+  if (body.length !== 8) throw new FrameError(`Cannot read a ref frame: ${body.length} bytes`);
+  const ref = new DataView(body.buffer, body.byteOffset, 8);
+  return { offset: ref.getUint32(0, true), length: ref.getUint32(4, true) };
+}
+
+/** Throws FrameError unless `length` bytes at `offset` lie inside `size` bytes and can hold a frame. */
+export function checkRef(ref: { offset: number; length: number }, size: number): void {
+  if (ref.length < 5 || ref.offset + ref.length > size) {
+    throw new FrameError(
+      `Cannot read shared frames of ${ref.length} bytes at ${ref.offset} (${size} shared)`,
+    );
+  }
+}
+
 /**
- * The frames a REF body stands for, in `shared`, each passed to `each` as it is read (a view of `shared`): one, or
- * several that lie one after another (a child's batches turned together). Throws FrameError when they do not fill
- * the region exactly, run outside `shared`, or one is not of kind `kind`. Every field is read once: the other side
- * may write the shared memory while this reads it.
+ * Passes each frame that fills `region` (one, or several one after another: a child's batches turned together) to
+ * `each`, its body a view of `region`. Throws FrameError when they do not fill it exactly or one is not of `kind`.
+ * Every field is read once.
  */
+export function framesIn(region: Uint8Array, kind: number, each: (frame: Frame) => void): void {
+  const view = new DataView(region.buffer, region.byteOffset, region.length);
+  const end = region.length;
+  for (let at = 0; at < end;) {
+    const stated = at + 5 <= end ? view.getUint32(at, true) : 0;
+    const found = stated >= 1 && at + 4 + stated <= end ? region[at + 4] : -1;
+    if (found !== kind) {
+      throw new FrameError(
+        `Cannot read a shared frame at +${at} of ${end} bytes: kind ${found}, ${stated} bytes`,
+      );
+    }
+    each({ kind, body: region.subarray(at + 5, at + 4 + stated) });
+    at += 4 + stated;
+  }
+}
+
+/** The frames a REF body stands for, read where they lie in `shared` (the child's side: the host is trusted). */
 export function resolveRef(
   body: Uint8Array,
   shared: Uint8Array,
   kind: number,
   each: (frame: Frame) => void,
 ): void {
-  if (body.length !== 8) throw new FrameError(`Cannot read a ref frame: ${body.length} bytes`);
-  const ref = new DataView(body.buffer, body.byteOffset, 8);
-  const offset = ref.getUint32(0, true);
-  const length = ref.getUint32(4, true);
-  if (length < 5 || offset + length > shared.length) {
-    throw new FrameError(
-      `Cannot read shared frames of ${length} bytes at ${offset} (${shared.length} shared)`,
-    );
-  }
-  const view = new DataView(shared.buffer, shared.byteOffset, shared.length);
-  const end = offset + length;
-  for (let at = offset; at < end;) {
-    const stated = at + 5 <= end ? view.getUint32(at, true) : 0;
-    const found = stated >= 1 && at + 4 + stated <= end ? shared[at + 4] : -1;
-    if (found !== kind) {
-      throw new FrameError(
-        `Cannot read a shared frame at ${at} of ${offset}+${length}: kind ${found}, ${stated} bytes`,
-      );
-    }
-    each({ kind, body: shared.subarray(at + 5, at + 4 + stated) });
-    at += 4 + stated;
-  }
+  const ref = readRef(body);
+  checkRef(ref, shared.length);
+  framesIn(shared.subarray(ref.offset, ref.offset + ref.length), kind, each);
 }
 
 const EMPTY = new Uint8Array(0);

@@ -41,17 +41,19 @@ import {
 import {
   BATCH_IN_PREFIX,
   BATCH_OUT,
+  checkRef,
   CONTROL,
   controlFrame,
   DONE,
   type Frame,
   FrameReader,
+  framesIn,
   peekBatchOut,
   readControl,
   readDone,
+  readRef,
   REF,
   refFrame,
-  resolveRef,
   sealBatchIn,
 } from "./frames.ts";
 import { CHILD_FFI_CHECKS, RingAllocator, SharedMemory } from "./shared_ring.ts";
@@ -97,6 +99,8 @@ export interface SandboxLimits extends UploadLimits {
    * granted to the node; otherwise, or false, through the socket.
    */
   readonly sharedMemory?: boolean;
+  /** Bytes of that memory (default twice `maxInFlightBytes`); batches it has no room for cross the socket. */
+  readonly sharedBytes?: number;
 }
 
 export const DEFAULT_LIMITS: SandboxLimits = {
@@ -257,6 +261,8 @@ export class SandboxHost implements AsyncDisposable {
    * its upload loads (set before it starts: the audit may be read before the run is recorded): not denials.
    */
   #ffiChecks: (string | null)[] = [];
+  /** Where answers in the shared memory are copied before they are read (grown as needed, kept). */
+  #refCopy = new Uint8Array(256 * 1024);
   readonly #drops: Record<DropReason, number> = {
     queue_full: 0,
     deadline: 0,
@@ -277,6 +283,8 @@ export class SandboxHost implements AsyncDisposable {
     denials: 0,
     /** Batches that crossed in the shared memory (the rest went through the socket). */
     batches_shared: 0,
+    /** Answers the child left in the shared memory (batches passed on where they lay). */
+    answers_shared: 0,
     /** Permission-audit lines not read (over AUDIT_LINES_PER_SECOND). */
     audit_skipped: 0,
   };
@@ -613,10 +621,7 @@ export class SandboxHost implements AsyncDisposable {
       await this.#supervisor.stop();
       if (this.#state !== "failed") this.#state = "stopped";
       await this.#closeAudit();
-      // The child is gone and batches are never kept past their hand-on: nothing reads the shared memory now.
-      const shared = this.#shared;
-      this.#shared = null;
-      shared?.memory.close();
+      this.#freeShared();
       if (this.#dir) await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
       await this.#cap?.remove();
     })();
@@ -638,7 +643,7 @@ export class SandboxHost implements AsyncDisposable {
     const socket = `${this.#dir}/ipc/${n}.sock`;
     const listener = Deno.listen({ transport: "unix", path: socket });
     if (this.#limits.sharedMemory !== false && !this.#shared) {
-      const memory = SharedMemory.create(2 * this.#limits.maxInFlightBytes);
+      const memory = SharedMemory.create(this.#limits.sharedBytes ?? 2 * this.#limits.maxInFlightBytes);
       if (memory) this.#shared = { memory, ring: new RingAllocator(memory.size) };
     }
     const shared = this.#shared
@@ -796,10 +801,23 @@ export class SandboxHost implements AsyncDisposable {
         return this.#control(run, m as Record<string, unknown>);
       }
       case REF: {
-        // A batch the child passed on where it lay in the shared memory: read there, each field once.
+        // Batches the child passed on where they lay in the shared memory: copied out first (one copy of the whole
+        // region), so what is checked is what is handed on, whatever the child writes there meanwhile, and nothing
+        // handed on is a view of memory the child can change or the node will unmap.
         const shared = run.shared ? this.#shared : null;
         if (!shared) return this.#protocolError(run, "a shared frame, with no memory shared");
-        return resolveRef(frame.body, shared.memory.bytes, BATCH_OUT, (f) => this.#batchOut(run, f.body));
+        const ref = readRef(frame.body);
+        checkRef(ref, shared.memory.size);
+        if (this.#refCopy.length < ref.length) {
+          this.#refCopy = new Uint8Array(Math.max(ref.length, 2 * this.#refCopy.length));
+        }
+        const region = this.#refCopy.subarray(0, ref.length);
+        region.set(shared.memory.bytes.subarray(ref.offset, ref.offset + ref.length));
+        this.#counts.answers_shared++;
+        // A frame that breaks the protocol ends the run: none after it is handed on.
+        return framesIn(region, BATCH_OUT, (f) => {
+          if (this.#run === run && !run.killedFor) this.#batchOut(run, f.body);
+        });
       }
       case BATCH_OUT:
         // Decoded where the reader holds it: the batch is handed on during this call, as batches are.
@@ -980,8 +998,16 @@ export class SandboxHost implements AsyncDisposable {
     this.#clearTimers();
     const starting = this.#starting;
     this.#starting = null;
-    void this.#supervisor.stop();
+    // Its shared memory goes once its child is gone (a failed host starts none again).
+    void this.#supervisor.stop().then(() => this.#freeShared());
     starting?.reject(error);
+  }
+
+  /** Unmaps the shared memory: its child is gone, and what was handed on from it was copied out first. */
+  #freeShared(): void {
+    const shared = this.#shared;
+    this.#shared = null;
+    shared?.memory.close();
   }
 
   #protocolError(run: Run, what: string): void {
@@ -1205,11 +1231,14 @@ export class SandboxHost implements AsyncDisposable {
       return;
     }
     // The child's own mapping of the shared memory, before its upload loaded: the first FFI checks, as expected.
+    // Its first other check (its socket, its modules) comes after the mapping: a mapping that failed made fewer,
+    // and what it did not make must not hide the program's own attempts.
     const ffi = this.#ffiChecks;
-    if (permission === "ffi" && ffi?.length && ffi[0] === value) {
+    if (permission === "ffi" && ffi.length && ffi[0] === value) {
       ffi.shift();
       return;
     }
+    if (permission !== "ffi") ffi.length = 0;
     // Its own storage, as granted (a relative name is in its working directory, the storage).
     const storage = this.#o.storage;
     const path = storage && value !== null && (permission === "read" || permission === "write")

@@ -5,12 +5,13 @@
  * answers with a REF too. A pass-through then costs no copy of its bytes through the kernel either way (through the
  * socket, each byte was copied into and out of it twice per crossing).
  *
- * The memory is a memfd of the host's (MFD_CLOEXEC: no other child inherits it), mapped shared. The child opens it
+ * The memory is a memfd of the host's (MFD_CLOEXEC: no other child inherits it; sealed at its size, so nobody can
+ * shrink it under the node's mapping), mapped shared. The child opens it
  * as /proc/HOST_PID/fd/FD and maps it through libc before it loads any uploaded code: for that one step it runs with
  * --allow-ffi, and `mapShared` revokes FFI before it returns, mapped or not (Deno refuses every dlopen and pointer
  * call after that, and the child has --no-prompt). What it gets is this group's own batches: the host writes nothing
- * else there, and reads nothing there but the BATCH_OUT frames the child points it at, each field once (the child
- * may write while the host reads, so a frame is checked as it is read, not before).
+ * else there, and reads nothing there but the BATCH_OUT frames the child points it at, copied out first (the child
+ * may write there while the host reads: what the host checks and hands on is its own copy).
  *
  * Where FFI is not granted to the node, or this is not Linux, or the child could not map it, frames cross the socket
  * as before; so does a batch the ring has no room for at the moment.
@@ -27,6 +28,10 @@ export const CHILD_FFI_CHECKS: readonly (string | null)[] = [CHILD_LIBC, null, n
 const PROT_READ_WRITE = 3;
 const MAP_SHARED = 1;
 const MFD_CLOEXEC = 1;
+const MFD_ALLOW_SEALING = 2;
+const F_ADD_SEALS = 1033;
+/** F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW: its size is fixed for good (a shrunk mapping would fault the node). */
+const SEALS = 1 | 2 | 4;
 const O_RDWR = 2;
 
 const HOST_SYMBOLS = {
@@ -35,6 +40,7 @@ const HOST_SYMBOLS = {
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
 } as const;
 
 const CHILD_SYMBOLS = {
@@ -79,12 +85,15 @@ export class SharedMemory {
       return null;
     }
     const s = lib.symbols;
-    const fd = s.memfd_create(new TextEncoder().encode("edgenode-sandbox\0"), MFD_CLOEXEC);
+    const fd = s.memfd_create(
+      new TextEncoder().encode("edgenode-sandbox\0"),
+      MFD_CLOEXEC | MFD_ALLOW_SEALING,
+    );
     if (fd < 0) {
       lib.close();
       return null;
     }
-    const pointer = s.ftruncate(fd, BigInt(size)) === 0
+    const pointer = s.ftruncate(fd, BigInt(size)) === 0 && s.fcntl(fd, F_ADD_SEALS, SEALS) === 0
       ? s.mmap(null, BigInt(size), PROT_READ_WRITE, MAP_SHARED, fd, 0n)
       : null;
     if (!mapped(pointer)) {

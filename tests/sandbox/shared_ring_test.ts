@@ -41,7 +41,13 @@ Deno.test("RingAllocator over many rounds of random sizes never hands out overla
   let seed = 7;
   const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
   for (let round = 0; round < 20_000; round++) {
-    if (live.length && rand() < 0.45) {
+    const r = rand();
+    if (r < 0.001) {
+      ring.reset();
+      live.length = 0;
+      continue;
+    }
+    if (live.length && r < 0.45) {
       live.shift();
       ring.release();
       continue;
@@ -53,7 +59,12 @@ Deno.test("RingAllocator over many rounds of random sizes never hands out overla
     for (const [s, e] of live) {
       assert.ok(at + size <= s || at >= e, `[${at}, ${at + size}) overlaps [${s}, ${e})`);
     }
+    if (rand() < 0.05) {
+      ring.unreserve();
+      continue;
+    }
     live.push([at, at + size]);
+    assert.equal(ring.held, live.length);
   }
 });
 
@@ -127,4 +138,27 @@ Deno.test("SharedMemory: a child process maps it, reads what the host wrote, wri
   } finally {
     memory.close();
   }
+});
+
+Deno.test("mapShared revokes FFI even when it cannot map", async () => {
+  const child = `
+    import { mapShared } from "${new URL("../../lib/sandbox/shared_ring.ts", import.meta.url).href}";
+    const m = mapShared("/nonexistent/edgenode-shared", 4096);
+    console.log(JSON.stringify({ mapped: m !== null, ffi: Deno.permissions.querySync({ name: "ffi" }).state }));
+  `;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      "--no-prompt",
+      "--allow-ffi",
+      `--allow-read=${new URL("../../", import.meta.url).pathname}`,
+      child,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const seen = JSON.parse(new TextDecoder().decode(out.stdout));
+  assert.equal(seen.mapped, false);
+  assert.notEqual(seen.ffi, "granted");
 });
