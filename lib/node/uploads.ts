@@ -66,7 +66,7 @@ export const uploadFields = {
   shared_memory: opt(
     bool(),
     DEFAULT_LIMITS.sharedMemory ?? true,
-    "batches cross to and from sandbox processes through memory shared with each (twice the in-flight bytes), not through its socket",
+    "batches cross to and from sandbox processes through memory shared with each (max_in_flight_bytes + 1 MiB, given back after a quiet second), not through its socket",
   ),
   max_processes: opt(int({ min: 0, max: 1024 }), 16, "sandbox processes of all sessions together"),
   start_timeout: opt(duration({ min: 100, max: 300_000 }), DEFAULT_LIMITS.startMs),

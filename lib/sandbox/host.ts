@@ -95,11 +95,11 @@ export interface SandboxLimits extends UploadLimits {
   /** The process's nice value: above the node's, so the data path goes first when cores are short. */
   readonly nice?: number;
   /**
-   * Batches cross through memory shared with the child (shared_ring.ts, twice `maxInFlightBytes`) where FFI is
+   * Batches cross through memory shared with the child (shared_ring.ts, `maxInFlightBytes` + 1 MiB) where FFI is
    * granted to the node; otherwise, or false, through the socket.
    */
   readonly sharedMemory?: boolean;
-  /** Bytes of that memory (default twice `maxInFlightBytes`); batches it has no room for cross the socket. */
+  /** Bytes of that memory (default `maxInFlightBytes` + 1 MiB); batches it has no room for cross the socket. */
   readonly sharedBytes?: number;
 }
 
@@ -255,7 +255,9 @@ export class SandboxHost implements AsyncDisposable {
   #dataLimit: DataLimit | null = null;
   #stopped: Promise<void> | null = null;
   /** The memory shared with the child, made at the first start (null: none, batches cross the socket). */
-  #shared: { memory: SharedMemory; ring: RingAllocator } | null = null;
+  #shared: { memory: SharedMemory; ring: RingAllocator; trimmed: boolean } | null = null;
+  /** `batches_shared` at the last sample (see #trimShared). */
+  #sharedAtTrim = 0;
   /**
    * The FFI checks the audit has yet to see from the newest child's own mapping of the shared memory, made before
    * its upload loads (set before it starts: the audit may be read before the run is recorded): not denials.
@@ -285,6 +287,8 @@ export class SandboxHost implements AsyncDisposable {
     batches_shared: 0,
     /** Answers the child left in the shared memory (batches passed on where they lay). */
     answers_shared: 0,
+    /** Times the shared memory's pages were given back after a quiet sample. */
+    shared_trims: 0,
     /** Permission-audit lines not read (over AUDIT_LINES_PER_SECOND). */
     audit_skipped: 0,
   };
@@ -579,6 +583,7 @@ export class SandboxHost implements AsyncDisposable {
       cpu_ms: this.#sample?.cpuMs ?? null,
       queue_depth: this.#run?.inFlight.length ?? 0,
       queue_bytes: this.#run?.inFlightBytes ?? 0,
+      shared_bytes: this.#shared?.memory.size ?? 0,
       ...(this.#o.storage
         ? {
           storage: {
@@ -643,8 +648,11 @@ export class SandboxHost implements AsyncDisposable {
     const socket = `${this.#dir}/ipc/${n}.sock`;
     const listener = Deno.listen({ transport: "unix", path: socket });
     if (this.#limits.sharedMemory !== false && !this.#shared) {
-      const memory = SharedMemory.create(this.#limits.sharedBytes ?? 2 * this.#limits.maxInFlightBytes);
-      if (memory) this.#shared = { memory, ring: new RingAllocator(memory.size) };
+      // What may be in flight, and room for a batch more where a wrap left the end unused; more crosses the socket.
+      const memory = SharedMemory.create(
+        this.#limits.sharedBytes ?? this.#limits.maxInFlightBytes + 1024 * 1024,
+      );
+      if (memory) this.#shared = { memory, ring: new RingAllocator(memory.size), trimmed: false };
     }
     const shared = this.#shared
       ? { path: this.#shared.memory.path, bytes: this.#shared.memory.size }
@@ -1003,6 +1011,20 @@ export class SandboxHost implements AsyncDisposable {
     starting?.reject(error);
   }
 
+  /** After a sample with no batch through the shared memory and none in it, its pages go back to the system. */
+  #trimShared(): void {
+    const shared = this.#shared;
+    if (!shared) return;
+    const used = this.#counts.batches_shared;
+    if (used === this.#sharedAtTrim && shared.ring.held === 0 && !shared.trimmed) {
+      shared.memory.release();
+      shared.trimmed = true;
+      this.#counts.shared_trims++;
+    }
+    if (used !== this.#sharedAtTrim) shared.trimmed = false;
+    this.#sharedAtTrim = used;
+  }
+
   /** Unmaps the shared memory: its child is gone, and what was handed on from it was copied out first. */
   #freeShared(): void {
     const shared = this.#shared;
@@ -1139,6 +1161,7 @@ export class SandboxHost implements AsyncDisposable {
     this.#sampler = this.#clock.setTimeout(() => {
       this.#heartbeat();
       this.#run?.pending.trim();
+      this.#trimShared();
       void this.sample().finally(() => {
         if (this.#state !== "stopped" && this.#state !== "failed") this.#scheduleSample();
       });

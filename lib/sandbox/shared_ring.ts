@@ -33,12 +33,15 @@ const F_ADD_SEALS = 1033;
 /** F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW: its size is fixed for good (a shrunk mapping would fault the node). */
 const SEALS = 1 | 2 | 4;
 const O_RDWR = 2;
+/** madvise: frees the pages of a shared mapping (a hole punched in the memfd; both sides then read zeros). */
+const MADV_REMOVE = 9;
 
 const HOST_SYMBOLS = {
   memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
+  madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
 } as const;
@@ -111,6 +114,14 @@ export class SharedMemory {
 
   get size(): number {
     return this.bytes.length;
+  }
+
+  /**
+   * Gives its pages back to the system (they read as zeros, and are faulted in again on use): for when nothing lies
+   * in it, after a quiet spell, as the frame queues let their spare chunks go.
+   */
+  release(): void {
+    this.#lib?.symbols.madvise(this.#pointer, BigInt(this.bytes.length), MADV_REMOVE);
   }
 
   /**

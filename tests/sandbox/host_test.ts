@@ -446,6 +446,34 @@ export function handle(_i, batch) { const end = performance.now() + 2; while (pe
   }
 });
 
+Deno.test("SandboxHost gives the shared memory's pages back after a quiet sample, and batches after that arrive whole", async () => {
+  const { host, got } = sandbox(PASS_THROUGH, { params: { stamp: 9 }, sampleMs: 40 });
+  try {
+    await host.start();
+    assert.equal(host.status().shared_bytes, 8 * 1024 * 1024 + 1024 * 1024);
+    host.push(0, datagrams(64, 1450));
+    await until("the batch back", () => packets(got) === 64);
+    await until("the memory given back", () => (host.status().shared_trims as number) >= 1, 3000);
+    const trims = host.status().shared_trims as number;
+    host.push(0, datagrams(64, 1000, 3));
+    await until("the next batch back", () => packets(got) === 128);
+    const last = got.flatMap((r) => r.data).slice(64);
+    last.forEach((d, i) => {
+      const want = new Uint8Array(1000).fill(i);
+      want[0] = 9;
+      assert.deepEqual(d, want, `datagram ${i}`);
+    });
+    assert.ok((host.status().batches_shared as number) >= 2);
+    await until(
+      "given back again after the new traffic",
+      () => (host.status().shared_trims as number) > trims,
+      3000,
+    );
+  } finally {
+    await host.stop();
+  }
+});
+
 Deno.test("SandboxHost: the child's FFI is gone before the upload loads: dlopen, raw pointers and asking again are denied and reported", async () => {
   const source = `${PORTS}
 const tries = [
