@@ -102,36 +102,41 @@ Deno.test("resolveRef reads the one or several frames a REF stands for, and refu
   refused(refBody(8, length)); // a frame of length 0
 });
 
+const SHARED_RING = new URL("../../lib/sandbox/shared_ring.ts", import.meta.url).href;
+
+/** Runs `code` (which may import mapShared) in a child granted FFI, as a sandbox child is; its JSON line parsed. */
+async function inChild(code: string, ...args: string[]): Promise<Record<string, unknown>> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      "--no-prompt",
+      "--allow-ffi",
+      `--allow-read=${new URL("../../", import.meta.url).pathname}`,
+      `import { mapShared } from "${SHARED_RING}";\n${code}`,
+      ...args,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
 Deno.test("SharedMemory: a child process maps it, reads what the host wrote, writes back, and has no FFI after", async () => {
   const memory = SharedMemory.create(1 << 20);
   assert.ok(memory, "shared memory needs --allow-ffi on Linux");
   try {
     memory.bytes[0] = 42;
     memory.bytes[(1 << 20) - 1] = 43;
-    const child = `
-      import { mapShared } from "${new URL("../../lib/sandbox/shared_ring.ts", import.meta.url).href}";
-      const m = mapShared(Deno.args[0], Number(Deno.args[1]));
+    const seen = await inChild(
+      `const m = mapShared(Deno.args[0], Number(Deno.args[1]));
       m[1] = m[0] + m[m.length - 1];
       let denied = false;
       try { Deno.dlopen("libc.so.6", {}); } catch { denied = true; }
-      console.log(JSON.stringify({ length: m.length, denied, ffi: Deno.permissions.querySync({ name: "ffi" }).state }));
-    `;
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "eval",
-        "--no-prompt",
-        "--allow-ffi",
-        `--allow-read=${new URL("../../", import.meta.url).pathname}`,
-        child,
-        memory.path,
-        String(1 << 20),
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const text = new TextDecoder().decode(out.stdout).trim();
-    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-    const seen = JSON.parse(text);
+      console.log(JSON.stringify({ length: m.length, denied, ffi: Deno.permissions.querySync({ name: "ffi" }).state }));`,
+      memory.path,
+      String(1 << 20),
+    );
     assert.deepEqual([seen.length, seen.denied], [1 << 20, true]);
     assert.notEqual(seen.ffi, "granted");
     assert.equal(memory.bytes[1], 85, "the child's write is the host's to read");
@@ -141,24 +146,10 @@ Deno.test("SharedMemory: a child process maps it, reads what the host wrote, wri
 });
 
 Deno.test("mapShared revokes FFI even when it cannot map", async () => {
-  const child = `
-    import { mapShared } from "${new URL("../../lib/sandbox/shared_ring.ts", import.meta.url).href}";
-    const m = mapShared("/nonexistent/edgenode-shared", 4096);
-    console.log(JSON.stringify({ mapped: m !== null, ffi: Deno.permissions.querySync({ name: "ffi" }).state }));
-  `;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "eval",
-      "--no-prompt",
-      "--allow-ffi",
-      `--allow-read=${new URL("../../", import.meta.url).pathname}`,
-      child,
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-  const seen = JSON.parse(new TextDecoder().decode(out.stdout));
+  const seen = await inChild(
+    `const m = mapShared("/nonexistent/edgenode-shared", 4096);
+    console.log(JSON.stringify({ mapped: m !== null, ffi: Deno.permissions.querySync({ name: "ffi" }).state }));`,
+  );
   assert.equal(seen.mapped, false);
   assert.notEqual(seen.ffi, "granted");
 });
