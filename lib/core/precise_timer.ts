@@ -95,7 +95,9 @@ export class PreciseTimer {
   readonly #spin: boolean;
   readonly #sleeper: Sleeper | null;
   readonly #toleranceUs: number;
+  readonly #holdUs: number;
   #at: number | null = null;
+  #heldUs = 0;
   #timer: TimerId | undefined;
   #spinning = false;
   /** When the sleep in flight is expected to wake us (µs), or null. */
@@ -108,13 +110,22 @@ export class PreciseTimer {
   constructor(
     clock: Clock,
     fn: () => void,
-    o: { toleranceUs?: number; spin?: boolean; sleeper?: Sleeper | null } = {},
+    o: { toleranceUs?: number; spin?: boolean; sleeper?: Sleeper | null; holdUs?: number } = {},
   ) {
+    // `holdUs`: the last part of every wait is waited without yielding the thread (a busy loop), so that nothing
+    // that would start meanwhile (an input's burst, a message from a worker) can make the firing late. It costs
+    // that much CPU per firing; only on the system clock.
     this.#clock = clock;
     this.#fn = fn;
     this.#spin = o.spin ?? clock === systemClock;
     this.#sleeper = this.#spin ? o.sleeper ?? null : null;
     this.#toleranceUs = o.toleranceUs ?? 50;
+    this.#holdUs = this.#spin ? Math.max(0, o.holdUs ?? 0) : 0;
+  }
+
+  /** Time spent holding the thread before firings (µs, in all): the CPU the hold costs. */
+  get heldUs(): number {
+    return this.#heldUs;
   }
 
   /** The time it is armed for (µs), or null. */
@@ -146,19 +157,30 @@ export class PreciseTimer {
     if (this.#at === null) return;
     const leftUs = this.#at - this.#clock.nowUs();
     const sleeper = this.#sleeper?.open ? this.#sleeper : null;
+    // With a hold, the waits below aim at its start, and the hold itself is waited without yielding the thread.
+    const aimUs = leftUs - this.#holdUs;
     if (leftUs <= this.#toleranceUs) {
       this.#at = null;
       this.#fn();
     } else if (!this.#spin) {
       this.#timer = this.#clock.setTimeout(this.#wake, leftUs / 1000);
-    } else if (leftUs >= (LEAD_MS + 1) * 1000) {
+    } else if (aimUs <= 0) {
+      // The thread is this timer's until it fires: nothing that starts now can make it late.
+      const at = this.#at;
+      const from = this.#clock.nowUs();
+      let now = from;
+      while (at - now > this.#toleranceUs) now = this.#clock.nowUs();
+      this.#heldUs += now - from;
+      this.#at = null;
+      this.#fn();
+    } else if (aimUs >= (LEAD_MS + 1) * 1000) {
       // setTimeout(n) for a whole n >= 1 fires at n + 1..1.2 ms: at most LEAD_MS early, never late.
-      this.#timer = this.#clock.setTimeout(this.#wake, Math.floor(leftUs / 1000 - LEAD_MS));
-    } else if (sleeper && this.#sleepWake !== null && this.#sleepWake <= this.#at) {
+      this.#timer = this.#clock.setTimeout(this.#wake, Math.floor(aimUs / 1000 - LEAD_MS));
+    } else if (sleeper && this.#sleepWake !== null && this.#sleepWake <= this.#at - this.#holdUs) {
       // The sleep in flight wakes us in time (it calls #wake when it ends).
-    } else if (sleeper && this.#sleepWake === null && leftUs - WAKE_LEAD_US >= MIN_SLEEP_US) {
-      this.#sleepWake = this.#at;
-      sleeper.sleep(leftUs - WAKE_LEAD_US).then(this.#slept);
+    } else if (sleeper && this.#sleepWake === null && aimUs - WAKE_LEAD_US >= MIN_SLEEP_US) {
+      this.#sleepWake = this.#at - this.#holdUs;
+      sleeper.sleep(aimUs - WAKE_LEAD_US).then(this.#slept);
     } else {
       this.#spinning = true;
       setImmediate(this.#afterTurn);

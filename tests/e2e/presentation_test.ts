@@ -20,17 +20,19 @@ import {
 const SECONDS = 14;
 const KILL_AT = 8;
 /**
- * Captured together, delivered together. The issue asks for 1 ms at the 99th percentile. Measured here over 17 quiet
- * runs on a 2-core machine that also runs the camera, the microphone, the transcoder and two participants (all
- * niced; participants time arrivals by the kernel's clock): median 0.1-0.3 ms, p99 1.4-8.9 ms, once 20 ms, from
- * releases the node's single thread makes late (the syncer's own alignment, on an injected clock, holds 1 ms: see
- * tests/graph/syncer_test.ts). The test holds the median to 1 ms and the tail to 25 ms, below what a viewer notices
- * (ITU-R BT.1359: 45 ms) and far below the 1 s the camera is late; the figures are printed for every run.
+ * Captured together, delivered together. The issue asks for 1 ms at the 99th percentile. Measured here on a 2-core
+ * machine that also runs the camera, the microphone, the transcoder and two participants (all niced; participants
+ * time arrivals by the kernel's clock), at real-time priority (as root, as CI runs): before the syncer held its
+ * thread for the last 0.5 ms before each release (its `hold`), p99 0.6-1.5 ms; with it, 21 runs of 2026-12-05 gave
+ * 0.16-0.95 ms for both twinstreams (median 0.01-0.07 ms). The test holds the median to 1 ms and the tail to 2 ms at
+ * real-time priority (one stall of the virtual CPU, seen here as 3-15 ms system calls, must not fail the build) and
+ * to 25 ms at normal priority (p99 1.4-8.9 ms measured before the hold), below what a viewer notices (ITU-R BT.1359:
+ * 45 ms); the figures are printed for every run.
  */
 const SKEW_P50_US = 1000;
 /** As root (CI) the node runs at a real-time priority, as an appliance built for the syncer's 1 ms would. */
 const REALTIME_PRIORITY = Deno.uid() === 0 ? 10 : undefined;
-const SKEW_P99_US = 25_000;
+const SKEW_P99_US = REALTIME_PRIORITY ? 2000 : 25_000;
 
 function lecture(report: ParticipantReport, label: string): RtpGroupReport {
   const rtp = report.rtp as RtpReport | undefined;
@@ -62,7 +64,7 @@ Deno.test({
           lateness_ms: i.lateness_ms,
         }));
         console.log(
-          `${name}: D ${sync.delay_ms} ms, released late ${sync.release_late} (worst ${sync.release_error_max_ms} ms), inputs ${
+          `${name}: D ${sync.delay_ms} ms, released late ${sync.release_late} (worst ${sync.release_error_max_ms} ms), held ${sync.held_ms} ms, inputs ${
             JSON.stringify(inputs)
           }`,
         );

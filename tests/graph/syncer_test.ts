@@ -437,6 +437,10 @@ Deno.test("syncer shows D, per-input offset, late and dropped in /metrics, and r
   assert.match(text, /edgenode_syncer_input_offset_seconds\{session="t",ap="Sync_high",input="in2"\} 0\.02/);
   assert.match(text, /edgenode_syncer_late_total\{session="t",ap="Sync_high"\} 0/);
   assert.match(text, /edgenode_syncer_dropped_total\{session="t",ap="Sync_high",reason="max_delay"\} 0/);
+  // On an injected clock nothing is held before releases (the hold is for the system clock's thread).
+  assert.match(text, /edgenode_syncer_hold_seconds_total\{session="t",ap="Sync_high"\} 0/);
+  const st = s.status() as unknown as { hold_ms: number; held_ms: number };
+  assert.deepEqual([st.hold_ms, st.held_ms], [0.5, 0]);
   const held = s.status().buffered_packets;
   assert.ok(held > 0, "a second of audio is held");
   const before = s.released.length;
