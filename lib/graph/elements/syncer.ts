@@ -121,7 +121,7 @@ export const syncer = defineElement({
     const sleeper = clock === systemClock ? Sleeper.open() : null;
     // The last `hold` before each release is waited without yielding the thread: a burst of input, or a worker's
     // message, that would start then cannot make the release late (presentation test, participants' A/V skew p99:
-    // 0.70-0.91 ms over 3 runs without, 0.16-0.64 ms over 9 runs with 0.25-0.7 ms).
+    // 0.70-0.91 ms over 3 runs without, 0.16-0.95 ms over 16 runs with 0.25-0.7 ms).
     const timer = new PreciseTimer(clock, () => tick(), {
       toleranceUs: tolerance,
       sleeper,
