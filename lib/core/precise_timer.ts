@@ -98,6 +98,8 @@ export class PreciseTimer {
   readonly #holdUs: number;
   #at: number | null = null;
   #heldUs = 0;
+  /** When it last fired (µs), for the hold's bound. */
+  #firedUs = -Infinity;
   #timer: TimerId | undefined;
   #spinning = false;
   /** When the sleep in flight is expected to wake us (µs), or null. */
@@ -157,10 +159,13 @@ export class PreciseTimer {
     if (this.#at === null) return;
     const leftUs = this.#at - this.#clock.nowUs();
     const sleeper = this.#sleeper?.open ? this.#sleeper : null;
-    // With a hold, the waits below aim at its start, and the hold itself is waited without yielding the thread.
-    const aimUs = leftUs - this.#holdUs;
+    // With a hold, the waits below aim at its start, and the hold itself is waited without yielding the thread. At
+    // most a quarter of the time since the last firing: dense firings must not keep the thread for good.
+    const holdUs = Math.min(this.#holdUs, Math.max(0, (this.#at - this.#firedUs) / 4));
+    const aimUs = leftUs - holdUs;
     if (leftUs <= this.#toleranceUs) {
       this.#at = null;
+      this.#firedUs = this.#clock.nowUs();
       this.#fn();
     } else if (!this.#spin) {
       this.#timer = this.#clock.setTimeout(this.#wake, leftUs / 1000);
@@ -172,14 +177,15 @@ export class PreciseTimer {
       while (at - now > this.#toleranceUs) now = this.#clock.nowUs();
       this.#heldUs += now - from;
       this.#at = null;
+      this.#firedUs = this.#clock.nowUs();
       this.#fn();
     } else if (aimUs >= (LEAD_MS + 1) * 1000) {
       // setTimeout(n) for a whole n >= 1 fires at n + 1..1.2 ms: at most LEAD_MS early, never late.
       this.#timer = this.#clock.setTimeout(this.#wake, Math.floor(aimUs / 1000 - LEAD_MS));
-    } else if (sleeper && this.#sleepWake !== null && this.#sleepWake <= this.#at - this.#holdUs) {
+    } else if (sleeper && this.#sleepWake !== null && this.#sleepWake <= this.#at - holdUs) {
       // The sleep in flight wakes us in time (it calls #wake when it ends).
     } else if (sleeper && this.#sleepWake === null && aimUs - WAKE_LEAD_US >= MIN_SLEEP_US) {
-      this.#sleepWake = this.#at - this.#holdUs;
+      this.#sleepWake = this.#at - holdUs;
       sleeper.sleep(aimUs - WAKE_LEAD_US).then(this.#slept);
     } else {
       this.#spinning = true;

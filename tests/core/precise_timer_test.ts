@@ -115,3 +115,25 @@ Deno.test("PreciseTimer with a hold keeps the thread for its last part: work tha
     await sleeper.close();
   }
 });
+
+Deno.test("PreciseTimer's hold takes at most a quarter of the time between firings: dense firings do not keep the thread", async () => {
+  const sleeper = Sleeper.open()!;
+  try {
+    const firedAt: number[] = [];
+    const t = new PreciseTimer(systemClock, () => firedAt.push(systemClock.nowUs()), {
+      sleeper,
+      holdUs: 2000,
+    });
+    // Each armed 1 ms ahead, less than the hold: without its bound, each would hold from its arming.
+    let bound = 2000;
+    for (let i = 0; i < 20; i++) {
+      const at = systemClock.nowUs() + 1000;
+      if (i > 0) bound += (at - firedAt[i - 1]) / 4 + 50;
+      t.arm(at);
+      while (firedAt.length === i) await new Promise((r) => setTimeout(r, 0));
+    }
+    assert.ok(t.heldUs <= bound, `held ${Math.round(t.heldUs)} µs, at most ${Math.round(bound)} µs`);
+  } finally {
+    await sleeper.close();
+  }
+});
