@@ -89,6 +89,24 @@ export class Sleeper {
   }
 }
 
+/** Share of the thread's time all holds of one thread (isolate) may take together, and the most they may take at once. */
+export const HOLD_SHARE = 0.1;
+export const HOLD_BURST_US = 2000;
+
+/** This thread's timers armed on the system clock: a hold fires the others that come due while it lasts. */
+const armedTimers = new Set<PreciseTimer>();
+/** Whether a hold is going on (a timer fired from within it does not hold in turn). */
+let holding = false;
+let holdBudgetUs = HOLD_BURST_US;
+let holdBudgetAt = 0;
+
+/** What this thread's holds may take now (µs): refilled at HOLD_SHARE of the time passed, up to HOLD_BURST_US. */
+function holdAllowance(nowUs: number): number {
+  holdBudgetUs = Math.min(HOLD_BURST_US, holdBudgetUs + (nowUs - holdBudgetAt) * HOLD_SHARE);
+  holdBudgetAt = nowUs;
+  return holdBudgetUs;
+}
+
 export class PreciseTimer {
   readonly #clock: Clock;
   readonly #fn: () => void;
@@ -115,17 +133,19 @@ export class PreciseTimer {
     o: { toleranceUs?: number; spin?: boolean; sleeper?: Sleeper | null; holdUs?: number } = {},
   ) {
     // `holdUs`: the last part of every wait is waited without yielding the thread (a busy loop), so that nothing
-    // that would start meanwhile (an input's burst, a message from a worker) can make the firing late. It costs
-    // that much CPU per firing; only on the system clock.
+    // that would start meanwhile (an input's burst, a message from a worker) can make the firing late; other timers
+    // of the thread that come due meanwhile are fired from within it. Only on the system clock, and bounded: at most
+    // a quarter of the time since its own last firing, and all holds of the thread together at most HOLD_SHARE of
+    // its time (in bursts of at most HOLD_BURST_US).
     this.#clock = clock;
     this.#fn = fn;
     this.#spin = o.spin ?? clock === systemClock;
     this.#sleeper = this.#spin ? o.sleeper ?? null : null;
     this.#toleranceUs = o.toleranceUs ?? 50;
-    this.#holdUs = this.#spin ? Math.max(0, o.holdUs ?? 0) : 0;
+    this.#holdUs = this.#spin && clock === systemClock ? Math.max(0, o.holdUs ?? 0) : 0;
   }
 
-  /** Time spent holding the thread before firings (µs, in all): the CPU the hold costs. */
+  /** Time the thread was held before firings (µs, in all; a busy loop, so about the CPU the hold cost). */
   get heldUs(): number {
     return this.#heldUs;
   }
@@ -138,11 +158,13 @@ export class PreciseTimer {
   /** Fires `fn` at `atUs` (µs on the clock), replacing any earlier arming. */
   arm(atUs: number): void {
     this.#at = atUs;
+    if (this.#spin && this.#clock === systemClock) armedTimers.add(this);
     this.#wake();
   }
 
   cancel(): void {
     this.#at = null;
+    armedTimers.delete(this);
     this.#stopWaiting();
     // A pending immediate finds #spinning false, a sleep in flight finds #at null: both end there.
   }
@@ -157,28 +179,21 @@ export class PreciseTimer {
   readonly #wake = (): void => {
     this.#stopWaiting();
     if (this.#at === null) return;
-    const leftUs = this.#at - this.#clock.nowUs();
+    const nowUs = this.#clock.nowUs();
+    const leftUs = this.#at - nowUs;
     const sleeper = this.#sleeper?.open ? this.#sleeper : null;
-    // With a hold, the waits below aim at its start, and the hold itself is waited without yielding the thread. At
-    // most a quarter of the time since the last firing: dense firings must not keep the thread for good.
-    const holdUs = Math.min(this.#holdUs, Math.max(0, (this.#at - this.#firedUs) / 4));
-    const aimUs = leftUs - holdUs;
+    // With a hold, the waits below aim at its start, and the hold itself (up to the firing, `toleranceUs` before the
+    // time) is waited without yielding the thread; see the constructor for its bounds.
+    const holdUs = this.#holdUs > 0 && !holding && leftUs > this.#toleranceUs
+      ? Math.min(this.#holdUs, Math.max(0, (this.#at - this.#firedUs) / 4), holdAllowance(nowUs))
+      : 0;
+    const aimUs = holdUs > 0 ? leftUs - this.#toleranceUs - holdUs : leftUs;
     if (leftUs <= this.#toleranceUs) {
-      this.#at = null;
-      this.#firedUs = this.#clock.nowUs();
-      this.#fn();
+      this.#fire(nowUs);
     } else if (!this.#spin) {
       this.#timer = this.#clock.setTimeout(this.#wake, leftUs / 1000);
-    } else if (aimUs <= 0) {
-      // The thread is this timer's until it fires: nothing that starts now can make it late.
-      const at = this.#at;
-      const from = this.#clock.nowUs();
-      let now = from;
-      while (at - now > this.#toleranceUs) now = this.#clock.nowUs();
-      this.#heldUs += now - from;
-      this.#at = null;
-      this.#firedUs = this.#clock.nowUs();
-      this.#fn();
+    } else if (holdUs > 0 && aimUs <= 0) {
+      this.#hold(nowUs);
     } else if (aimUs >= (LEAD_MS + 1) * 1000) {
       // setTimeout(n) for a whole n >= 1 fires at n + 1..1.2 ms: at most LEAD_MS early, never late.
       this.#timer = this.#clock.setTimeout(this.#wake, Math.floor(aimUs / 1000 - LEAD_MS));
@@ -192,6 +207,37 @@ export class PreciseTimer {
       setImmediate(this.#afterTurn);
     }
   };
+
+  #fire(nowUs: number): void {
+    this.#stopWaiting();
+    this.#at = null;
+    armedTimers.delete(this);
+    this.#firedUs = nowUs;
+    this.#fn();
+  }
+
+  /** The thread is this timer's until it fires: nothing that starts now can make it late. */
+  #hold(fromUs: number): void {
+    const at = this.#at!;
+    let now = fromUs;
+    holding = true;
+    try {
+      while (at - now > this.#toleranceUs) {
+        now = this.#clock.nowUs();
+        // The thread's other timers come due on time, not after this one (they do not hold in turn).
+        for (const other of armedTimers) {
+          if (other !== this && other.#at !== null && other.#at - now <= other.#toleranceUs) other.#fire(now);
+        }
+      }
+    } finally {
+      holding = false;
+    }
+    this.#heldUs += now - fromUs;
+    holdBudgetUs -= now - fromUs;
+    // Cancelled or re-armed from a timer fired meanwhile: as it now stands.
+    if (this.#at !== at) return this.#at === null ? undefined : this.#wake();
+    this.#fire(now);
+  }
 
   readonly #slept = (): void => {
     this.#sleepWake = null;

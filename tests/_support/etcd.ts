@@ -44,35 +44,40 @@ export class EtcdServer implements AsyncDisposable {
       "the Debian package etcd-server (apt-get install etcd-server)",
     );
     const host = o.host ?? "127.0.0.1";
-    // A namespace the test made has a network stack of its own: etcd's usual ports are free there.
-    const clientPort = o.clientPort || (o.netns ? 2379 : freePort(host));
-    const peerPort = o.peerPort || (o.netns ? 2380 : freePort(host));
-    const dataDir = await Deno.makeTempDir({ prefix: "edgenode_etcd_" });
-    const client = `http://${host}:${clientPort}`;
-    const peer = `http://${host}:${peerPort}`;
-    const args = [
-      "--name=test",
-      `--data-dir=${dataDir}/data`,
-      `--listen-client-urls=${client}`,
-      `--advertise-client-urls=${client}`,
-      `--listen-peer-urls=${peer}`,
-      `--initial-advertise-peer-urls=${peer}`,
-      `--initial-cluster=test=${peer}`,
-      "--initial-cluster-state=new",
-      "--log-level=warn",
-      "--logger=zap",
-    ];
-    const [command, all] = o.netns
-      ? [tools.ip, ["netns", "exec", o.netns, tools.etcd, ...args]]
-      : [tools.etcd, args];
-    const server = new EtcdServer(client, dataDir, command, all, o.startTimeoutMs ?? 15_000);
-    try {
-      await server.restart();
-    } catch (error) {
-      await server[Symbol.asyncDispose]();
-      throw error;
+    // Ports picked free here can be taken before etcd binds them (another socket's ephemeral port, in a suite that
+    // makes thousands of connections; seen once in CI): then new ones, up to three times.
+    const picked = !o.netns && (!o.clientPort || !o.peerPort);
+    for (let attempt = 1;; attempt++) {
+      // A namespace the test made has a network stack of its own: etcd's usual ports are free there.
+      const clientPort = o.clientPort || (o.netns ? 2379 : freePort(host));
+      const peerPort = o.peerPort || (o.netns ? 2380 : freePort(host));
+      const dataDir = await Deno.makeTempDir({ prefix: "edgenode_etcd_" });
+      const client = `http://${host}:${clientPort}`;
+      const peer = `http://${host}:${peerPort}`;
+      const args = [
+        "--name=test",
+        `--data-dir=${dataDir}/data`,
+        `--listen-client-urls=${client}`,
+        `--advertise-client-urls=${client}`,
+        `--listen-peer-urls=${peer}`,
+        `--initial-advertise-peer-urls=${peer}`,
+        `--initial-cluster=test=${peer}`,
+        "--initial-cluster-state=new",
+        "--log-level=warn",
+        "--logger=zap",
+      ];
+      const [command, all] = o.netns
+        ? [tools.ip, ["netns", "exec", o.netns, tools.etcd, ...args]]
+        : [tools.etcd, args];
+      const server = new EtcdServer(client, dataDir, command, all, o.startTimeoutMs ?? 15_000);
+      try {
+        await server.restart();
+        return server;
+      } catch (error) {
+        await server[Symbol.asyncDispose]();
+        if (!(picked && attempt < 3 && /address already in use/.test(String(error)))) throw error;
+      }
     }
-    return server;
   }
 
   /** Starts etcd again (same ports, same data) after `stop()`, and waits until it serves requests. */

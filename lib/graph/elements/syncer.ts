@@ -74,8 +74,8 @@ export const syncer = defineElement({
       default: 0.02,
     }),
     hold: numberParam(
-      "seconds before each release the syncer keeps the node's thread, so that no work starting then makes it late (CPU: hold x releases/s)",
-      { min: 0, max: 0.01, default: 0.0005 },
+      "seconds before each release the syncer keeps the node's thread, so that no work starting then makes it late (CPU: hold x releases/s; all holds of a thread together at most 10% of it)",
+      { min: 0, max: 0.002, default: 0.0005 },
     ),
     offsets: offsetsParam,
     max_bytes: numberParam("bytes the held datagrams may take; beyond it they are dropped", {
@@ -171,7 +171,7 @@ export const syncer = defineElement({
       );
       set.counter(
         "hold_seconds_total",
-        "CPU time the syncer kept the node's thread before its releases (the hold parameter)",
+        "Time the syncer kept the node's thread busy before its releases (the hold parameter)",
         () => timer.heldUs / 1e6,
       );
       sets.push(set);
@@ -254,7 +254,7 @@ export const syncer = defineElement({
             max_delay_ms: params.max_delay * 1000,
             margin_ms: params.margin * 1000,
             hold_ms: params.hold * 1000,
-            // The CPU the hold took so far.
+            // Time the hold kept the thread busy so far.
             held_ms: Math.round(timer.heldUs) / 1000,
             inputs: s.inputs.map((x, i) => ({ name: inputs[i], ...x })),
           },
