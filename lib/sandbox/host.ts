@@ -115,6 +115,9 @@ export const DEFAULT_LIMITS: SandboxLimits = {
   sharedMemory: true,
 };
 
+/** The buffer answers in the shared memory are copied to first, before it grows (up to that memory's size). */
+const REF_COPY_BYTES = 256 * 1024;
+
 /** One program a sandbox runs (an AP of its VM group). */
 export interface SandboxProgram {
   /** For status and error texts (the AP's name). */
@@ -219,7 +222,6 @@ interface Run {
   loaded: boolean;
   /** The child mapped the shared memory (it said so with its programs): batches go there. */
   shared: boolean;
-
   /** Frames waiting for the socket, next to each other in reused chunks (frame_queue.ts). */
   readonly pending: FrameQueue;
   writing: boolean;
@@ -264,7 +266,7 @@ export class SandboxHost implements AsyncDisposable {
    */
   #ffiChecks: (string | null)[] = [];
   /** Where answers in the shared memory are copied before they are read (grown as needed, kept). */
-  #refCopy = new Uint8Array(256 * 1024);
+  #refCopy = new Uint8Array(REF_COPY_BYTES);
   readonly #drops: Record<DropReason, number> = {
     queue_full: 0,
     deadline: 0,
@@ -817,7 +819,9 @@ export class SandboxHost implements AsyncDisposable {
         const ref = readRef(frame.body);
         checkRef(ref, shared.memory.size);
         if (this.#refCopy.length < ref.length) {
-          this.#refCopy = new Uint8Array(Math.max(ref.length, 2 * this.#refCopy.length));
+          this.#refCopy = new Uint8Array(
+            Math.min(shared.memory.size, Math.max(ref.length, 2 * this.#refCopy.length)),
+          );
         }
         const region = this.#refCopy.subarray(0, ref.length);
         region.set(shared.memory.bytes.subarray(ref.offset, ref.offset + ref.length));
@@ -1019,6 +1023,7 @@ export class SandboxHost implements AsyncDisposable {
     if (used === this.#sharedAtTrim && shared.ring.held === 0 && !shared.trimmed) {
       shared.memory.release();
       shared.trimmed = true;
+      if (this.#refCopy.length > REF_COPY_BYTES) this.#refCopy = new Uint8Array(REF_COPY_BYTES);
       this.#counts.shared_trims++;
     }
     if (used !== this.#sharedAtTrim) shared.trimmed = false;
