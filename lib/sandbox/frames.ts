@@ -10,9 +10,10 @@
  *     DONE       u8 4, u32 sequence, f64 handler time (ms), u32 datagrams it failed on (child -> host)
  *     REF        u8 5, u32 offset, u32 length                                          (both ways)
  *
- * A REF frame stands for a frame that lies in the memory the two share (lib/sandbox/shared_ring.ts) at `offset`,
- * `length` bytes long with its own length and kind: a BATCH_IN the host encoded there, or a BATCH_OUT the child
- * turned where its BATCH_IN lay. Only the frame's few bytes then cross the socket.
+ * A REF frame stands for the frames that fill `length` bytes at `offset` of the memory the two share
+ * (lib/sandbox/shared_ring.ts), each with its own length and kind: a BATCH_IN the host encoded there, or the
+ * BATCH_OUTs the child turned where their BATCH_INs lay (several, one after another, for a merged call). Only the
+ * REF's few bytes then cross the socket.
  * The reader is a pure state machine (bytes in, frames out) and refuses a frame longer than its limit: what the
  * child writes is data from code the node does not trust.
  */
