@@ -17,22 +17,24 @@ import {
   runPresentation,
 } from "./_presentation.ts";
 
-const SECONDS = 14;
+/** Long enough for about 340 timed frames per twinstream (at least 250 asserted): at p99, three may be off. */
+const SECONDS = 20;
 const KILL_AT = 8;
 /**
- * Captured together, delivered together. The issue asks for 1 ms at the 99th percentile. Measured here on a 2-core
- * machine that also runs the camera, the microphone, the transcoder and two participants (all niced; participants
- * time arrivals by the kernel's clock), at real-time priority (as root, as CI runs): before the syncer held its
- * thread for the last 0.5 ms before each release (its `hold`), p99 0.6-1.5 ms; with it, 16 runs of 2026-12-05 gave
- * 0.16-0.95 ms for both twinstreams (median 0.01-0.07 ms). The test holds the median to 1 ms and the tail to 2 ms at
- * real-time priority (one stall of the virtual CPU, seen here as 3-15 ms system calls, must not fail the build) and
- * to 25 ms at normal priority (p99 1.4-8.9 ms measured before the hold), below what a viewer notices (ITU-R BT.1359:
- * 45 ms); the figures are printed for every run.
+ * Captured together, delivered together: the issue's 1 ms at the 99th percentile, asserted at real-time priority
+ * (as root, as CI runs). Measured here on a 2-core machine that also runs the camera, the microphone, the
+ * transcoder and two participants (all niced; participants time arrivals by the kernel's clock): before the syncer
+ * held its thread for the last 0.5 ms before each release (its `hold`), p99 0.6-1.5 ms; with it, 16 runs of
+ * 2026-12-05 gave 0.16-0.95 ms for both twinstreams and 8 more 0.14-0.76 ms (median 0.01-0.07 ms). A p99 over
+ * ~340 frames lets a stall of the virtual CPU (seen here as 3-15 ms system calls) spoil two or three frames
+ * without failing the build; more than that is a failure. At normal priority (not root) the bound is 25 ms (p99
+ * 1.4-8.9 ms measured before the hold), below what a viewer notices (ITU-R BT.1359: 45 ms). The figures are
+ * printed for every run.
  */
 const SKEW_P50_US = 1000;
 /** As root (CI) the node runs at a real-time priority, as an appliance built for the syncer's 1 ms would. */
 const REALTIME_PRIORITY = Deno.uid() === 0 ? 10 : undefined;
-const SKEW_P99_US = REALTIME_PRIORITY ? 2000 : 25_000;
+const SKEW_P99_US = REALTIME_PRIORITY ? 1000 : 25_000;
 
 function lecture(report: ParticipantReport, label: string): RtpGroupReport {
   const rtp = report.rtp as RtpReport | undefined;
@@ -79,7 +81,7 @@ Deno.test({
         for (const s of group.streams) assert.ok(s.packets > 100, `${label}: ${JSON.stringify(s)}`);
         assert.equal(group.skew.length, 1, `${label}: ${JSON.stringify(group.skew)}`);
         const [skew] = group.skew;
-        assert.ok(skew.samples > 100, `${label}: ${JSON.stringify(skew)}`);
+        assert.ok(skew.samples >= 250, `${label}: ${JSON.stringify(skew)}`);
         const text = `${label} A/V skew: ${JSON.stringify(skew)}`;
         console.log(text);
         assert.ok(skew.abs_us && skew.abs_us.p50 <= SKEW_P50_US, text);
