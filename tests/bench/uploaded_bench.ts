@@ -8,7 +8,9 @@
  *      builtin        { AP ref=localservice.forwarder } from DIPRONN_INPUT(P) to DIPRONN_OUTPUT("127.0.0.1:R")
  *      builtin in VM  the same AP inside a `{ VM ... }` group (a Deno Worker of the node)
  *      uploaded       { AP ref=upload.pass } with pass.js returning each batch as it came (a sandbox child process)
- *    Each session is started with POST /node/sessions, warmed up, searched, and stopped with DELETE before the next.
+ *    The three sessions are started with POST /node/sessions, each on its own input port and receiver, warmed up,
+ *    and searched in lockstep (each step tries every path once, one after the other, so a slow spell of the shared
+ *    machine falls on all paths alike), then stopped with DELETE.
  *    The sender is `edgenode probe send` in its own process; the receiver runs here on the fast socket.
  * 2. The relay's delay while a neighbouring sandbox spins: a relay (relay.relays, loopback) to a receiver here,
  *    timestamped 200 B datagrams at 5k/s from `edgenode probe send` (sender and receiver on the same host clock),
@@ -199,12 +201,16 @@ async function passes(rig: Rig, size: number, rate: number): Promise<number | nu
   return null;
 }
 
-/** Highest offered rate with loss <= LOSS_LIMIT: doubling from START_RATE, then BISECT bisection steps. */
-async function maxRate(rig: Rig, size: number): Promise<number> {
+/**
+ * The search for the highest offered rate with loss <= LOSS_LIMIT, as a sequence of rates to try: doubling from
+ * START_RATE, then BISECT bisection steps. It yields each rate and is told the offered rate when it passed (null when
+ * it did not); it returns the highest rate that passed.
+ */
+function* rateSearch(): Generator<number, number, number | null> {
   let good = 0;
   let bad = 0;
   for (let rate = START_RATE; rate <= 2_560_000; rate *= 2) {
-    const offered = await passes(rig, size, rate);
+    const offered = yield rate;
     if (offered === null) {
       bad = rate;
       break;
@@ -217,51 +223,96 @@ async function maxRate(rig: Rig, size: number): Promise<number> {
   let hi = bad;
   for (let i = 0; i < BISECT && hi - lo > hi * 0.03; i++) {
     const mid = Math.round((lo + hi) / 2);
-    const offered = await passes(rig, size, mid);
+    const offered = yield mid;
     if (offered !== null) lo = Math.max(lo, offered);
     else hi = mid;
   }
   return lo;
 }
 
-async function measureRates(node: Node, path: RatePath): Promise<Map<number, number>> {
-  const sink = new Sink(openUdp({ host: LO, port: 0 }, { batch: 256 }));
-  const input = freePort();
-  const rates = new Map<number, number>();
+/** A path's session, started and warmed up, with its own input port and receiver. */
+interface RateRun {
+  readonly path: RatePath;
+  readonly name: string;
+  readonly rig: Rig;
+}
+
+/**
+ * The searches of all paths at one size, in lockstep: each step tries every path still searching once, one after
+ * the other (never two at once), so a slow spell of the shared machine falls on the paths alike instead of on
+ * whichever was being searched then (sequential searches put one path's whole search in one spell; one `make bench`
+ * had the built-in at the day's high and the uploaded path at its low).
+ */
+async function lockstepMaxRates(runs: readonly RateRun[], size: number): Promise<Map<string, number>> {
+  const searches = runs.map((run) => ({
+    run,
+    search: rateSearch(),
+    next: null as IteratorResult<number, number> | null,
+  }));
+  for (const s of searches) s.next = s.search.next();
+  const rates = new Map<string, number>();
+  while (searches.some((s) => !s.next!.done)) {
+    for (const s of searches) {
+      if (s.next!.done) continue;
+      s.next = s.search.next(await passes(s.run.rig, size, s.next!.value));
+      if (s.next.done) rates.set(s.run.path.name, s.next.value);
+    }
+  }
+  return rates;
+}
+
+/**
+ * Part 1: every path's session runs at once (an idle one costs nothing), each fed and received on its own ports;
+ * the searches go in lockstep per size. Returns each path's rate per size.
+ */
+async function measureRates(
+  node: Node,
+  paths: readonly RatePath[],
+): Promise<Map<string, Map<number, number>>> {
+  const results = new Map<string, Map<number, number>>(paths.map((p) => [p.name, new Map()]));
+  const sinks: Sink[] = [];
+  const runs: RateRun[] = [];
   try {
-    const name = await node.startSession(path.program(input, sink.socket.local.port), path.modules);
-    try {
+    for (const path of paths) {
+      const sink = new Sink(openUdp({ host: LO, port: 0 }, { batch: 256 }));
+      sinks.push(sink);
+      const input = freePort();
+      const name = await node.startSession(path.program(input, sink.socket.local.port), path.modules);
       const rig: Rig = { to: `${LO}:${input}`, sinks: [sink], seconds: SECONDS };
+      runs.push({ path, name, rig });
       // Warm up (JIT, the sandbox's first batches); not counted.
       await trial({ ...rig, seconds: 0.5 }, { size: SIZES[0], rate: START_RATE });
-      if (FIXED_RATE > 0) {
-        await fixedTrials(node, name, rig, path);
-        return rates;
-      }
-      for (const size of SIZES) {
-        const rate = await maxRate(rig, size);
-        rates.set(size, rate);
+    }
+    if (FIXED_RATE > 0) {
+      for (const run of runs) await fixedTrials(node, run.name, run.rig, run.path);
+      return results;
+    }
+    for (const size of SIZES) {
+      const rates = await lockstepMaxRates(runs, size);
+      for (const { path } of runs) {
+        const rate = rates.get(path.name) ?? 0;
+        results.get(path.name)!.set(size, rate);
         console.log(
           `  ${path.name.padEnd(14)} ${String(size).padStart(5)} B  ${
             Math.round(rate).toString().padStart(8)
           }/s  ${mbps(rate, size).toFixed(0).padStart(5)} Mb/s`,
         );
       }
-      if (path.modules) {
-        const box = (await node.sandboxes(name))[0];
-        console.log(
-          `  ${path.name}: sandbox ${box.state}, restarts ${box.restarts}, packets in ${box.packets_in} out ${box.packets_out}, dropped ${
-            JSON.stringify(box.dropped)
-          }`,
-        );
-      }
-    } finally {
-      await node.stopSession(name);
+    }
+    for (const { path, name } of runs) {
+      if (!path.modules) continue;
+      const box = (await node.sandboxes(name))[0];
+      console.log(
+        `  ${path.name}: sandbox ${box.state}, restarts ${box.restarts}, packets in ${box.packets_in} out ${box.packets_out}, dropped ${
+          JSON.stringify(box.dropped)
+        }`,
+      );
     }
   } finally {
-    await sink.close();
+    for (const run of runs) await node.stopSession(run.name);
+    for (const sink of sinks) await sink.close();
   }
-  return rates;
+  return results;
 }
 
 const mbps = (rate: number, size: number) => (rate * size * 8) / 1e6;
@@ -385,11 +436,8 @@ async function main(): Promise<number> {
   const relaySink = new Sink(openUdp({ host: LO, port: 0 }, { batch: 256 }));
   const node = await Node.start(relaySink.socket.local.port);
   try {
-    const results = new Map<string, Map<number, number>>();
     const only = Deno.env.get("BENCH_PATHS")?.split(",");
-    for (const path of RATE_PATHS.filter((p) => !only || only.includes(p.name))) {
-      results.set(path.name, await measureRates(node, path));
-    }
+    const results = await measureRates(node, RATE_PATHS.filter((p) => !only || only.includes(p.name)));
     if (FIXED_RATE > 0) return 0;
 
     console.log(`\nDelay at ${DELAY_RATE}/s of ${DELAY_SIZE} B, ${DELAY_SECONDS} s per trial (one-way)`);
