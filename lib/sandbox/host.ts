@@ -210,6 +210,14 @@ interface Run {
   readonly inFlight: InFlight[];
   /** The frame bytes of `inFlight`. */
   inFlightBytes: number;
+  /** The frame bytes of `inFlight` that lie in the shared memory. */
+  sharedInFlightBytes: number;
+  /**
+   * Bytes the child may still answer by REF: what the node wrote to the shared memory for batches in flight, less
+   * what REFs already stood for. A REF beyond it breaks the protocol: the copying a REF costs the node is bounded by
+   * what the node itself wrote there (13 bytes on the socket must not buy a copy of the whole memory, again and again).
+   */
+  refAllowance: number;
   /** When the child last answered a batch: the head of `inFlight` could not start before. */
   answeredAt: number;
   ready: boolean;
@@ -527,6 +535,8 @@ export class SandboxHost implements AsyncDisposable {
     }
     if (sharedAt >= 0) {
       run.pending.push(refFrame(sharedAt, frame.length));
+      run.sharedInFlightBytes += frame.length;
+      run.refAllowance += frame.length;
       this.#counts.batches_shared++;
     }
     run.inFlight.push({
@@ -717,6 +727,8 @@ export class SandboxHost implements AsyncDisposable {
       conn: null,
       inFlight: [],
       inFlightBytes: 0,
+      sharedInFlightBytes: 0,
+      refAllowance: 0,
       answeredAt: 0,
       ready: false,
       killedFor: null,
@@ -818,6 +830,13 @@ export class SandboxHost implements AsyncDisposable {
         if (!shared) return this.#protocolError(run, "a shared frame, with no memory shared");
         const ref = readRef(frame.body);
         checkRef(ref, shared.memory.size);
+        if (ref.length > run.refAllowance) {
+          return this.#protocolError(
+            run,
+            `a shared answer of ${ref.length} bytes, more than the ${run.refAllowance} its batches in flight left`,
+          );
+        }
+        run.refAllowance -= ref.length;
         if (this.#refCopy.length < ref.length) {
           this.#refCopy = new Uint8Array(
             Math.min(shared.memory.size, Math.max(ref.length, 2 * this.#refCopy.length)),
@@ -842,7 +861,12 @@ export class SandboxHost implements AsyncDisposable {
         }
         run.inFlight.shift();
         run.inFlightBytes -= head.bytes;
-        if (head.shared) this.#shared?.ring.release();
+        if (head.shared) {
+          this.#shared?.ring.release();
+          run.sharedInFlightBytes -= head.bytes;
+          // What an answered batch left unused does not carry over to later REFs.
+          run.refAllowance = Math.min(run.refAllowance, run.sharedInFlightBytes);
+        }
         run.answeredAt = this.#clock.now();
         this.#counts.batches_done++;
         if (done.ms > this.#handlerMsMax) this.#handlerMsMax = done.ms;
@@ -1061,7 +1085,7 @@ export class SandboxHost implements AsyncDisposable {
     this.#clearDeadline();
     const lost = run.inFlight.reduce((sum, b) => sum + b.count, 0);
     run.inFlight.length = 0;
-    run.inFlightBytes = 0;
+    run.inFlightBytes = run.sharedInFlightBytes = run.refAllowance = 0;
     // The child that held the shared memory's frames is gone (the next one maps it afresh).
     this.#shared?.ring.reset();
     if (expected || this.#state === "failed") return;

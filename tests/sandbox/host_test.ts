@@ -658,6 +658,41 @@ export function start() { JSON.stringify = real; }
   }
 });
 
+Deno.test("SandboxHost: a child that repeats its answer's 13-byte REF frame breaks the protocol, and hands on nothing more than it was sent", async () => {
+  // The program shares the guest's realm: on the trigger it makes the guest's joining of its answer frames put the
+  // REF (the batch passed on where it lies in the shared memory) 2,000 times into one write. Each repeat would cost
+  // the node a copy of the region and hand the batch on again: 26 kB from the child, 2,000 times the batch out.
+  const source = `${PORTS}
+const reduce = Array.prototype.reduce;
+export function handle(_i, batch) {
+  if (batch[0].data[0] === 0xee) {
+    Array.prototype.reduce = function (...args) {
+      const first = this[0];
+      if (first instanceof Uint8Array && first.length === 13 && first[4] === 5) {
+        for (let k = 0; k < 2000; k++) this.splice(1, 0, first);
+        Array.prototype.reduce = reduce;
+      }
+      return reduce.apply(this, args);
+    };
+  }
+  return [batch];
+}
+`;
+  const { host, got } = sandbox(source, { limits: { deadlineMs: 30_000, sharedMemory: true } });
+  try {
+    await host.start();
+    host.push(0, datagrams(10, 1000, 1));
+    await until("the first batch back", () => packets(got) === 10);
+    assert.ok((host.status().answers_shared as number) >= 1, JSON.stringify(host.status()));
+    host.push(0, datagrams(10, 1000, 0xee));
+    await until("the protocol error", () => host.status().protocol_errors === 1);
+    assert.match(String(host.status().last_error), /broke the sandbox protocol.*shared answer of \d+ bytes/);
+    assert.ok(packets(got) <= 20, `handed on ${packets(got)} datagrams for 20 sent`);
+  } finally {
+    await host.stop();
+  }
+});
+
 Deno.test("SandboxHost's heartbeat kills a child that spins outside a handler, and the child has no Worker", async () => {
   const source = `${PORTS}
 export function handle(_i, batch) {
