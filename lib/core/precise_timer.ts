@@ -220,21 +220,40 @@ export class PreciseTimer {
   #hold(fromUs: number): void {
     const at = this.#at!;
     let now = fromUs;
+    /** Time the other timers' callbacks took: theirs, not this hold's (neither its figure nor the budget's). */
+    let othersUs = 0;
+    let thrown: { error: unknown } | null = null;
     holding = true;
     try {
-      while (at - now > this.#toleranceUs) {
+      // Until due, or cancelled or re-armed by a timer fired meanwhile (then as it now stands, below).
+      while (this.#at === at && at - now > this.#toleranceUs) {
         now = this.#clock.nowUs();
         // The thread's other timers come due on time, not after this one (they do not hold in turn).
         for (const other of armedTimers) {
-          if (other !== this && other.#at !== null && other.#at - now <= other.#toleranceUs) other.#fire(now);
+          if (other !== this && other.#at !== null && other.#at - now <= other.#toleranceUs) {
+            // One that throws must not leave this one unfired: its error goes on as its own would have.
+            try {
+              other.#fire(now);
+            } catch (error) {
+              thrown ??= { error };
+            }
+            const after = this.#clock.nowUs();
+            othersUs += after - now;
+            now = after;
+          }
         }
       }
     } finally {
       holding = false;
     }
-    this.#heldUs += now - fromUs;
-    holdBudgetUs -= now - fromUs;
-    // Cancelled or re-armed from a timer fired meanwhile: as it now stands.
+    this.#heldUs += now - fromUs - othersUs;
+    holdBudgetUs -= now - fromUs - othersUs;
+    if (thrown) {
+      const { error } = thrown;
+      queueMicrotask(() => {
+        throw error;
+      });
+    }
     if (this.#at !== at) return this.#at === null ? undefined : this.#wake();
     this.#fire(now);
   }

@@ -152,6 +152,64 @@ Deno.test("PreciseTimer: a timer due during another's hold fires on time from wi
   }
 });
 
+Deno.test("PreciseTimer: a timer fired within another's hold that throws leaves the holder firing on time, and its error still surfaces", async () => {
+  const sleeper = Sleeper.open()!;
+  const errors: unknown[] = [];
+  const onError = (e: ErrorEvent) => {
+    e.preventDefault();
+    errors.push(e.error);
+  };
+  globalThis.addEventListener("error", onError);
+  try {
+    let lateUs = NaN;
+    const shown = await upToThreeTimes(async () => {
+      await sleeper.sleep(HOLD_BURST_US / HOLD_SHARE);
+      let aAt = 0;
+      let bFired = false;
+      const a = new PreciseTimer(systemClock, () => aAt = systemClock.nowUs(), { sleeper, holdUs: 1500 });
+      const b = new PreciseTimer(systemClock, () => {
+        bFired = true;
+        throw new Error("b's callback failed");
+      }, { sleeper });
+      const now = systemClock.nowUs();
+      a.arm(now + 3000);
+      b.arm(now + 2600);
+      for (const until = now + 200_000; aAt === 0 && systemClock.nowUs() < until;) {
+        await new Promise((r) => setTimeout(r, 0));
+      }
+      lateUs = aAt - (now + 3000);
+      return bFired && aAt > 0 && lateUs >= -50 && lateUs < 150 && a.heldUs > 0;
+    });
+    assert.ok(shown, `a fired ${lateUs} µs after its time, b having thrown within its hold`);
+    assert.ok(errors.length >= 1 && String(errors[0]).includes("b's callback failed"), String(errors));
+  } finally {
+    globalThis.removeEventListener("error", onError);
+    await sleeper.close();
+  }
+});
+
+Deno.test("PreciseTimer: re-armed earlier by a timer fired within its hold, it fires at the new time, not the old", async () => {
+  const sleeper = Sleeper.open()!;
+  try {
+    let lateUs = NaN;
+    const shown = await upToThreeTimes(async () => {
+      await sleeper.sleep(HOLD_BURST_US / HOLD_SHARE);
+      let aAt = 0;
+      const a = new PreciseTimer(systemClock, () => aAt = systemClock.nowUs(), { sleeper, holdUs: 1500 });
+      const now = systemClock.nowUs();
+      const b = new PreciseTimer(systemClock, () => a.arm(now + 2700), { sleeper });
+      a.arm(now + 3000);
+      b.arm(now + 2500);
+      while (aAt === 0) await new Promise((r) => setTimeout(r, 0));
+      lateUs = aAt - (now + 2700);
+      return lateUs >= -50 && lateUs < 150;
+    });
+    assert.ok(shown, `a fired ${lateUs} µs after its new time (the old one was 300 µs later)`);
+  } finally {
+    await sleeper.close();
+  }
+});
+
 Deno.test("PreciseTimer's holds take a bounded share of the thread: dense firings do not keep it", async () => {
   const sleeper = Sleeper.open()!;
   try {
