@@ -64,6 +64,7 @@ interface SandboxFigures {
   state: string;
   pid: number | null;
   restarts: number;
+  last_error: string | null;
   deadline_kills: number;
   packets_in: number;
   packets_out: number;
@@ -303,7 +304,7 @@ async function measureRates(
       if (!path.modules) continue;
       const box = (await node.sandboxes(name))[0];
       console.log(
-        `  ${path.name}: sandbox ${box.state}, restarts ${box.restarts}, packets in ${box.packets_in} out ${box.packets_out}, dropped ${
+        `  ${path.name}: sandbox ${box.state}, restarts ${box.restarts} (last error: ${box.last_error}), deadline kills ${box.deadline_kills}, packets in ${box.packets_in} out ${box.packets_out}, dropped ${
           JSON.stringify(box.dropped)
         }`,
       );
