@@ -79,6 +79,11 @@ interface InputSocket {
   readonly port: string;
   /** Datagrams from sources the allow-list does not let in. */
   droppedSource: number;
+  /** The AP's index in the plan, the input's among its inputs, whether this is its RTCP port, its allow-list. */
+  readonly apIndex: number;
+  readonly inputIndex: number;
+  readonly rtcp: boolean;
+  readonly allow: SourceAllowList;
   loop?: Promise<void>;
 }
 
@@ -202,6 +207,39 @@ export class RunningSession {
         } ${what} and this node has no link port (node.cluster.data)`,
       );
     }
+    // Every input's socket first: a port that cannot be had refuses the session before any element starts (a
+    // saver would otherwise have created, or with `overwrite` truncated, its file for a session that never ran).
+    for (const [i, ap] of plan.aps.entries()) {
+      ap.inputs.forEach((input, k) => {
+        if (input.external === null) return;
+        const ports = plan.useRtp ? [input.external, input.external + 1] : [input.external];
+        const allow = SourceAllowList.parse(input.allow);
+        ports.forEach((port, f) => {
+          let socket: UdpSocket;
+          try {
+            socket = openUdp({ host: node.host, port }, node.udp);
+          } catch (error) {
+            const where = input.at ? ` (${input.at})` : "";
+            throw new StartError(
+              `${ap.name}: input ${input.name}, DIPRONN_INPUT(${input.external})${where}: ${
+                errorMessage(error)
+              }`,
+              { cause: error },
+            );
+          }
+          this.#inputs.push({
+            socket,
+            ap: ap.name,
+            port: input.name,
+            droppedSource: 0,
+            apIndex: i,
+            inputIndex: k,
+            rtcp: f === 1,
+            allow,
+          });
+        });
+      });
+    }
     this.#host.create();
     plan.aps.forEach((ap, i) => {
       const group = this.#groupOf[i];
@@ -237,27 +275,10 @@ export class RunningSession {
           else this.#host.receive(i, k, batch, rtcp);
         }, input.linkedFrom));
       });
-      ap.inputs.forEach((input, k) => {
-        if (input.external === null) return;
-        const ports = plan.useRtp ? [input.external, input.external + 1] : [input.external];
-        ports.forEach((port, f) => {
-          let socket: UdpSocket;
-          try {
-            socket = openUdp({ host: node.host, port }, node.udp);
-          } catch (error) {
-            const where = input.at ? ` (${input.at})` : "";
-            throw new StartError(
-              `${ap.name}: input ${input.name}, DIPRONN_INPUT(${input.external})${where}: ${
-                errorMessage(error)
-              }`,
-              { cause: error },
-            );
-          }
-          const entry: InputSocket = { socket, ap: ap.name, port: input.name, droppedSource: 0 };
-          this.#inputs.push(entry);
-          entry.loop = this.#receive(entry, i, k, f === 1, SourceAllowList.parse(input.allow));
-        });
-      });
+    }
+    // Only now, with every element started, does anything arrive.
+    for (const entry of this.#inputs) {
+      entry.loop = this.#receive(entry, entry.apIndex, entry.inputIndex, entry.rtcp, entry.allow);
     }
     this.#publish();
   }

@@ -213,6 +213,42 @@ Deno.test("node session API refuses a second session writing a file another sess
   ]);
 });
 
+Deno.test("node session API: a session refused for a port in use leaves no saver file behind, keeps an earlier recording, and starts once the port is free", async () => {
+  await using env = await setup();
+  const busy = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const saving = (port: number, file: string, overwrite: boolean) =>
+    `Project t.save;
+{ AP name="S" ref=localservice.saver; inputs = in(DIPRONN_INPUT(${port})); output_file = "${file}"; overwrite = ${overwrite}; }
+`;
+  const earlier = new Uint8Array(100).fill(7);
+  await Deno.writeFile(`${env.dataDir}/kept.pcap`, earlier);
+  try {
+    for (const [file, overwrite] of [["t1.pcap", false], ["kept.pcap", true]] as const) {
+      const refused = await env.app.request("/node/sessions", {
+        method: "POST",
+        body: saving((busy.addr as Deno.NetAddr).port, file, overwrite),
+        headers: auth,
+      });
+      assert.equal(refused.status, 409);
+      assert.match((await refused.json()).error, /address already in use.*nothing was left running$/);
+    }
+    await assert.rejects(Deno.stat(`${env.dataDir}/t1.pcap`), Deno.errors.NotFound);
+    assert.deepEqual(
+      await Deno.readFile(`${env.dataDir}/kept.pcap`),
+      earlier,
+      "the earlier recording is whole",
+    );
+    const retried = await env.app.request("/node/sessions", {
+      method: "POST",
+      body: saving(freePort(), "t1.pcap", false),
+      headers: auth,
+    });
+    assert.equal(retried.status, 201, await retried.text());
+  } finally {
+    busy.close();
+  }
+});
+
 Deno.test("node session API runs a VM group in a worker and refuses one that cannot start, leaving nothing", async () => {
   await using env = await setup();
   const [input, registration] = [freePort(), freePort()];
