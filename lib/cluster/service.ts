@@ -98,6 +98,7 @@ export class ClusterService {
   readonly replays = new ReplayTable();
   readonly peerNames: ReadonlySet<string>;
   readonly #counters: CounterSet;
+  readonly #metrics: MetricsRegistry;
 
   private constructor(
     readonly cfg: ClusterSection,
@@ -112,6 +113,7 @@ export class ClusterService {
     metrics: MetricsRegistry,
     readonly etcd: EtcdSync | undefined,
   ) {
+    this.#metrics = metrics;
     this.peerNames = new Set(cfg.peers.map((p) => p.name));
     this.#counters = metrics.publish("cluster", { node: cfg.name }, CLUSTER_SERIES, () => this.figures);
   }
@@ -276,5 +278,7 @@ export class ClusterService {
   stop(): void {
     this.heartbeats.stop();
     this.etcd?.stop();
+    // Its series go with it: a node role added again by a reload publishes them afresh.
+    this.#metrics.remove(this.#counters);
   }
 }
