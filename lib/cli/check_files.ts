@@ -4,7 +4,7 @@
  * file:line:col before a start finds them. Boot programs are checked one after the other against what the earlier
  * ones hold (ports, files, the node's budgets), as the node starts them.
  */
-import { type Plan } from "../config/plan.ts";
+import { configPosition, type Plan } from "../config/plan.ts";
 import { ConfigError, ErrorList, type PositionedError, UsageError } from "../core/errors.ts";
 import { readTextFileLimited } from "../core/files.ts";
 import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
@@ -34,8 +34,9 @@ export async function checkNamedFiles(plan: Plan, io: CheckFilesIo = defaultIo):
   const errors: PositionedError[] = [];
   const unreadable = (key: string, error: unknown) => {
     if (!(error instanceof UsageError)) throw error;
-    // The plan keeps no positions of its values: the key path says which one.
-    errors.push(new ConfigError(error.message, { file: plan.source, line: 1, col: 1 }, { path: key }));
+    // At the key's place in the config (the file's start when the plan was not read from a file).
+    const at = configPosition(plan, key) ?? { file: plan.source, line: 1, col: 1 };
+    errors.push(new ConfigError(error.message, at, { path: key }));
   };
   if (plan.roles.includes("scheduler")) {
     const cfg = plan.sections.scheduler as SchedulerSection;
@@ -63,13 +64,14 @@ export async function checkNamedFiles(plan: Plan, io: CheckFilesIo = defaultIo):
     const portsInUse = new Map<number, string>();
     const claimsInUse = new Map<string, string>();
     const inUse = { sockets: 0, vms: 0, saverBytes: 0 };
+    const outputPorts = new Map<number, string>();
     const names = new Map<string, string>();
-    for (const file of cfg.sessions) {
+    for (const [i, file] of cfg.sessions.entries()) {
       let text: string;
       try {
         text = await io.readFile(file, MAX_PROGRAM_BYTES, "program");
       } catch (error) {
-        unreadable("node.sessions", error);
+        unreadable(`node.sessions[${i}]`, error);
         continue;
       }
       try {
@@ -78,7 +80,7 @@ export async function checkNamedFiles(plan: Plan, io: CheckFilesIo = defaultIo):
           kinds,
           portsInUse,
           claimsInUse,
-          node: { budgets: budgetsOf(cfg), inUse, host: cfg.bind },
+          node: { budgets: budgetsOf(cfg), inUse, host: cfg.bind, outputPorts },
         });
         const first = names.get(plan.name);
         const at = { file, line: 1, col: 1 };
@@ -90,6 +92,7 @@ export async function checkNamedFiles(plan: Plan, io: CheckFilesIo = defaultIo):
         }
         names.set(plan.name, file);
         for (const p of plan.ports) portsInUse.set(p, `session ${plan.name} (${file})`);
+        for (const p of plan.outputPorts) outputPorts.set(p, `session ${plan.name} (${file})`);
         for (const c of plan.claims) claimsInUse.set(c, `session ${plan.name} (${file})`);
         inUse.sockets += plan.usage.sockets;
         inUse.vms += plan.usage.vms;

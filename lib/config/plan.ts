@@ -196,6 +196,13 @@ function pathKeys(path: string): (string | number)[] {
   return [...path.matchAll(/\[(\d+)\]|([^.[\]]+)/g)].map((m) => m[1] !== undefined ? Number(m[1]) : m[2]);
 }
 
+/** The config file's position of `path` (or its nearest written parent); null when the plan has none for it. */
+export function configPosition(plan: Plan, path: string): Position | null {
+  const places = PLACES.get(plan);
+  if (!places || !path) return null;
+  return places.locate(pathKeys(path));
+}
+
 /**
  * Where `path` of the plan comes from: the config's file:line:col (or its nearest written parent), the command-line
  * flag that overrode it, or null (a default, or a plan not loaded from a file).

@@ -67,11 +67,30 @@ Deno.test("checkNamedFiles reports a bad agent-rules file at its own line and co
   });
 });
 
-Deno.test("checkNamedFiles names a file it cannot read by its config key", async () => {
-  await withFiles({}, async (dir) => {
-    assert.deepEqual(await problems(dir, `roles: [node]\nnode:\n  sessions: [${dir}/missing.dipronn]\n`), [
-      `edge.yaml:1:1: node.sessions: Cannot read program "missing.dipronn": no such file`,
+Deno.test("checkNamedFiles names a file it cannot read by its config key, at that key's place", async () => {
+  await withFiles({ "a.dipronn": GOOD }, async (dir) => {
+    const config = `roles: [node, scheduler]\nnode:\n  sessions:\n    - ${dir}/a.dipronn\n` +
+      `    - ${dir}/missing.dipronn\nscheduler:\n  rules: ${dir}/no-rules\n`;
+    assert.deepEqual(await problems(dir, config), [
+      `edge.yaml:7:10: scheduler.rules: Cannot read agent-rules file "no-rules": no such file`,
+      `edge.yaml:5:7: node.sessions[1]: Cannot read program "missing.dipronn": no such file`,
     ]);
+  });
+});
+
+Deno.test("checkNamedFiles refuses a boot program whose input would receive what an earlier one sends, as the start does", async () => {
+  const sends = [
+    "Project sender;",
+    `{ AP name="F" ref=localservice.forwarder; inputs = in(DIPRONN_INPUT(17299)); outputs = out(DIPRONN_OUTPUT("192.0.2.7:17300")); }`,
+    "",
+  ].join("\n");
+  const receives = GOOD.replace("good", "receiver").replace("7000", "17300");
+  await withFiles({ "a.dipronn": sends, "b.dipronn": receives }, async (dir) => {
+    const config =
+      `roles: [node]\nnode:\n  data_dir: ${dir}\n  sessions: [${dir}/a.dipronn, ${dir}/b.dipronn]\n`;
+    const [error, ...more] = await problems(dir, config);
+    assert.match(error, /^b\.dipronn:2:\d+: DIPRONN_INPUT\(17300\).*would receive what session sender/);
+    assert.deepEqual(more, []);
   });
 });
 
