@@ -77,7 +77,14 @@ export function createApp(deps: AppDeps): Hono {
   app.on([...MUTATING], "*", function guardUnlessSelfGuarded(c, next) {
     const path = c.req.path;
     return selfGuarded.some((p) => path.startsWith(p)) ? next() : guard(c, next);
-  }, limit);
+  });
+  // The body limit holds for every method that may carry a body, not only the mutating ones: a middleware that
+  // reads the body before a route is matched (a self-guarding role's signature check) reads at most this much of an
+  // OPTIONS or PROPFIND too.
+  app.use("*", function limitBodies(c, next) {
+    const method = c.req.method;
+    return method === "GET" || method === "HEAD" ? next() : limit(c, next);
+  });
 
   // For keepalived's vrrp_script and load balancers: 200 "ok" when every role serves what it should, else 503 with
   // one line per problem ("scheduler: service web: no healthy server"); JSON when asked for with Accept.

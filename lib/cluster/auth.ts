@@ -210,7 +210,13 @@ export function clusterAuth(
 ): MiddlewareHandler<{ Variables: { clusterPeer: string } }> {
   const replays = o.replays ?? new ReplayTable();
   return async function clusterAuthMiddleware(c, next) {
-    const body = new Uint8Array(await c.req.arrayBuffer());
+    // Peers only GET and POST: anything else is refused before its body is read.
+    const method = c.req.method;
+    if (method !== "GET" && method !== "POST") {
+      o.refused("malformed");
+      return c.json({ error: `${method} is not a cluster method` }, 405);
+    }
+    const body = method === "GET" ? new Uint8Array() : new Uint8Array(await c.req.arrayBuffer());
     let caller: { from: string; sig: string };
     try {
       caller = await verifyRequest(o.key, c.req.header(REQUEST_HEADER), {

@@ -195,6 +195,32 @@ Deno.test("createApp rejects a streamed body over maxBody with 413 without conte
   assert.equal(logger.level, "info");
 });
 
+Deno.test("createApp holds every method's body to maxBody, also under a self-guarded prefix whose guard reads it first", async () => {
+  const { app } = setup({ token: TOKEN, maxBody: 64, selfGuarded: ["/cluster/"] });
+  let read = 0;
+  // As the cluster's signature check does: the body is read before any route is matched, for any method.
+  app.use("/cluster/*", async (c) => {
+    read = (await c.req.arrayBuffer()).byteLength;
+    return c.json({ read }, 401);
+  });
+  for (const method of ["OPTIONS", "PROPFIND", "POST"]) {
+    const big = "x".repeat(1000);
+    const declared = await app.request("/cluster/usage", {
+      method,
+      body: big,
+      headers: { "content-length": "1000" },
+    });
+    assert.equal(declared.status, 413, `${method} with content-length`);
+    await declared.body?.cancel();
+    const streamed = await app.request(
+      new Request("http://localhost/cluster/usage", { method, body: streamOf([big, big, big]) }),
+    );
+    assert.equal(streamed.status, 413, `${method} streamed`);
+    await streamed.body?.cancel();
+  }
+  assert.equal(read, 0, "no body over the limit was read whole");
+});
+
 Deno.test("createApp accepts a streamed body within maxBody", async () => {
   const { app, logger } = setup({ token: TOKEN, maxBody: 64 });
   const request = new Request("http://localhost/log-level", {

@@ -132,6 +132,24 @@ Deno.test("clusterAuth refuses stale, tampered, replayed, foreign and misaddress
   ]);
 });
 
+Deno.test("clusterAuth refuses methods peers never use with 405, counted, without reading their body", async () => {
+  const { app, refused } = await setup();
+  for (const method of ["OPTIONS", "PROPFIND", "PUT", "DELETE"]) {
+    let pulled = false;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        pulled = true;
+        controller.enqueue(new Uint8Array(1 << 20));
+      },
+    }, { highWaterMark: 0 });
+    const res = await app.request(new Request("http://localhost/cluster/echo", { method, body }));
+    assert.equal(res.status, 405, method);
+    assert.match((await res.json()).error, new RegExp(`^${method} is not a cluster method`));
+    assert.equal(pulled, false, `${method}: the body was not read`);
+  }
+  assert.deepEqual(refused, ["malformed", "malformed", "malformed", "malformed"]);
+});
+
 Deno.test("PeerClient refuses an answer from a node that does not hold the token", async () => {
   const clock = new ManualClock(T0);
   // A stand-in that answers 200 without a reply signature.
