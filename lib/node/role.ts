@@ -249,8 +249,9 @@ async function prepareNodeReload(
     if (text === undefined) removed.push(`session ${b.session.plan.name}`);
   }
   for (const [file, text] of texts) {
-    if (boot.get(file)?.text === text) continue;
-    start.push({ text, file });
+    const b = boot.get(file);
+    if (b?.text === text) continue;
+    start.push({ text, file, ...(b && running(b) ? { replaces: b.session.plan.name } : {}) });
   }
   const { cluster: _c, sessions: _l, ...settings } = cur;
   const { cluster: _c2, sessions: _l2, ...nextSettings } = next;
@@ -290,13 +291,25 @@ async function prepareNodeReload(
   return {
     summary: { added, removed, changed: [], replaced, notes },
     async commit(drain) {
-      const failed = await held.commit(drain);
+      const before = new Map(boot);
+      const { failed, restored } = await held.commit(drain);
       for (const file of boot.keys()) if (!texts.has(file)) boot.delete(file);
       held.plans.forEach((plan, k) => {
+        const file = start[k].file;
         const session = table.get(plan.name);
-        if (session && !failed.has(plan.name)) boot.set(start[k].file, { text: start[k].text, session });
-        else boot.delete(start[k].file);
+        const old = before.get(file);
+        if (session && !failed.has(plan.name)) boot.set(file, { text: start[k].text, session });
+        else if (restored.has(plan.name) && old) {
+          // The file's old program runs again: a later reload compares against that text.
+          boot.set(file, { text: old.text, session: table.get(old.session.plan.name)! });
+        } else boot.delete(file);
       });
+      // Reported as the reload's failure (the rest of it applied): the operator sees which and why.
+      if (failed.size) {
+        throw new StartError(
+          [...failed].map(([name, why]) => `session ${name} did not start: ${why}`).join("; "),
+        );
+      }
     },
     abort: () => held.abort(),
   };

@@ -4,7 +4,7 @@
  * removals are serialised, so two uploads cannot both take the same port.
  */
 import { absolutePath, allowSources, bool, byteSize, int, type ObjectOf, opt } from "../config/schema.ts";
-import { ErrorList, type PositionedError } from "../core/errors.ts";
+import { ErrorList, errorMessage, type PositionedError } from "../core/errors.ts";
 import { Registry } from "../core/registry.ts";
 import { DEFAULT_BUDGETS, type SessionBudgets, type SessionUsage } from "../graph/budgets.ts";
 import type { ElementKind, NodeServices } from "../graph/element.ts";
@@ -156,8 +156,11 @@ export interface SessionReloadChange {
   readonly udp: UdpOptions;
   /** Sessions to stop (each drains, inputs first), by name. */
   readonly stop: readonly string[];
-  /** Programs to start, checked in prepare. */
-  readonly start: readonly { readonly text: string; readonly file: string }[];
+  /**
+   * Programs to start, checked in prepare. `replaces`: the running session (one of `stop`) this program's file
+   * held before; should the new plan fail to start, that session is started again as it was.
+   */
+  readonly start: readonly { readonly text: string; readonly file: string; readonly replaces?: string }[];
 }
 
 /** A reload's sessions, checked and held. */
@@ -166,9 +169,10 @@ export interface SessionReload {
   readonly plans: readonly SessionPlan[];
   /**
    * Stops `stop` (draining until `drain` aborts), then starts the plans; resolves with the ones whose start failed
-   * (logged, and listed by `failed()` until a later reload), by name. Never rejects.
+   * (logged, and listed by `failed()` until a later reload), by name, and which of those were started again as
+   * they ran before (a replaced session whose new plan failed: `restored`, by the new plan's name). Never rejects.
    */
-  commit(drain: AbortSignal): Promise<Map<string, string>>;
+  commit(drain: AbortSignal): Promise<{ failed: Map<string, string>; restored: Set<string> }>;
   /** Releases the held plans. */
   abort(): void;
 }
@@ -418,12 +422,21 @@ export class SessionTable {
       return Promise.resolve({
         plans: before,
         commit: (drain: AbortSignal) => {
-          if (settled) return Promise.resolve(new Map());
+          if (settled) return Promise.resolve({ failed: new Map(), restored: new Set<string>() });
           return this.#serial(async () => {
             release();
+            // What each replaced session ran, to start again should its new plan fail (a port another process
+            // took meanwhile, a saver's file that exists): a reload does not leave a box without a session it had.
+            const previous = new Map(
+              change.start.flatMap((item) => {
+                const old = item.replaces === undefined ? undefined : this.#sessions.get(item.replaces);
+                return old ? [[item.file, old.plan] as const] : [];
+              }),
+            );
             this.#apply(change);
             await this.#stopWithin(change.stop, drain);
             const failed = new Map<string, string>();
+            const restored = new Set<string>();
             for (const [k, plan] of before.entries()) {
               this.#failed.delete(plan.name);
               try {
@@ -438,16 +451,31 @@ export class SessionTable {
                   file: change.start[k].file,
                 });
               } catch (error) {
-                const why = error instanceof Error ? error.message : String(error);
+                let why = error instanceof Error ? error.message : String(error);
+                const old = previous.get(change.start[k].file);
+                if (old && !this.#closed && !this.#sessions.has(old.name)) {
+                  try {
+                    const again = await RunningSession.start(old, this.node, {
+                      allowSources: this.#allowSources,
+                    });
+                    this.#sessions.set(old.name, again);
+                    restored.add(plan.name);
+                    why += `; session ${old.name} runs again as it was before the reload`;
+                  } catch (second) {
+                    why += `; session ${old.name} could not be started again as it was: ${
+                      errorMessage(second)
+                    }`;
+                  }
+                }
                 failed.set(plan.name, why);
-                this.#failed.set(plan.name, why);
+                if (!restored.has(plan.name)) this.#failed.set(plan.name, why);
                 this.node.logger.error("reload could not start a session", {
                   session: plan.name,
                   error: why,
                 });
               }
             }
-            return failed;
+            return { failed, restored };
           });
         },
         abort: () => {

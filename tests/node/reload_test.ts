@@ -253,10 +253,14 @@ Deno.test("node reload whose session cannot start at commit logs it and reports 
   try {
     const file = await env.file("late", countingProgram("late", port));
     const r = await role.prepareReload!(env.section([file]));
-    // Someone else takes the port between prepare and commit: the commit cannot fail, so it reports.
+    // Someone else takes the port between prepare and commit: the commit rejects (the appliance then answers the
+    // reload with ok: false and this text), and status and health say so.
     const thief = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port });
     try {
-      await r.commit(AbortSignal.timeout(10_000));
+      await assert.rejects(r.commit(AbortSignal.timeout(10_000)), {
+        name: "StartError",
+        message: /^session late did not start: /,
+      });
     } finally {
       thief.close();
     }
@@ -275,6 +279,48 @@ Deno.test("node reload whose session cannot start at commit logs it and reports 
     await again.commit(AbortSignal.timeout(10_000));
     assert.deepEqual(Object.keys(role.status().sessions as object), ["late"]);
     assert.equal(role.health!().ok, true);
+  } finally {
+    await role.stop(AbortSignal.timeout(10_000));
+  }
+});
+
+Deno.test("node reload whose replacing program cannot start runs the replaced session again as it was, and says so", async () => {
+  await using env = await setup();
+  const [pOld, pNew] = [freeUdpPort(), freeUdpPort()];
+  const file = await env.file("swap", countingProgram("swap", pOld));
+  const { role } = await env.start([file]);
+  try {
+    await env.send(pOld, 3);
+    await until("the first datagrams counted", () => counted(role, "swap") === 3);
+    await Deno.writeTextFile(file, countingProgram("swap", pNew));
+    const r = await role.prepareReload!(env.section([file]));
+    assert.deepEqual(r.summary.replaced, ["session swap"]);
+    const thief = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: pNew });
+    try {
+      await assert.rejects(
+        r.commit(AbortSignal.timeout(10_000)),
+        {
+          name: "StartError",
+          message:
+            /^session swap did not start: .*address already in use; session swap runs again as it was before the reload$/,
+        },
+      );
+    } finally {
+      thief.close();
+    }
+    // The old program runs again on its port (counting from zero: a new start), and no failure is listed.
+    await env.send(pOld, 2);
+    await until("the old port counts again", () => counted(role, "swap") === 2);
+    assert.equal((role.status() as { failed?: object }).failed, undefined);
+    assert.equal(role.health!().ok, true);
+    // The node still knows the file's running text is the old one: the same reload, now that the port is free,
+    // replaces it.
+    const again = await role.prepareReload!(env.section([file]));
+    assert.deepEqual(again.summary.replaced, ["session swap"]);
+    await again.commit(AbortSignal.timeout(10_000));
+    await env.send(pNew, 4);
+    await until("the new port counts", () => counted(role, "swap") === 4);
+    assert.ok(portFree(pOld), "the old port is free again");
   } finally {
     await role.stop(AbortSignal.timeout(10_000));
   }
