@@ -15,7 +15,7 @@ import { runRealtime } from "./core/scheduling.ts";
 import type { Registry } from "./core/registry.ts";
 import { describeStartError, type Plan } from "./config/plan.ts";
 import { formatHostPort, type HostPort } from "./net/address.ts";
-import { type HttpServer, serveHttp } from "./net/http.ts";
+import { type Handler, type HttpServer, serveHttp } from "./net/http.ts";
 import type { ReloadSummary, RoleDef, RoleReload, RunningRole } from "./roles/role.ts";
 import { VERSION } from "./version.ts";
 
@@ -25,7 +25,7 @@ export interface ApplianceDeps {
   readonly roles: Registry<RoleDef>;
   /** The node name when the plan has none (the host name in production). */
   readonly hostname: () => string;
-  readonly listen?: (handler: (r: Request) => Response | Promise<Response>, addr: HostPort) => HttpServer;
+  readonly listen?: (handler: Handler, addr: HostPort) => HttpServer;
   /** Puts the process at a real-time priority, returning how many threads it set (default: core/scheduling.ts). */
   readonly runRealtime?: (priority: number) => number;
   /**
@@ -137,7 +137,8 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
         stopping: () => graceful,
       });
     let app = makeApp(plan);
-    const handler = (r: Request) => app.fetch(r);
+    // The connection's info goes on as Hono's env: the redirect route's persistence keys on the client's address.
+    const handler = (r: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => app.fetch(r, info);
     let server: HttpServer;
     try {
       server = listen(handler, plan.status.listen);

@@ -163,7 +163,11 @@ function setup(
 async function request(rec: Recorder, path: string, method = "GET", token?: string): Promise<Response> {
   assert.ok(rec.handler, "the status app was never served");
   const headers = token ? { authorization: `Bearer ${token}` } : undefined;
-  return await rec.handler(new Request(`http://status.test${path}`, { method, headers }));
+  const info = {
+    remoteAddr: { transport: "tcp", hostname: "127.0.0.1", port: 40000 },
+    completed: Promise.resolve(),
+  } as Deno.ServeHandlerInfo<Deno.NetAddr>;
+  return await rec.handler(new Request(`http://status.test${path}`, { method, headers }), info);
 }
 
 Deno.test("startAppliance starts roles in plan order, then listens; stop goes in reverse", async () => {

@@ -17,7 +17,11 @@ export const STATUS_REASON =
   "the status API (Deno.serve) keeps its descriptor; both processes hold the port with SO_REUSEPORT while they " +
   "overlap, and requests queued in the old listener when it closes are reset";
 
-export type Handler = (request: Request) => Response | Promise<Response>;
+/** `info` carries the client's address (Deno.serve's): routes that key on the client (redirect persistence) read it. */
+export type Handler = (
+  request: Request,
+  info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+) => Response | Promise<Response>;
 
 export function serveHttp(handler: Handler, addr: HostPort): HttpServer {
   let server: Deno.HttpServer<Deno.NetAddr>;

@@ -133,6 +133,13 @@ scheduler:
     const sticky = await spread(listenPort(all, "sticky"), 20);
     assert.equal(sticky.size, 1, `one server for one client address, got ${JSON.stringify(counts(sticky))}`);
     assert.equal([...sticky.values()][0], 20);
+    // The redirect route knows the player's address too: a redirect from 127.0.0.1 goes where its connections went,
+    // under the same persistence entry (keyed 0.0.0.0, every player once looked like one client).
+    const stickyServer = { A: a, B: b, C: c }[[...sticky.keys()][0] as "A" | "B" | "C"].address;
+    const stickyRedirect = await redirect("sticky/live/cam1");
+    assert.equal(stickyRedirect.headers.get("location"), `rtsp://${stickyServer}/live/cam1`);
+    await stickyRedirect.body?.cancel();
+    assert.equal((await services(statusPort)).sticky.persistence_entries, 1, "one client address, one entry");
 
     // Port range: one entry is four servers; the port nobody answers on is skipped without a client noticing.
     const rangeCounts = await spread(listenPort(all, "range"), 40);
