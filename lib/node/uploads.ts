@@ -42,6 +42,11 @@ export const uploadFields = {
     DEFAULT_LIMITS.maxInFlightBytes,
     "bytes of batches queued into one sandbox: what a stalled sandbox can make the node hold",
   ),
+  max_out_per_in: opt(
+    int({ min: 1, max: 65_536 }),
+    DEFAULT_LIMITS.maxOutPerIn ?? 16,
+    "datagrams a sandbox may answer per datagram it was given, over all its outputs; an answer past it is dropped (output_cap)",
+  ),
   max_modules: opt(int({ min: 1, max: 1000 }), DEFAULT_LIMITS.maxModules, "modules in one upload"),
   max_bytes: opt(
     byteSize({ min: 1, max: 64 * 1024 * 1024 }),
@@ -90,6 +95,7 @@ export function uploadOptions(cfg: UploadsSection): UploadOptions | undefined {
       deadlineMs: cfg.deadline,
       maxInFlight: cfg.max_in_flight,
       maxInFlightBytes: cfg.max_in_flight_bytes,
+      maxOutPerIn: cfg.max_out_per_in,
       maxModules: cfg.max_modules,
       maxBytes: cfg.max_bytes,
       startMs: cfg.start_timeout,

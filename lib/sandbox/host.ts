@@ -71,7 +71,14 @@ import {
 } from "./upload.ts";
 
 export type SandboxState = "idle" | "starting" | "running" | "backoff" | "failed" | "stopped";
-export const DROP_REASONS = ["queue_full", "deadline", "crashed", "not_running", "handler_error"] as const;
+export const DROP_REASONS = [
+  "queue_full",
+  "deadline",
+  "crashed",
+  "not_running",
+  "handler_error",
+  "output_cap",
+] as const;
 export type DropReason = typeof DROP_REASONS[number];
 
 export interface SandboxLimits extends UploadLimits {
@@ -88,6 +95,12 @@ export interface SandboxLimits extends UploadLimits {
   readonly maxInFlight: number;
   /** Frame bytes (datagrams and headers) in the child or on their way to it: what a stalled child makes the node hold. */
   readonly maxInFlightBytes: number;
+  /**
+   * Datagrams the child may answer per datagram it was given, over all its outputs (a program may emit more than
+   * it gets, within this); an answer past it is dropped (`output_cap`), so one datagram in cannot cost the node
+   * millions out. Default 16.
+   */
+  readonly maxOutPerIn?: number;
   /** How long the first start may take (load, check, the program's start). */
   readonly startMs: number;
   /** The share of one core the process may use (a control group's CPU quota); 0: not capped. */
@@ -110,6 +123,7 @@ export const DEFAULT_LIMITS: SandboxLimits = {
   deadlineMs: 200,
   maxInFlight: 1024,
   maxInFlightBytes: 8 * 1024 * 1024,
+  maxOutPerIn: 16,
   startMs: 15_000,
   nice: 10,
   sharedMemory: true,
@@ -218,6 +232,9 @@ interface Run {
    * what the node itself wrote there (13 bytes on the socket must not buy a copy of the whole memory, again and again).
    */
   refAllowance: number;
+  /** Datagrams of `inFlight`, and how many more the child may still answer with for them (see `maxOutPerIn`). */
+  inFlightCount: number;
+  outAllowance: number;
   /** When the child last answered a batch: the head of `inFlight` could not start before. */
   answeredAt: number;
   ready: boolean;
@@ -281,6 +298,7 @@ export class SandboxHost implements AsyncDisposable {
     crashed: 0,
     not_running: 0,
     handler_error: 0,
+    output_cap: 0,
   };
   readonly #counts = {
     batches_in: 0,
@@ -510,6 +528,10 @@ export class SandboxHost implements AsyncDisposable {
     if (this.#arena.length > 16 * ARENA_BYTES) this.#arena = new Uint8Array(ARENA_BYTES);
   }
 
+  get #outPerIn(): number {
+    return this.#limits.maxOutPerIn ?? DEFAULT_LIMITS.maxOutPerIn!;
+  }
+
   #send(run: Run, program: number, input: number, batch: Batch): void {
     const seq = this.#seq = (this.#seq + 1) >>> 0;
     const now = this.#clock.now();
@@ -548,6 +570,8 @@ export class SandboxHost implements AsyncDisposable {
       shared: sharedAt >= 0,
     });
     run.inFlightBytes += frame.length;
+    run.inFlightCount += batch.count;
+    run.outAllowance += batch.count * this.#outPerIn;
     if (!run.writing) void this.#pump(run);
     if (this.#deadline === undefined) this.#armDeadline(run);
   }
@@ -729,6 +753,8 @@ export class SandboxHost implements AsyncDisposable {
       inFlightBytes: 0,
       sharedInFlightBytes: 0,
       refAllowance: 0,
+      inFlightCount: 0,
+      outAllowance: 0,
       answeredAt: 0,
       ready: false,
       killedFor: null,
@@ -861,6 +887,9 @@ export class SandboxHost implements AsyncDisposable {
         }
         run.inFlight.shift();
         run.inFlightBytes -= head.bytes;
+        run.inFlightCount -= head.count;
+        // What an answered batch left unused does not carry over to later answers.
+        run.outAllowance = Math.min(run.outAllowance, run.inFlightCount * this.#outPerIn);
         if (head.shared) {
           this.#shared?.ring.release();
           run.sharedInFlightBytes -= head.bytes;
@@ -896,6 +925,13 @@ export class SandboxHost implements AsyncDisposable {
       );
     }
     const batch: DecodedBatch = decoded.batch;
+    if (batch.count > run.outAllowance) {
+      this.#drops.output_cap += batch.count;
+      this.#error = `it answered with more than ${this.#outPerIn} datagrams per datagram it was given ` +
+        `(node.uploads.max_out_per_in); what was over was dropped`;
+      return;
+    }
+    run.outAllowance -= batch.count;
     this.#counts.batches_out++;
     this.#counts.packets_out += batch.count;
     try {
@@ -1085,7 +1121,12 @@ export class SandboxHost implements AsyncDisposable {
     this.#clearDeadline();
     const lost = run.inFlight.reduce((sum, b) => sum + b.count, 0);
     run.inFlight.length = 0;
-    run.inFlightBytes = run.sharedInFlightBytes = run.refAllowance = 0;
+    run.inFlightBytes =
+      run.sharedInFlightBytes =
+      run.refAllowance =
+      run.inFlightCount =
+      run.outAllowance =
+        0;
     // The child that held the shared memory's frames is gone (the next one maps it afresh).
     this.#shared?.ring.reset();
     if (expected || this.#state === "failed") return;

@@ -693,6 +693,38 @@ export function handle(_i, batch) {
   }
 });
 
+Deno.test("SandboxHost hands on at most max_out_per_in datagrams per datagram in, drops the rest as output_cap, and keeps running", async () => {
+  // One datagram in, 20,000 out if the first byte says so (of one byte each: 7 bytes each on the way back).
+  const source = `${PORTS}
+export function handle(_i, batch) {
+  const n = batch[0].data[0] === 0xee ? 20_000 : 4;
+  const out = [];
+  for (const d of batch) for (let k = 0; k < n; k++) out.push({ data: d.data.subarray(0, 1), from: d.from });
+  return [out];
+}
+`;
+  for (const sharedMemory of [true, false]) {
+    const { host, got } = sandbox(source, { limits: { deadlineMs: 30_000, sharedMemory, maxOutPerIn: 16 } });
+    try {
+      await host.start();
+      host.push(0, datagrams(10, 100, 1));
+      await until("four out per datagram in, within the cap", () => packets(got) === 40);
+      host.push(0, datagrams(10, 100, 0xee));
+      await until(
+        "the flood dropped",
+        () => (host.status().dropped as Record<string, number>).output_cap > 0,
+      );
+      assert.equal(packets(got), 40, "nothing of the flood was handed on");
+      assert.match(String(host.status().last_error), /more than 16 datagrams per datagram .*max_out_per_in/);
+      host.push(0, datagrams(10, 100, 2));
+      await until("the next batch within the cap flows", () => packets(got) === 80);
+      assert.equal(host.status().restarts, 0);
+    } finally {
+      await host.stop();
+    }
+  }
+});
+
 Deno.test("SandboxHost's heartbeat kills a child that spins outside a handler, and the child has no Worker", async () => {
   const source = `${PORTS}
 export function handle(_i, batch) {
