@@ -590,6 +590,10 @@ export class Reflector {
    * the same, since a throw here would end the loop or timer that called.
    */
   #syncParticipants(): void {
+    // Called for every control datagram: the version is compared before the list is built (a copy of up to
+    // max_participants entries), so junk on the registration port costs nothing per participant.
+    const version = this.#remote ? this.#reportVersion : this.table.version;
+    if (this.#tableVersion === version) return;
     const view = this.#view();
     if (this.#tableVersion === view.version) return;
     this.#tableVersion = view.version;

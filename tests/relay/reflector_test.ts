@@ -175,6 +175,29 @@ for (const thread of [false, true]) {
     assert.equal(r.reflector.table.size, 1, "the participant is still there");
   });
 
+  Deno.test(`Reflector: junk on the registration port never copies the participant list${on}`, async () => {
+    await using r = await setup();
+    const a = r.client();
+    await join(a, r.sockets.registration);
+    const table = r.reflector.table;
+    const list = table.list.bind(table);
+    let copies = 0;
+    table.list = () => {
+      copies++;
+      return list();
+    };
+    try {
+      const noise = Array.from({ length: 200 }, (_, i) => new Uint8Array([i & 0xff, 1, 2]));
+      a.send(noise, a.destinations([r.sockets.registration.local]));
+      // Read from the table itself: the reflector's status builds the list (as it must, to show it).
+      const before = table.stats.malformed;
+      await poll("the noise counted", () => table.stats.malformed - before === 200 || null);
+      assert.equal(copies, 0, "no datagram that changed nothing built the list");
+    } finally {
+      table.list = list;
+    }
+  });
+
   Deno.test(`Reflector with use_rtp sends RTCP from registration port + 1 to each participant's port + 1${on}`, async () => {
     await using r = await setup({}, true);
     // The participant receives RTP on p and RTCP on p + 1, as RTP receivers do.
