@@ -293,7 +293,8 @@ export class SessionTable {
    */
   add(text: string, source: ProgramSource): Promise<RunningSession> {
     return this.#serial(async () => {
-      const upload = source.modules ? await this.#upload(text, source) : null;
+      // A multipart body may hold the program alone: then it is a program like any other.
+      const upload = hasModules(source.modules) ? await this.#upload(text, source) : null;
       let plan: SessionPlan;
       try {
         plan = this.#check(text, source, upload?.kinds);
@@ -319,7 +320,9 @@ export class SessionTable {
   prepare(id: string, text: string, source: ProgramSource): Promise<SessionPlan> {
     return this.#serial(async () => {
       // A part's uploaded APs are loaded here, in this node's own sandbox and under its own node.uploads.
-      const upload = source.modules || source.remoteKinds ? await this.#upload(text, source) : null;
+      const upload = hasModules(source.modules) || source.remoteKinds
+        ? await this.#upload(text, source)
+        : null;
       let plan: SessionPlan;
       try {
         plan = this.#check(text, source, upload?.kinds);
@@ -822,4 +825,8 @@ export function errorsJson(error: ErrorList<PositionedError>) {
     message: e.message,
     text: e.format(),
   }));
+}
+
+function hasModules(modules: Readonly<Record<string, string>> | undefined): boolean {
+  return modules !== undefined && Object.keys(modules).length > 0;
 }

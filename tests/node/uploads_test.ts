@@ -333,6 +333,22 @@ Deno.test("uploaded memory bombs (a growing array, a growing set of ArrayBuffers
   assert.equal((await env.app.request("/healthz")).status < 500, true);
 });
 
+Deno.test("a multipart body holding only a program starts it as a program like any other; one naming an upload it lacks is refused at the AP", async () => {
+  await using env = await setup();
+  const port = freeUdpPort();
+  const plain = await env.upload(
+    `Project plain;\n{ AP name="C" ref=localservice.counter; inputs = in(DIPRONN_INPUT(${port})); }\n`,
+    {},
+  );
+  assert.equal(plain.status, 201, JSON.stringify(plain.body));
+  const lacking = await env.upload(
+    `Project lacking;\n{ AP name="U" ref=upload.gone; inputs = in(DIPRONN_INPUT(${freeUdpPort()})); }\n`,
+    {},
+  );
+  assert.equal(lacking.status, 400, JSON.stringify(lacking.body));
+  assert.match(JSON.stringify(lacking.body.errors), /session\.dipronn:2:\d+: .*upload\.gone/);
+});
+
 Deno.test("a syntax error in an uploaded module is refused with its file, line and column, and nothing starts", async () => {
   await using env = await setup();
   const input = freeUdpPort();
