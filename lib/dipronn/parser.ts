@@ -285,7 +285,8 @@ class Parser {
     for (;;) {
       const t = this.#next();
       if (t.type === "eof") {
-        this.#i--;
+        // #next stays on the end (it never moves past it): nothing to step back over, or the last "{" would be
+        // read again, and again, each time reported as never closed.
         this.#fail(`The block opened here is never closed with "}"`, open.pos);
         return;
       }

@@ -235,6 +235,15 @@ const MALFORMED: Case[] = [
     errors: [{ at: "2:1", message: 'The AP block opened here is never closed with "}"' }],
   },
   {
+    name:
+      "a broken block with another opened inside it at the end: each reported once, not the last { a hundred times",
+    text: "Project p;\n{ X {",
+    errors: [
+      { at: "2:1", message: 'The block opened here is never closed with "}"' },
+      { at: "2:3", message: 'Expected AP or VM after "{", found "X"' },
+    ],
+  },
+  {
     name: "a { without AP or VM (the next block is still read)",
     text: lines("Project p;", '{ name="A" ref=x; }', AP_OK),
     errors: [{ at: "2:3", message: 'Expected AP or VM after "{", found "name"' }],
