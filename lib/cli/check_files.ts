@@ -5,7 +5,8 @@
  * ones hold (ports, files, the node's budgets), as the node starts them.
  */
 import { configPosition, type Plan } from "../config/plan.ts";
-import { ConfigError, ErrorList, type PositionedError, UsageError } from "../core/errors.ts";
+import { type ClusterSection, clusterToken } from "../cluster/config.ts";
+import { ConfigError, ErrorList, type PositionedError, StartError, UsageError } from "../core/errors.ts";
 import { readTextFileLimited } from "../core/files.ts";
 import { MAX_PROGRAM_BYTES } from "../dipronn/parser.ts";
 import { ProgramError } from "../dipronn/ast.ts";
@@ -24,6 +25,7 @@ export interface CheckFilesIo {
 const defaultIo: CheckFilesIo = { readFile: readTextFileLimited };
 
 type NodeSection = SessionSection & {
+  readonly cluster: ClusterSection | null;
   readonly sessions: readonly string[];
   readonly bind: string;
   readonly max_sessions: number;
@@ -60,6 +62,16 @@ export async function checkNamedFiles(plan: Plan, io: CheckFilesIo = defaultIo):
   }
   if (plan.roles.includes("node")) {
     const cfg = plan.sections.node as NodeSection;
+    if (cfg.cluster) {
+      // The token file is read at start: read it now, and say where the config names it.
+      try {
+        await clusterToken(cfg.cluster);
+      } catch (error) {
+        if (!(error instanceof StartError)) throw error;
+        const at = configPosition(plan, error.configPath) ?? { file: plan.source, line: 1, col: 1 };
+        errors.push(new ConfigError(error.message, at, { path: error.configPath }));
+      }
+    }
     const kinds = coreElements();
     const portsInUse = new Map<number, string>();
     const claimsInUse = new Map<string, string>();

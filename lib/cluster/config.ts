@@ -177,12 +177,15 @@ export async function clusterToken(
   read: (path: string) => Promise<string> = (p) => Deno.readTextFile(p),
 ): Promise<string> {
   let token = cfg.token;
+  // Named by its key, so that a start (and --check) says where in the config it is.
+  const configPath = token === null ? "node.cluster.token_file" : "node.cluster.token";
   if (token === null) {
     try {
       token = (await read(cfg.token_file!)).trim();
     } catch (error) {
       throw new StartError(
         `Cannot read the cluster token file ${cfg.token_file}: ${(error as Error).message}`,
+        { configPath },
       );
     }
   }
@@ -191,6 +194,7 @@ export async function clusterToken(
       `Cannot use the cluster token${
         cfg.token_file ? ` of ${cfg.token_file}` : ""
       }: it has ${token.length} characters, at least ${MIN_TOKEN_CHARS} are needed`,
+      { configPath },
     );
   }
   return token;

@@ -78,6 +78,25 @@ Deno.test("checkNamedFiles names a file it cannot read by its config key, at tha
   });
 });
 
+Deno.test("checkNamedFiles reads the cluster token file as the start would, and names its key's place", async () => {
+  await withFiles({ "short": "12345\n", "good": "0123456789abcdef0123\n" }, async (dir) => {
+    const config = (file: string) =>
+      `roles: [node]\nnode:\n  data_dir: ${dir}\n  cluster:\n    name: a\n    token_file: ${dir}/${file}\n` +
+      `    data: 127.0.0.1:7400\n    peers: [{name: b, api: "127.0.0.1:8081", data: "127.0.0.1:7401"}]\n`;
+    assert.deepEqual(await problems(dir, config("good")), []);
+    const [short] = await problems(dir, config("short"));
+    assert.match(
+      short,
+      /^edge\.yaml:6:17: node\.cluster\.token_file: Cannot use the cluster token of .*short: it has 5 characters, at least 16/,
+    );
+    const [missing] = await problems(dir, config("missing"));
+    assert.match(
+      missing,
+      /^edge\.yaml:6:17: node\.cluster\.token_file: Cannot read the cluster token file .*missing/,
+    );
+  });
+});
+
 Deno.test("checkNamedFiles refuses a boot program whose input would receive what an earlier one sends, as the start does", async () => {
   const sends = [
     "Project sender;",
