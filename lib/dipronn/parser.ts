@@ -40,11 +40,18 @@ export function parseProgram(text: string, file: string): Program {
  * A list of values written on its own, such as `out(Next.in)` in the YAML form. Positions are shifted to `at`, the
  * place of the text in its file; mistakes are added to `errors`.
  */
-export function parseValueList(text: string, file: string, at: Pos, errors: ProgramError[]): Value[] {
+export function parseValueList(
+  text: string,
+  file: string,
+  at: Pos,
+  errors: ProgramError[],
+  /** Where the text's column `col` (1-based) lies in its line of the file, when not at.col + col - 1 (escapes). */
+  colOf?: (col: number) => number,
+): Value[] {
   const shift = (
     p: Pos,
   ): Pos => (p.line === 1
-    ? { line: at.line, col: at.col + p.col - 1 }
+    ? { line: at.line, col: colOf ? colOf(p.col) : at.col + p.col - 1 }
     : { line: at.line + p.line - 1, col: p.col });
   const lexical: ProgramError[] = [];
   const tokens = tokenize(text, file, lexical).map((t) => ({ ...t, pos: shift(t.pos) }));

@@ -130,9 +130,18 @@ export function parseYamlProgram(text: string, file: string): Program {
         fail("Expected ports as text, such as in or out(Next.in)", where(item as Node));
         continue;
       }
-      const quoted = item.type === "QUOTE_DOUBLE" || item.type === "QUOTE_SINGLE";
       const at = where(item);
-      out.push(...parseValueList(item.value, file, quoted ? { ...at, col: at.col + 1 } : at, errors));
+      const source = text.slice(item.range?.[0] ?? 0, item.range?.[1] ?? 0);
+      if (item.type === "BLOCK_FOLDED" || item.type === "BLOCK_LITERAL" || source.includes("\n")) {
+        fail("Ports are written on one line, plain or quoted (not as a block or folded over lines)", at);
+        continue;
+      }
+      const quoted = item.type === "QUOTE_DOUBLE" || item.type === "QUOTE_SINGLE";
+      // A quoted text's escapes (\" or '') are longer in the file than in the value: each of the value's
+      // columns is mapped to its place in the file, so that a mistake is shown where it is written.
+      const cols = quoted ? quotedColumns(source, item.type === "QUOTE_DOUBLE") : null;
+      const colOf = cols ? (col: number) => at.col + (cols[col - 1] ?? cols[cols.length - 1] + 1) : undefined;
+      out.push(...parseValueList(item.value, file, quoted ? { ...at, col: at.col + 1 } : at, errors, colOf));
     }
     return out;
   };
@@ -250,4 +259,34 @@ export function parseYamlProgram(text: string, file: string): Program {
   }
   if (errors.length) throw programErrors(errors);
   return { file, project, body };
+}
+
+/**
+ * For a quoted YAML scalar's source (quotes included, one line), the offset in it of each UTF-16 unit of its
+ * value, and one past the last: `''` in single quotes and `\x` escapes in double quotes stand for one character
+ * (\xHH, \uHHHH and \UHHHHHHHH for one code point).
+ */
+export function quotedColumns(source: string, double: boolean): number[] {
+  const cols: number[] = [];
+  let i = 1;
+  const end = source.length - 1;
+  while (i < end) {
+    const c = source[i];
+    if (!double && c === "'" && source[i + 1] === "'") {
+      cols.push(i);
+      i += 2;
+    } else if (double && c === "\\") {
+      const n = source[i + 1] === "x" ? 4 : source[i + 1] === "u" ? 6 : source[i + 1] === "U" ? 10 : 2;
+      const hex = n > 2 ? parseInt(source.slice(i + 2, i + n), 16) : 0;
+      cols.push(i);
+      if (hex > 0xffff) cols.push(i);
+      i += n;
+    } else {
+      cols.push(i);
+      if (c.charCodeAt(0) >= 0xd800 && c.charCodeAt(0) <= 0xdbff) cols.push(++i);
+      i++;
+    }
+  }
+  cols.push(end);
+  return cols;
 }

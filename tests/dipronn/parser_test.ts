@@ -470,6 +470,34 @@ const MALFORMED: Case[] = [
     errors: [{ at: "1:10", message: "project is a name such as lecture.first_tests, not my session" }],
   },
   {
+    name:
+      "YAML: ports folded over lines, and mistakes after escapes in quoted ports (at the column as written)",
+    file: "t.yaml",
+    text: lines(
+      "project: p",
+      "aps:",
+      "  - name: A",
+      "    ref: x",
+      "    inputs: >-",
+      "      in(DIPRONN_INPUT(5000)),",
+      "      in2(DIPRONN_INPUT(5001))",
+      "  - name: B",
+      "    ref: x",
+      '    outputs: "out(DIPRONN_OUTPUT(\\"1.2.3.4:5\\")) $"',
+      "  - name: C",
+      "    ref: x",
+      `    outputs: 'out(DIPRONN_OUTPUT("it''s:5")) $'`,
+    ),
+    errors: [
+      {
+        at: "5:13",
+        message: "Ports are written on one line, plain or quoted (not as a block or folded over lines)",
+      },
+      { at: "10:50", message: 'Unexpected character "$"' },
+      { at: "13:46", message: 'Unexpected character "$"' },
+    ],
+  },
+  {
     name: "YAML: a key given twice",
     file: "t.yaml",
     text: lines("project: p", "project: q"),
