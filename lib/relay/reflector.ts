@@ -501,10 +501,13 @@ export class Reflector {
 
   /** The remote table's report (checked by the caller): the participants to send to from now on, and figures. */
   mirror(report: MembershipReport): void {
-    const before = this.#report.participants.map((p) => formatHostPort(p.endpoint)).join(",");
-    const after = report.participants.map((p) => formatHostPort(p.endpoint)).join(",");
+    // The same list as before (an answer that left it out): nothing to compare.
+    if (report.participants !== this.#report.participants) {
+      const before = this.#report.participants.map((p) => formatHostPort(p.endpoint)).join(",");
+      const after = report.participants.map((p) => formatHostPort(p.endpoint)).join(",");
+      if (before !== after) this.#reportVersion++;
+    }
     this.#report = report;
-    if (before !== after) this.#reportVersion++;
     this.#syncParticipants();
   }
 

@@ -72,3 +72,90 @@ Deno.test("reflector's socket half takes joins again once unanswered control mes
     await element.stop!();
   }
 });
+
+Deno.test("reflector's table half sends its participant list only when it changed or a second passed", async () => {
+  const clock = new ManualClock(1_000_000);
+  const node: NodeServices = testNode(clock);
+  const answers: { report: { participants?: unknown[] } }[] = [];
+  const link: EdgeLink = { vm: "vm", post: (m) => answers.push(m as never) > 0, onMessage: null };
+  const params = {
+    timeout: 30,
+    max_participants: 100,
+    max_per_address: 4,
+    allow: ["loopback" as const],
+    allow_sources: [],
+  };
+  const table = reflectorElement.create({
+    name: "R",
+    session: "s",
+    params,
+    inputs: ["in"],
+    outputs: [],
+    useRtp: false,
+    registration: freePort(),
+    node,
+    edge: link,
+  });
+  await table.start?.();
+  try {
+    // At start it sent its (empty) list.
+    assert.equal(answers.length, 1);
+    assert.ok(Array.isArray(answers[0].report.participants));
+    answers.length = 0;
+    const noise = { rtcp: false, datagrams: [{ host: LO, port: 5004, data: new Uint8Array([1, 2, 3]) }] };
+    for (let i = 0; i < 5; i++) link.onMessage!(noise);
+    assert.equal(answers.length, 5);
+    assert.deepEqual(
+      answers.map((a) => a.report.participants),
+      [undefined, undefined, undefined, undefined, undefined],
+      "answers that changed nothing leave it out",
+    );
+    clock.advance(1000);
+    link.onMessage!(noise);
+    assert.ok(
+      Array.isArray(answers[5].report.participants),
+      "a second later it goes again (last-seen times)",
+    );
+  } finally {
+    await table.stop?.();
+  }
+});
+
+Deno.test("reflector's socket half keeps the participants it was sent when an answer leaves them out", async () => {
+  const clock = new ManualClock(1_000_000);
+  const node: NodeServices = testNode(clock);
+  const link: EdgeLink = { vm: "vm", post: () => true, onMessage: null };
+  const element = reflectorElement.edge!({
+    name: "R",
+    session: "s",
+    params: {
+      timeout: 30,
+      max_participants: 100,
+      max_per_address: 4,
+      allow: ["loopback"],
+      allow_sources: [],
+    },
+    inputs: ["in"],
+    outputs: [],
+    useRtp: false,
+    registration: freePort(),
+    node,
+    edge: link,
+  });
+  await element.start!();
+  try {
+    const participant = { endpoint: { host: LO, port: 5006 }, origin: "join", joinedAt: 1, lastSeen: 1 };
+    const stats = {};
+    link.onMessage!({
+      answer: false,
+      rtcp: false,
+      replies: [],
+      report: { stats, participants: [participant] },
+    });
+    link.onMessage!({ answer: false, rtcp: false, replies: [], report: { stats } });
+    const shown = (element.status!() as { reflector: { participants: { address: string }[] } }).reflector;
+    assert.deepEqual(shown.participants.map((p) => p.address), [`${LO}:5006`]);
+  } finally {
+    await element.stop?.();
+  }
+});

@@ -43,7 +43,8 @@ interface AnswerMessage {
   readonly answer: boolean;
   readonly rtcp: boolean;
   readonly replies: readonly { readonly host: string; readonly port: number; readonly data: Uint8Array }[];
-  readonly report: MembershipReport;
+  /** Without `participants` when the list did not change since the last one sent. */
+  readonly report: Omit<MembershipReport, "participants"> & Partial<Pick<MembershipReport, "participants">>;
 }
 
 const allowParam: Param<DenyClass[]> = {
@@ -130,6 +131,9 @@ export const reflectorElement = defineElement({
  * The reflector with its sockets: whole (`link` null: the table is here too), or the main isolate's half of a
  * reflector in a VM group, whose table is the worker's half at the other end of `link`.
  */
+/** How often the worker's half sends its participant list when it did not change (for their last-seen times). */
+const LIST_REFRESH_MS = 1000;
+
 function socketSide(ctx: Ctx, link: EdgeLink | null): Element {
   const { name, session, params, useRtp, registration, node } = ctx;
   let reflector: Reflector | null = null;
@@ -165,15 +169,21 @@ function socketSide(ctx: Ctx, link: EdgeLink | null): Element {
     else controlDropped += batch.count;
   };
 
+  /** The participants the worker's half last sent (an answer leaves them out when they did not change). */
+  let lastParticipants: MembershipReport["participants"] = [];
   const answer = (value: unknown) => {
     const m = value as Partial<AnswerMessage> | null;
     if (m?.answer === true) inFlight.shift();
     if (!reflector) return; // the worker's half started first and said so: nothing to show yet
-    const report = checkMembershipReport(m?.report, {
+    const raw = m?.report as { participants?: unknown } | undefined;
+    const unchanged = typeof raw === "object" && raw !== null && raw.participants === undefined;
+    const checked = checkMembershipReport(unchanged ? { ...raw, participants: [] } : raw, {
       max: params.max_participants,
       allow: params.allow,
       ipv4Only: isIPv4(node.host),
     });
+    const report = checked && unchanged ? { ...checked, participants: lastParticipants } : checked;
+    if (report) lastParticipants = report.participants;
     if (!report || !Array.isArray(m?.replies)) {
       badAnswers++;
       return;
@@ -272,12 +282,20 @@ function tableHalf(ctx: Ctx, link: EdgeLink): Element {
   let timer: TimerId | undefined;
   let stopped = false;
 
+  // The list goes with an answer only when it changed, or a second passed (its last-seen times): junk on the
+  // registration port costs no copy of up to max_participants entries per batch, here or in the main isolate.
+  let sentVersion = -1;
+  let sentAt = -Infinity;
   const post = (answer: boolean, rtcp: boolean, replies: AnswerMessage["replies"]) => {
+    const now = node.clock.now();
+    const fresh = table.version !== sentVersion || now - sentAt >= LIST_REFRESH_MS;
+    if (fresh) [sentVersion, sentAt] = [table.version, now];
+    const stats = { ...table.stats, participant_rtcp: participantRtcp };
     const message: AnswerMessage = {
       answer,
       rtcp,
       replies,
-      report: { stats: { ...table.stats, participant_rtcp: participantRtcp }, participants: table.list() },
+      report: fresh ? { stats, participants: table.list() } : { stats },
     };
     link.post(message);
   };
