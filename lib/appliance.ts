@@ -138,7 +138,7 @@ export async function startAppliance(plan: Plan, deps: ApplianceDeps): Promise<A
       });
     let app = makeApp(plan);
     // The connection's info goes on as Hono's env: the redirect route's persistence keys on the client's address.
-    const handler = (r: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => app.fetch(r, info);
+    const handler = (r: Request, info?: Deno.ServeHandlerInfo<Deno.NetAddr>) => app.fetch(r, info);
     let server: HttpServer;
     try {
       server = listen(handler, plan.status.listen);

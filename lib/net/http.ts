@@ -20,7 +20,7 @@ export const STATUS_REASON =
 /** `info` carries the client's address (Deno.serve's): routes that key on the client (redirect persistence) read it. */
 export type Handler = (
   request: Request,
-  info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+  info?: Deno.ServeHandlerInfo<Deno.NetAddr>,
 ) => Response | Promise<Response>;
 
 export function serveHttp(handler: Handler, addr: HostPort): HttpServer {
