@@ -27,6 +27,30 @@ const quietHost: HostReaders = {
   memory: () => ({ total: 1000, available: 800 }),
 };
 
+/** A cluster section for node `name` with the token and timings these tests use (heartbeat 1 s, loss 3 s, ...). */
+export function testClusterSection(
+  name: string,
+  data: ClusterSection["data"],
+  peers: ClusterSection["peers"],
+  over: Partial<ClusterSection> = {},
+): ClusterSection {
+  return {
+    name,
+    token: CLUSTER_TOKEN,
+    token_file: null,
+    data,
+    peers,
+    heartbeat: 1000,
+    loss_timeout: 3000,
+    prepare_timeout: 5000,
+    reservation_timeout: 30_000,
+    clock_skew: 30_000,
+    load_threshold: 0.85,
+    etcd: [],
+    ...over,
+  };
+}
+
 export interface InProcessNode {
   readonly app: Hono;
   readonly role: RunningRole;
@@ -76,21 +100,12 @@ export async function inProcessNodes<N extends string>(
   };
   try {
     for (const name of names) {
-      const cluster: ClusterSection = {
+      const cluster = testClusterSection(
         name,
-        token: CLUSTER_TOKEN,
-        token_file: null,
-        data: addr[name].data,
-        peers: names.filter((n) => n !== name).map((n) => ({ name: n, ...addr[n] })),
-        heartbeat: 1000,
-        loss_timeout: 3000,
-        prepare_timeout: 5000,
-        reservation_timeout: 30_000,
-        clock_skew: 30_000,
-        load_threshold: 0.85,
-        etcd: [],
-        ...options.cluster,
-      };
+        addr[name].data,
+        names.filter((n) => n !== name).map((n) => ({ name: n, ...addr[n] })),
+        options.cluster,
+      );
       const logger = new Logger({ level: "error", clock, sink: () => {} });
       const metrics = new MetricsRegistry();
       const uploads = options.uploads?.[name];

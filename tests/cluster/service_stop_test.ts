@@ -8,6 +8,7 @@ import { Logger } from "../../lib/core/logger.ts";
 import { MetricsRegistry } from "../../lib/core/metrics.ts";
 import { defineNodeRole, nodeRole } from "../../lib/node/role.ts";
 import { freeUdpPort } from "../_support/ports.ts";
+import { testClusterSection } from "./_in_process.ts";
 
 Deno.test("a node role with a cluster section removes its cluster series when it stops, and starts again on the same registry", async () => {
   const clock = new ManualClock(Date.UTC(2026, 0, 1));
@@ -19,24 +20,9 @@ Deno.test("a node role with a cluster section removes its cluster series when it
     ...defaults,
     bind: "127.0.0.1",
     data_dir: dataDir,
-    cluster: {
-      name: "a",
-      token: "cluster-token-0123456789",
-      token_file: null,
-      data: { host: "127.0.0.1", port: freeUdpPort() },
-      peers: [{
-        name: "b",
-        api: { host: "127.0.0.1", port: 1 },
-        data: { host: "127.0.0.1", port: freeUdpPort() },
-      }],
-      heartbeat: 1000,
-      loss_timeout: 3000,
-      prepare_timeout: 5000,
-      reservation_timeout: 30_000,
-      clock_skew: 30_000,
-      load_threshold: 0.85,
-      etcd: [],
-    },
+    cluster: testClusterSection("a", { host: "127.0.0.1", port: freeUdpPort() }, [
+      { name: "b", api: { host: "127.0.0.1", port: 1 }, data: { host: "127.0.0.1", port: freeUdpPort() } },
+    ]),
   };
   const fetch = () => Promise.reject(new TypeError("connection refused"));
   try {

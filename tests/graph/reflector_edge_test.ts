@@ -12,6 +12,13 @@ import { openUdp } from "../../lib/net/udp.ts";
 import { until } from "../_support/until.ts";
 
 const LO = "127.0.0.1";
+const PARAMS = {
+  timeout: 30,
+  max_participants: 100,
+  max_per_address: 4,
+  allow: ["loopback" as const],
+  allow_sources: [],
+};
 
 function freePort(): number {
   const s = Deno.listenDatagram({ hostname: LO, port: 0, transport: "udp" });
@@ -31,13 +38,7 @@ Deno.test("reflector's socket half takes joins again once unanswered control mes
   const element = reflectorElement.edge!({
     name: "R",
     session: "s",
-    params: {
-      timeout: 30,
-      max_participants: 100,
-      max_per_address: 4,
-      allow: ["loopback"],
-      allow_sources: [],
-    },
+    params: PARAMS,
     inputs: ["in"],
     outputs: [],
     useRtp: false,
@@ -78,17 +79,10 @@ Deno.test("reflector's table half sends its participant list only when it change
   const node: NodeServices = testNode(clock);
   const answers: { report: { participants?: unknown[] } }[] = [];
   const link: EdgeLink = { vm: "vm", post: (m) => answers.push(m as never) > 0, onMessage: null };
-  const params = {
-    timeout: 30,
-    max_participants: 100,
-    max_per_address: 4,
-    allow: ["loopback" as const],
-    allow_sources: [],
-  };
   const table = reflectorElement.create({
     name: "R",
     session: "s",
-    params,
+    params: PARAMS,
     inputs: ["in"],
     outputs: [],
     useRtp: false,
@@ -128,13 +122,7 @@ Deno.test("reflector's socket half keeps the participants it was sent when an an
   const element = reflectorElement.edge!({
     name: "R",
     session: "s",
-    params: {
-      timeout: 30,
-      max_participants: 100,
-      max_per_address: 4,
-      allow: ["loopback"],
-      allow_sources: [],
-    },
+    params: PARAMS,
     inputs: ["in"],
     outputs: [],
     useRtp: false,
