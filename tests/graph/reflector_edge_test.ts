@@ -20,6 +20,21 @@ const PARAMS = {
   allow_sources: [],
 };
 
+/** The element's context: reflector R of session s, split across VM group "vm" by `link`. */
+function contextOf(node: NodeServices, link: EdgeLink, registration: number) {
+  return {
+    name: "R",
+    session: "s",
+    params: PARAMS,
+    inputs: ["in"],
+    outputs: [],
+    useRtp: false,
+    registration,
+    node,
+    edge: link,
+  };
+}
+
 function freePort(): number {
   const s = Deno.listenDatagram({ hostname: LO, port: 0, transport: "udp" });
   const { port } = s.addr as Deno.NetAddr;
@@ -35,17 +50,7 @@ Deno.test("reflector's socket half takes joins again once unanswered control mes
   // A worker that never answers; while "not running" the link refuses messages outright.
   const link: EdgeLink = { vm: "vm", post: (m) => running && posted.push(m) > 0, onMessage: null };
   const registration = freePort();
-  const element = reflectorElement.edge!({
-    name: "R",
-    session: "s",
-    params: PARAMS,
-    inputs: ["in"],
-    outputs: [],
-    useRtp: false,
-    registration,
-    node,
-    edge: link,
-  });
+  const element = reflectorElement.edge!(contextOf(node, link, registration));
   await element.start!();
   const sender = openUdp({ host: LO, port: 0 });
   const reg = sender.destinations([{ host: LO, port: registration }]);
@@ -79,17 +84,7 @@ Deno.test("reflector's table half sends its participant list only when it change
   const node: NodeServices = testNode(clock);
   const answers: { report: { participants?: unknown[] } }[] = [];
   const link: EdgeLink = { vm: "vm", post: (m) => answers.push(m as never) > 0, onMessage: null };
-  const table = reflectorElement.create({
-    name: "R",
-    session: "s",
-    params: PARAMS,
-    inputs: ["in"],
-    outputs: [],
-    useRtp: false,
-    registration: freePort(),
-    node,
-    edge: link,
-  });
+  const table = reflectorElement.create(contextOf(node, link, freePort()));
   await table.start?.();
   try {
     // At start it sent its (empty) list.
@@ -119,17 +114,7 @@ Deno.test("reflector's socket half keeps the participants it was sent when an an
   const clock = new ManualClock(1_000_000);
   const node: NodeServices = testNode(clock);
   const link: EdgeLink = { vm: "vm", post: () => true, onMessage: null };
-  const element = reflectorElement.edge!({
-    name: "R",
-    session: "s",
-    params: PARAMS,
-    inputs: ["in"],
-    outputs: [],
-    useRtp: false,
-    registration: freePort(),
-    node,
-    edge: link,
-  });
+  const element = reflectorElement.edge!(contextOf(node, link, freePort()));
   await element.start!();
   try {
     const participant = { endpoint: { host: LO, port: 5006 }, origin: "join", joinedAt: 1, lastSeen: 1 };
