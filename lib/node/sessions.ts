@@ -428,18 +428,22 @@ export class SessionTable {
           if (settled) return Promise.resolve({ failed: new Map(), restored: new Set<string>() });
           return this.#serial(async () => {
             release();
-            // What each replaced session ran, to start again should its new plan fail (a port another process
-            // took meanwhile, a saver's file that exists): a reload does not leave a box without a session it had.
+            // What each replaced session ran, and on which node settings and allow-list: should its new plan fail
+            // at commit (a port another process took since the check), it starts again as it was, so a reload does
+            // not leave the box without a session it had. Not one that writes files (a saver): started again, it
+            // would truncate what it just recorded, or be refused because the file exists.
             const previous = new Map(
               change.start.flatMap((item) => {
                 const old = item.replaces === undefined ? undefined : this.#sessions.get(item.replaces);
                 return old ? [[item.file, old.plan] as const] : [];
               }),
             );
+            const was = { node: this.node, allowSources: this.#allowSources };
             this.#apply(change);
             await this.#stopWithin(change.stop, drain);
             const failed = new Map<string, string>();
             const restored = new Set<string>();
+            const replacedFailed: { plan: SessionPlan; old: SessionPlan }[] = [];
             for (const [k, plan] of before.entries()) {
               this.#failed.delete(plan.name);
               try {
@@ -454,29 +458,43 @@ export class SessionTable {
                   file: change.start[k].file,
                 });
               } catch (error) {
-                let why = error instanceof Error ? error.message : String(error);
+                failed.set(plan.name, error instanceof Error ? error.message : String(error));
                 const old = previous.get(change.start[k].file);
-                if (old && !this.#closed && !this.#sessions.has(old.name)) {
-                  try {
-                    const again = await RunningSession.start(old, this.node, {
-                      allowSources: this.#allowSources,
-                    });
-                    this.#sessions.set(old.name, again);
-                    restored.add(plan.name);
-                    why += `; session ${old.name} runs again as it was before the reload`;
-                  } catch (second) {
-                    why += `; session ${old.name} could not be started again as it was: ${
-                      errorMessage(second)
-                    }`;
-                  }
-                }
-                failed.set(plan.name, why);
-                if (!restored.has(plan.name)) this.#failed.set(plan.name, why);
-                this.node.logger.error("reload could not start a session", {
-                  session: plan.name,
-                  error: why,
-                });
+                if (old) replacedFailed.push({ plan, old });
               }
+            }
+            // Only after every new plan had its turn (they were checked with the old sessions' names and ports
+            // free), and only where the name and the ports still are.
+            const held = new Set([...this.#sessions.values()].flatMap((s) => s.plan.ports));
+            for (const { plan, old } of replacedFailed) {
+              let why = failed.get(plan.name)!;
+              if (old.claims.length) {
+                why += `; session ${old.name} is not started again as it was: it writes files (${
+                  old.claims.join(", ")
+                }), which a new start would truncate or refuse`;
+              } else if (this.#closed || this.#sessions.has(old.name) || old.ports.some((p) => held.has(p))) {
+                why +=
+                  `; session ${old.name} is not started again as it was: its name or ports are taken now`;
+              } else {
+                try {
+                  const again = await RunningSession.start(old, was.node, {
+                    allowSources: was.allowSources,
+                  });
+                  this.#sessions.set(old.name, again);
+                  for (const p of old.ports) held.add(p);
+                  restored.add(plan.name);
+                  why += `; session ${old.name} runs again as it was before the reload`;
+                } catch (second) {
+                  why += `; session ${old.name} could not be started again as it was: ${
+                    errorMessage(second)
+                  }`;
+                }
+              }
+              failed.set(plan.name, why);
+            }
+            for (const [name, why] of failed) {
+              if (!restored.has(name)) this.#failed.set(name, why);
+              this.node.logger.error("reload could not start a session", { session: name, error: why });
             }
             return { failed, restored };
           });

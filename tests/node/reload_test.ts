@@ -325,3 +325,30 @@ Deno.test("node reload whose replacing program cannot start runs the replaced se
     await role.stop(AbortSignal.timeout(10_000));
   }
 });
+
+Deno.test("node reload does not start a replaced session that writes files again (it would truncate its recording), and says so", async () => {
+  await using env = await setup();
+  const [pOld, pNew] = [freeUdpPort(), freeUdpPort()];
+  const saving = (port: number) =>
+    `Project rec;\n{ AP name="S" ref=localservice.saver; inputs = in(DIPRONN_INPUT(${port})); output_file = "rec.pcap"; overwrite = true; }\n`;
+  const file = await env.file("rec", saving(pOld));
+  const { role } = await env.start([file]);
+  try {
+    await Deno.writeTextFile(file, saving(pNew));
+    const r = await role.prepareReload!(env.section([file]));
+    const thief = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: pNew });
+    try {
+      await assert.rejects(r.commit(AbortSignal.timeout(10_000)), {
+        name: "StartError",
+        message:
+          /^session rec did not start: .*; session rec is not started again as it was: it writes files \(.*rec\.pcap\)/,
+      });
+    } finally {
+      thief.close();
+    }
+    assert.deepEqual(Object.keys(role.status().sessions as object), []);
+    assert.ok((await Deno.stat(`${env.dir}/rec.pcap`)).isFile, "the recording is left as it was");
+  } finally {
+    await role.stop(AbortSignal.timeout(10_000));
+  }
+});
