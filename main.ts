@@ -58,7 +58,7 @@ export async function main(args: readonly string[]): Promise<number> {
         options,
         roles,
       );
-      await checkFilesOf(next);
+      await checkFilesOf(next, { clusterToken: false });
       return next;
     };
     // A takeover checks everything --check does before it asks the running process for anything.
@@ -105,8 +105,8 @@ function subcommands() {
 }
 
 /** The files a plan names (agent-rules, boot session programs), checked: ErrorList with each at its place. */
-async function checkFilesOf(plan: Plan): Promise<void> {
-  const problems = await checkNamedFiles(plan);
+async function checkFilesOf(plan: Plan, o: { clusterToken?: boolean } = {}): Promise<void> {
+  const problems = await checkNamedFiles(plan, undefined, o);
   if (problems.length) {
     throw new ErrorList(problems, `${plan.source}: ${problems.length} error(s) in the files it names`);
   }

@@ -32,7 +32,12 @@ type NodeSection = SessionSection & {
 };
 
 /** Every mistake in the files the plan's roles would read at start, each at its place; empty when there is none. */
-export async function checkNamedFiles(plan: Plan, io: CheckFilesIo = defaultIo): Promise<PositionedError[]> {
+export async function checkNamedFiles(
+  plan: Plan,
+  io: CheckFilesIo = defaultIo,
+  /** Read the cluster token file (a reload does not: node.cluster waits for the next start, its file may be gone). */
+  o: { clusterToken?: boolean } = {},
+): Promise<PositionedError[]> {
   const errors: PositionedError[] = [];
   const unreadable = (key: string, error: unknown) => {
     if (!(error instanceof UsageError)) throw error;
@@ -62,7 +67,7 @@ export async function checkNamedFiles(plan: Plan, io: CheckFilesIo = defaultIo):
   }
   if (plan.roles.includes("node")) {
     const cfg = plan.sections.node as NodeSection;
-    if (cfg.cluster) {
+    if (cfg.cluster && o.clusterToken !== false) {
       // The token file is read at start: read it now, and say where the config names it.
       try {
         await clusterToken(cfg.cluster);

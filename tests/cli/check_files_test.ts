@@ -89,6 +89,9 @@ Deno.test("checkNamedFiles reads the cluster token file as the start would, and 
       short,
       /^edge\.yaml:6:17: node\.cluster\.token_file: Cannot use the cluster token of .*short: it has 5 characters, at least 16/,
     );
+    // A reload does not read it (node.cluster waits for the next start; a boot-time secret may be gone).
+    const reloaded = loadConfig(config("missing"), { file: `${dir}/edge.yaml`, roles });
+    assert.deepEqual(await checkNamedFiles(reloaded, undefined, { clusterToken: false }), []);
     const [missing] = await problems(dir, config("missing"));
     assert.match(
       missing,
