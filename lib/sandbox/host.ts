@@ -129,6 +129,9 @@ export const DEFAULT_LIMITS: SandboxLimits = {
   sharedMemory: true,
 };
 
+/** Datagrams in whose unused output allowance (`maxOutPerIn` each) carries over to later answers. */
+const OUT_CARRY = 1024;
+
 /** The buffer answers in the shared memory are copied to first, before it grows (up to that memory's size). */
 const REF_COPY_BYTES = 256 * 1024;
 
@@ -645,6 +648,7 @@ export class SandboxHost implements AsyncDisposable {
         deadline_ms: this.#limits.deadlineMs,
         max_in_flight: this.#limits.maxInFlight,
         max_in_flight_bytes: this.#limits.maxInFlightBytes,
+        max_out_per_in: this.#outPerIn,
         cpu_share: this.#limits.cpuShare ?? 0,
       },
       stderr: sup.stderr,
@@ -888,8 +892,12 @@ export class SandboxHost implements AsyncDisposable {
         run.inFlight.shift();
         run.inFlightBytes -= head.bytes;
         run.inFlightCount -= head.count;
-        // What an answered batch left unused does not carry over to later answers.
-        run.outAllowance = Math.min(run.outAllowance, run.inFlightCount * this.#outPerIn);
+        // What answered batches left unused carries over only so far: a program that holds datagrams and lets a
+        // burst go later (a reorder buffer) may, within OUT_CARRY datagrams in of allowance.
+        run.outAllowance = Math.min(
+          run.outAllowance,
+          Math.max(run.inFlightCount, OUT_CARRY) * this.#outPerIn,
+        );
         if (head.shared) {
           this.#shared?.ring.release();
           run.sharedInFlightBytes -= head.bytes;

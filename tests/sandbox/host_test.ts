@@ -719,9 +719,35 @@ export function handle(_i, batch) {
       host.push(0, datagrams(10, 100, 2));
       await until("the next batch within the cap flows", () => packets(got) === 80);
       assert.equal(host.status().restarts, 0);
+      assert.equal((host.status().limits as Record<string, number>).max_out_per_in, 16);
     } finally {
       await host.stop();
     }
+  }
+});
+
+Deno.test("SandboxHost lets a program that held datagrams release them in a burst beyond max_out_per_in of the batch that triggers it", async () => {
+  // A reorder buffer of sorts: it keeps every datagram and lets all go when one starting with 0xff arrives.
+  const source = `${PORTS}
+const held = [];
+export function handle(_i, batch) {
+  held.push(...batch);
+  if (batch[0].data[0] !== 0xff) return [[]];
+  return [held.splice(0)];
+}
+`;
+  const { host, got } = sandbox(source, { limits: { deadlineMs: 30_000, maxOutPerIn: 4 } });
+  try {
+    await host.start();
+    for (let b = 0; b < 20; b++) {
+      host.push(0, datagrams(5, 100, 1));
+      await until(`batch ${b} answered`, () => host.status().batches_done === b + 1);
+    }
+    host.push(0, datagrams(1, 100, 0xff));
+    await until("the burst of 101 handed on", () => packets(got) === 101);
+    assert.equal((host.status().dropped as Record<string, number>).output_cap, 0);
+  } finally {
+    await host.stop();
   }
 });
 
