@@ -222,7 +222,7 @@ export class PreciseTimer {
     let now = fromUs;
     /** Time the other timers' callbacks took: theirs, not this hold's (neither its figure nor the budget's). */
     let othersUs = 0;
-    let thrown: { error: unknown } | null = null;
+    const thrown: unknown[] = [];
     holding = true;
     try {
       // Until due, or cancelled or re-armed by a timer fired meanwhile (then as it now stands, below).
@@ -235,7 +235,7 @@ export class PreciseTimer {
             try {
               other.#fire(now);
             } catch (error) {
-              thrown ??= { error };
+              thrown.push(error);
             }
             const after = this.#clock.nowUs();
             othersUs += after - now;
@@ -248,8 +248,7 @@ export class PreciseTimer {
     }
     this.#heldUs += now - fromUs - othersUs;
     holdBudgetUs -= now - fromUs - othersUs;
-    if (thrown) {
-      const { error } = thrown;
+    for (const error of thrown) {
       queueMicrotask(() => {
         throw error;
       });
