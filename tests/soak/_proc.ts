@@ -19,8 +19,10 @@ export interface ProcFigures {
  * by `sh` (allowed by --allow-run) and parsed here.
  */
 async function readProc(pid: number): Promise<string> {
-  const script =
-    'cd "/proc/$1" && ls -l fd && grep -E "^(VmRSS|Threads):" status && grep "^Max open files" limits';
+  // `ls -l` fails when a descriptor closes between its listing and its lstat (the process is busy closing sockets):
+  // what it listed is still the count, so its status is not the script's; a process that is gone fails the greps.
+  const script = 'cd "/proc/$1" || exit 1; ls -l fd 2>/dev/null; ' +
+    'grep -E "^(VmRSS|Threads):" status && grep "^Max open files" limits';
   const out = await new Deno.Command("sh", { args: ["-c", script, "sh", String(pid)], stderr: "null" })
     .output();
   if (!out.success) throw new Error(`Cannot read /proc/${pid}: is the process still running?`);
