@@ -278,20 +278,14 @@ export class RunningSession {
     }
     // Only now, with every element started, does anything arrive.
     for (const entry of this.#inputs) {
-      entry.loop = this.#receive(entry, entry.apIndex, entry.inputIndex, entry.rtcp, entry.allow);
+      entry.loop = this.#receive(entry);
     }
     this.#publish();
   }
 
-  /** `own`: the input's own allow-list, which narrows the node's. */
-  async #receive(
-    entry: InputSocket,
-    ap: number,
-    input: number,
-    rtcp: boolean,
-    own: SourceAllowList,
-  ): Promise<void> {
-    const { socket } = entry;
+  /** The input's own allow-list (`entry.allow`) narrows the node's. */
+  async #receive(entry: InputSocket): Promise<void> {
+    const { socket, apIndex: ap, inputIndex: input, rtcp, allow: own } = entry;
     const group = this.#groupOf[ap];
     const lists = [this.#allow, own].filter((l) => l !== SourceAllowList.ANY);
     const allow = lists.length === 0
