@@ -9,25 +9,30 @@ import {
 } from "../../lib/sandbox/frames.ts";
 import { RingAllocator, SharedMemory } from "../../lib/sandbox/shared_ring.ts";
 
-Deno.test("RingAllocator hands out regions in order, wraps only whole regions, and refuses what does not fit", () => {
+Deno.test("RingAllocator hands out regions in order, never across the end, in at most four runs, and refuses what does not fit", () => {
   const ring = new RingAllocator(100);
   assert.equal(ring.reserve(40), 0);
   assert.equal(ring.reserve(40), 40);
   assert.equal(ring.reserve(30), -1, "20 left at the end, and the front is held");
   ring.release();
-  assert.equal(ring.reserve(30), 0, "wrapped: a region never straddles the end");
-  assert.equal(ring.usedBytes, 100 - 40 + 30);
-  assert.equal(ring.reserve(11), -1, "only 10 free between the newest and the oldest");
-  assert.equal(ring.reserve(10), 30);
+  assert.equal(ring.reserve(30), 0, "a region never straddles the end: a new run at 0");
+  assert.equal(ring.usedBytes, 70);
+  assert.equal(ring.reserve(11), 80, "the newest run would reach the oldest: a third run after it");
+  assert.equal(ring.reserve(10), 30, "and a fourth between the second and the oldest");
+  assert.equal(ring.runs, 4);
+  assert.equal(ring.reserve(1), -1, "no fifth run, and the newest cannot grow");
   ring.release();
-  assert.equal(ring.held, 2);
-  assert.equal(ring.reserve(60), 40, "the old tail is free again");
+  assert.equal(ring.reserve(50), -1, "40 free after the newest run: too little");
+  assert.equal(ring.reserve(40), 40, "the newest run grows where the oldest was");
   ring.unreserve();
-  assert.equal(ring.held, 2);
+  assert.equal(ring.held, 3);
+  assert.equal(ring.usedBytes, 30 + 11 + 10);
+  ring.release();
   ring.release();
   ring.release();
   assert.equal(ring.held, 0);
   assert.equal(ring.usedBytes, 0);
+  assert.equal(ring.runs, 0);
   assert.equal(ring.reserve(100), 0, "empty: the whole of it from the start");
   assert.equal(ring.reserve(1), -1);
   ring.reset();
@@ -35,38 +40,73 @@ Deno.test("RingAllocator hands out regions in order, wraps only whole regions, a
   assert.equal(ring.reserve(0), -1);
 });
 
-Deno.test("RingAllocator over many rounds of random sizes never hands out overlapping live regions", () => {
-  const ring = new RingAllocator(1000);
-  const live: [number, number][] = [];
-  let seed = 7;
-  const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
-  for (let round = 0; round < 20_000; round++) {
-    const r = rand();
-    if (r < 0.001) {
-      ring.reset();
-      live.length = 0;
-      continue;
-    }
-    if (live.length && r < 0.45) {
-      live.shift();
-      ring.release();
-      continue;
-    }
-    const size = 1 + Math.floor(rand() * 300);
-    const at = ring.reserve(size);
-    if (at < 0) continue;
-    assert.ok(at + size <= 1000);
-    for (const [s, e] of live) {
-      assert.ok(at + size <= s || at >= e, `[${at}, ${at + size}) overlaps [${s}, ${e})`);
-    }
-    if (rand() < 0.05) {
-      ring.unreserve();
-      continue;
-    }
-    live.push([at, at + size]);
-    assert.equal(ring.held, live.length);
+Deno.test("RingAllocator starts at 0 again past its hot bytes when nothing held lies there, and a backlog still gets the whole memory", () => {
+  const ring = new RingAllocator(100, 50);
+  assert.equal(ring.reserve(30), 0);
+  assert.equal(ring.reserve(30), 30, "the front is held: on past the hot bytes");
+  ring.release();
+  assert.equal(ring.reserve(20), 0, "past the hot bytes and the front free: back to 0");
+  assert.equal(ring.reserve(10), 20, "within the hot bytes: the run grows");
+  ring.release();
+  assert.equal(ring.reserve(40), 30, "past the hot bytes, but the front is held: on");
+  ring.release();
+  ring.release();
+  assert.equal(ring.reserve(25), 0, "past the hot bytes, the front free again");
+  assert.equal(new RingAllocator(10, 50).hot, 10, "never more than the capacity");
+
+  // A stream that keeps up (two regions in flight) stays within the hot bytes and one region.
+  const stream = new RingAllocator(1000, 100);
+  let highest = 0;
+  stream.reserve(30);
+  for (let i = 0; i < 200; i++) {
+    const at = stream.reserve(30);
+    assert.ok(at >= 0);
+    highest = Math.max(highest, at + 30);
+    stream.release();
   }
+  assert.ok(highest <= 130, `reached ${highest}`);
+  // A backlog (nothing answered) fills all of it.
+  const backlog = new RingAllocator(1000, 100);
+  const offsets = Array.from({ length: 12 }, () => backlog.reserve(90));
+  assert.deepEqual(offsets, [0, 90, 180, 270, 360, 450, 540, 630, 720, 810, 900, -1]);
 });
+
+for (const hot of [1000, 200]) {
+  Deno.test(`RingAllocator (hot ${hot} of 1000) over many rounds of random sizes never hands out overlapping live regions`, () => {
+    const ring = new RingAllocator(1000, hot);
+    const live: [number, number][] = [];
+    let seed = 7;
+    const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    for (let round = 0; round < 20_000; round++) {
+      const r = rand();
+      if (r < 0.001) {
+        ring.reset();
+        live.length = 0;
+        continue;
+      }
+      if (live.length && r < 0.45) {
+        live.shift();
+        ring.release();
+        continue;
+      }
+      const size = 1 + Math.floor(rand() * 300);
+      const at = ring.reserve(size);
+      if (at < 0) continue;
+      assert.ok(at + size <= 1000);
+      for (const [s, e] of live) {
+        assert.ok(at + size <= s || at >= e, `[${at}, ${at + size}) overlaps [${s}, ${e})`);
+      }
+      if (rand() < 0.05) {
+        ring.unreserve();
+        continue;
+      }
+      live.push([at, at + size]);
+      assert.equal(ring.held, live.length);
+      assert.equal(ring.usedBytes, live.reduce((n, [a, b]) => n + b - a, 0));
+      assert.ok(ring.runs <= 4);
+    }
+  });
+}
 
 /** `frames` of `kind` laid one after another at `at` in `shared`, as the other side writes them. */
 function lay(shared: Uint8Array, at: number, kind: number, bodies: number[][]): number {
