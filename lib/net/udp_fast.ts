@@ -67,6 +67,7 @@ import {
   writeSockaddr,
 } from "./libc.ts";
 import { processSockets } from "./handover.ts";
+import { PinnedBatch } from "./pinned.ts";
 import {
   type Batch,
   type Destinations,
@@ -596,7 +597,7 @@ export class FastUdp implements UdpSocket {
     const dest = to instanceof FastDestinations ? to : new FastDestinations(to.endpoints, this.#v6);
     if (dest.endpoints.length === 0) return;
     this.#txTo = dest;
-    const zeroCopy = packets instanceof FastBatch;
+    const zeroCopy = packets instanceof FastBatch || packets instanceof PinnedBatch;
     const isBatch = "count" in packets;
     const count = isBatch ? packets.count : packets.length;
     const u32 = this.#txU32;

@@ -361,15 +361,20 @@ async function runBatches(
         }
       }
       if (passed >= 0) {
-        // Each batch goes back in its own frame, turned where it lies in the reader's buffer, and is written from
-        // there. Several are moved up against each other there (each turned frame starts a few bytes into its own
+        // Each batch goes back in its own frame, turned where it lies. In the reader's buffer it is written from
+        // there: several are moved up against each other (each turned frame starts a few bytes into its own
         // BATCH_IN frame), so they leave in one write without a buffer of their own (a new one per call cost fresh
         // pages: a 1.5 MB group was a page fault and a clear per 4 KiB). The views are stale from here on.
-        const turned = turnInPlace(group, decoded.map((d) => d.at), to.ap, first.seq, passed);
-        // Turned in the shared memory: the host is told where (it reads it there before the DONEs free it).
-        if (shared && turned.buffer === shared.buffer) {
-          frames[passedAt] = refFrame(turned.byteOffset - shared.byteOffset, turned.length);
-        } else frames[passedAt] = borrowed = turned;
+        const at = decoded.map((d) => d.at);
+        if (shared && group.every((w) => w.body.buffer === shared.buffer)) {
+          // Turned in the shared memory, each where it lies, and the host told where by a REF of its own (it
+          // reads them there before the DONEs free them): nothing is moved.
+          frames[passedAt] = concat(
+            turnEach(group, at, to.ap, first.seq, passed).map((t) =>
+              refFrame(t.byteOffset - shared.byteOffset, t.length)
+            ),
+          );
+        } else frames[passedAt] = borrowed = turnInPlace(group, at, to.ap, first.seq, passed);
       }
     }
   } catch (error) {
@@ -443,15 +448,7 @@ function turnInPlace(
   seq: number,
   port: number,
 ): Uint8Array {
-  const turned = group.map((w, g) => {
-    restampBatch(new Uint8Array(w.body.buffer, at[g].at, at[g].length), {
-      kind: "emitted",
-      ap,
-      port,
-      rtcp: false,
-    });
-    return turnBatchIn(w.body, seq, port);
-  });
+  const turned = turnEach(group, at, ap, seq, port);
   if (turned.length === 1) return turned[0];
   // Each BATCH_IN frame (4 length bytes, a kind byte, then its body) must begin where the one before ended: then
   // moving the turned frames up overwrites only the group's own frames.
@@ -469,6 +466,25 @@ function turnInPlace(
     end += t.length;
   }
   return bytes.subarray(start, end);
+}
+
+/** Each BATCH_IN frame of `group` turned where it lies into a BATCH_OUT frame of output `port` (views of them). */
+function turnEach(
+  group: readonly BatchWork[],
+  at: readonly { at: number; length: number }[],
+  ap: number,
+  seq: number,
+  port: number,
+): Uint8Array[] {
+  return group.map((w, g) => {
+    restampBatch(new Uint8Array(w.body.buffer, at[g].at, at[g].length), {
+      kind: "emitted",
+      ap,
+      port,
+      rtcp: false,
+    });
+    return turnBatchIn(w.body, seq, port);
+  });
 }
 
 function concat(parts: readonly Uint8Array[]): Uint8Array {

@@ -26,9 +26,10 @@ import { type Clock, systemClock, type TimerId } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type BackoffPolicy, type Child, type ChildExit, Supervisor } from "../core/supervisor.ts";
 import { normalPriorityArgv } from "../core/scheduling.ts";
-import { decodeBatch, type DecodedBatch, encodeBatchInto } from "../graph/vm/codec.ts";
+import { decodeBatch, DecodedBatch, encodeBatchInto } from "../graph/vm/codec.ts";
 import { CHUNK_BYTES, FrameQueue } from "./frame_queue.ts";
 import type { Batch, Endpoint } from "../net/udp.ts";
+import { PinnedBatch } from "../net/pinned.ts";
 import {
   needsProblems,
   type ParamDecl,
@@ -293,8 +294,16 @@ export class SandboxHost implements AsyncDisposable {
    * its upload loads (set before it starts: the audit may be read before the run is recorded): not denials.
    */
   #ffiChecks: (string | null)[] = [];
-  /** Where answers in the shared memory are copied before they are read (grown as needed, kept). */
+  /** Where answers in the shared memory are copied when something reads them (grown as needed, kept). */
   #refCopy = new Uint8Array(REF_COPY_BYTES);
+  /** `bytes` of #refCopy, grown up to the shared memory's size. */
+  readonly #copyArea = (bytes: number): Uint8Array => {
+    if (this.#refCopy.length < bytes) {
+      const most = Math.max(bytes, this.#shared?.memory.size ?? 0);
+      this.#refCopy = new Uint8Array(Math.min(most, Math.max(bytes, 2 * this.#refCopy.length)));
+    }
+    return this.#refCopy.subarray(0, bytes);
+  };
   readonly #drops: Record<DropReason, number> = {
     queue_full: 0,
     deadline: 0,
@@ -853,9 +862,9 @@ export class SandboxHost implements AsyncDisposable {
         return this.#control(run, m as Record<string, unknown>);
       }
       case REF: {
-        // Batches the child passed on where they lay in the shared memory: copied out first (one copy of the whole
-        // region), so what is checked is what is handed on, whatever the child writes there meanwhile, and nothing
-        // handed on is a view of memory the child can change or the node will unmap.
+        // Batches the child passed on where they lay in the shared memory: read there, each length and offset once
+        // (the child may write there meanwhile), and handed on as batches that the fast socket sends from where
+        // they lie and that any other reader gets the node's own copy of (SharedAnswer).
         const shared = run.shared ? this.#shared : null;
         if (!shared) return this.#protocolError(run, "a shared frame, with no memory shared");
         const ref = readRef(frame.body);
@@ -867,17 +876,11 @@ export class SandboxHost implements AsyncDisposable {
           );
         }
         run.refAllowance -= ref.length;
-        if (this.#refCopy.length < ref.length) {
-          this.#refCopy = new Uint8Array(
-            Math.min(shared.memory.size, Math.max(ref.length, 2 * this.#refCopy.length)),
-          );
-        }
-        const region = this.#refCopy.subarray(0, ref.length);
-        region.set(shared.memory.bytes.subarray(ref.offset, ref.offset + ref.length));
         this.#counts.answers_shared++;
+        const region = shared.memory.bytes.subarray(ref.offset, ref.offset + ref.length);
         // A frame that breaks the protocol ends the run: none after it is handed on.
         return framesIn(region, BATCH_OUT, (f) => {
-          if (this.#run === run && !run.killedFor) this.#batchOut(run, f.body);
+          if (this.#run === run && !run.killedFor) this.#batchOut(run, f.body, shared.memory);
         });
       }
       case BATCH_OUT:
@@ -916,8 +919,11 @@ export class SandboxHost implements AsyncDisposable {
     }
   }
 
-  /** A BATCH_OUT frame's body: checked against the batch at the head and handed on during this call. */
-  #batchOut(run: Run, body: Uint8Array): void {
+  /**
+   * A BATCH_OUT frame's body: checked against the batch at the head and handed on during this call. `shared`: the
+   * body lies in that memory (a REF's).
+   */
+  #batchOut(run: Run, body: Uint8Array, shared?: SharedMemory): void {
     const out = peekBatchOut(body);
     const decoded = decodeBatch(body.buffer as ArrayBuffer, out.at, out.length);
     const program = decoded.to.ap;
@@ -932,7 +938,9 @@ export class SandboxHost implements AsyncDisposable {
         `an output for batch ${out.seq}, program ${program}, port ${out.output}, not in flight`,
       );
     }
-    const batch: DecodedBatch = decoded.batch;
+    const batch: Batch = shared
+      ? new SharedAnswer(decoded.batch, shared, out.at, out.length, this.#copyArea)
+      : decoded.batch;
     if (batch.count > run.outAllowance) {
       this.#drops.output_cap += batch.count;
       this.#error = `it answered with more than ${this.#outPerIn} datagrams per datagram it was given ` +
@@ -1395,6 +1403,51 @@ async function directoryUsage(dirs: readonly string[]): Promise<{ bytes: number;
 }
 
 /** An error of the socket itself (reset, broken pipe, closed), not of what came through it. */
+/**
+ * An answer the child left in the shared memory, decoded there (every length and offset read once and checked, so
+ * what the child writes meanwhile changes bytes, never where they are or how many): the fast socket sends its
+ * datagrams from where they lie (`address`); whatever reads them (`data`) reads the node's own copy, made at the
+ * first read, so no element ever holds a view of memory the child can change or the node will unmap.
+ */
+class SharedAnswer extends PinnedBatch {
+  #copy: DecodedBatch | null = null;
+
+  constructor(
+    private readonly decoded: DecodedBatch,
+    private readonly memory: SharedMemory,
+    /** Where the decoded bytes start in the memory, and how many. */
+    private readonly at: number,
+    private readonly bytes: number,
+    private readonly copyArea: (bytes: number) => Uint8Array,
+  ) {
+    super();
+  }
+
+  get count(): number {
+    return this.decoded.count;
+  }
+  length(i: number): number {
+    return this.decoded.length(i);
+  }
+  from(i: number): Endpoint {
+    return this.decoded.from(i);
+  }
+  truncated(i: number): boolean {
+    return this.decoded.truncated(i);
+  }
+  address(i: number): number {
+    return this.memory.address + this.at + this.decoded.start(i);
+  }
+  data(i: number): Uint8Array {
+    if (!this.#copy) {
+      const own = this.copyArea(this.bytes);
+      own.set(this.memory.bytes.subarray(this.at, this.at + this.bytes));
+      this.#copy = DecodedBatch.rebase(this.decoded, own);
+    }
+    return this.#copy.data(i);
+  }
+}
+
 function isIoError(error: unknown): boolean {
   return Object.values(Deno.errors).some((E) => error instanceof E);
 }

@@ -69,6 +69,8 @@ interface SandboxFigures {
   packets_in: number;
   packets_out: number;
   batches_in: number;
+  batches_shared: number;
+  answers_shared: number;
   dropped: Record<string, number>;
 }
 
@@ -323,6 +325,7 @@ const mbps = (rate: number, size: number) => (rate * size * 8) / 1e6;
  * node and the sandbox process used per datagram offered, and the sandbox's drops (how the costs were found).
  */
 const FIXED_RATE = benchNumber("BENCH_RATE", 0, 0);
+const pct = (part: number, whole: number) => `${whole > 0 ? (100 * part / whole).toFixed(0) : "-"}%`;
 
 async function fixedTrials(node: Node, name: string, rig: Rig, path: RatePath): Promise<void> {
   const box = async () => path.modules ? (await node.sandboxes(name))[0] : null;
@@ -350,7 +353,11 @@ async function fixedTrials(node: Node, name: string, rig: Rig, path: RatePath): 
           after && before
             ? `, ${
               ((after.packets_in - before.packets_in) / (after.batches_in - before.batches_in)).toFixed(1)
-            } datagrams per batch`
+            } datagrams per batch, ${
+              pct(after.batches_shared - before.batches_shared, after.batches_in - before.batches_in)
+            } of batches in and ${
+              pct(after.answers_shared - before.answers_shared, after.batches_in - before.batches_in)
+            } answered in the shared memory`
             : ""
         } (node pid ${node.process.pid})`,
       );

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ManualClock } from "../../lib/core/clock.ts";
-import type { Batch } from "../../lib/net/udp.ts";
+import { type Batch, openUdp } from "../../lib/net/udp.ts";
+import { PinnedBatch } from "../../lib/net/pinned.ts";
 import { SandboxHost, type SandboxOptions } from "../../lib/sandbox/host.ts";
 import { SandboxLoadError, UploadError } from "../../lib/sandbox/upload.ts";
 import { poll, until } from "../_support/until.ts";
@@ -179,30 +180,91 @@ export function handle(_i, batch) {
   }
 });
 
-Deno.test("SandboxHost: batches merged into one call and passed on by two outputs reach both whole (turned where they lie)", async () => {
-  // Output "a" is the list as given (sent back from the child's read buffer), "b" the same datagrams in a new list
-  // (encoded from their views, which must be read before the batches are moved together for "a").
-  const source = `export const ports = { inputs: ["in"], outputs: ["a", "b"] };
-export function handle(_i, batch) { return [batch, batch.slice()]; }
-`;
-  const { host, got } = sandbox(source);
+for (const sharedMemory of [true, false]) {
+  Deno.test(`SandboxHost: batches merged into one call and passed on by two outputs reach both whole (turned where they lie, memory shared: ${sharedMemory})`, async () => {
+    // Output "a" is the list as given (sent back from the child's read buffer), "b" the same datagrams in a new list
+    // (encoded from their views, which must be read before the batches are moved together for "a").
+    const source = `export const ports = { inputs: ["in"], outputs: ["a", "b"] };
+  export function handle(_i, batch) { return [batch, batch.slice()]; }
+  `;
+    const { host, got } = sandbox(source, { limits: { sharedMemory } });
+    try {
+      await host.start();
+      for (let b = 0; b < 10; b++) host.push(0, datagrams(40, 300 + b, b));
+      await until("800 datagrams back", () => packets(got) === 800);
+      for (const output of [0, 1]) {
+        const data = got.filter((r) => r.output === output).flatMap((r) => r.data);
+        assert.equal(data.length, 400);
+        data.forEach((d, k) => {
+          const [b, i] = [Math.floor(k / 40), k % 40];
+          const want = new Uint8Array(300 + b).fill(i);
+          want[0] = b;
+          assert.deepEqual(d, want, `output ${output}, batch ${b}, datagram ${i}`);
+        });
+      }
+      assert.ok(host.status().batches_out as number < 20, "some batches shared a call");
+      assert.equal(host.status().answers_shared as number > 0, sharedMemory);
+    } finally {
+      await host.stop();
+    }
+  });
+}
+
+Deno.test("SandboxHost: a batch passed on in the shared memory is sent by the fast socket from where it lies, and read by anything else from the node's own copy", async () => {
+  const tx = openUdp({ host: "127.0.0.1", port: 0 }, { impl: "fast" });
+  const rx = openUdp({ host: "127.0.0.1", port: 0 }, { impl: "fast" });
+  const to = tx.destinations([rx.local]);
+  const seen: { pinned: boolean; sameBytes: boolean; ownCopy: boolean }[] = [];
+  const host = new SandboxHost({
+    name: "test",
+    modules: { "main.js": PASS_THROUGH },
+    entry: "main.js",
+    sampleMs: 0,
+    params: { stamp: 7 },
+    limits: { sharedMemory: true },
+    onOutput: (_output: number, b: Batch) => {
+      const pinned = b instanceof PinnedBatch;
+      let sameBytes = true;
+      let ownCopy = true;
+      if (pinned) {
+        for (let i = 0; i < b.count; i++) {
+          const there = new Uint8Array(
+            Deno.UnsafePointerView.getArrayBuffer(
+              Deno.UnsafePointer.create(BigInt(b.address(i)))!,
+              b.length(i),
+            ),
+          );
+          const data = b.data(i);
+          sameBytes &&= there.length === data.length && there.every((x, k) => x === data[k]);
+          ownCopy &&= Deno.UnsafePointer.value(Deno.UnsafePointer.of(data)) !== BigInt(b.address(i));
+        }
+      }
+      seen.push({ pinned, sameBytes, ownCopy });
+      tx.send(b, to);
+    },
+  });
   try {
     await host.start();
-    for (let b = 0; b < 10; b++) host.push(0, datagrams(40, 300 + b, b));
-    await until("800 datagrams back", () => packets(got) === 800);
-    for (const output of [0, 1]) {
-      const data = got.filter((r) => r.output === output).flatMap((r) => r.data);
-      assert.equal(data.length, 400);
-      data.forEach((d, k) => {
-        const [b, i] = [Math.floor(k / 40), k % 40];
-        const want = new Uint8Array(300 + b).fill(i);
-        want[0] = b;
-        assert.deepEqual(d, want, `output ${output}, batch ${b}, datagram ${i}`);
-      });
+    for (let b = 0; b < 4; b++) host.push(0, datagrams(64, 1000 + b));
+    const got: Uint8Array[] = [];
+    while (got.length < 256) {
+      const batch = await rx.receive();
+      for (let i = 0; batch && i < batch.count; i++) got.push(batch.data(i).slice());
     }
-    assert.ok(host.status().batches_out as number < 20, "some batches shared a call");
+    got.forEach((d, k) => {
+      const [b, i] = [Math.floor(k / 64), k % 64];
+      assert.equal(d.length, 1000 + b, `datagram ${k}`);
+      assert.deepEqual([d[0], d[1], d[d.length - 1]], [7, i, i], `datagram ${k}`);
+    });
+    assert.ok(host.status().answers_shared as number > 0);
+    assert.ok(
+      seen.length > 0 && seen.every((s) => s.pinned && s.sameBytes && s.ownCopy),
+      JSON.stringify(seen),
+    );
   } finally {
     await host.stop();
+    await tx.close();
+    await rx.close();
   }
 });
 

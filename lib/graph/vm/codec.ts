@@ -150,10 +150,10 @@ export class DecodedBatch implements Batch {
   readonly #bytes: Uint8Array;
   readonly #senders: Endpoint[];
   /** Per datagram: offset of its bytes, length, sender index, truncated (0/1). */
-  readonly #offsets: Uint32Array;
-  readonly #lengths: Uint32Array;
-  readonly #from: Uint32Array;
-  readonly #truncated: Uint8Array;
+  #offsets: Uint32Array;
+  #lengths: Uint32Array;
+  #from: Uint32Array;
+  #truncated: Uint8Array;
 
   constructor(bytes: Uint8Array, senders: Endpoint[], count: number) {
     this.#bytes = bytes;
@@ -178,6 +178,27 @@ export class DecodedBatch implements Batch {
   }
   truncated(i: number): boolean {
     return this.#truncated[i] === 1;
+  }
+
+  /** Where datagram `i` starts in the bytes the batch was decoded from. */
+  start(i: number): number {
+    return this.#offsets[i];
+  }
+
+  /**
+   * The same datagrams read from `bytes` instead: a copy of the bytes `b` was decoded from (as long), so that what
+   * was checked when they were decoded still holds. Shares `b`'s tables.
+   */
+  static rebase(b: DecodedBatch, bytes: Uint8Array): DecodedBatch {
+    if (bytes.length !== b.#bytes.length) {
+      throw new RangeError(`Cannot rebase a batch of ${b.#bytes.length} bytes on ${bytes.length}`);
+    }
+    const r = new DecodedBatch(bytes, b.#senders, 0);
+    r.#offsets = b.#offsets;
+    r.#lengths = b.#lengths;
+    r.#from = b.#from;
+    r.#truncated = b.#truncated;
+    return r;
   }
 
   /** Fills datagram `i` (for decodeBatch). */
