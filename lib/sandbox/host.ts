@@ -1411,6 +1411,8 @@ async function directoryUsage(dirs: readonly string[]): Promise<{ bytes: number;
  */
 class SharedAnswer extends PinnedBatch {
   #copy: DecodedBatch | null = null;
+  /** The native address of the decoded bytes. */
+  private readonly base: number;
 
   constructor(
     private readonly decoded: DecodedBatch,
@@ -1421,6 +1423,7 @@ class SharedAnswer extends PinnedBatch {
     private readonly copyArea: (bytes: number) => Uint8Array,
   ) {
     super();
+    this.base = memory.address + at;
   }
 
   get count(): number {
@@ -1436,7 +1439,7 @@ class SharedAnswer extends PinnedBatch {
     return this.decoded.truncated(i);
   }
   address(i: number): number {
-    return this.memory.address + this.at + this.decoded.start(i);
+    return this.base + this.decoded.start(i);
   }
   data(i: number): Uint8Array {
     if (!this.#copy) {

@@ -64,6 +64,8 @@ export class SharedMemory {
   readonly #fd: number;
   /** The whole of it (byteOffset 0 of its own ArrayBuffer). */
   readonly bytes: Uint8Array;
+  /** The native address of `bytes[0]` (for sends that point the kernel at what lies there). */
+  readonly address: number;
 
   private constructor(
     lib: Deno.DynamicLibrary<typeof HOST_SYMBOLS>,
@@ -75,6 +77,7 @@ export class SharedMemory {
     this.#pointer = pointer;
     this.#fd = fd;
     this.bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(pointer, size));
+    this.address = Number(Deno.UnsafePointer.value(pointer));
   }
 
   /** `size` bytes of shared memory, or null where FFI is not granted, this is not Linux, or it cannot be made. */
@@ -105,11 +108,6 @@ export class SharedMemory {
       return null;
     }
     return new SharedMemory(lib, pointer, fd, size);
-  }
-
-  /** The native address of `bytes[0]` (for sends that point the kernel at what lies there). */
-  get address(): number {
-    return Number(Deno.UnsafePointer.value(this.#pointer));
   }
 
   /** What the child opens: this process's descriptor of the memfd. */

@@ -67,6 +67,27 @@ Deno.test("encodeBatch writes each distinct sender once", () => {
   assert.equal(equalButNotSame.byteLength, buffer.byteLength);
 });
 
+Deno.test("encodeBatch asks a batch that can tell (a socket's) whether a datagram has the sender before it, instead of building it", () => {
+  // As a fast socket's batch: from() builds a new object each time; sameSource() compares addresses in place.
+  const hosts = ["192.0.2.1", "192.0.2.1", "192.0.2.1", "192.0.2.2", "192.0.2.2", "192.0.2.1"];
+  let built = 0;
+  const items = hosts.map((_, i) => bytes(20, i));
+  const batch: Batch = {
+    count: hosts.length,
+    data: (i) => items[i],
+    length: (i) => items[i].length,
+    from: (i) => (built++, { host: hosts[i], port: 5004 }),
+    sameSource: (i, j) => hosts[i] === hosts[j],
+    truncated: () => false,
+  };
+  const decoded = roundTrip({ kind: "deliver", ap: 1, port: 0, rtcp: false }, batch);
+  assert.deepEqual(Array.from({ length: 6 }, (_, i) => decoded.batch.from(i).host), hosts);
+  built = 0;
+  const buffer = encodeBatch({ kind: "deliver", ap: 1, port: 0, rtcp: false }, batch);
+  assert.equal(built, 3, "built for the first datagram and where the sender changed");
+  assert.equal(buffer.byteLength, 16 + 2 * 8 + 6 * 6 + 6 * 20, "each distinct sender written once");
+});
+
 Deno.test("encodeBatch and decodeBatch carry IPv6 senders, IPv4-mapped ones and host names", () => {
   const senders = [
     { host: "2001:db8::1", port: 1 },

@@ -70,8 +70,15 @@ export function encodeBatchInto(
   let lastIndex = 0;
   let senderBytes = 0;
   let dataBytes = 0;
+  const same = batch.sameSource?.bind(batch);
   for (let i = 0; i < count; i++) {
     dataBytes += batch.length(i);
+    // The same sender as the datagram before, told without building its object (a socket's batch builds a new
+    // one per datagram, and its key).
+    if (i > 0 && same?.(i - 1, i)) {
+      senderOf[i] = lastIndex;
+      continue;
+    }
     const from = batch.from(i);
     if (from !== last) {
       const key = `${from.host}|${from.port}`;
@@ -149,64 +156,57 @@ function addressBytes(host: string): Uint8Array {
 export class DecodedBatch implements Batch {
   readonly #bytes: Uint8Array;
   readonly #senders: Endpoint[];
-  /** Per datagram: offset of its bytes, length, sender index, truncated (0/1). */
-  #offsets: Uint32Array;
-  #lengths: Uint32Array;
-  #from: Uint32Array;
-  #truncated: Uint8Array;
+  readonly #count: number;
+  /**
+   * Per datagram, three words: the offset of its bytes, its length (bit 31: truncated), its sender's index. One
+   * array, so a batch costs one allocation outside the heap, not one per field.
+   */
+  readonly #table: Uint32Array<ArrayBuffer>;
 
-  constructor(bytes: Uint8Array, senders: Endpoint[], count: number) {
+  constructor(bytes: Uint8Array, senders: Endpoint[], count: number, table = new Uint32Array(count * 3)) {
     this.#bytes = bytes;
     this.#senders = senders;
-    this.#offsets = new Uint32Array(count);
-    this.#lengths = new Uint32Array(count);
-    this.#from = new Uint32Array(count);
-    this.#truncated = new Uint8Array(count);
+    this.#count = count;
+    this.#table = table;
   }
 
   get count(): number {
-    return this.#offsets.length;
+    return this.#count;
   }
   data(i: number): Uint8Array {
-    return this.#bytes.subarray(this.#offsets[i], this.#offsets[i] + this.#lengths[i]);
+    const at = this.#table[i * 3];
+    return this.#bytes.subarray(at, at + (this.#table[i * 3 + 1] & 0x7fff_ffff));
   }
   length(i: number): number {
-    return this.#lengths[i];
+    return this.#table[i * 3 + 1] & 0x7fff_ffff;
   }
   from(i: number): Endpoint {
-    return this.#senders[this.#from[i]];
+    return this.#senders[this.#table[i * 3 + 2]];
   }
   truncated(i: number): boolean {
-    return this.#truncated[i] === 1;
+    return this.#table[i * 3 + 1] >= TRUNCATED;
   }
-
   /** Where datagram `i` starts in the bytes the batch was decoded from. */
   start(i: number): number {
-    return this.#offsets[i];
+    return this.#table[i * 3];
   }
 
   /**
    * The same datagrams read from `bytes` instead: a copy of the bytes `b` was decoded from (as long), so that what
-   * was checked when they were decoded still holds. Shares `b`'s tables.
+   * was checked when they were decoded still holds. Shares `b`'s table.
    */
   static rebase(b: DecodedBatch, bytes: Uint8Array): DecodedBatch {
     if (bytes.length !== b.#bytes.length) {
       throw new RangeError(`Cannot rebase a batch of ${b.#bytes.length} bytes on ${bytes.length}`);
     }
-    const r = new DecodedBatch(bytes, b.#senders, 0);
-    r.#offsets = b.#offsets;
-    r.#lengths = b.#lengths;
-    r.#from = b.#from;
-    r.#truncated = b.#truncated;
-    return r;
+    return new DecodedBatch(bytes, b.#senders, b.#count, b.#table);
   }
 
   /** Fills datagram `i` (for decodeBatch). */
   static set(b: DecodedBatch, i: number, at: number, length: number, from: number, truncated: boolean): void {
-    b.#offsets[i] = at;
-    b.#lengths[i] = length;
-    b.#from[i] = from;
-    b.#truncated[i] = truncated ? 1 : 0;
+    b.#table[i * 3] = at;
+    b.#table[i * 3 + 1] = truncated ? (length | TRUNCATED) >>> 0 : length;
+    b.#table[i * 3 + 2] = from;
   }
 }
 
