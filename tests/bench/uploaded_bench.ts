@@ -3,14 +3,15 @@
  * all through one real edgenode process (roles node and relay, fast UDP path, sessions started through the status
  * API with the token; uploads as multipart/form-data with the program and its modules).
  *
- * 1. Packets/s: for each datagram size, the highest offered rate with loss <= 0.1% (a doubling search from 40k/s,
+ * 1. Packets/s: for each datagram size, the highest offered rate with loss <= 0.1% (a doubling search from 150k/s,
  *    then bisection; a rate passes when either of two trials is within the limit) through a one-AP session:
  *      builtin        { AP ref=localservice.forwarder } from DIPRONN_INPUT(P) to DIPRONN_OUTPUT("127.0.0.1:R")
  *      builtin in VM  the same AP inside a `{ VM ... }` group (a Deno Worker of the node)
  *      uploaded       { AP ref=upload.pass } with pass.js returning each batch as it came (a sandbox child process)
  *    The three sessions are started with POST /node/sessions, each on its own input port and receiver, warmed up,
  *    and searched in lockstep (each step tries every path once, one after the other, so a slow spell of the shared
- *    machine falls on all paths alike), then stopped with DELETE.
+ *    machine falls on all paths alike), in rounds (each size searched once per round; a figure is the mean of the
+ *    rounds), then stopped with DELETE.
  *    The sender is `edgenode probe send` in its own process; the receiver runs here on the fast socket.
  * 2. The relay's delay while a neighbouring sandbox spins: a relay (relay.relays, loopback) to a receiver here,
  *    timestamped 200 B datagrams at 5k/s from `edgenode probe send` (sender and receiver on the same host clock),
@@ -19,15 +20,17 @@
  *    datagram every 50 ms (so its sandbox is killed at its 200 ms deadline, restarted with backoff, and spins again;
  *    a fresh spinning session for each of the two trials, whose deadline kills during the trial are printed).
  *
- * Prints: per path and size the loss-free datagrams/s and Mb/s (UDP payload), the ratios uploaded/builtin and
- * uploaded/builtin in VM, and whether uploaded reaches the goal (>= 0.8 of builtin); then the delay p50/p99/max of
+ * Prints: per round, path and size the loss-free datagrams/s and Mb/s (UDP payload); their means, the ratios
+ * uploaded/builtin (and each round's) and uploaded/builtin in VM, and whether uploaded reaches the goal (>= 0.8 of
+ * builtin); then the delay p50/p99/max of
  * direct and relay, quiet and with the spinning sandbox, the relay's added p99 (minus direct) in each, its growth in
  * ms and whether that is under the 1 ms goal. Exits non-zero only when it could not run.
  *
- *   deno task bench uploaded   quick: 100 and 1450 B, 1 s trials, 5 bisection steps (to within 3%: with three, a
- *                              rate between grid points made the 1450 B ratio 0.78 or 0.87 by luck), 2 s delay trials (~2.5 min)
- *   BENCH_FULL=1 deno task bench uploaded   full: 1.5 s trials, 5 bisection steps, 4 s delay trials, ~4 min
- *   BENCH_SIZES=1450 BENCH_SECONDS=1 BENCH_BISECT=1 BENCH_DELAY_SECONDS=2   any part of either, by hand
+ *   deno task bench uploaded   quick: 100 and 1450 B, 1 round, 1 s trials, 5 bisection steps (to within 3%: with
+ *                              three, a rate between grid points made the 1450 B ratio 0.78 or 0.87 by luck), 2 s
+ *                              delay trials (~2.5 min)
+ *   BENCH_FULL=1 deno task bench uploaded   full: 3 rounds, 1.5 s trials, 5 bisection steps, 4 s delay trials, ~7 min
+ *   BENCH_SIZES=1450 BENCH_ROUNDS=1 BENCH_SECONDS=1 BENCH_BISECT=1 BENCH_DELAY_SECONDS=2   any part, by hand
  *   BENCH_RATE=250000 BENCH_TRIALS=3 BENCH_PATHS=builtin,uploaded BENCH_SIZES=1450 deno task bench uploaded
  *       no search and no delay part: trials at that rate, each with its loss, the node's and the sandbox's CPU
  *       time per datagram, the sandbox's drops, and the node's pid (for perf)
@@ -49,7 +52,15 @@ const DELAY_SIZE = 200;
 const FEED_MS = 50;
 const GOAL_RATIO = 0.8;
 const GOAL_DELAY_MS = 1;
-const START_RATE = 40_000;
+/** The warm-up's rate, and the search's first (every path passes the rates below it on this machine). */
+const WARM_RATE = 40_000;
+const START_RATE = 150_000;
+/**
+ * Searches per size, one after the other for each size in turn; a path's figure is their mean. One search's
+ * 1450 B ratio went from 0.65 to 0.92 between runs of an hour (the built-in alone from 312k/s to 397k/s). The quick
+ * mode has time for one (two took 227 s instead of 137 s).
+ */
+const ROUNDS = benchNumber("BENCH_ROUNDS", 1, 3);
 const TOKEN = "uploaded-bench-token-0123456789";
 const AUTH = { authorization: `Bearer ${TOKEN}` };
 
@@ -271,8 +282,8 @@ async function lockstepMaxRates(runs: readonly RateRun[], size: number): Promise
 async function measureRates(
   node: Node,
   paths: readonly RatePath[],
-): Promise<Map<string, Map<number, number>>> {
-  const results = new Map<string, Map<number, number>>(paths.map((p) => [p.name, new Map()]));
+): Promise<Map<string, Map<number, number[]>>> {
+  const results = new Map<string, Map<number, number[]>>(paths.map((p) => [p.name, new Map()]));
   const sinks: Sink[] = [];
   const runs: RateRun[] = [];
   try {
@@ -284,22 +295,25 @@ async function measureRates(
       const rig: Rig = { to: `${LO}:${input}`, sinks: [sink], seconds: SECONDS };
       runs.push({ path, name, rig });
       // Warm up (JIT, the sandbox's first batches); not counted.
-      await trial({ ...rig, seconds: 0.5 }, { size: SIZES[0], rate: START_RATE });
+      await trial({ ...rig, seconds: 0.5 }, { size: SIZES[0], rate: WARM_RATE });
     }
     if (FIXED_RATE > 0) {
       for (const run of runs) await fixedTrials(node, run.name, run.rig, run.path);
       return results;
     }
-    for (const size of SIZES) {
-      const rates = await lockstepMaxRates(runs, size);
-      for (const { path } of runs) {
-        const rate = rates.get(path.name) ?? 0;
-        results.get(path.name)!.set(size, rate);
-        console.log(
-          `  ${path.name.padEnd(14)} ${String(size).padStart(5)} B  ${
-            Math.round(rate).toString().padStart(8)
-          }/s  ${mbps(rate, size).toFixed(0).padStart(5)} Mb/s`,
-        );
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const size of SIZES) {
+        const rates = await lockstepMaxRates(runs, size);
+        for (const { path } of runs) {
+          const rate = rates.get(path.name) ?? 0;
+          const bySize = results.get(path.name)!;
+          bySize.set(size, [...bySize.get(size) ?? [], rate]);
+          console.log(
+            `  round ${round}  ${path.name.padEnd(14)} ${String(size).padStart(5)} B  ${
+              Math.round(rate).toString().padStart(8)
+            }/s  ${mbps(rate, size).toFixed(0).padStart(5)} Mb/s`,
+          );
+        }
       }
     }
     for (const { path, name } of runs) {
@@ -462,9 +476,16 @@ async function main(): Promise<number> {
     console.log(line("direct, sandbox spinning", spinDirect.result) + `, ${spinDirect.kills} deadline kills`);
 
     // Summary.
-    const rate = (path: string, size: number) => results.get(path)?.get(size) ?? 0;
+    // A path's figure at a size: the mean of its rounds.
+    const rounds = (path: string, size: number) => results.get(path)?.get(size) ?? [];
+    const rate = (path: string, size: number) => {
+      const r = rounds(path, size);
+      return r.length ? r.reduce((a, b) => a + b, 0) / r.length : 0;
+    };
     const ratio = (a: number, b: number) => (b > 0 ? (a / b).toFixed(2) : "-");
-    console.log(`\nHighest rate with loss <= ${LOSS_LIMIT}% (datagrams/s, Mb/s of UDP payload)`);
+    console.log(
+      `\nHighest rate with loss <= ${LOSS_LIMIT}% (datagrams/s, Mb/s of UDP payload), mean of ${ROUNDS} rounds`,
+    );
     console.log(["path", ...SIZES.map((s) => `${s} B`), ...SIZES.map((s) => `${s} B Mb/s`)].join(" | "));
     for (const path of RATE_PATHS) {
       console.log([
@@ -477,7 +498,9 @@ async function main(): Promise<number> {
       const up = rate("uploaded", size);
       const builtin = rate("builtin", size);
       console.log(
-        `${size} B: uploaded/builtin ${ratio(up, builtin)}, uploaded/builtin in VM ${
+        `${size} B: uploaded/builtin ${ratio(up, builtin)} (rounds ${
+          rounds("uploaded", size).map((u, k) => ratio(u, rounds("builtin", size)[k] ?? 0)).join(", ")
+        }), uploaded/builtin in VM ${
           ratio(up, rate("builtin in VM", size))
         }; goal uploaded >= ${GOAL_RATIO} x builtin: ${
           builtin > 0 && up / builtin >= GOAL_RATIO ? "met" : "NOT met"
