@@ -232,8 +232,9 @@ interface Run {
   sharedInFlightBytes: number;
   /**
    * Bytes the child may still answer by REF: what the node wrote to the shared memory for batches in flight, less
-   * what REFs already stood for. A REF beyond it breaks the protocol: the copying a REF costs the node is bounded by
-   * what the node itself wrote there (13 bytes on the socket must not buy a copy of the whole memory, again and again).
+   * what REFs already stood for. A REF beyond it breaks the protocol: the work a REF costs the node (reading, sending,
+   * copying its frames) is bounded by what the node itself wrote there (13 bytes on the socket must not buy a pass
+   * over the whole memory, again and again).
    */
   refAllowance: number;
   /** Datagrams of `inFlight`, and how many more the child may still answer with for them (see `maxOutPerIn`). */
@@ -954,6 +955,8 @@ export class SandboxHost implements AsyncDisposable {
       this.#o.onOutput(out.output, batch, program);
     } catch (error) {
       this.#error = `its output could not be delivered: ${errorMessage(error)}`;
+    } finally {
+      if (batch instanceof SharedAnswer) batch.spend();
     }
   }
 
@@ -1106,7 +1109,10 @@ export class SandboxHost implements AsyncDisposable {
     this.#sharedAtTrim = used;
   }
 
-  /** Unmaps the shared memory: its child is gone, and what was handed on from it was copied out first. */
+  /**
+   * Unmaps the shared memory: its child is gone, and what was handed on from it was either copied out while it was
+   * handed on or is refused since (SharedAnswer.spend).
+   */
   #freeShared(): void {
     const shared = this.#shared;
     this.#shared = null;
@@ -1411,6 +1417,8 @@ async function directoryUsage(dirs: readonly string[]): Promise<{ bytes: number;
  */
 class SharedAnswer extends PinnedBatch {
   #copy: DecodedBatch | null = null;
+  /** Handed on and done with (see `spend`). */
+  #spent = false;
   /** The native address of the decoded bytes. */
   private readonly base: number;
 
@@ -1439,15 +1447,33 @@ class SharedAnswer extends PinnedBatch {
     return this.decoded.truncated(i);
   }
   address(i: number): number {
+    if (this.#spent) throw new SpentAnswerError();
     return this.base + this.decoded.start(i);
   }
   data(i: number): Uint8Array {
     if (!this.#copy) {
+      if (this.#spent) throw new SpentAnswerError();
       const own = this.copyArea(this.bytes);
       own.set(this.memory.bytes.subarray(this.at, this.at + this.bytes));
       this.#copy = DecodedBatch.rebase(this.decoded, own);
     }
     return this.#copy.data(i);
+  }
+
+  /**
+   * Ends its use, once the call that handed it on returned: the memory it lies in is the child's to overwrite and the
+   * node's to unmap, so an element that kept the batch (not a copy of its datagrams, as every batch requires) gets
+   * an error, never memory that changed under it or is gone.
+   */
+  spend(): void {
+    this.#spent = true;
+  }
+}
+
+class SpentAnswerError extends Error {
+  override name = "SpentAnswerError";
+  constructor() {
+    super("A sandbox's answer was read after the call that handed it on: batches must be copied to be kept");
   }
 }
 

@@ -10,8 +10,10 @@
  * as /proc/HOST_PID/fd/FD and maps it through libc before it loads any uploaded code: for that one step it runs with
  * --allow-ffi, and `mapShared` revokes FFI before it returns, mapped or not (Deno refuses every dlopen and pointer
  * call after that, and the child has --no-prompt). What it gets is this group's own batches: the host writes nothing
- * else there, and reads nothing there but the BATCH_OUT frames the child points it at, copied out first (the child
- * may write there while the host reads: what the host checks and hands on is its own copy).
+ * else there, and reads nothing there but the BATCH_OUT frames the child points it at. The child may write there
+ * while the host reads: the host reads each length and offset once, checks them and keeps them, so what the child
+ * changes meanwhile is bytes, never where they are or how many. The fast socket sends an answer from where it lies;
+ * whatever else reads it reads the node's own copy (host.ts, SharedAnswer).
  *
  * Where FFI is not granted to the node, or this is not Linux, or the child could not map it, frames cross the socket
  * as before; so does a batch the ring has no room for at the moment.

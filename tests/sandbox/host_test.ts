@@ -268,6 +268,52 @@ Deno.test("SandboxHost: a batch passed on in the shared memory is sent by the fa
   }
 });
 
+Deno.test("SandboxHost: a shared answer kept past the call that handed it on is refused, not read from memory the child may change", async () => {
+  const kept: Batch[] = [];
+  const copied: Uint8Array[] = [];
+  const host = new SandboxHost({
+    name: "test",
+    modules: { "main.js": PASS_THROUGH },
+    entry: "main.js",
+    sampleMs: 0,
+    limits: { sharedMemory: true },
+    onOutput: (_output: number, b: Batch) => {
+      kept.push(b);
+      copied.push(b.data(0).slice());
+    },
+  });
+  try {
+    await host.start();
+    host.push(0, datagrams(64, 500));
+    await until("the answer", () => kept.length > 0);
+    const b = kept[0];
+    assert.ok(b instanceof PinnedBatch);
+    assert.throws(() => b.address(0), { name: "SpentAnswerError" });
+    assert.equal(copied[0].length, 500, "read during the call: the node's own copy");
+    // Read during the call, its copy stays readable (as a socket's batch, until the next one overwrites it).
+    assert.equal(b.data(0).length, 500);
+  } finally {
+    await host.stop();
+  }
+  const unread: Batch[] = [];
+  const second = new SandboxHost({
+    name: "test",
+    modules: { "main.js": PASS_THROUGH },
+    entry: "main.js",
+    sampleMs: 0,
+    limits: { sharedMemory: true },
+    onOutput: (_output: number, b: Batch) => void unread.push(b),
+  });
+  try {
+    await second.start();
+    second.push(0, datagrams(64, 500));
+    await until("the answer", () => unread.length > 0);
+    assert.throws(() => unread[0].data(0), { name: "SpentAnswerError" });
+  } finally {
+    await second.stop();
+  }
+});
+
 Deno.test("SandboxHost: a batch that fails to encode (a datagram longer than it says) leaves nothing half-written, and the next one arrives whole", async () => {
   const { host, got } = sandbox(PASS_THROUGH, { params: { stamp: 9 } });
   try {
