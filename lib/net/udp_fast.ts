@@ -612,8 +612,13 @@ export class FastUdp implements UdpSocket {
         let addr: number;
         let len: number;
         if (zeroCopy) {
-          addr = packets.address(i);
           len = packets.length(i);
+          // A socket's batch never holds one this long; a sandbox's answer (PinnedBatch) may say so.
+          if (len > 65535) {
+            this.stats.errors++;
+            continue;
+          }
+          addr = packets.address(i);
         } else {
           const p = isBatch ? packets.data(i) : packets[i];
           len = p.length;

@@ -1408,7 +1408,6 @@ async function directoryUsage(dirs: readonly string[]): Promise<{ bytes: number;
   return { bytes, files };
 }
 
-/** An error of the socket itself (reset, broken pipe, closed), not of what came through it. */
 /**
  * An answer the child left in the shared memory, decoded there (every length and offset read once and checked, so
  * what the child writes meanwhile changes bytes, never where they are or how many): the fast socket sends its
@@ -1477,6 +1476,7 @@ class SpentAnswerError extends Error {
   }
 }
 
+/** An error of the socket itself (reset, broken pipe, closed), not of what came through it. */
 function isIoError(error: unknown): boolean {
   return Object.values(Deno.errors).some((E) => error instanceof E);
 }

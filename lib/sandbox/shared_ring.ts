@@ -170,19 +170,20 @@ export function mapShared(path: string, size: number): Uint8Array | null {
 
 /** RingAllocator's default `hot`: half a core's L2 cache on the machines this was measured on. */
 const HOT_BYTES = 512 * 1024;
-/** Runs of regions a RingAllocator keeps apart at most (see the class). */
-const MAX_RUNS = 4;
+/** Runs of regions a RingAllocator holds at most (see the class): a bound on the work of a reservation. */
+const MAX_RUNS = 16;
 
 /**
  * Where frames go in the shared memory: regions handed out in order and given back in the same order (a batch's
  * frame is free once its DONE came, and DONEs come in order). Pure bookkeeping, no memory of its own.
  *
  * Regions handed out one after another form a run; a new region extends the newest run where it can. Once that run
- * reaches `hot` bytes into the memory, the next region starts a new run at 0 if nothing held lies there, so that a
- * steady stream keeps to memory still in the caches (the host writes a batch there, the child and then the kernel
- * read it). When the newest run cannot grow (it would reach the end, or an older run), a new one starts at 0 or
- * after an older run, wherever nothing held lies; at most MAX_RUNS runs are held at once. So a backlog uses the
- * whole memory, and a stream that keeps up stays within about `hot` bytes of it.
+ * reaches past `hot` bytes into the memory and nothing held lies in the first `hot` bytes any more, the next region
+ * starts a new run at 0, so that a steady stream keeps to memory still in the caches (the host writes a batch there,
+ * the child and then the kernel read it). When the newest run cannot grow (it would reach the end, or an older run),
+ * a new one starts at 0 or after the end of an older run, wherever nothing held lies; at most MAX_RUNS runs are held.
+ * So a backlog uses the whole memory, and a stream that keeps up stays within about `hot` bytes and what is in
+ * flight.
  */
 export class RingAllocator {
   readonly capacity: number;
@@ -224,11 +225,11 @@ export class RingAllocator {
     }
     const newest = runs[runs.length - 1];
     const more = runs.length < MAX_RUNS;
-    const extend = this.#free(newest.end, bytes);
-    if (extend && !(newest.end + bytes > this.hot && more && this.#free(0, bytes))) {
-      return this.#add(newest.end, bytes, false);
-    }
-    if (!more) return extend ? this.#add(newest.end, bytes, false) : -1;
+    const back = more && newest.end + bytes > this.hot && newest.start > 0 &&
+      this.#free(0, Math.max(bytes, this.hot));
+    if (back) return this.#add(0, bytes, true);
+    if (this.#free(newest.end, bytes)) return this.#add(newest.end, bytes, false);
+    if (!more) return -1;
     if (this.#free(0, bytes)) return this.#add(0, bytes, true);
     for (const r of runs) if (r !== newest && this.#free(r.end, bytes)) return this.#add(r.end, bytes, true);
     return -1;

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { emptyStats, openUdp, sharedStats, statsOf } from "../../lib/net/udp.ts";
 import { adoptFastUdp, openFastUdp } from "../../lib/net/udp_fast.ts";
+import { PinnedBatch } from "../../lib/net/pinned.ts";
 import { openLibc, SOL_SOCKET } from "../../lib/net/libc.ts";
 import { openPortableUdp } from "../../lib/net/udp_portable.ts";
 import { collect, udpContract } from "./udp_contract.ts";
@@ -248,5 +249,44 @@ Deno.test("a fast socket shut for reading receives null, not an endless run of e
   } finally {
     await s.close();
     await peer.close();
+  }
+});
+
+Deno.test("fast socket sends a PinnedBatch from its native addresses, and counts one that claims over 64 KiB as an error", async () => {
+  const a = openFast({ host: "127.0.0.1", port: 0 });
+  const b = openFast({ host: "127.0.0.1", port: 0 });
+  const memory = new Uint8Array(200_000).map((_, i) => i & 0xff);
+  const base = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(memory)));
+  class Pinned extends PinnedBatch {
+    constructor(readonly at: number[], readonly lengths: number[]) {
+      super();
+    }
+    get count() {
+      return this.at.length;
+    }
+    data(i: number) {
+      return memory.subarray(this.at[i], this.at[i] + this.lengths[i]);
+    }
+    length(i: number) {
+      return this.lengths[i];
+    }
+    from() {
+      return { host: "127.0.0.1", port: 1 };
+    }
+    truncated() {
+      return false;
+    }
+    address(i: number) {
+      return base + this.at[i];
+    }
+  }
+  try {
+    a.send(new Pinned([10, 1000, 5000], [100, 70_000, 300]), a.destinations([b.local]));
+    const got = await collect(b, 2);
+    assert.deepEqual(got.map((g) => [g.data.length, g.data[0]]), [[100, 10], [300, 5000 & 0xff]]);
+    assert.equal(a.stats.errors, 1, "the one over 64 KiB");
+  } finally {
+    await a.close();
+    await b.close();
   }
 });
