@@ -46,6 +46,19 @@ function sandbox(source: string, o: Partial<SandboxOptions> = {}): { host: Sandb
 
 const packets = (got: Received[]) => got.reduce((n, r) => n + r.data.length, 0);
 
+/** A pass-through sandbox whose batches cross in shared memory, its answers handed to `onOutput` as they come. */
+function sharedPassThrough(params: Record<string, unknown>, onOutput: (b: Batch) => void): SandboxHost {
+  return new SandboxHost({
+    name: "test",
+    modules: { "main.js": PASS_THROUGH },
+    entry: "main.js",
+    sampleMs: 0,
+    params,
+    limits: { sharedMemory: true },
+    onOutput: (_output: number, b: Batch) => onOutput(b),
+  });
+}
+
 Deno.test("SandboxHost passes a batch through an uploaded program with its params and senders", async () => {
   const { host, got } = sandbox(PASS_THROUGH, { params: { stamp: 9 } });
   try {
@@ -215,33 +228,25 @@ Deno.test("SandboxHost: a batch passed on in the shared memory is sent by the fa
   const rx = openUdp({ host: "127.0.0.1", port: 0 }, { impl: "fast" });
   const to = tx.destinations([rx.local]);
   const seen: { pinned: boolean; sameBytes: boolean; ownCopy: boolean }[] = [];
-  const host = new SandboxHost({
-    name: "test",
-    modules: { "main.js": PASS_THROUGH },
-    entry: "main.js",
-    sampleMs: 0,
-    params: { stamp: 7 },
-    limits: { sharedMemory: true },
-    onOutput: (_output: number, b: Batch) => {
-      const pinned = b instanceof PinnedBatch;
-      let sameBytes = true;
-      let ownCopy = true;
-      if (pinned) {
-        for (let i = 0; i < b.count; i++) {
-          const there = new Uint8Array(
-            Deno.UnsafePointerView.getArrayBuffer(
-              Deno.UnsafePointer.create(BigInt(b.address(i)))!,
-              b.length(i),
-            ),
-          );
-          const data = b.data(i);
-          sameBytes &&= there.length === data.length && there.every((x, k) => x === data[k]);
-          ownCopy &&= Deno.UnsafePointer.value(Deno.UnsafePointer.of(data)) !== BigInt(b.address(i));
-        }
+  const host = sharedPassThrough({ stamp: 7 }, (b) => {
+    const pinned = b instanceof PinnedBatch;
+    let sameBytes = true;
+    let ownCopy = true;
+    if (pinned) {
+      for (let i = 0; i < b.count; i++) {
+        const there = new Uint8Array(
+          Deno.UnsafePointerView.getArrayBuffer(
+            Deno.UnsafePointer.create(BigInt(b.address(i)))!,
+            b.length(i),
+          ),
+        );
+        const data = b.data(i);
+        sameBytes &&= there.length === data.length && there.every((x, k) => x === data[k]);
+        ownCopy &&= Deno.UnsafePointer.value(Deno.UnsafePointer.of(data)) !== BigInt(b.address(i));
       }
-      seen.push({ pinned, sameBytes, ownCopy });
-      tx.send(b, to);
-    },
+    }
+    seen.push({ pinned, sameBytes, ownCopy });
+    tx.send(b, to);
   });
   try {
     await host.start();
@@ -271,16 +276,9 @@ Deno.test("SandboxHost: a batch passed on in the shared memory is sent by the fa
 Deno.test("SandboxHost: a shared answer kept past the call that handed it on is refused, not read from memory the child may change", async () => {
   const kept: Batch[] = [];
   const copied: Uint8Array[] = [];
-  const host = new SandboxHost({
-    name: "test",
-    modules: { "main.js": PASS_THROUGH },
-    entry: "main.js",
-    sampleMs: 0,
-    limits: { sharedMemory: true },
-    onOutput: (_output: number, b: Batch) => {
-      kept.push(b);
-      copied.push(b.data(0).slice());
-    },
+  const host = sharedPassThrough({}, (b) => {
+    kept.push(b);
+    copied.push(b.data(0).slice());
   });
   try {
     await host.start();
@@ -296,14 +294,7 @@ Deno.test("SandboxHost: a shared answer kept past the call that handed it on is 
     await host.stop();
   }
   const unread: Batch[] = [];
-  const second = new SandboxHost({
-    name: "test",
-    modules: { "main.js": PASS_THROUGH },
-    entry: "main.js",
-    sampleMs: 0,
-    limits: { sharedMemory: true },
-    onOutput: (_output: number, b: Batch) => void unread.push(b),
-  });
+  const second = sharedPassThrough({}, (b) => void unread.push(b));
   try {
     await second.start();
     second.push(0, datagrams(64, 500));
