@@ -39,11 +39,11 @@ export async function checkNamedFiles(
   o: { clusterToken?: boolean } = {},
 ): Promise<PositionedError[]> {
   const errors: PositionedError[] = [];
+  // A key's place in the config (the file's start when the plan was not read from a file).
+  const placeOf = (key: string) => configPosition(plan, key) ?? { file: plan.source, line: 1, col: 1 };
   const unreadable = (key: string, error: unknown) => {
     if (!(error instanceof UsageError)) throw error;
-    // At the key's place in the config (the file's start when the plan was not read from a file).
-    const at = configPosition(plan, key) ?? { file: plan.source, line: 1, col: 1 };
-    errors.push(new ConfigError(error.message, at, { path: key }));
+    errors.push(new ConfigError(error.message, placeOf(key), { path: key }));
   };
   if (plan.roles.includes("scheduler")) {
     const cfg = plan.sections.scheduler as SchedulerSection;
@@ -73,8 +73,9 @@ export async function checkNamedFiles(
         await clusterToken(cfg.cluster);
       } catch (error) {
         if (!(error instanceof StartError)) throw error;
-        const at = configPosition(plan, error.configPath) ?? { file: plan.source, line: 1, col: 1 };
-        errors.push(new ConfigError(error.message, at, { path: error.configPath }));
+        errors.push(
+          new ConfigError(error.message, placeOf(error.configPath), { path: error.configPath }),
+        );
       }
     }
     const kinds = coreElements();

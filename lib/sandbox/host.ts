@@ -133,7 +133,7 @@ export const DEFAULT_LIMITS: SandboxLimits = {
 /** Datagrams in whose unused output allowance (`maxOutPerIn` each) carries over to later answers. */
 const OUT_CARRY = 1024;
 
-/** The buffer answers in the shared memory are copied to first, before it grows (up to that memory's size). */
+/** The size of the buffer an answer in the shared memory is copied to when read, before it grows (up to that memory's size). */
 const REF_COPY_BYTES = 256 * 1024;
 
 /** One program a sandbox runs (an AP of its VM group). */
